@@ -1,0 +1,45 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SECRETS ?= secrets
+export KMS_ENV ?= dev
+
+.PHONY: run test lint format install clean help
+
+help:
+	@echo "make run   - install, create dev certificates and passphrase, init data/dev.db, serve mTLS on :8080"
+	@echo "make test  - install and run the whole test suite"
+	@echo "make lint  - ruff check and format check"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(SECRETS)/master.key: | $(STAMP)
+	$(BIN)/kms dev-certs $(SECRETS)
+
+run: $(STAMP) $(SECRETS)/master.key
+	@$(BIN)/kms init --if-needed
+	@$(BIN)/kms serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check kms migrations tests
+	$(BIN)/ruff format --check kms migrations tests
+
+format: $(STAMP)
+	$(BIN)/ruff format kms migrations tests
+	$(BIN)/ruff check --fix kms migrations tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

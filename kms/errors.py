@@ -1,0 +1,123 @@
+"""The kms exception tree.
+
+Every exception carries a ``public_message`` that is safe to show a client: it never holds key
+material, plaintext, a passphrase or a stored blob. Detail meant for operators goes to the log,
+never into the message. How an exception becomes an HTTP status is decided in ``kms.api.errors``
+and nowhere else; this module imports nothing from kms.
+"""
+
+from __future__ import annotations
+
+
+class KMSError(Exception):
+    """Base of every error kms raises on purpose."""
+
+    public_message = "internal error"
+
+    def __init__(self, public_message: str | None = None) -> None:
+        if public_message is not None:
+            self.public_message = public_message
+        super().__init__(self.public_message)
+
+
+class InvalidRequest(KMSError):
+    """Raise when a request is malformed or asks for something that makes no sense."""
+
+    public_message = "invalid request"
+
+
+class KeyNotFound(KMSError):
+    """Raise if a key (or another caller's key) does not exist."""
+
+    public_message = "record not found"
+
+
+class KeyExists(KMSError):
+    """Raise when creating a key whose key_id is taken."""
+
+    public_message = "key already exists"
+
+
+class PurposeMismatch(InvalidRequest):
+    """Raise when an operation does not fit the key's purpose or algorithm."""
+
+    public_message = "operation not allowed for this key's purpose"
+
+
+class InvalidCiphertext(KMSError):
+    """Raise for every decryption failure, whatever its cause: the message never says which."""
+
+    public_message = "invalid ciphertext"
+
+
+class KeyDisabled(KMSError):
+    """Raise when a key exists but may not be used."""
+
+    public_message = "key is disabled"
+
+
+class Unauthenticated(KMSError):
+    """Raise when a request carries no verified client identity."""
+
+    public_message = "client certificate required"
+
+
+class Forbidden(KMSError):
+    """Raise when the caller is known but not allowed to do this."""
+
+    public_message = "forbidden"
+
+
+class PayloadTooLarge(KMSError):
+    """Raise when a request body is over the configured limit."""
+
+    public_message = "request body too large"
+
+
+class ConfigurationError(KMSError):
+    """Raise at startup for a missing or invalid setting; the message names the setting."""
+
+    public_message = "invalid configuration"
+
+
+class KeystoreError(KMSError):
+    """Base for problems opening or initialising the keystore (startup only)."""
+
+    public_message = "keystore error"
+
+
+class WrongPassphrase(KeystoreError):
+    """Raise when the derived master key does not unwrap the init marker."""
+
+    public_message = "wrong master passphrase: the init marker does not unwrap"
+
+
+class NotInitialised(KeystoreError):
+    """Raise when the database holds no keystore yet."""
+
+    public_message = "the database is not initialised: run `kms init` first"
+
+
+class AlreadyInitialised(KeystoreError):
+    """Raise when ``kms init`` meets a database that already holds a keystore."""
+
+    public_message = "the database is already initialised; nothing was changed"
+
+
+class PassphraseError(KeystoreError):
+    """Raise when the passphrase cannot be obtained safely (open file mode, empty, no tty)."""
+
+    public_message = "cannot read the master passphrase"
+
+
+class InvalidSignature(KMSError):
+    """Raise when a signature does not verify under the given public key."""
+
+    public_message = "signature invalid"
+
+
+class UnwrapFailed(KMSError):
+    """Raise when a stored wrapped key fails its integrity check (moved, edited or corrupted).
+
+    Clients see only "internal error": the detail is for the operator's log.
+    """

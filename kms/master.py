@@ -1,0 +1,64 @@
+"""Master key lifecycle from settings: ``kms init`` and the startup that opens the keystore.
+
+Both run in one process before any worker exists (the CLI, or gunicorn's master), and both
+dispose of their database connections before returning, so nothing is shared across a fork.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kms.errors import NotInitialised
+from kms.service.keyring import PassphraseKeyring, zeroise
+from kms.service.keystore import ensure_not_initialised, initialise_keystore, open_keystore
+from kms.service.passphrase import obtain_passphrase
+from kms.settings import Settings
+from kms.store.db import create_kms_engine
+from kms.store.repository import SQLKeyRepository
+from kms.store.schema import upgrade_to_head
+
+
+def init_database(settings: Settings) -> None:
+    """Create the schema, the salt, the KDF parameters and the init marker.
+
+    Refuses (``AlreadyInitialised``) and changes nothing when the database already holds a
+    keystore. The passphrase is read only after that check.
+    """
+    _ensure_sqlite_directory(settings)
+    engine = create_kms_engine(settings.database_url, pool=False)
+    try:
+        repository = SQLKeyRepository(engine)
+        ensure_not_initialised(repository)
+        passphrase = obtain_passphrase(settings.master_passphrase_file)
+        try:
+            upgrade_to_head(engine)
+            initialise_keystore(repository, passphrase, settings.kdf_iterations)
+        finally:
+            zeroise(passphrase)
+    finally:
+        engine.dispose()
+
+
+def open_master_keyring(settings: Settings) -> PassphraseKeyring:
+    """Read the passphrase, derive the master key once and prove it on the init marker."""
+    path = _sqlite_file(settings)
+    if path is not None and not path.is_file():
+        raise NotInitialised()  # connecting would create an empty database file
+    engine = create_kms_engine(settings.database_url, pool=False)
+    try:
+        repository = SQLKeyRepository(engine)
+        repository.read_keystore()  # "run kms init" comes before asking for a passphrase
+        return open_keystore(repository, obtain_passphrase(settings.master_passphrase_file))
+    finally:
+        engine.dispose()
+
+
+def _sqlite_file(settings: Settings) -> Path | None:
+    url = settings.database_url
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def _ensure_sqlite_directory(settings: Settings) -> None:
+    path = _sqlite_file(settings)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)

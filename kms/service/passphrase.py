@@ -1,0 +1,64 @@
+"""Where the master passphrase comes from: a file that only its owner can read, or a prompt.
+
+Never an environment variable, never a command-line argument.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import stat
+import sys
+from pathlib import Path
+
+from kms.errors import PassphraseError
+
+
+def read_passphrase_file(path: Path) -> bytearray:
+    """Read the passphrase from ``path``; refuse a file any group or other bit is set on.
+
+    One trailing newline is stripped (``echo secret > file`` writes one). The returned buffer is
+    the caller's to overwrite once the master key is derived.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise PassphraseError(
+            f"cannot open passphrase file {path}: {exc.strerror or 'error'}"
+        ) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PassphraseError(f"passphrase file {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise PassphraseError(
+                f"passphrase file {path} is accessible by group or others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 0400 {path}"
+            )
+        buffer = bytearray()
+        while chunk := os.read(fd, 4096):
+            buffer += chunk
+    finally:
+        os.close(fd)
+    if buffer.endswith(b"\n"):
+        del buffer[-1]
+    if not buffer:
+        raise PassphraseError(f"passphrase file {path} is empty")
+    return buffer
+
+
+def prompt_passphrase(prompt: str = "kms master passphrase: ") -> bytearray:
+    """Ask on the terminal without echo; refuse when there is no terminal to ask on."""
+    if not sys.stdin.isatty():
+        raise PassphraseError(
+            "no passphrase file is configured (kms.master_passphrase_file) and stdin is not a "
+            "terminal to prompt on"
+        )
+    buffer = bytearray(getpass.getpass(prompt).encode("utf-8"))
+    if not buffer:
+        raise PassphraseError("the passphrase is empty")
+    return buffer
+
+
+def obtain_passphrase(path: Path | None) -> bytearray:
+    return read_passphrase_file(path) if path is not None else prompt_passphrase()

@@ -1,0 +1,203 @@
+"""Typed, frozen settings: YAML in the seed's format, plus ``KMS_<SECTION>_<KEY>`` overrides.
+
+Which file: ``KMS_CONFIG=/path.yaml`` if set, else ``config/config.<KMS_ENV>.yaml`` (KMS_ENV is
+``dev`` or ``prod``, default ``dev``). Relative paths resolve against the working directory. A
+missing or wrong setting raises ``ConfigurationError`` with one line naming it. The master
+passphrase itself never comes from the environment; only the path of its file is a setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kms.crypto.kdf import MIN_ITERATIONS
+from kms.errors import ConfigurationError
+
+ENVIRONMENTS = ("dev", "prod")
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+# (section, yaml key) -> attribute path; the env override is KMS_<SECTION>_<KEY>, matched
+# case-insensitively with underscores ignored (KMS_SERVER_SERVERCERT == KMS_SERVER_SERVER_CERT).
+_KEYS: dict[tuple[str, str], str] = {
+    ("server", "host"): "host",
+    ("server", "port"): "port",
+    ("server", "serverCert"): "server_cert",
+    ("server", "serverKey"): "server_key",
+    ("server", "caCert"): "ca_cert",
+    ("server", "maxBodyBytes"): "max_body_bytes",
+    ("server", "workers"): "workers",
+    ("server", "threads"): "threads",
+    ("kms", "master_passphrase_file"): "master_passphrase_file",
+    ("kms", "kdf_iterations"): "kdf_iterations",
+    ("kms", "key_cache_size"): "key_cache_size",
+    ("database", "dsn"): "database_dsn",
+}
+_ENV_NAME = {f"KMS_{s.upper()}_{k.upper().replace('_', '')}": (s, k) for s, k in _KEYS}
+
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything kms reads from configuration. Tests build one directly."""
+
+    database_dsn: str
+    master_passphrase_file: Path | None = None
+    kdf_iterations: int = MIN_ITERATIONS
+    key_cache_size: int = 4096
+    host: str = "127.0.0.1"
+    port: int = 8080
+    server_cert: Path | None = None
+    server_key: Path | None = None
+    ca_cert: Path | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    workers: int = 2
+    threads: int = 4
+    source: str = field(default="<settings object>", compare=False)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @property
+    def database_url(self) -> str:
+        return database_url(self.database_dsn)
+
+    def require_tls_files(self) -> None:
+        """Raise unless the three TLS files are configured and readable."""
+        for name, path in (
+            ("server.serverCert", self.server_cert),
+            ("server.serverKey", self.server_key),
+            ("server.caCert", self.ca_cert),
+        ):
+            if path is None:
+                raise ConfigurationError(f"{name} is not set ({self.source})")
+            if not path.is_file() or not os.access(path, os.R_OK):
+                raise ConfigurationError(f"{name}: cannot read {path} ({self.source})")
+
+
+def database_url(dsn: str) -> str:
+    """Accept a SQLAlchemy URL, or a plain file path (the seed's form) for SQLite."""
+    if "://" in dsn:
+        return dsn
+    return "sqlite:///" + str(Path(dsn).expanduser().resolve())
+
+
+def config_path(environ: Mapping[str, str]) -> Path:
+    explicit = environ.get("KMS_CONFIG")
+    if explicit:
+        return Path(explicit)
+    env = environ.get("KMS_ENV", "dev")
+    if env not in ENVIRONMENTS:
+        raise ConfigurationError(f"KMS_ENV must be one of {', '.join(ENVIRONMENTS)}, not {env!r}")
+    return Path("config") / f"config.{env}.yaml"
+
+
+def load_settings(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    environ = os.environ if environ is None else environ
+    path = config_path(environ) if path is None else path
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"config file {path} is not valid YAML") from exc
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigurationError(f"config file {path} must be a mapping of sections")
+    return settings_from_mapping(document, environ, source=str(path))
+
+
+def settings_from_mapping(
+    document: Mapping[str, Any], environ: Mapping[str, str], source: str
+) -> Settings:
+    raw: dict[str, Any] = {}
+    for section, values in document.items():
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigurationError(f"{section}: must be a mapping ({source})")
+        for key, value in values.items():
+            attribute = _KEYS.get((section, key))
+            if attribute is None:
+                raise ConfigurationError(f"{section}.{key}: unknown setting ({source})")
+            raw[attribute] = (f"{section}.{key}", value)
+    for name, value in environ.items():
+        if not name.startswith("KMS_") or name in ("KMS_ENV", "KMS_CONFIG"):
+            continue
+        if "PASSPHRASE" in name and not name.endswith("FILE"):
+            raise ConfigurationError(
+                f"{name}: the master passphrase is never read from the environment"
+            )
+        section_key = _ENV_NAME.get(_normalise_env_name(name))
+        if section_key is None:
+            continue
+        raw[_KEYS[section_key]] = (name, value)
+    return _build(raw, source)
+
+
+def _normalise_env_name(name: str) -> str:
+    section, _, key = name[4:].partition("_")
+    return f"KMS_{section.upper()}_{key.upper().replace('_', '')}"
+
+
+def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
+    values: dict[str, Any] = {"source": source}
+    converters = {
+        "host": _string,
+        "port": _integer_between(1, 65535),
+        "server_cert": _path,
+        "server_key": _path,
+        "ca_cert": _path,
+        "max_body_bytes": _integer_between(1024, 64 * 1024 * 1024),
+        "workers": _integer_between(1, 64),
+        "threads": _integer_between(1, 64),
+        "master_passphrase_file": _path,
+        "kdf_iterations": _integer_between(MIN_ITERATIONS, 100_000_000),
+        "key_cache_size": _integer_between(0, 1_000_000),
+        "database_dsn": _string,
+    }
+    for attribute, (name, value) in raw.items():
+        try:
+            values[attribute] = converters[attribute](value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"{name}: {exc} ({source})") from None
+    if "database_dsn" not in values:
+        raise ConfigurationError(f"database.dsn is not set ({source})")
+    return Settings(**values)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _path(value: Any) -> Path:
+    return Path(_string(value)).expanduser().resolve()
+
+
+_DECIMAL = re.compile(r"[0-9]{1,12}")
+
+
+def _integer_between(low: int, high: int):  # noqa: ANN202 - returns a converter
+    def convert(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("must be an integer")
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            value = int(value)
+        if not isinstance(value, int):
+            raise ValueError("must be an integer")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return convert

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy engine, tables and the key repository. Knows nothing of Flask or HTTP."""

@@ -1,0 +1,66 @@
+"""Table definitions. Alembic's env.py imports ``metadata`` from here and nothing else."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "pk": "pk_%(table_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+#: One row per key. ``latest_version`` is bumped with an atomic UPDATE on rotation, so concurrent
+#: rotations serialise on this row and never hand out the same version twice. ``incarnation``
+#: changes when a key is recreated, so cached material of the old key can never be mistaken for
+#: the new key's.
+keys = Table(
+    "keys",
+    metadata,
+    Column("key_id", String(128), primary_key=True),
+    Column("purpose", String(16), nullable=False),
+    Column("algorithm", String(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("latest_version", Integer, nullable=False),
+    Column("incarnation", String(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: One row per key version: the secret wrapped under the master key (AAD-bound to key_id,
+#: version, purpose and algorithm) and, for signing keys, the public key as DER.
+key_versions = Table(
+    "key_versions",
+    metadata,
+    Column(
+        "key_id",
+        String(128),
+        ForeignKey("keys.key_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("version", Integer, primary_key=True),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("public_key", LargeBinary, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Keystore-wide values: the KDF parameters (with salt) and the init marker.
+kms_metadata = Table(
+    "kms_metadata",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+)

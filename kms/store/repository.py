@@ -1,0 +1,255 @@
+"""The key repository: rows in, records out. Raises ``kms.errors`` exceptions only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from sqlalchemy import Engine, and_, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from kms.errors import AlreadyInitialised, KeyExists, KeyNotFound, NotInitialised
+from kms.store.db import WRITE
+from kms.store.models import key_versions, keys, kms_metadata
+
+KDF_PARAMETERS = "kdf_parameters"
+INIT_MARKER = "init_marker"
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    key_id: str
+    purpose: str
+    algorithm: str
+    state: str
+    latest_version: int
+    incarnation: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class KeyVersionRecord:
+    key_id: str
+    version: int
+    wrapped_key: bytes
+    public_key: bytes | None
+    created_at: datetime
+
+    def __repr__(self) -> str:  # the wrapped key stays out of logs and tracebacks
+        return f"KeyVersionRecord(key_id={self.key_id!r}, version={self.version})"
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """What a caller hands the repository for a version it has just built."""
+
+    wrapped_key: bytes
+    public_key: bytes | None
+
+    def __repr__(self) -> str:
+        return "NewVersion(...)"
+
+
+#: Builds a version once the repository has fixed its number: (key record, version) -> NewVersion.
+VersionBuilder = Callable[[KeyRecord, int], NewVersion]
+
+
+class KeyRepository(Protocol):
+    def initialise(self, kdf_parameters: str, init_marker: bytes) -> None: ...
+    def read_keystore(self) -> tuple[str, bytes]: ...
+    def create_key(self, key: KeyRecord, build: VersionBuilder) -> KeyRecord: ...
+    def get_key(self, key_id: str) -> KeyRecord: ...
+    def list_keys(self, limit: int, after: str | None) -> list[KeyRecord]: ...
+    def list_versions(self, key_id: str) -> list[KeyVersionRecord]: ...
+    def get_version(self, key_id: str, version: int) -> KeyVersionRecord: ...
+    def rotate_key(self, key_id: str, build: VersionBuilder) -> KeyRecord: ...
+    def recreate_key(self, key_id: str, incarnation: str, build: VersionBuilder) -> KeyRecord: ...
+    def delete_key(self, key_id: str) -> None: ...
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _key_record(row) -> KeyRecord:  # noqa: ANN001 - a SQLAlchemy Row
+    return KeyRecord(
+        key_id=row.key_id,
+        purpose=row.purpose,
+        algorithm=row.algorithm,
+        state=row.state,
+        latest_version=row.latest_version,
+        incarnation=row.incarnation,
+        created_at=_as_utc(row.created_at),
+    )
+
+
+def _version_record(row) -> KeyVersionRecord:  # noqa: ANN001
+    return KeyVersionRecord(
+        key_id=row.key_id,
+        version=row.version,
+        wrapped_key=bytes(row.wrapped_key),
+        public_key=None if row.public_key is None else bytes(row.public_key),
+        created_at=_as_utc(row.created_at),
+    )
+
+
+_KEY_COLUMNS = (
+    keys.c.key_id,
+    keys.c.purpose,
+    keys.c.algorithm,
+    keys.c.state,
+    keys.c.latest_version,
+    keys.c.incarnation,
+    keys.c.created_at,
+)
+
+
+class SQLKeyRepository:
+    """The repository over SQLAlchemy Core; one short transaction per call."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._writer = engine.execution_options(**WRITE)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def initialise(self, kdf_parameters: str, init_marker: bytes) -> None:
+        with self._writer.begin() as conn:
+            existing = conn.execute(select(kms_metadata.c.name).limit(1)).first()
+            if existing is not None:
+                raise AlreadyInitialised()
+            conn.execute(
+                insert(kms_metadata),
+                [
+                    {"name": KDF_PARAMETERS, "value": kdf_parameters.encode("ascii")},
+                    {"name": INIT_MARKER, "value": init_marker},
+                ],
+            )
+
+    def read_keystore(self) -> tuple[str, bytes]:
+        try:
+            with self._engine.connect() as conn:
+                rows = dict(conn.execute(select(kms_metadata.c.name, kms_metadata.c.value)).all())
+        except OperationalError as exc:  # no tables: the schema was never created
+            raise NotInitialised() from exc
+        if KDF_PARAMETERS not in rows or INIT_MARKER not in rows:
+            raise NotInitialised()
+        return bytes(rows[KDF_PARAMETERS]).decode("ascii"), bytes(rows[INIT_MARKER])
+
+    def create_key(self, key: KeyRecord, build: VersionBuilder) -> KeyRecord:
+        new_version = build(key, 1)
+        now = key.created_at
+        try:
+            with self._writer.begin() as conn:
+                conn.execute(
+                    insert(keys).values(
+                        key_id=key.key_id,
+                        purpose=key.purpose,
+                        algorithm=key.algorithm,
+                        state=key.state,
+                        latest_version=1,
+                        incarnation=key.incarnation,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                self._insert_version(conn, key.key_id, 1, new_version, now)
+        except IntegrityError as exc:
+            raise KeyExists() from exc
+        return key
+
+    def get_key(self, key_id: str) -> KeyRecord:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(*_KEY_COLUMNS).where(keys.c.key_id == key_id)).first()
+        if row is None:
+            raise KeyNotFound()
+        return _key_record(row)
+
+    def list_keys(self, limit: int, after: str | None) -> list[KeyRecord]:
+        query = select(*_KEY_COLUMNS).order_by(keys.c.key_id).limit(limit)
+        if after is not None:
+            query = query.where(keys.c.key_id > after)
+        with self._engine.connect() as conn:
+            return [_key_record(row) for row in conn.execute(query)]
+
+    def list_versions(self, key_id: str) -> list[KeyVersionRecord]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(key_versions)
+                .where(key_versions.c.key_id == key_id)
+                .order_by(key_versions.c.version)
+            ).all()
+        return [_version_record(row) for row in rows]
+
+    def get_version(self, key_id: str, version: int) -> KeyVersionRecord:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(key_versions).where(
+                    and_(key_versions.c.key_id == key_id, key_versions.c.version == version)
+                )
+            ).first()
+        if row is None:
+            raise KeyNotFound()
+        return _version_record(row)
+
+    def rotate_key(self, key_id: str, build: VersionBuilder) -> KeyRecord:
+        with self._writer.begin() as conn:
+            # The UPDATE takes the row's write lock (PostgreSQL) or the database's (SQLite,
+            # BEGIN IMMEDIATE): concurrent rotations serialise here and each gets its own number.
+            now = utc_now()
+            row = conn.execute(
+                update(keys)
+                .where(keys.c.key_id == key_id)
+                .values(latest_version=keys.c.latest_version + 1, updated_at=now)
+                .returning(*_KEY_COLUMNS)
+            ).first()
+            if row is None:
+                raise KeyNotFound()
+            key = _key_record(row)
+            self._insert_version(conn, key_id, key.latest_version, build(key, key.latest_version), now)
+        return key
+
+    def recreate_key(self, key_id: str, incarnation: str, build: VersionBuilder) -> KeyRecord:
+        with self._writer.begin() as conn:
+            now = utc_now()
+            row = conn.execute(
+                update(keys)
+                .where(keys.c.key_id == key_id)
+                .values(latest_version=1, incarnation=incarnation, created_at=now, updated_at=now)
+                .returning(*_KEY_COLUMNS)
+            ).first()
+            if row is None:
+                raise KeyNotFound()
+            key = _key_record(row)
+            conn.execute(delete(key_versions).where(key_versions.c.key_id == key_id))
+            self._insert_version(conn, key_id, 1, build(key, 1), now)
+        return key
+
+    def delete_key(self, key_id: str) -> None:
+        with self._writer.begin() as conn:
+            conn.execute(delete(key_versions).where(key_versions.c.key_id == key_id))
+            deleted = conn.execute(delete(keys).where(keys.c.key_id == key_id)).rowcount
+            if deleted == 0:
+                raise KeyNotFound()
+
+    @staticmethod
+    def _insert_version(
+        conn, key_id: str, version: int, new_version: NewVersion, now: datetime  # noqa: ANN001
+    ) -> None:
+        conn.execute(
+            insert(key_versions).values(
+                key_id=key_id,
+                version=version,
+                wrapped_key=new_version.wrapped_key,
+                public_key=new_version.public_key,
+                created_at=now,
+            )
+        )
