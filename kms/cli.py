@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -37,3 +38,37 @@ def init(if_needed: bool) -> None:
     except KMSError as error:
         _fail(error)
     click.echo(f"kms: initialised {settings.database_dsn}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
+def serve(gunicorn_args: tuple[str, ...]) -> None:
+    """Serve the API over mutual TLS with gunicorn (extra arguments go to gunicorn).
+
+    The passphrase is read and the master key derived once, in gunicorn's master, before the port
+    is bound: a wrong passphrase stops the server before any worker starts.
+    """
+    import os
+
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:kms.gunicorn_conf", *gunicorn_args]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)  # noqa: S606 - replaces this process, so systemd sees gunicorn
+
+
+@main.command("dev-certs")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--client-cn", default="orchestrator", show_default=True)
+def dev_certs(directory: Path, client_cn: str) -> None:
+    """Write a dev CA, server and client certificates and a random passphrase into DIRECTORY.
+
+    Files: ca.pem ca.key server.crt server.key client.crt client.key master.key (mode 0400).
+    Refuses to overwrite any of them. For development only.
+    """
+    from kms.devcerts import write_dev_certificates
+
+    try:
+        write_dev_certificates(directory, client_common_name=client_cn)
+    except FileExistsError as error:
+        click.echo(f"kms: {error}", err=True)
+        sys.exit(1)
+    click.echo(f"kms: wrote dev certificates and passphrase to {directory}")

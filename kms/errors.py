@@ -121,3 +121,9 @@ class UnwrapFailed(KMSError):
 
     Clients see only "internal error": the detail is for the operator's log.
     """
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """Raise when a request body is not declared as JSON."""
+
+    public_message = "Content-Type must be application/json"

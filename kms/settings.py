@@ -42,7 +42,6 @@ _KEYS: dict[tuple[str, str], str] = {
 _ENV_NAME = {f"KMS_{s.upper()}_{k.upper().replace('_', '')}": (s, k) for s, k in _KEYS}
 
 
-
 @dataclass(frozen=True)
 class Settings:
     """Everything kms reads from configuration. Tests build one directly."""
@@ -98,9 +97,7 @@ def config_path(environ: Mapping[str, str]) -> Path:
     return Path("config") / f"config.{env}.yaml"
 
 
-def load_settings(
-    path: Path | None = None, environ: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     path = config_path(environ) if path is None else path
     try:

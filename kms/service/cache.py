@@ -14,7 +14,6 @@ from collections.abc import Hashable
 from typing import Any
 
 
-
 class KeyMaterialCache:
     def __init__(self, max_entries: int) -> None:
         self._max_entries = max_entries

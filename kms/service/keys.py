@@ -213,7 +213,9 @@ class KMSService:
     def encrypt(self, key_id: str, plaintext: bytes, context: bytes = b"") -> Encrypted:
         key = self._usable_key(key_id, Purpose.ENCRYPT)
         aead = self._secret(key, key.latest_version)
-        nonce, sealed = seal(aead, plaintext, ciphertext_aad(key.key_id, key.latest_version, context))
+        nonce, sealed = seal(
+            aead, plaintext, ciphertext_aad(key.key_id, key.latest_version, context)
+        )
         return Encrypted(
             key_id=key.key_id,
             version=key.latest_version,

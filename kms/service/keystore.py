@@ -17,9 +17,7 @@ from kms.store.repository import KeyRepository
 INIT_MARKER_AAD = encode_aad(b"kms/init-marker/v1")
 
 
-def initialise_keystore(
-    repository: KeyRepository, passphrase: bytearray, iterations: int
-) -> None:
+def initialise_keystore(repository: KeyRepository, passphrase: bytearray, iterations: int) -> None:
     """Create the KDF parameters and the init marker; refuse an initialised database."""
     ensure_not_initialised(repository)
     params = KDFParameters.generate(iterations)

@@ -214,7 +214,9 @@ class SQLKeyRepository:
             if row is None:
                 raise KeyNotFound()
             key = _key_record(row)
-            self._insert_version(conn, key_id, key.latest_version, build(key, key.latest_version), now)
+            self._insert_version(
+                conn, key_id, key.latest_version, build(key, key.latest_version), now
+            )
         return key
 
     def recreate_key(self, key_id: str, incarnation: str, build: VersionBuilder) -> KeyRecord:
@@ -242,7 +244,11 @@ class SQLKeyRepository:
 
     @staticmethod
     def _insert_version(
-        conn, key_id: str, version: int, new_version: NewVersion, now: datetime  # noqa: ANN001
+        conn,
+        key_id: str,
+        version: int,
+        new_version: NewVersion,
+        now: datetime,  # noqa: ANN001
     ) -> None:
         conn.execute(
             insert(key_versions).values(

@@ -1,0 +1,45 @@
+"""The one place that reads the TLS peer certificate.
+
+Identity comes from the verified TLS session only: gunicorn exposes the connection as
+``environ["gunicorn.socket"]`` and the handshake already checked the chain against the configured
+CA. No request header can claim or change an identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kms.errors import Unauthenticated
+
+ENVIRON_KEY = "kms.caller"
+
+
+@dataclass(frozen=True)
+class Caller:
+    common_name: str | None
+    subject_alt_names: tuple[str, ...]
+
+    def __str__(self) -> str:
+        names = ",".join(self.subject_alt_names)
+        return f"CN={self.common_name or '-'}" + (f";SAN={names}" if names else "")
+
+
+def caller_from_peer_certificate(certificate: dict[str, Any]) -> Caller:
+    """Build a Caller from ``ssl.SSLSocket.getpeercert()``'s decoded form."""
+    common_name = None
+    for rdn in certificate.get("subject", ()):
+        for attribute, value in rdn:
+            if attribute == "commonName":
+                common_name = value
+    sans = tuple(f"{kind}:{value}" for kind, value in certificate.get("subjectAltName", ()))
+    return Caller(common_name=common_name, subject_alt_names=sans)
+
+
+def caller_from_environ(environ: dict[str, Any]) -> Caller:
+    socket = environ.get("gunicorn.socket")
+    getpeercert = getattr(socket, "getpeercert", None)
+    certificate = getpeercert() if getpeercert is not None else None
+    if not certificate:
+        raise Unauthenticated()
+    return caller_from_peer_certificate(certificate)

@@ -1,0 +1,40 @@
+"""Crypto RPCs: /v1/kms/encrypt, /decrypt, /sign, /verify."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from kms.api import schemas
+from kms.api.context import json_body, service
+
+blueprint = Blueprint("crypto", __name__, url_prefix="/v1/kms")
+
+
+@blueprint.post("/encrypt")
+def encrypt() -> Response:
+    body = schemas.encrypt_request.load(json_body())
+    result = service().encrypt(body["key_id"], body["plaintext"])
+    return jsonify(schemas.encrypt_response.dump(result))
+
+
+@blueprint.post("/decrypt")
+def decrypt() -> Response:
+    body = schemas.decrypt_request.load(json_body())
+    result = service().decrypt(body["key_id"], body["ciphertext"])
+    return jsonify(schemas.decrypt_response.dump(result))
+
+
+@blueprint.post("/sign")
+def sign() -> Response:
+    body = schemas.sign_request.load(json_body())
+    result = service().sign(body["key_id"], body["message"])
+    return jsonify(schemas.sign_response.dump(result))
+
+
+@blueprint.post("/verify")
+def verify() -> Response:
+    body = schemas.verify_request.load(json_body())
+    result = service().verify(body["key_id"], body["message"], body["signature"])
+    if result.valid:
+        return jsonify(valid=True)
+    return jsonify(valid=False, error="signature invalid")

@@ -1,0 +1,81 @@
+"""The one place where exceptions become HTTP responses.
+
+Every error body has one shape: ``{"error": "<safe public message>"}``. Domain exceptions map to
+their status below; marshmallow's ValidationError is 400 with the field messages; Werkzeug's HTTP
+errors keep their status; anything else is logged with the request id and answered 500
+``{"error": "internal error"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, g, jsonify
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from kms import errors
+
+log = logging.getLogger("kms.api")
+
+# Most specific first: the first matching class decides.
+STATUS_BY_ERROR: tuple[tuple[type[errors.KMSError], int], ...] = (
+    (errors.UnsupportedMediaType, 415),
+    (errors.PurposeMismatch, 400),
+    (errors.InvalidRequest, 400),
+    (errors.InvalidCiphertext, 400),
+    (errors.KeyNotFound, 404),
+    (errors.KeyExists, 409),
+    (errors.KeyDisabled, 409),
+    (errors.Unauthenticated, 401),
+    (errors.Forbidden, 403),
+    (errors.PayloadTooLarge, 413),
+)
+
+
+def status_for(error: errors.KMSError) -> int:
+    for error_class, status in STATUS_BY_ERROR:
+        if isinstance(error, error_class):
+            return status
+    return 500
+
+
+def error_response(message: str, status: int) -> Response:
+    response = jsonify(error=message)
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(errors.KMSError)
+    def handle_kms_error(error: errors.KMSError) -> Response:
+        status = status_for(error)
+        if status == 500:
+            log.error("request %s failed: %s", g.get("request_id", "-"), type(error).__name__)
+            return error_response("internal error", 500)
+        return error_response(error.public_message, status)
+
+    @app.errorhandler(ValidationError)
+    def handle_validation_error(error: ValidationError) -> Response:
+        return error_response(_describe(error.messages), 400)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        return error_response((error.name or "error").lower(), status)
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(error: Exception) -> Response:
+        log.exception("request %s failed unexpectedly", g.get("request_id", "-"))
+        return error_response("internal error", 500)
+
+
+def _describe(messages: object, prefix: str = "") -> str:
+    """Flatten marshmallow's nested messages into one line: ``field: message; other: ...``."""
+    if isinstance(messages, dict):
+        parts = [_describe(value, f"{prefix}{key}") for key, value in sorted(messages.items())]
+        return "; ".join(parts)
+    if isinstance(messages, list):
+        text = " ".join(str(message) for message in messages)
+        return f"{prefix}: {text}" if prefix else text
+    return f"{prefix}: {messages}" if prefix else str(messages)

@@ -1,0 +1,52 @@
+"""Key lifecycle: /v1/kms/keys..."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from kms.api import schemas
+from kms.api.context import json_body, service
+
+blueprint = Blueprint("keys", __name__, url_prefix="/v1/kms/keys")
+
+
+@blueprint.post("")
+def create_key() -> tuple[Response, int]:
+    body = schemas.create_key_request.load(json_body())
+    key = service().create_key(**body)
+    return jsonify(schemas.key_response.dump(key)), 201
+
+
+@blueprint.get("")
+def list_keys() -> Response:
+    query = schemas.list_keys_query.load(request.args.to_dict(flat=True))
+    keys = service().list_keys(limit=query["limit"], after=query["after"])
+    return jsonify(schemas.key_list_response.dump(keys))
+
+
+@blueprint.get("/<key_id>")
+def get_key(key_id: str) -> Response:
+    return jsonify(schemas.key_detail_response.dump(service().get_key(key_id)))
+
+
+@blueprint.get("/<key_id>/public-key")
+def get_public_key(key_id: str) -> Response:
+    query = schemas.public_key_query.load(request.args.to_dict(flat=True))
+    public_key = service().public_key(key_id, version=query["version"])
+    return jsonify(schemas.public_key_response.dump(public_key))
+
+
+@blueprint.delete("/<key_id>")
+def delete_key(key_id: str) -> tuple[str, int]:
+    service().delete_key(key_id)
+    return "", 204
+
+
+@blueprint.post("/<key_id>/rotate")
+def rotate_key(key_id: str) -> Response:
+    return jsonify(schemas.key_response.dump(service().rotate_key(key_id)))
+
+
+@blueprint.post("/<key_id>/recreate")
+def recreate_key(key_id: str) -> tuple[Response, int]:
+    return jsonify(schemas.key_response.dump(service().recreate_key(key_id))), 201

@@ -1,0 +1,155 @@
+"""Development certificates and passphrase, made with ``cryptography`` (no openssl needed).
+
+Writes the seed's file names: ``ca.pem``, ``ca.key``, ``server.crt``, ``server.key``,
+``client.crt``, ``client.key`` and ``master.key`` (a random passphrase, mode 0400).
+For development and tests only: production certificates come from the operator's own CA.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+FILE_NAMES = (
+    "ca.pem",
+    "ca.key",
+    "server.crt",
+    "server.key",
+    "client.crt",
+    "client.key",
+    "master.key",
+)
+VALIDITY = timedelta(days=365)
+
+
+@dataclass(frozen=True)
+class Authority:
+    key: ec.EllipticCurvePrivateKey
+    certificate: x509.Certificate
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def new_authority(common_name: str = "kms-dev-ca", now: datetime | None = None) -> Authority:
+    now = now or datetime.now(UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return Authority(key=key, certificate=certificate)
+
+
+def issue_certificate(
+    authority: Authority,
+    common_name: str,
+    *,
+    server: bool,
+    dns_names: tuple[str, ...] = (),
+    ip_addresses: tuple[str, ...] = (),
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    now = datetime.now(UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(authority.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or now - timedelta(minutes=5))
+        .not_valid_after(not_after or now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()),
+            critical=False,
+        )
+    )
+    names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(address)) for address in ip_addresses]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return key, builder.sign(authority.key, hashes.SHA256())
+
+
+def certificate_pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    # O_EXCL: never overwrite, even if a file appears between the check and the write.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, mode)
+
+
+def write_dev_certificates(directory: Path, client_common_name: str = "orchestrator") -> None:
+    """Write the dev CA, a server cert for localhost/127.0.0.1/::1, a client cert and a
+    random passphrase. Raises FileExistsError, writing nothing, if any of the files exists."""
+    existing = [name for name in FILE_NAMES if (directory / name).exists()]
+    if existing:
+        raise FileExistsError(f"{directory / existing[0]} already exists; refusing to overwrite")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    authority = new_authority()
+    server_key, server_cert = issue_certificate(
+        authority,
+        "localhost",
+        server=True,
+        dns_names=("localhost",),
+        ip_addresses=("127.0.0.1", "::1"),
+    )
+    client_key, client_cert = issue_certificate(
+        authority, client_common_name, server=False, dns_names=(client_common_name,)
+    )
+    _write(directory / "ca.key", private_key_pem(authority.key), 0o600)
+    _write(directory / "ca.pem", certificate_pem(authority.certificate), 0o644)
+    _write(directory / "server.key", private_key_pem(server_key), 0o600)
+    _write(directory / "server.crt", certificate_pem(server_cert), 0o644)
+    _write(directory / "client.key", private_key_pem(client_key), 0o600)
+    _write(directory / "client.crt", certificate_pem(client_cert), 0o644)
+    _write(directory / "master.key", secrets.token_urlsafe(32).encode("ascii") + b"\n", 0o400)

@@ -1,0 +1,96 @@
+"""gunicorn settings for kms, read from kms's own configuration.
+
+Used by ``kms serve`` and by plain ``gunicorn -c python:kms.gunicorn_conf``. gunicorn terminates
+mutual TLS (client certificates required, TLS 1.2 or newer) and runs gthread workers so TLS
+connections stay alive between requests: a new handshake per request costs far more than the
+request itself.
+
+``on_starting`` runs once in the master, before the port is bound and before any worker forks:
+it reads the passphrase (file or prompt: the master owns the terminal), derives the master key and
+unwraps the init marker. Any problem prints one line and exits non-zero with no worker started.
+"""
+
+from __future__ import annotations
+
+import ssl
+import sys
+from typing import Any
+
+from kms.errors import KMSError
+from kms.settings import Settings, load_settings
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"kms: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+def _load() -> Settings:
+    try:
+        settings = load_settings()
+        settings.require_tls_files()
+    except KMSError as error:
+        _fail(error.public_message)
+    return settings
+
+
+_settings = _load()
+
+wsgi_app = "kms.wsgi:application()"
+bind = [
+    f"[{_settings.host}]:{_settings.port}"
+    if ":" in _settings.host
+    else f"{_settings.host}:{_settings.port}"
+]
+worker_class = "gthread"
+workers = _settings.workers
+threads = _settings.threads
+keepalive = 30
+timeout = 60
+graceful_timeout = 30
+proc_name = "kms"
+# gunicorn's control socket lives at one fixed path per user; kms does not use it.
+control_socket_disable = True
+
+certfile = str(_settings.server_cert)
+keyfile = str(_settings.server_key)
+ca_certs = str(_settings.ca_cert)
+cert_reqs = ssl.CERT_REQUIRED
+
+accesslog = "-"
+errorlog = "-"
+# The caller comes from the verified client certificate (kms.api.caller), never from a header.
+access_log_format = (
+    '%(h)s caller="%({kms.caller}e)s" request_id=%({kms.request_id}e)s "%(r)s" %(s)s %(b)s %(M)sms'
+)
+
+
+def ssl_context(config: Any, default_ssl_context_factory: Any) -> ssl.SSLContext:
+    context = default_ssl_context_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def on_starting(server: Any) -> None:
+    from kms import wsgi
+    from kms.master import open_master_keyring
+
+    try:
+        keyring = open_master_keyring(_settings)
+    except KMSError as error:
+        _fail(error.public_message)
+    wsgi.install(_settings, keyring)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    from kms import wsgi
+
+    wsgi.close()
+
+
+def on_exit(server: Any) -> None:
+    from kms import wsgi
+
+    wsgi.close()
