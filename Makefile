@@ -28,6 +28,9 @@ $(SECRETS)/master.key: | $(STAMP)
 
 run: $(STAMP) $(SECRETS)/master.key
 	@$(BIN)/kms init --if-needed
+	@echo "kms: serving https://localhost:8080 (Ctrl-C stops). Try, in another terminal:"
+	@echo "  curl --cacert ./$(SECRETS)/ca.pem --cert ./$(SECRETS)/client.crt --key ./$(SECRETS)/client.key \\"
+	@echo "       -X POST https://localhost:8080/v1/kms/keys -H 'Content-Type: application/json' -d '{\"key_id\":\"device123\"}'"
 	@$(BIN)/kms serve
 
 test: $(STAMP)

@@ -1,0 +1,104 @@
+"""The Flask app through its test client, on a real SQLite keystore.
+
+The TLS session is played by a small fake socket that answers getpeercert() as gunicorn's
+SSLSocket does; the real handshake is covered by the gunicorn tests in tests/integration/http.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from kms.app import create_app
+from kms.service.keyring import PassphraseKeyring
+from kms.settings import Settings
+
+
+class FakeTLSSocket:
+    def __init__(self, common_name: str) -> None:
+        self._certificate = {
+            "subject": ((("commonName", common_name),),),
+            "subjectAltName": (("DNS", common_name),),
+        }
+
+    def getpeercert(self) -> dict[str, Any]:
+        return self._certificate
+
+
+@pytest.fixture
+def app(initialised: Settings, keyring: PassphraseKeyring) -> Flask:
+    return create_app(initialised, keyring=keyring)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    client = app.test_client()
+    client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator")
+    return client
+
+
+def test_a_request_without_a_client_certificate_is_401(app: Flask) -> None:
+    response = app.test_client().get("/v1/kms/keys")
+    assert response.status_code == 401
+    assert response.get_json() == {"error": "client certificate required"}
+
+
+def test_encrypt_decrypt_round_trip(client: FlaskClient) -> None:
+    assert client.post("/v1/kms/keys", json={"key_id": "k1"}).status_code == 201
+    plaintext = base64.b64encode(b"attack at dawn").decode()
+    encrypted = client.post("/v1/kms/encrypt", json={"key_id": "k1", "plaintext": plaintext})
+    assert encrypted.status_code == 200
+    decrypted = client.post(
+        "/v1/kms/decrypt", json={"key_id": "k1", "ciphertext": encrypted.get_json()["ciphertext"]}
+    )
+    assert decrypted.get_json() == {"plaintext": plaintext, "key_id": "k1", "version": 1}
+
+
+def test_every_response_has_a_request_id(client: FlaskClient) -> None:
+    response = client.get("/v1/kms/keys")
+    assert len(response.headers["X-Request-Id"]) == 32
+
+
+# One request per kind of failure: each must come back as {"error": "<message>"} with its status.
+ERROR_CASES = [
+    ("post", "/v1/kms/keys", {"data": "{", "content_type": "application/json"}, 400),
+    ("post", "/v1/kms/keys", {"data": "{}", "content_type": "text/plain"}, 415),
+    ("post", "/v1/kms/keys", {"json": {"key_id": "x", "colour": "blue"}}, 400),
+    ("post", "/v1/kms/keys", {"json": {"key_id": "../x"}}, 400),
+    ("post", "/v1/kms/keys", {"json": {"purpose": "sign", "algorithm": "AES-256-GCM"}}, 400),
+    ("post", "/v1/kms/keys", {"json": {"algorithm": "ROT13"}}, 400),
+    ("post", "/v1/kms/keys", {"json": {"key_id": "dup"}}, 409),
+    ("get", "/v1/kms/keys?limit=0", {}, 400),
+    ("get", "/v1/kms/keys?limit=3.9", {}, 400),
+    ("get", "/v1/kms/keys/missing", {}, 404),
+    ("delete", "/v1/kms/keys/missing", {}, 404),
+    ("post", "/v1/kms/encrypt", {"json": {"key_id": "dup", "plaintext": "not base64!"}}, 400),
+    ("post", "/v1/kms/encrypt", {"json": {"key_id": "missing", "plaintext": ""}}, 404),
+    ("post", "/v1/kms/decrypt", {"json": {"key_id": "dup", "ciphertext": "djA6AAAA"}}, 400),
+    ("post", "/v1/kms/sign", {"json": {"key_id": "dup", "message": ""}}, 400),
+    ("get", "/v1/kms/nowhere", {}, 404),
+    ("put", "/v1/kms/encrypt", {}, 405),
+    (
+        "post",
+        "/v1/kms/encrypt",
+        {"data": "x" * (1024 * 1024 + 1), "content_type": "application/json"},
+        413,
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status"), ERROR_CASES)
+def test_every_error_has_the_same_json_shape(
+    client: FlaskClient, method: str, path: str, kwargs: dict[str, Any], status: int
+) -> None:
+    assert client.post("/v1/kms/keys", json={"key_id": "dup"}).status_code == 201
+    response = getattr(client, method)(path, **kwargs)
+    assert response.status_code == status
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert list(body) == ["error"]
+    assert isinstance(body["error"], str) and body["error"]
