@@ -37,9 +37,11 @@ def get_public_key(key_id: str) -> Response:
 
 
 @blueprint.delete("/<key_id>")
-def delete_key(key_id: str) -> tuple[str, int]:
+def delete_key(key_id: str) -> Response:
     service().delete_key(key_id)
-    return "", 204
+    response = Response(status=204)
+    del response.headers["Content-Type"]  # 204 has no body, so no media type either
+    return response
 
 
 @blueprint.post("/<key_id>/rotate")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,6 +37,7 @@ from kms.store.repository import (
     KeyRepository,
     KeyVersionRecord,
     NewVersion,
+    VersionBuilder,
     utc_now,
 )
 
@@ -145,11 +147,9 @@ class KMSService:
             incarnation=secrets.token_hex(16),
             created_at=now,
         )
-        secret = spec.generate()
-        try:
-            created = self._repository.create_key(record, self._version_builder(spec, secret))
-        finally:
-            zeroise(secret)
+        created = self._store_new_version(
+            spec, lambda build: self._repository.create_key(record, build)
+        )
         return _info(created)
 
     def get_key(self, key_id: str) -> KeyInfo:
@@ -173,26 +173,17 @@ class KMSService:
 
     def rotate_key(self, key_id: str) -> KeyInfo:
         key = self._repository.get_key(validate_key_id(key_id))
-        spec = ALGORITHMS[key.algorithm]
-        # Generate before the write transaction: an RSA-4096 key takes far longer than the wrap,
-        # and the write lock should be held only for the wrap and two statements.
-        secret = spec.generate()
-        try:
-            rotated = self._repository.rotate_key(key_id, self._version_builder(spec, secret))
-        finally:
-            zeroise(secret)
+        rotated = self._store_new_version(
+            ALGORITHMS[key.algorithm], lambda build: self._repository.rotate_key(key_id, build)
+        )
         return _info(rotated)
 
     def recreate_key(self, key_id: str) -> KeyInfo:
         key = self._repository.get_key(validate_key_id(key_id))
-        spec = ALGORITHMS[key.algorithm]
-        secret = spec.generate()
-        try:
-            recreated = self._repository.recreate_key(
-                key_id, secrets.token_hex(16), self._version_builder(spec, secret)
-            )
-        finally:
-            zeroise(secret)
+        recreated = self._store_new_version(
+            ALGORITHMS[key.algorithm],
+            lambda build: self._repository.recreate_key(key_id, secrets.token_hex(16), build),
+        )
         self._cache.drop_key(key_id)
         return _info(recreated)
 
@@ -287,17 +278,28 @@ class KMSService:
             raise PurposeMismatch(f"algorithm {spec.name} cannot be used for purpose {purpose}")
         return spec
 
-    def _version_builder(
-        self, spec: EncryptionAlgorithm | SigningAlgorithm, secret: bytearray
-    ) -> Any:
+    def _store_new_version(
+        self,
+        spec: EncryptionAlgorithm | SigningAlgorithm,
+        store: Callable[[VersionBuilder], KeyRecord],
+    ) -> KeyRecord:
+        """Generate fresh material, let ``store`` persist it, and overwrite the plaintext copy.
+
+        The material is generated before the write transaction starts: an RSA-4096 key takes far
+        longer than the wrap, and the write lock should be held only for the wrap and a few
+        statements. The repository fixes the version number and calls ``build`` to wrap under it.
+        """
+        secret = spec.generate()
+        public_key = spec.public_key_der(secret)
+
         def build(key: KeyRecord, version: int) -> NewVersion:
             aad = key_identity_aad(key.key_id, version, key.purpose, key.algorithm)
-            return NewVersion(
-                wrapped_key=self._keyring.wrap(secret, aad),
-                public_key=spec.public_key_der(secret),
-            )
+            return NewVersion(wrapped_key=self._keyring.wrap(secret, aad), public_key=public_key)
 
-        return build
+        try:
+            return store(build)
+        finally:
+            zeroise(secret)
 
     def _usable_key(self, key_id: str, purpose: Purpose) -> KeyRecord:
         key = self._repository.get_key(validate_key_id(key_id))

@@ -102,3 +102,12 @@ def test_every_error_has_the_same_json_shape(
     body = response.get_json()
     assert list(body) == ["error"]
     assert isinstance(body["error"], str) and body["error"]
+
+
+def test_delete_answers_204_with_no_body_and_no_content_type(client: FlaskClient) -> None:
+    assert client.post("/v1/kms/keys", json={"key_id": "gone"}).status_code == 201
+    response = client.delete("/v1/kms/keys/gone")
+    assert response.status_code == 204
+    assert response.data == b""
+    assert "Content-Type" not in response.headers
+    assert client.get("/v1/kms/keys/gone").status_code == 404
