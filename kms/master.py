@@ -28,7 +28,10 @@ def init_database(settings: Settings) -> None:
     engine = create_kms_engine(settings.database_url, pool=False)
     try:
         repository = SQLKeyRepository(engine)
-        ensure_not_initialised(repository)
+        # Connecting to SQLite creates the file (and switches it to WAL), so a database that
+        # cannot hold a keystore yet is not checked: a refused passphrase must leave no file.
+        if not _sqlite_file_is_empty(settings):
+            ensure_not_initialised(repository)
         passphrase = obtain_passphrase(settings.master_passphrase_file)
         try:
             upgrade_to_head(engine)
@@ -41,9 +44,9 @@ def init_database(settings: Settings) -> None:
 
 def open_master_keyring(settings: Settings) -> PassphraseKeyring:
     """Read the passphrase, derive the master key once and prove it on the init marker."""
-    path = _sqlite_file(settings)
-    if path is not None and not path.is_file():
-        raise NotInitialised()  # connecting would create an empty database file
+    if _sqlite_file_is_empty(settings):
+        # Connecting would create the file, or write a WAL header into an empty one.
+        raise NotInitialised()
     engine = create_kms_engine(settings.database_url, pool=False)
     try:
         repository = SQLKeyRepository(engine)
@@ -56,6 +59,12 @@ def open_master_keyring(settings: Settings) -> PassphraseKeyring:
 def _sqlite_file(settings: Settings) -> Path | None:
     url = settings.database_url
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def _sqlite_file_is_empty(settings: Settings) -> bool:
+    """True for a SQLite database that is missing or zero bytes long: it holds no keystore."""
+    path = _sqlite_file(settings)
+    return path is not None and (not path.is_file() or path.stat().st_size == 0)
 
 
 def _ensure_sqlite_directory(settings: Settings) -> None:

@@ -39,6 +39,7 @@ _KEYS: dict[tuple[str, str], str] = {
     ("kms", "key_cache_size"): "key_cache_size",
     ("database", "dsn"): "database_dsn",
 }
+_SECTIONS = {section for section, _ in _KEYS}
 _ENV_NAME = {f"KMS_{s.upper()}_{k.upper().replace('_', '')}": (s, k) for s, k in _KEYS}
 
 
@@ -136,6 +137,8 @@ def settings_from_mapping(
             )
         section_key = _ENV_NAME.get(_normalise_env_name(name))
         if section_key is None:
+            if name.split("_")[1].lower() in _SECTIONS:
+                raise ConfigurationError(f"{name}: unknown setting")
             continue
         raw[_KEYS[section_key]] = (name, value)
     return _build(raw, source)
@@ -160,7 +163,7 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
         "master_passphrase_file": _path,
         "kdf_iterations": _integer_between(MIN_ITERATIONS, 100_000_000),
         "key_cache_size": _integer_between(0, 1_000_000),
-        "database_dsn": _string,
+        "database_dsn": _dsn,
     }
     for attribute, (name, value) in raw.items():
         try:
@@ -180,6 +183,12 @@ def _string(value: Any) -> str:
 
 def _path(value: Any) -> Path:
     return Path(_string(value)).expanduser().resolve()
+
+
+def _dsn(value: Any) -> str:
+    dsn = _string(value)
+    # A plain file path resolves now, like the other paths: a later chdir must not move it.
+    return dsn if "://" in dsn else str(_path(dsn))
 
 
 _DECIMAL = re.compile(r"[0-9]{1,12}")

@@ -7,10 +7,12 @@ production and every config file use at least 600,000.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import strategies as st
 
 from kms.master import init_database, open_master_keyring
 from kms.service.cache import KeyMaterialCache
@@ -30,13 +32,35 @@ def write_passphrase_file(path: Path, passphrase: bytes, mode: int = 0o400) -> P
     return path
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def make_settings(directory: Path) -> Settings:
+    """Test settings for a keystore in ``directory``: kms.db beside a 0400 passphrase file."""
     return Settings(
-        database_dsn=str(tmp_path / "kms.db"),
-        master_passphrase_file=write_passphrase_file(tmp_path / "master.key", TEST_PASSPHRASE),
+        database_dsn=str(directory / "kms.db"),
+        master_passphrase_file=write_passphrase_file(directory / "master.key", TEST_PASSPHRASE),
         kdf_iterations=TEST_ITERATIONS,
     )
+
+
+#: Plaintexts kms must carry: empty up to 64 KiB.
+MAX_TEST_PLAINTEXT = 64 * 1024
+
+
+@st.composite
+def plaintexts(draw: st.DrawFn) -> bytes:
+    """Byte strings from 0 bytes to 64 KiB.
+
+    Short ones come from hypothesis byte by byte (so it can shrink them); long ones from a seeded
+    PRNG, because drawing 64 KiB one byte at a time overruns hypothesis's example buffer.
+    """
+    size = draw(st.integers(min_value=0, max_value=MAX_TEST_PLAINTEXT))
+    if size <= 256:
+        return draw(st.binary(min_size=size, max_size=size))
+    return random.Random(draw(st.integers(min_value=0, max_value=2**32 - 1))).randbytes(size)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
 
 
 @pytest.fixture
@@ -62,3 +86,39 @@ def repository(initialised: Settings) -> Iterator[SQLKeyRepository]:
 @pytest.fixture
 def service(repository: SQLKeyRepository, keyring: PassphraseKeyring) -> KMSService:
     return KMSService(repository, keyring, KeyMaterialCache(1024))
+
+
+@pytest.fixture
+def service_factory(
+    initialised: Settings, keyring: PassphraseKeyring
+) -> Iterator[Callable[[], KMSService]]:
+    """Build more services on the same database, each with its own engine and an empty cache.
+
+    Each stands for another gunicorn worker: it shares nothing in memory with ``service``.
+    """
+    repositories: list[SQLKeyRepository] = []
+
+    def build() -> KMSService:
+        repository = SQLKeyRepository(create_kms_engine(initialised.database_url))
+        repositories.append(repository)
+        return KMSService(repository, keyring, KeyMaterialCache(1024))
+
+    yield build
+    for repository in repositories:
+        repository.close()
+
+
+@pytest.fixture(scope="module")
+def module_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KMSService]:
+    """One initialised keystore and service per test module.
+
+    For hypothesis tests (function-scoped fixtures are not reset between examples) and for long
+    parametrized lists that only read: a keystore per case would cost a schema migration each.
+    """
+    module_settings = make_settings(tmp_path_factory.mktemp("module-kms"))
+    init_database(module_settings)
+    module_keyring = open_master_keyring(module_settings)
+    repository = SQLKeyRepository(create_kms_engine(module_settings.database_url))
+    yield KMSService(repository, module_keyring, KeyMaterialCache(1024))
+    repository.close()
+    module_keyring.close()

@@ -1,0 +1,299 @@
+"""load_settings: YAML files in the seed's format plus KMS_* overrides, all from tmp_path.
+
+Every test passes ``environ=`` explicitly: the developer's real environment must never leak in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kms.crypto.kdf import MIN_ITERATIONS
+from kms.errors import ConfigurationError
+from kms.settings import Settings, load_settings
+
+SEED: dict[str, dict[str, Any]] = {
+    "server": {
+        "port": 8443,
+        "serverCert": "certs/server.crt",
+        "serverKey": "certs/server.key",
+        "caCert": "certs/ca.pem",
+    },
+    "kms": {"master_passphrase_file": "secrets/master.key"},
+    "database": {"dsn": "data/kms.db"},
+}
+
+
+def write_config(path: Path, document: dict[str, Any] | None = None, **sections: Any) -> Path:
+    """Write the seed document, with ``sections`` merged over it key by key."""
+    merged = {name: dict(values) for name, values in (document or SEED).items()}
+    for name, values in sections.items():
+        merged.setdefault(name, {}).update(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(merged), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_the_seed_format_loads(in_tmp: Path) -> None:
+    path = write_config(in_tmp / "kms.yaml")
+    settings = load_settings(path, environ={})
+    assert settings.port == 8443
+    assert settings.server_cert == in_tmp / "certs" / "server.crt"
+    assert settings.server_key == in_tmp / "certs" / "server.key"
+    assert settings.ca_cert == in_tmp / "certs" / "ca.pem"
+    assert settings.master_passphrase_file == in_tmp / "secrets" / "master.key"
+    assert settings.kdf_iterations == MIN_ITERATIONS
+    assert settings.source == str(path)
+
+
+def test_relative_paths_resolve_against_the_working_directory(
+    in_tmp: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(write_config(in_tmp / "kms.yaml"), environ={})
+    assert settings.master_passphrase_file is not None
+    assert settings.master_passphrase_file.is_absolute()
+    assert settings.database_url == f"sqlite:///{in_tmp / 'data' / 'kms.db'}"
+    # Resolved when loaded: a later chdir (a daemonising server does one) must not move them.
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    assert settings.master_passphrase_file == in_tmp / "secrets" / "master.key"
+    assert settings.database_url == f"sqlite:///{in_tmp / 'data' / 'kms.db'}"
+
+
+def test_absolute_paths_and_urls_are_kept(in_tmp: Path) -> None:
+    path = write_config(
+        in_tmp / "kms.yaml",
+        database={"dsn": "postgresql+psycopg://kms@db/kms"},
+        kms={"master_passphrase_file": "/run/secrets/master"},
+    )
+    settings = load_settings(path, environ={})
+    assert settings.database_url == "postgresql+psycopg://kms@db/kms"
+    assert settings.master_passphrase_file == Path("/run/secrets/master")
+
+
+# -- which file -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def environments(in_tmp: Path) -> Path:
+    write_config(in_tmp / "config" / "config.dev.yaml", server={"port": 8080})
+    write_config(in_tmp / "config" / "config.prod.yaml", server={"port": 9443})
+    write_config(in_tmp / "elsewhere" / "mine.yaml", server={"port": 7000})
+    return in_tmp
+
+
+def test_kms_env_defaults_to_dev(environments: Path) -> None:
+    settings = load_settings(environ={})
+    assert settings.port == 8080
+    assert settings.source == str(Path("config") / "config.dev.yaml")
+
+
+def test_kms_env_selects_the_file(environments: Path) -> None:
+    assert load_settings(environ={"KMS_ENV": "dev"}).port == 8080
+    assert load_settings(environ={"KMS_ENV": "prod"}).port == 9443
+
+
+@pytest.mark.parametrize("env", ["test", "Prod", "", "../prod"])
+def test_an_unknown_kms_env_is_refused(environments: Path, env: str) -> None:
+    with pytest.raises(ConfigurationError) as excinfo:
+        load_settings(environ={"KMS_ENV": env})
+    assert "KMS_ENV" in str(excinfo.value)
+
+
+def test_kms_config_names_the_file_and_wins_over_kms_env(environments: Path) -> None:
+    path = str(environments / "elsewhere" / "mine.yaml")
+    assert load_settings(environ={"KMS_CONFIG": path}).port == 7000
+    assert load_settings(environ={"KMS_CONFIG": path, "KMS_ENV": "prod"}).port == 7000
+    relative = load_settings(environ={"KMS_CONFIG": "elsewhere/mine.yaml"})
+    assert relative.port == 7000
+
+
+def test_an_explicit_path_wins_over_the_environment(environments: Path) -> None:
+    path = environments / "config" / "config.prod.yaml"
+    assert load_settings(path, environ={"KMS_CONFIG": "nope.yaml"}).port == 9443
+
+
+def test_a_missing_file_names_the_file(in_tmp: Path) -> None:
+    with pytest.raises(ConfigurationError) as excinfo:
+        load_settings(environ={"KMS_CONFIG": "absent.yaml"})
+    assert "absent.yaml" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    "text", ["server: [unclosed", "- a\n- list\n", "just a string"], ids=["yaml", "list", "scalar"]
+)
+def test_a_file_that_is_not_a_mapping_is_refused(in_tmp: Path, text: str) -> None:
+    (in_tmp / "bad.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigurationError):
+        load_settings(in_tmp / "bad.yaml", environ={})
+
+
+# -- environment overrides ----------------------------------------------------------------------
+
+
+def test_kms_database_dsn_overrides_the_file(in_tmp: Path) -> None:
+    path = write_config(in_tmp / "kms.yaml")
+    dsn = "postgresql+psycopg://kms@db/kms"
+    settings = load_settings(path, environ={"KMS_DATABASE_DSN": dsn})
+    assert settings.database_dsn == dsn
+    assert settings.database_url == dsn
+
+
+def test_kms_server_port_overrides_the_file(in_tmp: Path) -> None:
+    path = write_config(in_tmp / "kms.yaml")
+    assert load_settings(path, environ={"KMS_SERVER_PORT": "9999"}).port == 9999
+    assert load_settings(path, environ={"KMS_SERVER_PORT": " 9999 "}).port == 9999
+
+
+def test_camel_case_keys_take_underscored_overrides(in_tmp: Path) -> None:
+    path = write_config(in_tmp / "kms.yaml")
+    environ = {
+        "KMS_SERVER_SERVER_CERT": "/etc/kms/cert.pem",
+        "KMS_KMS_MASTER_PASSPHRASE_FILE": "/etc/kms/master.key",
+    }
+    settings = load_settings(path, environ=environ)
+    assert settings.server_cert == Path("/etc/kms/cert.pem")
+    assert settings.master_passphrase_file == Path("/etc/kms/master.key")
+
+
+def test_other_environment_variables_are_ignored(in_tmp: Path) -> None:
+    path = write_config(in_tmp / "kms.yaml")
+    settings = load_settings(path, environ={"HOME": "/root", "PORT": "1", "DATABASE_DSN": "x"})
+    assert settings == load_settings(path, environ={})
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "KMS_KMS_MASTER_PASSPHRASE",
+        "KMS_KMS_MASTERPASSPHRASE",
+        "KMS_MASTER_PASSPHRASE",
+        "KMS_PASSPHRASE",
+    ],
+)
+def test_the_passphrase_never_comes_from_the_environment(in_tmp: Path, name: str) -> None:
+    path = write_config(in_tmp / "kms.yaml")
+    with pytest.raises(ConfigurationError) as excinfo:
+        load_settings(path, environ={name: "hunter2"})
+    assert name in str(excinfo.value)
+    assert "hunter2" not in str(excinfo.value)
+
+
+# -- bad values ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", ["abc", 0, 70000, True, -1, 80.5, "", None, [8080]], ids=repr)
+def test_a_bad_port_in_the_file_names_the_setting(in_tmp: Path, port: object) -> None:
+    path = write_config(in_tmp / "kms.yaml", server={"port": port})
+    with pytest.raises(ConfigurationError) as excinfo:
+        load_settings(path, environ={})
+    assert "server.port" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("port", ["abc", "0", "70000", "true", "-1", "8080.0", "", "\u0661"])
+def test_a_bad_port_override_names_the_variable(in_tmp: Path, port: str) -> None:
+    path = write_config(in_tmp / "kms.yaml")
+    with pytest.raises(ConfigurationError) as excinfo:
+        load_settings(path, environ={"KMS_SERVER_PORT": port})
+    assert "KMS_SERVER_PORT" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("port", [1, 65535, "443"])
+def test_ports_at_the_edges_are_accepted(in_tmp: Path, port: object) -> None:
+    path = write_config(in_tmp / "kms.yaml", server={"port": port})
+    assert load_settings(path, environ={}).port == int(port)  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("server", "prot"), ("server", "server_cert"), ("kms", "passphrase"), ("logging", "level")],
+)
+def test_an_unknown_setting_is_refused(in_tmp: Path, section: str, key: str) -> None:
+    path = write_config(in_tmp / "kms.yaml", **{section: {key: "x"}})
+    with pytest.raises(ConfigurationError) as excinfo:
+        load_settings(path, environ={})
+    assert f"{section}.{key}" in str(excinfo.value)
+
+
+def test_a_section_that_is_not_a_mapping_is_refused(in_tmp: Path) -> None:
+    document = {**SEED, "server": "8443"}
+    (in_tmp / "kms.yaml").write_text(yaml.safe_dump(document), encoding="utf-8")
+    with pytest.raises(ConfigurationError) as excinfo:
+        load_settings(in_tmp / "kms.yaml", environ={})
+    assert "server" in str(excinfo.value)
+
+
+def test_a_missing_database_dsn_is_refused(in_tmp: Path) -> None:
+    document = {name: values for name, values in SEED.items() if name != "database"}
+    path = write_config(in_tmp / "kms.yaml", document)
+    with pytest.raises(ConfigurationError) as excinfo:
+        load_settings(path, environ={})
+    assert "database.dsn" in str(excinfo.value)
+    # The environment can supply it.
+    settings = load_settings(path, environ={"KMS_DATABASE_DSN": "sqlite:///x.db"})
+    assert settings.database_url == "sqlite:///x.db"
+
+
+@pytest.mark.parametrize("dsn", ["", "   ", 5, None], ids=repr)
+def test_an_empty_database_dsn_is_refused(in_tmp: Path, dsn: object) -> None:
+    path = write_config(in_tmp / "kms.yaml", database={"dsn": dsn})
+    with pytest.raises(ConfigurationError) as excinfo:
+        load_settings(path, environ={})
+    assert "database.dsn" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("iterations", [1000, MIN_ITERATIONS - 1, 0, "600k"])
+def test_kdf_iterations_below_the_floor_are_refused(in_tmp: Path, iterations: object) -> None:
+    path = write_config(in_tmp / "kms.yaml", kms={"kdf_iterations": iterations})
+    with pytest.raises(ConfigurationError) as excinfo:
+        load_settings(path, environ={})
+    assert "kms.kdf_iterations" in str(excinfo.value)
+
+
+def test_kdf_iterations_from_the_environment_have_the_same_floor(in_tmp: Path) -> None:
+    path = write_config(in_tmp / "kms.yaml")
+    with pytest.raises(ConfigurationError):
+        load_settings(path, environ={"KMS_KMS_KDF_ITERATIONS": "1000"})
+
+
+def test_kdf_iterations_can_be_raised(in_tmp: Path) -> None:
+    path = write_config(in_tmp / "kms.yaml", kms={"kdf_iterations": MIN_ITERATIONS * 2})
+    assert load_settings(path, environ={}).kdf_iterations == MIN_ITERATIONS * 2
+
+
+def test_the_production_default_is_600000_iterations() -> None:
+    assert Settings(database_dsn="kms.db").kdf_iterations == 600_000
+
+
+def test_settings_are_frozen(in_tmp: Path) -> None:
+    settings = load_settings(write_config(in_tmp / "kms.yaml"), environ={})
+    with pytest.raises(AttributeError):
+        settings.port = 1  # type: ignore[misc]
+    assert settings.with_overrides(port=1).port == 1
+    assert settings.port == 8443
+
+
+def test_require_tls_files_names_what_is_missing(in_tmp: Path) -> None:
+    settings = load_settings(write_config(in_tmp / "kms.yaml"), environ={})
+    with pytest.raises(ConfigurationError) as excinfo:
+        settings.require_tls_files()
+    assert "server.serverCert" in str(excinfo.value)
+    for name in ("server.crt", "server.key", "ca.pem"):
+        (in_tmp / "certs").mkdir(exist_ok=True)
+        (in_tmp / "certs" / name).write_text("x", encoding="ascii")
+    settings.require_tls_files()
+
+
+def test_an_unknown_override_in_a_known_section_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "kms.yaml"
+    config.write_text("database:\n  dsn: ./kms.db\n")
+    with pytest.raises(ConfigurationError, match="KMS_SERVER_PROT: unknown setting"):
+        load_settings(config, environ={"KMS_SERVER_PROT": "8443"})
