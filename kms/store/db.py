@@ -49,7 +49,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
+        # Reads are single statements, each its own implicit transaction in autocommit mode:
+        # an explicit BEGIN and ROLLBACK around them would only add two round trips.
         if connection.get_execution_options().get("kms_write"):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            connection.exec_driver_sql("BEGIN")
