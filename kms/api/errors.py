@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, g, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from kms import errors
+from kms.api.payload import discard_unread_body
 
 log = logging.getLogger("kms.api")
 
@@ -53,7 +54,10 @@ def register_error_handlers(app: Flask) -> None:
         if status == 500:
             log.error("request %s failed: %s", g.get("request_id", "-"), type(error).__name__)
             return error_response("internal error", 500)
-        return error_response(error.public_message, status)
+        response = error_response(error.public_message, status)
+        if isinstance(error, errors.PayloadTooLarge):
+            discard_unread_body(response, request)
+        return response
 
     @app.errorhandler(ValidationError)
     def handle_validation_error(error: ValidationError) -> Response:

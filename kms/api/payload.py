@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Request
+from flask import Request, Response
 
 from kms.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 _NOT_JSON = "request body is not valid JSON"
+#: How much of an oversized body is read and thrown away after the 413 has been sent.
+DISCARD_LIMIT_BYTES = 16 * 1024 * 1024
 
 
 def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -41,6 +43,28 @@ def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise InvalidRequest("request body must be a JSON object")
     return document
+
+
+def discard_unread_body(response: Response, request: Request) -> None:
+    """Once ``response`` is sent, read and drop what is left of the request body.
+
+    Closing a connection whose receive buffer still holds data makes the kernel send a reset,
+    and the client then loses the 413 it was sent. Reading the rest first (as a web server's
+    lingering close does) lets the client see the answer and keep its connection. The reading
+    happens in the WSGI ``close`` call, after gunicorn has written the response; a body larger
+    than DISCARD_LIMIT_BYTES is left for gunicorn to drop with the connection.
+    """
+    stream = request.stream
+
+    def discard() -> None:
+        remaining = DISCARD_LIMIT_BYTES
+        try:
+            while remaining > 0 and (chunk := stream.read(min(remaining, 64 * 1024))):
+                remaining -= len(chunk)
+        except OSError:
+            pass  # the client went away: nothing left to protect
+
+    response.call_on_close(discard)
 
 
 def _without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

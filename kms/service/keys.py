@@ -304,7 +304,7 @@ class KMSService:
     def _usable_key(self, key_id: str, purpose: Purpose) -> KeyRecord:
         key = self._repository.get_key(validate_key_id(key_id))
         if key.purpose != purpose.value:
-            raise PurposeMismatch(f"key {key.key_id} is a {key.purpose} key")
+            raise PurposeMismatch(f"key {key.key_id} has purpose {key.purpose}")
         return key
 
     def _version(self, key: KeyRecord, version: int) -> KeyVersionRecord:

@@ -1,0 +1,352 @@
+"""Running a real kms server for the HTTP tests: dev certificates, config, database, gunicorn.
+
+Everything here is the real thing: ``kms dev-certs`` writes the certificates, ``kms serve`` runs
+gunicorn with mutual TLS, ``requests`` speaks HTTPS with the client certificate. The only shortcut
+is the KDF cost: the database is initialised through the library with few PBKDF2 iterations
+(``kms init`` from a config file always uses at least 600,000); the server derives the master key
+with the iterations stored in the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from kms.master import init_database
+from kms.settings import Settings
+
+TEST_ITERATIONS = 1_000
+STARTUP_TIMEOUT_SECONDS = 20
+# Safety limits only: no test asserts how long anything took.
+REQUEST_TIMEOUT_SECONDS = 60
+PROCESS_TIMEOUT_SECONDS = 60
+
+JSON = "application/json"
+
+
+def kms_command(*args: str) -> list[str]:
+    """The installed ``kms`` console script of this interpreter's environment."""
+    script = Path(sys.executable).with_name("kms")
+    assert script.is_file(), f"no kms console script next to {sys.executable}"
+    return [str(script), *args]
+
+
+def clean_environment(config: Path | None = None) -> dict[str, str]:
+    """This process's environment without any ``KMS_*`` override, plus ``KMS_CONFIG``.
+
+    A developer's own KMS_* variables must not change what the tests start.
+    """
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
+    if config is not None:
+        environ["KMS_CONFIG"] = str(config)
+    return environ
+
+
+def run_kms(
+    *args: str, config: Path | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a ``kms`` command to completion; stdout and stderr are captured separately."""
+    return subprocess.run(
+        kms_command(*args),
+        env=clean_environment(config),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_SECONDS,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The files of one kms instance, all inside ``directory``."""
+
+    directory: Path
+    port: int
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "config.yaml"
+
+    @property
+    def database(self) -> Path:
+        return self.directory / "kms.db"
+
+    @property
+    def passphrase_file(self) -> Path:
+        return self.directory / "master.key"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.directory / "ca.key"
+
+    @property
+    def client_cert(self) -> Path:
+        return self.directory / "client.crt"
+
+    @property
+    def client_key(self) -> Path:
+        return self.directory / "client.key"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "server.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+
+def write_dev_certificates(directory: Path) -> None:
+    result = run_kms("dev-certs", str(directory))
+    assert result.returncode == 0, result.stderr
+
+
+def write_config(
+    path: Path,
+    *,
+    directory: Path,
+    port: int,
+    passphrase_file: Path | None = None,
+    database: Path | None = None,
+    server_cert: Path | None = None,
+    server_key: Path | None = None,
+    ca_cert: Path | None = None,
+) -> Path:
+    """Write a config in the seed's format; unspecified files are the dev ones in ``directory``."""
+    path.write_text(
+        "server:\n"
+        f"  port: {port}\n"
+        f'  serverCert: "{server_cert or directory / "server.crt"}"\n'
+        f'  serverKey: "{server_key or directory / "server.key"}"\n'
+        f'  caCert: "{ca_cert or directory / "ca.pem"}"\n'
+        "  workers: 2\n"
+        "  threads: 4\n"
+        "kms:\n"
+        f'  master_passphrase_file: "{passphrase_file or directory / "master.key"}"\n'
+        "database:\n"
+        f'  dsn: "{database or directory / "kms.db"}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def initialise_database(database: Path, passphrase_file: Path) -> None:
+    init_database(
+        Settings(
+            database_dsn=str(database),
+            master_passphrase_file=passphrase_file,
+            kdf_iterations=TEST_ITERATIONS,
+        )
+    )
+
+
+def prepare_deployment(directory: Path) -> Deployment:
+    """Dev certificates, a config on a free port and an initialised database."""
+    write_dev_certificates(directory)
+    deployment = Deployment(directory=directory, port=free_port())
+    write_config(deployment.config, directory=directory, port=deployment.port)
+    initialise_database(deployment.database, deployment.passphrase_file)
+    return deployment
+
+
+def new_session(cert: Path, key: Path, ca_cert: Path) -> requests.Session:
+    session = requests.Session()
+    # trust_env would let REQUESTS_CA_BUNDLE replace `verify` and a proxy variable reroute us.
+    session.trust_env = False
+    session.cert = (str(cert), str(key))
+    session.verify = str(ca_cert)
+    return session
+
+
+class KMSClient:
+    """A requests.Session with the client certificate, and the server's base URL."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self.base_url = deployment.base_url
+        self.session = self.new_session()
+
+    def new_session(self) -> requests.Session:
+        deployment = self.deployment
+        return new_session(deployment.client_cert, deployment.client_key, deployment.ca_cert)
+
+    def request(
+        self, method: str, path: str, session: requests.Session | None = None, **kwargs: Any
+    ) -> requests.Response:
+        kwargs.setdefault("timeout", REQUEST_TIMEOUT_SECONDS)
+        return (session or self.session).request(method, self.base_url + path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class ServerProcess:
+    """``kms serve`` as a child process, its stdout and stderr going to ``deployment.log``."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        with deployment.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                kms_command("serve"),
+                env=clean_environment(deployment.config),
+                cwd=deployment.directory,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def output(self) -> str:
+        return self.deployment.log.read_text(encoding="utf-8", errors="replace")
+
+    def wait_until_serving(self, client: KMSClient) -> None:
+        """Poll with an mTLS request until the server answers; fail with the log otherwise."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"kms serve exited with {self.process.returncode}:\n{self.output()}",
+                    pytrace=False,
+                )
+            try:
+                response = client.get("/v1/kms/keys", params={"limit": 1}, timeout=2)
+            except requests.ConnectionError:
+                time.sleep(0.1)
+                continue
+            if response.status_code == 200:
+                return
+            pytest.fail(f"first request answered {response.status_code}: {response.text}")
+        self.process.kill()
+        self.process.wait()
+        pytest.fail(f"kms serve did not answer within the limit:\n{self.output()}", pytrace=False)
+
+    def stop(self) -> int:
+        """SIGTERM and wait: a clean shutdown exits 0."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=PROCESS_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                pytest.fail(f"kms serve ignored SIGTERM:\n{self.output()}", pytrace=False)
+        return self.process.returncode
+
+    def access_log_line(self, request_id: str) -> str:
+        """The access log line of one request, found by the id the response carried."""
+        needle = f"request_id={request_id} "
+        deadline = time.monotonic() + 10
+        while True:
+            lines = [line for line in self.output().splitlines() if needle in line]
+            if lines:
+                assert len(lines) == 1, lines
+                return lines[0]
+            if time.monotonic() > deadline:
+                pytest.fail(f"no access log line for request {request_id}:\n{self.output()}")
+            time.sleep(0.05)
+
+
+# -- responses ------------------------------------------------------------------------------
+
+
+def expect_json(response: requests.Response, status: int) -> Any:
+    """Assert the status, the JSON content type and no leaked traceback; return the body."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers.get("Content-Type") == JSON, response.headers
+    assert "Traceback" not in response.text
+    return response.json()
+
+
+def expect_error(response: requests.Response, status: int, message: str | None = None) -> str:
+    """Assert an error response of the one shape ``{"error": "<message>"}``."""
+    assert 400 <= status < 500
+    body = expect_json(response, status)
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    assert isinstance(body["error"], str) and body["error"], body
+    if message is not None:
+        assert body["error"] == message
+    return body["error"]
+
+
+def expect_no_content(response: requests.Response) -> None:
+    assert response.status_code == 204, (response.status_code, response.text)
+    assert response.content == b""
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+def unique_key_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def create_key(client: KMSClient, **fields: str) -> dict[str, Any]:
+    return expect_json(client.post("/v1/kms/keys", json=fields), 201)
+
+
+# -- the database, read behind the server's back ----------------------------------------------
+
+SNAPSHOT_QUERIES = {
+    "keys": "SELECT key_id, purpose, algorithm, state, latest_version, incarnation, created_at, "
+    "updated_at FROM keys ORDER BY key_id",
+    "key_versions": "SELECT key_id, version, wrapped_key, public_key, created_at "
+    "FROM key_versions ORDER BY key_id, version",
+    "kms_metadata": "SELECT name, value FROM kms_metadata ORDER BY name",
+}
+
+
+def database_rows(database: Path) -> dict[str, list[tuple[Any, ...]]]:
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+        return {
+            table: connection.execute(query).fetchall() for table, query in SNAPSHOT_QUERIES.items()
+        }
+
+
+@contextmanager
+def database_unchanged(database: Path) -> Iterator[None]:
+    before = database_rows(database)
+    assert before["kms_metadata"], "the snapshot must see the initialised database"
+    yield
+    assert database_rows(database) == before

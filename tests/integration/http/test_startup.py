@@ -1,0 +1,235 @@
+"""Starting and stopping ``kms serve``, and the CLI commands that prepare it.
+
+A startup failure must stop the server before it binds its port or boots a worker, with one
+``kms: ...`` line saying why. While each failing server runs, the test itself listens on the
+configured port: had gunicorn tried to bind it, it would have logged "Connection in use" and
+"Address already in use".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from kms.devcerts import FILE_NAMES
+from tests.integration.http.harness import (
+    PROCESS_TIMEOUT_SECONDS,
+    Deployment,
+    KMSClient,
+    ServerProcess,
+    clean_environment,
+    database_rows,
+    expect_json,
+    free_port,
+    initialise_database,
+    kms_command,
+    run_kms,
+    write_config,
+    write_dev_certificates,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One set of dev certificates and a passphrase file for every test here."""
+    directory = tmp_path_factory.mktemp("kms-startup-certs")
+    write_dev_certificates(directory)
+    return directory
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port this test listens on, so that any attempt to bind it would fail loudly."""
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        yield holder.getsockname()[1]
+
+
+def serve_until_exit(config: Path, cwd: Path) -> tuple[int, str]:
+    """Run ``kms serve`` that is expected to stop by itself; return its code and output."""
+    result = subprocess.run(
+        kms_command("serve"),
+        env=clean_environment(config),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=PROCESS_TIMEOUT_SECONDS,
+        check=False,
+    )
+    return result.returncode, result.stdout
+
+
+def assert_refused_before_binding(returncode: int, output: str) -> str:
+    """Exit code, no worker, no bind, exactly one ``kms:`` line; return that line."""
+    assert returncode != 0, output
+    kms_lines = [line for line in output.splitlines() if line.startswith("kms: ")]
+    assert len(kms_lines) == 1, output
+    assert "Booting worker" not in output
+    assert "Listening at" not in output
+    assert "in use" not in output  # "Connection in use", "Address already in use"
+    assert "Can't connect" not in output
+    assert "Traceback" not in output
+    return kms_lines[0]
+
+
+def write_passphrase(path: Path, passphrase: bytes, mode: int) -> Path:
+    path.write_bytes(passphrase + b"\n")
+    os.chmod(path, mode)
+    return path
+
+
+def test_wrong_passphrase_stops_the_server_before_it_binds(
+    certificates: Path, tmp_path: Path, held_port: int
+) -> None:
+    database = tmp_path / "kms.db"
+    initialise_database(database, certificates / "master.key")
+    other = write_passphrase(tmp_path / "other.key", b"not the passphrase", 0o400)
+    config = write_config(
+        tmp_path / "config.yaml",
+        directory=certificates,
+        port=held_port,
+        passphrase_file=other,
+        database=database,
+    )
+    line = assert_refused_before_binding(*serve_until_exit(config, tmp_path))
+    assert "wrong master passphrase" in line
+
+
+def test_passphrase_file_readable_by_others_is_refused(
+    certificates: Path, tmp_path: Path, held_port: int
+) -> None:
+    passphrase = (certificates / "master.key").read_bytes().rstrip(b"\n")
+    open_file = write_passphrase(tmp_path / "open.key", passphrase, 0o644)
+    database = tmp_path / "kms.db"
+    initialise_database(database, certificates / "master.key")
+    config = write_config(
+        tmp_path / "config.yaml",
+        directory=certificates,
+        port=held_port,
+        passphrase_file=open_file,
+        database=database,
+    )
+    line = assert_refused_before_binding(*serve_until_exit(config, tmp_path))
+    assert "mode 0644" in line
+    assert str(open_file) in line
+
+
+def test_uninitialised_database_asks_for_kms_init(
+    certificates: Path, tmp_path: Path, held_port: int
+) -> None:
+    database = tmp_path / "never-initialised.db"
+    config = write_config(
+        tmp_path / "config.yaml", directory=certificates, port=held_port, database=database
+    )
+    line = assert_refused_before_binding(*serve_until_exit(config, tmp_path))
+    assert "kms init" in line
+    assert not database.exists()
+
+
+@pytest.mark.parametrize("setting", ["serverCert", "serverKey", "caCert"])
+def test_missing_tls_file_is_named(
+    certificates: Path, tmp_path: Path, held_port: int, setting: str
+) -> None:
+    database = tmp_path / "kms.db"
+    initialise_database(database, certificates / "master.key")
+    missing = tmp_path / f"missing-{setting}.pem"
+    option = {"serverCert": "server_cert", "serverKey": "server_key", "caCert": "ca_cert"}
+    config = write_config(
+        tmp_path / "config.yaml",
+        directory=certificates,
+        port=held_port,
+        database=database,
+        **{option[setting]: missing},
+    )
+    line = assert_refused_before_binding(*serve_until_exit(config, tmp_path))
+    assert f"server.{setting}" in line
+    assert str(missing) in line
+
+
+def test_serves_and_exits_zero_on_sigterm(certificates: Path, tmp_path: Path) -> None:
+    """The control for the refusals above: the same files, correctly configured, serve."""
+    directory = tmp_path / "deployment"
+    shutil.copytree(certificates, directory)
+    deployment = Deployment(directory=directory, port=free_port())
+    write_config(deployment.config, directory=directory, port=deployment.port)
+    initialise_database(deployment.database, deployment.passphrase_file)
+    server = ServerProcess(deployment)
+    try:
+        with closing(KMSClient(deployment)) as client:
+            server.wait_until_serving(client)
+            assert expect_json(client.get("/v1/kms/keys"), 200) == []
+    finally:
+        returncode = server.stop()
+    output = server.output()
+    assert returncode == 0, output
+    assert "Booting worker" in output
+    assert "Shutting down: Master" in output
+    assert "Traceback" not in output
+
+
+def test_kms_init_twice_refuses_the_second_time(certificates: Path, tmp_path: Path) -> None:
+    database = tmp_path / "kms.db"
+    config = write_config(
+        tmp_path / "config.yaml", directory=certificates, port=free_port(), database=database
+    )
+    first = run_kms("init", config=config, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("kms: initialised ")
+    keystore = database_rows(database)
+    assert keystore["kms_metadata"]
+
+    second = run_kms("init", config=config, cwd=tmp_path)
+    assert second.returncode == 1
+    assert second.stdout == ""
+    assert second.stderr.splitlines() == [
+        "kms: the database is already initialised; nothing was changed"
+    ]
+    assert database_rows(database) == keystore
+
+    quiet = run_kms("init", "--if-needed", config=config, cwd=tmp_path)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    assert database_rows(database) == keystore
+
+
+def snapshot_files(directory: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        path.name: (path.read_bytes(), stat.S_IMODE(path.stat().st_mode))
+        for path in sorted(directory.iterdir())
+    }
+
+
+def test_dev_certs_refuses_to_overwrite(certificates: Path, tmp_path: Path) -> None:
+    directory = tmp_path / "secrets"
+    shutil.copytree(certificates, directory)
+    before = snapshot_files(directory)
+    assert set(FILE_NAMES) <= set(before)
+    assert before["master.key"][1] == 0o400
+
+    result = run_kms("dev-certs", str(directory))
+    assert result.returncode == 1
+    assert result.stderr.startswith("kms: ")
+    assert "already exists" in result.stderr
+    assert snapshot_files(directory) == before
+
+
+def test_dev_certs_refuses_if_any_one_file_exists(tmp_path: Path) -> None:
+    directory = tmp_path / "secrets"
+    directory.mkdir()
+    (directory / "client.key").write_bytes(b"mine")
+    os.chmod(directory / "client.key", 0o644)
+
+    result = run_kms("dev-certs", str(directory))
+    assert result.returncode == 1
+    assert "client.key" in result.stderr
+    assert snapshot_files(directory) == {"client.key": (b"mine", 0o644)}

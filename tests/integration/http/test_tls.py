@@ -1,0 +1,217 @@
+"""Mutual TLS: who gets in, who does not, and where the caller's identity comes from."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from kms.devcerts import (
+    Authority,
+    certificate_pem,
+    issue_certificate,
+    new_authority,
+    private_key_pem,
+)
+from tests.integration.http.harness import (
+    PROCESS_TIMEOUT_SECONDS,
+    REQUEST_TIMEOUT_SECONDS,
+    Deployment,
+    KMSClient,
+    ServerProcess,
+    clean_environment,
+    expect_json,
+    expect_no_content,
+    new_session,
+    unique_key_id,
+)
+
+pytestmark = pytest.mark.slow
+
+ORCHESTRATOR = "CN=orchestrator;SAN=DNS:orchestrator"
+
+
+def dev_authority(deployment: Deployment) -> Authority:
+    """The CA the server trusts, loaded from the files ``kms dev-certs`` wrote."""
+    key = serialization.load_pem_private_key(deployment.ca_key.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    certificate = x509.load_pem_x509_certificate(deployment.ca_cert.read_bytes())
+    return Authority(key=key, certificate=certificate)
+
+
+def write_client_certificate(
+    directory: Path,
+    authority: Authority,
+    common_name: str,
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+) -> tuple[Path, Path]:
+    key, certificate = issue_certificate(
+        authority, common_name, server=False, not_before=not_before, not_after=not_after
+    )
+    cert_path, key_path = directory / f"{common_name}.crt", directory / f"{common_name}.key"
+    cert_path.write_bytes(certificate_pem(certificate))
+    key_path.write_bytes(private_key_pem(key))
+    return cert_path, key_path
+
+
+def assert_refused(session: requests.Session, deployment: Deployment) -> None:
+    with closing(session), pytest.raises(requests.ConnectionError):
+        session.get(f"{deployment.base_url}/v1/kms/keys", timeout=REQUEST_TIMEOUT_SECONDS)
+
+
+def test_client_certificate_from_the_trusted_ca_is_accepted(
+    server: ServerProcess, deployment: Deployment, tmp_path: Path
+) -> None:
+    """The control for the refusals below: the same route with a good certificate works, and
+    the access log names the caller from that certificate."""
+    cert, key = write_client_certificate(tmp_path, dev_authority(deployment), "billing")
+    with closing(new_session(cert, key, deployment.ca_cert)) as session:
+        response = session.get(
+            f"{deployment.base_url}/v1/kms/keys", timeout=REQUEST_TIMEOUT_SECONDS
+        )
+    assert isinstance(expect_json(response, 200), list)
+    line = server.access_log_line(response.headers["X-Request-Id"])
+    assert 'caller="CN=billing" ' in line
+
+
+def test_no_client_certificate_is_refused_at_the_handshake(
+    server: ServerProcess, deployment: Deployment
+) -> None:
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(deployment.ca_cert)
+    assert_refused(session, deployment)
+
+
+def test_client_certificate_from_another_ca_is_refused(
+    server: ServerProcess, deployment: Deployment, tmp_path: Path
+) -> None:
+    # Same subject as the real client: only the issuer differs.
+    cert, key = write_client_certificate(tmp_path, new_authority("kms-dev-ca"), "orchestrator")
+    assert_refused(new_session(cert, key, deployment.ca_cert), deployment)
+
+
+def test_expired_client_certificate_is_refused(
+    server: ServerProcess, deployment: Deployment, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    cert, key = write_client_certificate(
+        tmp_path,
+        dev_authority(deployment),
+        "orchestrator",
+        not_before=now - timedelta(days=30),
+        not_after=now - timedelta(days=1),
+    )
+    assert_refused(new_session(cert, key, deployment.ca_cert), deployment)
+
+
+def test_not_yet_valid_client_certificate_is_refused(
+    server: ServerProcess, deployment: Deployment, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    cert, key = write_client_certificate(
+        tmp_path,
+        dev_authority(deployment),
+        "orchestrator",
+        not_before=now + timedelta(days=1),
+        not_after=now + timedelta(days=30),
+    )
+    assert_refused(new_session(cert, key, deployment.ca_cert), deployment)
+
+
+def test_plain_http_to_the_tls_port_gets_no_response(
+    server: ServerProcess, deployment: Deployment
+) -> None:
+    session = requests.Session()
+    session.trust_env = False
+    with closing(session), pytest.raises(requests.ConnectionError):
+        session.get(f"http://127.0.0.1:{deployment.port}/v1/kms/keys", timeout=10)
+
+
+SPOOFED_HEADERS = {
+    "X-Client-CN": "admin",
+    "X-SSL-Client-S-DN": "CN=admin",
+    "X-SSL-Client-Cert": "CN=admin",
+    "X-Forwarded-Client-Cert": 'By=spiffe://kms;Subject="CN=admin";URI=spiffe://admin',
+    "X-Forwarded-User": "admin",
+    "SSL-Client-S-DN-CN": "admin",
+    "X-Request-Id": "admin",
+}
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_identity_headers_are_ignored(
+    client: KMSClient, server: ServerProcess, method: str
+) -> None:
+    if method == "GET":
+        response = client.get("/v1/kms/keys", params={"limit": 1}, headers=SPOOFED_HEADERS)
+        expect_json(response, 200)
+    else:
+        key_id = unique_key_id("spoof")
+        response = client.post("/v1/kms/keys", json={"key_id": key_id}, headers=SPOOFED_HEADERS)
+        expect_json(response, 201)
+        expect_no_content(client.delete(f"/v1/kms/keys/{key_id}"))
+    request_id = response.headers["X-Request-Id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id), request_id
+    line = server.access_log_line(request_id)
+    assert f'caller="{ORCHESTRATOR}" ' in line
+    assert "admin" not in line
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="no curl binary")
+def test_readme_curl_example(client: KMSClient, deployment: Deployment) -> None:
+    """The README's command, minus its ``-k``: the dev CA verifies the server as localhost."""
+    result = subprocess.run(
+        [
+            "curl",
+            "--cacert",
+            "ca.pem",
+            "--cert",
+            "client.crt",
+            "--key",
+            "client.key",
+            "-X",
+            "POST",
+            f"https://localhost:{deployment.port}/v1/kms/keys",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            '{"key_id":"device123"}',
+            "--noproxy",
+            "*",
+            "--silent",
+            "--show-error",
+            "--max-time",
+            str(REQUEST_TIMEOUT_SECONDS),
+            "--write-out",
+            "\n%{http_code} %{content_type}",
+        ],
+        cwd=deployment.directory,
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    body, _, status_line = result.stdout.rpartition("\n")
+    assert status_line == "201 application/json"
+    created = json.loads(body)
+    assert (created["key_id"], created["purpose"], created["algorithm"], created["version"]) == (
+        "device123",
+        "encrypt",
+        "AES-256-GCM",
+        1,
+    )
+    expect_no_content(client.delete("/v1/kms/keys/device123"))
