@@ -6,6 +6,7 @@ dispose of their database connections before returning, so nothing is shared acr
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from kms.errors import NotInitialised
@@ -22,24 +23,27 @@ def init_database(settings: Settings) -> None:
     """Create the schema, the salt, the KDF parameters and the init marker.
 
     Refuses (``AlreadyInitialised``) and changes nothing when the database already holds a
-    keystore. The passphrase is read only after that check.
+    keystore. The passphrase is read only after that check, and a refused passphrase leaves no
+    database file behind.
     """
-    _ensure_sqlite_directory(settings)
-    engine = create_kms_engine(settings.database_url, pool=False)
+    if not _sqlite_file_is_empty(settings):
+        # Connecting to a missing SQLite file would create it, so only an existing one is asked.
+        engine = create_kms_engine(settings.database_url, pool=False)
+        try:
+            ensure_not_initialised(SQLKeyRepository(engine))
+        finally:
+            engine.dispose()
+    passphrase = obtain_passphrase(settings.master_passphrase_file)
     try:
-        repository = SQLKeyRepository(engine)
-        # Connecting to SQLite creates the file (and switches it to WAL), so a database that
-        # cannot hold a keystore yet is not checked: a refused passphrase must leave no file.
-        if not _sqlite_file_is_empty(settings):
-            ensure_not_initialised(repository)
-        passphrase = obtain_passphrase(settings.master_passphrase_file)
+        _create_private_sqlite_file(settings)
+        engine = create_kms_engine(settings.database_url, pool=False)
         try:
             upgrade_to_head(engine)
-            initialise_keystore(repository, passphrase, settings.kdf_iterations)
+            initialise_keystore(SQLKeyRepository(engine), passphrase, settings.kdf_iterations)
         finally:
-            zeroise(passphrase)
+            engine.dispose()
     finally:
-        engine.dispose()
+        zeroise(passphrase)
 
 
 def open_master_keyring(settings: Settings) -> PassphraseKeyring:
@@ -67,7 +71,12 @@ def _sqlite_file_is_empty(settings: Settings) -> bool:
     return path is not None and (not path.is_file() or path.stat().st_size == 0)
 
 
-def _ensure_sqlite_directory(settings: Settings) -> None:
+def _create_private_sqlite_file(settings: Settings) -> None:
+    """Create the database directory and an empty file readable by its owner only.
+
+    SQLite gives the -wal and -shm files the database file's mode, so they stay private too.
+    """
     path = _sqlite_file(settings)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))

@@ -302,3 +302,13 @@ def test_keystore_errors_share_a_base_and_hold_no_passphrase(
     with pytest.raises(KeystoreError) as excinfo:
         open_master_keyring(wrong)
     assert secret.decode() not in str(excinfo.value)
+
+
+def test_init_creates_the_database_readable_by_its_owner_only(
+    tmp_path: Path, settings: Settings
+) -> None:
+    nested = settings.with_overrides(database_dsn=str(tmp_path / "private" / "kms.db"))
+    init_database(nested)
+    path = database_file(nested)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
