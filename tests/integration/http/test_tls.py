@@ -102,30 +102,23 @@ def test_client_certificate_from_another_ca_is_refused(
     assert_refused(new_session(cert, key, deployment.ca_cert), deployment)
 
 
-def test_expired_client_certificate_is_refused(
-    server: ServerProcess, deployment: Deployment, tmp_path: Path
+@pytest.mark.parametrize(
+    ("starts_in_days", "ends_in_days"), [(-30, -1), (1, 30)], ids=["expired", "not-yet-valid"]
+)
+def test_client_certificate_outside_its_validity_is_refused(
+    server: ServerProcess,
+    deployment: Deployment,
+    tmp_path: Path,
+    starts_in_days: int,
+    ends_in_days: int,
 ) -> None:
     now = datetime.now(UTC)
     cert, key = write_client_certificate(
         tmp_path,
         dev_authority(deployment),
         "orchestrator",
-        not_before=now - timedelta(days=30),
-        not_after=now - timedelta(days=1),
-    )
-    assert_refused(new_session(cert, key, deployment.ca_cert), deployment)
-
-
-def test_not_yet_valid_client_certificate_is_refused(
-    server: ServerProcess, deployment: Deployment, tmp_path: Path
-) -> None:
-    now = datetime.now(UTC)
-    cert, key = write_client_certificate(
-        tmp_path,
-        dev_authority(deployment),
-        "orchestrator",
-        not_before=now + timedelta(days=1),
-        not_after=now + timedelta(days=30),
+        not_before=now + timedelta(days=starts_in_days),
+        not_after=now + timedelta(days=ends_in_days),
     )
     assert_refused(new_session(cert, key, deployment.ca_cert), deployment)
 
