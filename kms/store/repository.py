@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import Engine, and_, delete, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from kms.errors import AlreadyInitialised, KeyExists, KeyNotFound, NotInitialised
@@ -110,6 +110,14 @@ _KEY_COLUMNS = (
     keys.c.created_at,
 )
 
+# Built once: constructing a statement costs more than running it on the hot path.
+_SELECT_KEY = select(*_KEY_COLUMNS).where(keys.c.key_id == bindparam("key_id"))
+_SELECT_VERSION = select(key_versions).where(
+    and_(
+        key_versions.c.key_id == bindparam("key_id"), key_versions.c.version == bindparam("version")
+    )
+)
+
 
 class SQLKeyRepository:
     """The repository over SQLAlchemy Core; one short transaction per call."""
@@ -168,7 +176,7 @@ class SQLKeyRepository:
 
     def get_key(self, key_id: str) -> KeyRecord:
         with self._engine.connect() as conn:
-            row = conn.execute(select(*_KEY_COLUMNS).where(keys.c.key_id == key_id)).first()
+            row = conn.execute(_SELECT_KEY, {"key_id": key_id}).first()
         if row is None:
             raise KeyNotFound()
         return _key_record(row)
@@ -191,11 +199,7 @@ class SQLKeyRepository:
 
     def get_version(self, key_id: str, version: int) -> KeyVersionRecord:
         with self._engine.connect() as conn:
-            row = conn.execute(
-                select(key_versions).where(
-                    and_(key_versions.c.key_id == key_id, key_versions.c.version == version)
-                )
-            ).first()
+            row = conn.execute(_SELECT_VERSION, {"key_id": key_id, "version": version}).first()
         if row is None:
             raise KeyNotFound()
         return _version_record(row)
