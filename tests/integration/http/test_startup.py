@@ -8,11 +8,16 @@ configured port: had gunicorn tried to bind it, it would have logged "Connection
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
+import signal
 import socket
+import ssl
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -233,3 +238,42 @@ def test_dev_certs_refuses_if_any_one_file_exists(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "client.key" in result.stderr
     assert snapshot_files(directory) == {"client.key": (b"mine", 0o644)}
+
+
+def test_sigterm_lets_an_in_flight_request_finish(certificates: Path, tmp_path: Path) -> None:
+    """A request whose body is still arriving when SIGTERM comes is answered, then kms exits 0.
+
+    The body is sent in two parts around the signal, so the request is certainly in flight (a
+    worker thread is reading its body) when the server is told to stop.
+    """
+    directory = tmp_path / "deployment"
+    shutil.copytree(certificates, directory)
+    deployment = Deployment(directory=directory, port=free_port())
+    write_config(deployment.config, directory=directory, port=deployment.port)
+    initialise_database(deployment.database, deployment.passphrase_file)
+    server = ServerProcess(deployment)
+    try:
+        with closing(KMSClient(deployment)) as client:
+            server.wait_until_serving(client)
+        context = ssl.create_default_context(cafile=str(deployment.ca_cert))
+        context.load_cert_chain(str(deployment.client_cert), str(deployment.client_key))
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", deployment.port, context=context, timeout=PROCESS_TIMEOUT_SECONDS
+        )
+        body = json.dumps({"key_id": "in-flight", "purpose": "sign"}).encode()
+        with closing(connection):
+            connection.putrequest("POST", "/v1/kms/keys")
+            connection.putheader("Content-Type", "application/json")
+            connection.putheader("Content-Length", str(len(body)))
+            connection.endheaders(body[:10])
+            time.sleep(0.5)  # let the worker start reading the body
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)  # the master has passed SIGTERM to its workers by now
+            connection.send(body[10:])
+            response = connection.getresponse()
+            assert response.status == 201, response.read()
+            assert json.loads(response.read())["key_id"] == "in-flight"
+    finally:
+        returncode = server.stop()
+    assert returncode == 0, server.output()
+    assert "in-flight" in str(database_rows(deployment.database)["keys"])
