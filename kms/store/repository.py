@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import Engine, and_, bindparam, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Engine, and_, bindparam, delete, insert, inspect, select, update
+from sqlalchemy.exc import IntegrityError
 
 from kms.errors import AlreadyInitialised, KeyExists, KeyNotFound, NotInitialised
 from kms.store.db import WRITE
@@ -143,11 +143,10 @@ class SQLKeyRepository:
             )
 
     def read_keystore(self) -> tuple[str, bytes]:
-        try:
-            with self._engine.connect() as conn:
-                rows = dict(conn.execute(select(kms_metadata.c.name, kms_metadata.c.value)).all())
-        except OperationalError as exc:  # no tables: the schema was never created
-            raise NotInitialised() from exc
+        with self._engine.connect() as conn:
+            if not inspect(conn).has_table(kms_metadata.name):  # the schema was never created
+                raise NotInitialised()
+            rows = dict(conn.execute(select(kms_metadata.c.name, kms_metadata.c.value)).all())
         if KDF_PARAMETERS not in rows or INIT_MARKER not in rows:
             raise NotInitialised()
         return bytes(rows[KDF_PARAMETERS]).decode("ascii"), bytes(rows[INIT_MARKER])
