@@ -1,0 +1,95 @@
+"""The passphrase prompt: with no passphrase file configured, ``kms init`` asks on the terminal.
+
+The command runs on a real pseudo-terminal that is its controlling terminal, as in an operator's
+shell; the test types the passphrase and checks that the terminal never echoed it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+from kms.master import open_master_keyring
+from kms.settings import Settings
+from tests.conftest import TEST_ITERATIONS, write_passphrase_file
+
+PASSPHRASE = b"typed at the prompt 42"
+PROMPT = b"kms master passphrase: "
+TIMEOUT_SECONDS = 30
+
+
+def _become_terminal_owner() -> None:
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def run_on_terminal(args: list[str], cwd: Path, env: dict[str, str], answer: bytes) -> bytes:
+    """Run ``args`` on a new pty, type ``answer`` + newline at the prompt, return all output."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        preexec_fn=_become_terminal_owner,  # getpass reads the controlling terminal
+    )
+    os.close(terminal)
+    output = b""
+    answered = False
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(controller, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if not answered and PROMPT in output:
+                os.write(controller, answer + b"\n")
+                answered = True
+            if process.poll() is not None and not ready:
+                break
+        process.wait(timeout=TIMEOUT_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(controller)
+    assert answered, output
+    assert process.returncode == 0, output
+    return output
+
+
+def test_init_asks_for_the_passphrase_without_echo(tmp_path: Path) -> None:
+    database = tmp_path / "kms.db"
+    config = tmp_path / "kms.yaml"
+    # No kms.master_passphrase_file: the passphrase must come from the terminal.
+    config.write_text(f'database:\n  dsn: "{database}"\n', encoding="utf-8")
+    env = {"PATH": os.environ.get("PATH", ""), "KMS_CONFIG": str(config)}
+    kms = str(Path(sys.executable).with_name("kms"))
+
+    output = run_on_terminal([kms, "init"], tmp_path, env, PASSPHRASE)
+
+    assert PROMPT in output
+    assert PASSPHRASE not in output  # the terminal did not echo it
+    assert b"initialised" in output
+    # What was typed became the passphrase: a file holding it opens the keystore.
+    settings = Settings(
+        database_dsn=str(database),
+        master_passphrase_file=write_passphrase_file(tmp_path / "typed.key", PASSPHRASE),
+        kdf_iterations=TEST_ITERATIONS,
+    )
+    open_master_keyring(settings).close()
