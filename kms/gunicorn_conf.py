@@ -74,8 +74,16 @@ def ssl_context(config: Any, default_ssl_context_factory: Any) -> ssl.SSLContext
 
 
 def on_starting(server: Any) -> None:
+    import logging
+
     from kms import wsgi
     from kms.master import open_master_keyring
+
+    # kms's own log lines (a request that failed with 500, and why) go where gunicorn's go.
+    kms_log = logging.getLogger("kms")
+    kms_log.handlers = list(server.log.error_log.handlers)
+    kms_log.setLevel(logging.INFO)
+    kms_log.propagate = False
 
     try:
         keyring = open_master_keyring(_settings)
