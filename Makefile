@@ -33,8 +33,9 @@ run: $(STAMP) $(SECRETS)/master.key
 	@echo "       -X POST https://localhost:8080/v1/kms/keys -H 'Content-Type: application/json' -d '{\"key_id\":\"device123\"}'"
 	@$(BIN)/kms serve
 
+# POSTGRES_TEST_DSN (a role with CREATEDB) adds the PostgreSQL tests; .ci/run sets it.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN))
 
 lint: $(STAMP)
 	$(BIN)/ruff check kms migrations tests

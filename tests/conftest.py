@@ -122,3 +122,39 @@ def module_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KMSServ
     yield KMSService(repository, module_keyring, KeyMaterialCache(1024))
     repository.close()
     module_keyring.close()
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+#
+# The PostgreSQL tests run when pytest is given --postgres-dsn (`.ci/run` starts the machine's
+# PostgreSQL and passes it through `make test`); without it they are skipped. The DSN names a
+# role that may create databases: each test gets a database of its own, dropped afterwards.
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--postgres-dsn",
+        default=None,
+        help="SQLAlchemy URL of a PostgreSQL server and a role with CREATEDB, for the PG tests",
+    )
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped after the test."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    dsn = request.config.getoption("--postgres-dsn")
+    if not dsn:
+        pytest.skip("no --postgres-dsn given")
+    name = f"kms_test_{random.getrandbits(64):016x}"
+    admin = create_engine(dsn, isolation_level="AUTOCOMMIT", hide_parameters=True)
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(dsn).set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()

@@ -133,7 +133,7 @@ def write_config(
     directory: Path,
     port: int,
     passphrase_file: Path | None = None,
-    database: Path | None = None,
+    database: Path | str | None = None,
     server_cert: Path | None = None,
     server_key: Path | None = None,
     ca_cert: Path | None = None,
@@ -156,7 +156,7 @@ def write_config(
     return path
 
 
-def initialise_database(database: Path, passphrase_file: Path) -> None:
+def initialise_database(database: Path | str, passphrase_file: Path) -> None:
     init_database(
         Settings(
             database_dsn=str(database),
