@@ -14,7 +14,8 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-MAX_PAGE_SIZE = 1000
+from kms.service.keys import MAX_PAGE_SIZE
+
 _DECIMAL = re.compile(r"[0-9]{1,10}")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from kms.crypto.algorithms import (
     ALGORITHMS,
     DEFAULT_ALGORITHM,
+    SIGNING_ALGORITHMS,
     EncryptionAlgorithm,
     Purpose,
     SigningAlgorithm,
@@ -190,13 +191,11 @@ class KMSService:
     def public_key(self, key_id: str, version: int | None = None) -> PublicKeyInfo:
         key = self._usable_key(key_id, Purpose.SIGN)
         version = key.latest_version if version is None else version
-        record = self._version(key, version)
-        assert record.public_key is not None  # noqa: S101 - signing versions always have one
         return PublicKeyInfo(
             key_id=key.key_id,
             version=version,
             algorithm=key.algorithm,
-            public_key=public_key_pem(record.public_key),
+            public_key=public_key_pem(self._public_key_der(key, version)),
         )
 
     # -- crypto operations -----------------------------------------------------------------
@@ -229,8 +228,7 @@ class KMSService:
 
     def sign(self, key_id: str, message: bytes) -> Signed:
         key = self._usable_key(key_id, Purpose.SIGN)
-        spec = ALGORITHMS[key.algorithm]
-        assert isinstance(spec, SigningAlgorithm)  # noqa: S101 - guaranteed by the purpose check
+        spec = SIGNING_ALGORITHMS[key.algorithm]
         private_key = self._secret(key, key.latest_version)
         return Signed(
             key_id=key.key_id,
@@ -244,8 +242,7 @@ class KMSService:
         Only public keys are used: verification never unwraps a private key.
         """
         key = self._usable_key(key_id, Purpose.SIGN)
-        spec = ALGORITHMS[key.algorithm]
-        assert isinstance(spec, SigningAlgorithm)  # noqa: S101
+        spec = SIGNING_ALGORITHMS[key.algorithm]
         for version in range(key.latest_version, 0, -1):
             try:
                 public_key = self._public(key, version)
@@ -327,13 +324,16 @@ class KMSService:
             self._cache.put(cache_key, loaded)
         return loaded
 
+    def _public_key_der(self, key: KeyRecord, version: int) -> bytes:
+        record = self._version(key, version)
+        if record.public_key is None:  # only signing keys have one
+            raise KeyNotFound()
+        return record.public_key
+
     def _public(self, key: KeyRecord, version: int) -> Any:
         cache_key = ("public", key.key_id, key.incarnation, version)
         loaded = self._cache.get(cache_key)
         if loaded is None:
-            record = self._version(key, version)
-            if record.public_key is None:
-                raise KeyNotFound()
-            loaded = load_public_key(record.public_key)
+            loaded = load_public_key(self._public_key_der(key, version))
             self._cache.put(cache_key, loaded)
         return loaded
