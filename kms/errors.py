@@ -127,3 +127,12 @@ class UnsupportedMediaType(InvalidRequest):
     """Raise when a request body is not declared as JSON."""
 
     public_message = "Content-Type must be application/json"
+
+
+class StoreUnavailable(KMSError):
+    """Raise when the database fails (locked past the busy timeout, unreachable, disk full).
+
+    Clients may retry; the cause goes to the operator's log.
+    """
+
+    public_message = "storage unavailable, retry later"

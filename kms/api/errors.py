@@ -31,6 +31,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.KMSError], int], ...] = (
     (errors.Unauthenticated, 401),
     (errors.Forbidden, 403),
     (errors.PayloadTooLarge, 413),
+    (errors.StoreUnavailable, 503),
 )
 
 
@@ -51,9 +52,16 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(errors.KMSError)
     def handle_kms_error(error: errors.KMSError) -> Response:
         status = status_for(error)
-        if status == 500:
-            log.error("request %s failed: %s", g.get("request_id", "-"), type(error).__name__)
-            return error_response("internal error", 500)
+        if status >= 500:
+            cause = error.__cause__
+            log.error(
+                "request %s failed: %s%s",
+                g.get("request_id", "-"),
+                type(error).__name__,
+                f" ({type(cause).__name__}: {cause})" if cause is not None else "",
+            )
+            if status == 500:
+                return error_response("internal error", 500)
         response = error_response(error.public_message, status)
         if isinstance(error, errors.PayloadTooLarge):
             discard_unread_body(response, request)

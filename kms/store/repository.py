@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import ParamSpec, Protocol, TypeVar
 
 from sqlalchemy import Engine, and_, bindparam, delete, insert, inspect, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from kms.errors import AlreadyInitialised, KeyExists, KeyNotFound, NotInitialised
+from kms.errors import (
+    AlreadyInitialised,
+    KeyExists,
+    KeyNotFound,
+    NotInitialised,
+    StoreUnavailable,
+)
 from kms.store.db import WRITE
 from kms.store.models import key_versions, keys, kms_metadata
 
@@ -100,6 +107,27 @@ def _version_record(row) -> KeyVersionRecord:  # noqa: ANN001
     )
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _translate_database_errors(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn a failure of the database itself into ``StoreUnavailable``.
+
+    Integrity errors are handled where they mean something (a duplicate key); whatever else the
+    driver raises (locked, unreachable, disk full, schema missing) must not cross this layer.
+    """
+
+    @functools.wraps(method)
+    def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except DBAPIError as exc:
+            raise StoreUnavailable() from exc
+
+    return translated
+
+
 _KEY_COLUMNS = (
     keys.c.key_id,
     keys.c.purpose,
@@ -129,6 +157,7 @@ class SQLKeyRepository:
     def close(self) -> None:
         self._engine.dispose()
 
+    @_translate_database_errors
     def initialise(self, kdf_parameters: str, init_marker: bytes) -> None:
         with self._writer.begin() as conn:
             existing = conn.execute(select(kms_metadata.c.name).limit(1)).first()
@@ -142,6 +171,7 @@ class SQLKeyRepository:
                 ],
             )
 
+    @_translate_database_errors
     def read_keystore(self) -> tuple[str, bytes]:
         with self._engine.connect() as conn:
             if not inspect(conn).has_table(kms_metadata.name):  # the schema was never created
@@ -151,6 +181,7 @@ class SQLKeyRepository:
             raise NotInitialised()
         return bytes(rows[KDF_PARAMETERS]).decode("ascii"), bytes(rows[INIT_MARKER])
 
+    @_translate_database_errors
     def create_key(self, key: KeyRecord, build: VersionBuilder) -> KeyRecord:
         new_version = build(key, 1)
         now = key.created_at
@@ -173,6 +204,7 @@ class SQLKeyRepository:
             raise KeyExists() from exc
         return key
 
+    @_translate_database_errors
     def get_key(self, key_id: str) -> KeyRecord:
         with self._engine.connect() as conn:
             row = conn.execute(_SELECT_KEY, {"key_id": key_id}).first()
@@ -180,6 +212,7 @@ class SQLKeyRepository:
             raise KeyNotFound()
         return _key_record(row)
 
+    @_translate_database_errors
     def list_keys(self, limit: int, after: str | None) -> list[KeyRecord]:
         query = select(*_KEY_COLUMNS).order_by(keys.c.key_id).limit(limit)
         if after is not None:
@@ -187,6 +220,7 @@ class SQLKeyRepository:
         with self._engine.connect() as conn:
             return [_key_record(row) for row in conn.execute(query)]
 
+    @_translate_database_errors
     def list_versions(self, key_id: str) -> list[KeyVersionRecord]:
         with self._engine.connect() as conn:
             rows = conn.execute(
@@ -196,6 +230,7 @@ class SQLKeyRepository:
             ).all()
         return [_version_record(row) for row in rows]
 
+    @_translate_database_errors
     def get_version(self, key_id: str, version: int) -> KeyVersionRecord:
         with self._engine.connect() as conn:
             row = conn.execute(_SELECT_VERSION, {"key_id": key_id, "version": version}).first()
@@ -203,6 +238,7 @@ class SQLKeyRepository:
             raise KeyNotFound()
         return _version_record(row)
 
+    @_translate_database_errors
     def rotate_key(self, key_id: str, build: VersionBuilder) -> KeyRecord:
         with self._writer.begin() as conn:
             # The UPDATE takes the row's write lock (PostgreSQL) or the database's (SQLite,
@@ -222,6 +258,7 @@ class SQLKeyRepository:
             )
         return key
 
+    @_translate_database_errors
     def recreate_key(self, key_id: str, incarnation: str, build: VersionBuilder) -> KeyRecord:
         with self._writer.begin() as conn:
             now = utc_now()
@@ -238,6 +275,7 @@ class SQLKeyRepository:
             self._insert_version(conn, key_id, 1, build(key, 1), now)
         return key
 
+    @_translate_database_errors
     def delete_key(self, key_id: str) -> None:
         with self._writer.begin() as conn:
             conn.execute(delete(key_versions).where(key_versions.c.key_id == key_id))

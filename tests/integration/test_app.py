@@ -7,6 +7,8 @@ SSLSocket does; the real handshake is covered by the gunicorn tests in tests/int
 from __future__ import annotations
 
 import base64
+import sqlite3
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -111,3 +113,18 @@ def test_delete_answers_204_with_no_body_and_no_content_type(client: FlaskClient
     assert response.data == b""
     assert "Content-Type" not in response.headers
     assert client.get("/v1/kms/keys/gone").status_code == 404
+
+
+def test_a_failing_database_answers_503_and_logs_the_cause(
+    client: FlaskClient, initialised: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert client.post("/v1/kms/keys", json={"key_id": "k1"}).status_code == 201
+    database = initialised.database_url.removeprefix("sqlite:///")
+    with closing(sqlite3.connect(database)) as db, db:
+        db.execute("DROP TABLE key_versions")
+
+    response = client.post("/v1/kms/keys/k1/rotate")
+
+    assert response.status_code == 503
+    assert response.get_json() == {"error": "storage unavailable, retry later"}
+    assert "StoreUnavailable (OperationalError" in caplog.text
