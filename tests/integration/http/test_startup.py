@@ -59,6 +59,16 @@ def held_port() -> Iterator[int]:
         yield holder.getsockname()[1]
 
 
+def own_deployment(certificates: Path, tmp_path: Path) -> Deployment:
+    """A deployment of its own (the module's certificates, a free port, a new database)."""
+    directory = tmp_path / "deployment"
+    shutil.copytree(certificates, directory)
+    deployment = Deployment(directory=directory, port=free_port())
+    write_config(deployment.config, directory=directory, port=deployment.port)
+    initialise_database(deployment.database, deployment.passphrase_file)
+    return deployment
+
+
 def serve_until_exit(config: Path, cwd: Path) -> tuple[int, str]:
     """Run ``kms serve`` that is expected to stop by itself; return its code and output."""
     result = subprocess.run(
@@ -94,40 +104,36 @@ def write_passphrase(path: Path, passphrase: bytes, mode: int) -> Path:
     return path
 
 
-def test_wrong_passphrase_stops_the_server_before_it_binds(
-    certificates: Path, tmp_path: Path, held_port: int
+@pytest.mark.parametrize(
+    ("wrong_passphrase", "mode", "expected"),
+    [(True, 0o400, "wrong master passphrase"), (False, 0o644, "mode 0644")],
+    ids=["wrong-passphrase", "file-readable-by-others"],
+)
+def test_a_bad_passphrase_file_stops_the_server_before_it_binds(
+    certificates: Path,
+    tmp_path: Path,
+    held_port: int,
+    wrong_passphrase: bool,
+    mode: int,
+    expected: str,
 ) -> None:
     database = tmp_path / "kms.db"
     initialise_database(database, certificates / "master.key")
-    other = write_passphrase(tmp_path / "other.key", b"not the passphrase", 0o400)
+    right = (certificates / "master.key").read_bytes().rstrip(b"\n")
+    passphrase_file = write_passphrase(
+        tmp_path / "other.key", b"not the passphrase" if wrong_passphrase else right, mode
+    )
     config = write_config(
         tmp_path / "config.yaml",
         directory=certificates,
         port=held_port,
-        passphrase_file=other,
+        passphrase_file=passphrase_file,
         database=database,
     )
     line = assert_refused_before_binding(*serve_until_exit(config, tmp_path))
-    assert "wrong master passphrase" in line
-
-
-def test_passphrase_file_readable_by_others_is_refused(
-    certificates: Path, tmp_path: Path, held_port: int
-) -> None:
-    passphrase = (certificates / "master.key").read_bytes().rstrip(b"\n")
-    open_file = write_passphrase(tmp_path / "open.key", passphrase, 0o644)
-    database = tmp_path / "kms.db"
-    initialise_database(database, certificates / "master.key")
-    config = write_config(
-        tmp_path / "config.yaml",
-        directory=certificates,
-        port=held_port,
-        passphrase_file=open_file,
-        database=database,
-    )
-    line = assert_refused_before_binding(*serve_until_exit(config, tmp_path))
-    assert "mode 0644" in line
-    assert str(open_file) in line
+    assert expected in line
+    if not wrong_passphrase:
+        assert str(passphrase_file) in line
 
 
 def test_uninitialised_database_asks_for_kms_init(
@@ -164,11 +170,7 @@ def test_missing_tls_file_is_named(
 
 def test_serves_and_exits_zero_on_sigterm(certificates: Path, tmp_path: Path) -> None:
     """The control for the refusals above: the same files, correctly configured, serve."""
-    directory = tmp_path / "deployment"
-    shutil.copytree(certificates, directory)
-    deployment = Deployment(directory=directory, port=free_port())
-    write_config(deployment.config, directory=directory, port=deployment.port)
-    initialise_database(deployment.database, deployment.passphrase_file)
+    deployment = own_deployment(certificates, tmp_path)
     server = ServerProcess(deployment)
     try:
         with closing(KMSClient(deployment)) as client:
@@ -246,11 +248,7 @@ def test_sigterm_lets_an_in_flight_request_finish(certificates: Path, tmp_path: 
     The body is sent in two parts around the signal, so the request is certainly in flight (a
     worker thread is reading its body) when the server is told to stop.
     """
-    directory = tmp_path / "deployment"
-    shutil.copytree(certificates, directory)
-    deployment = Deployment(directory=directory, port=free_port())
-    write_config(deployment.config, directory=directory, port=deployment.port)
-    initialise_database(deployment.database, deployment.passphrase_file)
+    deployment = own_deployment(certificates, tmp_path)
     server = ServerProcess(deployment)
     try:
         with closing(KMSClient(deployment)) as client:
