@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from kms.errors import NotInitialised
 from kms.service.keyring import PassphraseKeyring, zeroise
 from kms.service.keystore import ensure_not_initialised, initialise_keystore, open_keystore
@@ -61,8 +63,11 @@ def open_master_keyring(settings: Settings) -> PassphraseKeyring:
 
 
 def _sqlite_file(settings: Settings) -> Path | None:
-    url = settings.database_url
-    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    """The database file for any SQLite URL (``sqlite:///``, ``sqlite+pysqlite:///``...)."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
 
 
 def _sqlite_file_is_empty(settings: Settings) -> bool:

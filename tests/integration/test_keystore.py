@@ -312,3 +312,11 @@ def test_init_creates_the_database_readable_by_its_owner_only(
     path = database_file(nested)
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_missing_database_named_by_a_driver_url_is_not_created(settings: Settings) -> None:
+    path = database_file(settings)
+    explicit = settings.with_overrides(database_dsn=f"sqlite+pysqlite:///{path}")
+    with pytest.raises(NotInitialised):
+        open_master_keyring(explicit)
+    assert not path.exists()
