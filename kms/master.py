@@ -16,7 +16,7 @@ from kms.service.keyring import PassphraseKeyring, zeroise
 from kms.service.keystore import ensure_not_initialised, initialise_keystore, open_keystore
 from kms.service.passphrase import obtain_passphrase
 from kms.settings import Settings
-from kms.store.db import create_kms_engine
+from kms.store.db import create_kms_engine, use_write_ahead_log
 from kms.store.repository import SQLKeyRepository
 from kms.store.schema import upgrade_to_head
 
@@ -40,6 +40,7 @@ def init_database(settings: Settings) -> None:
         _create_private_sqlite_file(settings)
         engine = create_kms_engine(settings.database_url, pool=False)
         try:
+            use_write_ahead_log(engine)
             upgrade_to_head(engine)
             initialise_keystore(SQLKeyRepository(engine), passphrase, settings.kdf_iterations)
         finally:

@@ -41,7 +41,8 @@ def _configure_sqlite(engine: Engine) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # journal_mode=WAL is set once, by `kms init` (use_write_ahead_log), and persists in the
+        # file; setting it here would rewrite any SQLite file kms is pointed at by mistake.
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
@@ -53,3 +54,10 @@ def _configure_sqlite(engine: Engine) -> None:
         # an explicit BEGIN and ROLLBACK around them would only add two round trips.
         if connection.get_execution_options().get("kms_write"):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def use_write_ahead_log(engine: Engine) -> None:
+    """Switch a SQLite database to WAL (readers never wait for the writer); a no-op elsewhere."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")

@@ -320,3 +320,14 @@ def test_a_missing_database_named_by_a_driver_url_is_not_created(settings: Setti
     with pytest.raises(NotInitialised):
         open_master_keyring(explicit)
     assert not path.exists()
+
+
+def test_a_sqlite_file_that_is_not_a_keystore_is_left_as_it_was(settings: Settings) -> None:
+    path = database_file(settings)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+        db.execute("INSERT INTO notes VALUES ('someone else''s data')")
+    before = path.read_bytes()
+    with pytest.raises(NotInitialised):
+        open_master_keyring(settings)
+    assert path.read_bytes() == before
