@@ -21,6 +21,8 @@ from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
 
 REQUEST_ID_ENVIRON_KEY = "kms.request_id"
+#: Where the app keeps its repository, so that whoever serves it can close its connections.
+REPOSITORY = "kms.repository"
 log = logging.getLogger("kms")
 
 
@@ -51,7 +53,7 @@ def register_service(app: Flask, settings: Settings, keyring: Keyring | None) ->
     app.extensions[SERVICE] = KMSService(
         repository, keyring, KeyMaterialCache(settings.key_cache_size)
     )
-    app.extensions["kms.repository"] = repository
+    app.extensions[REPOSITORY] = repository
 
 
 def register_identity(app: Flask) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from kms.app import create_app
+from kms.app import REPOSITORY, create_app
 from kms.service.keyring import Keyring
 from kms.settings import Settings
 
@@ -38,7 +38,7 @@ def close() -> None:
     """Close this process's database connections and overwrite its copy of the master key."""
     global _installed
     while _apps:
-        repository = _apps.pop().extensions.get("kms.repository")
+        repository = _apps.pop().extensions.get(REPOSITORY)
         if repository is not None:
             repository.close()
     if _installed is not None:

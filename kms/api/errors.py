@@ -22,7 +22,6 @@ log = logging.getLogger("kms.api")
 # Most specific first: the first matching class decides.
 STATUS_BY_ERROR: tuple[tuple[type[errors.KMSError], int], ...] = (
     (errors.UnsupportedMediaType, 415),
-    (errors.PurposeMismatch, 400),
     (errors.InvalidRequest, 400),
     (errors.InvalidCiphertext, 400),
     (errors.KeyNotFound, 404),
