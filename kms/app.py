@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+import time
 import uuid
+from pathlib import Path
 
 from flask import Flask, Response, g, request
 
 from kms.api import crypto as crypto_api
+from kms.api import health as health_api
 from kms.api import keys as keys_api
+from kms.api.audit import register_audit
 from kms.api.caller import ENVIRON_KEY as CALLER_ENVIRON_KEY
 from kms.api.caller import caller_from_environ
 from kms.api.context import MAX_BODY_BYTES, SERVICE
 from kms.api.errors import register_error_handlers
+from kms.api.metrics import register_metrics
+from kms.api.operations import declared_operation, request_target
+from kms.api.policy import Policy, current_policy, load_policy, register_policy
+from kms.api.ratelimit import register_rate_limit
+from kms.audit import AuditLog
+from kms.ratelimit import SharedTokenBuckets, create_table
 from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import Keyring
 from kms.service.keys import KMSService
@@ -26,34 +37,51 @@ REPOSITORY = "kms.repository"
 log = logging.getLogger("kms")
 
 
-def create_app(settings: Settings | None = None, keyring: Keyring | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None,
+    keyring: Keyring | None = None,
+    policy: Policy | None = None,
+    rate_limit_table: Path | None = None,
+) -> Flask:
     """Build the WSGI app.
 
-    ``keyring`` is the opened master keyring; under gunicorn it was derived once in the master
-    process (``kms.gunicorn_conf``). Without one, the passphrase is read here, which suits a
-    single-process run such as a test or ``flask --app kms run``.
+    ``keyring`` is the opened master keyring and ``policy`` the authorization policy; under
+    gunicorn both were loaded once in the master process (``kms.gunicorn_conf``), which also
+    created the rate-limit table its workers share. Without them, they are read here, which suits
+    a single-process run such as a test or ``flask --app kms run``.
+
+    The request hooks run in the order registered: who is asking and for what (identity), the
+    arrival's audit line before anything else is decided (so a throttled or denied request is
+    recorded too), metrics, the rate limit, then the policy, and only then the view.
     """
     settings = load_settings() if settings is None else settings
     app = Flask("kms")
     app.config[MAX_BODY_BYTES] = settings.max_body_bytes
     app.json.sort_keys = False
-    register_service(app, settings, keyring)
+    service, cache = register_service(app, settings, keyring)
     register_identity(app)
+    register_audit(app, AuditLog(settings.audit_path) if settings.audit_path else None)
+    register_metrics(app, service, cache)
+    register_rate_limit(app, _token_buckets(app, settings, rate_limit_table))
+    register_policy(app, load_policy(settings.policy_file) if policy is None else policy)
     register_blueprints(app)
     register_error_handlers(app)
     return app
 
 
-def register_service(app: Flask, settings: Settings, keyring: Keyring | None) -> None:
+def register_service(
+    app: Flask, settings: Settings, keyring: Keyring | None
+) -> tuple[KMSService, KeyMaterialCache]:
     if keyring is None:
         from kms.master import open_master_keyring
 
         keyring = open_master_keyring(settings)
     repository = SQLKeyRepository(create_kms_engine(settings.database_url))
-    app.extensions[SERVICE] = KMSService(
-        repository, keyring, KeyMaterialCache(settings.key_cache_size)
-    )
+    cache = KeyMaterialCache(settings.key_cache_size)
+    service = KMSService(repository, keyring, cache)
+    app.extensions[SERVICE] = service
     app.extensions[REPOSITORY] = repository
+    return service, cache
 
 
 def register_identity(app: Flask) -> None:
@@ -61,10 +89,15 @@ def register_identity(app: Flask) -> None:
 
     @app.before_request
     def identify_caller() -> None:
+        g.kms_started = time.perf_counter()
         g.request_id = uuid.uuid4().hex
         request.environ[REQUEST_ID_ENVIRON_KEY] = g.request_id
+        declared = declared_operation(app, request.endpoint)
+        g.kms_operation_name = declared.name if declared is not None else None
         g.caller = caller_from_environ(request.environ)
         request.environ[CALLER_ENVIRON_KEY] = str(g.caller)
+        g.identity = current_policy().identity_of(g.caller)
+        g.kms_target = request_target(declared, request)
 
     @app.after_request
     def tag_response(response: Response) -> Response:
@@ -75,3 +108,16 @@ def register_identity(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     app.register_blueprint(keys_api.blueprint)
     app.register_blueprint(crypto_api.blueprint)
+    app.register_blueprint(health_api.blueprint)
+
+
+def _token_buckets(app: Flask, settings: Settings, table: Path | None) -> SharedTokenBuckets | None:
+    if settings.rate_limit_rate is None or settings.rate_limit_burst is None:
+        return None
+    if table is None:
+        # A single process (a test): a private table, kept as long as the app.
+        private = tempfile.NamedTemporaryFile(prefix="kms-rate-limit-")  # noqa: SIM115
+        app.extensions["kms.rate_limit_file"] = private
+        table = Path(private.name)
+        create_table(table)
+    return SharedTokenBuckets(table, settings.rate_limit_rate, settings.rate_limit_burst)

@@ -72,3 +72,29 @@ def dev_certs(directory: Path, client_cn: str) -> None:
         click.echo(f"kms: {error}", err=True)
         sys.exit(1)
     click.echo(f"kms: wrote dev certificates and passphrase to {directory}")
+
+
+@main.group()
+def audit() -> None:
+    """Work with the audit log."""
+
+
+@audit.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def audit_verify(file: Path) -> None:
+    """Check the hash chain of the audit log FILE.
+
+    Prints the number of good lines and exits 0, or the number of the first broken line (a line
+    edited, deleted, reordered or inserted before it) and exits 1.
+    """
+    from kms.audit import verify_chain
+
+    try:
+        result = verify_chain(file)
+    except OSError as error:
+        click.echo(f"kms: cannot read {file}: {error.strerror}", err=True)
+        sys.exit(1)
+    if result.broken_line is not None:
+        click.echo(f"kms: {file}: chain broken at line {result.broken_line}: {result.reason}")
+        sys.exit(1)
+    click.echo(f"kms: {file}: {result.good_lines} lines, chain intact")

@@ -136,3 +136,25 @@ class StoreUnavailable(KMSError):
     """
 
     public_message = "storage unavailable, retry later"
+
+
+class AuditUnavailable(KMSError):
+    """Raise when a request's audit line cannot be written: no audit, no service."""
+
+    public_message = "audit log unavailable, request refused"
+
+
+class RateLimited(KMSError):
+    """Raise when a caller is over its rate limit; ``retry_after`` is in whole seconds."""
+
+    public_message = "rate limit exceeded"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.retry_after = retry_after
+
+
+class NotReady(KMSError):
+    """Raise from the readiness check; the message says what is missing."""
+
+    public_message = "not ready"

@@ -37,6 +37,13 @@ def _load() -> Settings:
 
 _settings = _load()
 
+# -- authorization, audit, metrics, rate limits (kms.node) -----------------------------------
+# Made here, when gunicorn's master reads this file and before anything imports
+# prometheus_client: the multiprocess directory must be in the environment by then.
+from kms.node import prepare_runtime_directory  # noqa: E402
+
+_runtime = prepare_runtime_directory()
+
 wsgi_app = "kms.wsgi:application()"
 bind = [
     f"[{_settings.host}]:{_settings.port}"
@@ -85,11 +92,57 @@ def on_starting(server: Any) -> None:
     kms_log.setLevel(logging.INFO)
     kms_log.propagate = False
 
+    from kms.api.policy import load_policy
+    from kms.node import check_audit_log
+    from kms.ratelimit import create_table
+
+    try:
+        policy = load_policy(_settings.policy_file)
+        check_audit_log(_settings)
+    except KMSError as error:
+        _fail(error.public_message)
+    if policy.allows_everyone:
+        kms_log.warning(
+            "kms: no authorization.policy_file is set: every client with a certificate may do "
+            "everything"
+        )
+    if _settings.audit_path is None:
+        kms_log.warning("kms: no audit.path is set: requests are not audited")
+    create_table(_runtime.rate_limit_table)
+
     try:
         keyring = open_master_keyring(_settings)
     except KMSError as error:
         _fail(error.public_message)
-    wsgi.install(_settings, keyring)
+    wsgi.install(_settings, keyring, policy, _runtime.rate_limit_table)
+
+
+def on_reload(server: Any) -> None:
+    """SIGHUP: read the policy again for the workers gunicorn is about to start.
+
+    An invalid file is refused with one log line and the policy in force stays.
+    """
+    import logging
+
+    from kms import wsgi
+    from kms.api.policy import load_policy
+
+    try:
+        policy = load_policy(_settings.policy_file)
+    except KMSError as error:
+        logging.getLogger("kms").error(
+            "kms: policy reload refused, the previous policy stays in force: %s",
+            error.public_message,
+        )
+        return
+    wsgi.install_policy(policy)
+    logging.getLogger("kms").info("kms: policy reloaded from %s", policy.source)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from kms.node import mark_worker_dead
+
+    mark_worker_dead(worker.pid)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
@@ -100,5 +153,7 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 def on_exit(server: Any) -> None:
     from kms import wsgi
+    from kms.node import remove_runtime_directory
 
     wsgi.close()
+    remove_runtime_directory(_runtime)

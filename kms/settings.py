@@ -38,9 +38,13 @@ _KEYS: dict[tuple[str, str], str] = {
     ("kms", "kdf_iterations"): "kdf_iterations",
     ("kms", "key_cache_size"): "key_cache_size",
     ("database", "dsn"): "database_dsn",
+    ("authorization", "policy_file"): "policy_file",
+    ("audit", "path"): "audit_path",
+    ("rate_limit", "rate"): "rate_limit_rate",
+    ("rate_limit", "burst"): "rate_limit_burst",
 }
 _SECTIONS = {section for section, _ in _KEYS}
-_ENV_NAME = {f"KMS_{s.upper()}_{k.upper().replace('_', '')}": (s, k) for s, k in _KEYS}
+_ENV_NAME = {"KMS_" + f"{s}{k}".upper().replace("_", ""): (s, k) for s, k in _KEYS}
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,11 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     workers: int = 2
     threads: int = 4
+    # -- who may do what, and the record of who did (README "Security") --
+    policy_file: Path | None = None  # absent: every authenticated caller may do everything
+    audit_path: Path | None = None  # absent: no audit log (a warning at start)
+    rate_limit_rate: float | None = None  # requests per second per identity; absent: no limit
+    rate_limit_burst: int | None = None
     source: str = field(default="<settings object>", compare=False)
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -137,7 +146,7 @@ def settings_from_mapping(
             )
         section_key = _ENV_NAME.get(_normalise_env_name(name))
         if section_key is None:
-            if name.split("_")[1].lower() in _SECTIONS:
+            if name.split("_")[1].lower() in _SECTIONS or name.startswith("KMS_RATE_LIMIT_"):
                 raise ConfigurationError(f"{name}: unknown setting")
             continue
         raw[_KEYS[section_key]] = (name, value)
@@ -145,8 +154,8 @@ def settings_from_mapping(
 
 
 def _normalise_env_name(name: str) -> str:
-    section, _, key = name[4:].partition("_")
-    return f"KMS_{section.upper()}_{key.upper().replace('_', '')}"
+    # Underscores do not matter anywhere after KMS_, so KMS_RATE_LIMIT_RATE finds rate_limit.rate.
+    return "KMS_" + name[4:].upper().replace("_", "")
 
 
 def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
@@ -164,6 +173,10 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
         "kdf_iterations": _integer_between(MIN_ITERATIONS, 100_000_000),
         "key_cache_size": _integer_between(0, 1_000_000),
         "database_dsn": _dsn,
+        "policy_file": _path,
+        "audit_path": _path,
+        "rate_limit_rate": _positive_number,
+        "rate_limit_burst": _integer_between(1, 1_000_000),
     }
     for attribute, (name, value) in raw.items():
         try:
@@ -172,6 +185,10 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
             raise ConfigurationError(f"{name}: {exc} ({source})") from None
     if "database_dsn" not in values:
         raise ConfigurationError(f"database.dsn is not set ({source})")
+    if ("rate_limit_rate" in values) != ("rate_limit_burst" in values):
+        raise ConfigurationError(
+            f"rate_limit: set both rate and burst, or neither to switch limits off ({source})"
+        )
     return Settings(**values)
 
 
@@ -189,6 +206,19 @@ def _dsn(value: Any) -> str:
     dsn = _string(value)
     # A plain file path resolves now, like the other paths: a later chdir must not move it.
     return dsn if "://" in dsn else str(_path(dsn))
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ValueError("must be a number") from None
+    if not isinstance(value, int | float) or not 0 < value <= 1_000_000 or value != value:
+        raise ValueError("must be a number above 0 and at most 1000000")
+    return float(value)
 
 
 _DECIMAL = re.compile(r"[0-9]{1,12}")

@@ -7,19 +7,38 @@ each worker then calls ``application()`` and opens its own database connections.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import Flask
 
+from kms.api.policy import Policy
 from kms.app import REPOSITORY, create_app
 from kms.service.keyring import Keyring
 from kms.settings import Settings
 
 _installed: tuple[Settings, Keyring] | None = None
 _apps: list[Flask] = []
+# Loaded by the master at start and on SIGHUP; the workers forked after that inherit them.
+_policy: Policy | None = None
+_rate_limit_table: Path | None = None
 
 
-def install(settings: Settings, keyring: Keyring) -> None:
-    global _installed
+def install(
+    settings: Settings,
+    keyring: Keyring,
+    policy: Policy | None = None,
+    rate_limit_table: Path | None = None,
+) -> None:
+    global _installed, _rate_limit_table
     _installed = (settings, keyring)
+    _rate_limit_table = rate_limit_table
+    install_policy(policy)
+
+
+def install_policy(policy: Policy | None) -> None:
+    """The policy for workers started from now on (gunicorn's SIGHUP starts new ones)."""
+    global _policy
+    _policy = policy
 
 
 def application() -> Flask:
@@ -29,7 +48,7 @@ def application() -> Flask:
             "start kms with `kms serve` or `gunicorn -c python:kms.gunicorn_conf`"
         )
     settings, keyring = _installed
-    app = create_app(settings, keyring=keyring)
+    app = create_app(settings, keyring=keyring, policy=_policy, rate_limit_table=_rate_limit_table)
     _apps.append(app)
     return app
 

@@ -13,6 +13,8 @@ from typing import Any
 from kms.errors import Unauthenticated
 
 ENVIRON_KEY = "kms.caller"
+#: SAN kinds (as ``getpeercert`` names them) that can identify a caller to the policy.
+IDENTITY_SAN_KINDS = ("DNS", "URI")
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,15 @@ class Caller:
     def __str__(self) -> str:
         names = ",".join(self.subject_alt_names)
         return f"CN={self.common_name or '-'}" + (f";SAN={names}" if names else "")
+
+    def names(self) -> tuple[str, ...]:
+        """The names a policy may use for this caller: the CN, then each DNS and URI SAN."""
+        sans = tuple(
+            value
+            for kind, _, value in (entry.partition(":") for entry in self.subject_alt_names)
+            if kind in IDENTITY_SAN_KINDS
+        )
+        return ((self.common_name,) if self.common_name else ()) + sans
 
 
 def caller_from_peer_certificate(certificate: dict[str, Any]) -> Caller:

@@ -6,11 +6,13 @@ from flask import Blueprint, Response, jsonify
 
 from kms.api import schemas
 from kms.api.context import json_body, service
+from kms.api.operations import KeyFrom, operation
 
 blueprint = Blueprint("crypto", __name__, url_prefix="/v1/kms")
 
 
 @blueprint.post("/encrypt")
+@operation("encrypt", KeyFrom.BODY)
 def encrypt() -> Response:
     body = schemas.encrypt_request.load(json_body())
     result = service().encrypt(body["key_id"], body["plaintext"])
@@ -18,6 +20,7 @@ def encrypt() -> Response:
 
 
 @blueprint.post("/decrypt")
+@operation("decrypt", KeyFrom.BODY)
 def decrypt() -> Response:
     body = schemas.decrypt_request.load(json_body())
     result = service().decrypt(body["key_id"], body["ciphertext"])
@@ -25,6 +28,7 @@ def decrypt() -> Response:
 
 
 @blueprint.post("/sign")
+@operation("sign", KeyFrom.BODY)
 def sign() -> Response:
     body = schemas.sign_request.load(json_body())
     result = service().sign(body["key_id"], body["message"])
@@ -32,6 +36,7 @@ def sign() -> Response:
 
 
 @blueprint.post("/verify")
+@operation("verify", KeyFrom.BODY)
 def verify() -> Response:
     body = schemas.verify_request.load(json_body())
     result = service().verify(body["key_id"], body["message"], body["signature"])

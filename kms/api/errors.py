@@ -31,6 +31,9 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.KMSError], int], ...] = (
     (errors.Forbidden, 403),
     (errors.PayloadTooLarge, 413),
     (errors.StoreUnavailable, 503),
+    (errors.AuditUnavailable, 503),
+    (errors.NotReady, 503),
+    (errors.RateLimited, 429),
 )
 
 
@@ -64,6 +67,8 @@ def register_error_handlers(app: Flask) -> None:
         response = error_response(error.public_message, status)
         if isinstance(error, errors.PayloadTooLarge):
             discard_unread_body(response, request)
+        if isinstance(error, errors.RateLimited):
+            response.headers["Retry-After"] = str(error.retry_after)
         return response
 
     @app.errorhandler(ValidationError)
@@ -79,6 +84,10 @@ def register_error_handlers(app: Flask) -> None:
     def handle_unexpected(error: Exception) -> Response:
         log.exception("request %s failed unexpectedly", g.get("request_id", "-"))
         return error_response("internal error", 500)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    return _describe(error.messages)
 
 
 def _describe(messages: object, prefix: str = "") -> str:

@@ -6,11 +6,14 @@ from flask import Blueprint, Response, jsonify, request
 
 from kms.api import schemas
 from kms.api.context import json_body, service
+from kms.api.operations import KeyFrom, operation
+from kms.api.policy import readable_keys
 
 blueprint = Blueprint("keys", __name__, url_prefix="/v1/kms/keys")
 
 
 @blueprint.post("")
+@operation("keys:create", KeyFrom.BODY)
 def create_key() -> tuple[Response, int]:
     body = schemas.create_key_request.load(json_body())
     key = service().create_key(**body)
@@ -18,18 +21,21 @@ def create_key() -> tuple[Response, int]:
 
 
 @blueprint.get("")
+@operation("keys:read")
 def list_keys() -> Response:
     query = schemas.list_keys_query.load(request.args.to_dict(flat=True))
-    keys = service().list_keys(limit=query["limit"], after=query["after"])
+    keys = readable_keys(service().list_keys, query["limit"], query["after"])
     return jsonify(schemas.key_list_response.dump(keys))
 
 
 @blueprint.get("/<key_id>")
+@operation("keys:read", KeyFrom.PATH)
 def get_key(key_id: str) -> Response:
     return jsonify(schemas.key_detail_response.dump(service().get_key(key_id)))
 
 
 @blueprint.get("/<key_id>/public-key")
+@operation("keys:read", KeyFrom.PATH)
 def get_public_key(key_id: str) -> Response:
     query = schemas.public_key_query.load(request.args.to_dict(flat=True))
     public_key = service().public_key(key_id, version=query["version"])
@@ -37,6 +43,7 @@ def get_public_key(key_id: str) -> Response:
 
 
 @blueprint.delete("/<key_id>")
+@operation("keys:delete", KeyFrom.PATH)
 def delete_key(key_id: str) -> Response:
     service().delete_key(key_id)
     response = Response(status=204)
@@ -45,10 +52,12 @@ def delete_key(key_id: str) -> Response:
 
 
 @blueprint.post("/<key_id>/rotate")
+@operation("keys:rotate", KeyFrom.PATH)
 def rotate_key(key_id: str) -> Response:
     return jsonify(schemas.key_response.dump(service().rotate_key(key_id)))
 
 
 @blueprint.post("/<key_id>/recreate")
+@operation("keys:recreate", KeyFrom.PATH)
 def recreate_key(key_id: str) -> tuple[Response, int]:
     return jsonify(schemas.key_response.dump(service().recreate_key(key_id))), 201

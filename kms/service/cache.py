@@ -19,6 +19,9 @@ class KeyMaterialCache:
         self._max_entries = max_entries
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
+        #: Lookups answered from memory and lookups that had to load (read by the metrics).
+        self.hits = 0
+        self.misses = 0
 
     def __repr__(self) -> str:
         return f"KeyMaterialCache(entries={len(self._entries)}, max={self._max_entries})"
@@ -28,6 +31,9 @@ class KeyMaterialCache:
             value = self._entries.get(key)
             if value is not None:
                 self._entries.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
             return value
 
     def put(self, key: Hashable, value: Any) -> None:

@@ -33,6 +33,7 @@ from kms.errors import (
 )
 from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import Keyring, zeroise
+from kms.service.keystore import INIT_MARKER_AAD
 from kms.store.repository import (
     KeyRecord,
     KeyRepository,
@@ -254,6 +255,19 @@ class KMSService:
                 continue
             return Verified(key_id=key.key_id, valid=True, version=version)
         return Verified(key_id=key.key_id, valid=False, version=None)
+
+    # -- for health checks and metrics -----------------------------------------------------
+
+    def check_ready(self) -> None:
+        """Raise unless the database answers and the master key unwraps the init marker."""
+        _, marker = self._repository.read_keystore()
+        zeroise(self._keyring.unwrap(marker, INIT_MARKER_AAD))
+
+    def algorithm_of(self, key_id: str) -> str:
+        return self._repository.get_key(validate_key_id(key_id)).algorithm
+
+    def key_counts_by_state(self) -> dict[str, int]:
+        return self._repository.count_keys_by_state()
 
     # -- internals -------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import ParamSpec, Protocol, TypeVar
 
-from sqlalchemy import Engine, and_, bindparam, delete, insert, inspect, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, inspect, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from kms.errors import (
@@ -74,6 +74,7 @@ class KeyRepository(Protocol):
     def rotate_key(self, key_id: str, build: VersionBuilder) -> KeyRecord: ...
     def recreate_key(self, key_id: str, incarnation: str, build: VersionBuilder) -> KeyRecord: ...
     def delete_key(self, key_id: str) -> None: ...
+    def count_keys_by_state(self) -> dict[str, int]: ...
 
 
 def utc_now() -> datetime:
@@ -282,6 +283,12 @@ class SQLKeyRepository:
             deleted = conn.execute(delete(keys).where(keys.c.key_id == key_id)).rowcount
             if deleted == 0:
                 raise KeyNotFound()
+
+    @_translate_database_errors
+    def count_keys_by_state(self) -> dict[str, int]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(keys.c.state, func.count()).group_by(keys.c.state)).all()
+        return {state: count for state, count in rows}
 
     @staticmethod
     def _insert_version(

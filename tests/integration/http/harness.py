@@ -118,6 +118,10 @@ class Deployment:
         return self.directory / "server.log"
 
     @property
+    def audit_log(self) -> Path:
+        return self.directory / "audit.log"
+
+    @property
     def base_url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
@@ -137,8 +141,13 @@ def write_config(
     server_cert: Path | None = None,
     server_key: Path | None = None,
     ca_cert: Path | None = None,
+    extra: str = "",
 ) -> Path:
-    """Write a config in the seed's format; unspecified files are the dev ones in ``directory``."""
+    """Write a config in the seed's format; unspecified files are the dev ones in ``directory``.
+
+    Every deployment keeps an audit log (``directory/audit.log``); ``extra`` is more YAML sections
+    (``authorization``, ``rate_limit``...).
+    """
     path.write_text(
         "server:\n"
         f"  port: {port}\n"
@@ -150,7 +159,9 @@ def write_config(
         "kms:\n"
         f'  master_passphrase_file: "{passphrase_file or directory / "master.key"}"\n'
         "database:\n"
-        f'  dsn: "{database or directory / "kms.db"}"\n',
+        f'  dsn: "{database or directory / "kms.db"}"\n'
+        "audit:\n"
+        f'  path: "{directory / "audit.log"}"\n' + extra,
         encoding="utf-8",
     )
     return path

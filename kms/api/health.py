@@ -1,0 +1,47 @@
+"""Health, readiness and metrics: /healthz, /readyz, /metrics.
+
+The health checks need a verified client certificate (gunicorn refuses the handshake without
+one) but no policy rule; /metrics is the operation ``metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from kms.api.context import service
+from kms.api.metrics import metrics_response
+from kms.api.operations import operation
+from kms.errors import KMSError, NotReady, StoreUnavailable
+
+blueprint = Blueprint("health", __name__)
+log = logging.getLogger("kms")
+
+
+@blueprint.get("/healthz")
+@operation("health", needs_policy=False)
+def healthz() -> Response:
+    """The process answers; nothing else is touched (no database)."""
+    return jsonify(status="ok")
+
+
+@blueprint.get("/readyz")
+@operation("ready", needs_policy=False)
+def readyz() -> Response:
+    """The database answers and the master key is loaded (it unwraps the init marker)."""
+    try:
+        service().check_ready()
+    except StoreUnavailable:
+        raise NotReady("not ready: database unreachable") from None
+    except (KMSError, RuntimeError) as error:
+        # RuntimeError: the keyring is closed; KMSError: the marker does not unwrap, or is gone.
+        log.warning("readiness check failed: %s", type(error).__name__)
+        raise NotReady("not ready: master key not loaded") from None
+    return jsonify(status="ready")
+
+
+@blueprint.get("/metrics")
+@operation("metrics")
+def metrics() -> Response:
+    return metrics_response(current_app)

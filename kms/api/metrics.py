@@ -1,0 +1,135 @@
+"""Prometheus metrics, right across gunicorn's workers.
+
+Under gunicorn, ``kms.gunicorn_conf`` points ``PROMETHEUS_MULTIPROC_DIR`` at a directory it
+creates fresh before any worker (and this module) exists; each worker then writes its counters
+to its own files there, and ``/metrics`` adds up every worker's files (``MultiProcessCollector``).
+Without that variable (a single process, a test) the default registry is used.
+
+Series: ``kms_http_requests_total{endpoint,method,status}``,
+``kms_http_request_duration_seconds{endpoint}`` (histogram),
+``kms_crypto_operations_total{operation,algorithm}``, ``kms_key_cache_hits_total``,
+``kms_key_cache_misses_total`` and ``kms_keys{state}`` (read from the database when scraped).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from kms.service.cache import KeyMaterialCache
+from kms.service.keys import KMSService
+
+#: Operations counted by algorithm: the ones that use a key's material.
+CRYPTO_OPERATIONS = frozenset({"encrypt", "decrypt", "sign", "verify", "datakey", "rewrap", "mac"})
+NO_ENDPOINT = "none"
+log = logging.getLogger("kms")
+
+HTTP_REQUESTS = Counter(
+    "kms_http_requests", "HTTP requests answered", ["endpoint", "method", "status"]
+)
+HTTP_DURATION = Histogram(
+    "kms_http_request_duration_seconds", "Time to answer an HTTP request", ["endpoint"]
+)
+CRYPTO_OPERATIONS_DONE = Counter(
+    "kms_crypto_operations", "Successful cryptographic operations", ["operation", "algorithm"]
+)
+CACHE_HITS = Counter("kms_key_cache_hits", "Key material found in a worker's cache")
+CACHE_MISSES = Counter("kms_key_cache_misses", "Key material loaded and unwrapped")
+
+
+class KeyStateCollector(Collector):
+    """``kms_keys{state}``, counted in the database when scraped, so every worker agrees."""
+
+    def __init__(self, service: KMSService) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("kms_keys", "Keys by state", labels=["state"])
+        for state, count in sorted(self._service.key_counts_by_state().items()):
+            family.add_metric([state], count)
+        yield family
+
+
+class _CacheCounts:
+    """Moves a cache's own hit/miss counts into the Prometheus counters, one delta at a time."""
+
+    def __init__(self, cache: KeyMaterialCache) -> None:
+        self._cache = cache
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+
+    def publish(self) -> None:
+        with self._lock:
+            hits, misses = self._cache.hits, self._cache.misses
+            if hits > self._hits:
+                CACHE_HITS.inc(hits - self._hits)
+            if misses > self._misses:
+                CACHE_MISSES.inc(misses - self._misses)
+            self._hits, self._misses = hits, misses
+
+
+def register_metrics(app: Flask, service: KMSService, cache: KeyMaterialCache) -> None:
+    cache_counts = _CacheCounts(cache)
+    key_states = KeyStateCollector(service)
+    app.extensions["kms.metrics"] = key_states
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        endpoint = request.endpoint or NO_ENDPOINT
+        HTTP_REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        HTTP_DURATION.labels(endpoint).observe(time.perf_counter() - g.kms_started)
+        operation = g.get("kms_operation_name")
+        if operation in CRYPTO_OPERATIONS and response.status_code < 400:
+            CRYPTO_OPERATIONS_DONE.labels(operation, _algorithm(service)).inc()
+        cache_counts.publish()
+        return response
+
+
+def _algorithm(service: KMSService) -> str:
+    from kms.api.operations import current_target
+    from kms.errors import KMSError
+
+    key_id = current_target().key_id
+    try:
+        return service.algorithm_of(key_id) if key_id else "unknown"
+    except KMSError:
+        return "unknown"  # deleted in the meantime, or the database is away: still counted
+
+
+def metrics_response(app: Flask) -> Response:
+    """The Prometheus text exposition of every worker's metrics plus the key counts."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        text = generate_latest(registry)
+    else:
+        text = generate_latest(REGISTRY)
+    text += generate_latest(_single(app.extensions["kms.metrics"]))
+    return Response(
+        text,
+        mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
+
+
+def _single(collector: Collector) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry

@@ -1,0 +1,116 @@
+"""What each endpoint is: its operation name and where the key it touches comes from.
+
+Every view declares this once, with ``@operation(...)``; authorization, audit, metrics and rate
+limits read the declaration through ``declared_operation`` and never look inside a view. A test
+walks the app's URL map and fails on any route without one, so a new endpoint cannot forget them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TypeVar
+
+from flask import Flask, Request, g
+
+from kms.api.context import json_body
+from kms.errors import KMSError
+
+ATTRIBUTE = "kms_operation"
+
+#: Every operation a policy may name. The ones no endpoint declares yet belong to open issues;
+#: a policy may grant them now, so it need not change when they arrive.
+KNOWN_OPERATIONS = frozenset(
+    {
+        "keys:create",
+        "keys:read",
+        "keys:update",
+        "keys:rotate",
+        "keys:recreate",
+        "keys:delete",
+        "keys:disable",
+        "keys:enable",
+        "encrypt",
+        "decrypt",
+        "sign",
+        "verify",
+        "datakey",
+        "rewrap",
+        "mac",
+        "random",
+        "metrics",
+    }
+)
+
+
+class KeyFrom(Enum):
+    """Where a request names its key."""
+
+    NONE = "none"  # no key (a list, metrics) or not about keys at all
+    PATH = "path"  # the URL's <key_id>
+    BODY = "body"  # the JSON body's "key_id" (encrypt, decrypt, sign, verify, ...)
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    key_from: KeyFrom = KeyFrom.NONE
+    #: False for the health checks: a verified certificate is enough, no policy rule is needed.
+    needs_policy: bool = True
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def operation(name: str, key_from: KeyFrom = KeyFrom.NONE, *, needs_policy: bool = True):  # noqa: ANN201
+    """Declare a view's operation; put it directly above the ``def``, below the route."""
+    if needs_policy and name not in KNOWN_OPERATIONS:
+        raise ValueError(f"unknown operation {name!r}; add it to KNOWN_OPERATIONS")
+    declared = Operation(name=name, key_from=key_from, needs_policy=needs_policy)
+
+    def declare(view: F) -> F:
+        setattr(view, ATTRIBUTE, declared)
+        return view
+
+    return declare
+
+
+def declared_operation(app: Flask, endpoint: str | None) -> Operation | None:
+    view = app.view_functions.get(endpoint) if endpoint else None
+    return getattr(view, ATTRIBUTE, None)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The key a request names, as far as the request says (it may not exist)."""
+
+    key_id: str | None
+    item_count: int | None = None  # a batch request: how many items, never what they hold
+
+
+def request_target(declared: Operation | None, request: Request) -> Target:
+    """Find the key a request names without doing anything with it.
+
+    A body that cannot be parsed names no key; the view raises its error when it reads the body
+    (``json_body`` keeps the error), after authorization and audit have seen the request.
+    """
+    if declared is None or declared.key_from is KeyFrom.NONE:
+        return Target(key_id=None)
+    if declared.key_from is KeyFrom.PATH:
+        key_id = (request.view_args or {}).get("key_id")
+        return Target(key_id=key_id if isinstance(key_id, str) else None)
+    try:
+        body = json_body()
+    except KMSError:
+        return Target(key_id=None)
+    key_id = body.get("key_id")
+    items = body.get("items")
+    return Target(
+        key_id=key_id if isinstance(key_id, str) else None,
+        item_count=len(items) if isinstance(items, list) else None,
+    )
+
+
+def current_target() -> Target:
+    return g.get("kms_target") or Target(key_id=None)
