@@ -44,6 +44,22 @@ from kms.node import prepare_runtime_directory  # noqa: E402
 
 _runtime = prepare_runtime_directory()
 
+
+def _load_policy() -> Any:
+    """The policy, and a check that the audit log takes lines, before gunicorn starts at all."""
+    from kms.api.policy import load_policy
+    from kms.node import check_audit_log
+
+    try:
+        policy = load_policy(_settings.policy_file)
+        check_audit_log(_settings)
+    except KMSError as error:
+        _fail(error.public_message)
+    return policy
+
+
+_policy = _load_policy()
+
 wsgi_app = "kms.wsgi:application()"
 bind = [
     f"[{_settings.host}]:{_settings.port}"
@@ -92,16 +108,9 @@ def on_starting(server: Any) -> None:
     kms_log.setLevel(logging.INFO)
     kms_log.propagate = False
 
-    from kms.api.policy import load_policy
-    from kms.node import check_audit_log
     from kms.ratelimit import create_table
 
-    try:
-        policy = load_policy(_settings.policy_file)
-        check_audit_log(_settings)
-    except KMSError as error:
-        _fail(error.public_message)
-    if policy.allows_everyone:
+    if _policy.allows_everyone:
         kms_log.warning(
             "kms: no authorization.policy_file is set: every client with a certificate may do "
             "everything"
@@ -114,7 +123,7 @@ def on_starting(server: Any) -> None:
         keyring = open_master_keyring(_settings)
     except KMSError as error:
         _fail(error.public_message)
-    wsgi.install(_settings, keyring, policy, _runtime.rate_limit_table)
+    wsgi.install(_settings, keyring, _policy, _runtime.rate_limit_table)
 
 
 def on_reload(server: Any) -> None:
