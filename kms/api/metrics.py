@@ -122,11 +122,7 @@ def metrics_response(app: Flask) -> Response:
     else:
         text = generate_latest(REGISTRY)
     text += generate_latest(_single(app.extensions["kms.metrics"]))
-    return Response(
-        text,
-        mimetype=CONTENT_TYPE_LATEST.split(";")[0],
-        headers={"Content-Type": CONTENT_TYPE_LATEST},
-    )
+    return Response(text, content_type=CONTENT_TYPE_LATEST)
 
 
 def _single(collector: Collector) -> CollectorRegistry:
