@@ -103,9 +103,6 @@ def test_two_workers_together_let_through_no_more_than_the_limit(
     client.close()
 
     allowed = statuses.count(200)
-    print(
-        f"rate limit: {allowed} of {len(statuses)} allowed in {elapsed:.2f}s, limit {BURST + RATE * elapsed:.1f}"
-    )
     assert set(statuses) == {200, 429}
     assert allowed >= BURST
     assert allowed <= 1.1 * (BURST + RATE * elapsed), (allowed, elapsed, len(statuses))
