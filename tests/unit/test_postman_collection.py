@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from kms.api import crypto, keys
+from kms.api import crypto, health, keys
 
 COLLECTION = Path(__file__).parents[2] / "deploy" / "postman" / "kms.postman_collection.json"
 
@@ -17,6 +17,7 @@ def app_routes() -> set[tuple[str, str]]:
     app = Flask("routes")
     app.register_blueprint(keys.blueprint)
     app.register_blueprint(crypto.blueprint)
+    app.register_blueprint(health.blueprint)
     routes = set()
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
