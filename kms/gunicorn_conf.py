@@ -37,14 +37,8 @@ def _load() -> Settings:
 
 _settings = _load()
 
+
 # -- authorization, audit, metrics, rate limits (kms.node) -----------------------------------
-# Made here, when gunicorn's master reads this file and before anything imports
-# prometheus_client: the multiprocess directory must be in the environment by then.
-from kms.node import prepare_runtime_directory  # noqa: E402
-
-_runtime = prepare_runtime_directory()
-
-
 def _load_policy() -> Any:
     """The policy, and a check that the audit log takes lines, before gunicorn starts at all."""
     from kms.api.policy import load_policy
@@ -59,6 +53,12 @@ def _load_policy() -> Any:
 
 
 _policy = _load_policy()
+
+# Made here, when gunicorn's master reads this file and before anything imports
+# prometheus_client: the multiprocess directory must be in the environment by then.
+from kms.node import prepare_runtime_directory, remove_runtime_directory  # noqa: E402
+
+_runtime = prepare_runtime_directory()
 
 wsgi_app = "kms.wsgi:application()"
 bind = [
@@ -122,6 +122,7 @@ def on_starting(server: Any) -> None:
     try:
         keyring = open_master_keyring(_settings)
     except KMSError as error:
+        remove_runtime_directory(_runtime)
         _fail(error.public_message)
     wsgi.install(_settings, keyring, _policy, _runtime.rate_limit_table)
 
@@ -162,7 +163,6 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 def on_exit(server: Any) -> None:
     from kms import wsgi
-    from kms.node import remove_runtime_directory
 
     wsgi.close()
     remove_runtime_directory(_runtime)
