@@ -141,3 +141,19 @@ def test_the_chain_starts_at_genesis_and_links_each_line(tmp_path: Path) -> None
     inserted = tmp_path / "inserted.log"
     inserted.write_bytes(b"\n".join([lines[0], lines[1], lines[1], *lines[2:]]) + b"\n")
     assert verify_chain(inserted).broken_line == 3
+
+
+def test_readyz_says_when_the_master_key_is_not_loaded(
+    app: Flask, keyring: PassphraseKeyring
+) -> None:
+    client = app.test_client()
+    client.environ_base["gunicorn.socket"] = FakeTLSSocket(
+        {"subject": ((("commonName", "stranger"),),)}
+    )
+    assert client.get("/readyz").get_json() == {"status": "ready"}  # no policy rule needed
+    assert client.get("/v1/kms/keys").status_code == 403
+    keyring.close()
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json() == {"error": "not ready: master key not loaded"}
+    assert client.get("/healthz").get_json() == {"status": "ok"}
