@@ -55,9 +55,17 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
 
 
 @pytest.fixture(scope="module")
-def server(deployment: Deployment) -> Iterator[ServerProcess]:
-    with running_server(deployment) as server:
-        yield server
+def metrics_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("kms-audit-metrics")
+
+
+@pytest.fixture(scope="module")
+def server(deployment: Deployment, metrics_dir: Path) -> Iterator[ServerProcess]:
+    # The metrics directory is ours so that the test can see which workers answered.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+        with running_server(deployment) as server:
+            yield server
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +268,11 @@ def test_a_scripted_session_is_audited_line_by_line_and_holds_no_secret(
 
 
 def test_the_chain_holds_under_concurrent_load_of_two_workers_and_names_tampering(
-    deployment: Deployment, server: ServerProcess, admin: KMSClient, tmp_path: Path
+    deployment: Deployment,
+    server: ServerProcess,
+    admin: KMSClient,
+    metrics_dir: Path,
+    tmp_path: Path,
 ) -> None:
     expect_json(admin.post("/v1/kms/keys", json={"key_id": "audit-load"}), 201)
     errors: list[str] = []
@@ -280,7 +292,10 @@ def test_the_chain_holds_under_concurrent_load_of_two_workers_and_names_tamperin
     for thread in threads:
         thread.join()
     assert errors == []
-    assert server.output().count("Booting worker") >= 2
+    workers = {path.stem for path in metrics_dir.glob("counter_*.db")} - {
+        f"counter_{server.process.pid}"
+    }
+    assert len(workers) >= 2, workers  # both workers wrote to the one chain
 
     lines = deployment.audit_log.read_bytes().splitlines(keepends=True)
     assert len(lines) >= 400

@@ -11,6 +11,7 @@ import pytest
 
 from tests.integration.http.harness import Deployment, ServerProcess, expect_error
 from tests.integration.http.identities import (
+    audit_records,
     identity_client,
     prepare_private_deployment,
     running_server,
@@ -59,6 +60,13 @@ def test_a_burst_over_the_limit_gets_429_with_retry_after(server: ServerProcess)
         client.close()
     assert set(statuses) == {200, 429}
     assert statuses[:BURST] == [200] * BURST
+    # Throttled requests are audited like any other.
+    answers = [
+        record["status"]
+        for record in audit_records(server.deployment)
+        if record["identity"] == "bursty" and record["type"] == "response"
+    ]
+    assert answers == statuses
 
 
 def test_a_caller_under_the_limit_never_gets_429(server: ServerProcess) -> None:
