@@ -85,7 +85,9 @@ def register_service(
 
 
 def register_identity(app: Flask) -> None:
-    """Give every request an id and a caller from its TLS session, for views and the access log."""
+    """Give every request an id, a caller from its TLS session (and its identity as the policy
+    names it), the operation its view declares and the key it names, for the hooks that follow,
+    the views and the access log."""
 
     @app.before_request
     def identify_caller() -> None:

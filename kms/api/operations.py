@@ -63,7 +63,9 @@ class Operation:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def operation(name: str, key_from: KeyFrom = KeyFrom.NONE, *, needs_policy: bool = True):  # noqa: ANN201
+def operation(
+    name: str, key_from: KeyFrom = KeyFrom.NONE, *, needs_policy: bool = True
+) -> Callable[[F], F]:
     """Declare a view's operation; put it directly above the ``def``, below the route."""
     if needs_policy and name not in KNOWN_OPERATIONS:
         raise ValueError(f"unknown operation {name!r}; add it to KNOWN_OPERATIONS")
