@@ -157,3 +157,17 @@ def test_readyz_says_when_the_master_key_is_not_loaded(
     assert response.status_code == 503
     assert response.get_json() == {"error": "not ready: master key not loaded"}
     assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_a_hostile_key_id_is_cut_short_in_the_audit_log(app: Flask, tmp_path: Path) -> None:
+    client = app.test_client()
+    client.environ_base["gunicorn.socket"] = FakeTLSSocket(
+        {"subject": ((("commonName", "orchestrator"),),)}
+    )
+    response = client.post("/v1/kms/encrypt", json={"key_id": "k" * 5000, "plaintext": "eA=="})
+    assert response.status_code == 400
+    records = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    assert [record["type"] for record in records] == ["request", "response"]
+    assert all(record["key_id"] == "k" * 256 for record in records)
+    assert records[1]["status"] == 400
+    assert response.headers["X-Request-Id"] == records[0]["request_id"] == records[1]["request_id"]

@@ -107,3 +107,19 @@ def test_metrics_count_every_request_across_two_workers(
     hits = sample(found, "kms_key_cache_hits_total")
     misses = sample(found, "kms_key_cache_misses_total")
     assert misses >= 1 and hits + misses >= 3, (hits, misses)
+
+
+def test_the_node_directory_is_made_at_start_and_removed_at_exit(tmp_path: Path) -> None:
+    # No PROMETHEUS_MULTIPROC_DIR: kms makes its own directory (metrics, rate-limit table).
+    runtime_root = tmp_path / "tmp"
+    runtime_root.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+        patch.setenv("TMPDIR", str(runtime_root))
+        deployment = prepare_private_deployment(tmp_path / "kms")
+        with running_server(deployment):
+            made = list(runtime_root.glob("kms-node-*"))
+            assert len(made) == 1, made
+            assert (made[0] / "rate-limit.table").is_file()
+            assert any((made[0] / "metrics").glob("counter_*.db"))
+    assert list(runtime_root.iterdir()) == []
