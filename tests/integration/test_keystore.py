@@ -53,7 +53,7 @@ def stored_kdf_parameters(settings: Settings) -> KDFParameters:
         (value,) = conn.execute(
             "SELECT value FROM kms_metadata WHERE name = ?", (KDF_PARAMETERS,)
         ).fetchone()
-    return KDFParameters.decode(bytes(value).decode("ascii"))
+    return KDFParameters.decode(bytes(value), min_iterations=TEST_ITERATIONS)
 
 
 # -- the happy path, for contrast -----------------------------------------------------------
