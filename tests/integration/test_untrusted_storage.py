@@ -323,3 +323,55 @@ def test_check_passes_on_an_untouched_database_and_names_every_tampered_row(stor
         "key 'enc': key row: MAC does not match",
         "key 'sig': version 1: MAC does not match",
     ]
+
+
+# -- finding 4: KDF parameters --------------------------------------------------------------------
+
+
+def tampered_kdf(value: bytes, case: str) -> bytes:
+    head, _, salt = value.rpartition(b"$")
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    flipped = alphabet.index(salt[-3:-2]) ^ 1  # a padding bit: same bytes, another spelling
+    return {
+        "non-ascii": value.replace(b"sha256", b"sha\xff56"),
+        "huge-count": value.replace(b"i=1000,", b"i=9999999999,"),
+        "tiny-count": value.replace(b"i=1000,", b"i=1,"),
+        "leading-zero": value.replace(b"i=1000,", b"i=01000,"),
+        "non-canonical-salt": head + b"$" + salt[:-3] + alphabet[flipped : flipped + 1] + b"==",
+    }[case]
+
+
+@pytest.mark.parametrize(
+    "case", ["non-ascii", "huge-count", "tiny-count", "leading-zero", "non-canonical-salt"]
+)
+def test_tampered_kdf_parameters_are_one_clear_startup_line(store: Store, case: str) -> None:
+    from kms.errors import InvalidKDFParameters
+    from kms.master import describe_database
+
+    value = bytes(store.row("SELECT value FROM kms_metadata WHERE name = 'kdf_parameters'").value)
+    assert value.startswith(b"$pbkdf2-sha256$i=1000,")
+    tampered = tampered_kdf(value, case)
+    assert tampered != value
+    store.sql(
+        "UPDATE kms_metadata SET value = :value WHERE name = 'kdf_parameters'", value=tampered
+    )
+    with pytest.raises(InvalidKDFParameters) as excinfo:
+        open_master_keyring(store.settings)
+    message = excinfo.value.public_message
+    assert "\n" not in message
+    assert "KDF" in message
+    assert describe_database(store.settings) in message
+    assert TEST_PASSPHRASE.decode() not in message
+    if store.settings.database_url.startswith("postgresql"):
+        assert "kms_test:kms_test@" not in message  # the URL's password stays out
+
+
+def test_production_settings_refuse_test_strength_kdf_parameters(store: Store) -> None:
+    # The test keystore was made with 1,000 iterations through the test-only floor. Settings as a
+    # deployment has them (the floor is no setting) refuse it: reads never go below 600,000.
+    from kms.errors import InvalidKDFParameters
+
+    production = store.settings.with_overrides(insecure_test_kdf_floor=None)
+    with pytest.raises(InvalidKDFParameters) as excinfo:
+        open_master_keyring(production)
+    assert "1000 PBKDF2 iterations; kms accepts 600000 to 10000000" in excinfo.value.public_message
