@@ -52,6 +52,8 @@ log = logging.getLogger("kms.integrity")
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_PAGE_SIZE = 1000
 ENABLED = "enabled"
+#: Key rows whose MAC was verified, kept whole (MAC included) so only an identical row hits.
+VERIFIED_ROWS_CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,9 @@ class KMSService:
         self._keyring = keyring
         self._cache = cache
         self._after_generation = after_generation
+        # Encoding and MAC-checking a row costs about 10 us, a hit here about 2.5 us, on a hot
+        # path (encrypt on a cached key) of about 190 us; see the README's performance notes.
+        self._verified_rows = KeyMaterialCache(VERIFIED_ROWS_CACHE_SIZE)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -381,11 +386,14 @@ class KMSService:
 
     def _checked_key(self, key: KeyRecord) -> KeyRecord:
         """The key row, once its MAC and its algorithm check out; else log and refuse."""
+        if self._verified_rows.get(key) is not None:  # this exact row, MAC included, passed
+            return key
         try:
             self._verify_key(key)
         except IntegrityFailure as error:
             log.error("integrity check failed: %s", error.detail)
             raise
+        self._verified_rows.put(key, True)
         return key
 
     def _verify_key(self, key: KeyRecord) -> None:
