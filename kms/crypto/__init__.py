@@ -2,6 +2,6 @@
 
 Nothing here touches a database, a file, a socket or Flask. Functions that check something raise
 (``kms.errors.InvalidCiphertext``, ``InvalidSignature``, ``UnwrapFailed``, ``IntegrityFailure``,
-``InvalidKDFParameters``) instead of returning a
-bool, and no ``cryptography`` exception leaves this package.
+``InvalidKDFParameters``) instead of returning a bool, and no ``cryptography`` exception leaves
+this package.
 """
