@@ -158,7 +158,7 @@ class KMSService:
         self._cache = cache
         self._after_generation = after_generation
         # Encoding and MAC-checking a row costs about 10 us, a hit here about 2.5 us, on a hot
-        # path (encrypt on a cached key) of about 190 us; see the README's performance notes.
+        # path (encrypt on a cached key) of about 190 us (README, Production deployment).
         self._verified_rows = KeyMaterialCache(VERIFIED_ROWS_CACHE_SIZE)
 
     # -- lifecycle -------------------------------------------------------------------------
