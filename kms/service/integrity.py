@@ -12,6 +12,9 @@ a field added with a default (and a migration that stores that default in existi
 every existing MAC valid; the encoding stays injective because the defaults are fixed in code.
 Changing a field's default, its name or the order of the fields changes the encoding of every
 row that differs from it: ``tests/unit/test_integrity.py`` pins the encoding with a known answer.
+A new table that security depends on needs a MAC column of its own: encode its rows with
+``encode_record`` under a label of their own, bound to the key's identity as version rows are.
+Every read that feeds a decision goes through ``KMSService._checked_key`` / ``_checked_version``.
 """
 
 from __future__ import annotations
