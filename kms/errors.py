@@ -104,6 +104,20 @@ class AlreadyInitialised(KeystoreError):
     public_message = "the database is already initialised; nothing was changed"
 
 
+class InvalidKDFParameters(KeystoreError):
+    """Raise when KDF parameters, stored or requested, are malformed or outside the bounds."""
+
+    public_message = "invalid KDF parameters"
+
+
+class UpgradeNeeded(KeystoreError):
+    """Raise at startup when the database was made by an earlier kms and `kms upgrade` is due."""
+
+    public_message = (
+        "the database was made by an earlier kms release: stop kms and run `kms upgrade`"
+    )
+
+
 class PassphraseError(KeystoreError):
     """Raise when the passphrase cannot be obtained safely (open file mode, empty, no tty)."""
 
@@ -121,6 +135,27 @@ class UnwrapFailed(KMSError):
 
     Clients see only "internal error": the detail is for the operator's log.
     """
+
+
+class IntegrityFailure(KMSError):
+    """Raise when a stored row fails its MAC, or stored material does not fit its algorithm.
+
+    Means the database was changed behind kms's back. Clients see only "internal error";
+    ``detail`` (which key, which row, what failed: never material) is for the operator's log.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__()
+        self.detail = detail
+
+
+class KeyChanged(KMSError):
+    """Raise when a key was deleted, re-created or recreated while an operation prepared for it.
+
+    Nothing was written; the client may retry against the key as it is now.
+    """
+
+    public_message = "the key changed during the operation; nothing was written, retry"
 
 
 class UnsupportedMediaType(InvalidRequest):

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from kms.crypto.kdf import MIN_ITERATIONS
+from kms.crypto.kdf import MAX_ITERATIONS, MIN_ITERATIONS
 from kms.errors import ConfigurationError
 
 ENVIRONMENTS = ("dev", "prod")
@@ -68,6 +68,10 @@ class Settings:
     audit_path: Path | None = None  # absent: no audit log (a warning at start)
     rate_limit_rate: float | None = None  # requests per second per identity; absent: no limit
     rate_limit_burst: int | None = None
+    #: For tests only, and deliberately not a setting: no YAML key or KMS_* variable reaches it,
+    #: so a deployment always has the production floor (600,000 PBKDF2 iterations) on write and
+    #: on read. Test code that builds Settings itself lowers it to derive keys quickly.
+    insecure_test_kdf_floor: int | None = None
     source: str = field(default="<settings object>", compare=False)
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -76,6 +80,13 @@ class Settings:
     @property
     def database_url(self) -> str:
         return database_url(self.database_dsn)
+
+    @property
+    def kdf_floor(self) -> int:
+        """The fewest PBKDF2 iterations kms accepts, in the database or for ``kms init``."""
+        return (
+            MIN_ITERATIONS if self.insecure_test_kdf_floor is None else self.insecure_test_kdf_floor
+        )
 
     def require_tls_files(self) -> None:
         """Raise unless the three TLS files are configured and readable."""
@@ -170,7 +181,7 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
         "workers": _integer_between(1, 64),
         "threads": _integer_between(1, 64),
         "master_passphrase_file": _path,
-        "kdf_iterations": _integer_between(MIN_ITERATIONS, 100_000_000),
+        "kdf_iterations": _integer_between(MIN_ITERATIONS, MAX_ITERATIONS),
         "key_cache_size": _integer_between(0, 1_000_000),
         "database_dsn": _dsn,
         "policy_file": _path,

@@ -1,7 +1,8 @@
 """Shared fixtures: a real SQLite file in a tmp dir, a passphrase file, an initialised keystore.
 
-Tests derive the master key with few PBKDF2 iterations (through the Settings object they build);
-production and every config file use at least 600,000.
+Tests derive the master key with few PBKDF2 iterations (through the Settings object they build,
+``insecure_test_kdf_floor``, which no config file or environment variable can set); production
+and every config file use at least 600,000, on write and on read.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def make_settings(directory: Path) -> Settings:
         database_dsn=str(directory / "kms.db"),
         master_passphrase_file=write_passphrase_file(directory / "master.key", TEST_PASSPHRASE),
         kdf_iterations=TEST_ITERATIONS,
+        insecure_test_kdf_floor=TEST_ITERATIONS,
     )
 
 

@@ -26,6 +26,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.KMSError], int], ...] = (
     (errors.InvalidCiphertext, 400),
     (errors.KeyNotFound, 404),
     (errors.KeyExists, 409),
+    (errors.KeyChanged, 409),
     (errors.KeyDisabled, 409),
     (errors.Unauthenticated, 401),
     (errors.Forbidden, 403),

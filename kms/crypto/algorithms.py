@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from kms.errors import InvalidCiphertext, InvalidSignature
+from kms.errors import IntegrityFailure, InvalidCiphertext, InvalidSignature
 
 NONCE_BYTES = 12
 
@@ -44,6 +44,12 @@ class EncryptionAlgorithm:
         return bytearray(os.urandom(self.key_bytes))
 
     def load(self, secret: bytes | bytearray) -> AEAD:
+        """Load the raw key; raise ``IntegrityFailure`` unless it has this algorithm's size."""
+        if len(secret) != self.key_bytes:
+            raise IntegrityFailure(
+                f"stored key is {len(secret)} bytes; {self.name} needs {self.key_bytes}"
+            )
+        # A copy on purpose: the caller overwrites ``secret`` once the AEAD is built.
         return self.aead_class(bytes(secret))
 
     def public_key_der(self, secret: bytes | bytearray) -> None:
@@ -57,6 +63,9 @@ class SigningAlgorithm:
     sign_with: Callable[[Any, bytes], bytes]
     verify_with: Callable[[Any, bytes, bytes], None]
     key_type: type
+    public_key_type: type
+    #: True when a loaded key (private or public) has this algorithm's size or curve.
+    fits: Callable[[Any], bool] = lambda key: True
     purpose: Purpose = Purpose.SIGN
 
     def generate(self) -> bytearray:
@@ -70,10 +79,24 @@ class SigningAlgorithm:
         )
 
     def load(self, secret: bytes | bytearray) -> PrivateKey:
-        private_key = serialization.load_der_private_key(bytes(secret), password=None)
-        if not isinstance(private_key, self.key_type):
-            raise ValueError(f"stored key is not a {self.name} key")
+        """Load PKCS#8 DER; raise ``IntegrityFailure`` unless it is a key of this algorithm."""
+        try:
+            private_key = serialization.load_der_private_key(secret, password=None)
+        except (ValueError, TypeError) as exc:
+            raise IntegrityFailure(f"stored private key is not a readable {self.name} key") from exc
+        if not isinstance(private_key, self.key_type) or not self.fits(private_key):
+            raise IntegrityFailure(f"stored private key is not a {self.name} key")
         return private_key  # type: ignore[return-value]
+
+    def load_public(self, der: bytes) -> PublicKey:
+        """Load SubjectPublicKeyInfo DER; raise ``IntegrityFailure`` unless it fits."""
+        try:
+            public_key = serialization.load_der_public_key(der)
+        except (ValueError, TypeError) as exc:
+            raise IntegrityFailure(f"stored public key is not a readable {self.name} key") from exc
+        if not isinstance(public_key, self.public_key_type) or not self.fits(public_key):
+            raise IntegrityFailure(f"stored public key is not a {self.name} key")
+        return public_key  # type: ignore[return-value]
 
     def public_key_der(self, secret: bytes | bytearray) -> bytes:
         return public_key_der(self.load(secret).public_key())
@@ -103,6 +126,8 @@ def _rsa(bits: int) -> SigningAlgorithm:
             signature, message, _PSS, hashes.SHA256()
         ),
         key_type=rsa.RSAPrivateKey,
+        public_key_type=rsa.RSAPublicKey,
+        fits=lambda key: key.key_size == bits,
     )
 
 
@@ -129,6 +154,8 @@ SIGNING_ALGORITHMS: dict[str, SigningAlgorithm] = {
         sign_with=lambda key, message: key.sign(message, ec.ECDSA(hashes.SHA256())),
         verify_with=_verify_ecdsa,
         key_type=ec.EllipticCurvePrivateKey,
+        public_key_type=ec.EllipticCurvePublicKey,
+        fits=lambda key: isinstance(key.curve, ec.SECP256R1),
     ),
     "Ed25519": SigningAlgorithm(
         name="Ed25519",
@@ -136,6 +163,7 @@ SIGNING_ALGORITHMS: dict[str, SigningAlgorithm] = {
         sign_with=lambda key, message: key.sign(message),
         verify_with=_verify_ed25519,
         key_type=ed25519.Ed25519PrivateKey,
+        public_key_type=ed25519.Ed25519PublicKey,
     ),
 }
 

@@ -1,7 +1,9 @@
-"""The keyring: the one object that holds the master key and wraps/unwraps data keys with it.
+"""The keyring: the one object that holds the master key and what is derived from it.
 
-Behind the ``Keyring`` interface so that another backend (PKCS#11, a cloud KMS) can replace the
-passphrase-derived key without the service noticing.
+It wraps and unwraps data keys with the master key, and tags and verifies stored rows with the
+row-MAC key (HKDF of the master key, never the wrapping key itself). Behind the ``Keyring``
+interface so that another backend (PKCS#11, a cloud KMS) can replace the passphrase-derived key
+without the service noticing.
 """
 
 from __future__ import annotations
@@ -10,25 +12,34 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kms.crypto.wrapping import unwrap_key, wrap_key
+from kms.crypto.integrity import RecordMAC, derive_mac_key
+from kms.crypto.wrapping import KeyIdentity, unwrap_key, wrap_key
 
 
 class Keyring(Protocol):
     def wrap(self, secret: bytes | bytearray, aad: bytes) -> bytes: ...
-    def unwrap(self, blob: bytes, aad: bytes) -> bytearray: ...
+    def unwrap(self, blob: bytes, aad: bytes | KeyIdentity) -> bytearray: ...
+    def tag(self, encoded: bytes) -> bytes: ...
+    def verify_tag(self, encoded: bytes, stored: bytes | None, what: str) -> None: ...
     def close(self) -> None: ...
 
 
 class PassphraseKeyring:
     """A master key derived from a passphrase, kept in a buffer that ``close`` overwrites.
 
-    The AESGCM object keeps its own copy of the key inside OpenSSL, which Python cannot reach;
-    the README's security notes say what that means.
+    The AESGCM object and the HMAC context keep their own copies of their keys inside OpenSSL,
+    which Python cannot reach; the README's security notes list every copy.
     """
 
     def __init__(self, master_key: bytearray) -> None:
         self._master_key = master_key
-        self._aead: AESGCM | None = AESGCM(bytes(master_key))
+        # AESGCM and HKDF take the bytearray itself: no immutable copy of the master key.
+        self._aead: AESGCM | None = AESGCM(master_key)
+        mac_key = derive_mac_key(master_key)
+        try:
+            self._mac = RecordMAC(mac_key)
+        finally:
+            zeroise(mac_key)
 
     def __repr__(self) -> str:
         return f"PassphraseKeyring(open={self._aead is not None})"
@@ -41,12 +52,19 @@ class PassphraseKeyring:
     def wrap(self, secret: bytes | bytearray, aad: bytes) -> bytes:
         return wrap_key(self._master(), secret, aad)
 
-    def unwrap(self, blob: bytes, aad: bytes) -> bytearray:
+    def unwrap(self, blob: bytes, aad: bytes | KeyIdentity) -> bytearray:
         return unwrap_key(self._master(), blob, aad)
+
+    def tag(self, encoded: bytes) -> bytes:
+        return self._mac.tag(encoded)
+
+    def verify_tag(self, encoded: bytes, stored: bytes | None, what: str) -> None:
+        self._mac.verify(encoded, stored, what)
 
     def close(self) -> None:
         zeroise(self._master_key)
         self._aead = None
+        self._mac.close()
 
 
 def zeroise(buffer: bytearray) -> None:

@@ -2,31 +2,56 @@
 
 The init marker is 32 random bytes wrapped under the master key. Unwrapping it at startup proves
 the passphrase is right before anything else happens; a wrong one fails the GCM tag check.
+
+Its associated data also records whether the rows carry MACs. Databases made before row MACs
+have a marker under ``INIT_MARKER_AAD_UNSEALED``; ``kms upgrade`` computes every row's MAC and
+re-wraps the marker under ``INIT_MARKER_AAD`` in the same transaction. Nobody without the master
+key can turn one marker into the other, so clearing the MACs cannot make kms seal rows again.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from kms.crypto.encoding import encode_aad
-from kms.crypto.kdf import KDFParameters, derive_master_key
-from kms.errors import AlreadyInitialised, NotInitialised, UnwrapFailed, WrongPassphrase
+from kms.crypto.kdf import MIN_ITERATIONS, KDFParameters, derive_master_key
+from kms.errors import (
+    AlreadyInitialised,
+    NotInitialised,
+    UnwrapFailed,
+    UpgradeNeeded,
+    WrongPassphrase,
+)
 from kms.service.keyring import PassphraseKeyring, zeroise
 from kms.store.repository import KeyRepository
 
-INIT_MARKER_AAD = encode_aad(b"kms/init-marker/v1")
+#: The marker of a keystore whose rows carry MACs.
+INIT_MARKER_AAD = encode_aad(b"kms/init-marker/v2")
+#: The marker of a keystore made before row MACs (kms up to 0.1.0), until `kms upgrade`.
+INIT_MARKER_AAD_UNSEALED = encode_aad(b"kms/init-marker/v1")
 
 
-def initialise_keystore(repository: KeyRepository, passphrase: bytearray, iterations: int) -> None:
+def initialise_keystore(
+    repository: KeyRepository,
+    passphrase: bytearray,
+    iterations: int,
+    *,
+    min_iterations: int = MIN_ITERATIONS,
+) -> None:
     """Create the KDF parameters and the init marker; refuse an initialised database."""
     ensure_not_initialised(repository)
-    params = KDFParameters.generate(iterations)
+    params = KDFParameters.generate(iterations, min_iterations=min_iterations)
     keyring = PassphraseKeyring(derive_master_key(passphrase, params))
     try:
-        marker = keyring.wrap(os.urandom(32), INIT_MARKER_AAD)
+        marker = new_init_marker(keyring)
     finally:
         keyring.close()
     repository.initialise(params.encode(), marker)
+
+
+def new_init_marker(keyring: PassphraseKeyring) -> bytes:
+    return keyring.wrap(os.urandom(32), INIT_MARKER_AAD)
 
 
 def ensure_not_initialised(repository: KeyRepository) -> None:
@@ -37,22 +62,40 @@ def ensure_not_initialised(repository: KeyRepository) -> None:
     raise AlreadyInitialised()
 
 
-def open_keystore(repository: KeyRepository, passphrase: bytearray) -> PassphraseKeyring:
+@dataclass(frozen=True)
+class OpenedKeystore:
+    keyring: PassphraseKeyring
+    #: False for a database made before row MACs: only `kms upgrade` may use it.
+    sealed: bool
+
+
+def open_keystore(
+    repository: KeyRepository,
+    passphrase: bytearray,
+    *,
+    min_iterations: int = MIN_ITERATIONS,
+    allow_unsealed: bool = False,
+) -> OpenedKeystore:
     """Derive the master key once and prove it on the init marker.
 
-    Raises ``NotInitialised`` or ``WrongPassphrase``; the passphrase buffer is overwritten either
-    way.
+    Raises ``NotInitialised``, ``InvalidKDFParameters``, ``WrongPassphrase`` or (an unsealed
+    keystore, unless ``allow_unsealed``) ``UpgradeNeeded``; the passphrase buffer is overwritten
+    either way.
     """
     try:
         encoded_params, marker = repository.read_keystore()
-        keyring = PassphraseKeyring(
-            derive_master_key(passphrase, KDFParameters.decode(encoded_params))
-        )
+        params = KDFParameters.decode(encoded_params, min_iterations=min_iterations)
+        keyring = PassphraseKeyring(derive_master_key(passphrase, params))
     finally:
         zeroise(passphrase)
-    try:
-        zeroise(keyring.unwrap(marker, INIT_MARKER_AAD))
-    except UnwrapFailed:
-        keyring.close()
-        raise WrongPassphrase() from None
-    return keyring
+    for aad, sealed in ((INIT_MARKER_AAD, True), (INIT_MARKER_AAD_UNSEALED, False)):
+        try:
+            zeroise(keyring.unwrap(marker, aad))
+        except UnwrapFailed:
+            continue
+        if not sealed and not allow_unsealed:
+            keyring.close()
+            raise UpgradeNeeded()
+        return OpenedKeystore(keyring, sealed)
+    keyring.close()
+    raise WrongPassphrase()

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from kms.errors import PassphraseError
 
+#: Far more than any passphrase; a larger file is a mistake (a key file, a log) worth refusing.
+MAX_PASSPHRASE_BYTES = 64 * 1024
+
 
 def read_passphrase_file(path: Path) -> bytearray:
     """Read the passphrase from ``path``; refuse a file any group or other bit is set on.
@@ -35,9 +38,7 @@ def read_passphrase_file(path: Path) -> bytearray:
                 f"passphrase file {path} is accessible by group or others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 0400 {path}"
             )
-        buffer = bytearray()
-        while chunk := os.read(fd, 4096):
-            buffer += chunk
+        buffer = _read_into_buffer(fd, path)
     finally:
         os.close(fd)
     if buffer.endswith(b"\n"):
@@ -45,6 +46,32 @@ def read_passphrase_file(path: Path) -> bytearray:
     if not buffer:
         raise PassphraseError(f"passphrase file {path} is empty")
     return buffer
+
+
+def _read_into_buffer(fd: int, path: Path) -> bytearray:
+    """Read the whole file into ``bytearray`` buffers only.
+
+    No ``bytes`` chunk (which could not be overwritten) ever holds the passphrase, and the large
+    read buffer is overwritten once the passphrase is moved into one of its exact size.
+    """
+    buffer = bytearray(MAX_PASSPHRASE_BYTES + 1)
+    length = 0
+    try:
+        with memoryview(buffer) as view:
+            while length < len(buffer):
+                count = os.readv(fd, [view[length:]])
+                if count == 0:
+                    break
+                length += count
+            if length > MAX_PASSPHRASE_BYTES:
+                raise PassphraseError(
+                    f"passphrase file {path} is longer than {MAX_PASSPHRASE_BYTES} bytes"
+                )
+            passphrase = bytearray(length)
+            passphrase[:] = view[:length]  # copied buffer to buffer, no temporary object
+    finally:
+        buffer[:] = bytes(len(buffer))
+    return passphrase
 
 
 def prompt_passphrase(prompt: str = "kms master passphrase: ") -> bytearray:

@@ -26,7 +26,8 @@ metadata = MetaData(
 #: One row per key. ``latest_version`` is bumped with an atomic UPDATE on rotation, so concurrent
 #: rotations serialise on this row and never hand out the same version twice. ``incarnation``
 #: changes when a key is recreated, so cached material of the old key can never be mistaken for
-#: the new key's.
+#: the new key's. ``mac`` authenticates the row's security-relevant fields (kms.service.integrity);
+#: NULL only in a database not yet upgraded with ``kms upgrade``.
 keys = Table(
     "keys",
     metadata,
@@ -38,10 +39,12 @@ keys = Table(
     Column("incarnation", String(32), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("mac", LargeBinary, nullable=True),
 )
 
 #: One row per key version: the secret wrapped under the master key (AAD-bound to key_id,
-#: version, purpose and algorithm) and, for signing keys, the public key as DER.
+#: version, purpose, algorithm and incarnation) and, for signing keys, the public key as DER.
+#: ``mac`` binds the wrapped key and the public key to key_id, version, incarnation and algorithm.
 key_versions = Table(
     "key_versions",
     metadata,
@@ -55,6 +58,7 @@ key_versions = Table(
     Column("wrapped_key", LargeBinary, nullable=False),
     Column("public_key", LargeBinary, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("mac", LargeBinary, nullable=True),
 )
 
 #: Keystore-wide values: the KDF parameters (with salt) and the init marker.

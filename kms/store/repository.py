@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ParamSpec, Protocol, TypeVar
 
@@ -27,6 +27,14 @@ INIT_MARKER = "init_marker"
 
 @dataclass(frozen=True)
 class KeyRecord:
+    """A row of ``keys``.
+
+    Every field but ``mac`` is authenticated by ``mac`` (kms.service.integrity encodes them all,
+    in this order). A field added later is covered from its first day; give it a default equal
+    to what the migration stores in existing rows, and existing MACs stay valid (a field at its
+    default is left out of the encoding).
+    """
+
     key_id: str
     purpose: str
     algorithm: str
@@ -34,6 +42,7 @@ class KeyRecord:
     latest_version: int
     incarnation: str
     created_at: datetime
+    mac: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class KeyVersionRecord:
     wrapped_key: bytes
     public_key: bytes | None
     created_at: datetime
+    mac: bytes | None = None
 
     def __repr__(self) -> str:  # the wrapped key stays out of logs and tracebacks
         return f"KeyVersionRecord(key_id={self.key_id!r}, version={self.version})"
@@ -54,27 +64,48 @@ class NewVersion:
 
     wrapped_key: bytes
     public_key: bytes | None
+    mac: bytes
 
     def __repr__(self) -> str:
         return "NewVersion(...)"
 
 
-#: Builds a version once the repository has fixed its number: (key record, version) -> NewVersion.
-VersionBuilder = Callable[[KeyRecord, int], NewVersion]
+@dataclass(frozen=True)
+class KeyChange:
+    """A key row as it is to be written (MAC included) and the version to insert with it.
+
+    The version's number is ``key.latest_version``. ``replace_versions`` deletes every other
+    version first (recreate).
+    """
+
+    key: KeyRecord
+    version: NewVersion
+    replace_versions: bool = False
+
+
+#: Decides, under the key row's write lock, what to write given the row as it is now; raises to
+#: write nothing.
+KeyPlanner = Callable[[KeyRecord], KeyChange]
+#: Computes the MAC of a key row, or of a version row given its key row (``kms upgrade``).
+KeySealer = Callable[[KeyRecord], bytes]
+VersionSealer = Callable[[KeyRecord, KeyVersionRecord], bytes]
 
 
 class KeyRepository(Protocol):
-    def initialise(self, kdf_parameters: str, init_marker: bytes) -> None: ...
-    def read_keystore(self) -> tuple[str, bytes]: ...
-    def create_key(self, key: KeyRecord, build: VersionBuilder) -> KeyRecord: ...
+    def initialise(self, kdf_parameters: bytes, init_marker: bytes) -> None: ...
+    def read_keystore(self) -> tuple[bytes, bytes]: ...
+    def create_key(self, change: KeyChange) -> KeyRecord: ...
     def get_key(self, key_id: str) -> KeyRecord: ...
     def list_keys(self, limit: int, after: str | None) -> list[KeyRecord]: ...
     def list_versions(self, key_id: str) -> list[KeyVersionRecord]: ...
     def get_version(self, key_id: str, version: int) -> KeyVersionRecord: ...
-    def rotate_key(self, key_id: str, build: VersionBuilder) -> KeyRecord: ...
-    def recreate_key(self, key_id: str, incarnation: str, build: VersionBuilder) -> KeyRecord: ...
+    def rotate_key(self, key_id: str, plan: KeyPlanner) -> KeyRecord: ...
+    def recreate_key(self, key_id: str, plan: KeyPlanner) -> KeyRecord: ...
     def delete_key(self, key_id: str) -> None: ...
     def count_keys_by_state(self) -> dict[str, int]: ...
+    def seal_all(
+        self, seal_key: KeySealer, seal_version: VersionSealer, init_marker: bytes
+    ) -> tuple[int, int]: ...
 
 
 def utc_now() -> datetime:
@@ -95,6 +126,7 @@ def _key_record(row) -> KeyRecord:  # noqa: ANN001 - a SQLAlchemy Row
         latest_version=row.latest_version,
         incarnation=row.incarnation,
         created_at=_as_utc(row.created_at),
+        mac=None if row.mac is None else bytes(row.mac),
     )
 
 
@@ -105,6 +137,7 @@ def _version_record(row) -> KeyVersionRecord:  # noqa: ANN001
         wrapped_key=bytes(row.wrapped_key),
         public_key=None if row.public_key is None else bytes(row.public_key),
         created_at=_as_utc(row.created_at),
+        mac=None if row.mac is None else bytes(row.mac),
     )
 
 
@@ -137,10 +170,14 @@ _KEY_COLUMNS = (
     keys.c.latest_version,
     keys.c.incarnation,
     keys.c.created_at,
+    keys.c.mac,
 )
 
 # Built once: constructing a statement costs more than running it on the hot path.
 _SELECT_KEY = select(*_KEY_COLUMNS).where(keys.c.key_id == bindparam("key_id"))
+# FOR UPDATE locks the row on PostgreSQL; SQLite has no row locks and ignores it, and its write
+# transactions already hold the database's write lock from BEGIN IMMEDIATE.
+_SELECT_KEY_FOR_UPDATE = _SELECT_KEY.with_for_update()
 _SELECT_VERSION = select(key_versions).where(
     and_(
         key_versions.c.key_id == bindparam("key_id"), key_versions.c.version == bindparam("version")
@@ -159,7 +196,7 @@ class SQLKeyRepository:
         self._engine.dispose()
 
     @_translate_database_errors
-    def initialise(self, kdf_parameters: str, init_marker: bytes) -> None:
+    def initialise(self, kdf_parameters: bytes, init_marker: bytes) -> None:
         with self._writer.begin() as conn:
             existing = conn.execute(select(kms_metadata.c.name).limit(1)).first()
             if existing is not None:
@@ -167,40 +204,29 @@ class SQLKeyRepository:
             conn.execute(
                 insert(kms_metadata),
                 [
-                    {"name": KDF_PARAMETERS, "value": kdf_parameters.encode("ascii")},
+                    {"name": KDF_PARAMETERS, "value": kdf_parameters},
                     {"name": INIT_MARKER, "value": init_marker},
                 ],
             )
 
     @_translate_database_errors
-    def read_keystore(self) -> tuple[str, bytes]:
+    def read_keystore(self) -> tuple[bytes, bytes]:
+        """The stored KDF parameters and init marker, as bytes: the caller parses them strictly."""
         with self._engine.connect() as conn:
             if not inspect(conn).has_table(kms_metadata.name):  # the schema was never created
                 raise NotInitialised()
             rows = dict(conn.execute(select(kms_metadata.c.name, kms_metadata.c.value)).all())
         if KDF_PARAMETERS not in rows or INIT_MARKER not in rows:
             raise NotInitialised()
-        return bytes(rows[KDF_PARAMETERS]).decode("ascii"), bytes(rows[INIT_MARKER])
+        return bytes(rows[KDF_PARAMETERS]), bytes(rows[INIT_MARKER])
 
     @_translate_database_errors
-    def create_key(self, key: KeyRecord, build: VersionBuilder) -> KeyRecord:
-        new_version = build(key, 1)
-        now = key.created_at
+    def create_key(self, change: KeyChange) -> KeyRecord:
+        key = change.key
         try:
             with self._writer.begin() as conn:
-                conn.execute(
-                    insert(keys).values(
-                        key_id=key.key_id,
-                        purpose=key.purpose,
-                        algorithm=key.algorithm,
-                        state=key.state,
-                        latest_version=1,
-                        incarnation=key.incarnation,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-                self._insert_version(conn, key.key_id, 1, new_version, now)
+                conn.execute(insert(keys).values(**_key_values(key), updated_at=key.created_at))
+                self._insert_version(conn, key, change.version, key.created_at)
         except IntegrityError as exc:
             raise KeyExists() from exc
         return key
@@ -240,41 +266,78 @@ class SQLKeyRepository:
         return _version_record(row)
 
     @_translate_database_errors
-    def rotate_key(self, key_id: str, build: VersionBuilder) -> KeyRecord:
+    def rotate_key(self, key_id: str, plan: KeyPlanner) -> KeyRecord:
+        return self._change_key(key_id, plan)
+
+    @_translate_database_errors
+    def recreate_key(self, key_id: str, plan: KeyPlanner) -> KeyRecord:
+        return self._change_key(key_id, plan)
+
+    def _change_key(self, key_id: str, plan: KeyPlanner) -> KeyRecord:
+        """Read the row under its write lock, let ``plan`` decide, write what it returns.
+
+        Concurrent rotations serialise on the lock (the row's on PostgreSQL, the database's on
+        SQLite) and each sees the row the previous one wrote. Whatever ``plan`` raises rolls the
+        transaction back: nothing is written.
+        """
         with self._writer.begin() as conn:
-            # The UPDATE takes the row's write lock (PostgreSQL) or the database's (SQLite,
-            # BEGIN IMMEDIATE): concurrent rotations serialise here and each gets its own number.
-            now = utc_now()
-            row = conn.execute(
-                update(keys)
-                .where(keys.c.key_id == key_id)
-                .values(latest_version=keys.c.latest_version + 1, updated_at=now)
-                .returning(*_KEY_COLUMNS)
-            ).first()
+            row = conn.execute(_SELECT_KEY_FOR_UPDATE, {"key_id": key_id}).first()
             if row is None:
                 raise KeyNotFound()
-            key = _key_record(row)
-            self._insert_version(
-                conn, key_id, key.latest_version, build(key, key.latest_version), now
+            change = plan(_key_record(row))
+            key = change.key
+            if key.key_id != key_id:
+                raise ValueError("a key change must keep its key_id")
+            now = utc_now()
+            values = _key_values(key)
+            del values["key_id"]
+            conn.execute(
+                update(keys).where(keys.c.key_id == key_id).values(**values, updated_at=now)
             )
+            if change.replace_versions:
+                conn.execute(delete(key_versions).where(key_versions.c.key_id == key_id))
+            self._insert_version(conn, key, change.version, now)
         return key
 
     @_translate_database_errors
-    def recreate_key(self, key_id: str, incarnation: str, build: VersionBuilder) -> KeyRecord:
+    def seal_all(
+        self, seal_key: KeySealer, seal_version: VersionSealer, init_marker: bytes
+    ) -> tuple[int, int]:
+        """Write the MAC of every key and version row and replace the init marker, at once.
+
+        For ``kms upgrade``: one transaction, so a failure leaves the database as it was.
+        Returns the number of key rows and version rows sealed.
+        """
+        sealed_keys = sealed_versions = 0
         with self._writer.begin() as conn:
-            now = utc_now()
-            row = conn.execute(
-                update(keys)
-                .where(keys.c.key_id == key_id)
-                .values(latest_version=1, incarnation=incarnation, created_at=now, updated_at=now)
-                .returning(*_KEY_COLUMNS)
-            ).first()
-            if row is None:
-                raise KeyNotFound()
-            key = _key_record(row)
-            conn.execute(delete(key_versions).where(key_versions.c.key_id == key_id))
-            self._insert_version(conn, key_id, 1, build(key, 1), now)
-        return key
+            for row in conn.execute(select(*_KEY_COLUMNS).order_by(keys.c.key_id)).all():
+                key = _key_record(row)
+                conn.execute(
+                    update(keys).where(keys.c.key_id == key.key_id).values(mac=seal_key(key))
+                )
+                sealed_keys += 1
+                versions = conn.execute(
+                    select(key_versions).where(key_versions.c.key_id == key.key_id)
+                ).all()
+                for version_row in versions:
+                    version = _version_record(version_row)
+                    conn.execute(
+                        update(key_versions)
+                        .where(
+                            and_(
+                                key_versions.c.key_id == key.key_id,
+                                key_versions.c.version == version.version,
+                            )
+                        )
+                        .values(mac=seal_version(key, version))
+                    )
+                    sealed_versions += 1
+            conn.execute(
+                update(kms_metadata)
+                .where(kms_metadata.c.name == INIT_MARKER)
+                .values(value=init_marker)
+            )
+        return sealed_keys, sealed_versions
 
     @_translate_database_errors
     def delete_key(self, key_id: str) -> None:
@@ -292,18 +355,23 @@ class SQLKeyRepository:
 
     @staticmethod
     def _insert_version(
-        conn,
-        key_id: str,
-        version: int,
+        conn,  # noqa: ANN001
+        key: KeyRecord,
         new_version: NewVersion,
-        now: datetime,  # noqa: ANN001
+        now: datetime,
     ) -> None:
         conn.execute(
             insert(key_versions).values(
-                key_id=key_id,
-                version=version,
+                key_id=key.key_id,
+                version=key.latest_version,
                 wrapped_key=new_version.wrapped_key,
                 public_key=new_version.public_key,
                 created_at=now,
+                mac=new_version.mac,
             )
         )
+
+
+def _key_values(key: KeyRecord) -> dict[str, object]:
+    """Column values of a key row: every field of the record, MAC included."""
+    return {name: getattr(key, name) for name in key.__dataclass_fields__}

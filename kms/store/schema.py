@@ -7,6 +7,8 @@ from importlib import resources
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 
@@ -21,3 +23,16 @@ def upgrade_to_head(engine: Engine) -> None:
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:  # pragma: no cover - the package always ships its migrations
+        raise RuntimeError("kms ships no migrations")
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at; None for a database Alembic never touched."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

@@ -128,3 +128,35 @@ def test_a_failing_database_answers_503_and_logs_the_cause(
     assert response.status_code == 503
     assert response.get_json() == {"error": "storage unavailable, retry later"}
     assert "StoreUnavailable (OperationalError" in caplog.text
+
+
+def test_a_rotate_whose_key_changed_meanwhile_answers_409_and_writes_nothing(
+    app: Flask, client: FlaskClient, service_factory: Any, keyring: PassphraseKeyring
+) -> None:
+    from kms.api.context import SERVICE
+    from kms.app import REPOSITORY
+    from kms.service.cache import KeyMaterialCache
+    from kms.service.keys import KMSService
+
+    assert client.post("/v1/kms/keys", json={"key_id": "raced"}).status_code == 201
+    other = service_factory()
+
+    def recreate_as_signing_key(key_id: str) -> None:
+        other.delete_key(key_id)
+        other.create_key(key_id, "sign", "Ed25519")
+
+    # The same wiring create_app does, plus the test hook between generation and write.
+    app.extensions[SERVICE] = KMSService(
+        app.extensions[REPOSITORY],
+        keyring,
+        KeyMaterialCache(16),
+        after_generation=recreate_as_signing_key,
+    )
+    response = client.post("/v1/kms/keys/raced/rotate")
+    assert response.status_code == 409
+    assert response.get_json() == {
+        "error": "the key changed during the operation; nothing was written, retry"
+    }
+    key = client.get("/v1/kms/keys/raced").get_json()
+    assert (key["algorithm"], key["version"]) == ("Ed25519", 1)
+    assert [v["version"] for v in key["key_versions"]] == [1]

@@ -1,7 +1,9 @@
 """What is at rest in the database: only wrapped keys, each bound to its own row.
 
 Raw SQL through the sqlite3 module plays the attacker (or the careless operator) who can edit the
-database file but does not know the master passphrase.
+database file but does not know the master passphrase. A moved or edited wrapped key fails the
+version row's MAC before it is even unwrapped (IntegrityFailure); the wrap's own AAD binding is
+tested at the crypto layer (tests/unit/test_integrity.py).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from kms.crypto.algorithms import ALGORITHMS, Purpose
-from kms.crypto.wrapping import key_identity_aad
-from kms.errors import UnwrapFailed
+from kms.crypto.wrapping import KeyIdentity
+from kms.errors import IntegrityFailure
 from kms.service.keyring import PassphraseKeyring
 from kms.service.keys import KMSService
 from kms.settings import Settings
@@ -62,7 +64,7 @@ def test_a_wrapped_key_moved_to_another_key_does_not_unwrap(
     copy_wrapped_key(initialised, ("attacker", 1), ("victim", 1))
     # A fresh service has nothing cached: it must unwrap what is in the row.
     fresh = service_factory()
-    with pytest.raises(UnwrapFailed):
+    with pytest.raises(IntegrityFailure):
         fresh.encrypt("victim", b"x")
     # The untouched key still works, so the failure is about the move and nothing else.
     assert fresh.decrypt("attacker", fresh.encrypt("attacker", b"x").ciphertext).plaintext == b"x"
@@ -74,7 +76,7 @@ def test_a_wrapped_signing_key_moved_to_another_key_does_not_unwrap(
     service.create_key("victim", "sign", "Ed25519")
     service.create_key("attacker", "sign", "Ed25519")
     copy_wrapped_key(initialised, ("attacker", 1), ("victim", 1))
-    with pytest.raises(UnwrapFailed):
+    with pytest.raises(IntegrityFailure):
         service_factory().sign("victim", b"x")
 
 
@@ -86,7 +88,7 @@ def test_a_wrapped_key_moved_to_another_version_does_not_unwrap(
     service.rotate_key("rotated")
     copy_wrapped_key(initialised, ("rotated", 1), ("rotated", 2))
     fresh = service_factory()
-    with pytest.raises(UnwrapFailed):
+    with pytest.raises(IntegrityFailure):
         fresh.encrypt("rotated", b"x")
     assert fresh.decrypt("rotated", old).plaintext == b"old"
 
@@ -98,7 +100,7 @@ def test_a_wrapped_key_under_another_purpose_or_algorithm_does_not_unwrap(
     service.create_key("relabelled", "encrypt", "AES-256-GCM")
     with raw_sql(initialised) as conn:
         conn.execute("UPDATE keys SET algorithm = 'ChaCha20-Poly1305' WHERE key_id = 'relabelled'")
-    with pytest.raises(UnwrapFailed):
+    with pytest.raises(IntegrityFailure):
         service_factory().encrypt("relabelled", b"x")
 
 
@@ -110,12 +112,12 @@ def test_an_edited_wrapped_key_does_not_unwrap(
         (blob,) = conn.execute(
             "SELECT wrapped_key FROM key_versions WHERE key_id = 'edited'"
         ).fetchone()
-        for edited in (blob[:-1] + bytes([blob[-1] ^ 1]), blob[:20], b"\x02" + blob[1:]):
+        for edited in (blob[:-1] + bytes([blob[-1] ^ 1]), blob[:20], b"\x03" + blob[1:]):
             conn.execute(
                 "UPDATE key_versions SET wrapped_key = ? WHERE key_id = 'edited'", (edited,)
             )
             conn.commit()
-            with pytest.raises(UnwrapFailed):
+            with pytest.raises(IntegrityFailure):
                 service_factory().encrypt("edited", b"x")
 
 
@@ -169,7 +171,10 @@ def test_no_key_material_is_stored_in_the_clear(
     wrapped: list[bytes] = []
     for key in service.list_keys():
         for version in repository.list_versions(key.key_id):
-            aad = key_identity_aad(key.key_id, version.version, key.purpose, key.algorithm)
+            record = repository.get_key(key.key_id)
+            aad = KeyIdentity(
+                key.key_id, version.version, key.purpose, key.algorithm, record.incarnation
+            )
             stored[f"{key.key_id} v{version.version}"] = bytes(
                 keyring.unwrap(version.wrapped_key, aad)
             )

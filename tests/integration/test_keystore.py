@@ -53,7 +53,7 @@ def stored_kdf_parameters(settings: Settings) -> KDFParameters:
         (value,) = conn.execute(
             "SELECT value FROM kms_metadata WHERE name = ?", (KDF_PARAMETERS,)
         ).fetchone()
-    return KDFParameters.decode(bytes(value).decode("ascii"))
+    return KDFParameters.decode(bytes(value), min_iterations=TEST_ITERATIONS)
 
 
 # -- the happy path, for contrast -----------------------------------------------------------
@@ -331,3 +331,18 @@ def test_a_sqlite_file_that_is_not_a_keystore_is_left_as_it_was(settings: Settin
     with pytest.raises(NotInitialised):
         open_master_keyring(settings)
     assert path.read_bytes() == before
+
+
+def test_a_passphrase_file_over_64_kib_is_refused(tmp_path: Path, settings: Settings) -> None:
+    from kms.service.passphrase import MAX_PASSPHRASE_BYTES, read_passphrase_file
+
+    longest = passphrase_file(tmp_path, b"p" * MAX_PASSPHRASE_BYTES)
+    assert read_passphrase_file(longest) == bytearray(b"p" * MAX_PASSPHRASE_BYTES)
+    longest.unlink()
+    too_long = settings.with_overrides(
+        master_passphrase_file=passphrase_file(tmp_path, b"p" * (MAX_PASSPHRASE_BYTES + 1))
+    )
+    with pytest.raises(PassphraseError) as excinfo:
+        init_database(too_long)
+    assert "longer than 65536 bytes" in excinfo.value.public_message
+    assert sqlite_files(settings) == set()

@@ -34,6 +34,7 @@ def pg_settings(tmp_path: Path, postgres_url: str) -> Settings:
         database_dsn=postgres_url,
         master_passphrase_file=write_passphrase_file(tmp_path / "master.key", TEST_PASSPHRASE),
         kdf_iterations=TEST_ITERATIONS,
+        insecure_test_kdf_floor=TEST_ITERATIONS,
     )
 
 
@@ -127,7 +128,9 @@ ROTATE_IN_A_PROCESS = textwrap.dedent(
     from kms.store.repository import SQLKeyRepository
 
     url, passphrase_file, key_id, count = sys.argv[1:]
-    settings = Settings(database_dsn=url, master_passphrase_file=Path(passphrase_file))
+    settings = Settings(
+        database_dsn=url, master_passphrase_file=Path(passphrase_file), insecure_test_kdf_floor=1000
+    )
     service = KMSService(
         SQLKeyRepository(create_kms_engine(url)), open_master_keyring(settings),
         KeyMaterialCache(16),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -16,11 +17,12 @@ from kms.crypto.algorithms import (
     Purpose,
     load_public_key,
     open_sealed,
+    public_key_der,
     public_key_pem,
     seal,
 )
 from kms.crypto.ciphertext import ciphertext_aad, format_ciphertext, parse_ciphertext
-from kms.errors import InvalidCiphertext, InvalidSignature
+from kms.errors import IntegrityFailure, InvalidCiphertext, InvalidSignature
 from tests.conftest import MAX_TEST_PLAINTEXT, plaintexts
 
 # Loaded once: hypothesis calls the test body many times and the AEAD objects are stateless.
@@ -117,7 +119,49 @@ def test_sign_verify_and_public_key_export(name: str) -> None:
         spec.verify(public_key, b"message", b"")
 
 
-def test_load_refuses_a_key_of_another_algorithm() -> None:
-    ed25519_secret = SIGNING_ALGORITHMS["Ed25519"].generate()
-    with pytest.raises(ValueError):
-        SIGNING_ALGORITHMS["ECDSA-P256"].load(ed25519_secret)
+def _pkcs8(private_key: object) -> bytes:
+    return private_key.private_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+# (algorithm, a key that is not one of its keys): another type, another size, another curve.
+_MISFITS = {
+    "ECDSA-P256 given Ed25519": ("ECDSA-P256", lambda: ed25519.Ed25519PrivateKey.generate()),
+    "ECDSA-P256 given P-384": ("ECDSA-P256", lambda: ec.generate_private_key(ec.SECP384R1())),
+    "Ed25519 given ECDSA-P256": ("Ed25519", lambda: ec.generate_private_key(ec.SECP256R1())),
+    "RSA-3072 given RSA-2048": ("RSA-3072", lambda: rsa.generate_private_key(65537, 2048)),
+    "RSA-2048 given Ed25519": ("RSA-2048", lambda: ed25519.Ed25519PrivateKey.generate()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_MISFITS))
+def test_load_refuses_a_key_that_does_not_fit_the_algorithm(case: str) -> None:
+    name, make = _MISFITS[case]
+    spec = SIGNING_ALGORITHMS[name]
+    private_key = make()
+    with pytest.raises(IntegrityFailure):
+        spec.load(bytearray(_pkcs8(private_key)))
+    with pytest.raises(IntegrityFailure):
+        spec.load_public(public_key_der(private_key.public_key()))
+
+
+@pytest.mark.parametrize("name", CHEAP_SIGNING)
+def test_load_accepts_its_own_keys_and_refuses_garbage(name: str) -> None:
+    spec = SIGNING_ALGORITHMS[name]
+    secret = spec.generate()
+    spec.load(secret)
+    spec.load_public(spec.public_key_der(secret))
+    with pytest.raises(IntegrityFailure):
+        spec.load(bytearray(b"not DER"))
+    with pytest.raises(IntegrityFailure):
+        spec.load_public(b"not DER")
+
+
+@pytest.mark.parametrize("name", sorted(ENCRYPTION_ALGORITHMS))
+@pytest.mark.parametrize("size", [0, 16, 24, 31, 33, 64])
+def test_an_encryption_key_of_the_wrong_size_is_refused(name: str, size: int) -> None:
+    with pytest.raises(IntegrityFailure):
+        ENCRYPTION_ALGORITHMS[name].load(bytearray(size))

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import ssl
 import stat
 import subprocess
@@ -275,3 +276,59 @@ def test_sigterm_lets_an_in_flight_request_finish(certificates: Path, tmp_path: 
         returncode = server.stop()
     assert returncode == 0, server.output()
     assert "in-flight" in str(database_rows(deployment.database)["keys"])
+
+
+def non_canonical(salt_text: bytes) -> bytes:
+    """The same salt bytes spelled with non-zero padding bits: base64 decoders accept it."""
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet.index(salt_text[-3:-2])
+    return salt_text[:-3] + alphabet[last ^ 1 : (last ^ 1) + 1] + b"=="
+
+
+# Stored KDF parameters as an attacker (or a broken tool) might leave them, and what the one
+# startup line must say about each.
+TAMPERED_KDF = {
+    "non-ascii": (lambda value: value.replace(b"pbkdf2", b"pbkdf\xc2\xb2"), "non-ASCII"),
+    "huge-count": (
+        lambda value: value.replace(b"i=600000", b"i=9999999999"),
+        "9999999999 PBKDF2 iterations",
+    ),
+    "just-above-the-ceiling": (
+        lambda value: value.replace(b"i=600000", b"i=10000001"),
+        "10000001 PBKDF2 iterations",
+    ),
+    "tiny-count": (lambda value: value.replace(b"i=600000", b"i=1"), "1 PBKDF2 iterations"),
+    "just-below-the-floor": (
+        lambda value: value.replace(b"i=600000", b"i=599999"),
+        "599999 PBKDF2 iterations",
+    ),
+    "non-canonical-salt": (
+        lambda value: (
+            value[: value.rindex(b"$") + 1] + non_canonical(value[value.rindex(b"$") + 1 :])
+        ),
+        "canonical base64",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED_KDF))
+def test_tampered_kdf_parameters_stop_the_server_with_one_line(
+    certificates: Path, tmp_path: Path, held_port: int, case: str
+) -> None:
+    tamper, expected = TAMPERED_KDF[case]
+    database = tmp_path / "kms.db"
+    initialise_database(database, certificates / "master.key")
+    with closing(sqlite3.connect(database)) as db, db:
+        (value,) = db.execute(
+            "SELECT value FROM kms_metadata WHERE name = 'kdf_parameters'"
+        ).fetchone()
+        assert value.startswith(b"$pbkdf2-sha256$i=600000,")
+        tampered = tamper(bytes(value))
+        assert tampered != value
+        db.execute("UPDATE kms_metadata SET value = ? WHERE name = 'kdf_parameters'", (tampered,))
+    config = write_config(
+        tmp_path / "config.yaml", directory=certificates, port=held_port, database=database
+    )
+    line = assert_refused_before_binding(*serve_until_exit(config, tmp_path))
+    assert expected in line
+    assert str(database) in line  # names the file

@@ -1,0 +1,65 @@
+"""What the row MACs cover, and how a row is encoded for them.
+
+The database is untrusted storage: anyone who can write to it must not be able to change what
+kms does with a key. So every key row carries a MAC over all its fields (``KeyRecord`` minus
+``mac``), and every version row a MAC over its wrapped key and public key bound to the key's
+identity (key_id, version, incarnation, purpose, algorithm). The MAC key is derived from the
+master key (kms.crypto.integrity); the keyring holds it.
+
+Adding a field to ``KeyRecord`` is the one step needed to cover it: the encoding walks the
+record's fields. A field whose value equals its declared default is left out of the encoding, so
+a field added with a default (and a migration that stores that default in existing rows) leaves
+every existing MAC valid; the encoding stays injective because the defaults are fixed in code.
+Changing a field's default, its name or the order of the fields changes the encoding of every
+row that differs from it: ``tests/unit/test_integrity.py`` pins the encoding with a known answer.
+A new table that security depends on needs a MAC column of its own: encode its rows with
+``encode_record`` under a label of their own, bound to the key's identity as version rows are.
+Every read that feeds a decision goes through ``KMSService._checked_key`` / ``_checked_version``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, fields
+
+from kms.crypto.integrity import FieldValue, encode_record
+from kms.store.repository import KeyRecord
+
+KEY_ROW_LABEL = b"kms/key-row/v1"
+VERSION_ROW_LABEL = b"kms/key-version/v1"
+#: The only fields of ``KeyRecord`` the MAC does not cover: the MAC itself.
+NOT_AUTHENTICATED = frozenset({"mac"})
+_KEY_FIELDS = tuple(field for field in fields(KeyRecord) if field.name not in NOT_AUTHENTICATED)
+
+
+def _at_default(value: FieldValue, default: object) -> bool:
+    return default is not MISSING and type(value) is type(default) and value == default
+
+
+def encode_key_row(key: KeyRecord) -> bytes:
+    """The canonical bytes a key row's MAC is computed over."""
+    return encode_record(
+        KEY_ROW_LABEL,
+        (
+            (field.name, getattr(key, field.name))
+            for field in _KEY_FIELDS
+            if not _at_default(getattr(key, field.name), field.default)
+        ),
+    )
+
+
+def encode_version_row(
+    key: KeyRecord, version: int, wrapped_key: bytes, public_key: bytes | None
+) -> bytes:
+    """The canonical bytes a version row's MAC is computed over, bound to its key's identity."""
+    return encode_record(
+        VERSION_ROW_LABEL,
+        (
+            ("key_id", key.key_id),
+            ("version", version),
+            ("incarnation", key.incarnation),
+            ("purpose", key.purpose),
+            ("algorithm", key.algorithm),
+            ("wrapped_key", wrapped_key),
+            ("public_key", public_key),
+        ),
+    )
