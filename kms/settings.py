@@ -160,7 +160,7 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
         "max_body_bytes": _integer_between(1024, 64 * 1024 * 1024),
         "workers": _integer_between(1, 64),
         "threads": _integer_between(1, 64),
-        "master_passphrase_file": _path,
+        "master_passphrase_file": _unresolved_path,
         "kdf_iterations": _integer_between(MIN_ITERATIONS, 100_000_000),
         "key_cache_size": _integer_between(0, 1_000_000),
         "database_dsn": _dsn,
@@ -183,6 +183,13 @@ def _string(value: Any) -> str:
 
 def _path(value: Any) -> Path:
     return Path(_string(value)).expanduser().resolve()
+
+
+def _unresolved_path(value: Any) -> Path:
+    """Absolute, but not resolved: a secret file is opened as configured (``O_NOFOLLOW``), so a
+    symlink in its place must reach the reader to be refused, not be replaced by its target."""
+    path = Path(_string(value)).expanduser()
+    return path if path.is_absolute() else Path.cwd() / path
 
 
 def _dsn(value: Any) -> str:
