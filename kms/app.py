@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
     app.json.sort_keys = False
     register_service(app, settings, keyring)
     register_identity(app)
+    register_url_map(app)
     register_blueprints(app)
     register_error_handlers(app)
     return app
@@ -51,7 +52,11 @@ def register_service(app: Flask, settings: Settings, keyring: Keyring | None) ->
         keyring = open_master_keyring(settings)
     repository = SQLKeyRepository(create_kms_engine(settings.database_url))
     app.extensions[SERVICE] = KMSService(
-        repository, keyring, KeyMaterialCache(settings.key_cache_size)
+        repository,
+        keyring,
+        KeyMaterialCache(settings.key_cache_size),
+        verify_max_versions=settings.verify_max_versions,
+        max_versions=settings.max_versions,
     )
     app.extensions[REPOSITORY] = repository
 
@@ -70,6 +75,14 @@ def register_identity(app: Flask) -> None:
     def tag_response(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id", "-")
         return response
+
+
+def register_url_map(app: Flask) -> None:
+    """One URL per resource, and no redirects: Werkzeug would answer ``/v1//kms/keys`` or
+    ``/v1/kms/keys/%2E%2E%2F/public-key`` with a 308 to a merged path (an HTML body, and a client
+    that follows it lands somewhere it did not ask for). Must run before the rules are added."""
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = True
 
 
 def register_blueprints(app: Flask) -> None:

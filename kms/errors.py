@@ -56,6 +56,12 @@ class KeyDisabled(KMSError):
     public_message = "key is disabled"
 
 
+class TooManyVersions(KMSError):
+    """Raise when a rotation would give a key more versions than ``kms.maxVersions`` allows."""
+
+    public_message = "key has reached the maximum number of versions"
+
+
 class Unauthenticated(KMSError):
     """Raise when a request carries no verified client identity."""
 

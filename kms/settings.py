@@ -22,6 +22,10 @@ from kms.errors import ConfigurationError
 
 ENVIRONMENTS = ("dev", "prod")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: A verify without a version tries at most this many of the newest versions.
+DEFAULT_VERIFY_MAX_VERSIONS = 16
+#: A key's versions are bounded by design, not by its history.
+DEFAULT_MAX_VERSIONS = 100_000
 
 # (section, yaml key) -> attribute path; the env override is KMS_<SECTION>_<KEY>, matched
 # case-insensitively with underscores ignored (KMS_SERVER_SERVERCERT == KMS_SERVER_SERVER_CERT).
@@ -37,6 +41,8 @@ _KEYS: dict[tuple[str, str], str] = {
     ("kms", "master_passphrase_file"): "master_passphrase_file",
     ("kms", "kdf_iterations"): "kdf_iterations",
     ("kms", "key_cache_size"): "key_cache_size",
+    ("kms", "verifyMaxVersions"): "verify_max_versions",
+    ("kms", "maxVersions"): "max_versions",
     ("database", "dsn"): "database_dsn",
 }
 _SECTIONS = {section for section, _ in _KEYS}
@@ -51,6 +57,8 @@ class Settings:
     master_passphrase_file: Path | None = None
     kdf_iterations: int = MIN_ITERATIONS
     key_cache_size: int = 4096
+    verify_max_versions: int = DEFAULT_VERIFY_MAX_VERSIONS
+    max_versions: int = DEFAULT_MAX_VERSIONS
     host: str = "127.0.0.1"
     port: int = 8080
     server_cert: Path | None = None
@@ -163,6 +171,8 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
         "master_passphrase_file": _unresolved_path,
         "kdf_iterations": _integer_between(MIN_ITERATIONS, 100_000_000),
         "key_cache_size": _integer_between(0, 1_000_000),
+        "verify_max_versions": _integer_between(1, 1000),
+        "max_versions": _integer_between(1, 2**31 - 1),
         "database_dsn": _dsn,
     }
     for attribute, (name, value) in raw.items():

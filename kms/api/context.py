@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import current_app, request
 
-from kms.api.payload import read_json_object
+from kms.api.payload import read_json_object, read_query
 from kms.service.keys import KMSService
 
 SERVICE = "kms.service"
@@ -19,3 +19,7 @@ def service() -> KMSService:
 
 def json_body() -> dict[str, Any]:
     return read_json_object(request, current_app.config[MAX_BODY_BYTES])
+
+
+def query_args() -> dict[str, str]:
+    return read_query(request)

@@ -30,6 +30,7 @@ from kms.errors import (
     InvalidSignature,
     KeyNotFound,
     PurposeMismatch,
+    TooManyVersions,
 )
 from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import Keyring, zeroise
@@ -44,6 +45,8 @@ from kms.store.repository import (
 
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_PAGE_SIZE = 1000
+#: GET /v1/kms/keys/{key_id} lists at most this many of the newest versions; /versions pages.
+KEY_DETAIL_VERSIONS = 100
 ENABLED = "enabled"
 
 
@@ -110,6 +113,11 @@ def validate_key_id(key_id: str) -> str:
     return key_id
 
 
+def _check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidRequest(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
+
+
 def _info(key: KeyRecord, versions: tuple[KeyVersionInfo, ...] = ()) -> KeyInfo:
     return KeyInfo(
         key_id=key.key_id,
@@ -125,11 +133,19 @@ class KMSService:
     """Every rule about keys lives here; views only translate HTTP to these calls and back."""
 
     def __init__(
-        self, repository: KeyRepository, keyring: Keyring, cache: KeyMaterialCache
+        self,
+        repository: KeyRepository,
+        keyring: Keyring,
+        cache: KeyMaterialCache,
+        *,
+        verify_max_versions: int = 16,
+        max_versions: int = 100_000,
     ) -> None:
         self._repository = repository
         self._keyring = keyring
         self._cache = cache
+        self._verify_max_versions = verify_max_versions
+        self._max_versions = max_versions
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -154,16 +170,29 @@ class KMSService:
         return _info(created)
 
     def get_key(self, key_id: str) -> KeyInfo:
+        """The key with its newest KEY_DETAIL_VERSIONS versions (oldest of them first)."""
         key = self._repository.get_key(validate_key_id(key_id))
         versions = tuple(
             KeyVersionInfo(version=v.version, created_at=v.created_at)
-            for v in self._repository.list_versions(key.key_id)
+            for v in self._repository.newest_versions(key.key_id, KEY_DETAIL_VERSIONS)
         )
         return _info(key, versions)
 
+    def list_versions(
+        self, key_id: str, limit: int = 100, after: int | None = None
+    ) -> list[KeyVersionInfo]:
+        """A page of the key's versions, oldest first, after version ``after``."""
+        _check_limit(limit)
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
+            raise InvalidRequest("after must be a version number")
+        key = self._repository.get_key(validate_key_id(key_id))
+        return [
+            KeyVersionInfo(version=v.version, created_at=v.created_at)
+            for v in self._repository.version_page(key.key_id, limit, after)
+        ]
+
     def list_keys(self, limit: int = 100, after: str | None = None) -> list[KeyInfo]:
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
-            raise InvalidRequest(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
+        _check_limit(limit)
         if after is not None:
             validate_key_id(after)
         return [_info(key) for key in self._repository.list_keys(limit, after)]
@@ -174,10 +203,24 @@ class KMSService:
 
     def rotate_key(self, key_id: str) -> KeyInfo:
         key = self._repository.get_key(validate_key_id(key_id))
-        rotated = self._store_new_version(
-            ALGORITHMS[key.algorithm], lambda build: self._repository.rotate_key(key_id, build)
-        )
+        if key.latest_version >= self._max_versions:
+            # Checked before generating material (an RSA key takes a while); the repository
+            # checks again in the rotating UPDATE, where racing rotations cannot slip past.
+            raise self._too_many_versions()
+        try:
+            rotated = self._store_new_version(
+                ALGORITHMS[key.algorithm],
+                lambda build: self._repository.rotate_key(key_id, build, self._max_versions),
+            )
+        except TooManyVersions:
+            raise self._too_many_versions() from None
         return _info(rotated)
+
+    def _too_many_versions(self) -> TooManyVersions:
+        return TooManyVersions(
+            f"key has reached the maximum of {self._max_versions} versions (kms.maxVersions); "
+            "recreate it or use a new key"
+        )
 
     def recreate_key(self, key_id: str) -> KeyInfo:
         key = self._repository.get_key(validate_key_id(key_id))
@@ -237,13 +280,17 @@ class KMSService:
         )
 
     def verify(self, key_id: str, message: bytes, signature: bytes) -> Verified:
-        """Check the signature against every version of the key, newest first.
+        """Check the signature against the newest ``verify_max_versions`` versions, newest first.
 
+        The bound keeps a bad signature's cost independent of the key's history (a key rotated
+        thousands of times must not make every failed verify try thousands of public keys).
         Only public keys are used: verification never unwraps a private key.
         """
         key = self._usable_key(key_id, Purpose.SIGN)
         spec = SIGNING_ALGORITHMS[key.algorithm]
-        for version in range(key.latest_version, 0, -1):
+        # When keys get a min_decryption_version, the lower bound becomes the larger of the two.
+        oldest = max(1, key.latest_version - self._verify_max_versions + 1)
+        for version in range(key.latest_version, oldest - 1, -1):
             try:
                 public_key = self._public(key, version)
             except KeyNotFound:

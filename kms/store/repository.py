@@ -17,6 +17,7 @@ from kms.errors import (
     KeyNotFound,
     NotInitialised,
     StoreUnavailable,
+    TooManyVersions,
 )
 from kms.store.db import WRITE
 from kms.store.models import key_versions, keys, kms_metadata
@@ -49,6 +50,14 @@ class KeyVersionRecord:
 
 
 @dataclass(frozen=True)
+class KeyVersionSummary:
+    """A version's number and time, without its material: what listings need."""
+
+    version: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class NewVersion:
     """What a caller hands the repository for a version it has just built."""
 
@@ -70,8 +79,14 @@ class KeyRepository(Protocol):
     def get_key(self, key_id: str) -> KeyRecord: ...
     def list_keys(self, limit: int, after: str | None) -> list[KeyRecord]: ...
     def list_versions(self, key_id: str) -> list[KeyVersionRecord]: ...
+    def version_page(
+        self, key_id: str, limit: int, after: int | None
+    ) -> list[KeyVersionSummary]: ...
+    def newest_versions(self, key_id: str, count: int) -> list[KeyVersionSummary]: ...
     def get_version(self, key_id: str, version: int) -> KeyVersionRecord: ...
-    def rotate_key(self, key_id: str, build: VersionBuilder) -> KeyRecord: ...
+    def rotate_key(
+        self, key_id: str, build: VersionBuilder, max_versions: int | None = None
+    ) -> KeyRecord: ...
     def recreate_key(self, key_id: str, incarnation: str, build: VersionBuilder) -> KeyRecord: ...
     def delete_key(self, key_id: str) -> None: ...
 
@@ -231,6 +246,34 @@ class SQLKeyRepository:
         return [_version_record(row) for row in rows]
 
     @_translate_database_errors
+    def version_page(self, key_id: str, limit: int, after: int | None) -> list[KeyVersionSummary]:
+        """Up to ``limit`` versions after ``after``, oldest first (a primary-key range scan)."""
+        query = (
+            select(key_versions.c.version, key_versions.c.created_at)
+            .where(key_versions.c.key_id == key_id)
+            .order_by(key_versions.c.version)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(key_versions.c.version > after)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [KeyVersionSummary(row.version, _as_utc(row.created_at)) for row in rows]
+
+    @_translate_database_errors
+    def newest_versions(self, key_id: str, count: int) -> list[KeyVersionSummary]:
+        """The newest ``count`` versions, oldest of them first."""
+        query = (
+            select(key_versions.c.version, key_versions.c.created_at)
+            .where(key_versions.c.key_id == key_id)
+            .order_by(key_versions.c.version.desc())
+            .limit(count)
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [KeyVersionSummary(row.version, _as_utc(row.created_at)) for row in reversed(rows)]
+
+    @_translate_database_errors
     def get_version(self, key_id: str, version: int) -> KeyVersionRecord:
         with self._engine.connect() as conn:
             row = conn.execute(_SELECT_VERSION, {"key_id": key_id, "version": version}).first()
@@ -239,18 +282,29 @@ class SQLKeyRepository:
         return _version_record(row)
 
     @_translate_database_errors
-    def rotate_key(self, key_id: str, build: VersionBuilder) -> KeyRecord:
+    def rotate_key(
+        self, key_id: str, build: VersionBuilder, max_versions: int | None = None
+    ) -> KeyRecord:
         with self._writer.begin() as conn:
             # The UPDATE takes the row's write lock (PostgreSQL) or the database's (SQLite,
             # BEGIN IMMEDIATE): concurrent rotations serialise here and each gets its own number.
+            # The limit is part of the same UPDATE, so racing rotations cannot pass it together.
             now = utc_now()
+            condition = keys.c.key_id == key_id
+            if max_versions is not None:
+                condition = and_(condition, keys.c.latest_version < max_versions)
             row = conn.execute(
                 update(keys)
-                .where(keys.c.key_id == key_id)
+                .where(condition)
                 .values(latest_version=keys.c.latest_version + 1, updated_at=now)
                 .returning(*_KEY_COLUMNS)
             ).first()
             if row is None:
+                if (
+                    max_versions is not None
+                    and conn.execute(_SELECT_KEY, {"key_id": key_id}).first()
+                ):
+                    raise TooManyVersions()
                 raise KeyNotFound()
             key = _key_record(row)
             self._insert_version(
