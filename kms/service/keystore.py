@@ -20,13 +20,19 @@ INIT_MARKER_AAD = encode_aad(b"kms/init-marker/v1")
 def initialise_keystore(repository: KeyRepository, passphrase: bytearray, iterations: int) -> None:
     """Create the KDF parameters and the init marker; refuse an initialised database."""
     ensure_not_initialised(repository)
+    repository.initialise(*new_keystore(passphrase, iterations))
+
+
+def new_keystore(passphrase: bytearray, iterations: int) -> tuple[str, bytes]:
+    """Fresh KDF parameters (a new salt) and the init marker wrapped under the derived key,
+    ready to be stored: ``(encoded KDF parameters, init marker)``."""
     params = KDFParameters.generate(iterations)
     keyring = PassphraseKeyring(derive_master_key(passphrase, params))
     try:
         marker = keyring.wrap(os.urandom(32), INIT_MARKER_AAD)
     finally:
         keyring.close()
-    repository.initialise(params.encode(), marker)
+    return params.encode(), marker
 
 
 def ensure_not_initialised(repository: KeyRepository) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import ParamSpec, Protocol, TypeVar
 
-from sqlalchemy import Engine, and_, bindparam, delete, insert, inspect, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, inspect, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from kms.errors import (
@@ -122,6 +122,24 @@ def _version_record(row) -> KeyVersionRecord:  # noqa: ANN001
     )
 
 
+def write_keystore(conn: Connection, kdf_parameters: str, init_marker: bytes) -> None:
+    """Insert the KDF parameters and the init marker in the caller's transaction.
+
+    ``kms init`` calls this in the transaction that created the schema, so that a failure
+    anywhere leaves no schema without a keystore behind.
+    """
+    existing = conn.execute(select(kms_metadata.c.name).limit(1)).first()
+    if existing is not None:
+        raise AlreadyInitialised()
+    conn.execute(
+        insert(kms_metadata),
+        [
+            {"name": KDF_PARAMETERS, "value": kdf_parameters.encode("ascii")},
+            {"name": INIT_MARKER, "value": init_marker},
+        ],
+    )
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -175,16 +193,7 @@ class SQLKeyRepository:
     @_translate_database_errors
     def initialise(self, kdf_parameters: str, init_marker: bytes) -> None:
         with self._writer.begin() as conn:
-            existing = conn.execute(select(kms_metadata.c.name).limit(1)).first()
-            if existing is not None:
-                raise AlreadyInitialised()
-            conn.execute(
-                insert(kms_metadata),
-                [
-                    {"name": KDF_PARAMETERS, "value": kdf_parameters.encode("ascii")},
-                    {"name": INIT_MARKER, "value": init_marker},
-                ],
-            )
+            write_keystore(conn, kdf_parameters, init_marker)
 
     @_translate_database_errors
     def read_keystore(self) -> tuple[str, bytes]:

@@ -7,7 +7,7 @@ from importlib import resources
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 
 def alembic_config() -> Config:
@@ -16,8 +16,13 @@ def alembic_config() -> Config:
     return config
 
 
-def upgrade_to_head(engine: Engine) -> None:
+def upgrade_to_head(bind: Engine | Connection) -> None:
+    """Migrate in a transaction of its own (an Engine), or inside the caller's (a Connection)."""
     config = alembic_config()
-    with engine.begin() as conn:
+    if isinstance(bind, Connection):
+        config.attributes["connection"] = bind
+        command.upgrade(config, "head")
+        return
+    with bind.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
