@@ -361,6 +361,48 @@ def test_init_on_a_full_disk_leaves_nothing_and_a_later_init_succeeds(
     assert database_rows(database)["kms_metadata"]
 
 
+#: ``kms init`` with SQLite's page limit on every connection: the database "fills up" at that
+#: many pages with the same SQLITE_FULL a full disk gives, on machines that cannot mount a tmpfs.
+INIT_WITH_PAGE_LIMIT = """
+import sys
+from sqlalchemy import event
+from sqlalchemy.pool import Pool
+
+@event.listens_for(Pool, "connect")
+def limit_pages(dbapi_connection, _record):
+    dbapi_connection.execute(f"PRAGMA max_page_count={int(sys.argv[1])}")
+
+from kms.cli import main
+main(["init"], prog_name="kms")
+"""
+
+
+@pytest.mark.parametrize("pages", [1, 3, 6])
+def test_init_that_hits_sqlite_full_part_way_leaves_nothing(
+    certificates: Path, tmp_path: Path, pages: int
+) -> None:
+    directory = tmp_path / "data"
+    directory.mkdir()
+    database = directory / "kms.db"
+    config = database_config(certificates, tmp_path, database)
+    result = subprocess.run(
+        [str(Path(kms_command()[0]).with_name("python")), "-c", INIT_WITH_PAGE_LIMIT, str(pages)],
+        env=clean_environment(config),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_SECONDS,
+        check=False,
+    )
+    line = one_line_failure(result, database)
+    assert "the disk is full" in line
+    assert list(directory.iterdir()) == []
+    result = run("init", config, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert database_rows(database)["kms_metadata"]
+
+
 # -- PostgreSQL ------------------------------------------------------------------------------------
 
 
