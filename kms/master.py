@@ -120,6 +120,14 @@ def _refuse_unless_empty(settings: Settings, name: str) -> None:
         engine.dispose()
 
 
+def _tables(url: str) -> list[str]:
+    engine = create_kms_engine(url, pool=False)
+    try:
+        return existing_tables(engine)
+    finally:
+        engine.dispose()
+
+
 def _create_keystore(url: str, kdf_parameters: str, init_marker: bytes) -> None:
     """Schema and keystore rows in one transaction: a failure rolls all of it back."""
     engine = create_kms_engine(url, pool=False)
@@ -149,16 +157,20 @@ def _create_sqlite_keystore(
         _create_keystore(url.render_as_string(hide_password=False), kdf_parameters, init_marker)
         if any(_companions(temporary)):  # the last close checkpoints and removes the WAL
             raise DatabaseUnusable(f"cannot initialise {path}: SQLite left {temporary}-wal behind")
-        _move_into_place(temporary, path)
+        _move_into_place(temporary, path, settings.database_url)
     finally:
         for leftover in (temporary, *_companions(temporary)):
             leftover.unlink(missing_ok=True)
 
 
-def _move_into_place(temporary: Path, path: Path) -> None:
+def _move_into_place(temporary: Path, path: Path, url: str) -> None:
     if path.exists():
-        if not _is_empty_file(path):  # someone wrote it meanwhile: never replace their file
-            raise DatabaseNotEmpty(f"refusing to initialise {path}: it is no longer empty")
+        # Checked again: someone may have written to it since. Never replace a database with
+        # tables; an empty one (zero bytes, or a SQLite header and nothing else) is replaced.
+        if not _is_empty_file(path) and _tables(url):
+            raise DatabaseNotEmpty(
+                f"refusing to initialise {path}: it holds tables now; nothing was changed"
+            )
         os.replace(temporary, path)
     else:
         os.link(temporary, path)  # fails if the file appeared meanwhile, rather than replace it

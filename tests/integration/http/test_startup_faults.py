@@ -45,10 +45,10 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def run(command: str, config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run(command: str, config: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``kms init`` or ``kms serve``, expected to stop by itself; stdout and stderr apart."""
     return subprocess.run(
-        kms_command(command),
+        kms_command(command, *args),
         env=clean_environment(config),
         cwd=cwd,
         stdin=subprocess.DEVNULL,
@@ -198,6 +198,9 @@ def test_init_refuses_a_sqlite_file_of_another_application(
     line = one_line_failure(run("init", config, tmp_path), database, "invoices")
     assert "nothing was changed" in line
     assert snapshot(database.parent) == before  # no WAL switch, no -wal or -shm file either
+    # --if-needed forgives only a keystore that is already there, not someone else's database.
+    one_line_failure(run("init", config, tmp_path, "--if-needed"), database, "invoices")
+    assert snapshot(database.parent) == before
     with closing(sqlite3.connect(database)) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
 
