@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
     single-process run such as a test or ``flask --app kms run``.
     """
     settings = load_settings() if settings is None else settings
-    app = Flask("kms")
+    app = Flask("kms", static_folder=None)  # an API: no /static route
     app.config[MAX_BODY_BYTES] = settings.max_body_bytes
     app.json.sort_keys = False
     register_service(app, settings, keyring)

@@ -34,6 +34,7 @@ from kms.errors import (
 )
 from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import Keyring, zeroise
+from kms.settings import DEFAULT_MAX_VERSIONS, DEFAULT_VERIFY_MAX_VERSIONS
 from kms.store.repository import (
     KeyRecord,
     KeyRepository,
@@ -138,8 +139,8 @@ class KMSService:
         keyring: Keyring,
         cache: KeyMaterialCache,
         *,
-        verify_max_versions: int = 16,
-        max_versions: int = 100_000,
+        verify_max_versions: int = DEFAULT_VERIFY_MAX_VERSIONS,
+        max_versions: int = DEFAULT_MAX_VERSIONS,
     ) -> None:
         self._repository = repository
         self._keyring = keyring
