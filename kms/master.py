@@ -173,7 +173,12 @@ def _move_into_place(temporary: Path, path: Path, url: str) -> None:
             )
         os.replace(temporary, path)
     else:
-        os.link(temporary, path)  # fails if the file appeared meanwhile, rather than replace it
+        try:
+            os.link(temporary, path)  # fails if the file appeared meanwhile: never replace it
+        except OSError as error:
+            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            os.replace(temporary, path)  # a file system without hard links
     directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(directory)  # the new name survives a crash
