@@ -55,11 +55,12 @@ def create_app(
     recorded too), metrics, the rate limit, then the policy, and only then the view.
     """
     settings = load_settings() if settings is None else settings
-    app = Flask("kms")
+    app = Flask("kms", static_folder=None)  # an API: no /static route
     app.config[MAX_BODY_BYTES] = settings.max_body_bytes
     app.json.sort_keys = False
     service, cache = register_service(app, settings, keyring)
     register_identity(app)
+    register_url_map(app)
     register_audit(app, AuditLog(settings.audit_path) if settings.audit_path else None)
     register_metrics(app, service, cache)
     register_rate_limit(app, _token_buckets(app, settings, rate_limit_table))
@@ -78,7 +79,13 @@ def register_service(
         keyring = open_master_keyring(settings)
     repository = SQLKeyRepository(create_kms_engine(settings.database_url))
     cache = KeyMaterialCache(settings.key_cache_size)
-    service = KMSService(repository, keyring, cache)
+    service = KMSService(
+        repository,
+        keyring,
+        cache,
+        verify_max_versions=settings.verify_max_versions,
+        max_versions=settings.max_versions,
+    )
     app.extensions[SERVICE] = service
     app.extensions[REPOSITORY] = repository
     return service, cache
@@ -105,6 +112,14 @@ def register_identity(app: Flask) -> None:
     def tag_response(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id", "-")
         return response
+
+
+def register_url_map(app: Flask) -> None:
+    """One URL per resource, and no redirects: Werkzeug would answer ``/v1//kms/keys`` or
+    ``/v1/kms/keys/%2E%2E%2F/public-key`` with a 308 to a merged path (an HTML body, and a client
+    that follows it lands somewhere it did not ask for). Must run before the rules are added."""
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = True
 
 
 def register_blueprints(app: Flask) -> None:

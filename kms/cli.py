@@ -27,6 +27,7 @@ def init(if_needed: bool) -> None:
     from kms.errors import AlreadyInitialised
     from kms.master import init_database
     from kms.settings import load_settings
+    from kms.store.faults import database_name
 
     try:
         settings = load_settings()
@@ -37,7 +38,7 @@ def init(if_needed: bool) -> None:
         _fail(error)
     except KMSError as error:
         _fail(error)
-    click.echo(f"kms: initialised {settings.database_dsn}")
+    click.echo(f"kms: initialised {database_name(settings.database_url)}")
 
 
 @main.command()

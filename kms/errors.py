@@ -56,6 +56,12 @@ class KeyDisabled(KMSError):
     public_message = "key is disabled"
 
 
+class TooManyVersions(KMSError):
+    """Raise when a rotation would give a key more versions than ``kms.maxVersions`` allows."""
+
+    public_message = "key has reached the maximum number of versions"
+
+
 class Unauthenticated(KMSError):
     """Raise when a request carries no verified client identity."""
 
@@ -96,6 +102,24 @@ class NotInitialised(KeystoreError):
     """Raise when the database holds no keystore yet."""
 
     public_message = "the database is not initialised: run `kms init` first"
+
+
+class DatabaseNotEmpty(KeystoreError):
+    """Raise when ``kms init`` meets a database holding tables but no keystore: another
+    application's, or one a failed init left behind. Nothing is written to it."""
+
+    public_message = "the database already holds tables; kms init needs an empty database"
+
+
+class DatabaseUnusable(KeystoreError):
+    """Raise at startup or init when the database cannot be opened or written (missing or
+    read-only directory, full disk, not a SQLite file, damaged, server refusing the connection).
+
+    The message names the database and the cause; these faults do not fix themselves, so it
+    never says "retry later".
+    """
+
+    public_message = "the database cannot be used"
 
 
 class AlreadyInitialised(KeystoreError):

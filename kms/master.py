@@ -3,80 +3,118 @@ that opens the keystore.
 
 Each runs in one process before any worker exists (the CLI, or gunicorn's master), and each
 disposes of its database connections before returning, so nothing is shared across a fork.
+
+Every problem either meets becomes a ``KeystoreError`` whose message is one line naming the
+database and the cause; nothing else escapes (no traceback reaches the operator).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from kms.errors import InvalidKDFParameters, NotInitialised, UpgradeNeeded
+from kms.errors import (
+    DatabaseNotEmpty,
+    DatabaseUnusable,
+    InvalidKDFParameters,
+    NotInitialised,
+    StoreUnavailable,
+    UpgradeNeeded,
+)
 from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import PassphraseKeyring, zeroise
 from kms.service.keys import IntegrityReport, KMSService
 from kms.service.keystore import (
     OpenedKeystore,
     ensure_not_initialised,
-    initialise_keystore,
     new_init_marker,
+    new_keystore,
     open_keystore,
 )
 from kms.service.passphrase import obtain_passphrase
 from kms.settings import Settings
-from kms.store.db import create_kms_engine, use_write_ahead_log
-from kms.store.repository import SQLKeyRepository
+from kms.store.db import WRITE, create_kms_engine, use_write_ahead_log
+from kms.store.faults import database_name, describe_database_error, existing_tables
+from kms.store.models import kms_metadata
+from kms.store.repository import SQLKeyRepository, write_keystore
 from kms.store.schema import current_revision, head_revision, upgrade_to_head
 
 
 def init_database(settings: Settings) -> None:
     """Create the schema, the salt, the KDF parameters and the init marker.
 
-    Refuses (``AlreadyInitialised``) and changes nothing when the database already holds a
-    keystore. The passphrase is read only after that check, and a refused passphrase leaves no
-    database file behind.
+    Only a missing or empty SQLite file, or a PostgreSQL schema with no table, is initialised:
+    a database holding a keystore is refused with ``AlreadyInitialised``, one holding any other
+    table (another application's) with ``DatabaseNotEmpty``, and neither is written to. The
+    passphrase is read only after that check.
+
+    It is all or nothing. The schema and the keystore rows are written in one transaction; a
+    SQLite database is built in a temporary file beside the target and moved into place only
+    when complete. A failure part-way leaves no database behind, so a later ``kms init`` works.
     """
-    if not _sqlite_file_is_empty(settings):
-        # Connecting to a missing SQLite file would create it, so only an existing one is asked.
-        engine = create_kms_engine(settings.database_url, pool=False)
-        try:
-            ensure_not_initialised(SQLKeyRepository(engine))
-        finally:
-            engine.dispose()
+    name, path = _database(settings)
+    with _database_faults("initialise", name, path):
+        if path is None or not _is_empty_file(path):
+            _refuse_unless_empty(settings, name)
     passphrase = obtain_passphrase(settings.master_passphrase_file)
     try:
-        _create_private_sqlite_file(settings)
-        engine = create_kms_engine(settings.database_url, pool=False)
-        try:
-            use_write_ahead_log(engine)
-            upgrade_to_head(engine)
-            initialise_keystore(
-                SQLKeyRepository(engine),
-                passphrase,
-                settings.kdf_iterations,
-                min_iterations=settings.kdf_floor,
-            )
-        finally:
-            engine.dispose()
+        kdf_parameters, init_marker = new_keystore(
+            passphrase, settings.kdf_iterations, min_iterations=settings.kdf_floor
+        )
     finally:
         zeroise(passphrase)
+    with _database_faults("initialise", name, path):
+        if path is None:
+            _create_keystore(settings.database_url, kdf_parameters, init_marker)
+        else:
+            _create_sqlite_keystore(settings, path, kdf_parameters, init_marker)
 
 
 def open_master_keyring(settings: Settings) -> PassphraseKeyring:
-    """Read the passphrase, derive the master key once and prove it on the init marker.
-
-    Refuses (``UpgradeNeeded``) a database made by an earlier release until ``kms upgrade`` ran.
-    """
-    with _engine(settings) as engine:
-        repository = SQLKeyRepository(engine)
-        repository.read_keystore()  # "run kms init" comes before asking for a passphrase
-        _require_current_schema(settings, engine)
-        return _open(settings, repository).keyring
+    """Read the passphrase, derive the master key once and prove it on the init marker."""
+    name, path = _database(settings)
+    if path is not None:
+        if not path.parent.is_dir():
+            raise DatabaseUnusable(
+                f"cannot open database {path}: directory {path.parent} does not exist"
+            )
+        if _is_empty_file(path):
+            # Connecting would create the file, or write a WAL header into an empty one.
+            raise _not_initialised(name)
+        # SQLite opens a database it cannot write (read-only or full file system, with the -wal
+        # and -shm files already there) without complaint; every write would then fail.
+        problem = _directory_problem(path.parent)
+        if problem is None and not os.access(path, os.R_OK | os.W_OK):
+            problem = f"the file {path} is not readable and writable by this user"
+        if problem is not None:
+            raise DatabaseUnusable(f"cannot open database {path}: {problem}")
+    with _database_faults("open", name, path):
+        engine = create_kms_engine(settings.database_url, pool=False)
+        try:
+            repository = SQLKeyRepository(engine)
+            try:
+                repository.read_keystore()  # "run kms init" comes before asking for a passphrase
+            except NotInitialised:
+                tables = existing_tables(engine)
+                if tables:
+                    raise NotInitialised(
+                        f"database {name} is not a kms keystore: it holds other tables "
+                        f"({_listing(tables)}); check database.dsn"
+                    ) from None
+                raise _not_initialised(name) from None
+            _require_current_schema(name, engine)
+            return _open(settings, name, repository).keyring
+        finally:
+            engine.dispose()
 
 
 @dataclass(frozen=True)
@@ -94,11 +132,11 @@ def upgrade_database(settings: Settings) -> UpgradeResult:
     ``KMSService.seal_rows``); otherwise ``IntegrityFailure`` names the row and no MAC is
     written.
     """
-    with _engine(settings) as engine:
+    with _engine(settings, "upgrade") as (name, engine):
         repository = SQLKeyRepository(engine)
         repository.read_keystore()
         upgrade_to_head(engine)
-        opened = _open(settings, repository, allow_unsealed=True)
+        opened = _open(settings, name, repository, allow_unsealed=True)
         try:
             if opened.sealed:
                 return UpgradeResult(0, 0, already_current=True)
@@ -111,11 +149,11 @@ def upgrade_database(settings: Settings) -> UpgradeResult:
 
 def check_database(settings: Settings) -> IntegrityReport:
     """``kms check``: verify every key row and version row; the report names each failure."""
-    with _engine(settings) as engine:
+    with _engine(settings, "check") as (name, engine):
         repository = SQLKeyRepository(engine)
         repository.read_keystore()
-        _require_current_schema(settings, engine)
-        keyring = _open(settings, repository).keyring
+        _require_current_schema(name, engine)
+        keyring = _open(settings, name, repository).keyring
         try:
             return KMSService(repository, keyring, KeyMaterialCache(0)).check_integrity()
         finally:
@@ -124,35 +162,34 @@ def check_database(settings: Settings) -> IntegrityReport:
 
 def describe_database(settings: Settings) -> str:
     """The database for messages: its file, or its URL without the password."""
-    path = _sqlite_file(settings)
-    if path is not None:
-        return str(path)
-    return make_url(settings.database_url).render_as_string(hide_password=True)
+    return _database(settings)[0]
 
 
-@contextmanager
-def _engine(settings: Settings) -> Iterator[Engine]:
-    if _sqlite_file_is_empty(settings):
+@contextlib.contextmanager
+def _engine(settings: Settings, action: str) -> Iterator[tuple[str, Engine]]:
+    name, path = _database(settings)
+    if path is not None and _is_empty_file(path):
         # Connecting would create the file, or write a WAL header into an empty one.
-        raise NotInitialised()
-    engine = create_kms_engine(settings.database_url, pool=False)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
+        raise _not_initialised(name)
+    with _database_faults(action, name, path):
+        engine = create_kms_engine(settings.database_url, pool=False)
+        try:
+            yield name, engine
+        finally:
+            engine.dispose()
 
 
-def _require_current_schema(settings: Settings, engine: Engine) -> None:
+def _require_current_schema(name: str, engine: Engine) -> None:
     current, head = current_revision(engine), head_revision()
     if current != head:
         raise UpgradeNeeded(
-            f"the database {describe_database(settings)} has schema revision {current}, this kms "
+            f"the database {name} has schema revision {current}, this kms "
             f"needs {head}: stop kms and run `kms upgrade`"
         )
 
 
 def _open(
-    settings: Settings, repository: SQLKeyRepository, *, allow_unsealed: bool = False
+    settings: Settings, name: str, repository: SQLKeyRepository, *, allow_unsealed: bool = False
 ) -> OpenedKeystore:
     try:
         return open_keystore(
@@ -163,35 +200,177 @@ def _open(
         )
     except UpgradeNeeded:
         raise UpgradeNeeded(
-            f"the rows of {describe_database(settings)} carry no MACs yet: stop kms and run "
-            "`kms upgrade`"
+            f"the rows of {name} carry no MACs yet: stop kms and run `kms upgrade`"
         ) from None
     except InvalidKDFParameters as error:
-        raise InvalidKDFParameters(
-            f"{error.public_message} (kms_metadata in {describe_database(settings)})"
+        raise InvalidKDFParameters(f"{error.public_message} (kms_metadata in {name})") from None
+
+
+def _not_initialised(name: str) -> NotInitialised:
+    return NotInitialised(f"the database {name} is not initialised: run `kms init` first")
+
+
+def _refuse_unless_empty(settings: Settings, name: str) -> None:
+    engine = create_kms_engine(settings.database_url, pool=False)
+    try:
+        tables = existing_tables(engine)
+        if kms_metadata.name in tables:
+            ensure_not_initialised(SQLKeyRepository(engine))  # AlreadyInitialised
+        if tables:
+            raise DatabaseNotEmpty(
+                f"refusing to initialise {name}: it already holds tables ({_listing(tables)}); "
+                "kms init needs a missing or empty database; nothing was changed"
+            )
+    finally:
+        engine.dispose()
+
+
+def _tables(url: str) -> list[str]:
+    engine = create_kms_engine(url, pool=False)
+    try:
+        return existing_tables(engine)
+    finally:
+        engine.dispose()
+
+
+def _create_keystore(url: str, kdf_parameters: str, init_marker: bytes) -> None:
+    """Schema and keystore rows in one transaction: a failure rolls all of it back."""
+    engine = create_kms_engine(url, pool=False)
+    try:
+        use_write_ahead_log(engine)  # outside the transaction: SQLite refuses it inside one
+        with engine.execution_options(**WRITE).begin() as conn:
+            upgrade_to_head(conn)
+            write_keystore(conn, kdf_parameters, init_marker)
+    finally:
+        engine.dispose()
+
+
+def _create_sqlite_keystore(
+    settings: Settings, path: Path, kdf_parameters: str, init_marker: bytes
+) -> None:
+    """Build the keystore in a private temporary file beside ``path``, then move it into place.
+
+    The directory is created (0700) when missing. The file is 0600 from the start; SQLite gives
+    the -wal and -shm files the database file's mode, so they stay private too.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.init-", dir=path.parent)
+    os.close(descriptor)
+    temporary = Path(temporary_name)
+    try:
+        url = make_url(settings.database_url).set(database=str(temporary))
+        _create_keystore(url.render_as_string(hide_password=False), kdf_parameters, init_marker)
+        if any(_companions(temporary)):  # the last close checkpoints and removes the WAL
+            raise DatabaseUnusable(f"cannot initialise {path}: SQLite left {temporary}-wal behind")
+        _move_into_place(temporary, path, settings.database_url)
+    finally:
+        for leftover in (temporary, *_companions(temporary)):
+            leftover.unlink(missing_ok=True)
+
+
+def _move_into_place(temporary: Path, path: Path, url: str) -> None:
+    if path.exists():
+        # Checked again: someone may have written to it since. Never replace a database with
+        # tables; an empty one (zero bytes, or a SQLite header and nothing else) is replaced.
+        if not _is_empty_file(path) and _tables(url):
+            raise DatabaseNotEmpty(
+                f"refusing to initialise {path}: it holds tables now; nothing was changed"
+            )
+        os.replace(temporary, path)
+    else:
+        try:
+            os.link(temporary, path)  # fails if the file appeared meanwhile: never replace it
+        except OSError as error:
+            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            os.replace(temporary, path)  # a file system without hard links
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)  # the new name survives a crash
+    finally:
+        os.close(directory)
+
+
+def _companions(path: Path) -> list[Path]:
+    return [
+        companion
+        for suffix in ("-wal", "-shm", "-journal")
+        if (companion := path.with_name(path.name + suffix)).exists()
+    ]
+
+
+@contextlib.contextmanager
+def _database_faults(action: str, name: str, path: Path | None) -> Iterator[None]:
+    """Turn a failure of the database or its file system into one line naming both."""
+    try:
+        yield
+    except StoreUnavailable as error:
+        raise DatabaseUnusable(
+            f"cannot {action} database {name}: {_cause(error.__cause__, path)}"
+        ) from None
+    except (DBAPIError, OSError) as error:
+        raise DatabaseUnusable(f"cannot {action} database {name}: {_cause(error, path)}") from None
+    except ArgumentError:
+        raise DatabaseUnusable(
+            f"cannot {action} database {name}: database.dsn is not a database URL kms can use"
         ) from None
 
 
-def _sqlite_file(settings: Settings) -> Path | None:
-    """The database file for any SQLite URL (``sqlite:///``, ``sqlite+pysqlite:///``...)."""
-    url = make_url(settings.database_url)
+_FILE_SYSTEM_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
+#: Driver errors that a read-only, missing or full directory shows up as.
+_FILE_SYSTEM_ERRORS = ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_FULL")
+
+
+def _cause(error: BaseException | None, path: Path | None) -> str:
+    """The driver's cause, or for a SQLite file what its directory says when that is clearer
+    (SQLite reports a read-only or full directory as "unable to open" or "disk I/O error")."""
+    if isinstance(error, OSError):
+        # EROFS, EACCES or ENOSPC name a temporary file; the directory's state says more.
+        errorname = "SQLITE_CANTOPEN" if error.errno in _FILE_SYSTEM_ERRNOS else ""
+        where = f" ({error.filename})" if error.filename else ""
+        cause = f"{error.strerror or type(error).__name__}{where}"
+    else:
+        errorname = str(getattr(getattr(error, "orig", None), "sqlite_errorname", ""))
+        cause = describe_database_error(error)
+    if path is not None and errorname.startswith(_FILE_SYSTEM_ERRORS):
+        return _directory_problem(path.parent) or cause
+    return cause
+
+
+def _directory_problem(directory: Path) -> str | None:
+    if not directory.is_dir():
+        return f"directory {directory} does not exist"
+    status = os.statvfs(directory)
+    if status.f_flag & os.ST_RDONLY or not os.access(directory, os.W_OK):
+        return (
+            f"directory {directory} is read-only (SQLite keeps its -wal and -shm files beside "
+            "the database)"
+        )
+    if status.f_bfree == 0 or (status.f_bavail == 0 and os.geteuid() != 0):
+        return f"the disk holding {directory} is full"
+    return None
+
+
+def _listing(tables: list[str], shown: int = 5) -> str:
+    more = f", ... {len(tables) - shown} more" if len(tables) > shown else ""
+    return ", ".join(tables[:shown]) + more
+
+
+def _database(settings: Settings) -> tuple[str, Path | None]:
+    """The database's name for messages, and its file for any SQLite URL (``sqlite:///``,
+    ``sqlite+pysqlite:///``...)."""
+    try:
+        url = make_url(settings.database_url)
+    except ArgumentError:
+        raise DatabaseUnusable(
+            f"database.dsn is not a file path or a database URL ({settings.source})"
+        ) from None
+    name = database_name(settings.database_url)
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    return Path(url.database)
+        return name, None
+    return name, Path(url.database)
 
 
-def _sqlite_file_is_empty(settings: Settings) -> bool:
+def _is_empty_file(path: Path) -> bool:
     """True for a SQLite database that is missing or zero bytes long: it holds no keystore."""
-    path = _sqlite_file(settings)
-    return path is not None and (not path.is_file() or path.stat().st_size == 0)
-
-
-def _create_private_sqlite_file(settings: Settings) -> None:
-    """Create the database directory and an empty file readable by its owner only.
-
-    SQLite gives the -wal and -shm files the database file's mode, so they stay private too.
-    """
-    path = _sqlite_file(settings)
-    if path is not None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    return not path.is_file() or path.stat().st_size == 0

@@ -22,6 +22,10 @@ from kms.errors import ConfigurationError
 
 ENVIRONMENTS = ("dev", "prod")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: A verify without a version tries at most this many of the newest versions.
+DEFAULT_VERIFY_MAX_VERSIONS = 16
+#: A key's versions are bounded by design, not by its history.
+DEFAULT_MAX_VERSIONS = 100_000
 
 # (section, yaml key) -> attribute path; the env override is KMS_<SECTION>_<KEY>, matched
 # case-insensitively with underscores ignored (KMS_SERVER_SERVERCERT == KMS_SERVER_SERVER_CERT).
@@ -37,6 +41,8 @@ _KEYS: dict[tuple[str, str], str] = {
     ("kms", "master_passphrase_file"): "master_passphrase_file",
     ("kms", "kdf_iterations"): "kdf_iterations",
     ("kms", "key_cache_size"): "key_cache_size",
+    ("kms", "verifyMaxVersions"): "verify_max_versions",
+    ("kms", "maxVersions"): "max_versions",
     ("database", "dsn"): "database_dsn",
     ("authorization", "policy_file"): "policy_file",
     ("audit", "path"): "audit_path",
@@ -55,6 +61,8 @@ class Settings:
     master_passphrase_file: Path | None = None
     kdf_iterations: int = MIN_ITERATIONS
     key_cache_size: int = 4096
+    verify_max_versions: int = DEFAULT_VERIFY_MAX_VERSIONS
+    max_versions: int = DEFAULT_MAX_VERSIONS
     host: str = "127.0.0.1"
     port: int = 8080
     server_cert: Path | None = None
@@ -180,9 +188,11 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
         "max_body_bytes": _integer_between(1024, 64 * 1024 * 1024),
         "workers": _integer_between(1, 64),
         "threads": _integer_between(1, 64),
-        "master_passphrase_file": _path,
+        "master_passphrase_file": _unresolved_path,
         "kdf_iterations": _integer_between(MIN_ITERATIONS, MAX_ITERATIONS),
         "key_cache_size": _integer_between(0, 1_000_000),
+        "verify_max_versions": _integer_between(1, 1000),
+        "max_versions": _integer_between(1, 2**31 - 1),
         "database_dsn": _dsn,
         "policy_file": _path,
         "audit_path": _path,
@@ -211,6 +221,13 @@ def _string(value: Any) -> str:
 
 def _path(value: Any) -> Path:
     return Path(_string(value)).expanduser().resolve()
+
+
+def _unresolved_path(value: Any) -> Path:
+    """Absolute, but not resolved: a secret file is opened as configured (``O_NOFOLLOW``), so a
+    symlink in its place must reach the reader to be refused, not be replaced by its target."""
+    path = Path(_string(value)).expanduser()
+    return path if path.is_absolute() else Path.cwd() / path
 
 
 def _dsn(value: Any) -> str:

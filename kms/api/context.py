@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import current_app, g, request
 
-from kms.api.payload import read_json_object
+from kms.api.payload import read_json_object, read_query
 from kms.errors import KMSError
 from kms.service.keys import KMSService
 
@@ -32,3 +32,7 @@ def json_body() -> dict[str, Any]:
     if isinstance(g.kms_body, KMSError):
         raise g.kms_body
     return g.kms_body
+
+
+def query_args() -> dict[str, str]:
+    return read_query(request)

@@ -12,7 +12,8 @@ import logging
 
 from flask import Flask, Response, g, jsonify, request
 from marshmallow import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.routing import RequestRedirect
 
 from kms import errors
 from kms.api.payload import discard_unread_body
@@ -28,6 +29,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.KMSError], int], ...] = (
     (errors.KeyExists, 409),
     (errors.KeyChanged, 409),
     (errors.KeyDisabled, 409),
+    (errors.TooManyVersions, 409),
     (errors.Unauthenticated, 401),
     (errors.Forbidden, 403),
     (errors.PayloadTooLarge, 413),
@@ -52,6 +54,13 @@ def error_response(message: str, status: int) -> Response:
 
 
 def register_error_handlers(app: Flask) -> None:
+    @app.before_request
+    def refuse_redirects() -> None:
+        # Flask answers a routing redirect itself, bypassing every error handler; whatever rule
+        # would still produce one (the URL map merges no slashes), the client gets a JSON 404.
+        if isinstance(request.routing_exception, RequestRedirect):
+            request.routing_exception = NotFound()
+
     @app.errorhandler(errors.KMSError)
     def handle_kms_error(error: errors.KMSError) -> Response:
         status = status_for(error)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from kms.api import schemas
-from kms.api.context import json_body, service
+from kms.api.context import json_body, query_args, service
 from kms.api.operations import KeyFrom, operation
 from kms.api.policy import readable_keys
 
@@ -23,8 +23,8 @@ def create_key() -> tuple[Response, int]:
 @blueprint.get("")
 @operation("keys:read")
 def list_keys() -> Response:
-    query = schemas.list_keys_query.load(request.args.to_dict(flat=True))
-    keys = readable_keys(service().list_keys, query["limit"], query["after"])
+    args = schemas.list_keys_query.load(query_args())
+    keys = readable_keys(service().list_keys, args["limit"], args["after"])
     return jsonify(schemas.key_list_response.dump(keys))
 
 
@@ -34,11 +34,19 @@ def get_key(key_id: str) -> Response:
     return jsonify(schemas.key_detail_response.dump(service().get_key(key_id)))
 
 
+@blueprint.get("/<key_id>/versions")
+@operation("keys:read", KeyFrom.PATH)
+def list_key_versions(key_id: str) -> Response:
+    args = schemas.list_versions_query.load(query_args())
+    versions = service().list_versions(key_id, limit=args["limit"], after=args["after"])
+    return jsonify(schemas.key_version_list_response.dump(versions))
+
+
 @blueprint.get("/<key_id>/public-key")
 @operation("keys:read", KeyFrom.PATH)
 def get_public_key(key_id: str) -> Response:
-    query = schemas.public_key_query.load(request.args.to_dict(flat=True))
-    public_key = service().public_key(key_id, version=query["version"])
+    args = schemas.public_key_query.load(query_args())
+    public_key = service().public_key(key_id, version=args["version"])
     return jsonify(schemas.public_key_response.dump(public_key))
 
 

@@ -45,6 +45,20 @@ def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     return document
 
 
+def read_query(request: Request) -> dict[str, str]:
+    """The query string as one value per name; a name given twice is refused.
+
+    ``limit=1&limit=1000`` has no single meaning (Werkzeug would silently keep the first), and a
+    proxy or cache in front may read the other one.
+    """
+    query: dict[str, str] = {}
+    for name, values in request.args.lists():
+        if len(values) > 1:
+            raise InvalidRequest(f"query parameter {name} is given more than once")
+        query[name] = values[0]
+    return query
+
+
 def discard_unread_body(response: Response, request: Request) -> None:
     """Once ``response`` is sent, read and drop what is left of the request body.
 

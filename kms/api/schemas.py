@@ -70,6 +70,11 @@ class ListKeysQuery(_Request):
     after = fields.String(load_default=None, validate=validate.Length(min=1))
 
 
+class ListVersionsQuery(_Request):
+    limit = StrictInteger(low=1, high=MAX_PAGE_SIZE, from_query=True, load_default=100)
+    after = StrictInteger(low=0, high=2**31 - 1, from_query=True, load_default=None)
+
+
 class PublicKeyQuery(_Request):
     version = StrictInteger(low=1, high=2**31 - 1, from_query=True, load_default=None)
 
@@ -139,6 +144,7 @@ class SignResponse(Schema):
 
 create_key_request = CreateKeyRequest()
 list_keys_query = ListKeysQuery()
+list_versions_query = ListVersionsQuery()
 public_key_query = PublicKeyQuery()
 encrypt_request = EncryptRequest()
 decrypt_request = DecryptRequest()
@@ -148,6 +154,7 @@ verify_request = VerifyRequest()
 key_response = KeyResponse()
 key_list_response = KeyResponse(many=True)
 key_detail_response = KeyDetailResponse()
+key_version_list_response = KeyVersionResponse(many=True)
 public_key_response = PublicKeyResponse()
 encrypt_response = EncryptResponse()
 decrypt_response = DecryptResponse()

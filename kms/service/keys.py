@@ -32,12 +32,14 @@ from kms.errors import (
     KeyChanged,
     KeyNotFound,
     PurposeMismatch,
+    TooManyVersions,
     UnwrapFailed,
 )
 from kms.service.cache import KeyMaterialCache
 from kms.service.integrity import encode_key_row, encode_version_row
 from kms.service.keyring import Keyring, zeroise
 from kms.service.keystore import INIT_MARKER_AAD
+from kms.settings import DEFAULT_MAX_VERSIONS, DEFAULT_VERIFY_MAX_VERSIONS
 from kms.store.repository import (
     KeyChange,
     KeyPlanner,
@@ -52,6 +54,8 @@ log = logging.getLogger("kms.integrity")
 
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_PAGE_SIZE = 1000
+#: GET /v1/kms/keys/{key_id} lists at most this many of the newest versions; /versions pages.
+KEY_DETAIL_VERSIONS = 100
 ENABLED = "enabled"
 #: Key rows whose MAC was verified, kept whole (MAC included) so only an identical row hits.
 VERIFIED_ROWS_CACHE_SIZE = 1024
@@ -129,6 +133,11 @@ def validate_key_id(key_id: str) -> str:
     return key_id
 
 
+def _check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidRequest(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
+
+
 def _info(key: KeyRecord, versions: tuple[KeyVersionInfo, ...] = ()) -> KeyInfo:
     return KeyInfo(
         key_id=key.key_id,
@@ -150,6 +159,8 @@ class KMSService:
         cache: KeyMaterialCache,
         *,
         after_generation: Callable[[str], None] | None = None,
+        verify_max_versions: int = DEFAULT_VERIFY_MAX_VERSIONS,
+        max_versions: int = DEFAULT_MAX_VERSIONS,
     ) -> None:
         """``after_generation`` is a test hook: called with the key_id once fresh material is
         generated and before the write transaction starts, so a test can change the key in that
@@ -161,6 +172,8 @@ class KMSService:
         # Encoding and MAC-checking a row costs about 10 us, a hit here about 2.5 us, on a hot
         # path (encrypt on a cached key) of about 190 us (README, Production deployment).
         self._verified_rows = KeyMaterialCache(VERIFIED_ROWS_CACHE_SIZE)
+        self._verify_max_versions = verify_max_versions
+        self._max_versions = max_versions
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -188,19 +201,29 @@ class KMSService:
         return _info(created)
 
     def get_key(self, key_id: str) -> KeyInfo:
+        """The key with its newest KEY_DETAIL_VERSIONS versions (oldest of them first)."""
         key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
         versions = tuple(
             KeyVersionInfo(version=v.version, created_at=v.created_at)
-            for v in (
-                self._checked_version(key, record)
-                for record in self._repository.list_versions(key.key_id)
-            )
+            for v in self._repository.newest_versions(key.key_id, KEY_DETAIL_VERSIONS)
         )
         return _info(key, versions)
 
+    def list_versions(
+        self, key_id: str, limit: int = 100, after: int | None = None
+    ) -> list[KeyVersionInfo]:
+        """A page of the key's versions, oldest first, after version ``after``."""
+        _check_limit(limit)
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
+            raise InvalidRequest("after must be a version number")
+        key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
+        return [
+            KeyVersionInfo(version=v.version, created_at=v.created_at)
+            for v in self._repository.version_page(key.key_id, limit, after)
+        ]
+
     def list_keys(self, limit: int = 100, after: str | None = None) -> list[KeyInfo]:
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
-            raise InvalidRequest(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
+        _check_limit(limit)
         if after is not None:
             validate_key_id(after)
         return [_info(self._checked_key(key)) for key in self._repository.list_keys(limit, after)]
@@ -211,9 +234,15 @@ class KMSService:
 
     def rotate_key(self, key_id: str) -> KeyInfo:
         key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
+        if key.latest_version >= self._max_versions:
+            # Checked before generating material (an RSA key takes a while), and again under the
+            # row's write lock in ``next_version``, where racing rotations cannot slip past.
+            raise self._too_many_versions()
 
         def next_version(current: KeyRecord) -> KeyRecord:
             self._expect_unchanged(key, current)
+            if current.latest_version >= self._max_versions:
+                raise self._too_many_versions()
             return replace(current, latest_version=current.latest_version + 1)
 
         rotated = self._store_new_version(
@@ -223,6 +252,12 @@ class KMSService:
             lambda plan: self._repository.rotate_key(key_id, plan),
         )
         return _info(rotated)
+
+    def _too_many_versions(self) -> TooManyVersions:
+        return TooManyVersions(
+            f"key has reached the maximum of {self._max_versions} versions (kms.maxVersions); "
+            "recreate it or use a new key"
+        )
 
     def recreate_key(self, key_id: str) -> KeyInfo:
         key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
@@ -295,13 +330,17 @@ class KMSService:
         )
 
     def verify(self, key_id: str, message: bytes, signature: bytes) -> Verified:
-        """Check the signature against every version of the key, newest first.
+        """Check the signature against the newest ``verify_max_versions`` versions, newest first.
 
+        The bound keeps a bad signature's cost independent of the key's history (a key rotated
+        thousands of times must not make every failed verify try thousands of public keys).
         Only public keys are used: verification never unwraps a private key.
         """
         key = self._usable_key(key_id, Purpose.SIGN)
         spec = SIGNING_ALGORITHMS[key.algorithm]
-        for version in range(key.latest_version, 0, -1):
+        # When keys get a min_decryption_version, the lower bound becomes the larger of the two.
+        oldest = max(1, key.latest_version - self._verify_max_versions + 1)
+        for version in range(key.latest_version, oldest - 1, -1):
             try:
                 public_key = self._public(key, version)
             except KeyNotFound:

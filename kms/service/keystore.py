@@ -41,13 +41,21 @@ def initialise_keystore(
 ) -> None:
     """Create the KDF parameters and the init marker; refuse an initialised database."""
     ensure_not_initialised(repository)
+    repository.initialise(*new_keystore(passphrase, iterations, min_iterations=min_iterations))
+
+
+def new_keystore(
+    passphrase: bytearray, iterations: int, *, min_iterations: int = MIN_ITERATIONS
+) -> tuple[str, bytes]:
+    """Fresh KDF parameters (a new salt) and the init marker wrapped under the derived key,
+    ready to be stored: ``(encoded KDF parameters, init marker)``."""
     params = KDFParameters.generate(iterations, min_iterations=min_iterations)
     keyring = PassphraseKeyring(derive_master_key(passphrase, params))
     try:
         marker = new_init_marker(keyring)
     finally:
         keyring.close()
-    repository.initialise(params.encode(), marker)
+    return params.encode(), marker
 
 
 def new_init_marker(keyring: PassphraseKeyring) -> bytes:

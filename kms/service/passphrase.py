@@ -5,6 +5,7 @@ Never an environment variable, never a command-line argument.
 
 from __future__ import annotations
 
+import errno
 import getpass
 import os
 import stat
@@ -23,19 +24,33 @@ def read_passphrase_file(path: Path) -> bytearray:
     One trailing newline is stripped (``echo secret > file`` writes one). The returned buffer is
     the caller's to overwrite once the master key is derived.
     """
+    return read_secret_file(path, "passphrase file")
+
+
+def read_secret_file(path: Path, what: str) -> bytearray:
+    """Read a secret (passphrase, PIN) from the file configured at ``path``, as configured.
+
+    The path is opened with ``O_NOFOLLOW``: a symlink is refused, so the mode checked is that of
+    the file actually read. ``O_NONBLOCK`` makes the open of a FIFO return at once (a blocking
+    open would wait for a writer forever), and ``fstat`` then refuses anything that is not a
+    regular file (FIFO, device, directory) before a byte is read.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, flags)
     except OSError as exc:
-        raise PassphraseError(
-            f"cannot open passphrase file {path}: {exc.strerror or 'error'}"
-        ) from None
+        if exc.errno == errno.ELOOP:
+            raise PassphraseError(
+                f"{what} {path} is a symbolic link; configure the file itself"
+            ) from None
+        raise PassphraseError(f"cannot open {what} {path}: {exc.strerror or 'error'}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise PassphraseError(f"passphrase file {path} is not a regular file")
+            raise PassphraseError(f"{what} {path} is not a regular file ({_kind(info.st_mode)})")
         if info.st_mode & 0o077:
             raise PassphraseError(
-                f"passphrase file {path} is accessible by group or others "
+                f"{what} {path} is accessible by group or others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 0400 {path}"
             )
         buffer = _read_into_buffer(fd, path)
@@ -44,7 +59,7 @@ def read_passphrase_file(path: Path) -> bytearray:
     if buffer.endswith(b"\n"):
         del buffer[-1]
     if not buffer:
-        raise PassphraseError(f"passphrase file {path} is empty")
+        raise PassphraseError(f"{what} {path} is empty")
     return buffer
 
 
@@ -72,6 +87,19 @@ def _read_into_buffer(fd: int, path: Path) -> bytearray:
     finally:
         buffer[:] = bytes(len(buffer))
     return passphrase
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def prompt_passphrase(prompt: str = "kms master passphrase: ") -> bytearray:

@@ -8,7 +8,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ParamSpec, Protocol, TypeVar
 
-from sqlalchemy import Engine, and_, bindparam, delete, func, insert, inspect, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from kms.errors import (
@@ -59,6 +70,14 @@ class KeyVersionRecord:
 
 
 @dataclass(frozen=True)
+class KeyVersionSummary:
+    """A version's number and time, without its material: what listings need."""
+
+    version: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class NewVersion:
     """What a caller hands the repository for a version it has just built."""
 
@@ -98,6 +117,10 @@ class KeyRepository(Protocol):
     def get_key(self, key_id: str) -> KeyRecord: ...
     def list_keys(self, limit: int, after: str | None) -> list[KeyRecord]: ...
     def list_versions(self, key_id: str) -> list[KeyVersionRecord]: ...
+    def version_page(
+        self, key_id: str, limit: int, after: int | None
+    ) -> list[KeyVersionSummary]: ...
+    def newest_versions(self, key_id: str, count: int) -> list[KeyVersionSummary]: ...
     def get_version(self, key_id: str, version: int) -> KeyVersionRecord: ...
     def rotate_key(self, key_id: str, plan: KeyPlanner) -> KeyRecord: ...
     def recreate_key(self, key_id: str, plan: KeyPlanner) -> KeyRecord: ...
@@ -138,6 +161,24 @@ def _version_record(row) -> KeyVersionRecord:  # noqa: ANN001
         public_key=None if row.public_key is None else bytes(row.public_key),
         created_at=_as_utc(row.created_at),
         mac=None if row.mac is None else bytes(row.mac),
+    )
+
+
+def write_keystore(conn: Connection, kdf_parameters: bytes, init_marker: bytes) -> None:
+    """Insert the KDF parameters and the init marker in the caller's transaction.
+
+    ``kms init`` calls this in the transaction that created the schema, so that a failure
+    anywhere leaves no schema without a keystore behind.
+    """
+    existing = conn.execute(select(kms_metadata.c.name).limit(1)).first()
+    if existing is not None:
+        raise AlreadyInitialised()
+    conn.execute(
+        insert(kms_metadata),
+        [
+            {"name": KDF_PARAMETERS, "value": kdf_parameters},
+            {"name": INIT_MARKER, "value": init_marker},
+        ],
     )
 
 
@@ -198,16 +239,7 @@ class SQLKeyRepository:
     @_translate_database_errors
     def initialise(self, kdf_parameters: bytes, init_marker: bytes) -> None:
         with self._writer.begin() as conn:
-            existing = conn.execute(select(kms_metadata.c.name).limit(1)).first()
-            if existing is not None:
-                raise AlreadyInitialised()
-            conn.execute(
-                insert(kms_metadata),
-                [
-                    {"name": KDF_PARAMETERS, "value": kdf_parameters},
-                    {"name": INIT_MARKER, "value": init_marker},
-                ],
-            )
+            write_keystore(conn, kdf_parameters, init_marker)
 
     @_translate_database_errors
     def read_keystore(self) -> tuple[bytes, bytes]:
@@ -256,6 +288,34 @@ class SQLKeyRepository:
                 .order_by(key_versions.c.version)
             ).all()
         return [_version_record(row) for row in rows]
+
+    @_translate_database_errors
+    def version_page(self, key_id: str, limit: int, after: int | None) -> list[KeyVersionSummary]:
+        """Up to ``limit`` versions after ``after``, oldest first (a primary-key range scan)."""
+        query = (
+            select(key_versions.c.version, key_versions.c.created_at)
+            .where(key_versions.c.key_id == key_id)
+            .order_by(key_versions.c.version)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(key_versions.c.version > after)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [KeyVersionSummary(row.version, _as_utc(row.created_at)) for row in rows]
+
+    @_translate_database_errors
+    def newest_versions(self, key_id: str, count: int) -> list[KeyVersionSummary]:
+        """The newest ``count`` versions, oldest of them first."""
+        query = (
+            select(key_versions.c.version, key_versions.c.created_at)
+            .where(key_versions.c.key_id == key_id)
+            .order_by(key_versions.c.version.desc())
+            .limit(count)
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [KeyVersionSummary(row.version, _as_utc(row.created_at)) for row in reversed(rows)]
 
     @_translate_database_errors
     def get_version(self, key_id: str, version: int) -> KeyVersionRecord:

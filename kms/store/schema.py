@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 
 def alembic_config() -> Config:
@@ -18,9 +18,14 @@ def alembic_config() -> Config:
     return config
 
 
-def upgrade_to_head(engine: Engine) -> None:
+def upgrade_to_head(bind: Engine | Connection) -> None:
+    """Migrate in a transaction of its own (an Engine), or inside the caller's (a Connection)."""
     config = alembic_config()
-    with engine.begin() as conn:
+    if isinstance(bind, Connection):
+        config.attributes["connection"] = bind
+        command.upgrade(config, "head")
+        return
+    with bind.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 

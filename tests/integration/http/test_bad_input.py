@@ -412,7 +412,7 @@ URL_CASES = [
     # Routes and methods.
     bare("unknown-route", "GET", "/v1/kms/nope", 404, NO_ROUTE),
     bare("root", "GET", "/", 404, NO_ROUTE),
-    bare("too-deep", "GET", f"/v1/kms/keys/{ENC}/versions", 404, NO_ROUTE),
+    bare("too-deep", "GET", f"/v1/kms/keys/{ENC}/versions/1/wrapped", 404, NO_ROUTE),
     bare("put-keys", "PUT", "/v1/kms/keys", 405, NO_METHOD),
     bare("get-encrypt", "GET", "/v1/kms/encrypt", 405, NO_METHOD),
     bare("delete-encrypt", "DELETE", "/v1/kms/encrypt", 405, NO_METHOD),
