@@ -110,13 +110,6 @@ def on_starting(server: Any) -> None:
 
     from kms.ratelimit import create_table
 
-    if _policy.allows_everyone:
-        kms_log.warning(
-            "kms: no authorization.policy_file is set: every client with a certificate may do "
-            "everything"
-        )
-    if _settings.audit_path is None:
-        kms_log.warning("kms: no audit.path is set: requests are not audited")
     create_table(_runtime.rate_limit_table)
 
     try:
@@ -124,6 +117,14 @@ def on_starting(server: Any) -> None:
     except KMSError as error:
         remove_runtime_directory(_runtime)
         _fail(error.public_message)
+    # Warned only once the keystore opened: a refused start stays one line naming its cause.
+    if _policy.allows_everyone:
+        kms_log.warning(
+            "kms: no authorization.policy_file is set: every client with a certificate may do "
+            "everything"
+        )
+    if _settings.audit_path is None:
+        kms_log.warning("kms: no audit.path is set: requests are not audited")
     wsgi.install(_settings, keyring, _policy, _runtime.rate_limit_table)
 
 
