@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from kms.errors import KMSError
+from kms.server.limits import ServerLimits, configure
 from kms.settings import Settings, load_settings
 
 
@@ -36,6 +37,8 @@ def _load() -> Settings:
 
 
 _settings = _load()
+# The worker (forked from this process) reads its deadlines and caps from here.
+configure(ServerLimits.from_settings(_settings))
 
 wsgi_app = "kms.wsgi:application()"
 bind = [
@@ -43,7 +46,11 @@ bind = [
     if ":" in _settings.host
     else f"{_settings.host}:{_settings.port}"
 ]
-worker_class = "gthread"
+# gthread, except that TLS handshakes and whole requests are read by the event loop, under
+# deadlines, before a thread is used (kms.server.worker).
+worker_class = "kms.server.worker.KMSWorker"
+# Access-log values and error-log messages escaped: a client cannot forge a log line.
+logger_class = "kms.server.logs.KMSLogger"
 workers = _settings.workers
 threads = _settings.threads
 keepalive = 30
