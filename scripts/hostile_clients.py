@@ -1,0 +1,113 @@
+"""Measure kms under the full hostile-client mix (issue 6): not a test, a figure.
+
+Starts a private kms (dev certificates, a fresh database, gunicorn on 127.0.0.1 only), measures
+well-behaved clients unloaded, then again while 500 hostile connections stay open (a quarter
+each: silent TCP, one byte of ClientHello, a head one byte per second, a body one byte per
+second; each reopened when the server closes it), and prints the worst latency of the kept-alive
+client and of the one opening a connection per request, and the throughput ratio
+(loaded / unloaded). Run from the repository root with the project's interpreter:
+
+    .venv/bin/python scripts/hostile_clients.py [--connections 500] [--seconds 10]
+
+Everything stops within about a minute; nothing listens beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+from contextlib import closing
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.integration.http.harness import (  # noqa: E402
+    KMSClient,
+    ServerProcess,
+    create_key,
+    prepare_deployment,
+)
+from tests.integration.http.hostile import (  # noqa: E402
+    KINDS,
+    HostileLoad,
+    Measurement,
+    Target,
+    measure,
+    raise_file_limit,
+)
+
+
+def describe(name: str, result: Measurement) -> str:
+    return (
+        f"{name}: {result.answers} answers in {result.seconds:.1f} s = "
+        f"{result.throughput:.1f}/s; worst latency kept-alive {result.keepalive.worst:.3f} s "
+        f"({len(result.keepalive.latencies)} requests, {len(result.keepalive.failures)} failed), "
+        f"new connection per request {result.new_connection.worst:.3f} s "
+        f"({len(result.new_connection.latencies)} requests, "
+        f"{len(result.new_connection.failures)} failed)"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--extra-clients", type=int, default=2, help="counting kept-alive clients")
+    args = parser.parse_args()
+    raise_file_limit(4 * args.connections + 1024)
+
+    with tempfile.TemporaryDirectory(prefix="kms-hostile-") as directory:
+        deployment = prepare_deployment(Path(directory))
+        server = ServerProcess(deployment)
+        target = Target(
+            "127.0.0.1",
+            deployment.port,
+            deployment.ca_cert,
+            deployment.client_cert,
+            deployment.client_key,
+        )
+        per_kind = args.connections // len(KINDS)
+        load = HostileLoad(target, {kind: per_kind for kind in KINDS})
+        try:
+            with closing(KMSClient(deployment)) as client:
+                server.wait_until_serving(client)
+                key_id = create_key(client, key_id="hostile-bench")["key_id"]
+            unloaded = measure(target, key_id, args.seconds, args.extra_clients)
+            print(describe("unloaded", unloaded), flush=True)
+            load.start()
+            before = load.wait_until_open(0.9, timeout=60)
+            print(f"hostile connections open before measuring: {before}", flush=True)
+            sampling = threading.Event()
+            sampling.set()
+            sampler = load.sample_while(sampling)
+            loaded = measure(target, key_id, args.seconds, args.extra_clients)
+            sampling.clear()
+            sampler.join()
+            after = load.open_connections()
+            print(f"hostile connections open after measuring: {after}", flush=True)
+            print(f"hostile connections opened in all: {load.opened_total.value}", flush=True)
+            samples = load.samples
+            print(
+                f"hostile connections open while measuring: min {min(samples)}, "
+                f"mean {sum(samples) / len(samples):.0f}, max {max(samples)} "
+                f"({len(samples)} samples)",
+                flush=True,
+            )
+            print(describe("loaded", loaded), flush=True)
+        finally:
+            load.stop()
+            server.stop()
+        log = server.output()
+    print(f"slow bodies dropped (log lines): {log.count('request body from ip=')}")
+    print(f"tracebacks in the server log: {log.count('Traceback')}")
+    print(f"worst latency under load: {loaded.worst:.3f} s (goal: under 1 s)")
+    ratio = loaded.throughput / unloaded.throughput
+    print(f"throughput ratio loaded/unloaded: {ratio:.2f} (goal: at least 0.5)")
+    failures = loaded.keepalive.failures + loaded.new_connection.failures
+    return 0 if loaded.worst < 1.0 and ratio >= 0.5 and not failures else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
