@@ -1,9 +1,9 @@
 """gunicorn settings for kms, read from kms's own configuration.
 
 Used by ``kms serve`` and by plain ``gunicorn -c python:kms.gunicorn_conf``. gunicorn terminates
-mutual TLS (client certificates required, TLS 1.2 or newer) and runs gthread workers so TLS
-connections stay alive between requests: a new handshake per request costs far more than the
-request itself.
+mutual TLS (client certificates required, TLS 1.2 or newer) and runs kms's own worker, derived
+from gthread (``kms.server.worker``), so TLS connections stay alive between requests (a new
+handshake per request costs far more than the request itself) and no slow client holds a thread.
 
 ``on_starting`` runs once in the master, before the port is bound and before any worker forks:
 it reads the passphrase (file or prompt: the master owns the terminal), derives the master key and
