@@ -30,6 +30,8 @@ connections an attacker holds open.
 
 gunicorn's own error answers (a malformed request line, a line or header over the limits) are
 ``{"error": "..."}`` JSON like every other kms error (``handle_error``).
+
+HTTP/1.1 only: kms does not configure gunicorn's HTTP/2 (``http_protocols`` stays ``h1``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import socket
 import ssl
 import time
 from concurrent import futures
+from datetime import timedelta
 from enum import Enum
 from typing import Any
 
@@ -51,8 +54,11 @@ from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.http.message import Request
 from gunicorn.http.parser import RequestParser
 from gunicorn.http.unreader import IterUnreader
+from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers import gthread
 
+from kms.api.caller import ENVIRON_KEY as CALLER_ENVIRON_KEY
+from kms.api.caller import caller_from_peer_certificate
 from kms.errors import PayloadTooLarge
 from kms.server.limits import ServerLimits, current_limits
 from kms.server.logs import escape_log_value
@@ -68,8 +74,11 @@ LINGER_MAX_BYTES = 16 * 1024 * 1024
 READ_SIZE = 64 * 1024
 #: Connections accepted per readiness event of a listener, so accepting cannot starve the loop.
 ACCEPT_BATCH = 64
-#: Chunked framing may add this much to a body (chunk size lines, trailers) beyond its payload.
+#: Chunked framing may add this much to a body (chunk size lines, trailers) beyond its payload,
+#: and a chunked body may take up to CHUNKED_WIRE_FACTOR times its limit on the wire (small
+#: chunks); more is refused with 413, which bounds the memory one connection can take.
 CHUNKED_FRAMING_ALLOWANCE = 64 * 1024
+CHUNKED_WIRE_FACTOR = 2
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -377,12 +386,17 @@ class KMSWorker(gthread.ThreadWorker):
 
     def receive(self, conn: Connection) -> None:
         """Read what the socket has, then hand the request to a thread once it is whole."""
-        limit = self.max_head_bytes + 4 * self.limits.max_body_bytes + CHUNKED_FRAMING_ALLOWANCE
+        limit = (
+            self.max_head_bytes
+            + CHUNKED_WIRE_FACTOR * self.limits.max_body_bytes
+            + CHUNKED_FRAMING_ALLOWANCE
+        )
         got_eof = False
         while len(conn.buffer) < limit:
             try:
                 data = conn.sock.recv(READ_SIZE)
             except (ssl.SSLWantReadError, BlockingIOError, InterruptedError):
+                self.watch(conn, selectors.EVENT_READ)
                 break
             except ssl.SSLWantWriteError:
                 self.watch(conn, selectors.EVENT_WRITE)
@@ -459,7 +473,7 @@ class KMSWorker(gthread.ThreadWorker):
 
     def examine_chunked(self, conn: Connection, request: Request, rest: bytes) -> _Verdict | None:
         max_body = self.limits.max_body_bytes
-        over_size = len(rest) > 4 * max_body + CHUNKED_FRAMING_ALLOWANCE
+        over_size = len(rest) > CHUNKED_WIRE_FACTOR * max_body + CHUNKED_FRAMING_ALLOWANCE
         # A whole chunked body ends with CRLF: only then (or when too much arrived) is it worth
         # decoding the body so far.
         if not rest.endswith(b"\r\n") and len(rest) <= max_body + CHUNKED_FRAMING_ALLOWANCE:
@@ -620,12 +634,11 @@ class KMSWorker(gthread.ThreadWorker):
             self.log.debug("could not send the error answer")
 
     def access_log_error(self, req: Any, client: Any, addr: Any, status: int, message: str) -> None:
-        from datetime import timedelta
-
-        from gunicorn.http.wsgi import Response, default_environ
-
         try:
             environ = default_environ(req, client, self.cfg)
+            certificate = client.getpeercert() if hasattr(client, "getpeercert") else None
+            if certificate:
+                environ[CALLER_ENVIRON_KEY] = caller_from_peer_certificate(certificate)
             environ["REMOTE_ADDR"] = addr[0]
             environ["REMOTE_PORT"] = str(addr[1])
             resp = Response(req, client, self.cfg)

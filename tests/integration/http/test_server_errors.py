@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.integration.http.harness import JSON, Deployment, ServerProcess
-from tests.integration.http.raw import parse_response, raw_request, tls_connection
+from tests.integration.http.raw import parse_response, raw_request, read_to_end, tls_connection
 
 pytestmark = pytest.mark.slow
 
@@ -93,6 +93,48 @@ def test_server_refusals_are_json(
     assert isinstance(body["error"], str) and body["error"], body
     assert b"<html" not in answer.lower()
     assert "Traceback" not in server.output()
+
+
+def test_a_refused_body_is_logged_with_its_caller(
+    server: ServerProcess, deployment: Deployment
+) -> None:
+    offset = len(server.output())
+    answer = raw_request(
+        deployment,
+        b"POST /v1/kms/encrypt HTTP/1.1\r\n"
+        + HOST
+        + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX\r\n",
+    )
+    assert parse_response(answer).status == 400
+    needle = '"POST /v1/kms/encrypt HTTP/1.1" 400 '
+    lines = [line for line in new_log(server, offset, needle).splitlines() if needle in line]
+    assert len(lines) == 1, lines
+    assert 'caller="CN=orchestrator;SAN=DNS:orchestrator" ' in lines[0], lines
+
+
+def test_expect_100_continue_is_answered_before_the_body(
+    server: ServerProcess, deployment: Deployment
+) -> None:
+    """A client that waits for "100 Continue" before its body gets it, then its answer."""
+    body = b'{"key_id": "none-such", "plaintext": "aGk="}'
+    with tls_connection(deployment) as tls:
+        tls.sendall(
+            b"POST /v1/kms/encrypt HTTP/1.1\r\n"
+            + HOST
+            + b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        )
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            chunk = tls.recv(1)
+            assert chunk, interim
+            interim += chunk
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        tls.sendall(body)
+        answer = read_to_end(tls)
+    response = parse_response(answer)
+    assert response.status == 404, answer
+    assert response.json() == {"error": "record not found"}
 
 
 def new_log(server: ServerProcess, offset: int, needle: str) -> str:
