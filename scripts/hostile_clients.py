@@ -15,6 +15,7 @@ Everything stops within about a minute; nothing listens beyond 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -39,6 +40,23 @@ from tests.integration.http.hostile import (  # noqa: E402
 )
 
 
+def server_cpu_seconds(master_pid: int) -> float:
+    """User + system CPU time of the gunicorn master and its workers, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, parent = int(entry.name), int(fields[1])
+        if pid == master_pid or parent == master_pid:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def describe(name: str, result: Measurement) -> str:
     return (
         f"{name}: {result.answers} answers in {result.seconds:.1f} s = "
@@ -55,6 +73,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--extra-clients", type=int, default=2, help="counting kept-alive clients")
+    parser.add_argument(
+        "--attacker-nice",
+        type=int,
+        default=0,
+        help="nice value for the attacking processes (their CPU is not the server's to lose)",
+    )
     args = parser.parse_args()
     raise_file_limit(4 * args.connections + 1024)
 
@@ -69,20 +93,26 @@ def main() -> int:
             deployment.client_key,
         )
         per_kind = args.connections // len(KINDS)
-        load = HostileLoad(target, {kind: per_kind for kind in KINDS})
+        load = HostileLoad(target, {kind: per_kind for kind in KINDS}, nice=args.attacker_nice)
         try:
             with closing(KMSClient(deployment)) as client:
                 server.wait_until_serving(client)
                 key_id = create_key(client, key_id="hostile-bench")["key_id"]
+            master = server.process.pid
+            cpu = server_cpu_seconds(master)
             unloaded = measure(target, key_id, args.seconds, args.extra_clients)
+            unloaded_cpu = server_cpu_seconds(master) - cpu
             print(describe("unloaded", unloaded), flush=True)
+            print(f"server CPU while unloaded: {unloaded_cpu:.1f} s", flush=True)
             load.start()
             before = load.wait_until_open(0.9, timeout=60)
             print(f"hostile connections open before measuring: {before}", flush=True)
             sampling = threading.Event()
             sampling.set()
             sampler = load.sample_while(sampling)
+            cpu = server_cpu_seconds(master)
             loaded = measure(target, key_id, args.seconds, args.extra_clients)
+            loaded_cpu = server_cpu_seconds(master) - cpu
             sampling.clear()
             sampler.join()
             after = load.open_connections()
@@ -96,6 +126,7 @@ def main() -> int:
                 flush=True,
             )
             print(describe("loaded", loaded), flush=True)
+            print(f"server CPU while loaded: {loaded_cpu:.1f} s", flush=True)
         finally:
             load.stop()
             server.stop()

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import resource
 import selectors
 import socket
 import ssl
@@ -70,6 +71,8 @@ BODY_GRACE_SECONDS = 1.0
 #: How long a closing connection drains what its client still sends, and how much at most.
 LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 16 * 1024 * 1024
+#: File descriptors a worker needs besides its client connections (database, logs, pipes).
+FILE_DESCRIPTOR_RESERVE = 256
 #: Largest single read from a socket in the event loop.
 READ_SIZE = 64 * 1024
 #: Connections accepted per readiness event of a listener, so accepting cannot starve the loop.
@@ -165,10 +168,31 @@ class KMSWorker(gthread.ThreadWorker):
     # -- setup ----------------------------------------------------------------------------
 
     def init_process(self) -> None:
+        self.raise_file_limit()
         if self.cfg.is_ssl:
             # One context per worker: gunicorn would build one (and load the keys) per connection.
             self.ssl_context = gunicorn_sock.ssl_context(self.cfg)
         super().init_process()
+
+    def raise_file_limit(self) -> None:
+        """Let the soft open-file limit fit ``server.maxConnections`` (up to the hard limit).
+
+        systemd's default soft limit is 1024, less than the default cap plus the database's and
+        gunicorn's own descriptors; raising the soft limit up to the hard one needs no privilege.
+        """
+        needed = self.limits.max_connections + FILE_DESCRIPTOR_RESERVE
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            self.log.warning(
+                "open-file limit %d is below server.maxConnections + %d; raise LimitNOFILE",
+                soft,
+                FILE_DESCRIPTOR_RESERVE,
+            )
 
     @property
     def max_head_bytes(self) -> int:
@@ -283,7 +307,10 @@ class KMSWorker(gthread.ThreadWorker):
                 if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED):
                     return
                 if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    self.log.error("cannot accept a connection: %s", exc.strerror)
+                    # Out of file descriptors: free one, as at the cap, so the listener's next
+                    # readiness can be served (and the loop does not spin on it).
+                    self.log.warning("cannot accept a connection: %s", exc.strerror)
+                    self.evict_one()
                     return
                 raise
             if self.nr_conns >= self.limits.max_connections and not self.evict_one():

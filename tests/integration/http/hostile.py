@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import resource
 import ssl
 import threading
@@ -65,7 +66,9 @@ class Target:
 class HostileLoad:
     """``counts[kind]`` hostile connections held open in a child process until ``stop``."""
 
-    def __init__(self, target: Target, counts: dict[str, int]) -> None:
+    def __init__(self, target: Target, counts: dict[str, int], nice: int = 0) -> None:
+        """``nice`` lowers the attackers' CPU priority: on one machine, their CPU is not the
+        server's to lose (a real attacker brings its own)."""
         self.target = target
         self.counts = counts
         context = multiprocessing.get_context("fork")
@@ -77,7 +80,14 @@ class HostileLoad:
         self.processes = [
             context.Process(
                 target=_run_hostile,
-                args=(target, {kind: count}, self.open_now, self.opened_total, self.stopping),
+                args=(
+                    target,
+                    {kind: count},
+                    self.open_now,
+                    self.opened_total,
+                    self.stopping,
+                    nice,
+                ),
                 daemon=True,
             )
             for kind, count in counts.items()
@@ -130,7 +140,10 @@ def _run_hostile(
     open_now: multiprocessing.Array,
     opened_total: multiprocessing.Value,
     stopping: multiprocessing.Event,
+    nice: int,
 ) -> None:
+    if nice:
+        os.nice(nice)
     raise_file_limit(4 * sum(counts.values()) + 256)
     asyncio.run(_hostile_main(target, counts, open_now, opened_total, stopping))
 

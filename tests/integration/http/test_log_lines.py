@@ -87,3 +87,19 @@ def test_request_line_cannot_forge_an_access_log_line(
     assert 400 <= response.status < 500, answer  # the key id is refused; any 4xx will do
     line = server.access_log_line(response.headers["x-request-id"])
     assert '"GET /v1/kms/keys/x\\"\\\\\\" HTTP/1.1" 4' in line, line
+
+
+def test_a_refused_request_line_cannot_forge_an_error_log_line(
+    server: ServerProcess, deployment: Deployment
+) -> None:
+    """gunicorn quotes a refused request line in its warning: escaped there too."""
+    offset = len(server.output())
+    answer = raw_request(
+        deployment, b'GET /\x1b[2J\xff"\rcaller="admin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'
+    )
+    assert parse_response(answer).status == 400, answer
+    text = server.output()[offset:]
+    lines = [line for line in text.splitlines() if "invalid request from ip=" in line]
+    assert len(lines) == 1, text
+    assert "\\x1b[2J\\xff" in lines[0], lines
+    assert "\x1b" not in text and "\xff" not in text and "\r" not in text, text

@@ -32,8 +32,11 @@ pytestmark = pytest.mark.slow
 def private_server(directory: Path, **server_settings: int) -> Iterator[ServerProcess]:
     deployment = prepare_deployment(directory)
     text = deployment.config.read_text(encoding="utf-8")
+    for name in ("workers", "threads"):
+        if name in server_settings:
+            text = text.replace(f"  {name}: ", f"  {name}: {server_settings.pop(name)}\n  #", 1)
     extra = "".join(f"  {name}: {value}\n" for name, value in server_settings.items())
-    deployment.config.write_text(text.replace("  threads: 4\n", "  threads: 4\n" + extra))
+    deployment.config.write_text(text.replace("kms:\n", extra + "kms:\n", 1))
     server = ServerProcess(deployment)
     try:
         with closing(KMSClient(deployment)) as client:
@@ -113,3 +116,31 @@ def test_at_the_connection_cap_a_new_client_is_still_served(tmp_path: Path) -> N
                     continue
     assert still_open <= 16, still_open
     assert still_open >= 10, still_open  # the cap closed the oldest, not everything
+
+
+def test_idle_kept_alive_connections_hold_no_thread(tmp_path: Path) -> None:
+    """One worker with one thread: connections idle between requests leave it free.
+
+    Each idle connection also holds a partly sent next request head, which a thread would wait
+    on if it had been given the connection.
+    """
+    with private_server(tmp_path, workers=1, threads=1) as server:
+        deployment = server.deployment
+        with ExitStack() as stack:
+            idle = []
+            for _ in range(3):
+                connection = stack.enter_context(tls_connection(deployment))
+                connection.sendall(b"GET /v1/kms/keys?limit=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                answer = b""
+                while not answer.endswith(b"]\n"):  # the JSON list ends the answer
+                    chunk = connection.recv(65536)
+                    assert chunk, answer
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 200 "), answer
+                assert b"Connection: keep-alive" in answer, answer
+                connection.sendall(b"GET /v1/kms/keys HTTP/1.1\r\nHo")
+                idle.append(connection)
+            with closing(KMSClient(deployment)) as client:
+                for _ in range(3):
+                    client.session.close()
+                    assert isinstance(expect_json(client.get("/v1/kms/keys"), 200), list)
