@@ -140,12 +140,11 @@ class Connection:
         self.state = state
         self.since = time.monotonic()
 
-    def reset_request(self) -> None:
-        self.body_have = 0
-        self.body_expected = None
+    def next_request(self) -> None:
+        """Forget the request just served (a kept-alive connection's next one may follow)."""
+        self.requests += 1
         self.continue_sent = False
-        self.body_complete = True
-        self.body_error = None
+        self.progress_mark = 0
 
 
 class _Verdict(Enum):
@@ -376,6 +375,8 @@ class KMSWorker(gthread.ThreadWorker):
             conn.sock.close()
 
     def on_event(self, conn: Connection, mask: int) -> None:
+        if conn.closed:
+            return  # closed earlier in the same batch of events (evicted, for one)
         try:
             if conn.state is State.HANDSHAKE:
                 self.continue_handshake(conn)
@@ -464,7 +465,8 @@ class KMSWorker(gthread.ThreadWorker):
 
     def examine(self, conn: Connection) -> _Verdict:
         """Whether ``conn.buffer`` holds a whole request (or one a thread must refuse)."""
-        conn.reset_request()
+        conn.body_have, conn.body_expected = 0, None
+        conn.body_complete, conn.body_error = True, None
         data = bytes(conn.buffer)
         unreader = IterUnreader([data])
         try:
@@ -565,7 +567,7 @@ class KMSWorker(gthread.ThreadWorker):
         if keepalive and self.alive:
             parser = conn.parser
             conn.buffer = bytearray(parser.unreader.take_buffered() if parser else b"")
-            conn.requests += 1
+            conn.next_request()
             self.start_head(conn)
         else:
             self.start_linger(conn)
