@@ -171,6 +171,8 @@ class KMSWorker(gthread.ThreadWorker):
         if self.cfg.is_ssl:
             # One context per worker: gunicorn would build one (and load the keys) per connection.
             self.ssl_context = gunicorn_sock.ssl_context(self.cfg)
+            # A TLS 1.2 renegotiation costs the server a handshake at the client's will.
+            self.ssl_context.options |= ssl.OP_NO_RENEGOTIATION
         super().init_process()
 
     def raise_file_limit(self) -> None:
