@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -137,9 +138,9 @@ class HostileLoad:
 def _run_hostile(
     target: Target,
     counts: dict[str, int],
-    open_now: multiprocessing.Array,
-    opened_total: multiprocessing.Value,
-    stopping: multiprocessing.Event,
+    open_now: Any,
+    opened_total: Any,
+    stopping: Any,
     nice: int,
 ) -> None:
     if nice:
@@ -148,7 +149,13 @@ def _run_hostile(
     asyncio.run(_hostile_main(target, counts, open_now, opened_total, stopping))
 
 
-async def _hostile_main(target, counts, open_now, opened_total, stopping) -> None:  # noqa: ANN001
+async def _hostile_main(
+    target: Target,
+    counts: dict[str, int],
+    open_now: Any,
+    opened_total: Any,
+    stopping: Any,
+) -> None:
     context = ssl.create_default_context(cafile=str(target.ca_cert))
     context.load_cert_chain(str(target.client_cert), str(target.client_key))
     stop = asyncio.Event()
@@ -279,7 +286,7 @@ def measure(target: Target, key_id: str, seconds: float, extra_clients: int = 0)
                 started = time.monotonic()
                 try:
                     send(current)
-                except Exception as exc:  # noqa: BLE001 - recorded, reported by the caller
+                except Exception as exc:  # recorded, reported by the caller
                     record.failures.append(f"{type(exc).__name__}: {exc}")
                 else:
                     answers[slot] += 1

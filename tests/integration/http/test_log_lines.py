@@ -42,7 +42,9 @@ def test_escape_log_value_leaves_one_printable_ascii_line() -> None:
     assert escape_log_line('a "b" \\ c\nd\u0085') == 'a "b" \\ c\\nd\\x85'
 
 
-def write_client_certificate(directory: Path, deployment: Deployment, common_name: str):  # noqa: ANN201
+def write_client_certificate(
+    directory: Path, deployment: Deployment, common_name: str
+) -> tuple[Path, Path]:
     key = serialization.load_pem_private_key(deployment.ca_key.read_bytes(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     authority = Authority(
