@@ -144,3 +144,28 @@ def test_idle_kept_alive_connections_hold_no_thread(tmp_path: Path) -> None:
                 for _ in range(3):
                     client.session.close()
                     assert isinstance(expect_json(client.get("/v1/kms/keys"), 200), list)
+
+
+def test_a_body_slower_than_the_floor_rate_is_dropped(tmp_path: Path) -> None:
+    """A body that keeps trickling (so never stalls) but averages under the floor is dropped."""
+    with private_server(tmp_path, bodyTimeout=60, bodyMinRate=100) as server:
+        with tls_connection(server.deployment) as connection:
+            connection.sendall(
+                b"POST /v1/kms/encrypt HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            )
+            connection.settimeout(0.3)
+            closed = False
+            for _ in range(100):  # 30 s at most, a safety limit
+                try:
+                    connection.sendall(b" ")
+                    closed = connection.recv(1) == b""
+                except TimeoutError:
+                    continue
+                except (ssl.SSLError, OSError):
+                    closed = True
+                if closed:
+                    break
+            assert closed
+        output = server.output()
+    assert "request body from ip=127.0.0.1 dropped: slower than the floor rate" in output, output
