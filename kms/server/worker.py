@@ -313,7 +313,9 @@ class KMSWorker(gthread.ThreadWorker):
                     self.log.warning("cannot accept a connection: %s", exc.strerror)
                     self.evict_one()
                     return
-                raise
+                # Anything else (ENOBUFS, ENOMEM, ...) costs this accept, not the worker.
+                self.log.warning("cannot accept a connection: %s", exc.strerror)
+                return
             if self.nr_conns >= self.limits.max_connections and not self.evict_one():
                 client_sock.close()
                 continue
@@ -563,16 +565,17 @@ class KMSWorker(gthread.ThreadWorker):
         self.held[conn] = None
         try:
             conn.sock.setblocking(False)
-        except OSError:
+            if keepalive and self.alive:
+                parser = conn.parser
+                conn.buffer = bytearray(parser.unreader.take_buffered() if parser else b"")
+                conn.next_request()
+                self.start_head(conn)
+            else:
+                self.start_linger(conn)
+        except Exception:
+            # As in on_event: one connection lost, never the worker.
+            self.log.exception("connection from ip=%s failed in the event loop", conn.ip)
             self.close(conn)
-            return
-        if keepalive and self.alive:
-            parser = conn.parser
-            conn.buffer = bytearray(parser.unreader.take_buffered() if parser else b"")
-            conn.next_request()
-            self.start_head(conn)
-        else:
-            self.start_linger(conn)
 
     def start_linger(self, conn: Connection) -> None:
         conn.enter(State.LINGER)
