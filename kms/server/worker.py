@@ -20,6 +20,9 @@ event loop, with non-blocking sockets, until a whole request has arrived:
    next request starts (gunicorn's ``keepalive`` seconds); an idle connection costs no thread.
 6. ``LINGER``: a connection being closed first half-closes and drops what the client still
    sends, for up to 2 seconds, so the client reads the answer instead of a reset.
+7. ``DISCARD``: a body of known length over ``server.maxBodyBytes`` (up to 16 MiB over it) is
+   answered 413 at once; the event loop then reads and drops the rest of it, under the body's
+   deadlines, and the connection stays open for the next request.
 
 ``server.maxConnections`` caps the connections of one worker. At the cap a new connection is
 still accepted: the worker closes the connection that is least likely a working client to make
@@ -84,6 +87,8 @@ CHUNKED_FRAMING_ALLOWANCE = 64 * 1024
 CHUNKED_WIRE_FACTOR = 2
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: What a thread returns when the rest of an over-limit body is to be dropped by the event loop.
+_DISCARD_REST = object()
 
 
 class State(Enum):
@@ -93,6 +98,7 @@ class State(Enum):
     IDLE = "idle"
     BUSY = "busy"
     LINGER = "linger"
+    DISCARD = "discard"
 
 
 # Which connection to close first at the cap (lower first); BUSY is never closed.
@@ -101,6 +107,7 @@ _EVICTION_RANK = {
     State.HANDSHAKE: 1,
     State.HEAD: 2,
     State.BODY: 2,
+    State.DISCARD: 2,
     State.IDLE: 3,
 }
 
@@ -129,6 +136,11 @@ class Connection:
         self.lingered = 0
         self.progress_mark = 0
         self.closed = False
+        # An over-limit body of known length answered 413: where it ends (counted from the
+        # request's first byte), and how much of it is still to be read and dropped.
+        self.discard_to: int | None = None
+        self.discard_left = 0
+        self.after_discard = b""
 
     @property
     def ip(self) -> str:
@@ -245,7 +257,7 @@ class KMSWorker(gthread.ThreadWorker):
         deadline = time.monotonic() + self.cfg.graceful_timeout
         while time.monotonic() < deadline:
             for conn in list(self.held):
-                if conn.state in (State.HANDSHAKE, State.IDLE):
+                if conn.state in (State.HANDSHAKE, State.IDLE, State.DISCARD):
                     self.close(conn)
             if not self.busy and not self.held:
                 break
@@ -277,7 +289,7 @@ class KMSWorker(gthread.ThreadWorker):
                 self.close(conn)
             elif conn.state is State.IDLE and age > self.cfg.keepalive:
                 self.close(conn)
-            elif conn.state is State.BODY:
+            elif conn.state in (State.BODY, State.DISCARD):
                 self.check_body_pace(conn, now)
             elif conn.state is State.LINGER and age > LINGER_SECONDS:
                 self.close(conn)
@@ -386,6 +398,8 @@ class KMSWorker(gthread.ThreadWorker):
                 self.continue_handshake(conn)
             elif conn.state is State.LINGER:
                 self.continue_linger(conn)
+            elif conn.state is State.DISCARD:
+                self.continue_discard(conn)
             elif conn.state in (State.HEAD, State.BODY, State.IDLE):
                 self.receive(conn)
         except Exception:
@@ -471,6 +485,7 @@ class KMSWorker(gthread.ThreadWorker):
         """Whether ``conn.buffer`` holds a whole request (or one a thread must refuse)."""
         conn.body_have, conn.body_expected = 0, None
         conn.body_complete, conn.body_error = True, None
+        conn.discard_to = None
         data = bytes(conn.buffer)
         unreader = IterUnreader([data])
         try:
@@ -489,8 +504,11 @@ class KMSWorker(gthread.ThreadWorker):
             conn.body_expected = reader.length
             conn.body_have = min(len(rest), reader.length)
             if reader.length > max_body:
-                # The application answers 413 from the Content-Length alone.
+                # The application answers 413 from the Content-Length alone; the event loop
+                # drops the body afterwards if that is cheap enough to keep the connection.
                 conn.body_complete = False
+                if reader.length - max_body <= LINGER_MAX_BYTES:
+                    conn.discard_to = len(data) - len(rest) + reader.length
                 return _Verdict.READY
             if len(rest) >= reader.length:
                 return _Verdict.READY
@@ -549,6 +567,11 @@ class KMSWorker(gthread.ThreadWorker):
         self.held.pop(conn, None)
         self.busy.add(conn)
         conn.enter(State.BUSY)
+        if conn.discard_to is not None:
+            # The thread gets this request's bytes only; what follows its body is kept.
+            conn.discard_left = max(0, conn.discard_to - len(conn.buffer))
+            conn.after_discard = bytes(conn.buffer[conn.discard_to :])
+            del conn.buffer[conn.discard_to :]
         conn.sock.settimeout(self.limits.body_timeout)
         future = self.tpool.submit(self.handle, conn)
         future.add_done_callback(
@@ -559,13 +582,16 @@ class KMSWorker(gthread.ThreadWorker):
         """Back on the event loop: keep the connection for its next request, or close it."""
         self.busy.discard(conn)
         try:
-            keepalive = (not future.cancelled()) and future.result() is True
+            result = None if future.cancelled() else future.result()
         except Exception:
-            keepalive = False
+            result = None
+        keepalive = result is True
         self.held[conn] = None
         try:
             conn.sock.setblocking(False)
-            if keepalive and self.alive:
+            if result is _DISCARD_REST and self.alive:
+                self.start_discard(conn)
+            elif keepalive and self.alive:
                 parser = conn.parser
                 conn.buffer = bytearray(parser.unreader.take_buffered() if parser else b"")
                 conn.next_request()
@@ -576,6 +602,35 @@ class KMSWorker(gthread.ThreadWorker):
             # As in on_event: one connection lost, never the worker.
             self.log.exception("connection from ip=%s failed in the event loop", conn.ip)
             self.close(conn)
+
+    def start_discard(self, conn: Connection) -> None:
+        # The parser stopped inside the body: the next request gets a fresh one.
+        conn.parser = None
+        conn.buffer = bytearray(conn.after_discard)
+        conn.after_discard = b""
+        conn.enter(State.DISCARD)
+        conn.body_expected, conn.body_have = conn.discard_left, 0
+        conn.body_last_progress = conn.since
+        self.watch(conn, selectors.EVENT_READ)
+        self.continue_discard(conn)
+
+    def continue_discard(self, conn: Connection) -> None:
+        while conn.discard_left > 0:
+            try:
+                data = conn.sock.recv(min(READ_SIZE, conn.discard_left))
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                return
+            except (ssl.SSLError, OSError):
+                self.close(conn)
+                return
+            if not data:
+                self.close(conn)  # the client has its answer and went: nothing lost
+                return
+            conn.discard_left -= len(data)
+            conn.body_have += len(data)
+            conn.body_last_progress = time.monotonic()
+        conn.next_request()
+        self.start_head(conn)
 
     def start_linger(self, conn: Connection) -> None:
         conn.enter(State.LINGER)
@@ -603,8 +658,11 @@ class KMSWorker(gthread.ThreadWorker):
 
     # -- in a thread ----------------------------------------------------------------------
 
-    def handle(self, conn: Connection) -> bool:
-        """Serve the one request in ``conn.buffer``; True to keep the connection."""
+    def handle(self, conn: Connection) -> bool | object:
+        """Serve the one request in ``conn.buffer``; True to keep the connection.
+
+        ``_DISCARD_REST`` keeps it too, once the event loop has dropped the rest of the body.
+        """
         request = None
         try:
             if conn.parser is None:
@@ -618,13 +676,15 @@ class KMSWorker(gthread.ThreadWorker):
             if conn.body_error is not None:
                 self.handle_error(request, conn.sock, conn.client, conn.body_error)
                 return False
-            if not conn.body_complete:
-                # The rest of the body is still on its way; the event loop drops it after the
-                # answer (LINGER) and the answer says so: "Connection: close".
+            if not conn.body_complete and conn.discard_to is None:
+                # The rest of the body is still on its way and too long to wait for: the
+                # event loop drops it after the answer (LINGER), which says "Connection: close".
                 request.force_close()
             keepalive = self.handle_request(request, conn)
-            if not keepalive or not conn.body_complete:
+            if not keepalive:
                 return False
+            if not conn.body_complete:
+                return _DISCARD_REST
             return bool(conn.parser.finish_body())
         except http_errors.NoMoreData as exc:
             self.log.debug("client went away: %s", exc)

@@ -183,3 +183,38 @@ def test_server_still_serves_on_a_connection_after_a_pipelined_request(
     second = parse_response(rest)
     assert second.status == 404, answer
     assert second.json() == {"error": "record not found"}
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["in-turn", "pipelined"])
+def test_connection_stays_open_after_a_413_for_a_declared_length(
+    server: ServerProcess, deployment: Deployment, pipelined: bool
+) -> None:
+    """A body of known length over the limit: 413 at once, the body dropped, then the next
+    request on the same connection is answered."""
+    size = 1024 * 1024 + 100
+    first = (
+        b"POST /v1/kms/encrypt HTTP/1.1\r\n"
+        + HOST
+        + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size
+        + b" " * size
+    )
+    second = b"GET /v1/kms/keys/none-such HTTP/1.1\r\n" + HOST + b"Connection: close\r\n\r\n"
+    with tls_connection(deployment) as tls:
+        if pipelined:
+            tls.sendall(first + second)
+        else:
+            tls.sendall(first)
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"}\n"):
+                chunk = tls.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            tls.sendall(second)
+        answer = read_to_end(tls) if pipelined else answer + read_to_end(tls)
+    too_large = parse_response(answer)
+    assert too_large.status == 413, answer
+    assert too_large.headers.get("connection") != "close", answer
+    rest = answer[answer.index(b"\r\n\r\n") + 4 + len(too_large.body) :]
+    not_found = parse_response(rest)
+    assert not_found.status == 404, answer
+    assert not_found.json() == {"error": "record not found"}
