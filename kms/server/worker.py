@@ -32,7 +32,7 @@ A client that completes its handshake promptly is therefore always served, howev
 connections an attacker holds open.
 
 gunicorn's own error answers (a malformed request line, a line or header over the limits) are
-``{"error": "..."}`` JSON like every other kms error (``handle_error``).
+``{"error": "..."}`` JSON like every other kms error (``handle_error``, ``kms.server.errors``).
 
 HTTP/1.1 only: kms does not configure gunicorn's HTTP/2 (``http_protocols`` stays ``h1``).
 """
@@ -130,7 +130,8 @@ class Connection:
         self.body_expected: int | None = None
         self.body_last_progress = 0.0
         self.continue_sent = False
-        # Set when the whole request is in ``buffer``; else the thread must close afterwards.
+        # Set when the whole request is in ``buffer``; else the rest of an over-limit body is
+        # dropped after the answer (DISCARD) or the connection closes (LINGER).
         self.body_complete = True
         self.body_error: Exception | None = None
         self.lingered = 0
