@@ -40,8 +40,8 @@ from tests.integration.http.hostile import (  # noqa: E402
 )
 
 
-def server_cpu_seconds(master_pid: int) -> float:
-    """User + system CPU time of the gunicorn master and its workers, from /proc."""
+def cpu_seconds(pids: set[int], children_of: set[int] = frozenset()) -> float:
+    """User + system CPU time of ``pids`` and of the children of ``children_of``, from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for entry in Path("/proc").iterdir():
@@ -52,9 +52,14 @@ def server_cpu_seconds(master_pid: int) -> float:
         except OSError:
             continue
         pid, parent = int(entry.name), int(fields[1])
-        if pid == master_pid or parent == master_pid:
+        if pid in pids or parent in children_of:
             total += (int(fields[11]) + int(fields[12])) / ticks
     return total
+
+
+def server_cpu_seconds(master_pid: int) -> float:
+    """The gunicorn master and its workers."""
+    return cpu_seconds({master_pid}, {master_pid})
 
 
 def describe(name: str, result: Measurement) -> str:
@@ -100,19 +105,30 @@ def main() -> int:
                 key_id = create_key(client, key_id="hostile-bench")["key_id"]
             master = server.process.pid
             cpu = server_cpu_seconds(master)
+            client_cpu = cpu_seconds({os.getpid()})
             unloaded = measure(target, key_id, args.seconds, args.extra_clients)
             unloaded_cpu = server_cpu_seconds(master) - cpu
+            client_cpu = cpu_seconds({os.getpid()}) - client_cpu
             print(describe("unloaded", unloaded), flush=True)
-            print(f"server CPU while unloaded: {unloaded_cpu:.1f} s", flush=True)
+            print(
+                f"CPU while unloaded: server {unloaded_cpu:.1f} s, "
+                f"measuring clients {client_cpu:.1f} s",
+                flush=True,
+            )
             load.start()
             before = load.wait_until_open(0.9, timeout=60)
             print(f"hostile connections open before measuring: {before}", flush=True)
             sampling = threading.Event()
             sampling.set()
             sampler = load.sample_while(sampling)
+            attackers = {process.pid for process in load.processes}
             cpu = server_cpu_seconds(master)
+            attacker_cpu = cpu_seconds(attackers)
+            client_cpu = cpu_seconds({os.getpid()})
             loaded = measure(target, key_id, args.seconds, args.extra_clients)
             loaded_cpu = server_cpu_seconds(master) - cpu
+            attacker_cpu = cpu_seconds(attackers) - attacker_cpu
+            client_cpu = cpu_seconds({os.getpid()}) - client_cpu
             sampling.clear()
             sampler.join()
             after = load.open_connections()
@@ -126,7 +142,11 @@ def main() -> int:
                 flush=True,
             )
             print(describe("loaded", loaded), flush=True)
-            print(f"server CPU while loaded: {loaded_cpu:.1f} s", flush=True)
+            print(
+                f"CPU while loaded: server {loaded_cpu:.1f} s, attackers {attacker_cpu:.1f} s, "
+                f"measuring clients {client_cpu:.1f} s",
+                flush=True,
+            )
         finally:
             load.stop()
             server.stop()

@@ -13,7 +13,7 @@ event loop, with non-blocking sockets, until a whole request has arrived:
    bytes received so far, so a head it would refuse goes to a thread at once, to be answered.
 3. ``BODY``: the request body (Content-Length or chunked), up to ``server.maxBodyBytes``. A body
    that stalls for ``server.bodyTimeout`` or averages less than ``server.bodyMinRate`` bytes per
-   second after its first second is dropped with a log line; so is one whose client goes away.
+   second after its first 5 seconds is dropped with a log line; so is one whose client goes away.
 4. ``BUSY``: only now does a thread get the connection, with every byte already in memory: the
    parser and the application read from that buffer, never from the socket.
 5. ``IDLE``: after a kept-alive response, the connection is back in the event loop until its
@@ -69,8 +69,11 @@ from kms.server.logs import escape_log_value
 
 #: How often deadlines are checked: a deadline is enforced at most this late.
 SWEEP_INTERVAL_SECONDS = 0.25
-#: A body's first second is not held to the floor rate (TCP slow start, a client's own pace).
-BODY_GRACE_SECONDS = 1.0
+#: A body's first seconds are not held to the floor rate (TCP slow start, a client's own pace).
+#: Not shorter: a slow body costs the event loop nothing while it lasts, but each one dropped
+#: and reopened costs a TLS handshake (1.75 ms of CPU with OpenSSL 3.0 here). With a 1 s grace
+#: scripts/hostile_clients.py opened about 1,750 connections per run, with 5 s about 1,200.
+BODY_GRACE_SECONDS = 5.0
 #: How long a closing connection drains what its client still sends, and how much at most.
 LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 16 * 1024 * 1024
