@@ -131,7 +131,9 @@ BODY_CASES = [
     create("purpose-list", {"purpose": []}, 400, "purpose: Not a valid string."),
     create("purpose-null", {"purpose": None}, 400, "purpose: Field may not be null."),
     create("algorithm-object", {"algorithm": {}}, 400, "algorithm: Not a valid string."),
-    create("unknown-purpose", {"purpose": "wrap"}, 400, "purpose must be one of: encrypt, sign, mac"),
+    create(
+        "unknown-purpose", {"purpose": "wrap"}, 400, "purpose must be one of: encrypt, sign, mac"
+    ),
     create(
         "sign-with-aes",
         {"purpose": "sign", "algorithm": "AES-256-GCM"},
