@@ -224,7 +224,7 @@ class SigningAlgorithm(_PrivateKeyMaterial):
             chosen = by_name[signing_algorithm]
         else:
             raise InvalidRequest(
-                f"signing_algorithm for a {self.name} key must be one of: {', '.join(by_name)}"
+                f"signing_algorithm for {self.name} keys must be one of: {', '.join(by_name)}"
             )
         if not prehashed:
             if digest_algorithm is not None:

@@ -339,7 +339,7 @@ class KMSService:
             if version is not None:
                 raise InvalidRequest(
                     "version is only for raw RSA-OAEP ciphertexts; "
-                    f"a {key.algorithm} ciphertext names its version"
+                    f"the ciphertexts of {key.algorithm} keys name their version"
                 )
             parsed = parse_ciphertext(ciphertext)
             aead = self._secret_for_ciphertext(key, parsed.version)
