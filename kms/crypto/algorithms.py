@@ -427,6 +427,12 @@ MAC_ALGORITHMS: dict[str, MACAlgorithm] = {
     "HMAC-SHA512": MACAlgorithm("HMAC-SHA512", hashes.SHA512, 64),
 }
 
+#: The algorithms whose keys have a public half (stored as DER beside the wrapped private key).
+PUBLIC_KEY_ALGORITHMS: dict[str, SigningAlgorithm | RSAEncryptionAlgorithm] = {
+    **RSA_ENCRYPTION_ALGORITHMS,
+    **SIGNING_ALGORITHMS,
+}
+
 Algorithm = EncryptionAlgorithm | RSAEncryptionAlgorithm | SigningAlgorithm | MACAlgorithm
 
 ALGORITHMS: dict[str, Algorithm] = {

@@ -14,6 +14,7 @@ from typing import Any
 from kms.crypto.algorithms import (
     ALGORITHMS,
     DEFAULT_ALGORITHM,
+    PUBLIC_KEY_ALGORITHMS,
     RSA_ENCRYPTION_ALGORITHMS,
     SIGNING_ALGORITHMS,
     Algorithm,
@@ -300,7 +301,7 @@ class KMSService:
     def public_key(self, key_id: str, version: int | None = None) -> PublicKeyInfo:
         """The public half of a signing key or an RSA-OAEP encryption key."""
         key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
-        if not hasattr(ALGORITHMS[key.algorithm], "load_public"):
+        if key.algorithm not in PUBLIC_KEY_ALGORITHMS:
             raise PurposeMismatch(f"key {key.key_id} ({key.algorithm}) has no public key")
         version = key.latest_version if version is None else version
         return PublicKeyInfo(
@@ -650,8 +651,8 @@ class KMSService:
         if record.public_key is None:
             raise KeyNotFound()
         try:
-            spec = ALGORITHMS[key.algorithm]
-            if not hasattr(spec, "load_public"):
+            spec = PUBLIC_KEY_ALGORITHMS.get(key.algorithm)
+            if spec is None:
                 raise IntegrityFailure(f"a {key.algorithm} key has no public key")
             return spec.load_public(record.public_key)
         except IntegrityFailure as error:
