@@ -117,8 +117,16 @@ class SignRequest(_Request):
     )
 
 
-class VerifyRequest(SignRequest):
+class VerifyRequest(_Request):
+    key_id = fields.String(required=True)
+    message = StrictBase64(required=True)
     signature = StrictBase64(required=True)
+    signing_algorithm = fields.String(load_default=None)
+    prehashed = StrictBoolean(load_default=False)
+    digest_algorithm = fields.String(
+        load_default=None, validate=validate.OneOf(sorted(DIGEST_ALGORITHMS))
+    )
+    #: Check only this version (any the key has), instead of the newest kms.verifyMaxVersions.
     version = StrictInteger(**_VERSION, load_default=None)
 
 
