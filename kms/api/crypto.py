@@ -1,4 +1,4 @@
-"""Crypto RPCs: /v1/kms/encrypt, /decrypt, /sign, /verify."""
+"""Crypto RPCs: /v1/kms/encrypt, /decrypt, /sign, /verify, /mac, /mac/verify, /random."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def encrypt() -> Response:
 @operation("decrypt", KeyFrom.BODY)
 def decrypt() -> Response:
     body = schemas.decrypt_request.load(json_body())
-    result = service().decrypt(body["key_id"], body["ciphertext"])
+    result = service().decrypt(body["key_id"], body["ciphertext"], version=body["version"])
     return jsonify(schemas.decrypt_response.dump(result))
 
 
@@ -31,7 +31,13 @@ def decrypt() -> Response:
 @operation("sign", KeyFrom.BODY)
 def sign() -> Response:
     body = schemas.sign_request.load(json_body())
-    result = service().sign(body["key_id"], body["message"])
+    result = service().sign(
+        body["key_id"],
+        body["message"],
+        body["signing_algorithm"],
+        prehashed=body["prehashed"],
+        digest_algorithm=body["digest_algorithm"],
+    )
     return jsonify(schemas.sign_response.dump(result))
 
 
@@ -39,7 +45,43 @@ def sign() -> Response:
 @operation("verify", KeyFrom.BODY)
 def verify() -> Response:
     body = schemas.verify_request.load(json_body())
-    result = service().verify(body["key_id"], body["message"], body["signature"])
+    result = service().verify(
+        body["key_id"],
+        body["message"],
+        body["signature"],
+        body["signing_algorithm"],
+        prehashed=body["prehashed"],
+        digest_algorithm=body["digest_algorithm"],
+        version=body["version"],
+    )
     if result.valid:
         return jsonify(valid=True)
     return jsonify(valid=False, error="signature invalid")
+
+
+@blueprint.post("/mac")
+@operation("mac", KeyFrom.BODY)
+def mac() -> Response:
+    body = schemas.mac_request.load(json_body())
+    result = service().mac(body["key_id"], body["message"])
+    return jsonify(schemas.mac_response.dump(result))
+
+
+# A separate operation, so a policy can let a caller check MACs without letting it make them.
+@blueprint.post("/mac/verify")
+@operation("mac:verify", KeyFrom.BODY)
+def mac_verify() -> Response:
+    body = schemas.mac_verify_request.load(json_body())
+    result = service().verify_mac(
+        body["key_id"], body["message"], body["mac"], version=body["version"]
+    )
+    if result.valid:
+        return jsonify(valid=True)
+    return jsonify(valid=False, error="mac invalid")
+
+
+@blueprint.post("/random")
+@operation("random")
+def random() -> Response:
+    body = schemas.random_request.load(json_body())
+    return jsonify(schemas.random_response.dump({"random": service().random_bytes(body["bytes"])}))

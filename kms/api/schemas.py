@@ -14,7 +14,8 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from kms.service.keys import MAX_PAGE_SIZE
+from kms.crypto.algorithms import DIGEST_ALGORITHMS
+from kms.service.keys import MAX_PAGE_SIZE, MAX_RANDOM_BYTES
 
 _DECIMAL = re.compile(r"[0-9]{1,10}")
 
@@ -54,6 +55,15 @@ class StrictInteger(fields.Field):
         return value
 
 
+class StrictBoolean(fields.Field):
+    """JSON true or false; never 1, 0 or "true"."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("must be true or false")
+        return value
+
+
 class _Request(Schema):
     class Meta:
         unknown = RAISE
@@ -84,20 +94,54 @@ class EncryptRequest(_Request):
     plaintext = StrictBase64(required=True)
 
 
+_VERSION = {"low": 1, "high": 2**31 - 1}
+
+
 class DecryptRequest(_Request):
     key_id = fields.String(required=True)
     ciphertext = fields.String(required=True)
+    #: RSA-OAEP keys only: ``ciphertext`` is then a raw OAEP ciphertext made with this version's
+    #: exported public key, not the ``vN:`` form.
+    version = StrictInteger(**_VERSION, load_default=None)
 
 
 class SignRequest(_Request):
     key_id = fields.String(required=True)
     message = StrictBase64(required=True)
+    # RSA keys: one of kms.crypto.algorithms.RSA_SIGNATURE_SCHEMES (the service checks it
+    # against the key, so that a wrong name for the key's type gets the list that fits).
+    signing_algorithm = fields.String(load_default=None)
+    prehashed = StrictBoolean(load_default=False)
+    digest_algorithm = fields.String(
+        load_default=None, validate=validate.OneOf(sorted(DIGEST_ALGORITHMS))
+    )
 
 
 class VerifyRequest(_Request):
     key_id = fields.String(required=True)
     message = StrictBase64(required=True)
     signature = StrictBase64(required=True)
+    signing_algorithm = fields.String(load_default=None)
+    prehashed = StrictBoolean(load_default=False)
+    digest_algorithm = fields.String(
+        load_default=None, validate=validate.OneOf(sorted(DIGEST_ALGORITHMS))
+    )
+    #: Check only this version (any the key has), instead of the newest kms.verifyMaxVersions.
+    version = StrictInteger(**_VERSION, load_default=None)
+
+
+class MACRequest(_Request):
+    key_id = fields.String(required=True)
+    message = StrictBase64(required=True)
+
+
+class MACVerifyRequest(MACRequest):
+    mac = StrictBase64(required=True)
+    version = StrictInteger(**_VERSION, load_default=None)
+
+
+class RandomRequest(_Request):
+    bytes = StrictInteger(low=1, high=MAX_RANDOM_BYTES, required=True)
 
 
 class KeyVersionResponse(Schema):
@@ -142,6 +186,16 @@ class SignResponse(Schema):
     version = fields.Integer()
 
 
+class MACResponse(Schema):
+    mac = StrictBase64()
+    key_id = fields.String()
+    version = fields.Integer()
+
+
+class RandomResponse(Schema):
+    random = StrictBase64()
+
+
 create_key_request = CreateKeyRequest()
 list_keys_query = ListKeysQuery()
 list_versions_query = ListVersionsQuery()
@@ -150,6 +204,9 @@ encrypt_request = EncryptRequest()
 decrypt_request = DecryptRequest()
 sign_request = SignRequest()
 verify_request = VerifyRequest()
+mac_request = MACRequest()
+mac_verify_request = MACVerifyRequest()
+random_request = RandomRequest()
 
 key_response = KeyResponse()
 key_list_response = KeyResponse(many=True)
@@ -159,3 +216,5 @@ public_key_response = PublicKeyResponse()
 encrypt_response = EncryptResponse()
 decrypt_response = DecryptResponse()
 sign_response = SignResponse()
+mac_response = MACResponse()
+random_response = RandomResponse()

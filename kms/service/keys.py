@@ -14,15 +14,23 @@ from typing import Any
 from kms.crypto.algorithms import (
     ALGORITHMS,
     DEFAULT_ALGORITHM,
+    PUBLIC_KEY_ALGORITHMS,
+    RSA_ENCRYPTION_ALGORITHMS,
     SIGNING_ALGORITHMS,
-    EncryptionAlgorithm,
+    Algorithm,
     Purpose,
-    SigningAlgorithm,
     open_sealed,
     public_key_pem,
     seal,
 )
-from kms.crypto.ciphertext import ciphertext_aad, format_ciphertext, parse_ciphertext
+from kms.crypto.ciphertext import (
+    ciphertext_aad,
+    format_ciphertext,
+    format_versioned,
+    parse_ciphertext,
+    parse_raw,
+    parse_versioned,
+)
 from kms.crypto.wrapping import KeyIdentity
 from kms.errors import (
     IntegrityFailure,
@@ -57,6 +65,8 @@ MAX_PAGE_SIZE = 1000
 #: GET /v1/kms/keys/{key_id} lists at most this many of the newest versions; /versions pages.
 KEY_DETAIL_VERSIONS = 100
 ENABLED = "enabled"
+#: POST /v1/kms/random returns at most this many bytes per call.
+MAX_RANDOM_BYTES = 1024
 #: Key rows whose MAC was verified, kept whole (MAC included) so only an identical row hits.
 VERIFIED_ROWS_CACHE_SIZE = 1024
 
@@ -107,6 +117,13 @@ class Signed:
     key_id: str
     version: int
     signature: bytes
+
+
+@dataclass(frozen=True)
+class MACed:
+    key_id: str
+    version: int
+    mac: bytes
 
 
 @dataclass(frozen=True)
@@ -282,7 +299,10 @@ class KMSService:
         return _info(recreated)
 
     def public_key(self, key_id: str, version: int | None = None) -> PublicKeyInfo:
-        key = self._usable_key(key_id, Purpose.SIGN)
+        """The public half of a signing key or an RSA-OAEP encryption key."""
+        key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
+        if key.algorithm not in PUBLIC_KEY_ALGORITHMS:
+            raise PurposeMismatch(f"key {key.key_id} ({key.algorithm}) has no public key")
         version = key.latest_version if version is None else version
         return PublicKeyInfo(
             key_id=key.key_id,
@@ -295,62 +315,169 @@ class KMSService:
 
     def encrypt(self, key_id: str, plaintext: bytes, context: bytes = b"") -> Encrypted:
         key = self._usable_key(key_id, Purpose.ENCRYPT)
-        aead = self._secret(key, key.latest_version)
-        nonce, sealed = seal(
-            aead, plaintext, ciphertext_aad(key.key_id, key.latest_version, context)
-        )
-        return Encrypted(
-            key_id=key.key_id,
-            version=key.latest_version,
-            ciphertext=format_ciphertext(key.latest_version, nonce, sealed),
+        oaep = RSA_ENCRYPTION_ALGORITHMS.get(key.algorithm)
+        if oaep is not None:
+            self._refuse_context(key, context)
+            # The public key suffices: encrypting never unwraps the private key.
+            sealed = oaep.encrypt(self._public(key, key.latest_version), plaintext)
+            ciphertext = format_versioned(key.latest_version, sealed)
+        else:
+            aead = self._secret(key, key.latest_version)
+            nonce, sealed = seal(
+                aead, plaintext, ciphertext_aad(key.key_id, key.latest_version, context)
+            )
+            ciphertext = format_ciphertext(key.latest_version, nonce, sealed)
+        return Encrypted(key_id=key.key_id, version=key.latest_version, ciphertext=ciphertext)
+
+    def decrypt(
+        self, key_id: str, ciphertext: str, context: bytes = b"", version: int | None = None
+    ) -> Decrypted:
+        """Decrypt a ``vN:`` ciphertext, or (RSA-OAEP keys only) a raw OAEP ciphertext made
+        offline with the exported public key of ``version``."""
+        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        oaep = RSA_ENCRYPTION_ALGORITHMS.get(key.algorithm)
+        if oaep is None:
+            if version is not None:
+                raise InvalidRequest(
+                    "version is only for raw RSA-OAEP ciphertexts; "
+                    f"the ciphertexts of {key.algorithm} keys name their version"
+                )
+            parsed = parse_ciphertext(ciphertext)
+            aead = self._secret_for_ciphertext(key, parsed.version)
+            plaintext = open_sealed(
+                aead,
+                parsed.nonce,
+                parsed.sealed,
+                ciphertext_aad(key.key_id, parsed.version, context),
+            )
+            return Decrypted(key_id=key.key_id, version=parsed.version, plaintext=plaintext)
+        self._refuse_context(key, context)
+        if version is None:
+            version, sealed = parse_versioned(ciphertext)
+        else:
+            sealed = parse_raw(ciphertext)
+        private_key = self._secret_for_ciphertext(key, version)
+        return Decrypted(
+            key_id=key.key_id, version=version, plaintext=oaep.decrypt(private_key, sealed)
         )
 
-    def decrypt(self, key_id: str, ciphertext: str, context: bytes = b"") -> Decrypted:
-        key = self._usable_key(key_id, Purpose.ENCRYPT)
-        parsed = parse_ciphertext(ciphertext)
-        if parsed.version > key.latest_version:
+    def _secret_for_ciphertext(self, key: KeyRecord, version: int) -> Any:
+        """The secret a ciphertext names; a version that does not exist is a bad ciphertext."""
+        if not 1 <= version <= key.latest_version:
             raise InvalidCiphertext()
         try:
-            aead = self._secret(key, parsed.version)
+            return self._secret(key, version)
         except KeyNotFound:  # the version was never issued, or the key was recreated since
             raise InvalidCiphertext() from None
-        plaintext = open_sealed(
-            aead, parsed.nonce, parsed.sealed, ciphertext_aad(key.key_id, parsed.version, context)
-        )
-        return Decrypted(key_id=key.key_id, version=parsed.version, plaintext=plaintext)
 
-    def sign(self, key_id: str, message: bytes) -> Signed:
+    @staticmethod
+    def _refuse_context(key: KeyRecord, context: bytes) -> None:
+        # OAEP here uses no label, so there is nothing to bind a context to; accepting one and
+        # ignoring it would promise a binding that does not exist.
+        if context:
+            raise InvalidRequest(f"{key.algorithm} keys do not support an encryption context")
+
+    def sign(
+        self,
+        key_id: str,
+        message: bytes,
+        signing_algorithm: str | None = None,
+        *,
+        prehashed: bool = False,
+        digest_algorithm: str | None = None,
+    ) -> Signed:
+        """Sign with the newest version. ``prehashed``: ``message`` is the ``digest_algorithm``
+        digest of the data, and the signature is the one over the data itself."""
         key = self._usable_key(key_id, Purpose.SIGN)
         spec = SIGNING_ALGORITHMS[key.algorithm]
+        scheme = spec.scheme(
+            signing_algorithm, prehashed=prehashed, digest_algorithm=digest_algorithm
+        )
         private_key = self._secret(key, key.latest_version)
         return Signed(
             key_id=key.key_id,
             version=key.latest_version,
-            signature=spec.sign(private_key, message),
+            signature=spec.sign(private_key, message, scheme, prehashed=prehashed),
         )
 
-    def verify(self, key_id: str, message: bytes, signature: bytes) -> Verified:
-        """Check the signature against the newest ``verify_max_versions`` versions, newest first.
+    def verify(
+        self,
+        key_id: str,
+        message: bytes,
+        signature: bytes,
+        signing_algorithm: str | None = None,
+        *,
+        prehashed: bool = False,
+        digest_algorithm: str | None = None,
+        version: int | None = None,
+    ) -> Verified:
+        """Check the signature against ``version`` only, or else the newest
+        ``verify_max_versions`` versions, newest first.
 
         The bound keeps a bad signature's cost independent of the key's history (a key rotated
-        thousands of times must not make every failed verify try thousands of public keys).
-        Only public keys are used: verification never unwraps a private key.
+        thousands of times must not make every failed verify try thousands of public keys); a
+        caller who kept the version from ``sign`` names it and pays for one check, whatever its
+        age. Only public keys are used: verification never unwraps a private key.
         """
         key = self._usable_key(key_id, Purpose.SIGN)
         spec = SIGNING_ALGORITHMS[key.algorithm]
-        # When keys get a min_decryption_version, the lower bound becomes the larger of the two.
-        oldest = max(1, key.latest_version - self._verify_max_versions + 1)
-        for version in range(key.latest_version, oldest - 1, -1):
+        scheme = spec.scheme(
+            signing_algorithm, prehashed=prehashed, digest_algorithm=digest_algorithm
+        )
+        for candidate in self._versions_to_try(key, version):
             try:
-                public_key = self._public(key, version)
+                public_key = self._public(key, candidate)
             except KeyNotFound:
                 continue
             try:
-                spec.verify(public_key, message, signature)
+                spec.verify(public_key, message, signature, scheme, prehashed=prehashed)
             except InvalidSignature:
                 continue
-            return Verified(key_id=key.key_id, valid=True, version=version)
+            return Verified(key_id=key.key_id, valid=True, version=candidate)
         return Verified(key_id=key.key_id, valid=False, version=None)
+
+    def mac(self, key_id: str, message: bytes) -> MACed:
+        key = self._usable_key(key_id, Purpose.MAC)
+        secret = self._secret(key, key.latest_version)
+        return MACed(key_id=key.key_id, version=key.latest_version, mac=secret.mac(message))
+
+    def verify_mac(
+        self, key_id: str, message: bytes, mac: bytes, version: int | None = None
+    ) -> Verified:
+        """Check a MAC against ``version`` only, or the newest ``verify_max_versions`` versions.
+
+        Each comparison is constant time; unlike ``verify``, every version tried unwraps (once,
+        then cached) its secret key, since a MAC key has no public half.
+        """
+        key = self._usable_key(key_id, Purpose.MAC)
+        for candidate in self._versions_to_try(key, version):
+            try:
+                secret = self._secret(key, candidate)
+            except KeyNotFound:
+                continue
+            try:
+                secret.verify(message, mac)
+            except InvalidSignature:
+                continue
+            return Verified(key_id=key.key_id, valid=True, version=candidate)
+        return Verified(key_id=key.key_id, valid=False, version=None)
+
+    def _versions_to_try(self, key: KeyRecord, version: int | None) -> range:
+        if version is not None:
+            # Any version the key has, however old: the caller names the one to check.
+            return range(version, version + 1) if 1 <= version <= key.latest_version else range(0)
+        # When keys get a min_decryption_version, the lower bound becomes the larger of the two.
+        oldest = max(1, key.latest_version - self._verify_max_versions + 1)
+        return range(key.latest_version, oldest - 1, -1)
+
+    @staticmethod
+    def random_bytes(count: int) -> bytes:
+        """``count`` bytes (1..MAX_RANDOM_BYTES) from the operating system's CSPRNG."""
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise InvalidRequest("bytes must be an integer")
+        if not 1 <= count <= MAX_RANDOM_BYTES:
+            raise InvalidRequest(f"bytes must be between 1 and {MAX_RANDOM_BYTES}")
+        return secrets.token_bytes(count)
 
     # -- for health checks and metrics -----------------------------------------------------
 
@@ -368,13 +495,13 @@ class KMSService:
     # -- internals -------------------------------------------------------------------------
 
     @staticmethod
-    def _algorithm_for(
-        purpose: str, algorithm: str | None
-    ) -> EncryptionAlgorithm | SigningAlgorithm:
+    def _algorithm_for(purpose: str, algorithm: str | None) -> Algorithm:
         try:
             purpose_value = Purpose(purpose)
         except ValueError:
-            raise InvalidRequest("purpose must be one of: encrypt, sign") from None
+            raise InvalidRequest(
+                f"purpose must be one of: {', '.join(p.value for p in Purpose)}"
+            ) from None
         name = DEFAULT_ALGORITHM[purpose_value] if algorithm is None else algorithm
         spec = ALGORITHMS.get(name)
         if spec is None:
@@ -387,7 +514,7 @@ class KMSService:
 
     def _store_new_version(
         self,
-        spec: EncryptionAlgorithm | SigningAlgorithm,
+        spec: Algorithm,
         key_id: str,
         next_record: Callable[[KeyRecord], KeyRecord],
         store: Callable[[KeyPlanner], KeyRecord],
@@ -515,7 +642,7 @@ class KMSService:
 
     def _public_key_der(self, key: KeyRecord, version: int) -> bytes:
         record = self._version(key, version)
-        if record.public_key is None:  # only signing keys have one
+        if record.public_key is None:  # only signing and RSA-OAEP keys have one
             raise KeyNotFound()
         self._load_public(key, record)  # refuse one that does not fit the algorithm
         return record.public_key
@@ -524,7 +651,10 @@ class KMSService:
         if record.public_key is None:
             raise KeyNotFound()
         try:
-            return SIGNING_ALGORITHMS[key.algorithm].load_public(record.public_key)
+            spec = PUBLIC_KEY_ALGORITHMS.get(key.algorithm)
+            if spec is None:
+                raise IntegrityFailure(f"a {key.algorithm} key has no public key")
+            return spec.load_public(record.public_key)
         except IntegrityFailure as error:
             error.detail = f"key {key.key_id!r}: version {record.version}: {error.detail}"
             log.error("integrity check failed: %s", error.detail)
