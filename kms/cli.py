@@ -64,6 +64,10 @@ def upgrade() -> None:
     where = describe_database(settings)
     if result.already_current:
         click.echo(f"kms: {where} is up to date")
+    elif result.migrated is not None and not result.sealed_keys and not result.sealed_versions:
+        # Rows sealed by an earlier release keep their MACs: only the schema changed.
+        before, after = result.migrated
+        click.echo(f"kms: upgraded {where} from schema revision {before} to {after}")
     else:
         click.echo(
             f"kms: upgraded {where}: MACs written for {result.sealed_keys} keys and "

@@ -124,6 +124,8 @@ class UpgradeResult:
     sealed_keys: int
     sealed_versions: int
     already_current: bool
+    #: The schema revisions before and after, when the schema was migrated (None otherwise).
+    migrated: tuple[str | None, str] | None = None
 
 
 def upgrade_database(settings: Settings) -> UpgradeResult:
@@ -137,14 +139,16 @@ def upgrade_database(settings: Settings) -> UpgradeResult:
     with _engine(settings, "upgrade") as (name, engine):
         repository = SQLKeyRepository(engine)
         repository.read_keystore()
+        before, head = current_revision(engine), head_revision()
         upgrade_to_head(engine)
+        migrated = None if before == head else (before, head)
         opened = _open(settings, name, repository, allow_unsealed=True)
         try:
             if opened.sealed:
-                return UpgradeResult(0, 0, already_current=True)
+                return UpgradeResult(0, 0, already_current=migrated is None, migrated=migrated)
             service = KMSService(repository, opened.keyring, KeyMaterialCache(0))
             keys, versions = service.seal_rows(new_init_marker(opened.keyring))
-            return UpgradeResult(keys, versions, already_current=False)
+            return UpgradeResult(keys, versions, already_current=False, migrated=migrated)
         finally:
             opened.keyring.close()
 
