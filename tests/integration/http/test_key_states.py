@@ -9,6 +9,7 @@ library call), never by sleeping.
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 from collections.abc import Iterator
@@ -570,3 +571,58 @@ def test_environment_override_of_a_grouped_setting(tmp_path: Path) -> None:
     config.write_text("database:\n  dsn: x.db\nkms:\n  deletion:\n    min_pending_days: 31\n")
     with pytest.raises(ConfigurationError, match=r"kms\.deletion\.min_pending_days: must be"):
         load_settings(config, environ={})
+
+
+def test_destroy_due_names_a_tampered_row_leaves_it_and_exits_1(tmp_path: Path) -> None:
+    """The command, on a database whose pending key had its deadline moved behind kms's back."""
+    write_config(tmp_path / "config.yaml", directory=tmp_path, port=free_port())
+    passphrase_file = tmp_path / "master.key"
+    passphrase_file.write_bytes(os.urandom(16).hex().encode())
+    passphrase_file.chmod(0o400)
+    initialise_database(tmp_path / "kms.db", passphrase_file)
+    settings = load_settings(tmp_path / "config.yaml", environ={})
+    keyring = open_master_keyring(settings)
+    repository = SQLKeyRepository(create_kms_engine(settings.database_url))
+    try:
+        service = KMSService(repository, keyring, KeyMaterialCache(0))
+        for key_id in ("honest", "tampered"):
+            service.create_key(key_id)
+        schedule_service = KMSService(
+            repository,
+            keyring,
+            KeyMaterialCache(0),
+            clock=lambda: utc_now() - timedelta(days=5),
+        )
+        schedule_service.delete_key("honest", pending_days=1)
+        service.delete_key("tampered", pending_days=30)
+    finally:
+        repository.close()
+        keyring.close()
+    engine = create_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE keys SET pending_deletion_at = :at WHERE key_id = 'tampered'"),
+            {"at": utc_now() - timedelta(days=1)},
+        )
+    engine.dispose()
+
+    result = subprocess.run(
+        kms_command("destroy-due"),
+        env=clean_environment(tmp_path / "config.yaml"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert result.returncode == 1, result
+    assert destroyed_by(result.stdout) == ["honest"]
+    assert "kms: NOT destroyed tampered: key 'tampered': key row: MAC does not match" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        left = [row[0] for row in conn.execute(text("SELECT key_id FROM keys"))]
+    engine.dispose()
+    assert left == ["tampered"]
