@@ -893,7 +893,9 @@ class KMSService:
         except StoreUnavailable:
             # The refusal matters more than its bookkeeping: still answer 409.
             lifecycle_log.warning("could not record a use attempt of key %r", key.key_id)
-        lifecycle_log.warning(
+        # INFO, not WARNING: a caller retrying in a loop must not flood the log; the count and
+        # the last attempt are on the key, and the audit log has every request.
+        lifecycle_log.info(
             "key %r is pending deletion and was asked to %s by %s",
             key.key_id,
             attempt["operation"],
