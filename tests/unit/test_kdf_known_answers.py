@@ -6,11 +6,13 @@ so these fail; round-trip tests cannot notice, because they derive both sides th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
 
 from kms.crypto.kdf import MASTER_KEY_BYTES, KDFParameters, derive_master_key
+from kms.errors import KeystoreError
 
 # RFC 7914 section 11, PBKDF2-HMAC-SHA256 (P="passwd", S="salt", c=1, dkLen=64); a 32-byte
 # derivation is the first PBKDF2 block, so it is the first 32 bytes of the published answer.
@@ -42,3 +44,33 @@ def test_stored_parameters_name_sha256_and_round_trip() -> None:
     encoded = params.encode()
     assert encoded == "$pbkdf2-sha256$i=600000,l=32$AAECAwQFBgcICQoLDA0ODw=="
     assert KDFParameters.decode(encoded) == params
+
+
+def test_fresh_parameters_take_any_positive_iteration_count_and_a_new_salt() -> None:
+    one = KDFParameters.generate(1)
+    assert (one.iterations, len(one.salt), one.length) == (1, 16, 32)
+    assert KDFParameters.generate(1).salt != one.salt
+    with pytest.raises(ValueError, match="positive"):
+        KDFParameters.generate(0)
+
+
+def test_parameters_cannot_be_changed_in_place() -> None:
+    params = KDFParameters.generate(1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.iterations = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "$pbkdf2-sha512$i=600000,l=32$AAECAwQFBgcICQoLDA0ODw==",
+        "$pbkdf2-sha256$i=0,l=32$AAECAwQFBgcICQoLDA0ODw==",
+        "$pbkdf2-sha256$i=600000,l=16$AAECAwQFBgcICQoLDA0ODw==",
+        "$pbkdf2-sha256$i=600000,l=32$AAECAwQFBgcICQoLDA0O",
+    ],
+    ids=["empty", "sha512", "zero-iterations", "short-key", "short-salt"],
+)
+def test_unreadable_stored_parameters_are_refused(text: str) -> None:
+    with pytest.raises(KeystoreError, match="unreadable"):
+        KDFParameters.decode(text)

@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from kms.devcerts import Authority, certificate_pem, issue_certificate, private_key_pem
 from tests.integration.http.harness import (
     PROCESS_TIMEOUT_SECONDS,
     STARTUP_TIMEOUT_SECONDS,
@@ -134,12 +137,44 @@ def round_trip(client: KMSClient, key_id: str, ciphertext: str | None = None) ->
     return expect_json(client.post("/v1/kms/encrypt", json=body), 200)["ciphertext"]
 
 
+def served_certificate(deployment: Deployment) -> x509.Certificate:
+    """The certificate the server presents on a new mutual-TLS connection."""
+    context = ssl.create_default_context(cafile=str(deployment.ca_cert))
+    context.load_cert_chain(str(deployment.client_cert), str(deployment.client_key))
+    with (
+        socket.create_connection(("127.0.0.1", deployment.port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def renew_server_certificate(deployment: Deployment) -> int:
+    """Replace server.crt and server.key with a new pair from the same CA; return its serial."""
+    authority = Authority(
+        key=serialization.load_pem_private_key(deployment.ca_key.read_bytes(), password=None),  # type: ignore[arg-type]
+        certificate=x509.load_pem_x509_certificate(deployment.ca_cert.read_bytes()),
+    )
+    key, certificate = issue_certificate(
+        authority,
+        "localhost",
+        server=True,
+        dns_names=("localhost",),
+        ip_addresses=("127.0.0.1", "::1"),
+    )
+    (deployment.directory / "server.key").write_bytes(private_key_pem(key))
+    (deployment.directory / "server.crt").write_bytes(certificate_pem(certificate))
+    return certificate.serial_number
+
+
 def test_workers_and_threads_settings_reach_gunicorn_and_sighup_reexecs_workers(
     certificates: Path, tmp_path: Path
 ) -> None:
     """``server.workers`` decides how many workers run, ``server.threads`` what gunicorn's own
     configuration report says (threads start on demand, so their number is not observable from
-    outside without timing); SIGHUP replaces every worker while the server keeps answering."""
+    outside without timing); SIGHUP replaces every worker, which load the renewed certificate,
+    while the server keeps answering with the same master key."""
     deployment = deployment_with(certificates, tmp_path, workers="3", threads="5")
     with serving(deployment, kms_command("serve", "--log-level", "debug")) as (server, client):
         output = server.output()
@@ -150,12 +185,17 @@ def test_workers_and_threads_settings_reach_gunicorn_and_sighup_reexecs_workers(
         before = wait_for_workers(master, 3)
         create_key(client, key_id="reloaded")
         ciphertext = round_trip(client, "reloaded")
+        old_serial = served_certificate(deployment).serial_number
+        # The README: reload "re-execs workers" to "pick up new files" (a renewed certificate).
+        renewed = renew_server_certificate(deployment)
 
         server.process.send_signal(signal.SIGHUP)
         after = wait_for_workers(master, 3, not_in=before)
 
         assert server.process.poll() is None
         assert after.isdisjoint(before)
+        assert renewed != old_serial
+        assert served_certificate(deployment).serial_number == renewed
         # New workers, same master key: the old ciphertext decrypts, new ones are made.
         round_trip(client, "reloaded", ciphertext)
         round_trip(client.__class__(deployment), "reloaded", ciphertext)
@@ -264,3 +304,17 @@ def test_kms_serve_without_a_terminal_refuses_to_prompt(certificates: Path, tmp_
     assert "Listening at" not in result.stdout
     assert "Traceback" not in result.stdout
     assert os.listdir(deployment.directory).count("kms.db") == 1  # the keystore was not touched
+
+
+@pytest.mark.parametrize("command", [[], ["init"], ["serve"], ["dev-certs"]], ids=repr)
+def test_every_command_has_help(command: list[str]) -> None:
+    result = subprocess.run(
+        [*kms_command(*command), "--help"],
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: kms")
