@@ -46,6 +46,7 @@ UNIT_CRYPTO = [
 ]
 SERVICE = [
     "tests/unit/test_secrets_in_memory.py",
+    "tests/integration/test_secret_buffers.py",
     "tests/integration/test_service.py",
     "tests/integration/test_decrypt_tampering.py",
     "tests/integration/test_key_storage.py",
@@ -58,6 +59,7 @@ STORE = [
     "tests/integration/test_key_storage.py",
 ]
 STARTUP = [
+    "tests/integration/test_secret_buffers.py",
     "tests/integration/test_gunicorn_conf.py",
     "tests/integration/test_keystore.py",
     "tests/integration/http/test_startup.py",
