@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SECRETS ?= secrets
 export KMS_ENV ?= dev
 
-.PHONY: run test lint format install clean help mutants
+.PHONY: run test lint format install clean help mutants known-bugs
 
 help:
 	@echo "make run   - install, create dev certificates and passphrase, init data/dev.db, serve mTLS on :8080"
@@ -41,6 +41,10 @@ test: $(STAMP)
 # Not part of `make test`: about 20 minutes on 2 cores. MUTANTS_ARGS="--only kms/crypto/kdf.py".
 mutants: $(STAMP)
 	nice -n 19 $(BIN)/python scripts/mutants.py $(MUTANTS_ARGS)
+
+# Re-applies each bug of issue 15 (scripts/known_bugs/*.patch) in a copy; each must fail a test.
+known-bugs: $(STAMP)
+	nice -n 19 $(BIN)/python scripts/known_bugs.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check kms migrations tests scripts
