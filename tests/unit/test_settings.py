@@ -340,3 +340,33 @@ def test_an_unknown_override_in_a_known_section_is_refused(tmp_path: Path) -> No
     config.write_text("database:\n  dsn: ./kms.db\n")
     with pytest.raises(ConfigurationError, match="KMS_SERVER_PROT: unknown setting"):
         load_settings(config, environ={"KMS_SERVER_PROT": "8443"})
+
+
+# -- the shipped config files -------------------------------------------------------------------
+
+REPOSITORY_CONFIG = Path(__file__).resolve().parents[2] / "config"
+
+
+def test_the_shipped_dev_config_is_what_make_run_and_the_readme_use(in_tmp: Path) -> None:
+    settings = load_settings(environ={"KMS_CONFIG": str(REPOSITORY_CONFIG / "config.dev.yaml")})
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)  # https://localhost:8080
+    assert settings.server_cert == in_tmp / "secrets" / "server.crt"
+    assert settings.server_key == in_tmp / "secrets" / "server.key"
+    assert settings.ca_cert == in_tmp / "secrets" / "ca.pem"
+    assert settings.master_passphrase_file == in_tmp / "secrets" / "master.key"
+    assert settings.database_url == f"sqlite:///{in_tmp / 'data' / 'dev.db'}"
+    assert settings.kdf_iterations >= MIN_ITERATIONS
+
+
+def test_the_shipped_prod_config_keeps_secrets_in_run_secrets(in_tmp: Path) -> None:
+    settings = load_settings(environ={"KMS_CONFIG": str(REPOSITORY_CONFIG / "config.prod.yaml")})
+    for path in (
+        settings.server_cert,
+        settings.server_key,
+        settings.ca_cert,
+        settings.master_passphrase_file,
+    ):
+        assert path is not None and path.parent == Path("/run/secrets")
+    assert settings.database_url.startswith("sqlite:////var/lib/kms/")
+    assert settings.host == "127.0.0.1"  # localhost only unless the operator opens it
+    assert settings.kdf_iterations >= MIN_ITERATIONS

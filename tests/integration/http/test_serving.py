@@ -198,7 +198,8 @@ def test_workers_and_threads_settings_reach_gunicorn_and_sighup_reexecs_workers(
         assert served_certificate(deployment).serial_number == renewed
         # New workers, same master key: the old ciphertext decrypts, new ones are made.
         round_trip(client, "reloaded", ciphertext)
-        round_trip(client.__class__(deployment), "reloaded", ciphertext)
+        with closing(KMSClient(deployment)) as fresh:  # new connections reach the new workers
+            round_trip(fresh, "reloaded", ciphertext)
     assert "Handling signal: hup" in server.output()
 
 
