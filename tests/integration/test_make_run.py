@@ -3,7 +3,8 @@
 It runs in a copy of the repository's Makefile and dev config inside tmp_path (so ./secrets and
 ./data are the test's own), with this test run's virtualenv and a free port
 (``KMS_SERVER_PORT``). ``make run`` serves in the foreground, so each run is a child process in a
-session of its own, stopped with SIGTERM to that whole session once it has answered.
+session of its own, stopped as Ctrl-C stops it (SIGINT to that whole session) once it has
+answered.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def run_until_serving(
     command: list[str], cwd: Path, environ: dict[str, str], log_path: Path, deployment: Deployment
 ) -> str:
     """Run ``make run`` until the server answers: the first run creates a key, the second
-    finds it. Then stop it like Ctrl-C would (the whole session) and return its output."""
+    finds it. Then stop it as Ctrl-C would and return its output."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command,
@@ -115,9 +116,10 @@ def run_until_serving(
 
 
 def stop_session(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM every process of the run's session (make, gunicorn's master and its workers)."""
+    """Ctrl-C: SIGINT to every process of the run's session (make, gunicorn and its workers);
+    all of them must be gone afterwards."""
     try:
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, signal.SIGINT)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + PROCESS_TIMEOUT_SECONDS
@@ -130,4 +132,4 @@ def stop_session(process: subprocess.Popen[bytes]) -> None:
         time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    pytest.fail("make run ignored SIGTERM")
+    pytest.fail("make run ignored Ctrl-C (SIGINT)")
