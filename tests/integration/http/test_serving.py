@@ -227,10 +227,28 @@ def test_kms_serve_passes_extra_arguments_to_gunicorn(certificates: Path, tmp_pa
     assert f"request_id={request_id} " not in server.output()
 
 
+def _non_loopback_address() -> str | None:
+    """An IPv4 address of this machine other than loopback (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("203.0.113.1", 9))  # TEST-NET-3: only picks the outgoing interface
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
 def test_the_shared_server_listens_on_localhost_only(server: ServerProcess) -> None:
     """The harness's config sets no host: the default binds 127.0.0.1 and nothing else."""
+    port = server.deployment.port
     listening = re.findall(r"Listening at: (\S+) ", server.output())
-    assert listening == [f"https://127.0.0.1:{server.deployment.port}"]
+    assert listening == [f"https://127.0.0.1:{port}"]
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to try")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((address, port), timeout=10).close()
+    socket.create_connection(("127.0.0.1", port), timeout=10).close()  # the control
 
 
 def test_the_dev_server_certificate_names_localhost_and_both_loopbacks(
