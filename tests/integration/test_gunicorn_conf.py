@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from kms import wsgi
+from kms.app import REPOSITORY
 from kms.service.keyring import PassphraseKeyring
 from kms.settings import Settings
+from tests.integration.test_app import FakeTLSSocket
 
 PROBE = r"""
 import json, os, ssl
@@ -109,10 +111,15 @@ def test_wsgi_close_closes_the_apps_and_the_keyring(initialised: Settings) -> No
     keyring = PassphraseKeyring(buffer)
     wsgi.install(initialised, keyring)
     app = wsgi.application()
-    assert app.test_client().get("/v1/kms/keys").status_code == 401  # a live app, no client cert
+    client = app.test_client()
+    client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator")
+    assert client.get("/v1/kms/keys").status_code == 200
+    engine = app.extensions[REPOSITORY]._engine
+    assert engine.pool.checkedin() == 1  # the request's connection, pooled for the next one
 
     wsgi.close()
 
+    assert engine.pool.checkedin() == 0  # "closes the database"
     assert buffer == bytearray(32)
     assert "open=False" in repr(keyring)
     # Closed and forgotten: another application() cannot start on the overwritten key.
