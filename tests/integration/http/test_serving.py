@@ -114,7 +114,7 @@ def worker_pids(master: int) -> set[int]:
     return children
 
 
-def wait_for_workers(master: int, count: int, not_in: set[int] = frozenset()) -> set[int]:  # type: ignore[assignment]
+def wait_for_workers(master: int, count: int, not_in: frozenset[int] = frozenset()) -> set[int]:
     """Poll until exactly ``count`` workers run, none of them in ``not_in``; fail at the limit."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     while True:
@@ -190,7 +190,7 @@ def test_workers_and_threads_settings_reach_gunicorn_and_sighup_reexecs_workers(
         renewed = renew_server_certificate(deployment)
 
         server.process.send_signal(signal.SIGHUP)
-        after = wait_for_workers(master, 3, not_in=before)
+        after = wait_for_workers(master, 3, not_in=frozenset(before))
 
         assert server.process.poll() is None
         assert after.isdisjoint(before)
