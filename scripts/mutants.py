@@ -302,7 +302,11 @@ def main() -> int:
             return passed
 
         with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-            for mutant, survived in zip(mutants, pool.map(check, mutants), strict=True):
+            results = zip(mutants, pool.map(check, mutants), strict=True)
+            for done, (mutant, survived) in enumerate(results, start=1):
+                if done % 25 == 0:
+                    minutes = (time.monotonic() - started) / 60
+                    print(f"... {done}/{len(mutants)} after {minutes:.1f} min", flush=True)
                 if survived:
                     survivors.append(mutant)
                     print(f"SURVIVED {mutant.path}:{mutant.line}: {mutant.description}", flush=True)
