@@ -301,8 +301,11 @@ def main() -> int:
                 copies.put(copy_root)
             return passed
 
-        with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-            results = zip(mutants, pool.map(check, mutants), strict=True)
+        # Ctrl-C stops early and still prints what was found (the tests get the SIGINT too).
+        interrupted = False
+        pool = ThreadPoolExecutor(max_workers=options.jobs)
+        try:
+            results = zip(mutants, pool.map(check, mutants), strict=False)
             for done, (mutant, survived) in enumerate(results, start=1):
                 if done % 25 == 0:
                     minutes = (time.monotonic() - started) / 60
@@ -312,14 +315,21 @@ def main() -> int:
                     print(f"SURVIVED {mutant.path}:{mutant.line}: {mutant.description}", flush=True)
                 else:
                     killed += 1
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         elapsed = time.monotonic() - started
 
+    run = killed + len(survivors)
     print()
-    print(f"{len(mutants)} mutants, {killed} killed, {len(survivors)} survived", end="")
-    print(f" (score {100 * killed / max(len(mutants), 1):.1f}%) in {elapsed / 60:.1f} min")
+    if interrupted:
+        print(f"INTERRUPTED: {run} of {len(mutants)} mutants run")
+    print(f"{run} mutants, {killed} killed, {len(survivors)} survived", end="")
+    print(f" (score {100 * killed / max(run, 1):.1f}%) in {elapsed / 60:.1f} min")
     for mutant in survivors:
         print(f"  {mutant.path}:{mutant.line}: {mutant.description}")
-    return 0
+    return 130 if interrupted else 0
 
 
 def unparsed(path: str) -> str:
