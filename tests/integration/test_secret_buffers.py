@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import kms.master
-from kms.errors import WrongPassphrase
+from kms.errors import InvalidRequest, WrongPassphrase
 from kms.master import init_database
 from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import PassphraseKeyring
@@ -94,3 +94,36 @@ def test_the_passphrase_buffer_is_overwritten_after_init(
     init_database(settings)
     assert len(handed_out) == 1
     assert handed_out[0] == bytearray(len(TEST_PASSPHRASE))
+
+
+@pytest.mark.parametrize("operation", ["delete", "recreate"])
+def test_loaded_material_of_a_changed_key_leaves_the_cache(
+    repository: SQLKeyRepository, keyring: PassphraseKeyring, operation: str
+) -> None:
+    """The cache never serves stale material (its keys carry the incarnation), but a delete or
+    recreate also drops what it held for the key, so no loaded key outlives its row in this
+    worker longer than it must."""
+    cache = KeyMaterialCache(16)
+    service = KMSService(repository, keyring, cache)
+    service.create_key("cached", "encrypt", "AES-256-GCM")
+    service.create_key("bystander", "encrypt", "AES-256-GCM")
+    service.encrypt("cached", b"m")
+    service.encrypt("bystander", b"m")
+    assert "entries=2," in repr(cache)
+
+    getattr(service, f"{operation}_key")("cached")
+
+    assert "entries=1," in repr(cache)  # only the bystander's
+    service.encrypt("bystander", b"m")
+    assert "entries=1," in repr(cache)
+
+
+def test_the_service_refuses_a_page_larger_than_1000(service: KMSService) -> None:
+    """The API's schema refuses it first; the service keeps the same limit for other callers
+    (the CLI's operator commands)."""
+    service.create_key("one", "encrypt", "AES-256-GCM")
+    assert [key.key_id for key in service.list_keys(1000)] == ["one"]
+    with pytest.raises(InvalidRequest, match="limit"):
+        service.list_keys(1001)
+    with pytest.raises(InvalidRequest, match="limit"):
+        service.list_keys(0)
