@@ -197,8 +197,18 @@ class _Replace(ast.NodeTransformer):
         return super().visit(node)
 
 
+_SOURCES: dict[str, str] = {}
+
+
+def source(path: str) -> str:
+    """The module as it was when the run started: editing the worktree meanwhile changes nothing."""
+    if path not in _SOURCES:
+        _SOURCES[path] = (ROOT / path).read_text(encoding="utf-8")
+    return _SOURCES[path]
+
+
 def mutants_of(path: str) -> list[Mutant]:
-    tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+    tree = ast.parse(source(path))
     return [
         Mutant(path, index, getattr(node, "lineno", 0), description)
         for index, (node, description) in enumerate(_candidates(tree))
@@ -206,7 +216,7 @@ def mutants_of(path: str) -> list[Mutant]:
 
 
 def mutated_source(mutant: Mutant) -> str:
-    tree = ast.parse((ROOT / mutant.path).read_text(encoding="utf-8"))
+    tree = ast.parse(source(mutant.path))
     node, description = list(_candidates(tree))[mutant.index]
     if description != mutant.description:  # the module changed since the list was made
         raise RuntimeError(f"{mutant.path}: mutant {mutant.index} is now {description}")
@@ -333,7 +343,7 @@ def main() -> int:
 
 
 def unparsed(path: str) -> str:
-    return ast.unparse(ast.parse((ROOT / path).read_text(encoding="utf-8"))) + "\n"
+    return ast.unparse(ast.parse(source(path))) + "\n"
 
 
 if __name__ == "__main__":
