@@ -53,6 +53,7 @@ SERVICE = [
 ]
 STORE = [
     "tests/integration/test_store_engine.py",
+    "tests/integration/test_postgres.py",  # skipped unless --postgres-dsn is given
     "tests/integration/test_keystore.py",
     "tests/integration/test_service.py",
     "tests/integration/test_concurrent_rotation.py",
@@ -60,8 +61,10 @@ STORE = [
 ]
 STARTUP = [
     "tests/integration/test_secret_buffers.py",
+    "tests/integration/test_store_engine.py",
     "tests/integration/test_gunicorn_conf.py",
     "tests/integration/test_keystore.py",
+    "tests/integration/test_postgres.py",  # skipped unless --postgres-dsn is given
     "tests/integration/http/test_startup.py",
 ]
 
@@ -233,12 +236,17 @@ def make_copy(parent: Path, number: int) -> Path:
     return target
 
 
+#: Set from --postgres-dsn: the PostgreSQL tests then run against each mutant too.
+PYTEST_OPTIONS: list[str] = []
+
+
 def run_tests(copy_root: Path, tests: list[str], timeout: float) -> tuple[bool, float]:
     """Run ``tests`` in ``copy_root``; True when they all pass."""
     environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
     environ["PYTHONPATH"] = str(copy_root)
     environ["PYTHONDONTWRITEBYTECODE"] = "1"
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+    command += [*PYTEST_OPTIONS, *tests]
     started = time.monotonic()
     try:
         result = subprocess.run(  # noqa: S603 - our own interpreter and test paths
@@ -260,7 +268,10 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="module paths (default: all targets)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--postgres-dsn", help="also run the PostgreSQL tests (as make test)")
     options = parser.parse_args()
+    if options.postgres_dsn:
+        PYTEST_OPTIONS.append(f"--postgres-dsn={options.postgres_dsn}")
     paths = options.only or list(TARGETS)
     mutants = [mutant for path in paths for mutant in mutants_of(path)]
     if options.list:
