@@ -3,7 +3,8 @@
 Entries are keyed by (kind, key_id, incarnation, version). A version's material never changes once
 written, and recreating a key gives it a new incarnation, so an entry can never be stale: a
 worker that did not see a delete or recreate simply never looks its old entries up again.
-Rotate, recreate and delete still drop the key's entries here to free memory promptly.
+Recreate and delete still drop the key's entries here to free memory promptly (a rotation keeps
+them: the older versions stay valid for decrypt and verify).
 """
 
 from __future__ import annotations

@@ -7,8 +7,11 @@ SSLSocket does; the real handshake is covered by the gunicorn tests in tests/int
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
+import uuid
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +20,7 @@ from flask.testing import FlaskClient
 
 from kms.app import create_app
 from kms.service.keyring import PassphraseKeyring
-from kms.settings import Settings
+from kms.settings import Settings, load_settings
 
 
 class FakeTLSSocket:
@@ -60,9 +63,50 @@ def test_encrypt_decrypt_round_trip(client: FlaskClient) -> None:
     assert decrypted.get_json() == {"plaintext": plaintext, "key_id": "k1", "version": 1}
 
 
-def test_every_response_has_a_request_id(client: FlaskClient) -> None:
-    response = client.get("/v1/kms/keys")
-    assert len(response.headers["X-Request-Id"]) == 32
+def test_every_response_has_its_own_request_id(client: FlaskClient) -> None:
+    """A fresh UUID4 per request, on errors too, never taken from the caller (the access log
+    writes the same id: tests/integration/http/test_tls.py finds lines by it)."""
+    responses = [
+        client.get("/v1/kms/keys"),
+        client.get("/v1/kms/keys", headers={"X-Request-Id": "0" * 32}),
+        client.get("/v1/kms/keys/missing"),
+        client.post("/v1/kms/keys", data="{", content_type="application/json"),
+    ]
+    assert [r.status_code for r in responses] == [200, 200, 404, 400]
+    ids = [r.headers["X-Request-Id"] for r in responses]
+    for request_id in ids:
+        assert uuid.UUID(hex=request_id).version == 4
+        assert request_id == uuid.UUID(hex=request_id).hex  # 32 lowercase hex digits
+    assert len(set(ids)) == len(ids)
+    assert "0" * 32 not in ids
+
+
+def test_a_configured_body_limit_is_the_limit(initialised: Settings, tmp_path: Path) -> None:
+    """``server.maxBodyBytes`` from a config file, not only the 1 MiB default, decides the 413."""
+    config = tmp_path / "limit.yaml"
+    config.write_text(
+        f"server:\n  maxBodyBytes: 2048\ndatabase:\n  dsn: {initialised.database_dsn}\n",
+        encoding="utf-8",
+    )
+    settings = load_settings(config, environ={}).with_overrides(
+        master_passphrase_file=initialised.master_passphrase_file
+    )
+    assert settings.max_body_bytes == 2048
+    client = create_app(settings).test_client()
+    client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator")
+
+    def body(size: int, key_id: str) -> str:
+        text = json.dumps({"key_id": key_id})
+        return text + " " * (size - len(text))
+
+    over = client.post("/v1/kms/keys", data=body(2049, "over"), content_type="application/json")
+    assert over.status_code == 413
+    assert over.get_json() == {"error": over.get_json()["error"]}
+    at = client.post("/v1/kms/keys", data=body(2048, "at"), content_type="application/json")
+    assert at.status_code == 201, at.get_json()
+    # Well under the default limit, yet over the configured one.
+    big = client.post("/v1/kms/keys", data=body(4096, "big"), content_type="application/json")
+    assert big.status_code == 413
 
 
 # One request per kind of failure: each must come back as {"error": "<message>"} with its status.

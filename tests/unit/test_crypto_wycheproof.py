@@ -142,11 +142,18 @@ def test_ed25519_vectors() -> None:
     check_signatures("Ed25519", "Signature/wycheproof/ed25519_test.json")
 
 
-@pytest.mark.parametrize("algorithm", ["RSA-2048", "RSA-3072", "RSA-4096"])
-def test_rsa_pss_sha256_mgf1_salt32_vectors(algorithm: str) -> None:
-    # The three RSA sizes share one verify routine; the 2048-bit vectors exercise it through
-    # each entry of the catalogue, so a size with the wrong padding would show up here.
-    check_signatures(algorithm, "Signature/wycheproof/rsa_pss_2048_sha256_mgf1_32_test.json")
+@pytest.mark.parametrize(
+    ("algorithm", "bits"), [("RSA-2048", 2048), ("RSA-3072", 3072), ("RSA-4096", 4096)]
+)
+def test_rsa_pss_sha256_mgf1_salt32_vectors(algorithm: str, bits: int) -> None:
+    # Each size gets the vectors made with keys of that size (the package ships all three).
+    relative = f"Signature/wycheproof/rsa_pss_{bits}_sha256_mgf1_32_test.json"
+    document = load_vectors(relative)
+    assert {group["keySize"] for group in document["testGroups"]} == {bits}
+    assert {(group["sha"], group["mgfSha"], group["sLen"]) for group in document["testGroups"]} == {
+        ("SHA-256", "SHA-256", 32)
+    }
+    check_signatures(algorithm, relative)
 
 
 def group_digest_bytes(group: dict[str, Any]) -> int:

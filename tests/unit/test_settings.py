@@ -277,8 +277,51 @@ def test_settings_are_frozen(in_tmp: Path) -> None:
     settings = load_settings(write_config(in_tmp / "kms.yaml"), environ={})
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
-    assert settings.with_overrides(port=1).port == 1
+    assert settings.port == 8443  # the file's value, untouched by the refused assignment
+    changed = settings.with_overrides(port=1)
+    # A copy: the original keeps the file's value and the copy keeps every other setting.
+    assert changed is not settings
     assert settings.port == 8443
+    assert changed == Settings(**{**vars(settings), "port": 1})
+
+
+# The README's configuration table: what a config file that names only the database gets.
+README_DEFAULTS = {
+    "host": "127.0.0.1",
+    "port": 8080,
+    "max_body_bytes": 1_048_576,
+    "workers": 2,
+    "threads": 4,
+    "kdf_iterations": 600_000,
+    "key_cache_size": 4096,
+    "master_passphrase_file": None,
+}
+
+
+def test_a_file_with_only_the_database_gets_the_readme_defaults(in_tmp: Path) -> None:
+    path = in_tmp / "minimal.yaml"
+    path.write_text("database:\n  dsn: kms.db\n", encoding="utf-8")
+    settings = load_settings(path, environ={})
+    assert {name: getattr(settings, name) for name in README_DEFAULTS} == README_DEFAULTS
+
+
+@pytest.mark.parametrize(
+    ("key", "attribute", "text", "value"),
+    [
+        ("host", "host", "0.0.0.0", "0.0.0.0"),  # noqa: S104 - opening it is the operator's choice
+        ("maxBodyBytes", "max_body_bytes", "4096", 4096),
+        ("workers", "workers", "5", 5),
+        ("threads", "threads", "9", 9),
+    ],
+)
+def test_server_settings_come_from_the_file_and_the_environment(
+    in_tmp: Path, key: str, attribute: str, text: str, value: object
+) -> None:
+    from_file = load_settings(write_config(in_tmp / "kms.yaml", server={key: text}), environ={})
+    assert getattr(from_file, attribute) == value
+    environ = {f"KMS_SERVER_{key.upper()}": text}
+    from_env = load_settings(write_config(in_tmp / "plain.yaml"), environ=environ)
+    assert getattr(from_env, attribute) == value
 
 
 def test_require_tls_files_names_what_is_missing(in_tmp: Path) -> None:
@@ -297,3 +340,33 @@ def test_an_unknown_override_in_a_known_section_is_refused(tmp_path: Path) -> No
     config.write_text("database:\n  dsn: ./kms.db\n")
     with pytest.raises(ConfigurationError, match="KMS_SERVER_PROT: unknown setting"):
         load_settings(config, environ={"KMS_SERVER_PROT": "8443"})
+
+
+# -- the shipped config files -------------------------------------------------------------------
+
+REPOSITORY_CONFIG = Path(__file__).resolve().parents[2] / "config"
+
+
+def test_the_shipped_dev_config_is_what_make_run_and_the_readme_use(in_tmp: Path) -> None:
+    settings = load_settings(environ={"KMS_CONFIG": str(REPOSITORY_CONFIG / "config.dev.yaml")})
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)  # https://localhost:8080
+    assert settings.server_cert == in_tmp / "secrets" / "server.crt"
+    assert settings.server_key == in_tmp / "secrets" / "server.key"
+    assert settings.ca_cert == in_tmp / "secrets" / "ca.pem"
+    assert settings.master_passphrase_file == in_tmp / "secrets" / "master.key"
+    assert settings.database_url == f"sqlite:///{in_tmp / 'data' / 'dev.db'}"
+    assert settings.kdf_iterations >= MIN_ITERATIONS
+
+
+def test_the_shipped_prod_config_keeps_secrets_in_run_secrets(in_tmp: Path) -> None:
+    settings = load_settings(environ={"KMS_CONFIG": str(REPOSITORY_CONFIG / "config.prod.yaml")})
+    for path in (
+        settings.server_cert,
+        settings.server_key,
+        settings.ca_cert,
+        settings.master_passphrase_file,
+    ):
+        assert path is not None and path.parent == Path("/run/secrets")
+    assert settings.database_url.startswith("sqlite:////var/lib/kms/")
+    assert settings.host == "127.0.0.1"  # localhost only unless the operator opens it
+    assert settings.kdf_iterations >= MIN_ITERATIONS

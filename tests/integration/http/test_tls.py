@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -65,9 +66,65 @@ def write_client_certificate(
     return cert_path, key_path
 
 
-def assert_refused(session: requests.Session, deployment: Deployment) -> None:
-    with closing(session), pytest.raises(requests.ConnectionError):
-        session.get(f"{deployment.base_url}/v1/kms/keys", timeout=REQUEST_TIMEOUT_SECONDS)
+def client_context(
+    deployment: Deployment, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """A client context that trusts the dev CA and presents ``cert`` (or no certificate)."""
+    context = ssl.create_default_context(cafile=str(deployment.ca_cert))
+    if cert is not None and key is not None:
+        context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+def refusal(deployment: Deployment, context: ssl.SSLContext) -> ssl.SSLError:
+    """Handshake, then wait for the server's first word; return the TLS error its alert raised.
+
+    With TLS 1.3 the server judges the client certificate after the client has finished its
+    side of the handshake, so the alert may arrive at the handshake or at the first read. The
+    client sends nothing itself: data sent to a server that has already closed could be answered
+    with a TCP reset, which would hide the alert. A server that wrongly accepted waits for a
+    request; the read then ends at the safety timeout and the test fails.
+    """
+    with socket.create_connection(
+        ("127.0.0.1", deployment.port), timeout=REQUEST_TIMEOUT_SECONDS
+    ) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                answer = tls.recv(65536)
+        except ssl.SSLError as error:
+            return error
+    pytest.fail(f"the server did not refuse the connection; it sent {answer[:200]!r}")
+
+
+def assert_alive_for_a_good_client(server: ServerProcess, deployment: Deployment) -> None:
+    assert server.process.poll() is None, server.output()
+    with closing(
+        new_session(deployment.client_cert, deployment.client_key, deployment.ca_cert)
+    ) as session:
+        response = session.get(
+            f"{deployment.base_url}/v1/kms/keys", timeout=REQUEST_TIMEOUT_SECONDS
+        )
+    assert isinstance(expect_json(response, 200), list)
+
+
+def assert_refused(
+    server: ServerProcess, deployment: Deployment, context: ssl.SSLContext, alerts: set[str]
+) -> None:
+    """The server, alive before and after, refused this client with one of ``alerts``.
+
+    A dead server or a closed port raises ``ConnectionRefusedError`` or ``ConnectionResetError``,
+    not an ``SSLError`` carrying the server's alert, so it cannot pass for a refusal.
+    """
+    assert server.process.poll() is None, server.output()
+    error = refusal(deployment, context)
+    assert error.reason in alerts, (error.reason, str(error))
+    assert_alive_for_a_good_client(server, deployment)
+
+
+# What the server's OpenSSL sends, as the client's OpenSSL names it.
+NO_CERTIFICATE = {"TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_HANDSHAKE_FAILURE"}
+UNTRUSTED_CERTIFICATE = {"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE"}
+OUTDATED_CERTIFICATE = {"SSLV3_ALERT_CERTIFICATE_EXPIRED", "SSLV3_ALERT_BAD_CERTIFICATE"}
 
 
 def test_client_certificate_from_the_trusted_ca_is_accepted(
@@ -88,10 +145,7 @@ def test_client_certificate_from_the_trusted_ca_is_accepted(
 def test_no_client_certificate_is_refused_at_the_handshake(
     server: ServerProcess, deployment: Deployment
 ) -> None:
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = str(deployment.ca_cert)
-    assert_refused(session, deployment)
+    assert_refused(server, deployment, client_context(deployment), NO_CERTIFICATE)
 
 
 def test_client_certificate_from_another_ca_is_refused(
@@ -99,7 +153,7 @@ def test_client_certificate_from_another_ca_is_refused(
 ) -> None:
     # Same subject as the real client: only the issuer differs.
     cert, key = write_client_certificate(tmp_path, new_authority("kms-dev-ca"), "orchestrator")
-    assert_refused(new_session(cert, key, deployment.ca_cert), deployment)
+    assert_refused(server, deployment, client_context(deployment, cert, key), UNTRUSTED_CERTIFICATE)
 
 
 @pytest.mark.parametrize(
@@ -120,16 +174,68 @@ def test_client_certificate_outside_its_validity_is_refused(
         not_before=now + timedelta(days=starts_in_days),
         not_after=now + timedelta(days=ends_in_days),
     )
-    assert_refused(new_session(cert, key, deployment.ca_cert), deployment)
+    assert_refused(server, deployment, client_context(deployment, cert, key), OUTDATED_CERTIFICATE)
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1], ids=["TLSv1.0", "TLSv1.1"]
+)
+def test_tls_before_1_2_is_refused_by_the_server(
+    server: ServerProcess, deployment: Deployment, version: ssl.TLSVersion
+) -> None:
+    """The client offers only an old version, with a good certificate.
+
+    ``@SECLEVEL=0`` lets this machine's OpenSSL offer TLS 1.0/1.1 at all; without it the client
+    would refuse by itself and the test would prove nothing about the server. The alert must be
+    the server's ``protocol_version``: its TLS 1.2 floor refused the offer. With the floor lowered
+    to 1.0, this machine's OpenSSL still fails the handshake a step later (its default security
+    level leaves no usable cipher for TLS 1.0), but with a ``handshake_failure`` alert; so the
+    alert, not merely the refusal, is what is checked. tests/integration/test_gunicorn_conf.py
+    checks the floor of the context itself.
+    """
+    context = client_context(deployment, deployment.client_cert, deployment.client_key)
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    context.minimum_version = version
+    context.maximum_version = version
+    assert_refused(server, deployment, context, {"TLSV1_ALERT_PROTOCOL_VERSION"})
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+def test_the_old_version_client_speaks_tls_1_2_when_allowed(
+    server: ServerProcess, deployment: Deployment
+) -> None:
+    """The control for the test above: the same client set-up, allowed TLS 1.2, is served."""
+    context = client_context(deployment, deployment.client_cert, deployment.client_key)
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    context.minimum_version = ssl.TLSVersion.TLSv1
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    with (
+        socket.create_connection(
+            ("127.0.0.1", deployment.port), timeout=REQUEST_TIMEOUT_SECONDS
+        ) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        assert tls.version() == "TLSv1.2"
+        tls.sendall(b"GET /v1/kms/keys HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert tls.recv(65536).startswith(b"HTTP/1.1 200 ")
 
 
 def test_plain_http_to_the_tls_port_gets_no_response(
     server: ServerProcess, deployment: Deployment
 ) -> None:
-    session = requests.Session()
-    session.trust_env = False
-    with closing(session), pytest.raises(requests.ConnectionError):
-        session.get(f"http://127.0.0.1:{deployment.port}/v1/kms/keys", timeout=10)
+    assert server.process.poll() is None, server.output()
+    with socket.create_connection(
+        ("127.0.0.1", deployment.port), timeout=REQUEST_TIMEOUT_SECONDS
+    ) as raw:
+        raw.sendall(b"GET /v1/kms/keys HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        try:
+            answer = raw.recv(65536)
+        except ConnectionResetError:
+            answer = b""
+    # The connection was accepted (the port is open) and closed without any HTTP answer.
+    assert not answer.startswith(b"HTTP/"), answer[:200]
+    assert_alive_for_a_good_client(server, deployment)
 
 
 SPOOFED_HEADERS = {

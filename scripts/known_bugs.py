@@ -1,0 +1,72 @@
+"""Re-apply the bugs of issue 15, one at a time, and check that the suite catches each.
+
+Each ``scripts/known_bugs/NN-name.patch`` is one small bug that once got past ``make test`` (a
+promise of the README broken). For each, a copy of the repository gets the patch and the tests
+that must notice it run there (with ``PYTHONPATH`` on the copy, so ``kms serve`` and gunicorn run
+the bug too). Prints one line per bug; exits 1 if any bug goes unnoticed or no longer applies.
+Not part of ``make test``; run with ``python scripts/known_bugs.py``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mutants import ROOT, make_copy, run_tests  # noqa: E402
+
+CATCHERS: dict[str, list[str]] = {
+    "01-decrypted-repr-removed": ["tests/unit/test_secrets_in_memory.py"],
+    "02-zeroise-noop": ["tests/unit/test_secrets_in_memory.py"],
+    "03-wsgi-close-keeps-keyring": ["tests/integration/test_gunicorn_conf.py"],
+    "04-hide-parameters-false": ["tests/integration/test_store_engine.py"],
+    "05-pbkdf2-sha512": ["tests/unit/test_kdf_known_answers.py"],
+    "06-tls-minimum-1.0": [
+        "tests/integration/test_gunicorn_conf.py",
+        "tests/integration/http/test_tls.py",
+    ],
+    "07-default-host-0000": [
+        "tests/unit/test_settings.py",
+        "tests/integration/test_gunicorn_conf.py",
+    ],
+    "08-max-body-bytes-ignored": ["tests/integration/test_app.py"],
+    "09-wal-off": ["tests/integration/test_store_engine.py"],
+    "10-failed-start-exits-3": ["tests/integration/http/test_startup.py"],
+    "11-rotation-other-connection": ["tests/integration/test_store_engine.py"],
+}
+
+
+def main() -> int:
+    problems = 0
+    with tempfile.TemporaryDirectory(prefix="kms-known-bugs-") as parent:
+        # The control: without any bug, the same copy passes every catching test.
+        every_test = sorted({test for tests in CATCHERS.values() for test in tests})
+        passed, seconds = run_tests(make_copy(Path(parent), 0), every_test, timeout=1800)
+        print(f"control (no bug): {'passed' if passed else 'FAILED'} ({seconds:.0f}s)", flush=True)
+        if not passed:
+            return 1
+        for name, tests in CATCHERS.items():
+            copy_root = make_copy(Path(parent), len(list(Path(parent).iterdir())))
+            patch = ROOT / "scripts" / "known_bugs" / f"{name}.patch"
+            applied = subprocess.run(  # noqa: S603 - git on our own patch file
+                ["git", "apply", str(patch)],  # noqa: S607
+                cwd=copy_root,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if applied.returncode != 0:
+                print(f"{name}: the patch no longer applies: {applied.stderr.strip()}")
+                problems += 1
+                continue
+            passed, seconds = run_tests(copy_root, tests, timeout=900)
+            print(f"{name}: {'NOT CAUGHT' if passed else 'caught'} ({seconds:.0f}s)", flush=True)
+            problems += passed
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

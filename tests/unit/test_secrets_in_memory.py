@@ -1,0 +1,48 @@
+"""What the README promises about secrets held in memory: no ``repr`` shows them, and the
+buffers kms overwrites really are overwritten."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from kms.crypto.wrapping import key_identity_aad
+from kms.service.keyring import PassphraseKeyring, zeroise
+from kms.service.keys import Decrypted
+
+PLAINTEXT = b"the plaintext must stay out of repr"
+
+
+def test_the_repr_of_a_decryption_result_holds_no_plaintext() -> None:
+    result = Decrypted(key_id="orders", version=3, plaintext=PLAINTEXT)
+    for text in (repr(result), str(result), f"{result}", f"{result!r}"):
+        assert "stay out" not in text, text
+        assert "plaintext=" not in text, text
+        assert PLAINTEXT.hex() not in text
+    assert "orders" in repr(result) and "3" in repr(result)
+
+
+def test_zeroise_overwrites_every_byte_in_place() -> None:
+    buffer = bytearray(os.urandom(64))
+    same_object = buffer
+    zeroise(buffer)
+    assert same_object is buffer
+    assert buffer == bytearray(64)  # same length, all zero: overwritten, not replaced
+
+
+def test_closing_the_keyring_overwrites_the_master_key_and_refuses_further_use() -> None:
+    master_key = bytearray(os.urandom(32))
+    keyring = PassphraseKeyring(master_key)
+    aad = key_identity_aad("k", 1, "encrypt", "AES-256-GCM")
+    blob = keyring.wrap(b"\x01" * 32, aad)
+    assert keyring.unwrap(blob, aad) == bytearray(b"\x01" * 32)
+
+    keyring.close()
+
+    assert master_key == bytearray(32)
+    assert "open=False" in repr(keyring)
+    with pytest.raises(RuntimeError):
+        keyring.wrap(b"\x01" * 32, aad)
+    with pytest.raises(RuntimeError):
+        keyring.unwrap(blob, aad)

@@ -1,0 +1,60 @@
+"""Known answers for what kms stores and hands out: ciphertexts and wrapped keys made by this
+release must open in every later one ("old data keeps decrypting").
+
+Round-trip tests cannot see a changed AAD label or field encoding: encryption and decryption
+change together. These vectors were made once, outside kms's code (AESGCM over hand-built
+associated data), and are fixed here.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from kms.crypto.algorithms import ENCRYPTION_ALGORITHMS, open_sealed
+from kms.crypto.ciphertext import ciphertext_aad, format_ciphertext, parse_ciphertext
+from kms.crypto.wrapping import key_identity_aad, unwrap_key
+from kms.service.keystore import INIT_MARKER_AAD
+
+DATA_KEY = bytes(range(32))
+MASTER_KEY = bytes(range(32, 64))
+NONCE = bytes(range(100, 112))
+# AES-256-GCM under DATA_KEY, key "orders" version 2, no context, plaintext b"hello".
+CIPHERTEXT = "djI6ZGVmZ2hpamtsbW5vIH6yChYNQPokYlodVo3OEDcBs/ON"
+# DATA_KEY wrapped under MASTER_KEY for key "orders" version 1, encrypt, AES-256-GCM.
+WRAPPED = bytes.fromhex(
+    "01c8c9cacbcccdcecfd0d1d2d3a548ace1b753a4c5569689e6ee750bdb81d5216dc5e76ee645ec3fe1d56e7ba770b1"
+    "db85b40d85d1452a41278a98cc0d"
+)
+
+
+def test_ciphertext_associated_data_bytes() -> None:
+    assert ciphertext_aad("orders", 2) == (
+        b"kms/ciphertext/v1\x00\x00\x00\x06orders\x00\x00\x00\x012\x00\x00\x00\x00"
+    )
+    assert ciphertext_aad("k", 10, b"ctx") == (
+        b"kms/ciphertext/v1\x00\x00\x00\x01k\x00\x00\x00\x0210\x00\x00\x00\x03ctx"
+    )
+
+
+def test_wrapped_key_and_init_marker_associated_data_bytes() -> None:
+    assert key_identity_aad("orders", 1, "encrypt", "AES-256-GCM") == (
+        b"kms/wrapped-key/v1\x00\x00\x00\x06orders\x00\x00\x00\x011"
+        b"\x00\x00\x00\x07encrypt\x00\x00\x00\x0bAES-256-GCM"
+    )
+    assert INIT_MARKER_AAD == b"kms/init-marker/v1"
+
+
+def test_a_ciphertext_from_this_release_decrypts() -> None:
+    parsed = parse_ciphertext(CIPHERTEXT)
+    assert (parsed.version, parsed.nonce) == (2, NONCE)
+    aead = ENCRYPTION_ALGORITHMS["AES-256-GCM"].load(DATA_KEY)
+    assert open_sealed(aead, parsed.nonce, parsed.sealed, ciphertext_aad("orders", 2)) == b"hello"
+    assert format_ciphertext(2, parsed.nonce, parsed.sealed) == CIPHERTEXT
+    assert base64.b64decode(CIPHERTEXT).startswith(b"v2:")
+
+
+def test_a_wrapped_key_from_this_release_unwraps() -> None:
+    aad = key_identity_aad("orders", 1, "encrypt", "AES-256-GCM")
+    assert unwrap_key(AESGCM(MASTER_KEY), WRAPPED, aad) == bytearray(DATA_KEY)

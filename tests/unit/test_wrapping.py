@@ -1,0 +1,42 @@
+"""unwrap_key at the edges of the blob format: every malformed blob is ``UnwrapFailed``.
+
+A blob comes from the database, which an attacker with file access can edit; a length the code
+did not expect must not escape as another exception (a 500 instead of the one refusal).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from kms.crypto.wrapping import key_identity_aad, unwrap_key, wrap_key
+from kms.errors import UnwrapFailed
+
+MASTER = AESGCM(bytes(range(32)))
+AAD = key_identity_aad("k", 1, "encrypt", "AES-256-GCM")
+
+
+@pytest.mark.parametrize("length", range(0, 30))
+def test_short_or_garbage_blobs_are_refused_with_unwrap_failed(length: int) -> None:
+    for first in (b"\x01", b"\x02"):
+        blob = (first + os.urandom(length))[:length]
+        with pytest.raises(UnwrapFailed):
+            unwrap_key(MASTER, blob, AAD)
+
+
+def test_the_shortest_valid_blob_wraps_nothing() -> None:
+    """version byte + 12-byte nonce + 16-byte tag: 29 bytes, an empty secret; the edge of the
+    length check."""
+    blob = wrap_key(MASTER, b"", AAD)
+    assert len(blob) == 29
+    assert blob[:1] == b"\x01"
+    assert unwrap_key(MASTER, blob, AAD) == bytearray()
+
+
+def test_a_blob_of_another_format_version_is_refused() -> None:
+    blob = wrap_key(MASTER, b"\x07" * 32, AAD)
+    assert unwrap_key(MASTER, blob, AAD) == bytearray(b"\x07" * 32)
+    with pytest.raises(UnwrapFailed):
+        unwrap_key(MASTER, b"\x02" + blob[1:], AAD)
