@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kms.crypto.algorithms import ENCRYPTION_ALGORITHMS, open_sealed
 from kms.crypto.ciphertext import ciphertext_aad, format_ciphertext, parse_ciphertext
-from kms.crypto.wrapping import key_identity_aad, unwrap_key
-from kms.service.keystore import INIT_MARKER_AAD
+from kms.crypto.wrapping import WRAP_FORMAT_V1, KeyIdentity, unwrap_key
+from kms.service.keystore import INIT_MARKER_AAD, INIT_MARKER_AAD_UNSEALED
 
 DATA_KEY = bytes(range(32))
 MASTER_KEY = bytes(range(32, 64))
@@ -39,11 +39,17 @@ def test_ciphertext_associated_data_bytes() -> None:
 
 
 def test_wrapped_key_and_init_marker_associated_data_bytes() -> None:
-    assert key_identity_aad("orders", 1, "encrypt", "AES-256-GCM") == (
+    identity = KeyIdentity("orders", 1, "encrypt", "AES-256-GCM", "ab" * 16)
+    assert identity.aad(WRAP_FORMAT_V1) == (
         b"kms/wrapped-key/v1\x00\x00\x00\x06orders\x00\x00\x00\x011"
         b"\x00\x00\x00\x07encrypt\x00\x00\x00\x0bAES-256-GCM"
     )
-    assert INIT_MARKER_AAD == b"kms/init-marker/v1"
+    assert identity.aad() == (
+        b"kms/wrapped-key/v2\x00\x00\x00\x06orders\x00\x00\x00\x011"
+        b"\x00\x00\x00\x07encrypt\x00\x00\x00\x0bAES-256-GCM\x00\x00\x00\x20" + b"ab" * 16
+    )
+    assert INIT_MARKER_AAD == b"kms/init-marker/v2"
+    assert INIT_MARKER_AAD_UNSEALED == b"kms/init-marker/v1"
 
 
 def test_a_ciphertext_from_this_release_decrypts() -> None:
@@ -56,5 +62,6 @@ def test_a_ciphertext_from_this_release_decrypts() -> None:
 
 
 def test_a_wrapped_key_from_this_release_unwraps() -> None:
-    aad = key_identity_aad("orders", 1, "encrypt", "AES-256-GCM")
-    assert unwrap_key(AESGCM(MASTER_KEY), WRAPPED, aad) == bytearray(DATA_KEY)
+    # A format-1 blob (the release before row MACs): its AAD has no incarnation.
+    identity = KeyIdentity("orders", 1, "encrypt", "AES-256-GCM", "any incarnation")
+    assert unwrap_key(AESGCM(MASTER_KEY), WRAPPED, identity) == bytearray(DATA_KEY)

@@ -11,11 +11,11 @@ import os
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kms.crypto.wrapping import key_identity_aad, unwrap_key, wrap_key
+from kms.crypto.wrapping import KeyIdentity, unwrap_key, wrap_key
 from kms.errors import UnwrapFailed
 
 MASTER = AESGCM(bytes(range(32)))
-AAD = key_identity_aad("k", 1, "encrypt", "AES-256-GCM")
+AAD = KeyIdentity("k", 1, "encrypt", "AES-256-GCM", "0" * 32).aad()
 
 
 @pytest.mark.parametrize("length", range(0, 30))
@@ -31,7 +31,7 @@ def test_the_shortest_valid_blob_wraps_nothing() -> None:
     length check."""
     blob = wrap_key(MASTER, b"", AAD)
     assert len(blob) == 29
-    assert blob[:1] == b"\x01"
+    assert blob[:1] == b"\x02"
     assert unwrap_key(MASTER, blob, AAD) == bytearray()
 
 
@@ -39,4 +39,4 @@ def test_a_blob_of_another_format_version_is_refused() -> None:
     blob = wrap_key(MASTER, b"\x07" * 32, AAD)
     assert unwrap_key(MASTER, blob, AAD) == bytearray(b"\x07" * 32)
     with pytest.raises(UnwrapFailed):
-        unwrap_key(MASTER, b"\x02" + blob[1:], AAD)
+        unwrap_key(MASTER, b"\x03" + blob[1:], AAD)
