@@ -21,7 +21,7 @@ from kms.service.keys import KMSService
 from kms.service.keystore import open_keystore
 from kms.settings import Settings
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import TEST_PASSPHRASE
+from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE
 
 
 class RecordingKeyring(PassphraseKeyring):
@@ -40,6 +40,12 @@ class RecordingKeyring(PassphraseKeyring):
         secret = self._inner.unwrap(blob, aad)
         self.buffers.append(secret)
         return secret
+
+    def tag(self, encoded: bytes) -> bytes:
+        return self._inner.tag(encoded)
+
+    def verify_tag(self, encoded: bytes, stored: bytes | None, what: str) -> None:
+        self._inner.verify_tag(encoded, stored, what)
 
     def close(self) -> None:
         self._inner.close()
@@ -70,12 +76,12 @@ def test_the_passphrase_buffer_is_overwritten_after_opening(
     repository: SQLKeyRepository, initialised: Settings
 ) -> None:
     passphrase = bytearray(TEST_PASSPHRASE)
-    open_keystore(repository, passphrase).close()
+    open_keystore(repository, passphrase, min_iterations=TEST_ITERATIONS).keyring.close()
     assert passphrase == bytearray(len(TEST_PASSPHRASE))
 
     wrong = bytearray(b"not the passphrase")
     with pytest.raises(WrongPassphrase):
-        open_keystore(repository, wrong)
+        open_keystore(repository, wrong, min_iterations=TEST_ITERATIONS)
     assert wrong == bytearray(len(b"not the passphrase"))
 
 
