@@ -604,7 +604,10 @@ class KMSWorker(gthread.ThreadWorker):
             conn.sock.setblocking(False)
             if result is _DISCARD_REST and self.alive:
                 self.start_discard(conn)
-            elif keepalive and self.alive:
+            elif keepalive:
+                # Also while stopping: the response went out as kept-alive, so the client may
+                # already be sending its next request on this connection. The drain window of
+                # ``shut_down`` answers it (with "Connection: close") instead of a reset.
                 parser = conn.parser
                 conn.buffer = bytearray(parser.unreader.take_buffered() if parser else b"")
                 conn.next_request()

@@ -177,10 +177,13 @@ def test_workers_and_threads_settings_reach_gunicorn_and_sighup_reexecs_workers(
     while the server keeps answering with the same master key."""
     deployment = deployment_with(certificates, tmp_path, workers="3", threads="5")
     with serving(deployment, kms_command("serve", "--log-level", "debug")) as (server, client):
-        output = server.output()
+        # kms's logger writes every message as one line, its newlines escaped as "\\n".
+        output = server.output().replace("\\n", "\n")
         assert re.search(r"^  workers: 3$", output, re.MULTILINE), output
         assert re.search(r"^  threads: 5$", output, re.MULTILINE), output
-        assert re.search(r"^  worker_class: gthread$", output, re.MULTILINE), output
+        assert re.search(
+            r"^  worker_class: kms\.server\.worker\.KMSWorker$", output, re.MULTILINE
+        ), output
         master = server.process.pid
         before = wait_for_workers(master, 3)
         create_key(client, key_id="reloaded")
