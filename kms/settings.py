@@ -26,6 +26,8 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_VERIFY_MAX_VERSIONS = 16
 #: A key's versions are bounded by design, not by its history.
 DEFAULT_MAX_VERSIONS = 100_000
+#: A batch request (encrypt, decrypt, datakey, rewrap, sign, verify) holds at most this many items.
+DEFAULT_MAX_BATCH_ITEMS = 1000
 
 # (section, yaml key) -> attribute path; the env override is KMS_<SECTION>_<KEY>, matched
 # case-insensitively with underscores ignored (KMS_SERVER_SERVERCERT == KMS_SERVER_SERVER_CERT).
@@ -38,6 +40,7 @@ _KEYS: dict[tuple[str, str], str] = {
     ("server", "maxBodyBytes"): "max_body_bytes",
     ("server", "workers"): "workers",
     ("server", "threads"): "threads",
+    ("server", "maxBatchItems"): "max_batch_items",
     ("kms", "master_passphrase_file"): "master_passphrase_file",
     ("kms", "kdf_iterations"): "kdf_iterations",
     ("kms", "key_cache_size"): "key_cache_size",
@@ -71,6 +74,7 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     workers: int = 2
     threads: int = 4
+    max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS
     # -- who may do what, and the record of who did (README "Security") --
     policy_file: Path | None = None  # absent: every authenticated caller may do everything
     audit_path: Path | None = None  # absent: no audit log (a warning at start)
@@ -188,6 +192,7 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
         "max_body_bytes": _integer_between(1024, 64 * 1024 * 1024),
         "workers": _integer_between(1, 64),
         "threads": _integer_between(1, 64),
+        "max_batch_items": _integer_between(1, 100_000),
         "master_passphrase_file": _unresolved_path,
         "kdf_iterations": _integer_between(MIN_ITERATIONS, MAX_ITERATIONS),
         "key_cache_size": _integer_between(0, 1_000_000),

@@ -14,7 +14,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from kms.service.keys import MAX_PAGE_SIZE
+from kms.service.keys import DATA_KEY_SIZES, MAX_PAGE_SIZE, DataKey, Verified
 
 _DECIMAL = re.compile(r"[0-9]{1,10}")
 
@@ -54,6 +54,30 @@ class StrictInteger(fields.Field):
         return value
 
 
+class StrictBoolean(fields.Field):
+    """``true`` or ``false`` in JSON; never 1, "true" or null."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("must be true or false")
+        return value
+
+
+class EncryptionContext(fields.Field):
+    """A JSON object of string keys to string values, or null for none.
+
+    Its limits (pairs, encoded size) are checked where it is encoded
+    (``kms.crypto.ciphertext.encode_context``), so the service enforces them for every caller.
+    """
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> dict[str, str]:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValidationError("must be an object of string keys to string values")
+        return value
+
+
 class _Request(Schema):
     class Meta:
         unknown = RAISE
@@ -82,11 +106,38 @@ class PublicKeyQuery(_Request):
 class EncryptRequest(_Request):
     key_id = fields.String(required=True)
     plaintext = StrictBase64(required=True)
+    context = EncryptionContext(load_default=None, allow_none=True)
 
 
 class DecryptRequest(_Request):
     key_id = fields.String(required=True)
     ciphertext = fields.String(required=True)
+    context = EncryptionContext(load_default=None, allow_none=True)
+
+
+class RewrapRequest(DecryptRequest):
+    pass
+
+
+class DataKeyRequest(_Request):
+    key_id = fields.String(required=True)
+    key_bytes = StrictInteger(
+        low=min(DATA_KEY_SIZES),
+        high=max(DATA_KEY_SIZES),
+        data_key="bytes",
+        load_default=32,
+        validate=validate.OneOf(DATA_KEY_SIZES, error="must be 16, 24 or 32"),
+    )
+    context = EncryptionContext(load_default=None, allow_none=True)
+    include_plaintext = StrictBoolean(load_default=True)
+
+
+class BatchRequest(_Request):
+    """``{key_id, batch: [item, ...]}``; each item is loaded by the single call's schema without
+    key_id, one by one, so that a bad item fails alone."""
+
+    key_id = fields.String(required=True)
+    batch = fields.List(fields.Raw(), required=True)
 
 
 class SignRequest(_Request):
@@ -136,6 +187,13 @@ class DecryptResponse(Schema):
     version = fields.Integer()
 
 
+class DataKeyResponse(Schema):
+    ciphertext = fields.String()
+    plaintext = StrictBase64()
+    key_id = fields.String()
+    version = fields.Integer()
+
+
 class SignResponse(Schema):
     signature = StrictBase64()
     key_id = fields.String()
@@ -150,6 +208,16 @@ encrypt_request = EncryptRequest()
 decrypt_request = DecryptRequest()
 sign_request = SignRequest()
 verify_request = VerifyRequest()
+rewrap_request = RewrapRequest()
+data_key_request = DataKeyRequest()
+batch_request = BatchRequest()
+#: A batch item: the single call's request without key_id (given once, for the whole batch).
+encrypt_item = EncryptRequest(exclude=("key_id",))
+decrypt_item = DecryptRequest(exclude=("key_id",))
+rewrap_item = RewrapRequest(exclude=("key_id",))
+data_key_item = DataKeyRequest(exclude=("key_id",))
+sign_item = SignRequest(exclude=("key_id",))
+verify_item = VerifyRequest(exclude=("key_id",))
 
 key_response = KeyResponse()
 key_list_response = KeyResponse(many=True)
@@ -159,3 +227,18 @@ public_key_response = PublicKeyResponse()
 encrypt_response = EncryptResponse()
 decrypt_response = DecryptResponse()
 sign_response = SignResponse()
+_data_key_response = DataKeyResponse()
+_data_key_without_plaintext = DataKeyResponse(exclude=("plaintext",))
+
+
+def dump_data_key(result: DataKey) -> dict[str, Any]:
+    """``plaintext`` appears only when it was asked for (``include_plaintext``)."""
+    if result.plaintext is None:
+        return _data_key_without_plaintext.dump(result)
+    return _data_key_response.dump(result)
+
+
+def dump_verified(result: Verified) -> dict[str, Any]:
+    if result.valid:
+        return {"valid": True}
+    return {"valid": False, "error": "signature invalid"}

@@ -6,7 +6,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -22,7 +22,12 @@ from kms.crypto.algorithms import (
     public_key_pem,
     seal,
 )
-from kms.crypto.ciphertext import ciphertext_aad, format_ciphertext, parse_ciphertext
+from kms.crypto.ciphertext import (
+    ciphertext_aad,
+    encode_context,
+    format_ciphertext,
+    parse_ciphertext,
+)
 from kms.crypto.wrapping import KeyIdentity
 from kms.errors import (
     IntegrityFailure,
@@ -31,6 +36,7 @@ from kms.errors import (
     InvalidSignature,
     KeyChanged,
     KeyNotFound,
+    KMSError,
     PurposeMismatch,
     TooManyVersions,
     UnwrapFailed,
@@ -39,7 +45,11 @@ from kms.service.cache import KeyMaterialCache
 from kms.service.integrity import encode_key_row, encode_version_row
 from kms.service.keyring import Keyring, zeroise
 from kms.service.keystore import INIT_MARKER_AAD
-from kms.settings import DEFAULT_MAX_VERSIONS, DEFAULT_VERIFY_MAX_VERSIONS
+from kms.settings import (
+    DEFAULT_MAX_BATCH_ITEMS,
+    DEFAULT_MAX_VERSIONS,
+    DEFAULT_VERIFY_MAX_VERSIONS,
+)
 from kms.store.repository import (
     KeyChange,
     KeyPlanner,
@@ -59,6 +69,14 @@ KEY_DETAIL_VERSIONS = 100
 ENABLED = "enabled"
 #: Key rows whose MAC was verified, kept whole (MAC included) so only an identical row hits.
 VERIFIED_ROWS_CACHE_SIZE = 1024
+#: The sizes of data key ``generate_data_key`` makes: AES-128, -192 and -256.
+DATA_KEY_SIZES = (16, 24, 32)
+
+#: One item of a batch: the single call's keyword arguments but key_id, or the error its
+#: parsing raised (kept as that item's result).
+BatchItem = Mapping[str, Any] | KMSError
+#: A key's material by version, loaded at most once per request (``KMSService._loader``).
+Loader = Callable[[int], Any]
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,20 @@ class Decrypted:
 
     def __repr__(self) -> str:
         return f"Decrypted(key_id={self.key_id!r}, version={self.version})"
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A data key: ``ciphertext`` is its encrypted form, ``plaintext`` (None unless asked for)
+    the key itself."""
+
+    key_id: str
+    version: int
+    ciphertext: str
+    plaintext: bytes | None
+
+    def __repr__(self) -> str:
+        return f"DataKey(key_id={self.key_id!r}, version={self.version})"
 
 
 @dataclass(frozen=True)
@@ -161,6 +193,7 @@ class KMSService:
         after_generation: Callable[[str], None] | None = None,
         verify_max_versions: int = DEFAULT_VERIFY_MAX_VERSIONS,
         max_versions: int = DEFAULT_MAX_VERSIONS,
+        max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
     ) -> None:
         """``after_generation`` is a test hook: called with the key_id once fresh material is
         generated and before the write transaction starts, so a test can change the key in that
@@ -174,6 +207,7 @@ class KMSService:
         self._verified_rows = KeyMaterialCache(VERIFIED_ROWS_CACHE_SIZE)
         self._verify_max_versions = verify_max_versions
         self._max_versions = max_versions
+        self._max_batch_items = max_batch_items
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -292,42 +326,91 @@ class KMSService:
         )
 
     # -- crypto operations -----------------------------------------------------------------
+    #
+    # Each operation has a single form and a batch form. The batch form takes a sequence of
+    # items, each the single call's keyword arguments but key_id (as the API's item schema
+    # loaded them), or the error an item's parsing raised, which keeps its place in the
+    # results. The key row is read and checked once per batch and each version's material
+    # loaded at most once; a missing key, a purpose mismatch or a disabled key raises for the
+    # whole batch, while an item's own failure (InvalidRequest, InvalidCiphertext) becomes its
+    # result and the other items go on.
 
-    def encrypt(self, key_id: str, plaintext: bytes, context: bytes = b"") -> Encrypted:
+    def encrypt(
+        self, key_id: str, plaintext: bytes, context: Mapping[str, str] | None = None
+    ) -> Encrypted:
         key = self._usable_key(key_id, Purpose.ENCRYPT)
-        aead = self._secret(key, key.latest_version)
-        nonce, sealed = seal(
-            aead, plaintext, ciphertext_aad(key.key_id, key.latest_version, context)
-        )
-        return Encrypted(
-            key_id=key.key_id,
-            version=key.latest_version,
-            ciphertext=format_ciphertext(key.latest_version, nonce, sealed),
+        return self._encrypt(key, self._loader(key, self._secret), plaintext, context)
+
+    def encrypt_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Encrypted | KMSError]:
+        self.check_batch_size(len(items))
+        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        secret = self._loader(key, self._secret)
+        return _each(items, lambda item: self._encrypt(key, secret, **item))
+
+    def decrypt(
+        self, key_id: str, ciphertext: str, context: Mapping[str, str] | None = None
+    ) -> Decrypted:
+        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        return self._decrypt(key, self._loader(key, self._secret), ciphertext, context)
+
+    def decrypt_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Decrypted | KMSError]:
+        self.check_batch_size(len(items))
+        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        secret = self._loader(key, self._secret)
+        return _each(items, lambda item: self._decrypt(key, secret, **item))
+
+    def generate_data_key(
+        self,
+        key_id: str,
+        key_bytes: int = 32,
+        context: Mapping[str, str] | None = None,
+        include_plaintext: bool = True,
+    ) -> DataKey:
+        """A fresh random data key, encrypted under the latest version (as ``encrypt`` would).
+
+        Its ciphertext decrypts through ``decrypt`` with the same context. Without
+        ``include_plaintext`` only the ciphertext is returned.
+        """
+        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        return self._data_key(
+            key, self._loader(key, self._secret), key_bytes, context, include_plaintext
         )
 
-    def decrypt(self, key_id: str, ciphertext: str, context: bytes = b"") -> Decrypted:
+    def generate_data_key_batch(
+        self, key_id: str, items: Sequence[BatchItem]
+    ) -> list[DataKey | KMSError]:
+        self.check_batch_size(len(items))
         key = self._usable_key(key_id, Purpose.ENCRYPT)
-        parsed = parse_ciphertext(ciphertext)
-        if parsed.version > key.latest_version:
-            raise InvalidCiphertext()
-        try:
-            aead = self._secret(key, parsed.version)
-        except KeyNotFound:  # the version was never issued, or the key was recreated since
-            raise InvalidCiphertext() from None
-        plaintext = open_sealed(
-            aead, parsed.nonce, parsed.sealed, ciphertext_aad(key.key_id, parsed.version, context)
-        )
-        return Decrypted(key_id=key.key_id, version=parsed.version, plaintext=plaintext)
+        secret = self._loader(key, self._secret)
+        return _each(items, lambda item: self._data_key(key, secret, **item))
+
+    def rewrap(
+        self, key_id: str, ciphertext: str, context: Mapping[str, str] | None = None
+    ) -> Encrypted:
+        """Decrypt and encrypt again under the latest version, with the same context.
+
+        The plaintext never leaves the service: this is how ciphertexts move forward after a
+        rotation. A ciphertext that does not decrypt (wrong context, tampered) is
+        ``InvalidCiphertext``, as for ``decrypt``.
+        """
+        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        return self._rewrap(key, self._loader(key, self._secret), ciphertext, context)
+
+    def rewrap_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Encrypted | KMSError]:
+        self.check_batch_size(len(items))
+        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        secret = self._loader(key, self._secret)
+        return _each(items, lambda item: self._rewrap(key, secret, **item))
 
     def sign(self, key_id: str, message: bytes) -> Signed:
         key = self._usable_key(key_id, Purpose.SIGN)
-        spec = SIGNING_ALGORITHMS[key.algorithm]
-        private_key = self._secret(key, key.latest_version)
-        return Signed(
-            key_id=key.key_id,
-            version=key.latest_version,
-            signature=spec.sign(private_key, message),
-        )
+        return self._sign(key, self._loader(key, self._secret), message)
+
+    def sign_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Signed | KMSError]:
+        self.check_batch_size(len(items))
+        key = self._usable_key(key_id, Purpose.SIGN)
+        secret = self._loader(key, self._secret)
+        return _each(items, lambda item: self._sign(key, secret, **item))
 
     def verify(self, key_id: str, message: bytes, signature: bytes) -> Verified:
         """Check the signature against the newest ``verify_max_versions`` versions, newest first.
@@ -337,12 +420,111 @@ class KMSService:
         Only public keys are used: verification never unwraps a private key.
         """
         key = self._usable_key(key_id, Purpose.SIGN)
+        return self._verify(key, self._loader(key, self._public), message, signature)
+
+    def verify_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Verified | KMSError]:
+        self.check_batch_size(len(items))
+        key = self._usable_key(key_id, Purpose.SIGN)
+        public = self._loader(key, self._public)
+        return _each(items, lambda item: self._verify(key, public, **item))
+
+    def check_batch_size(self, count: int) -> None:
+        """Raise ``InvalidRequest`` unless a batch of ``count`` items is allowed.
+
+        The API calls it before parsing the items, so an oversized batch costs no more than
+        reading its body; every batch method calls it again.
+        """
+        if count < 1:
+            raise InvalidRequest("batch: must hold at least one item")
+        if count > self._max_batch_items:
+            raise InvalidRequest(
+                f"batch: at most {self._max_batch_items} items (server.maxBatchItems)"
+            )
+
+    # -- one item, on a checked key --------------------------------------------------------
+
+    def _encrypt(
+        self,
+        key: KeyRecord,
+        secret: Loader,
+        plaintext: bytes,
+        context: Mapping[str, str] | None = None,
+    ) -> Encrypted:
+        aad = ciphertext_aad(key.key_id, key.latest_version, encode_context(context))
+        nonce, sealed = seal(secret(key.latest_version), plaintext, aad)
+        return Encrypted(
+            key_id=key.key_id,
+            version=key.latest_version,
+            ciphertext=format_ciphertext(key.latest_version, nonce, sealed),
+        )
+
+    def _decrypt(
+        self,
+        key: KeyRecord,
+        secret: Loader,
+        ciphertext: str,
+        context: Mapping[str, str] | None = None,
+    ) -> Decrypted:
+        encoded_context = encode_context(context)
+        parsed = parse_ciphertext(ciphertext)
+        if parsed.version > key.latest_version:
+            raise InvalidCiphertext()
+        try:
+            aead = secret(parsed.version)
+        except KeyNotFound:  # the version was never issued, or the key was recreated since
+            raise InvalidCiphertext() from None
+        plaintext = open_sealed(
+            aead,
+            parsed.nonce,
+            parsed.sealed,
+            ciphertext_aad(key.key_id, parsed.version, encoded_context),
+        )
+        return Decrypted(key_id=key.key_id, version=parsed.version, plaintext=plaintext)
+
+    def _data_key(
+        self,
+        key: KeyRecord,
+        secret: Loader,
+        key_bytes: int = 32,
+        context: Mapping[str, str] | None = None,
+        include_plaintext: bool = True,
+    ) -> DataKey:
+        if key_bytes not in DATA_KEY_SIZES:
+            raise InvalidRequest("bytes: must be 16, 24 or 32")
+        data_key = secrets.token_bytes(key_bytes)
+        encrypted = self._encrypt(key, secret, data_key, context)
+        return DataKey(
+            key_id=encrypted.key_id,
+            version=encrypted.version,
+            ciphertext=encrypted.ciphertext,
+            plaintext=data_key if include_plaintext else None,
+        )
+
+    def _rewrap(
+        self,
+        key: KeyRecord,
+        secret: Loader,
+        ciphertext: str,
+        context: Mapping[str, str] | None = None,
+    ) -> Encrypted:
+        decrypted = self._decrypt(key, secret, ciphertext, context)
+        return self._encrypt(key, secret, decrypted.plaintext, context)
+
+    def _sign(self, key: KeyRecord, secret: Loader, message: bytes) -> Signed:
+        spec = SIGNING_ALGORITHMS[key.algorithm]
+        return Signed(
+            key_id=key.key_id,
+            version=key.latest_version,
+            signature=spec.sign(secret(key.latest_version), message),
+        )
+
+    def _verify(self, key: KeyRecord, public: Loader, message: bytes, signature: bytes) -> Verified:
         spec = SIGNING_ALGORITHMS[key.algorithm]
         # When keys get a min_decryption_version, the lower bound becomes the larger of the two.
         oldest = max(1, key.latest_version - self._verify_max_versions + 1)
         for version in range(key.latest_version, oldest - 1, -1):
             try:
-                public_key = self._public(key, version)
+                public_key = public(version)
             except KeyNotFound:
                 continue
             try:
@@ -351,6 +533,26 @@ class KMSService:
                 continue
             return Verified(key_id=key.key_id, valid=True, version=version)
         return Verified(key_id=key.key_id, valid=False, version=None)
+
+    @staticmethod
+    def _loader(key: KeyRecord, load: Callable[[KeyRecord, int], Any]) -> Loader:
+        """``load`` for one key, remembering each version it loaded (or found missing) for as
+        long as the request lasts: a batch reads and unwraps each version at most once, even
+        with the material cache switched off."""
+        loaded: dict[int, Any] = {}
+
+        def by_version(version: int) -> Any:
+            if version not in loaded:
+                try:
+                    loaded[version] = load(key, version)
+                except KeyNotFound as missing:
+                    loaded[version] = missing
+            found = loaded[version]
+            if isinstance(found, KeyNotFound):
+                raise KeyNotFound()
+            return found
+
+        return by_version
 
     # -- for health checks and metrics -----------------------------------------------------
 
@@ -612,3 +814,22 @@ class KMSService:
             raise IntegrityFailure(f"{where}: {error.detail}") from None
         finally:
             zeroise(secret)
+
+
+def _each(items: Sequence[BatchItem], one: Callable[[Mapping[str, Any]], Any]) -> list[Any]:
+    """``one`` for every item, in order; an item's own failure becomes its result.
+
+    Only the errors a single call answers with a 4xx about its own input are kept per item; a
+    fault of the server or the database (integrity failure, storage unavailable) still fails
+    the whole batch, as it would the single call.
+    """
+    results: list[Any] = []
+    for item in items:
+        if isinstance(item, KMSError):
+            results.append(item)
+            continue
+        try:
+            results.append(one(item))
+        except (InvalidRequest, InvalidCiphertext) as error:
+            results.append(error)
+    return results
