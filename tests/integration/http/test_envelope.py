@@ -4,6 +4,8 @@ context, data keys, rewrap and the batch form of every crypto call."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -654,3 +656,36 @@ def test_datakey_and_rewrap_are_audited_under_their_own_operations(
         ]
         assert "item_count" not in lines[0]
         assert lines[1]["key_version"] == 1
+
+
+# -- the batch benchmark ------------------------------------------------------------------
+
+
+def test_the_batch_benchmark_script_runs(deployment: Deployment, server: ServerProcess) -> None:
+    """scripts/bench_batch.py keeps working (its figures are in the README; none is asserted)."""
+    script = Path(__file__).parents[3] / "scripts" / "bench_batch.py"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--url",
+            deployment.base_url,
+            "--secrets",
+            str(deployment.directory),
+            "--connections",
+            "2",
+            "--seconds",
+            "0.2",
+            "--batch",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("single-call encrypt: ") and lines[1].endswith(" items/s")
+    assert lines[2].startswith("batch of 10 encrypt: ") and lines[2].endswith(" items/s")
+    assert lines[3].startswith("ratio: ") and lines[3].endswith("x")
