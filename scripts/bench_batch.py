@@ -134,6 +134,7 @@ def run_phase(
 ) -> tuple[int, float]:
     """Every session sends ``body`` again and again for ``seconds``; (items done, elapsed)."""
     counts = [0] * len(sessions)
+    failures: list[str] = []  # an exception in a thread would end only that thread
     start = threading.Barrier(len(sessions) + 1)
     stop_at = [0.0]
 
@@ -143,11 +144,13 @@ def run_phase(
         while time.perf_counter() < stop_at[0]:
             response = client.post(target.url + "/v1/kms/encrypt", json=body, timeout=60)
             if response.status_code != 200:
-                raise SystemExit(f"bench: {response.status_code} {response.text}")
+                failures.append(f"{response.status_code} {response.text}")
+                return
             if items_per_request > 1:
                 results = response.json()["results"]
                 if len(results) != items_per_request or "error" in results[0]:
-                    raise SystemExit(f"bench: unexpected batch answer {results[:1]}")
+                    failures.append(f"unexpected batch answer {results[:1]}")
+                    return
             counts[index] += items_per_request
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(sessions))]
@@ -158,6 +161,8 @@ def run_phase(
     start.wait()
     for thread in threads:
         thread.join()
+    if failures:
+        sys.exit(f"bench: {failures[0]}")
     return sum(counts), time.perf_counter() - began
 
 
