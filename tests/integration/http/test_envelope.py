@@ -3,6 +3,7 @@ context, data keys, rewrap and the batch form of every crypto call."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from tests.integration.http.identities import (
     prepare_private_deployment,
     running_server,
 )
+from tests.integration.http.test_metrics import sample, samples
 
 pytestmark = pytest.mark.slow
 
@@ -689,3 +691,62 @@ def test_the_batch_benchmark_script_runs(deployment: Deployment, server: ServerP
     assert lines[1].startswith("single-call encrypt: ") and lines[1].endswith(" items/s")
     assert lines[2].startswith("batch of 10 encrypt: ") and lines[2].endswith(" items/s")
     assert lines[3].startswith("ratio: ") and lines[3].endswith("x")
+
+
+# -- the README's example -----------------------------------------------------------------
+
+
+def readme_python_example() -> str:
+    readme = (Path(__file__).parents[3] / "README.md").read_text(encoding="utf-8")
+    after = readme.split("**Envelope encryption in Python.**", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_envelope_example_works(client: KMSClient, key_id: str, tmp_path: Path) -> None:
+    namespace: dict[str, Any] = {}
+    exec(compile(readme_python_example(), "README.md", "exec"), namespace)  # noqa: S102
+    # The example's own settings point at `make run`; this test's server is elsewhere.
+    namespace["KMS"] = client.base_url + "/v1/kms"
+    namespace["session"] = client.session
+    document = tmp_path / "report.pdf"
+    document.write_bytes(os.urandom(50_000))
+    namespace["encrypt_file"](str(document), key_id)
+    encrypted = (tmp_path / "report.pdf.enc").read_bytes()
+    assert document.read_bytes() not in encrypted
+    assert namespace["decrypt_file"](str(document)) == document.read_bytes()
+    # The wrapped key is bound to the file's name: renamed, it does not unwrap.
+    for suffix in (".enc", ".key"):
+        (tmp_path / f"report.pdf{suffix}").rename(tmp_path / f"other.pdf{suffix}")
+    wrapped = json.loads((tmp_path / "other.pdf.key").read_text())
+    wrapped["context"] = {"file": "other.pdf"}
+    expect_error(client.post("/v1/kms/decrypt", json=wrapped), 400, INVALID)
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+def test_metrics_count_a_batchs_successful_items(client: KMSClient, key_id: str) -> None:
+    def crypto_operations() -> dict[str, float]:
+        found = samples(expect_json_text(client.get("/metrics")))
+        return {
+            operation: sample(
+                found, "kms_crypto_operations_total", operation=operation, algorithm="AES-256-GCM"
+            )
+            for operation in ("encrypt", "datakey", "rewrap")
+        }
+
+    before = crypto_operations()
+    items = [{"plaintext": b64(b"a")}, {"plaintext": "bad"}, {"plaintext": b64(b"c")}]
+    batch(client, "encrypt", key_id, items)
+    batch(client, "datakey", key_id, [{}] * 5)
+    post(client, "datakey", key_id=key_id)
+    expect_error(client.post("/v1/kms/encrypt", json={"key_id": key_id, "batch": []}), 400)
+    after = crypto_operations()
+    assert after["encrypt"] - before["encrypt"] == 2
+    assert after["datakey"] - before["datakey"] == 6
+    assert after["rewrap"] == before["rewrap"]
+
+
+def expect_json_text(response: Any) -> str:
+    assert response.status_code == 200, response.text
+    return response.text
