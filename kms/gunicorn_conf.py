@@ -1,9 +1,9 @@
 """gunicorn settings for kms, read from kms's own configuration.
 
 Used by ``kms serve`` and by plain ``gunicorn -c python:kms.gunicorn_conf``. gunicorn terminates
-mutual TLS (client certificates required, TLS 1.2 or newer) and runs gthread workers so TLS
-connections stay alive between requests: a new handshake per request costs far more than the
-request itself.
+mutual TLS (client certificates required, TLS 1.2 or newer) and runs kms's own worker, derived
+from gthread (``kms.server.worker``), so TLS connections stay alive between requests (a new
+handshake per request costs far more than the request itself) and no slow client holds a thread.
 
 ``on_starting`` runs once in the master, before the port is bound and before any worker forks:
 it reads the passphrase (file or prompt: the master owns the terminal), derives the master key and
@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from kms.errors import KMSError
+from kms.server.limits import ServerLimits, configure
 from kms.settings import Settings, load_settings
 
 
@@ -36,6 +37,8 @@ def _load() -> Settings:
 
 
 _settings = _load()
+# The worker (forked from this process) reads its deadlines and caps from here.
+configure(ServerLimits.from_settings(_settings))
 
 
 # -- authorization, audit, metrics, rate limits (kms.node) -----------------------------------
@@ -66,7 +69,11 @@ bind = [
     if ":" in _settings.host
     else f"{_settings.host}:{_settings.port}"
 ]
-worker_class = "gthread"
+# gthread, except that TLS handshakes and whole requests are read by the event loop, under
+# deadlines, before a thread is used (kms.server.worker).
+worker_class = "kms.server.worker.KMSWorker"
+# Access-log values and error-log messages escaped: a client cannot forge a log line.
+logger_class = "kms.server.logs.KMSLogger"
 workers = _settings.workers
 threads = _settings.threads
 keepalive = 30
@@ -110,13 +117,6 @@ def on_starting(server: Any) -> None:
 
     from kms.ratelimit import create_table
 
-    if _policy.allows_everyone:
-        kms_log.warning(
-            "kms: no authorization.policy_file is set: every client with a certificate may do "
-            "everything"
-        )
-    if _settings.audit_path is None:
-        kms_log.warning("kms: no audit.path is set: requests are not audited")
     create_table(_runtime.rate_limit_table)
 
     try:
@@ -124,6 +124,14 @@ def on_starting(server: Any) -> None:
     except KMSError as error:
         remove_runtime_directory(_runtime)
         _fail(error.public_message)
+    # Warned only once the keystore opened: a refused start stays one line naming its cause.
+    if _policy.allows_everyone:
+        kms_log.warning(
+            "kms: no authorization.policy_file is set: every client with a certificate may do "
+            "everything"
+        )
+    if _settings.audit_path is None:
+        kms_log.warning("kms: no audit.path is set: requests are not audited")
     wsgi.install(_settings, keyring, _policy, _runtime.rate_limit_table)
 
 

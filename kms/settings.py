@@ -40,6 +40,12 @@ _KEYS: dict[tuple[str, str], str] = {
     ("server", "maxBodyBytes"): "max_body_bytes",
     ("server", "workers"): "workers",
     ("server", "threads"): "threads",
+    # The serving limits of kms.server (issue 6): deadlines in seconds, connections per worker.
+    ("server", "handshakeTimeout"): "handshake_timeout",
+    ("server", "headerTimeout"): "header_timeout",
+    ("server", "bodyTimeout"): "body_timeout",
+    ("server", "bodyMinRate"): "body_min_rate",
+    ("server", "maxConnections"): "max_connections",
     ("server", "maxBatchItems"): "max_batch_items",
     ("kms", "master_passphrase_file"): "master_passphrase_file",
     ("kms", "kdf_iterations"): "kdf_iterations",
@@ -74,6 +80,12 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     workers: int = 2
     threads: int = 4
+    # -- the serving limits (README "Slow and hostile clients") --
+    handshake_timeout: int = 5
+    header_timeout: int = 10
+    body_timeout: int = 10
+    body_min_rate: int = 1024
+    max_connections: int = 1000
     max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS
     # -- who may do what, and the record of who did (README "Security") --
     policy_file: Path | None = None  # absent: every authenticated caller may do everything
@@ -192,6 +204,11 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
         "max_body_bytes": _integer_between(1024, 64 * 1024 * 1024),
         "workers": _integer_between(1, 64),
         "threads": _integer_between(1, 64),
+        "handshake_timeout": _integer_between(1, 300),
+        "header_timeout": _integer_between(1, 300),
+        "body_timeout": _integer_between(1, 300),
+        "body_min_rate": _integer_between(0, 1024 * 1024 * 1024),
+        "max_connections": _integer_between(16, 100_000),
         "max_batch_items": _integer_between(1, 100_000),
         "master_passphrase_file": _unresolved_path,
         "kdf_iterations": _integer_between(MIN_ITERATIONS, MAX_ITERATIONS),

@@ -36,7 +36,9 @@ def settings_from_config(directory: Path, passphrase_file: str | Path) -> Settin
         encoding="utf-8",
     )
     # Few iterations for the test keystore; the config file itself keeps the production floor.
-    return load_settings(config, environ={}).with_overrides(kdf_iterations=TEST_ITERATIONS)
+    return load_settings(config, environ={}).with_overrides(
+        kdf_iterations=TEST_ITERATIONS, insecure_test_kdf_floor=TEST_ITERATIONS
+    )
 
 
 @pytest.fixture

@@ -1,0 +1,45 @@
+"""The serving limits the kms worker enforces, taken from kms's settings.
+
+``kms.gunicorn_conf`` calls ``configure`` in the gunicorn master at import time; workers are
+forked after that and inherit the value. A worker started without it (a hand-written gunicorn
+config naming the worker class) uses the defaults of ``kms.settings.Settings``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kms.settings import DEFAULT_MAX_BODY_BYTES, Settings
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    handshake_timeout: float = 5.0
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    body_min_rate: int = 1024
+    max_connections: int = 1000
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServerLimits:
+        return cls(
+            handshake_timeout=float(settings.handshake_timeout),
+            header_timeout=float(settings.header_timeout),
+            body_timeout=float(settings.body_timeout),
+            body_min_rate=settings.body_min_rate,
+            max_connections=settings.max_connections,
+            max_body_bytes=settings.max_body_bytes,
+        )
+
+
+_configured: ServerLimits | None = None
+
+
+def configure(limits: ServerLimits) -> None:
+    global _configured
+    _configured = limits
+
+
+def current_limits() -> ServerLimits:
+    return _configured if _configured is not None else ServerLimits()
