@@ -6,10 +6,10 @@ SQLite database, ``kms serve`` with the default 2 workers x 4 threads) and stops
 with --url it measures a running server (``make run``: --url https://localhost:8080 --secrets
 ./secrets).
 
-Each of --connections threads opens one requests.Session (one TLS connection, kept alive),
-warms it up, then sends single-call encrypts of --size bytes for --seconds, then batches of
---batch such encrypts for --seconds, on the same connection. Printed: items per second of each
-phase and their ratio.
+Each of --connections threads opens one requests.Session (one TLS connection, kept alive) and
+warms it up; then, on the same connections, single-call encrypts of --size bytes and batches of
+--batch such encrypts take turns, --seconds in all for each, in --rounds alternating rounds.
+Printed: items per second of each and their ratio.
 
     .venv/bin/python scripts/bench_batch.py [--connections 4] [--seconds 5] [--batch 100]
 """
@@ -166,7 +166,9 @@ def run_phase(
     return sum(counts), time.perf_counter() - began
 
 
-def measure(target: Target, connections: int, seconds: float, batch: int, size: int) -> None:
+def measure(
+    target: Target, connections: int, seconds: float, batch: int, size: int, rounds: int
+) -> None:
     key_id = f"bench-{uuid.uuid4().hex[:12]}"
     sessions = [session(target) for _ in range(connections)]
     try:
@@ -178,14 +180,24 @@ def measure(target: Target, connections: int, seconds: float, batch: int, size: 
         batched = {"key_id": key_id, "batch": [{"plaintext": plaintext}] * batch}
         # Warm up: the TLS handshakes, the workers' key caches.
         run_phase(target, sessions, min(seconds, 1.0), single, 1)
-        single_items, single_elapsed = run_phase(target, sessions, seconds, single, 1)
-        batch_items, batch_elapsed = run_phase(target, sessions, seconds, batched, batch)
+        # The phases alternate in rounds, so that a change in the machine's load (it is shared)
+        # weighs on both alike rather than on whichever phase it happened to fall in.
+        single_items = batch_items = 0
+        single_elapsed = batch_elapsed = 0.0
+        for _ in range(rounds):
+            items, elapsed = run_phase(target, sessions, seconds / rounds, single, 1)
+            single_items, single_elapsed = single_items + items, single_elapsed + elapsed
+            items, elapsed = run_phase(target, sessions, seconds / rounds, batched, batch)
+            batch_items, batch_elapsed = batch_items + items, batch_elapsed + elapsed
     finally:
         for client in sessions:
             client.close()
     single_rate = single_items / single_elapsed
     batch_rate = batch_items / batch_elapsed
-    print(f"connections: {connections} keep-alive mTLS, {size} B plaintexts, {seconds:g} s each")
+    print(
+        f"connections: {connections} keep-alive mTLS, {size} B plaintexts, {seconds:g} s each "
+        f"in {rounds} alternating rounds"
+    )
     print(
         f"single-call encrypt: {single_items} items in {single_elapsed:.2f} s = "
         f"{single_rate:,.0f} items/s"
@@ -205,19 +217,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5, help="alternations of the two phases")
     args = parser.parse_args()
     if args.url:
         secrets = args.secrets or Path("secrets")
         target = Target(
             args.url, secrets / "ca.pem", secrets / "client.crt", secrets / "client.key"
         )
-        measure(target, args.connections, args.seconds, args.batch, args.size)
+        measure(target, args.connections, args.seconds, args.batch, args.size, args.rounds)
         return
     with (
         tempfile.TemporaryDirectory(prefix="kms-bench-") as directory,
         own_server(Path(directory)) as target,
     ):
-        measure(target, args.connections, args.seconds, args.batch, args.size)
+        measure(target, args.connections, args.seconds, args.batch, args.size, args.rounds)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ def encrypt() -> Response:
     if is_batch(json_body()):
         return run_batch(
             json_body(),
-            schemas.encrypt_item,
+            schemas.fast_encrypt_item,
             service().encrypt_batch,
-            schemas.encrypt_response.dump,
+            schemas.fast_encrypt_response,
         )
     body = schemas.encrypt_request.load(json_body())
     result = service().encrypt(**body)
@@ -37,9 +37,9 @@ def decrypt() -> Response:
     if is_batch(json_body()):
         return run_batch(
             json_body(),
-            schemas.decrypt_item,
+            schemas.fast_decrypt_item,
             service().decrypt_batch,
-            schemas.decrypt_response.dump,
+            schemas.fast_decrypt_response,
         )
     body = schemas.decrypt_request.load(json_body())
     result = service().decrypt(**body)
@@ -52,7 +52,7 @@ def datakey() -> Response:
     if is_batch(json_body()):
         return run_batch(
             json_body(),
-            schemas.data_key_item,
+            schemas.fast_data_key_item,
             service().generate_data_key_batch,
             schemas.dump_data_key,
         )
@@ -65,7 +65,10 @@ def datakey() -> Response:
 def rewrap() -> Response:
     if is_batch(json_body()):
         return run_batch(
-            json_body(), schemas.rewrap_item, service().rewrap_batch, schemas.encrypt_response.dump
+            json_body(),
+            schemas.fast_rewrap_item,
+            service().rewrap_batch,
+            schemas.fast_encrypt_response,
         )
     body = schemas.rewrap_request.load(json_body())
     return jsonify(schemas.encrypt_response.dump(service().rewrap(**body)))
@@ -76,7 +79,7 @@ def rewrap() -> Response:
 def sign() -> Response:
     if is_batch(json_body()):
         return run_batch(
-            json_body(), schemas.sign_item, service().sign_batch, schemas.sign_response.dump
+            json_body(), schemas.fast_sign_item, service().sign_batch, schemas.fast_sign_response
         )
     body = schemas.sign_request.load(json_body())
     result = service().sign(body["key_id"], body["message"])
@@ -88,7 +91,7 @@ def sign() -> Response:
 def verify() -> Response:
     if is_batch(json_body()):
         return run_batch(
-            json_body(), schemas.verify_item, service().verify_batch, schemas.dump_verified
+            json_body(), schemas.fast_verify_item, service().verify_batch, schemas.dump_verified
         )
     body = schemas.verify_request.load(json_body())
     result = service().verify(body["key_id"], body["message"], body["signature"])

@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
 
 from kms.service.keys import DATA_KEY_SIZES, MAX_PAGE_SIZE, DataKey, Verified
 
@@ -231,14 +232,85 @@ _data_key_response = DataKeyResponse()
 _data_key_without_plaintext = DataKeyResponse(exclude=("plaintext",))
 
 
+def fast_load(schema: Schema) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """``schema.load`` of one JSON object, without marshmallow's per-call machinery.
+
+    A batch loads up to ``server.maxBatchItems`` items, and ``load`` costs about 10 us per item
+    against 3 us for its fields' own ``deserialize``. The same fields, defaults, unknown-field
+    refusal and messages (a ``ValidationError`` of the same shape); only for the flat request
+    schemas here (no hooks, no nesting, ``unknown = RAISE``). A test compares it with ``load``
+    on generated input for each schema a batch uses.
+    """
+    by_key = {
+        field.data_key or name: (field.attribute or name, field)
+        for name, field in schema.load_fields.items()
+    }
+    unknown = schema.error_messages["unknown"]
+
+    def load(data: dict[str, Any]) -> dict[str, Any]:
+        errors: dict[str, Any] = {key: [unknown] for key in data if key not in by_key}
+        loaded: dict[str, Any] = {}
+        for key, (attribute, field) in by_key.items():
+            try:
+                value = field.deserialize(data.get(key, missing), key, data)
+            except ValidationError as error:
+                errors[key] = error.messages
+                continue
+            if value is not missing:
+                loaded[attribute] = value
+        if errors:
+            raise ValidationError(errors)
+        return loaded
+
+    return load
+
+
+def fast_dump(schema: Schema) -> Callable[[Any], dict[str, Any]]:
+    """``schema.dump`` of one object, without marshmallow's per-call machinery.
+
+    A batch dumps up to ``server.maxBatchItems`` results, and ``dump`` costs about 12 us per
+    object against 3 us for its fields' own serialisation: a third of a batch item's time. Only
+    for the flat response schemas here (no hooks, no nesting, no ``many``, every attribute
+    present); a test compares it with ``dump`` for each schema a batch uses.
+    """
+    plan = [
+        (field.data_key or name, field.attribute or name, field)
+        for name, field in schema.dump_fields.items()
+    ]
+
+    def dump(obj: Any) -> dict[str, Any]:
+        # _serialize is the hook a Field subclass implements (see StrictBase64 above).
+        return {
+            key: field._serialize(getattr(obj, attribute), attribute, obj)
+            for key, attribute, field in plan
+        }
+
+    return dump
+
+
 def dump_data_key(result: DataKey) -> dict[str, Any]:
     """``plaintext`` appears only when it was asked for (``include_plaintext``)."""
     if result.plaintext is None:
-        return _data_key_without_plaintext.dump(result)
-    return _data_key_response.dump(result)
+        return _fast_data_key_without_plaintext(result)
+    return _fast_data_key(result)
 
 
 def dump_verified(result: Verified) -> dict[str, Any]:
     if result.valid:
         return {"valid": True}
     return {"valid": False, "error": "signature invalid"}
+
+
+_fast_data_key = fast_dump(_data_key_response)
+_fast_data_key_without_plaintext = fast_dump(_data_key_without_plaintext)
+#: The dumps of batch results (kms.api.batch), one per response schema.
+fast_encrypt_response = fast_dump(encrypt_response)
+fast_decrypt_response = fast_dump(decrypt_response)
+fast_sign_response = fast_dump(sign_response)
+#: The loads of batch items (kms.api.batch), one per item schema.
+fast_encrypt_item = fast_load(encrypt_item)
+fast_decrypt_item = fast_load(decrypt_item)
+fast_rewrap_item = fast_load(rewrap_item)
+fast_data_key_item = fast_load(data_key_item)
+fast_sign_item = fast_load(sign_item)
+fast_verify_item = fast_load(verify_item)

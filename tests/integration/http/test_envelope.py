@@ -680,6 +680,8 @@ def test_the_batch_benchmark_script_runs(deployment: Deployment, server: ServerP
             "0.2",
             "--batch",
             "10",
+            "--rounds",
+            "2",
         ],
         capture_output=True,
         text=True,
