@@ -1,7 +1,9 @@
-"""Crypto RPCs: /v1/kms/encrypt, /decrypt, /datakey, /rewrap, /sign, /verify.
+"""Crypto RPCs: /v1/kms/encrypt, /decrypt, /datakey, /rewrap, /sign, /verify, /mac,
+/mac/verify, /random.
 
-Each also takes a batch, ``{key_id, batch: [...]}`` (``kms.api.batch``), under the same
-operation: authorization, audit and rate limits treat a batch as one request on its key.
+encrypt, decrypt, datakey, rewrap, sign and verify also take a batch, ``{key_id, batch: [...]}``
+(``kms.api.batch``), under the same operation: authorization, audit and rate limits treat a batch
+as one request on its key.
 """
 
 from __future__ import annotations
@@ -82,7 +84,13 @@ def sign() -> Response:
             json_body(), schemas.fast_sign_item, service().sign_batch, schemas.fast_sign_response
         )
     body = schemas.sign_request.load(json_body())
-    result = service().sign(body["key_id"], body["message"])
+    result = service().sign(
+        body["key_id"],
+        body["message"],
+        body["signing_algorithm"],
+        prehashed=body["prehashed"],
+        digest_algorithm=body["digest_algorithm"],
+    )
     return jsonify(schemas.sign_response.dump(result))
 
 
@@ -94,5 +102,41 @@ def verify() -> Response:
             json_body(), schemas.fast_verify_item, service().verify_batch, schemas.dump_verified
         )
     body = schemas.verify_request.load(json_body())
-    result = service().verify(body["key_id"], body["message"], body["signature"])
+    result = service().verify(
+        body["key_id"],
+        body["message"],
+        body["signature"],
+        body["signing_algorithm"],
+        prehashed=body["prehashed"],
+        digest_algorithm=body["digest_algorithm"],
+        version=body["version"],
+    )
     return jsonify(schemas.dump_verified(result))
+
+
+@blueprint.post("/mac")
+@operation("mac", KeyFrom.BODY)
+def mac() -> Response:
+    body = schemas.mac_request.load(json_body())
+    result = service().mac(body["key_id"], body["message"])
+    return jsonify(schemas.mac_response.dump(result))
+
+
+# A separate operation, so a policy can let a caller check MACs without letting it make them.
+@blueprint.post("/mac/verify")
+@operation("mac:verify", KeyFrom.BODY)
+def mac_verify() -> Response:
+    body = schemas.mac_verify_request.load(json_body())
+    result = service().verify_mac(
+        body["key_id"], body["message"], body["mac"], version=body["version"]
+    )
+    if result.valid:
+        return jsonify(valid=True)
+    return jsonify(valid=False, error="mac invalid")
+
+
+@blueprint.post("/random")
+@operation("random")
+def random() -> Response:
+    body = schemas.random_request.load(json_body())
+    return jsonify(schemas.random_response.dump({"random": service().random_bytes(body["bytes"])}))

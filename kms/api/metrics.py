@@ -36,7 +36,9 @@ from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 
 #: Operations counted by algorithm: the ones that use a key's material.
-CRYPTO_OPERATIONS = frozenset({"encrypt", "decrypt", "sign", "verify", "datakey", "rewrap", "mac"})
+CRYPTO_OPERATIONS = frozenset(
+    {"encrypt", "decrypt", "sign", "verify", "datakey", "rewrap", "mac", "mac:verify"}
+)
 NO_ENDPOINT = "none"
 log = logging.getLogger("kms")
 

@@ -38,6 +38,7 @@ KNOWN_OPERATIONS = frozenset(
         "datakey",
         "rewrap",
         "mac",
+        "mac:verify",
         "random",
         "metrics",
     }

@@ -15,7 +15,14 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
 
-from kms.service.keys import DATA_KEY_SIZES, MAX_PAGE_SIZE, DataKey, Verified
+from kms.crypto.algorithms import DIGEST_ALGORITHMS
+from kms.service.keys import (
+    DATA_KEY_SIZES,
+    MAX_PAGE_SIZE,
+    MAX_RANDOM_BYTES,
+    DataKey,
+    Verified,
+)
 
 _DECIMAL = re.compile(r"[0-9]{1,10}")
 
@@ -56,7 +63,7 @@ class StrictInteger(fields.Field):
 
 
 class StrictBoolean(fields.Field):
-    """``true`` or ``false`` in JSON; never 1, "true" or null."""
+    """JSON true or false; never 1, 0 or "true"."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
         if not isinstance(value, bool):
@@ -110,14 +117,22 @@ class EncryptRequest(_Request):
     context = EncryptionContext(load_default=None, allow_none=True)
 
 
+_VERSION = {"low": 1, "high": 2**31 - 1}
+
+
 class DecryptRequest(_Request):
     key_id = fields.String(required=True)
     ciphertext = fields.String(required=True)
     context = EncryptionContext(load_default=None, allow_none=True)
+    #: RSA-OAEP keys only: ``ciphertext`` is then a raw OAEP ciphertext made with this version's
+    #: exported public key, not the ``vN:`` form.
+    version = StrictInteger(**_VERSION, load_default=None)
 
 
-class RewrapRequest(DecryptRequest):
-    pass
+class RewrapRequest(_Request):
+    key_id = fields.String(required=True)
+    ciphertext = fields.String(required=True)
+    context = EncryptionContext(load_default=None, allow_none=True)
 
 
 class DataKeyRequest(_Request):
@@ -144,12 +159,40 @@ class BatchRequest(_Request):
 class SignRequest(_Request):
     key_id = fields.String(required=True)
     message = StrictBase64(required=True)
+    # RSA keys: one of kms.crypto.algorithms.RSA_SIGNATURE_SCHEMES (the service checks it
+    # against the key, so that a wrong name for the key's type gets the list that fits).
+    signing_algorithm = fields.String(load_default=None)
+    prehashed = StrictBoolean(load_default=False)
+    digest_algorithm = fields.String(
+        load_default=None, validate=validate.OneOf(sorted(DIGEST_ALGORITHMS))
+    )
 
 
 class VerifyRequest(_Request):
     key_id = fields.String(required=True)
     message = StrictBase64(required=True)
     signature = StrictBase64(required=True)
+    signing_algorithm = fields.String(load_default=None)
+    prehashed = StrictBoolean(load_default=False)
+    digest_algorithm = fields.String(
+        load_default=None, validate=validate.OneOf(sorted(DIGEST_ALGORITHMS))
+    )
+    #: Check only this version (any the key has), instead of the newest kms.verifyMaxVersions.
+    version = StrictInteger(**_VERSION, load_default=None)
+
+
+class MACRequest(_Request):
+    key_id = fields.String(required=True)
+    message = StrictBase64(required=True)
+
+
+class MACVerifyRequest(MACRequest):
+    mac = StrictBase64(required=True)
+    version = StrictInteger(**_VERSION, load_default=None)
+
+
+class RandomRequest(_Request):
+    bytes = StrictInteger(low=1, high=MAX_RANDOM_BYTES, required=True)
 
 
 class KeyVersionResponse(Schema):
@@ -201,6 +244,16 @@ class SignResponse(Schema):
     version = fields.Integer()
 
 
+class MACResponse(Schema):
+    mac = StrictBase64()
+    key_id = fields.String()
+    version = fields.Integer()
+
+
+class RandomResponse(Schema):
+    random = StrictBase64()
+
+
 create_key_request = CreateKeyRequest()
 list_keys_query = ListKeysQuery()
 list_versions_query = ListVersionsQuery()
@@ -209,6 +262,9 @@ encrypt_request = EncryptRequest()
 decrypt_request = DecryptRequest()
 sign_request = SignRequest()
 verify_request = VerifyRequest()
+mac_request = MACRequest()
+mac_verify_request = MACVerifyRequest()
+random_request = RandomRequest()
 rewrap_request = RewrapRequest()
 data_key_request = DataKeyRequest()
 batch_request = BatchRequest()
@@ -228,6 +284,8 @@ public_key_response = PublicKeyResponse()
 encrypt_response = EncryptResponse()
 decrypt_response = DecryptResponse()
 sign_response = SignResponse()
+mac_response = MACResponse()
+random_response = RandomResponse()
 _data_key_response = DataKeyResponse()
 _data_key_without_plaintext = DataKeyResponse(exclude=("plaintext",))
 

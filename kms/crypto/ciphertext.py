@@ -5,6 +5,10 @@ padding, canonical (re-encoding the decoded bytes gives the same text). ``<N>`` 
 version: ASCII digits, no sign, no leading zero, 1 <= N <= 2**31 - 1. Anything else raises
 ``InvalidCiphertext``; nothing else escapes the parser.
 
+RSA-OAEP keys use the same envelope around the raw OAEP ciphertext (``BASE64( "v<N>:" ||
+oaep )``, see ``format_versioned``), so a client sees one ciphertext form for every encryption key;
+a raw OAEP ciphertext made offline is read with ``parse_raw``.
+
 The AEAD's associated data binds the key_id, the version and the caller's encryption context, so
 a ciphertext cannot be replayed under another key, relabelled as another version, or opened
 under another context (README, "Encryption context"):
@@ -51,7 +55,15 @@ def format_ciphertext(version: int, nonce: bytes, sealed: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def parse_ciphertext(text: str) -> ParsedCiphertext:
+def format_versioned(version: int, body: bytes) -> str:
+    """``BASE64( "v<N>:" || body )``: the envelope of an RSA-OAEP ciphertext."""
+    if not 1 <= version <= MAX_VERSION:
+        raise ValueError("version out of range")
+    return base64.b64encode(b"v%d:" % version + body).decode("ascii")
+
+
+def parse_raw(text: str) -> bytes:
+    """Canonical standard base64 to bytes; anything else raises ``InvalidCiphertext``."""
     if not isinstance(text, str) or not text.isascii():
         raise InvalidCiphertext()
     try:
@@ -61,12 +73,24 @@ def parse_ciphertext(text: str) -> ParsedCiphertext:
     # validate=True still accepts non-canonical padding bits; only one spelling is allowed.
     if base64.b64encode(raw).decode("ascii") != text:
         raise InvalidCiphertext()
+    return raw
+
+
+def parse_versioned(text: str) -> tuple[int, bytes]:
+    """Split ``BASE64( "v<N>:" || body )`` into ``(N, body)``; raise ``InvalidCiphertext``."""
+    raw = parse_raw(text)
     match = _VERSION_PREFIX.match(raw)
     if match is None:
         raise InvalidCiphertext()
     version = int(match.group(1))
-    body = raw[match.end() :]
-    if version > MAX_VERSION or len(body) < NONCE_BYTES + TAG_BYTES:
+    if version > MAX_VERSION:
+        raise InvalidCiphertext()
+    return version, raw[match.end() :]
+
+
+def parse_ciphertext(text: str) -> ParsedCiphertext:
+    version, body = parse_versioned(text)
+    if len(body) < NONCE_BYTES + TAG_BYTES:
         raise InvalidCiphertext()
     return ParsedCiphertext(version=version, nonce=body[:NONCE_BYTES], sealed=body[NONCE_BYTES:])
 

@@ -67,6 +67,8 @@ from kms.server.errors import REASONS, error_answer, json_body, json_error
 from kms.server.limits import ServerLimits, current_limits
 from kms.server.logs import escape_log_value
 
+#: How long a stopping worker still answers requests arriving on idle kept-alive connections.
+DRAIN_SECONDS = 2.0
 #: How often deadlines are checked: a deadline is enforced at most this late.
 SWEEP_INTERVAL_SECONDS = 0.25
 #: A body's first seconds are not held to the floor rate (TCP slow start, a client's own pace).
@@ -251,17 +253,24 @@ class KMSWorker(gthread.ThreadWorker):
     def shut_down(self) -> None:
         """Stop accepting; finish the requests already arriving, within the graceful timeout.
 
-        Connections in their handshake or idle between requests are closed at once; a request
-        whose head or body is arriving is still received (under its deadlines) and answered,
-        with "Connection: close".
+        A request whose head or body is arriving is still received (under its deadlines) and
+        answered, with "Connection: close". Connections in their handshake or idle between
+        requests are kept for a short drain window first: a client that sends its next request
+        on a kept-alive connection just as the worker stops (a SIGHUP reload) is answered, with
+        "Connection: close", instead of finding the connection reset under it.
         """
         for listener in self.sockets:
             with contextlib.suppress(KeyError, ValueError):
                 self.poller.unregister(listener)
-        deadline = time.monotonic() + self.cfg.graceful_timeout
+        started = time.monotonic()
+        deadline = started + self.cfg.graceful_timeout
+        drained = started + min(DRAIN_SECONDS, self.cfg.graceful_timeout)
         while time.monotonic() < deadline:
+            waiting = (State.HANDSHAKE, State.IDLE, State.DISCARD)
+            if time.monotonic() < drained:
+                waiting = (State.DISCARD,)
             for conn in list(self.held):
-                if conn.state in (State.HANDSHAKE, State.IDLE, State.DISCARD):
+                if conn.state in waiting:
                     self.close(conn)
             if not self.busy and not self.held:
                 break

@@ -14,10 +14,11 @@ from typing import Any
 from kms.crypto.algorithms import (
     ALGORITHMS,
     DEFAULT_ALGORITHM,
+    PUBLIC_KEY_ALGORITHMS,
+    RSA_ENCRYPTION_ALGORITHMS,
     SIGNING_ALGORITHMS,
-    EncryptionAlgorithm,
+    Algorithm,
     Purpose,
-    SigningAlgorithm,
     open_sealed,
     public_key_pem,
     seal,
@@ -26,7 +27,10 @@ from kms.crypto.ciphertext import (
     ciphertext_aad,
     encode_context,
     format_ciphertext,
+    format_versioned,
     parse_ciphertext,
+    parse_raw,
+    parse_versioned,
 )
 from kms.crypto.wrapping import KeyIdentity
 from kms.errors import (
@@ -67,6 +71,8 @@ MAX_PAGE_SIZE = 1000
 #: GET /v1/kms/keys/{key_id} lists at most this many of the newest versions; /versions pages.
 KEY_DETAIL_VERSIONS = 100
 ENABLED = "enabled"
+#: POST /v1/kms/random returns at most this many bytes per call.
+MAX_RANDOM_BYTES = 1024
 #: Key rows whose MAC was verified, kept whole (MAC included) so only an identical row hits.
 VERIFIED_ROWS_CACHE_SIZE = 1024
 #: The sizes of data key ``generate_data_key`` makes: AES-128, -192 and -256.
@@ -75,8 +81,6 @@ DATA_KEY_SIZES = (16, 24, 32)
 #: One item of a batch: the single call's keyword arguments but key_id, or the error its
 #: parsing raised (kept as that item's result).
 BatchItem = Mapping[str, Any] | KMSError
-#: A key's material by version, loaded at most once per request (``KMSService._loader``).
-Loader = Callable[[int], Any]
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,13 @@ class Signed:
     key_id: str
     version: int
     signature: bytes
+
+
+@dataclass(frozen=True)
+class MACed:
+    key_id: str
+    version: int
+    mac: bytes
 
 
 @dataclass(frozen=True)
@@ -316,7 +327,10 @@ class KMSService:
         return _info(recreated)
 
     def public_key(self, key_id: str, version: int | None = None) -> PublicKeyInfo:
-        key = self._usable_key(key_id, Purpose.SIGN)
+        """The public half of a signing key or an RSA-OAEP encryption key."""
+        key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
+        if key.algorithm not in PUBLIC_KEY_ALGORITHMS:
+            raise PurposeMismatch(f"key {key.key_id} ({key.algorithm}) has no public key")
         version = key.latest_version if version is None else version
         return PublicKeyInfo(
             key_id=key.key_id,
@@ -339,25 +353,31 @@ class KMSService:
         self, key_id: str, plaintext: bytes, context: Mapping[str, str] | None = None
     ) -> Encrypted:
         key = self._usable_key(key_id, Purpose.ENCRYPT)
-        return self._encrypt(key, self._loader(key, self._secret), plaintext, context)
+        return self._encrypt(key, _Material(self, key), plaintext, context)
 
     def encrypt_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Encrypted | KMSError]:
         self.check_batch_size(len(items))
         key = self._usable_key(key_id, Purpose.ENCRYPT)
-        secret = self._loader(key, self._secret)
-        return _each(items, lambda item: self._encrypt(key, secret, **item))
+        material = _Material(self, key)
+        return _each(items, lambda item: self._encrypt(key, material, **item))
 
     def decrypt(
-        self, key_id: str, ciphertext: str, context: Mapping[str, str] | None = None
+        self,
+        key_id: str,
+        ciphertext: str,
+        context: Mapping[str, str] | None = None,
+        version: int | None = None,
     ) -> Decrypted:
+        """Decrypt a ``vN:`` ciphertext, or (RSA-OAEP keys only) a raw OAEP ciphertext made
+        offline with the exported public key of ``version``."""
         key = self._usable_key(key_id, Purpose.ENCRYPT)
-        return self._decrypt(key, self._loader(key, self._secret), ciphertext, context)
+        return self._decrypt(key, _Material(self, key), ciphertext, context, version)
 
     def decrypt_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Decrypted | KMSError]:
         self.check_batch_size(len(items))
         key = self._usable_key(key_id, Purpose.ENCRYPT)
-        secret = self._loader(key, self._secret)
-        return _each(items, lambda item: self._decrypt(key, secret, **item))
+        material = _Material(self, key)
+        return _each(items, lambda item: self._decrypt(key, material, **item))
 
     def generate_data_key(
         self,
@@ -372,17 +392,15 @@ class KMSService:
         ``include_plaintext`` only the ciphertext is returned.
         """
         key = self._usable_key(key_id, Purpose.ENCRYPT)
-        return self._data_key(
-            key, self._loader(key, self._secret), key_bytes, context, include_plaintext
-        )
+        return self._data_key(key, _Material(self, key), key_bytes, context, include_plaintext)
 
     def generate_data_key_batch(
         self, key_id: str, items: Sequence[BatchItem]
     ) -> list[DataKey | KMSError]:
         self.check_batch_size(len(items))
         key = self._usable_key(key_id, Purpose.ENCRYPT)
-        secret = self._loader(key, self._secret)
-        return _each(items, lambda item: self._data_key(key, secret, **item))
+        material = _Material(self, key)
+        return _each(items, lambda item: self._data_key(key, material, **item))
 
     def rewrap(
         self, key_id: str, ciphertext: str, context: Mapping[str, str] | None = None
@@ -394,39 +412,77 @@ class KMSService:
         ``InvalidCiphertext``, as for ``decrypt``.
         """
         key = self._usable_key(key_id, Purpose.ENCRYPT)
-        return self._rewrap(key, self._loader(key, self._secret), ciphertext, context)
+        return self._rewrap(key, _Material(self, key), ciphertext, context)
 
     def rewrap_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Encrypted | KMSError]:
         self.check_batch_size(len(items))
         key = self._usable_key(key_id, Purpose.ENCRYPT)
-        secret = self._loader(key, self._secret)
-        return _each(items, lambda item: self._rewrap(key, secret, **item))
+        material = _Material(self, key)
+        return _each(items, lambda item: self._rewrap(key, material, **item))
 
-    def sign(self, key_id: str, message: bytes) -> Signed:
+    def sign(
+        self,
+        key_id: str,
+        message: bytes,
+        signing_algorithm: str | None = None,
+        *,
+        prehashed: bool = False,
+        digest_algorithm: str | None = None,
+    ) -> Signed:
+        """Sign with the newest version. ``prehashed``: ``message`` is the ``digest_algorithm``
+        digest of the data, and the signature is the one over the data itself."""
         key = self._usable_key(key_id, Purpose.SIGN)
-        return self._sign(key, self._loader(key, self._secret), message)
+        return self._sign(
+            key,
+            _Material(self, key),
+            message,
+            signing_algorithm,
+            prehashed=prehashed,
+            digest_algorithm=digest_algorithm,
+        )
 
     def sign_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Signed | KMSError]:
         self.check_batch_size(len(items))
         key = self._usable_key(key_id, Purpose.SIGN)
-        secret = self._loader(key, self._secret)
-        return _each(items, lambda item: self._sign(key, secret, **item))
+        material = _Material(self, key)
+        return _each(items, lambda item: self._sign(key, material, **item))
 
-    def verify(self, key_id: str, message: bytes, signature: bytes) -> Verified:
-        """Check the signature against the newest ``verify_max_versions`` versions, newest first.
+    def verify(
+        self,
+        key_id: str,
+        message: bytes,
+        signature: bytes,
+        signing_algorithm: str | None = None,
+        *,
+        prehashed: bool = False,
+        digest_algorithm: str | None = None,
+        version: int | None = None,
+    ) -> Verified:
+        """Check the signature against ``version`` only, or else the newest
+        ``verify_max_versions`` versions, newest first.
 
         The bound keeps a bad signature's cost independent of the key's history (a key rotated
-        thousands of times must not make every failed verify try thousands of public keys).
-        Only public keys are used: verification never unwraps a private key.
+        thousands of times must not make every failed verify try thousands of public keys); a
+        caller who kept the version from ``sign`` names it and pays for one check, whatever its
+        age. Only public keys are used: verification never unwraps a private key.
         """
         key = self._usable_key(key_id, Purpose.SIGN)
-        return self._verify(key, self._loader(key, self._public), message, signature)
+        return self._verify(
+            key,
+            _Material(self, key),
+            message,
+            signature,
+            signing_algorithm,
+            prehashed=prehashed,
+            digest_algorithm=digest_algorithm,
+            version=version,
+        )
 
     def verify_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Verified | KMSError]:
         self.check_batch_size(len(items))
         key = self._usable_key(key_id, Purpose.SIGN)
-        public = self._loader(key, self._public)
-        return _each(items, lambda item: self._verify(key, public, **item))
+        material = _Material(self, key)
+        return _each(items, lambda item: self._verify(key, material, **item))
 
     def check_batch_size(self, count: int) -> None:
         """Raise ``InvalidRequest`` unless a batch of ``count`` items is allowed.
@@ -446,45 +502,78 @@ class KMSService:
     def _encrypt(
         self,
         key: KeyRecord,
-        secret: Loader,
+        material: _Material,
         plaintext: bytes,
         context: Mapping[str, str] | None = None,
     ) -> Encrypted:
-        aad = ciphertext_aad(key.key_id, key.latest_version, encode_context(context))
-        nonce, sealed = seal(secret(key.latest_version), plaintext, aad)
-        return Encrypted(
-            key_id=key.key_id,
-            version=key.latest_version,
-            ciphertext=format_ciphertext(key.latest_version, nonce, sealed),
-        )
+        oaep = RSA_ENCRYPTION_ALGORITHMS.get(key.algorithm)
+        if oaep is not None:
+            self._refuse_context(key, context)
+            # The public key suffices: encrypting never unwraps the private key.
+            sealed = oaep.encrypt(material.public(key.latest_version), plaintext)
+            ciphertext = format_versioned(key.latest_version, sealed)
+        else:
+            aad = ciphertext_aad(key.key_id, key.latest_version, encode_context(context))
+            nonce, sealed = seal(material.secret(key.latest_version), plaintext, aad)
+            ciphertext = format_ciphertext(key.latest_version, nonce, sealed)
+        return Encrypted(key_id=key.key_id, version=key.latest_version, ciphertext=ciphertext)
 
     def _decrypt(
         self,
         key: KeyRecord,
-        secret: Loader,
+        material: _Material,
         ciphertext: str,
         context: Mapping[str, str] | None = None,
+        version: int | None = None,
     ) -> Decrypted:
-        encoded_context = encode_context(context)
-        parsed = parse_ciphertext(ciphertext)
-        if parsed.version > key.latest_version:
+        oaep = RSA_ENCRYPTION_ALGORITHMS.get(key.algorithm)
+        if oaep is None:
+            if version is not None:
+                raise InvalidRequest(
+                    "version is only for raw RSA-OAEP ciphertexts; "
+                    f"the ciphertexts of {key.algorithm} keys name their version"
+                )
+            encoded_context = encode_context(context)
+            parsed = parse_ciphertext(ciphertext)
+            aead = self._secret_for_ciphertext(key, material, parsed.version)
+            plaintext = open_sealed(
+                aead,
+                parsed.nonce,
+                parsed.sealed,
+                ciphertext_aad(key.key_id, parsed.version, encoded_context),
+            )
+            return Decrypted(key_id=key.key_id, version=parsed.version, plaintext=plaintext)
+        self._refuse_context(key, context)
+        if version is None:
+            version, sealed = parse_versioned(ciphertext)
+        else:
+            sealed = parse_raw(ciphertext)
+        private_key = self._secret_for_ciphertext(key, material, version)
+        return Decrypted(
+            key_id=key.key_id, version=version, plaintext=oaep.decrypt(private_key, sealed)
+        )
+
+    @staticmethod
+    def _secret_for_ciphertext(key: KeyRecord, material: _Material, version: int) -> Any:
+        """The secret a ciphertext names; a version that does not exist is a bad ciphertext."""
+        if not 1 <= version <= key.latest_version:
             raise InvalidCiphertext()
         try:
-            aead = secret(parsed.version)
+            return material.secret(version)
         except KeyNotFound:  # the version was never issued, or the key was recreated since
             raise InvalidCiphertext() from None
-        plaintext = open_sealed(
-            aead,
-            parsed.nonce,
-            parsed.sealed,
-            ciphertext_aad(key.key_id, parsed.version, encoded_context),
-        )
-        return Decrypted(key_id=key.key_id, version=parsed.version, plaintext=plaintext)
+
+    @staticmethod
+    def _refuse_context(key: KeyRecord, context: Mapping[str, str] | None) -> None:
+        # OAEP here uses no label, so there is nothing to bind a context to; accepting one and
+        # ignoring it would promise a binding that does not exist.
+        if context:
+            raise InvalidRequest(f"{key.algorithm} keys do not support an encryption context")
 
     def _data_key(
         self,
         key: KeyRecord,
-        secret: Loader,
+        material: _Material,
         key_bytes: int = 32,
         context: Mapping[str, str] | None = None,
         include_plaintext: bool = True,
@@ -492,7 +581,7 @@ class KMSService:
         if key_bytes not in DATA_KEY_SIZES:
             raise InvalidRequest("bytes: must be 16, 24 or 32")
         data_key = secrets.token_bytes(key_bytes)
-        encrypted = self._encrypt(key, secret, data_key, context)
+        encrypted = self._encrypt(key, material, data_key, context)
         return DataKey(
             key_id=encrypted.key_id,
             version=encrypted.version,
@@ -503,56 +592,104 @@ class KMSService:
     def _rewrap(
         self,
         key: KeyRecord,
-        secret: Loader,
+        material: _Material,
         ciphertext: str,
         context: Mapping[str, str] | None = None,
     ) -> Encrypted:
-        decrypted = self._decrypt(key, secret, ciphertext, context)
-        return self._encrypt(key, secret, decrypted.plaintext, context)
+        decrypted = self._decrypt(key, material, ciphertext, context)
+        return self._encrypt(key, material, decrypted.plaintext, context)
 
-    def _sign(self, key: KeyRecord, secret: Loader, message: bytes) -> Signed:
+    def _sign(
+        self,
+        key: KeyRecord,
+        material: _Material,
+        message: bytes,
+        signing_algorithm: str | None = None,
+        *,
+        prehashed: bool = False,
+        digest_algorithm: str | None = None,
+    ) -> Signed:
         spec = SIGNING_ALGORITHMS[key.algorithm]
+        scheme = spec.scheme(
+            signing_algorithm, prehashed=prehashed, digest_algorithm=digest_algorithm
+        )
+        private_key = material.secret(key.latest_version)
         return Signed(
             key_id=key.key_id,
             version=key.latest_version,
-            signature=spec.sign(secret(key.latest_version), message),
+            signature=spec.sign(private_key, message, scheme, prehashed=prehashed),
         )
 
-    def _verify(self, key: KeyRecord, public: Loader, message: bytes, signature: bytes) -> Verified:
+    def _verify(
+        self,
+        key: KeyRecord,
+        material: _Material,
+        message: bytes,
+        signature: bytes,
+        signing_algorithm: str | None = None,
+        *,
+        prehashed: bool = False,
+        digest_algorithm: str | None = None,
+        version: int | None = None,
+    ) -> Verified:
         spec = SIGNING_ALGORITHMS[key.algorithm]
-        # When keys get a min_decryption_version, the lower bound becomes the larger of the two.
-        oldest = max(1, key.latest_version - self._verify_max_versions + 1)
-        for version in range(key.latest_version, oldest - 1, -1):
+        scheme = spec.scheme(
+            signing_algorithm, prehashed=prehashed, digest_algorithm=digest_algorithm
+        )
+        for candidate in self._versions_to_try(key, version):
             try:
-                public_key = public(version)
+                public_key = material.public(candidate)
             except KeyNotFound:
                 continue
             try:
-                spec.verify(public_key, message, signature)
+                spec.verify(public_key, message, signature, scheme, prehashed=prehashed)
             except InvalidSignature:
                 continue
-            return Verified(key_id=key.key_id, valid=True, version=version)
+            return Verified(key_id=key.key_id, valid=True, version=candidate)
         return Verified(key_id=key.key_id, valid=False, version=None)
 
+    def mac(self, key_id: str, message: bytes) -> MACed:
+        key = self._usable_key(key_id, Purpose.MAC)
+        secret = self._secret(key, key.latest_version)
+        return MACed(key_id=key.key_id, version=key.latest_version, mac=secret.mac(message))
+
+    def verify_mac(
+        self, key_id: str, message: bytes, mac: bytes, version: int | None = None
+    ) -> Verified:
+        """Check a MAC against ``version`` only, or the newest ``verify_max_versions`` versions.
+
+        Each comparison is constant time; unlike ``verify``, every version tried unwraps (once,
+        then cached) its secret key, since a MAC key has no public half.
+        """
+        key = self._usable_key(key_id, Purpose.MAC)
+        for candidate in self._versions_to_try(key, version):
+            try:
+                secret = self._secret(key, candidate)
+            except KeyNotFound:
+                continue
+            try:
+                secret.verify(message, mac)
+            except InvalidSignature:
+                continue
+            return Verified(key_id=key.key_id, valid=True, version=candidate)
+        return Verified(key_id=key.key_id, valid=False, version=None)
+
+    def _versions_to_try(self, key: KeyRecord, version: int | None) -> range:
+        if version is not None:
+            # Any version the key has, however old: the caller names the one to check.
+            return range(version, version + 1) if 1 <= version <= key.latest_version else range(0)
+        # When keys get a min_decryption_version, the lower bound becomes the larger of the two.
+        oldest = max(1, key.latest_version - self._verify_max_versions + 1)
+        return range(key.latest_version, oldest - 1, -1)
+
     @staticmethod
-    def _loader(key: KeyRecord, load: Callable[[KeyRecord, int], Any]) -> Loader:
-        """``load`` for one key, remembering each version it loaded (or found missing) for as
-        long as the request lasts: a batch reads and unwraps each version at most once, even
-        with the material cache switched off."""
-        loaded: dict[int, Any] = {}
-
-        def by_version(version: int) -> Any:
-            if version not in loaded:
-                try:
-                    loaded[version] = load(key, version)
-                except KeyNotFound as missing:
-                    loaded[version] = missing
-            found = loaded[version]
-            if isinstance(found, KeyNotFound):
-                raise KeyNotFound()
-            return found
-
-        return by_version
+    def random_bytes(count: int) -> bytes:
+        """``count`` bytes (1..MAX_RANDOM_BYTES) from the operating system's CSPRNG."""
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise InvalidRequest("bytes must be an integer")
+        if not 1 <= count <= MAX_RANDOM_BYTES:
+            raise InvalidRequest(f"bytes must be between 1 and {MAX_RANDOM_BYTES}")
+        return secrets.token_bytes(count)
 
     # -- for health checks and metrics -----------------------------------------------------
 
@@ -570,13 +707,13 @@ class KMSService:
     # -- internals -------------------------------------------------------------------------
 
     @staticmethod
-    def _algorithm_for(
-        purpose: str, algorithm: str | None
-    ) -> EncryptionAlgorithm | SigningAlgorithm:
+    def _algorithm_for(purpose: str, algorithm: str | None) -> Algorithm:
         try:
             purpose_value = Purpose(purpose)
         except ValueError:
-            raise InvalidRequest("purpose must be one of: encrypt, sign") from None
+            raise InvalidRequest(
+                f"purpose must be one of: {', '.join(p.value for p in Purpose)}"
+            ) from None
         name = DEFAULT_ALGORITHM[purpose_value] if algorithm is None else algorithm
         spec = ALGORITHMS.get(name)
         if spec is None:
@@ -589,7 +726,7 @@ class KMSService:
 
     def _store_new_version(
         self,
-        spec: EncryptionAlgorithm | SigningAlgorithm,
+        spec: Algorithm,
         key_id: str,
         next_record: Callable[[KeyRecord], KeyRecord],
         store: Callable[[KeyPlanner], KeyRecord],
@@ -717,7 +854,7 @@ class KMSService:
 
     def _public_key_der(self, key: KeyRecord, version: int) -> bytes:
         record = self._version(key, version)
-        if record.public_key is None:  # only signing keys have one
+        if record.public_key is None:  # only signing and RSA-OAEP keys have one
             raise KeyNotFound()
         self._load_public(key, record)  # refuse one that does not fit the algorithm
         return record.public_key
@@ -726,7 +863,10 @@ class KMSService:
         if record.public_key is None:
             raise KeyNotFound()
         try:
-            return SIGNING_ALGORITHMS[key.algorithm].load_public(record.public_key)
+            spec = PUBLIC_KEY_ALGORITHMS.get(key.algorithm)
+            if spec is None:
+                raise IntegrityFailure(f"a {key.algorithm} key has no public key")
+            return spec.load_public(record.public_key)
         except IntegrityFailure as error:
             error.detail = f"key {key.key_id!r}: version {record.version}: {error.detail}"
             log.error("integrity check failed: %s", error.detail)
@@ -814,6 +954,36 @@ class KMSService:
             raise IntegrityFailure(f"{where}: {error.detail}") from None
         finally:
             zeroise(secret)
+
+
+class _Material:
+    """A key's loaded versions for one request, a single call or a whole batch: each version's
+    secret and public key read and loaded at most once, even with the material cache off."""
+
+    def __init__(self, service: KMSService, key: KeyRecord) -> None:
+        self._service = service
+        self._key = key
+        self._secrets: dict[int, Any] = {}
+        self._publics: dict[int, Any] = {}
+
+    def secret(self, version: int) -> Any:
+        return self._once(self._secrets, self._service._secret, version)
+
+    def public(self, version: int) -> Any:
+        return self._once(self._publics, self._service._public, version)
+
+    def _once(
+        self, loaded: dict[int, Any], load: Callable[[KeyRecord, int], Any], version: int
+    ) -> Any:
+        if version not in loaded:
+            try:
+                loaded[version] = load(self._key, version)
+            except KeyNotFound as missing:  # remembered too: a batch asks once per version
+                loaded[version] = missing
+        found = loaded[version]
+        if isinstance(found, KeyNotFound):
+            raise KeyNotFound()
+        return found
 
 
 def _each(items: Sequence[BatchItem], one: Callable[[Mapping[str, Any]], Any]) -> list[Any]:

@@ -29,6 +29,7 @@ KEY_TYPES = {
     "RSA-3072": rsa.RSAPublicKey,
     "RSA-4096": rsa.RSAPublicKey,
     "ECDSA-P256": ec.EllipticCurvePublicKey,
+    "ECDSA-P384": ec.EllipticCurvePublicKey,
     "Ed25519": ed25519.Ed25519PublicKey,
 }
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from sqlalchemy import Engine, text
 
 from kms.crypto.algorithms import public_key_der
@@ -111,6 +111,24 @@ def test_a_swapped_public_key_is_refused_by_verify_and_export(
         lambda: fresh.verify("releases", b"pay the attacker", forged), "releases", caplog
     )
     assert_refused(lambda: fresh.public_key("releases"), "releases", caplog)
+
+
+def test_a_swapped_rsa_oaep_public_key_is_refused_by_encrypt_and_export(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Encrypting under an attacker's public key would hand them every later plaintext.
+    service = store.service()
+    service.create_key("inbox", "encrypt", "RSA-OAEP-2048")
+    attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    changed = store.sql(
+        "UPDATE key_versions SET public_key = :der WHERE key_id = 'inbox' AND version = 1",
+        der=public_key_der(attacker.public_key()),
+    )
+    assert changed == 1
+    fresh = store.service()
+    assert_refused(lambda: fresh.encrypt("inbox", b"salary data"), "inbox", caplog)
+    assert_refused(lambda: fresh.public_key("inbox"), "inbox", caplog)
+    assert any("inbox" in failure for failure in fresh.check_integrity().failures)
 
 
 def test_a_public_key_of_another_type_is_refused(

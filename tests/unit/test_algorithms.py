@@ -12,7 +12,9 @@ from kms.crypto.algorithms import (
     ALGORITHMS,
     DEFAULT_ALGORITHM,
     ENCRYPTION_ALGORITHMS,
+    MAC_ALGORITHMS,
     NONCE_BYTES,
+    RSA_ENCRYPTION_ALGORITHMS,
     SIGNING_ALGORITHMS,
     Purpose,
     load_public_key,
@@ -34,11 +36,27 @@ CHEAP_SIGNING = ["RSA-2048", "ECDSA-P256", "Ed25519"]
 
 def test_the_catalogue_is_what_kms_promises() -> None:
     assert set(ENCRYPTION_ALGORITHMS) == {"AES-256-GCM", "ChaCha20-Poly1305"}
-    assert set(SIGNING_ALGORITHMS) == {"RSA-2048", "RSA-3072", "RSA-4096", "ECDSA-P256", "Ed25519"}
+    assert set(RSA_ENCRYPTION_ALGORITHMS) == {"RSA-OAEP-2048", "RSA-OAEP-3072", "RSA-OAEP-4096"}
+    assert set(SIGNING_ALGORITHMS) == {
+        "RSA-2048",
+        "RSA-3072",
+        "RSA-4096",
+        "ECDSA-P256",
+        "ECDSA-P384",
+        "Ed25519",
+    }
+    assert set(MAC_ALGORITHMS) == {"HMAC-SHA256", "HMAC-SHA512"}
     assert all(spec.purpose is Purpose.ENCRYPT for spec in ENCRYPTION_ALGORITHMS.values())
+    assert all(spec.purpose is Purpose.ENCRYPT for spec in RSA_ENCRYPTION_ALGORITHMS.values())
     assert all(spec.purpose is Purpose.SIGN for spec in SIGNING_ALGORITHMS.values())
-    assert ALGORITHMS[DEFAULT_ALGORITHM[Purpose.ENCRYPT]].purpose is Purpose.ENCRYPT
-    assert ALGORITHMS[DEFAULT_ALGORITHM[Purpose.SIGN]].purpose is Purpose.SIGN
+    assert all(spec.purpose is Purpose.MAC for spec in MAC_ALGORITHMS.values())
+    assert DEFAULT_ALGORITHM == {
+        Purpose.ENCRYPT: "AES-256-GCM",
+        Purpose.SIGN: "ECDSA-P256",
+        Purpose.MAC: "HMAC-SHA256",
+    }
+    for purpose, name in DEFAULT_ALGORITHM.items():
+        assert ALGORITHMS[name].purpose is purpose
 
 
 @pytest.mark.parametrize("name", sorted(ENCRYPTION_ALGORITHMS))

@@ -17,3 +17,6 @@ def test_the_example_policy_loads_and_means_what_it_says() -> None:
     assert policy.allows(billing, "datakey", "billing-invoices")
     assert not policy.allows(billing, "keys:delete", "billing-invoices")
     assert policy.allows("prometheus", "metrics", None)
+    assert policy.allows("session-checker", "mac:verify", "sessions")
+    assert not policy.allows("session-checker", "mac", "sessions")
+    assert policy.allows("session-checker", "random", None)

@@ -20,6 +20,7 @@ from tests.integration.http.harness import (
     expect_json,
     expect_no_content,
     run_kms,
+    unb64,
 )
 from tests.integration.http.identities import (
     IdentityClient,
@@ -36,7 +37,7 @@ clients:
     - operations: ["*"]
       keys: ["*"]
   "spiffe://prod/billing":
-    - operations: ["encrypt", "decrypt", "keys:read"]
+    - operations: ["encrypt", "decrypt", "keys:read", "mac:verify", "random"]
       keys: ["billing-*"]
   auditor.example.internal:
     - operations: ["keys:read", "metrics"]
@@ -110,6 +111,7 @@ def keys(admin: KMSClient) -> dict[str, str]:
     create_key(admin, key_id="billing-c")
     create_key(admin, key_id="payroll-a")
     create_key(admin, key_id="billing-signer", purpose="sign")
+    create_key(admin, key_id="billing-tokens", purpose="mac")
     return {}
 
 
@@ -162,7 +164,7 @@ def test_a_list_shows_only_the_keys_the_caller_may_read(
     everything = [key["key_id"] for key in expect_json(admin.get("/v1/kms/keys"), 200)]
     assert {"orders-a", "payroll-a", "billing-a"} <= set(everything)
     listed = [key["key_id"] for key in expect_json(billing.get("/v1/kms/keys"), 200)]
-    assert listed == ["billing-a", "billing-b", "billing-c", "billing-signer"]
+    assert listed == ["billing-a", "billing-b", "billing-c", "billing-signer", "billing-tokens"]
     # Pages of 2 skip the keys in between and still end with every readable key.
     first = expect_json(billing.get("/v1/kms/keys", params={"limit": 2}), 200)
     assert [key["key_id"] for key in first] == ["billing-a", "billing-b"]
@@ -194,6 +196,30 @@ def test_san_dns_identity_reads_everything_and_changes_nothing(
     assert response.status_code == 200 and "kms_http_requests_total" in response.text
     forbidden(auditor.delete("/v1/kms/keys/orders-a"))
     forbidden(auditor.post("/v1/kms/encrypt", json={"key_id": "orders-a", "plaintext": "eA=="}))
+
+
+def test_random_needs_its_operation_and_no_key(
+    billing: IdentityClient, auditor: IdentityClient, stranger: IdentityClient, keys: dict
+) -> None:
+    answer = expect_json(billing.post("/v1/kms/random", json={"bytes": 16}), 200)
+    assert len(unb64(answer["random"])) == 16
+    # Its rule names only billing-* keys; a keyless operation needs the operation, nothing more.
+    forbidden(auditor.post("/v1/kms/random", json={"bytes": 16}))
+    forbidden(stranger.post("/v1/kms/random", json={"bytes": 16}))
+    forbidden(stranger.post("/v1/kms/random", data=b"{not json", headers={"Content-Type": "x"}))
+
+
+def test_mac_verify_is_its_own_operation(
+    billing: IdentityClient, admin: KMSClient, keys: dict
+) -> None:
+    made = expect_json(
+        admin.post("/v1/kms/mac", json={"key_id": "billing-tokens", "message": "eA=="}), 200
+    )
+    body = {"key_id": "billing-tokens", "message": "eA==", "mac": made["mac"]}
+    assert expect_json(billing.post("/v1/kms/mac/verify", json=body), 200) == {"valid": True}
+    # It may check MACs but not make them.
+    forbidden(billing.post("/v1/kms/mac", json={"key_id": "billing-tokens", "message": "eA=="}))
+    forbidden(billing.post("/v1/kms/mac/verify", json={**body, "key_id": "orders-tokens"}))
 
 
 def test_sighup_reloads_the_policy_and_an_invalid_file_is_refused(

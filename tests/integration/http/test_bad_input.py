@@ -54,7 +54,8 @@ LIMIT_RANGE = "limit: must be between 1 and 1000"
 LIMIT_TYPE = "limit: must be an integer"
 MAX_BODY_BYTES = 1024 * 1024  # the default server.maxBodyBytes
 ALGORITHM_NAMES = (
-    "AES-256-GCM, ChaCha20-Poly1305, ECDSA-P256, Ed25519, RSA-2048, RSA-3072, RSA-4096"
+    "AES-256-GCM, ChaCha20-Poly1305, ECDSA-P256, ECDSA-P384, Ed25519, HMAC-SHA256, HMAC-SHA512, "
+    "RSA-2048, RSA-3072, RSA-4096, RSA-OAEP-2048, RSA-OAEP-3072, RSA-OAEP-4096"
 )
 
 
@@ -131,7 +132,9 @@ BODY_CASES = [
     create("purpose-list", {"purpose": []}, 400, "purpose: Not a valid string."),
     create("purpose-null", {"purpose": None}, 400, "purpose: Field may not be null."),
     create("algorithm-object", {"algorithm": {}}, 400, "algorithm: Not a valid string."),
-    create("unknown-purpose", {"purpose": "wrap"}, 400, "purpose must be one of: encrypt, sign"),
+    create(
+        "unknown-purpose", {"purpose": "wrap"}, 400, "purpose must be one of: encrypt, sign, mac"
+    ),
     create(
         "sign-with-aes",
         {"purpose": "sign", "algorithm": "AES-256-GCM"},
@@ -316,7 +319,112 @@ BODY_CASES = [
         "GET",
         f"/v1/kms/keys/{ENC}/public-key",
         400,
+        f"key {ENC} (AES-256-GCM) has no public key",
+    ),
+    # Issue 10's endpoints and options.
+    post(
+        "mac-message-not-base64",
+        "/v1/kms/mac",
+        {"key_id": ENC, "message": "***"},
+        400,
+        f"message: {NOT_BASE64}",
+    ),
+    post(
+        "mac-with-encrypt-key",
+        "/v1/kms/mac",
+        {"key_id": ENC, "message": HI},
+        400,
         f"key {ENC} has purpose encrypt",
+    ),
+    post("mac-unknown-key", "/v1/kms/mac", {"key_id": MISSING, "message": HI}, 404, NOT_FOUND),
+    post(
+        "mac-verify-without-mac",
+        "/v1/kms/mac/verify",
+        {"key_id": ENC, "message": HI},
+        400,
+        "mac: Missing data for required field.",
+    ),
+    post(
+        "mac-verify-version-zero",
+        "/v1/kms/mac/verify",
+        {"key_id": ENC, "message": HI, "mac": HI, "version": 0},
+        400,
+        "version: must be between 1 and 2147483647",
+    ),
+    post(
+        "mac-verify-with-sign-key",
+        "/v1/kms/mac/verify",
+        {"key_id": SIG, "message": HI, "mac": HI},
+        400,
+        f"key {SIG} has purpose sign",
+    ),
+    post("random-zero", "/v1/kms/random", {"bytes": 0}, 400, "bytes: must be between 1 and 1024"),
+    post(
+        "random-too-many",
+        "/v1/kms/random",
+        {"bytes": 1025},
+        400,
+        "bytes: must be between 1 and 1024",
+    ),
+    post("random-bool", "/v1/kms/random", {"bytes": True}, 400, "bytes: must be an integer"),
+    post(
+        "random-huge",
+        "/v1/kms/random",
+        {"bytes": 10**100},
+        400,
+        "bytes: must be between 1 and 1024",
+    ),
+    post("random-missing", "/v1/kms/random", {}, 400, "bytes: Missing data for required field."),
+    post("random-array", "/v1/kms/random", [16], 400, NOT_OBJECT),
+    post(
+        "sign-scheme-of-another-key-type",
+        "/v1/kms/sign",
+        {"key_id": SIG, "message": HI, "signing_algorithm": "RSA-PSS-SHA256"},
+        400,
+        "signing_algorithm for ECDSA-P256 keys must be one of: ECDSA-SHA256",
+    ),
+    post(
+        "sign-scheme-not-a-string",
+        "/v1/kms/sign",
+        {"key_id": SIG, "message": HI, "signing_algorithm": 5},
+        400,
+        "signing_algorithm: Not a valid string.",
+    ),
+    post(
+        "sign-prehashed-string",
+        "/v1/kms/sign",
+        {"key_id": SIG, "message": HI, "prehashed": "true"},
+        400,
+        "prehashed: must be true or false",
+    ),
+    post(
+        "sign-digest-md5",
+        "/v1/kms/sign",
+        {"key_id": SIG, "message": HI, "prehashed": True, "digest_algorithm": "MD5"},
+        400,
+        "digest_algorithm: Must be one of: SHA-256, SHA-384, SHA-512.",
+    ),
+    post(
+        "sign-prehashed-short-digest",
+        "/v1/kms/sign",
+        {"key_id": SIG, "message": HI, "prehashed": True, "digest_algorithm": "SHA-256"},
+        400,
+        "a prehashed SHA-256 digest is 32 bytes, got 2",
+    ),
+    post(
+        "verify-version-string",
+        "/v1/kms/verify",
+        {"key_id": SIG, "message": HI, "signature": HI, "version": "1"},
+        400,
+        "version: must be an integer",
+    ),
+    post(
+        "decrypt-version-for-aes-key",
+        "/v1/kms/decrypt",
+        {"key_id": ENC, "ciphertext": HI, "version": 1},
+        400,
+        "version is only for raw RSA-OAEP ciphertexts; the ciphertexts of AES-256-GCM keys "
+        "name their version",
     ),
     # Unknown keys.
     post(

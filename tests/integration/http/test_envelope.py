@@ -3,6 +3,7 @@ context, data keys, rewrap and the batch form of every crypto call."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -752,3 +753,66 @@ def test_metrics_count_a_batchs_successful_items(client: KMSClient, key_id: str)
 def expect_json_text(response: Any) -> str:
     assert response.status_code == 200, response.text
     return response.text
+
+
+# -- with the key types of issue 10 ---------------------------------------------------------
+
+
+def test_sign_and_verify_batches_take_the_single_calls_options(client: KMSClient) -> None:
+    key_id = unique_key_id("envelope-ecdsa")
+    create_key(client, key_id=key_id, purpose="sign", algorithm="ECDSA-P256")
+    data = b"release 2.0"
+    digest = hashlib.sha256(data).digest()
+    signed = batch(
+        client,
+        "sign",
+        key_id,
+        [
+            {"message": b64(data)},
+            {"message": b64(digest), "prehashed": True, "digest_algorithm": "SHA-256"},
+            {"message": b64(digest[:-1]), "prehashed": True, "digest_algorithm": "SHA-256"},
+        ],
+    )
+    assert "error" in signed[2] and "is 32 bytes, got 31" in signed[2]["error"]
+    expect_json(client.post(f"/v1/kms/keys/{key_id}/rotate"), 200)
+    verified = batch(
+        client,
+        "verify",
+        key_id,
+        [
+            {"message": b64(data), "signature": signed[0]["signature"], "version": 1},
+            {"message": b64(data), "signature": signed[1]["signature"]},
+            {"message": b64(data), "signature": signed[0]["signature"], "version": 2},
+            {"message": b64(data), "signature": signed[0]["signature"], "version": 0},
+        ],
+    )
+    assert verified[:3] == [
+        {"valid": True},
+        {"valid": True},  # prehashed over the digest = a signature over the data
+        {"valid": False, "error": "signature invalid"},
+    ]
+    assert set(verified[3]) == {"error"} and verified[3]["error"].startswith("version: ")
+
+
+def test_data_keys_and_rewrap_on_an_rsa_oaep_key(client: KMSClient) -> None:
+    key_id = unique_key_id("envelope-oaep")
+    create_key(client, key_id=key_id, purpose="encrypt", algorithm="RSA-OAEP-2048")
+    data_key = post(client, "datakey", key_id=key_id, bytes=32)
+    unwrapped = expect_json(decrypt_status(client, key_id, data_key["ciphertext"]), 200)
+    assert unwrapped["plaintext"] == data_key["plaintext"]
+    refused = client.post("/v1/kms/datakey", json={"key_id": key_id, "context": {"a": "b"}})
+    assert "do not support an encryption context" in expect_error(refused, 400)
+    expect_json(client.post(f"/v1/kms/keys/{key_id}/rotate"), 200)
+    results = batch(
+        client,
+        "rewrap",
+        key_id,
+        [
+            {"ciphertext": data_key["ciphertext"]},
+            {"ciphertext": data_key["ciphertext"], "context": {"a": "b"}},
+        ],
+    )
+    assert results[0]["version"] == 2
+    assert "do not support an encryption context" in results[1]["error"]
+    again = expect_json(decrypt_status(client, key_id, results[0]["ciphertext"]), 200)
+    assert again["plaintext"] == data_key["plaintext"]
