@@ -26,7 +26,7 @@ from kms.audit import AuditLog
 from kms.ratelimit import SharedTokenBuckets, create_table
 from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import Keyring
-from kms.service.keys import KMSService
+from kms.service.keys import CURRENT_REQUESTER, KMSService, Requester
 from kms.settings import Settings, load_settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
@@ -86,6 +86,7 @@ def register_service(
         verify_max_versions=settings.verify_max_versions,
         max_versions=settings.max_versions,
         max_batch_items=settings.max_batch_items,
+        min_pending_days=settings.deletion_min_pending_days,
     )
     app.extensions[SERVICE] = service
     app.extensions[REPOSITORY] = repository
@@ -108,6 +109,19 @@ def register_identity(app: Flask) -> None:
         request.environ[CALLER_ENVIRON_KEY] = str(g.caller)
         g.identity = current_policy().identity_of(g.caller)
         g.kms_target = request_target(declared, request)
+        # For the service's record of who still uses a key pending deletion.
+        g.kms_requester_token = CURRENT_REQUESTER.set(
+            Requester(caller=str(g.identity), operation=g.kms_operation_name or "-")
+        )
+
+    @app.teardown_request
+    def forget_requester(_error: BaseException | None) -> None:
+        token = g.pop("kms_requester_token", None)
+        if token is not None:
+            try:
+                CURRENT_REQUESTER.reset(token)
+            except ValueError:  # set in another context: make sure nothing outlives the request
+                CURRENT_REQUESTER.set(None)
 
     @app.after_request
     def tag_response(response: Response) -> Response:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from kms.errors import KMSError
+
+if TYPE_CHECKING:
+    from kms.service.keys import KeyInfo
 
 
 def _fail(error: KMSError) -> None:
@@ -60,6 +64,10 @@ def upgrade() -> None:
     where = describe_database(settings)
     if result.already_current:
         click.echo(f"kms: {where} is up to date")
+    elif result.migrated is not None and not result.sealed_keys and not result.sealed_versions:
+        # Rows sealed by an earlier release keep their MACs: only the schema changed.
+        before, after = result.migrated
+        click.echo(f"kms: upgraded {where} from schema revision {before} to {after}")
     else:
         click.echo(
             f"kms: upgraded {where}: MACs written for {result.sealed_keys} keys and "
@@ -90,6 +98,41 @@ def check() -> None:
         click.echo(f"kms: {summary}: {len(report.failures)} failed", err=True)
         sys.exit(1)
     click.echo(f"kms: {summary}: all authentic")
+
+
+@main.command("destroy-due")
+def destroy_due() -> None:
+    """Destroy every key whose scheduled deletion window has passed; print each one destroyed.
+
+    Idempotent (a second run finds nothing due) and safe to run on several nodes at the same
+    moment: each key is destroyed exactly once. Meant for a timer (deploy/kms-destroy-due.timer).
+    Needs the master passphrase: each row's MAC is checked before it is destroyed. A row that
+    fails its check is named and left alone, and the command exits 1.
+    """
+    from kms.master import describe_database, destroy_due_keys
+    from kms.settings import load_settings
+
+    failures: list[str] = []
+
+    def destroyed(key: KeyInfo) -> None:
+        due = key.pending_deletion_at.isoformat() if key.pending_deletion_at else "-"
+        click.echo(f"kms: destroyed {key.key_id} (deletion was due {due})")
+
+    def failed(key_id: str, error: KMSError) -> None:
+        failures.append(key_id)
+        detail = getattr(error, "detail", None) or error.public_message
+        click.echo(f"kms: NOT destroyed {key_id}: {detail}", err=True)
+
+    try:
+        settings = load_settings()
+        done = destroy_due_keys(settings, destroyed, failed)
+    except KMSError as error:
+        _fail(error)
+    where = describe_database(settings)
+    click.echo(f"kms: {len(done)} keys destroyed in {where}")
+    if failures:
+        click.echo(f"kms: {len(failures)} due keys were left alone: see above", err=True)
+        sys.exit(1)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -56,6 +56,31 @@ class KeyDisabled(KMSError):
     public_message = "key is disabled"
 
 
+class KeyPendingDeletion(KMSError):
+    """Raise when a key scheduled for deletion is asked to do anything but be read or cancelled."""
+
+    public_message = "key is pending deletion"
+
+
+class KeyStateConflict(KMSError):
+    """Raise when a key's state or version policy forbids the request; the message says which."""
+
+    public_message = "the key's state does not allow this"
+
+
+class VersionBelowMinimum(KeyStateConflict):
+    """Raise when a version below the key's ``min_decryption_version`` is asked to decrypt or
+    verify (or to give its public key)."""
+
+    public_message = "key version is below min_decryption_version"
+
+
+class DeletionNotAllowed(KeyStateConflict):
+    """Raise when a key with ``deletion_allowed`` false is asked to delete or recreate."""
+
+    public_message = "deletion is not allowed for this key (deletion_allowed is false)"
+
+
 class TooManyVersions(KMSError):
     """Raise when a rotation would give a key more versions than ``kms.maxVersions`` allows."""
 

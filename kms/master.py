@@ -14,8 +14,9 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -26,13 +27,14 @@ from kms.errors import (
     DatabaseNotEmpty,
     DatabaseUnusable,
     InvalidKDFParameters,
+    KMSError,
     NotInitialised,
     StoreUnavailable,
     UpgradeNeeded,
 )
 from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import PassphraseKeyring, zeroise
-from kms.service.keys import IntegrityReport, KMSService
+from kms.service.keys import IntegrityReport, KeyInfo, KMSService
 from kms.service.keystore import (
     OpenedKeystore,
     ensure_not_initialised,
@@ -122,6 +124,8 @@ class UpgradeResult:
     sealed_keys: int
     sealed_versions: int
     already_current: bool
+    #: The schema revisions before and after, when the schema was migrated (None otherwise).
+    migrated: tuple[str | None, str] | None = None
 
 
 def upgrade_database(settings: Settings) -> UpgradeResult:
@@ -135,14 +139,16 @@ def upgrade_database(settings: Settings) -> UpgradeResult:
     with _engine(settings, "upgrade") as (name, engine):
         repository = SQLKeyRepository(engine)
         repository.read_keystore()
+        before, head = current_revision(engine), head_revision()
         upgrade_to_head(engine)
+        migrated = None if before == head else (before, head)
         opened = _open(settings, name, repository, allow_unsealed=True)
         try:
             if opened.sealed:
-                return UpgradeResult(0, 0, already_current=True)
+                return UpgradeResult(0, 0, already_current=migrated is None, migrated=migrated)
             service = KMSService(repository, opened.keyring, KeyMaterialCache(0))
             keys, versions = service.seal_rows(new_init_marker(opened.keyring))
-            return UpgradeResult(keys, versions, already_current=False)
+            return UpgradeResult(keys, versions, already_current=False, migrated=migrated)
         finally:
             opened.keyring.close()
 
@@ -156,6 +162,29 @@ def check_database(settings: Settings) -> IntegrityReport:
         keyring = _open(settings, name, repository).keyring
         try:
             return KMSService(repository, keyring, KeyMaterialCache(0)).check_integrity()
+        finally:
+            keyring.close()
+
+
+def destroy_due_keys(
+    settings: Settings,
+    on_destroyed: Callable[[KeyInfo], None],
+    on_failure: Callable[[str, KMSError], None],
+    now: datetime | None = None,
+) -> list[str]:
+    """``kms destroy-due``: destroy every key whose deletion window has passed.
+
+    The same service function serves every node; safe to run on several at once (see
+    ``KMSService.destroy_due``). ``now`` is for tests; the command always uses the clock.
+    """
+    with _engine(settings, "open") as (name, engine):
+        repository = SQLKeyRepository(engine)
+        repository.read_keystore()
+        _require_current_schema(name, engine)
+        keyring = _open(settings, name, repository).keyring
+        try:
+            service = KMSService(repository, keyring, KeyMaterialCache(0))
+            return service.destroy_due(now, on_destroyed=on_destroyed, on_failure=on_failure)
         finally:
             keyring.close()
 

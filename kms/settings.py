@@ -52,6 +52,7 @@ _KEYS: dict[tuple[str, str], str] = {
     ("kms", "key_cache_size"): "key_cache_size",
     ("kms", "verifyMaxVersions"): "verify_max_versions",
     ("kms", "maxVersions"): "max_versions",
+    ("kms", "deletion.min_pending_days"): "deletion_min_pending_days",
     ("database", "dsn"): "database_dsn",
     ("authorization", "policy_file"): "policy_file",
     ("audit", "path"): "audit_path",
@@ -59,7 +60,10 @@ _KEYS: dict[tuple[str, str], str] = {
     ("rate_limit", "burst"): "rate_limit_burst",
 }
 _SECTIONS = {section for section, _ in _KEYS}
-_ENV_NAME = {"KMS_" + f"{s}{k}".upper().replace("_", ""): (s, k) for s, k in _KEYS}
+_ENV_NAME = {"KMS_" + f"{s}{k}".upper().replace("_", "").replace(".", ""): (s, k) for s, k in _KEYS}
+#: Most settings are ``section.key``; these sections also hold groups (``kms.deletion.*``),
+#: flattened to ``group.key`` when read.
+_GROUPS = {("kms", "deletion")}
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,8 @@ class Settings:
     key_cache_size: int = 4096
     verify_max_versions: int = DEFAULT_VERIFY_MAX_VERSIONS
     max_versions: int = DEFAULT_MAX_VERSIONS
+    #: A DELETE must schedule the deletion at least this many days ahead; 0: immediate allowed.
+    deletion_min_pending_days: int = 0
     host: str = "127.0.0.1"
     port: int = 8080
     server_cert: Path | None = None
@@ -167,7 +173,7 @@ def settings_from_mapping(
             continue
         if not isinstance(values, dict):
             raise ConfigurationError(f"{section}: must be a mapping ({source})")
-        for key, value in values.items():
+        for key, value in _flatten(section, values, source):
             attribute = _KEYS.get((section, key))
             if attribute is None:
                 raise ConfigurationError(f"{section}.{key}: unknown setting ({source})")
@@ -186,6 +192,18 @@ def settings_from_mapping(
             continue
         raw[_KEYS[section_key]] = (name, value)
     return _build(raw, source)
+
+
+def _flatten(section: str, values: dict[str, Any], source: str) -> list[tuple[str, Any]]:
+    flat: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        if (section, key) in _GROUPS:
+            if not isinstance(value, dict):
+                raise ConfigurationError(f"{section}.{key}: must be a mapping ({source})")
+            flat += [(f"{key}.{inner}", inner_value) for inner, inner_value in value.items()]
+        else:
+            flat.append((key, value))
+    return flat
 
 
 def _normalise_env_name(name: str) -> str:
@@ -215,6 +233,7 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
         "key_cache_size": _integer_between(0, 1_000_000),
         "verify_max_versions": _integer_between(1, 1000),
         "max_versions": _integer_between(1, 2**31 - 1),
+        "deletion_min_pending_days": _integer_between(0, 30),
         "database_dsn": _dsn,
         "policy_file": _path,
         "audit_path": _path,

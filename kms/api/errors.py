@@ -29,6 +29,8 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.KMSError], int], ...] = (
     (errors.KeyExists, 409),
     (errors.KeyChanged, 409),
     (errors.KeyDisabled, 409),
+    (errors.KeyPendingDeletion, 409),
+    (errors.KeyStateConflict, 409),
     (errors.TooManyVersions, 409),
     (errors.Unauthenticated, 401),
     (errors.Forbidden, 403),
@@ -112,7 +114,10 @@ def describe_validation_error(error: ValidationError) -> str:
 def _describe(messages: object, prefix: str = "") -> str:
     """Flatten marshmallow's nested messages into one line: ``field: message; other: ...``."""
     if isinstance(messages, dict):
-        parts = [_describe(value, f"{prefix}{key}") for key, value in sorted(messages.items())]
+        parts = [
+            _describe(value, f"{prefix}.{key}" if prefix else str(key))
+            for key, value in sorted(messages.items(), key=lambda item: str(item[0]))
+        ]
         return "; ".join(parts)
     if isinstance(messages, list):
         text = " ".join(str(message) for message in messages)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from flask import Blueprint, Response, jsonify
 
 from kms.api import schemas
@@ -24,7 +26,8 @@ def create_key() -> tuple[Response, int]:
 @operation("keys:read")
 def list_keys() -> Response:
     args = schemas.list_keys_query.load(query_args())
-    keys = readable_keys(service().list_keys, args["limit"], args["after"])
+    list_page = partial(service().list_keys, state=args["state"], label=args["label"])
+    keys = readable_keys(list_page, args["limit"], args["after"])
     return jsonify(schemas.key_list_response.dump(keys))
 
 
@@ -50,10 +53,45 @@ def get_public_key(key_id: str) -> Response:
     return jsonify(schemas.public_key_response.dump(public_key))
 
 
+@blueprint.patch("/<key_id>")
+@operation("keys:update", KeyFrom.PATH)
+def update_key(key_id: str) -> Response:
+    body = schemas.update_key_request.load(json_body())
+    return jsonify(schemas.key_response.dump(service().update_key(key_id, **body)))
+
+
+@blueprint.post("/<key_id>/disable")
+@operation("keys:disable", KeyFrom.PATH)
+def disable_key(key_id: str) -> Response:
+    return jsonify(schemas.key_response.dump(service().disable_key(key_id)))
+
+
+@blueprint.post("/<key_id>/enable")
+@operation("keys:enable", KeyFrom.PATH)
+def enable_key(key_id: str) -> Response:
+    return jsonify(schemas.key_response.dump(service().enable_key(key_id)))
+
+
+@blueprint.post("/<key_id>/trim")
+@operation("keys:trim", KeyFrom.PATH)
+def trim_key(key_id: str) -> Response:
+    body = schemas.trim_request.load(json_body())
+    return jsonify(schemas.key_response.dump(service().trim_key(key_id, **body)))
+
+
+@blueprint.post("/<key_id>/cancel-deletion")
+@operation("keys:cancel-deletion", KeyFrom.PATH)
+def cancel_deletion(key_id: str) -> Response:
+    return jsonify(schemas.key_response.dump(service().cancel_deletion(key_id)))
+
+
 @blueprint.delete("/<key_id>")
 @operation("keys:delete", KeyFrom.PATH)
 def delete_key(key_id: str) -> Response:
-    service().delete_key(key_id)
+    args = schemas.delete_key_query.load(query_args())
+    scheduled = service().delete_key(key_id, pending_days=args["pending_days"])
+    if scheduled is not None:
+        return jsonify(schemas.key_response.dump(scheduled))
     response = Response(status=204)
     del response.headers["Content-Type"]  # 204 has no body, so no media type either
     return response

@@ -31,6 +31,8 @@ KNOWN_OPERATIONS = frozenset(
         "keys:delete",
         "keys:disable",
         "keys:enable",
+        "keys:trim",
+        "keys:cancel-deletion",
         "encrypt",
         "decrypt",
         "sign",

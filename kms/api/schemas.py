@@ -19,6 +19,7 @@ from kms.crypto.algorithms import DIGEST_ALGORITHMS
 from kms.service.keys import (
     DATA_KEY_SIZES,
     MAX_PAGE_SIZE,
+    MAX_PENDING_DAYS,
     MAX_RANDOM_BYTES,
     DataKey,
     Verified,
@@ -95,11 +96,30 @@ class CreateKeyRequest(_Request):
     key_id = fields.String(load_default=None, allow_none=True)
     purpose = fields.String(load_default="encrypt")
     algorithm = fields.String(load_default=None, allow_none=True)
+    description = fields.String(load_default="")
+    labels = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+
+
+class UpdateKeyRequest(_Request):
+    description = fields.String()
+    labels = fields.Dict(keys=fields.String(), values=fields.String())
+    min_decryption_version = StrictInteger(low=1, high=2**31 - 1)
+    deletion_allowed = StrictBoolean()
+
+
+class TrimRequest(_Request):
+    min_available_version = StrictInteger(low=1, high=2**31 - 1, required=True)
+
+
+class DeleteKeyQuery(_Request):
+    pending_days = StrictInteger(low=1, high=MAX_PENDING_DAYS, from_query=True, load_default=None)
 
 
 class ListKeysQuery(_Request):
     limit = StrictInteger(low=1, high=MAX_PAGE_SIZE, from_query=True, load_default=100)
     after = fields.String(load_default=None, validate=validate.Length(min=1))
+    state = fields.String(load_default=None)
+    label = fields.String(load_default=None)
 
 
 class ListVersionsQuery(_Request):
@@ -200,12 +220,27 @@ class KeyVersionResponse(Schema):
     created_at = fields.DateTime(format="iso")
 
 
+class UseAttemptResponse(Schema):
+    at = fields.String()
+    caller = fields.String()
+    operation = fields.String()
+
+
 class KeyResponse(Schema):
     key_id = fields.String()
     purpose = fields.String()
     algorithm = fields.String()
     version = fields.Integer()
     created_at = fields.DateTime(format="iso")
+    state = fields.String()
+    description = fields.String()
+    labels = fields.Dict(keys=fields.String(), values=fields.String())
+    min_decryption_version = fields.Integer()
+    min_available_version = fields.Integer()
+    deletion_allowed = fields.Boolean()
+    pending_deletion_at = fields.DateTime(format="iso", allow_none=True)
+    use_attempts_while_pending = fields.Integer()
+    last_use_attempt = fields.Nested(UseAttemptResponse, allow_none=True)
 
 
 class KeyDetailResponse(KeyResponse):
@@ -255,6 +290,9 @@ class RandomResponse(Schema):
 
 
 create_key_request = CreateKeyRequest()
+update_key_request = UpdateKeyRequest()
+trim_request = TrimRequest()
+delete_key_query = DeleteKeyQuery()
 list_keys_query = ListKeysQuery()
 list_versions_query = ListVersionsQuery()
 public_key_query = PublicKeyQuery()

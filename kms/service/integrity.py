@@ -26,8 +26,12 @@ from kms.store.repository import KeyRecord
 
 KEY_ROW_LABEL = b"kms/key-row/v1"
 VERSION_ROW_LABEL = b"kms/key-version/v1"
-#: The only fields of ``KeyRecord`` the MAC does not cover: the MAC itself.
-NOT_AUTHENTICATED = frozenset({"mac"})
+#: The only fields of ``KeyRecord`` the MAC does not cover: the MAC itself, and the bookkeeping of
+#: refused uses of a key pending deletion. Those only inform the operator (who still calls a key
+#: about to go) and decide nothing; they are written on every refused call, without the master
+#: key. Someone who can write the database can falsify them, and can hide callers from the
+#: operator that way, but cannot make kms use, keep or destroy a key.
+NOT_AUTHENTICATED = frozenset({"mac", "use_attempts_while_pending", "last_use_attempt"})
 _KEY_FIELDS = tuple(field for field in fields(KeyRecord) if field.name not in NOT_AUTHENTICATED)
 
 

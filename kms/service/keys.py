@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from kms.crypto.algorithms import (
@@ -34,16 +36,22 @@ from kms.crypto.ciphertext import (
 )
 from kms.crypto.wrapping import KeyIdentity
 from kms.errors import (
+    DeletionNotAllowed,
     IntegrityFailure,
     InvalidCiphertext,
     InvalidRequest,
     InvalidSignature,
     KeyChanged,
+    KeyDisabled,
     KeyNotFound,
+    KeyPendingDeletion,
+    KeyStateConflict,
     KMSError,
     PurposeMismatch,
+    StoreUnavailable,
     TooManyVersions,
     UnwrapFailed,
+    VersionBelowMinimum,
 )
 from kms.service.cache import KeyMaterialCache
 from kms.service.integrity import encode_key_row, encode_version_row
@@ -55,6 +63,7 @@ from kms.settings import (
     DEFAULT_VERIFY_MAX_VERSIONS,
 )
 from kms.store.repository import (
+    PENDING_DELETION,
     KeyChange,
     KeyPlanner,
     KeyRecord,
@@ -65,6 +74,7 @@ from kms.store.repository import (
 )
 
 log = logging.getLogger("kms.integrity")
+lifecycle_log = logging.getLogger("kms.lifecycle")
 
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_PAGE_SIZE = 1000
@@ -73,6 +83,13 @@ KEY_DETAIL_VERSIONS = 100
 ENABLED = "enabled"
 #: POST /v1/kms/random returns at most this many bytes per call.
 MAX_RANDOM_BYTES = 1024
+DISABLED = "disabled"
+STATES = (ENABLED, DISABLED, PENDING_DELETION)
+MAX_DESCRIPTION_CHARS = 256
+MAX_LABELS = 32
+MAX_LABEL_VALUE_CHARS = 256
+LABEL_NAME_PATTERN = re.compile(r"[a-z0-9_.-]{1,63}")
+MAX_PENDING_DAYS = 30
 #: Key rows whose MAC was verified, kept whole (MAC included) so only an identical row hits.
 VERIFIED_ROWS_CACHE_SIZE = 1024
 #: The sizes of data key ``generate_data_key`` makes: AES-128, -192 and -256.
@@ -81,6 +98,21 @@ DATA_KEY_SIZES = (16, 24, 32)
 #: One item of a batch: the single call's keyword arguments but key_id, or the error its
 #: parsing raised (kept as that item's result).
 BatchItem = Mapping[str, Any] | KMSError
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who is asking, and for which operation, as the API's policy names them.
+
+    The API layer sets ``CURRENT_REQUESTER`` around each request; the service reads it only to
+    record who still tries to use a key pending deletion. It never decides anything by it.
+    """
+
+    caller: str
+    operation: str
+
+
+CURRENT_REQUESTER: ContextVar[Requester | None] = ContextVar("kms_requester", default=None)
 
 
 @dataclass(frozen=True)
@@ -96,6 +128,15 @@ class KeyInfo:
     algorithm: str
     version: int
     created_at: datetime
+    state: str = ENABLED
+    description: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    min_decryption_version: int = 1
+    min_available_version: int = 1
+    deletion_allowed: bool = True
+    pending_deletion_at: datetime | None = None
+    use_attempts_while_pending: int = 0
+    last_use_attempt: dict[str, str] | None = None
     key_versions: tuple[KeyVersionInfo, ...] = ()
 
 
@@ -181,6 +222,42 @@ def _check_limit(limit: int) -> None:
         raise InvalidRequest(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
 
 
+def validate_description(description: str) -> str:
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS:
+        raise InvalidRequest(
+            f"description must be a string of at most {MAX_DESCRIPTION_CHARS} characters"
+        )
+    return description
+
+
+def validate_labels(labels: dict[str, str]) -> dict[str, str]:
+    if not isinstance(labels, dict):
+        raise InvalidRequest("labels must be an object of string pairs")
+    if len(labels) > MAX_LABELS:
+        raise InvalidRequest(f"labels: at most {MAX_LABELS} labels")
+    for name, value in labels.items():
+        if not isinstance(name, str) or LABEL_NAME_PATTERN.fullmatch(name) is None:
+            raise InvalidRequest("labels: names must be 1-63 characters of a-z 0-9 _ . -")
+        if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE_CHARS:
+            raise InvalidRequest(
+                f"labels: values must be strings of at most {MAX_LABEL_VALUE_CHARS} characters"
+            )
+    return labels
+
+
+def encode_labels(labels: dict[str, str]) -> str:
+    """The stored (and MAC'd) form of labels: canonical JSON, so equal labels store alike."""
+    return json.dumps(labels, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_label_filter(label: str) -> tuple[str, str]:
+    """``name:value`` from ``GET /v1/kms/keys?label=``; the value may itself hold colons."""
+    name, colon, value = label.partition(":")
+    if not colon or LABEL_NAME_PATTERN.fullmatch(name) is None:
+        raise InvalidRequest("label must be name:value with a valid label name")
+    return name, value
+
+
 def _info(key: KeyRecord, versions: tuple[KeyVersionInfo, ...] = ()) -> KeyInfo:
     return KeyInfo(
         key_id=key.key_id,
@@ -188,8 +265,34 @@ def _info(key: KeyRecord, versions: tuple[KeyVersionInfo, ...] = ()) -> KeyInfo:
         algorithm=key.algorithm,
         version=key.latest_version,
         created_at=key.created_at,
+        state=key.state,
+        description=key.description,
+        labels=json.loads(key.labels),
+        min_decryption_version=key.min_decryption_version,
+        min_available_version=key.min_available_version,
+        deletion_allowed=key.deletion_allowed,
+        pending_deletion_at=key.pending_deletion_at,
+        use_attempts_while_pending=key.use_attempts_while_pending,
+        last_use_attempt=_last_use_attempt(key.last_use_attempt),
         key_versions=versions,
     )
+
+
+def _last_use_attempt(stored: str | None) -> dict[str, str] | None:
+    # Bookkeeping outside the MAC: shown as stored if it has the expected shape, else dropped.
+    if stored is None:
+        return None
+    try:
+        attempt = json.loads(stored)
+    except ValueError:
+        return None
+    if not isinstance(attempt, dict) or set(attempt) != {"at", "caller", "operation"}:
+        return None
+    return {name: str(value) for name, value in attempt.items()}
+
+
+class _NotDue(Exception):
+    """A key listed as due is no longer pending, or not yet due, once its row is locked."""
 
 
 class KMSService:
@@ -204,11 +307,15 @@ class KMSService:
         after_generation: Callable[[str], None] | None = None,
         verify_max_versions: int = DEFAULT_VERIFY_MAX_VERSIONS,
         max_versions: int = DEFAULT_MAX_VERSIONS,
+        min_pending_days: int = 0,
+        clock: Callable[[], datetime] = utc_now,
         max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
     ) -> None:
         """``after_generation`` is a test hook: called with the key_id once fresh material is
         generated and before the write transaction starts, so a test can change the key in that
-        window deterministically. Production code never passes it."""
+        window deterministically. Production code never passes it. ``clock`` gives "now" for
+        scheduled deletion (tests move it instead of sleeping); ``min_pending_days`` is
+        ``kms.deletion.min_pending_days``."""
         self._repository = repository
         self._keyring = keyring
         self._cache = cache
@@ -218,14 +325,23 @@ class KMSService:
         self._verified_rows = KeyMaterialCache(VERIFIED_ROWS_CACHE_SIZE)
         self._verify_max_versions = verify_max_versions
         self._max_versions = max_versions
+        self._min_pending_days = min_pending_days
+        self._clock = clock
         self._max_batch_items = max_batch_items
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def create_key(
-        self, key_id: str | None = None, purpose: str = "encrypt", algorithm: str | None = None
+        self,
+        key_id: str | None = None,
+        purpose: str = "encrypt",
+        algorithm: str | None = None,
+        description: str = "",
+        labels: dict[str, str] | None = None,
     ) -> KeyInfo:
         key_id = str(uuid.uuid4()) if key_id is None else validate_key_id(key_id)
+        validate_description(description)
+        stored_labels = encode_labels(validate_labels({} if labels is None else labels))
         spec = self._algorithm_for(purpose, algorithm)
         now = utc_now()
         record = KeyRecord(
@@ -236,6 +352,8 @@ class KMSService:
             latest_version=1,
             incarnation=secrets.token_hex(16),
             created_at=now,
+            description=description,
+            labels=stored_labels,
         )
         created = self._store_new_version(
             spec,
@@ -267,18 +385,255 @@ class KMSService:
             for v in self._repository.version_page(key.key_id, limit, after)
         ]
 
-    def list_keys(self, limit: int = 100, after: str | None = None) -> list[KeyInfo]:
+    def list_keys(
+        self,
+        limit: int = 100,
+        after: str | None = None,
+        state: str | None = None,
+        label: str | None = None,
+    ) -> list[KeyInfo]:
+        """Up to ``limit`` keys after ``after`` in key_id order, in ``state`` and carrying the
+        label ``name:value`` if given.
+
+        The state is filtered in SQL; the label on the authenticated row, page by page, so a
+        label filter reads every key up to the page's last match.
+        """
         _check_limit(limit)
         if after is not None:
             validate_key_id(after)
-        return [_info(self._checked_key(key)) for key in self._repository.list_keys(limit, after)]
+        if state is not None and state not in STATES:
+            raise InvalidRequest(f"state must be one of: {', '.join(STATES)}")
+        wanted = None if label is None else parse_label_filter(label)
+        found: list[KeyInfo] = []
+        while len(found) < limit:
+            batch = limit if wanted is None else MAX_PAGE_SIZE
+            page = self._repository.list_keys(batch, after, state)
+            for key in page:
+                info = _info(self._checked_key(key))
+                if wanted is None or info.labels.get(wanted[0]) == wanted[1]:
+                    found.append(info)
+                    if len(found) == limit:
+                        break
+            if len(page) < batch:
+                break
+            after = page[-1].key_id
+        return found
 
-    def delete_key(self, key_id: str) -> None:
-        self._repository.delete_key(validate_key_id(key_id))
+    def delete_key(self, key_id: str, pending_days: int | None = None) -> KeyInfo | None:
+        """Destroy a key now (``pending_days`` None), or schedule its destruction.
+
+        Scheduling puts the key in ``pending_deletion`` at once, due ``pending_days`` (1-30) days
+        from now; the returned key says when. Refused (409, nothing destroyed) when the key's
+        ``deletion_allowed`` is false, when it is already pending, or when
+        ``kms.deletion.min_pending_days`` asks for a longer window.
+        """
+        validate_key_id(key_id)
+        if pending_days is not None and (
+            isinstance(pending_days, bool)
+            or not isinstance(pending_days, int)
+            or not 1 <= pending_days <= MAX_PENDING_DAYS
+        ):
+            raise InvalidRequest(f"pending_days must be an integer from 1 to {MAX_PENDING_DAYS}")
+        if self._min_pending_days > 0 and (
+            pending_days is None or pending_days < self._min_pending_days
+        ):
+            raise KeyStateConflict(
+                f"deletion needs a waiting period of at least {self._min_pending_days} days "
+                "(kms.deletion.min_pending_days): DELETE with ?pending_days=N"
+            )
+
+        def deletable(current: KeyRecord) -> None:
+            self._checked_key(current)
+            if current.state == PENDING_DELETION:
+                raise KeyPendingDeletion()
+            if not current.deletion_allowed:
+                raise DeletionNotAllowed()
+
+        if pending_days is None:
+            self._repository.destroy_key(key_id, deletable)
+            self._cache.drop_key(key_id)
+            lifecycle_log.info("key %r destroyed", key_id)
+            return None
+
+        def schedule(current: KeyRecord) -> KeyRecord:
+            deletable(current)
+            return replace(
+                current,
+                state=PENDING_DELETION,
+                pending_deletion_at=self._clock() + timedelta(days=pending_days),
+                use_attempts_while_pending=0,
+                last_use_attempt=None,
+            )
+
+        scheduled = self._update(key_id, schedule)
+        lifecycle_log.info(
+            "key %r scheduled for deletion at %s", key_id, scheduled.pending_deletion_at
+        )
+        return _info(scheduled)
+
+    def cancel_deletion(self, key_id: str) -> KeyInfo:
+        """Take a key out of ``pending_deletion``; it comes back ``disabled`` (as in AWS KMS), so
+        that it is enabled again deliberately. The use-attempt bookkeeping is kept."""
+
+        def cancel(current: KeyRecord) -> KeyRecord:
+            self._checked_key(current)
+            if current.state != PENDING_DELETION:
+                raise KeyStateConflict("key is not pending deletion")
+            return replace(current, state=DISABLED, pending_deletion_at=None)
+
+        return _info(self._update(key_id, cancel))
+
+    def disable_key(self, key_id: str) -> KeyInfo:
+        """Refuse every cryptographic operation with the key until it is enabled; its material,
+        metadata and versions stay, and it can still be read and rotated."""
+        return _info(self._update(key_id, self._set_state(DISABLED)))
+
+    def enable_key(self, key_id: str) -> KeyInfo:
+        return _info(self._update(key_id, self._set_state(ENABLED)))
+
+    def _set_state(self, state: str) -> Callable[[KeyRecord], KeyRecord]:
+        def change(current: KeyRecord) -> KeyRecord:
+            self._checked_key(current)
+            if current.state == PENDING_DELETION:
+                raise KeyPendingDeletion()
+            return replace(current, state=state)
+
+        return change
+
+    def update_key(
+        self,
+        key_id: str,
+        *,
+        description: str | None = None,
+        labels: dict[str, str] | None = None,
+        min_decryption_version: int | None = None,
+        deletion_allowed: bool | None = None,
+    ) -> KeyInfo:
+        """Change metadata and version policy; None leaves a field as it is. ``labels`` replaces
+        the key's labels as a whole. ``min_decryption_version`` may range from the oldest version
+        still stored (``min_available_version``) to the latest version."""
+        if description is not None:
+            validate_description(description)
+        stored_labels = None if labels is None else encode_labels(validate_labels(labels))
+        if min_decryption_version is not None and (
+            isinstance(min_decryption_version, bool) or not isinstance(min_decryption_version, int)
+        ):
+            raise InvalidRequest("min_decryption_version must be an integer")
+        if deletion_allowed is not None and not isinstance(deletion_allowed, bool):
+            raise InvalidRequest("deletion_allowed must be true or false")
+
+        def change(current: KeyRecord) -> KeyRecord:
+            self._checked_key(current)
+            if current.state == PENDING_DELETION:
+                raise KeyPendingDeletion()
+            updated = current
+            if description is not None:
+                updated = replace(updated, description=description)
+            if stored_labels is not None:
+                updated = replace(updated, labels=stored_labels)
+            if min_decryption_version is not None:
+                low, high = current.min_available_version, current.latest_version
+                if not low <= min_decryption_version <= high:
+                    raise InvalidRequest(
+                        f"min_decryption_version must be from {low} (the oldest version kept) "
+                        f"to {high} (the latest version)"
+                    )
+                updated = replace(updated, min_decryption_version=min_decryption_version)
+            if deletion_allowed is not None:
+                updated = replace(updated, deletion_allowed=deletion_allowed)
+            return updated
+
+        return _info(self._update(key_id, change))
+
+    def trim_key(self, key_id: str, min_available_version: int) -> KeyInfo:
+        """Destroy every version below ``min_available_version``, for good.
+
+        Only versions already fenced off may go: ``min_available_version`` must not exceed
+        ``min_decryption_version`` (409 otherwise), so a trim never breaks a ciphertext that still
+        decrypts. The row keeps the new lower bound under its MAC: a destroyed version restored
+        into the database from a backup is refused.
+        """
+        if (
+            isinstance(min_available_version, bool)
+            or not isinstance(min_available_version, int)
+            or min_available_version < 1
+        ):
+            raise InvalidRequest("min_available_version must be a positive integer")
+
+        def trim(current: KeyRecord) -> KeyChange:
+            self._checked_key(current)
+            if current.state == PENDING_DELETION:
+                raise KeyPendingDeletion()
+            if min_available_version > current.min_decryption_version:
+                raise KeyStateConflict(
+                    "min_available_version must not exceed min_decryption_version "
+                    f"({current.min_decryption_version}); raise that first"
+                )
+            if min_available_version <= current.min_available_version:
+                return KeyChange(key=current)  # already trimmed that far: nothing to destroy
+            trimmed = self._sealed(replace(current, min_available_version=min_available_version))
+            return KeyChange(key=trimmed, delete_versions_below=min_available_version)
+
+        key = self._repository.update_key(validate_key_id(key_id), trim)
         self._cache.drop_key(key_id)
+        return _info(key)
+
+    def destroy_due(
+        self,
+        now: datetime | None = None,
+        on_destroyed: Callable[[KeyInfo], None] | None = None,
+        on_failure: Callable[[str, KMSError], None] | None = None,
+    ) -> list[str]:
+        """Destroy every key whose deletion window has passed by ``now`` (default: the clock).
+
+        Idempotent, and safe when several processes run it at once: each key is re-checked
+        (MAC, state, deadline) under its row's write lock, and a key another process destroyed
+        first is skipped, so each is destroyed exactly once. A row that fails its check is
+        reported to ``on_failure`` and left alone. Returns the key_ids this call destroyed.
+        """
+        now = self._clock() if now is None else now
+        destroyed: list[str] = []
+        after: str | None = None
+
+        def due(current: KeyRecord) -> None:
+            self._checked_key(current)
+            if (
+                current.state != PENDING_DELETION
+                or current.pending_deletion_at is None
+                or current.pending_deletion_at > now
+                or not current.deletion_allowed
+            ):
+                raise _NotDue()
+
+        while page := self._repository.due_keys(now, MAX_PAGE_SIZE, after):
+            after = page[-1]
+            for key_id in page:
+                try:
+                    gone = self._repository.destroy_key(key_id, due)
+                except (KeyNotFound, _NotDue):
+                    continue  # destroyed by another process, or cancelled meanwhile
+                except KMSError as error:
+                    if on_failure is None:
+                        raise
+                    on_failure(key_id, error)
+                    continue
+                self._cache.drop_key(key_id)
+                destroyed.append(key_id)
+                lifecycle_log.info("key %r destroyed: its deletion window ended", key_id)
+                if on_destroyed is not None:
+                    on_destroyed(_info(gone))
+        return destroyed
+
+    def _update(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
+        """Change a key row (no new version) under its write lock, sealing the result."""
+        return self._repository.update_key(
+            validate_key_id(key_id), lambda current: KeyChange(key=self._sealed(change(current)))
+        )
 
     def rotate_key(self, key_id: str) -> KeyInfo:
         key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
+        if key.state == PENDING_DELETION:
+            raise KeyPendingDeletion()
         if key.latest_version >= self._max_versions:
             # Checked before generating material (an RSA key takes a while), and again under the
             # row's write lock in ``next_version``, where racing rotations cannot slip past.
@@ -286,6 +641,8 @@ class KMSService:
 
         def next_version(current: KeyRecord) -> KeyRecord:
             self._expect_unchanged(key, current)
+            if current.state == PENDING_DELETION:
+                raise KeyPendingDeletion()
             if current.latest_version >= self._max_versions:
                 raise self._too_many_versions()
             return replace(current, latest_version=current.latest_version + 1)
@@ -305,15 +662,37 @@ class KMSService:
         )
 
     def recreate_key(self, key_id: str) -> KeyInfo:
+        """Wipe every version and issue version 1 with fresh material; state and metadata stay.
+
+        It destroys material like a DELETE, so it is refused (409) when the key's
+        ``deletion_allowed`` is false, while it is pending deletion, and whenever
+        ``kms.deletion.min_pending_days`` makes a waiting period mandatory.
+        """
         key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
+
+        def recreatable(current: KeyRecord) -> None:
+            if current.state == PENDING_DELETION:
+                raise KeyPendingDeletion()
+            if not current.deletion_allowed:
+                raise DeletionNotAllowed()
+            if self._min_pending_days > 0:
+                raise KeyStateConflict(
+                    "recreate destroys every version, and kms.deletion.min_pending_days requires "
+                    "a waiting period before material is destroyed: use a new key instead"
+                )
+
+        recreatable(key)  # before generating material; again under the lock below
 
         def fresh_incarnation(current: KeyRecord) -> KeyRecord:
             self._expect_unchanged(key, current)
+            recreatable(current)
             return replace(
                 current,
                 latest_version=1,
                 incarnation=secrets.token_hex(16),
                 created_at=utc_now(),
+                min_decryption_version=1,
+                min_available_version=1,
             )
 
         recreated = self._store_new_version(
@@ -327,11 +706,15 @@ class KMSService:
         return _info(recreated)
 
     def public_key(self, key_id: str, version: int | None = None) -> PublicKeyInfo:
-        """The public half of a signing key or an RSA-OAEP encryption key."""
-        key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
+        """The public half of a signing key or an RSA-OAEP encryption key. Handing it out is a
+        use of the key (whoever fetches it means to verify or encrypt with it): refused while
+        disabled or pending deletion, and below ``min_decryption_version``."""
+        key = self._usable_key(key_id, None)
         if key.algorithm not in PUBLIC_KEY_ALGORITHMS:
             raise PurposeMismatch(f"key {key.key_id} ({key.algorithm}) has no public key")
         version = key.latest_version if version is None else version
+        if version < key.min_decryption_version:
+            raise VersionBelowMinimum()
         return PublicKeyInfo(
             key_id=key.key_id,
             version=version,
@@ -558,6 +941,8 @@ class KMSService:
         """The secret a ciphertext names; a version that does not exist is a bad ciphertext."""
         if not 1 <= version <= key.latest_version:
             raise InvalidCiphertext()
+        if version < key.min_decryption_version:
+            raise VersionBelowMinimum()
         try:
             return material.secret(version)
         except KeyNotFound:  # the version was never issued, or the key was recreated since
@@ -636,17 +1021,19 @@ class KMSService:
         scheme = spec.scheme(
             signing_algorithm, prehashed=prehashed, digest_algorithm=digest_algorithm
         )
-        for candidate in self._versions_to_try(key, version):
+
+        def signed_by(candidate: int) -> bool:
             try:
                 public_key = material.public(candidate)
             except KeyNotFound:
-                continue
+                return False
             try:
                 spec.verify(public_key, message, signature, scheme, prehashed=prehashed)
             except InvalidSignature:
-                continue
-            return Verified(key_id=key.key_id, valid=True, version=candidate)
-        return Verified(key_id=key.key_id, valid=False, version=None)
+                return False
+            return True
+
+        return self._verified_by_some_version(key, version, signed_by)
 
     def mac(self, key_id: str, message: bytes) -> MACed:
         key = self._usable_key(key_id, Purpose.MAC)
@@ -662,25 +1049,50 @@ class KMSService:
         then cached) its secret key, since a MAC key has no public half.
         """
         key = self._usable_key(key_id, Purpose.MAC)
-        for candidate in self._versions_to_try(key, version):
+
+        def made_by(candidate: int) -> bool:
             try:
                 secret = self._secret(key, candidate)
             except KeyNotFound:
-                continue
+                return False
             try:
                 secret.verify(message, mac)
             except InvalidSignature:
-                continue
-            return Verified(key_id=key.key_id, valid=True, version=candidate)
-        return Verified(key_id=key.key_id, valid=False, version=None)
+                return False
+            return True
 
-    def _versions_to_try(self, key: KeyRecord, version: int | None) -> range:
+        return self._verified_by_some_version(key, version, made_by)
+
+    def _verified_by_some_version(
+        self, key: KeyRecord, version: int | None, made_by: Callable[[int], bool]
+    ) -> Verified:
+        """Which version made a signature or MAC: ``version`` only, or else the window.
+
+        The window is the newest ``verify_max_versions`` versions still stored. Versions in it
+        below ``min_decryption_version`` are fenced: tried last, and only to answer 409 rather
+        than "invalid" for a signature they made; no version below the window is ever tried. A
+        named ``version`` below ``min_decryption_version`` is 409 at once.
+        """
+        invalid = Verified(key_id=key.key_id, valid=False, version=None)
         if version is not None:
-            # Any version the key has, however old: the caller names the one to check.
-            return range(version, version + 1) if 1 <= version <= key.latest_version else range(0)
-        # When keys get a min_decryption_version, the lower bound becomes the larger of the two.
-        oldest = max(1, key.latest_version - self._verify_max_versions + 1)
-        return range(key.latest_version, oldest - 1, -1)
+            if not key.min_available_version <= version <= key.latest_version:
+                return invalid
+            if version < key.min_decryption_version:
+                raise VersionBelowMinimum()
+            if made_by(version):
+                return Verified(key_id=key.key_id, valid=True, version=version)
+            return invalid
+        window_start = max(
+            key.min_available_version, key.latest_version - self._verify_max_versions + 1
+        )
+        allowed_start = max(window_start, key.min_decryption_version)
+        for candidate in range(key.latest_version, allowed_start - 1, -1):
+            if made_by(candidate):
+                return Verified(key_id=key.key_id, valid=True, version=candidate)
+        for candidate in range(allowed_start - 1, window_start - 1, -1):
+            if made_by(candidate):
+                raise VersionBelowMinimum()
+        return invalid
 
     @staticmethod
     def random_bytes(count: int) -> bytes:
@@ -809,14 +1221,43 @@ class KMSService:
             encoded, record.mac, f"key {key.key_id!r}: version {record.version}"
         )
 
-    def _usable_key(self, key_id: str, purpose: Purpose) -> KeyRecord:
+    def _usable_key(self, key_id: str, purpose: Purpose | None) -> KeyRecord:
+        """The key, checked, for a cryptographic operation: refused while disabled, and while
+        pending deletion (the attempt is recorded on the key first); of ``purpose`` unless
+        None."""
         key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
-        if key.purpose != purpose.value:
+        if key.state != ENABLED:
+            if key.state == PENDING_DELETION:
+                self._record_use_attempt(key)
+                raise KeyPendingDeletion()
+            raise KeyDisabled()
+        if purpose is not None and key.purpose != purpose.value:
             raise PurposeMismatch(f"key {key.key_id} has purpose {key.purpose}")
         return key
 
+    def _record_use_attempt(self, key: KeyRecord) -> None:
+        requester = CURRENT_REQUESTER.get()
+        attempt = {
+            "at": self._clock().isoformat(),
+            "caller": "-" if requester is None else requester.caller,
+            "operation": "-" if requester is None else requester.operation,
+        }
+        try:
+            self._repository.record_use_attempt(key.key_id, key.incarnation, json.dumps(attempt))
+        except StoreUnavailable:
+            # The refusal matters more than its bookkeeping: still answer 409.
+            lifecycle_log.warning("could not record a use attempt of key %r", key.key_id)
+        # INFO, not WARNING: a caller retrying in a loop must not flood the log; the count and
+        # the last attempt are on the key, and the audit log has every request.
+        lifecycle_log.info(
+            "key %r is pending deletion and was asked to %s by %s",
+            key.key_id,
+            attempt["operation"],
+            attempt["caller"],
+        )
+
     def _version(self, key: KeyRecord, version: int) -> KeyVersionRecord:
-        if not 1 <= version <= key.latest_version:
+        if not key.min_available_version <= version <= key.latest_version:
             raise KeyNotFound()
         return self._checked_version(key, self._repository.get_version(key.key_id, version))
 
@@ -938,6 +1379,10 @@ class KMSService:
         where = f"key {key.key_id!r}: version {record.version}"
         if not 1 <= record.version <= key.latest_version:
             raise IntegrityFailure(f"{where}: above the latest version {key.latest_version}")
+        if record.version < key.min_available_version:
+            raise IntegrityFailure(
+                f"{where}: below min_available_version {key.min_available_version} (trimmed)"
+            )
         identity = KeyIdentity(
             key.key_id, record.version, key.purpose, key.algorithm, key.incarnation
         )
@@ -990,8 +1435,9 @@ def _each(items: Sequence[BatchItem], one: Callable[[Mapping[str, Any]], Any]) -
     """``one`` for every item, in order; an item's own failure becomes its result.
 
     Only the errors a single call answers with a 4xx about its own input are kept per item; a
-    fault of the server or the database (integrity failure, storage unavailable) still fails
-    the whole batch, as it would the single call.
+    state of the key (disabled, pending deletion) or a fault of the server or the database
+    (integrity failure, storage unavailable) still fails the whole batch, as it would the
+    single call.
     """
     results: list[Any] = []
     for item in items:
@@ -1000,6 +1446,7 @@ def _each(items: Sequence[BatchItem], one: Callable[[Mapping[str, Any]], Any]) -
             continue
         try:
             results.append(one(item))
-        except (InvalidRequest, InvalidCiphertext) as error:
+        except (InvalidRequest, InvalidCiphertext, VersionBelowMinimum) as error:
+            # VersionBelowMinimum is the item's own: its ciphertext or signature is that old.
             results.append(error)
     return results

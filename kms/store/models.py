@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -11,6 +12,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
+    text,
 )
 
 metadata = MetaData(
@@ -28,6 +31,14 @@ metadata = MetaData(
 #: changes when a key is recreated, so cached material of the old key can never be mistaken for
 #: the new key's. ``mac`` authenticates the row's security-relevant fields (kms.service.integrity);
 #: NULL only in a database not yet upgraded with ``kms upgrade``.
+#:
+#: Key states and version policy (migration 0003): ``state`` is enabled, disabled or
+#: pending_deletion; versions below ``min_available_version`` were destroyed (trim), versions below
+#: ``min_decryption_version`` are fenced; ``pending_deletion_at`` is when a pending key becomes due
+#: for destruction. ``labels`` is canonical JSON (sorted keys). Every one of these is under the
+#: MAC. ``use_attempts_while_pending`` and ``last_use_attempt`` (JSON) are bookkeeping for the
+#: operator, written without the MAC (kms.service.integrity.NOT_AUTHENTICATED). The server
+#: defaults are what existing rows get, and equal the record's defaults, so their MACs stay valid.
 keys = Table(
     "keys",
     metadata,
@@ -40,6 +51,14 @@ keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("mac", LargeBinary, nullable=True),
+    Column("description", String(256), nullable=False, server_default=""),
+    Column("labels", Text, nullable=False, server_default="{}"),
+    Column("min_decryption_version", Integer, nullable=False, server_default="1"),
+    Column("min_available_version", Integer, nullable=False, server_default="1"),
+    Column("deletion_allowed", Boolean, nullable=False, server_default=text("true")),
+    Column("pending_deletion_at", DateTime(timezone=True), nullable=True),
+    Column("use_attempts_while_pending", Integer, nullable=False, server_default="0"),
+    Column("last_use_attempt", Text, nullable=True),
 )
 
 #: One row per key version: the secret wrapped under the master key (AAD-bound to key_id,

@@ -33,6 +33,7 @@ from kms.store.db import WRITE
 from kms.store.models import key_versions, keys, kms_metadata
 
 KDF_PARAMETERS = "kdf_parameters"
+PENDING_DELETION = "pending_deletion"
 INIT_MARKER = "init_marker"
 
 
@@ -53,6 +54,16 @@ class KeyRecord:
     latest_version: int
     incarnation: str
     created_at: datetime
+    # Issue 8 (migration 0003). Defaults equal what the migration stores in existing rows.
+    description: str = ""
+    labels: str = "{}"  # canonical JSON: sorted keys, no spaces (kms.service.keys.encode_labels)
+    min_decryption_version: int = 1
+    min_available_version: int = 1
+    deletion_allowed: bool = True
+    pending_deletion_at: datetime | None = None
+    # Bookkeeping, not authenticated (kms.service.integrity.NOT_AUTHENTICATED).
+    use_attempts_while_pending: int = 0
+    last_use_attempt: str | None = None  # JSON {"at", "caller", "operation"}
     mac: bytes | None = field(default=None, repr=False)
 
 
@@ -91,20 +102,25 @@ class NewVersion:
 
 @dataclass(frozen=True)
 class KeyChange:
-    """A key row as it is to be written (MAC included) and the version to insert with it.
+    """A key row as it is to be written (MAC included) and the version to insert with it, if any.
 
     The version's number is ``key.latest_version``. ``replace_versions`` deletes every other
-    version first (recreate).
+    version first (recreate); ``delete_versions_below`` deletes the versions below that number
+    (trim).
     """
 
     key: KeyRecord
-    version: NewVersion
+    version: NewVersion | None = None
     replace_versions: bool = False
+    delete_versions_below: int | None = None
 
 
 #: Decides, under the key row's write lock, what to write given the row as it is now; raises to
 #: write nothing.
 KeyPlanner = Callable[[KeyRecord], KeyChange]
+#: Decides, under the key row's write lock, whether the row as it is now may be destroyed; raises
+#: to destroy nothing.
+DestroyCheck = Callable[[KeyRecord], None]
 #: Computes the MAC of a key row, or of a version row given its key row (``kms upgrade``).
 KeySealer = Callable[[KeyRecord], bytes]
 VersionSealer = Callable[[KeyRecord, KeyVersionRecord], bytes]
@@ -115,7 +131,10 @@ class KeyRepository(Protocol):
     def read_keystore(self) -> tuple[bytes, bytes]: ...
     def create_key(self, change: KeyChange) -> KeyRecord: ...
     def get_key(self, key_id: str) -> KeyRecord: ...
-    def list_keys(self, limit: int, after: str | None) -> list[KeyRecord]: ...
+    def list_keys(
+        self, limit: int, after: str | None, state: str | None = None
+    ) -> list[KeyRecord]: ...
+    def due_keys(self, now: datetime, limit: int, after: str | None) -> list[str]: ...
     def list_versions(self, key_id: str) -> list[KeyVersionRecord]: ...
     def version_page(
         self, key_id: str, limit: int, after: int | None
@@ -124,7 +143,10 @@ class KeyRepository(Protocol):
     def get_version(self, key_id: str, version: int) -> KeyVersionRecord: ...
     def rotate_key(self, key_id: str, plan: KeyPlanner) -> KeyRecord: ...
     def recreate_key(self, key_id: str, plan: KeyPlanner) -> KeyRecord: ...
+    def update_key(self, key_id: str, plan: KeyPlanner) -> KeyRecord: ...
     def delete_key(self, key_id: str) -> None: ...
+    def destroy_key(self, key_id: str, check: DestroyCheck) -> KeyRecord: ...
+    def record_use_attempt(self, key_id: str, incarnation: str, attempt: str) -> None: ...
     def count_keys_by_state(self) -> dict[str, int]: ...
     def seal_all(
         self, seal_key: KeySealer, seal_version: VersionSealer, init_marker: bytes
@@ -149,6 +171,16 @@ def _key_record(row) -> KeyRecord:  # noqa: ANN001 - a SQLAlchemy Row
         latest_version=row.latest_version,
         incarnation=row.incarnation,
         created_at=_as_utc(row.created_at),
+        description=row.description,
+        labels=row.labels,
+        min_decryption_version=row.min_decryption_version,
+        min_available_version=row.min_available_version,
+        deletion_allowed=bool(row.deletion_allowed),
+        pending_deletion_at=(
+            None if row.pending_deletion_at is None else _as_utc(row.pending_deletion_at)
+        ),
+        use_attempts_while_pending=row.use_attempts_while_pending,
+        last_use_attempt=row.last_use_attempt,
         mac=None if row.mac is None else bytes(row.mac),
     )
 
@@ -211,6 +243,14 @@ _KEY_COLUMNS = (
     keys.c.latest_version,
     keys.c.incarnation,
     keys.c.created_at,
+    keys.c.description,
+    keys.c.labels,
+    keys.c.min_decryption_version,
+    keys.c.min_available_version,
+    keys.c.deletion_allowed,
+    keys.c.pending_deletion_at,
+    keys.c.use_attempts_while_pending,
+    keys.c.last_use_attempt,
     keys.c.mac,
 )
 
@@ -255,6 +295,8 @@ class SQLKeyRepository:
     @_translate_database_errors
     def create_key(self, change: KeyChange) -> KeyRecord:
         key = change.key
+        if change.version is None:
+            raise ValueError("a new key needs its first version")
         try:
             with self._writer.begin() as conn:
                 conn.execute(insert(keys).values(**_key_values(key), updated_at=key.created_at))
@@ -272,12 +314,36 @@ class SQLKeyRepository:
         return _key_record(row)
 
     @_translate_database_errors
-    def list_keys(self, limit: int, after: str | None) -> list[KeyRecord]:
+    def list_keys(self, limit: int, after: str | None, state: str | None = None) -> list[KeyRecord]:
         query = select(*_KEY_COLUMNS).order_by(keys.c.key_id).limit(limit)
         if after is not None:
             query = query.where(keys.c.key_id > after)
+        if state is not None:
+            query = query.where(keys.c.state == state)
         with self._engine.connect() as conn:
             return [_key_record(row) for row in conn.execute(query)]
+
+    @_translate_database_errors
+    def due_keys(self, now: datetime, limit: int, after: str | None) -> list[str]:
+        """Up to ``limit`` key_ids (after ``after``, in order) pending deletion and due by ``now``.
+
+        Only a hint: the caller re-checks each row, MAC included, under its write lock.
+        """
+        query = (
+            select(keys.c.key_id)
+            .where(
+                and_(
+                    keys.c.state == PENDING_DELETION,
+                    keys.c.pending_deletion_at <= now,
+                )
+            )
+            .order_by(keys.c.key_id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(keys.c.key_id > after)
+        with self._engine.connect() as conn:
+            return list(conn.execute(query).scalars())
 
     @_translate_database_errors
     def list_versions(self, key_id: str) -> list[KeyVersionRecord]:
@@ -356,8 +422,65 @@ class SQLKeyRepository:
             )
             if change.replace_versions:
                 conn.execute(delete(key_versions).where(key_versions.c.key_id == key_id))
-            self._insert_version(conn, key, change.version, now)
+            if change.delete_versions_below is not None:
+                conn.execute(
+                    delete(key_versions).where(
+                        and_(
+                            key_versions.c.key_id == key_id,
+                            key_versions.c.version < change.delete_versions_below,
+                        )
+                    )
+                )
+            if change.version is not None:
+                self._insert_version(conn, key, change.version, now)
         return key
+
+    @_translate_database_errors
+    def update_key(self, key_id: str, plan: KeyPlanner) -> KeyRecord:
+        """Change a key row (state, metadata, version policy) under its write lock; ``plan`` may
+        also ask to delete old versions (trim). Whatever ``plan`` raises writes nothing."""
+        return self._change_key(key_id, plan)
+
+    @_translate_database_errors
+    def destroy_key(self, key_id: str, check: DestroyCheck) -> KeyRecord:
+        """Delete a key and all its versions if ``check`` passes on the row read under its write
+        lock; returns the row destroyed.
+
+        Two callers racing to destroy the same key serialise on the lock: the second finds no
+        row (``KeyNotFound``), so each key is destroyed once.
+        """
+        with self._writer.begin() as conn:
+            row = conn.execute(_SELECT_KEY_FOR_UPDATE, {"key_id": key_id}).first()
+            if row is None:
+                raise KeyNotFound()
+            key = _key_record(row)
+            check(key)
+            conn.execute(delete(key_versions).where(key_versions.c.key_id == key_id))
+            conn.execute(delete(keys).where(keys.c.key_id == key_id))
+        return key
+
+    @_translate_database_errors
+    def record_use_attempt(self, key_id: str, incarnation: str, attempt: str) -> None:
+        """Count a refused use of a key pending deletion and remember the last one.
+
+        Touches only the bookkeeping columns, which the MAC does not cover, so it needs no key;
+        a row that is no longer that pending key is left alone.
+        """
+        with self._writer.begin() as conn:
+            conn.execute(
+                update(keys)
+                .where(
+                    and_(
+                        keys.c.key_id == key_id,
+                        keys.c.incarnation == incarnation,
+                        keys.c.state == PENDING_DELETION,
+                    )
+                )
+                .values(
+                    use_attempts_while_pending=keys.c.use_attempts_while_pending + 1,
+                    last_use_attempt=attempt,
+                )
+            )
 
     @_translate_database_errors
     def seal_all(

@@ -63,6 +63,13 @@ def test_row_encodings_known_answers() -> None:
         {"latest_version": 1},
         {"incarnation": "f" * 32},
         {"created_at": datetime(2026, 11, 28, 12, 0, 0, 123457, tzinfo=UTC)},
+        {"state": "pending_deletion"},
+        {"description": "x"},
+        {"labels": '{"team":"a"}'},
+        {"min_decryption_version": 2},
+        {"min_available_version": 2},
+        {"deletion_allowed": False},
+        {"pending_deletion_at": datetime(2026, 12, 28, tzinfo=UTC)},
     ],
     ids=lambda change: next(iter(change)),
 )
@@ -74,6 +81,28 @@ def test_the_mac_column_is_not_covered() -> None:
     assert encode_key_row(dataclasses.replace(KEY, mac=b"\x01" * 33)) == encode_key_row(KEY)
 
 
+def test_the_use_attempt_bookkeeping_is_not_covered() -> None:
+    # Written on every refused use of a key pending deletion, without the master key.
+    bookkeeping = dataclasses.replace(
+        KEY, use_attempts_while_pending=7, last_use_attempt='{"at":"x","caller":"y"}'
+    )
+    assert encode_key_row(bookkeeping) == encode_key_row(KEY)
+
+
+def test_the_fields_of_migration_0003_at_their_defaults_leave_earlier_macs_valid() -> None:
+    # A row written before 0003 holds none of these; the migration stores exactly the defaults.
+    migrated = dataclasses.replace(
+        KEY,
+        description="",
+        labels="{}",
+        min_decryption_version=1,
+        min_available_version=1,
+        deletion_allowed=True,
+        pending_deletion_at=None,
+    )
+    assert encode_key_row(migrated) == encode_key_row(KEY)
+
+
 def test_a_naive_datetime_from_sqlite_encodes_like_the_same_utc_time() -> None:
     naive = dataclasses.replace(KEY, created_at=KEY.created_at.replace(tzinfo=None))
     assert encode_key_row(naive) == encode_key_row(KEY)
@@ -83,8 +112,8 @@ def test_a_naive_datetime_from_sqlite_encodes_like_the_same_utc_time() -> None:
 class LaterKeyRecord(KeyRecord):
     """What another issue's field looks like: added with a default equal to the migrated value."""
 
-    min_decryption_version: int = 1
-    deletion_allowed: bool = False
+    rotation_period_days: int = 0
+    exportable: bool = False
 
 
 def test_a_field_added_later_is_covered_and_existing_macs_stay_valid(
@@ -101,7 +130,7 @@ def test_a_field_added_later_is_covered_and_existing_macs_stay_valid(
     monkeypatch.setattr(integrity, "_KEY_FIELDS", later_fields)
     migrated = LaterKeyRecord(**{f.name: getattr(KEY, f.name) for f in dataclasses.fields(KEY)})
     assert integrity.encode_key_row(migrated) == before  # at their defaults: same bytes
-    for change in ({"min_decryption_version": 2}, {"deletion_allowed": True}):
+    for change in ({"rotation_period_days": 2}, {"exportable": True}):
         assert integrity.encode_key_row(dataclasses.replace(migrated, **change)) != before
 
 

@@ -342,8 +342,10 @@ def create_key(client: KMSClient, **fields: str) -> dict[str, Any]:
 
 SNAPSHOT_QUERIES = {
     "keys": "SELECT key_id, purpose, algorithm, state, latest_version, incarnation, created_at, "
-    "updated_at FROM keys ORDER BY key_id",
-    "key_versions": "SELECT key_id, version, wrapped_key, public_key, created_at "
+    "updated_at, mac, description, labels, min_decryption_version, min_available_version, "
+    "deletion_allowed, pending_deletion_at, use_attempts_while_pending, last_use_attempt "
+    "FROM keys ORDER BY key_id",
+    "key_versions": "SELECT key_id, version, wrapped_key, public_key, created_at, mac "
     "FROM key_versions ORDER BY key_id, version",
     "kms_metadata": "SELECT name, value FROM kms_metadata ORDER BY name",
 }

@@ -90,6 +90,13 @@ def bare(case_id: str, method: str, path: str, status: int, error: str) -> Case:
     return Case(case_id, method, path, status, error, body=None, content_type=None)
 
 
+def patch(case_id: str, document: Any, status: int, error: str) -> Case:
+    return Case(case_id, "PATCH", f"/v1/kms/keys/{ENC}", status, error, raw(document))
+
+
+LABEL_NAMES = "labels: names must be 1-63 characters of a-z 0-9 _ . -"
+
+
 HI = b64(b"hi")
 DEEP = b'{"key_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 LONG_ID = "a" * 129
@@ -451,6 +458,179 @@ BODY_CASES = [
     ),
 ]
 
+# PATCH /v1/kms/keys/<key_id> (issue 8): types, shapes and the label rules. ENC has one version.
+PATCH_CASES = [
+    patch("patch-unknown-field", {"colour": "red"}, 400, "colour: Unknown field."),
+    patch(
+        "patch-unknown-and-good-field",
+        {"description": "x", "state": "disabled"},
+        400,
+        "state: Unknown field.",
+    ),
+    patch("patch-description-int", {"description": 5}, 400, "description: Not a valid string."),
+    patch(
+        "patch-description-null", {"description": None}, 400, "description: Field may not be null."
+    ),
+    patch(
+        "patch-description-257",
+        {"description": "d" * 257},
+        400,
+        "description must be a string of at most 256 characters",
+    ),
+    patch("patch-labels-list", {"labels": ["a"]}, 400, "labels: Not a valid mapping type."),
+    patch("patch-labels-null", {"labels": None}, 400, "labels: Field may not be null."),
+    patch(
+        "patch-label-value-int",
+        {"labels": {"team": 5}},
+        400,
+        "labels.team.value: Not a valid string.",
+    ),
+    patch(
+        "patch-33-labels",
+        {"labels": {f"l{i}": "v" for i in range(33)}},
+        400,
+        "labels: at most 32 labels",
+    ),
+    patch("patch-label-upper", {"labels": {"Team": "a"}}, 400, LABEL_NAMES),
+    patch("patch-label-empty-name", {"labels": {"": "a"}}, 400, LABEL_NAMES),
+    patch("patch-label-64-chars", {"labels": {"a" * 64: "a"}}, 400, LABEL_NAMES),
+    patch("patch-label-colon", {"labels": {"a:b": "a"}}, 400, LABEL_NAMES),
+    patch(
+        "patch-label-value-257",
+        {"labels": {"team": "v" * 257}},
+        400,
+        "labels: values must be strings of at most 256 characters",
+    ),
+    patch(
+        "patch-min-version-string",
+        {"min_decryption_version": "2"},
+        400,
+        "min_decryption_version: must be an integer",
+    ),
+    patch(
+        "patch-min-version-true",
+        {"min_decryption_version": True},
+        400,
+        "min_decryption_version: must be an integer",
+    ),
+    patch(
+        "patch-min-version-0",
+        {"min_decryption_version": 0},
+        400,
+        "min_decryption_version: must be between 1 and 2147483647",
+    ),
+    patch(
+        "patch-min-version-above-latest",
+        {"min_decryption_version": 2},
+        400,
+        "min_decryption_version must be from 1 (the oldest version kept) to 1 (the latest version)",
+    ),
+    patch(
+        "patch-deletion-allowed-string",
+        {"deletion_allowed": "false"},
+        400,
+        "deletion_allowed: must be true or false",
+    ),
+    patch(
+        "patch-deletion-allowed-0",
+        {"deletion_allowed": 0},
+        400,
+        "deletion_allowed: must be true or false",
+    ),
+    patch(
+        "patch-good-then-bad",
+        {"description": "changed?", "labels": {"BAD": "x"}},
+        400,
+        LABEL_NAMES,
+    ),
+    Case("patch-not-json", "PATCH", f"/v1/kms/keys/{ENC}", 400, NOT_JSON, b"{"),
+    Case(
+        "patch-text-plain", "PATCH", f"/v1/kms/keys/{ENC}", 415, NOT_JSON_TYPE, b"{}", "text/plain"
+    ),
+    create(
+        "create-bad-label",
+        {"key_id": "bad-label-key", "labels": {"Bad": "x"}},
+        400,
+        LABEL_NAMES,
+    ),
+    create(
+        "create-description-list",
+        {"key_id": "bad-description-key", "description": []},
+        400,
+        "description: Not a valid string.",
+    ),
+    post(
+        "trim-missing-field",
+        f"/v1/kms/keys/{ENC}/trim",
+        {},
+        400,
+        "min_available_version: Missing data for required field.",
+    ),
+    post(
+        "trim-zero",
+        f"/v1/kms/keys/{ENC}/trim",
+        {"min_available_version": 0},
+        400,
+        "min_available_version: must be between 1 and 2147483647",
+    ),
+    post(
+        "trim-above-min-decryption-version",
+        f"/v1/kms/keys/{ENC}/trim",
+        {"min_available_version": 2},
+        409,
+        "min_available_version must not exceed min_decryption_version (1); raise that first",
+    ),
+    bare(
+        "delete-pending-days-0",
+        "DELETE",
+        f"/v1/kms/keys/{ENC}?pending_days=0",
+        400,
+        "pending_days: must be between 1 and 30",
+    ),
+    bare(
+        "delete-pending-days-31",
+        "DELETE",
+        f"/v1/kms/keys/{ENC}?pending_days=31",
+        400,
+        "pending_days: must be between 1 and 30",
+    ),
+    bare(
+        "delete-pending-days-abc",
+        "DELETE",
+        f"/v1/kms/keys/{ENC}?pending_days=abc",
+        400,
+        "pending_days: must be an integer",
+    ),
+    bare(
+        "list-state-unknown",
+        "GET",
+        "/v1/kms/keys?state=deleted",
+        400,
+        "state must be one of: enabled, disabled, pending_deletion",
+    ),
+    bare(
+        "list-label-no-colon",
+        "GET",
+        "/v1/kms/keys?label=team",
+        400,
+        "label must be name:value with a valid label name",
+    ),
+    bare(
+        "list-label-bad-name",
+        "GET",
+        "/v1/kms/keys?label=Team:a",
+        400,
+        "label must be name:value with a valid label name",
+    ),
+    bare(
+        "cancel-not-pending",
+        "POST",
+        f"/v1/kms/keys/{ENC}/cancel-deletion",
+        409,
+        "key is not pending deletion",
+    ),
+]
+
 # (case id, method, what follows /v1/kms/keys/<key_id>) for every route with a key_id in its path
 KEY_ROUTES = [
     ("get", "GET", ""),
@@ -458,12 +638,27 @@ KEY_ROUTES = [
     ("rotate", "POST", "/rotate"),
     ("recreate", "POST", "/recreate"),
     ("public-key", "GET", "/public-key"),
+    ("patch", "PATCH", ""),
+    ("disable", "POST", "/disable"),
+    ("enable", "POST", "/enable"),
+    ("trim", "POST", "/trim"),
+    ("cancel-deletion", "POST", "/cancel-deletion"),
 ]
+#: A valid body for the routes that need one, so that the case reaches the key lookup.
+ROUTE_BODIES = {"patch": {"description": "x"}, "trim": {"min_available_version": 1}}
+
+
+def key_route(case_id: str, route: str, method: str, path: str, status: int, error: str) -> Case:
+    if route in ROUTE_BODIES:
+        return Case(case_id, method, path, status, error, raw(ROUTE_BODIES[route]))
+    return bare(case_id, method, path, status, error)
+
 
 URL_CASES = [
     *(
-        bare(
+        key_route(
             f"{route}-unknown-key",
+            route,
             method,
             f"/v1/kms/keys/{MISSING}{suffix}",
             404,
@@ -474,8 +669,9 @@ URL_CASES = [
     # Bad key_ids in the URL. "%2F" is decoded before routing, so "../x" matches no route (404);
     # every other bad key_id reaches the view and is refused as such (400).
     *(
-        bare(
+        key_route(
             f"{route}-key_id-{label}",
+            route,
             method,
             f"/v1/kms/keys/{encoded}{suffix}",
             status,
@@ -531,7 +727,7 @@ URL_CASES = [
     bare("put-keys", "PUT", "/v1/kms/keys", 405, NO_METHOD),
     bare("get-encrypt", "GET", "/v1/kms/encrypt", 405, NO_METHOD),
     bare("delete-encrypt", "DELETE", "/v1/kms/encrypt", 405, NO_METHOD),
-    bare("patch-key", "PATCH", f"/v1/kms/keys/{ENC}", 405, NO_METHOD),
+    bare("put-key", "PUT", f"/v1/kms/keys/{ENC}", 405, NO_METHOD),
     bare("post-key", "POST", f"/v1/kms/keys/{ENC}", 405, NO_METHOD),
     bare("get-rotate", "GET", f"/v1/kms/keys/{ENC}/rotate", 405, NO_METHOD),
 ]
@@ -561,7 +757,7 @@ def test_the_database_snapshot_sees_a_write(client: KMSClient, deployment: Deplo
     expect_no_content(client.delete(f"/v1/kms/keys/{key_id}"))
 
 
-@pytest.mark.parametrize("case", BODY_CASES + URL_CASES, ids=lambda case: case.id)
+@pytest.mark.parametrize("case", BODY_CASES + PATCH_CASES + URL_CASES, ids=lambda case: case.id)
 def test_bad_request_is_refused_and_changes_nothing(
     client: KMSClient, deployment: Deployment, ciphertext: str, case: Case
 ) -> None:

@@ -816,3 +816,32 @@ def test_data_keys_and_rewrap_on_an_rsa_oaep_key(client: KMSClient) -> None:
     assert "do not support an encryption context" in results[1]["error"]
     again = expect_json(decrypt_status(client, key_id, results[0]["ciphertext"]), 200)
     assert again["plaintext"] == data_key["plaintext"]
+
+
+# -- with the key states of issue 8 -----------------------------------------------------------
+
+
+def test_a_disabled_key_fails_the_whole_batch_and_an_old_version_fails_its_item(
+    client: KMSClient, key_id: str
+) -> None:
+    old = encrypt(client, key_id, b"old")["ciphertext"]
+    expect_json(client.post(f"/v1/kms/keys/{key_id}/rotate"), 200)
+    new = encrypt(client, key_id, b"new")["ciphertext"]
+    fenced = client.request("PATCH", f"/v1/kms/keys/{key_id}", json={"min_decryption_version": 2})
+    expect_json(fenced, 200)
+    single = expect_error(decrypt_status(client, key_id, old), 409)
+    results = batch(client, "decrypt", key_id, [{"ciphertext": old}, {"ciphertext": new}])
+    assert results == [
+        {"error": single},
+        {"plaintext": b64(b"new"), "key_id": key_id, "version": 2},
+    ]
+    # Moving the old ciphertext forward is what rewrap is for; it too refuses a fenced version.
+    assert batch(client, "rewrap", key_id, [{"ciphertext": old}]) == [{"error": single}]
+
+    expect_json(client.post(f"/v1/kms/keys/{key_id}/disable"), 200)
+    message = expect_error(decrypt_status(client, key_id, new), 409)
+    for operation, item in (("decrypt", {"ciphertext": new}), ("encrypt", {"plaintext": "AA=="})):
+        response = client.post(f"/v1/kms/{operation}", json={"key_id": key_id, "batch": [item]})
+        expect_error(response, 409, message)
+    expect_json(client.post(f"/v1/kms/keys/{key_id}/enable"), 200)
+    assert batch(client, "encrypt", key_id, [{"plaintext": "AA=="}])[0]["version"] == 2

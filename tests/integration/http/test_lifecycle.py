@@ -22,7 +22,23 @@ from tests.integration.http.harness import (
 
 pytestmark = pytest.mark.slow
 
-KEY_FIELDS = {"key_id", "purpose", "algorithm", "version", "created_at"}
+KEY_FIELDS = {
+    "key_id",
+    "purpose",
+    "algorithm",
+    "version",
+    "created_at",
+    # issue 8: states, metadata, version policy, scheduled deletion
+    "state",
+    "description",
+    "labels",
+    "min_decryption_version",
+    "min_available_version",
+    "deletion_allowed",
+    "pending_deletion_at",
+    "use_attempts_while_pending",
+    "last_use_attempt",
+}
 
 
 def assert_key(body: Any, key_id: str, purpose: str, algorithm: str, version: int) -> None:
