@@ -85,6 +85,7 @@ def register_service(
         cache,
         verify_max_versions=settings.verify_max_versions,
         max_versions=settings.max_versions,
+        max_batch_items=settings.max_batch_items,
         min_pending_days=settings.deletion_min_pending_days,
     )
     app.extensions[SERVICE] = service

@@ -26,6 +26,8 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_VERIFY_MAX_VERSIONS = 16
 #: A key's versions are bounded by design, not by its history.
 DEFAULT_MAX_VERSIONS = 100_000
+#: A batch request (encrypt, decrypt, datakey, rewrap, sign, verify) holds at most this many items.
+DEFAULT_MAX_BATCH_ITEMS = 1000
 
 # (section, yaml key) -> attribute path; the env override is KMS_<SECTION>_<KEY>, matched
 # case-insensitively with underscores ignored (KMS_SERVER_SERVERCERT == KMS_SERVER_SERVER_CERT).
@@ -44,6 +46,7 @@ _KEYS: dict[tuple[str, str], str] = {
     ("server", "bodyTimeout"): "body_timeout",
     ("server", "bodyMinRate"): "body_min_rate",
     ("server", "maxConnections"): "max_connections",
+    ("server", "maxBatchItems"): "max_batch_items",
     ("kms", "master_passphrase_file"): "master_passphrase_file",
     ("kms", "kdf_iterations"): "kdf_iterations",
     ("kms", "key_cache_size"): "key_cache_size",
@@ -89,6 +92,7 @@ class Settings:
     body_timeout: int = 10
     body_min_rate: int = 1024
     max_connections: int = 1000
+    max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS
     # -- who may do what, and the record of who did (README "Security") --
     policy_file: Path | None = None  # absent: every authenticated caller may do everything
     audit_path: Path | None = None  # absent: no audit log (a warning at start)
@@ -223,6 +227,7 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
         "body_timeout": _integer_between(1, 300),
         "body_min_rate": _integer_between(0, 1024 * 1024 * 1024),
         "max_connections": _integer_between(16, 100_000),
+        "max_batch_items": _integer_between(1, 100_000),
         "master_passphrase_file": _unresolved_path,
         "kdf_iterations": _integer_between(MIN_ITERATIONS, MAX_ITERATIONS),
         "key_cache_size": _integer_between(0, 1_000_000),

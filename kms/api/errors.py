@@ -49,6 +49,15 @@ def status_for(error: errors.KMSError) -> int:
     return 500
 
 
+def batch_item_error(error: errors.KMSError) -> dict[str, str]:
+    """The result of a batch item that failed: the body the single call would have answered.
+
+    Only client errors stay with their item (the service lets a server fault fail the whole
+    batch); should another reach here, it shows as the single call's "internal error".
+    """
+    return {"error": error.public_message if status_for(error) < 500 else "internal error"}
+
+
 def error_response(message: str, status: int) -> Response:
     response = jsonify(error=message)
     response.status_code = status

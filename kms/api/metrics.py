@@ -99,7 +99,10 @@ def register_metrics(app: Flask, service: KMSService, cache: KeyMaterialCache) -
         HTTP_DURATION.labels(endpoint).observe(time.perf_counter() - g.kms_started)
         operation = g.get("kms_operation_name")
         if operation in CRYPTO_OPERATIONS and response.status_code < 400:
-            CRYPTO_OPERATIONS_DONE.labels(operation, _algorithm(service)).inc()
+            # A batch counts the items that succeeded (kms.api.batch), a single call one.
+            done = g.get("kms_items_done", 1)
+            if done:
+                CRYPTO_OPERATIONS_DONE.labels(operation, _algorithm(service)).inc(done)
         cache_counts.publish()
         return response
 

@@ -110,7 +110,7 @@ def request_target(declared: Operation | None, request: Request) -> Target:
     except KMSError:
         return Target(key_id=None)
     key_id = body.get("key_id")
-    items = body.get("items")
+    items = body.get("batch")
     return Target(
         key_id=key_id if isinstance(key_id, str) else None,
         item_count=len(items) if isinstance(items, list) else None,

@@ -10,12 +10,20 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
 
 from kms.crypto.algorithms import DIGEST_ALGORITHMS
-from kms.service.keys import MAX_PAGE_SIZE, MAX_PENDING_DAYS, MAX_RANDOM_BYTES
+from kms.service.keys import (
+    DATA_KEY_SIZES,
+    MAX_PAGE_SIZE,
+    MAX_PENDING_DAYS,
+    MAX_RANDOM_BYTES,
+    DataKey,
+    Verified,
+)
 
 _DECIMAL = re.compile(r"[0-9]{1,10}")
 
@@ -61,6 +69,21 @@ class StrictBoolean(fields.Field):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
         if not isinstance(value, bool):
             raise ValidationError("must be true or false")
+        return value
+
+
+class EncryptionContext(fields.Field):
+    """A JSON object of string keys to string values, or null for none.
+
+    Its limits (pairs, encoded size) are checked where it is encoded
+    (``kms.crypto.ciphertext.encode_context``), so the service enforces them for every caller.
+    """
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> dict[str, str]:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValidationError("must be an object of string keys to string values")
         return value
 
 
@@ -111,6 +134,7 @@ class PublicKeyQuery(_Request):
 class EncryptRequest(_Request):
     key_id = fields.String(required=True)
     plaintext = StrictBase64(required=True)
+    context = EncryptionContext(load_default=None, allow_none=True)
 
 
 _VERSION = {"low": 1, "high": 2**31 - 1}
@@ -119,9 +143,37 @@ _VERSION = {"low": 1, "high": 2**31 - 1}
 class DecryptRequest(_Request):
     key_id = fields.String(required=True)
     ciphertext = fields.String(required=True)
+    context = EncryptionContext(load_default=None, allow_none=True)
     #: RSA-OAEP keys only: ``ciphertext`` is then a raw OAEP ciphertext made with this version's
     #: exported public key, not the ``vN:`` form.
     version = StrictInteger(**_VERSION, load_default=None)
+
+
+class RewrapRequest(_Request):
+    key_id = fields.String(required=True)
+    ciphertext = fields.String(required=True)
+    context = EncryptionContext(load_default=None, allow_none=True)
+
+
+class DataKeyRequest(_Request):
+    key_id = fields.String(required=True)
+    key_bytes = StrictInteger(
+        low=min(DATA_KEY_SIZES),
+        high=max(DATA_KEY_SIZES),
+        data_key="bytes",
+        load_default=32,
+        validate=validate.OneOf(DATA_KEY_SIZES, error="must be 16, 24 or 32"),
+    )
+    context = EncryptionContext(load_default=None, allow_none=True)
+    include_plaintext = StrictBoolean(load_default=True)
+
+
+class BatchRequest(_Request):
+    """``{key_id, batch: [item, ...]}``; each item is loaded by the single call's schema without
+    key_id, one by one, so that a bad item fails alone."""
+
+    key_id = fields.String(required=True)
+    batch = fields.List(fields.Raw(), required=True)
 
 
 class SignRequest(_Request):
@@ -214,6 +266,13 @@ class DecryptResponse(Schema):
     version = fields.Integer()
 
 
+class DataKeyResponse(Schema):
+    ciphertext = fields.String()
+    plaintext = StrictBase64()
+    key_id = fields.String()
+    version = fields.Integer()
+
+
 class SignResponse(Schema):
     signature = StrictBase64()
     key_id = fields.String()
@@ -244,6 +303,16 @@ verify_request = VerifyRequest()
 mac_request = MACRequest()
 mac_verify_request = MACVerifyRequest()
 random_request = RandomRequest()
+rewrap_request = RewrapRequest()
+data_key_request = DataKeyRequest()
+batch_request = BatchRequest()
+#: A batch item: the single call's request without key_id (given once, for the whole batch).
+encrypt_item = EncryptRequest(exclude=("key_id",))
+decrypt_item = DecryptRequest(exclude=("key_id",))
+rewrap_item = RewrapRequest(exclude=("key_id",))
+data_key_item = DataKeyRequest(exclude=("key_id",))
+sign_item = SignRequest(exclude=("key_id",))
+verify_item = VerifyRequest(exclude=("key_id",))
 
 key_response = KeyResponse()
 key_list_response = KeyResponse(many=True)
@@ -255,3 +324,89 @@ decrypt_response = DecryptResponse()
 sign_response = SignResponse()
 mac_response = MACResponse()
 random_response = RandomResponse()
+_data_key_response = DataKeyResponse()
+_data_key_without_plaintext = DataKeyResponse(exclude=("plaintext",))
+
+
+def fast_load(schema: Schema) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """``schema.load`` of one JSON object, without marshmallow's per-call machinery.
+
+    A batch loads up to ``server.maxBatchItems`` items, and ``load`` costs about 10 us per item
+    against 3 us for its fields' own ``deserialize``. The same fields, defaults, unknown-field
+    refusal and messages (a ``ValidationError`` of the same shape); only for the flat request
+    schemas here (no hooks, no nesting, ``unknown = RAISE``). A test compares it with ``load``
+    on generated input for each schema a batch uses.
+    """
+    by_key = {
+        field.data_key or name: (field.attribute or name, field)
+        for name, field in schema.load_fields.items()
+    }
+    unknown = schema.error_messages["unknown"]
+
+    def load(data: dict[str, Any]) -> dict[str, Any]:
+        errors: dict[str, Any] = {key: [unknown] for key in data if key not in by_key}
+        loaded: dict[str, Any] = {}
+        for key, (attribute, field) in by_key.items():
+            try:
+                value = field.deserialize(data.get(key, missing), key, data)
+            except ValidationError as error:
+                errors[key] = error.messages
+                continue
+            if value is not missing:
+                loaded[attribute] = value
+        if errors:
+            raise ValidationError(errors)
+        return loaded
+
+    return load
+
+
+def fast_dump(schema: Schema) -> Callable[[Any], dict[str, Any]]:
+    """``schema.dump`` of one object, without marshmallow's per-call machinery.
+
+    A batch dumps up to ``server.maxBatchItems`` results, and ``dump`` costs about 12 us per
+    object against 3 us for its fields' own serialisation: a third of a batch item's time. Only
+    for the flat response schemas here (no hooks, no nesting, no ``many``, every attribute
+    present); a test compares it with ``dump`` for each schema a batch uses.
+    """
+    plan = [
+        (field.data_key or name, field.attribute or name, field)
+        for name, field in schema.dump_fields.items()
+    ]
+
+    def dump(obj: Any) -> dict[str, Any]:
+        # _serialize is the hook a Field subclass implements (see StrictBase64 above).
+        return {
+            key: field._serialize(getattr(obj, attribute), attribute, obj)
+            for key, attribute, field in plan
+        }
+
+    return dump
+
+
+def dump_data_key(result: DataKey) -> dict[str, Any]:
+    """``plaintext`` appears only when it was asked for (``include_plaintext``)."""
+    if result.plaintext is None:
+        return _fast_data_key_without_plaintext(result)
+    return _fast_data_key(result)
+
+
+def dump_verified(result: Verified) -> dict[str, Any]:
+    if result.valid:
+        return {"valid": True}
+    return {"valid": False, "error": "signature invalid"}
+
+
+_fast_data_key = fast_dump(_data_key_response)
+_fast_data_key_without_plaintext = fast_dump(_data_key_without_plaintext)
+#: The dumps of batch results (kms.api.batch), one per response schema.
+fast_encrypt_response = fast_dump(encrypt_response)
+fast_decrypt_response = fast_dump(decrypt_response)
+fast_sign_response = fast_dump(sign_response)
+#: The loads of batch items (kms.api.batch), one per item schema.
+fast_encrypt_item = fast_load(encrypt_item)
+fast_decrypt_item = fast_load(decrypt_item)
+fast_rewrap_item = fast_load(rewrap_item)
+fast_data_key_item = fast_load(data_key_item)
+fast_sign_item = fast_load(sign_item)
+fast_verify_item = fast_load(verify_item)

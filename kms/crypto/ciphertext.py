@@ -10,7 +10,12 @@ oaep )``, see ``format_versioned``), so a client sees one ciphertext form for ev
 a raw OAEP ciphertext made offline is read with ``parse_raw``.
 
 The AEAD's associated data binds the key_id, the version and the caller's encryption context, so
-a ciphertext cannot be replayed under another key or relabelled as another version.
+a ciphertext cannot be replayed under another key, relabelled as another version, or opened
+under another context (README, "Encryption context"):
+
+``AAD = "kms/ciphertext/v1" || u32(len(key_id)) || key_id || u32(len(V)) || V
+|| u32(len(C)) || C``, where ``u32`` is a 4-byte big-endian length, ``key_id`` is UTF-8, ``V``
+the version in ASCII decimal, and ``C`` the context's canonical encoding (``encode_context``).
 """
 
 from __future__ import annotations
@@ -18,16 +23,22 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kms.crypto.encoding import encode_aad
-from kms.errors import InvalidCiphertext
+from kms.errors import InvalidCiphertext, InvalidRequest
 
 MAX_VERSION = 2**31 - 1
 NONCE_BYTES = 12
 TAG_BYTES = 16
 # The version prefix is at most "v" + 10 digits + ":"; the regex never scans further.
 _VERSION_PREFIX = re.compile(rb"v([1-9][0-9]{0,9}):")
+#: An encryption context holds at most this many pairs ...
+MAX_CONTEXT_PAIRS = 64
+#: ... and its canonical encoding at most this many bytes.
+MAX_CONTEXT_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -86,3 +97,36 @@ def parse_ciphertext(text: str) -> ParsedCiphertext:
 
 def ciphertext_aad(key_id: str, version: int, context: bytes = b"") -> bytes:
     return encode_aad(b"kms/ciphertext/v1", key_id, version, context)
+
+
+def encode_context(context: Mapping[str, str] | None) -> bytes:
+    """The canonical encoding of an encryption context, the ``C`` of the ciphertext's AAD.
+
+    Pairs sorted by key (by the key's UTF-8 bytes, which is Unicode code point order), each
+    ``u32(len(key)) || key || u32(len(value)) || value``: UTF-8, 4-byte big-endian lengths, no
+    separators, no pair count. The length prefixes make it injective (no two contexts encode
+    alike), sorting makes it independent of the order the pairs were sent in, and no context
+    (``None``) and the empty context both encode to zero bytes, the AAD of a ciphertext made
+    without one. Raises ``InvalidRequest`` over MAX_CONTEXT_PAIRS pairs or MAX_CONTEXT_BYTES
+    bytes; the messages never quote the context.
+    """
+    if not context:
+        return b""
+    if len(context) > MAX_CONTEXT_PAIRS:
+        raise InvalidRequest(f"context: at most {MAX_CONTEXT_PAIRS} pairs")
+    try:
+        pairs = sorted((k.encode("utf-8"), v.encode("utf-8")) for k, v in context.items())
+    except (AttributeError, UnicodeEncodeError):  # not a str, or a lone surrogate
+        raise InvalidRequest("context: keys and values must be strings") from None
+    parts: list[bytes] = []
+    size = 0
+    for key, value in pairs:
+        for field in (key, value):
+            size += 4 + len(field)
+            parts.append(struct.pack(">I", len(field)))
+            parts.append(field)
+        if size > MAX_CONTEXT_BYTES:
+            raise InvalidRequest(
+                f"context: at most {MAX_CONTEXT_BYTES} bytes in its canonical encoding"
+            )
+    return b"".join(parts)

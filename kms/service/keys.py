@@ -7,7 +7,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -27,6 +27,7 @@ from kms.crypto.algorithms import (
 )
 from kms.crypto.ciphertext import (
     ciphertext_aad,
+    encode_context,
     format_ciphertext,
     format_versioned,
     parse_ciphertext,
@@ -56,7 +57,11 @@ from kms.service.cache import KeyMaterialCache
 from kms.service.integrity import encode_key_row, encode_version_row
 from kms.service.keyring import Keyring, zeroise
 from kms.service.keystore import INIT_MARKER_AAD
-from kms.settings import DEFAULT_MAX_VERSIONS, DEFAULT_VERIFY_MAX_VERSIONS
+from kms.settings import (
+    DEFAULT_MAX_BATCH_ITEMS,
+    DEFAULT_MAX_VERSIONS,
+    DEFAULT_VERIFY_MAX_VERSIONS,
+)
 from kms.store.repository import (
     PENDING_DELETION,
     KeyChange,
@@ -87,6 +92,12 @@ LABEL_NAME_PATTERN = re.compile(r"[a-z0-9_.-]{1,63}")
 MAX_PENDING_DAYS = 30
 #: Key rows whose MAC was verified, kept whole (MAC included) so only an identical row hits.
 VERIFIED_ROWS_CACHE_SIZE = 1024
+#: The sizes of data key ``generate_data_key`` makes: AES-128, -192 and -256.
+DATA_KEY_SIZES = (16, 24, 32)
+
+#: One item of a batch: the single call's keyword arguments but key_id, or the error its
+#: parsing raised (kept as that item's result).
+BatchItem = Mapping[str, Any] | KMSError
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,20 @@ class Decrypted:
 
     def __repr__(self) -> str:
         return f"Decrypted(key_id={self.key_id!r}, version={self.version})"
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A data key: ``ciphertext`` is its encrypted form, ``plaintext`` (None unless asked for)
+    the key itself."""
+
+    key_id: str
+    version: int
+    ciphertext: str
+    plaintext: bytes | None
+
+    def __repr__(self) -> str:
+        return f"DataKey(key_id={self.key_id!r}, version={self.version})"
 
 
 @dataclass(frozen=True)
@@ -284,6 +309,7 @@ class KMSService:
         max_versions: int = DEFAULT_MAX_VERSIONS,
         min_pending_days: int = 0,
         clock: Callable[[], datetime] = utc_now,
+        max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
     ) -> None:
         """``after_generation`` is a test hook: called with the key_id once fresh material is
         generated and before the write transaction starts, so a test can change the key in that
@@ -301,6 +327,7 @@ class KMSService:
         self._max_versions = max_versions
         self._min_pending_days = min_pending_days
         self._clock = clock
+        self._max_batch_items = max_batch_items
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -696,72 +723,85 @@ class KMSService:
         )
 
     # -- crypto operations -----------------------------------------------------------------
+    #
+    # Each operation has a single form and a batch form. The batch form takes a sequence of
+    # items, each the single call's keyword arguments but key_id (as the API's item schema
+    # loaded them), or the error an item's parsing raised, which keeps its place in the
+    # results. The key row is read and checked once per batch and each version's material
+    # loaded at most once; a missing key, a purpose mismatch or a disabled key raises for the
+    # whole batch, while an item's own failure (InvalidRequest, InvalidCiphertext) becomes its
+    # result and the other items go on.
 
-    def encrypt(self, key_id: str, plaintext: bytes, context: bytes = b"") -> Encrypted:
+    def encrypt(
+        self, key_id: str, plaintext: bytes, context: Mapping[str, str] | None = None
+    ) -> Encrypted:
         key = self._usable_key(key_id, Purpose.ENCRYPT)
-        oaep = RSA_ENCRYPTION_ALGORITHMS.get(key.algorithm)
-        if oaep is not None:
-            self._refuse_context(key, context)
-            # The public key suffices: encrypting never unwraps the private key.
-            sealed = oaep.encrypt(self._public(key, key.latest_version), plaintext)
-            ciphertext = format_versioned(key.latest_version, sealed)
-        else:
-            aead = self._secret(key, key.latest_version)
-            nonce, sealed = seal(
-                aead, plaintext, ciphertext_aad(key.key_id, key.latest_version, context)
-            )
-            ciphertext = format_ciphertext(key.latest_version, nonce, sealed)
-        return Encrypted(key_id=key.key_id, version=key.latest_version, ciphertext=ciphertext)
+        return self._encrypt(key, _Material(self, key), plaintext, context)
+
+    def encrypt_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Encrypted | KMSError]:
+        self.check_batch_size(len(items))
+        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        material = _Material(self, key)
+        return _each(items, lambda item: self._encrypt(key, material, **item))
 
     def decrypt(
-        self, key_id: str, ciphertext: str, context: bytes = b"", version: int | None = None
+        self,
+        key_id: str,
+        ciphertext: str,
+        context: Mapping[str, str] | None = None,
+        version: int | None = None,
     ) -> Decrypted:
         """Decrypt a ``vN:`` ciphertext, or (RSA-OAEP keys only) a raw OAEP ciphertext made
         offline with the exported public key of ``version``."""
         key = self._usable_key(key_id, Purpose.ENCRYPT)
-        oaep = RSA_ENCRYPTION_ALGORITHMS.get(key.algorithm)
-        if oaep is None:
-            if version is not None:
-                raise InvalidRequest(
-                    "version is only for raw RSA-OAEP ciphertexts; "
-                    f"the ciphertexts of {key.algorithm} keys name their version"
-                )
-            parsed = parse_ciphertext(ciphertext)
-            aead = self._secret_for_ciphertext(key, parsed.version)
-            plaintext = open_sealed(
-                aead,
-                parsed.nonce,
-                parsed.sealed,
-                ciphertext_aad(key.key_id, parsed.version, context),
-            )
-            return Decrypted(key_id=key.key_id, version=parsed.version, plaintext=plaintext)
-        self._refuse_context(key, context)
-        if version is None:
-            version, sealed = parse_versioned(ciphertext)
-        else:
-            sealed = parse_raw(ciphertext)
-        private_key = self._secret_for_ciphertext(key, version)
-        return Decrypted(
-            key_id=key.key_id, version=version, plaintext=oaep.decrypt(private_key, sealed)
-        )
+        return self._decrypt(key, _Material(self, key), ciphertext, context, version)
 
-    def _secret_for_ciphertext(self, key: KeyRecord, version: int) -> Any:
-        """The secret a ciphertext names; a version that does not exist is a bad ciphertext."""
-        if not 1 <= version <= key.latest_version:
-            raise InvalidCiphertext()
-        if version < key.min_decryption_version:
-            raise VersionBelowMinimum()
-        try:
-            return self._secret(key, version)
-        except KeyNotFound:  # the version was never issued, or the key was recreated since
-            raise InvalidCiphertext() from None
+    def decrypt_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Decrypted | KMSError]:
+        self.check_batch_size(len(items))
+        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        material = _Material(self, key)
+        return _each(items, lambda item: self._decrypt(key, material, **item))
 
-    @staticmethod
-    def _refuse_context(key: KeyRecord, context: bytes) -> None:
-        # OAEP here uses no label, so there is nothing to bind a context to; accepting one and
-        # ignoring it would promise a binding that does not exist.
-        if context:
-            raise InvalidRequest(f"{key.algorithm} keys do not support an encryption context")
+    def generate_data_key(
+        self,
+        key_id: str,
+        key_bytes: int = 32,
+        context: Mapping[str, str] | None = None,
+        include_plaintext: bool = True,
+    ) -> DataKey:
+        """A fresh random data key, encrypted under the latest version (as ``encrypt`` would).
+
+        Its ciphertext decrypts through ``decrypt`` with the same context. Without
+        ``include_plaintext`` only the ciphertext is returned.
+        """
+        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        return self._data_key(key, _Material(self, key), key_bytes, context, include_plaintext)
+
+    def generate_data_key_batch(
+        self, key_id: str, items: Sequence[BatchItem]
+    ) -> list[DataKey | KMSError]:
+        self.check_batch_size(len(items))
+        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        material = _Material(self, key)
+        return _each(items, lambda item: self._data_key(key, material, **item))
+
+    def rewrap(
+        self, key_id: str, ciphertext: str, context: Mapping[str, str] | None = None
+    ) -> Encrypted:
+        """Decrypt and encrypt again under the latest version, with the same context.
+
+        The plaintext never leaves the service: this is how ciphertexts move forward after a
+        rotation. A ciphertext that does not decrypt (wrong context, tampered) is
+        ``InvalidCiphertext``, as for ``decrypt``.
+        """
+        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        return self._rewrap(key, _Material(self, key), ciphertext, context)
+
+    def rewrap_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Encrypted | KMSError]:
+        self.check_batch_size(len(items))
+        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        material = _Material(self, key)
+        return _each(items, lambda item: self._rewrap(key, material, **item))
 
     def sign(
         self,
@@ -775,16 +815,20 @@ class KMSService:
         """Sign with the newest version. ``prehashed``: ``message`` is the ``digest_algorithm``
         digest of the data, and the signature is the one over the data itself."""
         key = self._usable_key(key_id, Purpose.SIGN)
-        spec = SIGNING_ALGORITHMS[key.algorithm]
-        scheme = spec.scheme(
-            signing_algorithm, prehashed=prehashed, digest_algorithm=digest_algorithm
+        return self._sign(
+            key,
+            _Material(self, key),
+            message,
+            signing_algorithm,
+            prehashed=prehashed,
+            digest_algorithm=digest_algorithm,
         )
-        private_key = self._secret(key, key.latest_version)
-        return Signed(
-            key_id=key.key_id,
-            version=key.latest_version,
-            signature=spec.sign(private_key, message, scheme, prehashed=prehashed),
-        )
+
+    def sign_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Signed | KMSError]:
+        self.check_batch_size(len(items))
+        key = self._usable_key(key_id, Purpose.SIGN)
+        material = _Material(self, key)
+        return _each(items, lambda item: self._sign(key, material, **item))
 
     def verify(
         self,
@@ -806,6 +850,173 @@ class KMSService:
         age. Only public keys are used: verification never unwraps a private key.
         """
         key = self._usable_key(key_id, Purpose.SIGN)
+        return self._verify(
+            key,
+            _Material(self, key),
+            message,
+            signature,
+            signing_algorithm,
+            prehashed=prehashed,
+            digest_algorithm=digest_algorithm,
+            version=version,
+        )
+
+    def verify_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Verified | KMSError]:
+        self.check_batch_size(len(items))
+        key = self._usable_key(key_id, Purpose.SIGN)
+        material = _Material(self, key)
+        return _each(items, lambda item: self._verify(key, material, **item))
+
+    def check_batch_size(self, count: int) -> None:
+        """Raise ``InvalidRequest`` unless a batch of ``count`` items is allowed.
+
+        The API calls it before parsing the items, so an oversized batch costs no more than
+        reading its body; every batch method calls it again.
+        """
+        if count < 1:
+            raise InvalidRequest("batch: must hold at least one item")
+        if count > self._max_batch_items:
+            raise InvalidRequest(
+                f"batch: at most {self._max_batch_items} items (server.maxBatchItems)"
+            )
+
+    # -- one item, on a checked key --------------------------------------------------------
+
+    def _encrypt(
+        self,
+        key: KeyRecord,
+        material: _Material,
+        plaintext: bytes,
+        context: Mapping[str, str] | None = None,
+    ) -> Encrypted:
+        oaep = RSA_ENCRYPTION_ALGORITHMS.get(key.algorithm)
+        if oaep is not None:
+            self._refuse_context(key, context)
+            # The public key suffices: encrypting never unwraps the private key.
+            sealed = oaep.encrypt(material.public(key.latest_version), plaintext)
+            ciphertext = format_versioned(key.latest_version, sealed)
+        else:
+            aad = ciphertext_aad(key.key_id, key.latest_version, encode_context(context))
+            nonce, sealed = seal(material.secret(key.latest_version), plaintext, aad)
+            ciphertext = format_ciphertext(key.latest_version, nonce, sealed)
+        return Encrypted(key_id=key.key_id, version=key.latest_version, ciphertext=ciphertext)
+
+    def _decrypt(
+        self,
+        key: KeyRecord,
+        material: _Material,
+        ciphertext: str,
+        context: Mapping[str, str] | None = None,
+        version: int | None = None,
+    ) -> Decrypted:
+        oaep = RSA_ENCRYPTION_ALGORITHMS.get(key.algorithm)
+        if oaep is None:
+            if version is not None:
+                raise InvalidRequest(
+                    "version is only for raw RSA-OAEP ciphertexts; "
+                    f"the ciphertexts of {key.algorithm} keys name their version"
+                )
+            encoded_context = encode_context(context)
+            parsed = parse_ciphertext(ciphertext)
+            aead = self._secret_for_ciphertext(key, material, parsed.version)
+            plaintext = open_sealed(
+                aead,
+                parsed.nonce,
+                parsed.sealed,
+                ciphertext_aad(key.key_id, parsed.version, encoded_context),
+            )
+            return Decrypted(key_id=key.key_id, version=parsed.version, plaintext=plaintext)
+        self._refuse_context(key, context)
+        if version is None:
+            version, sealed = parse_versioned(ciphertext)
+        else:
+            sealed = parse_raw(ciphertext)
+        private_key = self._secret_for_ciphertext(key, material, version)
+        return Decrypted(
+            key_id=key.key_id, version=version, plaintext=oaep.decrypt(private_key, sealed)
+        )
+
+    @staticmethod
+    def _secret_for_ciphertext(key: KeyRecord, material: _Material, version: int) -> Any:
+        """The secret a ciphertext names; a version that does not exist is a bad ciphertext."""
+        if not 1 <= version <= key.latest_version:
+            raise InvalidCiphertext()
+        if version < key.min_decryption_version:
+            raise VersionBelowMinimum()
+        try:
+            return material.secret(version)
+        except KeyNotFound:  # the version was never issued, or the key was recreated since
+            raise InvalidCiphertext() from None
+
+    @staticmethod
+    def _refuse_context(key: KeyRecord, context: Mapping[str, str] | None) -> None:
+        # OAEP here uses no label, so there is nothing to bind a context to; accepting one and
+        # ignoring it would promise a binding that does not exist.
+        if context:
+            raise InvalidRequest(f"{key.algorithm} keys do not support an encryption context")
+
+    def _data_key(
+        self,
+        key: KeyRecord,
+        material: _Material,
+        key_bytes: int = 32,
+        context: Mapping[str, str] | None = None,
+        include_plaintext: bool = True,
+    ) -> DataKey:
+        if key_bytes not in DATA_KEY_SIZES:
+            raise InvalidRequest("bytes: must be 16, 24 or 32")
+        data_key = secrets.token_bytes(key_bytes)
+        encrypted = self._encrypt(key, material, data_key, context)
+        return DataKey(
+            key_id=encrypted.key_id,
+            version=encrypted.version,
+            ciphertext=encrypted.ciphertext,
+            plaintext=data_key if include_plaintext else None,
+        )
+
+    def _rewrap(
+        self,
+        key: KeyRecord,
+        material: _Material,
+        ciphertext: str,
+        context: Mapping[str, str] | None = None,
+    ) -> Encrypted:
+        decrypted = self._decrypt(key, material, ciphertext, context)
+        return self._encrypt(key, material, decrypted.plaintext, context)
+
+    def _sign(
+        self,
+        key: KeyRecord,
+        material: _Material,
+        message: bytes,
+        signing_algorithm: str | None = None,
+        *,
+        prehashed: bool = False,
+        digest_algorithm: str | None = None,
+    ) -> Signed:
+        spec = SIGNING_ALGORITHMS[key.algorithm]
+        scheme = spec.scheme(
+            signing_algorithm, prehashed=prehashed, digest_algorithm=digest_algorithm
+        )
+        private_key = material.secret(key.latest_version)
+        return Signed(
+            key_id=key.key_id,
+            version=key.latest_version,
+            signature=spec.sign(private_key, message, scheme, prehashed=prehashed),
+        )
+
+    def _verify(
+        self,
+        key: KeyRecord,
+        material: _Material,
+        message: bytes,
+        signature: bytes,
+        signing_algorithm: str | None = None,
+        *,
+        prehashed: bool = False,
+        digest_algorithm: str | None = None,
+        version: int | None = None,
+    ) -> Verified:
         spec = SIGNING_ALGORITHMS[key.algorithm]
         scheme = spec.scheme(
             signing_algorithm, prehashed=prehashed, digest_algorithm=digest_algorithm
@@ -813,7 +1024,7 @@ class KMSService:
 
         def signed_by(candidate: int) -> bool:
             try:
-                public_key = self._public(key, candidate)
+                public_key = material.public(candidate)
             except KeyNotFound:
                 return False
             try:
@@ -1188,3 +1399,54 @@ class KMSService:
             raise IntegrityFailure(f"{where}: {error.detail}") from None
         finally:
             zeroise(secret)
+
+
+class _Material:
+    """A key's loaded versions for one request, a single call or a whole batch: each version's
+    secret and public key read and loaded at most once, even with the material cache off."""
+
+    def __init__(self, service: KMSService, key: KeyRecord) -> None:
+        self._service = service
+        self._key = key
+        self._secrets: dict[int, Any] = {}
+        self._publics: dict[int, Any] = {}
+
+    def secret(self, version: int) -> Any:
+        return self._once(self._secrets, self._service._secret, version)
+
+    def public(self, version: int) -> Any:
+        return self._once(self._publics, self._service._public, version)
+
+    def _once(
+        self, loaded: dict[int, Any], load: Callable[[KeyRecord, int], Any], version: int
+    ) -> Any:
+        if version not in loaded:
+            try:
+                loaded[version] = load(self._key, version)
+            except KeyNotFound as missing:  # remembered too: a batch asks once per version
+                loaded[version] = missing
+        found = loaded[version]
+        if isinstance(found, KeyNotFound):
+            raise KeyNotFound()
+        return found
+
+
+def _each(items: Sequence[BatchItem], one: Callable[[Mapping[str, Any]], Any]) -> list[Any]:
+    """``one`` for every item, in order; an item's own failure becomes its result.
+
+    Only the errors a single call answers with a 4xx about its own input are kept per item; a
+    state of the key (disabled, pending deletion) or a fault of the server or the database
+    (integrity failure, storage unavailable) still fails the whole batch, as it would the
+    single call.
+    """
+    results: list[Any] = []
+    for item in items:
+        if isinstance(item, KMSError):
+            results.append(item)
+            continue
+        try:
+            results.append(one(item))
+        except (InvalidRequest, InvalidCiphertext, VersionBelowMinimum) as error:
+            # VersionBelowMinimum is the item's own: its ciphertext or signature is that old.
+            results.append(error)
+    return results

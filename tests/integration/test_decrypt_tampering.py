@@ -172,9 +172,9 @@ def test_a_ciphertext_of_another_key_is_refused(target: Target, source: str) -> 
 
 
 def test_the_ciphertext_only_decrypts_with_its_own_context(target: Target) -> None:
-    ciphertext = target.service.encrypt(KEY, PLAINTEXT, b"tenant=1").ciphertext
-    assert target.service.decrypt(KEY, ciphertext, b"tenant=1").plaintext == PLAINTEXT
-    for context in (b"", b"tenant=2", b"tenant=1\x00"):
+    ciphertext = target.service.encrypt(KEY, PLAINTEXT, {"tenant": "1"}).ciphertext
+    assert target.service.decrypt(KEY, ciphertext, {"tenant": "1"}).plaintext == PLAINTEXT
+    for context in ({}, {"tenant": "2"}, {"tenant": "1\x00"}, {"tenant": "1", "": ""}):
         with pytest.raises(InvalidCiphertext):
             target.service.decrypt(KEY, ciphertext, context)
 

@@ -223,9 +223,16 @@ BODY_CASES = [
     post(
         "encrypt-unknown-field",
         "/v1/kms/encrypt",
+        {"key_id": ENC, "plaintext": HI, "aad": HI},
+        400,
+        "aad: Unknown field.",
+    ),
+    post(
+        "encrypt-context-not-an-object",
+        "/v1/kms/encrypt",
         {"key_id": ENC, "plaintext": HI, "context": HI},
         400,
-        "context: Unknown field.",
+        "context: must be an object of string keys to string values",
     ),
     post(
         "encrypt-key_id-null",
