@@ -126,6 +126,28 @@ def dev_certs(directory: Path, client_cn: str) -> None:
     click.echo(f"kms: wrote dev certificates and passphrase to {directory}")
 
 
+@main.command()
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file instead of standard output.",
+)
+def openapi(output: Path | None) -> None:
+    """Print the OpenAPI 3.1 description of the API (what GET /v1/kms/openapi.json serves).
+
+    Needs no configuration, database or passphrase; `make openapi` writes docs/openapi.json.
+    """
+    from kms.api.openapi import build_spec, render
+    from kms.app import routes_only_app
+
+    text = render(build_spec(routes_only_app()))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
 @main.group()
 def audit() -> None:
     """Work with the audit log."""

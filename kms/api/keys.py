@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from kms.api import schemas
 from kms.api.context import json_body, query_args, service
+from kms.api.docs import documented
 from kms.api.operations import KeyFrom, operation
 from kms.api.policy import readable_keys
 
@@ -14,6 +15,13 @@ blueprint = Blueprint("keys", __name__, url_prefix="/v1/kms/keys")
 
 @blueprint.post("")
 @operation("keys:create", KeyFrom.BODY)
+@documented(
+    "Create a key (version 1)",
+    status=201,
+    body=schemas.create_key_request,
+    response=schemas.key_response,
+    errors={409: "key already exists"},
+)
 def create_key() -> tuple[Response, int]:
     body = schemas.create_key_request.load(json_body())
     key = service().create_key(**body)
@@ -22,6 +30,11 @@ def create_key() -> tuple[Response, int]:
 
 @blueprint.get("")
 @operation("keys:read")
+@documented(
+    "List the keys the caller may read, ordered by key_id",
+    query=schemas.list_keys_query,
+    response=schemas.key_list_response,
+)
 def list_keys() -> Response:
     args = schemas.list_keys_query.load(query_args())
     keys = readable_keys(service().list_keys, args["limit"], args["after"])
@@ -30,12 +43,23 @@ def list_keys() -> Response:
 
 @blueprint.get("/<key_id>")
 @operation("keys:read", KeyFrom.PATH)
+@documented(
+    "Get a key with its newest 100 versions",
+    response=schemas.key_detail_response,
+    errors={404: "record not found"},
+)
 def get_key(key_id: str) -> Response:
     return jsonify(schemas.key_detail_response.dump(service().get_key(key_id)))
 
 
 @blueprint.get("/<key_id>/versions")
 @operation("keys:read", KeyFrom.PATH)
+@documented(
+    "List a key's versions, oldest first",
+    query=schemas.list_versions_query,
+    response=schemas.key_version_list_response,
+    errors={404: "record not found"},
+)
 def list_key_versions(key_id: str) -> Response:
     args = schemas.list_versions_query.load(query_args())
     versions = service().list_versions(key_id, limit=args["limit"], after=args["after"])
@@ -44,6 +68,12 @@ def list_key_versions(key_id: str) -> Response:
 
 @blueprint.get("/<key_id>/public-key")
 @operation("keys:read", KeyFrom.PATH)
+@documented(
+    "Export a signing key's public key (PEM)",
+    query=schemas.public_key_query,
+    response=schemas.public_key_response,
+    errors={400: "the key is an encryption key", 404: "record not found"},
+)
 def get_public_key(key_id: str) -> Response:
     args = schemas.public_key_query.load(query_args())
     public_key = service().public_key(key_id, version=args["version"])
@@ -52,6 +82,7 @@ def get_public_key(key_id: str) -> Response:
 
 @blueprint.delete("/<key_id>")
 @operation("keys:delete", KeyFrom.PATH)
+@documented("Delete a key and all its versions", status=204, errors={404: "record not found"})
 def delete_key(key_id: str) -> Response:
     service().delete_key(key_id)
     response = Response(status=204)
@@ -61,11 +92,25 @@ def delete_key(key_id: str) -> Response:
 
 @blueprint.post("/<key_id>/rotate")
 @operation("keys:rotate", KeyFrom.PATH)
+@documented(
+    "Rotate: add a version, which encrypts and signs from now on",
+    response=schemas.key_response,
+    errors={
+        404: "record not found",
+        409: "the key changed during the operation, or it has kms.maxVersions versions",
+    },
+)
 def rotate_key(key_id: str) -> Response:
     return jsonify(schemas.key_response.dump(service().rotate_key(key_id)))
 
 
 @blueprint.post("/<key_id>/recreate")
 @operation("keys:recreate", KeyFrom.PATH)
+@documented(
+    "Recreate: wipe every version and issue version 1 with fresh material",
+    status=201,
+    response=schemas.key_response,
+    errors={404: "record not found", 409: "the key changed during the operation"},
+)
 def recreate_key(key_id: str) -> tuple[Response, int]:
     return jsonify(schemas.key_response.dump(service().recreate_key(key_id))), 201

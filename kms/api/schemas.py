@@ -142,6 +142,26 @@ class SignResponse(Schema):
     version = fields.Integer()
 
 
+class VerifyResponse(Schema):
+    valid = fields.Boolean()
+    error = fields.String(
+        metadata={"x-optional": True, "description": '"signature invalid" when valid is false'}
+    )
+
+
+class StatusResponse(Schema):
+    status = fields.String()
+
+
+class OpenAPIDocumentResponse(Schema):
+    openapi = fields.String()
+    info = fields.Dict()
+    servers = fields.List(fields.Dict())
+    security = fields.List(fields.Dict())
+    paths = fields.Dict()
+    components = fields.Dict()
+
+
 create_key_request = CreateKeyRequest()
 list_keys_query = ListKeysQuery()
 list_versions_query = ListVersionsQuery()
@@ -159,3 +179,5 @@ public_key_response = PublicKeyResponse()
 encrypt_response = EncryptResponse()
 decrypt_response = DecryptResponse()
 sign_response = SignResponse()
+verify_response = VerifyResponse()
+status_response = StatusResponse()

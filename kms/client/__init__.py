@@ -1,0 +1,1 @@
+"""kms.client: a Python client for the kms HTTP API."""
