@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SERVE_STAMP := $(VENV)/.installed-serve
-SECRETS ?= secrets
+SECRETS ?= ./secrets
 export KMS_ENV ?= dev
 
 .PHONY: run test lint format install openapi clean help
@@ -40,7 +40,7 @@ run: $(SERVE_STAMP) $(SECRETS)/master.key
 	@$(BIN)/kms init --if-needed
 	@port=$$($(BIN)/python -c 'from kms.settings import load_settings; print(load_settings().port)') && \
 	echo "kms: starting on https://localhost:$$port (Ctrl-C stops). Try, in another terminal:" && \
-	echo "  curl --cacert ./$(SECRETS)/ca.pem --cert ./$(SECRETS)/client.crt --key ./$(SECRETS)/client.key \\" && \
+	echo "  curl --cacert $(SECRETS)/ca.pem --cert $(SECRETS)/client.crt --key $(SECRETS)/client.key \\" && \
 	echo "       -X POST https://localhost:$$port/v1/kms/keys -H 'Content-Type: application/json' -d '{\"key_id\":\"device123\"}'"
 	@$(BIN)/kms serve
 

@@ -17,7 +17,12 @@ def _fail(error: KMSError) -> None:
 
 @click.group()
 def main() -> None:
-    """On-premise key management service."""
+    """On-premise key management service.
+
+    Settings come from the YAML file named by KMS_CONFIG; without it, KMS_ENV (dev, the default,
+    or prod) picks config/config.<env>.yaml. Any single value can be overridden with
+    KMS_<SECTION>_<KEY>, e.g. KMS_SERVER_PORT=8099 or KMS_DATABASE_DSN=./data/other.db.
+    """
 
 
 @main.command()
@@ -113,8 +118,9 @@ def serve(gunicorn_args: tuple[str, ...]) -> None:
 def dev_certs(directory: Path, client_cn: str) -> None:
     """Write a dev CA, server and client certificates and a random passphrase into DIRECTORY.
 
-    Files: ca.pem ca.key server.crt server.key client.crt client.key master.key (mode 0400).
-    Refuses to overwrite any of them. For development only.
+    Files and their modes: ca.pem, server.crt, client.crt (0644); ca.key, server.key,
+    client.key (0600); master.key (0400). DIRECTORY is created with mode 0700 when missing.
+    Refuses to overwrite any of the files. For development only.
     """
     from kms.devcerts import write_dev_certificates
 

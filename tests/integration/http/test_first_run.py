@@ -1,0 +1,112 @@
+"""What a newcomer meets first: the announced port, a taken port, and the commands' help."""
+
+from __future__ import annotations
+
+import re
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.http.harness import (
+    PROCESS_TIMEOUT_SECONDS,
+    ServerProcess,
+    clean_environment,
+    free_port,
+    initialise_database,
+    kms_command,
+    run_kms,
+    write_config,
+    write_dev_certificates,
+)
+from tests.integration.http.test_startup_faults import one_line_failure
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).parents[3]
+
+
+def test_the_server_announces_the_port_it_listens_on(server: ServerProcess) -> None:
+    port = server.deployment.port
+    assert f"kms: serving https://localhost:{port}" in server.output()
+
+
+def test_a_taken_port_is_one_line_not_gunicorns_retries(tmp_path: Path) -> None:
+    write_dev_certificates(tmp_path)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = write_config(tmp_path / "config.yaml", directory=tmp_path, port=port)
+        initialise_database(tmp_path / "kms.db", tmp_path / "master.key")
+        result = subprocess.run(
+            kms_command("serve"),
+            env=clean_environment(config),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_TIMEOUT_SECONDS,
+            check=False,
+        )
+    line = one_line_failure(result, f"127.0.0.1:{port}", config)
+    assert "already in use" in line
+    assert "Connection in use" not in result.stdout + result.stderr
+
+
+def test_a_free_port_is_not_mistaken_for_a_taken_one(tmp_path: Path) -> None:
+    # A port just closed (TIME_WAIT or not) must not be refused: the probe binds as gunicorn does.
+    write_dev_certificates(tmp_path)
+    port = free_port()
+    config = write_config(tmp_path / "config.yaml", directory=tmp_path, port=port)
+    initialise_database(tmp_path / "kms.db", tmp_path / "master.key")
+    from tests.integration.http.harness import Deployment, KMSClient
+
+    deployment = Deployment(directory=tmp_path, port=port)
+    assert deployment.config == config
+    server = ServerProcess(deployment)
+    client = KMSClient(deployment)
+    try:
+        server.wait_until_serving(client)
+    finally:
+        client.close()
+        assert server.stop() == 0
+
+
+def test_kms_help_names_the_configuration_variables() -> None:
+    result = run_kms("--help")
+    assert result.returncode == 0, result.stderr
+    assert "KMS_CONFIG" in result.stdout
+    assert "KMS_ENV" in result.stdout
+
+
+def test_dev_certs_help_tells_the_real_file_modes(tmp_path: Path) -> None:
+    help_text = " ".join(run_kms("dev-certs", "--help").stdout.split())
+    assert run_kms("dev-certs", str(tmp_path / "secrets")).returncode == 0
+    written = {
+        path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "secrets").iterdir()
+    }
+    told = {
+        name: int(mode, 8)
+        for names, mode in re.findall(r"((?:[a-z]+\.[a-z]+(?:,? )?)+) \((0[0-7]{3})\)", help_text)
+        for name in re.findall(r"[a-z]+\.[a-z]+", names)
+    }
+    assert told == written, help_text
+
+
+def test_make_run_installs_no_test_tools(tmp_path: Path) -> None:
+    # What make would do in a clean clone (a venv that does not exist yet), without doing it.
+    result = subprocess.run(
+        ["make", "-n", "run", f"VENV={tmp_path / 'venv'}", f"SECRETS={tmp_path / 'secrets'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    installs = [line for line in result.stdout.splitlines() if "pip install" in line]
+    assert any(line.endswith("install --quiet -e .") for line in installs), installs
+    assert not any("[test" in line for line in installs), installs
+    assert "8080" not in result.stdout  # the port comes from the settings at run time
