@@ -12,6 +12,8 @@ import pytest
 
 from tests.integration.http.harness import (
     PROCESS_TIMEOUT_SECONDS,
+    Deployment,
+    KMSClient,
     ServerProcess,
     clean_environment,
     free_port,
@@ -61,7 +63,6 @@ def test_a_free_port_is_not_mistaken_for_a_taken_one(tmp_path: Path) -> None:
     port = free_port()
     config = write_config(tmp_path / "config.yaml", directory=tmp_path, port=port)
     initialise_database(tmp_path / "kms.db", tmp_path / "master.key")
-    from tests.integration.http.harness import Deployment, KMSClient
 
     deployment = Deployment(directory=tmp_path, port=port)
     assert deployment.config == config
@@ -110,3 +111,38 @@ def test_make_run_installs_no_test_tools(tmp_path: Path) -> None:
     assert any(line.endswith("install --quiet -e .") for line in installs), installs
     assert not any("[test" in line for line in installs), installs
     assert "8080" not in result.stdout  # the port comes from the settings at run time
+
+
+def test_a_config_naming_the_credentials_directory_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What systemd's LoadCredential= does: the files in a private directory named by
+    # $CREDENTIALS_DIRECTORY, which the config (as config/config.prod.yaml does) names them under.
+    credentials = tmp_path / "credentials"
+    write_dev_certificates(credentials)
+    state = tmp_path / "state"
+    state.mkdir()
+    port = free_port()
+    config = state / "config.yaml"
+    config.write_text(
+        "server:\n"
+        f"  port: {port}\n"
+        '  serverCert: "${CREDENTIALS_DIRECTORY}/server.crt"\n'
+        '  serverKey: "${CREDENTIALS_DIRECTORY}/server.key"\n'
+        '  caCert: "${CREDENTIALS_DIRECTORY}/ca.pem"\n'
+        "kms:\n"
+        '  master_passphrase_file: "${CREDENTIALS_DIRECTORY}/master.key"\n'
+        "database:\n"
+        f'  dsn: "{state / "kms.db"}"\n',
+        encoding="utf-8",
+    )
+    initialise_database(state / "kms.db", credentials / "master.key")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+
+    server = ServerProcess(Deployment(directory=state, port=port))
+    client = KMSClient(Deployment(directory=credentials, port=port))
+    try:
+        server.wait_until_serving(client)
+    finally:
+        client.close()
+        assert server.stop() == 0
