@@ -178,3 +178,12 @@ def audit_verify(file: Path) -> None:
         click.echo(f"kms: {file}: chain broken at line {result.broken_line}: {result.reason}")
         sys.exit(1)
     click.echo(f"kms: {file}: {result.good_lines} lines, chain intact")
+
+
+def _add_client_commands() -> None:
+    from kms.client.cli import client
+
+    main.add_command(client)
+
+
+_add_client_commands()
