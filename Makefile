@@ -7,13 +7,14 @@ SERVE_STAMP := $(VENV)/.installed-serve
 SECRETS ?= ./secrets
 export KMS_ENV ?= dev
 
-.PHONY: run test lint format install openapi clean help
+.PHONY: run test lint format install openapi newman clean help
 
 help:
 	@echo "make run   - install, create dev certificates and passphrase, init data/dev.db, serve mTLS on :8080"
 	@echo "make test  - install and run the whole test suite"
 	@echo "make lint  - ruff check and format check"
 	@echo "make openapi - write docs/openapi.json"
+	@echo "make newman  - install newman from npm (deploy/postman), so make test runs the collection"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +48,10 @@ run: $(SERVE_STAMP) $(SECRETS)/master.key
 # docs/openapi.json: the API description GET /v1/kms/openapi.json serves (a test fails when stale).
 openapi: $(SERVE_STAMP)
 	$(BIN)/kms openapi --output docs/openapi.json
+
+# newman, pinned by deploy/postman/package-lock.json; the newman test is skipped without it.
+newman:
+	npm ci --prefix deploy/postman --no-audit --no-fund
 
 # POSTGRES_TEST_DSN (a role with CREATEDB) adds the PostgreSQL tests; .ci/run sets it.
 test: $(STAMP)
