@@ -21,7 +21,7 @@ import urllib3
 from urllib3.exceptions import HTTPError as URLLib3Error
 from urllib3.util import Retry, Timeout
 
-from kms.client.errors import ConnectionFailed, KMSClientError, error_for
+from kms.client.errors import ConnectionFailed, KeyNotFoundError, KMSClientError, error_for
 from kms.client.files import (
     DEFAULT_CHUNK_SIZE,
     Source,
@@ -181,7 +181,14 @@ class KMSClient:
         body = self._with_context(
             {"key_id": key_id, "bytes": bytes, "include_plaintext": include_plaintext}, context
         )
-        answer = self._call("POST", "/v1/kms/datakey", body)
+        try:
+            answer = self._call("POST", "/v1/kms/datakey", body)
+        except KeyNotFoundError as error:
+            if error.message == "not found":  # the route, not the key ("record not found")
+                raise KMSClientError(
+                    f"{self.base_url} does not serve POST /v1/kms/datakey (an older kms)", 404
+                ) from None
+            raise
         plaintext = answer.get("plaintext")
         return DataKey(
             ciphertext=answer["ciphertext"],

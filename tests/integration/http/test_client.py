@@ -27,6 +27,7 @@ from kms.client import (
     KeyExistsError,
     KeyNotFoundError,
     KMSClient,
+    KMSClientError,
     PublicKey,
     Signature,
     UnavailableError,
@@ -327,3 +328,12 @@ def test_kms_client_encrypts_and_decrypts_files(server: ServerProcess, tmp_path:
     opened = run_client(deployment, "decrypt-file", str(tmp_path / "x"), str(tmp_path / "out.bin"))
     assert opened.returncode == 0, opened.stderr
     assert (tmp_path / "out.bin").read_bytes() == (tmp_path / "in.bin").read_bytes()
+
+
+@pytest.mark.skipif(HAS_DATAKEY, reason="the server serves POST /v1/kms/datakey")
+def test_encrypt_file_says_when_the_server_has_no_data_keys(kms: KMSClient, tmp_path: Path) -> None:
+    (tmp_path / "in.bin").write_bytes(b"x")
+    with pytest.raises(KMSClientError) as refused:
+        kms.encrypt_file(unique_key_id("none"), tmp_path / "in.bin", tmp_path / "out.kms")
+    assert refused.value.message.endswith("does not serve POST /v1/kms/datakey (an older kms)")
+    assert not (tmp_path / "out.kms").exists()

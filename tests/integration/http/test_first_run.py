@@ -146,3 +146,11 @@ def test_a_config_naming_the_credentials_directory_serves(
     finally:
         client.close()
         assert server.stop() == 0
+
+
+def test_the_readme_names_the_prerequisites_and_holds_no_merge_leftovers() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for prerequisite in ("Python 3.11", "make", "curl", "openssl"):
+        assert prerequisite in readme.split("## API", 1)[0], prerequisite
+    for marker in ("<<<<<<< ", "\n=======\n", ">>>>>>> "):
+        assert marker not in readme, marker
