@@ -130,8 +130,6 @@ def on_starting(server: Any) -> None:
 
     from kms.ratelimit import create_table
 
-    _require_free_port(_settings)
-
     if _policy.allows_everyone:
         kms_log.warning(
             "kms: no authorization.policy_file is set: every client with a certificate may do "
@@ -146,6 +144,14 @@ def on_starting(server: Any) -> None:
     except KMSError as error:
         remove_runtime_directory(_runtime)
         _fail(error.public_message)
+    # After the keystore checks, so that each of their faults is named even when the port is
+    # taken too; still before gunicorn binds (and would retry five times).
+    try:
+        _require_free_port(_settings)
+    except SystemExit:
+        keyring.close()
+        remove_runtime_directory(_runtime)
+        raise
     wsgi.install(_settings, keyring, _policy, _runtime.rate_limit_table)
 
 
