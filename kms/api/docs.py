@@ -9,6 +9,10 @@ The errors every endpoint of a kind can answer are not repeated here; ``kms.api.
 them from the operation and the declaration: 400/413/415 for a body, 400 for a query, 403 and 429
 under a policy, 500 and 503 everywhere. ``errors`` lists only what the view itself adds, such as
 404 for a key that does not exist or 409 for a conflict.
+
+Response schemas are documented as closed (every property required, no other allowed) and real
+responses are validated against them; a property a response may leave out says so on its field:
+``fields.String(metadata={"x-optional": True})``. After a change, ``make openapi``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from kms.api.docs import documented
 from kms.api.openapi import build_spec, openapi_path, render, routes, undocumented_routes
 from kms.api.operations import operation
 from kms.app import routes_only_app
-from tests.integration.http.harness import KMSClient, b64, unique_key_id
+from tests.integration.http.harness import KMSClient, b64, run_kms, unique_key_id
 
 ROOT = Path(__file__).parents[3]
 DOCS = ROOT / "docs" / "openapi.json"
@@ -71,6 +71,16 @@ def test_docs_openapi_json_is_current(spec: dict[str, Any]) -> None:
     assert DOCS.read_text(encoding="utf-8") == render(spec), (
         "docs/openapi.json is stale: run `make openapi` and commit it"
     )
+
+
+def test_kms_openapi_writes_what_make_openapi_commits(tmp_path: Path) -> None:
+    result = run_kms("openapi", "--output", str(tmp_path / "openapi.json"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "openapi.json").read_text(encoding="utf-8") == DOCS.read_text(
+        encoding="utf-8"
+    )
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "kms openapi --output docs/openapi.json" in makefile
 
 
 def test_the_description_is_openapi_3_1_with_valid_schemas(spec: dict[str, Any]) -> None:
