@@ -230,6 +230,33 @@ class RandomResponse(Schema):
     random = StrictBase64()
 
 
+class VerifyResponse(Schema):
+    valid = fields.Boolean()
+    error = fields.String(
+        metadata={"x-optional": True, "description": '"signature invalid" when valid is false'}
+    )
+
+
+class MACVerifyResponse(Schema):
+    valid = fields.Boolean()
+    error = fields.String(
+        metadata={"x-optional": True, "description": '"mac invalid" when valid is false'}
+    )
+
+
+class StatusResponse(Schema):
+    status = fields.String()
+
+
+class OpenAPIDocumentResponse(Schema):
+    openapi = fields.String()
+    info = fields.Dict()
+    servers = fields.List(fields.Dict())
+    security = fields.List(fields.Dict())
+    paths = fields.Dict()
+    components = fields.Dict()
+
+
 create_key_request = CreateKeyRequest()
 update_key_request = UpdateKeyRequest()
 trim_request = TrimRequest()
@@ -255,3 +282,6 @@ decrypt_response = DecryptResponse()
 sign_response = SignResponse()
 mac_response = MACResponse()
 random_response = RandomResponse()
+verify_response = VerifyResponse()
+mac_verify_response = MACVerifyResponse()
+status_response = StatusResponse()

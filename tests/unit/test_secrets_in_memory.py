@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from kms.crypto.wrapping import key_identity_aad
+from kms.crypto.wrapping import KeyIdentity
 from kms.service.keyring import PassphraseKeyring, zeroise
 from kms.service.keys import Decrypted
 
@@ -34,7 +34,7 @@ def test_zeroise_overwrites_every_byte_in_place() -> None:
 def test_closing_the_keyring_overwrites_the_master_key_and_refuses_further_use() -> None:
     master_key = bytearray(os.urandom(32))
     keyring = PassphraseKeyring(master_key)
-    aad = key_identity_aad("k", 1, "encrypt", "AES-256-GCM")
+    aad = KeyIdentity("k", 1, "encrypt", "AES-256-GCM", incarnation="i").aad()
     blob = keyring.wrap(b"\x01" * 32, aad)
     assert keyring.unwrap(blob, aad) == bytearray(b"\x01" * 32)
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kms.crypto.algorithms import ENCRYPTION_ALGORITHMS, open_sealed
 from kms.crypto.ciphertext import ciphertext_aad, format_ciphertext, parse_ciphertext
-from kms.crypto.wrapping import key_identity_aad, unwrap_key
+from kms.crypto.wrapping import WRAP_FORMAT_V1, KeyIdentity, unwrap_key
 from kms.service.keystore import INIT_MARKER_AAD
 
 DATA_KEY = bytes(range(32))
@@ -39,7 +39,7 @@ def test_ciphertext_associated_data_bytes() -> None:
 
 
 def test_wrapped_key_and_init_marker_associated_data_bytes() -> None:
-    assert key_identity_aad("orders", 1, "encrypt", "AES-256-GCM") == (
+    assert KeyIdentity("orders", 1, "encrypt", "AES-256-GCM", "").aad(WRAP_FORMAT_V1) == (
         b"kms/wrapped-key/v1\x00\x00\x00\x06orders\x00\x00\x00\x011"
         b"\x00\x00\x00\x07encrypt\x00\x00\x00\x0bAES-256-GCM"
     )
@@ -56,5 +56,5 @@ def test_a_ciphertext_from_this_release_decrypts() -> None:
 
 
 def test_a_wrapped_key_from_this_release_unwraps() -> None:
-    aad = key_identity_aad("orders", 1, "encrypt", "AES-256-GCM")
+    aad = KeyIdentity("orders", 1, "encrypt", "AES-256-GCM", "").aad(WRAP_FORMAT_V1)
     assert unwrap_key(AESGCM(MASTER_KEY), WRAPPED, aad) == bytearray(DATA_KEY)

@@ -11,11 +11,11 @@ import os
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kms.crypto.wrapping import key_identity_aad, unwrap_key, wrap_key
+from kms.crypto.wrapping import KeyIdentity, unwrap_key, wrap_key
 from kms.errors import UnwrapFailed
 
 MASTER = AESGCM(bytes(range(32)))
-AAD = key_identity_aad("k", 1, "encrypt", "AES-256-GCM")
+AAD = KeyIdentity("k", 1, "encrypt", "AES-256-GCM", "i").aad()
 
 
 @pytest.mark.parametrize("length", range(0, 30))
