@@ -28,7 +28,7 @@ from kms.client.errors import (
     UnavailableError,
     UnsupportedMediaTypeError,
 )
-from kms.client.models import DataKey, Encrypted, Key, KeyVersion, PublicKey, Signature
+from kms.client.models import MAC, DataKey, Encrypted, Key, KeyVersion, PublicKey, Signature
 
 __all__ = [
     "ConflictError",
@@ -45,6 +45,7 @@ __all__ = [
     "KeyExistsError",
     "KeyNotFoundError",
     "KeyVersion",
+    "MAC",
     "PayloadTooLargeError",
     "PublicKey",
     "RateLimitedError",

@@ -4,8 +4,8 @@ One ``urllib3.PoolManager`` holds the HTTPS connections (kept alive, so a call d
 handshake); it is thread-safe, so one client serves every thread of a process. Every call has a
 timeout. Retries: a connection that could not be made is retried for every call (the request
 never reached the server); a 503 or a connection lost mid-call is retried only for calls that may
-safely run twice (reads, encrypt, decrypt, sign, verify, data keys, delete), never for create,
-rotate or recreate, which could then happen twice.
+safely run twice (reads, encrypt, decrypt, sign, verify, MACs, random, data keys, delete, the
+state changes), never for create, rotate, recreate, scheduling or cancelling a deletion.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from kms.client.files import (
     opened_destination,
     opened_source,
 )
-from kms.client.models import DataKey, Encrypted, Key, KeyVersion, PublicKey, Signature
+from kms.client.models import MAC, DataKey, Encrypted, Key, KeyVersion, PublicKey, Signature
 
 JSON = "application/json"
 DEFAULT_TIMEOUT = Timeout(connect=5.0, read=30.0)
@@ -101,15 +101,35 @@ class KMSClient:
             body["algorithm"] = algorithm
         return Key.from_json(self._call("POST", "/v1/kms/keys", body, idempotent=False))
 
-    def list_keys(self, limit: int = 100, after: str | None = None) -> list[Key]:
-        query = {"limit": limit, **({"after": after} if after is not None else {})}
+    def list_keys(
+        self,
+        limit: int = 100,
+        after: str | None = None,
+        *,
+        state: str | None = None,
+        label: tuple[str, str] | None = None,
+    ) -> list[Key]:
+        """One page, ordered by key_id; ``state`` and ``label`` (name, value) filter it."""
+        query: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            query["after"] = after
+        if state is not None:
+            query["state"] = state
+        if label is not None:
+            query["label"] = f"{label[0]}:{label[1]}"
         return [Key.from_json(item) for item in self._call("GET", "/v1/kms/keys", query=query)]
 
-    def iter_keys(self, page_size: int = 100) -> Iterator[Key]:
+    def iter_keys(
+        self,
+        page_size: int = 100,
+        *,
+        state: str | None = None,
+        label: tuple[str, str] | None = None,
+    ) -> Iterator[Key]:
         """Every key the caller may read, page by page."""
         after = None
         while True:
-            page = self.list_keys(limit=page_size, after=after)
+            page = self.list_keys(limit=page_size, after=after, state=state, label=label)
             yield from page
             if len(page) < page_size:
                 return
@@ -131,7 +151,50 @@ class KMSClient:
         return PublicKey(**answer)
 
     def delete_key(self, key_id: str) -> None:
+        """Destroy the key and every version now."""
         self._call("DELETE", self._key_path(key_id))
+
+    def schedule_key_deletion(self, key_id: str, pending_days: int) -> Key:
+        """``DELETE ?pending_days=N``: the key is ``pending_deletion`` (every use refused) and
+        ``kms destroy-due`` destroys it once the window passed, unless it is cancelled."""
+        query = {"pending_days": pending_days}
+        answer = self._call("DELETE", self._key_path(key_id), query=query, idempotent=False)
+        return Key.from_json(answer)
+
+    def cancel_key_deletion(self, key_id: str) -> Key:
+        """The key is then ``disabled``; ``enable_key`` makes it usable again."""
+        answer = self._call("POST", self._key_path(key_id, "cancel-deletion"), idempotent=False)
+        return Key.from_json(answer)
+
+    def update_key(
+        self,
+        key_id: str,
+        *,
+        description: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        min_decryption_version: int | None = None,
+        deletion_allowed: bool | None = None,
+    ) -> Key:
+        """Change what is given (``labels`` replaces them all); leave the rest as it is."""
+        given = {
+            "description": description,
+            "labels": dict(labels) if labels is not None else None,
+            "min_decryption_version": min_decryption_version,
+            "deletion_allowed": deletion_allowed,
+        }
+        body = {name: value for name, value in given.items() if value is not None}
+        return Key.from_json(self._call("PATCH", self._key_path(key_id), body))
+
+    def disable_key(self, key_id: str) -> Key:
+        return Key.from_json(self._call("POST", self._key_path(key_id, "disable")))
+
+    def enable_key(self, key_id: str) -> Key:
+        return Key.from_json(self._call("POST", self._key_path(key_id, "enable")))
+
+    def trim_key(self, key_id: str, min_available_version: int) -> Key:
+        """Destroy the versions below ``min_available_version`` (at most min_decryption_version)."""
+        body = {"min_available_version": min_available_version}
+        return Key.from_json(self._call("POST", self._key_path(key_id, "trim"), body))
 
     def rotate_key(self, key_id: str) -> Key:
         return Key.from_json(self._call("POST", self._key_path(key_id, "rotate"), idempotent=False))
@@ -155,18 +218,68 @@ class KMSClient:
         return Encrypted(**self._call("POST", "/v1/kms/encrypt", body))
 
     def decrypt(
-        self, key_id: str, ciphertext: str, context: Mapping[str, str] | None = None
+        self,
+        key_id: str,
+        ciphertext: str,
+        context: Mapping[str, str] | None = None,
+        *,
+        version: int | None = None,
     ) -> bytes:
+        """``version``: RSA-OAEP keys only; ``ciphertext`` is then the base64 of a raw OAEP
+        ciphertext made with that version's public key."""
         body = self._with_context({"key_id": key_id, "ciphertext": ciphertext}, context)
+        if version is not None:
+            body["version"] = version
         return _unb64(self._call("POST", "/v1/kms/decrypt", body)["plaintext"])
 
-    def sign(self, key_id: str, message: bytes) -> Signature:
-        answer = self._call("POST", "/v1/kms/sign", {"key_id": key_id, "message": _b64(message)})
+    def sign(
+        self,
+        key_id: str,
+        message: bytes,
+        *,
+        signing_algorithm: str | None = None,
+        prehashed: bool = False,
+        digest_algorithm: str | None = None,
+    ) -> Signature:
+        """``prehashed``: ``message`` is already a digest (``digest_algorithm`` names it)."""
+        body = self._signing_body(
+            key_id, message, signing_algorithm, prehashed, digest_algorithm, None
+        )
+        answer = self._call("POST", "/v1/kms/sign", body)
         return Signature(_unb64(answer["signature"]), answer["key_id"], answer["version"])
 
-    def verify(self, key_id: str, message: bytes, signature: bytes) -> bool:
-        body = {"key_id": key_id, "message": _b64(message), "signature": _b64(signature)}
+    def verify(
+        self,
+        key_id: str,
+        message: bytes,
+        signature: bytes,
+        *,
+        signing_algorithm: str | None = None,
+        prehashed: bool = False,
+        digest_algorithm: str | None = None,
+        version: int | None = None,
+    ) -> bool:
+        body = self._signing_body(
+            key_id, message, signing_algorithm, prehashed, digest_algorithm, version
+        )
+        body["signature"] = _b64(signature)
         return self._call("POST", "/v1/kms/verify", body)["valid"] is True
+
+    def mac(self, key_id: str, message: bytes) -> MAC:
+        answer = self._call("POST", "/v1/kms/mac", {"key_id": key_id, "message": _b64(message)})
+        return MAC(_unb64(answer["mac"]), answer["key_id"], answer["version"])
+
+    def verify_mac(
+        self, key_id: str, message: bytes, mac: bytes, *, version: int | None = None
+    ) -> bool:
+        body: dict[str, Any] = {"key_id": key_id, "message": _b64(message), "mac": _b64(mac)}
+        if version is not None:
+            body["version"] = version
+        return self._call("POST", "/v1/kms/mac/verify", body)["valid"] is True
+
+    def random(self, count: int) -> bytes:
+        """``count`` (1..1024) bytes from the server's CSPRNG."""
+        return _unb64(self._call("POST", "/v1/kms/random", {"bytes": count})["random"])
 
     def generate_data_key(
         self,
@@ -236,6 +349,26 @@ class KMSClient:
         return self._call("GET", "/v1/kms/openapi.json")
 
     # -- the wire ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _signing_body(
+        key_id: str,
+        message: bytes,
+        signing_algorithm: str | None,
+        prehashed: bool,
+        digest_algorithm: str | None,
+        version: int | None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"key_id": key_id, "message": _b64(message)}
+        if signing_algorithm is not None:
+            body["signing_algorithm"] = signing_algorithm
+        if prehashed:
+            body["prehashed"] = True
+        if digest_algorithm is not None:
+            body["digest_algorithm"] = digest_algorithm
+        if version is not None:
+            body["version"] = version
+        return body
 
     @staticmethod
     def _key_path(key_id: str, *rest: str) -> str:

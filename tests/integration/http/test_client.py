@@ -7,6 +7,7 @@ memory use are tested without a server in tests/unit/test_client_files.py.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import subprocess
@@ -19,6 +20,8 @@ import pytest
 
 from kms.app import routes_only_app
 from kms.client import (
+    MAC,
+    ConflictError,
     ConnectionFailed,
     ForbiddenError,
     InvalidCiphertextError,
@@ -115,6 +118,47 @@ def test_encrypt_decrypt_sign_verify(kms: KMSClient) -> None:
     public = kms.public_key(sign_id, version=1)
     assert isinstance(public, PublicKey)
     assert public.public_key.startswith("-----BEGIN PUBLIC KEY-----")
+
+
+def test_key_states_and_scheduled_deletion(kms: KMSClient) -> None:
+    key_id = unique_key_id("client-states")
+    kms.create_key(key_id)
+    kms.rotate_key(key_id)
+    updated = kms.update_key(
+        key_id, description="orders", labels={"team": "payments"}, min_decryption_version=2
+    )
+    assert (updated.description, dict(updated.labels)) == ("orders", {"team": "payments"})
+    assert (updated.state, updated.min_decryption_version) == ("enabled", 2)
+    listed = kms.list_keys(limit=1000, state="enabled", label=("team", "payments"))
+    assert key_id in {key.key_id for key in listed}
+    assert kms.disable_key(key_id).state == "disabled"
+    with pytest.raises(ConflictError):
+        kms.encrypt(key_id, b"x")
+    assert kms.enable_key(key_id).state == "enabled"
+    assert kms.trim_key(key_id, 2).min_available_version == 2
+    scheduled = kms.schedule_key_deletion(key_id, pending_days=7)
+    assert scheduled.state == "pending_deletion" and scheduled.pending_deletion_at is not None
+    cancelled = kms.cancel_key_deletion(key_id)
+    assert (cancelled.state, cancelled.pending_deletion_at) == ("disabled", None)
+    kms.delete_key(key_id)
+
+
+def test_mac_random_and_signing_options(kms: KMSClient) -> None:
+    mac_id = unique_key_id("client-mac")
+    kms.create_key(mac_id, purpose="mac")
+    made = kms.mac(mac_id, b"token")
+    assert isinstance(made, MAC) and (made.key_id, made.version, len(made.mac)) == (mac_id, 1, 32)
+    assert kms.verify_mac(mac_id, b"token", made.mac) is True
+    assert kms.verify_mac(mac_id, b"other", made.mac, version=1) is False
+    assert len(kms.random(24)) == 24
+
+    sign_id = unique_key_id("client-ecdsa")
+    kms.create_key(sign_id, purpose="sign", algorithm="ECDSA-P256")
+    digest = hashlib.sha256(b"release").digest()
+    signature = kms.sign(sign_id, digest, prehashed=True, digest_algorithm="SHA-256")
+    assert kms.verify(sign_id, b"release", signature.signature, version=1) is True
+    for key_id in (mac_id, sign_id):
+        kms.delete_key(key_id)
 
 
 def test_server_errors_become_their_exceptions(kms: KMSClient) -> None:
