@@ -12,7 +12,7 @@ import hashlib
 import pytest
 
 from kms.crypto.kdf import MASTER_KEY_BYTES, KDFParameters, derive_master_key
-from kms.errors import KeystoreError
+from kms.errors import InvalidKDFParameters, KeystoreError
 
 # RFC 7914 section 11, PBKDF2-HMAC-SHA256 (P="passwd", S="salt", c=1, dkLen=64); a 32-byte
 # derivation is the first PBKDF2 block, so it is the first 32 bytes of the published answer.
@@ -42,20 +42,23 @@ def test_agrees_with_hashlib_pbkdf2_sha256(iterations: int) -> None:
 def test_stored_parameters_name_sha256_and_round_trip() -> None:
     params = KDFParameters(iterations=600_000, salt=bytes(range(16)))
     encoded = params.encode()
-    assert encoded == "$pbkdf2-sha256$i=600000,l=32$AAECAwQFBgcICQoLDA0ODw=="
+    assert encoded == b"$pbkdf2-sha256$i=600000,l=32$AAECAwQFBgcICQoLDA0ODw=="
     assert KDFParameters.decode(encoded) == params
 
 
-def test_fresh_parameters_take_any_positive_iteration_count_and_a_new_salt() -> None:
-    one = KDFParameters.generate(1)
+def test_fresh_parameters_respect_the_floor_and_take_a_new_salt() -> None:
+    # Production's floor is MIN_ITERATIONS; tests lower it (Settings.insecure_test_kdf_floor).
+    one = KDFParameters.generate(1, min_iterations=1)
     assert (one.iterations, len(one.salt), one.length) == (1, 16, 32)
-    assert KDFParameters.generate(1).salt != one.salt
-    with pytest.raises(ValueError, match="positive"):
-        KDFParameters.generate(0)
+    assert KDFParameters.generate(1, min_iterations=1).salt != one.salt
+    with pytest.raises(InvalidKDFParameters, match="PBKDF2 iterations"):
+        KDFParameters.generate(0, min_iterations=1)
+    with pytest.raises(InvalidKDFParameters, match="PBKDF2 iterations"):
+        KDFParameters.generate(1)
 
 
 def test_parameters_cannot_be_changed_in_place() -> None:
-    params = KDFParameters.generate(1)
+    params = KDFParameters.generate()
     with pytest.raises(dataclasses.FrozenInstanceError):
         params.iterations = 2  # type: ignore[misc]
 
@@ -72,5 +75,5 @@ def test_parameters_cannot_be_changed_in_place() -> None:
     ids=["empty", "sha512", "zero-iterations", "short-key", "short-salt"],
 )
 def test_unreadable_stored_parameters_are_refused(text: str) -> None:
-    with pytest.raises(KeystoreError, match="unreadable"):
-        KDFParameters.decode(text)
+    with pytest.raises(KeystoreError, match="KDF parameters"):
+        KDFParameters.decode(text.encode("ascii"))

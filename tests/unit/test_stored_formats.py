@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kms.crypto.algorithms import ENCRYPTION_ALGORITHMS, open_sealed
 from kms.crypto.ciphertext import ciphertext_aad, format_ciphertext, parse_ciphertext
 from kms.crypto.wrapping import WRAP_FORMAT_V1, KeyIdentity, unwrap_key
-from kms.service.keystore import INIT_MARKER_AAD
+from kms.service.keystore import INIT_MARKER_AAD, INIT_MARKER_AAD_UNSEALED
 
 DATA_KEY = bytes(range(32))
 MASTER_KEY = bytes(range(32, 64))
@@ -43,7 +43,9 @@ def test_wrapped_key_and_init_marker_associated_data_bytes() -> None:
         b"kms/wrapped-key/v1\x00\x00\x00\x06orders\x00\x00\x00\x011"
         b"\x00\x00\x00\x07encrypt\x00\x00\x00\x0bAES-256-GCM"
     )
-    assert INIT_MARKER_AAD == b"kms/init-marker/v1"
+    # v2: a keystore whose rows carry MACs; v1: one made before them, until `kms upgrade`.
+    assert INIT_MARKER_AAD == b"kms/init-marker/v2"
+    assert INIT_MARKER_AAD_UNSEALED == b"kms/init-marker/v1"
 
 
 def test_a_ciphertext_from_this_release_decrypts() -> None:

@@ -31,7 +31,7 @@ def test_the_shortest_valid_blob_wraps_nothing() -> None:
     length check."""
     blob = wrap_key(MASTER, b"", AAD)
     assert len(blob) == 29
-    assert blob[:1] == b"\x01"
+    assert blob[:1] == b"\x02"  # format 2: the identity AAD includes the incarnation
     assert unwrap_key(MASTER, blob, AAD) == bytearray()
 
 
@@ -39,4 +39,4 @@ def test_a_blob_of_another_format_version_is_refused() -> None:
     blob = wrap_key(MASTER, b"\x07" * 32, AAD)
     assert unwrap_key(MASTER, blob, AAD) == bytearray(b"\x07" * 32)
     with pytest.raises(UnwrapFailed):
-        unwrap_key(MASTER, b"\x02" + blob[1:], AAD)
+        unwrap_key(MASTER, b"\x03" + blob[1:], AAD)
