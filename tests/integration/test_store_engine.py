@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
-from kms.store.repository import NewVersion, SQLKeyRepository
+from kms.store.repository import SQLKeyRepository
 
 SECRET_PARAMETER = "c2VjcmV0LXdyYXBwZWQta2V5LW1hdGVyaWFs"
 
@@ -84,11 +84,24 @@ def test_a_rotation_reads_and_writes_on_one_connection(
     service.create_key("one-connection", "encrypt", "AES-256-GCM")
     checkouts.clear()
 
-    def build(_key: Any, version: int) -> NewVersion:
-        assert len(checkouts) == 1, "the version was fixed after a second connection was taken"
-        return NewVersion(wrapped_key=f"wrapped-{version}".encode(), public_key=None)
+    # The service's plan (new material, wrapped for the number read under the row's lock) runs
+    # inside the repository's one write transaction: no second connection is taken for it.
+    real_rotate = repository.rotate_key
+    during: list[int] = []
 
-    rotated = repository.rotate_key("one-connection", build)
-    assert rotated.latest_version == 2
-    assert len(checkouts) == 1
+    def rotate_key(key_id: str, plan: Any) -> Any:
+        taken = len(checkouts)
+
+        def checked(key: Any) -> Any:
+            during.append(len(checkouts) - taken)
+            return plan(key)
+
+        record = real_rotate(key_id, checked)
+        during.append(len(checkouts) - taken)
+        return record
+
+    repository.rotate_key = rotate_key  # type: ignore[method-assign]
+    rotated = service.rotate_key("one-connection")
+    assert rotated.version == 2
+    assert during == [1, 1], "the version was fixed after a second connection was taken"
     assert [v.version for v in repository.list_versions("one-connection")] == [1, 2]

@@ -180,7 +180,9 @@ def test_workers_and_threads_settings_reach_gunicorn_and_sighup_reexecs_workers(
         output = server.output()
         assert re.search(r"^  workers: 3$", output, re.MULTILINE), output
         assert re.search(r"^  threads: 5$", output, re.MULTILINE), output
-        assert re.search(r"^  worker_class: gthread$", output, re.MULTILINE), output
+        assert re.search(r"^  worker_class: kms.server.worker.KMSWorker$", output, re.MULTILINE), (
+            output
+        )
         master = server.process.pid
         before = wait_for_workers(master, 3)
         create_key(client, key_id="reloaded")
