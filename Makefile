@@ -3,36 +3,56 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SECRETS ?= secrets
+SERVE_STAMP := $(VENV)/.installed-serve
+SECRETS ?= ./secrets
 export KMS_ENV ?= dev
 
-.PHONY: run test lint format install clean help mutants known-bugs
+.PHONY: run test lint format install openapi newman clean help mutants known-bugs
 
 help:
 	@echo "make run   - install, create dev certificates and passphrase, init data/dev.db, serve mTLS on :8080"
 	@echo "make test  - install and run the whole test suite"
 	@echo "make lint  - ruff check and format check"
 	@echo "make mutants - mutation check of crypto, service, store and startup (slow; not in make test)"
+	@echo "make openapi - write docs/openapi.json"
+	@echo "make newman  - install newman from npm (deploy/postman), so make test runs the collection"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# Serving needs only kms and its runtime dependencies; the test tools come with `make test`.
+$(SERVE_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(SERVE_STAMP)
+
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
-	touch $(STAMP)
+	touch $(SERVE_STAMP) $(STAMP)
 
 install: $(STAMP)
 
-$(SECRETS)/master.key: | $(STAMP)
+$(SECRETS)/master.key: | $(SERVE_STAMP)
 	$(BIN)/kms dev-certs $(SECRETS)
 
-run: $(STAMP) $(SECRETS)/master.key
+# The port comes from the settings kms will serve with (KMS_SERVER_PORT=8099 make run included);
+# gunicorn's master announces the address it really bound once it listens.
+run: $(SERVE_STAMP) $(SECRETS)/master.key
 	@$(BIN)/kms init --if-needed
-	@echo "kms: serving https://localhost:8080 (Ctrl-C stops). Try, in another terminal:"
-	@echo "  curl --cacert ./$(SECRETS)/ca.pem --cert ./$(SECRETS)/client.crt --key ./$(SECRETS)/client.key \\"
-	@echo "       -X POST https://localhost:8080/v1/kms/keys -H 'Content-Type: application/json' -d '{\"key_id\":\"device123\"}'"
+	@port=$$($(BIN)/python -c 'from kms.settings import load_settings; print(load_settings().port)') && \
+	echo "kms: starting on https://localhost:$$port (Ctrl-C stops). Try, in another terminal:" && \
+	echo "  curl --cacert $(SECRETS)/ca.pem --cert $(SECRETS)/client.crt --key $(SECRETS)/client.key \\" && \
+	echo "       -X POST https://localhost:$$port/v1/kms/keys -H 'Content-Type: application/json' -d '{\"key_id\":\"device123\"}'"
 	@$(BIN)/kms serve
+
+# docs/openapi.json: the API description GET /v1/kms/openapi.json serves (a test fails when stale).
+openapi: $(SERVE_STAMP)
+	$(BIN)/kms openapi --output docs/openapi.json
+
+# newman, pinned by deploy/postman/package-lock.json; the newman test is skipped without it.
+newman:
+	npm ci --prefix deploy/postman --no-audit --no-fund
 
 # POSTGRES_TEST_DSN (a role with CREATEDB) adds the PostgreSQL tests; .ci/run sets it.
 test: $(STAMP)

@@ -13,6 +13,7 @@ from flask import Flask, Response, g, request
 from kms.api import crypto as crypto_api
 from kms.api import health as health_api
 from kms.api import keys as keys_api
+from kms.api import openapi as openapi_api
 from kms.api.audit import register_audit
 from kms.api.caller import ENVIRON_KEY as CALLER_ENVIRON_KEY
 from kms.api.caller import caller_from_environ
@@ -141,6 +142,16 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(keys_api.blueprint)
     app.register_blueprint(crypto_api.blueprint)
     app.register_blueprint(health_api.blueprint)
+    app.register_blueprint(openapi_api.blueprint)
+
+
+def routes_only_app() -> Flask:
+    """The app's URL map and views with nothing behind them (no settings, database or keys):
+    what ``kms openapi`` describes."""
+    app = Flask("kms", static_folder=None)
+    register_url_map(app)
+    register_blueprints(app)
+    return app
 
 
 def _token_buckets(app: Flask, settings: Settings, table: Path | None) -> SharedTokenBuckets | None:

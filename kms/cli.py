@@ -21,7 +21,12 @@ def _fail(error: KMSError) -> None:
 
 @click.group()
 def main() -> None:
-    """On-premise key management service."""
+    """On-premise key management service.
+
+    Settings come from the YAML file named by KMS_CONFIG; without it, KMS_ENV (dev, the default,
+    or prod) picks config/config.<env>.yaml. Any single value can be overridden with
+    KMS_<SECTION>_<KEY>, e.g. KMS_SERVER_PORT=8099 or KMS_DATABASE_DSN=./data/other.db.
+    """
 
 
 @main.command()
@@ -105,7 +110,8 @@ def destroy_due() -> None:
     """Destroy every key whose scheduled deletion window has passed; print each one destroyed.
 
     Idempotent (a second run finds nothing due) and safe to run on several nodes at the same
-    moment: each key is destroyed exactly once. Meant for a timer (deploy/kms-destroy-due.timer).
+    moment: each key is destroyed exactly once. Meant for a timer
+    (deploy/systemd/kms-destroy-due.timer).
     Needs the master passphrase: each row's MAC is checked before it is destroyed. A row that
     fails its check is named and left alone, and the command exits 1.
     """
@@ -156,8 +162,9 @@ def serve(gunicorn_args: tuple[str, ...]) -> None:
 def dev_certs(directory: Path, client_cn: str) -> None:
     """Write a dev CA, server and client certificates and a random passphrase into DIRECTORY.
 
-    Files: ca.pem ca.key server.crt server.key client.crt client.key master.key (mode 0400).
-    Refuses to overwrite any of them. For development only.
+    Files and their modes: ca.pem, server.crt, client.crt (0644); ca.key, server.key,
+    client.key (0600); master.key (0400). DIRECTORY is created with mode 0700 when missing.
+    Refuses to overwrite any of the files. For development only.
     """
     from kms.devcerts import write_dev_certificates
 
@@ -167,6 +174,28 @@ def dev_certs(directory: Path, client_cn: str) -> None:
         click.echo(f"kms: {error}", err=True)
         sys.exit(1)
     click.echo(f"kms: wrote dev certificates and passphrase to {directory}")
+
+
+@main.command()
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file instead of standard output.",
+)
+def openapi(output: Path | None) -> None:
+    """Print the OpenAPI 3.1 description of the API (what GET /v1/kms/openapi.json serves).
+
+    Needs no configuration, database or passphrase; `make openapi` writes docs/openapi.json.
+    """
+    from kms.api.openapi import build_spec, render
+    from kms.app import routes_only_app
+
+    text = render(build_spec(routes_only_app()))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
 
 
 @main.group()
@@ -193,3 +222,12 @@ def audit_verify(file: Path) -> None:
         click.echo(f"kms: {file}: chain broken at line {result.broken_line}: {result.reason}")
         sys.exit(1)
     click.echo(f"kms: {file}: {result.good_lines} lines, chain intact")
+
+
+def _add_client_commands() -> None:
+    from kms.client.cli import client
+
+    main.add_command(client)
+
+
+_add_client_commands()

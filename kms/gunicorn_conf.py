@@ -103,6 +103,26 @@ def ssl_context(config: Any, default_ssl_context_factory: Any) -> ssl.SSLContext
     return context
 
 
+def _require_free_port(settings: Settings) -> None:
+    """One line when the port is taken, instead of gunicorn's five retries a second apart."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As gunicorn binds: SO_REUSEADDR, so only a socket that listens there counts as taken.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                _fail(
+                    f"server.port: {settings.host}:{settings.port} is already in use by another "
+                    f"process ({settings.source})"
+                )
+            _fail(f"server.host: cannot bind {settings.host}:{settings.port}: {error.strerror}")
+
+
 def on_starting(server: Any) -> None:
     import logging
 
@@ -124,6 +144,14 @@ def on_starting(server: Any) -> None:
     except KMSError as error:
         remove_runtime_directory(_runtime)
         _fail(error.public_message)
+    # After the keystore checks, so that each of their faults is named even when the port is
+    # taken too; still before gunicorn binds (and would retry five times).
+    try:
+        _require_free_port(_settings)
+    except SystemExit:
+        keyring.close()
+        remove_runtime_directory(_runtime)
+        raise
     # Warned only once the keystore opened: a refused start stays one line naming its cause.
     if _policy.allows_everyone:
         kms_log.warning(
@@ -133,6 +161,16 @@ def on_starting(server: Any) -> None:
     if _settings.audit_path is None:
         kms_log.warning("kms: no audit.path is set: requests are not audited")
     wsgi.install(_settings, keyring, _policy, _runtime.rate_limit_table)
+
+
+def when_ready(server: Any) -> None:
+    """Announce where kms really listens (the bound sockets, not what a config once said)."""
+    import logging
+
+    for listener in server.LISTENERS:
+        host, port = listener.sock.getsockname()[:2]
+        shown = "localhost" if host in ("127.0.0.1", "::1") else host
+        logging.getLogger("kms").info("kms: serving https://%s:%s", shown, port)
 
 
 def on_reload(server: Any) -> None:

@@ -64,6 +64,24 @@ _ENV_NAME = {"KMS_" + f"{s}{k}".upper().replace("_", "").replace(".", ""): (s, k
 #: Most settings are ``section.key``; these sections also hold groups (``kms.deletion.*``),
 #: flattened to ``group.key`` when read.
 _GROUPS = {("kms", "deletion")}
+#: Settings that name files: ``${CREDENTIALS_DIRECTORY}`` in them is expanded (see below).
+_PATH_ATTRIBUTES = frozenset(
+    {
+        "server_cert",
+        "server_key",
+        "ca_cert",
+        "master_passphrase_file",
+        "database_dsn",
+        "policy_file",
+        "audit_path",
+    }
+)
+#: The one variable a path may name. systemd's ``LoadCredential=`` puts the passphrase and TLS
+#: files in a private directory whose path it passes only in this variable, so a unit's config
+#: must be able to say ``${CREDENTIALS_DIRECTORY}/master.key``. Nothing else is expanded (a path
+#: that changes with whatever the environment holds would be a surprise, and a database URL may
+#: hold a ``$`` in its password).
+_PATH_VARIABLE = re.compile(r"\$\{CREDENTIALS_DIRECTORY\}|\$CREDENTIALS_DIRECTORY\b")
 
 
 @dataclass(frozen=True)
@@ -191,6 +209,9 @@ def settings_from_mapping(
                 raise ConfigurationError(f"{name}: unknown setting")
             continue
         raw[_KEYS[section_key]] = (name, value)
+    for attribute, (name, value) in raw.items():
+        if attribute in _PATH_ATTRIBUTES and isinstance(value, str):
+            raw[attribute] = (name, expand_path_variables(name, value, environ, source))
     return _build(raw, source)
 
 
@@ -204,6 +225,20 @@ def _flatten(section: str, values: dict[str, Any], source: str) -> list[tuple[st
         else:
             flat.append((key, value))
     return flat
+
+
+def expand_path_variables(name: str, value: str, environ: Mapping[str, str], source: str) -> str:
+    """``${CREDENTIALS_DIRECTORY}/server.key`` -> the file systemd's LoadCredential= made."""
+    if "://" in value or _PATH_VARIABLE.search(value) is None:
+        return value  # a database URL, or a plain path
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ConfigurationError(
+            f"{name}: names ${{CREDENTIALS_DIRECTORY}} but CREDENTIALS_DIRECTORY is not set; run "
+            f"kms under systemd with LoadCredential= or set it to the directory holding the files "
+            f"({source})"
+        )
+    return _PATH_VARIABLE.sub(lambda _match: directory, value)
 
 
 def _normalise_env_name(name: str) -> str:

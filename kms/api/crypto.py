@@ -13,13 +13,28 @@ from flask import Blueprint, Response, jsonify
 from kms.api import schemas
 from kms.api.batch import is_batch, run_batch
 from kms.api.context import json_body, service
+from kms.api.docs import documented
 from kms.api.operations import KeyFrom, operation
 
 blueprint = Blueprint("crypto", __name__, url_prefix="/v1/kms")
+#: The batch form of encrypt, decrypt, datakey, rewrap, sign and verify, described in words: the
+#: request and response schemas above document the single call.
+BATCH_FORM = (
+    "Also takes a batch: `{key_id, batch: [item, ...]}`, each item the fields of the single call "
+    "but `key_id` (at most `server.maxBatchItems`), answered `{results: [...]}` in order, each "
+    "its result or `{error}`."
+)
 
 
 @blueprint.post("/encrypt")
 @operation("encrypt", KeyFrom.BODY)
+@documented(
+    "Encrypt with the key's latest version",
+    body=schemas.encrypt_request,
+    description=BATCH_FORM,
+    response=schemas.encrypt_response,
+    errors={400: "a signing key", 404: "record not found"},
+)
 def encrypt() -> Response:
     if is_batch(json_body()):
         return run_batch(
@@ -35,6 +50,13 @@ def encrypt() -> Response:
 
 @blueprint.post("/decrypt")
 @operation("decrypt", KeyFrom.BODY)
+@documented(
+    "Decrypt with the version the ciphertext names",
+    body=schemas.decrypt_request,
+    description=BATCH_FORM,
+    response=schemas.decrypt_response,
+    errors={400: "invalid ciphertext, or a signing or MAC key", 404: "record not found"},
+)
 def decrypt() -> Response:
     if is_batch(json_body()):
         return run_batch(
@@ -50,6 +72,13 @@ def decrypt() -> Response:
 
 @blueprint.post("/datakey")
 @operation("datakey", KeyFrom.BODY)
+@documented(
+    "A fresh data key, wrapped under the key's latest version (and in plaintext if asked)",
+    body=schemas.data_key_request,
+    response=schemas.data_key_response,
+    errors={400: "a signing or MAC key", 404: "record not found"},
+    description=BATCH_FORM,
+)
 def datakey() -> Response:
     if is_batch(json_body()):
         return run_batch(
@@ -64,6 +93,13 @@ def datakey() -> Response:
 
 @blueprint.post("/rewrap")
 @operation("rewrap", KeyFrom.BODY)
+@documented(
+    "Decrypt and encrypt again under the key's latest version, inside the server",
+    body=schemas.rewrap_request,
+    response=schemas.encrypt_response,
+    errors={400: "invalid ciphertext, or a signing or MAC key", 404: "record not found"},
+    description=BATCH_FORM,
+)
 def rewrap() -> Response:
     if is_batch(json_body()):
         return run_batch(
@@ -78,6 +114,16 @@ def rewrap() -> Response:
 
 @blueprint.post("/sign")
 @operation("sign", KeyFrom.BODY)
+@documented(
+    "Sign a message with the key's latest version",
+    body=schemas.sign_request,
+    description=BATCH_FORM,
+    response=schemas.sign_response,
+    errors={
+        400: "an encryption or MAC key, or a scheme or digest that does not fit the key",
+        404: "record not found",
+    },
+)
 def sign() -> Response:
     if is_batch(json_body()):
         return run_batch(
@@ -96,6 +142,16 @@ def sign() -> Response:
 
 @blueprint.post("/verify")
 @operation("verify", KeyFrom.BODY)
+@documented(
+    "Verify a signature made by one of the key's newest versions",
+    body=schemas.verify_request,
+    description=BATCH_FORM,
+    response=schemas.verify_response,
+    errors={
+        400: "an encryption or MAC key, or a scheme or digest that does not fit the key",
+        404: "record not found",
+    },
+)
 def verify() -> Response:
     if is_batch(json_body()):
         return run_batch(
@@ -116,6 +172,12 @@ def verify() -> Response:
 
 @blueprint.post("/mac")
 @operation("mac", KeyFrom.BODY)
+@documented(
+    "Compute a MAC with the key's latest version",
+    body=schemas.mac_request,
+    response=schemas.mac_response,
+    errors={400: "not a MAC key", 404: "record not found"},
+)
 def mac() -> Response:
     body = schemas.mac_request.load(json_body())
     result = service().mac(body["key_id"], body["message"])
@@ -125,18 +187,29 @@ def mac() -> Response:
 # A separate operation, so a policy can let a caller check MACs without letting it make them.
 @blueprint.post("/mac/verify")
 @operation("mac:verify", KeyFrom.BODY)
+@documented(
+    "Verify a MAC made by one of the key's newest versions (or the one named)",
+    body=schemas.mac_verify_request,
+    response=schemas.mac_verify_response,
+    errors={400: "not a MAC key", 404: "record not found"},
+)
 def mac_verify() -> Response:
     body = schemas.mac_verify_request.load(json_body())
     result = service().verify_mac(
         body["key_id"], body["message"], body["mac"], version=body["version"]
     )
     if result.valid:
-        return jsonify(valid=True)
-    return jsonify(valid=False, error="mac invalid")
+        return jsonify(schemas.mac_verify_response.dump({"valid": True}))
+    return jsonify(schemas.mac_verify_response.dump({"valid": False, "error": "mac invalid"}))
 
 
 @blueprint.post("/random")
 @operation("random")
+@documented(
+    "Random bytes from the server's CSPRNG",
+    body=schemas.random_request,
+    response=schemas.random_response,
+)
 def random() -> Response:
     body = schemas.random_request.load(json_body())
     return jsonify(schemas.random_response.dump({"random": service().random_bytes(body["bytes"])}))

@@ -9,8 +9,11 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Response, current_app, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from kms.api import schemas
 from kms.api.context import service
+from kms.api.docs import documented
 from kms.api.metrics import metrics_response
 from kms.api.operations import operation
 from kms.errors import KMSError, NotReady, StoreUnavailable
@@ -21,6 +24,7 @@ log = logging.getLogger("kms")
 
 @blueprint.get("/healthz")
 @operation("health", needs_policy=False)
+@documented("Liveness: the process answers", response=schemas.status_response, tag="health")
 def healthz() -> Response:
     """The process answers; nothing else is touched (no database)."""
     return jsonify(status="ok")
@@ -28,6 +32,12 @@ def healthz() -> Response:
 
 @blueprint.get("/readyz")
 @operation("ready", needs_policy=False)
+@documented(
+    "Readiness: the database answers and the master key is loaded",
+    response=schemas.status_response,
+    errors={503: "not ready: database unreachable, or master key not loaded"},
+    tag="health",
+)
 def readyz() -> Response:
     """The database answers and the master key is loaded (it unwraps the init marker)."""
     try:
@@ -43,5 +53,10 @@ def readyz() -> Response:
 
 @blueprint.get("/metrics")
 @operation("metrics")
+@documented(
+    "Prometheus metrics of every worker",
+    content_type=CONTENT_TYPE_LATEST,
+    tag="health",
+)
 def metrics() -> Response:
     return metrics_response(current_app)

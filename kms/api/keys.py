@@ -8,6 +8,7 @@ from flask import Blueprint, Response, jsonify
 
 from kms.api import schemas
 from kms.api.context import json_body, query_args, service
+from kms.api.docs import documented
 from kms.api.operations import KeyFrom, operation
 from kms.api.policy import readable_keys
 
@@ -16,6 +17,13 @@ blueprint = Blueprint("keys", __name__, url_prefix="/v1/kms/keys")
 
 @blueprint.post("")
 @operation("keys:create", KeyFrom.BODY)
+@documented(
+    "Create a key (version 1)",
+    status=201,
+    body=schemas.create_key_request,
+    response=schemas.key_response,
+    errors={409: "key already exists"},
+)
 def create_key() -> tuple[Response, int]:
     body = schemas.create_key_request.load(json_body())
     key = service().create_key(**body)
@@ -24,6 +32,11 @@ def create_key() -> tuple[Response, int]:
 
 @blueprint.get("")
 @operation("keys:read")
+@documented(
+    "List the keys the caller may read, ordered by key_id",
+    query=schemas.list_keys_query,
+    response=schemas.key_list_response,
+)
 def list_keys() -> Response:
     args = schemas.list_keys_query.load(query_args())
     list_page = partial(service().list_keys, state=args["state"], label=args["label"])
@@ -33,12 +46,23 @@ def list_keys() -> Response:
 
 @blueprint.get("/<key_id>")
 @operation("keys:read", KeyFrom.PATH)
+@documented(
+    "Get a key with its newest 100 versions",
+    response=schemas.key_detail_response,
+    errors={404: "record not found"},
+)
 def get_key(key_id: str) -> Response:
     return jsonify(schemas.key_detail_response.dump(service().get_key(key_id)))
 
 
 @blueprint.get("/<key_id>/versions")
 @operation("keys:read", KeyFrom.PATH)
+@documented(
+    "List a key's versions, oldest first",
+    query=schemas.list_versions_query,
+    response=schemas.key_version_list_response,
+    errors={404: "record not found"},
+)
 def list_key_versions(key_id: str) -> Response:
     args = schemas.list_versions_query.load(query_args())
     versions = service().list_versions(key_id, limit=args["limit"], after=args["after"])
@@ -47,6 +71,12 @@ def list_key_versions(key_id: str) -> Response:
 
 @blueprint.get("/<key_id>/public-key")
 @operation("keys:read", KeyFrom.PATH)
+@documented(
+    "Export a signing key's public key (PEM)",
+    query=schemas.public_key_query,
+    response=schemas.public_key_response,
+    errors={400: "an AES, ChaCha20 or HMAC key", 404: "record not found"},
+)
 def get_public_key(key_id: str) -> Response:
     args = schemas.public_key_query.load(query_args())
     public_key = service().public_key(key_id, version=args["version"])
@@ -55,6 +85,16 @@ def get_public_key(key_id: str) -> Response:
 
 @blueprint.patch("/<key_id>")
 @operation("keys:update", KeyFrom.PATH)
+@documented(
+    "Change a key's description, labels, min_decryption_version or deletion_allowed",
+    body=schemas.update_key_request,
+    response=schemas.key_response,
+    errors={
+        400: "min_decryption_version out of range",
+        404: "record not found",
+        409: "the key is pending deletion",
+    },
+)
 def update_key(key_id: str) -> Response:
     body = schemas.update_key_request.load(json_body())
     return jsonify(schemas.key_response.dump(service().update_key(key_id, **body)))
@@ -62,18 +102,37 @@ def update_key(key_id: str) -> Response:
 
 @blueprint.post("/<key_id>/disable")
 @operation("keys:disable", KeyFrom.PATH)
+@documented(
+    "Disable a key: every use is refused (409) until it is enabled again",
+    response=schemas.key_response,
+    errors={404: "record not found", 409: "the key is pending deletion"},
+)
 def disable_key(key_id: str) -> Response:
     return jsonify(schemas.key_response.dump(service().disable_key(key_id)))
 
 
 @blueprint.post("/<key_id>/enable")
 @operation("keys:enable", KeyFrom.PATH)
+@documented(
+    "Enable a disabled key",
+    response=schemas.key_response,
+    errors={404: "record not found", 409: "the key is pending deletion"},
+)
 def enable_key(key_id: str) -> Response:
     return jsonify(schemas.key_response.dump(service().enable_key(key_id)))
 
 
 @blueprint.post("/<key_id>/trim")
 @operation("keys:trim", KeyFrom.PATH)
+@documented(
+    "Destroy the versions below min_available_version",
+    body=schemas.trim_request,
+    response=schemas.key_response,
+    errors={
+        404: "record not found",
+        409: "above min_decryption_version, or the key is pending deletion",
+    },
+)
 def trim_key(key_id: str) -> Response:
     body = schemas.trim_request.load(json_body())
     return jsonify(schemas.key_response.dump(service().trim_key(key_id, **body)))
@@ -81,12 +140,28 @@ def trim_key(key_id: str) -> Response:
 
 @blueprint.post("/<key_id>/cancel-deletion")
 @operation("keys:cancel-deletion", KeyFrom.PATH)
+@documented(
+    "Cancel a scheduled deletion; the key is then disabled",
+    response=schemas.key_response,
+    errors={404: "record not found", 409: "key is not pending deletion"},
+)
 def cancel_deletion(key_id: str) -> Response:
     return jsonify(schemas.key_response.dump(service().cancel_deletion(key_id)))
 
 
 @blueprint.delete("/<key_id>")
 @operation("keys:delete", KeyFrom.PATH)
+@documented(
+    "Delete a key and all its versions, now or (?pending_days=N) after a window",
+    status=204,
+    query=schemas.delete_key_query,
+    also={200: ("the deletion is scheduled: the key, pending_deletion", schemas.key_response)},
+    errors={
+        404: "record not found",
+        409: "deletion_allowed is false, already pending, or a window shorter than "
+        "kms.deletion.min_pending_days",
+    },
+)
 def delete_key(key_id: str) -> Response:
     args = schemas.delete_key_query.load(query_args())
     scheduled = service().delete_key(key_id, pending_days=args["pending_days"])
@@ -99,11 +174,30 @@ def delete_key(key_id: str) -> Response:
 
 @blueprint.post("/<key_id>/rotate")
 @operation("keys:rotate", KeyFrom.PATH)
+@documented(
+    "Rotate: add a version, which encrypts and signs from now on",
+    response=schemas.key_response,
+    errors={
+        404: "record not found",
+        409: "the key changed during the operation, it has kms.maxVersions versions, or it is "
+        "pending deletion",
+    },
+)
 def rotate_key(key_id: str) -> Response:
     return jsonify(schemas.key_response.dump(service().rotate_key(key_id)))
 
 
 @blueprint.post("/<key_id>/recreate")
 @operation("keys:recreate", KeyFrom.PATH)
+@documented(
+    "Recreate: wipe every version and issue version 1 with fresh material",
+    status=201,
+    response=schemas.key_response,
+    errors={
+        404: "record not found",
+        409: "the key changed during the operation, deletion_allowed is false, it is pending "
+        "deletion, or kms.deletion.min_pending_days is above 0",
+    },
+)
 def recreate_key(key_id: str) -> tuple[Response, int]:
     return jsonify(schemas.key_response.dump(service().recreate_key(key_id))), 201

@@ -268,7 +268,7 @@ class DecryptResponse(Schema):
 
 class DataKeyResponse(Schema):
     ciphertext = fields.String()
-    plaintext = StrictBase64()
+    plaintext = StrictBase64(metadata={"x-optional": True})  # absent with include_plaintext false
     key_id = fields.String()
     version = fields.Integer()
 
@@ -287,6 +287,33 @@ class MACResponse(Schema):
 
 class RandomResponse(Schema):
     random = StrictBase64()
+
+
+class VerifyResponse(Schema):
+    valid = fields.Boolean()
+    error = fields.String(
+        metadata={"x-optional": True, "description": '"signature invalid" when valid is false'}
+    )
+
+
+class MACVerifyResponse(Schema):
+    valid = fields.Boolean()
+    error = fields.String(
+        metadata={"x-optional": True, "description": '"mac invalid" when valid is false'}
+    )
+
+
+class StatusResponse(Schema):
+    status = fields.String()
+
+
+class OpenAPIDocumentResponse(Schema):
+    openapi = fields.String()
+    info = fields.Dict()
+    servers = fields.List(fields.Dict())
+    security = fields.List(fields.Dict())
+    paths = fields.Dict()
+    components = fields.Dict()
 
 
 create_key_request = CreateKeyRequest()
@@ -324,7 +351,11 @@ decrypt_response = DecryptResponse()
 sign_response = SignResponse()
 mac_response = MACResponse()
 random_response = RandomResponse()
-_data_key_response = DataKeyResponse()
+verify_response = VerifyResponse()
+mac_verify_response = MACVerifyResponse()
+status_response = StatusResponse()
+data_key_response = DataKeyResponse()
+_data_key_response = data_key_response
 _data_key_without_plaintext = DataKeyResponse(exclude=("plaintext",))
 
 

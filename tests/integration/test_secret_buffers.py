@@ -50,6 +50,10 @@ class RecordingKeyring(PassphraseKeyring):
     def close(self) -> None:
         self._inner.close()
 
+    def __getattr__(self, name: str) -> object:
+        # Everything else (the row MAC key, ...) is the real keyring's, untouched.
+        return getattr(self._inner, name)
+
 
 @pytest.mark.parametrize("algorithm", ["AES-256-GCM", "ChaCha20-Poly1305", "Ed25519", "ECDSA-P256"])
 def test_data_key_buffers_are_overwritten_after_use(

@@ -15,6 +15,10 @@ FORBIDDEN: dict[str, set[str]] = {
     "kms/crypto": WEB | DATABASE | {"kms.api", "kms.service", "kms.store", "kms.settings"},
     "kms/store": WEB | {"kms.api", "kms.service"},
     "kms/service": WEB | {"kms.api"},
+    # The client runs on other machines: nothing of the server side.
+    "kms/client": WEB
+    | DATABASE
+    | {"kms.api", "kms.service", "kms.store", "kms.settings", "kms.app", "kms.errors"},
 }
 
 

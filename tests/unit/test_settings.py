@@ -13,7 +13,7 @@ import yaml
 
 from kms.crypto.kdf import MIN_ITERATIONS
 from kms.errors import ConfigurationError
-from kms.settings import Settings, load_settings
+from kms.settings import Settings, load_settings, settings_from_mapping
 
 SEED: dict[str, dict[str, Any]] = {
     "server": {
@@ -358,15 +358,71 @@ def test_the_shipped_dev_config_is_what_make_run_and_the_readme_use(in_tmp: Path
     assert settings.kdf_iterations >= MIN_ITERATIONS
 
 
-def test_the_shipped_prod_config_keeps_secrets_in_run_secrets(in_tmp: Path) -> None:
-    settings = load_settings(environ={"KMS_CONFIG": str(REPOSITORY_CONFIG / "config.prod.yaml")})
+def test_the_shipped_prod_config_keeps_secrets_in_the_credentials_directory(in_tmp: Path) -> None:
+    credentials = Path("/run/credentials/kms.service")
+    environ = {
+        "KMS_CONFIG": str(REPOSITORY_CONFIG / "config.prod.yaml"),
+        "CREDENTIALS_DIRECTORY": str(credentials),
+    }
+    settings = load_settings(environ=environ)
     for path in (
         settings.server_cert,
         settings.server_key,
         settings.ca_cert,
         settings.master_passphrase_file,
     ):
-        assert path is not None and path.parent == Path("/run/secrets")
+        assert path is not None and path.parent == credentials
     assert settings.database_url.startswith("sqlite:////var/lib/kms/")
     assert settings.host == "127.0.0.1"  # localhost only unless the operator opens it
     assert settings.kdf_iterations >= MIN_ITERATIONS
+
+
+# -- ${CREDENTIALS_DIRECTORY}: systemd's LoadCredential= ------------------------------------
+
+
+def test_paths_may_name_the_systemd_credentials_directory() -> None:
+    document = {
+        "server": {
+            "serverCert": "${CREDENTIALS_DIRECTORY}/server.crt",
+            "serverKey": "$CREDENTIALS_DIRECTORY/server.key",
+            "caCert": "${CREDENTIALS_DIRECTORY}/ca.pem",
+        },
+        "kms": {"master_passphrase_file": "${CREDENTIALS_DIRECTORY}/master.key"},
+        "database": {"dsn": "/var/lib/kms/kms.db"},
+    }
+    environ = {"CREDENTIALS_DIRECTORY": "/run/credentials/kms.service"}
+    settings = settings_from_mapping(document, environ, source="unit.yaml")
+    credentials = Path("/run/credentials/kms.service")
+    assert settings.server_cert == credentials / "server.crt"
+    assert settings.server_key == credentials / "server.key"
+    assert settings.ca_cert == credentials / "ca.pem"
+    assert settings.master_passphrase_file == credentials / "master.key"
+
+
+def test_an_environment_override_may_name_it_too() -> None:
+    environ = {
+        "CREDENTIALS_DIRECTORY": "/run/credentials/kms.service",
+        "KMS_KMS_MASTER_PASSPHRASE_FILE": "${CREDENTIALS_DIRECTORY}/passphrase",
+    }
+    settings = settings_from_mapping({"database": {"dsn": "x.db"}}, environ, source="t.yaml")
+    assert settings.master_passphrase_file == Path("/run/credentials/kms.service/passphrase")
+
+
+def test_naming_it_without_systemd_is_one_line_naming_the_setting() -> None:
+    document = {"database": {"dsn": "x.db"}, "server": {"caCert": "${CREDENTIALS_DIRECTORY}/ca"}}
+    with pytest.raises(ConfigurationError) as caught:
+        settings_from_mapping(document, {}, source="unit.yaml")
+    message = caught.value.public_message
+    assert message.startswith("server.caCert: names ${CREDENTIALS_DIRECTORY}")
+    assert "unit.yaml" in message and "\n" not in message
+
+
+def test_nothing_else_is_expanded() -> None:
+    environ = {"CREDENTIALS_DIRECTORY": "/creds", "HOME": "/root"}
+    document = {
+        "database": {"dsn": "postgresql+psycopg://kms:pa$CREDENTIALS_DIRECTORY@db/kms"},
+        "audit": {"path": "/var/log/$HOME/audit.log"},
+    }
+    settings = settings_from_mapping(document, environ, source="t.yaml")
+    assert settings.database_dsn == "postgresql+psycopg://kms:pa$CREDENTIALS_DIRECTORY@db/kms"
+    assert settings.audit_path == Path("/var/log/$HOME/audit.log")

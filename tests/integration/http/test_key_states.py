@@ -558,7 +558,11 @@ def test_min_pending_days_makes_the_window_mandatory(strict_node: Node) -> None:
 def test_the_example_config_names_the_deletion_setting() -> None:
     text_ = (Path(__file__).parents[3] / "config" / "config.prod.yaml").read_text()
     assert "min_pending_days" in text_
-    settings = load_settings(Path(__file__).parents[3] / "config" / "config.prod.yaml", environ={})
+    # The prod config names its files in systemd's credentials directory (LoadCredential=).
+    settings = load_settings(
+        Path(__file__).parents[3] / "config" / "config.prod.yaml",
+        environ={"CREDENTIALS_DIRECTORY": "/run/credentials/kms.service"},
+    )
     assert settings.deletion_min_pending_days >= 1
 
 
