@@ -188,6 +188,18 @@ def test_every_endpoint_answers_as_documented(client: KMSClient, spec: dict[str,
         json={"key_id": encrypt_key, "ciphertext": encrypted["ciphertext"]},
     )
     assert decrypted["plaintext"] == b64(b"x")
+    data_key = call("post", "/v1/kms/datakey", json={"key_id": encrypt_key, "bytes": 16})
+    assert len(base64.b64decode(data_key["plaintext"])) == 16
+    wrapped_only = call(
+        "post", "/v1/kms/datakey", json={"key_id": encrypt_key, "include_plaintext": False}
+    )
+    assert "plaintext" not in wrapped_only
+    rewrapped = call(
+        "post",
+        "/v1/kms/rewrap",
+        json={"key_id": encrypt_key, "ciphertext": encrypted["ciphertext"]},
+    )
+    assert rewrapped["version"] == 2
     signed = call("post", "/v1/kms/sign", json={"key_id": sign_key, "message": b64(b"m")})
     verified = call(
         "post",
