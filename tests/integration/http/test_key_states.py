@@ -29,6 +29,7 @@ from kms.service.keys import KMSService
 from kms.settings import load_settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository, utc_now
+from tests.conftest import drop_database
 from tests.integration.http.harness import (
     PROCESS_TIMEOUT_SECONDS,
     Deployment,
@@ -98,8 +99,7 @@ def _postgres_database(dsn: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         yield make_url(dsn).set(database=name).render_as_string(hide_password=False)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        drop_database(admin, name)
     finally:
         admin.dispose()
 
