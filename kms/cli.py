@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -13,6 +14,27 @@ from kms.errors import KMSError
 def _fail(error: KMSError) -> None:
     click.echo(f"kms: {error.public_message}", err=True)
     sys.exit(1)
+
+
+class ProgressBar:
+    """kms.master.Progress shown as a click progress bar on stderr (stdout stays for results)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def start(self, total: int, label: str) -> None:
+        self.finish()
+        self._bar = click.progressbar(length=total, label=f"kms: {label}", file=sys.stderr)
+        self._bar.__enter__()
+
+    def advance(self, count: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(count)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
 
 
 @click.group()
@@ -90,6 +112,47 @@ def check() -> None:
         click.echo(f"kms: {summary}: {len(report.failures)} failed", err=True)
         sys.exit(1)
     click.echo(f"kms: {summary}: all authentic")
+
+
+@main.command()
+@click.option(
+    "--new-passphrase-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read the new passphrase from this file (owner-only mode); else prompt twice.",
+)
+def rekey(new_passphrase_file: Path | None) -> None:
+    """Change the master passphrase: new salt, every key version re-wrapped, in one transaction.
+
+    Stop every kms server first (kms refuses while one uses the database). Killed at any point,
+    nothing changed and the old passphrase still works; once it prints, only the new one does.
+    """
+    from kms.errors import PassphraseError
+    from kms.master import describe_database, rekey_database
+    from kms.service.passphrase import prompt_passphrase, read_passphrase_file
+    from kms.settings import load_settings
+
+    progress = ProgressBar()
+    try:
+        settings = load_settings()
+        if new_passphrase_file is not None:
+            new_passphrase = read_passphrase_file(new_passphrase_file)
+        else:
+            new_passphrase = prompt_passphrase("kms new master passphrase: ")
+            again = prompt_passphrase("kms new master passphrase again: ")
+            try:
+                if again != new_passphrase:
+                    raise PassphraseError("the two new passphrases differ; nothing was changed")
+            finally:
+                again[:] = bytes(len(again))
+        result = rekey_database(settings, new_passphrase, progress)
+    except KMSError as error:
+        progress.finish()
+        _fail(error)
+    progress.finish()
+    click.echo(
+        f"kms: rekeyed {describe_database(settings)}: {result.versions} key versions of "
+        f"{result.keys} keys re-wrapped; only the new passphrase opens it now"
+    )
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -122,6 +122,18 @@ class DatabaseUnusable(KeystoreError):
     public_message = "the database cannot be used"
 
 
+class DatabaseInUse(KeystoreError):
+    """Raise when an operator command that must run alone finds a kms server on the database."""
+
+    public_message = "a kms server is using the database; stop it first"
+
+
+class InvalidBackup(KeystoreError):
+    """Raise when a backup file is truncated, edited, reordered or from another keystore."""
+
+    public_message = "the backup is not intact; nothing was written"
+
+
 class AlreadyInitialised(KeystoreError):
     """Raise when ``kms init`` meets a database that already holds a keystore."""
 

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
@@ -38,6 +39,7 @@ from kms.service.keystore import (
     ensure_not_initialised,
     new_init_marker,
     new_keystore,
+    new_master_key,
     open_keystore,
 )
 from kms.service.passphrase import obtain_passphrase
@@ -47,6 +49,7 @@ from kms.store.faults import database_name, describe_database_error, existing_ta
 from kms.store.models import kms_metadata
 from kms.store.repository import SQLKeyRepository, write_keystore
 from kms.store.schema import current_revision, head_revision, upgrade_to_head
+from kms.store.serving import ensure_not_serving
 
 
 def init_database(settings: Settings) -> None:
@@ -158,6 +161,63 @@ def check_database(settings: Settings) -> IntegrityReport:
             return KMSService(repository, keyring, KeyMaterialCache(0)).check_integrity()
         finally:
             keyring.close()
+
+
+class Progress(Protocol):
+    """What a long operator command reports to whoever shows it (the CLI's progress bar)."""
+
+    def start(self, total: int, label: str) -> None: ...
+    def advance(self, count: int = 1) -> None: ...
+
+
+class NoProgress:
+    def start(self, total: int, label: str) -> None:
+        pass
+
+    def advance(self, count: int = 1) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RekeyResult:
+    keys: int
+    versions: int
+
+
+def rekey_database(
+    settings: Settings, new_passphrase: bytearray, progress: Progress | None = None
+) -> RekeyResult:
+    """``kms rekey``: a new salt and master key; every version re-wrapped, every row re-MAC'd.
+
+    Refuses while a server uses the database (kms.store.serving). One transaction: killed at any
+    point, the old passphrase still opens the keystore and every key works; once it returns,
+    only the new passphrase does. ``new_passphrase`` is overwritten either way.
+    """
+    progress = progress or NoProgress()
+    try:
+        with _engine(settings, "rekey") as (name, engine):
+            repository = SQLKeyRepository(engine)
+            repository.read_keystore()
+            _require_current_schema(name, engine)
+            with ensure_not_serving(settings.database_url, engine, "rekey"):
+                old = _open(settings, name, repository).keyring
+                try:
+                    kdf_parameters, marker, new = new_master_key(
+                        new_passphrase, settings.kdf_iterations, min_iterations=settings.kdf_floor
+                    )
+                    try:
+                        service = KMSService(repository, old, KeyMaterialCache(0))
+                        progress.start(service.count_versions(), "re-wrapping key versions")
+                        keys, versions = service.rekey(
+                            new, kdf_parameters, marker, after_version=progress.advance
+                        )
+                    finally:
+                        new.close()
+                finally:
+                    old.close()
+    finally:
+        zeroise(new_passphrase)
+    return RekeyResult(keys, versions)
 
 
 def describe_database(settings: Settings) -> str:

@@ -590,6 +590,55 @@ class KMSService:
 
         return self._repository.seal_all(seal_key, seal_version, init_marker)
 
+    def rekey(
+        self,
+        new_keyring: Keyring,
+        kdf_parameters: bytes,
+        init_marker: bytes,
+        *,
+        after_version: Callable[[], None] | None = None,
+    ) -> tuple[int, int]:
+        """Re-wrap every version under ``new_keyring`` and re-MAC every row (``kms rekey``).
+
+        Every row is verified under the current keyring first (a row changed behind kms's back
+        is not laundered into a valid MAC under the new key) and every wrapped key is unwrapped
+        under its own identity. All of it, with the new KDF parameters and init marker (made by
+        ``new_keyring``), is written in one transaction: stopped at any point, nothing changed.
+        ``after_version`` is called after each version (progress; a test stops there).
+        Returns the number of key rows and version rows.
+        """
+
+        def seal_key(key: KeyRecord) -> bytes:
+            self._verify_key(key)
+            return new_keyring.tag(encode_key_row(replace(key, mac=None)))
+
+        def rewrap_version(key: KeyRecord, record: KeyVersionRecord) -> tuple[bytes, bytes]:
+            self._verify_version(key, record)
+            identity = KeyIdentity(
+                key.key_id, record.version, key.purpose, key.algorithm, key.incarnation
+            )
+            try:
+                secret = self._keyring.unwrap(record.wrapped_key, identity)
+            except UnwrapFailed:
+                raise IntegrityFailure(
+                    f"key {key.key_id!r}: version {record.version}: the wrapped key does not unwrap"
+                ) from None
+            try:
+                wrapped_key = new_keyring.wrap(secret, identity.aad())
+            finally:
+                zeroise(secret)
+            mac = new_keyring.tag(
+                encode_version_row(key, record.version, wrapped_key, record.public_key)
+            )
+            if after_version is not None:
+                after_version()
+            return wrapped_key, mac
+
+        return self._repository.rewrap_all(seal_key, rewrap_version, kdf_parameters, init_marker)
+
+    def count_versions(self) -> int:
+        return self._repository.count_versions()
+
     def _verify_material(self, key: KeyRecord, record: KeyVersionRecord) -> None:
         """Raise ``IntegrityFailure`` unless the version is in range, unwraps under its identity,
         fits its algorithm and (signing keys) its public key is the private key's."""

@@ -108,6 +108,8 @@ KeyPlanner = Callable[[KeyRecord], KeyChange]
 #: Computes the MAC of a key row, or of a version row given its key row (``kms upgrade``).
 KeySealer = Callable[[KeyRecord], bytes]
 VersionSealer = Callable[[KeyRecord, KeyVersionRecord], bytes]
+#: Re-wraps a version row for ``kms rekey``: its new wrapped key and new MAC.
+VersionRewrapper = Callable[[KeyRecord, KeyVersionRecord], tuple[bytes, bytes]]
 
 
 class KeyRepository(Protocol):
@@ -128,6 +130,14 @@ class KeyRepository(Protocol):
     def count_keys_by_state(self) -> dict[str, int]: ...
     def seal_all(
         self, seal_key: KeySealer, seal_version: VersionSealer, init_marker: bytes
+    ) -> tuple[int, int]: ...
+    def count_versions(self) -> int: ...
+    def rewrap_all(
+        self,
+        seal_key: KeySealer,
+        rewrap_version: VersionRewrapper,
+        kdf_parameters: bytes,
+        init_marker: bytes,
     ) -> tuple[int, int]: ...
 
 
@@ -398,6 +408,58 @@ class SQLKeyRepository:
                 .values(value=init_marker)
             )
         return sealed_keys, sealed_versions
+
+    @_translate_database_errors
+    def count_versions(self) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(key_versions)).scalar_one())
+
+    @_translate_database_errors
+    def rewrap_all(
+        self,
+        seal_key: KeySealer,
+        rewrap_version: VersionRewrapper,
+        kdf_parameters: bytes,
+        init_marker: bytes,
+    ) -> tuple[int, int]:
+        """Replace every wrapped key, every MAC, the KDF parameters and the init marker at once.
+
+        For ``kms rekey``: one write transaction, so whatever stops it part-way (an error, a kill,
+        a power cut) leaves the database under the old master key, every row as it was. The
+        callbacks raise to write nothing. Returns the number of key rows and version rows.
+        """
+        rewrapped_keys = rewrapped_versions = 0
+        with self._writer.begin() as conn:
+            for row in conn.execute(select(*_KEY_COLUMNS).order_by(keys.c.key_id)).all():
+                key = _key_record(row)
+                conn.execute(
+                    update(keys).where(keys.c.key_id == key.key_id).values(mac=seal_key(key))
+                )
+                rewrapped_keys += 1
+                versions = conn.execute(
+                    select(key_versions)
+                    .where(key_versions.c.key_id == key.key_id)
+                    .order_by(key_versions.c.version)
+                ).all()
+                for version_row in versions:
+                    version = _version_record(version_row)
+                    wrapped_key, mac = rewrap_version(key, version)
+                    conn.execute(
+                        update(key_versions)
+                        .where(
+                            and_(
+                                key_versions.c.key_id == key.key_id,
+                                key_versions.c.version == version.version,
+                            )
+                        )
+                        .values(wrapped_key=wrapped_key, mac=mac)
+                    )
+                    rewrapped_versions += 1
+            for name, value in ((KDF_PARAMETERS, kdf_parameters), (INIT_MARKER, init_marker)):
+                conn.execute(
+                    update(kms_metadata).where(kms_metadata.c.name == name).values(value=value)
+                )
+        return rewrapped_keys, rewrapped_versions
 
     @_translate_database_errors
     def delete_key(self, key_id: str) -> None:
