@@ -88,6 +88,8 @@ def register_service(
         cache,
         verify_max_versions=settings.verify_max_versions,
         max_versions=settings.max_versions,
+        max_encryptions_per_version=settings.max_encryptions_per_version,
+        encryption_block=settings.encryption_block,
     )
     app.extensions[SERVICE] = service
     app.extensions[REPOSITORY] = repository

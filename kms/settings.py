@@ -26,6 +26,10 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_VERIFY_MAX_VERSIONS = 16
 #: A key's versions are bounded by design, not by its history.
 DEFAULT_MAX_VERSIONS = 100_000
+#: Rotation by use: a version encrypts at most this many times (per key settable, never above
+#: 2**32), and processes reserve encryptions from the database in blocks of this size.
+DEFAULT_MAX_ENCRYPTIONS_PER_VERSION = 2**30
+DEFAULT_ENCRYPTION_BLOCK = 1000
 
 # (section, yaml key) -> attribute path; the env override is KMS_<SECTION>_<KEY>, matched
 # case-insensitively with underscores ignored (KMS_SERVER_SERVERCERT == KMS_SERVER_SERVER_CERT).
@@ -49,6 +53,8 @@ _KEYS: dict[tuple[str, str], str] = {
     ("kms", "key_cache_size"): "key_cache_size",
     ("kms", "verifyMaxVersions"): "verify_max_versions",
     ("kms", "maxVersions"): "max_versions",
+    ("kms", "maxEncryptionsPerVersion"): "max_encryptions_per_version",
+    ("kms", "encryptionBlock"): "encryption_block",
     ("database", "dsn"): "database_dsn",
     ("authorization", "policy_file"): "policy_file",
     ("audit", "path"): "audit_path",
@@ -69,6 +75,8 @@ class Settings:
     key_cache_size: int = 4096
     verify_max_versions: int = DEFAULT_VERIFY_MAX_VERSIONS
     max_versions: int = DEFAULT_MAX_VERSIONS
+    max_encryptions_per_version: int = DEFAULT_MAX_ENCRYPTIONS_PER_VERSION
+    encryption_block: int = DEFAULT_ENCRYPTION_BLOCK
     host: str = "127.0.0.1"
     port: int = 8080
     server_cert: Path | None = None
@@ -210,6 +218,8 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
         "key_cache_size": _integer_between(0, 1_000_000),
         "verify_max_versions": _integer_between(1, 1000),
         "max_versions": _integer_between(1, 2**31 - 1),
+        "max_encryptions_per_version": _integer_between(1, 2**32),
+        "encryption_block": _integer_between(1, 1_000_000),
         "database_dsn": _dsn,
         "policy_file": _path,
         "audit_path": _path,

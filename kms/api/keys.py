@@ -50,6 +50,13 @@ def get_public_key(key_id: str) -> Response:
     return jsonify(schemas.public_key_response.dump(public_key))
 
 
+@blueprint.patch("/<key_id>")
+@operation("keys:update", KeyFrom.PATH)
+def update_key(key_id: str) -> Response:
+    body = schemas.update_key_request.load(json_body())
+    return jsonify(schemas.key_response.dump(service().update_key(key_id, **body)))
+
+
 @blueprint.delete("/<key_id>")
 @operation("keys:delete", KeyFrom.PATH)
 def delete_key(key_id: str) -> Response:

@@ -14,7 +14,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from kms.service.keys import MAX_PAGE_SIZE
+from kms.service.keys import MAX_ENCRYPTIONS_PER_VERSION, MAX_PAGE_SIZE
 
 _DECIMAL = re.compile(r"[0-9]{1,10}")
 
@@ -63,6 +63,19 @@ class CreateKeyRequest(_Request):
     key_id = fields.String(load_default=None, allow_none=True)
     purpose = fields.String(load_default="encrypt")
     algorithm = fields.String(load_default=None, allow_none=True)
+    rotation_period = fields.String(load_default=None, allow_none=True)
+    max_encryptions_per_version = StrictInteger(
+        low=1, high=MAX_ENCRYPTIONS_PER_VERSION, load_default=None, allow_none=True
+    )
+
+
+class UpdateKeyRequest(_Request):
+    """``PATCH``: a field left out stays as it is; ``null`` clears it."""
+
+    rotation_period = fields.String(allow_none=True)
+    max_encryptions_per_version = StrictInteger(
+        low=1, high=MAX_ENCRYPTIONS_PER_VERSION, allow_none=True
+    )
 
 
 class ListKeysQuery(_Request):
@@ -103,6 +116,9 @@ class VerifyRequest(_Request):
 class KeyVersionResponse(Schema):
     version = fields.Integer()
     created_at = fields.DateTime(format="iso")
+    encryptions = fields.Integer()
+    decryptions = fields.Integer()
+    last_used_at = fields.DateTime(format="iso", allow_none=True)
 
 
 class KeyResponse(Schema):
@@ -111,6 +127,9 @@ class KeyResponse(Schema):
     algorithm = fields.String()
     version = fields.Integer()
     created_at = fields.DateTime(format="iso")
+    rotation_period = fields.String(allow_none=True)
+    next_rotation_at = fields.DateTime(format="iso", allow_none=True)
+    max_encryptions_per_version = fields.Integer(allow_none=True)
 
 
 class KeyDetailResponse(KeyResponse):
@@ -143,6 +162,7 @@ class SignResponse(Schema):
 
 
 create_key_request = CreateKeyRequest()
+update_key_request = UpdateKeyRequest()
 list_keys_query = ListKeysQuery()
 list_versions_query = ListVersionsQuery()
 public_key_query = PublicKeyQuery()

@@ -8,7 +8,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from kms.crypto.algorithms import (
@@ -39,13 +39,20 @@ from kms.service.cache import KeyMaterialCache
 from kms.service.integrity import encode_key_row, encode_version_row
 from kms.service.keyring import Keyring, zeroise
 from kms.service.keystore import INIT_MARKER_AAD
-from kms.settings import DEFAULT_MAX_VERSIONS, DEFAULT_VERIFY_MAX_VERSIONS
+from kms.service.usage import EncryptionBudget, UseTally, block_size
+from kms.settings import (
+    DEFAULT_ENCRYPTION_BLOCK,
+    DEFAULT_MAX_ENCRYPTIONS_PER_VERSION,
+    DEFAULT_MAX_VERSIONS,
+    DEFAULT_VERIFY_MAX_VERSIONS,
+)
 from kms.store.repository import (
     KeyChange,
     KeyPlanner,
     KeyRecord,
     KeyRepository,
     KeyVersionRecord,
+    KeyVersionSummary,
     NewVersion,
     utc_now,
 )
@@ -65,6 +72,11 @@ VERIFIED_ROWS_CACHE_SIZE = 1024
 class KeyVersionInfo:
     version: int
     created_at: datetime
+    #: Encryptions counted against the version's limit (blocks reserved by running processes
+    #: included), decryptions (flushed every few seconds) and the last use.
+    encryptions: int = 0
+    decryptions: int = 0
+    last_used_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,17 @@ class KeyInfo:
     version: int
     created_at: datetime
     key_versions: tuple[KeyVersionInfo, ...] = ()
+    rotation_period: str | None = None
+    next_rotation_at: datetime | None = None
+    max_encryptions_per_version: int | None = None
+
+
+@dataclass(frozen=True)
+class Rotated:
+    """A key ``rotate_due`` rotated: its new version."""
+
+    key_id: str
+    version: int
 
 
 @dataclass(frozen=True)
@@ -125,6 +148,51 @@ class IntegrityReport:
     failures: list[str] = field(default_factory=list)
 
 
+#: Rotation periods: at least an hour, at most ten years; spelled ``<n>d`` or ``<n>h``.
+MIN_ROTATION_PERIOD = 3600
+MAX_ROTATION_PERIOD = 3650 * 86400
+_PERIOD = re.compile(r"([1-9][0-9]{0,5})([dh])")
+_UNIT_SECONDS = {"d": 86400, "h": 3600}
+#: Never above 2**32 encryptions under one key version: a random 96-bit nonce is safe for about
+#: that many (NIST SP 800-38D, 8.3).
+MAX_ENCRYPTIONS_PER_VERSION = 2**32
+#: How many times an encryption retries after its version ran out (each time another process
+#: rotated first and used the new version up before this one got a block of it).
+ENCRYPTION_ATTEMPTS = 16
+
+
+class _NotLatest(Exception):
+    """Raised under the row lock when another process already rotated: write nothing."""
+
+
+def parse_rotation_period(text: object) -> int:
+    """``"30d"`` or ``"12h"`` as seconds; at least an hour."""
+    match = _PERIOD.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise InvalidRequest('rotation_period must look like "30d" or "12h"')
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not MIN_ROTATION_PERIOD <= seconds <= MAX_ROTATION_PERIOD:
+        raise InvalidRequest("rotation_period must be at least 1h and at most 3650d")
+    return seconds
+
+
+def format_rotation_period(seconds: int) -> str:
+    return f"{seconds // 86400}d" if seconds % 86400 == 0 else f"{seconds // 3600}h"
+
+
+def validate_max_encryptions(value: object) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 1 <= value <= MAX_ENCRYPTIONS_PER_VERSION
+    ):
+        raise InvalidRequest(
+            "max_encryptions_per_version must be an integer from 1 to "
+            f"{MAX_ENCRYPTIONS_PER_VERSION}"
+        )
+    return value
+
+
 def validate_key_id(key_id: str) -> str:
     if not isinstance(key_id, str) or KEY_ID_PATTERN.fullmatch(key_id) is None:
         raise InvalidRequest(
@@ -138,14 +206,13 @@ def _check_limit(limit: int) -> None:
         raise InvalidRequest(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
 
 
-def _info(key: KeyRecord, versions: tuple[KeyVersionInfo, ...] = ()) -> KeyInfo:
-    return KeyInfo(
-        key_id=key.key_id,
-        purpose=key.purpose,
-        algorithm=key.algorithm,
-        version=key.latest_version,
-        created_at=key.created_at,
-        key_versions=versions,
+def _version_info(summary: KeyVersionSummary) -> KeyVersionInfo:
+    return KeyVersionInfo(
+        version=summary.version,
+        created_at=summary.created_at,
+        encryptions=summary.encryptions,
+        decryptions=summary.decryptions,
+        last_used_at=summary.last_used_at,
     )
 
 
@@ -161,6 +228,8 @@ class KMSService:
         after_generation: Callable[[str], None] | None = None,
         verify_max_versions: int = DEFAULT_VERIFY_MAX_VERSIONS,
         max_versions: int = DEFAULT_MAX_VERSIONS,
+        max_encryptions_per_version: int = DEFAULT_MAX_ENCRYPTIONS_PER_VERSION,
+        encryption_block: int = DEFAULT_ENCRYPTION_BLOCK,
     ) -> None:
         """``after_generation`` is a test hook: called with the key_id once fresh material is
         generated and before the write transaction starts, so a test can change the key in that
@@ -174,11 +243,21 @@ class KMSService:
         self._verified_rows = KeyMaterialCache(VERIFIED_ROWS_CACHE_SIZE)
         self._verify_max_versions = verify_max_versions
         self._max_versions = max_versions
+        self._default_max_encryptions = max_encryptions_per_version
+        self._encryption_block = encryption_block
+        self._budget = EncryptionBudget()
+        self._tally = UseTally()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def create_key(
-        self, key_id: str | None = None, purpose: str = "encrypt", algorithm: str | None = None
+        self,
+        key_id: str | None = None,
+        purpose: str = "encrypt",
+        algorithm: str | None = None,
+        *,
+        rotation_period: str | None = None,
+        max_encryptions_per_version: int | None = None,
     ) -> KeyInfo:
         key_id = str(uuid.uuid4()) if key_id is None else validate_key_id(key_id)
         spec = self._algorithm_for(purpose, algorithm)
@@ -191,6 +270,12 @@ class KMSService:
             latest_version=1,
             incarnation=secrets.token_hex(16),
             created_at=now,
+            rotation_period=None
+            if rotation_period is None
+            else parse_rotation_period(rotation_period),
+            max_encryptions_per_version=None
+            if max_encryptions_per_version is None
+            else validate_max_encryptions(max_encryptions_per_version),
         )
         created = self._store_new_version(
             spec,
@@ -198,16 +283,43 @@ class KMSService:
             lambda current: record,
             lambda plan: self._repository.create_key(plan(record)),
         )
-        return _info(created)
+        return self._info(created)
+
+    def update_key(
+        self,
+        key_id: str,
+        *,
+        rotation_period: str | None | object = ...,
+        max_encryptions_per_version: int | None | object = ...,
+    ) -> KeyInfo:
+        """Change the rotation settings (``PATCH``); an argument left out stays as it is, None
+        clears it (no rotation by time; the configured limit)."""
+        changes: dict[str, int | None] = {}
+        if rotation_period is not ...:
+            changes["rotation_period"] = (
+                None if rotation_period is None else parse_rotation_period(rotation_period)
+            )
+        if max_encryptions_per_version is not ...:
+            changes["max_encryptions_per_version"] = (
+                None
+                if max_encryptions_per_version is None
+                else validate_max_encryptions(max_encryptions_per_version)
+            )
+
+        def plan(current: KeyRecord) -> KeyRecord:
+            self._checked_key(current)
+            return self._sealed(replace(current, **changes))
+
+        return self._info(self._repository.update_key(validate_key_id(key_id), plan))
 
     def get_key(self, key_id: str) -> KeyInfo:
         """The key with its newest KEY_DETAIL_VERSIONS versions (oldest of them first)."""
         key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
         versions = tuple(
-            KeyVersionInfo(version=v.version, created_at=v.created_at)
+            _version_info(v)
             for v in self._repository.newest_versions(key.key_id, KEY_DETAIL_VERSIONS)
         )
-        return _info(key, versions)
+        return self._info(key, versions)
 
     def list_versions(
         self, key_id: str, limit: int = 100, after: int | None = None
@@ -217,16 +329,15 @@ class KMSService:
         if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
             raise InvalidRequest("after must be a version number")
         key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
-        return [
-            KeyVersionInfo(version=v.version, created_at=v.created_at)
-            for v in self._repository.version_page(key.key_id, limit, after)
-        ]
+        return [_version_info(v) for v in self._repository.version_page(key.key_id, limit, after)]
 
     def list_keys(self, limit: int = 100, after: str | None = None) -> list[KeyInfo]:
         _check_limit(limit)
         if after is not None:
             validate_key_id(after)
-        return [_info(self._checked_key(key)) for key in self._repository.list_keys(limit, after)]
+        return [
+            self._info(self._checked_key(key)) for key in self._repository.list_keys(limit, after)
+        ]
 
     def delete_key(self, key_id: str) -> None:
         self._repository.delete_key(validate_key_id(key_id))
@@ -234,6 +345,12 @@ class KMSService:
 
     def rotate_key(self, key_id: str) -> KeyInfo:
         key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
+        return self._info(self._rotate(key, only_from=None))
+
+    def _rotate(self, key: KeyRecord, only_from: int | None) -> KeyRecord:
+        """Add a version. With ``only_from``, only if the latest version is still that one:
+        racing processes that all saw it run out (or come due) rotate it exactly once, and the
+        losers raise ``_NotLatest`` having written nothing."""
         if key.latest_version >= self._max_versions:
             # Checked before generating material (an RSA key takes a while), and again under the
             # row's write lock in ``next_version``, where racing rotations cannot slip past.
@@ -241,17 +358,53 @@ class KMSService:
 
         def next_version(current: KeyRecord) -> KeyRecord:
             self._expect_unchanged(key, current)
+            if only_from is not None and current.latest_version != only_from:
+                raise _NotLatest()
             if current.latest_version >= self._max_versions:
                 raise self._too_many_versions()
             return replace(current, latest_version=current.latest_version + 1)
 
-        rotated = self._store_new_version(
+        return self._store_new_version(
             ALGORITHMS[key.algorithm],
-            key_id,
+            key.key_id,
             next_version,
-            lambda plan: self._repository.rotate_key(key_id, plan),
+            lambda plan: self._repository.rotate_key(key.key_id, plan),
         )
-        return _info(rotated)
+
+    def rotate_due(
+        self,
+        now: datetime | None = None,
+        on_rotated: Callable[[Rotated], None] | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> list[Rotated]:
+        """Rotate every key whose latest version is older than its ``rotation_period``.
+
+        Each rotation happens under the key row's write lock and only if the latest version is
+        still the one found due, so several ``kms rotate-due`` on several nodes at the same
+        moment rotate each key exactly once. ``on_rotated`` sees each as it happens (progress).
+        """
+        now = now or utc_now()
+        rotated: list[Rotated] = []
+        after: str | None = None
+        while page := self._repository.keys_with_rotation_period(page_size, after):
+            after = page[-1].key.key_id
+            for due in page:
+                key = due.key
+                assert key.rotation_period is not None  # noqa: S101 - the query selects these
+                if due.latest_created_at + timedelta(seconds=key.rotation_period) > now:
+                    continue
+                try:
+                    new = self._rotate(self._checked_key(key), only_from=key.latest_version)
+                except (_NotLatest, KeyChanged, KeyNotFound):
+                    continue  # another process rotated or recreated it, or it was deleted
+                except TooManyVersions:
+                    log.error("rotate-due: key %r is at kms.maxVersions", key.key_id)
+                    continue
+                done = Rotated(new.key_id, new.latest_version)
+                rotated.append(done)
+                if on_rotated is not None:
+                    on_rotated(done)
+        return rotated
 
     def _too_many_versions(self) -> TooManyVersions:
         return TooManyVersions(
@@ -279,7 +432,7 @@ class KMSService:
             replace_versions=True,
         )
         self._cache.drop_key(key_id)
-        return _info(recreated)
+        return self._info(recreated)
 
     def public_key(self, key_id: str, version: int | None = None) -> PublicKeyInfo:
         key = self._usable_key(key_id, Purpose.SIGN)
@@ -294,7 +447,7 @@ class KMSService:
     # -- crypto operations -----------------------------------------------------------------
 
     def encrypt(self, key_id: str, plaintext: bytes, context: bytes = b"") -> Encrypted:
-        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        key = self._take_encryptions(self._usable_key(key_id, Purpose.ENCRYPT), 1)
         aead = self._secret(key, key.latest_version)
         nonce, sealed = seal(
             aead, plaintext, ciphertext_aad(key.key_id, key.latest_version, context)
@@ -317,6 +470,7 @@ class KMSService:
         plaintext = open_sealed(
             aead, parsed.nonce, parsed.sealed, ciphertext_aad(key.key_id, parsed.version, context)
         )
+        self._count_use(key.key_id, parsed.version, 1)
         return Decrypted(key_id=key.key_id, version=parsed.version, plaintext=plaintext)
 
     def sign(self, key_id: str, message: bytes) -> Signed:
@@ -351,6 +505,64 @@ class KMSService:
                 continue
             return Verified(key_id=key.key_id, valid=True, version=version)
         return Verified(key_id=key.key_id, valid=False, version=None)
+
+    # -- use limits ------------------------------------------------------------------------
+
+    def _encryption_limit(self, key: KeyRecord) -> int:
+        limit = key.max_encryptions_per_version or self._default_max_encryptions
+        return min(limit, MAX_ENCRYPTIONS_PER_VERSION)
+
+    def _take_encryptions(self, key: KeyRecord, count: int) -> KeyRecord:
+        """Count ``count`` encryptions against the key's latest version and return the key row
+        whose ``latest_version`` they are to be made under.
+
+        Every encryption (one, a data key, each item of a batch) passes here: it is the one
+        place the limit is enforced. From this process's reserved block when it has one left,
+        else by reserving a new block in the database; when the version has too few left, it is
+        rotated (exactly once however many processes race) and the encryptions are made under
+        the new version. No version is used past its limit, even across crashes.
+        """
+        limit = self._encryption_limit(key)
+        if count > limit:
+            raise InvalidRequest(
+                f"{count} encryptions in one request exceed the key's limit of {limit} per version"
+            )
+        for _ in range(ENCRYPTION_ATTEMPTS):
+            slot = (key.key_id, key.incarnation, key.latest_version, limit)
+            if self._budget.take(slot, count):
+                return key
+            block = max(count, block_size(self._encryption_block, limit))
+            granted = self._repository.reserve_encryptions(
+                key.key_id, key.latest_version, block, count, limit
+            )
+            if granted:
+                self._budget.add(slot, granted - count)
+                return key
+            try:
+                key = self._rotate(key, only_from=key.latest_version)
+            except (_NotLatest, KeyChanged):
+                key = self._checked_key(self._repository.get_key(key.key_id))
+            limit = self._encryption_limit(key)
+        raise KeyChanged()  # retried that often: tell the client to retry
+
+    def _count_use(self, key_id: str, version: int, decryptions: int) -> None:
+        self._tally.count(key_id, version, decryptions)
+        if self._tally.due():
+            self.flush_use()
+
+    def flush_use(self) -> None:
+        """Add this process's decryption counts and last uses to the database (at most every
+        few seconds, and when the worker stops). A failure keeps them for the next flush."""
+        reports = self._tally.drain()
+        try:
+            self._repository.record_use(reports)
+        except Exception:
+            self._tally.restore(reports)
+            raise
+
+    def use_totals(self) -> list[tuple[str, int, int, int]]:
+        """``(key_id, version, encryptions, decryptions)`` of every used version, for metrics."""
+        return self._repository.use_totals()
 
     # -- for health checks and metrics -----------------------------------------------------
 
@@ -427,6 +639,32 @@ class KMSService:
             return store(plan)
         finally:
             zeroise(secret)
+
+    def _info(self, key: KeyRecord, versions: tuple[KeyVersionInfo, ...] = ()) -> KeyInfo:
+        next_rotation_at = None
+        if key.rotation_period is not None:
+            latest = next((v for v in versions if v.version == key.latest_version), None)
+            created = (
+                latest.created_at
+                if latest is not None
+                else self._repository.newest_versions(key.key_id, 1)[-1].created_at
+            )
+            next_rotation_at = created + timedelta(seconds=key.rotation_period)
+        return KeyInfo(
+            key_id=key.key_id,
+            purpose=key.purpose,
+            algorithm=key.algorithm,
+            version=key.latest_version,
+            created_at=key.created_at,
+            key_versions=versions,
+            rotation_period=None
+            if key.rotation_period is None
+            else format_rotation_period(key.rotation_period),
+            next_rotation_at=next_rotation_at,
+            max_encryptions_per_version=self._encryption_limit(key)
+            if key.purpose == Purpose.ENCRYPT.value
+            else None,
+        )
 
     def _sealed(self, key: KeyRecord) -> KeyRecord:
         return replace(key, mac=self._keyring.tag(encode_key_row(replace(key, mac=None))))

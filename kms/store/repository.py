@@ -13,10 +13,12 @@ from sqlalchemy import (
     Engine,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
     inspect,
+    or_,
     select,
     update,
 )
@@ -54,6 +56,10 @@ class KeyRecord:
     incarnation: str
     created_at: datetime
     mac: bytes | None = field(default=None, repr=False)
+    #: Seconds; None: no rotation by time.
+    rotation_period: int | None = None
+    #: None: the configured default applies.
+    max_encryptions_per_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -71,10 +77,31 @@ class KeyVersionRecord:
 
 @dataclass(frozen=True)
 class KeyVersionSummary:
-    """A version's number and time, without its material: what listings need."""
+    """A version's number, time and use counters, without its material: what listings need."""
 
     version: int
     created_at: datetime
+    encryptions: int = 0
+    decryptions: int = 0
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class UseReport:
+    """Decryptions and the last use of one version, counted by a process since its last flush."""
+
+    key_id: str
+    version: int
+    decryptions: int
+    last_used_at: datetime
+
+
+@dataclass(frozen=True)
+class DueKey:
+    """A key with rotation by time, and when its latest version was made."""
+
+    key: KeyRecord
+    latest_created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -132,6 +159,13 @@ class KeyRepository(Protocol):
         self, seal_key: KeySealer, seal_version: VersionSealer, init_marker: bytes
     ) -> tuple[int, int]: ...
     def count_versions(self) -> int: ...
+    def update_key(self, key_id: str, plan: Callable[[KeyRecord], KeyRecord]) -> KeyRecord: ...
+    def reserve_encryptions(
+        self, key_id: str, version: int, wanted: int, at_least: int, limit: int
+    ) -> int: ...
+    def record_use(self, reports: list[UseReport]) -> None: ...
+    def keys_with_rotation_period(self, limit: int, after: str | None) -> list[DueKey]: ...
+    def use_totals(self) -> list[tuple[str, int, int, int]]: ...
     def rewrap_all(
         self,
         seal_key: KeySealer,
@@ -160,6 +194,18 @@ def _key_record(row) -> KeyRecord:  # noqa: ANN001 - a SQLAlchemy Row
         incarnation=row.incarnation,
         created_at=_as_utc(row.created_at),
         mac=None if row.mac is None else bytes(row.mac),
+        rotation_period=row.rotation_period,
+        max_encryptions_per_version=row.max_encryptions_per_version,
+    )
+
+
+def _summary(row) -> KeyVersionSummary:  # noqa: ANN001
+    return KeyVersionSummary(
+        version=row.version,
+        created_at=_as_utc(row.created_at),
+        encryptions=row.encryptions,
+        decryptions=row.decryptions,
+        last_used_at=None if row.last_used_at is None else _as_utc(row.last_used_at),
     )
 
 
@@ -222,6 +268,15 @@ _KEY_COLUMNS = (
     keys.c.incarnation,
     keys.c.created_at,
     keys.c.mac,
+    keys.c.rotation_period,
+    keys.c.max_encryptions_per_version,
+)
+_SUMMARY_COLUMNS = (
+    key_versions.c.version,
+    key_versions.c.created_at,
+    key_versions.c.encryptions,
+    key_versions.c.decryptions,
+    key_versions.c.last_used_at,
 )
 
 # Built once: constructing a statement costs more than running it on the hot path.
@@ -229,7 +284,14 @@ _SELECT_KEY = select(*_KEY_COLUMNS).where(keys.c.key_id == bindparam("key_id"))
 # FOR UPDATE locks the row on PostgreSQL; SQLite has no row locks and ignores it, and its write
 # transactions already hold the database's write lock from BEGIN IMMEDIATE.
 _SELECT_KEY_FOR_UPDATE = _SELECT_KEY.with_for_update()
-_SELECT_VERSION = select(key_versions).where(
+_SELECT_VERSION = select(
+    key_versions.c.key_id,
+    key_versions.c.version,
+    key_versions.c.wrapped_key,
+    key_versions.c.public_key,
+    key_versions.c.created_at,
+    key_versions.c.mac,
+).where(
     and_(
         key_versions.c.key_id == bindparam("key_id"), key_versions.c.version == bindparam("version")
     )
@@ -303,7 +365,7 @@ class SQLKeyRepository:
     def version_page(self, key_id: str, limit: int, after: int | None) -> list[KeyVersionSummary]:
         """Up to ``limit`` versions after ``after``, oldest first (a primary-key range scan)."""
         query = (
-            select(key_versions.c.version, key_versions.c.created_at)
+            select(*_SUMMARY_COLUMNS)
             .where(key_versions.c.key_id == key_id)
             .order_by(key_versions.c.version)
             .limit(limit)
@@ -312,20 +374,20 @@ class SQLKeyRepository:
             query = query.where(key_versions.c.version > after)
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [KeyVersionSummary(row.version, _as_utc(row.created_at)) for row in rows]
+        return [_summary(row) for row in rows]
 
     @_translate_database_errors
     def newest_versions(self, key_id: str, count: int) -> list[KeyVersionSummary]:
         """The newest ``count`` versions, oldest of them first."""
         query = (
-            select(key_versions.c.version, key_versions.c.created_at)
+            select(*_SUMMARY_COLUMNS)
             .where(key_versions.c.key_id == key_id)
             .order_by(key_versions.c.version.desc())
             .limit(count)
         )
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [KeyVersionSummary(row.version, _as_utc(row.created_at)) for row in reversed(rows)]
+        return [_summary(row) for row in reversed(rows)]
 
     @_translate_database_errors
     def get_version(self, key_id: str, version: int) -> KeyVersionRecord:
@@ -408,6 +470,119 @@ class SQLKeyRepository:
                 .values(value=init_marker)
             )
         return sealed_keys, sealed_versions
+
+    @_translate_database_errors
+    def update_key(self, key_id: str, plan: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
+        """Rewrite a key row (``PATCH``) under its write lock; ``plan`` raises to write nothing."""
+        with self._writer.begin() as conn:
+            row = conn.execute(_SELECT_KEY_FOR_UPDATE, {"key_id": key_id}).first()
+            if row is None:
+                raise KeyNotFound()
+            key = plan(_key_record(row))
+            values = _key_values(key)
+            del values["key_id"]
+            conn.execute(
+                update(keys).where(keys.c.key_id == key_id).values(**values, updated_at=utc_now())
+            )
+        return key
+
+    @_translate_database_errors
+    def reserve_encryptions(
+        self, key_id: str, version: int, wanted: int, at_least: int, limit: int
+    ) -> int:
+        """Reserve up to ``wanted`` (never fewer than ``at_least``) encryptions of a version
+        without passing ``limit``; return how many, 0 when fewer than ``at_least`` are left.
+
+        Under the version row's write lock (PostgreSQL) or the database's (SQLite), so racing
+        processes on any node never reserve the same encryption twice: the sum of reservations
+        is ``encryptions``, which never passes ``limit``. What a process reserved and did not use
+        stays counted, so a crash can only waste encryptions, never reuse them.
+        """
+        where = and_(key_versions.c.key_id == key_id, key_versions.c.version == version)
+        with self._writer.begin() as conn:
+            used = conn.execute(
+                select(key_versions.c.encryptions).where(where).with_for_update()
+            ).scalar_one_or_none()
+            if used is None:
+                raise KeyNotFound()
+            granted = min(wanted, limit - used)
+            if granted < at_least:
+                return 0
+            conn.execute(
+                update(key_versions)
+                .where(where)
+                .values(encryptions=key_versions.c.encryptions + granted, last_used_at=utc_now())
+            )
+        return granted
+
+    @_translate_database_errors
+    def record_use(self, reports: list[UseReport]) -> None:
+        """Add decryptions and move ``last_used_at`` forward, one UPDATE per version."""
+        if not reports:
+            return
+        with self._writer.begin() as conn:
+            for report in reports:
+                later = bindparam("at", report.last_used_at, type_=key_versions.c.last_used_at.type)
+                conn.execute(
+                    update(key_versions)
+                    .where(
+                        and_(
+                            key_versions.c.key_id == report.key_id,
+                            key_versions.c.version == report.version,
+                        )
+                    )
+                    .values(
+                        decryptions=key_versions.c.decryptions + report.decryptions,
+                        last_used_at=case(
+                            (
+                                or_(
+                                    key_versions.c.last_used_at.is_(None),
+                                    key_versions.c.last_used_at < later,
+                                ),
+                                later,
+                            ),
+                            else_=key_versions.c.last_used_at,
+                        ),
+                    )
+                )
+
+    @_translate_database_errors
+    def keys_with_rotation_period(self, limit: int, after: str | None) -> list[DueKey]:
+        """A page of the keys that rotate by time, with their latest version's creation time."""
+        query = (
+            select(*_KEY_COLUMNS, key_versions.c.created_at.label("latest_created_at"))
+            .join(
+                key_versions,
+                and_(
+                    key_versions.c.key_id == keys.c.key_id,
+                    key_versions.c.version == keys.c.latest_version,
+                ),
+            )
+            .where(keys.c.rotation_period.is_not(None))
+            .order_by(keys.c.key_id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(keys.c.key_id > after)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [DueKey(_key_record(row), _as_utc(row.latest_created_at)) for row in rows]
+
+    @_translate_database_errors
+    def use_totals(self) -> list[tuple[str, int, int, int]]:
+        """``(key_id, version, encryptions, decryptions)`` of every version that was used."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    key_versions.c.key_id,
+                    key_versions.c.version,
+                    key_versions.c.encryptions,
+                    key_versions.c.decryptions,
+                )
+                .where(or_(key_versions.c.encryptions > 0, key_versions.c.decryptions > 0))
+                .order_by(key_versions.c.key_id, key_versions.c.version)
+            ).all()
+        return [tuple(row) for row in rows]
 
     @_translate_database_errors
     def count_versions(self) -> int:
