@@ -155,6 +155,29 @@ def rekey(new_passphrase_file: Path | None) -> None:
     )
 
 
+@main.command("rotate-due")
+def rotate_due() -> None:
+    """Rotate every key whose latest version is older than its rotation_period.
+
+    Safe to run while kms serves, from a timer on every node: each due key is rotated exactly
+    once however many run at the same moment. Prints one line per rotated key.
+    """
+    from kms.master import describe_database, rotate_due_database
+    from kms.settings import load_settings
+
+    progress = ProgressBar()
+    try:
+        settings = load_settings()
+        rotated = rotate_due_database(settings, progress)
+    except KMSError as error:
+        progress.finish()
+        _fail(error)
+    progress.finish()
+    for done in rotated:
+        click.echo(f"kms: rotated {done.key_id} to version {done.version}")
+    click.echo(f"kms: {len(rotated)} keys rotated in {describe_database(settings)}")
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
 def serve(gunicorn_args: tuple[str, ...]) -> None:

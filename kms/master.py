@@ -33,7 +33,7 @@ from kms.errors import (
 )
 from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import PassphraseKeyring, zeroise
-from kms.service.keys import IntegrityReport, KMSService
+from kms.service.keys import IntegrityReport, KMSService, Rotated
 from kms.service.keystore import (
     OpenedKeystore,
     ensure_not_initialised,
@@ -218,6 +218,41 @@ def rekey_database(
     finally:
         zeroise(new_passphrase)
     return RekeyResult(keys, versions)
+
+
+def rotate_due_database(settings: Settings, progress: Progress | None = None) -> list[Rotated]:
+    """``kms rotate-due``: rotate every key whose latest version is older than its period.
+
+    Safe while servers run and while other ``rotate-due`` run at the same moment: each key is
+    rotated under its row lock only if its latest version is still the one found due.
+    """
+    progress = progress or NoProgress()
+    with _engine(settings, "rotate keys in") as (name, engine):
+        repository = SQLKeyRepository(engine)
+        repository.read_keystore()
+        _require_current_schema(name, engine)
+        keyring = _open(settings, name, repository).keyring
+        try:
+            service = service_for(settings, repository, keyring)
+            progress.start(service.count_rotating_keys(), "checking keys with a rotation period")
+            return service.rotate_due(on_checked=lambda _: progress.advance())
+        finally:
+            keyring.close()
+
+
+def service_for(
+    settings: Settings, repository: SQLKeyRepository, keyring: PassphraseKeyring
+) -> KMSService:
+    """A service with the configured limits and no cache, for operator commands."""
+    return KMSService(
+        repository,
+        keyring,
+        KeyMaterialCache(0),
+        verify_max_versions=settings.verify_max_versions,
+        max_versions=settings.max_versions,
+        max_encryptions_per_version=settings.max_encryptions_per_version,
+        encryption_block=settings.encryption_block,
+    )
 
 
 def describe_database(settings: Settings) -> str:

@@ -374,14 +374,15 @@ class KMSService:
     def rotate_due(
         self,
         now: datetime | None = None,
-        on_rotated: Callable[[Rotated], None] | None = None,
+        on_checked: Callable[[Rotated | None], None] | None = None,
         page_size: int = MAX_PAGE_SIZE,
     ) -> list[Rotated]:
         """Rotate every key whose latest version is older than its ``rotation_period``.
 
         Each rotation happens under the key row's write lock and only if the latest version is
         still the one found due, so several ``kms rotate-due`` on several nodes at the same
-        moment rotate each key exactly once. ``on_rotated`` sees each as it happens (progress).
+        moment rotate each key exactly once. ``on_checked`` is called once per key with a
+        rotation period, with what was rotated or None (progress).
         """
         now = now or utc_now()
         rotated: list[Rotated] = []
@@ -389,22 +390,30 @@ class KMSService:
         while page := self._repository.keys_with_rotation_period(page_size, after):
             after = page[-1].key.key_id
             for due in page:
-                key = due.key
-                assert key.rotation_period is not None  # noqa: S101 - the query selects these
-                if due.latest_created_at + timedelta(seconds=key.rotation_period) > now:
-                    continue
-                try:
-                    new = self._rotate(self._checked_key(key), only_from=key.latest_version)
-                except (_NotLatest, KeyChanged, KeyNotFound):
-                    continue  # another process rotated or recreated it, or it was deleted
-                except TooManyVersions:
-                    log.error("rotate-due: key %r is at kms.maxVersions", key.key_id)
-                    continue
-                done = Rotated(new.key_id, new.latest_version)
-                rotated.append(done)
-                if on_rotated is not None:
-                    on_rotated(done)
+                done = self._rotate_if_due(due.key, due.latest_created_at, now)
+                if done is not None:
+                    rotated.append(done)
+                if on_checked is not None:
+                    on_checked(done)
         return rotated
+
+    def count_rotating_keys(self) -> int:
+        return self._repository.count_keys_with_rotation_period()
+
+    def _rotate_if_due(
+        self, key: KeyRecord, latest_created_at: datetime, now: datetime
+    ) -> Rotated | None:
+        assert key.rotation_period is not None  # noqa: S101 - the query selects only these
+        if latest_created_at + timedelta(seconds=key.rotation_period) > now:
+            return None
+        try:
+            new = self._rotate(self._checked_key(key), only_from=key.latest_version)
+        except (_NotLatest, KeyChanged, KeyNotFound):
+            return None  # another process rotated or recreated it, or it was deleted
+        except TooManyVersions:
+            log.error("rotate-due: key %r is at kms.maxVersions", key.key_id)
+            return None
+        return Rotated(new.key_id, new.latest_version)
 
     def _too_many_versions(self) -> TooManyVersions:
         return TooManyVersions(

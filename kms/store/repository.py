@@ -166,6 +166,7 @@ class KeyRepository(Protocol):
     def record_use(self, reports: list[UseReport]) -> None: ...
     def keys_with_rotation_period(self, limit: int, after: str | None) -> list[DueKey]: ...
     def use_totals(self) -> list[tuple[str, int, int, int]]: ...
+    def count_keys_with_rotation_period(self) -> int: ...
     def rewrap_all(
         self,
         seal_key: KeySealer,
@@ -567,6 +568,17 @@ class SQLKeyRepository:
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
         return [DueKey(_key_record(row), _as_utc(row.latest_created_at)) for row in rows]
+
+    @_translate_database_errors
+    def count_keys_with_rotation_period(self) -> int:
+        with self._engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(keys)
+                    .where(keys.c.rotation_period.is_not(None))
+                ).scalar_one()
+            )
 
     @_translate_database_errors
     def use_totals(self) -> list[tuple[str, int, int, int]]:
