@@ -178,6 +178,53 @@ def rotate_due() -> None:
     click.echo(f"kms: {len(rotated)} keys rotated in {describe_database(settings)}")
 
 
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def backup(file: Path) -> None:
+    """Write a consistent snapshot of the keystore to FILE (mode 0600), safe while kms serves.
+
+    Keys stay wrapped under the master key; an integrity tag keyed from the master key covers
+    the whole file. Needs the master passphrase. Never overwrites FILE.
+    """
+    from kms.master import backup_database, describe_database
+    from kms.settings import load_settings
+
+    progress = ProgressBar()
+    try:
+        settings = load_settings()
+        result = backup_database(settings, file, progress)
+    except KMSError as error:
+        progress.finish()
+        _fail(error)
+    progress.finish()
+    click.echo(
+        f"kms: backed up {describe_database(settings)} to {file}: {result.rows} rows, "
+        f"schema {result.schema}"
+    )
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def restore(file: Path) -> None:
+    """Load the backup FILE into the configured database, which must be missing or empty.
+
+    The passphrase is that of the keystore the backup was taken from. A truncated, edited,
+    reordered or foreign backup is refused before anything is written.
+    """
+    from kms.master import describe_database, restore_database
+    from kms.settings import load_settings
+
+    progress = ProgressBar()
+    try:
+        settings = load_settings()
+        rows = restore_database(settings, file, progress)
+    except KMSError as error:
+        progress.finish()
+        _fail(error)
+    progress.finish()
+    click.echo(f"kms: restored {rows} rows from {file} into {describe_database(settings)}")
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
 def serve(gunicorn_args: tuple[str, ...]) -> None:

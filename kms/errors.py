@@ -128,6 +128,12 @@ class DatabaseInUse(KeystoreError):
     public_message = "a kms server is using the database; stop it first"
 
 
+class BackupError(KeystoreError):
+    """Raise when a backup file cannot be written or read."""
+
+    public_message = "cannot write or read the backup file"
+
+
 class InvalidBackup(KeystoreError):
     """Raise when a backup file is truncated, edited, reordered or from another keystore."""
 
