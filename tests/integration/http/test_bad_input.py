@@ -416,7 +416,7 @@ URL_CASES = [
     bare("put-keys", "PUT", "/v1/kms/keys", 405, NO_METHOD),
     bare("get-encrypt", "GET", "/v1/kms/encrypt", 405, NO_METHOD),
     bare("delete-encrypt", "DELETE", "/v1/kms/encrypt", 405, NO_METHOD),
-    bare("patch-key", "PATCH", f"/v1/kms/keys/{ENC}", 405, NO_METHOD),
+    bare("put-key", "PUT", f"/v1/kms/keys/{ENC}", 405, NO_METHOD),
     bare("post-key", "POST", f"/v1/kms/keys/{ENC}", 405, NO_METHOD),
     bare("get-rotate", "GET", f"/v1/kms/keys/{ENC}/rotate", 405, NO_METHOD),
 ]

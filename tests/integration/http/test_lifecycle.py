@@ -22,7 +22,17 @@ from tests.integration.http.harness import (
 
 pytestmark = pytest.mark.slow
 
-KEY_FIELDS = {"key_id", "purpose", "algorithm", "version", "created_at"}
+KEY_FIELDS = {
+    "key_id",
+    "purpose",
+    "algorithm",
+    "version",
+    "created_at",
+    "rotation_period",
+    "next_rotation_at",
+    "max_encryptions_per_version",
+}
+VERSION_FIELDS = {"version", "created_at", "encryptions", "decryptions", "last_used_at"}
 
 
 def assert_key(body: Any, key_id: str, purpose: str, algorithm: str, version: int) -> None:
@@ -54,7 +64,7 @@ def get_key(client: KMSClient, key_id: str) -> dict[str, Any]:
     body = expect_json(client.get(f"/v1/kms/keys/{key_id}"), 200)
     assert set(body) == KEY_FIELDS | {"key_versions"}, body
     for entry in body["key_versions"]:
-        assert set(entry) == {"version", "created_at"}
+        assert set(entry) == VERSION_FIELDS
         assert datetime.fromisoformat(entry["created_at"]).tzinfo is not None
     return body
 
