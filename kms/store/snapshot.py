@@ -15,7 +15,6 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, insert, select
 
 from kms.store.models import metadata
-from kms.store.schema import current_revision
 
 Row = dict[str, Any]
 
@@ -111,7 +110,3 @@ def write_rows(
     for table, row in rows:
         conn.execute(insert(metadata.tables[table]).values(**row))
         on_row()
-
-
-def engine_revision(engine: Engine) -> str | None:
-    return current_revision(engine)
