@@ -103,6 +103,10 @@ def ssl_context(config: Any, default_ssl_context_factory: Any) -> ssl.SSLContext
     return context
 
 
+#: The shared lock that tells `kms rekey` and `kms restore` a server is running (kms.store.serving).
+_serving_lock: int | None = None
+
+
 def on_starting(server: Any) -> None:
     import logging
 
@@ -124,6 +128,14 @@ def on_starting(server: Any) -> None:
     except KMSError as error:
         remove_runtime_directory(_runtime)
         _fail(error.public_message)
+    from kms.store.serving import hold_serving_lock
+
+    global _serving_lock  # noqa: PLW0603 - held, never read, for the master's whole life
+    try:
+        _serving_lock = hold_serving_lock(_settings.database_url)
+    except OSError as error:
+        remove_runtime_directory(_runtime)
+        _fail(f"cannot take the serving lock beside the database: {error.strerror}")
     # Warned only once the keystore opened: a refused start stays one line naming its cause.
     if _policy.allows_everyone:
         kms_log.warning(

@@ -15,7 +15,12 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from kms.crypto.algorithms import DIGEST_ALGORITHMS
-from kms.service.keys import MAX_PAGE_SIZE, MAX_PENDING_DAYS, MAX_RANDOM_BYTES
+from kms.service.keys import (
+    MAX_ENCRYPTIONS_PER_VERSION,
+    MAX_PAGE_SIZE,
+    MAX_PENDING_DAYS,
+    MAX_RANDOM_BYTES,
+)
 
 _DECIMAL = re.compile(r"[0-9]{1,10}")
 
@@ -75,13 +80,26 @@ class CreateKeyRequest(_Request):
     algorithm = fields.String(load_default=None, allow_none=True)
     description = fields.String(load_default="")
     labels = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    min_decryption_version = StrictInteger(low=1, high=2**31 - 1, load_default=1)
+    deletion_allowed = StrictBoolean(load_default=True)
+    rotation_period = fields.String(load_default=None, allow_none=True)
+    max_encryptions_per_version = StrictInteger(
+        low=1, high=MAX_ENCRYPTIONS_PER_VERSION, load_default=None, allow_none=True
+    )
 
 
 class UpdateKeyRequest(_Request):
+    """``PATCH``: a field left out stays as it is; ``null`` clears ``rotation_period`` and
+    ``max_encryptions_per_version`` (the other fields take no ``null``)."""
+
     description = fields.String()
     labels = fields.Dict(keys=fields.String(), values=fields.String())
     min_decryption_version = StrictInteger(low=1, high=2**31 - 1)
     deletion_allowed = StrictBoolean()
+    rotation_period = fields.String(allow_none=True)
+    max_encryptions_per_version = StrictInteger(
+        low=1, high=MAX_ENCRYPTIONS_PER_VERSION, allow_none=True
+    )
 
 
 class TrimRequest(_Request):
@@ -166,6 +184,9 @@ class RandomRequest(_Request):
 class KeyVersionResponse(Schema):
     version = fields.Integer()
     created_at = fields.DateTime(format="iso")
+    encryptions = fields.Integer()
+    decryptions = fields.Integer()
+    last_used_at = fields.DateTime(format="iso", allow_none=True)
 
 
 class UseAttemptResponse(Schema):
@@ -189,6 +210,9 @@ class KeyResponse(Schema):
     pending_deletion_at = fields.DateTime(format="iso", allow_none=True)
     use_attempts_while_pending = fields.Integer()
     last_use_attempt = fields.Nested(UseAttemptResponse, allow_none=True)
+    rotation_period = fields.String(allow_none=True)
+    next_rotation_at = fields.DateTime(format="iso", allow_none=True)
+    max_encryptions_per_version = fields.Integer(allow_none=True)
 
 
 class KeyDetailResponse(KeyResponse):
