@@ -51,9 +51,48 @@ def fill(settings: Settings) -> Made:
                 made.append((key_id, service.encrypt(key_id, plaintext).ciphertext, plaintext))
         service.create_key("sig", purpose="sign", algorithm="ECDSA-P256")
         service.rotate_key("sig")
+        fill_key_states(service, made)
         return made
     finally:
         close()
+
+
+def fill_key_states(service: KMSService, made: Made) -> None:
+    """Keys with issue 8's fields set (metadata, version policy, a trim, scheduled deletion)
+    beside issue 11's: a backup must carry every column, and the restored rows' MACs cover them."""
+    service.create_key(
+        "meta", description="invoices", labels={"team": "billing"}, rotation_period="30d"
+    )
+    for version in (1, 2, 3):
+        plaintext = f"meta/{version}".encode()
+        if version > 1:
+            made.append(("meta", service.encrypt("meta", plaintext).ciphertext, plaintext))
+        service.rotate_key("meta")
+    service.update_key(
+        "meta", min_decryption_version=2, deletion_allowed=False, max_encryptions_per_version=9
+    )
+    service.trim_key("meta", min_available_version=2)
+    service.create_key("doomed", labels={"team": "gone"})
+    service.delete_key("doomed", pending_days=7)
+
+
+def assert_key_states(service: KMSService) -> None:
+    meta = service.get_key("meta")
+    assert (meta.description, meta.labels, meta.state) == (
+        "invoices",
+        {"team": "billing"},
+        "enabled",
+    )
+    assert (meta.version, meta.min_decryption_version, meta.min_available_version) == (4, 2, 2)
+    assert (meta.deletion_allowed, meta.rotation_period, meta.max_encryptions_per_version) == (
+        False,
+        "30d",
+        9,
+    )
+    assert [v.version for v in meta.key_versions] == [2, 3, 4]
+    doomed = service.get_key("doomed")
+    assert (doomed.state, doomed.labels) == ("pending_deletion", {"team": "gone"})
+    assert doomed.pending_deletion_at is not None
 
 
 def assert_decrypts(settings: Settings, made: Made) -> None:
@@ -63,6 +102,7 @@ def assert_decrypts(settings: Settings, made: Made) -> None:
         for key_id, ciphertext, plaintext in made:
             assert service.decrypt(key_id, ciphertext).plaintext == plaintext
         assert service.get_key("enc-0").rotation_period == "7d"
+        assert_key_states(service)
         assert service.verify("sig", b"m", service.sign("sig", b"m").signature).valid
     finally:
         close()

@@ -135,3 +135,40 @@ def test_rekey_refuses_while_a_server_holds_the_database(initialised: Settings) 
         os.close(fd)
     assert Path(initialised.database_dsn).read_bytes() == before
     open_master_keyring(initialised).close()  # the old passphrase still opens it
+
+
+def test_rekey_re_macs_every_field_of_a_key(initialised: Settings, tmp_path: Path) -> None:
+    """Issue 8's fields (metadata, version policy, a trim, scheduled deletion) and issue 11's
+    (rotation period, use limit) are all under the re-made row MACs."""
+    keyring = open_master_keyring(initialised)
+    repository = SQLKeyRepository(create_kms_engine(initialised.database_url))
+    try:
+        service = KMSService(repository, keyring, KeyMaterialCache(0))
+        service.create_key("meta", description="d", labels={"a": "b"}, rotation_period="12h")
+        service.rotate_key("meta")
+        kept = service.encrypt("meta", b"under version 2").ciphertext
+        service.rotate_key("meta")
+        service.update_key(
+            "meta", min_decryption_version=2, deletion_allowed=False, max_encryptions_per_version=7
+        )
+        service.trim_key("meta", min_available_version=2)
+        service.create_key("doomed")
+        service.delete_key("doomed", pending_days=3)
+        before = {key_id: service.get_key(key_id) for key_id in ("meta", "doomed")}
+    finally:
+        repository.close()
+        keyring.close()
+    new_file = write_passphrase_file(tmp_path / "new.key", NEW_PASSPHRASE)
+    rekey_database(initialised, bytearray(NEW_PASSPHRASE))
+    rekeyed = with_passphrase(initialised, new_file)
+    assert check_database(rekeyed).failures == []
+    keyring = open_master_keyring(rekeyed)
+    repository = SQLKeyRepository(create_kms_engine(rekeyed.database_url))
+    try:
+        service = KMSService(repository, keyring, KeyMaterialCache(0))
+        for key_id, info in before.items():
+            assert service.get_key(key_id) == info
+        assert service.decrypt("meta", kept).plaintext == b"under version 2"
+    finally:
+        repository.close()
+        keyring.close()
