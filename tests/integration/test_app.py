@@ -89,7 +89,9 @@ def test_a_configured_body_limit_is_the_limit(initialised: Settings, tmp_path: P
         encoding="utf-8",
     )
     settings = load_settings(config, environ={}).with_overrides(
-        master_passphrase_file=initialised.master_passphrase_file
+        master_passphrase_file=initialised.master_passphrase_file,
+        # The test database is made with few PBKDF2 iterations (tests/conftest.py).
+        insecure_test_kdf_floor=initialised.insecure_test_kdf_floor,
     )
     assert settings.max_body_bytes == 2048
     client = create_app(settings).test_client()
