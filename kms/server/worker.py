@@ -615,7 +615,11 @@ class KMSWorker(gthread.ThreadWorker):
             conn.sock.setblocking(False)
             if result is _DISCARD_REST and self.alive:
                 self.start_discard(conn)
-            elif keepalive and self.alive:
+            elif keepalive:
+                # The response announced keep-alive (the worker was still alive when it was
+                # built), so the client may be sending its next request already: keep the
+                # connection, even in a stopping worker, whose drain window (shut_down) answers
+                # that request with "Connection: close" instead of closing under the client.
                 parser = conn.parser
                 conn.buffer = bytearray(parser.unreader.take_buffered() if parser else b"")
                 conn.next_request()
