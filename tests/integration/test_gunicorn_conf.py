@@ -82,7 +82,11 @@ def probe(tmp_path: Path, server_section: str) -> dict[str, Any]:
 def test_defaults_bind_localhost_only_with_the_documented_workers(tmp_path: Path) -> None:
     report = probe(tmp_path, "")
     assert report["bind"] == ["127.0.0.1:8080"]
-    assert (report["workers"], report["threads"], report["worker_class"]) == (2, 4, "gthread")
+    assert (report["workers"], report["threads"], report["worker_class"]) == (
+        2,
+        4,
+        "kms.server.worker.KMSWorker",
+    )
 
 
 def test_configured_host_port_workers_and_threads_reach_gunicorn(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
-from kms.store.repository import NewVersion, SQLKeyRepository
+from kms.store.repository import KeyChange, KeyRecord, NewVersion, SQLKeyRepository
 
 SECRET_PARAMETER = "c2VjcmV0LXdyYXBwZWQta2V5LW1hdGVyaWFs"
 
@@ -84,9 +85,14 @@ def test_a_rotation_reads_and_writes_on_one_connection(
     service.create_key("one-connection", "encrypt", "AES-256-GCM")
     checkouts.clear()
 
-    def build(_key: Any, version: int) -> NewVersion:
+    def build(current: KeyRecord) -> KeyChange:
+        # The repository's planner (kms.store.repository.KeyPlanner) gets the locked row.
         assert len(checkouts) == 1, "the version was fixed after a second connection was taken"
-        return NewVersion(wrapped_key=f"wrapped-{version}".encode(), public_key=None)
+        version = current.latest_version + 1
+        return KeyChange(
+            key=replace(current, latest_version=version),
+            version=NewVersion(wrapped_key=f"wrapped-{version}".encode(), public_key=None, mac=b""),
+        )
 
     rotated = repository.rotate_key("one-connection", build)
     assert rotated.latest_version == 2
