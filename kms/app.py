@@ -31,6 +31,7 @@ from kms.service.keys import CURRENT_REQUESTER, KMSService, Requester
 from kms.settings import Settings, load_settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
+from kms.store.serving import SERVER_APPLICATION_NAME
 
 REQUEST_ID_ENVIRON_KEY = "kms.request_id"
 #: Where the app keeps its repository, so that whoever serves it can close its connections.
@@ -78,7 +79,9 @@ def register_service(
         from kms.master import open_master_keyring
 
         keyring = open_master_keyring(settings)
-    repository = SQLKeyRepository(create_kms_engine(settings.database_url))
+    repository = SQLKeyRepository(
+        create_kms_engine(settings.database_url, application_name=SERVER_APPLICATION_NAME)
+    )
     cache = KeyMaterialCache(settings.key_cache_size)
     service = KMSService(
         repository,
@@ -88,6 +91,8 @@ def register_service(
         max_versions=settings.max_versions,
         max_batch_items=settings.max_batch_items,
         min_pending_days=settings.deletion_min_pending_days,
+        max_encryptions_per_version=settings.max_encryptions_per_version,
+        encryption_block=settings.encryption_block,
     )
     app.extensions[SERVICE] = service
     app.extensions[REPOSITORY] = repository

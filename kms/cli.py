@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +17,27 @@ if TYPE_CHECKING:
 def _fail(error: KMSError) -> None:
     click.echo(f"kms: {error.public_message}", err=True)
     sys.exit(1)
+
+
+class ProgressBar:
+    """kms.master.Progress shown as a click progress bar on stderr (stdout stays for results)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def start(self, total: int, label: str) -> None:
+        self.finish()
+        self._bar = click.progressbar(length=total, label=f"kms: {label}", file=sys.stderr)
+        self._bar.__enter__()
+
+    def advance(self, count: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(count)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
 
 
 @click.group()
@@ -139,6 +160,117 @@ def destroy_due() -> None:
     if failures:
         click.echo(f"kms: {len(failures)} due keys were left alone: see above", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--new-passphrase-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read the new passphrase from this file (owner-only mode); else prompt twice.",
+)
+def rekey(new_passphrase_file: Path | None) -> None:
+    """Change the master passphrase: new salt, every key version re-wrapped, in one transaction.
+
+    Stop every kms server first (kms refuses while one uses the database). Killed at any point,
+    nothing changed and the old passphrase still works; once it prints, only the new one does.
+    """
+    from kms.errors import PassphraseError
+    from kms.master import describe_database, rekey_database
+    from kms.service.passphrase import prompt_passphrase, read_passphrase_file
+    from kms.settings import load_settings
+
+    progress = ProgressBar()
+    try:
+        settings = load_settings()
+        if new_passphrase_file is not None:
+            new_passphrase = read_passphrase_file(new_passphrase_file)
+        else:
+            new_passphrase = prompt_passphrase("kms new master passphrase: ")
+            again = prompt_passphrase("kms new master passphrase again: ")
+            try:
+                if again != new_passphrase:
+                    raise PassphraseError("the two new passphrases differ; nothing was changed")
+            finally:
+                again[:] = bytes(len(again))
+        result = rekey_database(settings, new_passphrase, progress)
+    except KMSError as error:
+        progress.finish()
+        _fail(error)
+    progress.finish()
+    click.echo(
+        f"kms: rekeyed {describe_database(settings)}: {result.versions} key versions of "
+        f"{result.keys} keys re-wrapped; only the new passphrase opens it now"
+    )
+
+
+@main.command("rotate-due")
+def rotate_due() -> None:
+    """Rotate every key whose latest version is older than its rotation_period.
+
+    Safe to run while kms serves, from a timer on every node: each due key is rotated exactly
+    once however many run at the same moment. Prints one line per rotated key.
+    """
+    from kms.master import describe_database, rotate_due_database
+    from kms.settings import load_settings
+
+    progress = ProgressBar()
+    try:
+        settings = load_settings()
+        rotated = rotate_due_database(settings, progress)
+    except KMSError as error:
+        progress.finish()
+        _fail(error)
+    progress.finish()
+    for done in rotated:
+        click.echo(f"kms: rotated {done.key_id} to version {done.version}")
+    click.echo(f"kms: {len(rotated)} keys rotated in {describe_database(settings)}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def backup(file: Path) -> None:
+    """Write a consistent snapshot of the keystore to FILE (mode 0600), safe while kms serves.
+
+    Keys stay wrapped under the master key; an integrity tag keyed from the master key covers
+    the whole file. Needs the master passphrase. Never overwrites FILE.
+    """
+    from kms.master import backup_database, describe_database
+    from kms.settings import load_settings
+
+    progress = ProgressBar()
+    try:
+        settings = load_settings()
+        result = backup_database(settings, file, progress)
+    except KMSError as error:
+        progress.finish()
+        _fail(error)
+    progress.finish()
+    click.echo(
+        f"kms: backed up {describe_database(settings)} to {file}: {result.rows} rows, "
+        f"schema {result.schema}"
+    )
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def restore(file: Path) -> None:
+    """Load the backup FILE into the configured database, which must be missing or empty.
+
+    The passphrase is that of the keystore the backup was taken from. A truncated, edited,
+    reordered or foreign backup is refused before anything is written.
+    """
+    from kms.master import describe_database, restore_database
+    from kms.settings import load_settings
+
+    progress = ProgressBar()
+    try:
+        settings = load_settings()
+        rows = restore_database(settings, file, progress)
+    except KMSError as error:
+        progress.finish()
+        _fail(error)
+    progress.finish()
+    click.echo(f"kms: restored {rows} rows from {file} into {describe_database(settings)}")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -147,6 +147,24 @@ class DatabaseUnusable(KeystoreError):
     public_message = "the database cannot be used"
 
 
+class DatabaseInUse(KeystoreError):
+    """Raise when an operator command that must run alone finds a kms server on the database."""
+
+    public_message = "a kms server is using the database; stop it first"
+
+
+class BackupError(KeystoreError):
+    """Raise when a backup file cannot be written or read."""
+
+    public_message = "cannot write or read the backup file"
+
+
+class InvalidBackup(KeystoreError):
+    """Raise when a backup file is truncated, edited, reordered or from another keystore."""
+
+    public_message = "the backup is not intact; nothing was written"
+
+
 class AlreadyInitialised(KeystoreError):
     """Raise when ``kms init`` meets a database that already holds a keystore."""
 

@@ -123,6 +123,10 @@ def _require_free_port(settings: Settings) -> None:
             _fail(f"server.host: cannot bind {settings.host}:{settings.port}: {error.strerror}")
 
 
+#: The shared lock that tells `kms rekey` and `kms restore` a server is running (kms.store.serving).
+_serving_lock: int | None = None
+
+
 def on_starting(server: Any) -> None:
     import logging
 
@@ -152,6 +156,15 @@ def on_starting(server: Any) -> None:
         keyring.close()
         remove_runtime_directory(_runtime)
         raise
+    from kms.store.serving import hold_serving_lock
+
+    global _serving_lock  # noqa: PLW0603 - held, never read, for the master's whole life
+    try:
+        _serving_lock = hold_serving_lock(_settings.database_url)
+    except OSError as error:
+        keyring.close()
+        remove_runtime_directory(_runtime)
+        _fail(f"cannot take the serving lock beside the database: {error.strerror}")
     # Warned only once the keystore opened: a refused start stays one line naming its cause.
     if _policy.allows_everyone:
         kms_log.warning(

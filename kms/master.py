@@ -18,28 +18,33 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from kms.errors import (
+    BackupError,
     DatabaseNotEmpty,
     DatabaseUnusable,
+    InvalidBackup,
     InvalidKDFParameters,
     KMSError,
     NotInitialised,
     StoreUnavailable,
     UpgradeNeeded,
 )
+from kms.service.backup import BackupWriter, verify_backup
 from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import PassphraseKeyring, zeroise
-from kms.service.keys import IntegrityReport, KeyInfo, KMSService
+from kms.service.keys import IntegrityReport, KeyInfo, KMSService, Rotated
 from kms.service.keystore import (
     OpenedKeystore,
     ensure_not_initialised,
     new_init_marker,
     new_keystore,
+    new_master_key,
     open_keystore,
 )
 from kms.service.passphrase import obtain_passphrase
@@ -49,6 +54,8 @@ from kms.store.faults import database_name, describe_database_error, existing_ta
 from kms.store.models import kms_metadata
 from kms.store.repository import SQLKeyRepository, write_keystore
 from kms.store.schema import current_revision, head_revision, upgrade_to_head
+from kms.store.serving import ensure_not_serving
+from kms.store.snapshot import column_names, read_snapshot, table_names, write_rows
 
 
 def init_database(settings: Settings) -> None:
@@ -189,6 +196,218 @@ def destroy_due_keys(
             keyring.close()
 
 
+class Progress(Protocol):
+    """What a long operator command reports to whoever shows it (the CLI's progress bar)."""
+
+    def start(self, total: int, label: str) -> None: ...
+    def advance(self, count: int = 1) -> None: ...
+
+
+class NoProgress:
+    def start(self, total: int, label: str) -> None:
+        pass
+
+    def advance(self, count: int = 1) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RekeyResult:
+    keys: int
+    versions: int
+
+
+def rekey_database(
+    settings: Settings, new_passphrase: bytearray, progress: Progress | None = None
+) -> RekeyResult:
+    """``kms rekey``: a new salt and master key; every version re-wrapped, every row re-MAC'd.
+
+    Refuses while a server uses the database (kms.store.serving). One transaction: killed at any
+    point, the old passphrase still opens the keystore and every key works; once it returns,
+    only the new passphrase does. ``new_passphrase`` is overwritten either way.
+    """
+    progress = progress or NoProgress()
+    try:
+        with _engine(settings, "rekey") as (name, engine):
+            repository = SQLKeyRepository(engine)
+            repository.read_keystore()
+            _require_current_schema(name, engine)
+            with ensure_not_serving(settings.database_url, engine, "rekey"):
+                old = _open(settings, name, repository).keyring
+                try:
+                    kdf_parameters, marker, new = new_master_key(
+                        new_passphrase, settings.kdf_iterations, min_iterations=settings.kdf_floor
+                    )
+                    try:
+                        service = KMSService(repository, old, KeyMaterialCache(0))
+                        progress.start(service.count_versions(), "re-wrapping key versions")
+                        keys, versions = service.rekey(
+                            new, kdf_parameters, marker, after_version=progress.advance
+                        )
+                    finally:
+                        new.close()
+                finally:
+                    old.close()
+    finally:
+        zeroise(new_passphrase)
+    return RekeyResult(keys, versions)
+
+
+def rotate_due_database(settings: Settings, progress: Progress | None = None) -> list[Rotated]:
+    """``kms rotate-due``: rotate every key whose latest version is older than its period.
+
+    Safe while servers run and while other ``rotate-due`` run at the same moment: each key is
+    rotated under its row lock only if its latest version is still the one found due.
+    """
+    progress = progress or NoProgress()
+    with _engine(settings, "rotate keys in") as (name, engine):
+        repository = SQLKeyRepository(engine)
+        repository.read_keystore()
+        _require_current_schema(name, engine)
+        keyring = _open(settings, name, repository).keyring
+        try:
+            service = service_for(settings, repository, keyring)
+            progress.start(service.count_rotating_keys(), "checking keys with a rotation period")
+            return service.rotate_due(on_checked=lambda _: progress.advance())
+        finally:
+            keyring.close()
+
+
+def service_for(
+    settings: Settings, repository: SQLKeyRepository, keyring: PassphraseKeyring
+) -> KMSService:
+    """A service with the configured limits and no cache, for operator commands."""
+    return KMSService(
+        repository,
+        keyring,
+        KeyMaterialCache(0),
+        verify_max_versions=settings.verify_max_versions,
+        max_versions=settings.max_versions,
+        max_encryptions_per_version=settings.max_encryptions_per_version,
+        encryption_block=settings.encryption_block,
+    )
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    rows: int
+    schema: str
+
+
+def backup_database(
+    settings: Settings, target: Path, progress: Progress | None = None
+) -> BackupResult:
+    """``kms backup FILE``: a consistent snapshot of the whole database, tagged, mode 0600.
+
+    Safe while servers run (one read transaction). Written to a private temporary file beside
+    ``target`` and linked into place only when complete and synced: killed at any point, there
+    is either no ``target`` or a whole one. An existing ``target`` is never replaced.
+    """
+    progress = progress or NoProgress()
+    if target.exists():
+        raise BackupError(f"refusing to overwrite {target}; choose a new file name")
+    with _engine(settings, "back up") as (name, engine):
+        repository = SQLKeyRepository(engine)
+        repository.read_keystore()
+        _require_current_schema(name, engine)
+        keyring = _open(settings, name, repository).keyring
+        try:
+            writer = BackupWriter(keyring)
+        finally:
+            keyring.close()
+        directory = target.parent if str(target.parent) else Path(".")
+        try:
+            descriptor, temporary_name = tempfile.mkstemp(
+                prefix=f".{target.name}.partial-", dir=directory
+            )
+        except OSError as error:
+            raise BackupError(f"cannot write {target}: {error.strerror}") from None
+        temporary = Path(temporary_name)
+        counted = {"rows": 0, "schema": ""}
+        try:
+            with os.fdopen(descriptor, "wb") as out:  # mkstemp made it 0600
+
+                def started(schema: str, total: int) -> None:
+                    counted["schema"] = schema
+                    out.write(writer.header(schema, total))
+                    progress.start(total, f"backing up {total} rows")
+
+                def row(table: str, values: dict) -> None:
+                    out.write(writer.row(table, values))
+                    counted["rows"] += 1
+                    progress.advance()
+
+                with _database_faults("back up", name, None):
+                    read_snapshot(engine, started, row)
+                out.write(writer.seal())
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(temporary, target)  # fails if target appeared meanwhile: never replaced
+            except FileExistsError:
+                raise BackupError(
+                    f"refusing to overwrite {target}; choose a new file name"
+                ) from None
+            except OSError as error:
+                raise BackupError(f"cannot write {target}: {error.strerror}") from None
+            _sync_directory(target.parent)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return BackupResult(rows=int(counted["rows"]), schema=str(counted["schema"]))
+
+
+def restore_database(settings: Settings, source: Path, progress: Progress | None = None) -> int:
+    """``kms restore FILE``: load a backup into an empty database (the configured one).
+
+    The whole file is read and its tag checked with the passphrase (the master key derives from
+    the backup's own KDF parameters) before anything is written; then the schema and every row
+    are written in one transaction (SQLite: into a temporary file moved into place when
+    complete). Refuses a database that holds any table. Returns the number of rows.
+    """
+    progress = progress or NoProgress()
+    try:
+        data = source.read_bytes()
+    except OSError as error:
+        raise BackupError(f"cannot read {source}: {error.strerror}") from None
+    name, path = _database(settings)
+    with _database_faults("restore into", name, path):
+        if path is None or not _is_empty_file(path):
+            _refuse_unless_empty(settings, name, action="restore into")
+    try:
+        backup = verify_backup(
+            data,
+            obtain_passphrase(settings.master_passphrase_file),
+            min_iterations=settings.kdf_floor,
+            columns=lambda table: column_names(table) if table in table_names() else None,
+        )
+    except InvalidBackup as error:
+        raise InvalidBackup(f"{source}: {error.public_message}") from None
+    if backup.schema != head_revision():
+        raise InvalidBackup(
+            f"{source} was taken at schema revision {backup.schema}; this kms restores "
+            f"{head_revision()} only: restore it with the kms that took it, then `kms upgrade`"
+        )
+    progress.start(len(backup.rows), f"restoring {len(backup.rows)} rows")
+
+    def fill(conn: Connection) -> None:
+        write_rows(conn, iter(backup.rows), progress.advance)
+
+    with _database_faults("restore into", name, path):
+        if path is None:
+            _create_schema_with(settings.database_url, fill)
+        else:
+            _create_sqlite_database(settings, path, fill)
+    return len(backup.rows)
+
+
+def _sync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def describe_database(settings: Settings) -> str:
     """The database for messages: its file, or its URL without the password."""
     return _database(settings)[0]
@@ -239,16 +458,16 @@ def _not_initialised(name: str) -> NotInitialised:
     return NotInitialised(f"the database {name} is not initialised: run `kms init` first")
 
 
-def _refuse_unless_empty(settings: Settings, name: str) -> None:
+def _refuse_unless_empty(settings: Settings, name: str, action: str = "initialise") -> None:
     engine = create_kms_engine(settings.database_url, pool=False)
     try:
         tables = existing_tables(engine)
-        if kms_metadata.name in tables:
+        if kms_metadata.name in tables and action == "initialise":
             ensure_not_initialised(SQLKeyRepository(engine))  # AlreadyInitialised
         if tables:
             raise DatabaseNotEmpty(
-                f"refusing to initialise {name}: it already holds tables ({_listing(tables)}); "
-                "kms init needs a missing or empty database; nothing was changed"
+                f"refusing to {action} {name}: it already holds tables ({_listing(tables)}); "
+                f"kms {action.split()[0]} needs a missing or empty database; nothing was changed"
             )
     finally:
         engine.dispose()
@@ -264,18 +483,31 @@ def _tables(url: str) -> list[str]:
 
 def _create_keystore(url: str, kdf_parameters: str, init_marker: bytes) -> None:
     """Schema and keystore rows in one transaction: a failure rolls all of it back."""
+    _create_schema_with(url, lambda conn: write_keystore(conn, kdf_parameters, init_marker))
+
+
+def _create_schema_with(url: str, fill: Callable[[Connection], None]) -> None:
+    """The schema and whatever ``fill`` writes, in one transaction."""
     engine = create_kms_engine(url, pool=False)
     try:
         use_write_ahead_log(engine)  # outside the transaction: SQLite refuses it inside one
         with engine.execution_options(**WRITE).begin() as conn:
             upgrade_to_head(conn)
-            write_keystore(conn, kdf_parameters, init_marker)
+            fill(conn)
     finally:
         engine.dispose()
 
 
 def _create_sqlite_keystore(
     settings: Settings, path: Path, kdf_parameters: str, init_marker: bytes
+) -> None:
+    _create_sqlite_database(
+        settings, path, lambda conn: write_keystore(conn, kdf_parameters, init_marker)
+    )
+
+
+def _create_sqlite_database(
+    settings: Settings, path: Path, fill: Callable[[Connection], None]
 ) -> None:
     """Build the keystore in a private temporary file beside ``path``, then move it into place.
 
@@ -288,7 +520,7 @@ def _create_sqlite_keystore(
     temporary = Path(temporary_name)
     try:
         url = make_url(settings.database_url).set(database=str(temporary))
-        _create_keystore(url.render_as_string(hide_password=False), kdf_parameters, init_marker)
+        _create_schema_with(url.render_as_string(hide_password=False), fill)
         if any(_companions(temporary)):  # the last close checkpoints and removes the WAL
             raise DatabaseUnusable(f"cannot initialise {path}: SQLite left {temporary}-wal behind")
         _move_into_place(temporary, path, settings.database_url)

@@ -28,6 +28,10 @@ DEFAULT_VERIFY_MAX_VERSIONS = 16
 DEFAULT_MAX_VERSIONS = 100_000
 #: A batch request (encrypt, decrypt, datakey, rewrap, sign, verify) holds at most this many items.
 DEFAULT_MAX_BATCH_ITEMS = 1000
+#: Rotation by use: a version encrypts at most this many times (per key settable, never above
+#: 2**32), and processes reserve encryptions from the database in blocks of this size.
+DEFAULT_MAX_ENCRYPTIONS_PER_VERSION = 2**30
+DEFAULT_ENCRYPTION_BLOCK = 1000
 
 # (section, yaml key) -> attribute path; the env override is KMS_<SECTION>_<KEY>, matched
 # case-insensitively with underscores ignored (KMS_SERVER_SERVERCERT == KMS_SERVER_SERVER_CERT).
@@ -53,6 +57,8 @@ _KEYS: dict[tuple[str, str], str] = {
     ("kms", "verifyMaxVersions"): "verify_max_versions",
     ("kms", "maxVersions"): "max_versions",
     ("kms", "deletion.min_pending_days"): "deletion_min_pending_days",
+    ("kms", "maxEncryptionsPerVersion"): "max_encryptions_per_version",
+    ("kms", "encryptionBlock"): "encryption_block",
     ("database", "dsn"): "database_dsn",
     ("authorization", "policy_file"): "policy_file",
     ("audit", "path"): "audit_path",
@@ -96,6 +102,8 @@ class Settings:
     max_versions: int = DEFAULT_MAX_VERSIONS
     #: A DELETE must schedule the deletion at least this many days ahead; 0: immediate allowed.
     deletion_min_pending_days: int = 0
+    max_encryptions_per_version: int = DEFAULT_MAX_ENCRYPTIONS_PER_VERSION
+    encryption_block: int = DEFAULT_ENCRYPTION_BLOCK
     host: str = "127.0.0.1"
     port: int = 8080
     server_cert: Path | None = None
@@ -269,6 +277,8 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
         "verify_max_versions": _integer_between(1, 1000),
         "max_versions": _integer_between(1, 2**31 - 1),
         "deletion_min_pending_days": _integer_between(0, 30),
+        "max_encryptions_per_version": _integer_between(1, 2**32),
+        "encryption_block": _integer_between(1, 1_000_000),
         "database_dsn": _dsn,
         "policy_file": _path,
         "audit_path": _path,

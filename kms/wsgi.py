@@ -7,10 +7,12 @@ each worker then calls ``application()`` and opens its own database connections.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from flask import Flask
 
+from kms.api.context import SERVICE
 from kms.api.policy import Policy
 from kms.app import REPOSITORY, create_app
 from kms.service.keyring import Keyring
@@ -57,7 +59,13 @@ def close() -> None:
     """Close this process's database connections and overwrite its copy of the master key."""
     global _installed
     while _apps:
-        repository = _apps.pop().extensions.get(REPOSITORY)
+        app = _apps.pop()
+        service = app.extensions.get(SERVICE)
+        if service is not None:
+            # Decryption counts since the last flush; a failing database must not stop the exit.
+            with contextlib.suppress(Exception):
+                service.flush_use()
+        repository = app.extensions.get(REPOSITORY)
         if repository is not None:
             repository.close()
     if _installed is not None:

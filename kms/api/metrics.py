@@ -8,7 +8,10 @@ Without that variable (a single process, a test) the default registry is used.
 Series: ``kms_http_requests_total{endpoint,method,status}``,
 ``kms_http_request_duration_seconds{endpoint}`` (histogram),
 ``kms_crypto_operations_total{operation,algorithm}``, ``kms_key_cache_hits_total``,
-``kms_key_cache_misses_total`` and ``kms_keys{state}`` (read from the database when scraped).
+``kms_key_cache_misses_total``, ``kms_keys{state}`` and, per key version that was used,
+``kms_key_version_encryptions{key_id,version}`` (counted against its limit, reserved blocks
+included) and ``kms_key_version_decryptions{key_id,version}`` (flushed by each worker every few
+seconds); these last three are read from the database when scraped, so every worker agrees.
 """
 
 from __future__ import annotations
@@ -66,6 +69,21 @@ class KeyStateCollector(Collector):
         for state, count in sorted(self._service.key_counts_by_state().items()):
             family.add_metric([state], count)
         yield family
+        encryptions = GaugeMetricFamily(
+            "kms_key_version_encryptions",
+            "Encryptions counted against a key version's limit (reserved blocks included)",
+            labels=["key_id", "version"],
+        )
+        decryptions = GaugeMetricFamily(
+            "kms_key_version_decryptions",
+            "Decryptions under a key version, as flushed by the workers",
+            labels=["key_id", "version"],
+        )
+        for key_id, version, encrypted, decrypted in self._service.use_totals():
+            encryptions.add_metric([key_id, str(version)], encrypted)
+            decryptions.add_metric([key_id, str(version)], decrypted)
+        yield encryptions
+        yield decryptions
 
 
 class _CacheCounts:

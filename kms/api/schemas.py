@@ -18,6 +18,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, missing, validat
 from kms.crypto.algorithms import DIGEST_ALGORITHMS
 from kms.service.keys import (
     DATA_KEY_SIZES,
+    MAX_ENCRYPTIONS_PER_VERSION,
     MAX_PAGE_SIZE,
     MAX_PENDING_DAYS,
     MAX_RANDOM_BYTES,
@@ -98,13 +99,26 @@ class CreateKeyRequest(_Request):
     algorithm = fields.String(load_default=None, allow_none=True)
     description = fields.String(load_default="")
     labels = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    min_decryption_version = StrictInteger(low=1, high=2**31 - 1, load_default=1)
+    deletion_allowed = StrictBoolean(load_default=True)
+    rotation_period = fields.String(load_default=None, allow_none=True)
+    max_encryptions_per_version = StrictInteger(
+        low=1, high=MAX_ENCRYPTIONS_PER_VERSION, load_default=None, allow_none=True
+    )
 
 
 class UpdateKeyRequest(_Request):
+    """``PATCH``: a field left out stays as it is; ``null`` clears ``rotation_period`` and
+    ``max_encryptions_per_version`` (the other fields take no ``null``)."""
+
     description = fields.String()
     labels = fields.Dict(keys=fields.String(), values=fields.String())
     min_decryption_version = StrictInteger(low=1, high=2**31 - 1)
     deletion_allowed = StrictBoolean()
+    rotation_period = fields.String(allow_none=True)
+    max_encryptions_per_version = StrictInteger(
+        low=1, high=MAX_ENCRYPTIONS_PER_VERSION, allow_none=True
+    )
 
 
 class TrimRequest(_Request):
@@ -218,6 +232,9 @@ class RandomRequest(_Request):
 class KeyVersionResponse(Schema):
     version = fields.Integer()
     created_at = fields.DateTime(format="iso")
+    encryptions = fields.Integer()
+    decryptions = fields.Integer()
+    last_used_at = fields.DateTime(format="iso", allow_none=True)
 
 
 class UseAttemptResponse(Schema):
@@ -241,6 +258,9 @@ class KeyResponse(Schema):
     pending_deletion_at = fields.DateTime(format="iso", allow_none=True)
     use_attempts_while_pending = fields.Integer()
     last_use_attempt = fields.Nested(UseAttemptResponse, allow_none=True)
+    rotation_period = fields.String(allow_none=True)
+    next_rotation_at = fields.DateTime(format="iso", allow_none=True)
+    max_encryptions_per_version = fields.Integer(allow_none=True)
 
 
 class KeyDetailResponse(KeyResponse):

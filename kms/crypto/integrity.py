@@ -26,15 +26,18 @@ from kms.errors import IntegrityFailure
 MAC_FORMAT_V1 = b"\x01"
 MAC_KEY_BYTES = 32
 MAC_KEY_INFO = b"kms/row-mac/v1"
+#: The key of a backup file's integrity tag (kms.service.backup): a key of its own.
+BACKUP_KEY_INFO = b"kms/backup/v1"
 TAG_BYTES = 32
 
 FieldValue = str | int | bool | bytes | datetime | None
 
 
-def derive_mac_key(master_key: bytearray) -> bytearray:
-    """The row-MAC key, derived into a mutable buffer the caller overwrites when done."""
+def derive_mac_key(master_key: bytearray, info: bytes = MAC_KEY_INFO) -> bytearray:
+    """The row-MAC key (or, with another ``info``, another HMAC key of the master key), derived
+    into a mutable buffer the caller overwrites when done."""
     mac_key = bytearray(MAC_KEY_BYTES)
-    HKDF(algorithm=hashes.SHA256(), length=MAC_KEY_BYTES, salt=None, info=MAC_KEY_INFO).derive_into(
+    HKDF(algorithm=hashes.SHA256(), length=MAC_KEY_BYTES, salt=None, info=info).derive_into(
         master_key, mac_key
     )
     return mac_key

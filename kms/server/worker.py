@@ -49,6 +49,7 @@ import time
 from concurrent import futures
 from datetime import timedelta
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from gunicorn import sock as gunicorn_sock
@@ -66,6 +67,7 @@ from kms.errors import PayloadTooLarge
 from kms.server.errors import REASONS, error_answer, json_body, json_error
 from kms.server.limits import ServerLimits, current_limits
 from kms.server.logs import escape_log_value
+from kms.server.tls import ReloadableContext
 
 #: How long a stopping worker still answers requests arriving on idle kept-alive connections.
 DRAIN_SECONDS = 2.0
@@ -176,7 +178,7 @@ class KMSWorker(gthread.ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits: ServerLimits = current_limits()
-        self.ssl_context: ssl.SSLContext | None = None
+        self.tls: ReloadableContext | None = None
         # Connections the event loop holds (every state but BUSY); insertion-ordered.
         self.held: dict[Connection, None] = {}
         self.busy: set[Connection] = set()
@@ -187,11 +189,20 @@ class KMSWorker(gthread.ThreadWorker):
     def init_process(self) -> None:
         self.raise_file_limit()
         if self.cfg.is_ssl:
-            # One context per worker: gunicorn would build one (and load the keys) per connection.
-            self.ssl_context = gunicorn_sock.ssl_context(self.cfg)
-            # A TLS 1.2 renegotiation costs the server a handshake at the client's will.
-            self.ssl_context.options |= ssl.OP_NO_RENEGOTIATION
+            # One context per worker (gunicorn would build one, and load the keys, per
+            # connection), rebuilt when the certificate, key or CA files change (kms.server.tls).
+            self.tls = ReloadableContext(
+                self.build_ssl_context,
+                [Path(self.cfg.certfile), Path(self.cfg.keyfile), Path(self.cfg.ca_certs)],
+                self.log,
+            )
         super().init_process()
+
+    def build_ssl_context(self) -> ssl.SSLContext:
+        context = gunicorn_sock.ssl_context(self.cfg)
+        # A TLS 1.2 renegotiation costs the server a handshake at the client's will.
+        context.options |= ssl.OP_NO_RENEGOTIATION
+        return context
 
     def raise_file_limit(self) -> None:
         """Let the soft open-file limit fit ``server.maxConnections`` (up to the hard limit).
@@ -347,9 +358,9 @@ class KMSWorker(gthread.ThreadWorker):
             self.nr_conns += 1
             client_sock.setblocking(False)
             server_addr = listener.getsockname()
-            if self.ssl_context is not None:
+            if self.tls is not None:
                 try:
-                    wrapped = self.ssl_context.wrap_socket(
+                    wrapped = self.tls.current().wrap_socket(
                         client_sock,
                         server_side=True,
                         do_handshake_on_connect=False,
@@ -605,9 +616,10 @@ class KMSWorker(gthread.ThreadWorker):
             if result is _DISCARD_REST and self.alive:
                 self.start_discard(conn)
             elif keepalive:
-                # Also while stopping: the response went out as kept-alive, so the client may
-                # already be sending its next request on this connection. The drain window of
-                # ``shut_down`` answers it (with "Connection: close") instead of a reset.
+                # The response announced keep-alive (the worker was still alive when it was
+                # built), so the client may be sending its next request already: keep the
+                # connection, even in a stopping worker, whose drain window (shut_down) answers
+                # that request with "Connection: close" instead of closing under the client.
                 parser = conn.parser
                 conn.buffer = bytearray(parser.unreader.take_buffered() if parser else b"")
                 conn.next_request()

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kms.crypto.integrity import RecordMAC, derive_mac_key
+from kms.crypto.integrity import BACKUP_KEY_INFO, RecordMAC, derive_mac_key
 from kms.crypto.wrapping import KeyIdentity, unwrap_key, wrap_key
 
 
@@ -21,6 +21,7 @@ class Keyring(Protocol):
     def unwrap(self, blob: bytes, aad: bytes | KeyIdentity) -> bytearray: ...
     def tag(self, encoded: bytes) -> bytes: ...
     def verify_tag(self, encoded: bytes, stored: bytes | None, what: str) -> None: ...
+    def backup_mac(self) -> RecordMAC: ...
     def close(self) -> None: ...
 
 
@@ -60,6 +61,16 @@ class PassphraseKeyring:
 
     def verify_tag(self, encoded: bytes, stored: bytes | None, what: str) -> None:
         self._mac.verify(encoded, stored, what)
+
+    def backup_mac(self) -> RecordMAC:
+        """An HMAC under the backup key (HKDF of the master key, ``kms/backup/v1``); the caller
+        closes it."""
+        self._master()
+        backup_key = derive_mac_key(self._master_key, BACKUP_KEY_INFO)
+        try:
+            return RecordMAC(backup_key)
+        finally:
+            zeroise(backup_key)
 
     def close(self) -> None:
         zeroise(self._master_key)

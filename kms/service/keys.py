@@ -57,8 +57,11 @@ from kms.service.cache import KeyMaterialCache
 from kms.service.integrity import encode_key_row, encode_version_row
 from kms.service.keyring import Keyring, zeroise
 from kms.service.keystore import INIT_MARKER_AAD
+from kms.service.usage import EncryptionBudget, UseTally, block_size
 from kms.settings import (
+    DEFAULT_ENCRYPTION_BLOCK,
     DEFAULT_MAX_BATCH_ITEMS,
+    DEFAULT_MAX_ENCRYPTIONS_PER_VERSION,
     DEFAULT_MAX_VERSIONS,
     DEFAULT_VERIFY_MAX_VERSIONS,
 )
@@ -69,6 +72,7 @@ from kms.store.repository import (
     KeyRecord,
     KeyRepository,
     KeyVersionRecord,
+    KeyVersionSummary,
     NewVersion,
     utc_now,
 )
@@ -119,6 +123,11 @@ CURRENT_REQUESTER: ContextVar[Requester | None] = ContextVar("kms_requester", de
 class KeyVersionInfo:
     version: int
     created_at: datetime
+    #: Encryptions counted against the version's limit (blocks reserved by running processes
+    #: included), decryptions (flushed every few seconds) and the last use.
+    encryptions: int = 0
+    decryptions: int = 0
+    last_used_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,17 @@ class KeyInfo:
     use_attempts_while_pending: int = 0
     last_use_attempt: dict[str, str] | None = None
     key_versions: tuple[KeyVersionInfo, ...] = ()
+    rotation_period: str | None = None
+    next_rotation_at: datetime | None = None
+    max_encryptions_per_version: int | None = None
+
+
+@dataclass(frozen=True)
+class Rotated:
+    """A key ``rotate_due`` rotated: its new version."""
+
+    key_id: str
+    version: int
 
 
 @dataclass(frozen=True)
@@ -209,6 +229,51 @@ class IntegrityReport:
     failures: list[str] = field(default_factory=list)
 
 
+#: Rotation periods: at least an hour, at most ten years; spelled ``<n>d`` or ``<n>h``.
+MIN_ROTATION_PERIOD = 3600
+MAX_ROTATION_PERIOD = 3650 * 86400
+_PERIOD = re.compile(r"([1-9][0-9]{0,5})([dh])")
+_UNIT_SECONDS = {"d": 86400, "h": 3600}
+#: Never above 2**32 encryptions under one key version: a random 96-bit nonce is safe for about
+#: that many (NIST SP 800-38D, 8.3).
+MAX_ENCRYPTIONS_PER_VERSION = 2**32
+#: How many times an encryption retries after its version ran out (each time another process
+#: rotated first and used the new version up before this one got a block of it).
+ENCRYPTION_ATTEMPTS = 16
+
+
+class _NotLatest(Exception):
+    """Raised under the row lock when another process already rotated: write nothing."""
+
+
+def parse_rotation_period(text: object) -> int:
+    """``"30d"`` or ``"12h"`` as seconds; at least an hour."""
+    match = _PERIOD.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise InvalidRequest('rotation_period must look like "30d" or "12h"')
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not MIN_ROTATION_PERIOD <= seconds <= MAX_ROTATION_PERIOD:
+        raise InvalidRequest("rotation_period must be at least 1h and at most 3650d")
+    return seconds
+
+
+def format_rotation_period(seconds: int) -> str:
+    return f"{seconds // 86400}d" if seconds % 86400 == 0 else f"{seconds // 3600}h"
+
+
+def validate_max_encryptions(value: object) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 1 <= value <= MAX_ENCRYPTIONS_PER_VERSION
+    ):
+        raise InvalidRequest(
+            "max_encryptions_per_version must be an integer from 1 to "
+            f"{MAX_ENCRYPTIONS_PER_VERSION}"
+        )
+    return value
+
+
 def validate_key_id(key_id: str) -> str:
     if not isinstance(key_id, str) or KEY_ID_PATTERN.fullmatch(key_id) is None:
         raise InvalidRequest(
@@ -258,23 +323,13 @@ def parse_label_filter(label: str) -> tuple[str, str]:
     return name, value
 
 
-def _info(key: KeyRecord, versions: tuple[KeyVersionInfo, ...] = ()) -> KeyInfo:
-    return KeyInfo(
-        key_id=key.key_id,
-        purpose=key.purpose,
-        algorithm=key.algorithm,
-        version=key.latest_version,
-        created_at=key.created_at,
-        state=key.state,
-        description=key.description,
-        labels=json.loads(key.labels),
-        min_decryption_version=key.min_decryption_version,
-        min_available_version=key.min_available_version,
-        deletion_allowed=key.deletion_allowed,
-        pending_deletion_at=key.pending_deletion_at,
-        use_attempts_while_pending=key.use_attempts_while_pending,
-        last_use_attempt=_last_use_attempt(key.last_use_attempt),
-        key_versions=versions,
+def _version_info(summary: KeyVersionSummary) -> KeyVersionInfo:
+    return KeyVersionInfo(
+        version=summary.version,
+        created_at=summary.created_at,
+        encryptions=summary.encryptions,
+        decryptions=summary.decryptions,
+        last_used_at=summary.last_used_at,
     )
 
 
@@ -310,6 +365,8 @@ class KMSService:
         min_pending_days: int = 0,
         clock: Callable[[], datetime] = utc_now,
         max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
+        max_encryptions_per_version: int = DEFAULT_MAX_ENCRYPTIONS_PER_VERSION,
+        encryption_block: int = DEFAULT_ENCRYPTION_BLOCK,
     ) -> None:
         """``after_generation`` is a test hook: called with the key_id once fresh material is
         generated and before the write transaction starts, so a test can change the key in that
@@ -328,6 +385,10 @@ class KMSService:
         self._min_pending_days = min_pending_days
         self._clock = clock
         self._max_batch_items = max_batch_items
+        self._default_max_encryptions = max_encryptions_per_version
+        self._encryption_block = encryption_block
+        self._budget = EncryptionBudget()
+        self._tally = UseTally()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -338,9 +399,19 @@ class KMSService:
         algorithm: str | None = None,
         description: str = "",
         labels: dict[str, str] | None = None,
+        *,
+        min_decryption_version: int = 1,
+        deletion_allowed: bool = True,
+        rotation_period: str | None = None,
+        max_encryptions_per_version: int | None = None,
     ) -> KeyInfo:
         key_id = str(uuid.uuid4()) if key_id is None else validate_key_id(key_id)
         validate_description(description)
+        # A new key has one version: the only minimum it can have is 1.
+        if isinstance(min_decryption_version, bool) or min_decryption_version != 1:
+            raise InvalidRequest("min_decryption_version of a new key must be 1 (its only version)")
+        if not isinstance(deletion_allowed, bool):
+            raise InvalidRequest("deletion_allowed must be true or false")
         stored_labels = encode_labels(validate_labels({} if labels is None else labels))
         spec = self._algorithm_for(purpose, algorithm)
         now = utc_now()
@@ -354,6 +425,13 @@ class KMSService:
             created_at=now,
             description=description,
             labels=stored_labels,
+            deletion_allowed=deletion_allowed,
+            rotation_period=None
+            if rotation_period is None
+            else parse_rotation_period(rotation_period),
+            max_encryptions_per_version=None
+            if max_encryptions_per_version is None
+            else validate_max_encryptions(max_encryptions_per_version),
         )
         created = self._store_new_version(
             spec,
@@ -361,16 +439,16 @@ class KMSService:
             lambda current: record,
             lambda plan: self._repository.create_key(plan(record)),
         )
-        return _info(created)
+        return self._info(created)
 
     def get_key(self, key_id: str) -> KeyInfo:
         """The key with its newest KEY_DETAIL_VERSIONS versions (oldest of them first)."""
         key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
         versions = tuple(
-            KeyVersionInfo(version=v.version, created_at=v.created_at)
+            _version_info(v)
             for v in self._repository.newest_versions(key.key_id, KEY_DETAIL_VERSIONS)
         )
-        return _info(key, versions)
+        return self._info(key, versions)
 
     def list_versions(
         self, key_id: str, limit: int = 100, after: int | None = None
@@ -380,10 +458,7 @@ class KMSService:
         if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
             raise InvalidRequest("after must be a version number")
         key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
-        return [
-            KeyVersionInfo(version=v.version, created_at=v.created_at)
-            for v in self._repository.version_page(key.key_id, limit, after)
-        ]
+        return [_version_info(v) for v in self._repository.version_page(key.key_id, limit, after)]
 
     def list_keys(
         self,
@@ -409,9 +484,9 @@ class KMSService:
             batch = limit if wanted is None else MAX_PAGE_SIZE
             page = self._repository.list_keys(batch, after, state)
             for key in page:
-                info = _info(self._checked_key(key))
-                if wanted is None or info.labels.get(wanted[0]) == wanted[1]:
-                    found.append(info)
+                checked = self._checked_key(key)
+                if wanted is None or json.loads(checked.labels).get(wanted[0]) == wanted[1]:
+                    found.append(self._info(checked))
                     if len(found) == limit:
                         break
             if len(page) < batch:
@@ -469,7 +544,7 @@ class KMSService:
         lifecycle_log.info(
             "key %r scheduled for deletion at %s", key_id, scheduled.pending_deletion_at
         )
-        return _info(scheduled)
+        return self._info(scheduled)
 
     def cancel_deletion(self, key_id: str) -> KeyInfo:
         """Take a key out of ``pending_deletion``; it comes back ``disabled`` (as in AWS KMS), so
@@ -481,15 +556,15 @@ class KMSService:
                 raise KeyStateConflict("key is not pending deletion")
             return replace(current, state=DISABLED, pending_deletion_at=None)
 
-        return _info(self._update(key_id, cancel))
+        return self._info(self._update(key_id, cancel))
 
     def disable_key(self, key_id: str) -> KeyInfo:
         """Refuse every cryptographic operation with the key until it is enabled; its material,
         metadata and versions stay, and it can still be read and rotated."""
-        return _info(self._update(key_id, self._set_state(DISABLED)))
+        return self._info(self._update(key_id, self._set_state(DISABLED)))
 
     def enable_key(self, key_id: str) -> KeyInfo:
-        return _info(self._update(key_id, self._set_state(ENABLED)))
+        return self._info(self._update(key_id, self._set_state(ENABLED)))
 
     def _set_state(self, state: str) -> Callable[[KeyRecord], KeyRecord]:
         def change(current: KeyRecord) -> KeyRecord:
@@ -508,10 +583,20 @@ class KMSService:
         labels: dict[str, str] | None = None,
         min_decryption_version: int | None = None,
         deletion_allowed: bool | None = None,
+        rotation_period: str | None | object = ...,
+        max_encryptions_per_version: int | None | object = ...,
     ) -> KeyInfo:
-        """Change metadata and version policy; None leaves a field as it is. ``labels`` replaces
-        the key's labels as a whole. ``min_decryption_version`` may range from the oldest version
-        still stored (``min_available_version``) to the latest version."""
+        """Change metadata, version policy and rotation settings (``PATCH``), all or nothing:
+        every argument is validated, and the change made under the row lock, before anything
+        is written; refused (409) while the key is pending deletion.
+
+        For ``description``, ``labels``, ``min_decryption_version`` and ``deletion_allowed``
+        None leaves the field as it is; ``labels`` replaces the key's labels as a whole, and
+        ``min_decryption_version`` may range from the oldest version still stored
+        (``min_available_version``) to the latest version. ``rotation_period`` and
+        ``max_encryptions_per_version`` left out (``...``) stay as they are, and None clears
+        them (no rotation by time; the configured limit).
+        """
         if description is not None:
             validate_description(description)
         stored_labels = None if labels is None else encode_labels(validate_labels(labels))
@@ -521,6 +606,17 @@ class KMSService:
             raise InvalidRequest("min_decryption_version must be an integer")
         if deletion_allowed is not None and not isinstance(deletion_allowed, bool):
             raise InvalidRequest("deletion_allowed must be true or false")
+        rotation: dict[str, int | None] = {}
+        if rotation_period is not ...:
+            rotation["rotation_period"] = (
+                None if rotation_period is None else parse_rotation_period(rotation_period)
+            )
+        if max_encryptions_per_version is not ...:
+            rotation["max_encryptions_per_version"] = (
+                None
+                if max_encryptions_per_version is None
+                else validate_max_encryptions(max_encryptions_per_version)
+            )
 
         def change(current: KeyRecord) -> KeyRecord:
             self._checked_key(current)
@@ -541,9 +637,9 @@ class KMSService:
                 updated = replace(updated, min_decryption_version=min_decryption_version)
             if deletion_allowed is not None:
                 updated = replace(updated, deletion_allowed=deletion_allowed)
-            return updated
+            return replace(updated, **rotation)
 
-        return _info(self._update(key_id, change))
+        return self._info(self._update(key_id, change))
 
     def trim_key(self, key_id: str, min_available_version: int) -> KeyInfo:
         """Destroy every version below ``min_available_version``, for good.
@@ -576,7 +672,7 @@ class KMSService:
 
         key = self._repository.update_key(validate_key_id(key_id), trim)
         self._cache.drop_key(key_id)
-        return _info(key)
+        return self._info(key)
 
     def destroy_due(
         self,
@@ -621,7 +717,7 @@ class KMSService:
                 destroyed.append(key_id)
                 lifecycle_log.info("key %r destroyed: its deletion window ended", key_id)
                 if on_destroyed is not None:
-                    on_destroyed(_info(gone))
+                    on_destroyed(self._info(gone))
         return destroyed
 
     def _update(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
@@ -634,6 +730,13 @@ class KMSService:
         key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
         if key.state == PENDING_DELETION:
             raise KeyPendingDeletion()
+        return self._info(self._rotate(key, only_from=None))
+
+    def _rotate(self, key: KeyRecord, only_from: int | None) -> KeyRecord:
+        """Add a version. With ``only_from``, only if the latest version is still that one:
+        racing processes that all saw it run out (or come due) rotate it exactly once, and the
+        losers raise ``_NotLatest`` having written nothing. Refused while pending deletion,
+        checked again under the row lock."""
         if key.latest_version >= self._max_versions:
             # Checked before generating material (an RSA key takes a while), and again under the
             # row's write lock in ``next_version``, where racing rotations cannot slip past.
@@ -643,17 +746,62 @@ class KMSService:
             self._expect_unchanged(key, current)
             if current.state == PENDING_DELETION:
                 raise KeyPendingDeletion()
+            if only_from is not None and current.latest_version != only_from:
+                raise _NotLatest()
             if current.latest_version >= self._max_versions:
                 raise self._too_many_versions()
             return replace(current, latest_version=current.latest_version + 1)
 
-        rotated = self._store_new_version(
+        return self._store_new_version(
             ALGORITHMS[key.algorithm],
-            key_id,
+            key.key_id,
             next_version,
-            lambda plan: self._repository.rotate_key(key_id, plan),
+            lambda plan: self._repository.rotate_key(key.key_id, plan),
         )
-        return _info(rotated)
+
+    def rotate_due(
+        self,
+        now: datetime | None = None,
+        on_checked: Callable[[Rotated | None], None] | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> list[Rotated]:
+        """Rotate every key whose latest version is older than its ``rotation_period``.
+
+        Each rotation happens under the key row's write lock and only if the latest version is
+        still the one found due, so several ``kms rotate-due`` on several nodes at the same
+        moment rotate each key exactly once. ``on_checked`` is called once per key with a
+        rotation period, with what was rotated or None (progress).
+        """
+        now = now or utc_now()
+        rotated: list[Rotated] = []
+        after: str | None = None
+        while page := self._repository.keys_with_rotation_period(page_size, after):
+            after = page[-1].key.key_id
+            for due in page:
+                done = self._rotate_if_due(due.key, due.latest_created_at, now)
+                if done is not None:
+                    rotated.append(done)
+                if on_checked is not None:
+                    on_checked(done)
+        return rotated
+
+    def count_rotating_keys(self) -> int:
+        return self._repository.count_keys_with_rotation_period()
+
+    def _rotate_if_due(
+        self, key: KeyRecord, latest_created_at: datetime, now: datetime
+    ) -> Rotated | None:
+        assert key.rotation_period is not None  # noqa: S101 - the query selects only these
+        if latest_created_at + timedelta(seconds=key.rotation_period) > now:
+            return None
+        try:
+            new = self._rotate(self._checked_key(key), only_from=key.latest_version)
+        except (_NotLatest, KeyChanged, KeyNotFound):
+            return None  # another process rotated or recreated it, or it was deleted
+        except TooManyVersions:
+            log.error("rotate-due: key %r is at kms.maxVersions", key.key_id)
+            return None
+        return Rotated(new.key_id, new.latest_version)
 
     def _too_many_versions(self) -> TooManyVersions:
         return TooManyVersions(
@@ -703,7 +851,7 @@ class KMSService:
             replace_versions=True,
         )
         self._cache.drop_key(key_id)
-        return _info(recreated)
+        return self._info(recreated)
 
     def public_key(self, key_id: str, version: int | None = None) -> PublicKeyInfo:
         """The public half of a signing key or an RSA-OAEP encryption key. Handing it out is a
@@ -735,12 +883,12 @@ class KMSService:
     def encrypt(
         self, key_id: str, plaintext: bytes, context: Mapping[str, str] | None = None
     ) -> Encrypted:
-        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        key = self._encrypting(self._usable_key(key_id, Purpose.ENCRYPT), 1)
         return self._encrypt(key, _Material(self, key), plaintext, context)
 
     def encrypt_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Encrypted | KMSError]:
         self.check_batch_size(len(items))
-        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        key = self._encrypting(self._usable_key(key_id, Purpose.ENCRYPT), len(items))
         material = _Material(self, key)
         return _each(items, lambda item: self._encrypt(key, material, **item))
 
@@ -752,7 +900,8 @@ class KMSService:
         version: int | None = None,
     ) -> Decrypted:
         """Decrypt a ``vN:`` ciphertext, or (RSA-OAEP keys only) a raw OAEP ciphertext made
-        offline with the exported public key of ``version``."""
+        offline with the exported public key of ``version``. Counted in the version's
+        decryptions (flushed every few seconds)."""
         key = self._usable_key(key_id, Purpose.ENCRYPT)
         return self._decrypt(key, _Material(self, key), ciphertext, context, version)
 
@@ -774,14 +923,14 @@ class KMSService:
         Its ciphertext decrypts through ``decrypt`` with the same context. Without
         ``include_plaintext`` only the ciphertext is returned.
         """
-        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        key = self._encrypting(self._usable_key(key_id, Purpose.ENCRYPT), 1)
         return self._data_key(key, _Material(self, key), key_bytes, context, include_plaintext)
 
     def generate_data_key_batch(
         self, key_id: str, items: Sequence[BatchItem]
     ) -> list[DataKey | KMSError]:
         self.check_batch_size(len(items))
-        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        key = self._encrypting(self._usable_key(key_id, Purpose.ENCRYPT), len(items))
         material = _Material(self, key)
         return _each(items, lambda item: self._data_key(key, material, **item))
 
@@ -794,12 +943,12 @@ class KMSService:
         rotation. A ciphertext that does not decrypt (wrong context, tampered) is
         ``InvalidCiphertext``, as for ``decrypt``.
         """
-        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        key = self._encrypting(self._usable_key(key_id, Purpose.ENCRYPT), 1)
         return self._rewrap(key, _Material(self, key), ciphertext, context)
 
     def rewrap_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Encrypted | KMSError]:
         self.check_batch_size(len(items))
-        key = self._usable_key(key_id, Purpose.ENCRYPT)
+        key = self._encrypting(self._usable_key(key_id, Purpose.ENCRYPT), len(items))
         material = _Material(self, key)
         return _each(items, lambda item: self._rewrap(key, material, **item))
 
@@ -925,6 +1074,7 @@ class KMSService:
                 parsed.sealed,
                 ciphertext_aad(key.key_id, parsed.version, encoded_context),
             )
+            self._count_use(key.key_id, parsed.version, 1)
             return Decrypted(key_id=key.key_id, version=parsed.version, plaintext=plaintext)
         self._refuse_context(key, context)
         if version is None:
@@ -932,9 +1082,9 @@ class KMSService:
         else:
             sealed = parse_raw(ciphertext)
         private_key = self._secret_for_ciphertext(key, material, version)
-        return Decrypted(
-            key_id=key.key_id, version=version, plaintext=oaep.decrypt(private_key, sealed)
-        )
+        plaintext = oaep.decrypt(private_key, sealed)
+        self._count_use(key.key_id, version, 1)
+        return Decrypted(key_id=key.key_id, version=version, plaintext=plaintext)
 
     @staticmethod
     def _secret_for_ciphertext(key: KeyRecord, material: _Material, version: int) -> Any:
@@ -1103,6 +1253,76 @@ class KMSService:
             raise InvalidRequest(f"bytes must be between 1 and {MAX_RANDOM_BYTES}")
         return secrets.token_bytes(count)
 
+    # -- use limits ------------------------------------------------------------------------
+
+    def _encryption_limit(self, key: KeyRecord) -> int:
+        limit = key.max_encryptions_per_version or self._default_max_encryptions
+        return min(limit, MAX_ENCRYPTIONS_PER_VERSION)
+
+    def _encrypting(self, key: KeyRecord, count: int) -> KeyRecord:
+        """The key row ``count`` encryptions are to be made under, counted against its limit.
+
+        Use limits are for AEAD keys only: they exist because random 96-bit nonces may repeat
+        after about 2**32 encryptions, and RSA-OAEP has no nonce to reuse. A batch counts every
+        item, a failing one too: a version is never used past its limit, at worst a little
+        before it.
+        """
+        if key.algorithm in RSA_ENCRYPTION_ALGORITHMS:
+            return key
+        return self._take_encryptions(key, count)
+
+    def _take_encryptions(self, key: KeyRecord, count: int) -> KeyRecord:
+        """Count ``count`` encryptions against the key's latest version and return the key row
+        whose ``latest_version`` they are to be made under.
+
+        Every encryption (one, a data key, each item of a batch) passes here: it is the one
+        place the limit is enforced. From this process's reserved block when it has one left,
+        else by reserving a new block in the database; when the version has too few left, it is
+        rotated (exactly once however many processes race) and the encryptions are made under
+        the new version. No version is used past its limit, even across crashes.
+        """
+        limit = self._encryption_limit(key)
+        if count > limit:
+            raise InvalidRequest(
+                f"{count} encryptions in one request exceed the key's limit of {limit} per version"
+            )
+        for _ in range(ENCRYPTION_ATTEMPTS):
+            slot = (key.key_id, key.incarnation, key.latest_version, limit)
+            if self._budget.take(slot, count):
+                return key
+            block = max(count, block_size(self._encryption_block, limit))
+            granted = self._repository.reserve_encryptions(
+                key.key_id, key.latest_version, block, count, limit
+            )
+            if granted:
+                self._budget.add(slot, granted - count)
+                return key
+            try:
+                key = self._rotate(key, only_from=key.latest_version)
+            except (_NotLatest, KeyChanged):
+                key = self._checked_key(self._repository.get_key(key.key_id))
+            limit = self._encryption_limit(key)
+        raise KeyChanged()  # retried that often: tell the client to retry
+
+    def _count_use(self, key_id: str, version: int, decryptions: int) -> None:
+        self._tally.count(key_id, version, decryptions)
+        if self._tally.due():
+            self.flush_use()
+
+    def flush_use(self) -> None:
+        """Add this process's decryption counts and last uses to the database (at most every
+        few seconds, and when the worker stops). A failure keeps them for the next flush."""
+        reports = self._tally.drain()
+        try:
+            self._repository.record_use(reports)
+        except Exception:
+            self._tally.restore(reports)
+            raise
+
+    def use_totals(self) -> list[tuple[str, int, int, int]]:
+        """``(key_id, version, encryptions, decryptions)`` of every used version, for metrics."""
+        return self._repository.use_totals()
+
     # -- for health checks and metrics -----------------------------------------------------
 
     def check_ready(self) -> None:
@@ -1178,6 +1398,42 @@ class KMSService:
             return store(plan)
         finally:
             zeroise(secret)
+
+    def _info(self, key: KeyRecord, versions: tuple[KeyVersionInfo, ...] = ()) -> KeyInfo:
+        next_rotation_at = None
+        if key.rotation_period is not None:
+            latest = next((v for v in versions if v.version == key.latest_version), None)
+            if latest is None:
+                newest = self._repository.newest_versions(key.key_id, 1)
+                latest = _version_info(newest[-1]) if newest else None  # none: just destroyed
+            if latest is not None:
+                next_rotation_at = latest.created_at + timedelta(seconds=key.rotation_period)
+        return KeyInfo(
+            key_id=key.key_id,
+            purpose=key.purpose,
+            algorithm=key.algorithm,
+            version=key.latest_version,
+            created_at=key.created_at,
+            state=key.state,
+            description=key.description,
+            labels=json.loads(key.labels),
+            min_decryption_version=key.min_decryption_version,
+            min_available_version=key.min_available_version,
+            deletion_allowed=key.deletion_allowed,
+            pending_deletion_at=key.pending_deletion_at,
+            use_attempts_while_pending=key.use_attempts_while_pending,
+            last_use_attempt=_last_use_attempt(key.last_use_attempt),
+            key_versions=versions,
+            rotation_period=None
+            if key.rotation_period is None
+            else format_rotation_period(key.rotation_period),
+            next_rotation_at=next_rotation_at,
+            # Use limits apply to AEAD keys only (see ``encrypt``).
+            max_encryptions_per_version=self._encryption_limit(key)
+            if key.purpose == Purpose.ENCRYPT.value
+            and key.algorithm not in RSA_ENCRYPTION_ALGORITHMS
+            else None,
+        )
 
     def _sealed(self, key: KeyRecord) -> KeyRecord:
         return replace(key, mac=self._keyring.tag(encode_key_row(replace(key, mac=None))))
@@ -1372,6 +1628,55 @@ class KMSService:
             )
 
         return self._repository.seal_all(seal_key, seal_version, init_marker)
+
+    def rekey(
+        self,
+        new_keyring: Keyring,
+        kdf_parameters: bytes,
+        init_marker: bytes,
+        *,
+        after_version: Callable[[], None] | None = None,
+    ) -> tuple[int, int]:
+        """Re-wrap every version under ``new_keyring`` and re-MAC every row (``kms rekey``).
+
+        Every row is verified under the current keyring first (a row changed behind kms's back
+        is not laundered into a valid MAC under the new key) and every wrapped key is unwrapped
+        under its own identity. All of it, with the new KDF parameters and init marker (made by
+        ``new_keyring``), is written in one transaction: stopped at any point, nothing changed.
+        ``after_version`` is called after each version (progress; a test stops there).
+        Returns the number of key rows and version rows.
+        """
+
+        def seal_key(key: KeyRecord) -> bytes:
+            self._verify_key(key)
+            return new_keyring.tag(encode_key_row(replace(key, mac=None)))
+
+        def rewrap_version(key: KeyRecord, record: KeyVersionRecord) -> tuple[bytes, bytes]:
+            self._verify_version(key, record)
+            identity = KeyIdentity(
+                key.key_id, record.version, key.purpose, key.algorithm, key.incarnation
+            )
+            try:
+                secret = self._keyring.unwrap(record.wrapped_key, identity)
+            except UnwrapFailed:
+                raise IntegrityFailure(
+                    f"key {key.key_id!r}: version {record.version}: the wrapped key does not unwrap"
+                ) from None
+            try:
+                wrapped_key = new_keyring.wrap(secret, identity.aad())
+            finally:
+                zeroise(secret)
+            mac = new_keyring.tag(
+                encode_version_row(key, record.version, wrapped_key, record.public_key)
+            )
+            if after_version is not None:
+                after_version()
+            return wrapped_key, mac
+
+        return self._repository.rewrap_all(seal_key, rewrap_version, kdf_parameters, init_marker)
+
+    def count_versions(self) -> int:
+        return self._repository.count_versions()
 
     def _verify_material(self, key: KeyRecord, record: KeyVersionRecord) -> None:
         """Raise ``IntegrityFailure`` unless the version is in range, unwraps under its identity,

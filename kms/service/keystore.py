@@ -58,6 +58,20 @@ def new_keystore(
     return params.encode(), marker
 
 
+def new_master_key(
+    passphrase: bytearray, iterations: int, *, min_iterations: int = MIN_ITERATIONS
+) -> tuple[bytes, bytes, PassphraseKeyring]:
+    """For ``kms rekey``: fresh KDF parameters (a new salt), the keyring derived from them and
+    the passphrase, and an init marker under it. The caller closes the keyring."""
+    params = KDFParameters.generate(iterations, min_iterations=min_iterations)
+    keyring = PassphraseKeyring(derive_master_key(passphrase, params))
+    try:
+        return params.encode(), new_init_marker(keyring), keyring
+    except BaseException:
+        keyring.close()
+        raise
+
+
 def new_init_marker(keyring: PassphraseKeyring) -> bytes:
     return keyring.wrap(os.urandom(32), INIT_MARKER_AAD)
 

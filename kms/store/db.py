@@ -18,8 +18,13 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30
 WRITE = {"kms_write": True}
 
 
-def create_kms_engine(url: str, *, pool: bool = True) -> Engine:
-    """Build the engine for ``url``; statement parameters never appear in errors or logs."""
+def create_kms_engine(
+    url: str, *, pool: bool = True, application_name: str | None = None
+) -> Engine:
+    """Build the engine for ``url``; statement parameters never appear in errors or logs.
+
+    ``application_name`` names the connections on PostgreSQL (kms.store.serving).
+    """
     options: dict[str, Any] = {"hide_parameters": True}
     if not pool:
         options["poolclass"] = NullPool
@@ -32,6 +37,8 @@ def create_kms_engine(url: str, *, pool: bool = True) -> Engine:
         _configure_sqlite(engine)
         return engine
     options["pool_pre_ping"] = True
+    if application_name is not None and url.startswith("postgresql"):
+        options["connect_args"] = {"application_name": application_name}
     return create_engine(url, **options)
 
 

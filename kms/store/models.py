@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -59,6 +60,10 @@ keys = Table(
     Column("pending_deletion_at", DateTime(timezone=True), nullable=True),
     Column("use_attempts_while_pending", Integer, nullable=False, server_default="0"),
     Column("last_use_attempt", Text, nullable=True),
+    # Seconds; NULL: no rotation by time. Covered by ``mac``.
+    Column("rotation_period", Integer, nullable=True),
+    # NULL: the configured default (kms.maxEncryptionsPerVersion). Covered by ``mac``.
+    Column("max_encryptions_per_version", BigInteger, nullable=True),
 )
 
 #: One row per key version: the secret wrapped under the master key (AAD-bound to key_id,
@@ -78,6 +83,11 @@ key_versions = Table(
     Column("public_key", LargeBinary, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("mac", LargeBinary, nullable=True),
+    # Use counters: bookkeeping, not covered by ``mac`` (README, Threat model). ``encryptions``
+    # counts what processes reserved against the limit, used or not (kms.service.usage).
+    Column("encryptions", BigInteger, nullable=False, server_default="0"),
+    Column("decryptions", BigInteger, nullable=False, server_default="0"),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
 )
 
 #: Keystore-wide values: the KDF parameters (with salt) and the init marker.

@@ -13,10 +13,12 @@ from sqlalchemy import (
     Engine,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
     inspect,
+    or_,
     select,
     update,
 )
@@ -61,6 +63,10 @@ class KeyRecord:
     min_available_version: int = 1
     deletion_allowed: bool = True
     pending_deletion_at: datetime | None = None
+    # Issue 11 (migration 0004). Seconds; None: no rotation by time.
+    rotation_period: int | None = None
+    #: None: the configured default applies.
+    max_encryptions_per_version: int | None = None
     # Bookkeeping, not authenticated (kms.service.integrity.NOT_AUTHENTICATED).
     use_attempts_while_pending: int = 0
     last_use_attempt: str | None = None  # JSON {"at", "caller", "operation"}
@@ -82,10 +88,31 @@ class KeyVersionRecord:
 
 @dataclass(frozen=True)
 class KeyVersionSummary:
-    """A version's number and time, without its material: what listings need."""
+    """A version's number, time and use counters, without its material: what listings need."""
 
     version: int
     created_at: datetime
+    encryptions: int = 0
+    decryptions: int = 0
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class UseReport:
+    """Decryptions and the last use of one version, counted by a process since its last flush."""
+
+    key_id: str
+    version: int
+    decryptions: int
+    last_used_at: datetime
+
+
+@dataclass(frozen=True)
+class DueKey:
+    """A key with rotation by time, and when its latest version was made."""
+
+    key: KeyRecord
+    latest_created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -124,6 +151,8 @@ DestroyCheck = Callable[[KeyRecord], None]
 #: Computes the MAC of a key row, or of a version row given its key row (``kms upgrade``).
 KeySealer = Callable[[KeyRecord], bytes]
 VersionSealer = Callable[[KeyRecord, KeyVersionRecord], bytes]
+#: Re-wraps a version row for ``kms rekey``: its new wrapped key and new MAC.
+VersionRewrapper = Callable[[KeyRecord, KeyVersionRecord], tuple[bytes, bytes]]
 
 
 class KeyRepository(Protocol):
@@ -150,6 +179,21 @@ class KeyRepository(Protocol):
     def count_keys_by_state(self) -> dict[str, int]: ...
     def seal_all(
         self, seal_key: KeySealer, seal_version: VersionSealer, init_marker: bytes
+    ) -> tuple[int, int]: ...
+    def count_versions(self) -> int: ...
+    def reserve_encryptions(
+        self, key_id: str, version: int, wanted: int, at_least: int, limit: int
+    ) -> int: ...
+    def record_use(self, reports: list[UseReport]) -> None: ...
+    def keys_with_rotation_period(self, limit: int, after: str | None) -> list[DueKey]: ...
+    def use_totals(self) -> list[tuple[str, int, int, int]]: ...
+    def count_keys_with_rotation_period(self) -> int: ...
+    def rewrap_all(
+        self,
+        seal_key: KeySealer,
+        rewrap_version: VersionRewrapper,
+        kdf_parameters: bytes,
+        init_marker: bytes,
     ) -> tuple[int, int]: ...
 
 
@@ -182,6 +226,18 @@ def _key_record(row) -> KeyRecord:  # noqa: ANN001 - a SQLAlchemy Row
         use_attempts_while_pending=row.use_attempts_while_pending,
         last_use_attempt=row.last_use_attempt,
         mac=None if row.mac is None else bytes(row.mac),
+        rotation_period=row.rotation_period,
+        max_encryptions_per_version=row.max_encryptions_per_version,
+    )
+
+
+def _summary(row) -> KeyVersionSummary:  # noqa: ANN001
+    return KeyVersionSummary(
+        version=row.version,
+        created_at=_as_utc(row.created_at),
+        encryptions=row.encryptions,
+        decryptions=row.decryptions,
+        last_used_at=None if row.last_used_at is None else _as_utc(row.last_used_at),
     )
 
 
@@ -252,6 +308,15 @@ _KEY_COLUMNS = (
     keys.c.use_attempts_while_pending,
     keys.c.last_use_attempt,
     keys.c.mac,
+    keys.c.rotation_period,
+    keys.c.max_encryptions_per_version,
+)
+_SUMMARY_COLUMNS = (
+    key_versions.c.version,
+    key_versions.c.created_at,
+    key_versions.c.encryptions,
+    key_versions.c.decryptions,
+    key_versions.c.last_used_at,
 )
 
 # Built once: constructing a statement costs more than running it on the hot path.
@@ -259,7 +324,14 @@ _SELECT_KEY = select(*_KEY_COLUMNS).where(keys.c.key_id == bindparam("key_id"))
 # FOR UPDATE locks the row on PostgreSQL; SQLite has no row locks and ignores it, and its write
 # transactions already hold the database's write lock from BEGIN IMMEDIATE.
 _SELECT_KEY_FOR_UPDATE = _SELECT_KEY.with_for_update()
-_SELECT_VERSION = select(key_versions).where(
+_SELECT_VERSION = select(
+    key_versions.c.key_id,
+    key_versions.c.version,
+    key_versions.c.wrapped_key,
+    key_versions.c.public_key,
+    key_versions.c.created_at,
+    key_versions.c.mac,
+).where(
     and_(
         key_versions.c.key_id == bindparam("key_id"), key_versions.c.version == bindparam("version")
     )
@@ -359,7 +431,7 @@ class SQLKeyRepository:
     def version_page(self, key_id: str, limit: int, after: int | None) -> list[KeyVersionSummary]:
         """Up to ``limit`` versions after ``after``, oldest first (a primary-key range scan)."""
         query = (
-            select(key_versions.c.version, key_versions.c.created_at)
+            select(*_SUMMARY_COLUMNS)
             .where(key_versions.c.key_id == key_id)
             .order_by(key_versions.c.version)
             .limit(limit)
@@ -368,20 +440,20 @@ class SQLKeyRepository:
             query = query.where(key_versions.c.version > after)
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [KeyVersionSummary(row.version, _as_utc(row.created_at)) for row in rows]
+        return [_summary(row) for row in rows]
 
     @_translate_database_errors
     def newest_versions(self, key_id: str, count: int) -> list[KeyVersionSummary]:
         """The newest ``count`` versions, oldest of them first."""
         query = (
-            select(key_versions.c.version, key_versions.c.created_at)
+            select(*_SUMMARY_COLUMNS)
             .where(key_versions.c.key_id == key_id)
             .order_by(key_versions.c.version.desc())
             .limit(count)
         )
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [KeyVersionSummary(row.version, _as_utc(row.created_at)) for row in reversed(rows)]
+        return [_summary(row) for row in reversed(rows)]
 
     @_translate_database_errors
     def get_version(self, key_id: str, version: int) -> KeyVersionRecord:
@@ -521,6 +593,167 @@ class SQLKeyRepository:
                 .values(value=init_marker)
             )
         return sealed_keys, sealed_versions
+
+    @_translate_database_errors
+    def reserve_encryptions(
+        self, key_id: str, version: int, wanted: int, at_least: int, limit: int
+    ) -> int:
+        """Reserve up to ``wanted`` (never fewer than ``at_least``) encryptions of a version
+        without passing ``limit``; return how many, 0 when fewer than ``at_least`` are left.
+
+        Under the version row's write lock (PostgreSQL) or the database's (SQLite), so racing
+        processes on any node never reserve the same encryption twice: the sum of reservations
+        is ``encryptions``, which never passes ``limit``. What a process reserved and did not use
+        stays counted, so a crash can only waste encryptions, never reuse them.
+        """
+        where = and_(key_versions.c.key_id == key_id, key_versions.c.version == version)
+        with self._writer.begin() as conn:
+            used = conn.execute(
+                select(key_versions.c.encryptions).where(where).with_for_update()
+            ).scalar_one_or_none()
+            if used is None:
+                raise KeyNotFound()
+            granted = min(wanted, limit - used)
+            if granted < at_least:
+                return 0
+            conn.execute(
+                update(key_versions)
+                .where(where)
+                .values(encryptions=key_versions.c.encryptions + granted, last_used_at=utc_now())
+            )
+        return granted
+
+    @_translate_database_errors
+    def record_use(self, reports: list[UseReport]) -> None:
+        """Add decryptions and move ``last_used_at`` forward, one UPDATE per version."""
+        if not reports:
+            return
+        with self._writer.begin() as conn:
+            for report in reports:
+                later = bindparam("at", report.last_used_at, type_=key_versions.c.last_used_at.type)
+                conn.execute(
+                    update(key_versions)
+                    .where(
+                        and_(
+                            key_versions.c.key_id == report.key_id,
+                            key_versions.c.version == report.version,
+                        )
+                    )
+                    .values(
+                        decryptions=key_versions.c.decryptions + report.decryptions,
+                        last_used_at=case(
+                            (
+                                or_(
+                                    key_versions.c.last_used_at.is_(None),
+                                    key_versions.c.last_used_at < later,
+                                ),
+                                later,
+                            ),
+                            else_=key_versions.c.last_used_at,
+                        ),
+                    )
+                )
+
+    @_translate_database_errors
+    def keys_with_rotation_period(self, limit: int, after: str | None) -> list[DueKey]:
+        """A page of the keys that rotate by time, with their latest version's creation time."""
+        query = (
+            select(*_KEY_COLUMNS, key_versions.c.created_at.label("latest_created_at"))
+            .join(
+                key_versions,
+                and_(
+                    key_versions.c.key_id == keys.c.key_id,
+                    key_versions.c.version == keys.c.latest_version,
+                ),
+            )
+            .where(keys.c.rotation_period.is_not(None))
+            .order_by(keys.c.key_id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(keys.c.key_id > after)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [DueKey(_key_record(row), _as_utc(row.latest_created_at)) for row in rows]
+
+    @_translate_database_errors
+    def count_keys_with_rotation_period(self) -> int:
+        with self._engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(keys)
+                    .where(keys.c.rotation_period.is_not(None))
+                ).scalar_one()
+            )
+
+    @_translate_database_errors
+    def use_totals(self) -> list[tuple[str, int, int, int]]:
+        """``(key_id, version, encryptions, decryptions)`` of every version that was used."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    key_versions.c.key_id,
+                    key_versions.c.version,
+                    key_versions.c.encryptions,
+                    key_versions.c.decryptions,
+                )
+                .where(or_(key_versions.c.encryptions > 0, key_versions.c.decryptions > 0))
+                .order_by(key_versions.c.key_id, key_versions.c.version)
+            ).all()
+        return [tuple(row) for row in rows]
+
+    @_translate_database_errors
+    def count_versions(self) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(key_versions)).scalar_one())
+
+    @_translate_database_errors
+    def rewrap_all(
+        self,
+        seal_key: KeySealer,
+        rewrap_version: VersionRewrapper,
+        kdf_parameters: bytes,
+        init_marker: bytes,
+    ) -> tuple[int, int]:
+        """Replace every wrapped key, every MAC, the KDF parameters and the init marker at once.
+
+        For ``kms rekey``: one write transaction, so whatever stops it part-way (an error, a kill,
+        a power cut) leaves the database under the old master key, every row as it was. The
+        callbacks raise to write nothing. Returns the number of key rows and version rows.
+        """
+        rewrapped_keys = rewrapped_versions = 0
+        with self._writer.begin() as conn:
+            for row in conn.execute(select(*_KEY_COLUMNS).order_by(keys.c.key_id)).all():
+                key = _key_record(row)
+                conn.execute(
+                    update(keys).where(keys.c.key_id == key.key_id).values(mac=seal_key(key))
+                )
+                rewrapped_keys += 1
+                versions = conn.execute(
+                    select(key_versions)
+                    .where(key_versions.c.key_id == key.key_id)
+                    .order_by(key_versions.c.version)
+                ).all()
+                for version_row in versions:
+                    version = _version_record(version_row)
+                    wrapped_key, mac = rewrap_version(key, version)
+                    conn.execute(
+                        update(key_versions)
+                        .where(
+                            and_(
+                                key_versions.c.key_id == key.key_id,
+                                key_versions.c.version == version.version,
+                            )
+                        )
+                        .values(wrapped_key=wrapped_key, mac=mac)
+                    )
+                    rewrapped_versions += 1
+            for name, value in ((KDF_PARAMETERS, kdf_parameters), (INIT_MARKER, init_marker)):
+                conn.execute(
+                    update(kms_metadata).where(kms_metadata.c.name == name).values(value=value)
+                )
+        return rewrapped_keys, rewrapped_versions
 
     @_translate_database_errors
     def delete_key(self, key_id: str) -> None:

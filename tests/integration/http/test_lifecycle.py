@@ -38,7 +38,11 @@ KEY_FIELDS = {
     "pending_deletion_at",
     "use_attempts_while_pending",
     "last_use_attempt",
+    "rotation_period",
+    "next_rotation_at",
+    "max_encryptions_per_version",
 }
+VERSION_FIELDS = {"version", "created_at", "encryptions", "decryptions", "last_used_at"}
 
 
 def assert_key(body: Any, key_id: str, purpose: str, algorithm: str, version: int) -> None:
@@ -70,7 +74,7 @@ def get_key(client: KMSClient, key_id: str) -> dict[str, Any]:
     body = expect_json(client.get(f"/v1/kms/keys/{key_id}"), 200)
     assert set(body) == KEY_FIELDS | {"key_versions"}, body
     for entry in body["key_versions"]:
-        assert set(entry) == {"version", "created_at"}
+        assert set(entry) == VERSION_FIELDS
         assert datetime.fromisoformat(entry["created_at"]).tzinfo is not None
     return body
 

@@ -1,0 +1,204 @@
+"""The backup file format, and the rules for trusting one.
+
+A backup is UTF-8 JSON lines:
+
+1. ``{"format": "kms-backup/1", "schema": "<alembic revision>", "rows": N}``
+2. N row lines ``{"table": "<name>", "row": {<column>: <value>}}``, tables parents-first, rows in
+   primary-key order. Values: JSON null, integers and strings as themselves; bytes as
+   ``{"b64": "..."}``; times as ``{"time": "<ISO 8601, UTC>"}``.
+3. ``{"tag": "<base64>"}``: HMAC-SHA256, under the backup key (HKDF of the master key,
+   ``kms/backup/v1``), of every byte before this line.
+
+Nothing in it is unwrapped: the key versions are the wrapped blobs the database holds, under the
+master key, and the master key is derived from the passphrase and the KDF parameters in the
+backup's own ``kms_metadata`` rows. So restoring needs the passphrase of the keystore the backup
+was taken from; with any other (another keystore's), the init marker does not unwrap and the
+backup is refused. The tag covers the whole file: a line truncated, edited, removed, added or
+moved changes it. Nothing is written before the tag has been checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kms.crypto.kdf import KDFParameters, derive_master_key
+from kms.errors import InvalidBackup, InvalidKDFParameters, UnwrapFailed
+from kms.service.keyring import PassphraseKeyring, zeroise
+from kms.service.keystore import INIT_MARKER_AAD
+from kms.store.repository import INIT_MARKER, KDF_PARAMETERS
+
+FORMAT = "kms-backup/1"
+Row = dict[str, Any]
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, datetime):
+        return {"time": value.isoformat()}
+    # bool before int: JSON keeps true/false apart from 1/0 (keys.deletion_allowed).
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    raise TypeError(f"cannot back up a {type(value).__name__} value")
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"b64"} and isinstance(value["b64"], str):
+            return base64.b64decode(value["b64"], validate=True)
+        if set(value) == {"time"} and isinstance(value["time"], str):
+            moment = datetime.fromisoformat(value["time"])
+            if moment.tzinfo is None:
+                raise ValueError("a time without a zone")
+            return moment
+        raise ValueError("an unknown value")
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    raise ValueError("an unknown value")
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8") + b"\n"
+
+
+class BackupWriter:
+    """Builds a backup's bytes line by line and seals them with the tag."""
+
+    def __init__(self, keyring: PassphraseKeyring) -> None:
+        self._mac = keyring.backup_mac()
+        self._parts: list[bytes] = []
+
+    def header(self, schema: str, rows: int) -> bytes:
+        return self._add(_line({"format": FORMAT, "schema": schema, "rows": rows}))
+
+    def row(self, table: str, row: Row) -> bytes:
+        return self._add(
+            _line({"table": table, "row": {k: _encode_value(v) for k, v in row.items()}})
+        )
+
+    def seal(self) -> bytes:
+        """The tag line; the writer is closed after it."""
+        try:
+            tag = self._mac.tag(b"".join(self._parts))
+        finally:
+            self._mac.close()
+        return _line({"tag": base64.b64encode(tag).decode("ascii")})
+
+    def _add(self, line: bytes) -> bytes:
+        self._parts.append(line)
+        return line
+
+
+@dataclass(frozen=True)
+class VerifiedBackup:
+    schema: str
+    rows: list[tuple[str, Row]]
+
+
+def _parse_line(raw: bytes, number: int) -> dict[str, Any]:
+    try:
+        parsed = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidBackup(f"line {number} is not JSON; nothing was written") from None
+    if not isinstance(parsed, dict):
+        raise InvalidBackup(f"line {number} is not a JSON object; nothing was written")
+    return parsed
+
+
+def _rows(lines: list[bytes]) -> Iterator[tuple[str, Row]]:
+    for number, raw in enumerate(lines, start=2):
+        parsed = _parse_line(raw, number)
+        table, row = parsed.get("table"), parsed.get("row")
+        if (
+            set(parsed) != {"table", "row"}
+            or not isinstance(table, str)
+            or not isinstance(row, dict)
+        ):
+            raise InvalidBackup(f"line {number} is not a row; nothing was written")
+        try:
+            yield table, {str(k): _decode_value(v) for k, v in row.items()}
+        except (ValueError, binascii.Error):
+            raise InvalidBackup(f"line {number} holds a value kms cannot read") from None
+
+
+def verify_backup(
+    data: bytes,
+    passphrase: bytearray,
+    *,
+    min_iterations: int,
+    columns: Callable[[str], list[str] | None],
+) -> VerifiedBackup:
+    """Check a backup's structure and tag and return its rows; raise ``InvalidBackup`` naming
+    what is wrong. ``columns`` gives the column names of a table this kms knows, else None.
+    ``passphrase`` is overwritten."""
+    try:
+        if not data.endswith(b"\n"):
+            raise InvalidBackup("the backup is truncated (no final line); nothing was written")
+        lines = data[:-1].split(b"\n")
+        if len(lines) < 2:
+            raise InvalidBackup("the backup is truncated; nothing was written")
+        header = _parse_line(lines[0], 1)
+        if header.get("format") != FORMAT:
+            raise InvalidBackup(f"not a kms backup (no {FORMAT} header); nothing was written")
+        trailer = _parse_line(lines[-1], len(lines))
+        if set(trailer) != {"tag"} or not isinstance(trailer["tag"], str):
+            raise InvalidBackup("the backup is truncated (no tag line); nothing was written")
+        body = lines[1:-1]
+        if header.get("rows") != len(body):
+            raise InvalidBackup(
+                f"the backup says {header.get('rows')} rows and holds {len(body)}; nothing was "
+                "written"
+            )
+        rows = list(_rows(body))
+        for table, row in rows:
+            known = columns(table)
+            if known is None or set(row) != set(known):
+                raise InvalidBackup(
+                    f"the backup's {table} rows do not match this kms's schema; nothing was written"
+                )
+        keystore = {row["name"]: row["value"] for table, row in rows if table == "kms_metadata"}
+        params_raw, marker = keystore.get(KDF_PARAMETERS), keystore.get(INIT_MARKER)
+        if not isinstance(params_raw, bytes) or not isinstance(marker, bytes):
+            raise InvalidBackup("the backup holds no keystore; nothing was written")
+        try:
+            params = KDFParameters.decode(params_raw, min_iterations=min_iterations)
+        except InvalidKDFParameters as error:
+            raise InvalidBackup(f"the backup's {error.public_message}") from None
+        keyring = PassphraseKeyring(derive_master_key(passphrase, params))
+    finally:
+        zeroise(passphrase)
+    try:
+        try:
+            zeroise(keyring.unwrap(marker, INIT_MARKER_AAD))
+        except UnwrapFailed:
+            raise InvalidBackup(
+                "the backup is from another keystore, or the passphrase is not the one it was "
+                "taken under; nothing was written"
+            ) from None
+        mac = keyring.backup_mac()
+        try:
+            expected = mac.tag(data[: len(data) - len(lines[-1]) - 1])
+        finally:
+            mac.close()
+    finally:
+        keyring.close()
+    try:
+        stored = base64.b64decode(trailer["tag"], validate=True)
+    except binascii.Error:
+        stored = b""
+    if not hmac.compare_digest(expected, stored):
+        raise InvalidBackup(
+            "the backup's integrity tag does not match: it was edited, reordered or cut short; "
+            "nothing was written"
+        )
+    schema = header.get("schema")
+    if not isinstance(schema, str):
+        raise InvalidBackup("the backup names no schema revision; nothing was written")
+    return VerifiedBackup(schema=schema, rows=rows)

@@ -1,0 +1,120 @@
+"""``kms backup``, ``kms restore`` and ``kms rekey`` from the command line: what they print, the
+progress bar on stderr, and one-line refusals. Production KDF cost (a config file cannot lower
+the floor), so one keystore serves the whole test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kms.master import check_database, init_database, open_master_keyring
+from kms.service.cache import KeyMaterialCache
+from kms.service.keys import KMSService
+from kms.settings import Settings
+from kms.store.db import create_kms_engine
+from kms.store.repository import SQLKeyRepository
+from tests.conftest import TEST_PASSPHRASE, write_passphrase_file
+
+pytestmark = pytest.mark.slow
+
+
+def run_kms(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
+    environ["KMS_CONFIG"] = str(config)
+    return subprocess.run(  # noqa: S603 - our own kms
+        [str(Path(sys.executable).with_name("kms")), *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def write_config(path: Path, settings: Settings) -> Path:
+    path.write_text(
+        f'kms:\n  master_passphrase_file: "{settings.master_passphrase_file}"\n'
+        f'database:\n  dsn: "{settings.database_dsn}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_backup_restore_and_rekey_from_the_command_line(tmp_path: Path) -> None:
+    settings = Settings(
+        database_dsn=str(tmp_path / "kms.db"),
+        master_passphrase_file=write_passphrase_file(tmp_path / "master.key", TEST_PASSPHRASE),
+    )
+    init_database(settings)
+    keyring = open_master_keyring(settings)
+    repository = SQLKeyRepository(create_kms_engine(settings.database_url))
+    try:
+        service = KMSService(repository, keyring, KeyMaterialCache(0))
+        service.create_key("orders")
+        ciphertext = service.encrypt("orders", b"kept").ciphertext
+    finally:
+        repository.close()
+        keyring.close()
+    config = write_config(tmp_path / "config.yaml", settings)
+
+    backup = tmp_path / "kms.backup"
+    made = run_kms(config, "backup", str(backup))
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith(f"kms: backed up {settings.database_dsn} to {backup}: ")
+    assert "kms: backing up" in made.stderr  # the progress bar
+    again = run_kms(config, "backup", str(backup))
+    assert again.returncode == 1
+    assert again.stderr == f"kms: refusing to overwrite {backup}; choose a new file name\n"
+
+    restored = Settings(
+        database_dsn=str(tmp_path / "restored" / "kms.db"),
+        master_passphrase_file=settings.master_passphrase_file,
+    )
+    restored_config = write_config(tmp_path / "restored.yaml", restored)
+    loaded = run_kms(restored_config, "restore", str(backup))
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.startswith("kms: restored ")
+    refused = run_kms(restored_config, "restore", str(backup))
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"kms: refusing to restore into {restored.database_dsn}")
+    assert len(refused.stderr.splitlines()) == 1
+
+    backup.write_bytes(backup.read_bytes()[:-10])
+    (tmp_path / "other").mkdir()
+    other = write_config(
+        tmp_path / "other.yaml",
+        Settings(
+            database_dsn=str(tmp_path / "other" / "kms.db"),
+            master_passphrase_file=settings.master_passphrase_file,
+        ),
+    )
+    truncated = run_kms(other, "restore", str(backup))
+    assert truncated.returncode == 1
+    assert truncated.stderr.startswith(f"kms: {backup}: the backup is truncated")
+    assert list((tmp_path / "other").iterdir()) == []
+
+    new_passphrase = write_passphrase_file(tmp_path / "new.key", b"the next passphrase")
+    rekeyed = run_kms(restored_config, "rekey", "--new-passphrase-file", str(new_passphrase))
+    assert rekeyed.returncode == 0, rekeyed.stderr
+    assert rekeyed.stdout == (
+        f"kms: rekeyed {restored.database_dsn}: 1 key versions of 1 keys re-wrapped; only the "
+        "new passphrase opens it now\n"
+    )
+    assert "kms: re-wrapping key versions" in rekeyed.stderr
+    with_new = Settings(database_dsn=restored.database_dsn, master_passphrase_file=new_passphrase)
+    assert check_database(with_new).failures == []
+    keyring = open_master_keyring(with_new)
+    repository = SQLKeyRepository(create_kms_engine(with_new.database_url))
+    try:
+        service = KMSService(repository, keyring, KeyMaterialCache(0))
+        assert service.decrypt("orders", ciphertext).plaintext == b"kept"
+    finally:
+        repository.close()
+        keyring.close()
+    wrong = run_kms(restored_config, "check")  # the old passphrase
+    assert wrong.returncode == 1
+    assert "wrong master passphrase" in wrong.stderr
