@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
+from kms.api.context import answered_version
 from kms.api.operations import current_target
 from kms.audit import AuditLog, utc_timestamp
 from kms.errors import AuditUnavailable
@@ -40,7 +41,8 @@ def register_audit(app: Flask, audit_log: AuditLog | None) -> None:
     @app.after_request
     def audit_answer(response: Response) -> Response:
         record = _record("response")
-        record["key_version"] = _key_version(response)
+        # The version the answer named, as the view noted it: the body is not parsed back.
+        record["key_version"] = answered_version() if response.status_code < 400 else None
         record["status"] = response.status_code
         record["duration_ms"] = round((time.perf_counter() - g.kms_started) * 1000, 3)
         try:
@@ -66,15 +68,6 @@ def _record(kind: str) -> dict[str, Any]:
     if target.item_count is not None:
         record["item_count"] = target.item_count
     return record
-
-
-def _key_version(response: Response) -> int | None:
-    """The version a successful answer names (``version`` in its JSON object), if any."""
-    if response.status_code >= 400 or not response.is_json or response.direct_passthrough:
-        return None
-    body = response.get_json(silent=True)
-    version = body.get("version") if isinstance(body, dict) else None
-    return version if isinstance(version, int) and not isinstance(version, bool) else None
 
 
 def _cut(value: str | None) -> str | None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flask import Response, g, jsonify
+from flask import Response, g
 from marshmallow import ValidationError
 
 from kms.api import schemas
-from kms.api.context import service
+from kms.api.context import answer, note_algorithm, service
 from kms.api.errors import batch_item_error, describe_validation_error
 from kms.errors import InvalidRequest, KMSError
 from kms.service.keys import BatchItem
@@ -39,12 +39,17 @@ def run_batch(
     service().check_batch_size(len(raw_items))  # before parsing a single item
     results = call(envelope["key_id"], [_load_item(load_item, raw) for raw in raw_items])
     # For the metrics: a batch is as many operations as items that succeeded.
-    g.kms_items_done = sum(1 for result in results if not isinstance(result, KMSError))
-    return jsonify(
-        results=[
-            batch_item_error(result) if isinstance(result, KMSError) else dump(result)
-            for result in results
-        ]
+    done = [result for result in results if not isinstance(result, KMSError)]
+    g.kms_items_done = len(done)
+    if done:
+        note_algorithm(done[0].algorithm)  # one key for the whole batch
+    return answer(
+        {
+            "results": [
+                batch_item_error(result) if isinstance(result, KMSError) else dump(result)
+                for result in results
+            ]
+        }
     )
 
 

@@ -1,14 +1,14 @@
-"""What a view needs from the app: the service and the request body limit."""
+"""What a view needs from the app: the service, the request body limit, and how to answer."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, g, request
+from flask import Response, current_app, g, jsonify, request
 
 from kms.api.payload import read_json_object, read_query
 from kms.errors import KMSError
-from kms.service.keys import KMSService
+from kms.service.keys import UNKNOWN_ALGORITHM, KMSService
 
 SERVICE = "kms.service"
 MAX_BODY_BYTES = "KMS_MAX_BODY_BYTES"
@@ -36,3 +36,38 @@ def json_body() -> dict[str, Any]:
 
 def query_args() -> dict[str, str]:
     return read_query(request)
+
+
+def answer(document: Any, status: int = 200) -> Response:
+    """``document`` as the JSON answer.
+
+    The ``version`` it names (an integer at the top level of an object) is noted for the audit
+    line (``answered_version``), which therefore never parses the answer back.
+    """
+    version = document.get("version") if isinstance(document, dict) else None
+    g.kms_answered_version = (
+        version if isinstance(version, int) and not isinstance(version, bool) else None
+    )
+    response = jsonify(document)
+    response.status_code = status
+    return response
+
+
+def crypto_answer(result: Any, document: Any) -> Response:
+    """``answer``, noting the algorithm of the key ``result`` (a service result) came from, for
+    the metrics: they need not read the key a second time."""
+    note_algorithm(result.algorithm)
+    return answer(document)
+
+
+def note_algorithm(algorithm: str) -> None:
+    g.kms_algorithm = algorithm
+
+
+def answered_algorithm() -> str:
+    return g.get("kms_algorithm", UNKNOWN_ALGORITHM)
+
+
+def answered_version() -> int | None:
+    """The version the view's answer named, if it answered through ``answer``."""
+    return g.get("kms_answered_version")

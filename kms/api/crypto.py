@@ -8,11 +8,11 @@ as one request on its key.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 
 from kms.api import schemas
 from kms.api.batch import is_batch, run_batch
-from kms.api.context import json_body, service
+from kms.api.context import answer, crypto_answer, json_body, service
 from kms.api.docs import documented
 from kms.api.operations import KeyFrom, operation
 
@@ -45,7 +45,7 @@ def encrypt() -> Response:
         )
     body = schemas.encrypt_request.load(json_body())
     result = service().encrypt(**body)
-    return jsonify(schemas.encrypt_response.dump(result))
+    return crypto_answer(result, schemas.encrypt_response.dump(result))
 
 
 @blueprint.post("/decrypt")
@@ -67,7 +67,7 @@ def decrypt() -> Response:
         )
     body = schemas.decrypt_request.load(json_body())
     result = service().decrypt(**body)
-    return jsonify(schemas.decrypt_response.dump(result))
+    return crypto_answer(result, schemas.decrypt_response.dump(result))
 
 
 @blueprint.post("/datakey")
@@ -88,7 +88,8 @@ def datakey() -> Response:
             schemas.dump_data_key,
         )
     body = schemas.data_key_request.load(json_body())
-    return jsonify(schemas.dump_data_key(service().generate_data_key(**body)))
+    result = service().generate_data_key(**body)
+    return crypto_answer(result, schemas.dump_data_key(result))
 
 
 @blueprint.post("/rewrap")
@@ -109,7 +110,8 @@ def rewrap() -> Response:
             schemas.fast_encrypt_response,
         )
     body = schemas.rewrap_request.load(json_body())
-    return jsonify(schemas.encrypt_response.dump(service().rewrap(**body)))
+    result = service().rewrap(**body)
+    return crypto_answer(result, schemas.encrypt_response.dump(result))
 
 
 @blueprint.post("/sign")
@@ -137,7 +139,7 @@ def sign() -> Response:
         prehashed=body["prehashed"],
         digest_algorithm=body["digest_algorithm"],
     )
-    return jsonify(schemas.sign_response.dump(result))
+    return crypto_answer(result, schemas.sign_response.dump(result))
 
 
 @blueprint.post("/verify")
@@ -167,7 +169,7 @@ def verify() -> Response:
         digest_algorithm=body["digest_algorithm"],
         version=body["version"],
     )
-    return jsonify(schemas.dump_verified(result))
+    return crypto_answer(result, schemas.dump_verified(result))
 
 
 @blueprint.post("/mac")
@@ -181,7 +183,7 @@ def verify() -> Response:
 def mac() -> Response:
     body = schemas.mac_request.load(json_body())
     result = service().mac(body["key_id"], body["message"])
-    return jsonify(schemas.mac_response.dump(result))
+    return crypto_answer(result, schemas.mac_response.dump(result))
 
 
 # A separate operation, so a policy can let a caller check MACs without letting it make them.
@@ -199,8 +201,10 @@ def mac_verify() -> Response:
         body["key_id"], body["message"], body["mac"], version=body["version"]
     )
     if result.valid:
-        return jsonify(schemas.mac_verify_response.dump({"valid": True}))
-    return jsonify(schemas.mac_verify_response.dump({"valid": False, "error": "mac invalid"}))
+        return crypto_answer(result, schemas.mac_verify_response.dump({"valid": True}))
+    return crypto_answer(
+        result, schemas.mac_verify_response.dump({"valid": False, "error": "mac invalid"})
+    )
 
 
 @blueprint.post("/random")
@@ -212,4 +216,4 @@ def mac_verify() -> Response:
 )
 def random() -> Response:
     body = schemas.random_request.load(json_body())
-    return jsonify(schemas.random_response.dump({"random": service().random_bytes(body["bytes"])}))
+    return answer(schemas.random_response.dump({"random": service().random_bytes(body["bytes"])}))

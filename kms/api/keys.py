@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 
 from kms.api import schemas
-from kms.api.context import json_body, query_args, service
+from kms.api.context import answer, json_body, query_args, service
 from kms.api.docs import documented
 from kms.api.operations import KeyFrom, operation
 from kms.api.policy import readable_keys
@@ -24,10 +24,10 @@ blueprint = Blueprint("keys", __name__, url_prefix="/v1/kms/keys")
     response=schemas.key_response,
     errors={409: "key already exists"},
 )
-def create_key() -> tuple[Response, int]:
+def create_key() -> Response:
     body = schemas.create_key_request.load(json_body())
     key = service().create_key(**body)
-    return jsonify(schemas.key_response.dump(key)), 201
+    return answer(schemas.key_response.dump(key), 201)
 
 
 @blueprint.get("")
@@ -41,7 +41,7 @@ def list_keys() -> Response:
     args = schemas.list_keys_query.load(query_args())
     list_page = partial(service().list_keys, state=args["state"], label=args["label"])
     keys = readable_keys(list_page, args["limit"], args["after"])
-    return jsonify(schemas.key_list_response.dump(keys))
+    return answer(schemas.key_list_response.dump(keys))
 
 
 @blueprint.get("/<key_id>")
@@ -52,7 +52,7 @@ def list_keys() -> Response:
     errors={404: "record not found"},
 )
 def get_key(key_id: str) -> Response:
-    return jsonify(schemas.key_detail_response.dump(service().get_key(key_id)))
+    return answer(schemas.key_detail_response.dump(service().get_key(key_id)))
 
 
 @blueprint.get("/<key_id>/versions")
@@ -66,7 +66,7 @@ def get_key(key_id: str) -> Response:
 def list_key_versions(key_id: str) -> Response:
     args = schemas.list_versions_query.load(query_args())
     versions = service().list_versions(key_id, limit=args["limit"], after=args["after"])
-    return jsonify(schemas.key_version_list_response.dump(versions))
+    return answer(schemas.key_version_list_response.dump(versions))
 
 
 @blueprint.get("/<key_id>/public-key")
@@ -80,7 +80,7 @@ def list_key_versions(key_id: str) -> Response:
 def get_public_key(key_id: str) -> Response:
     args = schemas.public_key_query.load(query_args())
     public_key = service().public_key(key_id, version=args["version"])
-    return jsonify(schemas.public_key_response.dump(public_key))
+    return answer(schemas.public_key_response.dump(public_key))
 
 
 @blueprint.patch("/<key_id>")
@@ -97,7 +97,7 @@ def get_public_key(key_id: str) -> Response:
 )
 def update_key(key_id: str) -> Response:
     body = schemas.update_key_request.load(json_body())
-    return jsonify(schemas.key_response.dump(service().update_key(key_id, **body)))
+    return answer(schemas.key_response.dump(service().update_key(key_id, **body)))
 
 
 @blueprint.post("/<key_id>/disable")
@@ -108,7 +108,7 @@ def update_key(key_id: str) -> Response:
     errors={404: "record not found", 409: "the key is pending deletion"},
 )
 def disable_key(key_id: str) -> Response:
-    return jsonify(schemas.key_response.dump(service().disable_key(key_id)))
+    return answer(schemas.key_response.dump(service().disable_key(key_id)))
 
 
 @blueprint.post("/<key_id>/enable")
@@ -119,7 +119,7 @@ def disable_key(key_id: str) -> Response:
     errors={404: "record not found", 409: "the key is pending deletion"},
 )
 def enable_key(key_id: str) -> Response:
-    return jsonify(schemas.key_response.dump(service().enable_key(key_id)))
+    return answer(schemas.key_response.dump(service().enable_key(key_id)))
 
 
 @blueprint.post("/<key_id>/trim")
@@ -135,7 +135,7 @@ def enable_key(key_id: str) -> Response:
 )
 def trim_key(key_id: str) -> Response:
     body = schemas.trim_request.load(json_body())
-    return jsonify(schemas.key_response.dump(service().trim_key(key_id, **body)))
+    return answer(schemas.key_response.dump(service().trim_key(key_id, **body)))
 
 
 @blueprint.post("/<key_id>/cancel-deletion")
@@ -146,7 +146,7 @@ def trim_key(key_id: str) -> Response:
     errors={404: "record not found", 409: "key is not pending deletion"},
 )
 def cancel_deletion(key_id: str) -> Response:
-    return jsonify(schemas.key_response.dump(service().cancel_deletion(key_id)))
+    return answer(schemas.key_response.dump(service().cancel_deletion(key_id)))
 
 
 @blueprint.delete("/<key_id>")
@@ -166,7 +166,7 @@ def delete_key(key_id: str) -> Response:
     args = schemas.delete_key_query.load(query_args())
     scheduled = service().delete_key(key_id, pending_days=args["pending_days"])
     if scheduled is not None:
-        return jsonify(schemas.key_response.dump(scheduled))
+        return answer(schemas.key_response.dump(scheduled))
     response = Response(status=204)
     del response.headers["Content-Type"]  # 204 has no body, so no media type either
     return response
@@ -184,7 +184,7 @@ def delete_key(key_id: str) -> Response:
     },
 )
 def rotate_key(key_id: str) -> Response:
-    return jsonify(schemas.key_response.dump(service().rotate_key(key_id)))
+    return answer(schemas.key_response.dump(service().rotate_key(key_id)))
 
 
 @blueprint.post("/<key_id>/recreate")
@@ -199,5 +199,5 @@ def rotate_key(key_id: str) -> Response:
         "deletion, or kms.deletion.min_pending_days is above 0",
     },
 )
-def recreate_key(key_id: str) -> tuple[Response, int]:
-    return jsonify(schemas.key_response.dump(service().recreate_key(key_id))), 201
+def recreate_key(key_id: str) -> Response:
+    return answer(schemas.key_response.dump(service().recreate_key(key_id)), 201)

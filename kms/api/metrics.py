@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -35,6 +36,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from kms.api.context import answered_algorithm
 from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 
@@ -110,30 +112,42 @@ def register_metrics(app: Flask, service: KMSService, cache: KeyMaterialCache) -
     key_states = KeyStateCollector(service)
     app.extensions["kms.metrics"] = key_states
 
+    # Label children looked up once per label values, not on every request.
+    requests_by_labels: dict[tuple[str, str, int], Any] = {}
+    durations_by_endpoint: dict[str, Any] = {}
+    operations_by_labels: dict[tuple[str, str], Any] = {}
+
     @app.after_request
     def count(response: Response) -> Response:
         endpoint = request.endpoint or NO_ENDPOINT
-        HTTP_REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
-        HTTP_DURATION.labels(endpoint).observe(time.perf_counter() - g.kms_started)
+        status = response.status_code
+        labels = (endpoint, request.method, status)
+        requests = requests_by_labels.get(labels)
+        if requests is None:
+            requests = requests_by_labels[labels] = HTTP_REQUESTS.labels(
+                endpoint, request.method, str(status)
+            )
+        requests.inc()
+        duration = durations_by_endpoint.get(endpoint)
+        if duration is None:
+            duration = durations_by_endpoint[endpoint] = HTTP_DURATION.labels(endpoint)
+        duration.observe(time.perf_counter() - g.kms_started)
         operation = g.get("kms_operation_name")
-        if operation in CRYPTO_OPERATIONS and response.status_code < 400:
-            # A batch counts the items that succeeded (kms.api.batch), a single call one.
+        if operation in CRYPTO_OPERATIONS and status < 400:
+            # A batch counts the items that succeeded (kms.api.batch), a single call one. The
+            # algorithm is the one the view noted from the service's result: no second read of
+            # the key ("unknown" should a view not note it).
             done = g.get("kms_items_done", 1)
             if done:
-                CRYPTO_OPERATIONS_DONE.labels(operation, _algorithm(service)).inc(done)
+                operation_labels = (operation, answered_algorithm())
+                operations = operations_by_labels.get(operation_labels)
+                if operations is None:
+                    operations = operations_by_labels[operation_labels] = (
+                        CRYPTO_OPERATIONS_DONE.labels(*operation_labels)
+                    )
+                operations.inc(done)
         cache_counts.publish()
         return response
-
-
-def _algorithm(service: KMSService) -> str:
-    from kms.api.operations import current_target
-    from kms.errors import KMSError
-
-    key_id = current_target().key_id
-    try:
-        return service.algorithm_of(key_id) if key_id else "unknown"
-    except KMSError:
-        return "unknown"  # deleted in the meantime, or the database is away: still counted
 
 
 def metrics_response(app: Flask) -> Response:

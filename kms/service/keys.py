@@ -98,6 +98,8 @@ MAX_PENDING_DAYS = 30
 VERIFIED_ROWS_CACHE_SIZE = 1024
 #: The sizes of data key ``generate_data_key`` makes: AES-128, -192 and -256.
 DATA_KEY_SIZES = (16, 24, 32)
+#: The algorithm of a result whose key is not known (a client's result rebuilt from an answer).
+UNKNOWN_ALGORITHM = "unknown"
 
 #: One item of a batch: the single call's keyword arguments but key_id, or the error its
 #: parsing raised (kept as that item's result).
@@ -173,6 +175,9 @@ class Encrypted:
     key_id: str
     version: int
     ciphertext: str
+    #: The key's algorithm, for the metrics; not part of any answer (and "unknown" where a
+    #: client rebuilds a result from an answer).
+    algorithm: str = field(default=UNKNOWN_ALGORITHM, compare=False)
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,9 @@ class Decrypted:
     key_id: str
     version: int
     plaintext: bytes
+    #: The key's algorithm, for the metrics; not part of any answer (and "unknown" where a
+    #: client rebuilds a result from an answer).
+    algorithm: str = field(default=UNKNOWN_ALGORITHM, compare=False)
 
     def __repr__(self) -> str:
         return f"Decrypted(key_id={self.key_id!r}, version={self.version})"
@@ -194,6 +202,9 @@ class DataKey:
     version: int
     ciphertext: str
     plaintext: bytes | None
+    #: The key's algorithm, for the metrics; not part of any answer (and "unknown" where a
+    #: client rebuilds a result from an answer).
+    algorithm: str = field(default=UNKNOWN_ALGORITHM, compare=False)
 
     def __repr__(self) -> str:
         return f"DataKey(key_id={self.key_id!r}, version={self.version})"
@@ -204,6 +215,9 @@ class Signed:
     key_id: str
     version: int
     signature: bytes
+    #: The key's algorithm, for the metrics; not part of any answer (and "unknown" where a
+    #: client rebuilds a result from an answer).
+    algorithm: str = field(default=UNKNOWN_ALGORITHM, compare=False)
 
 
 @dataclass(frozen=True)
@@ -211,6 +225,9 @@ class MACed:
     key_id: str
     version: int
     mac: bytes
+    #: The key's algorithm, for the metrics; not part of any answer (and "unknown" where a
+    #: client rebuilds a result from an answer).
+    algorithm: str = field(default=UNKNOWN_ALGORITHM, compare=False)
 
 
 @dataclass(frozen=True)
@@ -218,6 +235,9 @@ class Verified:
     key_id: str
     valid: bool
     version: int | None
+    #: The key's algorithm, for the metrics; not part of any answer (and "unknown" where a
+    #: client rebuilds a result from an answer).
+    algorithm: str = field(default=UNKNOWN_ALGORITHM, compare=False)
 
 
 @dataclass
@@ -1048,7 +1068,12 @@ class KMSService:
             aad = ciphertext_aad(key.key_id, key.latest_version, encode_context(context))
             nonce, sealed = seal(material.secret(key.latest_version), plaintext, aad)
             ciphertext = format_ciphertext(key.latest_version, nonce, sealed)
-        return Encrypted(key_id=key.key_id, version=key.latest_version, ciphertext=ciphertext)
+        return Encrypted(
+            key_id=key.key_id,
+            version=key.latest_version,
+            ciphertext=ciphertext,
+            algorithm=key.algorithm,
+        )
 
     def _decrypt(
         self,
@@ -1075,7 +1100,12 @@ class KMSService:
                 ciphertext_aad(key.key_id, parsed.version, encoded_context),
             )
             self._count_use(key.key_id, parsed.version, 1)
-            return Decrypted(key_id=key.key_id, version=parsed.version, plaintext=plaintext)
+            return Decrypted(
+                key_id=key.key_id,
+                version=parsed.version,
+                plaintext=plaintext,
+                algorithm=key.algorithm,
+            )
         self._refuse_context(key, context)
         if version is None:
             version, sealed = parse_versioned(ciphertext)
@@ -1084,7 +1114,9 @@ class KMSService:
         private_key = self._secret_for_ciphertext(key, material, version)
         plaintext = oaep.decrypt(private_key, sealed)
         self._count_use(key.key_id, version, 1)
-        return Decrypted(key_id=key.key_id, version=version, plaintext=plaintext)
+        return Decrypted(
+            key_id=key.key_id, version=version, plaintext=plaintext, algorithm=key.algorithm
+        )
 
     @staticmethod
     def _secret_for_ciphertext(key: KeyRecord, material: _Material, version: int) -> Any:
@@ -1122,6 +1154,7 @@ class KMSService:
             version=encrypted.version,
             ciphertext=encrypted.ciphertext,
             plaintext=data_key if include_plaintext else None,
+            algorithm=key.algorithm,
         )
 
     def _rewrap(
@@ -1153,6 +1186,7 @@ class KMSService:
             key_id=key.key_id,
             version=key.latest_version,
             signature=spec.sign(private_key, message, scheme, prehashed=prehashed),
+            algorithm=key.algorithm,
         )
 
     def _verify(
@@ -1188,7 +1222,12 @@ class KMSService:
     def mac(self, key_id: str, message: bytes) -> MACed:
         key = self._usable_key(key_id, Purpose.MAC)
         secret = self._secret(key, key.latest_version)
-        return MACed(key_id=key.key_id, version=key.latest_version, mac=secret.mac(message))
+        return MACed(
+            key_id=key.key_id,
+            version=key.latest_version,
+            mac=secret.mac(message),
+            algorithm=key.algorithm,
+        )
 
     def verify_mac(
         self, key_id: str, message: bytes, mac: bytes, version: int | None = None
@@ -1223,14 +1262,16 @@ class KMSService:
         than "invalid" for a signature they made; no version below the window is ever tried. A
         named ``version`` below ``min_decryption_version`` is 409 at once.
         """
-        invalid = Verified(key_id=key.key_id, valid=False, version=None)
+        invalid = Verified(key_id=key.key_id, valid=False, version=None, algorithm=key.algorithm)
         if version is not None:
             if not key.min_available_version <= version <= key.latest_version:
                 return invalid
             if version < key.min_decryption_version:
                 raise VersionBelowMinimum()
             if made_by(version):
-                return Verified(key_id=key.key_id, valid=True, version=version)
+                return Verified(
+                    key_id=key.key_id, valid=True, version=version, algorithm=key.algorithm
+                )
             return invalid
         window_start = max(
             key.min_available_version, key.latest_version - self._verify_max_versions + 1
@@ -1238,7 +1279,9 @@ class KMSService:
         allowed_start = max(window_start, key.min_decryption_version)
         for candidate in range(key.latest_version, allowed_start - 1, -1):
             if made_by(candidate):
-                return Verified(key_id=key.key_id, valid=True, version=candidate)
+                return Verified(
+                    key_id=key.key_id, valid=True, version=candidate, algorithm=key.algorithm
+                )
         for candidate in range(allowed_start - 1, window_start - 1, -1):
             if made_by(candidate):
                 raise VersionBelowMinimum()
@@ -1329,9 +1372,6 @@ class KMSService:
         """Raise unless the database answers and the master key unwraps the init marker."""
         _, marker = self._repository.read_keystore()
         zeroise(self._keyring.unwrap(marker, INIT_MARKER_AAD))
-
-    def algorithm_of(self, key_id: str) -> str:
-        return self._repository.get_key(validate_key_id(key_id)).algorithm
 
     def key_counts_by_state(self) -> dict[str, int]:
         return self._repository.count_keys_by_state()
