@@ -34,8 +34,10 @@ def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         )
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidRequest(_NOT_JSON) from None
-    if "\\u" in text or "\\U" in text:
-        # Only an escape can produce a lone surrogate ("\ud800"); valid UTF-8 never does.
+    # Only an escape can produce a lone surrogate ("\ud800"); valid UTF-8 never does. A body
+    # without a backslash has no escape: one memchr-fast scan, instead of two scans for the
+    # two-character "\u" that cost ~0.2 ms each on a 64 KiB plaintext's base64.
+    if "\\" in text and ("\\u" in text or "\\U" in text):
         try:
             json.dumps(document, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:

@@ -47,13 +47,15 @@ import socket
 import ssl
 import time
 from concurrent import futures
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from gunicorn import sock as gunicorn_sock
+from gunicorn import util as gunicorn_util
 from gunicorn.http import errors as http_errors
+from gunicorn.http import wsgi
 from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.http.message import Request
 from gunicorn.http.parser import RequestParser
@@ -165,6 +167,45 @@ class Connection:
         self.requests += 1
         self.continue_sent = False
         self.progress_mark = 0
+
+
+class OneWriteResponse(Response):
+    """gunicorn's HTTP/1.1 response, but the head goes out with the body's first bytes in one
+    ``sendall``.
+
+    gunicorn writes the head and then each body chunk: under TLS each write is a record of its
+    own (its own encryption and tag, its own syscall, a wakeup of the client for the head alone).
+    A kms answer is one JSON body, so the whole response is one write, one record up to 16 KiB.
+    Anything unusual (chunked, a body the response must not have, one longer than its
+    Content-Length, an empty first chunk) goes through gunicorn's own ``write``.
+    """
+
+    def write(self, arg: bytes) -> None:
+        if (
+            self.headers_sent
+            or not isinstance(arg, bytes)
+            or not arg
+            or self.chunked
+            or self._omits_body
+            or (self.response_length is not None and len(arg) > self.response_length)
+        ):
+            super().write(arg)
+            return
+        gunicorn_util.write(self.sock, self.head_bytes() + arg)
+        self.headers_sent = True
+        self.sent += len(arg)
+
+    def send_headers(self) -> None:
+        if self.headers_sent:
+            return
+        gunicorn_util.write(self.sock, self.head_bytes())
+        self.headers_sent = True
+
+    def head_bytes(self) -> bytes:
+        # As gunicorn's send_headers builds it.
+        lines = self.default_headers()
+        lines.extend([f"{name}: {value}\r\n" for name, value in self.headers])
+        return gunicorn_util.to_bytestring("{}\r\n".format("".join(lines)), "latin-1")
 
 
 class _Verdict(Enum):
@@ -730,6 +771,60 @@ class KMSWorker(gthread.ThreadWorker):
         except Exception as exc:
             self.handle_error(request, conn.sock, conn.client, exc)
         return False
+
+    def handle_request(self, req: Request, conn: Connection) -> bool:
+        """gthread's ``handle_request``, with the response written in one piece
+        (``OneWriteResponse``); True to keep the connection."""
+        environ: dict[str, Any] = {}
+        resp = None
+        try:
+            self.cfg.pre_request(self, req)
+            request_start = datetime.now()
+            resp, environ = wsgi.create(
+                req, conn.sock, conn.client, conn.server, self.cfg, OneWriteResponse
+            )
+            environ["wsgi.multithread"] = True
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                resp.force_close()
+            full = len(self.keepalived_conns) >= self.max_keepalived
+            if not self.alive or not self.cfg.keepalive or full:
+                resp.force_close()
+            respiter = self.wsgi(environ, resp.start_response)
+            try:
+                if isinstance(respiter, environ["wsgi.file_wrapper"]):
+                    resp.write_file(respiter)
+                else:
+                    for item in respiter:
+                        resp.write(item)
+                resp.close()
+            finally:
+                request_time = datetime.now() - request_start
+                self.log.access(resp, req, environ, request_time)
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            if resp.should_close():
+                self.log.debug("Closing connection.")
+                return False
+        except OSError:
+            raise
+        except (Exception, SystemExit):
+            if resp and resp.headers_sent:
+                # Timeout abort is SystemExit. If the response was begun, writing a 500 on the
+                # same socket would corrupt it.
+                self.log.exception("Error handling request")
+                gunicorn_util.close_graceful(conn.sock)
+                raise StopIteration() from None
+            raise
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
+        return True
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         """gunicorn's error answers as kms JSON: ``{"error": "..."}``, a 4xx for the client's."""
