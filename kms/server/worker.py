@@ -151,6 +151,12 @@ class Connection:
         self.discard_to: int | None = None
         self.discard_left = 0
         self.after_discard = b""
+        # A body of known length still arriving: the buffer size at which the request is whole.
+        # Until then each read only counts bytes, without parsing the head again.
+        self.whole_at: int | None = None
+        # The request as the event loop parsed it, once whole, with the unreader holding its
+        # bytes: the thread serves it as it is instead of parsing the same bytes a second time.
+        self.parsed: tuple[IterUnreader, Request] | None = None
 
     @property
     def ip(self) -> str:
@@ -167,6 +173,8 @@ class Connection:
         self.requests += 1
         self.continue_sent = False
         self.progress_mark = 0
+        self.whole_at = None
+        self.parsed = None
 
 
 class OneWriteResponse(Response):
@@ -527,6 +535,13 @@ class KMSWorker(gthread.ThreadWorker):
             return
         if conn.state is State.IDLE:
             conn.enter(State.HEAD)
+        if conn.whole_at is not None and len(conn.buffer) < conn.whole_at:
+            # More of a body whose length is known, not all of it: count it, parse nothing.
+            conn.body_have = conn.body_expected - (conn.whole_at - len(conn.buffer))
+            self.note_body_progress(conn)
+            if got_eof:
+                self.client_went_away(conn, "connection closed")
+            return
         if self.examine(conn) is _Verdict.READY:
             self.dispatch(conn)
         elif got_eof:
@@ -551,6 +566,8 @@ class KMSWorker(gthread.ThreadWorker):
         conn.body_have, conn.body_expected = 0, None
         conn.body_complete, conn.body_error = True, None
         conn.discard_to = None
+        conn.whole_at = None
+        conn.parsed = None
         data = bytes(conn.buffer)
         unreader = IterUnreader([data])
         try:
@@ -576,13 +593,16 @@ class KMSWorker(gthread.ThreadWorker):
                     conn.discard_to = len(data) - len(rest) + reader.length
                 return _Verdict.READY
             if len(rest) >= reader.length:
+                conn.parsed = (unreader, request)
                 return _Verdict.READY
+            conn.whole_at = len(data) - len(rest) + reader.length
         elif isinstance(reader, ChunkedReader):
             conn.body_have = len(rest)
             verdict = self.examine_chunked(conn, request, rest)
             if verdict is not None:
                 return verdict
         else:
+            conn.parsed = (unreader, request)
             return _Verdict.READY
         self.await_body(conn, request)
         return _Verdict.NEED_MORE
@@ -613,6 +633,15 @@ class KMSWorker(gthread.ThreadWorker):
         return _Verdict.READY
 
     def await_body(self, conn: Connection, request: Request) -> None:
+        self.note_body_progress(conn)
+        if request._expected_100_continue and not conn.continue_sent:
+            # Clients that wait for it send their body only then; the request is short.
+            conn.continue_sent = True
+            with contextlib.suppress(ssl.SSLError, OSError):
+                conn.sock.send(_CONTINUE)
+
+    @staticmethod
+    def note_body_progress(conn: Connection) -> None:
         now = time.monotonic()
         if conn.state is not State.BODY:
             conn.enter(State.BODY)
@@ -621,11 +650,6 @@ class KMSWorker(gthread.ThreadWorker):
         elif conn.body_have > conn.progress_mark:
             conn.body_last_progress = now
             conn.progress_mark = conn.body_have
-        if request._expected_100_continue and not conn.continue_sent:
-            # Clients that wait for it send their body only then; the request is short.
-            conn.continue_sent = True
-            with contextlib.suppress(ssl.SSLError, OSError):
-                conn.sock.send(_CONTINUE)
 
     def dispatch(self, conn: Connection) -> None:
         self.unwatch(conn)
@@ -737,9 +761,17 @@ class KMSWorker(gthread.ThreadWorker):
             if conn.parser is None:
                 # Its source is empty: the parser reads only what the event loop received.
                 conn.parser = RequestParser(self.cfg, iter(()), conn.client)
-            conn.parser.unreader.unread(bytes(conn.buffer))
+            if conn.parsed is not None:
+                # Parsed whole by the event loop (examine): the parser takes that request and
+                # the unreader that holds its body and whatever was pipelined after it.
+                conn.parser.unreader, request = conn.parsed
+                conn.parser.mesg = request
+                conn.parser.req_count = request.req_number
+                conn.parsed = None
+            else:
+                conn.parser.unreader.unread(bytes(conn.buffer))
+                request = next(conn.parser)
             conn.buffer = bytearray()
-            request = next(conn.parser)
             # The event loop answered "Expect: 100-continue" already, if it was needed.
             request._expected_100_continue = False
             if conn.body_error is not None:

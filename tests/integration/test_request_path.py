@@ -193,3 +193,33 @@ def test_a_failed_operation_is_not_counted_and_reads_nothing_more(
     assert response.status_code == 404
     assert len(reads) <= 1  # the service's own lookup, nothing for the metrics
     assert crypto_count("encrypt", "unknown") == before
+
+
+class CountingTLSSocket(FakeTLSSocket):
+    """One connection: counts how often its peer certificate is decoded."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def getpeercert(self) -> dict[str, Any]:
+        self.reads += 1
+        return super().getpeercert()
+
+
+def test_a_connection_s_certificate_is_decoded_once_for_all_its_requests(app: Flask) -> None:
+    first, second = CountingTLSSocket(), CountingTLSSocket()
+    client = app.test_client()
+    for connection in (first, first, first, second):
+        client.environ_base["gunicorn.socket"] = connection
+        assert client.get("/v1/kms/keys").status_code == 200
+    assert (first.reads, second.reads) == (1, 1)
+
+
+def test_a_connection_without_a_certificate_is_refused_every_time(app: Flask) -> None:
+    class NoCertificate:
+        def getpeercert(self) -> dict[str, Any]:
+            return {}
+
+    client = app.test_client()
+    client.environ_base["gunicorn.socket"] = NoCertificate()
+    assert [client.get("/v1/kms/keys").status_code for _ in range(2)] == [401, 401]
