@@ -106,18 +106,22 @@ def register_identity(app: Flask) -> None:
 
     @app.before_request
     def identify_caller() -> None:
-        g.kms_started = time.perf_counter()
-        g.request_id = uuid.uuid4().hex
-        request.environ[REQUEST_ID_ENVIRON_KEY] = g.request_id
-        declared = declared_operation(app, request.endpoint)
-        g.kms_operation_name = declared.name if declared is not None else None
-        g.caller = caller_from_environ(request.environ)
-        request.environ[CALLER_ENVIRON_KEY] = str(g.caller)
-        g.identity = current_policy().identity_of(g.caller)
-        g.kms_target = request_target(declared, request)
+        # The objects behind the proxies, looked up once: each access through ``g`` or
+        # ``request`` is a context lookup of its own (3-6 us each on this busy machine).
+        state = g._get_current_object()
+        current = request._get_current_object()
+        environ = current.environ
+        state.kms_started = time.perf_counter()
+        state.request_id = environ[REQUEST_ID_ENVIRON_KEY] = uuid.uuid4().hex
+        declared = declared_operation(app, current.endpoint)
+        state.kms_operation_name = declared.name if declared is not None else None
+        state.caller = caller = caller_from_environ(environ)
+        environ[CALLER_ENVIRON_KEY] = str(caller)
+        state.identity = identity = current_policy().identity_of(caller)
+        state.kms_target = request_target(declared, current)
         # For the service's record of who still uses a key pending deletion.
-        g.kms_requester_token = CURRENT_REQUESTER.set(
-            Requester(caller=str(g.identity), operation=g.kms_operation_name or "-")
+        state.kms_requester_token = CURRENT_REQUESTER.set(
+            Requester(caller=str(identity), operation=state.kms_operation_name or "-")
         )
 
     @app.teardown_request

@@ -33,14 +33,18 @@ def register_audit(app: Flask, audit_log: AuditLog | None) -> None:
 
     @app.before_request
     def audit_arrival() -> None:
+        # Who asked for what is settled by now (identity runs first): the answer's line reuses it.
+        g.kms_audit_fields = fields = _request_fields()
         try:
-            audit_log.append(_record("request"))
+            audit_log.append(_record("request", fields))
         except OSError as error:
             raise AuditUnavailable() from error
 
     @app.after_request
     def audit_answer(response: Response) -> Response:
-        record = _record("response")
+        # A request refused before its arrival line (no client certificate) has no fields yet.
+        fields = g.get("kms_audit_fields")
+        record = _record("response", _request_fields() if fields is None else fields)
         # The version the answer named, as the view noted it: the body is not parsed back.
         record["key_version"] = answered_version() if response.status_code < 400 else None
         record["status"] = response.status_code
@@ -53,21 +57,24 @@ def register_audit(app: Flask, audit_log: AuditLog | None) -> None:
         return response
 
 
-def _record(kind: str) -> dict[str, Any]:
+def _record(kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+    return {"time": utc_timestamp(), "type": kind, **fields}
+
+
+def _request_fields() -> dict[str, Any]:
+    state, current = g._get_current_object(), request._get_current_object()  # looked up once
     target = current_target()
-    record: dict[str, Any] = {
-        "time": utc_timestamp(),
-        "type": kind,
-        "request_id": g.get("request_id"),
-        "identity": g.get("identity"),
-        "operation": g.get("kms_operation_name"),
+    fields: dict[str, Any] = {
+        "request_id": state.get("request_id"),
+        "identity": state.get("identity"),
+        "operation": state.get("kms_operation_name"),
         "key_id": _cut(target.key_id),
-        "method": request.method,
-        "path": _cut(request.path),
+        "method": current.method,
+        "path": _cut(current.path),
     }
     if target.item_count is not None:
-        record["item_count"] = target.item_count
-    return record
+        fields["item_count"] = target.item_count
+    return fields
 
 
 def _cut(value: str | None) -> str | None:

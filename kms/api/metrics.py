@@ -119,25 +119,27 @@ def register_metrics(app: Flask, service: KMSService, cache: KeyMaterialCache) -
 
     @app.after_request
     def count(response: Response) -> Response:
-        endpoint = request.endpoint or NO_ENDPOINT
+        state, current = g._get_current_object(), request._get_current_object()  # looked up once
+        endpoint = current.endpoint or NO_ENDPOINT
+        method = current.method
         status = response.status_code
-        labels = (endpoint, request.method, status)
+        labels = (endpoint, method, status)
         requests = requests_by_labels.get(labels)
         if requests is None:
             requests = requests_by_labels[labels] = HTTP_REQUESTS.labels(
-                endpoint, request.method, str(status)
+                endpoint, method, str(status)
             )
         requests.inc()
         duration = durations_by_endpoint.get(endpoint)
         if duration is None:
             duration = durations_by_endpoint[endpoint] = HTTP_DURATION.labels(endpoint)
-        duration.observe(time.perf_counter() - g.kms_started)
-        operation = g.get("kms_operation_name")
+        duration.observe(time.perf_counter() - state.kms_started)
+        operation = state.get("kms_operation_name")
         if operation in CRYPTO_OPERATIONS and status < 400:
             # A batch counts the items that succeeded (kms.api.batch), a single call one. The
             # algorithm is the one the view noted from the service's result: no second read of
             # the key ("unknown" should a view not note it).
-            done = g.get("kms_items_done", 1)
+            done = state.get("kms_items_done", 1)
             if done:
                 operation_labels = (operation, answered_algorithm())
                 operations = operations_by_labels.get(operation_labels)
