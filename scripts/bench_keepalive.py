@@ -90,38 +90,40 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     arguments = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="kms-bench-") as directory:
-        with own_server(Path(directory)) as target:
-            conn = connection(target)
-            call(conn, "POST", "/v1/kms/keys", json.dumps({"key_id": "bench"}).encode())
-            small = base64.b64encode(os.urandom(256)).decode()
-            large = base64.b64encode(os.urandom(64 * 1024)).decode()
-            scenarios = {
-                "healthz": ("GET", "/healthz", None),
-                "encrypt-256": (
-                    "POST",
-                    "/v1/kms/encrypt",
-                    json.dumps({"key_id": "bench", "plaintext": small}).encode(),
-                ),
-                "encrypt-64k": (
-                    "POST",
-                    "/v1/kms/encrypt",
-                    json.dumps({"key_id": "bench", "plaintext": large}).encode(),
-                ),
-            }
-            for name, (method, path, body) in scenarios.items():
-                rounds = [
-                    run(target, arguments.connections, arguments.seconds, method, path, body)
-                    for _ in range(arguments.rounds)
-                ]
-                rates = [r[0] for r in rounds]
-                print(
-                    f"{name:12} req/s median {statistics.median(rates):8.1f} "
-                    f"(min {min(rates):.1f} max {max(rates):.1f})  "
-                    f"p50 {statistics.median(r[1] for r in rounds):6.2f} ms  "
-                    f"p99 {statistics.median(r[2] for r in rounds):6.2f} ms",
-                    flush=True,
-                )
+    with (
+        tempfile.TemporaryDirectory(prefix="kms-bench-") as directory,
+        own_server(Path(directory)) as target,
+    ):
+        conn = connection(target)
+        call(conn, "POST", "/v1/kms/keys", json.dumps({"key_id": "bench"}).encode())
+        small = base64.b64encode(os.urandom(256)).decode()
+        large = base64.b64encode(os.urandom(64 * 1024)).decode()
+        scenarios = {
+            "healthz": ("GET", "/healthz", None),
+            "encrypt-256": (
+                "POST",
+                "/v1/kms/encrypt",
+                json.dumps({"key_id": "bench", "plaintext": small}).encode(),
+            ),
+            "encrypt-64k": (
+                "POST",
+                "/v1/kms/encrypt",
+                json.dumps({"key_id": "bench", "plaintext": large}).encode(),
+            ),
+        }
+        for name, (method, path, body) in scenarios.items():
+            rounds = [
+                run(target, arguments.connections, arguments.seconds, method, path, body)
+                for _ in range(arguments.rounds)
+            ]
+            rates = [r[0] for r in rounds]
+            print(
+                f"{name:12} req/s median {statistics.median(rates):8.1f} "
+                f"(min {min(rates):.1f} max {max(rates):.1f})  "
+                f"p50 {statistics.median(r[1] for r in rounds):6.2f} ms  "
+                f"p99 {statistics.median(r[2] for r in rounds):6.2f} ms",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
