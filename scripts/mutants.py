@@ -49,6 +49,7 @@ UNIT_CRYPTO = [
     "tests/unit/test_crypto_wycheproof.py",
 ]
 SERVICE = [
+    "tests/unit/test_key_cache.py",
     "tests/unit/test_secrets_in_memory.py",
     "tests/unit/test_encryption_context.py",
     "tests/integration/test_secret_buffers.py",
