@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -379,9 +381,10 @@ class CoverageMap:
         by every survivor of a line they happen to execute. A survivor reports how many of the
         executing tests it met, so one that met only some can be rerun with a larger budget.
 
-        A line executed outside any test (at import, or in a child process such as ``kms serve``
-        or gunicorn, where the test's context does not reach) gets every test of its module's
-        list in TARGETS: the tests that start the child are among them.
+        A line executed outside any test (at import: a constant, a default, a decorator; or in a
+        child process such as ``kms serve`` or gunicorn, where the test's context does not reach)
+        gets every test that executes any line of the module, and every test of the module's list
+        in TARGETS (the tests that start the child are among them).
         """
         executed = self.lines.get(mutant.path, {})
         contexts: set[str] = set()
@@ -393,6 +396,7 @@ class CoverageMap:
         if "" in contexts:
             files = set(TARGETS[mutant.path])
             tests |= {node for node in self.durations if node.split("::")[0] in files}
+            tests |= {context for line in executed.values() for context in line if context}
         fastest = sorted(tests, key=lambda node: (self.durations.get(node, 1.0), node))
         chosen: list[str] = []
         spent = 0.0
@@ -479,6 +483,42 @@ def measure_coverage(copy_root: Path, paths: list[str]) -> CoverageMap:
     return CoverageMap(lines, durations)
 
 
+CACHE = ROOT / ".mutants-cache"
+
+
+def _cache_file(paths: list[str]) -> Path:
+    """Where the coverage map of this code, these tests and these options is kept.
+
+    The name hashes every source and test file, the module list and the pytest options: any
+    change to the code or the tests means a new coverage run (which is also the baseline).
+    """
+    digest = hashlib.sha256(json.dumps([sorted(paths), PYTEST_OPTIONS]).encode())
+    for name in sorted([*ROOT.glob("kms/**/*.py"), *ROOT.glob("tests/**/*.py")]):
+        digest.update(name.relative_to(ROOT).as_posix().encode() + b"\0" + name.read_bytes())
+    return CACHE / f"coverage-{digest.hexdigest()[:16]}.json"
+
+
+def cached_coverage(copy_root: Path, paths: list[str]) -> CoverageMap:
+    """The coverage map from an earlier run on the same code, or a new coverage run."""
+    cache_file = _cache_file(paths)
+    if cache_file.exists():
+        saved = json.loads(cache_file.read_text(encoding="utf-8"))
+        lines = {
+            path: {int(line): set(contexts) for line, contexts in per_line.items()}
+            for path, per_line in saved["lines"].items()
+        }
+        return CoverageMap(lines, saved["durations"])
+    coverage_map = measure_coverage(copy_root, paths)
+    CACHE.mkdir(exist_ok=True)
+    lines_json = {
+        path: {line: sorted(contexts) for line, contexts in per_line.items()}
+        for path, per_line in coverage_map.lines.items()
+    }
+    saved_json = {"lines": lines_json, "durations": coverage_map.durations}
+    cache_file.write_text(json.dumps(saved_json), encoding="utf-8")
+    return coverage_map
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2)
@@ -489,13 +529,14 @@ def main() -> int:
     parser.add_argument(
         "--budget",
         type=float,
-        default=15.0,
-        help="seconds of (measured) test time per mutant, fastest tests first (default 15)",
+        default=10.0,
+        help="seconds of (measured) test time per mutant, fastest tests first (default 10)",
     )
     options = parser.parse_args()
     if options.postgres_dsn:
         PYTEST_OPTIONS.append(f"--postgres-dsn={options.postgres_dsn}")
-    paths = options.only or list(TARGETS)
+    # Smallest modules first: a run stopped early (Ctrl-C, SIGTERM) has finished whole modules.
+    paths = options.only or sorted(TARGETS, key=lambda path: len(mutants_of(path)))
     mutants = [mutant for path in paths for mutant in mutants_of(path)]
     skipped = [mutant for mutant in mutants if mutant.skip_reason]
     mutants = [mutant for mutant in mutants if not mutant.skip_reason]
@@ -517,7 +558,7 @@ def main() -> int:
             for path in paths:
                 (copy_root / path).write_text(unparsed(path), encoding="utf-8")
         with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-            coverage_map = pool.submit(measure_coverage, roots[0], paths)
+            coverage_map = pool.submit(cached_coverage, roots[0], paths)
             list(pool.map(warm, roots, [every_file] * len(roots)))
             coverage_map = coverage_map.result()
         for copy_root in roots:
@@ -556,7 +597,8 @@ def main() -> int:
                 return "timeout"
             return f"survived {len(tests)}/{executing}" if passed else "killed"
 
-        # Ctrl-C stops early and still prints what was found (the tests get the SIGINT too).
+        # Ctrl-C or SIGTERM stops early and still prints (and saves) what was found.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         interrupted = False
         pool = ThreadPoolExecutor(max_workers=options.jobs)
         try:
