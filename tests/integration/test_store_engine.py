@@ -58,6 +58,27 @@ def test_kms_init_leaves_the_sqlite_file_in_wal_mode(initialised: Settings) -> N
     assert database.read_bytes()[18:20] == b"\x02\x02"
 
 
+def test_sqlite_connections_enforce_foreign_keys_and_wait_for_the_writer(
+    initialised: Settings,
+) -> None:
+    """Each connection kms opens: foreign keys on, synchronous=NORMAL (safe in WAL mode), and a
+    30 s busy timeout, so a second writer queues instead of failing with "database is locked".
+
+    Found by ``make mutants``: dropping any of these PRAGMAs, or changing the timeout, went
+    unseen (no test holds the write lock for long enough to notice).
+    """
+    engine = create_kms_engine(initialised.database_url)
+    try:
+        with engine.connect() as conn:
+            pragmas = {
+                name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("foreign_keys", "synchronous", "busy_timeout")
+            }
+    finally:
+        engine.dispose()
+    assert pragmas == {"foreign_keys": 1, "synchronous": 1, "busy_timeout": 30_000}
+
+
 @pytest.fixture
 def checkouts(repository: SQLKeyRepository) -> Iterator[list[Any]]:
     """Every connection the repository's engine hands out while the test runs."""
