@@ -98,6 +98,7 @@ TARGETS: dict[str, list[str]] = {
     "kms/service/keystore.py": [*SERVICE, "tests/integration/test_keystore.py"],
     "kms/service/passphrase.py": [
         "tests/integration/test_keystore.py",
+        "tests/integration/test_passphrase_files.py",
         "tests/integration/test_passphrase_prompt.py",
         "tests/integration/http/test_startup.py",
     ],
