@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -407,8 +408,9 @@ class CoverageMap:
 
         A line executed outside any test (at import: a constant, a default, a decorator; or in a
         child process such as ``kms serve`` or gunicorn, where the test's context does not reach)
-        gets every test that executes any line of the module, and every test of the module's list
-        in TARGETS (the tests that start the child are among them).
+        gets every test that executes any line of the module, every test of a file that imports
+        the module, and every test of the module's list in TARGETS (the tests that start the
+        child are among them).
         """
         executed = self.lines.get(mutant.path, {})
         contexts: set[str] = set()
@@ -418,7 +420,13 @@ class CoverageMap:
             return None
         tests = {context for context in contexts if context}
         if "" in contexts:
-            files = set(TARGETS[mutant.path])
+            # Tests that only import a constant execute no line of the module: name them too.
+            dotted = mutant.path.removesuffix(".py").replace("/", ".")
+            files = set(TARGETS[mutant.path]) | {
+                file
+                for file in {node.split("::")[0] for node in self.durations}
+                if dotted in _text(file)
+            }
             tests |= {node for node in self.durations if node.split("::")[0] in files}
             tests |= {context for line in executed.values() for context in line if context}
         fastest = sorted(tests, key=lambda node: (self.durations.get(node, 1.0), node))
@@ -688,6 +696,11 @@ def main() -> int:
             encoding="utf-8",
         )
     return 130 if interrupted else 0
+
+
+@functools.cache
+def _text(test_file: str) -> str:
+    return (ROOT / test_file).read_text(encoding="utf-8")
 
 
 def _partial(outcome: str) -> bool:
