@@ -8,7 +8,9 @@ import os
 import pytest
 
 from kms.crypto.wrapping import KeyIdentity
+from kms.errors import WrongPassphrase
 from kms.service import keyring as keyring_module
+from kms.service import keystore as keystore_module
 from kms.service.keyring import PassphraseKeyring, zeroise
 from kms.service.keys import Decrypted
 
@@ -89,3 +91,46 @@ def test_the_derived_mac_keys_are_overwritten_once_handed_to_hmac(
     finally:
         backup.close()
         keyring.close()
+
+
+class _StoredKeystore:
+    """The one repository method opening needs: the stored KDF parameters and init marker."""
+
+    def __init__(self, stored: tuple[str, bytes]) -> None:
+        self.stored = stored
+
+    def read_keystore(self) -> tuple[str, bytes]:
+        return self.stored
+
+
+def test_the_master_keys_of_init_and_of_a_refused_open_are_overwritten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``kms init`` derives a master key only to wrap the marker, and an open with the wrong
+    passphrase derives one that proves nothing: both buffers are overwritten before returning.
+
+    A spy around ``derive_master_key`` keeps the buffers. Found by ``make mutants``.
+    """
+    derived: list[bytearray] = []
+    real_derive = keystore_module.derive_master_key
+
+    def spy(*args: object) -> bytearray:
+        buffer = real_derive(*args)
+        derived.append(buffer)
+        return buffer
+
+    monkeypatch.setattr(keystore_module, "derive_master_key", spy)
+    stored = keystore_module.new_keystore(bytearray(b"right"), 1000, min_iterations=1000)
+    assert len(derived) == 1 and derived[0] == bytearray(len(derived[0]))
+
+    with pytest.raises(WrongPassphrase):
+        keystore_module.open_keystore(
+            _StoredKeystore(stored), bytearray(b"wrong"), min_iterations=1000
+        )
+    assert len(derived) == 2 and derived[1] == bytearray(len(derived[1]))
+
+    opened = keystore_module.open_keystore(
+        _StoredKeystore(stored), bytearray(b"right"), min_iterations=1000
+    )
+    assert derived[2] != bytearray(len(derived[2]))  # the control: an open keyring keeps its key
+    opened.keyring.close()
