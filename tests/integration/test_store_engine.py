@@ -49,6 +49,18 @@ def test_postgres_errors_hide_statement_parameters(postgres_url: str) -> None:
     assert SECRET_PARAMETER not in repr(error)
 
 
+def test_postgres_connections_carry_the_application_name(postgres_url: str) -> None:
+    """kms.store.serving finds running kms servers by ``application_name`` in
+    pg_stat_activity, so the name must reach PostgreSQL. Found by ``make mutants``."""
+    for name, expected in (("kms-server", "kms-server"), (None, "")):
+        engine = create_kms_engine(postgres_url, application_name=name)
+        try:
+            with engine.connect() as conn:
+                assert conn.execute(text("SHOW application_name")).scalar() == expected
+        finally:
+            engine.dispose()
+
+
 def test_kms_init_leaves_the_sqlite_file_in_wal_mode(initialised: Settings) -> None:
     database = Path(initialised.database_url.removeprefix("sqlite:///"))
     # Asked of SQLite directly, on a connection kms did not configure.
