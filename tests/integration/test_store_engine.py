@@ -4,6 +4,7 @@ that reads and writes the key's row on its one connection."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import replace
@@ -59,6 +60,34 @@ def test_postgres_connections_carry_the_application_name(postgres_url: str) -> N
                 assert conn.execute(text("SHOW application_name")).scalar() == expected
         finally:
             engine.dispose()
+
+
+def test_a_pooled_postgres_connection_that_died_is_replaced_unseen(postgres_url: str) -> None:
+    """A PostgreSQL restart or failover kills the pooled connections; the next request must
+    get a fresh one (``pool_pre_ping``), not an error. Found by ``make mutants``.
+
+    Terminating another session's backend needs pg_signal_backend (CI grants it to kms_test).
+    """
+    engine = create_kms_engine(postgres_url)
+    killer = create_kms_engine(postgres_url, pool=False)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        with killer.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            conn.commit()
+        deadline = time.monotonic() + 10  # the backend exits asynchronously
+        with killer.connect() as conn:
+            while conn.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+            ).scalar():
+                assert time.monotonic() < deadline, "the backend did not exit"
+                time.sleep(0.05)
+        with engine.connect() as conn:  # the pool's one connection is the dead one
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+    finally:
+        engine.dispose()
+        killer.dispose()
 
 
 def test_kms_init_leaves_the_sqlite_file_in_wal_mode(initialised: Settings) -> None:
