@@ -112,7 +112,11 @@ STARTUP = [
 #: import or in a child process.
 TARGETS: dict[str, list[str]] = {
     "kms/crypto/kdf.py": [*UNIT_CRYPTO, "tests/integration/test_keystore.py"],
-    "kms/crypto/ciphertext.py": [*UNIT_CRYPTO, "tests/integration/test_decrypt_tampering.py"],
+    "kms/crypto/ciphertext.py": [
+        *UNIT_CRYPTO,
+        "tests/unit/test_encryption_context.py",
+        "tests/integration/test_decrypt_tampering.py",
+    ],
     "kms/crypto/encoding.py": [*UNIT_CRYPTO, "tests/integration/test_decrypt_tampering.py"],
     "kms/crypto/wrapping.py": [*UNIT_CRYPTO, "tests/integration/test_key_storage.py"],
     "kms/crypto/algorithms.py": [*UNIT_CRYPTO, "tests/integration/test_service.py"],
