@@ -59,7 +59,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN))
 
 # Not part of `make test`. Each mutant runs only the tests that execute its line (see the script).
-# Not niced: under nice 19 the other engineers' suites starve it (5 mutants a minute before).
+# Not niced: at nice 19 it gets almost no CPU while other suites run (docs/mutants.md: timings).
 # One area at a time: MUTANTS_ARGS="--only kms/crypto/kdf.py kms/master.py".
 mutants: $(STAMP)
 	$(BIN)/python scripts/mutants.py --json mutants.json $(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN)) $(MUTANTS_ARGS)
