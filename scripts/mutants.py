@@ -17,15 +17,42 @@ constant changed by one, True/False swapped, a bytes constant changed, a call st
 ``raise`` replaced by ``pass``. Docstrings, type annotations and string constants (messages) are
 left alone. A mutant counts as killed when the tests fail or time out.
 
-Usage: python scripts/mutants.py [--jobs N] [--only PATH ...] [--list]
+Skipped by design (listed by ``--list``, never run, not in the score): dropping ``os.fsync``
+(durability across a power cut: the data is in the page cache either way, so no test short of
+pulling the plug can tell) and dropping a ``.debug(...)`` log call (not emitted at the level kms
+runs at).
+
+How it fits in half an hour on two cores (a mutant costs a pytest start, ~2-3 s, plus its tests):
+1. One coverage run of every test file in TARGETS, with one coverage context per test
+   (scripts/mutants_plugin.py) and child processes measured too. It is also the baseline (the
+   unmutated code must pass) and gives each test's duration. It is cached in .mutants-cache/ per
+   code and tests, so a rerun (``--only``) skips it.
+2. A mutant on a line no test executes is reported "not covered" without running anything: it
+   would survive by construction. Its fix is a test, or a test file added to TARGETS.
+3. Otherwise only the tests that execute the mutated statement run, fastest first, with ``-x``,
+   up to ``--budget`` seconds of their measured time (at least one test). A line executed at
+   import (a constant, a default) or only in a child process (``kms serve``, gunicorn) has no
+   test context: it gets every test that uses the module and the module's TARGETS list.
+4. A survivor that met only part of its tests because of the budget is rerun with all of them in
+   a second pass (``--no-confirm`` skips it), so the budget saves time without hiding a kill.
+5. ``--jobs`` copies run mutants in parallel (default 2, the machine's cores). A run's timeout
+   is 3 times the measured time of its tests plus pytest's start, plus 30 s; a timeout counts as
+   killed (an infinite loop is a noticed bug).
+6. Each copy is compiled once (checked-hash pycs), so a run compiles only the mutated module.
+
+Usage: python scripts/mutants.py [--jobs N] [--only PATH ...] [--list] [--budget S] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import functools
+import hashlib
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,14 +67,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 UNIT_CRYPTO = [
     "tests/unit/test_kdf_known_answers.py",
+    "tests/unit/test_kdf.py",
+    "tests/unit/test_wrapping.py",
     "tests/unit/test_ciphertext.py",
+    "tests/unit/test_stored_formats.py",
     "tests/unit/test_algorithms.py",
     "tests/unit/test_crypto_wycheproof.py",
 ]
 SERVICE = [
+    "tests/unit/test_key_cache.py",
     "tests/unit/test_secrets_in_memory.py",
+    "tests/unit/test_encryption_context.py",
     "tests/integration/test_secret_buffers.py",
     "tests/integration/test_service.py",
+    "tests/integration/test_key_state_rules.py",
+    "tests/integration/test_rotation.py",
+    "tests/integration/test_batches.py",
+    "tests/integration/test_version_limits.py",
+    "tests/integration/test_key_types_service.py",
     "tests/integration/test_decrypt_tampering.py",
     "tests/integration/test_key_storage.py",
 ]
@@ -56,6 +93,7 @@ STORE = [
     "tests/integration/test_postgres.py",  # skipped unless --postgres-dsn is given
     "tests/integration/test_keystore.py",
     "tests/integration/test_service.py",
+    "tests/integration/test_untrusted_storage.py",
     "tests/integration/test_concurrent_rotation.py",
     "tests/integration/test_key_storage.py",
 ]
@@ -68,10 +106,17 @@ STARTUP = [
     "tests/integration/http/test_startup.py",
 ]
 
-#: Module -> the tests that matter for it, fastest first (pytest stops at the first failure).
+#: Module -> the test files that matter for it. Every file of every list runs once under coverage
+#: (which is also the baseline); each mutant then runs only the tests that executed its line
+#: (fastest first, see CoverageMap.tests_for), and the whole list only for a line that ran at
+#: import or in a child process.
 TARGETS: dict[str, list[str]] = {
     "kms/crypto/kdf.py": [*UNIT_CRYPTO, "tests/integration/test_keystore.py"],
-    "kms/crypto/ciphertext.py": [*UNIT_CRYPTO, "tests/integration/test_decrypt_tampering.py"],
+    "kms/crypto/ciphertext.py": [
+        *UNIT_CRYPTO,
+        "tests/unit/test_encryption_context.py",
+        "tests/integration/test_decrypt_tampering.py",
+    ],
     "kms/crypto/encoding.py": [*UNIT_CRYPTO, "tests/integration/test_decrypt_tampering.py"],
     "kms/crypto/wrapping.py": [*UNIT_CRYPTO, "tests/integration/test_key_storage.py"],
     "kms/crypto/algorithms.py": [*UNIT_CRYPTO, "tests/integration/test_service.py"],
@@ -81,6 +126,7 @@ TARGETS: dict[str, list[str]] = {
     "kms/service/keystore.py": [*SERVICE, "tests/integration/test_keystore.py"],
     "kms/service/passphrase.py": [
         "tests/integration/test_keystore.py",
+        "tests/integration/test_passphrase_files.py",
         "tests/integration/test_passphrase_prompt.py",
         "tests/integration/http/test_startup.py",
     ],
@@ -88,7 +134,7 @@ TARGETS: dict[str, list[str]] = {
     "kms/store/repository.py": STORE,
     # Column types and lengths: SQLite ignores most of them, so the PostgreSQL-free list is short.
     "kms/store/models.py": STORE[:3],
-    "kms/store/schema.py": STORE[:3],
+    "kms/store/schema.py": [*STORE[:3], "tests/integration/test_upgrade.py"],
     "kms/master.py": STARTUP,
     "kms/gunicorn_conf.py": [*STARTUP, "tests/integration/http/test_tls.py"],
 }
@@ -115,8 +161,51 @@ SWAPS: dict[type, type] = {
 class Mutant:
     path: str
     index: int
-    line: int
+    line: int  # in the module as written (what the report shows)
     description: str
+    first_line: int = 0  # the mutated statement's lines in the re-printed module (coverage's)
+    last_line: int = 0
+    skip_reason: str | None = None
+
+
+def _skip_reason(node: ast.AST) -> str | None:
+    """Why a mutant is equivalent by design (never run, reported apart), or None."""
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        called = ast.unparse(node.value.func)
+        if called == "os.fsync":
+            # Durability across a power cut: the data is in the page cache either way, so no
+            # test short of pulling the plug can tell; the README's crash-safety rests on review.
+            return "fsync: only a power cut could tell"
+        if called.endswith(".debug"):
+            return "debug log line: not emitted at the configured level"
+    return None
+
+
+def _statement_lines(tree: ast.AST) -> dict[int, tuple[int, int]]:
+    """For each node (by id): the lines coverage.py reports for the statement that runs it.
+
+    A node in a simple statement is executed when any line of that statement is; a node in the
+    header of a compound statement (an ``if`` test, a decorator, a default value) by its own lines.
+    """
+    parents: dict[int, ast.AST] = {}
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parents[id(child)] = node
+    ranges: dict[int, tuple[int, int]] = {}
+    for node in ast.walk(tree):
+        if not hasattr(node, "lineno"):
+            continue
+        statement = node
+        while not isinstance(statement, ast.stmt) and id(statement) in parents:
+            statement = parents[id(statement)]
+        if hasattr(statement, "body") and statement is not node:
+            first = min(statement.lineno, node.lineno)
+            ranges[id(node)] = (first, node.end_lineno or node.lineno)
+        elif hasattr(statement, "body"):  # a whole compound statement: its first line
+            ranges[id(node)] = (statement.lineno, statement.lineno)
+        else:
+            ranges[id(node)] = (statement.lineno, statement.end_lineno or statement.lineno)
+    return ranges
 
 
 def _skipped_nodes(tree: ast.AST) -> set[int]:
@@ -211,11 +300,21 @@ def source(path: str) -> str:
 
 
 def mutants_of(path: str) -> list[Mutant]:
-    tree = ast.parse(source(path))
-    return [
-        Mutant(path, index, getattr(node, "lineno", 0), description)
-        for index, (node, description) in enumerate(_candidates(tree))
-    ]
+    """The module's mutants, with the lines of each in the re-printed module the tests run.
+
+    Re-printing (``ast.unparse``) keeps the tree, so the n-th candidate of both is the same node.
+    """
+    written, reprinted = ast.parse(source(path)), ast.parse(unparsed(path))
+    ranges = _statement_lines(reprinted)
+    mutants = []
+    pairs = zip(_candidates(written), _candidates(reprinted), strict=True)
+    for index, ((node, description), (twin, twin_description)) in enumerate(pairs):
+        if description != twin_description:
+            raise RuntimeError(f"{path}: re-printing changed mutant {index}: {description}")
+        first, last = ranges.get(id(twin), (0, 0))
+        line = getattr(node, "lineno", 0)
+        mutants.append(Mutant(path, index, line, description, first, last, _skip_reason(node)))
+    return mutants
 
 
 def mutated_source(mutant: Mutant) -> str:
@@ -240,11 +339,16 @@ def make_copy(parent: Path, number: int) -> Path:
 PYTEST_OPTIONS: list[str] = []
 
 
-def run_tests(copy_root: Path, tests: list[str], timeout: float) -> tuple[bool, float]:
-    """Run ``tests`` in ``copy_root``; True when they all pass."""
+def _environ(copy_root: Path, **extra: str) -> dict[str, str]:
     environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
     environ["PYTHONPATH"] = str(copy_root)
     environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    environ.update(extra)
+    return environ
+
+
+def run_tests(copy_root: Path, tests: list[str], timeout: float) -> tuple[bool, float]:
+    """Run ``tests`` (files or node ids, in this order) in ``copy_root``; True when all pass."""
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
     command += [*PYTEST_OPTIONS, *tests]
     started = time.monotonic()
@@ -252,7 +356,7 @@ def run_tests(copy_root: Path, tests: list[str], timeout: float) -> tuple[bool, 
         result = subprocess.run(  # noqa: S603 - our own interpreter and test paths
             command,
             cwd=copy_root,
-            env=environ,
+            env=_environ(copy_root),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             timeout=timeout,
@@ -263,94 +367,352 @@ def run_tests(copy_root: Path, tests: list[str], timeout: float) -> tuple[bool, 
     return result.returncode == 0, time.monotonic() - started
 
 
+def warm(copy_root: Path, tests: list[str]) -> None:
+    """Compile the copy once, so each mutant's run compiles only the module it changes.
+
+    pytest's rewritten test modules are cached by a collection without PYTHONDONTWRITEBYTECODE;
+    kms's modules then get *checked-hash* pycs: the interpreter compares each source with the hash
+    in its pyc, so a mutant written in the same second as the original (same size, same mtime)
+    still runs as the mutant (a timestamp pyc could hide it). The runs write no pycs.
+    """
+    environ = _environ(copy_root)
+    del environ["PYTHONDONTWRITEBYTECODE"]
+    subprocess.run(  # noqa: S603 - our own interpreter and test paths
+        [sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider", *tests],
+        cwd=copy_root,
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-m", "compileall", "-q", "-f", "--invalidation-mode", "checked-hash"]
+        + [str(copy_root / "kms"), str(copy_root / "migrations")],
+        cwd=copy_root,
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
+
+
+@dataclass
+class CoverageMap:
+    """Which tests execute which line of each unparsed module, and how long each test takes."""
+
+    lines: dict[str, dict[int, set[str]]]  # path -> line -> node ids ("" = no test: see below)
+    durations: dict[str, float]  # node id -> seconds (setup + call + teardown, under coverage)
+
+    def tests_for(self, mutant: Mutant, budget: float) -> tuple[list[str], int] | None:
+        """The tests to run for ``mutant`` and how many execute it; None when no test does.
+
+        The fastest tests that execute the mutated statement, up to ``budget`` seconds of their
+        measured time (at least one): a survivor runs them all, and the slowest (a 26 s scan of
+        the database files for key material, the servers of test_startup) would otherwise be run
+        by every survivor of a line they happen to execute. A survivor reports how many of the
+        executing tests it met, so one that met only some can be rerun with a larger budget.
+
+        A line executed outside any test (at import: a constant, a default, a decorator; or in a
+        child process such as ``kms serve`` or gunicorn, where the test's context does not reach)
+        gets every test that executes any line of the module, every test of a file that imports
+        the module, and every test of the module's list in TARGETS (the tests that start the
+        child are among them).
+        """
+        executed = self.lines.get(mutant.path, {})
+        contexts: set[str] = set()
+        for line in range(mutant.first_line, mutant.last_line + 1):
+            contexts |= executed.get(line, set())
+        if not contexts:
+            return None
+        tests = {context for context in contexts if context}
+        if "" in contexts:
+            # Tests that only import a constant execute no line of the module: name them too.
+            dotted = mutant.path.removesuffix(".py").replace("/", ".")
+            files = set(TARGETS[mutant.path]) | {
+                file
+                for file in {node.split("::")[0] for node in self.durations}
+                if dotted in _text(file)
+            }
+            tests |= {node for node in self.durations if node.split("::")[0] in files}
+            tests |= {context for line in executed.values() for context in line if context}
+        fastest = sorted(tests, key=lambda node: (self.durations.get(node, 1.0), node))
+        chosen: list[str] = []
+        spent = 0.0
+        for node in fastest:
+            spent += self.durations.get(node, 1.0)
+            if chosen and spent > budget:
+                break
+            chosen.append(node)
+        return self.grouped(chosen), len(fastest)
+
+    def grouped(self, tests: list[str]) -> list[str]:
+        """``tests`` (fastest first) regrouped by file, the file of the fastest test first.
+
+        Tests of one file stay together so that a module-scoped fixture (a server, a keystore
+        with one key of each type) is set up once per run.
+        """
+        by_file: dict[str, list[str]] = {}
+        for node in tests:
+            by_file.setdefault(node.split("::")[0], []).append(node)
+        return [node for nodes in by_file.values() for node in nodes]
+
+    def seconds(self, tests: list[str]) -> float:
+        return sum(self.durations.get(node, 1.0) for node in tests)
+
+
+def measure_coverage(copy_root: Path, paths: list[str]) -> CoverageMap:
+    """Run every test file of ``paths``' lists once under coverage.py, one context per test.
+
+    This is also the baseline: the unmutated (re-printed) code must pass it. Child processes are
+    measured too (``patch = subprocess, fork``), so code that only ``kms serve`` runs counts as
+    executed.
+    """
+    files = sorted({test for path in paths for test in TARGETS[path]})
+    data_file = copy_root / ".mutants-coverage"
+    durations_file = copy_root / ".mutants-durations.json"
+    rcfile = copy_root / ".mutants-coveragerc"
+    rcfile.write_text(
+        "[run]\n"
+        f"data_file = {data_file}\n"
+        "parallel = true\n"
+        f"include = {copy_root}/kms/*\n"
+        "patch = subprocess\n    fork\n    _exit\n",
+        encoding="utf-8",
+    )
+    environ = _environ(
+        copy_root,
+        PYTHONPATH=f"{copy_root}{os.pathsep}{copy_root / 'scripts'}",
+        MUTANTS_DURATIONS=str(durations_file),
+    )
+    command = [sys.executable, "-m", "coverage", "run", f"--rcfile={rcfile}", "-m", "pytest"]
+    command += ["-q", "-p", "no:cacheprovider", "-p", "mutants_plugin", *PYTEST_OPTIONS, *files]
+    result = subprocess.run(  # noqa: S603 - our own interpreter and test paths
+        command, cwd=copy_root, env=environ, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        print(result.stdout[-4000:], result.stderr[-2000:], sep="\n")
+        raise SystemExit("the unmutated code fails its tests under coverage: fix that first")
+    subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-m", "coverage", "combine", "-q", f"--rcfile={rcfile}"],
+        cwd=copy_root,
+        env=environ,
+        check=True,
+    )
+    from coverage import CoverageData
+
+    data = CoverageData(basename=str(data_file))
+    data.read()
+    lines: dict[str, dict[int, set[str]]] = {}
+    for measured in data.measured_files():
+        path = os.path.relpath(measured, copy_root)
+        if path not in paths:
+            continue
+        per_line = lines.setdefault(path, {})
+        for line, contexts in data.contexts_by_lineno(measured).items():
+            per_line.setdefault(line, set()).update(contexts)
+    durations = json.loads(durations_file.read_text(encoding="utf-8"))
+    for path in list(lines):  # the static context of the run ("" before the first test)
+        for contexts in lines[path].values():
+            if any(not context for context in contexts):
+                contexts.discard("")
+                contexts.add("")
+    for name in (data_file, durations_file, rcfile):
+        name.unlink(missing_ok=True)
+    return CoverageMap(lines, durations)
+
+
+CACHE = ROOT / ".mutants-cache"
+
+
+def _cache_file(paths: list[str]) -> Path:
+    """Where the coverage map of this code, these tests and these options is kept.
+
+    The name hashes every source and test file, the module list and the pytest options: any
+    change to the code or the tests means a new coverage run (which is also the baseline).
+    """
+    digest = hashlib.sha256(json.dumps([sorted(paths), PYTEST_OPTIONS]).encode())
+    for name in sorted([*ROOT.glob("kms/**/*.py"), *ROOT.glob("tests/**/*.py")]):
+        digest.update(name.relative_to(ROOT).as_posix().encode() + b"\0" + name.read_bytes())
+    return CACHE / f"coverage-{digest.hexdigest()[:16]}.json"
+
+
+def cached_coverage(copy_root: Path, paths: list[str]) -> CoverageMap:
+    """The coverage map from an earlier run on the same code, or a new coverage run."""
+    cache_file = _cache_file(paths)
+    if cache_file.exists():
+        saved = json.loads(cache_file.read_text(encoding="utf-8"))
+        lines = {
+            path: {int(line): set(contexts) for line, contexts in per_line.items()}
+            for path, per_line in saved["lines"].items()
+        }
+        return CoverageMap(lines, saved["durations"])
+    coverage_map = measure_coverage(copy_root, paths)
+    CACHE.mkdir(exist_ok=True)
+    lines_json = {
+        path: {line: sorted(contexts) for line, contexts in per_line.items()}
+        for path, per_line in coverage_map.lines.items()
+    }
+    saved_json = {"lines": lines_json, "durations": coverage_map.durations}
+    cache_file.write_text(json.dumps(saved_json), encoding="utf-8")
+    return coverage_map
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="module paths (default: all targets)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--postgres-dsn", help="also run the PostgreSQL tests (as make test)")
+    parser.add_argument("--json", type=Path, help="also write every mutant's outcome here")
+    parser.add_argument(
+        "--no-confirm",
+        dest="confirm",
+        action="store_false",
+        help="skip the second pass that reruns a survivor with every test executing its line",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=10.0,
+        help="seconds of (measured) test time per mutant, fastest tests first (default 10)",
+    )
     options = parser.parse_args()
     if options.postgres_dsn:
         PYTEST_OPTIONS.append(f"--postgres-dsn={options.postgres_dsn}")
-    paths = options.only or list(TARGETS)
+    # Smallest modules first: a run stopped early (Ctrl-C, SIGTERM) has finished whole modules.
+    paths = options.only or sorted(TARGETS, key=lambda path: len(mutants_of(path)))
     mutants = [mutant for path in paths for mutant in mutants_of(path)]
+    skipped = [mutant for mutant in mutants if mutant.skip_reason]
+    mutants = [mutant for mutant in mutants if not mutant.skip_reason]
     if options.list:
-        for mutant in mutants:
-            print(f"{mutant.path}:{mutant.line}: {mutant.description}")
-        print(f"{len(mutants)} mutants")
+        for mutant in [*mutants, *skipped]:
+            note = f"  (skipped: {mutant.skip_reason})" if mutant.skip_reason else ""
+            print(f"{mutant.path}:{mutant.line}: {mutant.description}{note}")
+        print(f"{len(mutants)} mutants, {len(skipped)} skipped")
         return 0
 
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kms-mutants-") as parent:
         copies: Queue[Path] = Queue()
-        for number in range(options.jobs):
-            copies.put(make_copy(Path(parent), number))
-        # Baselines: with every module re-printed from its AST but unmutated, each distinct test
-        # list must pass; its time bounds each mutant's run (a mutant that hangs is killed).
-        for _ in range(options.jobs):
-            copy_root = copies.get()
+        roots = [make_copy(Path(parent), number) for number in range(options.jobs)]
+        # Every copy holds the modules re-printed from their AST but unmutated: the form each
+        # mutant is written in, so the baseline and the line numbers are those of that form.
+        every_file = sorted({test for path in paths for test in TARGETS[path]})
+        for copy_root in roots:
             for path in paths:
                 (copy_root / path).write_text(unparsed(path), encoding="utf-8")
-            copies.put(copy_root)
-        test_lists = sorted({tuple(TARGETS[path]) for path in paths})
-
-        def measure(tests: tuple[str, ...]) -> float:
-            copy_root = copies.get()
-            try:
-                passed, seconds = run_tests(copy_root, list(tests), timeout=1800)
-            finally:
-                copies.put(copy_root)
-            if not passed:
-                raise SystemExit(f"the unmutated code fails {' '.join(tests)}: fix that first")
-            return seconds
-
         with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-            baseline = dict(zip(test_lists, pool.map(measure, test_lists), strict=True))
-        print(f"{len(mutants)} mutants; baselines {sum(baseline.values()):.0f}s", flush=True)
+            coverage_map = pool.submit(cached_coverage, roots[0], paths)
+            list(pool.map(warm, roots, [every_file] * len(roots)))
+            coverage_map = coverage_map.result()
+        for copy_root in roots:
+            copies.put(copy_root)
+        # pytest's own start (imports, collection) on this machine now: part of every timeout.
+        fastest = min(coverage_map.durations, key=coverage_map.durations.__getitem__)
+        passed, overhead = run_tests(roots[0], [fastest], timeout=600)
+        if not passed:
+            raise SystemExit(f"the unmutated code fails {fastest}: fix that first")
+        covered = sum(len(lines) for lines in coverage_map.lines.values())
+        print(
+            f"{len(mutants)} mutants ({len(skipped)} more skipped by design); coverage run and "
+            f"baseline {(time.monotonic() - started) / 60:.1f} min, {covered} lines executed; "
+            f"pytest starts in {overhead:.1f}s",
+            flush=True,
+        )
 
-        started = time.monotonic()
-        survivors: list[Mutant] = []
-        killed = 0
+        mutants_started = time.monotonic()
+        outcomes: dict[Mutant, str] = {}
 
-        def check(mutant: Mutant) -> bool:
+        def check(mutant: Mutant, budget: float = options.budget) -> str:
+            selected = coverage_map.tests_for(mutant, budget)
+            if selected is None:
+                return "not covered"
+            tests, executing = selected
+            # A timeout counts as killed: 3 times what the selected tests took under coverage.
+            timeout = 3 * (overhead + coverage_map.seconds(tests)) + 30
             copy_root = copies.get()
             try:
                 (copy_root / mutant.path).write_text(mutated_source(mutant), encoding="utf-8")
-                tests = TARGETS[mutant.path]
-                passed, _ = run_tests(copy_root, tests, timeout=3 * baseline[tuple(tests)] + 30)
+                passed, seconds = run_tests(copy_root, tests, timeout=timeout)
             finally:
                 (copy_root / mutant.path).write_text(unparsed(mutant.path), encoding="utf-8")
                 copies.put(copy_root)
-            return passed
+            if not passed and seconds >= timeout:
+                return "timeout"
+            return f"survived {len(tests)}/{executing}" if passed else "killed"
 
-        # Ctrl-C stops early and still prints what was found (the tests get the SIGINT too).
+        # Ctrl-C or SIGTERM stops early and still prints (and saves) what was found.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         interrupted = False
         pool = ThreadPoolExecutor(max_workers=options.jobs)
         try:
             results = zip(mutants, pool.map(check, mutants), strict=False)
-            for done, (mutant, survived) in enumerate(results, start=1):
-                if done % 25 == 0:
-                    minutes = (time.monotonic() - started) / 60
+            for done, (mutant, outcome) in enumerate(results, start=1):
+                outcomes[mutant] = outcome
+                if done % 50 == 0:
+                    minutes = (time.monotonic() - mutants_started) / 60
                     print(f"... {done}/{len(mutants)} after {minutes:.1f} min", flush=True)
-                if survived:
-                    survivors.append(mutant)
-                    print(f"SURVIVED {mutant.path}:{mutant.line}: {mutant.description}", flush=True)
-                else:
-                    killed += 1
+                if outcome not in ("killed", "timeout"):
+                    line = f"{outcome} {mutant.path}:{mutant.line}: {mutant.description}"
+                    print(line, flush=True)
+            # Second pass: a survivor that met only the fastest of the tests executing its line
+            # meets them all (--confirm); most mutants never need the slow ones.
+            unconfirmed = [mutant for mutant, outcome in outcomes.items() if _partial(outcome)]
+            if options.confirm and unconfirmed:
+                print(f"confirming {len(unconfirmed)} survivors with all their tests", flush=True)
+                every = [float("inf")] * len(unconfirmed)
+                for mutant, outcome in zip(
+                    unconfirmed, pool.map(check, unconfirmed, every), strict=False
+                ):
+                    outcomes[mutant] = outcome
+                    print(f"  {outcome} {mutant.path}:{mutant.line}: {mutant.description}")
         except KeyboardInterrupt:
             interrupted = True
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        elapsed = time.monotonic() - started
+    elapsed = time.monotonic() - started
 
-    run = killed + len(survivors)
+    survivors = [m for m, outcome in outcomes.items() if outcome not in ("killed", "timeout")]
+    killed = len(outcomes) - len(survivors)
+    timeouts = sum(outcome == "timeout" for outcome in outcomes.values())
     print()
     if interrupted:
-        print(f"INTERRUPTED: {run} of {len(mutants)} mutants run")
-    print(f"{run} mutants, {killed} killed, {len(survivors)} survived", end="")
-    print(f" (score {100 * killed / max(run, 1):.1f}%) in {elapsed / 60:.1f} min")
+        print(f"INTERRUPTED: {len(outcomes)} of {len(mutants)} mutants run")
+    print(
+        f"{len(outcomes)} mutants, {killed} killed ({timeouts} by timeout), "
+        f"{len(survivors)} survived (score {100 * killed / max(len(outcomes), 1):.1f}%), "
+        f"{len(skipped)} skipped by design; {elapsed / 60:.1f} min in all"
+    )
     for mutant in survivors:
-        print(f"  {mutant.path}:{mutant.line}: {mutant.description}")
+        print(f"  {mutant.path}:{mutant.line}: {mutant.description} [{outcomes[mutant]}]")
+    if options.json:
+        options.json.write_text(
+            json.dumps(
+                [
+                    {
+                        "path": m.path,
+                        "line": m.line,
+                        "mutation": m.description,
+                        "outcome": outcomes.get(m, "skipped: " + (m.skip_reason or "not run")),
+                    }
+                    for m in [*mutants, *skipped]
+                ],
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
     return 130 if interrupted else 0
+
+
+@functools.cache
+def _text(test_file: str) -> str:
+    return (ROOT / test_file).read_text(encoding="utf-8")
+
+
+def _partial(outcome: str) -> bool:
+    """True for "survived k/n" with k < n: the budget left some executing tests out."""
+    if not outcome.startswith("survived "):
+        return False
+    ran, executing = outcome.removeprefix("survived ").split("/")
+    return int(ran) < int(executing)
 
 
 def unparsed(path: str) -> str:

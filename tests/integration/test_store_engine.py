@@ -4,6 +4,7 @@ that reads and writes the key's row on its one connection."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import replace
@@ -49,6 +50,46 @@ def test_postgres_errors_hide_statement_parameters(postgres_url: str) -> None:
     assert SECRET_PARAMETER not in repr(error)
 
 
+def test_postgres_connections_carry_the_application_name(postgres_url: str) -> None:
+    """kms.store.serving finds running kms servers by ``application_name`` in
+    pg_stat_activity, so the name must reach PostgreSQL. Found by ``make mutants``."""
+    for name, expected in (("kms-server", "kms-server"), (None, "")):
+        engine = create_kms_engine(postgres_url, application_name=name)
+        try:
+            with engine.connect() as conn:
+                assert conn.execute(text("SHOW application_name")).scalar() == expected
+        finally:
+            engine.dispose()
+
+
+def test_a_pooled_postgres_connection_that_died_is_replaced_unseen(postgres_url: str) -> None:
+    """A PostgreSQL restart or failover kills the pooled connections; the next request must
+    get a fresh one (``pool_pre_ping``), not an error. Found by ``make mutants``.
+
+    Terminating another session's backend needs pg_signal_backend (CI grants it to kms_test).
+    """
+    engine = create_kms_engine(postgres_url)
+    killer = create_kms_engine(postgres_url, pool=False)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        with killer.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            conn.commit()
+        deadline = time.monotonic() + 10  # the backend exits asynchronously
+        with killer.connect() as conn:
+            while conn.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+            ).scalar():
+                assert time.monotonic() < deadline, "the backend did not exit"
+                time.sleep(0.05)
+        with engine.connect() as conn:  # the pool's one connection is the dead one
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+    finally:
+        engine.dispose()
+        killer.dispose()
+
+
 def test_kms_init_leaves_the_sqlite_file_in_wal_mode(initialised: Settings) -> None:
     database = Path(initialised.database_url.removeprefix("sqlite:///"))
     # Asked of SQLite directly, on a connection kms did not configure.
@@ -56,6 +97,27 @@ def test_kms_init_leaves_the_sqlite_file_in_wal_mode(initialised: Settings) -> N
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     # And persisted in the file itself: header bytes 18 and 19 are 2 in WAL mode, 1 otherwise.
     assert database.read_bytes()[18:20] == b"\x02\x02"
+
+
+def test_sqlite_connections_enforce_foreign_keys_and_wait_for_the_writer(
+    initialised: Settings,
+) -> None:
+    """Each connection kms opens: foreign keys on, synchronous=NORMAL (safe in WAL mode), and a
+    30 s busy timeout, so a second writer queues instead of failing with "database is locked".
+
+    Found by ``make mutants``: dropping any of these PRAGMAs, or changing the timeout, went
+    unseen (no test holds the write lock for long enough to notice).
+    """
+    engine = create_kms_engine(initialised.database_url)
+    try:
+        with engine.connect() as conn:
+            pragmas = {
+                name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("foreign_keys", "synchronous", "busy_timeout")
+            }
+    finally:
+        engine.dispose()
+    assert pragmas == {"foreign_keys": 1, "synchronous": 1, "busy_timeout": 30_000}
 
 
 @pytest.fixture

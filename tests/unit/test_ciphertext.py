@@ -13,6 +13,7 @@ from kms.crypto.ciphertext import (
     TAG_BYTES,
     ciphertext_aad,
     format_ciphertext,
+    format_versioned,
     parse_ciphertext,
 )
 from kms.crypto.encoding import encode_aad
@@ -56,6 +57,8 @@ def test_round_trip_any_version_nonce_and_body(version: int, nonce: bytes, seale
 def test_format_refuses_a_version_out_of_range(version: int) -> None:
     with pytest.raises(ValueError):
         format_ciphertext(version, bytes(NONCE_BYTES), bytes(TAG_BYTES))
+    with pytest.raises(ValueError):  # the RSA-OAEP envelope too (found by make mutants)
+        format_versioned(version, b"body")
 
 
 def test_parse_accepts_the_shortest_body() -> None:

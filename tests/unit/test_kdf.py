@@ -66,3 +66,18 @@ def test_derivation_matches_pbkdf2_and_fills_a_mutable_buffer() -> None:
     master_key = derive_master_key(bytearray(b"passphrase"), params)
     assert isinstance(master_key, bytearray)
     assert master_key == hashlib.pbkdf2_hmac("sha256", b"passphrase", SALT, 1000, 32)
+
+
+def test_messages_say_whether_the_stored_parameters_or_a_request_was_refused() -> None:
+    """An operator reading the one-line startup error must know the database is at fault.
+
+    Found by ``make mutants``: the wording could change from "stored" to "refusing" unseen, and
+    the non-ASCII check could be dropped (the pattern then refuses with a vaguer message).
+    """
+    weak = KDFParameters(iterations=1000, salt=SALT).encode()
+    with pytest.raises(InvalidKDFParameters, match="^the stored KDF parameters ask for 1000 "):
+        KDFParameters.decode(weak)
+    with pytest.raises(InvalidKDFParameters, match="^refusing 1000 PBKDF2 iterations"):
+        KDFParameters.generate(1000)
+    with pytest.raises(InvalidKDFParameters, match="non-ASCII"):
+        KDFParameters.decode("$pbkdf2-sha256$i=٦٠٠000,l=32$AAECAwQFBgcICQoLDA0ODw==".encode())

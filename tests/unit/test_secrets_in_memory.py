@@ -8,6 +8,9 @@ import os
 import pytest
 
 from kms.crypto.wrapping import KeyIdentity
+from kms.errors import WrongPassphrase
+from kms.service import keyring as keyring_module
+from kms.service import keystore as keystore_module
 from kms.service.keyring import PassphraseKeyring, zeroise
 from kms.service.keys import Decrypted
 
@@ -46,3 +49,88 @@ def test_closing_the_keyring_overwrites_the_master_key_and_refuses_further_use()
         keyring.wrap(b"\x01" * 32, aad)
     with pytest.raises(RuntimeError):
         keyring.unwrap(blob, aad)
+
+
+def test_closing_the_keyring_also_closes_its_row_mac_and_refuses_a_backup_mac() -> None:
+    """Found by ``make mutants``: only wrap and unwrap were checked after close."""
+    keyring = PassphraseKeyring(bytearray(os.urandom(32)))
+    keyring.verify_tag(b"row", keyring.tag(b"row"), "row")  # the control: open, it tags
+    keyring.backup_mac().close()
+
+    keyring.close()
+
+    with pytest.raises(RuntimeError):
+        keyring.tag(b"row")
+    with pytest.raises(RuntimeError):
+        keyring.backup_mac()
+
+
+def test_the_derived_mac_keys_are_overwritten_once_handed_to_hmac(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The row-MAC and backup keys (HKDF of the master key) live in buffers kms overwrites.
+
+    A spy around ``derive_mac_key`` keeps each buffer it returns, so the test can look at them
+    after the keyring is done with them. Found by ``make mutants``.
+    """
+    derived: list[bytearray] = []
+    real_derive = keyring_module.derive_mac_key
+
+    def spy(*args: object) -> bytearray:
+        buffer = real_derive(*args)
+        derived.append(buffer)
+        return buffer
+
+    monkeypatch.setattr(keyring_module, "derive_mac_key", spy)
+    keyring = PassphraseKeyring(bytearray(os.urandom(32)))
+    backup = keyring.backup_mac()
+    try:
+        assert len(derived) == 2
+        assert all(len(buffer) == 32 and buffer == bytearray(32) for buffer in derived)
+        assert backup.tag(b"row") != keyring.tag(b"row")  # two keys, both still usable
+    finally:
+        backup.close()
+        keyring.close()
+
+
+class _StoredKeystore:
+    """The one repository method opening needs: the stored KDF parameters and init marker."""
+
+    def __init__(self, stored: tuple[str, bytes]) -> None:
+        self.stored = stored
+
+    def read_keystore(self) -> tuple[str, bytes]:
+        return self.stored
+
+
+def test_the_master_keys_of_init_and_of_a_refused_open_are_overwritten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``kms init`` derives a master key only to wrap the marker, and an open with the wrong
+    passphrase derives one that proves nothing: both buffers are overwritten before returning.
+
+    A spy around ``derive_master_key`` keeps the buffers. Found by ``make mutants``.
+    """
+    derived: list[bytearray] = []
+    real_derive = keystore_module.derive_master_key
+
+    def spy(*args: object) -> bytearray:
+        buffer = real_derive(*args)
+        derived.append(buffer)
+        return buffer
+
+    monkeypatch.setattr(keystore_module, "derive_master_key", spy)
+    stored = keystore_module.new_keystore(bytearray(b"right"), 1000, min_iterations=1000)
+    assert len(derived) == 1 and derived[0] == bytearray(len(derived[0]))
+
+    with pytest.raises(WrongPassphrase):
+        keystore_module.open_keystore(
+            _StoredKeystore(stored), bytearray(b"wrong"), min_iterations=1000
+        )
+    assert len(derived) == 2 and derived[1] == bytearray(len(derived[1]))
+
+    opened = keystore_module.open_keystore(
+        _StoredKeystore(stored), bytearray(b"right"), min_iterations=1000
+    )
+    assert derived[2] != bytearray(len(derived[2]))  # the control: an open keyring keeps its key
+    opened.keyring.close()

@@ -1,0 +1,36 @@
+"""pytest plugin for the coverage run of ``scripts/mutants.py`` (loaded with ``-p mutants_plugin``).
+
+Records, under coverage.py, which test executed which line: the dynamic context is switched to the
+test's node id before its setup, so fixture code counts for the first test that needs it. Each
+test's duration (setup + call + teardown) goes to the JSON file named by ``MUTANTS_DURATIONS``, so
+the runner can order a mutant's tests fastest first and bound its run time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import coverage
+import pytest
+
+_durations: dict[str, float] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    current = coverage.Coverage.current()
+    if current is not None:
+        current.switch_context(item.nodeid)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: Any) -> None:
+    target = os.environ.get("MUTANTS_DURATIONS")
+    if target:
+        with open(target, "w", encoding="utf-8") as out:
+            json.dump(_durations, out)
