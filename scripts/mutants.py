@@ -347,10 +347,58 @@ def _environ(copy_root: Path, **extra: str) -> dict[str, str]:
     return environ
 
 
+class ForkServer:
+    """scripts/mutants_server.py started in one copy: runs pytest there in a fork per request."""
+
+    def __init__(self, copy_root: Path, modules_file: Path) -> None:
+        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and script
+            [sys.executable, str(copy_root / "scripts" / "mutants_server.py"), str(modules_file)],
+            cwd=copy_root,
+            env=_environ(copy_root),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        ready = self._answer()
+        self.preloaded = int(ready["preloaded"])
+
+    def _answer(self) -> dict:
+        assert self.process.stdout is not None  # noqa: S101 - set by Popen above
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the fork server stopped (status {self.process.wait()})")
+        return json.loads(line)
+
+    def run(self, args: list[str], timeout: float) -> tuple[int | None, float]:
+        """pytest's exit status (None after a timeout) and the wall time of the run."""
+        assert self.process.stdin is not None  # noqa: S101 - set by Popen above
+        self.process.stdin.write(json.dumps({"args": args, "timeout": timeout}) + "\n")
+        self.process.stdin.flush()
+        answer = self._answer()
+        return answer["status"], float(answer["seconds"])
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+#: copy -> its fork server (none with --no-fork: each run is then a new pytest process).
+SERVERS: dict[Path, ForkServer] = {}
+
+
 def run_tests(copy_root: Path, tests: list[str], timeout: float) -> tuple[bool, float]:
     """Run ``tests`` (files or node ids, in this order) in ``copy_root``; True when all pass."""
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
-    command += [*PYTEST_OPTIONS, *tests]
+    args = ["-x", "-q", "-p", "no:cacheprovider", *PYTEST_OPTIONS, *tests]
+    server = SERVERS.get(copy_root)
+    if server is not None:
+        status, seconds = server.run(args, timeout)
+        return status == 0, seconds
+    command = [sys.executable, "-m", "pytest", *args]
     started = time.monotonic()
     try:
         result = subprocess.run(  # noqa: S603 - our own interpreter and test paths
@@ -367,6 +415,9 @@ def run_tests(copy_root: Path, tests: list[str], timeout: float) -> tuple[bool, 
     return result.returncode == 0, time.monotonic() - started
 
 
+MODULES_FILE = ".mutants-modules"
+
+
 def warm(copy_root: Path, tests: list[str]) -> None:
     """Compile the copy once, so each mutant's run compiles only the module it changes.
 
@@ -374,11 +425,19 @@ def warm(copy_root: Path, tests: list[str]) -> None:
     kms's modules then get *checked-hash* pycs: the interpreter compares each source with the hash
     in its pyc, so a mutant written in the same second as the original (same size, same mtime)
     still runs as the mutant (a timestamp pyc could hide it). The runs write no pycs.
+
+    The collection also lists, in ``MODULES_FILE``, the modules from outside the copy that it
+    imported: the fork server imports them before its first fork.
     """
-    environ = _environ(copy_root)
+    environ = _environ(
+        copy_root,
+        PYTHONPATH=f"{copy_root}{os.pathsep}{copy_root / 'scripts'}",
+        MUTANTS_MODULES=str(copy_root / MODULES_FILE),
+    )
     del environ["PYTHONDONTWRITEBYTECODE"]
+    command = [sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider"]
     subprocess.run(  # noqa: S603 - our own interpreter and test paths
-        [sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider", *tests],
+        [*command, "-p", "mutants_plugin", *tests],
         cwd=copy_root,
         env=environ,
         stdout=subprocess.DEVNULL,
@@ -458,14 +517,13 @@ class CoverageMap:
         return sum(self.durations.get(node, 1.0) for node in tests)
 
 
-def measure_coverage(copy_root: Path, paths: list[str]) -> CoverageMap:
-    """Run every test file of ``paths``' lists once under coverage.py, one context per test.
+def measure_coverage(copy_root: Path, paths: list[str], files: list[str]) -> CoverageMap:
+    """Run the test ``files`` once under coverage.py, one context per test, in ``copy_root``.
 
     This is also the baseline: the unmutated (re-printed) code must pass it. Child processes are
     measured too (``patch = subprocess, fork``), so code that only ``kms serve`` runs counts as
     executed.
     """
-    files = sorted({test for path in paths for test in TARGETS[path]})
     data_file = copy_root / ".mutants-coverage"
     durations_file = copy_root / ".mutants-durations.json"
     rcfile = copy_root / ".mutants-coveragerc"
@@ -534,8 +592,13 @@ def _cache_file(paths: list[str]) -> Path:
     return CACHE / f"coverage-{digest.hexdigest()[:16]}.json"
 
 
-def cached_coverage(copy_root: Path, paths: list[str]) -> CoverageMap:
-    """The coverage map from an earlier run on the same code, or a new coverage run."""
+def cached_coverage(roots: list[Path], paths: list[str]) -> CoverageMap:
+    """The coverage map from an earlier run on the same code, or a new coverage run.
+
+    A new run shares the test files of ``paths``' lists out among the copies, one coverage
+    process each (the longest files first, each to the copy with the least so far, by the
+    durations of the latest cached map), and merges what they measured.
+    """
     cache_file = _cache_file(paths)
     if cache_file.exists():
         saved = json.loads(cache_file.read_text(encoding="utf-8"))
@@ -544,7 +607,32 @@ def cached_coverage(copy_root: Path, paths: list[str]) -> CoverageMap:
             for path, per_line in saved["lines"].items()
         }
         return CoverageMap(lines, saved["durations"])
-    coverage_map = measure_coverage(copy_root, paths)
+    files = sorted({test for path in paths for test in TARGETS[path]})
+    earlier: dict[str, float] = {}
+    for older in sorted(CACHE.glob("coverage-*.json"), key=lambda name: name.stat().st_mtime):
+        durations = json.loads(older.read_text(encoding="utf-8"))["durations"]
+        earlier = {}
+        for node, seconds in durations.items():
+            earlier[node.split("::")[0]] = earlier.get(node.split("::")[0], 0.0) + seconds
+    shares: list[list[str]] = [[] for _ in roots]
+    loads = [0.0] * len(roots)
+    for file in sorted(files, key=lambda file: -earlier.get(file, 1.0)):
+        least = loads.index(min(loads))
+        shares[least].append(file)
+        loads[least] += earlier.get(file, 1.0)
+    with ThreadPoolExecutor(max_workers=len(roots)) as pool:
+        running = [
+            pool.submit(measure_coverage, root, paths, sorted(share))
+            for root, share in zip(roots, shares, strict=True)
+            if share
+        ]
+        parts = [part.result() for part in running]
+    coverage_map = CoverageMap({}, {})
+    for part in parts:
+        for path, per_line in part.lines.items():
+            for line, contexts in per_line.items():
+                coverage_map.lines.setdefault(path, {}).setdefault(line, set()).update(contexts)
+        coverage_map.durations.update(part.durations)
     CACHE.mkdir(exist_ok=True)
     lines_json = {
         path: {line: sorted(contexts) for line, contexts in per_line.items()}
@@ -574,6 +662,12 @@ def main() -> int:
         default=10.0,
         help="seconds of (measured) test time per mutant, fastest tests first (default 10)",
     )
+    parser.add_argument(
+        "--no-fork",
+        dest="fork",
+        action="store_false",
+        help="start a new pytest process per mutant instead of forking a preloaded one (slower)",
+    )
     options = parser.parse_args()
     if options.postgres_dsn:
         PYTEST_OPTIONS.append(f"--postgres-dsn={options.postgres_dsn}")
@@ -600,21 +694,31 @@ def main() -> int:
             for path in paths:
                 (copy_root / path).write_text(unparsed(path), encoding="utf-8")
         with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-            coverage_map = pool.submit(cached_coverage, roots[0], paths)
             list(pool.map(warm, roots, [every_file] * len(roots)))
-            coverage_map = coverage_map.result()
+        coverage_map = cached_coverage(roots, paths)
         for copy_root in roots:
             copies.put(copy_root)
         # pytest's own start (imports, collection) on this machine now: part of every timeout.
         fastest = min(coverage_map.durations, key=coverage_map.durations.__getitem__)
-        passed, overhead = run_tests(roots[0], [fastest], timeout=600)
+        passed, process_start = run_tests(roots[0], [fastest], timeout=600)
         if not passed:
             raise SystemExit(f"the unmutated code fails {fastest}: fix that first")
+        overhead, preloaded = process_start, ""
+        if options.fork:
+            for copy_root in roots:
+                SERVERS[copy_root] = ForkServer(copy_root, copy_root / MODULES_FILE)
+            passed, overhead = run_tests(roots[0], [fastest], timeout=600)
+            if not passed:
+                raise SystemExit(f"the unmutated code fails {fastest} in a fork: fix that first")
+            preloaded = (
+                f" ({process_start:.1f}s as a new process; forked from a server that preloaded "
+                f"{SERVERS[roots[0]].preloaded} modules)"
+            )
         covered = sum(len(lines) for lines in coverage_map.lines.values())
         print(
             f"{len(mutants)} mutants ({len(skipped)} more skipped by design); coverage run and "
             f"baseline {(time.monotonic() - started) / 60:.1f} min, {covered} lines executed; "
-            f"pytest starts in {overhead:.1f}s",
+            f"pytest starts in {overhead:.1f}s{preloaded}",
             flush=True,
         )
 
@@ -668,6 +772,8 @@ def main() -> int:
             interrupted = True
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            for server in SERVERS.values():
+                server.close()
     elapsed = time.monotonic() - started
 
     survivors = [m for m, outcome in outcomes.items() if outcome not in ("killed", "timeout")]

@@ -4,12 +4,18 @@ Records, under coverage.py, which test executed which line: the dynamic context 
 test's node id before its setup, so fixture code counts for the first test that needs it. Each
 test's duration (setup + call + teardown) goes to the JSON file named by ``MUTANTS_DURATIONS``, so
 the runner can order a mutant's tests fastest first and bound its run time.
+
+With ``MUTANTS_MODULES`` set (the runner's collection of each copy), the names of the modules the
+session imported from outside the copy go to that file: what the fork server
+(scripts/mutants_server.py) imports once, before it forks a pytest for each mutant.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import coverage
@@ -34,3 +40,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: Any) -> None:
     if target:
         with open(target, "w", encoding="utf-8") as out:
             json.dump(_durations, out)
+    modules = os.environ.get("MUTANTS_MODULES")
+    if modules:
+        copy_root = Path.cwd().resolve()
+        ours = ("kms", "tests", "conftest", "__main__", "mutants_plugin")
+        outside = sorted(
+            name
+            for name, module in list(sys.modules.items())
+            if name.split(".")[0] not in ours and not _inside(module, copy_root)
+        )
+        Path(modules).write_text("\n".join(outside) + "\n", encoding="utf-8")
+
+
+def _inside(module: object, root: Path) -> bool:
+    return Path(getattr(module, "__file__", None) or "/").resolve().is_relative_to(root)
