@@ -85,7 +85,7 @@ class KeyMaterialCache:
             self._bytes = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _CachedRow:
     key: KeyRecord
     mark: int

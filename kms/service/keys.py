@@ -362,13 +362,22 @@ T = TypeVar("T")
 _STALE_SYMPTOMS = (_StaleRow, KeyNotFound, InvalidCiphertext, VersionBelowMinimum, KeyChanged)
 
 
-def _material_bytes(algorithm: str) -> int:
-    """About what a loaded key costs in memory, for the material cache's byte bound (an AEAD or
-    HMAC object is a few hundred bytes inside OpenSSL; an RSA private key keeps its CRT values)."""
+def _material_bytes(algorithm: str, *, public: bool = False) -> int:
+    """About what a loaded key costs in memory, for the material cache's byte bound.
+
+    Measured (RSS over thousands of objects, cryptography 50): an AES-256-GCM object holds
+    OpenSSL contexts ready for use, about 2.7 KB, ChaCha20-Poly1305 2.2 KB; an HMAC key is a few
+    hundred bytes; EC and Ed25519 keys well under 1 KB; RSA keys grow with their size.
+    """
     if algorithm.startswith("RSA"):
-        return int(algorithm.rsplit("-", 1)[1]) * 3
+        bits = int(algorithm.rsplit("-", 1)[1])
+        return bits // 2 if public else bits * 2
+    if public:
+        return 512
+    if algorithm in ("AES-256-GCM", "ChaCha20-Poly1305"):
+        return 2700
     if algorithm.startswith("ECDSA"):
-        return 2048
+        return 1024
     return 512
 
 
@@ -1740,7 +1749,7 @@ class KMSService:
         loaded = self._cache.get(cache_key)
         if loaded is None:
             loaded = self._load_public(key, self._version(key, version))
-            self._cache.put(cache_key, loaded, _material_bytes(key.algorithm) // 4)
+            self._cache.put(cache_key, loaded, _material_bytes(key.algorithm, public=True))
         return loaded
 
     # -- operator checks -------------------------------------------------------------------

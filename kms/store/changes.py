@@ -307,5 +307,7 @@ class PostgresChangeListener:
                     connection.execute("SELECT 1")
                     quiet = 0.0
         finally:
+            # Discarded, not returned: a pool's reset (a ROLLBACK) on a lost connection would
+            # only log a second failure.
             with contextlib.suppress(Exception):
-                raw.close()
+                raw.invalidate()

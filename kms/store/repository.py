@@ -41,7 +41,7 @@ PENDING_DELETION = "pending_deletion"
 INIT_MARKER = "init_marker"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyRecord:
     """A row of ``keys``.
 
