@@ -35,8 +35,9 @@ DEFAULT_ENCRYPTION_BLOCK = 1000
 #: A worker uses a cached key row for at most this long (README, Consistency); 0: no row cache.
 DEFAULT_CACHE_STALENESS_MS = 1000
 MAX_CACHE_STALENESS_MS = 600_000
-#: Each of a worker's two key caches (rows, loaded material) holds at most about this many bytes.
-DEFAULT_KEY_CACHE_BYTES = 64 * 1024 * 1024
+#: Each of a worker's two key caches (rows, loaded material) holds at most about this many bytes:
+#: both full, a worker stays under about 150 MB (README, Consistency of cached key rows).
+DEFAULT_KEY_CACHE_BYTES = 32 * 1024 * 1024
 
 # (section, yaml key) -> attribute path; the env override is KMS_<SECTION>_<KEY>, matched
 # case-insensitively with underscores ignored (KMS_SERVER_SERVERCERT == KMS_SERVER_SERVER_CERT).
