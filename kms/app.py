@@ -37,8 +37,6 @@ from kms.store.serving import SERVER_APPLICATION_NAME
 REQUEST_ID_ENVIRON_KEY = "kms.request_id"
 #: Where the app keeps its repository, so that whoever serves it can close its connections.
 REPOSITORY = "kms.repository"
-#: The PostgreSQL key-change listener of this process, if it runs one (tests wait for it).
-CHANGE_LISTENER = "kms.change_listener"
 log = logging.getLogger("kms")
 
 
@@ -92,8 +90,8 @@ def register_service(
             settings.database_url, changes, application_name=SERVER_APPLICATION_NAME
         )
         listener.start()
+        # Stopped when the worker closes the repository (kms.wsgi.close at worker exit).
         repository.on_close(listener.stop)
-        app.extensions[CHANGE_LISTENER] = listener
     cache = KeyMaterialCache(settings.key_cache_size, settings.key_cache_bytes)
     rows = KeyRowCache(
         settings.cache_staleness_ms,
