@@ -144,9 +144,10 @@ def test_a_warm_key_costs_no_sql_statement(
     staleness_ms: int,
     reads_per_call: int,
 ) -> None:
-    # Decryption counts are flushed every 10 s: not during this test.
+    # Decryption counts are flushed every 10 s: not during this test. And the cache's clock
+    # stands still, so that a slow moment on a busy machine cannot age the rows past the bound.
     monkeypatch.setattr("kms.service.usage.FLUSH_SECONDS", 3600.0)
-    worker = workers(staleness_ms=staleness_ms)
+    worker = workers(staleness_ms=staleness_ms, clock=FakeClock())
     calls = _hot_calls(worker.service)
     for call in calls:  # warm: rows read, material unwrapped, an encryption block reserved
         call()
@@ -288,7 +289,7 @@ def test_a_stale_row_never_turns_a_good_ciphertext_signature_or_mac_into_invalid
 def test_the_row_cache_holds_at_most_its_entries_and_bytes(
     workers: Callable[..., Worker],
 ) -> None:
-    by_entries = workers(max_entries=5)
+    by_entries = workers(max_entries=5, clock=FakeClock())
     for number in range(40):
         by_entries.service.create_key(f"key-{number}")
     for number in range(40):
@@ -296,7 +297,7 @@ def test_the_row_cache_holds_at_most_its_entries_and_bytes(
         assert len(by_entries.rows) <= 5
     assert len(by_entries.rows) == 5
 
-    by_bytes = workers(max_bytes=3 * ROW_BASE_BYTES + 100)
+    by_bytes = workers(max_bytes=3 * ROW_BASE_BYTES + 100, clock=FakeClock())
     for number in range(40):
         by_bytes.service.encrypt(f"key-{number}", b"x")
         assert by_bytes.rows.size_bytes <= 3 * ROW_BASE_BYTES + 100
