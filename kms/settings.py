@@ -32,6 +32,12 @@ DEFAULT_MAX_BATCH_ITEMS = 1000
 #: 2**32), and processes reserve encryptions from the database in blocks of this size.
 DEFAULT_MAX_ENCRYPTIONS_PER_VERSION = 2**30
 DEFAULT_ENCRYPTION_BLOCK = 1000
+#: A worker uses a cached key row for at most this long (README, Consistency); 0: no row cache.
+DEFAULT_CACHE_STALENESS_MS = 1000
+MAX_CACHE_STALENESS_MS = 600_000
+#: Each of a worker's two key caches (rows, loaded material) holds at most about this many bytes:
+#: both full, a worker stays under about 150 MB (README, Consistency of cached key rows).
+DEFAULT_KEY_CACHE_BYTES = 32 * 1024 * 1024
 
 # (section, yaml key) -> attribute path; the env override is KMS_<SECTION>_<KEY>, matched
 # case-insensitively with underscores ignored (KMS_SERVER_SERVERCERT == KMS_SERVER_SERVER_CERT).
@@ -54,6 +60,8 @@ _KEYS: dict[tuple[str, str], str] = {
     ("kms", "master_passphrase_file"): "master_passphrase_file",
     ("kms", "kdf_iterations"): "kdf_iterations",
     ("kms", "key_cache_size"): "key_cache_size",
+    ("kms", "keyCacheBytes"): "key_cache_bytes",
+    ("kms", "cacheStalenessMs"): "cache_staleness_ms",
     ("kms", "verifyMaxVersions"): "verify_max_versions",
     ("kms", "maxVersions"): "max_versions",
     ("kms", "deletion.min_pending_days"): "deletion_min_pending_days",
@@ -98,6 +106,8 @@ class Settings:
     master_passphrase_file: Path | None = None
     kdf_iterations: int = MIN_ITERATIONS
     key_cache_size: int = 4096
+    key_cache_bytes: int = DEFAULT_KEY_CACHE_BYTES
+    cache_staleness_ms: int = DEFAULT_CACHE_STALENESS_MS
     verify_max_versions: int = DEFAULT_VERIFY_MAX_VERSIONS
     max_versions: int = DEFAULT_MAX_VERSIONS
     #: A DELETE must schedule the deletion at least this many days ahead; 0: immediate allowed.
@@ -274,6 +284,8 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
         "master_passphrase_file": _unresolved_path,
         "kdf_iterations": _integer_between(MIN_ITERATIONS, MAX_ITERATIONS),
         "key_cache_size": _integer_between(0, 1_000_000),
+        "key_cache_bytes": _integer_between(64 * 1024, 64 * 1024**3),
+        "cache_staleness_ms": _integer_between(0, MAX_CACHE_STALENESS_MS),
         "verify_max_versions": _integer_between(1, 1000),
         "max_versions": _integer_between(1, 2**31 - 1),
         "deletion_min_pending_days": _integer_between(0, 30),
