@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -23,7 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.load import BenchError, Client, Load, Measured, encode_request, request_once, run_load
-from bench.seed import cold_key_id, copy_database, copy_to_postgres, seeded_sqlite
+from bench.seed import (
+    MANY_VERSIONS_KEY,
+    Seeded,
+    cold_key_id,
+    copy_database,
+    copy_to_postgres,
+    seeded_sqlite,
+)
 from bench.server import RunningServer, ServerOptions, make_certificates, running_server
 
 HERE = Path(__file__).resolve().parent
@@ -32,6 +40,7 @@ DEFAULT_WARMUP = 1.0
 DEFAULT_KEYS = 1_000_000
 DEFAULT_COLD_KEYS = 100_000
 MEMORY_CACHE_SIZE = 100_000
+BATCH_ITEMS = 1000  # server.maxBatchItems' default
 
 FIRST_ROUND_ONLY = frozenset({"new_connections_default_context", "memory_cached_versions"})
 
@@ -118,6 +127,7 @@ class Plan:
     keys: int
     cold_keys: int
     memory_seconds: float
+    memory_versions: int
     workers: int | None
     threads: int | None
     only: frozenset[str]
@@ -210,8 +220,9 @@ def cold_requests(keys: int, cold_keys: int, rng: random.Random) -> list[bytes]:
 
 
 class Run:
-    def __init__(self, plan: Plan, directory: Path) -> None:
+    def __init__(self, plan: Plan, directory: Path, seeded: Seeded) -> None:
         self.plan = plan
+        self.seeded = seeded
         self.directory = directory
         self.results: list[Result] = []
         self.rng = random.Random()  # noqa: S311 - which keys to touch, not a secret
@@ -274,66 +285,69 @@ class Run:
                     keep_alive=False,
                 )
                 self.measure(server, scenario, database)
-        if first and self.wanted("memory_cached_versions") and plan.memory_seconds > 0:
+        if first and self.wanted("memory_cached_versions") and plan.memory_versions > 0:
             self.memory_round(database, dsn, passphrase)
 
     def memory_round(self, database: str, dsn: str, passphrase: Path) -> None:
-        """Worker RSS with the key cache raised to 100,000 entries and filled as far as the time
-        allows. Two phases over disjoint keys: the growth during the second, per key cached, is
-        the cost of an entry (the first also pays for warming the worker up), and the figure for
-        100,000 entries is projected from it when the time did not allow loading them all."""
+        """A worker's RSS before and after loading every version of MANY_VERSIONS_KEY (100,000
+        by default) into its key cache, raised to 100,000 entries for this, by batch decrypts of
+        1,000 ciphertexts, one per version. One worker, so that it is certain to load them all:
+        the figure is a worker's, whatever the number of workers."""
         plan = self.plan
-        options = self.options(dsn, passphrase, key_cache_size=MEMORY_CACHE_SIZE)
-        count = min(plan.keys, MEMORY_CACHE_SIZE)
-        requests = cold_requests(plan.keys, count, self.rng)
-        with running_server(self.directory, options) as server:
-            # A third of the time warms the workers up (threads, statement caches, the heap's
-            # first growth) on keys that stay cached; the growth over the rest is the entries'.
-            first = Load(requests=requests, processes=plan.processes, connections=plan.connections)
-            done_first = min(
-                count, run_load(server.client, first, 0.0, plan.memory_seconds / 3).answered
+        ciphertexts = self.seeded.ciphertexts.read_text(encoding="ascii").split()
+        batches = [
+            post(
+                "/decrypt",
+                {
+                    "key_id": MANY_VERSIONS_KEY,
+                    "batch": [{"ciphertext": text} for text in ciphertexts[at : at + BATCH_ITEMS]],
+                },
             )
-            middle = server.worker_rss_mb()
-            # The connections walk the list in step, so the first ``done_first`` (give or take one
-            # per connection) are the keys already cached.
-            rest = requests[done_first + plan.processes * plan.connections :]
-            second = Load(requests=rest, processes=plan.processes, connections=plan.connections)
-            done_second = min(
-                len(rest),
-                run_load(server.client, second, 0.0, plan.memory_seconds * 2 / 3).answered,
-            )
-            after = server.worker_rss_mb()
-        workers = max(1, len(after))
-        # Keep-alive connections spread over the workers about evenly: each caches its share.
-        cached = (done_first + done_second) / workers
-        growth_mb = sum(a - m for a, m in zip(after, middle, strict=False)) / workers
-        per_entry_kb = growth_mb * 1024 / (done_second / workers) if done_second else 0.0
-        projected = [
-            size + max(0.0, MEMORY_CACHE_SIZE - cached) * per_entry_kb / 1024 for size in after
+            for at in range(0, len(ciphertexts), BATCH_ITEMS)
         ]
+        options = self.options(
+            dsn, passphrase, key_cache_size=max(MEMORY_CACHE_SIZE, len(ciphertexts)), workers=1
+        )
+        with running_server(self.directory, options) as server:
+            warm = Load(requests=[encode_request("GET", "/healthz")], processes=1, connections=2)
+            run_load(server.client, warm, 0.0, 0.5)
+            before = server.worker_rss_mb()
+            load = Load(
+                requests=batches,
+                processes=1,
+                connections=min(4, len(batches)),
+                reject=b'"error"',
+                once=True,
+            )
+            started = time.monotonic()
+            measured = run_load(server.client, load, 0.0, plan.memory_seconds)
+            elapsed = time.monotonic() - started
+            after = server.worker_rss_mb()
+        loaded = min(len(ciphertexts), measured.answered * BATCH_ITEMS)
+        per_version_kb = (after[0] - before[0]) * 1024 / loaded if loaded else 0.0
         result = Result(
             name="memory_cached_versions",
             database=database,
-            requests_per_s=(done_first + done_second) / plan.memory_seconds,
+            requests_per_s=measured.answered / elapsed,
             p50_ms=0.0,
             p99_ms=0.0,
-            seconds=plan.memory_seconds,
-            requests=done_first + done_second,
+            seconds=round(elapsed, 1),
+            requests=measured.answered,
+            items_per_request=BATCH_ITEMS,
             extra={
-                "key_cache_size": MEMORY_CACHE_SIZE,
-                "cached_versions_per_worker": round(cached),
-                "worker_rss_mb_middle": [round(size, 1) for size in middle],
-                "worker_rss_mb_after": [round(size, 1) for size in after],
-                "kb_per_cached_version": round(per_entry_kb, 2),
-                "worker_rss_mb_at_100k_versions": [round(size, 1) for size in projected],
-                "measured_in_full": cached >= MEMORY_CACHE_SIZE,
+                "key_cache_size": options.key_cache_size,
+                "cached_versions": loaded,
+                "all_loaded": loaded == len(ciphertexts),
+                "worker_rss_mb_before": round(before[0], 1),
+                "worker_rss_mb": round(after[0], 1),
+                "kb_per_cached_version": round(per_version_kb, 2),
             },
         )
         self.results.append(result)
         progress(
-            f"  {database:10} memory: ~{cached:,.0f} versions cached per worker, RSS "
-            f"{fmt_rss(middle)} -> {fmt_rss(after)} ({per_entry_kb:.2f} KB each); "
-            f"at 100,000: {fmt_rss(projected)}"
+            f"  {database:10} memory: {loaded:,} key versions loaded into one worker's cache in "
+            f"{elapsed:.1f} s: RSS {before[0]:.0f} MB -> {after[0]:.0f} MB "
+            f"({per_version_kb:.2f} KB per version)"
         )
 
 
@@ -412,7 +426,7 @@ def _max_rss(found: dict[str, Result]) -> float | None:
     memory = found.get("memory_cached_versions")
     if memory is None or not memory.extra:
         return None
-    return max(memory.extra["worker_rss_mb_at_100k_versions"], default=None)
+    return memory.extra["worker_rss_mb"] if memory.extra["all_loaded"] else None
 
 
 TARGETS = (
@@ -437,7 +451,7 @@ TARGETS = (
         25.0,
     ),
     Target("cold keys / hot key encrypt", _ratio("encrypt_cold_keys", "encrypt_256"), 0.5),
-    Target("worker RSS with 100k cached versions (MB)", _max_rss, 150.0, at_most=True),
+    Target("worker RSS with all versions cached (MB)", _max_rss, 150.0, at_most=True),
 )
 
 
@@ -499,10 +513,16 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keys", type=int, default=DEFAULT_KEYS, help="keys seeded")
     parser.add_argument("--cold-keys", type=int, default=DEFAULT_COLD_KEYS)
     parser.add_argument(
+        "--memory-versions",
+        type=int,
+        default=MEMORY_CACHE_SIZE,
+        help="versions of one key loaded into a worker's cache for its RSS (0: skip)",
+    )
+    parser.add_argument(
         "--memory-seconds",
         type=float,
-        default=None,
-        help="time spent filling a 100,000-entry key cache (default 4 x seconds; 0: skip)",
+        default=120.0,
+        help="at most this long for loading them (a safety limit)",
     )
     parser.add_argument("--workers", type=int, default=None, help="default: kms's own default")
     parser.add_argument("--threads", type=int, default=None, help="default: kms's own default")
@@ -520,6 +540,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _interrupted(_signal: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     if arguments.cold_keys > arguments.keys:
@@ -531,19 +555,22 @@ def main(argv: list[str] | None = None) -> int:
         connections=arguments.connections,
         keys=arguments.keys,
         cold_keys=arguments.cold_keys,
-        memory_seconds=4 * arguments.seconds
-        if arguments.memory_seconds is None
-        else arguments.memory_seconds,
+        memory_seconds=arguments.memory_seconds,
+        memory_versions=arguments.memory_versions,
         workers=arguments.workers,
         threads=arguments.threads,
         only=frozenset(arguments.only),
     )
+    # SIGTERM unwinds like Ctrl-C: the servers stop and a PostgreSQL database is dropped.
+    signal.signal(signal.SIGTERM, _interrupted)
     started = time.monotonic()
     progress(
         f"bench: {plan.processes} client processes x {plan.connections} connections, "
         f"{plan.seconds:g} s per scenario after {plan.warmup:g} s warm-up, {os.cpu_count()} cores"
     )
-    seeded = seeded_sqlite(arguments.cache_dir, plan.keys, os.cpu_count() or 2)
+    seeded = seeded_sqlite(
+        arguments.cache_dir, plan.keys, plan.memory_versions, os.cpu_count() or 2
+    )
     seeding = {
         "name": "seed_sqlite",
         "kind": "seeding",
@@ -561,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="kms-bench-") as temporary:
             directory = Path(temporary)
             make_certificates(directory / "tls")
-            run = Run(plan, directory / "tls")
+            run = Run(plan, directory / "tls", seeded)
             if not arguments.no_sqlite:
                 database, passphrase = copy_database(seeded, directory)
                 run.database_round("sqlite", str(database), passphrase, first=True)

@@ -3,7 +3,7 @@
 It shares the machine's cores with the server it measures, so it does as little as it can per
 request: requests are encoded once before the clock starts, each connection is a raw
 ``ssl.SSLSocket`` (no HTTP library), and a response is parsed only as far as its status code and
-``Content-Length``. Every connection has one request in flight at a time (no pipelining); the
+``Content-Length``. A request counts in the window in which its answer arrives. Every connection has one request in flight at a time (no pipelining); the
 latency of a request runs from its first byte sent (or, without keep-alive, from the TCP connect)
 to its last byte received.
 
@@ -110,6 +110,10 @@ class Load:
     keep_alive: bool = True
     #: A substring every response body must hold (e.g. b'"valid":true'); empty: status 200 only.
     expect: bytes = b""
+    #: A substring no response may hold (b'"error"' for a batch, whose failed items still get 200).
+    reject: bytes = b""
+    #: Send each request once, then stop (the run still ends at its deadline if not done).
+    once: bool = False
 
 
 @dataclass
@@ -160,7 +164,8 @@ def _drive(
             time.sleep(0.005)
         stop = measure_to
         for conn in conns:
-            _start_request(client, context, selector, conn, requests, count, load.keep_alive)
+            if not load.once or conn.next_index < count:
+                _start_request(client, context, selector, conn, requests, count, load.keep_alive)
         while selector.get_map():
             events = selector.select(STALL_SECONDS)
             if not events:
@@ -173,18 +178,20 @@ def _drive(
                 done = time.monotonic()
                 parsed = parse_response(conn.buffer)
                 status = parsed[0] if parsed else 0
-                body_ok = not load.expect or load.expect in conn.buffer
+                body_ok = (not load.expect or load.expect in conn.buffer) and (
+                    not load.reject or load.reject not in conn.buffer
+                )
                 if status != 200 or not body_ok:
                     measured.errors += 1
                     if not measured.first_error:
                         measured.first_error = bytes(conn.buffer[:300]).decode("latin-1")
-                elif measure_from <= conn.started and done <= measure_to:
+                elif measure_from <= done <= measure_to:
                     measured.latencies.append(done - conn.started)
                 measured.answered += 1
                 conn.buffer = bytearray()
                 if not load.keep_alive:
                     _close(selector, conn)
-                if done >= stop:
+                if done >= stop or (load.once and conn.next_index >= count):
                     if conn.sock is not None:
                         _close(selector, conn)
                     continue

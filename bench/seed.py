@@ -31,9 +31,12 @@ from pathlib import Path
 from bench.load import BenchError
 
 #: Raise when the rows this module writes change, so that old cache files are not reused.
-SEED_FORMAT = 1
+SEED_FORMAT = 2
 CHUNK = 5000
 KEY_ID_PREFIX = "bench-cold-"
+#: One key with many versions: the memory scenario fills a worker's key cache with its versions
+#: (a batch decrypt of 1,000 ciphertexts loads 1,000 versions in one request).
+MANY_VERSIONS_KEY = "bench-many-versions"
 
 KEY_COLUMNS = (
     "key_id",
@@ -77,32 +80,36 @@ def cold_key_id(index: int) -> str:
 class Seeded:
     database: Path
     passphrase_file: Path
+    #: One ciphertext per version of MANY_VERSIONS_KEY, one per line, version 1 first.
+    ciphertexts: Path
     seconds: float  # 0.0 when it came from the cache
     cached: bool
 
 
-def cache_name(count: int) -> str:
+def cache_name(count: int, versions: int) -> str:
     from kms.store.schema import head_revision
 
-    return f"seed-v{SEED_FORMAT}-{head_revision()}-{count}"
+    return f"seed-v{SEED_FORMAT}-{head_revision()}-{count}-{versions}"
 
 
-def seeded_sqlite(cache_dir: Path, count: int, processes: int) -> Seeded:
-    """The cached seeded database for ``count`` keys, made now if missing."""
+def seeded_sqlite(cache_dir: Path, count: int, versions: int, processes: int) -> Seeded:
+    """The cached seeded database (``count`` one-version keys, and MANY_VERSIONS_KEY with
+    ``versions`` versions), made now if missing."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    name = cache_name(count)
+    name = cache_name(count, versions)
     database = cache_dir / f"{name}.db"
     passphrase = cache_dir / f"{name}.passphrase"
-    if database.is_file() and passphrase.is_file():
-        return Seeded(database, passphrase, 0.0, cached=True)
+    ciphertexts = cache_dir / f"{name}.ciphertexts"
+    if database.is_file() and passphrase.is_file() and ciphertexts.is_file():
+        return Seeded(database, passphrase, ciphertexts, 0.0, cached=True)
     started = time.monotonic()
     partial = cache_dir / f"{name}.db.partial"
-    for stale in (partial, database, passphrase):
+    for stale in (partial, database, passphrase, ciphertexts):
         stale.unlink(missing_ok=True)
     _write_passphrase(passphrase)
-    _seed(partial, passphrase, count, processes)
+    _seed(partial, passphrase, ciphertexts, count, versions, processes)
     os.replace(partial, database)  # a run stopped half-way leaves no usable-looking file
-    return Seeded(database, passphrase, time.monotonic() - started, cached=False)
+    return Seeded(database, passphrase, ciphertexts, time.monotonic() - started, cached=False)
 
 
 def _write_passphrase(path: Path) -> None:
@@ -121,7 +128,9 @@ def _settings(database: Path, passphrase: Path):  # noqa: ANN202 - kms.settings.
 _keyring = None  # the forked pool's copy of the opened keyring
 
 
-def _seed(database: Path, passphrase: Path, count: int, processes: int) -> None:
+def _seed(
+    database: Path, passphrase: Path, ciphertexts: Path, count: int, versions: int, processes: int
+) -> None:
     from sqlalchemy.dialects import sqlite as sqlite_dialect
 
     from kms.master import init_database, open_master_keyring
@@ -155,6 +164,17 @@ def _seed(database: Path, passphrase: Path, count: int, processes: int) -> None:
                 for key_rows, version_rows in pool.imap(_make_rows, chunks):
                     connection.executemany(key_sql, key_rows)
                     connection.executemany(version_sql, version_rows)
+                if versions:
+                    key_row = _many_versions_key(versions, now, stored_now)
+                    connection.execute(key_sql, key_row)
+                    version_chunks = [
+                        (first, min(CHUNK, versions + 1 - first), key_row[5], now, stored_now)
+                        for first in range(1, versions + 1, CHUNK)
+                    ]
+                    with ciphertexts.open("w", encoding="ascii") as lines:
+                        for version_rows, texts in pool.imap(_make_versions, version_chunks):
+                            connection.executemany(version_sql, version_rows)
+                            lines.write("".join(text + "\n" for text in texts))
             connection.execute("COMMIT")
             connection.execute("PRAGMA journal_mode=WAL")  # as kms init leaves a database
         finally:
@@ -307,6 +327,88 @@ def _make_rows(chunk: tuple[int, int, datetime, str]) -> tuple[list[tuple], list
     return key_rows, version_rows
 
 
+def _many_versions_record(versions: int, incarnation: str, now: datetime):  # noqa: ANN202
+    from kms.store.repository import KeyRecord
+
+    return KeyRecord(
+        key_id=MANY_VERSIONS_KEY,
+        purpose="encrypt",
+        algorithm="AES-256-GCM",
+        state="enabled",
+        latest_version=versions,
+        incarnation=incarnation,
+        created_at=now,
+    )
+
+
+def _many_versions_key(versions: int, now: datetime, stored_now: str) -> tuple:
+    from kms.service.integrity import encode_key_row
+
+    if _keyring is None:
+        raise BenchError("the seeder has no keyring")
+    record = _many_versions_record(versions, secrets.token_hex(16), now)
+    mac = _keyring.tag(encode_key_row(record))
+    return (
+        record.key_id,
+        record.purpose,
+        record.algorithm,
+        record.state,
+        versions,
+        record.incarnation,
+        stored_now,
+        stored_now,
+        mac,
+        "",
+        "{}",
+        1,
+        1,
+        1,
+        None,
+        0,
+        None,
+        None,
+        None,
+    )
+
+
+def _make_versions(
+    chunk: tuple[int, int, str, datetime, str],
+) -> tuple[list[tuple], list[str]]:
+    """Version rows ``first .. first + size - 1`` of MANY_VERSIONS_KEY, each with a ciphertext
+    made under it as ``KMSService`` makes one (kms.crypto.ciphertext), in a pool process."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from kms.crypto.ciphertext import ciphertext_aad, format_ciphertext
+    from kms.crypto.wrapping import KeyIdentity
+    from kms.service.integrity import encode_version_row
+    from kms.service.keyring import zeroise
+
+    first, size, incarnation, now, stored_now = chunk
+    keyring = _keyring
+    if keyring is None:
+        raise BenchError("the seeding pool has no keyring")
+    rows: list[tuple] = []
+    texts: list[str] = []
+    for version in range(first, first + size):
+        record = _many_versions_record(version, incarnation, now)
+        secret = bytearray(os.urandom(32))
+        try:
+            identity = KeyIdentity(
+                record.key_id, version, record.purpose, record.algorithm, incarnation
+            )
+            wrapped = keyring.wrap(secret, identity.aad())
+            nonce = os.urandom(12)
+            sealed = AESGCM(bytes(secret)).encrypt(
+                nonce, b"bench", ciphertext_aad(record.key_id, version)
+            )
+        finally:
+            zeroise(secret)
+        mac = keyring.tag(encode_version_row(record, version, wrapped, None))
+        rows.append((record.key_id, version, wrapped, None, stored_now, mac, 0, 0, None))
+        texts.append(format_ciphertext(version, nonce, sealed))
+    return rows, texts
+
+
 def copy_to_postgres(seeded: Seeded, url: str) -> float:
     """Put the seeded keystore into the empty PostgreSQL database at ``url``; seconds taken.
 
@@ -369,6 +471,7 @@ def copy_database(seeded: Seeded, directory: Path) -> tuple[Path, Path]:
     database = directory / "kms.db"
     shutil.copyfile(seeded.database, database)
     passphrase = directory / "master.passphrase"
+    passphrase.unlink(missing_ok=True)
     shutil.copyfile(seeded.passphrase_file, passphrase)
     passphrase.chmod(0o600)
     return database, passphrase
