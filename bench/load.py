@@ -3,9 +3,9 @@
 It shares the machine's cores with the server it measures, so it does as little as it can per
 request: requests are encoded once before the clock starts, each connection is a raw
 ``ssl.SSLSocket`` (no HTTP library), and a response is parsed only as far as its status code and
-``Content-Length``. A request counts in the window in which its answer arrives. Every connection has one request in flight at a time (no pipelining); the
+``Content-Length``. Every connection has one request in flight at a time (no pipelining); the
 latency of a request runs from its first byte sent (or, without keep-alive, from the TCP connect)
-to its last byte received.
+to its last byte received, and it counts in the window in which its answer arrives.
 
 Only 127.0.0.1 may be a target: this tool makes as many requests as a server will answer, and
 must never be pointed at someone else's.
