@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import selectors
+import signal
 import socket
 import ssl
 import time
@@ -145,6 +146,9 @@ def _drive(
     results: multiprocessing.Queue,
 ) -> None:
     """One client process: ``load.connections`` connections over one selector."""
+    # The parent stops the run (SIGINT, SIGTERM); a client just ends with it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     context = client.context()
     selector = selectors.DefaultSelector()
     requests = load.requests

@@ -17,10 +17,12 @@ rerun copies it instead of seeding again. PostgreSQL gets the same rows, the key
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import os
 import secrets
 import shutil
+import signal
 import sqlite3
 import time
 from collections.abc import Callable
@@ -96,6 +98,13 @@ def seeded_sqlite(cache_dir: Path, count: int, versions: int, processes: int) ->
     """The cached seeded database (``count`` one-version keys, and MANY_VERSIONS_KEY with
     ``versions`` versions), made now if missing."""
     cache_dir.mkdir(parents=True, exist_ok=True)
+    # Two runs at once (two worktrees' make bench) seed one after the other, not over each other.
+    with (cache_dir / "seed.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _seeded_sqlite(cache_dir, count, versions, processes)
+
+
+def _seeded_sqlite(cache_dir: Path, count: int, versions: int, processes: int) -> Seeded:
     name = cache_name(count, versions)
     database = cache_dir / f"{name}.db"
     passphrase = cache_dir / f"{name}.passphrase"
@@ -126,6 +135,12 @@ def _settings(database: Path, passphrase: Path):  # noqa: ANN202 - kms.settings.
 
 
 _keyring = None  # the forked pool's copy of the opened keyring
+
+
+def default_signals() -> None:
+    """In a forked helper: SIGTERM ends it quietly (the parent's handler unwinds the parent)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _seed(
@@ -160,7 +175,7 @@ def _seed(
                 (start, min(CHUNK, count - start), now, stored_now)
                 for start in range(0, count, CHUNK)
             ]
-            with fork.Pool(processes) as pool:
+            with fork.Pool(processes, initializer=default_signals) as pool:
                 for key_rows, version_rows in pool.imap(_make_rows, chunks):
                     connection.executemany(key_sql, key_rows)
                     connection.executemany(version_sql, version_rows)
