@@ -88,6 +88,7 @@ def test_a_tiny_bench_run_reports_every_scenario(tmp_path: Path) -> None:
     memory = scenarios["memory_cached_versions"]
     assert (memory["cached_versions"], memory["all_loaded"]) == (2000, True)
     assert memory["worker_rss_mb"] > 0
+    assert memory["worker_rss_mb_all_versions"] == memory["worker_rss_mb"]
     (seeding,) = [d for d in documents if d["kind"] == "seeding"]
     assert seeding["keys"] == 2000
     assert seeding["from_cache"] is False
