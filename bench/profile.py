@@ -45,6 +45,9 @@ def profiling(directory: Path, label: str, pids: list[int], seconds: float) -> I
                 "record",
                 "--nonblocking",
                 "--threads",
+                # Only the thread holding the GIL: on 2 cores the Python work is what competes;
+                # threads waiting on a queue, a lock or the GIL are left out.
+                "--gil",
                 "--format",
                 "raw",
                 "--rate",
@@ -108,7 +111,7 @@ def summary(directory: Path, label: str, top: int = 12) -> str:
                 inclusive[name] += count
     if not total:
         return f"{label}: no samples"
-    lines = [f"{label}: {total} busy samples"]
+    lines = [f"{label}: {total} samples holding the GIL"]
     lines.append("  own time:")
     lines += [f"    {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
     lines.append("  with callees (kms and Flask/Werkzeug/gunicorn frames):")
