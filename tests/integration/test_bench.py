@@ -18,6 +18,7 @@ from bench.__main__ import TARGETS
 from bench.load import BenchError, Client, parse_response
 
 ROOT = Path(__file__).resolve().parents[2]
+# The first test starts real servers; the other two are quick.
 SCENARIOS = {
     "baseline_healthz",
     "encrypt_256",
@@ -34,6 +35,7 @@ SCENARIOS = {
 }
 
 
+@pytest.mark.slow
 def test_a_tiny_bench_run_reports_every_scenario(tmp_path: Path) -> None:
     output = tmp_path / "results.json"
     environ = {
