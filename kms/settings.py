@@ -57,6 +57,9 @@ _KEYS: dict[tuple[str, str], str] = {
     ("server", "bodyMinRate"): "body_min_rate",
     ("server", "maxConnections"): "max_connections",
     ("server", "maxBatchItems"): "max_batch_items",
+    # A diagnostic for `make bench`, not a tuning knob: false builds a new TLS context for every
+    # connection, as gunicorn's own workers do, so the cost of doing so can be measured.
+    ("server", "tlsContextCache"): "tls_context_cache",
     ("kms", "master_passphrase_file"): "master_passphrase_file",
     ("kms", "kdf_iterations"): "kdf_iterations",
     ("kms", "key_cache_size"): "key_cache_size",
@@ -129,6 +132,8 @@ class Settings:
     body_min_rate: int = 1024
     max_connections: int = 1000
     max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS
+    #: False only to measure what the per-worker TLS context saves (bench/, README Performance).
+    tls_context_cache: bool = True
     # -- who may do what, and the record of who did (README "Security") --
     policy_file: Path | None = None  # absent: every authenticated caller may do everything
     audit_path: Path | None = None  # absent: no audit log (a warning at start)
@@ -281,6 +286,7 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
         "body_min_rate": _integer_between(0, 1024 * 1024 * 1024),
         "max_connections": _integer_between(16, 100_000),
         "max_batch_items": _integer_between(1, 100_000),
+        "tls_context_cache": _boolean,
         "master_passphrase_file": _unresolved_path,
         "kdf_iterations": _integer_between(MIN_ITERATIONS, MAX_ITERATIONS),
         "key_cache_size": _integer_between(0, 1_000_000),
@@ -315,6 +321,15 @@ def _string(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("must be a non-empty string")
     return value
+
+
+def _boolean(value: Any) -> bool:
+    # YAML gives a bool; a KMS_* override gives text, of which only the two spellings count.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError("must be true or false")
 
 
 def _path(value: Any) -> Path:
