@@ -11,7 +11,7 @@ export KMS_ENV ?= dev
 
 help:
 	@echo "make run   - install, create dev certificates and passphrase, init data/dev.db, serve mTLS on :8080"
-	@echo "make test  - install and run the whole test suite"
+	@echo "make test  - install and run the whole test suite (TEST_WORKERS=4 processes)"
 	@echo "make lint  - ruff check and format check"
 	@echo "make mutants - mutation check of crypto, service, store and startup (slow; not in make test)"
 	@echo "make openapi - write docs/openapi.json"
@@ -55,8 +55,13 @@ newman:
 	npm ci --prefix deploy/postman --no-audit --no-fund
 
 # POSTGRES_TEST_DSN (a role with CREATEDB) adds the PostgreSQL tests; .ci/run sets it.
+# TEST_WORKERS pytest-xdist processes share the tests: most of a test's time is waiting (server
+# starts, PBKDF2 in another process, timeouts), so more workers than cores pay. TEST_WORKERS=0
+# runs everything in one process, as before.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN))
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) \
+		$(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN))
 
 # Not part of `make test`, and slow: 336 mutants; the first run did about 5 a minute on a busy
 # 2-core machine. One area at a time: MUTANTS_ARGS="--only kms/crypto/kdf.py kms/master.py".
