@@ -57,10 +57,11 @@ newman:
 # POSTGRES_TEST_DSN (a role with CREATEDB) adds the PostgreSQL tests; .ci/run sets it.
 # TEST_WORKERS pytest-xdist processes share the tests: most of a test's time is waiting (server
 # starts, PBKDF2 in another process, timeouts), so more workers than cores pay. TEST_WORKERS=0
-# runs everything in one process, as before.
+# runs everything in one process, as before. worksteal hands each worker a contiguous share (a
+# module's servers start once per worker that runs it) and moves tests from busy to idle workers.
 TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) \
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal) \
 		$(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN))
 
 # Not part of `make test`, and slow: 336 mutants; the first run did about 5 a minute on a busy
