@@ -60,9 +60,10 @@ newman:
 # runs everything in one process, as before. worksteal hands each worker a contiguous share (a
 # module's servers start once per worker that runs it) and moves tests from busy to idle workers.
 TEST_WORKERS ?= 4
+PYTEST_ARGS ?=  # more pytest options, e.g. PYTEST_ARGS="--durations=30"
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal) \
-		$(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN))
+		$(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN)) $(PYTEST_ARGS)
 
 # Not part of `make test`, and slow: 336 mutants; the first run did about 5 a minute on a busy
 # 2-core machine. One area at a time: MUTANTS_ARGS="--only kms/crypto/kdf.py kms/master.py".
