@@ -1,6 +1,6 @@
 """Running a real kms server for the HTTP tests: dev certificates, config, database, gunicorn.
 
-Everything here is the real thing: ``kms dev-certs`` writes the certificates, ``kms serve`` runs
+Everything here is the real thing: kms's dev-certs code writes the certificates, ``kms serve`` runs
 gunicorn with mutual TLS, ``requests`` speaks HTTPS with the client certificate. The database is
 initialised through the library, with the production PBKDF2 cost: a server started from a config
 file refuses stored KDF parameters below 600,000 iterations, and no setting can lower that floor.
@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import requests
 
+from kms import devcerts
 from kms.crypto.kdf import MIN_ITERATIONS
 from kms.master import init_database
 from kms.settings import Settings
@@ -157,8 +158,12 @@ class Deployment:
 
 
 def write_dev_certificates(directory: Path) -> None:
-    result = run_kms("dev-certs", str(directory))
-    assert result.returncode == 0, result.stderr
+    """What ``kms dev-certs DIRECTORY`` writes, by the function it calls, in this process.
+
+    Dozens of tests need a deployment's files; a ``kms`` process each (an interpreter start and
+    kms's imports) was a large share of the suite's CPU time. The command itself is tested in
+    test_first_run.py."""
+    devcerts.write_dev_certificates(directory)
 
 
 def write_config(
