@@ -7,12 +7,13 @@ SERVE_STAMP := $(VENV)/.installed-serve
 SECRETS ?= ./secrets
 export KMS_ENV ?= dev
 
-.PHONY: run test lint format install openapi newman clean help mutants known-bugs
+.PHONY: run test lint format install openapi newman clean help mutants known-bugs bench
 
 help:
 	@echo "make run   - install, create dev certificates and passphrase, init data/dev.db, serve mTLS on :8080"
-	@echo "make test  - install and run the whole test suite"
+	@echo "make test  - install and run the whole test suite (TEST_WORKERS=4 processes)"
 	@echo "make lint  - ruff check and format check"
+	@echo "make bench - requests/s, p50/p99 and ratios to a no-op (not in make test; README, Performance)"
 	@echo "make mutants - mutation check of crypto, service, store and startup (slow; not in make test)"
 	@echo "make openapi - write docs/openapi.json"
 	@echo "make newman  - install newman from npm (deploy/postman), so make test runs the collection"
@@ -55,8 +56,15 @@ newman:
 	npm ci --prefix deploy/postman --no-audit --no-fund
 
 # POSTGRES_TEST_DSN (a role with CREATEDB) adds the PostgreSQL tests; .ci/run sets it.
+# TEST_WORKERS pytest-xdist processes share the tests: most of a test's time is waiting (server
+# starts, PBKDF2 in another process, timeouts), so more workers than cores pay. TEST_WORKERS=0
+# runs everything in one process, as before. worksteal hands each worker a contiguous share (a
+# module's servers start once per worker that runs it) and moves tests from busy to idle workers.
+TEST_WORKERS ?= 4
+PYTEST_ARGS ?=  # more pytest options, e.g. PYTEST_ARGS="--durations=30"
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN))
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal) \
+		$(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN)) $(PYTEST_ARGS)
 
 # Not part of `make test`. Each mutant runs only the tests that execute its line (see the script).
 # Not niced: at nice 19 it gets almost no CPU while other suites run (docs/mutants.md: timings).
@@ -68,13 +76,19 @@ mutants: $(STAMP)
 known-bugs: $(STAMP)
 	nice -n 19 $(BIN)/python scripts/known_bugs.py
 
+# Not part of `make test`: a real server over mTLS, about 2 to 4 minutes (README, Performance).
+# BENCH_SECONDS per scenario (default 5); POSTGRES_BENCH_DSN (a role with CREATEDB) adds
+# PostgreSQL in a throwaway database; BENCH_ARGS passes more (e.g. --only encrypt_256).
+bench: $(STAMP)
+	$(BIN)/python -m bench $(if $(POSTGRES_BENCH_DSN),--postgres-dsn=$(POSTGRES_BENCH_DSN)) $(BENCH_ARGS)
+
 lint: $(STAMP)
-	$(BIN)/ruff check kms migrations tests scripts
-	$(BIN)/ruff format --check kms migrations tests scripts
+	$(BIN)/ruff check kms migrations tests scripts bench
+	$(BIN)/ruff format --check kms migrations tests scripts bench
 
 format: $(STAMP)
-	$(BIN)/ruff format kms migrations tests
-	$(BIN)/ruff check --fix kms migrations tests
+	$(BIN)/ruff format kms migrations tests bench
+	$(BIN)/ruff check --fix kms migrations tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -25,10 +25,11 @@ from kms.api.policy import Policy, current_policy, load_policy, register_policy
 from kms.api.ratelimit import register_rate_limit
 from kms.audit import AuditLog
 from kms.ratelimit import SharedTokenBuckets, create_table
-from kms.service.cache import KeyMaterialCache
+from kms.service.cache import KeyMaterialCache, KeyRowCache
 from kms.service.keyring import Keyring
 from kms.service.keys import CURRENT_REQUESTER, KMSService, Requester
 from kms.settings import Settings, load_settings
+from kms.store.changes import LocalChanges, PostgresChangeListener, open_changes
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
 from kms.store.serving import SERVER_APPLICATION_NAME
@@ -79,10 +80,25 @@ def register_service(
         from kms.master import open_master_keyring
 
         keyring = open_master_keyring(settings)
-    repository = SQLKeyRepository(
-        create_kms_engine(settings.database_url, application_name=SERVER_APPLICATION_NAME)
+    engine = create_kms_engine(settings.database_url, application_name=SERVER_APPLICATION_NAME)
+    # A server makes the SQLite change counters if they are missing (kms.store.changes).
+    changes = open_changes(settings.database_url, create=True)
+    repository = SQLKeyRepository(engine, changes)
+    if engine.dialect.name == "postgresql" and settings.cache_staleness_ms > 0:
+        assert isinstance(changes, LocalChanges)  # noqa: S101 - open_changes' PostgreSQL answer
+        listener = PostgresChangeListener(
+            settings.database_url, changes, application_name=SERVER_APPLICATION_NAME
+        )
+        listener.start()
+        # Stopped when the worker closes the repository (kms.wsgi.close at worker exit).
+        repository.on_close(listener.stop)
+    cache = KeyMaterialCache(settings.key_cache_size, settings.key_cache_bytes)
+    rows = KeyRowCache(
+        settings.cache_staleness_ms,
+        repository.change_mark,
+        max_entries=settings.key_cache_size,
+        max_bytes=settings.key_cache_bytes,
     )
-    cache = KeyMaterialCache(settings.key_cache_size)
     service = KMSService(
         repository,
         keyring,
@@ -93,6 +109,7 @@ def register_service(
         min_pending_days=settings.deletion_min_pending_days,
         max_encryptions_per_version=settings.max_encryptions_per_version,
         encryption_block=settings.encryption_block,
+        rows=rows,
     )
     app.extensions[SERVICE] = service
     app.extensions[REPOSITORY] = repository

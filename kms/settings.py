@@ -32,6 +32,12 @@ DEFAULT_MAX_BATCH_ITEMS = 1000
 #: 2**32), and processes reserve encryptions from the database in blocks of this size.
 DEFAULT_MAX_ENCRYPTIONS_PER_VERSION = 2**30
 DEFAULT_ENCRYPTION_BLOCK = 1000
+#: A worker uses a cached key row for at most this long (README, Consistency); 0: no row cache.
+DEFAULT_CACHE_STALENESS_MS = 1000
+MAX_CACHE_STALENESS_MS = 600_000
+#: Each of a worker's two key caches (rows, loaded material) holds at most about this many bytes:
+#: both full, a worker stays under about 150 MB (README, Consistency of cached key rows).
+DEFAULT_KEY_CACHE_BYTES = 32 * 1024 * 1024
 
 # (section, yaml key) -> attribute path; the env override is KMS_<SECTION>_<KEY>, matched
 # case-insensitively with underscores ignored (KMS_SERVER_SERVERCERT == KMS_SERVER_SERVER_CERT).
@@ -51,9 +57,14 @@ _KEYS: dict[tuple[str, str], str] = {
     ("server", "bodyMinRate"): "body_min_rate",
     ("server", "maxConnections"): "max_connections",
     ("server", "maxBatchItems"): "max_batch_items",
+    # A diagnostic for `make bench`, not a tuning knob: false builds a new TLS context for every
+    # connection, as gunicorn's own workers do, so the cost of doing so can be measured.
+    ("server", "tlsContextCache"): "tls_context_cache",
     ("kms", "master_passphrase_file"): "master_passphrase_file",
     ("kms", "kdf_iterations"): "kdf_iterations",
     ("kms", "key_cache_size"): "key_cache_size",
+    ("kms", "keyCacheBytes"): "key_cache_bytes",
+    ("kms", "cacheStalenessMs"): "cache_staleness_ms",
     ("kms", "verifyMaxVersions"): "verify_max_versions",
     ("kms", "maxVersions"): "max_versions",
     ("kms", "deletion.min_pending_days"): "deletion_min_pending_days",
@@ -98,6 +109,8 @@ class Settings:
     master_passphrase_file: Path | None = None
     kdf_iterations: int = MIN_ITERATIONS
     key_cache_size: int = 4096
+    key_cache_bytes: int = DEFAULT_KEY_CACHE_BYTES
+    cache_staleness_ms: int = DEFAULT_CACHE_STALENESS_MS
     verify_max_versions: int = DEFAULT_VERIFY_MAX_VERSIONS
     max_versions: int = DEFAULT_MAX_VERSIONS
     #: A DELETE must schedule the deletion at least this many days ahead; 0: immediate allowed.
@@ -119,6 +132,8 @@ class Settings:
     body_min_rate: int = 1024
     max_connections: int = 1000
     max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS
+    #: False only to measure what the per-worker TLS context saves (bench/, README Performance).
+    tls_context_cache: bool = True
     # -- who may do what, and the record of who did (README "Security") --
     policy_file: Path | None = None  # absent: every authenticated caller may do everything
     audit_path: Path | None = None  # absent: no audit log (a warning at start)
@@ -271,9 +286,12 @@ def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
         "body_min_rate": _integer_between(0, 1024 * 1024 * 1024),
         "max_connections": _integer_between(16, 100_000),
         "max_batch_items": _integer_between(1, 100_000),
+        "tls_context_cache": _boolean,
         "master_passphrase_file": _unresolved_path,
         "kdf_iterations": _integer_between(MIN_ITERATIONS, MAX_ITERATIONS),
         "key_cache_size": _integer_between(0, 1_000_000),
+        "key_cache_bytes": _integer_between(64 * 1024, 64 * 1024**3),
+        "cache_staleness_ms": _integer_between(0, MAX_CACHE_STALENESS_MS),
         "verify_max_versions": _integer_between(1, 1000),
         "max_versions": _integer_between(1, 2**31 - 1),
         "deletion_min_pending_days": _integer_between(0, 30),
@@ -303,6 +321,15 @@ def _string(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("must be a non-empty string")
     return value
+
+
+def _boolean(value: Any) -> bool:
+    # YAML gives a bool; a KMS_* override gives text, of which only the two spellings count.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError("must be true or false")
 
 
 def _path(value: Any) -> Path:

@@ -20,6 +20,8 @@ class ServerLimits:
     body_min_rate: int = 1024
     max_connections: int = 1000
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: ``server.tlsContextCache``: False builds a TLS context per connection (a diagnostic).
+    tls_context_cache: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServerLimits:
@@ -30,6 +32,7 @@ class ServerLimits:
             body_min_rate=settings.body_min_rate,
             max_connections=settings.max_connections,
             max_body_bytes=settings.max_body_bytes,
+            tls_context_cache=settings.tls_context_cache,
         )
 
 

@@ -247,6 +247,13 @@ class KMSWorker(gthread.ThreadWorker):
             )
         super().init_process()
 
+    def context_for_connection(self, tls: ReloadableContext) -> ssl.SSLContext:
+        """The worker's cached context; with ``server.tlsContextCache: false`` a new one per
+        connection, as gunicorn's stock workers build it (only to measure the difference)."""
+        if self.limits.tls_context_cache:
+            return tls.current()
+        return self.build_ssl_context()
+
     def build_ssl_context(self) -> ssl.SSLContext:
         context = gunicorn_sock.ssl_context(self.cfg)
         # A TLS 1.2 renegotiation costs the server a handshake at the client's will.
@@ -409,7 +416,7 @@ class KMSWorker(gthread.ThreadWorker):
             server_addr = listener.getsockname()
             if self.tls is not None:
                 try:
-                    wrapped = self.tls.current().wrap_socket(
+                    wrapped = self.context_for_connection(self.tls).wrap_socket(
                         client_sock,
                         server_side=True,
                         do_handshake_on_connect=False,

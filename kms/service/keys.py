@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from kms.crypto.algorithms import (
     ALGORITHMS,
@@ -53,7 +53,7 @@ from kms.errors import (
     UnwrapFailed,
     VersionBelowMinimum,
 )
-from kms.service.cache import KeyMaterialCache
+from kms.service.cache import KeyMaterialCache, KeyRowCache
 from kms.service.integrity import encode_key_row, encode_version_row
 from kms.service.keyring import Keyring, zeroise
 from kms.service.keystore import INIT_MARKER_AAD
@@ -370,6 +370,36 @@ class _NotDue(Exception):
     """A key listed as due is no longer pending, or not yet due, once its row is locked."""
 
 
+class _StaleRow(Exception):
+    """A version row did not match the key row it was read for, and the key row has changed
+    since (recreated, trimmed): the operation is tried again on the row as it is now."""
+
+
+T = TypeVar("T")
+#: What an operation on a cached key row may fail with only because the row was stale: a
+#: ciphertext or signature of a version (or incarnation) the cached row does not know, or a
+#: version the cached row still names but the database no longer holds.
+_STALE_SYMPTOMS = (_StaleRow, KeyNotFound, InvalidCiphertext, VersionBelowMinimum, KeyChanged)
+
+
+def _material_bytes(algorithm: str, *, public: bool = False) -> int:
+    """About what a loaded key costs in memory, for the material cache's byte bound.
+
+    Measured (RSS over 100,000 entries, cryptography 50, the cache's own bookkeeping included):
+    an AEAD key (``AEADKey``: the raw key, not cryptography's AESGCM object, which would keep 2.7
+    KB of OpenSSL contexts) or an HMAC key about 0.5 KB; EC and Ed25519 keys well under 1 KB; RSA
+    keys grow with their size.
+    """
+    if algorithm.startswith("RSA"):
+        bits = int(algorithm.rsplit("-", 1)[1])
+        return bits // 2 if public else bits * 2
+    if public:
+        return 512
+    if algorithm.startswith("ECDSA"):
+        return 1024
+    return 512
+
+
 class KMSService:
     """Every rule about keys lives here; views only translate HTTP to these calls and back."""
 
@@ -387,13 +417,16 @@ class KMSService:
         max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
         max_encryptions_per_version: int = DEFAULT_MAX_ENCRYPTIONS_PER_VERSION,
         encryption_block: int = DEFAULT_ENCRYPTION_BLOCK,
+        rows: KeyRowCache | None = None,
     ) -> None:
         """``after_generation`` is a test hook: called with the key_id once fresh material is
         generated and before the write transaction starts, so a test can change the key in that
         window deterministically. Production code never passes it. ``clock`` gives "now" for
         scheduled deletion (tests move it instead of sleeping); ``min_pending_days`` is
-        ``kms.deletion.min_pending_days``."""
+        ``kms.deletion.min_pending_days``. ``rows`` caches key rows for the cryptographic
+        operations (``kms.cacheStalenessMs``); without it every operation reads the row."""
         self._repository = repository
+        self._rows = KeyRowCache(0, lambda _key_id: 0) if rows is None else rows
         self._keyring = keyring
         self._cache = cache
         self._after_generation = after_generation
@@ -459,6 +492,7 @@ class KMSService:
             lambda current: record,
             lambda plan: self._repository.create_key(plan(record)),
         )
+        self._rows.drop(key_id)
         return self._info(created)
 
     def get_key(self, key_id: str) -> KeyInfo:
@@ -546,6 +580,7 @@ class KMSService:
 
         if pending_days is None:
             self._repository.destroy_key(key_id, deletable)
+            self._rows.drop(key_id)
             self._cache.drop_key(key_id)
             lifecycle_log.info("key %r destroyed", key_id)
             return None
@@ -691,6 +726,7 @@ class KMSService:
             return KeyChange(key=trimmed, delete_versions_below=min_available_version)
 
         key = self._repository.update_key(validate_key_id(key_id), trim)
+        self._rows.drop(key_id)
         self._cache.drop_key(key_id)
         return self._info(key)
 
@@ -733,6 +769,7 @@ class KMSService:
                         raise
                     on_failure(key_id, error)
                     continue
+                self._rows.drop(key_id)
                 self._cache.drop_key(key_id)
                 destroyed.append(key_id)
                 lifecycle_log.info("key %r destroyed: its deletion window ended", key_id)
@@ -742,9 +779,13 @@ class KMSService:
 
     def _update(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
         """Change a key row (no new version) under its write lock, sealing the result."""
-        return self._repository.update_key(
-            validate_key_id(key_id), lambda current: KeyChange(key=self._sealed(change(current)))
-        )
+        try:
+            return self._repository.update_key(
+                validate_key_id(key_id),
+                lambda current: KeyChange(key=self._sealed(change(current))),
+            )
+        finally:
+            self._rows.drop(key_id)
 
     def rotate_key(self, key_id: str) -> KeyInfo:
         key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
@@ -772,12 +813,15 @@ class KMSService:
                 raise self._too_many_versions()
             return replace(current, latest_version=current.latest_version + 1)
 
-        return self._store_new_version(
-            ALGORITHMS[key.algorithm],
-            key.key_id,
-            next_version,
-            lambda plan: self._repository.rotate_key(key.key_id, plan),
-        )
+        try:
+            return self._store_new_version(
+                ALGORITHMS[key.algorithm],
+                key.key_id,
+                next_version,
+                lambda plan: self._repository.rotate_key(key.key_id, plan),
+            )
+        finally:
+            self._rows.drop(key.key_id)
 
     def rotate_due(
         self,
@@ -870,6 +914,7 @@ class KMSService:
             lambda plan: self._repository.recreate_key(key_id, plan),
             replace_versions=True,
         )
+        self._rows.drop(key_id)
         self._cache.drop_key(key_id)
         return self._info(recreated)
 
@@ -903,14 +948,14 @@ class KMSService:
     def encrypt(
         self, key_id: str, plaintext: bytes, context: Mapping[str, str] | None = None
     ) -> Encrypted:
-        key = self._encrypting(self._usable_key(key_id, Purpose.ENCRYPT), 1)
-        return self._encrypt(key, _Material(self, key), plaintext, context)
+        def run(key: KeyRecord) -> Encrypted:
+            key = self._encrypting(key, 1)
+            return self._encrypt(key, _Material(self, key), plaintext, context)
+
+        return self._on_key(key_id, Purpose.ENCRYPT, run)
 
     def encrypt_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Encrypted | KMSError]:
-        self.check_batch_size(len(items))
-        key = self._encrypting(self._usable_key(key_id, Purpose.ENCRYPT), len(items))
-        material = _Material(self, key)
-        return _each(items, lambda item: self._encrypt(key, material, **item))
+        return self._batch(key_id, Purpose.ENCRYPT, items, self._encrypt, encrypting=True)
 
     def decrypt(
         self,
@@ -922,14 +967,14 @@ class KMSService:
         """Decrypt a ``vN:`` ciphertext, or (RSA-OAEP keys only) a raw OAEP ciphertext made
         offline with the exported public key of ``version``. Counted in the version's
         decryptions (flushed every few seconds)."""
-        key = self._usable_key(key_id, Purpose.ENCRYPT)
-        return self._decrypt(key, _Material(self, key), ciphertext, context, version)
+        return self._on_key(
+            key_id,
+            Purpose.ENCRYPT,
+            lambda key: self._decrypt(key, _Material(self, key), ciphertext, context, version),
+        )
 
     def decrypt_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Decrypted | KMSError]:
-        self.check_batch_size(len(items))
-        key = self._usable_key(key_id, Purpose.ENCRYPT)
-        material = _Material(self, key)
-        return _each(items, lambda item: self._decrypt(key, material, **item))
+        return self._batch(key_id, Purpose.ENCRYPT, items, self._decrypt)
 
     def generate_data_key(
         self,
@@ -943,16 +988,17 @@ class KMSService:
         Its ciphertext decrypts through ``decrypt`` with the same context. Without
         ``include_plaintext`` only the ciphertext is returned.
         """
-        key = self._encrypting(self._usable_key(key_id, Purpose.ENCRYPT), 1)
-        return self._data_key(key, _Material(self, key), key_bytes, context, include_plaintext)
+
+        def run(key: KeyRecord) -> DataKey:
+            key = self._encrypting(key, 1)
+            return self._data_key(key, _Material(self, key), key_bytes, context, include_plaintext)
+
+        return self._on_key(key_id, Purpose.ENCRYPT, run)
 
     def generate_data_key_batch(
         self, key_id: str, items: Sequence[BatchItem]
     ) -> list[DataKey | KMSError]:
-        self.check_batch_size(len(items))
-        key = self._encrypting(self._usable_key(key_id, Purpose.ENCRYPT), len(items))
-        material = _Material(self, key)
-        return _each(items, lambda item: self._data_key(key, material, **item))
+        return self._batch(key_id, Purpose.ENCRYPT, items, self._data_key, encrypting=True)
 
     def rewrap(
         self, key_id: str, ciphertext: str, context: Mapping[str, str] | None = None
@@ -963,14 +1009,15 @@ class KMSService:
         rotation. A ciphertext that does not decrypt (wrong context, tampered) is
         ``InvalidCiphertext``, as for ``decrypt``.
         """
-        key = self._encrypting(self._usable_key(key_id, Purpose.ENCRYPT), 1)
-        return self._rewrap(key, _Material(self, key), ciphertext, context)
+
+        def run(key: KeyRecord) -> Encrypted:
+            key = self._encrypting(key, 1)
+            return self._rewrap(key, _Material(self, key), ciphertext, context)
+
+        return self._on_key(key_id, Purpose.ENCRYPT, run)
 
     def rewrap_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Encrypted | KMSError]:
-        self.check_batch_size(len(items))
-        key = self._encrypting(self._usable_key(key_id, Purpose.ENCRYPT), len(items))
-        material = _Material(self, key)
-        return _each(items, lambda item: self._rewrap(key, material, **item))
+        return self._batch(key_id, Purpose.ENCRYPT, items, self._rewrap, encrypting=True)
 
     def sign(
         self,
@@ -983,21 +1030,21 @@ class KMSService:
     ) -> Signed:
         """Sign with the newest version. ``prehashed``: ``message`` is the ``digest_algorithm``
         digest of the data, and the signature is the one over the data itself."""
-        key = self._usable_key(key_id, Purpose.SIGN)
-        return self._sign(
-            key,
-            _Material(self, key),
-            message,
-            signing_algorithm,
-            prehashed=prehashed,
-            digest_algorithm=digest_algorithm,
+        return self._on_key(
+            key_id,
+            Purpose.SIGN,
+            lambda key: self._sign(
+                key,
+                _Material(self, key),
+                message,
+                signing_algorithm,
+                prehashed=prehashed,
+                digest_algorithm=digest_algorithm,
+            ),
         )
 
     def sign_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Signed | KMSError]:
-        self.check_batch_size(len(items))
-        key = self._usable_key(key_id, Purpose.SIGN)
-        material = _Material(self, key)
-        return _each(items, lambda item: self._sign(key, material, **item))
+        return self._batch(key_id, Purpose.SIGN, items, self._sign)
 
     def verify(
         self,
@@ -1018,23 +1065,131 @@ class KMSService:
         caller who kept the version from ``sign`` names it and pays for one check, whatever its
         age. Only public keys are used: verification never unwraps a private key.
         """
-        key = self._usable_key(key_id, Purpose.SIGN)
-        return self._verify(
-            key,
-            _Material(self, key),
-            message,
-            signature,
-            signing_algorithm,
-            prehashed=prehashed,
-            digest_algorithm=digest_algorithm,
-            version=version,
+        return self._on_key(
+            key_id,
+            Purpose.SIGN,
+            lambda key: self._verify(
+                key,
+                _Material(self, key),
+                message,
+                signature,
+                signing_algorithm,
+                prehashed=prehashed,
+                digest_algorithm=digest_algorithm,
+                version=version,
+            ),
+            failed=_stale_result,
         )
 
     def verify_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Verified | KMSError]:
+        return self._batch(key_id, Purpose.SIGN, items, self._verify)
+
+    # -- the key row of an operation, cached ----------------------------------------------
+
+    def _on_key(
+        self,
+        key_id: str,
+        purpose: Purpose,
+        operation: Callable[[KeyRecord], T],
+        failed: Callable[[T], bool] | None = None,
+        again: Callable[[KeyRecord, T], T] | None = None,
+    ) -> T:
+        """``operation`` on the key's row: the cached row if there is one still valid
+        (``KeyRowCache``), else the row read now.
+
+        A cached row may be up to ``kms.cacheStalenessMs`` old. Encrypting or signing under it
+        is safe (an older latest version still decrypts and verifies everywhere); failing is
+        not: when ``operation`` fails the way a stale row would make it fail (a version the row
+        does not know yet, a version row of another incarnation, or a result ``failed`` calls a
+        failure), the row is read again and, if it changed, the operation is done once more
+        on the new row (``again``, given the first result, redoes only what failed). So a
+        client never sees "invalid" only because this worker had not yet seen a change.
+        """
+        key, cached = self._hot_key(validate_key_id(key_id), purpose)
+        try:
+            result = operation(key)
+        except _STALE_SYMPTOMS as error:
+            if not (cached or isinstance(error, _StaleRow)):
+                raise
+            fresh = self._changed_row(key, purpose)
+            if fresh is None:
+                if isinstance(error, _StaleRow):
+                    raise KeyChanged() from None
+                raise
+            return self._once_more(operation, fresh)
+        if cached and failed is not None and failed(result):
+            fresh = self._changed_row(key, purpose)
+            if fresh is not None:
+                if again is None:
+                    return self._once_more(operation, fresh)
+                return self._once_more(lambda current: again(current, result), fresh)
+        return result
+
+    @staticmethod
+    def _once_more(operation: Callable[[KeyRecord], T], key: KeyRecord) -> T:
+        try:
+            return operation(key)
+        except _StaleRow:  # changed again meanwhile: the client retries
+            raise KeyChanged() from None
+
+    def _batch(
+        self,
+        key_id: str,
+        purpose: Purpose,
+        items: Sequence[BatchItem],
+        one: Callable[..., Any],
+        *,
+        encrypting: bool = False,
+    ) -> list[Any]:
+        """A batch on one key row: ``one(key, material, **item)`` per item (see ``_each``);
+        items that failed as a stale row would make them fail are redone on the new row."""
         self.check_batch_size(len(items))
-        key = self._usable_key(key_id, Purpose.SIGN)
-        material = _Material(self, key)
-        return _each(items, lambda item: self._verify(key, material, **item))
+
+        def run(key: KeyRecord, subset: Sequence[BatchItem]) -> list[Any]:
+            if encrypting:
+                key = self._encrypting(key, len(subset))
+            material = _Material(self, key)
+            return _each(subset, lambda item: one(key, material, **item))
+
+        def failed(results: list[Any]) -> bool:
+            return any(_stale_result(result) for result in results)
+
+        def again(fresh: KeyRecord, results: list[Any]) -> list[Any]:
+            redo = [index for index, result in enumerate(results) if _stale_result(result)]
+            merged = list(results)
+            for index, result in zip(redo, run(fresh, [items[i] for i in redo]), strict=True):
+                merged[index] = result
+            return merged
+
+        return self._on_key(key_id, purpose, lambda key: run(key, items), failed, again)
+
+    def _hot_key(self, key_id: str, purpose: Purpose | None) -> tuple[KeyRecord, bool]:
+        """The usable key row, from the row cache if it has it: (row, whether cached)."""
+        key = self._rows.get(key_id)
+        if key is not None:
+            return self._usable(key, purpose), True
+        return self._usable(self._read_row(key_id), purpose), False
+
+    def _read_row(self, key_id: str) -> KeyRecord:
+        """The key row from the database, checked, and cached for the operations.
+
+        The change counter is read first and the clock before the read: a write committed
+        after either moved the counter, and the age never understates.
+        """
+        mark = self._rows.mark(key_id)
+        read_at = self._rows.now()
+        key = self._checked_key(self._repository.get_key(key_id))
+        self._rows.put(key, mark, read_at)
+        return key
+
+    def _changed_row(self, key: KeyRecord, purpose: Purpose | None) -> KeyRecord | None:
+        """The key row read again, usable; None when it is the row ``key`` already was (its
+        MAC covers every field the operations use)."""
+        self._rows.drop(key.key_id)
+        fresh = self._read_row(key.key_id)
+        if fresh.mac == key.mac:
+            return None
+        return self._usable(fresh, purpose)
 
     def check_batch_size(self, count: int) -> None:
         """Raise ``InvalidRequest`` unless a batch of ``count`` items is allowed.
@@ -1220,14 +1375,16 @@ class KMSService:
         return self._verified_by_some_version(key, version, signed_by)
 
     def mac(self, key_id: str, message: bytes) -> MACed:
-        key = self._usable_key(key_id, Purpose.MAC)
-        secret = self._secret(key, key.latest_version)
-        return MACed(
-            key_id=key.key_id,
-            version=key.latest_version,
-            mac=secret.mac(message),
-            algorithm=key.algorithm,
-        )
+        def run(key: KeyRecord) -> MACed:
+            secret = self._secret(key, key.latest_version)
+            return MACed(
+                key_id=key.key_id,
+                version=key.latest_version,
+                mac=secret.mac(message),
+                algorithm=key.algorithm,
+            )
+
+        return self._on_key(key_id, Purpose.MAC, run)
 
     def verify_mac(
         self, key_id: str, message: bytes, mac: bytes, version: int | None = None
@@ -1237,20 +1394,22 @@ class KMSService:
         Each comparison is constant time; unlike ``verify``, every version tried unwraps (once,
         then cached) its secret key, since a MAC key has no public half.
         """
-        key = self._usable_key(key_id, Purpose.MAC)
 
-        def made_by(candidate: int) -> bool:
-            try:
-                secret = self._secret(key, candidate)
-            except KeyNotFound:
-                return False
-            try:
-                secret.verify(message, mac)
-            except InvalidSignature:
-                return False
-            return True
+        def run(key: KeyRecord) -> Verified:
+            def made_by(candidate: int) -> bool:
+                try:
+                    secret = self._secret(key, candidate)
+                except KeyNotFound:
+                    return False
+                try:
+                    secret.verify(message, mac)
+                except InvalidSignature:
+                    return False
+                return True
 
-        return self._verified_by_some_version(key, version, made_by)
+            return self._verified_by_some_version(key, version, made_by)
+
+        return self._on_key(key_id, Purpose.MAC, run, failed=_stale_result)
 
     def _verified_by_some_version(
         self, key: KeyRecord, version: int | None, made_by: Callable[[int], bool]
@@ -1343,7 +1502,7 @@ class KMSService:
             try:
                 key = self._rotate(key, only_from=key.latest_version)
             except (_NotLatest, KeyChanged):
-                key = self._checked_key(self._repository.get_key(key.key_id))
+                key = self._read_row(key.key_id)
             limit = self._encryption_limit(key)
         raise KeyChanged()  # retried that often: tell the client to retry
 
@@ -1502,15 +1661,6 @@ class KMSService:
         if spec is None or spec.purpose.value != key.purpose:
             raise IntegrityFailure(f"key {key.key_id!r}: algorithm and purpose do not match")
 
-    def _checked_version(self, key: KeyRecord, record: KeyVersionRecord) -> KeyVersionRecord:
-        """A version row of a checked key, once its MAC checks out; else log and refuse."""
-        try:
-            self._verify_version(key, record)
-        except IntegrityFailure as error:
-            log.error("integrity check failed: %s", error.detail)
-            raise
-        return record
-
     def _verify_version(self, key: KeyRecord, record: KeyVersionRecord) -> None:
         encoded = encode_version_row(key, record.version, record.wrapped_key, record.public_key)
         self._keyring.verify_tag(
@@ -1518,10 +1668,16 @@ class KMSService:
         )
 
     def _usable_key(self, key_id: str, purpose: Purpose | None) -> KeyRecord:
-        """The key, checked, for a cryptographic operation: refused while disabled, and while
+        """The key, read from the database and checked, for a use outside the hot path (the
+        public key): see ``_usable``."""
+        return self._usable(
+            self._checked_key(self._repository.get_key(validate_key_id(key_id))), purpose
+        )
+
+    def _usable(self, key: KeyRecord, purpose: Purpose | None) -> KeyRecord:
+        """A checked key row, for a cryptographic operation: refused while disabled, and while
         pending deletion (the attempt is recorded on the key first); of ``purpose`` unless
         None."""
-        key = self._checked_key(self._repository.get_key(validate_key_id(key_id)))
         if key.state != ENABLED:
             if key.state == PENDING_DELETION:
                 self._record_use_attempt(key)
@@ -1553,9 +1709,27 @@ class KMSService:
         )
 
     def _version(self, key: KeyRecord, version: int) -> KeyVersionRecord:
+        """A version row, its MAC checked against ``key``.
+
+        A row that does not match may only mean that ``key`` is out of date (read from the row
+        cache, or just before a recreate): when the key row changed since, that is
+        ``_StaleRow`` (the operation is retried), not an integrity failure.
+        """
         if not key.min_available_version <= version <= key.latest_version:
             raise KeyNotFound()
-        return self._checked_version(key, self._repository.get_version(key.key_id, version))
+        record = self._repository.get_version(key.key_id, version)
+        try:
+            self._verify_version(key, record)
+        except IntegrityFailure as error:
+            try:
+                current = self._repository.get_key(key.key_id)
+            except KeyNotFound:
+                raise _StaleRow() from None
+            if current.mac != key.mac:
+                raise _StaleRow() from None
+            log.error("integrity check failed: %s", error.detail)
+            raise
+        return record
 
     def _load(self, key: KeyRecord, record: KeyVersionRecord) -> Any:
         """Unwrap and load a checked version's secret; the key's name goes to the log on failure."""
@@ -1586,7 +1760,7 @@ class KMSService:
         loaded = self._cache.get(cache_key)
         if loaded is None:
             loaded = self._load(key, self._version(key, version))
-            self._cache.put(cache_key, loaded)
+            self._cache.put(cache_key, loaded, _material_bytes(key.algorithm))
         return loaded
 
     def _public_key_der(self, key: KeyRecord, version: int) -> bytes:
@@ -1614,7 +1788,7 @@ class KMSService:
         loaded = self._cache.get(cache_key)
         if loaded is None:
             loaded = self._load_public(key, self._version(key, version))
-            self._cache.put(cache_key, loaded)
+            self._cache.put(cache_key, loaded, _material_bytes(key.algorithm, public=True))
         return loaded
 
     # -- operator checks -------------------------------------------------------------------
@@ -1774,6 +1948,16 @@ class _Material:
         if isinstance(found, KeyNotFound):
             raise KeyNotFound()
         return found
+
+
+def _stale_result(result: Any) -> bool:
+    """A result a stale key row may have caused: an invalid signature or MAC, a ciphertext
+    refused (a batch: any item so)."""
+    if isinstance(result, list):
+        return any(_stale_result(item) for item in result)
+    if isinstance(result, Verified):
+        return not result.valid
+    return isinstance(result, InvalidCiphertext | VersionBelowMinimum)
 
 
 def _each(items: Sequence[BatchItem], one: Callable[[Mapping[str, Any]], Any]) -> list[Any]:

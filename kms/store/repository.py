@@ -20,6 +20,7 @@ from sqlalchemy import (
     inspect,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -31,6 +32,7 @@ from kms.errors import (
     NotInitialised,
     StoreUnavailable,
 )
+from kms.store.changes import ALL_KEYS, CHANNEL, KeyChanges, open_changes
 from kms.store.db import WRITE
 from kms.store.models import key_versions, keys, kms_metadata
 
@@ -39,7 +41,7 @@ PENDING_DELETION = "pending_deletion"
 INIT_MARKER = "init_marker"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyRecord:
     """A row of ``keys``.
 
@@ -338,15 +340,47 @@ _SELECT_VERSION = select(
 )
 
 
-class SQLKeyRepository:
-    """The repository over SQLAlchemy Core; one short transaction per call."""
+_NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', :key_id)")
 
-    def __init__(self, engine: Engine) -> None:
+
+class SQLKeyRepository:
+    """The repository over SQLAlchemy Core; one short transaction per call.
+
+    Every write to a key row is announced (kms.store.changes): on PostgreSQL by a ``pg_notify``
+    inside the write transaction (delivered to every node on commit), and on every database by
+    bumping the key's change counter once the transaction committed. ``changes`` defaults to the
+    counters beside the database, used only if a server made them.
+    """
+
+    def __init__(self, engine: Engine, changes: KeyChanges | None = None) -> None:
         self._engine = engine
         self._writer = engine.execution_options(**WRITE)
+        self._notify = engine.dialect.name == "postgresql"
+        self._on_close: list[Callable[[], None]] = []
+        self.changes = (
+            open_changes(engine.url.render_as_string(hide_password=False))
+            if changes is None
+            else changes
+        )
 
     def close(self) -> None:
+        for stop in self._on_close:
+            stop()
+        self.changes.close()
         self._engine.dispose()
+
+    def on_close(self, stop: Callable[[], None]) -> None:
+        """Call ``stop`` first when the repository closes (the change listener's thread)."""
+        self._on_close.append(stop)
+
+    def change_mark(self, key_id: str) -> int:
+        """The key's change counter: read it before the row, compare it later (the row cache)."""
+        return self.changes.mark(key_id)
+
+    def _announce(self, conn: Connection, key_id: str) -> None:
+        """Inside the write transaction: tell the other nodes when it commits (PostgreSQL)."""
+        if self._notify:
+            conn.execute(_NOTIFY, {"key_id": key_id})
 
     @_translate_database_errors
     def initialise(self, kdf_parameters: bytes, init_marker: bytes) -> None:
@@ -373,8 +407,10 @@ class SQLKeyRepository:
             with self._writer.begin() as conn:
                 conn.execute(insert(keys).values(**_key_values(key), updated_at=key.created_at))
                 self._insert_version(conn, key, change.version, key.created_at)
+                self._announce(conn, key.key_id)
         except IntegrityError as exc:
             raise KeyExists() from exc
+        self.changes.bump(key.key_id)
         return key
 
     @_translate_database_errors
@@ -505,6 +541,8 @@ class SQLKeyRepository:
                 )
             if change.version is not None:
                 self._insert_version(conn, key, change.version, now)
+            self._announce(conn, key_id)
+        self.changes.bump(key_id)
         return key
 
     @_translate_database_errors
@@ -529,6 +567,8 @@ class SQLKeyRepository:
             check(key)
             conn.execute(delete(key_versions).where(key_versions.c.key_id == key_id))
             conn.execute(delete(keys).where(keys.c.key_id == key_id))
+            self._announce(conn, key_id)
+        self.changes.bump(key_id)
         return key
 
     @_translate_database_errors
@@ -592,6 +632,8 @@ class SQLKeyRepository:
                 .where(kms_metadata.c.name == INIT_MARKER)
                 .values(value=init_marker)
             )
+            self._announce(conn, ALL_KEYS)
+        self.changes.bump_all()
         return sealed_keys, sealed_versions
 
     @_translate_database_errors
@@ -753,6 +795,8 @@ class SQLKeyRepository:
                 conn.execute(
                     update(kms_metadata).where(kms_metadata.c.name == name).values(value=value)
                 )
+            self._announce(conn, ALL_KEYS)
+        self.changes.bump_all()
         return rewrapped_keys, rewrapped_versions
 
     @_translate_database_errors
@@ -762,6 +806,8 @@ class SQLKeyRepository:
             deleted = conn.execute(delete(keys).where(keys.c.key_id == key_id)).rowcount
             if deleted == 0:
                 raise KeyNotFound()
+            self._announce(conn, key_id)
+        self.changes.bump(key_id)
 
     @_translate_database_errors
     def count_keys_by_state(self) -> dict[str, int]:

@@ -103,7 +103,7 @@ def run_until_serving(
             try:
                 keys = expect_json(client.get("/v1/kms/keys", timeout=2), 200)
                 break
-            except requests.ConnectionError:  # not listening yet
+            except (requests.ConnectionError, requests.Timeout):  # not listening, or no worker yet
                 time.sleep(0.2)
         if not keys:
             create_key(client, key_id="made-by-the-first-run")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import ssl
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,8 @@ import yaml
 
 from kms.errors import ConfigurationError
 from kms.server.limits import ServerLimits
+from kms.server.tls import ReloadableContext
+from kms.server.worker import KMSWorker
 from kms.settings import load_settings
 
 NAMES = {
@@ -62,3 +66,47 @@ def test_a_bad_value_names_the_setting(tmp_path: Path, key: str, value: object) 
     with pytest.raises(ConfigurationError) as excinfo:
         load_settings(path, environ={})
     assert f"server.{key}" in str(excinfo.value)
+
+
+def test_the_tls_context_cache_is_on_unless_switched_off(tmp_path: Path) -> None:
+    default = load_settings(write(tmp_path / "a.yaml"), environ={})
+    assert ServerLimits.from_settings(default).tls_context_cache is True
+    off = load_settings(write(tmp_path / "c.yaml", tlsContextCache=False), environ={})
+    assert ServerLimits.from_settings(off).tls_context_cache is False
+    environ = {"KMS_SERVER_TLS_CONTEXT_CACHE": "false"}
+    assert load_settings(write(tmp_path / "d.yaml"), environ=environ).tls_context_cache is False
+
+
+@pytest.mark.parametrize("value", ["no", 0, 1, "yes", None])
+def test_the_tls_context_cache_takes_only_true_or_false(tmp_path: Path, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"server\.tlsContextCache: must be true or false"):
+        load_settings(write(tmp_path / "k.yaml", tlsContextCache=value), environ={})
+
+
+class _Worker:
+    """What ``KMSWorker.context_for_connection`` reads of its worker."""
+
+    def __init__(self, cache: bool) -> None:
+        self.limits = ServerLimits(tls_context_cache=cache)
+        self.built = 0
+
+    def build_ssl_context(self) -> ssl.SSLContext:
+        self.built += 1
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_worker_builds_a_context_per_connection_only_without_the_cache(
+    tmp_path: Path, cache: bool
+) -> None:
+    worker = _Worker(cache)
+    tls = ReloadableContext(worker.build_ssl_context, [tmp_path / "none"], logging.getLogger())
+    first = KMSWorker.context_for_connection(worker, tls)  # type: ignore[arg-type]
+    second = KMSWorker.context_for_connection(worker, tls)  # type: ignore[arg-type]
+    if cache:
+        assert first is second is tls.current()
+        assert worker.built == 1
+    else:
+        assert first is not second
+        assert tls.current() not in (first, second)
+        assert worker.built == 3

@@ -294,6 +294,8 @@ README_DEFAULTS = {
     "threads": 4,
     "kdf_iterations": 600_000,
     "key_cache_size": 4096,
+    "key_cache_bytes": 32 * 1024 * 1024,
+    "cache_staleness_ms": 1000,
     "master_passphrase_file": None,
 }
 
@@ -322,6 +324,39 @@ def test_server_settings_come_from_the_file_and_the_environment(
     environ = {f"KMS_SERVER_{key.upper()}": text}
     from_env = load_settings(write_config(in_tmp / "plain.yaml"), environ=environ)
     assert getattr(from_env, attribute) == value
+
+
+@pytest.mark.parametrize(
+    ("key", "attribute", "text", "value"),
+    [
+        ("cacheStalenessMs", "cache_staleness_ms", "0", 0),
+        ("cacheStalenessMs", "cache_staleness_ms", "600000", 600_000),
+        ("keyCacheBytes", "key_cache_bytes", "65536", 65536),
+    ],
+)
+def test_cache_settings_come_from_the_file_and_the_environment(
+    in_tmp: Path, key: str, attribute: str, text: str, value: object
+) -> None:
+    from_file = load_settings(write_config(in_tmp / "kms.yaml", kms={key: int(text)}), environ={})
+    assert getattr(from_file, attribute) == value
+    environ = {f"KMS_KMS_{key.upper()}": text}
+    from_env = load_settings(write_config(in_tmp / "plain.yaml"), environ=environ)
+    assert getattr(from_env, attribute) == value
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("cacheStalenessMs", -1),
+        ("cacheStalenessMs", 600_001),
+        ("cacheStalenessMs", "1s"),
+        ("keyCacheBytes", 1024),
+        ("keyCacheBytes", True),
+    ],
+)
+def test_bad_cache_settings_name_the_setting(in_tmp: Path, key: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=f"kms.{key}"):
+        load_settings(write_config(in_tmp / "kms.yaml", kms={key: value}), environ={})
 
 
 def test_require_tls_files_names_what_is_missing(in_tmp: Path) -> None:

@@ -1,6 +1,6 @@
 """Running a real kms server for the HTTP tests: dev certificates, config, database, gunicorn.
 
-Everything here is the real thing: ``kms dev-certs`` writes the certificates, ``kms serve`` runs
+Everything here is the real thing: kms's dev-certs code writes the certificates, ``kms serve`` runs
 gunicorn with mutual TLS, ``requests`` speaks HTTPS with the client certificate. The database is
 initialised through the library, with the production PBKDF2 cost: a server started from a config
 file refuses stored KDF parameters below 600,000 iterations, and no setting can lower that floor.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -26,14 +27,17 @@ from typing import Any
 import pytest
 import requests
 
+from kms import devcerts
 from kms.crypto.kdf import MIN_ITERATIONS
 from kms.master import init_database
 from kms.settings import Settings
 
 #: What the server accepts: the production floor (a derivation takes about 0.4 s here).
 TEST_ITERATIONS = MIN_ITERATIONS
-STARTUP_TIMEOUT_SECONDS = 20
-# Safety limits only: no test asserts how long anything took.
+# Safety limits only: no test asserts how long anything took. A start is a second or two on a
+# quiet machine; the limit is generous because `make test` runs several tests (and servers) at
+# once on two cores, and other work may share the machine.
+STARTUP_TIMEOUT_SECONDS = 60
 REQUEST_TIMEOUT_SECONDS = 60
 PROCESS_TIMEOUT_SECONDS = 60
 
@@ -73,10 +77,36 @@ def run_kms(
     )
 
 
+#: Ports for the servers the tests start: a block per pytest-xdist worker, all below the
+#: kernel's ephemeral range (32768-60999 by default), where the client side of every connection
+#: gets its port. With ``bind(("127.0.0.1", 0))``, as before, two workers could be handed the same
+#: port between one's probe and its server's bind, and ``kms serve`` refuses a taken port at once.
+PORT_BLOCK_START = 20_000
+PORT_BLOCK_SIZE = 1_000
+_PORT_BLOCKS = 12
+_next_port_offset = random.randrange(PORT_BLOCK_SIZE)  # two runs at once rarely start alike
+
+
+def _worker_index() -> int:
+    """0 without pytest-xdist, N for its worker ``gwN``."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker.removeprefix("gw")) % _PORT_BLOCKS
+
+
 def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port of this worker's block that nothing listens on (probed by binding it)."""
+    global _next_port_offset
+    block = PORT_BLOCK_START + _worker_index() * PORT_BLOCK_SIZE
+    for _ in range(PORT_BLOCK_SIZE):
+        port = block + _next_port_offset
+        _next_port_offset = (_next_port_offset + 1) % PORT_BLOCK_SIZE
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # someone else's, or still in TIME_WAIT: the next one
+        return port
+    raise RuntimeError(f"no free port in {block}-{block + PORT_BLOCK_SIZE - 1}")
 
 
 @dataclass(frozen=True)
@@ -128,8 +158,12 @@ class Deployment:
 
 
 def write_dev_certificates(directory: Path) -> None:
-    result = run_kms("dev-certs", str(directory))
-    assert result.returncode == 0, result.stderr
+    """What ``kms dev-certs DIRECTORY`` writes, by the function it calls, in this process.
+
+    Dozens of tests need a deployment's files; a ``kms`` process each (an interpreter start and
+    kms's imports) was a large share of the suite's CPU time. The command itself is tested in
+    test_first_run.py."""
+    devcerts.write_dev_certificates(directory)
 
 
 def write_config(
@@ -255,8 +289,10 @@ class ServerProcess:
                     pytrace=False,
                 )
             try:
-                response = client.get("/v1/kms/keys", params={"limit": 1}, timeout=2)
-            except requests.ConnectionError:
+                response = client.get("/v1/kms/keys", params={"limit": 1}, timeout=5)
+            except (requests.ConnectionError, requests.Timeout):
+                # Not listening yet, or listening (gunicorn's master binds first) while no worker
+                # has accepted yet: on a busy machine that can outlast one request's timeout.
                 time.sleep(0.1)
                 continue
             if response.status_code == 200:
