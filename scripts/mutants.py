@@ -36,8 +36,9 @@ How it fits in half an hour on two cores (a mutant costs a pytest start plus its
    test context: it gets every test that uses the module and the module's TARGETS list.
 4. A survivor that met only part of its tests because of the budget is rerun in a second pass
    with all of them, up to ``--confirm-budget`` seconds (``--no-confirm`` skips it), so the budget
-   saves time without hiding a kill. One still cut short says so ("survived k/n", k < n): it is
-   counted as a survivor, never as killed.
+   saves time without hiding a kill. The second pass stops starting reruns once the whole run has
+   taken ``--minutes`` (default 30). A survivor still cut short says so ("survived k/n", k < n):
+   it is counted as a survivor, never as killed.
 5. ``--jobs`` copies run mutants in parallel (default 2, the machine's cores). A run's timeout
    is 3 times the measured time of its tests plus pytest's start, plus 30 s; a timeout counts as
    killed (an infinite loop is a noticed bug).
@@ -671,14 +672,20 @@ def main() -> int:
     parser.add_argument(
         "--budget",
         type=float,
-        default=10.0,
-        help="seconds of (measured) test time per mutant, fastest tests first (default 10)",
+        default=5.0,
+        help="seconds of (measured) test time per mutant, fastest tests first (default 5)",
     )
     parser.add_argument(
         "--confirm-budget",
         type=float,
-        default=120.0,
-        help="the same for the second pass over survivors cut short by --budget (default 120)",
+        default=60.0,
+        help="the same for the second pass over survivors cut short by --budget (default 60)",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=30.0,
+        help="start no second-pass rerun after this many minutes of the run (default 30)",
     )
     parser.add_argument(
         "--no-fork",
@@ -741,9 +748,12 @@ def main() -> int:
         )
 
         mutants_started = time.monotonic()
+        deadline = started + 60 * options.minutes
         outcomes: dict[Mutant, str] = {}
 
         def check(mutant: Mutant, budget: float = options.budget) -> str:
+            if mutant in outcomes and time.monotonic() > deadline:
+                return outcomes[mutant]  # a second-pass rerun out of time: left as it was
             selected = coverage_map.tests_for(mutant, budget)
             if selected is None:
                 return "not covered"
@@ -790,8 +800,13 @@ def main() -> int:
                 ):
                     outcomes[mutant] = outcome
                     print(f"  {outcome} {mutant.path}:{mutant.line}: {mutant.description}")
+                left = sum(_partial(outcome) for outcome in outcomes.values())
+                if time.monotonic() > deadline and left:
+                    print(f"  out of time (--minutes): {left} survivors left cut short")
         except KeyboardInterrupt:
             interrupted = True
+            for server in SERVERS.values():  # stop the runs under way: their outcome is dropped
+                server.process.send_signal(signal.SIGUSR1)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             for server in SERVERS.values():

@@ -18,7 +18,9 @@ those that fail to import are left to the child). Protocol, one JSON object a li
 writes ``{"args": [...pytest arguments...], "timeout": seconds}`` on stdin; this process answers
 ``{"status": exit status or null, "seconds": wall time, "timed_out": bool}`` on stdout. A run
 past its timeout gets SIGINT (pytest then tears its fixtures down, stopping servers), then after
-a grace period SIGKILL for its whole process group. EOF on stdin ends the server.
+a grace period SIGKILL for its whole process group; so does the run under way when the runner
+sends SIGUSR1 (it was interrupted and wants no more answers than "stopped"). EOF on stdin ends
+the server.
 """
 
 from __future__ import annotations
@@ -36,6 +38,18 @@ from pathlib import Path
 
 #: After SIGINT, how long a timed-out run gets to tear its fixtures down before SIGKILL.
 GRACE_SECONDS = 15.0
+
+
+class _Stopped(Exception):
+    """SIGUSR1 came while a run was under way: the runner was interrupted."""
+
+
+_waiting = False
+
+
+def _stop(signum: int, frame: object) -> None:
+    if _waiting:
+        raise _Stopped
 
 
 def preload(names: list[str], copy_root: Path) -> int:
@@ -73,6 +87,7 @@ def run_child(args: list[str]) -> int:
         os.dup2(devnull, fd)
     os.close(devnull)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     import pytest
 
     return int(pytest.main(args))
@@ -80,9 +95,16 @@ def run_child(args: list[str]) -> int:
 
 def wait(pid: int, timeout: float) -> tuple[int | None, bool]:
     """Wait for the child; return (exit status or None, timed out)."""
+    global _waiting
     pidfd = os.pidfd_open(pid)
     try:
-        timed_out = not select.select([pidfd], [], [], timeout)[0]
+        _waiting = True
+        try:
+            timed_out = not select.select([pidfd], [], [], timeout)[0]
+        except _Stopped:
+            timed_out = True
+        finally:
+            _waiting = False
         if timed_out:
             try:
                 os.kill(pid, signal.SIGINT)
@@ -107,6 +129,7 @@ def serve() -> int:
     # As ``python -m pytest`` started in the copy: its directory first, then PYTHONPATH.
     sys.path[0] = str(copy_root)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the runner, which ends us
+    signal.signal(signal.SIGUSR1, _stop)
     modules_file = Path(sys.argv[1]) if len(sys.argv) > 1 else None
     names = modules_file.read_text(encoding="utf-8").split() if modules_file else []
     imported = preload(names, copy_root)
