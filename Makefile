@@ -66,7 +66,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal) \
 		$(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN)) $(PYTEST_ARGS)
 
-# Not part of `make test`. Each mutant runs only the tests that execute its line (see the script).
+# Not part of `make test`. Each mutant runs only the tests that execute its line (see the script),
+# in a pytest forked from a server that has imported pytest and the libraries once (scripts/
+# mutants_server.py). MUTANTS_ARGS="--minutes 20" bounds the second pass; "--no-fork" for comparison.
 # Not niced: at nice 19 it gets almost no CPU while other suites run (docs/mutants.md: timings).
 # One area at a time: MUTANTS_ARGS="--only kms/crypto/kdf.py kms/master.py".
 mutants: $(STAMP)

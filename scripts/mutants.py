@@ -87,6 +87,7 @@ UNIT_CRYPTO = [
 ]
 SERVICE = [
     "tests/unit/test_key_cache.py",
+    "tests/unit/test_cache_bounds.py",
     "tests/unit/test_secrets_in_memory.py",
     "tests/unit/test_encryption_context.py",
     "tests/integration/test_secret_buffers.py",
