@@ -258,6 +258,11 @@ class KMSWorker(gthread.ThreadWorker):
         context = gunicorn_sock.ssl_context(self.cfg)
         # A TLS 1.2 renegotiation costs the server a handshake at the client's will.
         context.options |= ssl.OP_NO_RENEGOTIATION
+        # No session resumption: a resumed session skips the check of the client's certificate
+        # (a certificate that expired since would still get in). One context per worker would
+        # otherwise resume TLS 1.3 sessions by ticket and TLS 1.2 ones by ticket or session ID.
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
         return context
 
     def raise_file_limit(self) -> None:

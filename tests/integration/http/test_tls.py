@@ -314,3 +314,80 @@ def test_readme_curl_example(client: KMSClient, deployment: Deployment) -> None:
         1,
     )
     expect_no_content(client.delete("/v1/kms/keys/device123"))
+
+
+def resumed_on_a_later_connection(port: int, context: ssl.SSLContext, attempts: int = 8) -> bool:
+    """Connect, then ``attempts`` times again offering the first connection's TLS session; True
+    when the server resumed it on any (an abbreviated handshake, without the client
+    certificate's check). Several attempts, because a server with several workers resumes only
+    on the worker that made the session.
+
+    Each connection makes a request and reads the answer to its end: a TLS 1.3 server sends its
+    session tickets after the handshake, so the client has one only after reading."""
+    session = None
+    for attempt in range(attempts + 1):
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT_SECONDS) as raw,
+            context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
+        ):
+            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+            if attempt and tls.session_reused:
+                return True
+            if attempt == 0:
+                session = tls.session
+    return False
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_tls_sessions_are_never_resumed(
+    server: ServerProcess, deployment: Deployment, version: ssl.TLSVersion
+) -> None:
+    """Every connection makes a full handshake, so every connection's client certificate is
+    checked against the CA then (a resumed session would skip that check, up to the session's
+    lifetime after it: a certificate that expired meanwhile would still get in). Each worker
+    keeps one TLS context (README, Performance), which would otherwise let sessions resume: by
+    session ID in TLS 1.2, by ticket in TLS 1.3."""
+    context = client_context(deployment, deployment.client_cert, deployment.client_key)
+    context.minimum_version = context.maximum_version = version
+    assert not resumed_on_a_later_connection(deployment.port, context)
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_the_resumption_probe_sees_a_server_that_resumes(
+    deployment: Deployment, version: ssl.TLSVersion
+) -> None:
+    """The control for the test above: a plain Python TLS server with the same certificates and
+    one context, as a kms worker has, does resume the probe's sessions, so the probe can tell."""
+    import threading
+
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(
+        deployment.directory / "server.crt", deployment.directory / "server.key"
+    )
+    server_context.load_verify_locations(deployment.ca_cert)
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(2):
+            connection, _ = listener.accept()
+            with server_context.wrap_socket(connection, server_side=True) as tls:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += tls.recv(65536)
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        context = client_context(deployment, deployment.client_cert, deployment.client_key)
+        context.minimum_version = context.maximum_version = version
+        assert resumed_on_a_later_connection(port, context)
+    finally:
+        listener.close()
+        thread.join(timeout=REQUEST_TIMEOUT_SECONDS)
