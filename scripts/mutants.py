@@ -487,7 +487,9 @@ class CoverageMap:
         child process such as ``kms serve`` or gunicorn, where the test's context does not reach)
         gets every test that executes any line of the module, every test of a file that imports
         the module, and every test of the module's list in TARGETS (the tests that start the
-        child are among them).
+        child are among them). The tests that executed the statement itself, in process, still
+        come first (fastest first among them), then the others: a statement that also ran in a
+        child process (``kms init`` as a command) meets the tests written for it within the budget.
         """
         executed = self.lines.get(mutant.path, {})
         contexts: set[str] = set()
@@ -495,7 +497,7 @@ class CoverageMap:
             contexts |= executed.get(line, set())
         if not contexts:
             return None
-        tests = {context for context in contexts if context}
+        tests = direct = {context for context in contexts if context}
         if "" in contexts:
             # Tests that only import a constant execute no line of the module: name them too.
             dotted = mutant.path.removesuffix(".py").replace("/", ".")
@@ -504,9 +506,11 @@ class CoverageMap:
                 for file in {node.split("::")[0] for node in self.durations}
                 if dotted in _text(file)
             }
-            tests |= {node for node in self.durations if node.split("::")[0] in files}
+            tests = tests | {node for node in self.durations if node.split("::")[0] in files}
             tests |= {context for line in executed.values() for context in line if context}
-        fastest = sorted(tests, key=lambda node: (self.durations.get(node, 1.0), node))
+        fastest = sorted(
+            tests, key=lambda node: (node not in direct, self.durations.get(node, 1.0), node)
+        )
         chosen: list[str] = []
         spent = 0.0
         for node in fastest:
