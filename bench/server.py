@@ -41,6 +41,7 @@ class ServerOptions:
     workers: int | None = None  # None: the configured default
     threads: int | None = None
     key_cache_size: int | None = None
+    key_cache_bytes: int | None = None
     tls_context_cache: bool = True
 
 
@@ -83,6 +84,8 @@ def _config(directory: Path, port: int, options: ServerOptions) -> str:
     kms = [f'  master_passphrase_file: "{options.passphrase_file}"']
     if options.key_cache_size is not None:
         kms.append(f"  key_cache_size: {options.key_cache_size}")
+    if options.key_cache_bytes is not None:
+        kms.append(f"  keyCacheBytes: {options.key_cache_bytes}")
     return "\n".join(
         [
             "server:",

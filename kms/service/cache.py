@@ -24,23 +24,19 @@ from kms.store.repository import KeyRecord
 UNBOUNDED = 2**63
 
 
-class KeyMaterialCache:
-    """Bounded by ``max_entries`` and by ``max_bytes``, counted with the size each ``put`` gives
-    (an estimate of the entry's memory: kms.service.keys.MATERIAL_BYTES)."""
+class _BoundedEntries:
+    """Least-recently-used entries bounded by count and by estimated bytes; thread-safe.
 
-    def __init__(self, max_entries: int, max_bytes: int = UNBOUNDED) -> None:
+    The bookkeeping both caches share: each entry's size is given when it is stored, and the
+    oldest entries go first until both bounds hold."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._sizes: dict[Hashable, int] = {}
         self._bytes = 0
         self._lock = threading.Lock()
-        #: Lookups answered from memory and lookups that had to load (read by the metrics).
-        self.hits = 0
-        self.misses = 0
-
-    def __repr__(self) -> str:
-        return f"KeyMaterialCache(entries={len(self._entries)}, max={self._max_entries})"
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -49,6 +45,43 @@ class KeyMaterialCache:
     def size_bytes(self) -> int:
         """The estimated bytes of what is cached now."""
         return self._bytes
+
+    def _store(self, key: Hashable, value: Any, size: int) -> None:
+        if self._max_entries <= 0 or size > self._max_bytes:
+            return
+        with self._lock:
+            self._bytes += size - self._sizes.get(key, 0)
+            self._sizes[key] = size
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
+                oldest, _ = self._entries.popitem(last=False)
+                self._bytes -= self._sizes.pop(oldest)
+
+    def _remove(self, key: Hashable) -> None:
+        """Drop one entry; the caller holds ``_lock``."""
+        if self._entries.pop(key, None) is not None:
+            self._bytes -= self._sizes.pop(key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._sizes.clear()
+            self._bytes = 0
+
+
+class KeyMaterialCache(_BoundedEntries):
+    """Bounded by ``max_entries`` and by ``max_bytes``, counted with the size each ``put`` gives
+    (an estimate of the entry's memory: kms.service.keys.MATERIAL_BYTES)."""
+
+    def __init__(self, max_entries: int, max_bytes: int = UNBOUNDED) -> None:
+        super().__init__(max_entries, max_bytes)
+        #: Lookups answered from memory and lookups that had to load (read by the metrics).
+        self.hits = 0
+        self.misses = 0
+
+    def __repr__(self) -> str:
+        return f"KeyMaterialCache(entries={len(self._entries)}, max={self._max_entries})"
 
     def get(self, key: Hashable) -> Any | None:
         with self._lock:
@@ -61,28 +94,12 @@ class KeyMaterialCache:
             return value
 
     def put(self, key: Hashable, value: Any, size: int = 0) -> None:
-        if self._max_entries <= 0 or size > self._max_bytes:
-            return
-        with self._lock:
-            self._bytes += size - self._sizes.get(key, 0)
-            self._sizes[key] = size
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
-                oldest, _ = self._entries.popitem(last=False)
-                self._bytes -= self._sizes.pop(oldest)
+        self._store(key, value, size)
 
     def drop_key(self, key_id: str) -> None:
         with self._lock:
             for entry in [entry for entry in self._entries if entry[1] == key_id]:
-                del self._entries[entry]
-                self._bytes -= self._sizes.pop(entry)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._sizes.clear()
-            self._bytes = 0
+                self._remove(entry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +125,7 @@ def row_bytes(key: KeyRecord) -> int:
     )
 
 
-class KeyRowCache:
+class KeyRowCache(_BoundedEntries):
     """Key rows for the cryptographic operations, so that a warm key reads nothing from the
     database; never used by the lifecycle calls (GET, list, PATCH, rotate...).
 
@@ -131,15 +148,10 @@ class KeyRowCache:
         max_bytes: int = UNBOUNDED,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(max_entries if staleness_ms > 0 else 0, max_bytes)
         self._staleness = staleness_ms / 1000
         self._marks = marks
-        self._max_entries = max_entries if staleness_ms > 0 else 0
-        self._max_bytes = max_bytes
         self._clock = clock
-        self._entries: OrderedDict[str, _CachedRow] = OrderedDict()
-        self._sizes: dict[str, int] = {}
-        self._bytes = 0
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -147,16 +159,9 @@ class KeyRowCache:
             f"staleness={self._staleness}s)"
         )
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     @property
     def enabled(self) -> bool:
         return self._max_entries > 0
-
-    @property
-    def size_bytes(self) -> int:
-        return self._bytes
 
     def mark(self, key_id: str) -> int:
         """Read before the row: ``put`` stores it with the row."""
@@ -176,30 +181,12 @@ class KeyRowCache:
 
     def put(self, key: KeyRecord, mark: int, read_at: float) -> None:
         """Cache ``key``, read at ``read_at`` (``now()`` before the read) after ``mark``."""
-        if self._max_entries <= 0:
-            return
-        size = row_bytes(key)
-        if size > self._max_bytes:
-            return
-        with self._lock:
-            self._bytes += size - self._sizes.get(key.key_id, 0)
-            self._sizes[key.key_id] = size
-            self._entries[key.key_id] = _CachedRow(key, mark, read_at)
-            self._entries.move_to_end(key.key_id)
-            while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
-                oldest, _ = self._entries.popitem(last=False)
-                self._bytes -= self._sizes.pop(oldest)
+        if self._max_entries > 0:
+            self._store(key.key_id, _CachedRow(key, mark, read_at), row_bytes(key))
 
     def now(self) -> float:
         return self._clock()
 
     def drop(self, key_id: str) -> None:
         with self._lock:
-            if self._entries.pop(key_id, None) is not None:
-                self._bytes -= self._sizes.pop(key_id)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._sizes.clear()
-            self._bytes = 0
+            self._remove(key_id)

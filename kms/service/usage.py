@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 
 from kms.store.repository import UseReport, utc_now
 
@@ -31,28 +32,40 @@ def block_size(configured: int, limit: int) -> int:
     return max(1, min(configured, -(-limit // BLOCK_FRACTION)))
 
 
-class EncryptionBudget:
-    """The encryptions this process has reserved and not yet used, per version."""
+#: Keys whose unused reservations a process remembers; the least recently reserved is forgotten
+#: first. Forgetting one only wastes the rest of its block (it stays counted as used), and keeps
+#: a process that encrypts under a million keys from keeping a million entries.
+MAX_BUDGET_KEYS = 65536
 
-    def __init__(self) -> None:
+
+class EncryptionBudget:
+    """The encryptions this process has reserved and not yet used: for each key, those of one
+    slot (its latest version under its current limit), since a new block is reserved only for
+    that slot and what is left of the key's other slots is never used again."""
+
+    def __init__(self, max_keys: int = MAX_BUDGET_KEYS) -> None:
         self._lock = threading.Lock()
-        self._left: dict[Slot, int] = {}
+        self._max_keys = max_keys
+        self._left: OrderedDict[str, tuple[Slot, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._left)
 
     def take(self, slot: Slot, count: int) -> bool:
         with self._lock:
-            left = self._left.get(slot, 0)
-            if left < count:
+            held = self._left.get(slot[0])
+            if held is None or held[0] != slot or held[1] < count:
                 return False
-            self._left[slot] = left - count
+            self._left[slot[0]] = (slot, held[1] - count)
             return True
 
     def add(self, slot: Slot, count: int) -> None:
         with self._lock:
-            # A new block is reserved only for a key's latest version and limit: what is left of
-            # the key's other slots is never used again (it stays counted as used).
-            for stale in [s for s in self._left if s[0] == slot[0] and s != slot]:
-                del self._left[stale]
-            self._left[slot] = self._left.get(slot, 0) + count
+            held = self._left.pop(slot[0], None)
+            left = held[1] if held is not None and held[0] == slot else 0
+            self._left[slot[0]] = (slot, left + count)
+            while len(self._left) > self._max_keys:
+                self._left.popitem(last=False)
 
 
 class UseTally:

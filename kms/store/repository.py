@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ParamSpec, Protocol, TypeVar
@@ -356,12 +358,25 @@ class SQLKeyRepository:
         self._engine = engine
         self._writer = engine.execution_options(**WRITE)
         self._notify = engine.dialect.name == "postgresql"
+        # SQLite has one writer at a time: a thread that finds the write lock taken sleeps in
+        # SQLite's busy handler (1, 2, 5, 10... ms), however soon the lock is free again. Threads
+        # of one process queue on this lock instead and start the moment the writer commits, so
+        # only other processes ever meet the busy handler. PostgreSQL locks rows: no lock here.
+        self._write_lock: AbstractContextManager[object] = (
+            threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
+        )
         self._on_close: list[Callable[[], None]] = []
         self.changes = (
             open_changes(engine.url.render_as_string(hide_password=False))
             if changes is None
             else changes
         )
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on leaving."""
+        with self._write_lock, self._writer.begin() as conn:
+            yield conn
 
     def close(self) -> None:
         for stop in self._on_close:
@@ -384,7 +399,7 @@ class SQLKeyRepository:
 
     @_translate_database_errors
     def initialise(self, kdf_parameters: bytes, init_marker: bytes) -> None:
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             write_keystore(conn, kdf_parameters, init_marker)
 
     @_translate_database_errors
@@ -404,7 +419,7 @@ class SQLKeyRepository:
         if change.version is None:
             raise ValueError("a new key needs its first version")
         try:
-            with self._writer.begin() as conn:
+            with self._write() as conn:
                 conn.execute(insert(keys).values(**_key_values(key), updated_at=key.created_at))
                 self._insert_version(conn, key, change.version, key.created_at)
                 self._announce(conn, key.key_id)
@@ -514,7 +529,7 @@ class SQLKeyRepository:
         SQLite) and each sees the row the previous one wrote. Whatever ``plan`` raises rolls the
         transaction back: nothing is written.
         """
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             row = conn.execute(_SELECT_KEY_FOR_UPDATE, {"key_id": key_id}).first()
             if row is None:
                 raise KeyNotFound()
@@ -559,7 +574,7 @@ class SQLKeyRepository:
         Two callers racing to destroy the same key serialise on the lock: the second finds no
         row (``KeyNotFound``), so each key is destroyed once.
         """
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             row = conn.execute(_SELECT_KEY_FOR_UPDATE, {"key_id": key_id}).first()
             if row is None:
                 raise KeyNotFound()
@@ -578,7 +593,7 @@ class SQLKeyRepository:
         Touches only the bookkeeping columns, which the MAC does not cover, so it needs no key;
         a row that is no longer that pending key is left alone.
         """
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(keys)
                 .where(
@@ -604,7 +619,7 @@ class SQLKeyRepository:
         Returns the number of key rows and version rows sealed.
         """
         sealed_keys = sealed_versions = 0
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             for row in conn.execute(select(*_KEY_COLUMNS).order_by(keys.c.key_id)).all():
                 key = _key_record(row)
                 conn.execute(
@@ -649,7 +664,7 @@ class SQLKeyRepository:
         stays counted, so a crash can only waste encryptions, never reuse them.
         """
         where = and_(key_versions.c.key_id == key_id, key_versions.c.version == version)
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             used = conn.execute(
                 select(key_versions.c.encryptions).where(where).with_for_update()
             ).scalar_one_or_none()
@@ -670,7 +685,7 @@ class SQLKeyRepository:
         """Add decryptions and move ``last_used_at`` forward, one UPDATE per version."""
         if not reports:
             return
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             for report in reports:
                 later = bindparam("at", report.last_used_at, type_=key_versions.c.last_used_at.type)
                 conn.execute(
@@ -765,7 +780,7 @@ class SQLKeyRepository:
         callbacks raise to write nothing. Returns the number of key rows and version rows.
         """
         rewrapped_keys = rewrapped_versions = 0
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             for row in conn.execute(select(*_KEY_COLUMNS).order_by(keys.c.key_id)).all():
                 key = _key_record(row)
                 conn.execute(
@@ -801,7 +816,7 @@ class SQLKeyRepository:
 
     @_translate_database_errors
     def delete_key(self, key_id: str) -> None:
-        with self._writer.begin() as conn:
+        with self._write() as conn:
             conn.execute(delete(key_versions).where(key_versions.c.key_id == key_id))
             deleted = conn.execute(delete(keys).where(keys.c.key_id == key_id)).rowcount
             if deleted == 0:
