@@ -9,9 +9,7 @@ computes every row's MAC, and every key must keep working. Runs on SQLite and, g
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -34,10 +32,10 @@ from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
 from kms.store.schema import current_revision, head_revision
 from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
+from tests.integration.old_release import extract_release, run_in_release
 
 #: The last commit before row MACs: kms 0.1.0, schema revision 0001.
 PREVIOUS_RELEASE = "74109ac39334ee28566259d217833f349af76c52"
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 # Run with the previous release first on sys.path: make a keystore and use it like a deployment.
 OLD_RELEASE_SCRIPT = textwrap.dedent(
@@ -99,49 +97,13 @@ OLD_VERSIONS = 2 * 2 + 3 * 2 + 1
 @pytest.fixture(scope="module")
 def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The previous release's ``kms`` package (with its migrations), extracted from git."""
-    if shutil.which("git") is None:
-        pytest.skip("git is needed to extract the previous release")
-    known = subprocess.run(
-        ["git", "-C", str(REPOSITORY), "cat-file", "-e", f"{PREVIOUS_RELEASE}^{{commit}}"],
-        capture_output=True,
-        check=False,
-    )
-    if known.returncode != 0:
-        pytest.skip(f"this checkout does not hold commit {PREVIOUS_RELEASE}")
-    target = tmp_path_factory.mktemp("previous-release")
-    archive = subprocess.run(
-        ["git", "-C", str(REPOSITORY), "archive", PREVIOUS_RELEASE, "kms", "migrations"],
-        capture_output=True,
-        check=True,
-    )
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    # Installed, `migrations/` is the package kms.migrations (pyproject's package-dir).
-    (target / "migrations").rename(target / "kms" / "migrations")
-    return target
+    return extract_release(PREVIOUS_RELEASE, tmp_path_factory.mktemp("previous-release"))
 
 
 def make_old_database(
     previous_release: Path, settings: Settings, iterations: int
 ) -> dict[str, list[str]]:
-    assert settings.master_passphrase_file is not None
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            OLD_RELEASE_SCRIPT,
-            str(previous_release),
-            settings.database_dsn,
-            str(settings.master_passphrase_file),
-            str(iterations),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-        cwd=previous_release,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return run_in_release(previous_release, OLD_RELEASE_SCRIPT, settings, iterations)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

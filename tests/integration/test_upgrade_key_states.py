@@ -9,9 +9,6 @@ behaviour. Runs on SQLite and, given --postgres-dsn, on PostgreSQL.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,11 +26,11 @@ from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
 from kms.store.schema import current_revision, head_revision
 from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
+from tests.integration.old_release import extract_release, run_in_release
 
 #: Main before issue 8: row MACs (issue 14), schema revision 0002.
 PREVIOUS_RELEASE = "58f21ca4d204687abcae924dcf23fe0eb97ea1a9"
 PREVIOUS_REVISION = "0002"
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 OLD_RELEASE_SCRIPT = textwrap.dedent(
     """
@@ -80,24 +77,7 @@ OLD_RELEASE_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("git") is None:
-        pytest.skip("git is needed to extract the previous release")
-    known = subprocess.run(
-        ["git", "-C", str(REPOSITORY), "cat-file", "-e", f"{PREVIOUS_RELEASE}^{{commit}}"],
-        capture_output=True,
-        check=False,
-    )
-    if known.returncode != 0:
-        pytest.skip(f"this checkout does not hold commit {PREVIOUS_RELEASE}")
-    target = tmp_path_factory.mktemp("release-before-key-states")
-    archive = subprocess.run(
-        ["git", "-C", str(REPOSITORY), "archive", PREVIOUS_RELEASE, "kms", "migrations"],
-        capture_output=True,
-        check=True,
-    )
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    (target / "migrations").rename(target / "kms" / "migrations")
-    return target
+    return extract_release(PREVIOUS_RELEASE, tmp_path_factory.mktemp("release-before-key-states"))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -116,27 +96,7 @@ def old_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 
 
 def make_old_database(previous_release: Path, settings: Settings) -> dict[str, Any]:
-    import json
-
-    assert settings.master_passphrase_file is not None
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            OLD_RELEASE_SCRIPT,
-            str(previous_release),
-            settings.database_dsn,
-            str(settings.master_passphrase_file),
-            str(TEST_ITERATIONS),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-        cwd=previous_release,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return run_in_release(previous_release, OLD_RELEASE_SCRIPT, settings, TEST_ITERATIONS)
 
 
 def rows(settings: Settings, statement: str) -> list[tuple[Any, ...]]:

@@ -5,10 +5,6 @@ then apply to the old keys."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,11 +12,11 @@ import pytest
 from kms.master import check_database, upgrade_database
 from kms.settings import Settings
 from tests.conftest import TEST_ITERATIONS
+from tests.integration.old_release import extract_release, run_in_release
 from tests.integration.test_upgrade import (
     OLD_KEYS,
     OLD_RELEASE_SCRIPT,
     OLD_VERSIONS,
-    REPOSITORY,
     old_settings,  # noqa: F401 - a fixture
     revision,
 )
@@ -38,48 +34,12 @@ ROW_MAC_RELEASE = "47656ff"
 
 
 def make_row_mac_database(release: Path, settings: Settings) -> dict[str, list[str]]:
-    assert settings.master_passphrase_file is not None
-    result = subprocess.run(  # noqa: S603 - our interpreter, our script
-        [
-            sys.executable,
-            "-c",
-            ROW_MAC_RELEASE_SCRIPT,
-            str(release),
-            settings.database_dsn,
-            str(settings.master_passphrase_file),
-            str(TEST_ITERATIONS),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-        cwd=release,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return run_in_release(release, ROW_MAC_RELEASE_SCRIPT, settings, TEST_ITERATIONS)
 
 
 @pytest.fixture(scope="module")
 def row_mac_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("git") is None:
-        pytest.skip("git is needed to extract the previous release")
-    commit = subprocess.run(
-        ["git", "-C", str(REPOSITORY), "rev-parse", "--verify", f"{ROW_MAC_RELEASE}^{{commit}}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if commit.returncode != 0:
-        pytest.skip("this checkout does not hold the row-MAC release")
-    target = tmp_path_factory.mktemp("row-mac-release")
-    archive = subprocess.run(
-        ["git", "-C", str(REPOSITORY), "archive", commit.stdout.strip(), "kms", "migrations"],
-        capture_output=True,
-        check=True,
-    )
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    (target / "migrations").rename(target / "kms" / "migrations")
-    return target
+    return extract_release(ROW_MAC_RELEASE, tmp_path_factory.mktemp("row-mac-release"))
 
 
 def test_a_row_mac_database_upgrades_in_place_and_keeps_every_mac(
