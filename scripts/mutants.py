@@ -68,7 +68,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,11 +119,38 @@ STARTUP = [
     "tests/integration/test_postgres.py",  # skipped unless --postgres-dsn is given
     "tests/integration/http/test_startup.py",
 ]
+#: The operator commands (kms init, rekey, backup, restore, check, upgrade, rotate-due) as
+#: kms.master runs them; test_upgrade*.py extract the previous release with git (see make_copy).
+OPERATOR = [
+    "tests/integration/test_operator_commands.py",
+    "tests/integration/test_rekey.py",
+    "tests/integration/test_backup.py",
+    "tests/integration/test_init_atomicity.py",
+    "tests/integration/test_rotate_due_command.py",
+    "tests/integration/test_passphrase_files.py",
+    "tests/integration/test_upgrade.py",
+    "tests/integration/test_upgrade_key_states.py",
+    "tests/integration/test_upgrade_use_limits.py",
+]
+#: Starting a real server and what its gunicorn master does: refusals at start (a port in use, a
+#: bad policy), SIGHUP (workers re-executed, the policy reloaded).
+SERVING = [
+    "tests/integration/http/test_startup_faults.py",
+    "tests/integration/http/test_first_run.py",
+    "tests/integration/http/test_serving.py",
+    "tests/integration/http/test_authorization.py",
+]
+#: Row MACs (kms/crypto/integrity.py, kms/service/integrity.py): unit vectors and tampered rows.
+INTEGRITY = [
+    "tests/unit/test_integrity.py",
+    "tests/integration/test_untrusted_storage.py",
+    "tests/integration/test_key_storage.py",
+]
 
 #: Module -> the test files that matter for it. Every file of every list runs once under coverage
 #: (which is also the baseline); each mutant then runs only the tests that executed its line
-#: (fastest first, see CoverageMap.tests_for), and the whole list only for a line that ran at
-#: import or in a child process.
+#: (most specific first, see CoverageMap.tests_for), and the whole list only for a line that ran
+#: at import.
 TARGETS: dict[str, list[str]] = {
     "kms/crypto/kdf.py": [*UNIT_CRYPTO, "tests/integration/test_keystore.py"],
     "kms/crypto/ciphertext.py": [
@@ -132,25 +159,78 @@ TARGETS: dict[str, list[str]] = {
         "tests/integration/test_decrypt_tampering.py",
     ],
     "kms/crypto/encoding.py": [*UNIT_CRYPTO, "tests/integration/test_decrypt_tampering.py"],
-    "kms/crypto/wrapping.py": [*UNIT_CRYPTO, "tests/integration/test_key_storage.py"],
-    "kms/crypto/algorithms.py": [*UNIT_CRYPTO, "tests/integration/test_service.py"],
+    "kms/crypto/wrapping.py": [*UNIT_CRYPTO, *INTEGRITY],
+    "kms/crypto/algorithms.py": [
+        *UNIT_CRYPTO,
+        "tests/unit/test_key_types.py",
+        "tests/integration/test_service.py",
+        "tests/integration/test_key_types_service.py",
+    ],
+    "kms/crypto/integrity.py": [*UNIT_CRYPTO, *INTEGRITY],
+    "kms/service/integrity.py": [*INTEGRITY, "tests/integration/test_service.py"],
     "kms/service/keyring.py": [*SERVICE, "tests/integration/test_gunicorn_conf.py"],
-    "kms/service/keys.py": SERVICE,
+    "kms/service/keys.py": [
+        *SERVICE,
+        "tests/unit/test_key_types.py",
+        "tests/unit/test_encryption_budget.py",
+        "tests/integration/test_untrusted_storage.py",
+        "tests/integration/test_rotate_due_command.py",
+        "tests/integration/http/test_key_types.py",
+        "tests/integration/http/test_use_limits.py",
+    ],
     "kms/service/cache.py": SERVICE,
-    "kms/service/keystore.py": [*SERVICE, "tests/integration/test_keystore.py"],
+    "kms/service/usage.py": [
+        "tests/unit/test_encryption_budget.py",
+        "tests/integration/test_key_row_cache.py",
+        "tests/integration/test_service.py",
+        "tests/integration/test_upgrade_use_limits.py",
+        "tests/integration/http/test_use_limits.py",
+    ],
+    "kms/service/keystore.py": [*SERVICE, "tests/integration/test_keystore.py", *OPERATOR],
     "kms/service/passphrase.py": [
         "tests/integration/test_keystore.py",
         "tests/integration/test_passphrase_files.py",
         "tests/integration/test_passphrase_prompt.py",
         "tests/integration/http/test_startup.py",
     ],
+    "kms/service/backup.py": [
+        "tests/integration/test_backup.py",
+        "tests/integration/test_operator_commands.py",
+    ],
     "kms/store/db.py": STORE,
-    "kms/store/repository.py": STORE,
+    "kms/store/repository.py": [*STORE, "tests/integration/test_rotate_due_command.py"],
     # Column types and lengths: SQLite ignores most of them, so the PostgreSQL-free list is short.
     "kms/store/models.py": STORE[:3],
-    "kms/store/schema.py": [*STORE[:3], "tests/integration/test_upgrade.py"],
-    "kms/master.py": STARTUP,
-    "kms/gunicorn_conf.py": [*STARTUP, "tests/integration/http/test_tls.py"],
+    "kms/store/schema.py": [*STORE[:3], *OPERATOR[-3:]],
+    "kms/store/changes.py": [
+        "tests/integration/test_key_row_cache.py",
+        "tests/integration/test_store_engine.py",
+        "tests/integration/test_postgres.py",  # the LISTEN/NOTIFY path
+        "tests/integration/http/test_cache_staleness.py",
+    ],
+    "kms/store/serving.py": [
+        "tests/integration/test_store_engine.py",
+        "tests/integration/test_rekey.py",
+        "tests/integration/test_backup.py",
+        "tests/integration/test_operator_commands.py",
+        "tests/integration/http/test_startup.py",
+    ],
+    "kms/store/snapshot.py": [
+        "tests/integration/test_backup.py",
+        "tests/integration/test_operator_commands.py",
+        "tests/integration/test_rekey.py",
+    ],
+    "kms/store/faults.py": [
+        "tests/integration/test_init_atomicity.py",
+        "tests/integration/test_store_engine.py",
+        "tests/integration/http/test_startup_faults.py",
+    ],
+    "kms/master.py": [*STARTUP, *OPERATOR, *SERVING[:2]],
+    "kms/gunicorn_conf.py": [*STARTUP, *SERVING, "tests/integration/http/test_tls.py"],
+    "kms/wsgi.py": [
+        "tests/integration/test_secret_buffers.py",
+        "tests/integration/http/test_startup.py",
+    ],
 }
 
 SWAPS: dict[type, type] = {
@@ -180,6 +260,9 @@ class Mutant:
     first_line: int = 0  # the mutated statement's lines in the re-printed module (coverage's)
     last_line: int = 0
     skip_reason: str | None = None
+    #: Names the mutated module-level statement defines (a constant, a class, a function whose
+    #: default or decorator is mutated): the tests that use them come first (CoverageMap).
+    defines: tuple[str, ...] = ()
 
 
 def _skip_reason(node: ast.AST) -> str | None:
@@ -320,6 +403,7 @@ def mutants_of(path: str) -> list[Mutant]:
     """
     written, reprinted = ast.parse(source(path)), ast.parse(unparsed(path))
     ranges = _statement_lines(reprinted)
+    defines = _defined_names(reprinted)
     mutants = []
     pairs = zip(_candidates(written), _candidates(reprinted), strict=True)
     for index, ((node, description), (twin, twin_description)) in enumerate(pairs):
@@ -327,8 +411,52 @@ def mutants_of(path: str) -> list[Mutant]:
             raise RuntimeError(f"{path}: re-printing changed mutant {index}: {description}")
         first, last = ranges.get(id(twin), (0, 0))
         line = getattr(node, "lineno", 0)
-        mutants.append(Mutant(path, index, line, description, first, last, _skip_reason(node)))
+        skip = _skip_reason(node)
+        names = defines.get(id(twin), ())
+        mutants.append(Mutant(path, index, line, description, first, last, skip, names))
     return mutants
+
+
+def _defined_names(tree: ast.Module) -> dict[int, tuple[str, ...]]:
+    """For each node (by id) of a module-level statement: the names that statement defines."""
+    defined: dict[int, tuple[str, ...]] = {}
+    for statement in tree.body:
+        if isinstance(statement, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            names: tuple[str, ...] = (statement.name,)
+        elif isinstance(statement, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+            names = tuple(
+                node.id
+                for target in targets
+                for node in ast.walk(target)
+                if isinstance(node, ast.Name)
+            )
+        else:
+            continue
+        for node in ast.walk(statement):
+            defined[id(node)] = names
+    return defined
+
+
+@functools.cache
+def _references() -> dict[str, set[tuple[str, int]]]:
+    """name -> the (module, line) of the target modules' code that reads it inside a function.
+
+    Lines of the re-printed modules (coverage's); a name is matched by its last part, so
+    ``models.keys`` and ``keys`` are both a use of ``keys``.
+    """
+    found: dict[str, set[tuple[str, int]]] = {}
+    for path in TARGETS:
+        for function in ast.walk(ast.parse(unparsed(path))):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for statement in function.body:
+                for node in ast.walk(statement):
+                    name = node.id if isinstance(node, ast.Name) else None
+                    name = node.attr if isinstance(node, ast.Attribute) else name
+                    if name is not None:
+                        found.setdefault(name, set()).add((path, node.lineno))
+    return found
 
 
 def mutated_source(mutant: Mutant) -> str:
@@ -353,8 +481,28 @@ def make_copy(parent: Path, number: int) -> Path:
 PYTEST_OPTIONS: list[str] = []
 
 
+@functools.cache
+def _git_dir() -> str | None:
+    """The repository's git directory (a worktree's common one), or None outside git."""
+    command = ["git", "-C", str(ROOT), "rev-parse", "--path-format=absolute", "--git-common-dir"]
+    found = subprocess.run(  # noqa: S603, S607 - git on our own repository
+        command,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
 def _environ(copy_root: Path, **extra: str) -> dict[str, str]:
     environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
+    # The copies hold no .git: tests/integration/old_release.py extracts the previous release
+    # with `git rev-parse` and `git archive` (read only), so they read the repository's history.
+    # The copy is the work tree (nothing there runs a command that reads or writes it).
+    git_dir = _git_dir()
+    if git_dir is not None:
+        environ["GIT_DIR"] = git_dir
+        environ["GIT_WORK_TREE"] = str(copy_root)
     environ["PYTHONPATH"] = str(copy_root)
     environ["PYTHONDONTWRITEBYTECODE"] = "1"
     environ.update(extra)
@@ -467,7 +615,7 @@ def warm(copy_root: Path, tests: list[str]) -> None:
     )
 
 
-@dataclass
+@dataclass(eq=False)
 class CoverageMap:
     """Which tests execute which line of each unparsed module, and how long each test takes."""
 
@@ -477,19 +625,22 @@ class CoverageMap:
     def tests_for(self, mutant: Mutant, budget: float) -> tuple[list[str], int] | None:
         """The tests to run for ``mutant`` and how many execute it; None when no test does.
 
-        The fastest tests that execute the mutated statement, up to ``budget`` seconds of their
-        measured time (at least one): a survivor runs them all, and the slowest (a 26 s scan of
-        the database files for key material, the servers of test_startup) would otherwise be run
-        by every survivor of a line they happen to execute. A survivor reports how many of the
-        executing tests it met, so one that met only some can be rerun with a larger budget.
+        The tests that execute the mutated statement, most specific first, up to ``budget``
+        seconds of their measured time (at least one). Most specific: the fewest lines of the
+        target modules executed in all, times the test's duration (a unit test of the function
+        before a server test that runs half of kms): the likeliest to notice the change for the
+        time it costs; within that order, one test of each file before a second of any
+        (``_across_files``). A survivor reports how many of the executing tests it met, so one
+        that met only some can be rerun with a larger budget.
 
-        A line executed outside any test (at import: a constant, a default, a decorator; or in a
-        child process such as ``kms serve`` or gunicorn, where the test's context does not reach)
-        gets every test that executes any line of the module, every test of a file that imports
-        the module, and every test of the module's list in TARGETS (the tests that start the
-        child are among them). The tests that executed the statement itself, in process, still
-        come first (fastest first among them), then the others: a statement that also ran in a
-        child process (``kms init`` as a command) meets the tests written for it within the budget.
+        Lines run in a child process (``kms serve``, gunicorn's workers, the ``kms`` commands)
+        carry the test that was running then (scripts/mutants_site.py). A line executed outside
+        any test (at import: a constant, a default, a decorator, a class body) gets every test
+        that executes any line of the module, every test of a file that imports the module, and
+        every test of the module's list in TARGETS. The tests that executed the statement itself
+        still come first; then the tests that use a name the statement defines (``users``: a
+        limit's constant, a dataclass, a table); then the others, those that run the most lines
+        of the module per second of their time first.
         """
         executed = self.lines.get(mutant.path, {})
         contexts: set[str] = set()
@@ -508,20 +659,65 @@ class CoverageMap:
             }
             tests = tests | {node for node in self.durations if node.split("::")[0] in files}
             tests |= {context for line in executed.values() for context in line if context}
-        fastest = sorted(
-            tests, key=lambda node: (node not in direct, self.durations.get(node, 1.0), node)
-        )
+        near = self.users(mutant) & tests if "" in contexts else set()
+        in_module = self.lines_in_module(mutant.path)
+        breadth = self.breadth
+
+        def order(node: str) -> tuple[int, float, float, str]:
+            # Specific and cheap first: lines executed times seconds (a 20 s server test that
+            # runs the line among thousands comes after a 0.1 s unit test of the function).
+            seconds = self.durations.get(node, 1.0)
+            cost = max(seconds, 0.05)
+            if node in direct:
+                return (0, breadth.get(node, 0) * cost, seconds, node)
+            if node in near:
+                return (1, breadth.get(node, 0) * cost, seconds, node)
+            return (2, -in_module.get(node, 0) / cost, seconds, node)
+
+        ordered = _across_files(sorted(tests, key=order), key=lambda node: order(node)[0])
         chosen: list[str] = []
         spent = 0.0
-        for node in fastest:
+        for node in ordered:
             spent += self.durations.get(node, 1.0)
             if chosen and spent > budget:
                 break
             chosen.append(node)
-        return self.grouped(chosen), len(fastest)
+        return self.grouped(chosen), len(ordered)
+
+    def users(self, mutant: Mutant) -> set[str]:
+        """The tests that use a name the mutated module-level statement defines: those that
+        execute a line of kms's target modules reading it, and those whose file mentions it."""
+        tests: set[str] = set()
+        for name in mutant.defines:
+            for path, line in _references().get(name, ()):
+                tests |= self.lines.get(path, {}).get(line, set())
+            files = {node.split("::")[0] for node in self.durations}
+            mentioning = {file for file in files if name in _text(file)}
+            tests |= {node for node in self.durations if node.split("::")[0] in mentioning}
+        tests.discard("")
+        return tests
+
+    @functools.cached_property
+    def breadth(self) -> dict[str, int]:
+        """node id -> how many lines of the target modules the test executes."""
+        counts: dict[str, int] = {}
+        for per_line in self.lines.values():
+            for contexts in per_line.values():
+                for context in contexts:
+                    counts[context] = counts.get(context, 0) + 1
+        return counts
+
+    @functools.cache  # noqa: B019 - one map per run, kept for the run anyway
+    def lines_in_module(self, path: str) -> dict[str, int]:
+        """node id -> how many lines of ``path`` the test executes."""
+        counts: dict[str, int] = {}
+        for contexts in self.lines.get(path, {}).values():
+            for context in contexts:
+                counts[context] = counts.get(context, 0) + 1
+        return counts
 
     def grouped(self, tests: list[str]) -> list[str]:
-        """``tests`` (fastest first) regrouped by file, the file of the fastest test first.
+        """``tests`` (in the order chosen) regrouped by file, the file of the first test first.
 
         Tests of one file stay together so that a module-scoped fixture (a server, a keystore
         with one key of each type) is set up once per run.
@@ -553,10 +749,15 @@ def measure_coverage(copy_root: Path, paths: list[str], files: list[str]) -> Cov
         "patch = subprocess\n    fork\n    _exit\n",
         encoding="utf-8",
     )
+    context_file = copy_root / ".mutants-context"
+    site = copy_root / ".mutants-site"
+    site.mkdir(exist_ok=True)
+    shutil.copy(copy_root / "scripts" / "mutants_site.py", site / "sitecustomize.py")
     environ = _environ(
         copy_root,
-        PYTHONPATH=f"{copy_root}{os.pathsep}{copy_root / 'scripts'}",
+        PYTHONPATH=os.pathsep.join(map(str, [copy_root, copy_root / "scripts", site])),
         MUTANTS_DURATIONS=str(durations_file),
+        MUTANTS_CONTEXT_FILE=str(context_file),
     )
     command = [sys.executable, "-m", "coverage", "run", f"--rcfile={rcfile}", "-m", "pytest"]
     command += ["-q", "-p", "no:cacheprovider", "-p", "mutants_plugin", *PYTEST_OPTIONS, *files]
@@ -590,8 +791,9 @@ def measure_coverage(copy_root: Path, paths: list[str], files: list[str]) -> Cov
             if any(not context for context in contexts):
                 contexts.discard("")
                 contexts.add("")
-    for name in (data_file, durations_file, rcfile):
+    for name in (data_file, durations_file, rcfile, context_file):
         name.unlink(missing_ok=True)
+    shutil.rmtree(site)
     return CoverageMap(lines, durations)
 
 
@@ -689,8 +891,9 @@ def main() -> int:
     parser.add_argument(
         "--minutes",
         type=float,
-        default=30.0,
-        help="start no second-pass rerun after this many minutes of the run (default 30)",
+        default=27.0,
+        help="start no mutant run after this many minutes of the whole run (default 27, so that "
+        "the runs under way and the report end within 30)",
     )
     parser.add_argument(
         "--no-fork",
@@ -757,8 +960,10 @@ def main() -> int:
         outcomes: dict[Mutant, str] = {}
 
         def check(mutant: Mutant, budget: float = options.budget) -> str:
-            if mutant in outcomes and time.monotonic() > deadline:
-                return outcomes[mutant]  # a second-pass rerun out of time: left as it was
+            if time.monotonic() > deadline:
+                # Out of time (--minutes): a second-pass rerun is left as it was; a first-pass
+                # mutant is reported as not run (never counted as killed or as survived).
+                return outcomes.get(mutant, "not run: out of time")
             selected = coverage_map.tests_for(mutant, budget)
             if selected is None:
                 return "not covered"
@@ -793,6 +998,8 @@ def main() -> int:
             # Second pass: a survivor that met only the fastest of the tests executing its line
             # meets them all (--confirm); most mutants never need the slow ones.
             unconfirmed = [mutant for mutant, outcome in outcomes.items() if _partial(outcome)]
+            # Cheapest to decide first: within the time left, the most survivors get decided.
+            unconfirmed.sort(key=lambda mutant: _confirm_cost(coverage_map, mutant, options))
             if options.confirm and unconfirmed:
                 print(
                     f"confirming {len(unconfirmed)} survivors with all their tests (up to "
@@ -829,6 +1036,15 @@ def main() -> int:
         f"{len(survivors)} survived (score {100 * killed / max(len(outcomes), 1):.1f}%), "
         f"{len(skipped)} skipped by design; {elapsed / 60:.1f} min in all"
     )
+    kinds = {"true survivors (met every test executing the line)": 0, "cut short": 0}
+    for outcome in (outcomes[mutant] for mutant in survivors):
+        if _partial(outcome):
+            kinds["cut short"] += 1
+        elif outcome.startswith("survived "):
+            kinds["true survivors (met every test executing the line)"] += 1
+        else:
+            kinds[outcome] = kinds.get(outcome, 0) + 1
+    print("of the survivors: " + ", ".join(f"{count} {kind}" for kind, count in kinds.items()))
     for mutant in survivors:
         print(f"  {mutant.path}:{mutant.line}: {mutant.description} [{outcomes[mutant]}]")
     if options.json:
@@ -850,9 +1066,30 @@ def main() -> int:
     return 130 if interrupted else 0
 
 
+def _across_files(nodes: list[str], key: Callable[[str], int]) -> list[str]:
+    """``nodes`` (in order) taken one file at a time within each tier of ``key``: the first of
+    every file, then the second of every file... Each test file checks a promise of its own, so a
+    budget that meets a few tests is better spent on the best of several files than on the ten
+    variants of one parametrized test."""
+    tiers: dict[int, dict[str, list[str]]] = {}
+    for node in nodes:
+        tiers.setdefault(key(node), {}).setdefault(node.split("::")[0], []).append(node)
+    result: list[str] = []
+    for tier in sorted(tiers):
+        files = list(tiers[tier].values())
+        for rank in range(max(len(nodes_of_file) for nodes_of_file in files)):
+            result += [nodes_of_file[rank] for nodes_of_file in files if rank < len(nodes_of_file)]
+    return result
+
+
 @functools.cache
 def _text(test_file: str) -> str:
     return (ROOT / test_file).read_text(encoding="utf-8")
+
+
+def _confirm_cost(coverage_map: CoverageMap, mutant: Mutant, options: argparse.Namespace) -> float:
+    selected = coverage_map.tests_for(mutant, options.confirm_budget)
+    return coverage_map.seconds(selected[0]) if selected else 0.0
 
 
 def _partial(outcome: str) -> bool:

@@ -3,7 +3,8 @@
 Records, under coverage.py, which test executed which line: the dynamic context is switched to the
 test's node id before its setup, so fixture code counts for the first test that needs it. Each
 test's duration (setup + call + teardown) goes to the JSON file named by ``MUTANTS_DURATIONS``, so
-the runner can order a mutant's tests fastest first and bound its run time.
+the runner can order a mutant's tests and bound its run time. The node id also goes to the file
+named by ``MUTANTS_CONTEXT_FILE``, where child processes read it (scripts/mutants_site.py).
 
 With ``MUTANTS_MODULES`` set (the runner's collection of each copy), the names of the modules the
 session imported from outside the copy go to that file: what the fork server
@@ -29,6 +30,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     current = coverage.Coverage.current()
     if current is not None:
         current.switch_context(item.nodeid)
+    # For the child processes this test starts or talks to (scripts/mutants_site.py).
+    context_file = os.environ.get("MUTANTS_CONTEXT_FILE")
+    if context_file:
+        staged = f"{context_file}.new"
+        Path(staged).write_text(item.nodeid, encoding="utf-8")
+        os.replace(staged, context_file)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
