@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from kms.errors import DatabaseInUse, WrongPassphrase
-from kms.master import check_database, open_master_keyring, rekey_database
+from kms.master import check_database, init_database, open_master_keyring, rekey_database
 from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
-from kms.store.serving import hold_serving_lock
+from kms.store.serving import SERVER_APPLICATION_NAME, hold_serving_lock
 from tests.conftest import write_passphrase_file
 
 NEW_PASSPHRASE = b"a new and longer passphrase for the master key"
@@ -172,3 +172,27 @@ def test_rekey_re_macs_every_field_of_a_key(initialised: Settings, tmp_path: Pat
     finally:
         repository.close()
         keyring.close()
+
+
+def test_rekey_refuses_while_a_server_is_connected_to_the_postgres_database(
+    initialised: Settings, postgres_url: str
+) -> None:
+    """README, `kms rekey`: on PostgreSQL every server connection is named `kms-server`, and
+    `kms rekey` refuses while `pg_stat_activity` shows one on its database; once the server's
+    connections are gone it proceeds. (A connection named so stands in for the server.)"""
+    assert initialised.master_passphrase_file is not None
+    on_postgres = dataclasses.replace(initialised, database_dsn=postgres_url)
+    init_database(on_postgres)
+    server = create_kms_engine(postgres_url, application_name=SERVER_APPLICATION_NAME)
+    try:
+        with server.connect():
+            with pytest.raises(DatabaseInUse, match=r"1 kms server connection\(s\) are open"):
+                rekey_database(on_postgres, bytearray(NEW_PASSPHRASE))
+            open_master_keyring(on_postgres).close()  # nothing changed: the old passphrase
+    finally:
+        server.dispose()
+    rekey_database(on_postgres, bytearray(NEW_PASSPHRASE))
+    new_file = write_passphrase_file(
+        initialised.master_passphrase_file.parent / "new.key", NEW_PASSPHRASE
+    )
+    open_master_keyring(with_passphrase(on_postgres, new_file)).close()
