@@ -191,6 +191,7 @@ TARGETS: dict[str, list[str]] = {
     "kms/service/cache.py": SERVICE,
     "kms/service/usage.py": [
         "tests/unit/test_encryption_budget.py",
+        "tests/unit/test_use_tally.py",
         "tests/integration/test_key_row_cache.py",
         "tests/integration/test_service.py",
         "tests/integration/test_upgrade_use_limits.py",

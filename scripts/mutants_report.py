@@ -56,6 +56,8 @@ def kind(outcome: str) -> str:
         return "true survivor" if ran == executing else "cut short"
     if outcome == "not covered":
         return "not covered"
+    if outcome in ("skipped: not run", "not run: out of time"):
+        return "not run"
     if outcome.startswith("skipped"):
         return "skipped"
     return "not run"

@@ -30,8 +30,11 @@ def _become_terminal_owner() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-def run_on_terminal(args: list[str], cwd: Path, env: dict[str, str], answer: bytes) -> bytes:
-    """Run ``args`` on a new pty, type ``answer`` + newline at the prompt, return all output."""
+def run_on_terminal(
+    args: list[str], cwd: Path, env: dict[str, str], answer: bytes, status: int = 0
+) -> bytes:
+    """Run ``args`` on a new pty, type ``answer`` + newline at the prompt, return all output;
+    the command must exit with ``status``."""
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
         args,
@@ -69,8 +72,17 @@ def run_on_terminal(args: list[str], cwd: Path, env: dict[str, str], answer: byt
             process.wait()
         os.close(controller)
     assert answered, output
-    assert process.returncode == 0, output
+    assert process.returncode == status, output
     return output
+
+
+def terminal_environment(config: Path) -> dict[str, str]:
+    """This environment without any ``KMS_*`` override (no passphrase file can come from it),
+    plus ``KMS_CONFIG``. PYTHONPATH and the rest pass through, so a checkout run by
+    scripts/mutants.py is the code the child runs."""
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
+    environ["KMS_CONFIG"] = str(config)
+    return environ
 
 
 def test_init_asks_for_the_passphrase_without_echo(tmp_path: Path) -> None:
@@ -78,7 +90,7 @@ def test_init_asks_for_the_passphrase_without_echo(tmp_path: Path) -> None:
     config = tmp_path / "kms.yaml"
     # No kms.master_passphrase_file: the passphrase must come from the terminal.
     config.write_text(f'database:\n  dsn: "{database}"\n', encoding="utf-8")
-    env = {"PATH": os.environ.get("PATH", ""), "KMS_CONFIG": str(config)}
+    env = terminal_environment(config)
     kms = str(Path(sys.executable).with_name("kms"))
 
     output = run_on_terminal([kms, "init"], tmp_path, env, PASSPHRASE)
@@ -93,3 +105,22 @@ def test_init_asks_for_the_passphrase_without_echo(tmp_path: Path) -> None:
         kdf_iterations=TEST_ITERATIONS,
     )
     open_master_keyring(settings).close()
+
+
+def test_an_empty_passphrase_at_the_prompt_is_refused_and_nothing_is_written(
+    tmp_path: Path,
+) -> None:
+    """A bare Enter at the prompt is not a passphrase: ``kms init`` exits 1 naming it, and the
+    database is not initialised (a later init with a real passphrase succeeds)."""
+    database = tmp_path / "kms.db"
+    config = tmp_path / "kms.yaml"
+    config.write_text(f'database:\n  dsn: "{database}"\n', encoding="utf-8")
+    env = terminal_environment(config)
+    kms = str(Path(sys.executable).with_name("kms"))
+
+    output = run_on_terminal([kms, "init"], tmp_path, env, b"", status=1)
+
+    assert b"the passphrase is empty" in output
+    assert b"initialised" not in output
+    output = run_on_terminal([kms, "init"], tmp_path, env, PASSPHRASE)
+    assert b"initialised" in output
