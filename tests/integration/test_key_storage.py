@@ -202,3 +202,25 @@ def test_no_key_material_is_stored_in_the_clear(
         if any(window in at_rest for window in windows(core))
     ]
     assert found == []
+
+
+def test_a_trim_deletes_the_wrapped_keys_of_the_versions_below_it(
+    initialised: Settings, service: KMSService
+) -> None:
+    """README, key states: a trim destroys the versions below ``min_available_version`` for
+    good; their wrapped keys leave the database (not only the API's view), the others stay."""
+    service.create_key("trimmed")
+    service.create_key("beside")
+    for _ in range(3):
+        service.rotate_key("trimmed")
+        service.rotate_key("beside")
+    service.update_key("trimmed", min_decryption_version=3)
+    service.trim_key("trimmed", min_available_version=3)
+    with raw_sql(initialised) as conn:
+        rows = conn.execute(
+            "SELECT key_id, version FROM key_versions ORDER BY key_id, version"
+        ).fetchall()
+    assert rows == [("beside", 1), ("beside", 2), ("beside", 3), ("beside", 4)] + [
+        ("trimmed", 3),
+        ("trimmed", 4),
+    ]
