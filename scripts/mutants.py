@@ -106,6 +106,7 @@ SERVICE = [
     "tests/integration/test_key_types_service.py",
     "tests/integration/test_decrypt_tampering.py",
     "tests/integration/test_key_storage.py",
+    "tests/integration/test_key_fields.py",
     # The key-row cache (kms/service/cache.py KeyRowCache, its use in keys.py), in process.
     "tests/integration/test_key_row_cache.py",
 ]

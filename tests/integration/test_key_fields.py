@@ -1,0 +1,85 @@
+"""The key fields' documented ranges at the service (README, "Describe and label" and "Rotation
+settings"): what each accepts at its edges and what it refuses, and how a period reads back.
+
+The HTTP tests (tests/integration/http/test_bad_input.py) check the same through the schemas,
+which refuse most bad values before the service sees them; these check the service's own rules,
+which every caller (the CLI's operator commands included) goes through.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kms.errors import InvalidRequest
+from kms.service.keys import MAX_LABEL_VALUE_CHARS, MAX_LABELS, KMSService
+
+
+@pytest.mark.parametrize("period", ["1h", "2h", "36h", "25h", "1d", "30d", "3650d"])
+def test_a_rotation_period_reads_back_as_written(service: KMSService, period: str) -> None:
+    assert service.create_key("k", rotation_period=period).rotation_period == period
+
+
+def test_hours_that_make_whole_days_read_back_in_days(service: KMSService) -> None:
+    assert service.create_key("k", rotation_period="48h").rotation_period == "2d"
+
+
+@pytest.mark.parametrize("limit", [1, 2, 2**32])
+def test_max_encryptions_per_version_accepts_1_to_2_to_the_32(
+    service: KMSService, limit: int
+) -> None:
+    assert service.create_key(
+        "k", max_encryptions_per_version=limit
+    ).max_encryptions_per_version == (limit)
+    assert service.update_key(
+        "k", max_encryptions_per_version=limit
+    ).max_encryptions_per_version == (limit)
+
+
+@pytest.mark.parametrize("limit", [0, -1, 2**32 + 1, True, "5", 1.0])
+def test_max_encryptions_per_version_refuses_the_rest(service: KMSService, limit: object) -> None:
+    with pytest.raises(InvalidRequest, match="max_encryptions_per_version"):
+        service.create_key("k", max_encryptions_per_version=limit)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["Team", "a b", "", "x" * 64, "naïve", "team!"])
+def test_a_label_name_outside_the_pattern_is_refused(service: KMSService, name: str) -> None:
+    with pytest.raises(InvalidRequest, match="labels: names"):
+        service.create_key("k", labels={name: "v"})
+    service.create_key("k")
+    with pytest.raises(InvalidRequest, match="labels: names"):
+        service.update_key("k", labels={name: "v"})
+    assert service.get_key("k").labels == {}
+
+
+def test_label_names_and_values_at_their_limits_are_accepted(service: KMSService) -> None:
+    labels = {f"n{index}": "v" for index in range(MAX_LABELS - 1)}
+    labels["a_b.c-" + "d" * 57] = "x" * MAX_LABEL_VALUE_CHARS
+    assert service.create_key("k", labels=labels).labels == labels
+
+
+@pytest.mark.parametrize("value", ["x" * (MAX_LABEL_VALUE_CHARS + 1), 5, None])
+def test_a_label_value_too_long_or_not_a_string_is_refused(
+    service: KMSService, value: object
+) -> None:
+    with pytest.raises(InvalidRequest, match="labels: values"):
+        service.create_key("k", labels={"team": value})  # type: ignore[dict-item]
+
+
+def test_more_than_32_labels_are_refused(service: KMSService) -> None:
+    with pytest.raises(InvalidRequest, match="at most 32 labels"):
+        service.create_key("k", labels={f"n{index}": "v" for index in range(MAX_LABELS + 1)})
+
+
+def test_a_trim_to_version_1_changes_nothing(service: KMSService) -> None:
+    service.create_key("k")
+    first = service.encrypt("k", b"made under version 1").ciphertext
+    service.rotate_key("k")
+    assert service.trim_key("k", min_available_version=1).min_available_version == 1
+    assert service.decrypt("k", first).plaintext == b"made under version 1"
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, "2", 2.0])
+def test_a_trim_below_1_or_not_an_integer_is_refused(service: KMSService, bad: object) -> None:
+    service.create_key("k")
+    with pytest.raises(InvalidRequest, match="min_available_version must be a positive integer"):
+        service.trim_key("k", min_available_version=bad)  # type: ignore[arg-type]
