@@ -275,6 +275,7 @@ class Mutant:
     #: Names the mutated module-level statement defines (a constant, a class, a function whose
     #: default or decorator is mutated): the tests that use them come first (CoverageMap).
     defines: tuple[str, ...] = ()
+    at_import: bool = False  # module or class level, a decorator or a default: runs at import
 
 
 def _skip_reason(node: ast.AST) -> str | None:
@@ -416,6 +417,7 @@ def mutants_of(path: str) -> list[Mutant]:
     written, reprinted = ast.parse(source(path)), ast.parse(unparsed(path))
     ranges = _statement_lines(reprinted)
     defines = _defined_names(reprinted)
+    at_import = _import_time_nodes(reprinted)
     mutants = []
     pairs = zip(_candidates(written), _candidates(reprinted), strict=True)
     for index, ((node, description), (twin, twin_description)) in enumerate(pairs):
@@ -425,8 +427,32 @@ def mutants_of(path: str) -> list[Mutant]:
         line = getattr(node, "lineno", 0)
         skip = _skip_reason(node)
         names = defines.get(id(twin), ())
-        mutants.append(Mutant(path, index, line, description, first, last, skip, names))
+        mutants.append(
+            Mutant(path, index, line, description, first, last, skip, names, id(twin) in at_import)
+        )
     return mutants
+
+
+def _import_time_nodes(tree: ast.Module) -> set[int]:
+    """ids of the nodes that run when the module is imported: everything but function bodies
+    (a function's decorators and defaults do run then)."""
+    found: set[int] = set()
+
+    def visit(node: ast.AST) -> None:
+        found.add(id(node))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            arguments = node.args
+            for inner in [*arguments.defaults, *[d for d in arguments.kw_defaults if d]]:
+                visit(inner)
+            if not isinstance(node, ast.Lambda):
+                for decorator in node.decorator_list:
+                    visit(decorator)
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
 
 
 def _defined_names(tree: ast.Module) -> dict[int, tuple[str, ...]]:
@@ -451,14 +477,16 @@ def _defined_names(tree: ast.Module) -> dict[int, tuple[str, ...]]:
 
 
 @functools.cache
-def _references() -> dict[str, set[tuple[str, int]]]:
-    """name -> the (module, line) of the target modules' code that reads it inside a function.
+def _references(module: str) -> dict[str, set[tuple[str, int]]]:
+    """name -> the (module, line) of the target modules' code that reads it inside a function:
+    ``module`` itself and the target modules that import from it.
 
     Lines of the re-printed modules (coverage's); a name is matched by its last part, so
     ``models.keys`` and ``keys`` are both a use of ``keys``.
     """
     found: dict[str, set[tuple[str, int]]] = {}
-    for path in TARGETS:
+    dotted = module.removesuffix(".py").replace("/", ".")
+    for path in [module, *(path for path in TARGETS if dotted in source(path))]:
         for function in ast.walk(ast.parse(unparsed(path))):
             if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
@@ -663,7 +691,7 @@ class CoverageMap:
         if not contexts:
             return None
         tests = direct = {context for context in contexts if context}
-        if "" in contexts:
+        if "" in contexts and mutant.at_import:
             # Run at import: the tests that ran it in a child process (every server start
             # imports the module) are no more specific than any other user of the module.
             direct = set()
@@ -684,7 +712,7 @@ class CoverageMap:
             # Specific and cheap first: lines executed times seconds (a 20 s server test that
             # runs the line among thousands comes after a 0.1 s unit test of the function).
             seconds = self.durations.get(node, 1.0)
-            cost = max(seconds, 0.05)
+            cost = _cost(node, seconds)
             if node in direct:
                 return (0, breadth.get(node, 0) * cost, seconds, node)
             if node in naming:
@@ -696,8 +724,12 @@ class CoverageMap:
         ordered = _across_files(sorted(tests, key=order), key=lambda node: order(node)[0])
         chosen: list[str] = []
         spent = 0.0
+        files: set[str] = set()
         for node in ordered:
-            spent += self.durations.get(node, 1.0)
+            file = node.split("::")[0]
+            spent += _cost(node, self.durations.get(node, 1.0)) if file not in files else 0.0
+            spent += self.durations.get(node, 1.0) if file in files else 0.0
+            files.add(file)
             if chosen and spent > budget:
                 break
             chosen.append(node)
@@ -705,15 +737,16 @@ class CoverageMap:
 
     def users(self, mutant: Mutant) -> tuple[set[str], set[str]]:
         """The tests that use a name the mutated module-level statement defines: those whose
-        file names it (a test written about that constant or class), and those that execute a
-        line of the target modules reading it."""
+        file names it and the module (a test written about that constant or class), and those
+        that execute a line reading it in the module or in a target module importing from it."""
         naming: set[str] = set()
         reading: set[str] = set()
         files = {node.split("::")[0] for node in self.durations}
+        dotted = mutant.path.removesuffix(".py").replace("/", ".")
         for name in mutant.defines:
-            for path, line in _references().get(name, ()):
+            for path, line in _references(mutant.path).get(name, ()):
                 reading |= self.lines.get(path, {}).get(line, set())
-            mentioning = {file for file in files if name in _text(file)}
+            mentioning = {file for file in files if name in _text(file) and dotted in _text(file)}
             naming |= {node for node in self.durations if node.split("::")[0] in mentioning}
         reading.discard("")
         return naming, reading
@@ -1088,6 +1121,16 @@ def main() -> int:
             encoding="utf-8",
         )
     return 130 if interrupted else 0
+
+
+#: What a run of the HTTP tests costs before its first test: the shared server's start, which
+#: the coverage run counted in the first test of the session only.
+HTTP_SERVER_START = 1.5
+
+
+def _cost(node: str, seconds: float) -> float:
+    """A test's cost as the first of its file in a run: an HTTP test starts the shared server."""
+    return max(seconds, HTTP_SERVER_START if "/http/" in node else 0.05)
 
 
 def _across_files(nodes: list[str], key: Callable[[str], int]) -> list[str]:
