@@ -124,3 +124,29 @@ def test_an_empty_passphrase_at_the_prompt_is_refused_and_nothing_is_written(
     assert b"initialised" not in output
     output = run_on_terminal([kms, "init"], tmp_path, env, PASSPHRASE)
     assert b"initialised" in output
+
+
+def test_init_without_a_terminal_refuses_to_prompt(tmp_path: Path) -> None:
+    """No passphrase file and stdin not a terminal (a service, a pipe): ``kms init`` exits 1
+    saying so instead of waiting for a passphrase nobody can type; nothing is initialised.
+    A session of its own, so that no controlling terminal is there to be opened either."""
+    database = tmp_path / "kms.db"
+    config = tmp_path / "kms.yaml"
+    config.write_text(f'database:\n  dsn: "{database}"\n', encoding="utf-8")
+    kms = str(Path(sys.executable).with_name("kms"))
+
+    result = subprocess.run(  # noqa: S603 - our own console script
+        [kms, "init"],
+        cwd=tmp_path,
+        env=terminal_environment(config),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECONDS,
+        start_new_session=True,
+        check=False,
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert "stdin is not a terminal to prompt on" in result.stderr
+    assert "initialised" not in result.stdout + result.stderr
