@@ -43,9 +43,29 @@ def function_of(path: str, line: int) -> str:
     return max(holding, key=lambda f: f[0])[2] if holding else "(module)"
 
 
-def key(path: str, line: int, mutation: str) -> str:
+def _base_key(path: str, line: int, mutation: str) -> str:
     text = _lines(path)[line - 1].strip() if 0 < line <= len(_lines(path)) else ""
     return f"{path} | {function_of(path, line)} | {mutation} | {text}"
+
+
+@functools.cache
+def _lines_of_key(path: str) -> dict[str, list[int]]:
+    """base key -> the lines of the module's mutants that share it, in order."""
+    from mutants import mutants_of
+
+    found: dict[str, set[int]] = {}
+    for mutant in mutants_of(path):
+        found.setdefault(_base_key(path, mutant.line, mutant.description), set()).add(mutant.line)
+    return {base: sorted(lines) for base, lines in found.items()}
+
+
+def key(path: str, line: int, mutation: str) -> str:
+    """Module, function, mutation and the line's text; the same statement twice in a function
+    (a clean-up on two refusal paths) is told apart by its rank: `` #2`` for the second."""
+    base = _base_key(path, line, mutation)
+    lines = _lines_of_key(path).get(base, [line])
+    rank = lines.index(line) + 1 if line in lines else 1
+    return base if rank == 1 else f"{base} #{rank}"
 
 
 def kind(outcome: str) -> str:
