@@ -150,6 +150,22 @@ def test_uninitialised_database_asks_for_kms_init(
     assert not database.exists()
 
 
+def test_a_serving_lock_that_cannot_be_taken_stops_the_server_before_it_binds(
+    certificates: Path, tmp_path: Path
+) -> None:
+    """README (`kms rekey`): a server holds a shared lock beside its SQLite database, which the
+    commands that must run alone take exclusively. A server that cannot take it (here its path
+    is a directory) must not serve unprotected: it exits 1 with one line before binding."""
+    database = tmp_path / "kms.db"
+    initialise_database(database, certificates / "master.key")
+    (tmp_path / "kms.db.serving").mkdir()
+    config = write_config(
+        tmp_path / "config.yaml", directory=certificates, port=free_port(), database=database
+    )
+    line = assert_refused_before_binding(*serve_until_exit(config, tmp_path))
+    assert "cannot take the serving lock beside the database" in line
+
+
 @pytest.mark.parametrize("setting", ["serverCert", "serverKey", "caCert"])
 def test_missing_tls_file_is_named(
     certificates: Path, tmp_path: Path, held_port: int, setting: str
