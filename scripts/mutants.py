@@ -133,6 +133,7 @@ OPERATOR = [
     "tests/integration/test_operator_commands.py",
     "tests/integration/test_rekey.py",
     "tests/integration/test_backup.py",
+    "tests/integration/test_backup_format.py",
     "tests/integration/test_init_atomicity.py",
     "tests/integration/test_rotate_due_command.py",
     "tests/integration/test_passphrase_files.py",
@@ -207,6 +208,7 @@ TARGETS: dict[str, list[str]] = {
     ],
     "kms/service/backup.py": [
         "tests/integration/test_backup.py",
+        "tests/integration/test_backup_format.py",
         "tests/integration/test_operator_commands.py",
     ],
     "kms/store/db.py": STORE,

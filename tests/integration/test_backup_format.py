@@ -1,0 +1,141 @@
+"""What `kms restore` says about a damaged backup (README, "Backup and restore": it checks "the
+structure, the row count, the passphrase against the backup's own init marker, then the tag,
+then the schema revision" before writing anything).
+
+tests/integration/test_backup.py shows that damage is refused and nothing is written; here each
+check names its own cause, on a real backup of a real keystore changed one way at a time. A
+changed file is tagged again with the keystore's own backup key where the damage must be found
+by a check of its own rather than by the tag.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kms.errors import InvalidBackup
+from kms.master import backup_database, open_master_keyring
+from kms.service.backup import verify_backup
+from kms.settings import Settings
+from kms.store.snapshot import column_names, table_names
+from tests.conftest import TEST_PASSPHRASE
+
+
+def dump(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def retag(settings: Settings, lines: list[bytes]) -> bytes:
+    """``lines`` (header and rows) with a valid tag line under this keystore's backup key."""
+    body = b"".join(line + b"\n" for line in lines)
+    keyring = open_master_keyring(settings)
+    try:
+        mac = keyring.backup_mac()
+        try:
+            tag = mac.tag(body)
+        finally:
+            mac.close()
+    finally:
+        keyring.close()
+    return body + dump({"tag": base64.b64encode(tag).decode("ascii")}) + b"\n"
+
+
+def verify(settings: Settings, data: bytes) -> None:
+    verify_backup(
+        data,
+        bytearray(TEST_PASSPHRASE),
+        min_iterations=settings.kdf_floor,
+        columns=lambda table: column_names(table) if table in table_names() else None,
+    )
+
+
+@pytest.fixture
+def backup(initialised: Settings, tmp_path: Path) -> list[bytes]:
+    """A backup of a keystore with one key, as its lines (header, rows, tag; no final b"")."""
+    target = tmp_path / "kms.backup"
+    backup_database(initialised, target)
+    data = target.read_bytes()
+    verify(initialised, data)  # the untouched backup passes
+    return data[:-1].split(b"\n")
+
+
+def _header(change: Callable[[dict], None]) -> Callable[[Settings, list[bytes]], bytes]:
+    def damage(settings: Settings, lines: list[bytes]) -> bytes:
+        header = json.loads(lines[0])
+        change(header)
+        return retag(settings, [dump(header), *lines[1:-1]])
+
+    return damage
+
+
+def _body(settings: Settings, lines: list[bytes], replacement: bytes) -> bytes:
+    return retag(settings, [lines[0], replacement, *lines[2:-1]])
+
+
+def _without_keystore(settings: Settings, lines: list[bytes]) -> bytes:
+    rows = [line for line in lines[1:-1] if b'"kms_metadata"' not in line]
+    header = json.loads(lines[0])
+    header["rows"] = len(rows)
+    return retag(settings, [dump(header), *rows])
+
+
+DAMAGE: dict[str, tuple[Callable[[Settings, list[bytes]], bytes], str]] = {
+    "no final newline": (lambda s, lines: b"\n".join(lines), "truncated (no final line)"),
+    "one line": (lambda s, lines: lines[0] + b"\n", "the backup is truncated; nothing"),
+    "header not JSON": (
+        lambda s, lines: b"\n".join([b"{nope", *lines[1:]]) + b"\n",
+        "line 1 is not JSON",
+    ),
+    "header not an object": (
+        lambda s, lines: b"\n".join([b"[1]", *lines[1:]]) + b"\n",
+        "line 1 is not a JSON object",
+    ),
+    "another format": (
+        _header(lambda header: header.update(format="kms-backup/0")),
+        "not a kms backup (no kms-backup/1 header)",
+    ),
+    "no tag line": (
+        lambda s, lines: b"\n".join(lines[:-1]) + b"\n",
+        "truncated (no tag line)",
+    ),
+    "row count": (_header(lambda header: header.update(rows=header["rows"] + 1)), "rows and holds"),
+    "not a row": (lambda s, lines: _body(s, lines, dump({"table": "keys"})), "line 2 is not a row"),
+    "unknown value": (
+        lambda s, lines: _body(s, lines, dump({"table": "keys", "row": {"key_id": {"x": 1}}})),
+        "line 2 holds a value kms cannot read",
+    ),
+    "time without a zone": (
+        lambda s, lines: _body(
+            s, lines, dump({"table": "keys", "row": {"key_id": {"time": "2026-01-01T00:00:00"}}})
+        ),
+        "line 2 holds a value kms cannot read",
+    ),
+    "list value": (
+        lambda s, lines: _body(s, lines, dump({"table": "keys", "row": {"key_id": [1]}})),
+        "line 2 holds a value kms cannot read",
+    ),
+    "unknown table": (
+        lambda s, lines: _body(s, lines, dump({"table": "nope", "row": {}})),
+        "the backup's nope rows do not match this kms's schema",
+    ),
+    "no keystore": (_without_keystore, "the backup holds no keystore"),
+    "no schema revision": (
+        _header(lambda header: header.pop("schema")),
+        "the backup names no schema revision",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_each_check_names_its_cause(
+    initialised: Settings, backup: list[bytes], damage: str
+) -> None:
+    make, cause = DAMAGE[damage]
+    with pytest.raises(InvalidBackup) as refused:
+        verify(initialised, make(initialised, backup))
+    assert cause in refused.value.public_message
