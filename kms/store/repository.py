@@ -341,6 +341,22 @@ _SELECT_VERSION = select(
     )
 )
 
+# Reserving a block of encryptions when the version has that many left: one statement in the
+# write transaction (the common case; a read under lock first costs a second round trip).
+_RESERVE_WHOLE_BLOCK = (
+    update(key_versions)
+    .where(
+        and_(
+            key_versions.c.key_id == bindparam("of_key"),
+            key_versions.c.version == bindparam("of_version"),
+            key_versions.c.encryptions + bindparam("wanted") <= bindparam("limit"),
+        )
+    )
+    .values(
+        encryptions=key_versions.c.encryptions + bindparam("wanted"),
+        last_used_at=bindparam("now"),
+    )
+)
 
 _NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', :key_id)")
 
@@ -360,8 +376,9 @@ class SQLKeyRepository:
         self._notify = engine.dialect.name == "postgresql"
         # SQLite has one writer at a time: a thread that finds the write lock taken sleeps in
         # SQLite's busy handler (1, 2, 5, 10... ms), however soon the lock is free again. Threads
-        # of one process queue on this lock instead and start the moment the writer commits, so
-        # only other processes ever meet the busy handler. PostgreSQL locks rows: no lock here.
+        # of one process queue on this lock instead and start the moment the writer commits;
+        # processes queue on the change counters' file lock (``writer_turn``), so the busy
+        # handler only meets a writer that takes neither. PostgreSQL locks rows: no lock here.
         self._write_lock: AbstractContextManager[object] = (
             threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
         )
@@ -375,7 +392,7 @@ class SQLKeyRepository:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on leaving."""
-        with self._write_lock, self._writer.begin() as conn:
+        with self._write_lock, self.changes.writer_turn(), self._writer.begin() as conn:
             yield conn
 
     def close(self) -> None:
@@ -665,6 +682,21 @@ class SQLKeyRepository:
         """
         where = and_(key_versions.c.key_id == key_id, key_versions.c.version == version)
         with self._write() as conn:
+            # The UPDATE's own condition is checked under the row's lock (PostgreSQL re-reads a
+            # row a concurrent transaction changed) or the database's (SQLite).
+            whole = conn.execute(
+                _RESERVE_WHOLE_BLOCK,
+                {
+                    "of_key": key_id,
+                    "of_version": version,
+                    "wanted": wanted,
+                    "limit": limit,
+                    "now": utc_now(),
+                },
+            )
+            if whole.rowcount == 1:
+                return wanted
+            # Fewer than ``wanted`` left, or no such version: read the count, grant what is left.
             used = conn.execute(
                 select(key_versions.c.encryptions).where(where).with_for_update()
             ).scalar_one_or_none()
