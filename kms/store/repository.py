@@ -680,10 +680,13 @@ class SQLKeyRepository:
         is ``encryptions``, which never passes ``limit``. What a process reserved and did not use
         stays counted, so a crash can only waste encryptions, never reuse them.
         """
-        where = and_(key_versions.c.key_id == key_id, key_versions.c.version == version)
-        with self._write() as conn:
-            # The UPDATE's own condition is checked under the row's lock (PostgreSQL re-reads a
-            # row a concurrent transaction changed) or the database's (SQLite).
+        # The common case is one statement, made atomic by the database alone: its condition is
+        # checked under the row's lock (PostgreSQL re-reads a row a concurrent transaction
+        # changed) or the database's write lock (SQLite, where it runs as its own transaction,
+        # without BEGIN IMMEDIATE and COMMIT around it). Each call into the database lets other
+        # threads take the GIL, and getting it back can take one switch interval (5 ms) on a
+        # busy worker: the fewer calls inside the node's write turn, the shorter the queue.
+        with self._write_lock, self.changes.writer_turn(), self._engine.begin() as conn:
             whole = conn.execute(
                 _RESERVE_WHOLE_BLOCK,
                 {
@@ -694,8 +697,10 @@ class SQLKeyRepository:
                     "now": utc_now(),
                 },
             )
-            if whole.rowcount == 1:
-                return wanted
+        if whole.rowcount == 1:
+            return wanted
+        where = and_(key_versions.c.key_id == key_id, key_versions.c.version == version)
+        with self._write() as conn:
             # Fewer than ``wanted`` left, or no such version: read the count, grant what is left.
             used = conn.execute(
                 select(key_versions.c.encryptions).where(where).with_for_update()
