@@ -164,6 +164,9 @@ class KeyRepository(Protocol):
     def read_keystore(self) -> tuple[bytes, bytes]: ...
     def create_key(self, change: KeyChange) -> KeyRecord: ...
     def get_key(self, key_id: str) -> KeyRecord: ...
+    def get_key_and_latest_version(
+        self, key_id: str
+    ) -> tuple[KeyRecord, KeyVersionRecord | None]: ...
     def list_keys(
         self, limit: int, after: str | None, state: str | None = None
     ) -> list[KeyRecord]: ...
@@ -357,6 +360,28 @@ _RESERVE_WHOLE_BLOCK = (
         last_used_at=bindparam("now"),
     )
 )
+# A key row and its latest version row in one statement (one snapshot): what the first use of a
+# key on a worker needs. The version's columns are labelled, the key's keep their names.
+_VERSION_COLUMNS_OF_LATEST = (
+    key_versions.c.version.label("v_version"),
+    key_versions.c.wrapped_key.label("v_wrapped_key"),
+    key_versions.c.public_key.label("v_public_key"),
+    key_versions.c.created_at.label("v_created_at"),
+    key_versions.c.mac.label("v_mac"),
+)
+_SELECT_KEY_AND_LATEST_VERSION = (
+    select(*_KEY_COLUMNS, *_VERSION_COLUMNS_OF_LATEST)
+    .select_from(
+        keys.outerjoin(
+            key_versions,
+            and_(
+                key_versions.c.key_id == keys.c.key_id,
+                key_versions.c.version == keys.c.latest_version,
+            ),
+        )
+    )
+    .where(keys.c.key_id == bindparam("key_id"))
+)
 
 _NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', :key_id)")
 
@@ -452,6 +477,26 @@ class SQLKeyRepository:
         if row is None:
             raise KeyNotFound()
         return _key_record(row)
+
+    @_translate_database_errors
+    def get_key_and_latest_version(self, key_id: str) -> tuple[KeyRecord, KeyVersionRecord | None]:
+        """The key row and its latest version's row, read together; None for a version row
+        that is missing (the caller's checks refuse such a key when it uses that version)."""
+        with self._engine.connect() as conn:
+            row = conn.execute(_SELECT_KEY_AND_LATEST_VERSION, {"key_id": key_id}).first()
+        if row is None:
+            raise KeyNotFound()
+        key = _key_record(row)
+        if row.v_version is None:
+            return key, None
+        return key, KeyVersionRecord(
+            key_id=key.key_id,
+            version=row.v_version,
+            wrapped_key=bytes(row.v_wrapped_key),
+            public_key=None if row.v_public_key is None else bytes(row.v_public_key),
+            created_at=_as_utc(row.v_created_at),
+            mac=None if row.v_mac is None else bytes(row.v_mac),
+        )
 
     @_translate_database_errors
     def list_keys(self, limit: int, after: str | None, state: str | None = None) -> list[KeyRecord]:
