@@ -36,7 +36,7 @@ from bench.seed import (
 from bench.server import RunningServer, ServerOptions, make_certificates, running_server
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_SECONDS = 5.0
+DEFAULT_SECONDS = 4.0
 DEFAULT_WARMUP = 1.0
 DEFAULT_KEYS = 1_000_000
 DEFAULT_COLD_KEYS = 100_000
@@ -566,7 +566,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--seconds",
         type=float,
         default=float(environment_seconds) if environment_seconds else DEFAULT_SECONDS,
-        help="measured seconds per scenario (env BENCH_SECONDS; default 5)",
+        help="measured seconds per scenario (env BENCH_SECONDS; default 4)",
     )
     parser.add_argument("--warmup", type=float, default=None, help="default: min(1, seconds)")
     parser.add_argument("--processes", type=int, default=2, help="client processes")
@@ -582,8 +582,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--memory-seconds",
         type=float,
-        default=60.0,
-        help="at most this long loading them; the rest is projected (default 60)",
+        default=40.0,
+        help="at most this long loading them; the rest is projected (default 40)",
     )
     parser.add_argument("--workers", type=int, default=None, help="default: kms's own default")
     parser.add_argument("--threads", type=int, default=None, help="default: kms's own default")

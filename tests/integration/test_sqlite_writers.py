@@ -162,10 +162,15 @@ def test_other_engines_checkpoint_as_sqlite_does_by_default(
 def test_a_server_worker_runs_a_checkpointer_and_stops_it_on_close(
     initialised: Settings, keyring: PassphraseKeyring
 ) -> None:
+    before = set(threading.enumerate())
     app = create_app(initialised, keyring=keyring)
-    names = {thread.name for thread in threading.enumerate()}
-    assert "kms-wal-checkpoint" in names
+    started = [
+        thread
+        for thread in threading.enumerate()
+        if thread not in before and thread.name == "kms-wal-checkpoint"
+    ]
+    assert len(started) == 1
     with app.extensions[REPOSITORY]._engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
     app.extensions[REPOSITORY].close()
-    assert "kms-wal-checkpoint" not in {thread.name for thread in threading.enumerate()}
+    assert not started[0].is_alive()
