@@ -248,14 +248,19 @@ def _summary(row) -> KeyVersionSummary:  # noqa: ANN001
     )
 
 
-def _version_record(row) -> KeyVersionRecord:  # noqa: ANN001
+def _version_record(row, prefix: str = "") -> KeyVersionRecord:  # noqa: ANN001
+    """A version row; ``prefix``: its columns' labels in a query that also reads the key row
+    (the key's ``key_id`` is the version's)."""
+    columns = row._mapping
+    public_key = columns[prefix + "public_key"]
+    mac = columns[prefix + "mac"]
     return KeyVersionRecord(
-        key_id=row.key_id,
-        version=row.version,
-        wrapped_key=bytes(row.wrapped_key),
-        public_key=None if row.public_key is None else bytes(row.public_key),
-        created_at=_as_utc(row.created_at),
-        mac=None if row.mac is None else bytes(row.mac),
+        key_id=columns["key_id"],
+        version=columns[prefix + "version"],
+        wrapped_key=bytes(columns[prefix + "wrapped_key"]),
+        public_key=None if public_key is None else bytes(public_key),
+        created_at=_as_utc(columns[prefix + "created_at"]),
+        mac=None if mac is None else bytes(mac),
     )
 
 
@@ -489,14 +494,7 @@ class SQLKeyRepository:
         key = _key_record(row)
         if row.v_version is None:
             return key, None
-        return key, KeyVersionRecord(
-            key_id=key.key_id,
-            version=row.v_version,
-            wrapped_key=bytes(row.v_wrapped_key),
-            public_key=None if row.v_public_key is None else bytes(row.v_public_key),
-            created_at=_as_utc(row.v_created_at),
-            mac=None if row.v_mac is None else bytes(row.v_mac),
-        )
+        return key, _version_record(row, prefix="v_")
 
     @_translate_database_errors
     def list_keys(self, limit: int, after: str | None, state: str | None = None) -> list[KeyRecord]:

@@ -28,6 +28,7 @@ from tests.integration.http.harness import (
     expect_json,
     prepare_deployment,
 )
+from tests.integration.http.identities import running_server
 
 WORKERS = 2
 
@@ -35,16 +36,8 @@ WORKERS = 2
 @pytest.fixture()
 def balanced_server(tmp_path: Path) -> Iterator[tuple[Deployment, ServerProcess]]:
     deployment = prepare_deployment(tmp_path)
-    server = ServerProcess(deployment)
-    probe = KMSClient(deployment)
-    try:
-        server.wait_until_serving(probe)
-    finally:
-        probe.close()
-    try:
+    with running_server(deployment) as server:
         yield deployment, server
-    finally:
-        assert server.stop() == 0, server.output()
 
 
 def descendants(pid: int) -> set[int]:
