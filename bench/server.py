@@ -121,6 +121,10 @@ class RunningServer:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         return sorted(int(pid) for pid in children.read_text().split())
 
+    def connections_per_worker(self) -> list[int]:
+        """How many of the connections established on the server's port each worker holds."""
+        return connections_per_process(self.worker_pids(), self.client.port)
+
     def worker_rss_mb(self) -> list[float]:
         sizes = []
         for pid in self.worker_pids():
@@ -128,6 +132,33 @@ class RunningServer:
                 if line.startswith("VmRSS:"):
                     sizes.append(int(line.split()[1]) / 1024)
         return sizes
+
+
+_TCP_ESTABLISHED = "01"
+
+
+def connections_per_process(pids: list[int], port: int) -> list[int]:
+    """For each process, how many established TCP connections on local ``port`` it holds open
+    (Linux: the sockets among ``/proc/PID/fd`` matched with ``/proc/net/tcp`` and ``tcp6``)."""
+    established: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == _TCP_ESTABLISHED:
+                    established.add(f"socket:[{fields[9]}]")
+    held = []
+    for pid in pids:
+        sockets = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                sockets.add(os.readlink(fd))
+            except OSError:
+                continue  # closed since it was listed
+        held.append(len(sockets & established))
+    return held
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from kms.service.keyring import Keyring
 from kms.service.keys import CURRENT_REQUESTER, KMSService, Requester
 from kms.settings import Settings, load_settings
 from kms.store.changes import LocalChanges, PostgresChangeListener, open_changes
-from kms.store.db import create_kms_engine
+from kms.store.db import WALCheckpointer, create_kms_engine
 from kms.store.repository import SQLKeyRepository
 from kms.store.serving import SERVER_APPLICATION_NAME
 
@@ -80,10 +80,18 @@ def register_service(
         from kms.master import open_master_keyring
 
         keyring = open_master_keyring(settings)
-    engine = create_kms_engine(settings.database_url, application_name=SERVER_APPLICATION_NAME)
+    engine = create_kms_engine(
+        settings.database_url,
+        application_name=SERVER_APPLICATION_NAME,
+        background_checkpoints=True,
+    )
     # A server makes the SQLite change counters if they are missing (kms.store.changes).
     changes = open_changes(settings.database_url, create=True)
     repository = SQLKeyRepository(engine, changes)
+    if engine.dialect.name == "sqlite":
+        checkpointer = WALCheckpointer(engine)
+        checkpointer.start()
+        repository.on_close(checkpointer.stop)
     if engine.dialect.name == "postgresql" and settings.cache_staleness_ms > 0:
         assert isinstance(changes, LocalChanges)  # noqa: S101 - open_changes' PostgreSQL answer
         listener = PostgresChangeListener(

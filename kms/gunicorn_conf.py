@@ -208,9 +208,17 @@ def on_reload(server: Any) -> None:
     logging.getLogger("kms").info("kms: policy reloaded from %s", policy.source)
 
 
+def pre_fork(server: Any, worker: Any) -> None:
+    from kms.server.balance import assign_slot
+
+    assign_slot(worker, server.WORKERS.values())
+
+
 def child_exit(server: Any, worker: Any) -> None:
     from kms.node import mark_worker_dead
+    from kms.server.balance import release_slot
 
+    release_slot(worker)
     mark_worker_dead(worker.pid)
 
 

@@ -24,6 +24,10 @@ event loop, with non-blocking sockets, until a whole request has arrived:
    answered 413 at once; the event loop then reads and drops the rest of it, under the body's
    deadlines, and the connection stays open for the next request.
 
+New connections go to the least loaded worker: a worker that holds more connections than
+another leaves the listener to it for a moment (``kms.server.balance``), so a client's pool of
+kept-alive connections is shared out evenly instead of landing on whichever worker woke first.
+
 ``server.maxConnections`` caps the connections of one worker. At the cap a new connection is
 still accepted: the worker closes the connection that is least likely a working client to make
 room, in this order: lingering, still in its handshake, still sending its head or its body, idle
@@ -66,6 +70,7 @@ from gunicorn.workers import gthread
 from kms.api.caller import ENVIRON_KEY as CALLER_ENVIRON_KEY
 from kms.api.caller import caller_from_peer_certificate
 from kms.errors import PayloadTooLarge
+from kms.server.balance import YIELD_SECONDS, ConnectionTable
 from kms.server.errors import REASONS, error_answer, json_body, json_error
 from kms.server.limits import ServerLimits, current_limits
 from kms.server.logs import escape_log_value
@@ -87,11 +92,10 @@ LINGER_MAX_BYTES = 16 * 1024 * 1024
 FILE_DESCRIPTOR_RESERVE = 256
 #: Largest single read from a socket in the event loop.
 READ_SIZE = 64 * 1024
-#: Connections accepted per readiness event of a listener. One, as gunicorn's gthread does: every
-#: worker is woken by a new connection and each takes one, so a burst of connections (a client's
-#: pool opening eight at once) spreads over the workers. Accepting all pending ones at once let
-#: the first worker awake take the whole burst: with kept-alive connections one core then served
-#: them all while the other idled (make bench swung between about 450 and 950 requests/s on that).
+#: Connections accepted per readiness event of a listener. One, as gunicorn's gthread does, so
+#: that the counts kms.server.balance compares are never more than one connection old. Accepting
+#: all pending ones at once let the first worker awake take a whole burst: with kept-alive
+#: connections one core then served them all while the other idled.
 ACCEPT_BATCH = 1
 #: Chunked framing may add this much to a body (chunk size lines, trailers) beyond its payload,
 #: and a chunked body may take up to CHUNKED_WIRE_FACTOR times its limit on the wire (small
@@ -236,6 +240,11 @@ class KMSWorker(gthread.ThreadWorker):
         self.held: dict[Connection, None] = {}
         self.busy: set[Connection] = set()
         self.next_sweep = 0.0
+        # Set by the master before the fork (kms.server.balance.assign_slot); None: no balancing.
+        self.connection_slot: int | None = None
+        self.connection_table: ConnectionTable | None = None
+        # While more loaded than another worker, the listeners are not polled until this time.
+        self.accept_paused_until: float | None = None
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -307,7 +316,12 @@ class KMSWorker(gthread.ThreadWorker):
             self.poller.register(listener, selectors.EVENT_READ, self.accept)
         while self.alive:
             self.notify()
-            self.wait_for_and_dispatch_events(timeout=SWEEP_INTERVAL_SECONDS)
+            timeout = SWEEP_INTERVAL_SECONDS
+            if self.accept_paused_until is not None:
+                timeout = max(0.0, min(timeout, self.accept_paused_until - time.monotonic()))
+            self.wait_for_and_dispatch_events(timeout=timeout)
+            if self.accept_paused_until is not None:
+                self.maybe_resume_accepting(self.accept_paused_until)
             self.sweep()
             if not self.is_parent_alive():
                 break
@@ -335,9 +349,15 @@ class KMSWorker(gthread.ThreadWorker):
         on a kept-alive connection just as the worker stops (a SIGHUP reload) is answered, with
         "Connection: close", instead of finding the connection reset under it.
         """
-        for listener in self.sockets:
-            with contextlib.suppress(KeyError, ValueError):
-                self.poller.unregister(listener)
+        if self.accept_paused_until is None:
+            for listener in self.sockets:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.poller.unregister(listener)
+        self.accept_paused_until = None
+        if self.connection_table is not None and self.connection_slot is not None:
+            # A stopping worker takes no new connection: the others must not leave any to it.
+            self.connection_table.release(self.connection_slot)
+            self.connection_slot = None
         started = time.monotonic()
         deadline = started + self.cfg.graceful_timeout
         drained = started + min(DRAIN_SECONDS, self.cfg.graceful_timeout)
@@ -399,9 +419,46 @@ class KMSWorker(gthread.ThreadWorker):
             )
             self.close(conn)
 
+    # -- sharing new connections with the other workers (kms.server.balance) --------------
+
+    def more_loaded_than_another(self) -> bool:
+        if self.connection_table is None or self.connection_slot is None:
+            return False
+        fewest = self.connection_table.fewest_elsewhere(self.connection_slot)
+        return fewest is not None and self.nr_conns > fewest
+
+    def publish_connections(self) -> None:
+        if self.connection_table is not None and self.connection_slot is not None:
+            self.connection_table.publish(self.connection_slot, self.nr_conns)
+
+    def pause_accepting(self) -> None:
+        for listener in self.sockets:
+            with contextlib.suppress(KeyError, ValueError):
+                self.poller.unregister(listener)
+        self.accept_paused_until = time.monotonic() + YIELD_SECONDS
+
+    def maybe_resume_accepting(self, paused_until: float) -> None:
+        ran_out = time.monotonic() >= paused_until
+        if not ran_out and self.more_loaded_than_another():
+            return
+        self.accept_paused_until = None
+        for listener in self.sockets:
+            if ran_out:
+                # The others had their chance: a connection still pending is this worker's.
+                self.accept_connections(listener)
+            self.poller.register(listener, selectors.EVENT_READ, self.accept)
+        self.publish_connections()
+
     # -- connections in the loop ----------------------------------------------------------
 
     def accept(self, listener: Any) -> None:
+        if self.more_loaded_than_another():
+            self.pause_accepting()
+            return
+        self.accept_connections(listener)
+        self.publish_connections()
+
+    def accept_connections(self, listener: Any) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
                 client_sock, client_addr = listener.accept()
@@ -476,6 +533,7 @@ class KMSWorker(gthread.ThreadWorker):
         self.held.pop(conn, None)
         self.busy.discard(conn)
         self.nr_conns -= 1
+        self.publish_connections()
         with contextlib.suppress(OSError):
             conn.sock.close()
 

@@ -8,6 +8,8 @@ to upgrade a read lock. Nothing here is SQLite-only beyond those connection sett
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -16,14 +18,24 @@ from sqlalchemy.pool import NullPool
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 WRITE = {"kms_write": True}
+#: How often a server worker checkpoints the SQLite write-ahead log (``WALCheckpointer``).
+CHECKPOINT_INTERVAL_SECONDS = 1.0
+
+log = logging.getLogger("kms.store")
 
 
 def create_kms_engine(
-    url: str, *, pool: bool = True, application_name: str | None = None
+    url: str,
+    *,
+    pool: bool = True,
+    application_name: str | None = None,
+    background_checkpoints: bool = False,
 ) -> Engine:
     """Build the engine for ``url``; statement parameters never appear in errors or logs.
 
     ``application_name`` names the connections on PostgreSQL (kms.store.serving).
+    ``background_checkpoints``: SQLite's commits never checkpoint the write-ahead log themselves;
+    a ``WALCheckpointer`` must then run beside the engine (a server worker's).
     """
     options: dict[str, Any] = {"hide_parameters": True}
     if not pool:
@@ -34,7 +46,7 @@ def create_kms_engine(
             "check_same_thread": False,
         }
         engine = create_engine(url, **options)
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, autocheckpoint=not background_checkpoints)
         return engine
     options["pool_pre_ping"] = True
     if application_name is not None and url.startswith("postgresql"):
@@ -42,7 +54,7 @@ def create_kms_engine(
     return create_engine(url, **options)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, *, autocheckpoint: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin.
@@ -53,6 +65,8 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+        if not autocheckpoint:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -68,3 +82,56 @@ def use_write_ahead_log(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+
+
+class WALCheckpointer:
+    """A daemon thread that checkpoints a SQLite database's write-ahead log every ``interval``.
+
+    By default the commit that takes the log past 1,000 pages copies them into the database file
+    and syncs it, while it still holds the write lock: on a large database (``make bench``'s
+    million keys, where each commit dirties pages all over the file) that stalled every writer of
+    the node for up to 200 ms about once a second, and writes made in-process measured 30% slower
+    on average. Here the copy and the sync happen beside the writers instead (a ``PASSIVE``
+    checkpoint waits for nobody and nobody waits for it), on one of the engine's connections.
+    A failed checkpoint is logged once and tried again at the next interval.
+    """
+
+    def __init__(self, engine: Engine, interval: float = CHECKPOINT_INTERVAL_SECONDS) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+        #: The last checkpoint the thread made: (busy, frames in the log, frames checkpointed).
+        self.last: tuple[int, int, int] | None = None
+
+    def __repr__(self) -> str:
+        return "WALCheckpointer()"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kms-wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self._interval + 30)
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """One ``PASSIVE`` checkpoint: (busy, frames in the log, frames checkpointed)."""
+        with self._engine.connect() as conn:
+            busy, frames, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+        return busy, frames, copied
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            try:
+                self.last = self.checkpoint()
+                self._failing = False
+            except Exception as error:  # noqa: BLE001 - a checkpoint failing must not end the thread
+                if not self._failing:
+                    log.warning(
+                        "kms: checkpoint of the SQLite write-ahead log failed (%s); retrying",
+                        type(error).__name__,
+                    )
+                self._failing = True

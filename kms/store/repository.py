@@ -164,6 +164,9 @@ class KeyRepository(Protocol):
     def read_keystore(self) -> tuple[bytes, bytes]: ...
     def create_key(self, change: KeyChange) -> KeyRecord: ...
     def get_key(self, key_id: str) -> KeyRecord: ...
+    def get_key_and_latest_version(
+        self, key_id: str
+    ) -> tuple[KeyRecord, KeyVersionRecord | None]: ...
     def list_keys(
         self, limit: int, after: str | None, state: str | None = None
     ) -> list[KeyRecord]: ...
@@ -245,14 +248,19 @@ def _summary(row) -> KeyVersionSummary:  # noqa: ANN001
     )
 
 
-def _version_record(row) -> KeyVersionRecord:  # noqa: ANN001
+def _version_record(row, prefix: str = "") -> KeyVersionRecord:  # noqa: ANN001
+    """A version row; ``prefix``: its columns' labels in a query that also reads the key row
+    (the key's ``key_id`` is the version's)."""
+    columns = row._mapping
+    public_key = columns[prefix + "public_key"]
+    mac = columns[prefix + "mac"]
     return KeyVersionRecord(
-        key_id=row.key_id,
-        version=row.version,
-        wrapped_key=bytes(row.wrapped_key),
-        public_key=None if row.public_key is None else bytes(row.public_key),
-        created_at=_as_utc(row.created_at),
-        mac=None if row.mac is None else bytes(row.mac),
+        key_id=columns["key_id"],
+        version=columns[prefix + "version"],
+        wrapped_key=bytes(columns[prefix + "wrapped_key"]),
+        public_key=None if public_key is None else bytes(public_key),
+        created_at=_as_utc(columns[prefix + "created_at"]),
+        mac=None if mac is None else bytes(mac),
     )
 
 
@@ -341,6 +349,44 @@ _SELECT_VERSION = select(
     )
 )
 
+# Reserving a block of encryptions when the version has that many left: one statement in the
+# write transaction (the common case; a read under lock first costs a second round trip).
+_RESERVE_WHOLE_BLOCK = (
+    update(key_versions)
+    .where(
+        and_(
+            key_versions.c.key_id == bindparam("of_key"),
+            key_versions.c.version == bindparam("of_version"),
+            key_versions.c.encryptions + bindparam("wanted") <= bindparam("limit"),
+        )
+    )
+    .values(
+        encryptions=key_versions.c.encryptions + bindparam("wanted"),
+        last_used_at=bindparam("now"),
+    )
+)
+# A key row and its latest version row in one statement (one snapshot): what the first use of a
+# key on a worker needs. The version's columns are labelled, the key's keep their names.
+_VERSION_COLUMNS_OF_LATEST = (
+    key_versions.c.version.label("v_version"),
+    key_versions.c.wrapped_key.label("v_wrapped_key"),
+    key_versions.c.public_key.label("v_public_key"),
+    key_versions.c.created_at.label("v_created_at"),
+    key_versions.c.mac.label("v_mac"),
+)
+_SELECT_KEY_AND_LATEST_VERSION = (
+    select(*_KEY_COLUMNS, *_VERSION_COLUMNS_OF_LATEST)
+    .select_from(
+        keys.outerjoin(
+            key_versions,
+            and_(
+                key_versions.c.key_id == keys.c.key_id,
+                key_versions.c.version == keys.c.latest_version,
+            ),
+        )
+    )
+    .where(keys.c.key_id == bindparam("key_id"))
+)
 
 _NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', :key_id)")
 
@@ -360,8 +406,9 @@ class SQLKeyRepository:
         self._notify = engine.dialect.name == "postgresql"
         # SQLite has one writer at a time: a thread that finds the write lock taken sleeps in
         # SQLite's busy handler (1, 2, 5, 10... ms), however soon the lock is free again. Threads
-        # of one process queue on this lock instead and start the moment the writer commits, so
-        # only other processes ever meet the busy handler. PostgreSQL locks rows: no lock here.
+        # of one process queue on this lock instead and start the moment the writer commits;
+        # processes queue on the change counters' file lock (``writer_turn``), so the busy
+        # handler only meets a writer that takes neither. PostgreSQL locks rows: no lock here.
         self._write_lock: AbstractContextManager[object] = (
             threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
         )
@@ -375,7 +422,7 @@ class SQLKeyRepository:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on leaving."""
-        with self._write_lock, self._writer.begin() as conn:
+        with self._write_lock, self.changes.writer_turn(), self._writer.begin() as conn:
             yield conn
 
     def close(self) -> None:
@@ -435,6 +482,19 @@ class SQLKeyRepository:
         if row is None:
             raise KeyNotFound()
         return _key_record(row)
+
+    @_translate_database_errors
+    def get_key_and_latest_version(self, key_id: str) -> tuple[KeyRecord, KeyVersionRecord | None]:
+        """The key row and its latest version's row, read together; None for a version row
+        that is missing (the caller's checks refuse such a key when it uses that version)."""
+        with self._engine.connect() as conn:
+            row = conn.execute(_SELECT_KEY_AND_LATEST_VERSION, {"key_id": key_id}).first()
+        if row is None:
+            raise KeyNotFound()
+        key = _key_record(row)
+        if row.v_version is None:
+            return key, None
+        return key, _version_record(row, prefix="v_")
 
     @_translate_database_errors
     def list_keys(self, limit: int, after: str | None, state: str | None = None) -> list[KeyRecord]:
@@ -663,8 +723,28 @@ class SQLKeyRepository:
         is ``encryptions``, which never passes ``limit``. What a process reserved and did not use
         stays counted, so a crash can only waste encryptions, never reuse them.
         """
+        # The common case is one statement, made atomic by the database alone: its condition is
+        # checked under the row's lock (PostgreSQL re-reads a row a concurrent transaction
+        # changed) or the database's write lock (SQLite, where it runs as its own transaction,
+        # without BEGIN IMMEDIATE and COMMIT around it). Each call into the database lets other
+        # threads take the GIL, and getting it back can take one switch interval (5 ms) on a
+        # busy worker: the fewer calls inside the node's write turn, the shorter the queue.
+        with self._write_lock, self.changes.writer_turn(), self._engine.begin() as conn:
+            whole = conn.execute(
+                _RESERVE_WHOLE_BLOCK,
+                {
+                    "of_key": key_id,
+                    "of_version": version,
+                    "wanted": wanted,
+                    "limit": limit,
+                    "now": utc_now(),
+                },
+            )
+        if whole.rowcount == 1:
+            return wanted
         where = and_(key_versions.c.key_id == key_id, key_versions.c.version == version)
         with self._write() as conn:
+            # Fewer than ``wanted`` left, or no such version: read the count, grant what is left.
             used = conn.execute(
                 select(key_versions.c.encryptions).where(where).with_for_update()
             ).scalar_one_or_none()

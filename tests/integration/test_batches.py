@@ -46,6 +46,14 @@ class CountingRepository(SQLKeyRepository):
         self.versions_read.append(version)
         return super().get_version(key_id, version)
 
+    def get_key_and_latest_version(self, key_id: str) -> tuple[KeyRecord, KeyVersionRecord | None]:
+        """A key row and its latest version in one statement: both count as read."""
+        self.keys_read += 1
+        key, latest = super().get_key_and_latest_version(key_id)
+        if latest is not None:
+            self.versions_read.append(latest.version)
+        return key, latest
+
     def reset(self) -> None:
         self.keys_read = 0
         self.versions_read = []

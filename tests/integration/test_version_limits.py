@@ -19,7 +19,7 @@ from kms.service.keyring import PassphraseKeyring
 from kms.service.keys import KEY_DETAIL_VERSIONS, KMSService
 from kms.settings import Settings, load_settings
 from kms.store.db import create_kms_engine
-from kms.store.repository import KeyVersionRecord, SQLKeyRepository
+from kms.store.repository import KeyRecord, KeyVersionRecord, SQLKeyRepository
 from tests.integration.test_app import FakeTLSSocket
 
 MESSAGE = b"release 1.2.3"
@@ -36,6 +36,13 @@ class CountingRepository(SQLKeyRepository):
     def get_version(self, key_id: str, version: int) -> KeyVersionRecord:
         self.versions_read.append(version)
         return super().get_version(key_id, version)
+
+    def get_key_and_latest_version(self, key_id: str) -> tuple[KeyRecord, KeyVersionRecord | None]:
+        """A key row and its latest version in one statement: the version counts as read."""
+        key, latest = super().get_key_and_latest_version(key_id)
+        if latest is not None:
+            self.versions_read.append(latest.version)
+        return key, latest
 
 
 @pytest.fixture
