@@ -118,6 +118,9 @@ STORE = [
     "tests/integration/test_untrusted_storage.py",
     "tests/integration/test_concurrent_rotation.py",
     "tests/integration/test_key_storage.py",
+    # SQLite writers' turns and WAL checkpoints (kms.store.db, changes); a cold key's statements.
+    "tests/integration/test_sqlite_writers.py",
+    "tests/integration/test_cold_keys.py",
 ]
 STARTUP = [
     "tests/integration/test_secret_buffers.py",
@@ -218,6 +221,7 @@ TARGETS: dict[str, list[str]] = {
     "kms/store/schema.py": [*STORE[:3], *OPERATOR[-3:]],
     "kms/store/changes.py": [
         "tests/integration/test_key_row_cache.py",
+        "tests/integration/test_sqlite_writers.py",
         "tests/integration/test_store_engine.py",
         "tests/integration/test_postgres.py",  # the LISTEN/NOTIFY path
         "tests/integration/http/test_cache_staleness.py",
