@@ -93,9 +93,9 @@ def main() -> int:
     if options.verdicts.exists():
         verdicts = json.loads(options.verdicts.read_text(encoding="utf-8"))
     kinds = Counter(kind(result["outcome"]) for result in results)
-    run = sum(count for name, count in kinds.items() if name != "skipped")
+    run = sum(count for name, count in kinds.items() if name not in ("skipped", "not run"))
     print(
-        f"**Score: {kinds['killed']} killed of {run} mutants run "
+        f"**Score: {kinds['killed']} killed of {run} mutants run or found not covered "
         f"({100 * kinds['killed'] / max(run, 1):.1f}%)**; "
         f"{kinds['true survivor']} true survivors (met every test that executes their line; each "
         f"has a verdict below), {kinds['cut short']} cut short, {kinds['not covered']} not "
