@@ -18,7 +18,15 @@ import pytest
 from sqlalchemy import text
 
 from kms.errors import KeyDisabled, KeyPendingDeletion, UpgradeNeeded, VersionBelowMinimum
-from kms.master import check_database, open_master_keyring, upgrade_database
+from kms.master import (
+    backup_database,
+    check_database,
+    destroy_due_keys,
+    open_master_keyring,
+    rekey_database,
+    rotate_due_database,
+    upgrade_database,
+)
 from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 from kms.settings import Settings
@@ -125,7 +133,7 @@ def new_service(old_settings: Settings) -> Iterator[Any]:
 
 
 def test_a_database_of_the_previous_release_upgrades_in_place_and_its_keys_keep_working(
-    previous_release: Path, old_settings: Settings, new_service: Any
+    previous_release: Path, old_settings: Settings, new_service: Any, tmp_path: Path
 ) -> None:
     made = make_old_database(previous_release, old_settings)
     engine = create_kms_engine(old_settings.database_url, pool=False)
@@ -142,6 +150,17 @@ def test_a_database_of_the_previous_release_upgrades_in_place_and_its_keys_keep_
     with pytest.raises(UpgradeNeeded) as excinfo:  # not served before the upgrade
         open_master_keyring(old_settings)
     assert "kms upgrade" in excinfo.value.public_message
+    # Nor touched by any other operator command: each says to run `kms upgrade` first.
+    for command in (
+        lambda: check_database(old_settings),
+        lambda: rotate_due_database(old_settings),
+        lambda: destroy_due_keys(old_settings, on_destroyed=print, on_failure=print),
+        lambda: rekey_database(old_settings, bytearray(b"a new passphrase for the old one")),
+        lambda: backup_database(old_settings, tmp_path / "before-upgrade.backup"),
+    ):
+        with pytest.raises(UpgradeNeeded, match="run `kms upgrade`"):
+            command()
+    assert not (tmp_path / "before-upgrade.backup").exists()
 
     result = upgrade_database(old_settings)
     assert result.migrated == (PREVIOUS_REVISION, head_revision())
