@@ -4,14 +4,25 @@ the floor), so one keystore serves the whole test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from kms.master import check_database, init_database, open_master_keyring
+from kms.errors import NotInitialised
+from kms.master import (
+    backup_database,
+    check_database,
+    destroy_due_keys,
+    init_database,
+    open_master_keyring,
+    rekey_database,
+    rotate_due_database,
+)
 from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 from kms.settings import Settings
@@ -118,3 +129,32 @@ def test_backup_restore_and_rekey_from_the_command_line(tmp_path: Path) -> None:
     wrong = run_kms(restored_config, "check")  # the old passphrase
     assert wrong.returncode == 1
     assert "wrong master passphrase" in wrong.stderr
+
+
+@pytest.mark.parametrize("command", ["check", "rotate-due", "destroy-due", "backup", "rekey"])
+def test_another_applications_database_is_not_a_keystore_to_any_command(
+    tmp_path: Path, command: str
+) -> None:
+    """Each operator command names a database without a keystore as such (``kms init`` is what
+    it needs, not ``kms upgrade``) and changes nothing in it."""
+    database = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+        conn.commit()
+    settings = Settings(
+        database_dsn=str(database),
+        master_passphrase_file=write_passphrase_file(tmp_path / "master.key", TEST_PASSPHRASE),
+    )
+    run = {
+        "check": lambda: check_database(settings),
+        "rotate-due": lambda: rotate_due_database(settings),
+        "destroy-due": lambda: destroy_due_keys(settings, on_destroyed=print, on_failure=print),
+        "backup": lambda: backup_database(settings, tmp_path / "other.backup"),
+        "rekey": lambda: rekey_database(settings, bytearray(b"another passphrase, long enough")),
+    }
+    with pytest.raises(NotInitialised):
+        run[command]()
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    assert tables == [("invoices",)]
+    assert not (tmp_path / "other.backup").exists()
