@@ -97,3 +97,26 @@ def test_rotate_due_rotates_only_due_keys(service: KMSService) -> None:
     rotated = service.rotate_due(now=utc_now() + timedelta(hours=2))
     assert [(r.key_id, r.version) for r in rotated] == [("hourly", 2)]
     assert service.rotate_due(now=utc_now() + timedelta(minutes=30)) == []
+
+
+def test_use_totals_list_each_used_version_once_and_no_unused_one(service: KMSService) -> None:
+    """The per-version counters the metrics page shows (README, Metrics:
+    kms_key_version_encryptions / _decryptions): a version used only to encrypt and one used only
+    to decrypt are both listed; a version never used is not."""
+    service.create_key("k")
+    old = service.encrypt("k", b"x").ciphertext
+    service.encrypt("k", b"y")
+    service.rotate_key("k")
+    service.encrypt("k", b"z")
+    service.decrypt("k", old)
+    service.rotate_key("k")  # version 3: never used
+    service.create_key("unused")
+    service.flush_use()
+    totals = sorted(service.use_totals())
+    # Encryptions count the blocks reserved (README: "including blocks reserved by running
+    # workers"), so at least what was used.
+    assert [(key_id, version, decrypted) for key_id, version, _, decrypted in totals] == [
+        ("k", 1, 1),
+        ("k", 2, 0),
+    ]
+    assert totals[0][2] >= 2 and totals[1][2] >= 1
