@@ -1091,13 +1091,14 @@ def main() -> int:
     survivors = [m for m, outcome in outcomes.items() if outcome not in ("killed", "timeout")]
     killed = len(outcomes) - len(survivors)
     timeouts = sum(outcome == "timeout" for outcome in outcomes.values())
+    reached = len(outcomes) - sum(outcome.startswith("not run") for outcome in outcomes.values())
     print()
     if interrupted:
         print(f"INTERRUPTED: {len(outcomes)} of {len(mutants)} mutants run")
     print(
         f"{len(outcomes)} mutants, {killed} killed ({timeouts} by timeout), "
-        f"{len(survivors)} survived (score {100 * killed / max(len(outcomes), 1):.1f}%), "
-        f"{len(skipped)} skipped by design; {elapsed / 60:.1f} min in all"
+        f"{len(survivors)} not killed (score {100 * killed / max(reached, 1):.1f}% of the "
+        f"{reached} reached), {len(skipped)} skipped by design; {elapsed / 60:.1f} min in all"
     )
     kinds = {"true survivors (met every test executing the line)": 0, "cut short": 0}
     for outcome in (outcomes[mutant] for mutant in survivors):
