@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from kms.errors import InvalidRequest
+from kms.errors import DeletionNotAllowed, InvalidRequest
 from kms.service.keys import MAX_LABEL_VALUE_CHARS, MAX_LABELS, KMSService
 
 
@@ -83,3 +83,19 @@ def test_a_trim_below_1_or_not_an_integer_is_refused(service: KMSService, bad: o
     service.create_key("k")
     with pytest.raises(InvalidRequest, match="min_available_version must be a positive integer"):
         service.trim_key("k", min_available_version=bad)  # type: ignore[arg-type]
+
+
+def test_a_description_too_long_is_refused_by_an_update_too(service: KMSService) -> None:
+    service.create_key("k", description="first")
+    with pytest.raises(InvalidRequest, match="description"):
+        service.update_key("k", description="x" * 257)
+    assert service.get_key("k").description == "first"
+
+
+def test_deletion_allowed_false_refuses_a_scheduled_deletion_too(service: KMSService) -> None:
+    """README, key states: `deletion_allowed` false refuses DELETE, with or without
+    ``pending_days``; the key stays enabled."""
+    service.create_key("k", deletion_allowed=False)
+    with pytest.raises(DeletionNotAllowed):
+        service.delete_key("k", pending_days=7)
+    assert service.get_key("k").state == "enabled"
