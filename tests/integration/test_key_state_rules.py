@@ -56,6 +56,26 @@ def test_a_key_state_field_changed_behind_kms_is_refused(
     assert store.sql(f"UPDATE keys SET {column} = {value} WHERE key_id = 'guarded'") == 1  # noqa: S608
     assert_refused(lambda: store.service().encrypt("guarded", b"x"), "guarded", caplog)
     assert_refused(lambda: store.service().delete_key("guarded"), "guarded", caplog)
+    # Nor may a change re-seal the changed row (that would launder it): every write refuses.
+    assert_refused(
+        lambda: store.service().update_key("guarded", description="x"), "guarded", caplog
+    )
+    assert_refused(lambda: store.service().enable_key("guarded"), "guarded", caplog)
+    assert_refused(lambda: store.service().disable_key("guarded"), "guarded", caplog)
+    assert_refused(lambda: store.service().trim_key("guarded", 2), "guarded", caplog)
+    assert_refused(lambda: store.service().encrypt("guarded", b"x"), "guarded", caplog)
+
+
+def test_a_pending_key_changed_behind_kms_is_not_cancelled(
+    store: Store,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service = store.service()
+    service.create_key("pending")
+    service.delete_key("pending", pending_days=7)
+    assert store.sql("UPDATE keys SET description = 'changed' WHERE key_id = 'pending'") == 1
+    assert_refused(lambda: store.service().cancel_deletion("pending"), "pending", caplog)
+    assert_refused(lambda: store.service().cancel_deletion("pending"), "pending", caplog)
 
 
 def test_a_deletion_deadline_moved_behind_kms_is_refused_and_not_destroyed(
