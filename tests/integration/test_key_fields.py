@@ -8,10 +8,13 @@ which every caller (the CLI's operator commands included) goes through.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from kms.errors import DeletionNotAllowed, InvalidRequest
 from kms.service.keys import MAX_LABEL_VALUE_CHARS, MAX_LABELS, KMSService
+from kms.store.repository import utc_now
 
 
 @pytest.mark.parametrize("period", ["1h", "2h", "36h", "25h", "1d", "30d", "3650d"])
@@ -99,3 +102,14 @@ def test_deletion_allowed_false_refuses_a_scheduled_deletion_too(service: KMSSer
     with pytest.raises(DeletionNotAllowed):
         service.delete_key("k", pending_days=7)
     assert service.get_key("k").state == "enabled"
+
+
+def test_destroy_due_reports_each_key_it_destroys(service: KMSService) -> None:
+    """`kms destroy-due` prints each key it destroyed: the service hands each to the caller."""
+    service.create_key("due")
+    service.create_key("kept")
+    service.delete_key("due", pending_days=1)
+    reported: list[str] = []
+    later = utc_now() + timedelta(days=2)
+    destroyed = service.destroy_due(later, on_destroyed=lambda info: reported.append(info.key_id))
+    assert destroyed == reported == ["due"]
