@@ -78,8 +78,8 @@ mutants: $(STAMP)
 known-bugs: $(STAMP)
 	nice -n 19 $(BIN)/python scripts/known_bugs.py
 
-# Not part of `make test`: a real server over mTLS, about 2 to 4 minutes (README, Performance).
-# BENCH_SECONDS per scenario (default 5); POSTGRES_BENCH_DSN (a role with CREATEDB) adds
+# Not part of `make test`: a real server over mTLS, about 4 to 5 minutes (README, Performance).
+# BENCH_SECONDS per scenario (default 4); POSTGRES_BENCH_DSN (a role with CREATEDB) adds
 # PostgreSQL in a throwaway database; BENCH_ARGS passes more (e.g. --only encrypt_256).
 bench: $(STAMP)
 	$(BIN)/python -m bench $(if $(POSTGRES_BENCH_DSN),--postgres-dsn=$(POSTGRES_BENCH_DSN)) $(BENCH_ARGS)

@@ -10,9 +10,11 @@ The master makes a table of one counter per worker slot in shared memory (an ano
 inherited at fork) and gives each worker a slot before forking it (``pre_fork``); a worker writes
 its number of connections into its slot whenever it changes, and a worker that holds more than
 the least loaded of the others leaves the next connection to them: it stops polling the
-listener until its count is no longer above theirs, or for ``YIELD_SECONDS`` at most, after which
-it accepts anyway (a worker that has hung, or is too busy to accept, never stalls new clients
-for longer than that). nginx does the same with ``accept_mutex`` and ``ngx_accept_disabled``.
+listener until its count is no longer above theirs, or for ``YIELD_SECONDS`` at most. If by then
+no other worker's count has moved (they are stopped, hung, or still starting), it takes every new
+connection itself, without pausing again, until one of their counts moves: a worker that does
+not accept costs new clients one pause, not one per connection. nginx does the same with
+``accept_mutex`` and ``ngx_accept_disabled``.
 
 A worker with no slot (the table is full, or gunicorn was started without kms's configuration)
 accepts as gunicorn's own workers do.
@@ -61,6 +63,11 @@ class ConnectionTable:
 
     def count(self, slot: int) -> int:
         return _COUNTER.unpack_from(self._memory, slot * _COUNTER.size)[0]
+
+    def others(self, slot: int) -> bytes:
+        """The other slots' counters as they are now, to tell later whether any has moved."""
+        offset = slot * _COUNTER.size
+        return self._memory[:offset] + self._memory[offset + _COUNTER.size :]
 
     def fewest_elsewhere(self, slot: int) -> int | None:
         """The fewest connections any other live worker holds; None if there is no other."""

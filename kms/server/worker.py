@@ -245,6 +245,10 @@ class KMSWorker(gthread.ThreadWorker):
         self.connection_table: ConnectionTable | None = None
         # While more loaded than another worker, the listeners are not polled until this time.
         self.accept_paused_until: float | None = None
+        # The other workers' counts when a pause began; kept after a pause in which none of them
+        # moved (they are not accepting): no more pauses until they do.
+        self.others_at_pause: bytes | None = None
+        self.others_not_accepting = False
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -422,9 +426,14 @@ class KMSWorker(gthread.ThreadWorker):
     # -- sharing new connections with the other workers (kms.server.balance) --------------
 
     def more_loaded_than_another(self) -> bool:
-        if self.connection_table is None or self.connection_slot is None:
+        table, slot = self.connection_table, self.connection_slot
+        if table is None or slot is None:
             return False
-        fewest = self.connection_table.fewest_elsewhere(self.connection_slot)
+        if self.others_not_accepting:
+            if table.others(slot) == self.others_at_pause:
+                return False
+            self.others_not_accepting = False
+        fewest = table.fewest_elsewhere(slot)
         return fewest is not None and self.nr_conns > fewest
 
     def publish_connections(self) -> None:
@@ -436,12 +445,19 @@ class KMSWorker(gthread.ThreadWorker):
             with contextlib.suppress(KeyError, ValueError):
                 self.poller.unregister(listener)
         self.accept_paused_until = time.monotonic() + YIELD_SECONDS
+        if self.connection_table is not None and self.connection_slot is not None:
+            self.others_at_pause = self.connection_table.others(self.connection_slot)
 
     def maybe_resume_accepting(self, paused_until: float) -> None:
         ran_out = time.monotonic() >= paused_until
         if not ran_out and self.more_loaded_than_another():
             return
         self.accept_paused_until = None
+        if ran_out and self.connection_table is not None and self.connection_slot is not None:
+            # Nobody took the pending connections: until another count moves, take them all.
+            self.others_not_accepting = (
+                self.connection_table.others(self.connection_slot) == self.others_at_pause
+            )
         for listener in self.sockets:
             if ran_out:
                 # The others had their chance: a connection still pending is this worker's.

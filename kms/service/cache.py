@@ -93,6 +93,10 @@ class KeyMaterialCache(_BoundedEntries):
                 self.misses += 1
             return value
 
+    def holds(self, key: Hashable) -> bool:
+        """Whether ``key`` is cached, without counting a lookup or refreshing its age."""
+        return key in self._entries
+
     def put(self, key: Hashable, value: Any, size: int = 0) -> None:
         self._store(key, value, size)
 

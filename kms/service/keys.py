@@ -97,7 +97,7 @@ MAX_PENDING_DAYS = 30
 #: Key rows whose MAC was verified, kept whole (MAC included) so only an identical row hits.
 VERIFIED_ROWS_CACHE_SIZE = 1024
 #: Version rows read with their key row and not yet used (``KMSService._read_row``): at most this
-#: many, about 200 bytes each, before they are dropped.
+#: many before they are dropped (a few hundred bytes each; an RSA key's, a few KB).
 PREFETCHED_VERSIONS_LIMIT = 1024
 #: The sizes of data key ``generate_data_key`` makes: AES-128, -192 and -256.
 DATA_KEY_SIZES = (16, 24, 32)
@@ -588,7 +588,7 @@ class KMSService:
         if pending_days is None:
             self._repository.destroy_key(key_id, deletable)
             self._rows.drop(key_id)
-            self._cache.drop_key(key_id)
+            self._forget_material(key_id)
             lifecycle_log.info("key %r destroyed", key_id)
             return None
 
@@ -734,7 +734,7 @@ class KMSService:
 
         key = self._repository.update_key(validate_key_id(key_id), trim)
         self._rows.drop(key_id)
-        self._cache.drop_key(key_id)
+        self._forget_material(key_id)
         return self._info(key)
 
     def destroy_due(
@@ -777,7 +777,7 @@ class KMSService:
                     on_failure(key_id, error)
                     continue
                 self._rows.drop(key_id)
-                self._cache.drop_key(key_id)
+                self._forget_material(key_id)
                 destroyed.append(key_id)
                 lifecycle_log.info("key %r destroyed: its deletion window ended", key_id)
                 if on_destroyed is not None:
@@ -922,7 +922,7 @@ class KMSService:
             replace_versions=True,
         )
         self._rows.drop(key_id)
-        self._cache.drop_key(key_id)
+        self._forget_material(key_id)
         return self._info(recreated)
 
     def public_key(self, key_id: str, version: int | None = None) -> PublicKeyInfo:
@@ -1187,8 +1187,9 @@ class KMSService:
         read_at = self._rows.now()
         key, latest = self._repository.get_key_and_latest_version(key_id)
         key = self._checked_key(key)
-        loaded = latest is not None and self._cache.get(self._secret_cache_key(key, latest.version))
-        if latest is not None and loaded is None:
+        if latest is not None and not self._cache.holds(
+            self._secret_cache_key(key, latest.version)
+        ):
             if len(self._prefetched) >= PREFETCHED_VERSIONS_LIMIT:
                 self._prefetched.clear()  # left by operations that used another version
             self._prefetched[(key.key_id, key.mac, latest.version)] = latest
@@ -1777,6 +1778,13 @@ class KMSService:
             loaded = self._load(key, self._version(key, version))
             self._cache.put(cache_key, loaded, _material_bytes(key.algorithm))
         return loaded
+
+    def _forget_material(self, key_id: str) -> None:
+        """Drop what this worker holds of a key's versions: loaded secrets, and version rows
+        read with the key row and not used yet (the key was destroyed, recreated or trimmed)."""
+        self._cache.drop_key(key_id)
+        for entry in [entry for entry in list(self._prefetched) if entry[0] == key_id]:
+            self._prefetched.pop(entry, None)
 
     @staticmethod
     def _secret_cache_key(key: KeyRecord, version: int) -> tuple[str, str, str, int]:

@@ -13,10 +13,7 @@ Where the counters live:
   that every worker of the node and every ``kms`` command maps (``mmap``): reading a bucket is a
   memory read, no system call. A server creates the file if it is missing; a command only bumps
   an existing one (no file: no server to tell). Bumps are made under an exclusive ``flock`` so two
-  writers never lose one; reads take no lock. The same ``flock`` is also the queue of the node's
-  SQLite writers (``writer_turn``): a process waits for its turn in the kernel, and starts the
-  moment the writer before it is done, instead of meeting SQLite's write lock and sleeping in its
-  busy handler (1, 2, 5, 10... ms) however soon the lock is free again.
+  writers never lose one; reads take no lock.
 - PostgreSQL: each process keeps the table in its own memory. Writers also say
   ``pg_notify('kms_keys', key_id)`` inside their transaction (delivered on commit, to every node),
   and each server worker runs a ``PostgresChangeListener`` thread that bumps its local buckets on
@@ -38,7 +35,6 @@ import struct
 import threading
 import zlib
 from array import array
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -69,7 +65,6 @@ class KeyChanges(Protocol):
     def mark(self, key_id: str) -> int: ...
     def bump(self, key_id: str) -> None: ...
     def bump_all(self) -> None: ...
-    def writer_turn(self) -> contextlib.AbstractContextManager[object]: ...
     def close(self) -> None: ...
 
 
@@ -96,9 +91,6 @@ class LocalChanges:
         with self._lock:
             for index in range(BUCKETS):
                 self._counters[index] = (self._counters[index] + 1) & _MASK
-
-    def writer_turn(self) -> contextlib.AbstractContextManager[object]:
-        return contextlib.nullcontext()
 
     def close(self) -> None:
         pass
@@ -162,21 +154,6 @@ class SharedFileChanges:
                     _COUNTER.pack_into(table, offset, (value + 1) & _MASK)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    @contextlib.contextmanager
-    def writer_turn(self) -> Iterator[None]:
-        """Hold the node's turn to write the database (see the module's docstring); nothing to
-        hold when the file cannot be used (SQLite's own lock still decides)."""
-        table = self._map if self._pid == os.getpid() else self._open()
-        if table is None:
-            yield
-            return
-        fd = self._fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _local(self) -> LocalChanges:
         if self._fallback is None:

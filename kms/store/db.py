@@ -20,6 +20,9 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30
 WRITE = {"kms_write": True}
 #: How often a server worker checkpoints the SQLite write-ahead log (``WALCheckpointer``).
 CHECKPOINT_INTERVAL_SECONDS = 1.0
+#: With background checkpoints, the log size at which a commit checkpoints anyway (SQLite's own
+#: default is 1,000 pages).
+SAFETY_NET_CHECKPOINT_PAGES = 10_000
 
 log = logging.getLogger("kms.store")
 
@@ -34,8 +37,9 @@ def create_kms_engine(
     """Build the engine for ``url``; statement parameters never appear in errors or logs.
 
     ``application_name`` names the connections on PostgreSQL (kms.store.serving).
-    ``background_checkpoints``: SQLite's commits never checkpoint the write-ahead log themselves;
-    a ``WALCheckpointer`` must then run beside the engine (a server worker's).
+    ``background_checkpoints``: SQLite's commits leave checkpoints of the write-ahead log to a
+    ``WALCheckpointer`` running beside the engine (a server worker's), unless the log grows
+    ten times past SQLite's default threshold.
     """
     options: dict[str, Any] = {"hide_parameters": True}
     if not pool:
@@ -66,7 +70,9 @@ def _configure_sqlite(engine: Engine, *, autocheckpoint: bool) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
         if not autocheckpoint:
-            cursor.execute("PRAGMA wal_autocheckpoint=0")
+            # Not 0: should the checkpointer fail for good, a commit still checkpoints once
+            # the log passes about 40 MB (10,000 pages of 4 KiB) instead of letting it grow.
+            cursor.execute(f"PRAGMA wal_autocheckpoint={SAFETY_NET_CHECKPOINT_PAGES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -406,9 +406,10 @@ class SQLKeyRepository:
         self._notify = engine.dialect.name == "postgresql"
         # SQLite has one writer at a time: a thread that finds the write lock taken sleeps in
         # SQLite's busy handler (1, 2, 5, 10... ms), however soon the lock is free again. Threads
-        # of one process queue on this lock instead and start the moment the writer commits;
-        # processes queue on the change counters' file lock (``writer_turn``), so the busy
-        # handler only meets a writer that takes neither. PostgreSQL locks rows: no lock here.
+        # of one process queue on this lock instead and start the moment the writer commits, so
+        # only other processes ever meet the busy handler. PostgreSQL locks rows: no lock here.
+        # (A file lock shared by the processes of a node, tried too, gained nothing measurable
+        # in make bench and could wait forever behind a stopped process.)
         self._write_lock: AbstractContextManager[object] = (
             threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
         )
@@ -422,7 +423,7 @@ class SQLKeyRepository:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on leaving."""
-        with self._write_lock, self.changes.writer_turn(), self._writer.begin() as conn:
+        with self._write_lock, self._writer.begin() as conn:
             yield conn
 
     def close(self) -> None:
@@ -728,8 +729,8 @@ class SQLKeyRepository:
         # changed) or the database's write lock (SQLite, where it runs as its own transaction,
         # without BEGIN IMMEDIATE and COMMIT around it). Each call into the database lets other
         # threads take the GIL, and getting it back can take one switch interval (5 ms) on a
-        # busy worker: the fewer calls inside the node's write turn, the shorter the queue.
-        with self._write_lock, self.changes.writer_turn(), self._engine.begin() as conn:
+        # busy worker: the fewer calls while holding the write lock, the shorter the queue.
+        with self._write_lock, self._engine.begin() as conn:
             whole = conn.execute(
                 _RESERVE_WHOLE_BLOCK,
                 {

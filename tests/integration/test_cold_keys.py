@@ -114,3 +114,31 @@ def test_version_rows_read_and_not_used_are_bounded(
         assert cold.service.decrypt(key_id, old).plaintext == b"secret"
         assert len(cold.service._prefetched) <= 3
     assert cold.service._prefetched
+
+
+def test_a_destroyed_or_recreated_key_leaves_no_version_row_behind(
+    two_workers: list[Worker],
+) -> None:
+    """Version rows read with a key row and not used (a decrypt of an older version) hold
+    wrapped key material: a destroy or recreate on that worker drops them with its cache."""
+    maker, cold = two_workers
+    for key_id in ("destroyed", "recreated"):
+        maker.service.create_key(key_id)
+        old = maker.service.encrypt(key_id, b"secret").ciphertext
+        maker.service.rotate_key(key_id)
+        cold.service.decrypt(key_id, old)
+        assert any(entry[0] == key_id for entry in cold.service._prefetched)
+    cold.service.delete_key("destroyed")
+    cold.service.recreate_key("recreated")
+    assert not any(entry[0] in ("destroyed", "recreated") for entry in cold.service._prefetched)
+
+
+def test_a_cold_encrypt_counts_one_cache_miss(two_workers: list[Worker]) -> None:
+    """The read looks into the material cache to decide whether to keep the version row, without
+    counting that as a lookup: the hit ratio of /metrics counts the operation's own lookup."""
+    maker, cold = two_workers
+    maker.service.create_key("counted")
+    cache = cold.service._cache
+    misses, hits = cache.misses, cache.hits
+    cold.service.encrypt("counted", b"secret")
+    assert (cache.misses - misses, cache.hits - hits) == (1, 0)

@@ -1,5 +1,5 @@
-"""Writes to the database on the hot path: one statement to reserve encryptions, and SQLite
-writers of one node queueing for their turn in the kernel (kms.store.changes ``writer_turn``)."""
+"""Writes to the database on the hot path: one statement to reserve encryptions, and a server's
+SQLite commits leaving write-ahead log checkpoints to a thread beside them."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from kms.service.keyring import PassphraseKeyring
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.changes import open_changes
-from kms.store.db import WALCheckpointer, create_kms_engine
+from kms.store.db import SAFETY_NET_CHECKPOINT_PAGES, WALCheckpointer, create_kms_engine
 from kms.store.repository import SQLKeyRepository
 
 #: A limit far from what the tests reserve.
@@ -82,26 +82,6 @@ def test_near_the_limit_what_is_left_is_granted_and_then_nothing(
     assert repository.reserve_encryptions("nearly", 1, 8, 1, 13) == 1
 
 
-def test_a_sqlite_writer_waits_for_the_turn_another_process_of_the_node_holds(
-    service: KMSService, node_repositories: list[SQLKeyRepository]
-) -> None:
-    service.create_key("queued")
-    holder, writer = node_repositories
-    done = threading.Event()
-
-    def write() -> None:
-        writer.reserve_encryptions("queued", 1, 10, 1, ROOMY)
-        done.set()
-
-    thread = threading.Thread(target=write)
-    with holder.changes.writer_turn():
-        thread.start()
-        # The holder has not even begun a transaction: only the turn can hold the writer back.
-        assert not done.wait(0.5), "the writer did not wait for its turn"
-    assert done.wait(30), "the writer did not go ahead once the turn was free"
-    thread.join()
-
-
 def write_transactions(repository: SQLKeyRepository, key_id: str, count: int) -> None:
     for _ in range(count):
         repository.reserve_encryptions(key_id, 1, 1, 1, ROOMY)
@@ -121,7 +101,8 @@ def test_a_server_engine_leaves_checkpoints_to_its_checkpointer(
     service: KMSService, initialised: Settings
 ) -> None:
     """A commit past 1,000 pages of log would copy them into the database and sync it while
-    holding the write lock; a server's commits never do, its WALCheckpointer does, beside them."""
+    holding the write lock; a server's commits leave that to its WALCheckpointer, beside them
+    (unless the log passes SAFETY_NET_CHECKPOINT_PAGES: the checkpointer has failed)."""
     service.create_key("logged")
     url = initialised.database_url
     engine = create_kms_engine(url, background_checkpoints=True)
@@ -171,6 +152,7 @@ def test_a_server_worker_runs_a_checkpointer_and_stops_it_on_close(
     ]
     assert len(started) == 1
     with app.extensions[REPOSITORY]._engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        pages = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+    assert pages == SAFETY_NET_CHECKPOINT_PAGES
     app.extensions[REPOSITORY].close()
     assert not started[0].is_alive()

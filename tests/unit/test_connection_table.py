@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import selectors
+import time
 from types import SimpleNamespace
 
 import pytest
 
 from kms.server import balance
 from kms.server.balance import FREE, ConnectionTable
+from kms.server.worker import KMSWorker
 
 
 def test_a_new_table_has_no_live_worker() -> None:
@@ -62,3 +65,45 @@ def test_the_master_gives_each_worker_a_free_slot_and_frees_it_when_the_worker_e
     assert first.connection_table.count(0) == FREE
     balance.assign_slot(third, [second])
     assert third.connection_slot == 0
+
+
+def idle_worker(table: ConnectionTable, slot: int, connections: int) -> KMSWorker:
+    """The balancing state of a kms worker, without a server: no listeners, a real selector."""
+    worker = object.__new__(KMSWorker)
+    worker.connection_table, worker.connection_slot = table, slot
+    worker.nr_conns = connections
+    worker.sockets = []
+    worker.poller = selectors.DefaultSelector()
+    worker.accept_paused_until = None
+    worker.others_at_pause = None
+    worker.others_not_accepting = False
+    table.publish(slot, connections)
+    return worker
+
+
+def test_a_worker_pauses_once_for_a_worker_that_does_not_accept_then_takes_every_connection() -> (
+    None
+):
+    table = ConnectionTable(slots=2)
+    worker = idle_worker(table, 0, 2)
+    table.publish(1, 0)
+    assert worker.more_loaded_than_another()
+    worker.pause_accepting()
+    # The pause runs out and the other worker took nothing: it is not accepting.
+    worker.maybe_resume_accepting(paused_until=time.monotonic() - 1)
+    for connections in range(3, 10):
+        worker.nr_conns = connections
+        assert not worker.more_loaded_than_another()
+    # Its count moves (it accepts, or a connection of its own closed): balancing again.
+    table.publish(1, 1)
+    assert worker.more_loaded_than_another()
+
+
+def test_a_pause_in_which_the_other_worker_accepted_leaves_balancing_on() -> None:
+    table = ConnectionTable(slots=2)
+    worker = idle_worker(table, 0, 3)
+    table.publish(1, 0)
+    worker.pause_accepting()
+    table.publish(1, 1)  # it took one during the pause
+    worker.maybe_resume_accepting(paused_until=time.monotonic() - 1)
+    assert worker.more_loaded_than_another()

@@ -98,7 +98,8 @@ def test_a_worker_that_does_not_accept_does_not_stall_new_clients(
     balanced_server: tuple[Deployment, ServerProcess],
 ) -> None:
     """The least loaded worker is stopped (SIGSTOP): the other one takes every new connection
-    after its pause, instead of leaving them to a worker that never accepts."""
+    after one pause, instead of leaving them to a worker that never accepts (that it pauses only
+    once: tests/unit/test_connection_table.py)."""
     deployment, server = balanced_server
     pids = idle_worker_pids(deployment, server)
     client = KMSClient(deployment)
