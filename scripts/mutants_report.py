@@ -103,13 +103,22 @@ def main() -> int:
     )
     print()
     by_path: dict[str, list[dict]] = {}
+    not_run: Counter[str] = Counter()
     for result in results:
-        if kind(result["outcome"]) not in ("killed",):
-            by_path.setdefault(result["path"], []).append(result)
+        by_path.setdefault(result["path"], [])
+        if kind(result["outcome"]) == "not run":
+            not_run[result["path"]] += 1
+        elif kind(result["outcome"]) != "killed":
+            by_path[result["path"]].append(result)
     to_judge = 0
     for path, rows in by_path.items():
-        print(f"### {path} ({len(rows)})")
+        print(f"### {path} ({len(rows)} not killed)")
         print()
+        if not_run[path]:
+            print(f"{not_run[path]} more mutants of this module were not run (out of time).")
+            print()
+        if not rows:
+            continue
         print("| line | in | mutation | outcome | verdict |")
         print("|---|---|---|---|---|")
         for row in sorted(rows, key=lambda row: row["line"]):
