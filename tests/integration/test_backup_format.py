@@ -84,6 +84,17 @@ def _without_keystore(settings: Settings, lines: list[bytes]) -> bytes:
     return retag(settings, [dump(header), *rows])
 
 
+def _unreadable_kdf_parameters(settings: Settings, lines: list[bytes]) -> bytes:
+    changed = []
+    for line in lines[1:-1]:
+        row = json.loads(line)
+        if row["table"] == "kms_metadata" and row["row"]["name"] == "kdf_parameters":
+            row["row"]["value"] = {"b64": base64.b64encode(b"$pbkdf2-sha256$i=1").decode()}
+            line = dump(row)
+        changed.append(line)
+    return retag(settings, [lines[0], *changed])
+
+
 DAMAGE: dict[str, tuple[Callable[[Settings, list[bytes]], bytes], str]] = {
     "no final newline": (lambda s, lines: b"\n".join(lines), "truncated (no final line)"),
     "one line": (lambda s, lines: lines[0] + b"\n", "the backup is truncated; nothing"),
@@ -124,6 +135,7 @@ DAMAGE: dict[str, tuple[Callable[[Settings, list[bytes]], bytes], str]] = {
         "the backup's nope rows do not match this kms's schema",
     ),
     "no keystore": (_without_keystore, "the backup holds no keystore"),
+    "unreadable KDF parameters": (_unreadable_kdf_parameters, "the backup's "),
     "no schema revision": (
         _header(lambda header: header.pop("schema")),
         "the backup names no schema revision",
