@@ -113,3 +113,22 @@ def test_destroy_due_reports_each_key_it_destroys(service: KMSService) -> None:
     later = utc_now() + timedelta(days=2)
     destroyed = service.destroy_due(later, on_destroyed=lambda info: reported.append(info.key_id))
     assert destroyed == reported == ["due"]
+
+
+@pytest.mark.parametrize("period", ["3651d", "87601h"])
+def test_a_rotation_period_above_3650_days_is_refused(service: KMSService, period: str) -> None:
+    with pytest.raises(InvalidRequest, match="at most 3650d"):
+        service.create_key("k", rotation_period=period)
+
+
+def test_labels_that_are_not_an_object_are_refused(service: KMSService) -> None:
+    with pytest.raises(InvalidRequest, match="labels must be an object"):
+        service.create_key("k", labels=["team"])  # type: ignore[arg-type]
+
+
+def test_a_list_filtered_by_state_holds_only_that_state(service: KMSService) -> None:
+    for key_id in ("a", "b", "c"):
+        service.create_key(key_id)
+    service.disable_key("b")
+    assert [info.key_id for info in service.list_keys(state="disabled")] == ["b"]
+    assert [info.key_id for info in service.list_keys(state="enabled")] == ["a", "c"]
