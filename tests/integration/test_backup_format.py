@@ -11,6 +11,7 @@ by a check of its own rather than by the tag.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from kms.errors import InvalidBackup
-from kms.master import backup_database, open_master_keyring
+from kms.master import backup_database, open_master_keyring, restore_database
 from kms.service.backup import verify_backup
 from kms.settings import Settings
 from kms.store.snapshot import column_names, table_names
@@ -151,3 +152,20 @@ def test_each_check_names_its_cause(
     with pytest.raises(InvalidBackup) as refused:
         verify(initialised, make(initialised, backup))
     assert cause in refused.value.public_message
+
+
+def test_a_backup_of_another_schema_revision_is_refused_and_nothing_is_written(
+    initialised: Settings, backup: list[bytes], tmp_path: Path
+) -> None:
+    """README: restore checks the schema revision last: "restore it with the kms release that
+    took the backup, then `kms upgrade`"."""
+    header = json.loads(backup[0])
+    header["schema"] = "0001"
+    source = tmp_path / "older.backup"
+    source.write_bytes(retag(initialised, [dump(header), *backup[1:-1]]))
+    target = tmp_path / "restored"
+    target.mkdir()
+    restored = dataclasses.replace(initialised, database_dsn=str(target / "kms.db"))
+    with pytest.raises(InvalidBackup, match="taken at schema revision 0001"):
+        restore_database(restored, source)
+    assert list(target.iterdir()) == []
