@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from kms.crypto.algorithms import ALGORITHMS, Purpose
 from kms.crypto.wrapping import KeyIdentity
-from kms.errors import IntegrityFailure
+from kms.errors import IntegrityFailure, UnwrapFailed
 from kms.service.keyring import PassphraseKeyring
 from kms.service.keys import KMSService
 from kms.settings import Settings
@@ -224,3 +224,19 @@ def test_a_trim_deletes_the_wrapped_keys_of_the_versions_below_it(
         ("trimmed", 3),
         ("trimmed", 4),
     ]
+
+
+def test_readiness_fails_once_the_master_key_no_longer_opens_the_init_marker(
+    initialised: Settings, service: KMSService
+) -> None:
+    """README, health: ready means the database answers *and* the master key unwraps the init
+    marker; a marker replaced behind kms (another keystore's database) is not ready."""
+    service.check_ready()
+    with raw_sql(initialised) as conn:
+        (marker,) = conn.execute(
+            "SELECT value FROM kms_metadata WHERE name = 'init_marker'"
+        ).fetchone()
+        changed = bytes(marker[:-1]) + bytes([marker[-1] ^ 1])
+        conn.execute("UPDATE kms_metadata SET value = ? WHERE name = 'init_marker'", (changed,))
+    with pytest.raises(UnwrapFailed):
+        service.check_ready()
