@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 
-from kms.errors import DeletionNotAllowed, InvalidRequest
+from kms.errors import DeletionNotAllowed, InvalidRequest, KeyPendingDeletion, VersionBelowMinimum
 from kms.service.keys import MAX_LABEL_VALUE_CHARS, MAX_LABELS, KMSService
 from kms.store.repository import utc_now
 
@@ -132,3 +132,23 @@ def test_a_list_filtered_by_state_holds_only_that_state(service: KMSService) -> 
     service.disable_key("b")
     assert [info.key_id for info in service.list_keys(state="disabled")] == ["b"]
     assert [info.key_id for info in service.list_keys(state="enabled")] == ["a", "c"]
+
+
+def test_a_key_pending_deletion_is_not_rotated(service: KMSService) -> None:
+    service.create_key("k")
+    service.delete_key("k", pending_days=7)
+    with pytest.raises(KeyPendingDeletion):
+        service.rotate_key("k")
+
+
+def test_min_decryption_version_fences_the_public_key_of_older_versions(
+    service: KMSService,
+) -> None:
+    """README, key states: versions below ``min_decryption_version`` are fenced off for
+    verify and for their public key."""
+    service.create_key("s", purpose="sign", algorithm="Ed25519")
+    service.rotate_key("s")
+    service.update_key("s", min_decryption_version=2)
+    assert service.public_key("s", 2).version == 2
+    with pytest.raises(VersionBelowMinimum):
+        service.public_key("s", 1)
