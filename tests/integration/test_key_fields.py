@@ -152,3 +152,20 @@ def test_min_decryption_version_fences_the_public_key_of_older_versions(
     assert service.public_key("s", 2).version == 2
     with pytest.raises(VersionBelowMinimum):
         service.public_key("s", 1)
+
+
+def test_a_key_pending_deletion_refuses_every_change_but_cancel(service: KMSService) -> None:
+    """README, key states: a key pending deletion is 409 to a PATCH, an enable, a disable and
+    another DELETE; only cancel-deletion takes it out."""
+    service.create_key("k")
+    service.delete_key("k", pending_days=7)
+    for change in (
+        lambda: service.delete_key("k"),
+        lambda: service.delete_key("k", pending_days=3),
+        lambda: service.enable_key("k"),
+        lambda: service.disable_key("k"),
+        lambda: service.update_key("k", description="x"),
+    ):
+        with pytest.raises(KeyPendingDeletion):
+            change()
+    assert service.cancel_deletion("k").state == "disabled"
