@@ -165,7 +165,16 @@ def test_a_key_pending_deletion_refuses_every_change_but_cancel(service: KMSServ
         lambda: service.enable_key("k"),
         lambda: service.disable_key("k"),
         lambda: service.update_key("k", description="x"),
+        lambda: service.trim_key("k", 1),
+        lambda: service.recreate_key("k"),
     ):
         with pytest.raises(KeyPendingDeletion):
             change()
     assert service.cancel_deletion("k").state == "disabled"
+
+
+def test_deletion_allowed_false_refuses_a_recreate(service: KMSService) -> None:
+    """README, key states: `deletion_allowed` false refuses DELETE and recreate."""
+    service.create_key("k", deletion_allowed=False)
+    with pytest.raises(DeletionNotAllowed):
+        service.recreate_key("k")
