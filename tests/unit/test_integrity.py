@@ -218,3 +218,14 @@ def test_a_previous_release_blob_still_unwraps_under_its_identity() -> None:
     assert unwrap_key(master, blob, IDENTITY) == bytearray(b"k" * 32)
     with pytest.raises(UnwrapFailed):
         unwrap_key(master, blob, dataclasses.replace(IDENTITY, version=2))
+
+
+def test_booleans_encode_as_known_bytes() -> None:
+    """A field left at a non-default boolean (``deletion_allowed`` false) is in every such row's
+    MAC: its encoding is a stored format, pinned like the rest (changing it would make every
+    existing row with it fail its check)."""
+    assert encode_record(b"kms/test/v1", [("a", True), ("b", False)]) == (
+        b"\x00\x00\x00\x0bkms/test/v1"
+        b"\x00\x00\x00\x01aT\x00\x00\x00\x01\x01"
+        b"\x00\x00\x00\x01bT\x00\x00\x00\x01\x00"
+    )
