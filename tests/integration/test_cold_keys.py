@@ -9,10 +9,12 @@ the very key row it was read with, and the rows read but not used are bounded.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event
 
+from kms.master import init_database, open_master_keyring
 from kms.service import keys as keys_module
 from kms.service.cache import KeyMaterialCache, KeyRowCache
 from kms.service.keyring import PassphraseKeyring
@@ -21,6 +23,7 @@ from kms.settings import Settings
 from kms.store.changes import open_changes
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
+from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
 
 
 class Worker:
@@ -142,3 +145,42 @@ def test_a_cold_encrypt_counts_one_cache_miss(two_workers: list[Worker]) -> None
     misses, hits = cache.misses, cache.hits
     cold.service.encrypt("counted", b"secret")
     assert (cache.misses - misses, cache.hits - hits) == (1, 0)
+
+
+def test_on_postgresql_a_cold_encrypt_is_two_statements_each_its_own_transaction(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """In autocommit: no BEGIN before and no COMMIT or ROLLBACK after either statement (each a
+    round trip to the server; a single statement needs no transaction around it)."""
+    settings = Settings(
+        database_dsn=postgres_url,
+        master_passphrase_file=write_passphrase_file(tmp_path / "master.key", TEST_PASSPHRASE),
+        kdf_iterations=TEST_ITERATIONS,
+        insecure_test_kdf_floor=TEST_ITERATIONS,
+    )
+    init_database(settings)
+    keyring = open_master_keyring(settings)
+    maker, cold = Worker(settings, keyring), Worker(settings, keyring)
+    try:
+        maker.service.create_key("remote")
+        autocommit: list[bool] = []
+
+        def record(conn, *_args: object) -> None:  # noqa: ANN001
+            autocommit.append(conn.connection.dbapi_connection.autocommit)
+
+        event.listen(cold.engine, "before_cursor_execute", record)
+        cold.statements.clear()
+        cold.service.encrypt("remote", b"secret")
+        assert cold.statements == ["SELECT", "UPDATE"]
+        assert autocommit == [True, True]
+        # And what the reservation counted is there for every other process.
+        assert maker.repository.reserve_encryptions("remote", 1, 1, 1, 2**32) == 1
+        with maker.engine.connect() as conn:
+            used = conn.exec_driver_sql(
+                "SELECT encryptions FROM key_versions WHERE key_id = 'remote'"
+            ).scalar()
+        assert used > 1
+    finally:
+        maker.close()
+        cold.close()
+        keyring.close()
