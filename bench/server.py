@@ -122,8 +122,12 @@ class RunningServer:
         return sorted(int(pid) for pid in children.read_text().split())
 
     def connections_per_worker(self) -> list[int]:
-        """How many of the connections established on the server's port each worker holds."""
-        return connections_per_process(self.worker_pids(), self.client.port)
+        """How many of the connections established on the server's port each worker holds;
+        empty if the server is gone (a run that failed)."""
+        try:
+            return connections_per_process(self.worker_pids(), self.client.port)
+        except FileNotFoundError:
+            return []
 
     def worker_rss_mb(self) -> list[float]:
         sizes = []
