@@ -37,10 +37,11 @@ def write_passphrase_file(path: Path, passphrase: bytes, mode: int = 0o400) -> P
     return path
 
 
-def make_settings(directory: Path) -> Settings:
-    """Test settings for a keystore in ``directory``: kms.db beside a 0400 passphrase file."""
+def make_settings(directory: Path, dsn: str | None = None) -> Settings:
+    """Test settings for a keystore in ``directory``: kms.db (or the database at ``dsn``) and a
+    0400 passphrase file beside it."""
     return Settings(
-        database_dsn=str(directory / "kms.db"),
+        database_dsn=str(directory / "kms.db") if dsn is None else dsn,
         master_passphrase_file=write_passphrase_file(directory / "master.key", TEST_PASSPHRASE),
         kdf_iterations=TEST_ITERATIONS,
         insecure_test_kdf_floor=TEST_ITERATIONS,

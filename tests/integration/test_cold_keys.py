@@ -23,7 +23,7 @@ from kms.settings import Settings
 from kms.store.changes import open_changes
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
+from tests.conftest import make_settings
 
 
 class Worker:
@@ -152,12 +152,7 @@ def test_on_postgresql_a_cold_encrypt_is_two_statements_each_its_own_transaction
 ) -> None:
     """In autocommit: no BEGIN before and no COMMIT or ROLLBACK after either statement (each a
     round trip to the server; a single statement needs no transaction around it)."""
-    settings = Settings(
-        database_dsn=postgres_url,
-        master_passphrase_file=write_passphrase_file(tmp_path / "master.key", TEST_PASSPHRASE),
-        kdf_iterations=TEST_ITERATIONS,
-        insecure_test_kdf_floor=TEST_ITERATIONS,
-    )
+    settings = make_settings(tmp_path, postgres_url)
     init_database(settings)
     keyring = open_master_keyring(settings)
     maker, cold = Worker(settings, keyring), Worker(settings, keyring)
