@@ -315,26 +315,14 @@ def _make_rows(chunk: tuple[int, int, datetime, str]) -> tuple[list[tuple], list
             key_encoded = key_encoding(raw_id, raw_incarnation)
             version_encoded = version_encoding(raw_id, raw_incarnation, wrapped)
         key_rows.append(
-            (
+            _key_row(
                 key_id,
                 spec.purpose.value,
                 spec.name,
-                "enabled",
                 1,
                 incarnation,
                 stored_now,
-                stored_now,
                 keyring.tag(key_encoded),
-                "",
-                "{}",
-                1,
-                1,
-                1,
-                None,
-                0,
-                None,
-                None,
-                None,
             )
         )
         version_rows.append(
@@ -364,13 +352,35 @@ def _many_versions_key(versions: int, now: datetime, stored_now: str) -> tuple:
         raise BenchError("the seeder has no keyring")
     record = _many_versions_record(versions, secrets.token_hex(16), now)
     mac = _keyring.tag(encode_key_row(record))
-    return (
+    return _key_row(
         record.key_id,
         record.purpose,
         record.algorithm,
-        record.state,
         versions,
         record.incarnation,
+        stored_now,
+        mac,
+    )
+
+
+def _key_row(
+    key_id: str,
+    purpose: str,
+    algorithm: str,
+    latest_version: int,
+    incarnation: str,
+    stored_now: str,
+    mac: bytes,
+) -> tuple:
+    """A row in KEY_COLUMNS' order: an enabled key with every policy field at its default, as
+    ``KMSService.create_key`` writes one (the MAC covers those defaults)."""
+    return (
+        key_id,
+        purpose,
+        algorithm,
+        "enabled",
+        latest_version,
+        incarnation,
         stored_now,
         stored_now,
         mac,

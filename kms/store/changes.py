@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import Engine, create_engine
-from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
+
+from kms.store.db import beside_sqlite_database
 
 BUCKETS = 4096
 _COUNTER = struct.Struct("<Q")
@@ -98,11 +99,7 @@ class LocalChanges:
 
 def changes_path(url: str) -> Path | None:
     """``<database>.changes`` beside a SQLite file; None for any other database."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    database = Path(parsed.database)
-    return database.with_name(database.name + ".changes")
+    return beside_sqlite_database(url, ".changes")
 
 
 class SharedFileChanges:

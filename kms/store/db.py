@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import NullPool
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
@@ -25,6 +26,16 @@ CHECKPOINT_INTERVAL_SECONDS = 1.0
 SAFETY_NET_CHECKPOINT_PAGES = 10_000
 
 log = logging.getLogger("kms.store")
+
+
+def beside_sqlite_database(url: str, suffix: str) -> Path | None:
+    """``<database><suffix>``, a file beside a SQLite database file; None for any other
+    database (PostgreSQL, an in-memory SQLite)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    database = Path(parsed.database)
+    return database.with_name(database.name + suffix)
 
 
 def create_kms_engine(

@@ -20,17 +20,14 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from kms.errors import DatabaseInUse
+from kms.store.db import beside_sqlite_database
 
 SERVER_APPLICATION_NAME = "kms-server"
 
 
 def serving_lock_path(url: str) -> Path | None:
     """The lock file beside a SQLite database; None for any other database."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    database = Path(parsed.database)
-    return database.with_name(database.name + ".serving")
+    return beside_sqlite_database(url, ".serving")
 
 
 def hold_serving_lock(url: str) -> int | None:
