@@ -1,4 +1,4 @@
-"""Re-apply the bugs of issue 15, one at a time, and check that the suite catches each.
+"""Re-apply known bugs, one at a time, and check that the suite catches each.
 
 Each ``scripts/known_bugs/NN-name.patch`` is one small bug that once got past ``make test`` (a
 promise of the README broken). For each, a copy of the repository gets the patch and the tests
@@ -36,6 +36,16 @@ CATCHERS: dict[str, list[str]] = {
     "09-wal-off": ["tests/integration/test_store_engine.py"],
     "10-failed-start-exits-3": ["tests/integration/http/test_startup.py"],
     "11-rotation-other-connection": ["tests/integration/test_store_engine.py"],
+    "12-create-without-key-id-as-any-key": ["tests/integration/test_policy_create_rule.py"],
+    "13-rotate-skips-locked-row-mac": ["tests/integration/test_locked_row_checks.py"],
+    "14-recreate-skips-locked-row-mac": ["tests/integration/test_locked_row_checks.py"],
+    "15-decrypt-ignores-min-version": ["tests/integration/test_min_decryption_version.py"],
+    "16-pending-deletion-signs": ["tests/integration/test_pending_deletion_refusals.py"],
+    "17-row-mac-compared-with-equality": ["tests/unit/test_constant_time_comparisons.py"],
+    "18-audit-fails-open": ["tests/integration/test_audit_fail_closed.py"],
+    "19-use-limit-off-by-one": ["tests/integration/test_use_limit_boundary.py"],
+    "20-no-audit-warning": ["tests/integration/test_startup_warnings.py"],
+    "21-no-policy-warning": ["tests/integration/test_startup_warnings.py"],
 }
 
 
