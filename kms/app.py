@@ -107,18 +107,7 @@ def register_service(
         max_entries=settings.key_cache_size,
         max_bytes=settings.key_cache_bytes,
     )
-    service = KMSService(
-        repository,
-        keyring,
-        cache,
-        verify_max_versions=settings.verify_max_versions,
-        max_versions=settings.max_versions,
-        max_batch_items=settings.max_batch_items,
-        min_pending_days=settings.deletion_min_pending_days,
-        max_encryptions_per_version=settings.max_encryptions_per_version,
-        encryption_block=settings.encryption_block,
-        rows=rows,
-    )
+    service = KMSService.from_settings(settings, repository, keyring, cache=cache, rows=rows)
     app.extensions[SERVICE] = service
     app.extensions[REPOSITORY] = repository
     return service, cache

@@ -36,7 +36,6 @@ from kms.errors import (
     UpgradeNeeded,
 )
 from kms.service.backup import BackupWriter, verify_backup
-from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import PassphraseKeyring, zeroise
 from kms.service.keys import IntegrityReport, KeyInfo, KMSService, Rotated
 from kms.service.keystore import (
@@ -153,7 +152,7 @@ def upgrade_database(settings: Settings) -> UpgradeResult:
         try:
             if opened.sealed:
                 return UpgradeResult(0, 0, already_current=migrated is None, migrated=migrated)
-            service = KMSService(repository, opened.keyring, KeyMaterialCache(0))
+            service = KMSService.from_settings(settings, repository, opened.keyring)
             keys, versions = service.seal_rows(new_init_marker(opened.keyring))
             return UpgradeResult(keys, versions, already_current=False, migrated=migrated)
         finally:
@@ -168,7 +167,7 @@ def check_database(settings: Settings) -> IntegrityReport:
         _require_current_schema(name, engine)
         keyring = _open(settings, name, repository).keyring
         try:
-            return KMSService(repository, keyring, KeyMaterialCache(0)).check_integrity()
+            return KMSService.from_settings(settings, repository, keyring).check_integrity()
         finally:
             keyring.close()
 
@@ -190,7 +189,7 @@ def destroy_due_keys(
         _require_current_schema(name, engine)
         keyring = _open(settings, name, repository).keyring
         try:
-            service = KMSService(repository, keyring, KeyMaterialCache(0))
+            service = KMSService.from_settings(settings, repository, keyring)
             return service.destroy_due(now, on_destroyed=on_destroyed, on_failure=on_failure)
         finally:
             keyring.close()
@@ -239,7 +238,7 @@ def rekey_database(
                         new_passphrase, settings.kdf_iterations, min_iterations=settings.kdf_floor
                     )
                     try:
-                        service = KMSService(repository, old, KeyMaterialCache(0))
+                        service = KMSService.from_settings(settings, repository, old)
                         progress.start(service.count_versions(), "re-wrapping key versions")
                         keys, versions = service.rekey(
                             new, kdf_parameters, marker, after_version=progress.advance
@@ -266,26 +265,11 @@ def rotate_due_database(settings: Settings, progress: Progress | None = None) ->
         _require_current_schema(name, engine)
         keyring = _open(settings, name, repository).keyring
         try:
-            service = service_for(settings, repository, keyring)
+            service = KMSService.from_settings(settings, repository, keyring)
             progress.start(service.count_rotating_keys(), "checking keys with a rotation period")
             return service.rotate_due(on_checked=lambda _: progress.advance())
         finally:
             keyring.close()
-
-
-def service_for(
-    settings: Settings, repository: SQLKeyRepository, keyring: PassphraseKeyring
-) -> KMSService:
-    """A service with the configured limits and no cache, for operator commands."""
-    return KMSService(
-        repository,
-        keyring,
-        KeyMaterialCache(0),
-        verify_max_versions=settings.verify_max_versions,
-        max_versions=settings.max_versions,
-        max_encryptions_per_version=settings.max_encryptions_per_version,
-        encryption_block=settings.encryption_block,
-    )
 
 
 @dataclass(frozen=True)

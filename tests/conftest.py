@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,12 @@ import pytest
 from hypothesis import strategies as st
 
 from kms.master import init_database, open_master_keyring
-from kms.service.cache import KeyMaterialCache
-from kms.service.keyring import PassphraseKeyring
+from kms.service.cache import KeyMaterialCache, KeyRowCache
+from kms.service.keyring import Keyring, PassphraseKeyring
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
-from kms.store.repository import SQLKeyRepository
+from kms.store.repository import KeyRepository, SQLKeyRepository, utc_now
 
 TEST_ITERATIONS = 1_000
 TEST_PASSPHRASE = b"correct horse battery staple"
@@ -45,6 +46,29 @@ def make_settings(directory: Path, dsn: str | None = None) -> Settings:
         master_passphrase_file=write_passphrase_file(directory / "master.key", TEST_PASSPHRASE),
         kdf_iterations=TEST_ITERATIONS,
         insecure_test_kdf_floor=TEST_ITERATIONS,
+    )
+
+
+def make_service(
+    repository: KeyRepository,
+    keyring: Keyring,
+    cache: KeyMaterialCache | None = None,
+    *,
+    rows: KeyRowCache | None = None,
+    clock: Callable[[], datetime] | None = None,
+    after_generation: Callable[[str], None] | None = None,
+    **limits: Any,
+) -> KMSService:
+    """``KMSService.from_settings`` as the app builds it, with ``limits`` (``Settings`` fields:
+    ``max_versions=3``, ``deletion_min_pending_days=1``...) instead of the defaults."""
+    return KMSService.from_settings(
+        Settings(database_dsn="<the repository given>", **limits),
+        repository,
+        keyring,
+        cache=cache,
+        rows=rows,
+        clock=utc_now if clock is None else clock,
+        after_generation=after_generation,
     )
 
 
@@ -92,7 +116,7 @@ def repository(initialised: Settings) -> Iterator[SQLKeyRepository]:
 
 @pytest.fixture
 def service(repository: SQLKeyRepository, keyring: PassphraseKeyring) -> KMSService:
-    return KMSService(repository, keyring, KeyMaterialCache(1024))
+    return make_service(repository, keyring, KeyMaterialCache(1024))
 
 
 @pytest.fixture
@@ -108,7 +132,7 @@ def service_factory(
     def build() -> KMSService:
         repository = SQLKeyRepository(create_kms_engine(initialised.database_url))
         repositories.append(repository)
-        return KMSService(repository, keyring, KeyMaterialCache(1024))
+        return make_service(repository, keyring, KeyMaterialCache(1024))
 
     yield build
     for repository in repositories:
@@ -126,7 +150,7 @@ def module_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KMSServ
     init_database(module_settings)
     module_keyring = open_master_keyring(module_settings)
     repository = SQLKeyRepository(create_kms_engine(module_settings.database_url))
-    yield KMSService(repository, module_keyring, KeyMaterialCache(1024))
+    yield make_service(repository, module_keyring, KeyMaterialCache(1024))
     repository.close()
     module_keyring.close()
 

@@ -29,7 +29,7 @@ from kms import __version__
 from kms.api import schemas
 from kms.api.docs import JSON, Documentation, documentation_of, documented
 from kms.api.operations import KeyFrom, Operation, declared_operation, operation
-from kms.service.keys import KEY_ID_PATTERN
+from kms.service.keys.validation import KEY_ID_PATTERN
 
 SPEC_PATH = "/v1/kms/openapi.json"
 OPENAPI_VERSION = "3.1.0"

@@ -16,14 +16,13 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
 
 from kms.crypto.algorithms import DIGEST_ALGORITHMS
-from kms.service.keys import (
+from kms.service.keys import DataKey, Verified
+from kms.service.keys.validation import (
     DATA_KEY_SIZES,
     MAX_ENCRYPTIONS_PER_VERSION,
     MAX_PAGE_SIZE,
     MAX_PENDING_DAYS,
     MAX_RANDOM_BYTES,
-    DataKey,
-    Verified,
 )
 
 _DECIMAL = re.compile(r"[0-9]{1,10}")

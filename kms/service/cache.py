@@ -72,7 +72,7 @@ class _BoundedEntries:
 
 class KeyMaterialCache(_BoundedEntries):
     """Bounded by ``max_entries`` and by ``max_bytes``, counted with the size each ``put`` gives
-    (an estimate of the entry's memory: kms.service.keys.MATERIAL_BYTES)."""
+    (an estimate of the entry's memory: kms.service.keys.material.material_bytes)."""
 
     def __init__(self, max_entries: int, max_bytes: int = UNBOUNDED) -> None:
         super().__init__(max_entries, max_bytes)
@@ -104,6 +104,16 @@ class KeyMaterialCache(_BoundedEntries):
         with self._lock:
             for entry in [entry for entry in self._entries if entry[1] == key_id]:
                 self._remove(entry)
+
+
+def secret_cache_key(key_id: str, incarnation: str, version: int) -> tuple[str, str, str, int]:
+    """Where a version's loaded secret is cached: a recreated key (new incarnation) never hits
+    its old versions' entries."""
+    return ("secret", key_id, incarnation, version)
+
+
+def public_cache_key(key_id: str, incarnation: str, version: int) -> tuple[str, str, str, int]:
+    return ("public", key_id, incarnation, version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +172,6 @@ class KeyRowCache(_BoundedEntries):
             f"KeyRowCache(entries={len(self._entries)}, max={self._max_entries}, "
             f"staleness={self._staleness}s)"
         )
-
-    @property
-    def enabled(self) -> bool:
-        return self._max_entries > 0
 
     def mark(self, key_id: str) -> int:
         """Read before the row: ``put`` stores it with the row."""

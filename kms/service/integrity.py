@@ -14,7 +14,8 @@ Changing a field's default, its name or the order of the fields changes the enco
 row that differs from it: ``tests/unit/test_integrity.py`` pins the encoding with a known answer.
 A new table that security depends on needs a MAC column of its own: encode its rows with
 ``encode_record`` under a label of their own, bound to the key's identity as version rows are.
-Every read that feeds a decision goes through ``KMSService._checked_key`` / ``_version``.
+Every read that feeds a decision goes through ``TrustedRows.checked`` / ``.version``
+(kms.service.keys.trust).
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ key_versions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("mac", LargeBinary, nullable=True),
     # Use counters: bookkeeping, not covered by ``mac`` (README, Threat model). ``encryptions``
-    # counts what processes reserved against the limit, used or not (kms.service.usage).
+    # counts what processes reserved against the limit, used or not (kms.service.keys.limits).
     Column("encryptions", BigInteger, nullable=False, server_default="0"),
     Column("decryptions", BigInteger, nullable=False, server_default="0"),
     Column("last_used_at", DateTime(timezone=True), nullable=True),

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import ParamSpec, Protocol, TypeVar
 
 from sqlalchemy import (
@@ -39,7 +40,17 @@ from kms.store.db import WRITE
 from kms.store.models import key_versions, keys, kms_metadata
 
 KDF_PARAMETERS = "kdf_parameters"
-PENDING_DELETION = "pending_deletion"
+
+
+class KeyState(StrEnum):
+    """The states of a key row, as stored (``keys.state``)."""
+
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+    PENDING_DELETION = "pending_deletion"
+
+
+PENDING_DELETION = KeyState.PENDING_DELETION
 INIT_MARKER = "init_marker"
 
 
@@ -62,7 +73,7 @@ class KeyRecord:
     created_at: datetime
     # Issue 8 (migration 0003). Defaults equal what the migration stores in existing rows.
     description: str = ""
-    labels: str = "{}"  # canonical JSON: sorted keys, no spaces (kms.service.keys.encode_labels)
+    labels: str = "{}"  # canonical JSON: sorted keys, no spaces (validation.encode_labels)
     min_decryption_version: int = 1
     min_available_version: int = 1
     deletion_allowed: bool = True

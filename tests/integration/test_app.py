@@ -21,6 +21,7 @@ from flask.testing import FlaskClient
 from kms.app import create_app
 from kms.service.keyring import PassphraseKeyring
 from kms.settings import Settings, load_settings
+from tests.conftest import make_service
 
 
 class FakeTLSSocket:
@@ -182,7 +183,6 @@ def test_a_rotate_whose_key_changed_meanwhile_answers_409_and_writes_nothing(
     from kms.api.context import SERVICE
     from kms.app import REPOSITORY
     from kms.service.cache import KeyMaterialCache
-    from kms.service.keys import KMSService
 
     assert client.post("/v1/kms/keys", json={"key_id": "raced"}).status_code == 201
     other = service_factory()
@@ -192,7 +192,7 @@ def test_a_rotate_whose_key_changed_meanwhile_answers_409_and_writes_nothing(
         other.create_key(key_id, "sign", "Ed25519")
 
     # The same wiring create_app does, plus the test hook between generation and write.
-    app.extensions[SERVICE] = KMSService(
+    app.extensions[SERVICE] = make_service(
         app.extensions[REPOSITORY],
         keyring,
         KeyMaterialCache(16),

@@ -23,7 +23,7 @@ from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import make_settings, write_passphrase_file
+from tests.conftest import make_service, make_settings, write_passphrase_file
 
 Made = list[tuple[str, str, bytes]]
 
@@ -36,7 +36,7 @@ def open_service(settings: Settings) -> tuple[KMSService, Callable[[], None]]:
         repository.close()
         keyring.close()
 
-    return KMSService(repository, keyring, KeyMaterialCache(64)), close
+    return make_service(repository, keyring, KeyMaterialCache(64)), close
 
 
 def fill(settings: Settings) -> Made:

@@ -26,7 +26,7 @@ from kms.service.keys import Decrypted, Encrypted, KMSService
 from kms.settings import Settings, load_settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import KeyRecord, KeyVersionRecord, SQLKeyRepository
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
+from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, make_service, write_passphrase_file
 from tests.integration.test_app import FakeTLSSocket
 
 
@@ -88,7 +88,7 @@ def opened(settings_for: Settings) -> Iterator[tuple[CountingRepository, Passphr
 def uncached(opened: tuple[CountingRepository, PassphraseKeyring], **limits: int) -> KMSService:
     # No material cache: every load the service does reaches the repository and the keyring.
     repository, keyring = opened
-    return KMSService(repository, keyring, KeyMaterialCache(0), **limits)
+    return make_service(repository, keyring, KeyMaterialCache(0), **limits)
 
 
 def test_a_batch_reads_the_key_and_loads_its_material_once(

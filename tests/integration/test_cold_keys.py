@@ -15,15 +15,14 @@ import pytest
 from sqlalchemy import event
 
 from kms.master import init_database, open_master_keyring
-from kms.service import keys as keys_module
 from kms.service.cache import KeyMaterialCache, KeyRowCache
 from kms.service.keyring import PassphraseKeyring
-from kms.service.keys import KMSService
+from kms.service.keys import trust as trust_module
 from kms.settings import Settings
 from kms.store.changes import open_changes
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import make_settings
+from tests.conftest import make_service, make_settings
 
 
 class Worker:
@@ -35,10 +34,11 @@ class Worker:
         self.repository = SQLKeyRepository(
             self.engine, open_changes(settings.database_url, create=True)
         )
-        self.service = KMSService(
+        self.cache = KeyMaterialCache(1024)
+        self.service = make_service(
             self.repository,
             keyring,
-            KeyMaterialCache(1024),
+            self.cache,
             rows=KeyRowCache(1000, self.repository.change_mark),
         )
         self.statements: list[str] = []
@@ -97,7 +97,7 @@ def test_a_version_read_with_an_older_key_row_is_not_used_with_a_newer_one(
     maker, cold = two_workers
     maker.service.create_key("again")
     cold.service.get_key("again")  # not the hot path: nothing kept
-    cold.service._read_row("again")  # the hot path's read: version 1 kept for the next use
+    cold.service.trust.read("again")  # the hot path's read: version 1 kept for the next use
     maker.service.recreate_key("again")
     encrypted = cold.service.encrypt("again", b"secret")
     assert maker.service.decrypt("again", encrypted.ciphertext).plaintext == b"secret"
@@ -106,7 +106,7 @@ def test_a_version_read_with_an_older_key_row_is_not_used_with_a_newer_one(
 def test_version_rows_read_and_not_used_are_bounded(
     two_workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(keys_module, "PREFETCHED_VERSIONS_LIMIT", 3)
+    monkeypatch.setattr(trust_module, "PREFETCHED_VERSIONS_LIMIT", 3)
     maker, cold = two_workers
     for index in range(6):
         key_id = f"rotated-{index}"
@@ -115,8 +115,8 @@ def test_version_rows_read_and_not_used_are_bounded(
         maker.service.rotate_key(key_id)
         # Decrypting version 1 leaves the latest version, read with the row, unused.
         assert cold.service.decrypt(key_id, old).plaintext == b"secret"
-        assert len(cold.service._prefetched) <= 3
-    assert cold.service._prefetched
+        assert cold.service.trust.prefetched_count() <= 3
+    assert cold.service.trust.prefetched_count()
 
 
 def test_a_destroyed_or_recreated_key_leaves_no_version_row_behind(
@@ -130,10 +130,11 @@ def test_a_destroyed_or_recreated_key_leaves_no_version_row_behind(
         old = maker.service.encrypt(key_id, b"secret").ciphertext
         maker.service.rotate_key(key_id)
         cold.service.decrypt(key_id, old)
-        assert any(entry[0] == key_id for entry in cold.service._prefetched)
+        assert cold.service.trust.prefetched_count(key_id)
     cold.service.delete_key("destroyed")
     cold.service.recreate_key("recreated")
-    assert not any(entry[0] in ("destroyed", "recreated") for entry in cold.service._prefetched)
+    assert cold.service.trust.prefetched_count("destroyed") == 0
+    assert cold.service.trust.prefetched_count("recreated") == 0
 
 
 def test_a_cold_encrypt_counts_one_cache_miss(two_workers: list[Worker]) -> None:
@@ -141,7 +142,7 @@ def test_a_cold_encrypt_counts_one_cache_miss(two_workers: list[Worker]) -> None
     counting that as a lookup: the hit ratio of /metrics counts the operation's own lookup."""
     maker, cold = two_workers
     maker.service.create_key("counted")
-    cache = cold.service._cache
+    cache = cold.cache
     misses, hits = cache.misses, cache.hits
     cold.service.encrypt("counted", b"secret")
     assert (cache.misses - misses, cache.hits - hits) == (1, 0)

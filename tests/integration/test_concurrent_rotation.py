@@ -49,7 +49,7 @@ settings = Settings(
 )
 keyring = open_master_keyring(settings)
 repository = SQLKeyRepository(create_kms_engine(settings.database_url))
-service = KMSService(repository, keyring, KeyMaterialCache(16))
+service = KMSService.from_settings(settings, repository, keyring, cache=KeyMaterialCache(16))
 print("ready", flush=True)
 sys.stdin.readline()
 versions = [service.rotate_key(key_id).version for _ in range(int(rotations))]

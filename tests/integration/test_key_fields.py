@@ -13,7 +13,8 @@ from datetime import timedelta
 import pytest
 
 from kms.errors import DeletionNotAllowed, InvalidRequest, KeyPendingDeletion, VersionBelowMinimum
-from kms.service.keys import MAX_LABEL_VALUE_CHARS, MAX_LABELS, KMSService
+from kms.service.keys import KMSService
+from kms.service.keys.validation import MAX_LABEL_VALUE_CHARS, MAX_LABELS
 from kms.store.repository import utc_now
 
 

@@ -41,6 +41,7 @@ from kms.store.changes import (
 )
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository, utc_now
+from tests.conftest import make_service
 
 #: Long enough that only the change counters can explain a change seen within a test.
 LONG_BOUND_MS = 60_000
@@ -80,7 +81,9 @@ class Worker:
             max_bytes=max_bytes,
             clock=clock,
         )
-        self.service = KMSService(self.repository, keyring, KeyMaterialCache(1024), rows=self.rows)
+        self.service = make_service(
+            self.repository, keyring, KeyMaterialCache(1024), rows=self.rows
+        )
         self.statements: list[str] = []
         event.listen(self.engine, "before_cursor_execute", self._count)
 
@@ -146,7 +149,7 @@ def test_a_warm_key_costs_no_sql_statement(
 ) -> None:
     # Decryption counts are flushed every 10 s: not during this test. And the cache's clock
     # stands still, so that a slow moment on a busy machine cannot age the rows past the bound.
-    monkeypatch.setattr("kms.service.usage.FLUSH_SECONDS", 3600.0)
+    monkeypatch.setattr("kms.service.keys.limits.FLUSH_SECONDS", 3600.0)
     worker = workers(staleness_ms=staleness_ms, clock=FakeClock())
     calls = _hot_calls(worker.service)
     for call in calls:  # warm: rows read, material unwrapped, an encryption block reserved

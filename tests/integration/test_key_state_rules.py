@@ -20,13 +20,14 @@ from kms.service.cache import KeyMaterialCache
 from kms.service.keys import CURRENT_REQUESTER, KMSService, Requester
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository, utc_now
+from tests.conftest import make_service
 from tests.integration.test_untrusted_storage import Store, assert_refused, store  # noqa: F401
 
 
 def service_with(store: Store, **options: object) -> KMSService:  # noqa: F811
     repository = SQLKeyRepository(create_kms_engine(store.settings.database_url))
     store.repositories.append(repository)
-    return KMSService(repository, store.keyring, KeyMaterialCache(64), **options)  # type: ignore[arg-type]
+    return make_service(repository, store.keyring, KeyMaterialCache(64), **options)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -160,7 +161,7 @@ def test_destroy_due_with_an_injected_clock(store: Store) -> None:  # noqa: F811
 
 
 def test_min_pending_days_also_refuses_recreate(store: Store) -> None:  # noqa: F811
-    service = service_with(store, min_pending_days=3)
+    service = service_with(store, deletion_min_pending_days=3)
     service.create_key("kept")
     with pytest.raises(KeyStateConflict):
         service.recreate_key("kept")

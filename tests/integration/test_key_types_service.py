@@ -11,12 +11,13 @@ from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import PassphraseKeyring
 from kms.service.keys import KMSService, MACed
 from kms.store.repository import SQLKeyRepository
+from tests.conftest import make_service
 
 
 @pytest.fixture
 def capped(repository: SQLKeyRepository, keyring: PassphraseKeyring) -> KMSService:
     """A service whose verify without a version tries only the two newest versions."""
-    return KMSService(repository, keyring, KeyMaterialCache(1024), verify_max_versions=2)
+    return make_service(repository, keyring, KeyMaterialCache(1024), verify_max_versions=2)
 
 
 def test_rsa_oaep_keys_refuse_an_encryption_context(service: KMSService) -> None:

@@ -24,11 +24,10 @@ from kms.master import (
     rotate_due_database,
 )
 from kms.service.cache import KeyMaterialCache
-from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import TEST_PASSPHRASE, write_passphrase_file
+from tests.conftest import TEST_PASSPHRASE, make_service, write_passphrase_file
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +63,7 @@ def test_backup_restore_and_rekey_from_the_command_line(tmp_path: Path) -> None:
     keyring = open_master_keyring(settings)
     repository = SQLKeyRepository(create_kms_engine(settings.database_url))
     try:
-        service = KMSService(repository, keyring, KeyMaterialCache(0))
+        service = make_service(repository, keyring, KeyMaterialCache(0))
         service.create_key("orders")
         ciphertext = service.encrypt("orders", b"kept").ciphertext
     finally:
@@ -121,7 +120,7 @@ def test_backup_restore_and_rekey_from_the_command_line(tmp_path: Path) -> None:
     keyring = open_master_keyring(with_new)
     repository = SQLKeyRepository(create_kms_engine(with_new.database_url))
     try:
-        service = KMSService(repository, keyring, KeyMaterialCache(0))
+        service = make_service(repository, keyring, KeyMaterialCache(0))
         assert service.decrypt("orders", ciphertext).plaintext == b"kept"
     finally:
         repository.close()

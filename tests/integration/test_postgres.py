@@ -22,7 +22,7 @@ from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
+from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, make_service, write_passphrase_file
 
 THREADS, THREAD_ROTATIONS = 8, 10
 PROCESSES, PROCESS_ROTATIONS = 2, 10
@@ -49,7 +49,7 @@ def pg_keyring(pg_settings: Settings) -> Iterator[PassphraseKeyring]:
 @pytest.fixture
 def pg_service(pg_settings: Settings, pg_keyring: PassphraseKeyring) -> Iterator[KMSService]:
     repository = SQLKeyRepository(create_kms_engine(pg_settings.database_url))
-    yield KMSService(repository, pg_keyring, KeyMaterialCache(1024))
+    yield make_service(repository, pg_keyring, KeyMaterialCache(1024))
     repository.close()
 
 
@@ -131,9 +131,9 @@ ROTATE_IN_A_PROCESS = textwrap.dedent(
     settings = Settings(
         database_dsn=url, master_passphrase_file=Path(passphrase_file), insecure_test_kdf_floor=1000
     )
-    service = KMSService(
-        SQLKeyRepository(create_kms_engine(url)), open_master_keyring(settings),
-        KeyMaterialCache(16),
+    service = KMSService.from_settings(
+        settings, SQLKeyRepository(create_kms_engine(url)), open_master_keyring(settings),
+        cache=KeyMaterialCache(16),
     )
     sys.stdin.readline()  # start together with the threads
     for _ in range(int(count)):

@@ -19,12 +19,11 @@ import pytest
 from kms.errors import DatabaseInUse, WrongPassphrase
 from kms.master import check_database, init_database, open_master_keyring, rekey_database
 from kms.service.cache import KeyMaterialCache
-from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
 from kms.store.serving import SERVER_APPLICATION_NAME, hold_serving_lock
-from tests.conftest import write_passphrase_file
+from tests.conftest import make_service, write_passphrase_file
 
 NEW_PASSPHRASE = b"a new and longer passphrase for the master key"
 
@@ -38,7 +37,7 @@ def fill(settings: Settings) -> tuple[list[tuple[str, str, bytes]], list[tuple[s
     keyring = open_master_keyring(settings)
     repository = SQLKeyRepository(create_kms_engine(settings.database_url))
     try:
-        service = KMSService(repository, keyring, KeyMaterialCache(0))
+        service = make_service(repository, keyring, KeyMaterialCache(0))
         ciphertexts, signatures = [], []
         for index in range(4):
             service.create_key(f"enc-{index}")
@@ -64,7 +63,7 @@ def assert_all_usable(settings: Settings, ciphertexts: list, signatures: list) -
     keyring = open_master_keyring(settings)
     repository = SQLKeyRepository(create_kms_engine(settings.database_url))
     try:
-        service = KMSService(repository, keyring, KeyMaterialCache(0))
+        service = make_service(repository, keyring, KeyMaterialCache(0))
         for key_id, ciphertext, message in ciphertexts:
             assert service.decrypt(key_id, ciphertext).plaintext == message
         for key_id, message, signature in signatures:
@@ -143,7 +142,7 @@ def test_rekey_re_macs_every_field_of_a_key(initialised: Settings, tmp_path: Pat
     keyring = open_master_keyring(initialised)
     repository = SQLKeyRepository(create_kms_engine(initialised.database_url))
     try:
-        service = KMSService(repository, keyring, KeyMaterialCache(0))
+        service = make_service(repository, keyring, KeyMaterialCache(0))
         service.create_key("meta", description="d", labels={"a": "b"}, rotation_period="12h")
         service.rotate_key("meta")
         kept = service.encrypt("meta", b"under version 2").ciphertext
@@ -165,7 +164,7 @@ def test_rekey_re_macs_every_field_of_a_key(initialised: Settings, tmp_path: Pat
     keyring = open_master_keyring(rekeyed)
     repository = SQLKeyRepository(create_kms_engine(rekeyed.database_url))
     try:
-        service = KMSService(repository, keyring, KeyMaterialCache(0))
+        service = make_service(repository, keyring, KeyMaterialCache(0))
         for key_id, info in before.items():
             assert service.get_key(key_id) == info
         assert service.decrypt("meta", kept).plaintext == b"under version 2"

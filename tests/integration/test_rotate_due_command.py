@@ -13,11 +13,10 @@ from sqlalchemy import text
 
 from kms.master import init_database, open_master_keyring
 from kms.service.cache import KeyMaterialCache
-from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import TEST_PASSPHRASE, write_passphrase_file
+from tests.conftest import TEST_PASSPHRASE, make_service, write_passphrase_file
 
 DUE_KEYS = 50
 
@@ -43,7 +42,7 @@ def test_two_rotate_due_at_once_rotate_each_due_key_exactly_once(tmp_path: Path)
     keyring = open_master_keyring(settings)
     engine = create_kms_engine(settings.database_url)
     try:
-        service = KMSService(SQLKeyRepository(engine), keyring, KeyMaterialCache(0))
+        service = make_service(SQLKeyRepository(engine), keyring, KeyMaterialCache(0))
         for index in range(DUE_KEYS):
             # Every fifth an RSA key: its rotation generates for a while before taking the row
             # lock, which keeps the two processes in step, racing for the same keys.
@@ -84,7 +83,7 @@ def test_two_rotate_due_at_once_rotate_each_due_key_exactly_once(tmp_path: Path)
     keyring = open_master_keyring(settings)
     engine = create_kms_engine(settings.database_url)
     try:
-        service = KMSService(SQLKeyRepository(engine), keyring, KeyMaterialCache(0))
+        service = make_service(SQLKeyRepository(engine), keyring, KeyMaterialCache(0))
         versions = {key.key_id: key.version for key in service.list_keys(limit=1000)}
         assert versions == {
             **{f"due-{i:02d}": 2 for i in range(DUE_KEYS)},

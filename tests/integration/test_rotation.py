@@ -11,7 +11,8 @@ from datetime import timedelta
 import pytest
 
 from kms.errors import InvalidRequest
-from kms.service.keys import KMSService, parse_rotation_period
+from kms.service.keys import KMSService
+from kms.service.keys.validation import parse_rotation_period
 from kms.store.repository import utc_now
 
 

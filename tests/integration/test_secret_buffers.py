@@ -21,7 +21,7 @@ from kms.service.keys import KMSService
 from kms.service.keystore import open_keystore
 from kms.settings import Settings
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE
+from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, make_service
 
 
 class RecordingKeyring(PassphraseKeyring):
@@ -60,7 +60,7 @@ def test_data_key_buffers_are_overwritten_after_use(
     repository: SQLKeyRepository, keyring: PassphraseKeyring, algorithm: str
 ) -> None:
     recording = RecordingKeyring(keyring)
-    service = KMSService(repository, recording, KeyMaterialCache(16))
+    service = make_service(repository, recording, KeyMaterialCache(16))
     purpose = "encrypt" if algorithm in ("AES-256-GCM", "ChaCha20-Poly1305") else "sign"
 
     service.create_key("buffers", purpose, algorithm)
@@ -114,7 +114,7 @@ def test_loaded_material_of_a_changed_key_leaves_the_cache(
     recreate also drops what it held for the key, so no loaded key outlives its row in this
     worker longer than it must."""
     cache = KeyMaterialCache(16)
-    service = KMSService(repository, keyring, cache)
+    service = make_service(repository, keyring, cache)
     service.create_key("cached", "encrypt", "AES-256-GCM")
     service.create_key("bystander", "encrypt", "AES-256-GCM")
     service.encrypt("cached", b"m")

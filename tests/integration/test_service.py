@@ -21,7 +21,8 @@ from kms.errors import (
     KeyNotFound,
     PurposeMismatch,
 )
-from kms.service.keys import MAX_PAGE_SIZE, KMSService, Verified
+from kms.service.keys import KMSService, Verified
+from kms.service.keys.validation import MAX_PAGE_SIZE
 from tests.conftest import MAX_TEST_PLAINTEXT, plaintexts
 
 KEY_TYPES = {

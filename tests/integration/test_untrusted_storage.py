@@ -28,7 +28,7 @@ from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
+from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, make_service, write_passphrase_file
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Store:
         """A service with its own engine and an empty cache: another worker, another node."""
         repository = SQLKeyRepository(create_kms_engine(self.settings.database_url))
         self.repositories.append(repository)
-        return KMSService(
+        return make_service(
             repository, self.keyring, KeyMaterialCache(1024), after_generation=after_generation
         )
 

@@ -31,7 +31,7 @@ from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
 from kms.store.schema import current_revision, head_revision
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
+from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, make_service, write_passphrase_file
 from tests.integration.old_release import extract_release, run_in_release
 
 #: The last commit before row MACs: kms 0.1.0, schema revision 0001.
@@ -146,7 +146,7 @@ def new_service(old_settings: Settings) -> Iterator[Any]:
         keyring = open_master_keyring(old_settings)
         repository = SQLKeyRepository(create_kms_engine(old_settings.database_url))
         opened.append((repository, keyring))
-        return KMSService(repository, keyring, KeyMaterialCache(64))
+        return make_service(repository, keyring, KeyMaterialCache(64))
 
     yield build
     for repository, keyring in opened:

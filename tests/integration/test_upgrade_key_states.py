@@ -33,7 +33,7 @@ from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
 from kms.store.schema import current_revision, head_revision
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
+from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, make_service, write_passphrase_file
 from tests.integration.old_release import extract_release, run_in_release
 
 #: Main before issue 8: row MACs (issue 14), schema revision 0002.
@@ -124,7 +124,7 @@ def new_service(old_settings: Settings) -> Iterator[Any]:
         keyring = open_master_keyring(old_settings)
         repository = SQLKeyRepository(create_kms_engine(old_settings.database_url))
         opened.append((repository, keyring))
-        return KMSService(repository, keyring, KeyMaterialCache(64))
+        return make_service(repository, keyring, KeyMaterialCache(64))
 
     yield build
     for repository, keyring in opened:

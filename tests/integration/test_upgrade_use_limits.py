@@ -11,7 +11,7 @@ import pytest
 
 from kms.master import check_database, upgrade_database
 from kms.settings import Settings
-from tests.conftest import TEST_ITERATIONS
+from tests.conftest import TEST_ITERATIONS, make_service
 from tests.integration.old_release import extract_release, run_in_release
 from tests.integration.test_upgrade import (
     OLD_KEYS,
@@ -48,7 +48,6 @@ def test_a_row_mac_database_upgrades_in_place_and_keeps_every_mac(
 ) -> None:
     from kms.master import open_master_keyring
     from kms.service.cache import KeyMaterialCache
-    from kms.service.keys import KMSService
     from kms.store.db import create_kms_engine
     from kms.store.repository import SQLKeyRepository
 
@@ -66,7 +65,7 @@ def test_a_row_mac_database_upgrades_in_place_and_keeps_every_mac(
     keyring = open_master_keyring(old_settings)
     repository = SQLKeyRepository(create_kms_engine(old_settings.database_url))
     try:
-        service = KMSService(repository, keyring, KeyMaterialCache(0))
+        service = make_service(repository, keyring, KeyMaterialCache(0))
         first, second = made["enc-AES-256-GCM"]
         assert service.decrypt("enc-AES-256-GCM", first).plaintext == b"under version 1"
         assert service.decrypt("enc-AES-256-GCM", second).plaintext == b"under version 2"

@@ -16,10 +16,12 @@ from kms.app import create_app
 from kms.errors import ConfigurationError, InvalidRequest, KeyNotFound, TooManyVersions
 from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import PassphraseKeyring
-from kms.service.keys import KEY_DETAIL_VERSIONS, KMSService
+from kms.service.keys import KMSService
+from kms.service.keys.validation import KEY_DETAIL_VERSIONS
 from kms.settings import Settings, load_settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import KeyRecord, KeyVersionRecord, SQLKeyRepository
+from tests.conftest import make_service
 from tests.integration.test_app import FakeTLSSocket
 
 MESSAGE = b"release 1.2.3"
@@ -54,7 +56,7 @@ def counting(initialised: Settings) -> Iterator[CountingRepository]:
 
 def build(repository: SQLKeyRepository, keyring: PassphraseKeyring, **limits: int) -> KMSService:
     # An empty cache each time: every version verify tries is read from the repository.
-    return KMSService(repository, keyring, KeyMaterialCache(0), **limits)
+    return make_service(repository, keyring, KeyMaterialCache(0), **limits)
 
 
 @pytest.fixture
@@ -163,7 +165,7 @@ def test_the_limit_is_checked_again_under_the_rows_write_lock(
     def rotate_meanwhile(key_id: str) -> None:
         other.rotate_key(key_id)  # lands version 2, the limit
 
-    racing = KMSService(
+    racing = make_service(
         counting, keyring, KeyMaterialCache(0), max_versions=2, after_generation=rotate_meanwhile
     )
     with pytest.raises(TooManyVersions):

@@ -1,8 +1,8 @@
-"""The encryptions a process has reserved and not used yet (kms.service.usage.EncryptionBudget)."""
+"""The encryptions a process has reserved and not used yet (kms.service.keys.limits)."""
 
 from __future__ import annotations
 
-from kms.service.usage import EncryptionBudget
+from kms.service.keys.limits import EncryptionBudget
 
 
 def test_a_reservation_is_handed_out_until_it_is_used_up() -> None:

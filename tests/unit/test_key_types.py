@@ -17,7 +17,8 @@ from kms.crypto.algorithms import (
     SIGNING_ALGORITHMS,
 )
 from kms.errors import IntegrityFailure, InvalidCiphertext, InvalidRequest, InvalidSignature
-from kms.service.keys import MAX_RANDOM_BYTES, KMSService
+from kms.service.keys.operations import KeyOperations
+from kms.service.keys.validation import MAX_RANDOM_BYTES
 
 # RFC 4231, section 4: HMAC-SHA-256 and HMAC-SHA-512 test cases 1 to 7.
 RFC4231 = [
@@ -269,9 +270,9 @@ def test_digest_algorithms_on_the_wire() -> None:
 
 def test_random_bytes_bounds() -> None:
     assert MAX_RANDOM_BYTES == 1024
-    assert len(KMSService.random_bytes(1)) == 1
-    assert len(KMSService.random_bytes(1024)) == 1024
-    assert KMSService.random_bytes(32) != KMSService.random_bytes(32)
+    assert len(KeyOperations.random_bytes(1)) == 1
+    assert len(KeyOperations.random_bytes(1024)) == 1024
+    assert KeyOperations.random_bytes(32) != KeyOperations.random_bytes(32)
     for bad in (0, 1025, -1, True, 3.0, "8"):
         with pytest.raises(InvalidRequest):
-            KMSService.random_bytes(bad)  # type: ignore[arg-type]
+            KeyOperations.random_bytes(bad)  # type: ignore[arg-type]

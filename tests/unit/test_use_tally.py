@@ -1,4 +1,4 @@
-"""Decryption counts and last uses a process keeps between flushes (kms.service.usage.UseTally).
+"""Decryption counts and last uses a process keeps between flushes (kms.service.keys.limits).
 
 The README (key versions): `decryptions` is added by each worker every 10 s and when it stops;
 ``KMSService.flush_use`` puts back what a failed flush took (``restore``), so a database that
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from kms.service.usage import UseTally
+from kms.service.keys.limits import UseTally
 from kms.store.repository import UseReport
 
 EARLY = datetime(2026, 1, 1, tzinfo=UTC)

@@ -25,11 +25,10 @@ from sqlalchemy import create_engine, text
 from kms.errors import ConfigurationError
 from kms.master import destroy_due_keys, open_master_keyring
 from kms.service.cache import KeyMaterialCache
-from kms.service.keys import KMSService
 from kms.settings import load_settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository, utc_now
-from tests.conftest import drop_database
+from tests.conftest import drop_database, make_service
 from tests.integration.http.harness import (
     PROCESS_TIMEOUT_SECONDS,
     Deployment,
@@ -211,7 +210,7 @@ def schedule_in_the_past(node: Node, key_ids: list[str], days_ago: int) -> None:
     keyring = open_master_keyring(settings)
     repository = SQLKeyRepository(create_kms_engine(settings.database_url))
     try:
-        service = KMSService(
+        service = make_service(
             repository,
             keyring,
             KeyMaterialCache(0),
@@ -588,10 +587,10 @@ def test_destroy_due_names_a_tampered_row_leaves_it_and_exits_1(tmp_path: Path) 
     keyring = open_master_keyring(settings)
     repository = SQLKeyRepository(create_kms_engine(settings.database_url))
     try:
-        service = KMSService(repository, keyring, KeyMaterialCache(0))
+        service = make_service(repository, keyring, KeyMaterialCache(0))
         for key_id in ("honest", "tampered"):
             service.create_key(key_id)
-        schedule_service = KMSService(
+        schedule_service = make_service(
             repository,
             keyring,
             KeyMaterialCache(0),

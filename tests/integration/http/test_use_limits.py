@@ -2,8 +2,8 @@
 ``max_encryptions_per_version`` = 200. Versions are counted from the ciphertexts themselves:
 every one is decrypted and the version the server read from it is tallied.
 
-A worker reserves blocks of an eighth of the limit (``kms.service.usage.BLOCK_FRACTION``), so a
-limit of 200 races through as many block reservations and rotations per version as 1,000 did
+A worker reserves blocks of an eighth of the limit (``BLOCK_FRACTION`` in kms.service.keys.limits),
+so a limit of 200 races through as many block reservations and rotations per version as 1,000 did
 (3.5 versions' worth of encryptions: three rotations), at a fifth of the requests."""
 
 from __future__ import annotations

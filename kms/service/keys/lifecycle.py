@@ -1,0 +1,573 @@
+"""The key lifecycle: create, read, list, change, rotate, recreate, schedule and destroy.
+
+Every change is made under the key row's write lock: the repository hands the row as it is now
+to a plan, the plan re-checks it (``TrustedRows``) and applies a rule (``rules``), and the
+result is sealed before it is written. Material for a new version is generated before the lock
+is taken (an RSA-4096 key takes far longer than the wrap) and wrapped under the lock, once the
+row is known to still be the key it was made for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from kms.crypto.algorithms import (
+    ALGORITHMS,
+    RSA_ENCRYPTION_ALGORITHMS,
+    Algorithm,
+    Purpose,
+)
+from kms.errors import (
+    InvalidRequest,
+    KeyChanged,
+    KeyNotFound,
+    KeyStateConflict,
+    KMSError,
+    TooManyVersions,
+)
+from kms.service.integrity import encode_version_row
+from kms.service.keyring import Keyring, zeroise
+from kms.service.keys import rules
+from kms.service.keys.limits import encryption_limit
+from kms.service.keys.material import KeyMaterial, identity_of
+from kms.service.keys.results import (
+    KeyInfo,
+    KeyVersionInfo,
+    Rotated,
+    last_use_attempt,
+    version_info,
+)
+from kms.service.keys.rules import KeyUpdate, NotDue, NotLatest
+from kms.service.keys.trust import TrustedRows
+from kms.service.keys.validation import (
+    KEY_DETAIL_VERSIONS,
+    MAX_PAGE_SIZE,
+    algorithm_for,
+    encode_labels,
+    format_rotation_period,
+    integer_from,
+    is_integer,
+    parse_label_filter,
+    parse_rotation_period,
+    validate_deletion_allowed,
+    validate_description,
+    validate_key_id,
+    validate_labels,
+    validate_limit,
+    validate_max_encryptions,
+    validate_pending_days,
+    validate_state,
+)
+from kms.store.repository import (
+    KeyChange,
+    KeyPlanner,
+    KeyRecord,
+    KeyRepository,
+    KeyState,
+    NewVersion,
+    utc_now,
+)
+
+log = logging.getLogger("kms.integrity")
+lifecycle_log = logging.getLogger("kms.lifecycle")
+
+#: ``update_key``'s marker for "left out" (None means "clear").
+UNCHANGED: object = ...
+
+
+class KeyLifecycle:
+    def __init__(
+        self,
+        repository: KeyRepository,
+        keyring: Keyring,
+        trust: TrustedRows,
+        material: KeyMaterial,
+        *,
+        max_versions: int,
+        min_pending_days: int,
+        default_max_encryptions: int,
+        clock: Callable[[], datetime] = utc_now,
+        after_generation: Callable[[str], None] | None = None,
+    ) -> None:
+        """``after_generation`` is a test hook: called with the key_id once fresh material is
+        generated and before the write transaction starts, so a test can change the key in that
+        window deterministically. Production code never passes it. ``clock`` gives "now" (tests
+        move it instead of sleeping); ``min_pending_days`` is ``kms.deletion.min_pending_days``."""
+        self._repository = repository
+        self._keyring = keyring
+        self._trust = trust
+        self._material = material
+        self._max_versions = max_versions
+        self._min_pending_days = min_pending_days
+        self._default_max_encryptions = default_max_encryptions
+        self._clock = clock
+        self._after_generation = after_generation
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get_key(self, key_id: str) -> KeyInfo:
+        """The key with its newest KEY_DETAIL_VERSIONS versions (oldest of them first)."""
+        key = self._trust.get(key_id)
+        newest = self._repository.newest_versions(key.key_id, KEY_DETAIL_VERSIONS)
+        return self.info(key, tuple(version_info(v) for v in newest))
+
+    def list_versions(
+        self, key_id: str, limit: int = 100, after: int | None = None
+    ) -> list[KeyVersionInfo]:
+        """A page of the key's versions, oldest first, after version ``after``."""
+        validate_limit(limit)
+        if after is not None and not is_integer(after):
+            raise InvalidRequest("after must be a version number")
+        key = self._trust.get(key_id)
+        return [version_info(v) for v in self._repository.version_page(key.key_id, limit, after)]
+
+    def list_keys(
+        self,
+        limit: int = 100,
+        after: str | None = None,
+        state: str | None = None,
+        label: str | None = None,
+    ) -> list[KeyInfo]:
+        """Up to ``limit`` keys after ``after`` in key_id order, in ``state`` and carrying the
+        label ``name:value`` if given.
+
+        The state is filtered in SQL; the label on the authenticated row, page by page, so a
+        label filter reads every key up to the page's last match.
+        """
+        validate_limit(limit)
+        if after is not None:
+            validate_key_id(after)
+        validate_state(state)
+        wanted = None if label is None else parse_label_filter(label)
+        found: list[KeyInfo] = []
+        while len(found) < limit:
+            batch = limit if wanted is None else MAX_PAGE_SIZE
+            page = self._repository.list_keys(batch, after, state)
+            for key in page:
+                checked = self._trust.checked(key)
+                if wanted is None or json.loads(checked.labels).get(wanted[0]) == wanted[1]:
+                    found.append(self.info(checked))
+                    if len(found) == limit:
+                        break
+            if len(page) < batch:
+                break
+            after = page[-1].key_id
+        return found
+
+    def count_rotating_keys(self) -> int:
+        return self._repository.count_keys_with_rotation_period()
+
+    # -- creating and changing -------------------------------------------------------------
+
+    def create_key(
+        self,
+        key_id: str | None = None,
+        purpose: str = "encrypt",
+        algorithm: str | None = None,
+        description: str = "",
+        labels: dict[str, str] | None = None,
+        *,
+        min_decryption_version: int = 1,
+        deletion_allowed: bool = True,
+        rotation_period: str | None = None,
+        max_encryptions_per_version: int | None = None,
+    ) -> KeyInfo:
+        key_id = str(uuid.uuid4()) if key_id is None else validate_key_id(key_id)
+        validate_description(description)
+        # A new key has one version: the only minimum it can have is 1.
+        integer_from(
+            min_decryption_version,
+            1,
+            1,
+            "min_decryption_version of a new key must be 1 (its only version)",
+        )
+        validate_deletion_allowed(deletion_allowed)
+        stored_labels = encode_labels(validate_labels({} if labels is None else labels))
+        spec = algorithm_for(purpose, algorithm)
+        record = KeyRecord(
+            key_id=key_id,
+            purpose=spec.purpose.value,
+            algorithm=spec.name,
+            state=KeyState.ENABLED,
+            latest_version=1,
+            incarnation=secrets.token_hex(16),
+            created_at=self._clock(),
+            description=description,
+            labels=stored_labels,
+            deletion_allowed=deletion_allowed,
+            rotation_period=None
+            if rotation_period is None
+            else parse_rotation_period(rotation_period),
+            max_encryptions_per_version=None
+            if max_encryptions_per_version is None
+            else validate_max_encryptions(max_encryptions_per_version),
+        )
+        created = self._store_new_version(
+            spec,
+            key_id,
+            lambda current: record,
+            lambda plan: self._repository.create_key(plan(record)),
+        )
+        self._trust.drop_row(key_id)
+        return self.info(created)
+
+    def update_key(
+        self,
+        key_id: str,
+        *,
+        description: str | None = None,
+        labels: dict[str, str] | None = None,
+        min_decryption_version: int | None = None,
+        deletion_allowed: bool | None = None,
+        rotation_period: str | None | object = UNCHANGED,
+        max_encryptions_per_version: int | None | object = UNCHANGED,
+    ) -> KeyInfo:
+        """Change metadata, version policy and rotation settings (``PATCH``), all or nothing:
+        every argument is validated, and the change made under the row lock, before anything
+        is written; refused (409) while the key is pending deletion.
+
+        For ``description``, ``labels``, ``min_decryption_version`` and ``deletion_allowed``
+        None leaves the field as it is; ``labels`` replaces the key's labels as a whole.
+        ``rotation_period`` and ``max_encryptions_per_version`` left out stay as they are, and
+        None clears them (no rotation by time; the configured limit).
+        """
+        if description is not None:
+            validate_description(description)
+        stored_labels = None if labels is None else encode_labels(validate_labels(labels))
+        if min_decryption_version is not None and not is_integer(min_decryption_version):
+            raise InvalidRequest("min_decryption_version must be an integer")
+        if deletion_allowed is not None:
+            validate_deletion_allowed(deletion_allowed)
+        rotation: list[tuple[str, int | None]] = []
+        if rotation_period is not UNCHANGED:
+            rotation.append(
+                (
+                    "rotation_period",
+                    None if rotation_period is None else parse_rotation_period(rotation_period),
+                )
+            )
+        if max_encryptions_per_version is not UNCHANGED:
+            rotation.append(
+                (
+                    "max_encryptions_per_version",
+                    None
+                    if max_encryptions_per_version is None
+                    else validate_max_encryptions(max_encryptions_per_version),
+                )
+            )
+        change = KeyUpdate(
+            description=description,
+            labels=stored_labels,
+            min_decryption_version=min_decryption_version,
+            deletion_allowed=deletion_allowed,
+            rotation=tuple(rotation),
+        )
+        return self.info(self._update(key_id, lambda current: rules.update(current, change)))
+
+    def disable_key(self, key_id: str) -> KeyInfo:
+        """Refuse every cryptographic operation with the key until it is enabled; its material,
+        metadata and versions stay, and it can still be read and rotated."""
+        disabled = self._update(key_id, lambda key: rules.set_state(key, KeyState.DISABLED))
+        return self.info(disabled)
+
+    def enable_key(self, key_id: str) -> KeyInfo:
+        enabled = self._update(key_id, lambda key: rules.set_state(key, KeyState.ENABLED))
+        return self.info(enabled)
+
+    def _update(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
+        """Change a key row (no new version) under its write lock, sealing the result."""
+        try:
+            return self._repository.update_key(
+                validate_key_id(key_id),
+                lambda current: KeyChange(
+                    key=self._trust.sealed(change(self._trust.checked(current)))
+                ),
+            )
+        finally:
+            self._trust.drop_row(key_id)
+
+    # -- deletion --------------------------------------------------------------------------
+
+    def delete_key(self, key_id: str, pending_days: int | None = None) -> KeyInfo | None:
+        """Destroy a key now (``pending_days`` None), or schedule its destruction.
+
+        Scheduling puts the key in ``pending_deletion`` at once, due ``pending_days`` (1-30) days
+        from now; the returned key says when. Refused (409, nothing destroyed) when the key's
+        ``deletion_allowed`` is false, when it is already pending, or when
+        ``kms.deletion.min_pending_days`` asks for a longer window.
+        """
+        validate_key_id(key_id)
+        if pending_days is not None:
+            validate_pending_days(pending_days)
+        if self._min_pending_days > 0 and (
+            pending_days is None or pending_days < self._min_pending_days
+        ):
+            raise KeyStateConflict(
+                f"deletion needs a waiting period of at least {self._min_pending_days} days "
+                "(kms.deletion.min_pending_days): DELETE with ?pending_days=N"
+            )
+        if pending_days is None:
+            self._repository.destroy_key(
+                key_id, lambda current: rules.require_deletable(self._trust.checked(current))
+            )
+            self._forget(key_id)
+            lifecycle_log.info("key %r destroyed", key_id)
+            return None
+        due_at = self._clock() + timedelta(days=pending_days)
+        scheduled = self._update(key_id, lambda key: rules.schedule_deletion(key, due_at))
+        lifecycle_log.info(
+            "key %r scheduled for deletion at %s", key_id, scheduled.pending_deletion_at
+        )
+        return self.info(scheduled)
+
+    def cancel_deletion(self, key_id: str) -> KeyInfo:
+        """Take a key out of ``pending_deletion``; it comes back ``disabled`` (as in AWS KMS), so
+        that it is enabled again deliberately. The use-attempt bookkeeping is kept."""
+        return self.info(self._update(key_id, rules.cancel_deletion))
+
+    def trim_key(self, key_id: str, min_available_version: int) -> KeyInfo:
+        """Destroy every version below ``min_available_version``, for good.
+
+        Only versions already fenced off may go: ``min_available_version`` must not exceed
+        ``min_decryption_version`` (409 otherwise), so a trim never breaks a ciphertext that still
+        decrypts. The row keeps the new lower bound under its MAC: a destroyed version restored
+        into the database from a backup is refused.
+        """
+        integer_from(
+            min_available_version, 1, None, "min_available_version must be a positive integer"
+        )
+
+        def trim(current: KeyRecord) -> KeyChange:
+            trimmed = rules.trim(self._trust.checked(current), min_available_version)
+            if trimmed is None:
+                return KeyChange(key=current)  # already trimmed that far: nothing to destroy
+            return KeyChange(
+                key=self._trust.sealed(trimmed), delete_versions_below=min_available_version
+            )
+
+        key = self._repository.update_key(validate_key_id(key_id), trim)
+        self._forget(key_id)
+        return self.info(key)
+
+    def destroy_due(
+        self,
+        now: datetime | None = None,
+        on_destroyed: Callable[[KeyInfo], None] | None = None,
+        on_failure: Callable[[str, KMSError], None] | None = None,
+    ) -> list[str]:
+        """Destroy every key whose deletion window has passed by ``now`` (default: the clock).
+
+        Idempotent, and safe when several processes run it at once: each key is re-checked
+        (MAC, state, deadline) under its row's write lock, and a key another process destroyed
+        first is skipped, so each is destroyed exactly once. A row that fails its check is
+        left alone. Returns the key_ids this call destroyed.
+        """
+        now = self._clock() if now is None else now
+        destroyed: list[str] = []
+        after: str | None = None
+        while page := self._repository.due_keys(now, MAX_PAGE_SIZE, after):
+            after = page[-1]
+            for key_id in page:
+                try:
+                    gone = self._repository.destroy_key(
+                        key_id, lambda current: rules.require_due(self._trust.checked(current), now)
+                    )
+                except (KeyNotFound, NotDue):
+                    continue  # destroyed by another process, or cancelled meanwhile
+                except KMSError as error:
+                    if on_failure is None:
+                        raise
+                    on_failure(key_id, error)
+                    continue
+                self._forget(key_id)
+                destroyed.append(key_id)
+                lifecycle_log.info("key %r destroyed: its deletion window ended", key_id)
+                if on_destroyed is not None:
+                    on_destroyed(self.info(gone))
+        return destroyed
+
+    def _forget(self, key_id: str) -> None:
+        """Drop whatever this worker holds of a key whose material went."""
+        self._trust.forget(key_id)
+        self._material.forget(key_id)
+
+    # -- new versions ----------------------------------------------------------------------
+
+    def rotate_key(self, key_id: str) -> KeyInfo:
+        key = self._trust.get(key_id)
+        rules.require_not_pending(key)
+        return self.info(self.rotate(key, only_from=None))
+
+    def rotate_from(self, key: KeyRecord) -> KeyRecord:
+        """Rotate only if the latest version is still ``key``'s (see ``rotate``)."""
+        return self.rotate(key, only_from=key.latest_version)
+
+    def rotate(self, key: KeyRecord, only_from: int | None) -> KeyRecord:
+        """Add a version. With ``only_from``, only if the latest version is still that one:
+        racing processes that all saw it run out (or come due) rotate it exactly once, and the
+        losers raise ``NotLatest`` having written nothing. Refused while pending deletion,
+        checked again under the row lock."""
+        if key.latest_version >= self._max_versions:
+            # Checked before generating material (an RSA key takes a while), and again under the
+            # row's write lock, where racing rotations cannot slip past.
+            raise rules.too_many_versions(self._max_versions)
+
+        def next_version(current: KeyRecord) -> KeyRecord:
+            self._trust.expect_unchanged(key, current)
+            return rules.next_version(current, only_from, self._max_versions)
+
+        try:
+            return self._store_new_version(
+                ALGORITHMS[key.algorithm],
+                key.key_id,
+                next_version,
+                lambda plan: self._repository.rotate_key(key.key_id, plan),
+            )
+        finally:
+            self._trust.drop_row(key.key_id)
+
+    def rotate_due(
+        self,
+        now: datetime | None = None,
+        on_checked: Callable[[Rotated | None], None] | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> list[Rotated]:
+        """Rotate every key whose latest version is older than its ``rotation_period``.
+
+        Each rotation happens under the key row's write lock and only if the latest version is
+        still the one found due, so several ``kms rotate-due`` on several nodes at the same
+        moment rotate each key exactly once. ``on_checked`` is called once per key with a
+        rotation period, with what was rotated or None (progress).
+        """
+        now = now or self._clock()
+        rotated: list[Rotated] = []
+        after: str | None = None
+        while page := self._repository.keys_with_rotation_period(page_size, after):
+            after = page[-1].key.key_id
+            for due in page:
+                done = None
+                if rules.rotation_due(due.key, due.latest_created_at, now):
+                    done = self._rotate_due_key(due.key)
+                if done is not None:
+                    rotated.append(done)
+                if on_checked is not None:
+                    on_checked(done)
+        return rotated
+
+    def _rotate_due_key(self, key: KeyRecord) -> Rotated | None:
+        try:
+            new = self.rotate_from(self._trust.checked(key))
+        except (NotLatest, KeyChanged, KeyNotFound):
+            return None  # another process rotated or recreated it, or it was deleted
+        except TooManyVersions:
+            log.error("rotate-due: key %r is at kms.maxVersions", key.key_id)
+            return None
+        return Rotated(new.key_id, new.latest_version)
+
+    def recreate_key(self, key_id: str) -> KeyInfo:
+        """Wipe every version and issue version 1 with fresh material; state and metadata stay.
+
+        It destroys material like a DELETE, so it is refused (409) when the key's
+        ``deletion_allowed`` is false, while it is pending deletion, and whenever
+        ``kms.deletion.min_pending_days`` makes a waiting period mandatory.
+        """
+        key = self._trust.get(key_id)
+        # Before generating material; again under the lock below.
+        rules.require_recreatable(key, self._min_pending_days)
+
+        def fresh_incarnation(current: KeyRecord) -> KeyRecord:
+            self._trust.expect_unchanged(key, current)
+            return rules.recreate(
+                current, secrets.token_hex(16), self._clock(), self._min_pending_days
+            )
+
+        recreated = self._store_new_version(
+            ALGORITHMS[key.algorithm],
+            key_id,
+            fresh_incarnation,
+            lambda plan: self._repository.recreate_key(key_id, plan),
+            replace_versions=True,
+        )
+        self._forget(key_id)
+        return self.info(recreated)
+
+    def _store_new_version(
+        self,
+        spec: Algorithm,
+        key_id: str,
+        next_record: Callable[[KeyRecord], KeyRecord],
+        store: Callable[[KeyPlanner], KeyRecord],
+        *,
+        replace_versions: bool = False,
+    ) -> KeyRecord:
+        """Generate fresh material, let ``store`` persist it, and overwrite the plaintext copy.
+
+        Under the lock the repository hands ``plan`` the row as it is now; ``next_record``
+        checks it is still the key the material was made for (or raises ``KeyChanged``) and
+        says what the row becomes; ``plan`` seals that row and wraps the material under its
+        identity.
+        """
+        secret = spec.generate()
+        public_key = spec.public_key_der(secret)
+
+        def plan(current: KeyRecord) -> KeyChange:
+            key = self._trust.sealed(next_record(current))
+            wrapped_key = self._keyring.wrap(secret, identity_of(key, key.latest_version).aad())
+            version_mac = self._keyring.tag(
+                encode_version_row(key, key.latest_version, wrapped_key, public_key)
+            )
+            return KeyChange(
+                key=key,
+                version=NewVersion(wrapped_key=wrapped_key, public_key=public_key, mac=version_mac),
+                replace_versions=replace_versions,
+            )
+
+        try:
+            if self._after_generation is not None:
+                self._after_generation(key_id)
+            return store(plan)
+        finally:
+            zeroise(secret)
+
+    # -- answers ---------------------------------------------------------------------------
+
+    def info(self, key: KeyRecord, versions: tuple[KeyVersionInfo, ...] = ()) -> KeyInfo:
+        next_rotation_at = None
+        if key.rotation_period is not None:
+            latest = next((v for v in versions if v.version == key.latest_version), None)
+            if latest is None:
+                newest = self._repository.newest_versions(key.key_id, 1)
+                latest = version_info(newest[-1]) if newest else None  # none: just destroyed
+            if latest is not None:
+                next_rotation_at = latest.created_at + timedelta(seconds=key.rotation_period)
+        return KeyInfo(
+            key_id=key.key_id,
+            purpose=key.purpose,
+            algorithm=key.algorithm,
+            version=key.latest_version,
+            created_at=key.created_at,
+            state=key.state,
+            description=key.description,
+            labels=json.loads(key.labels),
+            min_decryption_version=key.min_decryption_version,
+            min_available_version=key.min_available_version,
+            deletion_allowed=key.deletion_allowed,
+            pending_deletion_at=key.pending_deletion_at,
+            use_attempts_while_pending=key.use_attempts_while_pending,
+            last_use_attempt=last_use_attempt(key.last_use_attempt),
+            key_versions=versions,
+            rotation_period=None
+            if key.rotation_period is None
+            else format_rotation_period(key.rotation_period),
+            next_rotation_at=next_rotation_at,
+            # Use limits apply to AEAD keys only (kms.service.keys.limits).
+            max_encryptions_per_version=encryption_limit(key, self._default_max_encryptions)
+            if key.purpose == Purpose.ENCRYPT.value
+            and key.algorithm not in RSA_ENCRYPTION_ALGORITHMS
+            else None,
+        )
