@@ -26,6 +26,7 @@ from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository, utc_now
+from tests.conftest import make_service
 
 KEY_ID = "guarded"
 #: Columns under the row's MAC, each changed to a value kms would accept had it written it.
@@ -79,7 +80,7 @@ def build_service(
     def build(**keywords: Any) -> KMSService:
         repository = SQLKeyRepository(create_kms_engine(initialised.database_url))
         repositories.append(repository)
-        return KMSService(repository, keyring, KeyMaterialCache(1024), **keywords)
+        return make_service(repository, keyring, KeyMaterialCache(1024), **keywords)
 
     yield build
     for repository in repositories:

@@ -17,10 +17,11 @@ from kms.errors import InvalidRequest
 from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import PassphraseKeyring
 from kms.service.keys import KMSService
-from kms.service.usage import block_size
+from kms.service.keys.limits import block_size
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
+from tests.conftest import make_service
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def service_with_block(
     def build(encryption_block: int) -> KMSService:
         repository = SQLKeyRepository(create_kms_engine(initialised.database_url))
         repositories.append(repository)
-        return KMSService(
+        return make_service(
             repository, keyring, KeyMaterialCache(1024), encryption_block=encryption_block
         )
 
@@ -86,7 +87,7 @@ def test_a_limit_set_on_the_service_applies_alike(
 ) -> None:
     repository = SQLKeyRepository(create_kms_engine(initialised.database_url))
     try:
-        service = KMSService(
+        service = make_service(
             repository,
             keyring,
             KeyMaterialCache(1024),
