@@ -85,7 +85,7 @@ def test_a_configured_body_limit_is_the_limit(initialised: Settings, tmp_path: P
     """``server.maxBodyBytes`` from a config file, not only the 1 MiB default, decides the 413."""
     config = tmp_path / "limit.yaml"
     config.write_text(
-        f"server:\n  maxBodyBytes: 2048\ndatabase:\n  dsn: {initialised.database_dsn}\n",
+        f"server:\n  max_body_bytes: 2048\ndatabase:\n  dsn: {initialised.database_dsn}\n",
         encoding="utf-8",
     )
     settings = load_settings(config, environ={}).with_overrides(

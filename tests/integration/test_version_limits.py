@@ -178,12 +178,12 @@ def test_the_limit_is_checked_again_under_the_rows_write_lock(
 def test_the_limits_come_from_the_config_file(tmp_path: Path) -> None:
     config = tmp_path / "kms.yaml"
     config.write_text(
-        "kms:\n  verifyMaxVersions: 4\n  maxVersions: 10\ndatabase:\n  dsn: kms.db\n",
+        "kms:\n  verify_max_versions: 4\n  max_versions: 10\ndatabase:\n  dsn: kms.db\n",
         encoding="utf-8",
     )
     loaded = load_settings(config, environ={})
     assert (loaded.verify_max_versions, loaded.max_versions) == (4, 10)
-    overridden = load_settings(config, environ={"KMS_KMS_MAXVERSIONS": "12"})
+    overridden = load_settings(config, environ={"KMS_KMS_MAX_VERSIONS": "12"})
     assert overridden.max_versions == 12
     defaults = Settings(database_dsn="kms.db")
     assert (defaults.verify_max_versions, defaults.max_versions) == (16, 100_000)
@@ -191,7 +191,7 @@ def test_the_limits_come_from_the_config_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("verifyMaxVersions", 0), ("verifyMaxVersions", "x"), ("maxVersions", 0)],
+    [("verify_max_versions", 0), ("verify_max_versions", "x"), ("max_versions", 0)],
 )
 def test_a_bad_limit_names_the_setting(tmp_path: Path, key: str, value: object) -> None:
     config = tmp_path / "kms.yaml"
