@@ -180,7 +180,7 @@ class VerifyRequest(_Request):
     digest_algorithm = fields.String(
         load_default=None, validate=validate.OneOf(sorted(DIGEST_ALGORITHMS))
     )
-    #: Check only this version (any the key has), instead of the newest kms.verifyMaxVersions.
+    #: Check only this version (any the key has), instead of the newest kms.verify_max_versions.
     version = StrictInteger(**_VERSION, load_default=None)
 
 
@@ -351,7 +351,7 @@ _data_key_without_plaintext = DataKeyResponse(exclude=("plaintext",))
 def fast_load(schema: Schema) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """``schema.load`` of one JSON object, without marshmallow's per-call machinery.
 
-    A batch loads up to ``server.maxBatchItems`` items, and ``load`` costs about 10 us per item
+    A batch loads up to ``server.max_batch_items`` items, and ``load`` costs about 10 us per item
     against 3 us for its fields' own ``deserialize``. The same fields, defaults, unknown-field
     refusal and messages (a ``ValidationError`` of the same shape); only for the flat request
     schemas here (no hooks, no nesting, ``unknown = RAISE``). A test compares it with ``load``
@@ -384,7 +384,7 @@ def fast_load(schema: Schema) -> Callable[[dict[str, Any]], dict[str, Any]]:
 def fast_dump(schema: Schema) -> Callable[[Any], dict[str, Any]]:
     """``schema.dump`` of one object, without marshmallow's per-call machinery.
 
-    A batch dumps up to ``server.maxBatchItems`` results, and ``dump`` costs about 12 us per
+    A batch dumps up to ``server.max_batch_items`` results, and ``dump`` costs about 12 us per
     object against 3 us for its fields' own serialisation: a third of a batch item's time. Only
     for the flat response schemas here (no hooks, no nesting, no ``many``, every attribute
     present); a test compares it with ``dump`` for each schema a batch uses.
