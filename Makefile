@@ -7,7 +7,7 @@ SERVE_STAMP := $(VENV)/.installed-serve
 SECRETS ?= ./secrets
 export KMS_ENV ?= dev
 
-.PHONY: run test lint format install openapi newman clean help mutants known-bugs bench
+.PHONY: run test lint format install openapi settings-doc newman clean help mutants known-bugs bench
 
 help:
 	@echo "make run   - install, create dev certificates and passphrase, init data/dev.db, serve mTLS on :8080"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench - requests/s, p50/p99 and ratios to a no-op (not in make test; README, Performance)"
 	@echo "make mutants - mutation check of crypto, service, store and startup (slow; not in make test)"
 	@echo "make openapi - write docs/openapi.json"
+	@echo "make settings-doc - write docs/settings.md (every setting, from kms/settings.py)"
 	@echo "make newman  - install newman from npm (deploy/postman), so make test runs the collection"
 
 $(BIN)/python:
@@ -50,6 +51,10 @@ run: $(SERVE_STAMP) $(SECRETS)/master.key
 # docs/openapi.json: the API description GET /v1/kms/openapi.json serves (a test fails when stale).
 openapi: $(SERVE_STAMP)
 	$(BIN)/kms openapi --output docs/openapi.json
+
+# docs/settings.md: the table of settings, made from their declarations (a test fails when stale).
+settings-doc: $(SERVE_STAMP)
+	$(BIN)/kms settings-table --output docs/settings.md
 
 # newman, pinned by deploy/postman/package-lock.json; the newman test is skipped without it.
 newman:

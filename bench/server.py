@@ -3,7 +3,7 @@
 The configuration is what a deployment gets by default (workers, threads, limits, keep-alive come
 from ``kms.gunicorn_conf``), plus what the issue measures with: an authorization policy and an
 audit log switched on. Only the things a run varies on purpose are set: the database, the key
-cache size, workers and threads for the defaults study, and ``server.tlsContextCache`` for the
+cache size, workers and threads for the defaults study, and ``server.tls_context_cache`` for the
 new-connection comparison. No rate limit: it would measure the limit, not the server.
 """
 
@@ -71,21 +71,21 @@ def free_port() -> int:
 def _config(directory: Path, port: int, options: ServerOptions) -> str:
     server = [
         f"  port: {port}",
-        f'  serverCert: "{directory / "server.crt"}"',
-        f'  serverKey: "{directory / "server.key"}"',
-        f'  caCert: "{directory / "ca.pem"}"',
+        f'  server_cert: "{directory / "server.crt"}"',
+        f'  server_key: "{directory / "server.key"}"',
+        f'  ca_cert: "{directory / "ca.pem"}"',
     ]
     if options.workers is not None:
         server.append(f"  workers: {options.workers}")
     if options.threads is not None:
         server.append(f"  threads: {options.threads}")
     if not options.tls_context_cache:
-        server.append("  tlsContextCache: false")
+        server.append("  tls_context_cache: false")
     kms = [f'  master_passphrase_file: "{options.passphrase_file}"']
     if options.key_cache_size is not None:
         kms.append(f"  key_cache_size: {options.key_cache_size}")
     if options.key_cache_bytes is not None:
-        kms.append(f"  keyCacheBytes: {options.key_cache_bytes}")
+        kms.append(f"  key_cache_bytes: {options.key_cache_bytes}")
     return "\n".join(
         [
             "server:",

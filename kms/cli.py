@@ -46,7 +46,8 @@ def main() -> None:
 
     Settings come from the YAML file named by KMS_CONFIG; without it, KMS_ENV (dev, the default,
     or prod) picks config/config.<env>.yaml. Any single value can be overridden with
-    KMS_<SECTION>_<KEY>, e.g. KMS_SERVER_PORT=8099 or KMS_DATABASE_DSN=./data/other.db.
+    KMS_<SECTION>_<KEY>, e.g. KMS_SERVER_PORT=8099 or KMS_DATABASE_DSN=./data/other.db
+    (`kms settings-table` lists them all).
     """
 
 
@@ -324,6 +325,27 @@ def openapi(output: Path | None) -> None:
     from kms.app import routes_only_app
 
     text = render(build_spec(routes_only_app()))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
+@main.command("settings-table")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file instead of standard output.",
+)
+def settings_table(output: Path | None) -> None:
+    """Print every setting as a Markdown table: YAML key, KMS_* variable, default, range, meaning.
+
+    Made from the declarations in kms/settings.py; `make settings-doc` writes docs/settings.md.
+    """
+    from kms.settings import settings_table
+
+    text = settings_table()
     if output is None:
         click.echo(text, nl=False)
     else:

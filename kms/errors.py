@@ -82,7 +82,7 @@ class DeletionNotAllowed(KeyStateConflict):
 
 
 class TooManyVersions(KMSError):
-    """Raise when a rotation would give a key more versions than ``kms.maxVersions`` allows."""
+    """Raise when a rotation would give a key more versions than ``kms.max_versions`` allows."""
 
     public_message = "key has reached the maximum number of versions"
 

@@ -1,24 +1,50 @@
-"""Typed, frozen settings: YAML in the seed's format, plus ``KMS_<SECTION>_<KEY>`` overrides.
+"""Typed, frozen settings: one declaration per setting, from YAML, ``KMS_*`` variables and defaults.
+
+Each attribute of ``Settings`` is declared once, with ``setting(default, key, field, aliases=...,
+doc=...)``: its YAML key (``section.key`` or ``section.group.key``, always snake_case), its type
+and range (a strict marshmallow field, as the API's schemas use), its default and a one-line
+description. From the declarations come the loader below, the environment variables and the table
+in docs/settings.md (``kms settings-table``; a test fails when the file is stale).
 
 Which file: ``KMS_CONFIG=/path.yaml`` if set, else ``config/config.<KMS_ENV>.yaml`` (KMS_ENV is
-``dev`` or ``prod``, default ``dev``). Relative paths resolve against the working directory. A
-missing or wrong setting raises ``ConfigurationError`` with one line naming it. The master
-passphrase itself never comes from the environment; only the path of its file is a setting.
+``dev`` or ``prod``, default ``dev``). Relative paths resolve against the working directory.
+
+- Environment: ``server.max_batch_items`` is overridden by ``KMS_SERVER_MAX_BATCH_ITEMS``; a
+  variable wins over the file. Case and underscores after ``KMS_`` are not significant
+  (``KMS_SERVER_MAXBATCHITEMS`` works) but any spelling other than the declared one is logged as
+  deprecated. An unknown ``KMS_<SECTION>_*`` name of a known section is refused.
+- Old spellings: a declaration's ``aliases`` (the camelCase keys of earlier releases, such as
+  ``server.maxBatchItems``) are still read; each one used logs one warning on ``kms.settings``
+  naming the old key, the new key and the file, once the settings have loaded. A file that gives
+  one setting under two spellings (or two variables for one setting) is refused, naming both:
+  which one was meant cannot be guessed.
+- Values: surrounding whitespace of a text value is ignored. Numbers and booleans may be text (a
+  variable is always text, a YAML value may be quoted). Paths may name ``${CREDENTIALS_DIRECTORY}``
+  (below).
+- Errors: a missing, unknown or invalid setting raises ``ConfigurationError`` with one line naming
+  the key or variable as written and the file. The master passphrase itself never comes from the
+  environment; only the path of its file is a setting.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from marshmallow import ValidationError, fields, validate
 
 from kms.crypto.kdf import MAX_ITERATIONS, MIN_ITERATIONS
 from kms.errors import ConfigurationError
+from kms.fields import StrictBoolean, StrictInteger
+
+log = logging.getLogger("kms.settings")
 
 ENVIRONMENTS = ("dev", "prod")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -39,114 +65,267 @@ MAX_CACHE_STALENESS_MS = 600_000
 #: both full, a worker stays under about 150 MB (README, Consistency of cached key rows).
 DEFAULT_KEY_CACHE_BYTES = 32 * 1024 * 1024
 
-# (section, yaml key) -> attribute path; the env override is KMS_<SECTION>_<KEY>, matched
-# case-insensitively with underscores ignored (KMS_SERVER_SERVERCERT == KMS_SERVER_SERVER_CERT).
-_KEYS: dict[tuple[str, str], str] = {
-    ("server", "host"): "host",
-    ("server", "port"): "port",
-    ("server", "serverCert"): "server_cert",
-    ("server", "serverKey"): "server_key",
-    ("server", "caCert"): "ca_cert",
-    ("server", "maxBodyBytes"): "max_body_bytes",
-    ("server", "workers"): "workers",
-    ("server", "threads"): "threads",
-    # The serving limits of kms.server (issue 6): deadlines in seconds, connections per worker.
-    ("server", "handshakeTimeout"): "handshake_timeout",
-    ("server", "headerTimeout"): "header_timeout",
-    ("server", "bodyTimeout"): "body_timeout",
-    ("server", "bodyMinRate"): "body_min_rate",
-    ("server", "maxConnections"): "max_connections",
-    ("server", "maxBatchItems"): "max_batch_items",
-    # A diagnostic for `make bench`, not a tuning knob: false builds a new TLS context for every
-    # connection, as gunicorn's own workers do, so the cost of doing so can be measured.
-    ("server", "tlsContextCache"): "tls_context_cache",
-    ("kms", "master_passphrase_file"): "master_passphrase_file",
-    ("kms", "kdf_iterations"): "kdf_iterations",
-    ("kms", "key_cache_size"): "key_cache_size",
-    ("kms", "keyCacheBytes"): "key_cache_bytes",
-    ("kms", "cacheStalenessMs"): "cache_staleness_ms",
-    ("kms", "verifyMaxVersions"): "verify_max_versions",
-    ("kms", "maxVersions"): "max_versions",
-    ("kms", "deletion.min_pending_days"): "deletion_min_pending_days",
-    ("kms", "maxEncryptionsPerVersion"): "max_encryptions_per_version",
-    ("kms", "encryptionBlock"): "encryption_block",
-    ("database", "dsn"): "database_dsn",
-    ("authorization", "policy_file"): "policy_file",
-    ("audit", "path"): "audit_path",
-    ("rate_limit", "rate"): "rate_limit_rate",
-    ("rate_limit", "burst"): "rate_limit_burst",
-}
-_SECTIONS = {section for section, _ in _KEYS}
-_ENV_NAME = {"KMS_" + f"{s}{k}".upper().replace("_", "").replace(".", ""): (s, k) for s, k in _KEYS}
-#: Most settings are ``section.key``; these sections also hold groups (``kms.deletion.*``),
-#: flattened to ``group.key`` when read.
-_GROUPS = {("kms", "deletion")}
-#: Settings that name files: ``${CREDENTIALS_DIRECTORY}`` in them is expanded (see below).
-_PATH_ATTRIBUTES = frozenset(
-    {
-        "server_cert",
-        "server_key",
-        "ca_cert",
-        "master_passphrase_file",
-        "database_dsn",
-        "policy_file",
-        "audit_path",
-    }
-)
 #: The one variable a path may name. systemd's ``LoadCredential=`` puts the passphrase and TLS
 #: files in a private directory whose path it passes only in this variable, so a unit's config
 #: must be able to say ``${CREDENTIALS_DIRECTORY}/master.key``. Nothing else is expanded (a path
 #: that changes with whatever the environment holds would be a surprise, and a database URL may
 #: hold a ``$`` in its password).
 _PATH_VARIABLE = re.compile(r"\$\{CREDENTIALS_DIRECTORY\}|\$CREDENTIALS_DIRECTORY\b")
+#: Marks the one setting without a default (``database.dsn``).
+REQUIRED: Any = dataclasses.MISSING
+
+
+# -- the types and ranges a setting may have ------------------------------------------------------
+
+
+class _Text(fields.String):
+    """A string that is not empty."""
+
+    default_error_messages = {"invalid": "must be a non-empty string"}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not text:
+            raise self.make_error("invalid")
+        return text
+
+
+class _FilePath(_Text):
+    """A file path, absolute once loaded; ``${CREDENTIALS_DIRECTORY}`` is expanded before."""
+
+    def __init__(self, *, resolve: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.resolve = resolve
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Path:
+        path = Path(super()._deserialize(value, attr, data, **kwargs)).expanduser()
+        if self.resolve:
+            # Resolved now: a later chdir (a daemonising server does one) must not move it.
+            return path.resolve()
+        return path if path.is_absolute() else Path.cwd() / path
+
+
+class _DSN(_FilePath):
+    """A SQLAlchemy URL, kept as written, or a SQLite file path, resolved like other paths."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, str) and "://" in value:
+            return value
+        return str(super()._deserialize(value, attr, data, **kwargs))
+
+
+def _described(field: fields.Field, accepts: str, null: str) -> fields.Field:
+    field.metadata["accepts"] = accepts  # for docs/settings.md
+    # A YAML key with nothing after it is null: say what it must be, not marshmallow's words.
+    field.error_messages["null"] = null
+    return field
+
+
+def integer_between(low: int, high: int) -> fields.Field:
+    field = StrictInteger(low=low, high=high, from_text=True)
+    return _described(field, f"integer, {low} to {high}", "must be an integer")
+
+
+def number_above_zero(high: int) -> fields.Field:
+    words = f"must be a number above 0 and at most {high}"
+    field = fields.Float(
+        allow_nan=False,
+        validate=validate.Range(min=0, max=high, min_inclusive=False, error=words),
+        error_messages={"invalid": "must be a number", "special": words},
+    )
+    return _described(field, f"number above 0, at most {high}", "must be a number")
+
+
+def boolean() -> fields.Field:
+    return _described(StrictBoolean(from_text=True), "`true` or `false`", "must be true or false")
+
+
+def text() -> fields.Field:
+    return _described(_Text(), "text", "must be a non-empty string")
+
+
+def file_path(*, resolve: bool = True) -> fields.Field:
+    return _described(_FilePath(resolve=resolve), "file path", "must be a non-empty string")
+
+
+def dsn() -> fields.Field:
+    return _described(_DSN(resolve=True), "file path or URL", "must be a non-empty string")
+
+
+# -- the declarations ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """One setting: where it is read from, what it accepts, what it means."""
+
+    key: str
+    field: fields.Field
+    default: Any
+    doc: str
+    aliases: tuple[str, ...] = ()
+    attribute: str = ""  # the Settings attribute, filled in from the class
+
+    @property
+    def variable(self) -> str:
+        """``server.max_batch_items`` -> ``KMS_SERVER_MAX_BATCH_ITEMS``."""
+        return "KMS_" + self.key.upper().replace(".", "_")
+
+
+def setting(
+    default: Any, key: str, field: fields.Field, *, aliases: tuple[str, ...] = (), doc: str
+) -> Any:
+    """Declare a ``Settings`` attribute as a setting (see the module's docstring)."""
+    declaration = Declaration(key=key, field=field, default=default, doc=doc, aliases=aliases)
+    return dataclasses.field(default=default, metadata={"setting": declaration})
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything kms reads from configuration. Tests build one directly."""
 
-    database_dsn: str
-    master_passphrase_file: Path | None = None
-    kdf_iterations: int = MIN_ITERATIONS
-    key_cache_size: int = 4096
-    key_cache_bytes: int = DEFAULT_KEY_CACHE_BYTES
-    cache_staleness_ms: int = DEFAULT_CACHE_STALENESS_MS
-    verify_max_versions: int = DEFAULT_VERIFY_MAX_VERSIONS
-    max_versions: int = DEFAULT_MAX_VERSIONS
-    #: A DELETE must schedule the deletion at least this many days ahead; 0: immediate allowed.
-    deletion_min_pending_days: int = 0
-    max_encryptions_per_version: int = DEFAULT_MAX_ENCRYPTIONS_PER_VERSION
-    encryption_block: int = DEFAULT_ENCRYPTION_BLOCK
-    host: str = "127.0.0.1"
-    port: int = 8080
-    server_cert: Path | None = None
-    server_key: Path | None = None
-    ca_cert: Path | None = None
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    workers: int = 2
-    threads: int = 4
-    # -- the serving limits (README "Slow and hostile clients") --
-    handshake_timeout: int = 5
-    header_timeout: int = 10
-    body_timeout: int = 10
-    body_min_rate: int = 1024
-    max_connections: int = 1000
-    max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS
-    #: False only to measure what the per-worker TLS context saves (bench/, README Performance).
-    tls_context_cache: bool = True
+    # Laid out by hand, one declaration per setting: default, key, type, old spellings, meaning.
+    # fmt: off
+    database_dsn: str = setting(
+        REQUIRED, "database.dsn", dsn(),
+        doc="a SQLite file path, or a SQLAlchemy URL (`postgresql+psycopg://...`)",
+    )
+    # -- serving --
+    host: str = setting(
+        "127.0.0.1", "server.host", text(),
+        doc="address to bind; localhost only unless you open it",
+    )
+    port: int = setting(8080, "server.port", integer_between(1, 65535), doc="TLS port")
+    server_cert: Path | None = setting(
+        None, "server.server_cert", file_path(), aliases=("server.serverCert",),
+        doc="server certificate (PEM); required to serve",
+    )
+    server_key: Path | None = setting(
+        None, "server.server_key", file_path(), aliases=("server.serverKey",),
+        doc="the server certificate's private key (PEM); required to serve",
+    )
+    ca_cert: Path | None = setting(
+        None, "server.ca_cert", file_path(), aliases=("server.caCert",),
+        doc="CA that client certificates must chain to (PEM); required to serve",
+    )
+    max_body_bytes: int = setting(
+        DEFAULT_MAX_BODY_BYTES, "server.max_body_bytes", integer_between(1024, 64 * 1024**2),
+        aliases=("server.maxBodyBytes",), doc="request body limit (413 above it)",
+    )
+    workers: int = setting(2, "server.workers", integer_between(1, 64), doc="gunicorn workers")
+    threads: int = setting(4, "server.threads", integer_between(1, 64), doc="threads per worker")
+    # The serving limits of kms.server (README "Slow and hostile clients").
+    handshake_timeout: int = setting(
+        5, "server.handshake_timeout", integer_between(1, 300),
+        aliases=("server.handshakeTimeout",),
+        doc="seconds a new connection has to finish its TLS handshake",
+    )
+    header_timeout: int = setting(
+        10, "server.header_timeout", integer_between(1, 300), aliases=("server.headerTimeout",),
+        doc="seconds a request line and headers have to arrive, from their first byte",
+    )
+    body_timeout: int = setting(
+        10, "server.body_timeout", integer_between(1, 300), aliases=("server.bodyTimeout",),
+        doc="seconds a request body may stall (no byte arriving) before it is dropped",
+    )
+    body_min_rate: int = setting(
+        1024, "server.body_min_rate", integer_between(0, 1024**3), aliases=("server.bodyMinRate",),
+        doc="bytes per second a body must average after its first 5 seconds (`0`: no floor)",
+    )
+    max_connections: int = setting(
+        1000, "server.max_connections", integer_between(16, 100_000),
+        aliases=("server.maxConnections",),
+        doc="connections per worker; at the cap the least useful one is closed to make room",
+    )
+    max_batch_items: int = setting(
+        DEFAULT_MAX_BATCH_ITEMS, "server.max_batch_items", integer_between(1, 100_000),
+        aliases=("server.maxBatchItems",), doc="items a batch request may hold; more is 400",
+    )
+    tls_context_cache: bool = setting(
+        True, "server.tls_context_cache", boolean(), aliases=("server.tlsContextCache",),
+        doc="a diagnostic: `false` builds a TLS context per connection, as gunicorn's own workers "
+        "do, so `make bench` can measure what the cached one saves; never in production",
+    )
+    # -- keys and their caches --
+    master_passphrase_file: Path | None = setting(
+        # Absolute, not resolved: the file is opened as configured (O_NOFOLLOW), so a symlink in
+        # its place must reach the reader to be refused, not be replaced by its target.
+        None, "kms.master_passphrase_file", file_path(resolve=False),
+        doc="passphrase file (a regular file, not a symlink; mode 0400 or 0600); unset: "
+        "prompt on the terminal",
+    )
+    kdf_iterations: int = setting(
+        MIN_ITERATIONS, "kms.kdf_iterations", integer_between(MIN_ITERATIONS, MAX_ITERATIONS),
+        doc="PBKDF2 iterations for `kms init`",
+    )
+    key_cache_size: int = setting(
+        4096, "kms.key_cache_size", integer_between(0, 1_000_000),
+        doc="unwrapped key versions, and key rows, each worker caches (each cache at most this "
+        "many)",
+    )
+    key_cache_bytes: int = setting(
+        DEFAULT_KEY_CACHE_BYTES, "kms.key_cache_bytes", integer_between(64 * 1024, 64 * 1024**3),
+        aliases=("kms.keyCacheBytes",),
+        doc="each of those two caches also holds at most about this many bytes",
+    )
+    cache_staleness_ms: int = setting(
+        DEFAULT_CACHE_STALENESS_MS, "kms.cache_staleness_ms",
+        integer_between(0, MAX_CACHE_STALENESS_MS), aliases=("kms.cacheStalenessMs",),
+        doc="a worker uses a cached key row for at most this many milliseconds (`0`: read the "
+        "row on every request)",
+    )
+    verify_max_versions: int = setting(
+        DEFAULT_VERIFY_MAX_VERSIONS, "kms.verify_max_versions", integer_between(1, 1000),
+        aliases=("kms.verifyMaxVersions",),
+        doc="a verify without a version tries at most this many of a key's newest versions",
+    )
+    max_versions: int = setting(
+        DEFAULT_MAX_VERSIONS, "kms.max_versions", integer_between(1, 2**31 - 1),
+        aliases=("kms.maxVersions",), doc="versions a key may have; rotating past it is 409",
+    )
+    deletion_min_pending_days: int = setting(
+        0, "kms.deletion.min_pending_days", integer_between(0, 30),
+        doc="above 0, `DELETE` must schedule at least this many days ahead "
+        "(`?pending_days=N`) and `recreate` is refused",
+    )
+    max_encryptions_per_version: int = setting(
+        DEFAULT_MAX_ENCRYPTIONS_PER_VERSION, "kms.max_encryptions_per_version",
+        integer_between(1, 2**32), aliases=("kms.maxEncryptionsPerVersion",),
+        doc="encryptions per key version, for keys that set no limit of their own",
+    )
+    encryption_block: int = setting(
+        DEFAULT_ENCRYPTION_BLOCK, "kms.encryption_block", integer_between(1, 1_000_000),
+        aliases=("kms.encryptionBlock",),
+        doc="encryptions a worker reserves from the database at a time (at most 1/8 of a "
+        "version's limit)",
+    )
     # -- who may do what, and the record of who did (README "Security") --
-    policy_file: Path | None = None  # absent: every authenticated caller may do everything
-    audit_path: Path | None = None  # absent: no audit log (a warning at start)
-    rate_limit_rate: float | None = None  # requests per second per identity; absent: no limit
-    rate_limit_burst: int | None = None
+    policy_file: Path | None = setting(
+        None, "authorization.policy_file", file_path(),
+        doc="YAML policy: who may do what; unset: every client may do everything",
+    )
+    audit_path: Path | None = setting(
+        None, "audit.path", file_path(),
+        doc="audit log file (JSON lines, hash-chained); unset: no audit (warned at start)",
+    )
+    rate_limit_rate: float | None = setting(
+        None, "rate_limit.rate", number_above_zero(1_000_000),
+        doc="requests per second per identity (a token bucket); set with `rate_limit.burst`, "
+        "or neither for no limit",
+    )
+    rate_limit_burst: int | None = setting(
+        None, "rate_limit.burst", integer_between(1, 1_000_000),
+        doc="the bucket's size: requests an identity may make at once",
+    )
+    # fmt: on
     #: For tests only, and deliberately not a setting: no YAML key or KMS_* variable reaches it,
     #: so a deployment always has the production floor (600,000 PBKDF2 iterations) on write and
     #: on read. Test code that builds Settings itself lowers it to derive keys quickly.
     insecure_test_kdf_floor: int | None = None
-    source: str = field(default="<settings object>", compare=False)
+    source: str = dataclasses.field(default="<settings object>", compare=False)
 
     def with_overrides(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
+        return dataclasses.replace(self, **changes)
 
     @property
     def database_url(self) -> str:
@@ -161,15 +340,35 @@ class Settings:
 
     def require_tls_files(self) -> None:
         """Raise unless the three TLS files are configured and readable."""
-        for name, path in (
-            ("server.serverCert", self.server_cert),
-            ("server.serverKey", self.server_key),
-            ("server.caCert", self.ca_cert),
-        ):
+        for attribute in ("server_cert", "server_key", "ca_cert"):
+            name, path = DECLARATIONS[attribute].key, getattr(self, attribute)
             if path is None:
                 raise ConfigurationError(f"{name} is not set ({self.source})")
             if not path.is_file() or not os.access(path, os.R_OK):
                 raise ConfigurationError(f"{name}: cannot read {path} ({self.source})")
+
+
+#: attribute -> declaration, in the order of the class.
+DECLARATIONS: dict[str, Declaration] = {
+    item.name: dataclasses.replace(item.metadata["setting"], attribute=item.name)
+    for item in dataclasses.fields(Settings)
+    if "setting" in item.metadata
+}
+_BY_KEY = {spelling: d for d in DECLARATIONS.values() for spelling in (d.key, *d.aliases)}
+_SECTIONS = {d.key.split(".", 1)[0] for d in DECLARATIONS.values()}
+#: ``section.group`` prefixes (``kms.deletion``), whose YAML value is a mapping of more keys.
+_GROUPS = {spelling.rsplit(".", 1)[0] for spelling in _BY_KEY if spelling.count(".") == 2}
+
+
+def _loose(variable: str) -> str:
+    # Case and underscores after KMS_ do not matter: KMS_RATE_LIMIT_RATE finds rate_limit.rate.
+    return "KMS_" + variable[4:].upper().replace("_", "")
+
+
+_BY_VARIABLE = {_loose(d.variable): d for d in DECLARATIONS.values()}
+
+
+# -- loading ------------------------------------------------------------------------------------
 
 
 def database_url(dsn: str) -> str:
@@ -208,46 +407,99 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
 def settings_from_mapping(
     document: Mapping[str, Any], environ: Mapping[str, str], source: str
 ) -> Settings:
-    raw: dict[str, Any] = {}
-    for section, values in document.items():
-        if values is None:
-            continue
-        if not isinstance(values, dict):
-            raise ConfigurationError(f"{section}: must be a mapping ({source})")
-        for key, value in _flatten(section, values, source):
-            attribute = _KEYS.get((section, key))
-            if attribute is None:
-                raise ConfigurationError(f"{section}.{key}: unknown setting ({source})")
-            raw[attribute] = (f"{section}.{key}", value)
+    """The settings of a parsed YAML ``document`` with ``environ``'s overrides; ``source`` names
+    the file in messages."""
+    deprecated: list[str] = []
+    from_file: dict[str, tuple[str, Any]] = {}  # attribute -> (the key as written, its value)
+    for written, value in _entries(document, source):
+        declaration = _BY_KEY.get(written)
+        if declaration is None:
+            raise ConfigurationError(f"{written}: unknown setting ({source})")
+        _take(from_file, declaration, written, value, declaration.key, source)
+        if written != declaration.key:
+            deprecated.append(f"kms: {source}: {written} is deprecated, write {declaration.key}")
+    from_environment: dict[str, tuple[str, Any]] = {}
     for name, value in environ.items():
-        if not name.startswith("KMS_") or name in ("KMS_ENV", "KMS_CONFIG"):
-            continue
-        if "PASSPHRASE" in name and not name.endswith("FILE"):
-            raise ConfigurationError(
-                f"{name}: the master passphrase is never read from the environment"
-            )
-        section_key = _ENV_NAME.get(_normalise_env_name(name))
-        if section_key is None:
-            if name.split("_")[1].lower() in _SECTIONS or name.startswith("KMS_RATE_LIMIT_"):
-                raise ConfigurationError(f"{name}: unknown setting")
-            continue
-        raw[_KEYS[section_key]] = (name, value)
-    for attribute, (name, value) in raw.items():
-        if attribute in _PATH_ATTRIBUTES and isinstance(value, str):
-            raw[attribute] = (name, expand_path_variables(name, value, environ, source))
-    return _build(raw, source)
+        declaration = _variable(name)
+        if declaration is not None:
+            _take(from_environment, declaration, name, value, declaration.variable, "environment")
+            if name != declaration.variable:
+                deprecated.append(f"kms: {name} is deprecated, set {declaration.variable}")
+    values = {
+        attribute: _load(DECLARATIONS[attribute], written, value, environ, source)
+        for attribute, (written, value) in (from_file | from_environment).items()
+    }
+    if "database_dsn" not in values:
+        raise ConfigurationError(f"{DECLARATIONS['database_dsn'].key} is not set ({source})")
+    if ("rate_limit_rate" in values) != ("rate_limit_burst" in values):
+        raise ConfigurationError(
+            f"rate_limit: set both rate and burst, or neither to switch limits off ({source})"
+        )
+    for line in deprecated:  # after the checks: a refused start stays one line naming its cause
+        log.warning("%s", line)
+    return Settings(**values, source=source)
 
 
-def _flatten(section: str, values: dict[str, Any], source: str) -> list[tuple[str, Any]]:
-    flat: list[tuple[str, Any]] = []
-    for key, value in values.items():
-        if (section, key) in _GROUPS:
+def _entries(
+    document: Mapping[str, Any], source: str, prefix: str = ""
+) -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of a document of sections, flattening groups (``kms.deletion``)."""
+    for name, value in document.items():
+        key = f"{prefix}{name}"
+        if not prefix and value is None:
+            continue  # an empty section
+        if not prefix or key in _GROUPS:
             if not isinstance(value, dict):
-                raise ConfigurationError(f"{section}.{key}: must be a mapping ({source})")
-            flat += [(f"{key}.{inner}", inner_value) for inner, inner_value in value.items()]
+                raise ConfigurationError(f"{key}: must be a mapping ({source})")
+            yield from _entries(value, source, prefix=f"{key}.")
         else:
-            flat.append((key, value))
-    return flat
+            yield key, value
+
+
+def _variable(name: str) -> Declaration | None:
+    """The declaration a ``KMS_*`` variable overrides; None for a variable that is no setting."""
+    if not name.startswith("KMS_") or name in ("KMS_ENV", "KMS_CONFIG"):
+        return None
+    if "PASSPHRASE" in name.upper() and not name.upper().endswith("FILE"):
+        raise ConfigurationError(
+            f"{name}: the master passphrase is never read from the environment"
+        )
+    declaration = _BY_VARIABLE.get(_loose(name))
+    if declaration is None and any(name.upper().startswith(f"KMS_{s.upper()}_") for s in _SECTIONS):
+        raise ConfigurationError(f"{name}: unknown setting")
+    return declaration  # None: another program's variable (KMS_CLIENT_URL, KMS_UID...)
+
+
+def _take(
+    taken: dict[str, tuple[str, Any]],
+    declaration: Declaration,
+    written: str,
+    value: Any,
+    spelling: str,
+    where: str,
+) -> None:
+    """Record ``written: value``, unless the setting was already given under another spelling."""
+    earlier = taken.get(declaration.attribute)
+    if earlier is not None:
+        first, second = sorted((earlier[0], written))
+        raise ConfigurationError(
+            f"{first} and {second} both set {declaration.key}: keep only {spelling} ({where})"
+        )
+    taken[declaration.attribute] = (written, value)
+
+
+def _load(
+    declaration: Declaration, written: str, value: Any, environ: Mapping[str, str], source: str
+) -> Any:
+    if isinstance(value, str):
+        value = value.strip()
+        if isinstance(declaration.field, _FilePath):
+            value = expand_path_variables(written, value, environ, source)
+    try:
+        return declaration.field.deserialize(value)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, list) else [str(exc.messages)]
+        raise ConfigurationError(f"{written}: {'; '.join(messages)} ({source})") from None
 
 
 def expand_path_variables(name: str, value: str, environ: Mapping[str, str], source: str) -> str:
@@ -264,117 +516,46 @@ def expand_path_variables(name: str, value: str, environ: Mapping[str, str], sou
     return _PATH_VARIABLE.sub(lambda _match: directory, value)
 
 
-def _normalise_env_name(name: str) -> str:
-    # Underscores do not matter anywhere after KMS_, so KMS_RATE_LIMIT_RATE finds rate_limit.rate.
-    return "KMS_" + name[4:].upper().replace("_", "")
+# -- the documentation --------------------------------------------------------------------------
 
 
-def _build(raw: dict[str, tuple[str, Any]], source: str) -> Settings:
-    values: dict[str, Any] = {"source": source}
-    converters = {
-        "host": _string,
-        "port": _integer_between(1, 65535),
-        "server_cert": _path,
-        "server_key": _path,
-        "ca_cert": _path,
-        "max_body_bytes": _integer_between(1024, 64 * 1024 * 1024),
-        "workers": _integer_between(1, 64),
-        "threads": _integer_between(1, 64),
-        "handshake_timeout": _integer_between(1, 300),
-        "header_timeout": _integer_between(1, 300),
-        "body_timeout": _integer_between(1, 300),
-        "body_min_rate": _integer_between(0, 1024 * 1024 * 1024),
-        "max_connections": _integer_between(16, 100_000),
-        "max_batch_items": _integer_between(1, 100_000),
-        "tls_context_cache": _boolean,
-        "master_passphrase_file": _unresolved_path,
-        "kdf_iterations": _integer_between(MIN_ITERATIONS, MAX_ITERATIONS),
-        "key_cache_size": _integer_between(0, 1_000_000),
-        "key_cache_bytes": _integer_between(64 * 1024, 64 * 1024**3),
-        "cache_staleness_ms": _integer_between(0, MAX_CACHE_STALENESS_MS),
-        "verify_max_versions": _integer_between(1, 1000),
-        "max_versions": _integer_between(1, 2**31 - 1),
-        "deletion_min_pending_days": _integer_between(0, 30),
-        "max_encryptions_per_version": _integer_between(1, 2**32),
-        "encryption_block": _integer_between(1, 1_000_000),
-        "database_dsn": _dsn,
-        "policy_file": _path,
-        "audit_path": _path,
-        "rate_limit_rate": _positive_number,
-        "rate_limit_burst": _integer_between(1, 1_000_000),
-    }
-    for attribute, (name, value) in raw.items():
-        try:
-            values[attribute] = converters[attribute](value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"{name}: {exc} ({source})") from None
-    if "database_dsn" not in values:
-        raise ConfigurationError(f"database.dsn is not set ({source})")
-    if ("rate_limit_rate" in values) != ("rate_limit_burst" in values):
-        raise ConfigurationError(
-            f"rate_limit: set both rate and burst, or neither to switch limits off ({source})"
-        )
-    return Settings(**values)
+def settings_table() -> str:
+    """docs/settings.md: every setting, its variable, default and range, then the old spellings."""
+    lines = [
+        "# Settings",
+        "",
+        "<!-- Generated from kms/settings.py by `make settings-doc`; do not edit. -->",
+        "",
+        "kms reads a YAML file: `KMS_CONFIG` names it, else `KMS_ENV` (`dev`, the default, or",
+        "`prod`) picks `config/config.<env>.yaml`. The key `server.port` is `port:` in the file's",
+        "`server:` mapping (`kms.deletion.min_pending_days`: `min_pending_days:` in `deletion:` in",
+        "`kms:`). Each setting's environment variable overrides the file. Relative paths resolve",
+        "against the working directory, and a path may name `${CREDENTIALS_DIRECTORY}` (systemd's",
+        "`LoadCredential=`). A missing or invalid setting stops kms at startup with one line",
+        "naming it and the file.",
+        "",
+        "| Key | Environment variable | Default | Accepted | Meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for d in DECLARATIONS.values():
+        default = "required" if d.default is REQUIRED else _shown(d.default)
+        accepts = d.field.metadata["accepts"]
+        lines.append(f"| `{d.key}` | `{d.variable}` | {default} | {accepts} | {d.doc} |")
+    lines += [
+        "",
+        "Earlier spellings are still read, with a warning in the log naming the file; a file that",
+        "gives a setting under both spellings is refused.",
+        "",
+        "| Deprecated key | Write instead |",
+        "|---|---|",
+    ]
+    lines += [f"| `{a}` | `{d.key}` |" for d in DECLARATIONS.values() for a in d.aliases]
+    return "\n".join(lines) + "\n"
 
 
-def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("must be a non-empty string")
-    return value
-
-
-def _boolean(value: Any) -> bool:
-    # YAML gives a bool; a KMS_* override gives text, of which only the two spellings count.
+def _shown(value: Any) -> str:
+    if value is None:
+        return "unset"
     if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ValueError("must be true or false")
-
-
-def _path(value: Any) -> Path:
-    return Path(_string(value)).expanduser().resolve()
-
-
-def _unresolved_path(value: Any) -> Path:
-    """Absolute, but not resolved: a secret file is opened as configured (``O_NOFOLLOW``), so a
-    symlink in its place must reach the reader to be refused, not be replaced by its target."""
-    path = Path(_string(value)).expanduser()
-    return path if path.is_absolute() else Path.cwd() / path
-
-
-def _dsn(value: Any) -> str:
-    dsn = _string(value)
-    # A plain file path resolves now, like the other paths: a later chdir must not move it.
-    return dsn if "://" in dsn else str(_path(dsn))
-
-
-def _positive_number(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("must be a number")
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise ValueError("must be a number") from None
-    if not isinstance(value, int | float) or not 0 < value <= 1_000_000 or value != value:
-        raise ValueError("must be a number above 0 and at most 1000000")
-    return float(value)
-
-
-_DECIMAL = re.compile(r"[0-9]{1,12}")
-
-
-def _integer_between(low: int, high: int):  # noqa: ANN202 - returns a converter
-    def convert(value: Any) -> int:
-        if isinstance(value, bool):
-            raise ValueError("must be an integer")
-        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
-            value = int(value)
-        if not isinstance(value, int):
-            raise ValueError("must be an integer")
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}")
-        return value
-
-    return convert
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"

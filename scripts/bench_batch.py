@@ -77,9 +77,9 @@ def own_server(directory: Path) -> Iterator[Target]:
     config.write_text(
         "server:\n"
         f"  port: {port}\n"
-        f'  serverCert: "{directory / "server.crt"}"\n'
-        f'  serverKey: "{directory / "server.key"}"\n'
-        f'  caCert: "{directory / "ca.pem"}"\n'
+        f'  server_cert: "{directory / "server.crt"}"\n'
+        f'  server_key: "{directory / "server.key"}"\n'
+        f'  ca_cert: "{directory / "ca.pem"}"\n'
         "kms:\n"
         f'  master_passphrase_file: "{directory / "master.key"}"\n'
         "database:\n"

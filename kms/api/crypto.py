@@ -21,7 +21,7 @@ blueprint = Blueprint("crypto", __name__, url_prefix="/v1/kms")
 #: request and response schemas above document the single call.
 BATCH_FORM = (
     "Also takes a batch: `{key_id, batch: [item, ...]}`, each item the fields of the single call "
-    "but `key_id` (at most `server.maxBatchItems`), answered `{results: [...]}` in order, each "
+    "but `key_id` (at most `server.max_batch_items`), answered `{results: [...]}` in order, each "
     "its result or `{error}`."
 )
 

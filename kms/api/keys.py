@@ -179,7 +179,7 @@ def delete_key(key_id: str) -> Response:
     response=schemas.key_response,
     errors={
         404: "record not found",
-        409: "the key changed during the operation, it has kms.maxVersions versions, or it is "
+        409: "the key changed during the operation, it has kms.max_versions versions, or it is "
         "pending deletion",
     },
 )

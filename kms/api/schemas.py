@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Callable
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
 
 from kms.crypto.algorithms import DIGEST_ALGORITHMS
+from kms.fields import StrictBoolean, StrictInteger
 from kms.service.keys import DataKey, Verified
 from kms.service.keys.validation import (
     DATA_KEY_SIZES,
@@ -24,8 +24,6 @@ from kms.service.keys.validation import (
     MAX_PENDING_DAYS,
     MAX_RANDOM_BYTES,
 )
-
-_DECIMAL = re.compile(r"[0-9]{1,10}")
 
 
 class StrictBase64(fields.Field):
@@ -41,35 +39,6 @@ class StrictBase64(fields.Field):
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise ValidationError("must be valid standard base64") from None
-
-
-class StrictInteger(fields.Field):
-    """An integer in JSON, or a plain decimal in a query string; never a bool, float or "3"."""
-
-    def __init__(self, *, low: int, high: int, from_query: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.low, self.high, self.from_query = low, high, from_query
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
-        if self.from_query and isinstance(value, str) and _DECIMAL.fullmatch(value):
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValidationError("must be an integer")
-        if not self.low <= value <= self.high:
-            raise ValidationError(f"must be between {self.low} and {self.high}")
-        return value
-
-    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> int | None:
-        return value
-
-
-class StrictBoolean(fields.Field):
-    """JSON true or false; never 1, 0 or "true"."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
-        if not isinstance(value, bool):
-            raise ValidationError("must be true or false")
-        return value
 
 
 class EncryptionContext(fields.Field):
@@ -125,23 +94,23 @@ class TrimRequest(_Request):
 
 
 class DeleteKeyQuery(_Request):
-    pending_days = StrictInteger(low=1, high=MAX_PENDING_DAYS, from_query=True, load_default=None)
+    pending_days = StrictInteger(low=1, high=MAX_PENDING_DAYS, from_text=True, load_default=None)
 
 
 class ListKeysQuery(_Request):
-    limit = StrictInteger(low=1, high=MAX_PAGE_SIZE, from_query=True, load_default=100)
+    limit = StrictInteger(low=1, high=MAX_PAGE_SIZE, from_text=True, load_default=100)
     after = fields.String(load_default=None, validate=validate.Length(min=1))
     state = fields.String(load_default=None)
     label = fields.String(load_default=None)
 
 
 class ListVersionsQuery(_Request):
-    limit = StrictInteger(low=1, high=MAX_PAGE_SIZE, from_query=True, load_default=100)
-    after = StrictInteger(low=0, high=2**31 - 1, from_query=True, load_default=None)
+    limit = StrictInteger(low=1, high=MAX_PAGE_SIZE, from_text=True, load_default=100)
+    after = StrictInteger(low=0, high=2**31 - 1, from_text=True, load_default=None)
 
 
 class PublicKeyQuery(_Request):
-    version = StrictInteger(low=1, high=2**31 - 1, from_query=True, load_default=None)
+    version = StrictInteger(low=1, high=2**31 - 1, from_text=True, load_default=None)
 
 
 class EncryptRequest(_Request):
@@ -210,7 +179,7 @@ class VerifyRequest(_Request):
     digest_algorithm = fields.String(
         load_default=None, validate=validate.OneOf(sorted(DIGEST_ALGORITHMS))
     )
-    #: Check only this version (any the key has), instead of the newest kms.verifyMaxVersions.
+    #: Check only this version (any the key has), instead of the newest kms.verify_max_versions.
     version = StrictInteger(**_VERSION, load_default=None)
 
 
@@ -381,7 +350,7 @@ _data_key_without_plaintext = DataKeyResponse(exclude=("plaintext",))
 def fast_load(schema: Schema) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """``schema.load`` of one JSON object, without marshmallow's per-call machinery.
 
-    A batch loads up to ``server.maxBatchItems`` items, and ``load`` costs about 10 us per item
+    A batch loads up to ``server.max_batch_items`` items, and ``load`` costs about 10 us per item
     against 3 us for its fields' own ``deserialize``. The same fields, defaults, unknown-field
     refusal and messages (a ``ValidationError`` of the same shape); only for the flat request
     schemas here (no hooks, no nesting, ``unknown = RAISE``). A test compares it with ``load``
@@ -414,7 +383,7 @@ def fast_load(schema: Schema) -> Callable[[dict[str, Any]], dict[str, Any]]:
 def fast_dump(schema: Schema) -> Callable[[Any], dict[str, Any]]:
     """``schema.dump`` of one object, without marshmallow's per-call machinery.
 
-    A batch dumps up to ``server.maxBatchItems`` results, and ``dump`` costs about 12 us per
+    A batch dumps up to ``server.max_batch_items`` results, and ``dump`` costs about 12 us per
     object against 3 us for its fields' own serialisation: a third of a batch item's time. Only
     for the flat response schemas here (no hooks, no nesting, no ``many``, every attribute
     present); a test compares it with ``dump`` for each schema a batch uses.

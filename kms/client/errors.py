@@ -51,7 +51,7 @@ class KeyChangedError(ConflictError):
 
 
 class PayloadTooLargeError(KMSClientError):
-    """413: the body is over the server's ``server.maxBodyBytes``."""
+    """413: the body is over the server's ``server.max_body_bytes``."""
 
 
 class UnsupportedMediaTypeError(InvalidRequestError):

@@ -20,7 +20,7 @@ class ServerLimits:
     body_min_rate: int = 1024
     max_connections: int = 1000
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    #: ``server.tlsContextCache``: False builds a TLS context per connection (a diagnostic).
+    #: ``server.tls_context_cache``: False builds a TLS context per connection (a diagnostic).
     tls_context_cache: bool = True
 
     @classmethod

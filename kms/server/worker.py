@@ -7,12 +7,12 @@ the thread pool, the WSGI call and the access log are gunicorn's) keeps a connec
 event loop, with non-blocking sockets, until a whole request has arrived:
 
 1. ``HANDSHAKE``: the TLS handshake, driven by ``do_handshake`` on each readiness event, within
-   ``server.handshakeTimeout`` of the accept.
-2. ``HEAD``: the request line and headers, within ``server.headerTimeout`` of their first byte
+   ``server.handshake_timeout`` of the accept.
+2. ``HEAD``: the request line and headers, within ``server.header_timeout`` of their first byte
    (of the handshake's end, for a connection's first request). gunicorn's own parser checks the
    bytes received so far, so a head it would refuse goes to a thread at once, to be answered.
-3. ``BODY``: the request body (Content-Length or chunked), up to ``server.maxBodyBytes``. A body
-   that stalls for ``server.bodyTimeout`` or averages less than ``server.bodyMinRate`` bytes per
+3. ``BODY``: the request body (Content-Length or chunked), up to ``server.max_body_bytes``. A body
+   that stalls for ``server.body_timeout`` or averages less than ``server.body_min_rate`` bytes per
    second after its first 5 seconds is dropped with a log line; so is one whose client goes away.
 4. ``BUSY``: only now does a thread get the connection, with every byte already in memory: the
    parser and the application read from that buffer, never from the socket.
@@ -20,7 +20,7 @@ event loop, with non-blocking sockets, until a whole request has arrived:
    next request starts (gunicorn's ``keepalive`` seconds); an idle connection costs no thread.
 6. ``LINGER``: a connection being closed first half-closes and drops what the client still
    sends, for up to 2 seconds, so the client reads the answer instead of a reset.
-7. ``DISCARD``: a body of known length over ``server.maxBodyBytes`` (up to 16 MiB over it) is
+7. ``DISCARD``: a body of known length over ``server.max_body_bytes`` (up to 16 MiB over it) is
    answered 413 at once; the event loop then reads and drops the rest of it, under the body's
    deadlines, and the connection stays open for the next request.
 
@@ -28,7 +28,7 @@ New connections go to the least loaded worker: a worker that holds more connecti
 another leaves the listener to it for a moment (``kms.server.balance``), so a client's pool of
 kept-alive connections is shared out evenly instead of landing on whichever worker woke first.
 
-``server.maxConnections`` caps the connections of one worker. At the cap a new connection is
+``server.max_connections`` caps the connections of one worker. At the cap a new connection is
 still accepted: the worker closes the connection that is least likely a working client to make
 room, in this order: lingering, still in its handshake, still sending its head or its body, idle
 between requests, the oldest first within each; a connection a thread is serving is never closed.
@@ -265,7 +265,7 @@ class KMSWorker(gthread.ThreadWorker):
         super().init_process()
 
     def context_for_connection(self, tls: ReloadableContext) -> ssl.SSLContext:
-        """The worker's cached context; with ``server.tlsContextCache: false`` a new one per
+        """The worker's cached context; with ``server.tls_context_cache: false`` a new one per
         connection, as gunicorn's stock workers build it (only to measure the difference)."""
         if self.limits.tls_context_cache:
             return tls.current()
@@ -283,7 +283,7 @@ class KMSWorker(gthread.ThreadWorker):
         return context
 
     def raise_file_limit(self) -> None:
-        """Let the soft open-file limit fit ``server.maxConnections`` (up to the hard limit).
+        """Let the soft open-file limit fit ``server.max_connections`` (up to the hard limit).
 
         systemd's default soft limit is 1024, less than the default cap plus the database's and
         gunicorn's own descriptors; raising the soft limit up to the hard one needs no privilege.
@@ -297,7 +297,7 @@ class KMSWorker(gthread.ThreadWorker):
                 soft = target
         if soft != resource.RLIM_INFINITY and soft < needed:
             self.log.warning(
-                "open-file limit %d is below server.maxConnections + %d; raise LimitNOFILE",
+                "open-file limit %d is below server.max_connections + %d; raise LimitNOFILE",
                 soft,
                 FILE_DESCRIPTOR_RESERVE,
             )
@@ -522,7 +522,7 @@ class KMSWorker(gthread.ThreadWorker):
         if not candidates:
             return False
         victim = min(candidates, key=lambda conn: (_EVICTION_RANK[conn.state], conn.since))
-        self.log.debug("at maxConnections: closing a %s connection", victim.state.value)
+        self.log.debug("at server.max_connections: closing a %s connection", victim.state.value)
         self.close(victim)
         return True
 

@@ -21,7 +21,7 @@ Where the counters live:
   cached is read again) and reconnects with backoff; the time bound of the cache covers the gap.
 
 A missing or unusable file, or a lost listener, never makes a cached row live longer than
-``kms.cacheStalenessMs``: the counters only make a change visible sooner.
+``kms.cache_staleness_ms``: the counters only make a change visible sooner.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class SharedFileChanges:
             except OSError as error:
                 log.warning(
                     "kms: cannot open %s (%s): other processes' key changes are seen within "
-                    "kms.cacheStalenessMs only",
+                    "kms.cache_staleness_ms only",
                     self.path,
                     error.strerror,
                 )
@@ -185,7 +185,7 @@ class SharedFileChanges:
                 os.close(fd)
                 log.warning(
                     "kms: cannot map %s (%s): other processes' key changes are seen within "
-                    "kms.cacheStalenessMs only",
+                    "kms.cache_staleness_ms only",
                     self.path,
                     getattr(error, "strerror", None) or error,
                 )

@@ -62,7 +62,7 @@ keys = Table(
     Column("last_use_attempt", Text, nullable=True),
     # Seconds; NULL: no rotation by time. Covered by ``mac``.
     Column("rotation_period", Integer, nullable=True),
-    # NULL: the configured default (kms.maxEncryptionsPerVersion). Covered by ``mac``.
+    # NULL: the configured default (kms.max_encryptions_per_version). Covered by ``mac``.
     Column("max_encryptions_per_version", BigInteger, nullable=True),
 )
 

@@ -83,10 +83,10 @@ def test_every_response_has_its_own_request_id(client: FlaskClient) -> None:
 
 
 def test_a_configured_body_limit_is_the_limit(initialised: Settings, tmp_path: Path) -> None:
-    """``server.maxBodyBytes`` from a config file, not only the 1 MiB default, decides the 413."""
+    """``server.max_body_bytes`` from a config file, not only the 1 MiB default, decides the 413."""
     config = tmp_path / "limit.yaml"
     config.write_text(
-        f"server:\n  maxBodyBytes: 2048\ndatabase:\n  dsn: {initialised.database_dsn}\n",
+        f"server:\n  max_body_bytes: 2048\ndatabase:\n  dsn: {initialised.database_dsn}\n",
         encoding="utf-8",
     )
     settings = load_settings(config, environ={}).with_overrides(

@@ -237,15 +237,15 @@ def test_the_batch_size_is_bounded_by_the_setting(
 
 def test_max_batch_items_is_a_setting(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text("server:\n  maxBatchItems: 10\ndatabase:\n  dsn: kms.db\n", encoding="utf-8")
+    config.write_text("server:\n  max_batch_items: 10\ndatabase:\n  dsn: kms.db\n", "utf-8")
     assert load_settings(config, environ={}).max_batch_items == 10
     overridden = load_settings(config, environ={"KMS_SERVER_MAX_BATCH_ITEMS": "20"})
     assert overridden.max_batch_items == 20
     config.write_text("database:\n  dsn: kms.db\n", encoding="utf-8")
     assert load_settings(config, environ={}).max_batch_items == 1000
     for bad in ("0", "x", "100001"):
-        config.write_text(f"server:\n  maxBatchItems: {bad}\ndatabase:\n  dsn: kms.db\n")
-        with pytest.raises(Exception, match="server.maxBatchItems"):
+        config.write_text(f"server:\n  max_batch_items: {bad}\ndatabase:\n  dsn: kms.db\n")
+        with pytest.raises(Exception, match="server.max_batch_items"):
             load_settings(config, environ={})
 
 
@@ -259,6 +259,6 @@ def test_the_app_passes_the_setting_to_the_service(
     items = [{"plaintext": "AA=="}] * 3
     response = client.post("/v1/kms/encrypt", json={"key_id": "orders", "batch": items})
     assert response.status_code == 400
-    assert response.get_json() == {"error": "batch: at most 2 items (server.maxBatchItems)"}
+    assert response.get_json() == {"error": "batch: at most 2 items (server.max_batch_items)"}
     response = client.post("/v1/kms/encrypt", json={"key_id": "orders", "batch": items[:2]})
     assert response.status_code == 200 and len(response.get_json()["results"]) == 2

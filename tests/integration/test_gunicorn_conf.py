@@ -56,9 +56,9 @@ def probe(tmp_path: Path, server_section: str) -> dict[str, Any]:
     config = tmp_path / "config.yaml"
     config.write_text(
         "server:\n"
-        f'  serverCert: "{tmp_path / "server.crt"}"\n'
-        f'  serverKey: "{tmp_path / "server.key"}"\n'
-        f'  caCert: "{tmp_path / "ca.pem"}"\n'
+        f'  server_cert: "{tmp_path / "server.crt"}"\n'
+        f'  server_key: "{tmp_path / "server.key"}"\n'
+        f'  ca_cert: "{tmp_path / "ca.pem"}"\n'
         f"{server_section}"
         "database:\n"
         f'  dsn: "{tmp_path / "kms.db"}"\n',

@@ -380,7 +380,7 @@ def test_an_unusable_counters_file_falls_back_to_the_bound_and_says_so(
         assert changes.mark("k") == 0
         changes.bump("k")
         assert changes.mark("k") == 1
-    assert "kms.cacheStalenessMs" in caplog.text
+    assert "kms.cache_staleness_ms" in caplog.text
 
 
 def test_buckets_spread_key_ids() -> None:

@@ -83,9 +83,9 @@ def write_config(directory: Path, database: Path, *, policy: bool, audit: bool) 
         (directory / name).write_text("not read by the start hook\n", encoding="ascii")
     config = (
         "server:\n"
-        f'  serverCert: "{directory / "server.crt"}"\n'
-        f'  serverKey: "{directory / "server.key"}"\n'
-        f'  caCert: "{directory / "ca.pem"}"\n'
+        f'  server_cert: "{directory / "server.crt"}"\n'
+        f'  server_key: "{directory / "server.key"}"\n'
+        f'  ca_cert: "{directory / "ca.pem"}"\n'
         f"  port: {free_port()}\n"
         "kms:\n"
         f'  master_passphrase_file: "{database.with_name("master.key")}"\n'

@@ -148,7 +148,7 @@ def test_rotation_past_max_versions_is_refused(
     with pytest.raises(TooManyVersions) as excinfo:
         service.rotate_key("capped")
     assert "maximum of 3 versions" in excinfo.value.public_message
-    assert "kms.maxVersions" in excinfo.value.public_message
+    assert "kms.max_versions" in excinfo.value.public_message
     assert service.get_key("capped").version == 3
     # Raising the limit lets the key rotate again: nothing was consumed by the refusals.
     assert build(counting, keyring, max_versions=4).rotate_key("capped").version == 4
@@ -180,12 +180,12 @@ def test_the_limit_is_checked_again_under_the_rows_write_lock(
 def test_the_limits_come_from_the_config_file(tmp_path: Path) -> None:
     config = tmp_path / "kms.yaml"
     config.write_text(
-        "kms:\n  verifyMaxVersions: 4\n  maxVersions: 10\ndatabase:\n  dsn: kms.db\n",
+        "kms:\n  verify_max_versions: 4\n  max_versions: 10\ndatabase:\n  dsn: kms.db\n",
         encoding="utf-8",
     )
     loaded = load_settings(config, environ={})
     assert (loaded.verify_max_versions, loaded.max_versions) == (4, 10)
-    overridden = load_settings(config, environ={"KMS_KMS_MAXVERSIONS": "12"})
+    overridden = load_settings(config, environ={"KMS_KMS_MAX_VERSIONS": "12"})
     assert overridden.max_versions == 12
     defaults = Settings(database_dsn="kms.db")
     assert (defaults.verify_max_versions, defaults.max_versions) == (16, 100_000)
@@ -193,7 +193,7 @@ def test_the_limits_come_from_the_config_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("verifyMaxVersions", 0), ("verifyMaxVersions", "x"), ("maxVersions", 0)],
+    [("verify_max_versions", 0), ("verify_max_versions", "x"), ("max_versions", 0)],
 )
 def test_a_bad_limit_names_the_setting(tmp_path: Path, key: str, value: object) -> None:
     config = tmp_path / "kms.yaml"
@@ -213,6 +213,6 @@ def test_rotation_past_the_limit_is_a_409_with_the_reason(
     refused = client.post("/v1/kms/keys/capped/rotate")
     assert refused.status_code == 409
     assert refused.get_json() == {
-        "error": "key has reached the maximum of 2 versions (kms.maxVersions); "
+        "error": "key has reached the maximum of 2 versions (kms.max_versions); "
         "recreate it or use a new key"
     }

@@ -15,14 +15,6 @@ from kms.server.tls import ReloadableContext
 from kms.server.worker import KMSWorker
 from kms.settings import load_settings
 
-NAMES = {
-    "handshakeTimeout": "handshake_timeout",
-    "headerTimeout": "header_timeout",
-    "bodyTimeout": "body_timeout",
-    "bodyMinRate": "body_min_rate",
-    "maxConnections": "max_connections",
-}
-
 
 def write(path: Path, **server: object) -> Path:
     document = {"server": {"port": 8443, **server}, "database": {"dsn": "kms.db"}}
@@ -43,8 +35,8 @@ def test_defaults(tmp_path: Path) -> None:
 
 
 def test_values_from_the_file_and_from_the_environment(tmp_path: Path) -> None:
-    path = write(tmp_path / "k.yaml", handshakeTimeout=2, headerTimeout=3, maxConnections=64)
-    environ = {"KMS_SERVER_BODY_TIMEOUT": "4", "KMS_SERVER_BODYMINRATE": "0"}
+    path = write(tmp_path / "k.yaml", handshake_timeout=2, header_timeout=3, max_connections=64)
+    environ = {"KMS_SERVER_BODY_TIMEOUT": "4", "KMS_SERVER_BODY_MIN_RATE": "0"}
     settings = load_settings(path, environ=environ)
     assert (settings.handshake_timeout, settings.header_timeout) == (2, 3)
     assert (settings.body_timeout, settings.body_min_rate, settings.max_connections) == (4, 0, 64)
@@ -53,12 +45,12 @@ def test_values_from_the_file_and_from_the_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("handshakeTimeout", 0),
-        ("headerTimeout", 301),
-        ("bodyTimeout", "soon"),
-        ("bodyMinRate", -1),
-        ("maxConnections", 15),
-        ("maxConnections", 2.5),
+        ("handshake_timeout", 0),
+        ("header_timeout", 301),
+        ("body_timeout", "soon"),
+        ("body_min_rate", -1),
+        ("max_connections", 15),
+        ("max_connections", 2.5),
     ],
 )
 def test_a_bad_value_names_the_setting(tmp_path: Path, key: str, value: object) -> None:
@@ -71,7 +63,7 @@ def test_a_bad_value_names_the_setting(tmp_path: Path, key: str, value: object) 
 def test_the_tls_context_cache_is_on_unless_switched_off(tmp_path: Path) -> None:
     default = load_settings(write(tmp_path / "a.yaml"), environ={})
     assert ServerLimits.from_settings(default).tls_context_cache is True
-    off = load_settings(write(tmp_path / "c.yaml", tlsContextCache=False), environ={})
+    off = load_settings(write(tmp_path / "c.yaml", tls_context_cache=False), environ={})
     assert ServerLimits.from_settings(off).tls_context_cache is False
     environ = {"KMS_SERVER_TLS_CONTEXT_CACHE": "false"}
     assert load_settings(write(tmp_path / "d.yaml"), environ=environ).tls_context_cache is False
@@ -79,8 +71,9 @@ def test_the_tls_context_cache_is_on_unless_switched_off(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("value", ["no", 0, 1, "yes", None])
 def test_the_tls_context_cache_takes_only_true_or_false(tmp_path: Path, value: object) -> None:
-    with pytest.raises(ConfigurationError, match=r"server\.tlsContextCache: must be true or false"):
-        load_settings(write(tmp_path / "k.yaml", tlsContextCache=value), environ={})
+    refused = r"server\.tls_context_cache: must be true or false"
+    with pytest.raises(ConfigurationError, match=refused):
+        load_settings(write(tmp_path / "k.yaml", tls_context_cache=value), environ={})
 
 
 class _Worker:

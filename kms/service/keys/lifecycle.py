@@ -465,7 +465,7 @@ class KeyLifecycle:
         except (NotLatest, KeyChanged, KeyNotFound):
             return None  # another process rotated or recreated it, or it was deleted
         except TooManyVersions:
-            log.error("rotate-due: key %r is at kms.maxVersions", key.key_id)
+            log.error("rotate-due: key %r is at kms.max_versions", key.key_id)
             return None
         return Rotated(new.key_id, new.latest_version)
 

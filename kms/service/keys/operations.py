@@ -286,7 +286,7 @@ class KeyOperations:
             raise InvalidRequest("batch: must hold at least one item")
         if count > self._max_batch_items:
             raise InvalidRequest(
-                f"batch: at most {self._max_batch_items} items (server.maxBatchItems)"
+                f"batch: at most {self._max_batch_items} items (server.max_batch_items)"
             )
 
     # -- the key row of an operation, cached ------------------------------------------------
@@ -305,7 +305,7 @@ class KeyOperations:
         """``operation`` on the key's row: the cached row if there is one still valid
         (``KeyRowCache``), else the row read now.
 
-        A cached row may be up to ``kms.cacheStalenessMs`` old. Encrypting or signing under it
+        A cached row may be up to ``kms.cache_staleness_ms`` old. Encrypting or signing under it
         is safe (an older latest version still decrypts and verifies everywhere); failing is
         not: when ``operation`` fails the way a stale row would make it fail (a version the row
         does not know yet, a version row of another incarnation, or a result ``failed`` calls a

@@ -157,7 +157,7 @@ def rotation_due(key: KeyRecord, latest_created_at: datetime, now: datetime) -> 
 
 def too_many_versions(max_versions: int) -> TooManyVersions:
     return TooManyVersions(
-        f"key has reached the maximum of {max_versions} versions (kms.maxVersions); "
+        f"key has reached the maximum of {max_versions} versions (kms.max_versions); "
         "recreate it or use a new key"
     )
 

@@ -107,7 +107,7 @@ class KMSService:
         """The service with the configured limits.
 
         ``cache`` holds loaded key material (none: nothing is kept, as for an operator command);
-        ``rows`` caches key rows for the operations (``kms.cacheStalenessMs``; none: every
+        ``rows`` caches key rows for the operations (``kms.cache_staleness_ms``; none: every
         operation reads its row). ``clock`` gives "now" (tests move it instead of sleeping);
         ``after_generation`` is a test hook, see ``KeyLifecycle``.
         """

@@ -50,7 +50,7 @@ class TrustedRows:
         material_cache: KeyMaterialCache,
         rows: KeyRowCache | None = None,
     ) -> None:
-        """``rows`` caches key rows for the cryptographic operations (``kms.cacheStalenessMs``);
+        """``rows`` caches key rows for the cryptographic operations (``kms.cache_staleness_ms``);
         without it every operation reads the row. ``material_cache`` is only looked at: a
         version whose secret is loaded already is not kept when read with its key row."""
         self._repository = repository

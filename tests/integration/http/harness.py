@@ -186,9 +186,9 @@ def write_config(
     path.write_text(
         "server:\n"
         f"  port: {port}\n"
-        f'  serverCert: "{server_cert or directory / "server.crt"}"\n'
-        f'  serverKey: "{server_key or directory / "server.key"}"\n'
-        f'  caCert: "{ca_cert or directory / "ca.pem"}"\n'
+        f'  server_cert: "{server_cert or directory / "server.crt"}"\n'
+        f'  server_key: "{server_key or directory / "server.key"}"\n'
+        f'  ca_cert: "{ca_cert or directory / "ca.pem"}"\n'
         "  workers: 2\n"
         "  threads: 4\n"
         "kms:\n"

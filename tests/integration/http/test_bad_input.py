@@ -52,7 +52,7 @@ INVALID_CIPHERTEXT = "invalid ciphertext"
 NOT_BASE64 = "must be valid standard base64"
 LIMIT_RANGE = "limit: must be between 1 and 1000"
 LIMIT_TYPE = "limit: must be an integer"
-MAX_BODY_BYTES = 1024 * 1024  # the default server.maxBodyBytes
+MAX_BODY_BYTES = 1024 * 1024  # the default server.max_body_bytes
 ALGORITHM_NAMES = (
     "AES-256-GCM, ChaCha20-Poly1305, ECDSA-P256, ECDSA-P384, Ed25519, HMAC-SHA256, HMAC-SHA512, "
     "RSA-2048, RSA-3072, RSA-4096, RSA-OAEP-2048, RSA-OAEP-3072, RSA-OAEP-4096"

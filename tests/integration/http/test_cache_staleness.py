@@ -1,5 +1,5 @@
-"""Key rows cached by the workers (``kms.cacheStalenessMs``): what one worker or node changes, every
-other sees within the bound, at once when the change counters (SQLite) or NOTIFY (PostgreSQL)
+"""Key rows cached by the workers (``kms.cache_staleness_ms``): what one worker or node changes,
+every other sees within the bound, at once when the change counters (SQLite) or NOTIFY (PostgreSQL)
 tell it, and a ciphertext of a version a worker has not seen yet decrypts there at once.
 
 Real servers: gunicorn with two workers over mutual TLS. To know that every worker answered,
@@ -81,7 +81,7 @@ def _configure(deployment: Deployment, database: Path | str, staleness_ms: int |
     if staleness_ms is not None:
         text = deployment.config.read_text(encoding="utf-8")
         deployment.config.write_text(
-            text.replace("kms:\n", f"kms:\n  cacheStalenessMs: {staleness_ms}\n", 1),
+            text.replace("kms:\n", f"kms:\n  cache_staleness_ms: {staleness_ms}\n", 1),
             encoding="utf-8",
         )
 
@@ -262,7 +262,7 @@ def test_sqlite_without_usable_counters_the_bound_still_holds(
 
     node = sqlite_node(None, block_counters)
     _changes_seen(node, node, at_once=False)
-    assert "kms.cacheStalenessMs only" in node.server.output()
+    assert "kms.cache_staleness_ms only" in node.server.output()
 
 
 def test_a_command_that_writes_is_seen_by_a_running_server_at_once(

@@ -532,7 +532,7 @@ def test_an_empty_batch_or_one_over_1000_items_is_400(
     item = BATCH_ITEMS[operation]
     for items, message in (
         ([], "batch: must hold at least one item"),
-        ([item] * 1001, "batch: at most 1000 items (server.maxBatchItems)"),
+        ([item] * 1001, "batch: at most 1000 items (server.max_batch_items)"),
     ):
         response = client.post(f"/v1/kms/{operation}", json={"key_id": target, "batch": items})
         expect_error(response, 400, message)

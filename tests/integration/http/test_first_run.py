@@ -135,9 +135,9 @@ def test_a_config_naming_the_credentials_directory_serves(
     config.write_text(
         "server:\n"
         f"  port: {port}\n"
-        '  serverCert: "${CREDENTIALS_DIRECTORY}/server.crt"\n'
-        '  serverKey: "${CREDENTIALS_DIRECTORY}/server.key"\n'
-        '  caCert: "${CREDENTIALS_DIRECTORY}/ca.pem"\n'
+        '  server_cert: "${CREDENTIALS_DIRECTORY}/server.crt"\n'
+        '  server_key: "${CREDENTIALS_DIRECTORY}/server.key"\n'
+        '  ca_cert: "${CREDENTIALS_DIRECTORY}/ca.pem"\n'
         "kms:\n"
         '  master_passphrase_file: "${CREDENTIALS_DIRECTORY}/master.key"\n'
         "database:\n"

@@ -1,6 +1,6 @@
 """Two kms nodes (separate gunicorn servers) on one PostgreSQL database.
 
-Each node's workers cache unwrapped keys in memory; with ``kms.cacheStalenessMs: 0`` (no cached
+Each node's workers cache unwrapped keys in memory; with ``kms.cache_staleness_ms: 0`` (no cached
 key rows) what one node does must take effect on the other at once: a rotation is used for the
 next encrypt, a recreated key never encrypts under its old material, and a deleted key is gone.
 Skipped unless pytest is given --postgres-dsn.
@@ -51,10 +51,10 @@ def nodes(tmp_path: Path, postgres_url: str) -> Iterator[tuple[KMSClient, KMSCli
                 database=postgres_url,
             )
             # "At once" across nodes is the uncached mode; with cached key rows the same holds
-            # within kms.cacheStalenessMs (tests/integration/http/test_cache_staleness.py).
+            # within kms.cache_staleness_ms (tests/integration/http/test_cache_staleness.py).
             config = deployment.config.read_text(encoding="utf-8")
             deployment.config.write_text(
-                config.replace("kms:\n", "kms:\n  cacheStalenessMs: 0\n", 1), encoding="utf-8"
+                config.replace("kms:\n", "kms:\n  cache_staleness_ms: 0\n", 1), encoding="utf-8"
             )
             server = ServerProcess(deployment)
             stack.callback(lambda server=server: _assert_clean_stop(server))

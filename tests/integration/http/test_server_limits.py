@@ -68,7 +68,7 @@ def tcp_connection(deployment: Deployment) -> socket.socket:
 
 def test_connections_that_miss_their_deadlines_are_closed(tmp_path: Path) -> None:
     with private_server(
-        tmp_path, handshakeTimeout=1, headerTimeout=1, bodyTimeout=1, bodyMinRate=0
+        tmp_path, handshake_timeout=1, header_timeout=1, body_timeout=1, body_min_rate=0
     ) as server:
         deployment = server.deployment
         with ExitStack() as stack:
@@ -95,7 +95,7 @@ def test_at_the_connection_cap_a_new_client_is_still_served(tmp_path: Path) -> N
     The oldest connections still in their handshake are closed to make room (the handshake
     deadline is long here, so only the cap can have closed them).
     """
-    with private_server(tmp_path, workers=1, maxConnections=16, handshakeTimeout=300) as server:
+    with private_server(tmp_path, workers=1, max_connections=16, handshake_timeout=300) as server:
         deployment = server.deployment
         with ExitStack() as stack:
             silent = [stack.enter_context(tcp_connection(deployment)) for _ in range(40)]
@@ -148,7 +148,7 @@ def test_idle_kept_alive_connections_hold_no_thread(tmp_path: Path) -> None:
 
 def test_a_body_slower_than_the_floor_rate_is_dropped(tmp_path: Path) -> None:
     """A body that keeps trickling (so never stalls) but averages under the floor is dropped."""
-    with private_server(tmp_path, bodyTimeout=60, bodyMinRate=100) as server:
+    with private_server(tmp_path, body_timeout=60, body_min_rate=100) as server:
         with tls_connection(server.deployment) as connection:
             connection.sendall(
                 b"POST /v1/kms/encrypt HTTP/1.1\r\nHost: 127.0.0.1\r\n"

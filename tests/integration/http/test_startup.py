@@ -166,20 +166,19 @@ def test_a_serving_lock_that_cannot_be_taken_stops_the_server_before_it_binds(
     assert "cannot take the serving lock beside the database" in line
 
 
-@pytest.mark.parametrize("setting", ["serverCert", "serverKey", "caCert"])
+@pytest.mark.parametrize("setting", ["server_cert", "server_key", "ca_cert"])
 def test_missing_tls_file_is_named(
     certificates: Path, tmp_path: Path, held_port: int, setting: str
 ) -> None:
     database = tmp_path / "kms.db"
     initialise_database(database, certificates / "master.key")
     missing = tmp_path / f"missing-{setting}.pem"
-    option = {"serverCert": "server_cert", "serverKey": "server_key", "caCert": "ca_cert"}
     config = write_config(
         tmp_path / "config.yaml",
         directory=certificates,
         port=held_port,
         database=database,
-        **{option[setting]: missing},
+        **{setting: missing},
     )
     line = assert_refused_before_binding(*serve_until_exit(config, tmp_path))
     assert f"server.{setting}" in line
