@@ -285,7 +285,8 @@ def test_settings_are_frozen(in_tmp: Path) -> None:
     assert changed == Settings(**{**vars(settings), "port": 1})
 
 
-# The README's configuration table: what a config file that names only the database gets.
+# The settings table of docs/configuration.md (all of it: tests/unit/test_docs.py): what a config
+# file that names only the database gets.
 README_DEFAULTS = {
     "host": "127.0.0.1",
     "port": 8080,
