@@ -13,7 +13,7 @@ help:
 	@echo "make run   - install, create dev certificates and passphrase, init data/dev.db, serve mTLS on :8080"
 	@echo "make test  - install and run the whole test suite (TEST_WORKERS=4 processes)"
 	@echo "make lint  - ruff check and format check"
-	@echo "make bench - requests/s, p50/p99 and ratios to a no-op (not in make test; README, Performance)"
+	@echo "make bench - requests/s, p50/p99 and ratios to a no-op (not in make test; docs/performance.md)"
 	@echo "make mutants - mutation check of crypto, service, store and startup (slow; not in make test)"
 	@echo "make openapi - write docs/openapi.json"
 	@echo "make settings-doc - write docs/settings.md (every setting, from kms/settings.py)"
@@ -83,7 +83,7 @@ mutants: $(STAMP)
 known-bugs: $(STAMP)
 	nice -n 19 $(BIN)/python scripts/known_bugs.py
 
-# Not part of `make test`: a real server over mTLS, about 4 to 5 minutes (README, Performance).
+# Not part of `make test`: a real server over mTLS, about 4 to 5 minutes (docs/performance.md).
 # BENCH_SECONDS per scenario (default 4); POSTGRES_BENCH_DSN (a role with CREATEDB) adds
 # PostgreSQL in a throwaway database; BENCH_ARGS passes more (e.g. --only encrypt_256).
 bench: $(STAMP)

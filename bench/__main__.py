@@ -3,7 +3,7 @@
     python -m bench [--seconds 5] [--postgres-dsn URL] [--output bench/results.json]
 
 Not a test: it measures, prints a table with the issue's targets (met or missed) and writes
-``bench/results.json``. See README, Performance.
+``bench/results.json``. See docs/performance.md.
 """
 
 from __future__ import annotations

@@ -58,11 +58,11 @@ DEFAULT_MAX_BATCH_ITEMS = 1000
 #: 2**32), and processes reserve encryptions from the database in blocks of this size.
 DEFAULT_MAX_ENCRYPTIONS_PER_VERSION = 2**30
 DEFAULT_ENCRYPTION_BLOCK = 1000
-#: A worker uses a cached key row for at most this long (README, Consistency); 0: no row cache.
+#: A worker uses a cached key row for at most this long (docs/operations.md, Consistency of cached key rows); 0: no row cache.
 DEFAULT_CACHE_STALENESS_MS = 1000
 MAX_CACHE_STALENESS_MS = 600_000
 #: Each of a worker's two key caches (rows, loaded material) holds at most about this many bytes:
-#: both full, a worker stays under about 150 MB (README, Consistency of cached key rows).
+#: both full, a worker stays under about 150 MB (docs/operations.md, Memory).
 DEFAULT_KEY_CACHE_BYTES = 32 * 1024 * 1024
 
 #: The one variable a path may name. systemd's ``LoadCredential=`` puts the passphrase and TLS
@@ -214,7 +214,7 @@ class Settings:
     )
     workers: int = setting(2, "server.workers", integer_between(1, 64), doc="gunicorn workers")
     threads: int = setting(4, "server.threads", integer_between(1, 64), doc="threads per worker")
-    # The serving limits of kms.server (README "Slow and hostile clients").
+    # The serving limits of kms.server (docs/security.md, Slow and hostile clients).
     handshake_timeout: int = setting(
         5, "server.handshake_timeout", integer_between(1, 300),
         aliases=("server.handshakeTimeout",),
@@ -299,7 +299,7 @@ class Settings:
         doc="encryptions a worker reserves from the database at a time (at most 1/8 of a "
         "version's limit)",
     )
-    # -- who may do what, and the record of who did (README "Security") --
+    # -- who may do what, and the record of who did (docs/configuration.md, The policy file; docs/operations.md, Audit log) --
     policy_file: Path | None = setting(
         None, "authorization.policy_file", file_path(),
         doc="YAML policy: who may do what; unset: every client may do everything",

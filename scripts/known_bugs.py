@@ -1,7 +1,7 @@
 """Re-apply known bugs, one at a time, and check that the suite catches each.
 
 Each ``scripts/known_bugs/NN-name.patch`` is one small bug that once got past ``make test`` (a
-promise of the README broken). For each, a copy of the repository gets the patch and the tests
+documented promise broken). For each, a copy of the repository gets the patch and the tests
 that must notice it run there (with ``PYTHONPATH`` on the copy, so ``kms serve`` and gunicorn run
 the bug too). Prints one line per bug; exits 1 if any bug goes unnoticed or no longer applies.
 Not part of ``make test``; run with ``python scripts/known_bugs.py``.

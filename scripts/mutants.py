@@ -290,7 +290,7 @@ def _skip_reason(node: ast.AST) -> str | None:
         called = ast.unparse(node.value.func)
         if called == "os.fsync":
             # Durability across a power cut: the data is in the page cache either way, so no
-            # test short of pulling the plug can tell; the README's crash-safety rests on review.
+            # test short of pulling the plug can tell; the documented crash-safety rests on review.
             return "fsync: only a power cut could tell"
         if called.endswith(".debug"):
             return "debug log line: not emitted at the configured level"

@@ -39,7 +39,7 @@ _CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
 blueprint = Blueprint("openapi", __name__)
 
-#: What each common error means, in the words of the README.
+#: What each common error means, in the words of docs/api.md.
 COMMON_ERRORS: dict[int, str] = {
     400: "invalid request: malformed JSON, an unknown or invalid field or query parameter",
     403: "forbidden: the policy does not allow the caller this operation on this key",

@@ -41,8 +41,8 @@ class AEADKey:
     ``cryptography``'s AESGCM keeps OpenSSL contexts ready for use, about 2.7 KB a key (measured,
     cryptography 50), against about 0.1 KB for this object; building one costs about 4 us. A
     worker caches up to ``kms.key_cache_size`` loaded versions, so this keeps 100,000 cached
-    versions within tens of MB (README, Performance) for a few microseconds a call. No ``repr``
-    or attribute shows the key.
+    versions within tens of MB (docs/operations.md, Memory) for a few microseconds a call. No
+    ``repr`` or attribute shows the key.
     """
 
     __slots__ = ("_aead_class", "_key")

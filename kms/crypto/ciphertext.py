@@ -11,7 +11,7 @@ a raw OAEP ciphertext made offline is read with ``parse_raw``.
 
 The AEAD's associated data binds the key_id, the version and the caller's encryption context, so
 a ciphertext cannot be replayed under another key, relabelled as another version, or opened
-under another context (README, "Encryption context"):
+under another context (docs/api.md, "Encryption context"):
 
 ``AAD = "kms/ciphertext/v1" || u32(len(key_id)) || key_id || u32(len(V)) || V
 || u32(len(C)) || C``, where ``u32`` is a 4-byte big-endian length, ``key_id`` is UTF-8, ``V``

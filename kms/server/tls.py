@@ -11,7 +11,7 @@ A half-replaced pair is never used: ``load_cert_chain`` refuses a key that is no
 certificate's (OpenSSL checks that they match), and a file that is missing or unparsable fails
 the build too. Then the old context stays in use, the problem is logged once, and the files are
 tried again at the next check, so finishing the replacement is enough. Replace files by writing
-the new one beside the old and renaming it into place (README, Operations).
+the new one beside the old and renaming it into place (docs/operations.md, certificate rotation).
 
 The context is built by a function given by the caller (the worker: gunicorn's
 ``ssl_context`` hook, so the settings in ``kms.gunicorn_conf`` apply to every rebuild), so a

@@ -29,7 +29,7 @@ class PassphraseKeyring:
     """A master key derived from a passphrase, kept in a buffer that ``close`` overwrites.
 
     The AESGCM object and the HMAC context keep their own copies of their keys inside OpenSSL,
-    which Python cannot reach; the README's security notes list every copy.
+    which Python cannot reach; docs/security.md (Security notes) lists every copy.
     """
 
     def __init__(self, master_key: bytearray) -> None:

@@ -83,8 +83,9 @@ key_versions = Table(
     Column("public_key", LargeBinary, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("mac", LargeBinary, nullable=True),
-    # Use counters: bookkeeping, not covered by ``mac`` (README, Threat model). ``encryptions``
-    # counts what processes reserved against the limit, used or not (kms.service.keys.limits).
+    # Use counters: bookkeeping, not covered by ``mac`` (docs/security.md, Threat model).
+    # ``encryptions`` counts what processes reserved against the limit, used or not
+    # (kms.service.keys.limits).
     Column("encryptions", BigInteger, nullable=False, server_default="0"),
     Column("decryptions", BigInteger, nullable=False, server_default="0"),
     Column("last_used_at", DateTime(timezone=True), nullable=True),

@@ -7,7 +7,8 @@ server is using the database.
   cannot. The kernel drops the lock when the processes die, so a crashed server never blocks.
 - PostgreSQL: every server connection says ``application_name=kms-server``; the command counts
   such sessions on its database in ``pg_stat_activity``. A node whose workers have not yet opened
-  a connection is not seen: stop every node first (README, Operations) and let this catch mistakes.
+  a connection is not seen: stop every node first (docs/operations.md, `kms rekey`) and let this
+  catch mistakes.
 """
 
 from __future__ import annotations

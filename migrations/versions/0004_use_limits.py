@@ -5,7 +5,7 @@ rows: NULL is their default in ``KeyRecord``, and a field at its default is left
 MAC's encoding, so every existing MAC stays valid without the master key.
 ``key_versions.encryptions`` counts encryptions reserved against the version's limit (a block a
 process reserved and did not use counts as used), ``decryptions`` and ``last_used_at`` are
-bookkeeping. The counters are not MAC'd (README, Threat model).
+bookkeeping. The counters are not MAC'd (docs/security.md, Threat model).
 
 Revision ID: 0004
 Revises: 0003

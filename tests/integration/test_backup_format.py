@@ -1,6 +1,6 @@
-"""What `kms restore` says about a damaged backup (README, "Backup and restore": it checks "the
-structure, the row count, the passphrase against the backup's own init marker, then the tag,
-then the schema revision" before writing anything).
+"""What `kms restore` says about a damaged backup (docs/operations.md, "Backup and restore": it
+checks "the structure, the row count, the passphrase against the backup's own init marker,
+then the tag, then the schema revision" before writing anything).
 
 tests/integration/test_backup.py shows that damage is refused and nothing is written; here each
 check names its own cause, on a real backup of a real keystore changed one way at a time. A
@@ -157,8 +157,8 @@ def test_each_check_names_its_cause(
 def test_a_backup_of_another_schema_revision_is_refused_and_nothing_is_written(
     initialised: Settings, backup: list[bytes], tmp_path: Path
 ) -> None:
-    """README: restore checks the schema revision last: "restore it with the kms release that
-    took the backup, then `kms upgrade`"."""
+    """docs/operations.md: restore checks the schema revision last: "restore with the kms release
+    that took the backup, then `kms upgrade`"."""
     header = json.loads(backup[0])
     header["schema"] = "0001"
     source = tmp_path / "older.backup"

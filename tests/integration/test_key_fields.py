@@ -1,5 +1,6 @@
-"""The key fields' documented ranges at the service (README, "Describe and label" and "Rotation
-settings"): what each accepts at its edges and what it refuses, and how a period reads back.
+"""The key fields' documented ranges at the service (docs/api.md, "Describe and label" and
+"Rotation settings"): what each accepts at its edges and what it refuses, and how a period reads
+back.
 
 The HTTP tests (tests/integration/http/test_bad_input.py) check the same through the schemas,
 which refuse most bad values before the service sees them; these check the service's own rules,
@@ -97,7 +98,7 @@ def test_a_description_too_long_is_refused_by_an_update_too(service: KMSService)
 
 
 def test_deletion_allowed_false_refuses_a_scheduled_deletion_too(service: KMSService) -> None:
-    """README, key states: `deletion_allowed` false refuses DELETE, with or without
+    """docs/api.md, key states: `deletion_allowed` false refuses DELETE, with or without
     ``pending_days``; the key stays enabled."""
     service.create_key("k", deletion_allowed=False)
     with pytest.raises(DeletionNotAllowed):
@@ -145,7 +146,7 @@ def test_a_key_pending_deletion_is_not_rotated(service: KMSService) -> None:
 def test_min_decryption_version_fences_the_public_key_of_older_versions(
     service: KMSService,
 ) -> None:
-    """README, key states: versions below ``min_decryption_version`` are fenced off for
+    """docs/api.md, key states: versions below ``min_decryption_version`` are fenced off for
     verify and for their public key."""
     service.create_key("s", purpose="sign", algorithm="Ed25519")
     service.rotate_key("s")
@@ -156,7 +157,7 @@ def test_min_decryption_version_fences_the_public_key_of_older_versions(
 
 
 def test_a_key_pending_deletion_refuses_every_change_but_cancel(service: KMSService) -> None:
-    """README, key states: a key pending deletion is 409 to a PATCH, an enable, a disable and
+    """docs/api.md, key states: a key pending deletion is 409 to a PATCH, an enable, a disable and
     another DELETE; only cancel-deletion takes it out."""
     service.create_key("k")
     service.delete_key("k", pending_days=7)
@@ -175,7 +176,7 @@ def test_a_key_pending_deletion_refuses_every_change_but_cancel(service: KMSServ
 
 
 def test_deletion_allowed_false_refuses_a_recreate(service: KMSService) -> None:
-    """README, key states: `deletion_allowed` false refuses DELETE and recreate."""
+    """docs/api.md, key states: `deletion_allowed` false refuses DELETE and recreate."""
     service.create_key("k", deletion_allowed=False)
     with pytest.raises(DeletionNotAllowed):
         service.recreate_key("k")

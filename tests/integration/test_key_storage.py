@@ -207,7 +207,7 @@ def test_no_key_material_is_stored_in_the_clear(
 def test_a_trim_deletes_the_wrapped_keys_of_the_versions_below_it(
     initialised: Settings, service: KMSService
 ) -> None:
-    """README, key states: a trim destroys the versions below ``min_available_version`` for
+    """docs/api.md, key states: a trim destroys the versions below ``min_available_version`` for
     good; their wrapped keys leave the database (not only the API's view), the others stay."""
     service.create_key("trimmed")
     service.create_key("beside")
@@ -229,8 +229,8 @@ def test_a_trim_deletes_the_wrapped_keys_of_the_versions_below_it(
 def test_readiness_fails_once_the_master_key_no_longer_opens_the_init_marker(
     initialised: Settings, service: KMSService
 ) -> None:
-    """README, health: ready means the database answers *and* the master key unwraps the init
-    marker; a marker replaced behind kms (another keystore's database) is not ready."""
+    """docs/operations.md, health: ready means the database answers *and* the master key unwraps
+    the init marker; a marker replaced behind kms (another keystore's database) is not ready."""
     service.check_ready()
     with raw_sql(initialised) as conn:
         (marker,) = conn.execute(

@@ -176,9 +176,10 @@ def test_rekey_re_macs_every_field_of_a_key(initialised: Settings, tmp_path: Pat
 def test_rekey_refuses_while_a_server_is_connected_to_the_postgres_database(
     initialised: Settings, postgres_url: str
 ) -> None:
-    """README, `kms rekey`: on PostgreSQL every server connection is named `kms-server`, and
-    `kms rekey` refuses while `pg_stat_activity` shows one on its database; once the server's
-    connections are gone it proceeds. (A connection named so stands in for the server.)"""
+    """docs/operations.md, `kms rekey`: on PostgreSQL every server connection is named
+    `kms-server`, and `kms rekey` refuses while `pg_stat_activity` shows one on its database;
+    once the server's connections are gone it proceeds. (A connection named so stands in for the
+    server.)"""
     assert initialised.master_passphrase_file is not None
     on_postgres = dataclasses.replace(initialised, database_dsn=postgres_url)
     init_database(on_postgres)

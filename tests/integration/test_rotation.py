@@ -101,7 +101,7 @@ def test_rotate_due_rotates_only_due_keys(service: KMSService) -> None:
 
 
 def test_use_totals_list_each_used_version_once_and_no_unused_one(service: KMSService) -> None:
-    """The per-version counters the metrics page shows (README, Metrics:
+    """The per-version counters the metrics page shows (docs/operations.md, Health and metrics:
     kms_key_version_encryptions / _decryptions): a version used only to encrypt and one used only
     to decrypt are both listed; a version never used is not."""
     service.create_key("k")
@@ -114,7 +114,7 @@ def test_use_totals_list_each_used_version_once_and_no_unused_one(service: KMSSe
     service.create_key("unused")
     service.flush_use()
     totals = sorted(service.use_totals())
-    # Encryptions count the blocks reserved (README: "including blocks reserved by running
+    # Encryptions count the blocks reserved (docs/api.md: "including blocks reserved by running
     # workers"), so at least what was used.
     assert [(key_id, version, decrypted) for key_id, version, _, decrypted in totals] == [
         ("k", 1, 1),

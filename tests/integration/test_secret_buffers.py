@@ -1,6 +1,6 @@
 """Every plaintext key buffer kms holds in a ``bytearray`` is overwritten once it is used.
 
-The README promises this for the passphrase (right after derivation) and the master key (on
+docs/security.md promises this for the passphrase (right after derivation) and the master key (on
 close, tested in tests/unit/test_secrets_in_memory.py); the service does the same for each data
 key it generates or unwraps, before caching the loaded key object. A keyring that records the
 buffers it is handed and hands out shows whether they were overwritten afterwards.

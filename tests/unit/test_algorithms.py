@@ -189,7 +189,8 @@ def test_an_encryption_key_of_the_wrong_size_is_refused(name: str, size: int) ->
 def test_a_loaded_encryption_key_is_compact_interoperable_and_hides_its_key(name: str) -> None:
     """A loaded AEAD key keeps the raw key only (cryptography's cipher objects keep 2.7 KB of
     OpenSSL contexts each, which would put 100,000 cached versions far over the 150 MB a worker
-    may use: README, Performance), seals exactly as the library's own cipher, and shows no key."""
+    may use: docs/operations.md, Memory), seals exactly as the library's own cipher, and shows no
+    key."""
     spec = ENCRYPTION_ALGORITHMS[name]
     secret = spec.generate()
     loaded = spec.load(secret)

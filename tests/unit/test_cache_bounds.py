@@ -1,5 +1,5 @@
 """The byte bound of both worker caches: "each cache is bounded by ``kms.key_cache_size`` entries
-and by ``kms.key_cache_bytes`` bytes" (README, Memory), least recently used out first.
+and by ``kms.key_cache_bytes`` bytes" (docs/operations.md, Memory), least recently used out first.
 
 Found by ``make mutants``: the integration tests never fill the key-row cache, put a row twice,
 or clear it, so its byte count (what the bound is checked against), its eviction order and its

@@ -219,9 +219,9 @@ def test_the_dockerfile_is_slim_non_root_and_copies_nothing_secret() -> None:
     assert "HEALTHCHECK" not in [word for word, _ in instructions]
 
 
-def test_the_deploy_readme_initialises_as_the_service_user_with_the_units_credentials() -> None:
-    readme = (ROOT / "deploy" / "README.md").read_text(encoding="utf-8")
-    init = readme.split("systemd-run --uid=kms", 1)[1].split("```", 1)[0]
+def test_the_operations_doc_initialises_as_the_service_user_with_the_units_credentials() -> None:
+    operations = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    init = operations.split("systemd-run --uid=kms", 1)[1].split("```", 1)[0]
     assert "/opt/kms/venv/bin/kms init" in init
     loaded = {value for value in service_values("LoadCredential") if value.startswith("master.key")}
     assert loaded and all(f"LoadCredential={value}" in init for value in loaded)

@@ -1,5 +1,5 @@
-"""The encryption context's canonical encoding (README, "Encryption context"): pinned bytes, one
-encoding whatever the order, no two contexts alike, and the limits."""
+"""The encryption context's canonical encoding (docs/api.md, "Encryption context"): pinned bytes,
+one encoding whatever the order, no two contexts alike, and the limits."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ contexts = st.dictionaries(st.text(max_size=12), st.text(max_size=12), max_size=
 
 
 def test_the_encoding_is_pinned() -> None:
-    # The bytes the README writes down; a client in another language reproduces exactly these.
+    # The bytes docs/api.md writes down; a client in another language reproduces exactly these.
     context = {"tenant": "acme", "row": "42", "b": "é"}
     assert encode_context(context) == (
         b"\x00\x00\x00\x01b\x00\x00\x00\x02\xc3\xa9"

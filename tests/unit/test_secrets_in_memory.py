@@ -1,4 +1,4 @@
-"""What the README promises about secrets held in memory: no ``repr`` shows them, and the
+"""What docs/security.md promises about secrets held in memory: no ``repr`` shows them, and the
 buffers kms overwrites really are overwritten."""
 
 from __future__ import annotations

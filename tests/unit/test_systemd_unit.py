@@ -1,4 +1,4 @@
-"""``deploy/systemd/kms.service``, the unit the README's production section describes.
+"""``deploy/systemd/kms.service``, the unit docs/operations.md describes.
 
 What cannot be tested here: systemd actually starting kms, refusing to restart it after status 1,
 denying it core dumps, or sending SIGHUP on ``systemctl reload`` (no systemd runs as init in the
@@ -42,7 +42,8 @@ def test_a_failed_start_is_not_restarted_but_a_crash_is() -> None:
 
 
 def test_core_dumps_are_disabled() -> None:
-    """The process memory holds the master key and unwrapped data keys (README security notes)."""
+    """The process memory holds the master key and unwrapped data keys (docs/security.md,
+    Security notes)."""
     assert unit()["Service"]["LimitCORE"] == "0"
 
 

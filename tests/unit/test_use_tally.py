@@ -1,6 +1,6 @@
 """Decryption counts and last uses a process keeps between flushes (kms.service.keys.limits).
 
-The README (key versions): `decryptions` is added by each worker every 10 s and when it stops;
+docs/api.md (key versions): `decryptions` is added by each worker every 10 s and when it stops;
 ``KMSService.flush_use`` puts back what a failed flush took (``restore``), so a database that
 refused one flush loses no count and no last use.
 """

@@ -665,7 +665,8 @@ def test_datakey_and_rewrap_are_audited_under_their_own_operations(
 
 
 def test_the_batch_benchmark_script_runs(deployment: Deployment, server: ServerProcess) -> None:
-    """scripts/bench_batch.py keeps working (its figures are in the README; none is asserted)."""
+    """scripts/bench_batch.py keeps working (its figures are in docs/performance.md; none is
+    asserted)."""
     script = Path(__file__).parents[3] / "scripts" / "bench_batch.py"
     result = subprocess.run(
         [
@@ -696,18 +697,23 @@ def test_the_batch_benchmark_script_runs(deployment: Deployment, server: ServerP
     assert lines[3].startswith("ratio: ") and lines[3].endswith("x")
 
 
-# -- the README's example -----------------------------------------------------------------
+# -- the example of docs/api.md -----------------------------------------------------------
 
 
-def readme_python_example() -> str:
-    readme = (Path(__file__).parents[3] / "README.md").read_text(encoding="utf-8")
-    after = readme.split("**Envelope encryption in Python.**", 1)[1]
+API_DOC = Path(__file__).parents[3] / "docs" / "api.md"
+
+
+def api_doc_python_example() -> str:
+    text = API_DOC.read_text(encoding="utf-8")
+    after = text.split("**Envelope encryption in Python.**", 1)[1]
     return after.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-def test_the_readme_envelope_example_works(client: KMSClient, key_id: str, tmp_path: Path) -> None:
+def test_the_api_docs_envelope_example_works(
+    client: KMSClient, key_id: str, tmp_path: Path
+) -> None:
     namespace: dict[str, Any] = {}
-    exec(compile(readme_python_example(), "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(api_doc_python_example(), "docs/api.md", "exec"), namespace)  # noqa: S102
     # The example's own settings point at `make run`; this test's server is elsewhere.
     namespace["KMS"] = client.base_url + "/v1/kms"
     namespace["session"] = client.session

@@ -156,9 +156,9 @@ def test_a_config_naming_the_credentials_directory_serves(
         assert server.stop() == 0
 
 
-def test_the_readme_names_the_prerequisites_and_holds_no_merge_leftovers() -> None:
+def test_the_readme_names_the_prerequisites_before_its_first_request() -> None:
+    """Merge leftovers in any document: tests/unit/test_docs.py."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "## Try it" in readme
     for prerequisite in ("Python 3.11", "make", "curl", "openssl"):
-        assert prerequisite in readme.split("## API", 1)[0], prerequisite
-    for marker in ("<<<<<<< ", "\n=======\n", ">>>>>>> "):
-        assert marker not in readme, marker
+        assert prerequisite in readme.split("## Try it", 1)[0], prerequisite

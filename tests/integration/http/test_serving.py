@@ -189,7 +189,7 @@ def test_workers_and_threads_settings_reach_gunicorn_and_sighup_reexecs_workers(
         create_key(client, key_id="reloaded")
         ciphertext = round_trip(client, "reloaded")
         old_serial = served_certificate(deployment).serial_number
-        # The README: reload "re-execs workers" to "pick up new files" (a renewed certificate).
+        # docs/operations.md: a reload restarts the workers, which load the files as they are.
         renewed = renew_server_certificate(deployment)
 
         server.process.send_signal(signal.SIGHUP)

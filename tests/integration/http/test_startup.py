@@ -153,9 +153,10 @@ def test_uninitialised_database_asks_for_kms_init(
 def test_a_serving_lock_that_cannot_be_taken_stops_the_server_before_it_binds(
     certificates: Path, tmp_path: Path
 ) -> None:
-    """README (`kms rekey`): a server holds a shared lock beside its SQLite database, which the
-    commands that must run alone take exclusively. A server that cannot take it (here its path
-    is a directory) must not serve unprotected: it exits 1 with one line before binding."""
+    """docs/operations.md (`kms rekey`): a server holds a shared lock beside its SQLite database,
+    which the commands that must run alone take exclusively. A server that cannot take it (here
+    its path is a directory) must not serve unprotected: it exits 1 with one line before
+    binding."""
     database = tmp_path / "kms.db"
     initialise_database(database, certificates / "master.key")
     (tmp_path / "kms.db.serving").mkdir()

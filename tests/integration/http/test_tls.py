@@ -270,7 +270,8 @@ def test_identity_headers_are_ignored(
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="no curl binary")
 def test_readme_curl_example(client: KMSClient, deployment: Deployment) -> None:
-    """The README's command, minus its ``-k``: the dev CA verifies the server as localhost."""
+    """The command ``make run`` prints (the README shows it): the dev CA verifies the server as
+    localhost. The README's own session: test_readme.py."""
     result = subprocess.run(
         [
             "curl",
@@ -349,7 +350,7 @@ def test_tls_sessions_are_never_resumed(
     """Every connection makes a full handshake, so every connection's client certificate is
     checked against the CA then (a resumed session would skip that check, up to the session's
     lifetime after it: a certificate that expired meanwhile would still get in). Each worker
-    keeps one TLS context (README, Performance), which would otherwise let sessions resume: by
+    keeps one TLS context (docs/performance.md), which would otherwise let sessions resume: by
     session ID in TLS 1.2, by ticket in TLS 1.3."""
     context = client_context(deployment, deployment.client_cert, deployment.client_key)
     context.minimum_version = context.maximum_version = version
