@@ -58,7 +58,8 @@ DEFAULT_MAX_BATCH_ITEMS = 1000
 #: 2**32), and processes reserve encryptions from the database in blocks of this size.
 DEFAULT_MAX_ENCRYPTIONS_PER_VERSION = 2**30
 DEFAULT_ENCRYPTION_BLOCK = 1000
-#: A worker uses a cached key row for at most this long (docs/operations.md, Consistency of cached key rows); 0: no row cache.
+#: A worker uses a cached key row for at most this long (docs/operations.md, Consistency of
+#: cached key rows); 0: no row cache.
 DEFAULT_CACHE_STALENESS_MS = 1000
 MAX_CACHE_STALENESS_MS = 600_000
 #: Each of a worker's two key caches (rows, loaded material) holds at most about this many bytes:
@@ -299,7 +300,8 @@ class Settings:
         doc="encryptions a worker reserves from the database at a time (at most 1/8 of a "
         "version's limit)",
     )
-    # -- who may do what, and the record of who did (docs/configuration.md, The policy file; docs/operations.md, Audit log) --
+    # -- who may do what, and the record of who did (docs/configuration.md, The policy file;
+    # docs/operations.md, Audit log) --
     policy_file: Path | None = setting(
         None, "authorization.policy_file", file_path(),
         doc="YAML policy: who may do what; unset: every client may do everything",
