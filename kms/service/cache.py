@@ -102,7 +102,7 @@ class KeyMaterialCache(_BoundedEntries):
 
     def drop_key(self, key_id: str) -> None:
         with self._lock:
-            for entry in [entry for entry in self._entries if entry[1] == key_id]:
+            for entry in [e for e in self._entries if isinstance(e, tuple) and e[1] == key_id]:
                 self._remove(entry)
 
 
@@ -181,7 +181,7 @@ class KeyRowCache(_BoundedEntries):
         """The cached row if it is still within the bound and nobody wrote the key since."""
         if self._max_entries <= 0:
             return None
-        entry = self._entries.get(key_id)
+        entry: _CachedRow | None = self._entries.get(key_id)
         if entry is None:
             return None
         if self._clock() - entry.read_at >= self._staleness or self._marks(key_id) != entry.mark:

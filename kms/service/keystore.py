@@ -32,21 +32,9 @@ INIT_MARKER_AAD = encode_aad(b"kms/init-marker/v2")
 INIT_MARKER_AAD_UNSEALED = encode_aad(b"kms/init-marker/v1")
 
 
-def initialise_keystore(
-    repository: KeyRepository,
-    passphrase: bytearray,
-    iterations: int,
-    *,
-    min_iterations: int = MIN_ITERATIONS,
-) -> None:
-    """Create the KDF parameters and the init marker; refuse an initialised database."""
-    ensure_not_initialised(repository)
-    repository.initialise(*new_keystore(passphrase, iterations, min_iterations=min_iterations))
-
-
 def new_keystore(
     passphrase: bytearray, iterations: int, *, min_iterations: int = MIN_ITERATIONS
-) -> tuple[str, bytes]:
+) -> tuple[bytes, bytes]:
     """Fresh KDF parameters (a new salt) and the init marker wrapped under the derived key,
     ready to be stored: ``(encoded KDF parameters, init marker)``."""
     params = KDFParameters.generate(iterations, min_iterations=min_iterations)

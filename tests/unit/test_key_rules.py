@@ -95,7 +95,8 @@ def test_an_update_changes_only_what_it_names() -> None:
         KeyUpdate(
             min_decryption_version=3,
             deletion_allowed=False,
-            rotation=(("rotation_period", 3600), ("max_encryptions_per_version", None)),
+            rotation_period=(3600,),
+            max_encryptions_per_version=(None,),
         ),
     )
     assert (updated.description, updated.labels) == ("old", '{"a":"b"}')

@@ -243,29 +243,23 @@ class KeyLifecycle:
             raise InvalidRequest("min_decryption_version must be an integer")
         if deletion_allowed is not None:
             validate_deletion_allowed(deletion_allowed)
-        rotation: list[tuple[str, int | None]] = []
+        period: tuple[int | None] | None = None
         if rotation_period is not UNCHANGED:
-            rotation.append(
-                (
-                    "rotation_period",
-                    None if rotation_period is None else parse_rotation_period(rotation_period),
-                )
-            )
+            period = (None if rotation_period is None else parse_rotation_period(rotation_period),)
+        limit: tuple[int | None] | None = None
         if max_encryptions_per_version is not UNCHANGED:
-            rotation.append(
-                (
-                    "max_encryptions_per_version",
-                    None
-                    if max_encryptions_per_version is None
-                    else validate_max_encryptions(max_encryptions_per_version),
-                )
+            limit = (
+                None
+                if max_encryptions_per_version is None
+                else validate_max_encryptions(max_encryptions_per_version),
             )
         change = KeyUpdate(
             description=description,
             labels=stored_labels,
             min_decryption_version=min_decryption_version,
             deletion_allowed=deletion_allowed,
-            rotation=tuple(rotation),
+            rotation_period=period,
+            max_encryptions_per_version=limit,
         )
         return self.info(self._update(key_id, lambda current: rules.update(current, change)))
 

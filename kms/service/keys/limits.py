@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from kms.crypto.algorithms import RSA_ENCRYPTION_ALGORITHMS
 from kms.errors import InvalidRequest, KeyChanged
@@ -84,7 +85,8 @@ class UseTally:
     def __init__(self, clock: Callable[[], datetime] = utc_now) -> None:
         self._lock = threading.Lock()
         self._clock = clock
-        self._counts: dict[tuple[str, int], list] = {}
+        #: (key_id, version) -> [decryptions, last use]
+        self._counts: dict[tuple[str, int], list[Any]] = {}
         self._flushed = time.monotonic()
 
     def count(self, key_id: str, version: int, decryptions: int) -> None:

@@ -219,7 +219,7 @@ class KeyOperations:
         A caller who kept the version from ``sign`` names it and pays for one check, whatever
         its age. Only public keys are used: verification never unwraps a private key.
         """
-        return self._on_key(
+        verified: Verified = self._on_key(
             key_id,
             Purpose.SIGN,
             lambda key: self._items.verify(
@@ -234,6 +234,7 @@ class KeyOperations:
             ),
             failed=stale_result,
         )
+        return verified
 
     def verify_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Verified | KMSError]:
         return self._batch(key_id, Purpose.SIGN, items, self._items.verify)
@@ -247,12 +248,13 @@ class KeyOperations:
         self, key_id: str, message: bytes, mac: bytes, version: int | None = None
     ) -> Verified:
         """Check a MAC against ``version`` only, or the newest ``verify_max_versions`` versions."""
-        return self._on_key(
+        verified: Verified = self._on_key(
             key_id,
             Purpose.MAC,
             lambda key: self._items.verify_mac(key, self._request(key), message, mac, version),
             failed=stale_result,
         )
+        return verified
 
     def public_key(self, key_id: str, version: int | None = None) -> PublicKeyInfo:
         """The public half of a signing key or an RSA-OAEP encryption key. Handing it out is a

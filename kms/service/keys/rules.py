@@ -92,14 +92,15 @@ def set_state(key: KeyRecord, state: KeyState) -> KeyRecord:
 
 @dataclass(frozen=True)
 class KeyUpdate:
-    """A validated ``PATCH``: None leaves a field as it is; ``rotation`` holds the rotation
-    fields given (``rotation_period``, ``max_encryptions_per_version``), None clearing one."""
+    """A validated ``PATCH``: None leaves a field as it is. The rotation fields, which None
+    clears, are given as one-tuples: ``(3600,)`` sets, ``(None,)`` clears, None leaves."""
 
     description: str | None = None
     labels: str | None = None  # stored form (validation.encode_labels)
     min_decryption_version: int | None = None
     deletion_allowed: bool | None = None
-    rotation: tuple[tuple[str, int | None], ...] = ()
+    rotation_period: tuple[int | None] | None = None
+    max_encryptions_per_version: tuple[int | None] | None = None
 
 
 def update(key: KeyRecord, change: KeyUpdate) -> KeyRecord:
@@ -120,7 +121,13 @@ def update(key: KeyRecord, change: KeyUpdate) -> KeyRecord:
         updated = replace(updated, min_decryption_version=change.min_decryption_version)
     if change.deletion_allowed is not None:
         updated = replace(updated, deletion_allowed=change.deletion_allowed)
-    return replace(updated, **dict(change.rotation))
+    if change.rotation_period is not None:
+        updated = replace(updated, rotation_period=change.rotation_period[0])
+    if change.max_encryptions_per_version is not None:
+        updated = replace(
+            updated, max_encryptions_per_version=change.max_encryptions_per_version[0]
+        )
+    return updated
 
 
 def trim(key: KeyRecord, min_available_version: int) -> KeyRecord | None:
