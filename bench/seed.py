@@ -253,7 +253,7 @@ def _make_rows(chunk: tuple[int, int, datetime, str]) -> tuple[list[tuple], list
     from kms.crypto.wrapping import KeyIdentity
     from kms.service.integrity import encode_key_row, encode_version_row
     from kms.service.keyring import zeroise
-    from kms.store.repository import KeyRecord
+    from kms.store.records import KeyRecord
 
     start, size, now, stored_now = chunk
     keyring = _keyring
@@ -332,7 +332,7 @@ def _make_rows(chunk: tuple[int, int, datetime, str]) -> tuple[list[tuple], list
 
 
 def _many_versions_record(versions: int, incarnation: str, now: datetime):  # noqa: ANN202
-    from kms.store.repository import KeyRecord
+    from kms.store.records import KeyRecord
 
     return KeyRecord(
         key_id=MANY_VERSIONS_KEY,

@@ -216,6 +216,8 @@ TARGETS: dict[str, list[str]] = {
     ],
     "kms/store/db.py": STORE,
     "kms/store/repository.py": [*STORE, "tests/integration/test_rotate_due_command.py"],
+    "kms/store/statements.py": [*STORE, "tests/integration/test_rotate_due_command.py"],
+    "kms/store/records.py": STORE,
     # Column types and lengths: SQLite ignores most of them, so the PostgreSQL-free list is short.
     "kms/store/models.py": STORE[:3],
     "kms/store/schema.py": [*STORE[:3], *OPERATOR[-3:]],

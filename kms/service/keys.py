@@ -65,7 +65,7 @@ from kms.settings import (
     DEFAULT_MAX_VERSIONS,
     DEFAULT_VERIFY_MAX_VERSIONS,
 )
-from kms.store.repository import (
+from kms.store.records import (
     PENDING_DELETION,
     KeyChange,
     KeyPlanner,

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from kms.store.repository import UseReport, utc_now
+from kms.store.records import UseReport, utc_now
 
 FLUSH_SECONDS = 10.0
 #: A block is at most this fraction of a version's limit, so that with a small limit the

@@ -14,7 +14,7 @@ import pytest
 
 from kms.errors import DeletionNotAllowed, InvalidRequest, KeyPendingDeletion, VersionBelowMinimum
 from kms.service.keys import MAX_LABEL_VALUE_CHARS, MAX_LABELS, KMSService
-from kms.store.repository import utc_now
+from kms.store.records import utc_now
 
 
 @pytest.mark.parametrize("period", ["1h", "2h", "36h", "25h", "1d", "30d", "3650d"])

@@ -40,7 +40,8 @@ from kms.store.changes import (
     open_changes,
 )
 from kms.store.db import create_kms_engine
-from kms.store.repository import SQLKeyRepository, utc_now
+from kms.store.records import utc_now
+from kms.store.repository import SQLKeyRepository
 
 #: Long enough that only the change counters can explain a change seen within a test.
 LONG_BOUND_MS = 60_000

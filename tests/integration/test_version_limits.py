@@ -19,7 +19,8 @@ from kms.service.keyring import PassphraseKeyring
 from kms.service.keys import KEY_DETAIL_VERSIONS, KMSService
 from kms.settings import Settings, load_settings
 from kms.store.db import create_kms_engine
-from kms.store.repository import KeyRecord, KeyVersionRecord, SQLKeyRepository
+from kms.store.records import KeyRecord, KeyVersionRecord
+from kms.store.repository import SQLKeyRepository
 from tests.integration.test_app import FakeTLSSocket
 
 MESSAGE = b"release 1.2.3"

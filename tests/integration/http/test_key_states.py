@@ -28,7 +28,8 @@ from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 from kms.settings import load_settings
 from kms.store.db import create_kms_engine
-from kms.store.repository import SQLKeyRepository, utc_now
+from kms.store.records import utc_now
+from kms.store.repository import SQLKeyRepository
 from tests.conftest import drop_database
 from tests.integration.http.harness import (
     PROCESS_TIMEOUT_SECONDS,
