@@ -15,8 +15,6 @@ from kms.api import health as health_api
 from kms.api import keys as keys_api
 from kms.api import openapi as openapi_api
 from kms.api.audit import register_audit
-from kms.api.caller import ENVIRON_KEY as CALLER_ENVIRON_KEY
-from kms.api.caller import caller_from_environ
 from kms.api.context import MAX_BODY_BYTES, SERVICE
 from kms.api.errors import register_error_handlers
 from kms.api.metrics import register_metrics
@@ -25,6 +23,8 @@ from kms.api.policy import Policy, current_policy, load_policy, register_policy
 from kms.api.ratelimit import register_rate_limit
 from kms.audit import AuditLog
 from kms.ratelimit import SharedTokenBuckets, create_table
+from kms.server.identity import ENVIRON_KEY as CALLER_ENVIRON_KEY
+from kms.server.identity import caller_from_environ
 from kms.service.cache import KeyMaterialCache, KeyRowCache
 from kms.service.keyring import Keyring
 from kms.service.keys import CURRENT_REQUESTER, KMSService, Requester

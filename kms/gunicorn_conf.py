@@ -90,7 +90,7 @@ cert_reqs = ssl.CERT_REQUIRED
 
 accesslog = "-"
 errorlog = "-"
-# The caller comes from the verified client certificate (kms.api.caller), never from a header.
+# The caller comes from the verified client certificate (kms.server.identity), not a header.
 access_log_format = (
     '%(h)s caller="%({kms.caller}e)s" request_id=%({kms.request_id}e)s "%(r)s" %(s)s %(b)s %(M)sms'
 )

@@ -67,11 +67,11 @@ from gunicorn.http.unreader import IterUnreader
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers import gthread
 
-from kms.api.caller import ENVIRON_KEY as CALLER_ENVIRON_KEY
-from kms.api.caller import caller_from_peer_certificate
 from kms.errors import PayloadTooLarge
 from kms.server.balance import YIELD_SECONDS, ConnectionTable
 from kms.server.errors import REASONS, error_answer, json_body, json_error
+from kms.server.identity import ENVIRON_KEY as CALLER_ENVIRON_KEY
+from kms.server.identity import caller_from_peer_certificate
 from kms.server.limits import ServerLimits, current_limits
 from kms.server.logs import escape_log_value
 from kms.server.tls import ReloadableContext

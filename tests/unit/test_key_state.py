@@ -1,4 +1,4 @@
-"""KeyState: the stored strings of ``keys.state``, interchangeable with the plain strings rows hold."""
+"""KeyState: the stored strings of ``keys.state``, interchangeable with the strings rows hold."""
 
 from __future__ import annotations
 
