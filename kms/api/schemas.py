@@ -226,7 +226,7 @@ class MACVerifyRequest(MACRequest):
 
 
 class RandomRequest(_Request):
-    bytes = StrictInteger(low=1, high=MAX_RANDOM_BYTES, required=True)
+    count = StrictInteger(low=1, high=MAX_RANDOM_BYTES, data_key="bytes", required=True)
 
 
 class KeyVersionResponse(Schema):
