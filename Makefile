@@ -84,13 +84,15 @@ known-bugs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(if $(POSTGRES_BENCH_DSN),--postgres-dsn=$(POSTGRES_BENCH_DSN)) $(BENCH_ARGS)
 
+# What make lint checks is what make format rewrites.
+LINTED := kms migrations tests scripts bench
 lint: $(STAMP)
-	$(BIN)/ruff check kms migrations tests scripts bench
-	$(BIN)/ruff format --check kms migrations tests scripts bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 format: $(STAMP)
-	$(BIN)/ruff format kms migrations tests bench
-	$(BIN)/ruff check --fix kms migrations tests bench
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -158,7 +158,7 @@ def on_starting(server: Any) -> None:
         raise
     from kms.store.serving import hold_serving_lock
 
-    global _serving_lock  # noqa: PLW0603 - held, never read, for the master's whole life
+    global _serving_lock  # held, never read, for the master's whole life
     try:
         _serving_lock = hold_serving_lock(_settings.database_url)
     except OSError as error:

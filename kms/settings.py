@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -365,7 +365,7 @@ def _positive_number(value: Any) -> float:
 _DECIMAL = re.compile(r"[0-9]{1,12}")
 
 
-def _integer_between(low: int, high: int):  # noqa: ANN202 - returns a converter
+def _integer_between(low: int, high: int) -> Callable[[Any], int]:
     def convert(value: Any) -> int:
         if isinstance(value, bool):
             raise ValueError("must be an integer")

@@ -533,7 +533,7 @@ PYTEST_OPTIONS: list[str] = []
 def _git_dir() -> str | None:
     """The repository's git directory (a worktree's common one), or None outside git."""
     command = ["git", "-C", str(ROOT), "rev-parse", "--path-format=absolute", "--git-common-dir"]
-    found = subprocess.run(  # noqa: S603, S607 - git on our own repository
+    found = subprocess.run(  # noqa: S603 - git on our own repository
         command,
         capture_output=True,
         text=True,

@@ -260,7 +260,7 @@ class PostgresChangeListener:
             try:
                 self._listen()
                 backoff = 0.1
-            except Exception as error:  # noqa: BLE001 - any failure: reconnect, never die
+            except Exception as error:  # any failure: reconnect, never die
                 if self._stopping.is_set():
                     break
                 log.warning(

@@ -85,7 +85,7 @@ class Worker:
         self.statements: list[str] = []
         event.listen(self.engine, "before_cursor_execute", self._count)
 
-    def _count(self, _conn, _cursor, statement: str, *_args: object) -> None:  # noqa: ANN001
+    def _count(self, _conn: object, _cursor: object, statement: str, *_args: object) -> None:
         self.statements.append(statement)
 
     def close(self) -> None:
