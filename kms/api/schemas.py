@@ -11,7 +11,7 @@ import base64
 import binascii
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
 
@@ -151,7 +151,12 @@ class EncryptRequest(_Request):
     context = EncryptionContext(load_default=None, allow_none=True)
 
 
-_VERSION = {"low": 1, "high": 2**31 - 1}
+class _Bounds(TypedDict):
+    low: int
+    high: int
+
+
+_VERSION: _Bounds = {"low": 1, "high": 2**31 - 1}
 
 
 class DecryptRequest(_Request):

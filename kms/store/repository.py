@@ -444,7 +444,7 @@ class SQLKeyRepository:
         where = and_(key_versions.c.key_id == key_id, key_versions.c.version == version)
         with self._write() as conn:
             # Fewer than ``wanted`` left, or no such version: read the count, grant what is left.
-            used = conn.execute(
+            used: int | None = conn.execute(
                 select(key_versions.c.encryptions).where(where).with_for_update()
             ).scalar_one_or_none()
             if used is None:

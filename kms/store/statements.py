@@ -160,7 +160,7 @@ def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def key_record(row: Row[Any]) -> KeyRecord:
+def key_record(row: Row[*tuple[Any, ...]]) -> KeyRecord:
     return KeyRecord(
         key_id=row.key_id,
         purpose=row.purpose,
@@ -185,7 +185,7 @@ def key_record(row: Row[Any]) -> KeyRecord:
     )
 
 
-def summary(row: Row[Any]) -> KeyVersionSummary:
+def summary(row: Row[*tuple[Any, ...]]) -> KeyVersionSummary:
     return KeyVersionSummary(
         version=row.version,
         created_at=as_utc(row.created_at),
@@ -195,7 +195,7 @@ def summary(row: Row[Any]) -> KeyVersionSummary:
     )
 
 
-def version_record(row: Row[Any], prefix: str = "") -> KeyVersionRecord:
+def version_record(row: Row[*tuple[Any, ...]], prefix: str = "") -> KeyVersionRecord:
     """A version row; ``prefix``: its columns' labels in a query that also reads the key row
     (the key's ``key_id`` is the version's)."""
     columns = row._mapping
