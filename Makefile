@@ -12,7 +12,7 @@ export KMS_ENV ?= dev
 help:
 	@echo "make run   - install, create dev certificates and passphrase, init data/dev.db, serve mTLS on :8080"
 	@echo "make test  - install and run the whole test suite (TEST_WORKERS=4 processes)"
-	@echo "make lint  - ruff check and format check"
+	@echo "make lint  - ruff check, format check and mypy (pyproject.toml, [tool.mypy])"
 	@echo "make bench - requests/s, p50/p99 and ratios to a no-op (not in make test; docs/performance.md)"
 	@echo "make mutants - mutation check of crypto, service, store and startup (slow; not in make test)"
 	@echo "make openapi - write docs/openapi.json"
@@ -89,13 +89,16 @@ known-bugs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(if $(POSTGRES_BENCH_DSN),--postgres-dsn=$(POSTGRES_BENCH_DSN)) $(BENCH_ARGS)
 
+# What make lint checks is what make format rewrites.
+LINTED := kms migrations tests scripts bench
 lint: $(STAMP)
-	$(BIN)/ruff check kms migrations tests scripts bench
-	$(BIN)/ruff format --check kms migrations tests scripts bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format kms migrations tests bench
-	$(BIN)/ruff check --fix kms migrations tests bench
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

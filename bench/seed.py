@@ -29,8 +29,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bench.load import BenchError
+
+if TYPE_CHECKING:  # annotations only: the functions below import kms where they use it
+    from sqlalchemy import Column
+
+    from kms.settings import Settings
+    from kms.store.records import KeyRecord
 
 #: Raise when the rows this module writes change, so that old cache files are not reused.
 SEED_FORMAT = 2
@@ -127,7 +134,7 @@ def _write_passphrase(path: Path) -> None:
         file.write(secrets.token_urlsafe(32) + "\n")
 
 
-def _settings(database: Path, passphrase: Path):  # noqa: ANN202 - kms.settings.Settings
+def _settings(database: Path, passphrase: Path) -> Settings:
     from kms.settings import Settings
 
     # The production KDF cost: the server refuses a keystore below it. It is paid once here.
@@ -151,7 +158,7 @@ def _seed(
     from kms.master import init_database, open_master_keyring
     from kms.store.models import keys
 
-    global _keyring  # noqa: PLW0603 - handed to the forked workers, closed below
+    global _keyring  # handed to the forked workers, closed below
     settings = _settings(database, passphrase)
     init_database(settings)
     _keyring = open_master_keyring(settings)
@@ -253,7 +260,7 @@ def _make_rows(chunk: tuple[int, int, datetime, str]) -> tuple[list[tuple], list
     from kms.crypto.wrapping import KeyIdentity
     from kms.service.integrity import encode_key_row, encode_version_row
     from kms.service.keyring import zeroise
-    from kms.store.repository import KeyRecord
+    from kms.store.records import KeyRecord
 
     start, size, now, stored_now = chunk
     keyring = _keyring
@@ -331,8 +338,8 @@ def _make_rows(chunk: tuple[int, int, datetime, str]) -> tuple[list[tuple], list
     return key_rows, version_rows
 
 
-def _many_versions_record(versions: int, incarnation: str, now: datetime):  # noqa: ANN202
-    from kms.store.repository import KeyRecord
+def _many_versions_record(versions: int, incarnation: str, now: datetime) -> KeyRecord:
+    from kms.store.records import KeyRecord
 
     return KeyRecord(
         key_id=MANY_VERSIONS_KEY,
@@ -477,9 +484,7 @@ def copy_to_postgres(seeded: Seeded, url: str) -> float:
                 columns = [column.name for column in table.columns]
                 line = " || '\t' || ".join(_copy_text(column) for column in table.columns)
                 rows = source.execute(f"SELECT {line} FROM {table.name}")  # noqa: S608
-                with cursor.copy(
-                    f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"  # noqa: S608
-                ) as copy:
+                with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
                     while batch := rows.fetchmany(20_000):
                         copy.write("\n".join(text for (text,) in batch) + "\n")
             for table, name, definition in foreign_keys:
@@ -496,7 +501,7 @@ def copy_to_postgres(seeded: Seeded, url: str) -> float:
     return time.monotonic() - started
 
 
-def _copy_text(column) -> str:  # noqa: ANN001 - a sqlalchemy Column
+def _copy_text(column: Column[Any]) -> str:
     """An SQLite expression giving the column's value in PostgreSQL's COPY text format."""
     from sqlalchemy import Boolean, LargeBinary
 

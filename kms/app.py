@@ -7,17 +7,17 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import cast
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g
+from flask.json.provider import DefaultJSONProvider
 
 from kms.api import crypto as crypto_api
 from kms.api import health as health_api
 from kms.api import keys as keys_api
 from kms.api import openapi as openapi_api
 from kms.api.audit import register_audit
-from kms.api.caller import ENVIRON_KEY as CALLER_ENVIRON_KEY
-from kms.api.caller import caller_from_environ
-from kms.api.context import MAX_BODY_BYTES, SERVICE
+from kms.api.context import MAX_BODY_BYTES, SERVICE, request_proxy
 from kms.api.errors import register_error_handlers
 from kms.api.metrics import register_metrics
 from kms.api.operations import declared_operation, request_target
@@ -25,6 +25,8 @@ from kms.api.policy import Policy, current_policy, load_policy, register_policy
 from kms.api.ratelimit import register_rate_limit
 from kms.audit import AuditLog
 from kms.ratelimit import SharedTokenBuckets, create_table
+from kms.server.identity import ENVIRON_KEY as CALLER_ENVIRON_KEY
+from kms.server.identity import caller_from_environ
 from kms.service.cache import KeyMaterialCache, KeyRowCache
 from kms.service.keyring import Keyring
 from kms.service.keys import CURRENT_REQUESTER, KMSService, Requester
@@ -60,7 +62,7 @@ def create_app(
     settings = load_settings() if settings is None else settings
     app = Flask("kms", static_folder=None)  # an API: no /static route
     app.config[MAX_BODY_BYTES] = settings.max_body_bytes
-    app.json.sort_keys = False
+    cast(DefaultJSONProvider, app.json).sort_keys = False  # Flask's default provider
     service, cache = register_service(app, settings, keyring)
     register_identity(app)
     register_url_map(app)
@@ -123,7 +125,7 @@ def register_identity(app: Flask) -> None:
         # The objects behind the proxies, looked up once: each access through ``g`` or
         # ``request`` is a context lookup of its own (3-6 us each on this busy machine).
         state = g._get_current_object()
-        current = request._get_current_object()
+        current = request_proxy._get_current_object()
         environ = current.environ
         state.kms_started = time.perf_counter()
         state.request_id = environ[REQUEST_ID_ENVIRON_KEY] = uuid.uuid4().hex

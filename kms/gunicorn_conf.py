@@ -90,7 +90,7 @@ cert_reqs = ssl.CERT_REQUIRED
 
 accesslog = "-"
 errorlog = "-"
-# The caller comes from the verified client certificate (kms.api.caller), never from a header.
+# The caller comes from the verified client certificate (kms.server.identity), not a header.
 access_log_format = (
     '%(h)s caller="%({kms.caller}e)s" request_id=%({kms.request_id}e)s "%(r)s" %(s)s %(b)s %(M)sms'
 )
@@ -158,7 +158,7 @@ def on_starting(server: Any) -> None:
         raise
     from kms.store.serving import hold_serving_lock
 
-    global _serving_lock  # noqa: PLW0603 - held, never read, for the master's whole life
+    global _serving_lock  # held, never read, for the master's whole life
     try:
         _serving_lock = hold_serving_lock(_settings.database_url)
     except OSError as error:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import make_url
@@ -307,18 +307,20 @@ def backup_database(
         except OSError as error:
             raise BackupError(f"cannot write {target}: {error.strerror}") from None
         temporary = Path(temporary_name)
-        counted = {"rows": 0, "schema": ""}
+        rows, schema = 0, ""
         try:
             with os.fdopen(descriptor, "wb") as out:  # mkstemp made it 0600
 
-                def started(schema: str, total: int) -> None:
-                    counted["schema"] = schema
-                    out.write(writer.header(schema, total))
+                def started(read_schema: str, total: int) -> None:
+                    nonlocal schema
+                    schema = read_schema
+                    out.write(writer.header(read_schema, total))
                     progress.start(total, f"backing up {total} rows")
 
-                def row(table: str, values: dict) -> None:
+                def row(table: str, values: dict[str, Any]) -> None:
+                    nonlocal rows
                     out.write(writer.row(table, values))
-                    counted["rows"] += 1
+                    rows += 1
                     progress.advance()
 
                 with _database_faults("back up", name, None):
@@ -337,7 +339,7 @@ def backup_database(
             _sync_directory(target.parent)
         finally:
             temporary.unlink(missing_ok=True)
-    return BackupResult(rows=int(counted["rows"]), schema=str(counted["schema"]))
+    return BackupResult(rows=rows, schema=schema)
 
 
 def restore_database(settings: Settings, source: Path, progress: Progress | None = None) -> int:
@@ -465,7 +467,7 @@ def _tables(url: str) -> list[str]:
         engine.dispose()
 
 
-def _create_keystore(url: str, kdf_parameters: str, init_marker: bytes) -> None:
+def _create_keystore(url: str, kdf_parameters: bytes, init_marker: bytes) -> None:
     """Schema and keystore rows in one transaction: a failure rolls all of it back."""
     _create_schema_with(url, lambda conn: write_keystore(conn, kdf_parameters, init_marker))
 
@@ -483,7 +485,7 @@ def _create_schema_with(url: str, fill: Callable[[Connection], None]) -> None:
 
 
 def _create_sqlite_keystore(
-    settings: Settings, path: Path, kdf_parameters: str, init_marker: bytes
+    settings: Settings, path: Path, kdf_parameters: bytes, init_marker: bytes
 ) -> None:
     _create_sqlite_database(
         settings, path, lambda conn: write_keystore(conn, kdf_parameters, init_marker)

@@ -91,15 +91,22 @@ class _Text(fields.String):
         return text
 
 
-class _FilePath(_Text):
+class _FilePath(fields.Field):
     """A file path, absolute once loaded; ``${CREDENTIALS_DIRECTORY}`` is expanded before."""
+
+    default_error_messages = {"invalid": "must be a non-empty string"}
 
     def __init__(self, *, resolve: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.resolve = resolve
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Path:
-        path = Path(super()._deserialize(value, attr, data, **kwargs)).expanduser()
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        return self.path(value)
+
+    def path(self, value: object) -> Path:
+        if not isinstance(value, str) or not value:
+            raise self.make_error("invalid")
+        path = Path(value).expanduser()
         if self.resolve:
             # Resolved now: a later chdir (a daemonising server does one) must not move it.
             return path.resolve()
@@ -109,14 +116,14 @@ class _FilePath(_Text):
 class _DSN(_FilePath):
     """A SQLAlchemy URL, kept as written, or a SQLite file path, resolved like other paths."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, str) and "://" in value:
             return value
-        return str(super()._deserialize(value, attr, data, **kwargs))
+        return str(self.path(value))
 
 
 def _described(field: fields.Field, accepts: str, null: str) -> fields.Field:
-    field.metadata["accepts"] = accepts  # for docs/settings.md
+    field.metadata = {**field.metadata, "accepts": accepts}  # for docs/settings.md
     # A YAML key with nothing after it is null: say what it must be, not marshmallow's words.
     field.error_messages["null"] = null
     return field

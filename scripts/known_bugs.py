@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mutants import ROOT, make_copy, run_tests  # noqa: E402
+from mutants import ROOT, make_copy, run_tests
 
 CATCHERS: dict[str, list[str]] = {
     "01-decrypted-repr-removed": ["tests/unit/test_secrets_in_memory.py"],

@@ -28,11 +28,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flask.testing import FlaskClient  # noqa: E402
+from flask.testing import FlaskClient
 
-from kms.app import create_app  # noqa: E402
-from kms.master import init_database, open_master_keyring  # noqa: E402
-from kms.settings import Settings  # noqa: E402
+from kms.app import create_app
+from kms.master import init_database, open_master_keyring
+from kms.settings import Settings
 
 POLICY = """\
 clients:

@@ -26,7 +26,8 @@ from kms.service.keyring import Keyring, PassphraseKeyring
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
-from kms.store.repository import KeyRepository, SQLKeyRepository, utc_now
+from kms.store.records import KeyRepository, utc_now
+from kms.store.repository import SQLKeyRepository
 
 TEST_ITERATIONS = 1_000
 TEST_PASSPHRASE = b"correct horse battery staple"

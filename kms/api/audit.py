@@ -13,9 +13,9 @@ import logging
 import time
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g
 
-from kms.api.context import answered_version
+from kms.api.context import answered_version, request_proxy
 from kms.api.operations import current_target
 from kms.audit import AuditLog, utc_timestamp
 from kms.errors import AuditUnavailable
@@ -62,7 +62,8 @@ def _record(kind: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _request_fields() -> dict[str, Any]:
-    state, current = g._get_current_object(), request._get_current_object()  # looked up once
+    # Looked up once: each access through a proxy is a context lookup of its own.
+    state, current = g._get_current_object(), request_proxy._get_current_object()
     target = current_target()
     fields: dict[str, Any] = {
         "request_id": state.get("request_id"),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from flask import Response, current_app, g, jsonify, request
+from flask import Request, Response, current_app, g, jsonify, request
+from werkzeug.local import LocalProxy
 
 from kms.api.payload import read_json_object, read_query
 from kms.errors import KMSError
@@ -12,6 +13,10 @@ from kms.service.keys import UNKNOWN_ALGORITHM, KMSService
 
 SERVICE = "kms.service"
 MAX_BODY_BYTES = "KMS_MAX_BODY_BYTES"
+#: ``request`` typed as what it is, a proxy: ``request_proxy._get_current_object()`` is the
+#: request behind it, for the hooks that read it many times (each access through the proxy is a
+#: context lookup of its own).
+request_proxy = cast("LocalProxy[Request]", request)
 
 
 def service() -> KMSService:

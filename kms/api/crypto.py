@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from kms.api import schemas
-from kms.api.batch import is_batch, run_batch
+from kms.api.batch import SingleOrBatch
 from kms.api.context import answer, crypto_answer, json_body, service
 from kms.api.docs import documented
 from kms.api.operations import KeyFrom, operation
@@ -25,6 +25,43 @@ BATCH_FORM = (
     "its result or `{error}`."
 )
 
+ENCRYPT = SingleOrBatch(
+    request=schemas.encrypt_request,
+    dump=schemas.encrypt_response.dump,
+    load_item=schemas.fast_encrypt_item,
+    dump_item=schemas.fast_encrypt_response,
+)
+DECRYPT = SingleOrBatch(
+    request=schemas.decrypt_request,
+    dump=schemas.decrypt_response.dump,
+    load_item=schemas.fast_decrypt_item,
+    dump_item=schemas.fast_decrypt_response,
+)
+DATA_KEY = SingleOrBatch(
+    request=schemas.data_key_request,
+    dump=schemas.dump_data_key,
+    load_item=schemas.fast_data_key_item,
+    dump_item=schemas.dump_data_key,
+)
+REWRAP = SingleOrBatch(
+    request=schemas.rewrap_request,
+    dump=schemas.encrypt_response.dump,
+    load_item=schemas.fast_rewrap_item,
+    dump_item=schemas.fast_encrypt_response,
+)
+SIGN = SingleOrBatch(
+    request=schemas.sign_request,
+    dump=schemas.sign_response.dump,
+    load_item=schemas.fast_sign_item,
+    dump_item=schemas.fast_sign_response,
+)
+VERIFY = SingleOrBatch(
+    request=schemas.verify_request,
+    dump=schemas.dump_verified,
+    load_item=schemas.fast_verify_item,
+    dump_item=schemas.dump_verified,
+)
+
 
 @blueprint.post("/encrypt")
 @operation("encrypt", KeyFrom.BODY)
@@ -36,16 +73,8 @@ BATCH_FORM = (
     errors={400: "a signing key", 404: "record not found"},
 )
 def encrypt() -> Response:
-    if is_batch(json_body()):
-        return run_batch(
-            json_body(),
-            schemas.fast_encrypt_item,
-            service().encrypt_batch,
-            schemas.fast_encrypt_response,
-        )
-    body = schemas.encrypt_request.load(json_body())
-    result = service().encrypt(**body)
-    return crypto_answer(result, schemas.encrypt_response.dump(result))
+    kms = service()
+    return ENCRYPT.answer(kms.encrypt, kms.encrypt_batch)
 
 
 @blueprint.post("/decrypt")
@@ -58,16 +87,8 @@ def encrypt() -> Response:
     errors={400: "invalid ciphertext, or a signing or MAC key", 404: "record not found"},
 )
 def decrypt() -> Response:
-    if is_batch(json_body()):
-        return run_batch(
-            json_body(),
-            schemas.fast_decrypt_item,
-            service().decrypt_batch,
-            schemas.fast_decrypt_response,
-        )
-    body = schemas.decrypt_request.load(json_body())
-    result = service().decrypt(**body)
-    return crypto_answer(result, schemas.decrypt_response.dump(result))
+    kms = service()
+    return DECRYPT.answer(kms.decrypt, kms.decrypt_batch)
 
 
 @blueprint.post("/datakey")
@@ -80,16 +101,8 @@ def decrypt() -> Response:
     description=BATCH_FORM,
 )
 def datakey() -> Response:
-    if is_batch(json_body()):
-        return run_batch(
-            json_body(),
-            schemas.fast_data_key_item,
-            service().generate_data_key_batch,
-            schemas.dump_data_key,
-        )
-    body = schemas.data_key_request.load(json_body())
-    result = service().generate_data_key(**body)
-    return crypto_answer(result, schemas.dump_data_key(result))
+    kms = service()
+    return DATA_KEY.answer(kms.generate_data_key, kms.generate_data_key_batch)
 
 
 @blueprint.post("/rewrap")
@@ -102,16 +115,8 @@ def datakey() -> Response:
     description=BATCH_FORM,
 )
 def rewrap() -> Response:
-    if is_batch(json_body()):
-        return run_batch(
-            json_body(),
-            schemas.fast_rewrap_item,
-            service().rewrap_batch,
-            schemas.fast_encrypt_response,
-        )
-    body = schemas.rewrap_request.load(json_body())
-    result = service().rewrap(**body)
-    return crypto_answer(result, schemas.encrypt_response.dump(result))
+    kms = service()
+    return REWRAP.answer(kms.rewrap, kms.rewrap_batch)
 
 
 @blueprint.post("/sign")
@@ -127,19 +132,8 @@ def rewrap() -> Response:
     },
 )
 def sign() -> Response:
-    if is_batch(json_body()):
-        return run_batch(
-            json_body(), schemas.fast_sign_item, service().sign_batch, schemas.fast_sign_response
-        )
-    body = schemas.sign_request.load(json_body())
-    result = service().sign(
-        body["key_id"],
-        body["message"],
-        body["signing_algorithm"],
-        prehashed=body["prehashed"],
-        digest_algorithm=body["digest_algorithm"],
-    )
-    return crypto_answer(result, schemas.sign_response.dump(result))
+    kms = service()
+    return SIGN.answer(kms.sign, kms.sign_batch)
 
 
 @blueprint.post("/verify")
@@ -155,21 +149,8 @@ def sign() -> Response:
     },
 )
 def verify() -> Response:
-    if is_batch(json_body()):
-        return run_batch(
-            json_body(), schemas.fast_verify_item, service().verify_batch, schemas.dump_verified
-        )
-    body = schemas.verify_request.load(json_body())
-    result = service().verify(
-        body["key_id"],
-        body["message"],
-        body["signature"],
-        body["signing_algorithm"],
-        prehashed=body["prehashed"],
-        digest_algorithm=body["digest_algorithm"],
-        version=body["version"],
-    )
-    return crypto_answer(result, schemas.dump_verified(result))
+    kms = service()
+    return VERIFY.answer(kms.verify, kms.verify_batch)
 
 
 @blueprint.post("/mac")
@@ -181,8 +162,7 @@ def verify() -> Response:
     errors={400: "not a MAC key", 404: "record not found"},
 )
 def mac() -> Response:
-    body = schemas.mac_request.load(json_body())
-    result = service().mac(body["key_id"], body["message"])
+    result = service().mac(**schemas.mac_request.load(json_body()))
     return crypto_answer(result, schemas.mac_response.dump(result))
 
 
@@ -196,10 +176,7 @@ def mac() -> Response:
     errors={400: "not a MAC key", 404: "record not found"},
 )
 def mac_verify() -> Response:
-    body = schemas.mac_verify_request.load(json_body())
-    result = service().verify_mac(
-        body["key_id"], body["message"], body["mac"], version=body["version"]
-    )
+    result = service().verify_mac(**schemas.mac_verify_request.load(json_body()))
     if result.valid:
         return crypto_answer(result, schemas.mac_verify_response.dump({"valid": True}))
     return crypto_answer(
@@ -215,5 +192,5 @@ def mac_verify() -> Response:
     response=schemas.random_response,
 )
 def random() -> Response:
-    body = schemas.random_request.load(json_body())
-    return answer(schemas.random_response.dump({"random": service().random_bytes(body["bytes"])}))
+    drawn = service().random_bytes(**schemas.random_request.load(json_body()))
+    return answer(schemas.random_response.dump({"random": drawn}))

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -36,7 +36,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from kms.api.context import answered_algorithm
+from kms.api.context import answered_algorithm, request_proxy
 from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 
@@ -119,7 +119,8 @@ def register_metrics(app: Flask, service: KMSService, cache: KeyMaterialCache) -
 
     @app.after_request
     def count(response: Response) -> Response:
-        state, current = g._get_current_object(), request._get_current_object()  # looked up once
+        # Looked up once: each access through a proxy is a context lookup of its own.
+        state, current = g._get_current_object(), request_proxy._get_current_object()
         endpoint = current.endpoint or NO_ENDPOINT
         method = current.method
         status = response.status_code

@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from apispec import APISpec
-from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow import MarshmallowPlugin, OpenAPIConverter
 from flask import Blueprint, Flask, Response, current_app
 from marshmallow import Schema, fields
 from werkzeug.routing import Rule
@@ -120,7 +120,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
     )
     plugin.map_to_openapi_type(schemas.StrictBase64, "string", "byte")
     plugin.map_to_openapi_type(schemas.StrictInteger, "integer", None)
-    plugin.converter.add_attribute_function(_integer_bounds)
+    converter = cast(OpenAPIConverter, plugin.converter)  # made by APISpec(plugins=[plugin])
+    converter.add_attribute_function(_integer_bounds)
     spec.components.security_scheme(
         "clientCertificate",
         {"type": "mutualTLS", "description": "a client certificate signed by the configured CA"},
@@ -141,7 +142,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
     for path, by_method in operations.items():
         spec.path(path=path, operations=by_method)
     document = spec.to_dict()
-    _close_response_schemas(document, _response_schema_names(plugin, app))
+    _close_response_schemas(document, _response_schema_names(converter, app))
     return document
 
 
@@ -225,25 +226,25 @@ def _integer_bounds(converter: Any, field: fields.Field, **kwargs: Any) -> dict[
     return {}
 
 
-def _response_schema_names(plugin: MarshmallowPlugin, app: Flask) -> set[str]:
+def _response_schema_names(converter: OpenAPIConverter, app: Flask) -> set[str]:
     names = {"Error"}
     for rule, _method in routes(app):
         documentation = documentation_of(app.view_functions.get(rule.endpoint))
         if documentation is None:
             continue
         if documentation.response is not None:
-            names |= _nested_names(plugin, documentation.response)
+            names |= _nested_names(converter, documentation.response)
         for _description, schema in documentation.also.values():
-            names |= _nested_names(plugin, schema)
+            names |= _nested_names(converter, schema)
     return names
 
 
-def _nested_names(plugin: MarshmallowPlugin, schema: Schema) -> set[str]:
-    names = {plugin.converter.schema_name_resolver(schema)}
+def _nested_names(converter: OpenAPIConverter, schema: Schema) -> set[str]:
+    names = {converter.schema_name_resolver(schema)}
     for field in schema.fields.values():
         inner = field.inner if isinstance(field, fields.List) else field
         if isinstance(inner, fields.Nested):
-            names |= _nested_names(plugin, inner.schema)
+            names |= _nested_names(converter, inner.schema)
     return names
 
 

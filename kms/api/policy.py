@@ -34,10 +34,10 @@ import yaml
 from flask import Flask, current_app, g, request
 from marshmallow import Schema, ValidationError, fields, validate
 
-from kms.api.caller import Caller
 from kms.api.errors import describe_validation_error
 from kms.api.operations import KNOWN_OPERATIONS, KeyFrom, current_target, declared_operation
 from kms.errors import ConfigurationError, Forbidden
+from kms.server.identity import Caller
 from kms.service.keys import KeyInfo
 
 POLICY = "kms.policy"

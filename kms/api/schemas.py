@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
 
@@ -119,7 +119,12 @@ class EncryptRequest(_Request):
     context = EncryptionContext(load_default=None, allow_none=True)
 
 
-_VERSION = {"low": 1, "high": 2**31 - 1}
+class _Bounds(TypedDict):
+    low: int
+    high: int
+
+
+_VERSION: _Bounds = {"low": 1, "high": 2**31 - 1}
 
 
 class DecryptRequest(_Request):
@@ -194,7 +199,7 @@ class MACVerifyRequest(MACRequest):
 
 
 class RandomRequest(_Request):
-    bytes = StrictInteger(low=1, high=MAX_RANDOM_BYTES, required=True)
+    count = StrictInteger(low=1, high=MAX_RANDOM_BYTES, data_key="bytes", required=True)
 
 
 class KeyVersionResponse(Schema):

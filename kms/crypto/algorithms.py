@@ -151,9 +151,8 @@ class SignatureScheme:
         if isinstance(public_key, ed25519.Ed25519PublicKey):
             if prehashed:
                 self._hash(message, prehashed)  # raises: Ed25519 has no digest
-            algorithm = None
         else:
-            algorithm = self._hash(message, prehashed)
+            algorithm = self._hash(message, prehashed)  # Ed25519 takes none
         try:
             if isinstance(public_key, ed25519.Ed25519PublicKey):
                 public_key.verify(signature, message)
@@ -302,10 +301,10 @@ class RSAEncryptionAlgorithm(_PrivateKeyMaterial):
     key_type: type = rsa.RSAPrivateKey
     public_key_type: type = rsa.RSAPublicKey
 
-    def new_private_key(self) -> PrivateKey:  # type: ignore[override]
+    def new_private_key(self) -> PrivateKey:
         return rsa.generate_private_key(public_exponent=65537, key_size=self.bits)
 
-    def fits(self, key: Any) -> bool:  # type: ignore[override]
+    def fits(self, key: rsa.RSAPrivateKey | rsa.RSAPublicKey) -> bool:
         return key.key_size == self.bits
 
     @property

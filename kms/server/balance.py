@@ -86,7 +86,7 @@ _table: ConnectionTable | None = None
 
 def assign_slot(worker: Any, live_workers: Any) -> None:
     """gunicorn ``pre_fork``: give the worker about to be forked a free slot of the table."""
-    global _table  # noqa: PLW0603 - one table per master, shared with its workers by fork
+    global _table  # one table per master, shared with its workers by fork
     if _table is None:
         _table = ConnectionTable()
     in_use = {getattr(other, "connection_slot", None) for other in live_workers}

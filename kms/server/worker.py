@@ -54,7 +54,7 @@ from concurrent import futures
 from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from gunicorn import sock as gunicorn_sock
 from gunicorn import util as gunicorn_util
@@ -67,11 +67,11 @@ from gunicorn.http.unreader import IterUnreader
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers import gthread
 
-from kms.api.caller import ENVIRON_KEY as CALLER_ENVIRON_KEY
-from kms.api.caller import caller_from_peer_certificate
 from kms.errors import PayloadTooLarge
 from kms.server.balance import YIELD_SECONDS, ConnectionTable
 from kms.server.errors import REASONS, error_answer, json_body, json_error
+from kms.server.identity import ENVIRON_KEY as CALLER_ENVIRON_KEY
+from kms.server.identity import caller_from_peer_certificate
 from kms.server.limits import ServerLimits, current_limits
 from kms.server.logs import escape_log_value
 from kms.server.tls import ReloadableContext
@@ -196,6 +196,8 @@ class OneWriteResponse(Response):
     Content-Length, an empty first chunk) goes through gunicorn's own ``write``.
     """
 
+    headers_sent: bool  # gunicorn's, which has no type information
+
     def write(self, arg: bytes) -> None:
         if (
             self.headers_sent
@@ -231,6 +233,8 @@ class _Verdict(Enum):
 
 class KMSWorker(gthread.ThreadWorker):
     """gthread with TLS handshakes, request heads and bodies read by the event loop."""
+
+    alive: bool  # gunicorn's, which has no type information
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -366,7 +370,7 @@ class KMSWorker(gthread.ThreadWorker):
         deadline = started + self.cfg.graceful_timeout
         drained = started + min(DRAIN_SECONDS, self.cfg.graceful_timeout)
         while time.monotonic() < deadline:
-            waiting = (State.HANDSHAKE, State.IDLE, State.DISCARD)
+            waiting: tuple[State, ...] = (State.HANDSHAKE, State.IDLE, State.DISCARD)
             if time.monotonic() < drained:
                 waiting = (State.DISCARD,)
             for conn in list(self.held):
@@ -573,7 +577,8 @@ class KMSWorker(gthread.ThreadWorker):
 
     def continue_handshake(self, conn: Connection) -> None:
         try:
-            conn.sock.do_handshake()
+            # Only a TLS connection is ever in its handshake.
+            cast(ssl.SSLSocket, conn.sock).do_handshake()
         except ssl.SSLWantReadError:
             self.watch(conn, selectors.EVENT_READ)
             return
@@ -625,7 +630,11 @@ class KMSWorker(gthread.ThreadWorker):
             return
         if conn.state is State.IDLE:
             conn.enter(State.HEAD)
-        if conn.whole_at is not None and len(conn.buffer) < conn.whole_at:
+        if (
+            conn.whole_at is not None
+            and conn.body_expected is not None  # set with whole_at
+            and len(conn.buffer) < conn.whole_at
+        ):
             # More of a body whose length is known, not all of it: count it, parse nothing.
             conn.body_have = conn.body_expected - (conn.whole_at - len(conn.buffer))
             self.note_body_progress(conn)

@@ -32,7 +32,7 @@ from kms.crypto.kdf import KDFParameters, derive_master_key
 from kms.errors import InvalidBackup, InvalidKDFParameters, UnwrapFailed
 from kms.service.keyring import PassphraseKeyring, zeroise
 from kms.service.keystore import INIT_MARKER_AAD
-from kms.store.repository import INIT_MARKER, KDF_PARAMETERS
+from kms.store.records import INIT_MARKER, KDF_PARAMETERS
 
 FORMAT = "kms-backup/1"
 Row = dict[str, Any]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from kms.store.repository import KeyRecord
+from kms.store.records import KeyRecord
 
 #: No byte bound unless one is given.
 UNBOUNDED = 2**63

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import MISSING, fields
 
 from kms.crypto.integrity import FieldValue, encode_record
-from kms.store.repository import KeyRecord
+from kms.store.records import KeyRecord
 
 KEY_ROW_LABEL = b"kms/key-row/v1"
 VERSION_ROW_LABEL = b"kms/key-version/v1"

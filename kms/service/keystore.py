@@ -24,7 +24,7 @@ from kms.errors import (
     WrongPassphrase,
 )
 from kms.service.keyring import PassphraseKeyring, zeroise
-from kms.store.repository import KeyRepository
+from kms.store.records import KeyRepository
 
 #: The marker of a keystore whose rows carry MACs.
 INIT_MARKER_AAD = encode_aad(b"kms/init-marker/v2")

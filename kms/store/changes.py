@@ -36,12 +36,15 @@ import threading
 import zlib
 from array import array
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
 
 from kms.store.db import beside_sqlite_database
+
+if TYPE_CHECKING:  # an optional dependency (the postgres extra)
+    import psycopg
 
 BUCKETS = 4096
 _COUNTER = struct.Struct("<Q")
@@ -127,7 +130,8 @@ class SharedFileChanges:
         table = self._map if self._pid == os.getpid() else self._open()
         if table is None:
             return self._local().mark(key_id)
-        return _COUNTER.unpack_from(table, bucket_of(key_id) * _COUNTER.size)[0]
+        count: int = _COUNTER.unpack_from(table, bucket_of(key_id) * _COUNTER.size)[0]
+        return count
 
     def bump(self, key_id: str) -> None:
         self._bump([bucket_of(key_id)])
@@ -260,7 +264,7 @@ class PostgresChangeListener:
             try:
                 self._listen()
                 backoff = 0.1
-            except Exception as error:  # noqa: BLE001 - any failure: reconnect, never die
+            except Exception as error:  # any failure: reconnect, never die
                 if self._stopping.is_set():
                     break
                 log.warning(
@@ -280,7 +284,8 @@ class PostgresChangeListener:
     def _listen(self) -> None:
         raw = self._engine.raw_connection()
         try:
-            connection = raw.driver_connection
+            # psycopg's own connection: kms listens only on PostgreSQL, through psycopg.
+            connection = cast("psycopg.Connection[Any]", raw.driver_connection)
             connection.autocommit = True
             connection.execute(f"LISTEN {CHANNEL}")
             # Whatever was cached before LISTEN took effect may have missed a notification.

@@ -145,7 +145,7 @@ class WALCheckpointer:
             try:
                 self.last = self.checkpoint()
                 self._failing = False
-            except Exception as error:  # noqa: BLE001 - a checkpoint failing must not end the thread
+            except Exception as error:  # a checkpoint failing must not end the thread
                 if not self._failing:
                     log.warning(
                         "kms: checkpoint of the SQLite write-ahead log failed (%s); retrying",

@@ -71,7 +71,7 @@ def current_revision_in(conn: Connection) -> str:
     return revision or ""
 
 
-class _snapshot_connection:  # noqa: N801 - used as a context manager
+class _snapshot_connection:  # named like a function: used as a context manager
     """A connection in one read transaction that sees a single moment of the database.
 
     PostgreSQL: REPEATABLE READ. SQLite (in autocommit mode under kms, kms.store.db): an explicit

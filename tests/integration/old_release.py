@@ -45,7 +45,7 @@ def run_in_release(release: Path, script: str, settings: Settings, iterations: i
     """Run ``script`` with the old release's code (its arguments: the release, the database,
     the passphrase file, the KDF iterations) and return the JSON it prints."""
     assert settings.master_passphrase_file is not None
-    result = subprocess.run(  # noqa: S603 - our interpreter, our script
+    result = subprocess.run(
         [
             sys.executable,
             "-c",

@@ -126,7 +126,7 @@ def test_backup_under_load_restores_every_ciphertext_acknowledged_before_it(
             while not stop.is_set():
                 service.encrypt("enc-1", b"during the backup")
                 service.rotate_key("enc-2")
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:  # reported below
             errors.append(error)
 
     threads = [threading.Thread(target=load) for _ in range(3)]

@@ -25,7 +25,8 @@ from kms.service.keyring import PassphraseKeyring
 from kms.service.keys import Decrypted, Encrypted, KMSService
 from kms.settings import Settings, load_settings
 from kms.store.db import create_kms_engine
-from kms.store.repository import KeyRecord, KeyVersionRecord, SQLKeyRepository
+from kms.store.records import KeyRecord, KeyVersionRecord
+from kms.store.repository import SQLKeyRepository
 from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, make_service, write_passphrase_file
 from tests.integration.test_app import FakeTLSSocket
 

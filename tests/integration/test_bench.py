@@ -43,7 +43,7 @@ def test_a_tiny_bench_run_reports_every_scenario(tmp_path: Path) -> None:
         for name, value in os.environ.items()
         if not name.startswith("KMS_") and name not in ("POSTGRES_BENCH_DSN", "BENCH_SECONDS")
     }
-    finished = subprocess.run(  # noqa: S603 - our interpreter, our arguments
+    finished = subprocess.run(
         [
             sys.executable,
             "-m",

@@ -44,7 +44,7 @@ class Worker:
         self.statements: list[str] = []
         event.listen(self.engine, "before_cursor_execute", self._record)
 
-    def _record(self, _conn, _cursor, statement: str, *_args: object) -> None:  # noqa: ANN001
+    def _record(self, _conn: object, _cursor: object, statement: str, *_args: object) -> None:
         self.statements.append(" ".join(statement.split()[:1]).upper())
 
     def close(self) -> None:
@@ -161,7 +161,7 @@ def test_on_postgresql_a_cold_encrypt_is_two_statements_each_its_own_transaction
         maker.service.create_key("remote")
         autocommit: list[bool] = []
 
-        def record(conn, *_args: object) -> None:  # noqa: ANN001
+        def record(conn: object, *_args: object) -> None:
             autocommit.append(conn.connection.dbapi_connection.autocommit)
 
         event.listen(cold.engine, "before_cursor_execute", record)

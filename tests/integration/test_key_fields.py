@@ -16,7 +16,7 @@ import pytest
 from kms.errors import DeletionNotAllowed, InvalidRequest, KeyPendingDeletion, VersionBelowMinimum
 from kms.service.keys import KMSService
 from kms.service.keys.validation import MAX_LABEL_VALUE_CHARS, MAX_LABELS
-from kms.store.repository import utc_now
+from kms.store.records import utc_now
 
 
 @pytest.mark.parametrize("period", ["1h", "2h", "36h", "25h", "1d", "30d", "3650d"])

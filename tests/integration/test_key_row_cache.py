@@ -40,7 +40,8 @@ from kms.store.changes import (
     open_changes,
 )
 from kms.store.db import create_kms_engine
-from kms.store.repository import SQLKeyRepository, utc_now
+from kms.store.records import utc_now
+from kms.store.repository import SQLKeyRepository
 from tests.conftest import make_service
 
 #: Long enough that only the change counters can explain a change seen within a test.
@@ -87,7 +88,7 @@ class Worker:
         self.statements: list[str] = []
         event.listen(self.engine, "before_cursor_execute", self._count)
 
-    def _count(self, _conn, _cursor, statement: str, *_args: object) -> None:  # noqa: ANN001
+    def _count(self, _conn: object, _cursor: object, statement: str, *_args: object) -> None:
         self.statements.append(statement)
 
     def close(self) -> None:

@@ -19,7 +19,8 @@ from kms.errors import (
 from kms.service.cache import KeyMaterialCache
 from kms.service.keys import CURRENT_REQUESTER, KMSService, Requester
 from kms.store.db import create_kms_engine
-from kms.store.repository import SQLKeyRepository, utc_now
+from kms.store.records import utc_now
+from kms.store.repository import SQLKeyRepository
 from tests.conftest import make_service
 from tests.integration.test_untrusted_storage import Store, assert_refused, store  # noqa: F401
 

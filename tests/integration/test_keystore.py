@@ -23,7 +23,7 @@ from kms.errors import (
 )
 from kms.master import init_database, open_master_keyring
 from kms.settings import Settings
-from kms.store.repository import KDF_PARAMETERS
+from kms.store.records import KDF_PARAMETERS
 from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
 
 

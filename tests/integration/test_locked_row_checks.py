@@ -25,7 +25,8 @@ from kms.service.keyring import PassphraseKeyring
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
-from kms.store.repository import SQLKeyRepository, utc_now
+from kms.store.records import utc_now
+from kms.store.repository import SQLKeyRepository
 from tests.conftest import make_service
 
 KEY_ID = "guarded"

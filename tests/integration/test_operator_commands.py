@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 def run_kms(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
     environ["KMS_CONFIG"] = str(config)
-    return subprocess.run(  # noqa: S603 - our own kms
+    return subprocess.run(
         [str(Path(sys.executable).with_name("kms")), *args],
         env=environ,
         capture_output=True,

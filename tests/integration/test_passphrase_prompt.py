@@ -135,7 +135,7 @@ def test_init_without_a_terminal_refuses_to_prompt(tmp_path: Path) -> None:
     config.write_text(f'database:\n  dsn: "{database}"\n', encoding="utf-8")
     kms = str(Path(sys.executable).with_name("kms"))
 
-    result = subprocess.run(  # noqa: S603 - our own console script
+    result = subprocess.run(
         [kms, "init"],
         cwd=tmp_path,
         env=terminal_environment(config),

@@ -171,7 +171,7 @@ def test_concurrent_rotations_from_threads_and_processes_give_contiguous_version
         try:
             for _ in range(THREAD_ROTATIONS):
                 pg_service.rotate_key(key.key_id)
-        except BaseException as error:  # noqa: BLE001 - collected and asserted on below
+        except BaseException as error:  # collected and asserted on below
             errors.append(error)
 
     threads = [threading.Thread(target=rotate) for _ in range(THREADS)]

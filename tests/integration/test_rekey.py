@@ -112,7 +112,7 @@ def test_rekey_killed_half_way_leaves_the_old_passphrase_working(
         rekey_database(settings, bytearray(NEW_PASSPHRASE), KillAfter())
         """
     )
-    child = subprocess.run(  # noqa: S603 - our own interpreter and script
+    child = subprocess.run(
         [sys.executable, "-c", script], cwd=Path(__file__).parents[2], check=False
     )
     assert child.returncode == -signal.SIGKILL

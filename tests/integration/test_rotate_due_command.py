@@ -24,7 +24,7 @@ DUE_KEYS = 50
 def kms_command(config: Path, *args: str) -> subprocess.Popen[str]:
     environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
     environ["KMS_CONFIG"] = str(config)
-    return subprocess.Popen(  # noqa: S603 - our own kms
+    return subprocess.Popen(
         [str(Path(sys.executable).with_name("kms")), *args],
         env=environ,
         stdout=subprocess.PIPE,
@@ -78,7 +78,7 @@ def test_two_rotate_due_at_once_rotate_each_due_key_exactly_once(tmp_path: Path)
     assert rotated == Counter(f"kms: rotated due-{i:02d} to version 2" for i in range(DUE_KEYS))
     totals = sorted(line for line in lines if " keys rotated in " in line)
     assert sum(int(line.split()[1]) for line in totals) == DUE_KEYS
-    print("rotated per process:", [line.split()[1] for line in totals])  # noqa: T201 - -s shows it
+    print("rotated per process:", [line.split()[1] for line in totals])  # pytest -s shows it
 
     keyring = open_master_keyring(settings)
     engine = create_kms_engine(settings.database_url)

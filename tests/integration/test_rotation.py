@@ -13,7 +13,7 @@ import pytest
 from kms.errors import InvalidRequest
 from kms.service.keys import KMSService
 from kms.service.keys.validation import parse_rotation_period
-from kms.store.repository import utc_now
+from kms.store.records import utc_now
 
 
 def test_the_encryption_that_would_pass_the_limit_rotates_first(service: KMSService) -> None:

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from kms.api.caller import Caller
 from kms.api.operations import KNOWN_OPERATIONS, declared_operation
 from kms.api.policy import load_policy
 from kms.app import create_app
 from kms.audit import GENESIS_HASH, AuditLog, verify_chain
 from kms.errors import ConfigurationError
+from kms.server.identity import Caller
 from kms.service.keyring import PassphraseKeyring
 from kms.settings import Settings
 

@@ -43,7 +43,7 @@ def node_repositories(initialised: Settings) -> Iterator[list[SQLKeyRepository]]
 def statements_of(repository: SQLKeyRepository, call: object) -> list[str]:
     seen: list[str] = []
 
-    def record(_conn, _cursor, statement: str, *_args: object) -> None:  # noqa: ANN001
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
         seen.append(statement.split()[0].upper())
 
     engine = repository._engine

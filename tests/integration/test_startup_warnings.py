@@ -121,7 +121,7 @@ def start_lines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[list
         for n, (case, (policy, audit)) in enumerate(CASES.items())
     }
     environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
-    result = subprocess.run(  # noqa: S603 - this interpreter on our own probe
+    result = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(configs)],
         env=environ,
         cwd=directory,

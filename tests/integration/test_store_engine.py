@@ -18,7 +18,8 @@ from sqlalchemy.exc import DBAPIError
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
-from kms.store.repository import KeyChange, KeyRecord, NewVersion, SQLKeyRepository
+from kms.store.records import KeyChange, KeyRecord, NewVersion
+from kms.store.repository import SQLKeyRepository
 
 SECRET_PARAMETER = "c2VjcmV0LXdyYXBwZWQta2V5LW1hdGVyaWFs"
 

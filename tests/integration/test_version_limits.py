@@ -20,7 +20,8 @@ from kms.service.keys import KMSService
 from kms.service.keys.validation import KEY_DETAIL_VERSIONS
 from kms.settings import Settings, load_settings
 from kms.store.db import create_kms_engine
-from kms.store.repository import KeyRecord, KeyVersionRecord, SQLKeyRepository
+from kms.store.records import KeyRecord, KeyVersionRecord
+from kms.store.repository import SQLKeyRepository
 from tests.conftest import make_service
 from tests.integration.test_app import FakeTLSSocket
 

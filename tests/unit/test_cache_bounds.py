@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from kms.service.cache import ROW_BASE_BYTES, KeyMaterialCache, KeyRowCache, row_bytes
-from kms.store.repository import KeyRecord
+from kms.store.records import KeyRecord
 
 
 def record(key_id: str, **fields: object) -> KeyRecord:

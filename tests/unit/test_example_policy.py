@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kms.api.caller import Caller
 from kms.api.policy import load_policy
+from kms.server.identity import Caller
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "policy.example.yaml"
 

@@ -17,7 +17,7 @@ from kms.crypto.wrapping import WRAP_FORMAT_V1, KeyIdentity, unwrap_key, wrap_ke
 from kms.errors import IntegrityFailure, UnwrapFailed
 from kms.service.integrity import encode_key_row, encode_version_row
 from kms.service.keyring import PassphraseKeyring
-from kms.store.repository import KeyRecord
+from kms.store.records import KeyRecord
 
 MASTER = bytearray(range(32))
 KEY = KeyRecord(

@@ -20,7 +20,7 @@ from kms.errors import (
 )
 from kms.service.keys import rules
 from kms.service.keys.rules import KeyUpdate, NotDue, NotLatest
-from kms.store.repository import KeyRecord, KeyState
+from kms.store.records import KeyRecord, KeyState
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

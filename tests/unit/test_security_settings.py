@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kms.errors import ConfigurationError
-from kms.settings import settings_from_mapping
+from kms.settings import Settings, settings_from_mapping
 
 BASE = {"database": {"dsn": "/var/lib/kms/kms.db"}}
 
 
-def load(document: dict, environ: dict[str, str] | None = None):  # noqa: ANN201
+def load(document: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
     return settings_from_mapping({**BASE, **document}, environ or {}, source="test.yaml")
 
 

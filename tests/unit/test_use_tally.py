@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from kms.service.keys.limits import UseTally
-from kms.store.repository import UseReport
+from kms.store.records import UseReport
 
 EARLY = datetime(2026, 1, 1, tzinfo=UTC)
 

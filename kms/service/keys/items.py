@@ -34,7 +34,7 @@ from kms.service.keys.limits import UseLimits
 from kms.service.keys.material import RequestMaterial
 from kms.service.keys.results import DataKey, Decrypted, Encrypted, MACed, Signed, Verified
 from kms.service.keys.validation import DATA_KEY_SIZES
-from kms.store.repository import KeyRecord
+from kms.store.records import KeyRecord
 
 
 class Items:

@@ -63,7 +63,7 @@ from kms.service.keys.validation import (
     validate_pending_days,
     validate_state,
 )
-from kms.store.repository import (
+from kms.store.records import (
     KeyChange,
     KeyPlanner,
     KeyRecord,

@@ -27,7 +27,7 @@ from kms.crypto.algorithms import RSA_ENCRYPTION_ALGORITHMS
 from kms.errors import InvalidRequest, KeyChanged
 from kms.service.keys.rules import NotLatest
 from kms.service.keys.validation import MAX_ENCRYPTIONS_PER_VERSION
-from kms.store.repository import KeyRecord, KeyRepository, UseReport, utc_now
+from kms.store.records import KeyRecord, KeyRepository, UseReport, utc_now
 
 FLUSH_SECONDS = 10.0
 #: A block is at most this fraction of a version's limit, so that with a small limit the

@@ -20,7 +20,7 @@ from kms.service.keys.results import IntegrityReport
 from kms.service.keys.trust import TrustedRows
 from kms.service.keys.validation import MAX_PAGE_SIZE
 from kms.service.keystore import INIT_MARKER_AAD
-from kms.store.repository import KeyRecord, KeyRepository, KeyVersionRecord
+from kms.store.records import KeyRecord, KeyRepository, KeyVersionRecord
 
 
 class KeyMaintenance:

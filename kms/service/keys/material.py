@@ -20,7 +20,7 @@ from kms.errors import IntegrityFailure, KeyNotFound, UnwrapFailed
 from kms.service.cache import KeyMaterialCache, public_cache_key, secret_cache_key
 from kms.service.keyring import Keyring, zeroise
 from kms.service.keys.trust import TrustedRows
-from kms.store.repository import KeyRecord, KeyVersionRecord
+from kms.store.records import KeyRecord, KeyVersionRecord
 
 log = logging.getLogger("kms.integrity")
 

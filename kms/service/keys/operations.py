@@ -51,7 +51,7 @@ from kms.service.keys.results import (
 )
 from kms.service.keys.trust import StaleRow, TrustedRows
 from kms.service.keys.validation import validate_key_id, validate_random_bytes
-from kms.store.repository import KeyRecord, KeyRepository
+from kms.store.records import KeyRecord, KeyRepository
 
 lifecycle_log = logging.getLogger("kms.lifecycle")
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kms.store.repository import KeyState, KeyVersionSummary
+from kms.store.records import KeyState, KeyVersionSummary
 
 #: The algorithm of a result whose key is not known (a client's result rebuilt from an answer).
 UNKNOWN_ALGORITHM = "unknown"

@@ -25,7 +25,7 @@ from kms.errors import (
     PurposeMismatch,
     TooManyVersions,
 )
-from kms.store.repository import KeyRecord, KeyState
+from kms.store.records import KeyRecord, KeyState
 
 
 class NotDue(Exception):

@@ -23,7 +23,7 @@ from kms.service.keys.material import KeyMaterial
 from kms.service.keys.operations import KeyOperations
 from kms.service.keys.trust import TrustedRows
 from kms.settings import Settings
-from kms.store.repository import KeyRepository, utc_now
+from kms.store.records import KeyRepository, utc_now
 
 
 class KMSService:

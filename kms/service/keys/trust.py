@@ -26,7 +26,7 @@ from kms.service.integrity import encode_key_row, encode_version_row
 from kms.service.keyring import Keyring
 from kms.service.keys.rules import require_same_key
 from kms.service.keys.validation import validate_key_id
-from kms.store.repository import KeyRecord, KeyRepository, KeyVersionRecord
+from kms.store.records import KeyRecord, KeyRepository, KeyVersionRecord
 
 log = logging.getLogger("kms.integrity")
 

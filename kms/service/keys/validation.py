@@ -11,7 +11,7 @@ import re
 
 from kms.crypto.algorithms import ALGORITHMS, DEFAULT_ALGORITHM, Algorithm, Purpose
 from kms.errors import InvalidRequest, PurposeMismatch
-from kms.store.repository import KeyState
+from kms.store.records import KeyState
 
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_PAGE_SIZE = 1000

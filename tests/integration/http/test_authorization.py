@@ -5,10 +5,11 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.integration.http.harness import (
     Deployment,
@@ -115,7 +116,7 @@ def keys(admin: KMSClient) -> dict[str, str]:
     return {}
 
 
-def forbidden(response) -> tuple[int, str, str]:  # noqa: ANN001 - a requests.Response
+def forbidden(response: requests.Response) -> tuple[int, str, str]:
     expect_error(response, 403, "forbidden")
     return response.status_code, response.headers["Content-Type"], response.text
 
@@ -242,7 +243,7 @@ def test_sighup_reloads_the_policy_and_an_invalid_file_is_refused(
             while not stop.is_set():
                 try:
                     response = admin.get("/v1/kms/keys/billing-a", session=session)
-                except Exception as error:  # noqa: BLE001 - any failure is the finding
+                except Exception as error:  # any failure is the finding
                     failures.append(repr(error))
                     continue
                 served += 1
@@ -278,7 +279,7 @@ def test_sighup_reloads_the_policy_and_an_invalid_file_is_refused(
     assert failures == []
 
 
-def wait_for(condition) -> None:  # noqa: ANN001 - a zero-argument predicate
+def wait_for(condition: Callable[[], object]) -> None:
     """Poll until ``condition()`` holds; a safety limit, not an assertion about time."""
     deadline = time.monotonic() + WAIT_SECONDS
     while not condition():

@@ -24,7 +24,7 @@ import requests
 
 from kms.master import destroy_due_keys
 from kms.settings import Settings
-from kms.store.repository import utc_now
+from kms.store.records import utc_now
 from tests.integration.http.harness import (
     Deployment,
     KMSClient,

@@ -15,6 +15,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def presented_serial(deployment: Deployment) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
-def wait_for(condition, what: str) -> None:  # noqa: ANN001
+def wait_for(condition: Callable[[], object], what: str) -> None:
     deadline = time.monotonic() + WAIT_LIMIT_SECONDS
     while not condition():
         if time.monotonic() > deadline:

@@ -27,7 +27,8 @@ from kms.master import destroy_due_keys, open_master_keyring
 from kms.service.cache import KeyMaterialCache
 from kms.settings import load_settings
 from kms.store.db import create_kms_engine
-from kms.store.repository import SQLKeyRepository, utc_now
+from kms.store.records import utc_now
+from kms.store.repository import SQLKeyRepository
 from tests.conftest import drop_database, make_service
 from tests.integration.http.harness import (
     PROCESS_TIMEOUT_SECONDS,

@@ -108,7 +108,7 @@ def test_the_readme_session_prints_what_the_readme_shows(
             if PASTED in command:
                 command = command.replace(PASTED, previous["ciphertext"])
             result = subprocess.run(
-                ["bash", "-c", f"{helper}\n{command}"],  # noqa: S607 - a reader's bash
+                ["bash", "-c", f"{helper}\n{command}"],
                 cwd=tmp_path,
                 env=environ,
                 capture_output=True,

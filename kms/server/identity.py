@@ -3,6 +3,10 @@
 Identity comes from the verified TLS session only: gunicorn exposes the connection as
 ``environ["gunicorn.socket"]`` and the handshake already checked the chain against the configured
 CA. No request header can claim or change an identity.
+
+It sits with the serving machinery because both sides read it: the worker names the caller in
+the access line of a request it refuses before the app sees it, and the app's policy decides
+what a caller may do.
 """
 
 from __future__ import annotations
