@@ -10,11 +10,12 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from hypothesis import strategies as st
@@ -131,11 +132,42 @@ def module_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KMSServ
     module_keyring.close()
 
 
+# -- what a test needs from the machine ---------------------------------------------------------
+#
+# A test that needs something the machine lacks (PostgreSQL, a command such as openssl, newman,
+# the git history of an earlier release) is skipped on a developer's machine, and the skip is
+# reported (-ra). In CI it fails instead: `.ci/run` installs all of it, so a missing piece there
+# is a broken CI machine, and a skip would let the suite shrink without anyone noticing. CI is
+# the one variable of the environment the tests read: it changes what a missing tool means,
+# never what a test does.
+
+
+def in_ci() -> bool:
+    """True when the CI variable says so: ``true`` (as CI services and `.ci/run` set it), ``1``
+    or ``yes``."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test for want of ``reason``, or fail it in CI."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set: .ci/run provides it there)", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("needs"):
+        missing = [command for command in marker.args if shutil.which(command) is None]
+        if missing:
+            unavailable(f"the {' and '.join(missing)} command is not installed")
+
+
 # -- PostgreSQL ---------------------------------------------------------------------------------
 #
 # The PostgreSQL tests run when pytest is given --postgres-dsn (`.ci/run` starts the machine's
-# PostgreSQL and passes it through `make test`); without it they are skipped. The DSN names a
-# role that may create databases: each test gets a database of its own, dropped afterwards.
+# PostgreSQL and passes it through `make test`); without it they are skipped, or fail in CI. The
+# DSN names a role that may create databases: each test gets a database of its own, dropped
+# afterwards.
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -146,15 +178,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def given_postgres_dsn(config: pytest.Config) -> str:
+    """The --postgres-dsn of this run; without one the test is skipped (failed in CI)."""
+    dsn = config.getoption("--postgres-dsn")
+    if not dsn:
+        unavailable("no --postgres-dsn given")
+    return dsn
+
+
 @pytest.fixture
 def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """The URL of a new, empty PostgreSQL database, dropped after the test."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    dsn = request.config.getoption("--postgres-dsn")
-    if not dsn:
-        pytest.skip("no --postgres-dsn given")
+    dsn = given_postgres_dsn(request.config)
     name = f"kms_test_{random.getrandbits(64):016x}"
     admin = create_engine(dsn, isolation_level="AUTOCOMMIT", hide_parameters=True)
     try:
