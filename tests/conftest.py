@@ -7,13 +7,11 @@ and every config file use at least 600,000, on write and on read.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -220,48 +218,3 @@ def drop_database(admin: Any, name: str) -> None:
             if attempt == 49:
                 raise
             time.sleep(0.2)
-
-
-# -- tests that must run alone ------------------------------------------------------------------
-#
-# `make test` runs the suite in several pytest-xdist worker processes at once. A test marked
-# ``alone`` (the one with a latency deadline) must not share the two cores with the other workers'
-# tests: while it runs, no other test of the run is in its setup, call or teardown. Every other
-# test holds a shared lock on a file of the run's temporary directory for its whole protocol
-# (setup, call, teardown, so module and session fixtures count too); an ``alone`` test holds it
-# exclusively. A second lock, the gate, keeps new shared holders out while an exclusive one waits
-# so that a steady stream of short tests cannot starve it.
-
-
-def _run_directory(config: pytest.Config) -> Path | None:
-    """The temporary directory all xdist workers of this run share; None without xdist."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return None
-    return config._tmp_path_factory.getbasetemp().parent  # type: ignore[attr-defined]
-
-
-@contextmanager
-def _file_lock(path: Path, operation: int) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, operation)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(
-    item: pytest.Item, nextitem: pytest.Item | None
-) -> Generator[None, object, object]:
-    directory = _run_directory(item.config)
-    if directory is None:
-        return (yield)
-    gate, run = directory / "alone-gate.lock", directory / "alone-run.lock"
-    if item.get_closest_marker("alone"):
-        with _file_lock(gate, fcntl.LOCK_EX), _file_lock(run, fcntl.LOCK_EX):
-            return (yield)
-    with _file_lock(gate, fcntl.LOCK_SH):
-        pass  # only waits while an alone test is waiting or running
-    with _file_lock(run, fcntl.LOCK_SH):
-        return (yield)
