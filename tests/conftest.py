@@ -7,15 +7,14 @@ and every config file use at least 600,000, on write and on read.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
+import shutil
 import time
-from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from hypothesis import strategies as st
@@ -156,11 +155,42 @@ def module_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KMSServ
     module_keyring.close()
 
 
+# -- what a test needs from the machine ---------------------------------------------------------
+#
+# A test that needs something the machine lacks (PostgreSQL, a command such as openssl, newman,
+# the git history of an earlier release) is skipped on a developer's machine, and the skip is
+# reported (-ra). In CI it fails instead: `.ci/run` installs all of it, so a missing piece there
+# is a broken CI machine, and a skip would let the suite shrink without anyone noticing. CI is
+# the one variable of the environment the tests read: it changes what a missing tool means,
+# never what a test does.
+
+
+def in_ci() -> bool:
+    """True when the CI variable says so: ``true`` (as CI services and `.ci/run` set it), ``1``
+    or ``yes``."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test for want of ``reason``, or fail it in CI."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set: .ci/run provides it there)", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("needs"):
+        missing = [command for command in marker.args if shutil.which(command) is None]
+        if missing:
+            unavailable(f"the {' and '.join(missing)} command is not installed")
+
+
 # -- PostgreSQL ---------------------------------------------------------------------------------
 #
 # The PostgreSQL tests run when pytest is given --postgres-dsn (`.ci/run` starts the machine's
-# PostgreSQL and passes it through `make test`); without it they are skipped. The DSN names a
-# role that may create databases: each test gets a database of its own, dropped afterwards.
+# PostgreSQL and passes it through `make test`); without it they are skipped, or fail in CI. The
+# DSN names a role that may create databases: each test gets a database of its own, dropped
+# afterwards.
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -171,15 +201,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def given_postgres_dsn(config: pytest.Config) -> str:
+    """The --postgres-dsn of this run; without one the test is skipped (failed in CI)."""
+    dsn = config.getoption("--postgres-dsn")
+    if not dsn:
+        unavailable("no --postgres-dsn given")
+    return dsn
+
+
 @pytest.fixture
 def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """The URL of a new, empty PostgreSQL database, dropped after the test."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    dsn = request.config.getoption("--postgres-dsn")
-    if not dsn:
-        pytest.skip("no --postgres-dsn given")
+    dsn = given_postgres_dsn(request.config)
     name = f"kms_test_{random.getrandbits(64):016x}"
     admin = create_engine(dsn, isolation_level="AUTOCOMMIT", hide_parameters=True)
     try:
@@ -207,48 +243,3 @@ def drop_database(admin: Any, name: str) -> None:
             if attempt == 49:
                 raise
             time.sleep(0.2)
-
-
-# -- tests that must run alone ------------------------------------------------------------------
-#
-# `make test` runs the suite in several pytest-xdist worker processes at once. A test marked
-# ``alone`` (the one with a latency deadline) must not share the two cores with the other workers'
-# tests: while it runs, no other test of the run is in its setup, call or teardown. Every other
-# test holds a shared lock on a file of the run's temporary directory for its whole protocol
-# (setup, call, teardown, so module and session fixtures count too); an ``alone`` test holds it
-# exclusively. A second lock, the gate, keeps new shared holders out while an exclusive one waits
-# so that a steady stream of short tests cannot starve it.
-
-
-def _run_directory(config: pytest.Config) -> Path | None:
-    """The temporary directory all xdist workers of this run share; None without xdist."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return None
-    return config._tmp_path_factory.getbasetemp().parent  # type: ignore[attr-defined]
-
-
-@contextmanager
-def _file_lock(path: Path, operation: int) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, operation)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(
-    item: pytest.Item, nextitem: pytest.Item | None
-) -> Generator[None, object, object]:
-    directory = _run_directory(item.config)
-    if directory is None:
-        return (yield)
-    gate, run = directory / "alone-gate.lock", directory / "alone-run.lock"
-    if item.get_closest_marker("alone"):
-        with _file_lock(gate, fcntl.LOCK_EX), _file_lock(run, fcntl.LOCK_EX):
-            return (yield)
-    with _file_lock(gate, fcntl.LOCK_SH):
-        pass  # only waits while an alone test is waiting or running
-    with _file_lock(run, fcntl.LOCK_SH):
-        return (yield)

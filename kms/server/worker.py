@@ -357,6 +357,12 @@ class KMSWorker(gthread.ThreadWorker):
         on a kept-alive connection just as the worker stops (a SIGHUP reload) is answered, with
         "Connection: close", instead of finding the connection reset under it.
         """
+        # What a graceful stop waits for, so an operator can tell a slow stop from a hung one.
+        self.log.info(
+            "worker stopping (requests arriving: %d, being answered: %d)",
+            sum(conn.state in (State.HEAD, State.BODY) for conn in self.held),
+            len(self.busy),
+        )
         if self.accept_paused_until is None:
             for listener in self.sockets:
                 with contextlib.suppress(KeyError, ValueError):

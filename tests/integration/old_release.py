@@ -10,18 +10,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from kms.settings import Settings
+from tests.conftest import unavailable
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def extract_release(commit: str, target: Path) -> Path:
-    """``commit``'s ``kms`` package, with its migrations, in ``target``; the test is skipped
-    where git or the commit is missing (a shallow clone, an exported tree)."""
+    """``commit``'s ``kms`` package, with its migrations, in ``target``. Where git or the commit
+    is missing (a shallow clone, an exported tree) the test is skipped, or fails in CI, whose
+    `.ci/run` fetches the whole history of a shallow clone."""
     if shutil.which("git") is None:
-        pytest.skip("git is needed to extract the previous release")
+        unavailable("git is needed to extract the previous release")
     known = subprocess.run(
         ["git", "-C", str(REPOSITORY), "rev-parse", "--verify", f"{commit}^{{commit}}"],
         capture_output=True,
@@ -29,7 +29,9 @@ def extract_release(commit: str, target: Path) -> Path:
         check=False,
     )
     if known.returncode != 0:
-        pytest.skip(f"this checkout does not hold commit {commit}")
+        unavailable(
+            f"this checkout does not hold commit {commit} (a shallow clone? git fetch --unshallow)"
+        )
     archive = subprocess.run(
         ["git", "-C", str(REPOSITORY), "archive", known.stdout.strip(), "kms", "migrations"],
         capture_output=True,

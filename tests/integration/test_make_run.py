@@ -37,7 +37,7 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 SECRETS = ("ca.pem", "ca.key", "server.crt", "server.key", "client.crt", "client.key", "master.key")
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+@pytest.mark.needs("make")
 def test_make_run_twice_keeps_secrets_and_database(tmp_path: Path) -> None:
     checkout = tmp_path / "kms"
     checkout.mkdir()

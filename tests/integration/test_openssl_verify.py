@@ -21,7 +21,7 @@ MESSAGE = b"transfer 100 EUR to account 12345\n\x00\xff binary tail"
 OPENSSL = shutil.which("openssl")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed"),
+    pytest.mark.needs("openssl"),
 ]
 
 RSA_PSS_SALT_32 = ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -81,8 +80,14 @@ def test_a_relative_symlink_path_is_made_absolute_but_not_resolved(
         open_master_keyring(settings)
 
 
-def refuse_within(settings: Settings, path: Path, seconds: float) -> PassphraseError:
-    """Open the keystore in a thread; fail if it has not been refused within ``seconds``."""
+#: A safety limit, never a measurement: a FIFO opened for reading waits for a writer forever,
+#: so a refusal that has not come by then is a hang, however busy the machine.
+HANG_LIMIT_SECONDS = 60.0
+
+
+def refused(settings: Settings, path: Path) -> PassphraseError:
+    """Open the keystore in a thread (nothing ever writes to ``path``): it must be refused;
+    fail if it blocks instead."""
     outcome: list[BaseException | None] = []
 
     def attempt() -> None:
@@ -94,25 +99,23 @@ def refuse_within(settings: Settings, path: Path, seconds: float) -> PassphraseE
             outcome.append(None)
 
     worker = threading.Thread(target=attempt, daemon=True)
-    started = time.monotonic()
     worker.start()
-    worker.join(seconds)
-    elapsed = time.monotonic() - started
+    worker.join(HANG_LIMIT_SECONDS)
     if worker.is_alive():
         if path.exists() and not path.is_dir():
             # Unblock the reader (it waits for a writer) so the thread does not outlive the test.
             os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
         worker.join(5)
-        pytest.fail(f"opening {path} was still blocked after {elapsed:.2f} s")
+        pytest.fail(f"opening {path} blocked (still waiting after {HANG_LIMIT_SECONDS} s)")
     (error,) = outcome
     assert isinstance(error, PassphraseError), error
     return error
 
 
-def test_a_fifo_is_refused_within_one_second(tmp_path: Path, keystore: Settings) -> None:
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path, keystore: Settings) -> None:
     fifo = tmp_path / "fifo.key"
     os.mkfifo(fifo, 0o600)
-    error = refuse_within(settings_from_config(tmp_path, fifo), fifo, 1.0)
+    error = refused(settings_from_config(tmp_path, fifo), fifo)
     assert str(fifo) in error.public_message
     assert "FIFO" in error.public_message
 
@@ -120,13 +123,13 @@ def test_a_fifo_is_refused_within_one_second(tmp_path: Path, keystore: Settings)
 def test_a_directory_is_refused(tmp_path: Path, keystore: Settings) -> None:
     directory = tmp_path / "dir.key"
     directory.mkdir(mode=0o700)
-    error = refuse_within(settings_from_config(tmp_path, directory), directory, 1.0)
+    error = refused(settings_from_config(tmp_path, directory), directory)
     assert "directory" in error.public_message
 
 
 def test_a_character_device_is_refused(tmp_path: Path, keystore: Settings) -> None:
     # /dev/zero would be read forever, /dev/null reads as empty: neither is a passphrase.
-    error = refuse_within(settings_from_config(tmp_path, "/dev/zero"), Path("/dev/zero"), 1.0)
+    error = refused(settings_from_config(tmp_path, "/dev/zero"), Path("/dev/zero"))
     assert "character device" in error.public_message
 
 

@@ -110,9 +110,7 @@ def test_the_prod_config_resolves_inside_the_credentials_directory(tmp_path: Pat
 
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-needs_systemd_analyze = pytest.mark.skipif(
-    SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed on this machine"
-)
+needs_systemd_analyze = pytest.mark.needs("systemd-analyze")
 
 
 @needs_systemd_analyze

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import configparser
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +70,7 @@ def test_only_the_database_directory_is_writable() -> None:
     assert service["NoNewPrivileges"] in ("true", "yes")
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+@pytest.mark.needs("systemd-analyze")
 def test_systemd_analyze_verifies_the_unit_without_warnings(tmp_path: Path) -> None:
     # The unit names /opt/kms/venv, which does not exist here; point it at this venv's kms.
     kms = Path(sys.executable).with_name("kms")

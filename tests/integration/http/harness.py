@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,24 @@ REQUEST_TIMEOUT_SECONDS = 60
 PROCESS_TIMEOUT_SECONDS = 60
 
 JSON = "application/json"
+#: How often a wait looks again at what it waits for.
+POLL_SECONDS = 0.05
+
+
+def wait_until(
+    condition: Callable[[], object],
+    what: str,
+    seconds: float = PROCESS_TIMEOUT_SECONDS,
+    detail: Callable[[], str] = str,
+) -> None:
+    """Poll ``condition`` until it is true; fail, naming ``what`` and adding ``detail()``, if it
+    is still false after ``seconds``. A wait for an event, never a measurement: the limit only
+    turns a hang into a failure."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what} after {seconds} s\n{detail()}", pytrace=False)
+        time.sleep(POLL_SECONDS)
 
 
 def kms_command(*args: str) -> list[str]:
@@ -278,6 +296,17 @@ class ServerProcess:
 
     def output(self) -> str:
         return self.deployment.log.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for_log(self, needle: str) -> str:
+        """The first line of the server's output that holds ``needle``, once there is one."""
+        found: list[str] = []
+
+        def logged() -> bool:
+            found.extend(line for line in self.output().splitlines() if needle in line)
+            return bool(found)
+
+        wait_until(logged, f"a log line with {needle!r}", detail=self.output)
+        return found[0]
 
     def wait_until_serving(self, client: KMSClient) -> None:
         """Poll with an mTLS request until the server answers; fail with the log otherwise."""

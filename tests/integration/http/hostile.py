@@ -12,7 +12,8 @@ server, opening a new one whenever the server closes one:
 
 ``measure`` runs the well-behaved clients: one on a kept-alive connection and one opening a new
 connection per request, each timing every answer, plus optional extra kept-alive clients that
-only count answers (the throughput).
+only count answers (the throughput). ``send_requests`` runs the same two clients for a number of
+requests instead of a time, for a test that asks whether they are answered, not how fast.
 """
 
 from __future__ import annotations
@@ -266,6 +267,46 @@ def encrypt_request(target: Target, key_id: str) -> Callable[[requests.Session],
             raise AssertionError(f"{response.status_code}: {response.text}")
 
     return send
+
+
+def send_requests(target: Target, key_id: str, count: int) -> Measurement:
+    """``count`` requests from each of the two clients (kept-alive, new connection per request),
+    side by side; each request has the 30 s timeout of ``encrypt_request``."""
+    send = encrypt_request(target, key_id)
+    keepalive, new_connection = ClientRecord(), ClientRecord()
+
+    def session() -> requests.Session:
+        return new_session(target.client_cert, target.client_key, target.ca_cert)
+
+    def run(record: ClientRecord, reuse: bool) -> None:
+        kept = session() if reuse else None
+        try:
+            for _ in range(count):
+                current = kept or session()
+                started = time.monotonic()
+                try:
+                    send(current)
+                except Exception as exc:  # recorded, reported by the caller
+                    record.failures.append(f"{type(exc).__name__}: {exc}")
+                finally:
+                    record.latencies.append(time.monotonic() - started)
+                    if kept is None:
+                        current.close()
+        finally:
+            if kept is not None:
+                kept.close()
+
+    threads = [
+        threading.Thread(target=run, args=(keepalive, True)),
+        threading.Thread(target=run, args=(new_connection, False)),
+    ]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    answers = sum(len(r.latencies) - len(r.failures) for r in (keepalive, new_connection))
+    return Measurement(keepalive, new_connection, answers, time.monotonic() - started)
 
 
 def measure(target: Target, key_id: str, seconds: float, extra_clients: int = 0) -> Measurement:

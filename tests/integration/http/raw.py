@@ -25,6 +25,17 @@ def read_to_end(tls: ssl.SSLSocket) -> bytes:
     return received
 
 
+def read_head(tls: ssl.SSLSocket) -> bytes:
+    """One response head (an interim "100 Continue", say), byte by byte: nothing after it is
+    read."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        chunk = tls.recv(1)
+        assert chunk, head
+        head += chunk
+    return head
+
+
 def raw_request(deployment: Deployment, request: bytes) -> bytes:
     """Send ``request`` on a fresh connection; return everything until the server closes."""
     with tls_connection(deployment) as tls:

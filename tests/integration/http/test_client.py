@@ -1,8 +1,7 @@
 """kms.client.KMSClient against the real server: every method, errors, retries, threads, files.
 
-The file helpers need ``POST /v1/kms/datakey``; their live round trip runs as soon as the app
-serves that route, and is skipped (saying so) until then. Their format, tamper handling and
-memory use are tested without a server in tests/unit/test_client_files.py.
+The file helpers need ``POST /v1/kms/datakey``: their live round trip is here, their format,
+tamper handling and memory use are tested without a server in tests/unit/test_client_files.py.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from kms.app import routes_only_app
 from kms.client import (
     MAC,
     ConflictError,
@@ -49,11 +47,6 @@ from tests.integration.http.identities import (
     issue_client_certificate,
     prepare_private_deployment,
     running_server,
-)
-
-HAS_DATAKEY = any(rule.rule == "/v1/kms/datakey" for rule in routes_only_app().url_map.iter_rules())
-needs_datakey = pytest.mark.skipif(
-    not HAS_DATAKEY, reason="the server has no POST /v1/kms/datakey yet (issue 9)"
 )
 
 
@@ -274,7 +267,6 @@ def test_error_mapping_covers_every_status() -> None:
 # -- files and the command line -----------------------------------------------------------------
 
 
-@needs_datakey
 def test_encrypt_file_round_trip_through_the_server(kms: KMSClient, tmp_path: Path) -> None:
     key_id = unique_key_id("client-files")
     kms.create_key(key_id)
@@ -358,7 +350,6 @@ def test_kms_client_names_a_missing_certificate(server: ServerProcess, tmp_path:
     assert result.stderr.decode() == f"kms: cannot read {tmp_path / 'none.crt'}\n"
 
 
-@needs_datakey
 def test_kms_client_encrypts_and_decrypts_files(server: ServerProcess, tmp_path: Path) -> None:
     deployment = server.deployment
     key_id = unique_key_id("cli-files")
@@ -374,10 +365,26 @@ def test_kms_client_encrypts_and_decrypts_files(server: ServerProcess, tmp_path:
     assert (tmp_path / "out.bin").read_bytes() == (tmp_path / "in.bin").read_bytes()
 
 
-@pytest.mark.skipif(HAS_DATAKEY, reason="the server serves POST /v1/kms/datakey")
-def test_encrypt_file_says_when_the_server_has_no_data_keys(kms: KMSClient, tmp_path: Path) -> None:
+def test_encrypt_file_says_when_the_server_has_no_data_keys(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """An older kms, without POST /v1/kms/datakey, answers that path as kms answers any path it
+    does not serve. Below a prefix the live server serves no path at all, so it stands in for
+    the older one with its own answer; the same call to the real base URL is a missing key."""
+    deployment = server.deployment
     (tmp_path / "in.bin").write_bytes(b"x")
-    with pytest.raises(KMSClientError) as refused:
+    older_url = f"{deployment.base_url}/no-such-prefix"
+    certificate = (deployment.client_cert, deployment.client_key)
+    with (
+        KMSClient(older_url, cert=certificate, ca=deployment.ca_cert) as older,
+        pytest.raises(KMSClientError) as refused,
+    ):
+        older.encrypt_file(unique_key_id("none"), tmp_path / "in.bin", tmp_path / "out.kms")
+    assert type(refused.value) is KMSClientError
+    assert refused.value.message == (
+        f"{older_url} does not serve POST /v1/kms/datakey (an older kms)"
+    )
+    assert not (tmp_path / "out.kms").exists()
+    with client_for(deployment) as kms, pytest.raises(KeyNotFoundError):
         kms.encrypt_file(unique_key_id("none"), tmp_path / "in.bin", tmp_path / "out.kms")
-    assert refused.value.message.endswith("does not serve POST /v1/kms/datakey (an older kms)")
     assert not (tmp_path / "out.kms").exists()

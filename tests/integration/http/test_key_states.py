@@ -29,7 +29,7 @@ from kms.settings import load_settings
 from kms.store.db import create_kms_engine
 from kms.store.records import utc_now
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import drop_database, make_service
+from tests.conftest import drop_database, given_postgres_dsn, make_service
 from tests.integration.http.harness import (
     PROCESS_TIMEOUT_SECONDS,
     Deployment,
@@ -126,9 +126,7 @@ def node_fixture(
     request: pytest.FixtureRequest, directory: Path, config_extra: str = ""
 ) -> Iterator[Node]:
     if request.param == "postgresql":
-        dsn = request.config.getoption("--postgres-dsn")
-        if not dsn:
-            pytest.skip("no --postgres-dsn given")
+        dsn = given_postgres_dsn(request.config)
         databases: Iterator[str | None] = _postgres_database(dsn)
     else:
         databases = iter([None])

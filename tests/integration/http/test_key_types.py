@@ -28,7 +28,7 @@ from tests.integration.http.harness import (
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.slow
-needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="no openssl binary")
+needs_openssl = pytest.mark.needs("openssl")
 
 OAEP_LIMITS = {"RSA-OAEP-2048": 190, "RSA-OAEP-3072": 318, "RSA-OAEP-4096": 446}
 

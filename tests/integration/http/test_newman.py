@@ -2,7 +2,7 @@
 
 newman comes from npm: ``npm ci --prefix deploy/postman`` (``.ci/run`` does it) installs the
 pinned version into deploy/postman/node_modules; a ``newman`` on PATH works too. Without either,
-the test is skipped and says so.
+the test is skipped and says so (in CI, where `.ci/run` installs it, it fails).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import unavailable
 from tests.integration.http.harness import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -25,11 +26,10 @@ NEWMAN_TIMEOUT_SECONDS = 300
 MIN_ASSERTIONS = 50
 
 
-@pytest.mark.skipif(
-    NEWMAN is None or shutil.which("node") is None,
-    reason="newman is not installed: run `npm ci --prefix deploy/postman` (.ci/run does)",
-)
+@pytest.mark.needs("node")
 def test_newman_passes_the_collection_twice_on_the_same_server(server: ServerProcess) -> None:
+    if NEWMAN is None:
+        unavailable("newman is not installed: run `npm ci --prefix deploy/postman` (.ci/run does)")
     deployment = server.deployment
     command = [
         str(NEWMAN),

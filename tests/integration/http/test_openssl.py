@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from tests.integration.http.harness import (
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl binary"),
+    pytest.mark.needs("openssl"),
 ]
 
 

@@ -6,9 +6,9 @@ connection that missed its deadline, and checks what the log says.
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
@@ -22,6 +22,7 @@ from tests.integration.http.harness import (
     ServerProcess,
     expect_json,
     prepare_deployment,
+    wait_until,
 )
 from tests.integration.http.raw import tls_connection
 
@@ -62,6 +63,17 @@ def closed_by_server(connection: socket.socket) -> bool:
     return True
 
 
+def closed_by_server_already(connection: socket.socket) -> bool:
+    """Whether the server has closed ``connection``, without waiting and reading nothing."""
+    readable, _, _ = select.select([connection], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return connection.recv(1, socket.MSG_PEEK) == b""
+    except ConnectionResetError:
+        return True
+
+
 def tcp_connection(deployment: Deployment) -> socket.socket:
     return socket.create_connection(("127.0.0.1", deployment.port), timeout=30)
 
@@ -99,7 +111,13 @@ def test_at_the_connection_cap_a_new_client_is_still_served(tmp_path: Path) -> N
         deployment = server.deployment
         with ExitStack() as stack:
             silent = [stack.enter_context(tcp_connection(deployment)) for _ in range(40)]
-            time.sleep(0.5)  # let the worker accept them all before the real client comes
+            # The real client comes once the cap is full of silent connections: the worker has
+            # closed all but 16 of them (at the cap it closes the oldest in their handshake).
+            wait_until(
+                lambda: sum(map(closed_by_server_already, silent)) >= len(silent) - 16,
+                "the worker to take the silent connections up to its cap",
+                detail=server.output,
+            )
             with closing(KMSClient(deployment)) as client:
                 for _ in range(3):
                     client.session.close()  # a new connection each time

@@ -8,17 +8,14 @@ configured port: had gunicorn tried to bind it, it would have logged "Connection
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
 import signal
 import socket
 import sqlite3
-import ssl
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -41,6 +38,7 @@ from tests.integration.http.harness import (
     write_config,
     write_dev_certificates,
 )
+from tests.integration.http.raw import parse_response, read_head, read_to_end, tls_connection
 
 pytestmark = pytest.mark.slow
 
@@ -263,32 +261,32 @@ def test_dev_certs_refuses_if_any_one_file_exists(tmp_path: Path) -> None:
 def test_sigterm_lets_an_in_flight_request_finish(certificates: Path, tmp_path: Path) -> None:
     """A request whose body is still arriving when SIGTERM comes is answered, then kms exits 0.
 
-    The body is sent in two parts around the signal, so the request is certainly in flight (a
-    worker thread is reading its body) when the server is told to stop.
+    The client asks for "100 Continue" and gets it, so its worker holds the request, waiting for
+    the body, before the server is told to stop; the body is sent only once that worker has
+    logged that it is stopping with one request still arriving.
     """
     deployment = own_deployment(certificates, tmp_path)
     server = ServerProcess(deployment)
     try:
         with closing(KMSClient(deployment)) as client:
             server.wait_until_serving(client)
-        context = ssl.create_default_context(cafile=str(deployment.ca_cert))
-        context.load_cert_chain(str(deployment.client_cert), str(deployment.client_key))
-        connection = http.client.HTTPSConnection(
-            "127.0.0.1", deployment.port, context=context, timeout=PROCESS_TIMEOUT_SECONDS
-        )
         body = json.dumps({"key_id": "in-flight", "purpose": "sign"}).encode()
-        with closing(connection):
-            connection.putrequest("POST", "/v1/kms/keys")
-            connection.putheader("Content-Type", "application/json")
-            connection.putheader("Content-Length", str(len(body)))
-            connection.endheaders(body[:10])
-            time.sleep(0.5)  # let the worker start reading the body
+        with tls_connection(deployment) as tls:
+            tls.sendall(
+                b"POST /v1/kms/keys HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body)
+            )
+            assert read_head(tls) == b"HTTP/1.1 100 Continue\r\n\r\n"
             server.process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)  # the master has passed SIGTERM to its workers by now
-            connection.send(body[10:])
-            response = connection.getresponse()
-            assert response.status == 201, response.read()
-            assert json.loads(response.read())["key_id"] == "in-flight"
+            server.wait_for_log("worker stopping (requests arriving: 1,")
+            tls.sendall(body)
+            answer = read_to_end(tls)
+        assert answer, "the connection was closed without an answer"
+        response = parse_response(answer)
+        assert response.status == 201, answer
+        assert response.headers["connection"] == "close", answer
+        assert response.json()["key_id"] == "in-flight"
     finally:
         returncode = server.stop()
     assert returncode == 0, server.output()

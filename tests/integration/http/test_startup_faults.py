@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from kms.store.db import create_kms_engine
 from kms.store.schema import upgrade_to_head
+from tests.conftest import given_postgres_dsn
 from tests.integration.http.harness import (
     PROCESS_TIMEOUT_SECONDS,
     clean_environment,
@@ -411,10 +412,7 @@ def test_init_that_hits_sqlite_full_part_way_leaves_nothing(
 
 @pytest.fixture
 def postgres_dsn(request: pytest.FixtureRequest) -> str:
-    dsn = request.config.getoption("--postgres-dsn")
-    if not dsn:
-        pytest.skip("no --postgres-dsn given")
-    return dsn
+    return given_postgres_dsn(request.config)
 
 
 @pytest.mark.parametrize("command", ["init", "serve"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -268,7 +267,7 @@ def test_identity_headers_are_ignored(
     assert "admin" not in line
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="no curl binary")
+@pytest.mark.needs("curl")
 def test_readme_curl_example(client: KMSClient, deployment: Deployment) -> None:
     """The command ``make run`` prints (the README shows it): the dev CA verifies the server as
     localhost. The README's own session: test_readme.py."""
