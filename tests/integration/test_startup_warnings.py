@@ -1,5 +1,5 @@
-"""The start-up warnings the README promises: one line when no ``authorization.policy_file`` is
-set (every client may do everything) and one when no ``audit.path`` is set (nothing is audited);
+"""The start-up warnings the docs promise (README, docs/settings.md): one line when no
+``authorization.policy_file`` is set (every client may do everything) and one when no ``audit.path`` is set (nothing is audited);
 neither when the setting is there.
 
 They are logged once per server, by gunicorn's master as it starts (``on_starting`` in
@@ -144,8 +144,10 @@ def test_a_warning_for_each_missing_setting_and_none_for_a_set_one(
     assert warnings == expected
 
 
-def test_the_readme_promises_both_warnings() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+def test_the_docs_promise_both_warnings() -> None:
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text(encoding="utf-8")
     assert f"[WARNING] {POLICY_WARNING}" in readme  # the first run's output
-    [audit_row] = [line for line in readme.splitlines() if line.startswith("| `audit.path` |")]
+    table = (root / "docs" / "settings.md").read_text(encoding="utf-8")
+    [audit_row] = [line for line in table.splitlines() if line.startswith("| `audit.path` |")]
     assert "(warned at start)" in audit_row
