@@ -1,6 +1,6 @@
 """The start-up warnings the docs promise (README, docs/settings.md): one line when no
-``authorization.policy_file`` is set (every client may do everything) and one when no ``audit.path`` is set (nothing is audited);
-neither when the setting is there.
+``authorization.policy_file`` is set (every client may do everything) and one when no
+``audit.path`` is set (nothing is audited); neither when the setting is there.
 
 They are logged once per server, by gunicorn's master as it starts (``on_starting`` in
 ``kms.gunicorn_conf``), not by each worker's app. That module reads kms's settings when imported,
