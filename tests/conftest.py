@@ -27,6 +27,7 @@ from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.records import KeyRepository, utc_now
 from kms.store.repository import SQLKeyRepository
+from tests.helpers.harness import Deployment, KMSClient, ServerProcess, prepare_deployment
 
 TEST_ITERATIONS = 1_000
 TEST_PASSPHRASE = b"correct horse battery staple"
@@ -243,3 +244,39 @@ def drop_database(admin: Any, name: str) -> None:
             if attempt == 49:
                 raise
             time.sleep(0.2)
+
+
+# -- the shared server --------------------------------------------------------------------------
+#
+# One real kms server for the whole session: gunicorn, two gthread workers, mutual TLS. Started
+# once per session and worker (a start costs about a second), by the first test that asks for it:
+# the HTTP tests, and the system and deploy tests that need a server but not one of their own.
+# Tests that need their own process, such as the startup failures, start it themselves.
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    return prepare_deployment(tmp_path_factory.mktemp("kms-server"))
+
+
+@pytest.fixture(scope="session")
+def server(deployment: Deployment) -> Iterator[ServerProcess]:
+    server = ServerProcess(deployment)
+    probe = KMSClient(deployment)
+    try:
+        server.wait_until_serving(probe)
+    finally:
+        probe.close()
+    yield server
+    returncode = server.stop()
+    output = server.output()
+    assert returncode == 0, f"kms serve exited {returncode} on SIGTERM:\n{output}"
+    # A 500 is logged with its traceback; none may have happened in the whole session.
+    assert "Traceback" not in output, output
+
+
+@pytest.fixture(scope="session")
+def client(server: ServerProcess) -> Iterator[KMSClient]:
+    client = KMSClient(server.deployment)
+    yield client
+    client.close()
