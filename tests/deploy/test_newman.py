@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import unavailable
 from tests.helpers.harness import ServerProcess
+from tests.helpers.machine import unavailable
 
 pytestmark = pytest.mark.slow
 POSTMAN = Path(__file__).parents[2] / "deploy" / "postman"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import random
+import shutil
 import signal
 import socket
 import sqlite3
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from kms import devcerts
 from kms.crypto.kdf import MIN_ITERATIONS
 from kms.master import init_database
 from kms.settings import Settings
+from tests.helpers.config import write_config
 
 #: What the server accepts: the production floor (a derivation takes about 0.4 s here).
 TEST_ITERATIONS = MIN_ITERATIONS
@@ -40,6 +42,9 @@ TEST_ITERATIONS = MIN_ITERATIONS
 STARTUP_TIMEOUT_SECONDS = 60
 REQUEST_TIMEOUT_SECONDS = 60
 PROCESS_TIMEOUT_SECONDS = 60
+#: An operator command (init, backup, rekey, upgrade...) derives the master key at the
+#: production cost, some of them twice.
+COMMAND_TIMEOUT_SECONDS = 120
 
 JSON = "application/json"
 #: How often a wait looks again at what it waits for.
@@ -81,17 +86,38 @@ def clean_environment(config: Path | None = None) -> dict[str, str]:
 
 
 def run_kms(
-    *args: str, config: Path | None = None, cwd: Path | None = None
+    *args: str,
+    config: Path | None = None,
+    cwd: Path | None = None,
+    timeout: float = COMMAND_TIMEOUT_SECONDS,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a ``kms`` command to completion; stdout and stderr are captured separately."""
+    """Run a ``kms`` command to completion as an operator would, with the config file
+    ``config`` and no terminal (stdin is /dev/null); stdout and stderr are captured apart."""
     return subprocess.run(
         kms_command(*args),
         env=clean_environment(config),
         cwd=cwd,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=PROCESS_TIMEOUT_SECONDS,
+        timeout=timeout,
         check=False,
+    )
+
+
+def start_kms(
+    *args: str, config: Path | None = None, cwd: Path | None = None
+) -> subprocess.Popen[str]:
+    """Start a ``kms`` command as ``run_kms`` runs it, without waiting: for commands that run at
+    once. ``communicate(timeout=COMMAND_TIMEOUT_SECONDS)`` collects stdout and stderr."""
+    return subprocess.Popen(
+        kms_command(*args),
+        env=clean_environment(config),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -184,42 +210,6 @@ def write_dev_certificates(directory: Path) -> None:
     devcerts.write_dev_certificates(directory)
 
 
-def write_config(
-    path: Path,
-    *,
-    directory: Path,
-    port: int,
-    passphrase_file: Path | None = None,
-    database: Path | str | None = None,
-    server_cert: Path | None = None,
-    server_key: Path | None = None,
-    ca_cert: Path | None = None,
-    extra: str = "",
-) -> Path:
-    """Write a config in the seed's format; unspecified files are the dev ones in ``directory``.
-
-    Every deployment keeps an audit log (``directory/audit.log``); ``extra`` is more YAML sections
-    (``authorization``, ``rate_limit``...).
-    """
-    path.write_text(
-        "server:\n"
-        f"  port: {port}\n"
-        f'  server_cert: "{server_cert or directory / "server.crt"}"\n'
-        f'  server_key: "{server_key or directory / "server.key"}"\n'
-        f'  ca_cert: "{ca_cert or directory / "ca.pem"}"\n'
-        "  workers: 2\n"
-        "  threads: 4\n"
-        "kms:\n"
-        f'  master_passphrase_file: "{passphrase_file or directory / "master.key"}"\n'
-        "database:\n"
-        f'  dsn: "{database or directory / "kms.db"}"\n'
-        "audit:\n"
-        f'  path: "{directory / "audit.log"}"\n' + extra,
-        encoding="utf-8",
-    )
-    return path
-
-
 def initialise_database(database: Path | str, passphrase_file: Path) -> None:
     init_database(
         Settings(
@@ -230,11 +220,19 @@ def initialise_database(database: Path | str, passphrase_file: Path) -> None:
     )
 
 
-def prepare_deployment(directory: Path) -> Deployment:
-    """Dev certificates, a config on a free port and an initialised database."""
-    write_dev_certificates(directory)
+def prepare_deployment(
+    directory: Path, certificates: Path | None = None, **sections: Mapping[str, Any]
+) -> Deployment:
+    """A deployment in ``directory``: dev certificates and a passphrase file (copied from
+    ``certificates``, a directory of ``kms dev-certs``'s files, or made anew), a config on a free
+    port (with ``sections`` merged in, as ``write_config`` merges them), an initialised
+    database."""
+    if certificates is None:
+        write_dev_certificates(directory)
+    else:
+        shutil.copytree(certificates, directory, dirs_exist_ok=True)
     deployment = Deployment(directory=directory, port=free_port())
-    write_config(deployment.config, directory=directory, port=deployment.port)
+    write_config(deployment.config, directory=directory, port=deployment.port, **sections)
     initialise_database(deployment.database, deployment.passphrase_file)
     return deployment
 

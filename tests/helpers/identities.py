@@ -20,11 +20,7 @@ from tests.helpers.harness import (
     Deployment,
     KMSClient,
     ServerProcess,
-    free_port,
-    initialise_database,
     new_session,
-    write_config,
-    write_dev_certificates,
 )
 
 
@@ -87,14 +83,6 @@ def identity_client(
 ) -> IdentityClient:
     cert, key = issue_client_certificate(deployment, name, common_name, dns_names, uris)
     return IdentityClient(deployment, cert, key)
-
-
-def prepare_private_deployment(directory: Path, extra: str = "") -> Deployment:
-    write_dev_certificates(directory)
-    deployment = Deployment(directory=directory, port=free_port())
-    write_config(deployment.config, directory=directory, port=deployment.port, extra=extra)
-    initialise_database(deployment.database, deployment.passphrase_file)
-    return deployment
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kms.settings import Settings
-from tests.conftest import unavailable
+from tests.helpers.machine import unavailable
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 

@@ -22,13 +22,13 @@ from tests.helpers.harness import (
     database_unchanged,
     expect_json,
     expect_no_content,
+    prepare_deployment,
     run_kms,
 )
 from tests.helpers.identities import (
     IdentityClient,
     audit_records,
     identity_client,
-    prepare_private_deployment,
     running_server,
 )
 
@@ -49,8 +49,8 @@ clients:
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     directory = tmp_path_factory.mktemp("kms-audit")
     (directory / "policy.yaml").write_text(POLICY, encoding="utf-8")
-    return prepare_private_deployment(
-        directory, extra=f'authorization:\n  policy_file: "{directory / "policy.yaml"}"\n'
+    return prepare_deployment(
+        directory, authorization={"policy_file": str(directory / "policy.yaml")}
     )
 
 
@@ -354,7 +354,7 @@ def test_an_unwritable_audit_log_refuses_requests_and_changes_nothing(
 
 
 def test_an_audit_log_that_cannot_be_written_stops_the_server_at_start(tmp_path: Path) -> None:
-    deployment = prepare_private_deployment(tmp_path)
+    deployment = prepare_deployment(tmp_path)
     deployment.audit_log.mkdir()  # a directory where the file should be
     result = run_kms("serve", config=deployment.config, cwd=tmp_path)
     assert result.returncode == 1

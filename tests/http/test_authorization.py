@@ -20,13 +20,13 @@ from tests.helpers.harness import (
     expect_error,
     expect_json,
     expect_no_content,
+    prepare_deployment,
     run_kms,
     unb64,
 )
 from tests.helpers.identities import (
     IdentityClient,
     identity_client,
-    prepare_private_deployment,
     running_server,
 )
 
@@ -61,8 +61,8 @@ WAIT_SECONDS = 30
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     directory = tmp_path_factory.mktemp("kms-authz")
     (directory / "policy.yaml").write_text(POLICY, encoding="utf-8")
-    return prepare_private_deployment(
-        directory, extra=f'authorization:\n  policy_file: "{directory / "policy.yaml"}"\n'
+    return prepare_deployment(
+        directory, authorization={"policy_file": str(directory / "policy.yaml")}
     )
 
 
@@ -304,8 +304,8 @@ def test_an_invalid_policy_stops_the_server_with_one_line(
     tmp_path: Path, content: str, problem: str
 ) -> None:
     (tmp_path / "policy.yaml").write_text(content, encoding="utf-8")
-    deployment = prepare_private_deployment(
-        tmp_path, extra=f'authorization:\n  policy_file: "{tmp_path / "policy.yaml"}"\n'
+    deployment = prepare_deployment(
+        tmp_path, authorization={"policy_file": str(tmp_path / "policy.yaml")}
     )
     result = run_kms("serve", config=deployment.config, cwd=tmp_path)
     assert result.returncode == 1
@@ -319,7 +319,7 @@ def test_an_invalid_policy_stops_the_server_with_one_line(
 def test_without_a_policy_file_everyone_may_do_everything_after_one_warning(
     tmp_path: Path,
 ) -> None:
-    deployment = prepare_private_deployment(tmp_path)
+    deployment = prepare_deployment(tmp_path)
     with running_server(deployment) as server:
         stranger = identity_client(deployment, "stranger", "stranger")
         try:

@@ -25,6 +25,7 @@ import requests
 from kms.master import destroy_due_keys
 from kms.settings import Settings
 from kms.store.records import utc_now
+from tests.helpers.config import write_config
 from tests.helpers.harness import (
     Deployment,
     KMSClient,
@@ -37,7 +38,6 @@ from tests.helpers.harness import (
     kms_command,
     unb64,
     unique_key_id,
-    write_config,
     write_dev_certificates,
 )
 
@@ -75,15 +75,14 @@ class PidLoggingServer(ServerProcess):
 
 
 def _configure(deployment: Deployment, database: Path | str, staleness_ms: int | None) -> None:
+    staleness = {} if staleness_ms is None else {"cache_staleness_ms": staleness_ms}
     write_config(
-        deployment.config, directory=deployment.directory, port=deployment.port, database=database
+        deployment.config,
+        directory=deployment.directory,
+        port=deployment.port,
+        dsn=database,
+        kms=staleness,
     )
-    if staleness_ms is not None:
-        text = deployment.config.read_text(encoding="utf-8")
-        deployment.config.write_text(
-            text.replace("kms:\n", f"kms:\n  cache_staleness_ms: {staleness_ms}\n", 1),
-            encoding="utf-8",
-        )
 
 
 class Node:

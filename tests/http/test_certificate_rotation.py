@@ -30,8 +30,8 @@ from kms.devcerts import (
     new_authority,
     private_key_pem,
 )
-from tests.helpers.harness import Deployment, KMSClient, new_session
-from tests.helpers.identities import prepare_private_deployment, running_server
+from tests.helpers.harness import Deployment, KMSClient, new_session, prepare_deployment
+from tests.helpers.identities import running_server
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ def wait_for(condition: Callable[[], object], what: str) -> None:
 
 
 def test_certificates_and_ca_rotate_without_a_failed_request(tmp_path: Path) -> None:
-    deployment = prepare_private_deployment(tmp_path / "kms")
+    deployment = prepare_deployment(tmp_path / "kms")
     with running_server(deployment) as server:
         client = KMSClient(deployment)
         stop = threading.Event()

@@ -41,11 +41,11 @@ from tests.helpers.harness import (
     clean_environment,
     free_port,
     kms_command,
+    prepare_deployment,
     unique_key_id,
 )
 from tests.helpers.identities import (
     issue_client_certificate,
-    prepare_private_deployment,
     running_server,
 )
 
@@ -237,9 +237,9 @@ def test_503_is_retried_for_idempotent_calls_only(server: ServerProcess) -> None
 
 
 def test_forbidden_is_its_own_exception(tmp_path: Path) -> None:
-    deployment = prepare_private_deployment(
+    deployment = prepare_deployment(
         tmp_path,
-        extra='authorization:\n  policy_file: "' + str(tmp_path / "policy.yaml") + '"\n',
+        authorization={"policy_file": str(tmp_path / "policy.yaml")},
     )
     (tmp_path / "policy.yaml").write_text(
         "clients:\n"

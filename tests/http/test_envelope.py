@@ -25,12 +25,12 @@ from tests.helpers.harness import (
     create_key,
     expect_error,
     expect_json,
+    prepare_deployment,
     unb64,
     unique_key_id,
 )
 from tests.helpers.identities import (
     audit_records,
-    prepare_private_deployment,
     running_server,
 )
 from tests.http.test_metrics import sample, samples
@@ -43,7 +43,7 @@ CONTEXT = {"tenant": "acme", "table": "orders", "row": "42"}
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
-    return prepare_private_deployment(tmp_path_factory.mktemp("kms-envelope"))
+    return prepare_deployment(tmp_path_factory.mktemp("kms-envelope"))
 
 
 @pytest.fixture(scope="module")

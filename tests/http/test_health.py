@@ -9,13 +9,13 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from tests.helpers.config import write_config
 from tests.helpers.harness import (
     Deployment,
     KMSClient,
     expect_json,
     free_port,
     initialise_database,
-    write_config,
     write_dev_certificates,
 )
 from tests.helpers.identities import running_server
@@ -29,7 +29,7 @@ def test_readyz_says_when_the_database_is_unreachable(
     write_dev_certificates(tmp_path)
     initialise_database(postgres_url, tmp_path / "master.key")
     deployment = Deployment(directory=tmp_path, port=free_port())
-    write_config(deployment.config, directory=tmp_path, port=deployment.port, database=postgres_url)
+    write_config(deployment.config, directory=tmp_path, port=deployment.port, dsn=postgres_url)
     name = make_url(postgres_url).database
     admin = create_engine(request.config.getoption("--postgres-dsn"), isolation_level="AUTOCOMMIT")
     try:

@@ -29,7 +29,7 @@ from kms.settings import load_settings
 from kms.store.db import create_kms_engine
 from kms.store.records import utc_now
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import drop_database, given_postgres_dsn, make_service
+from tests.helpers.config import write_config
 from tests.helpers.harness import (
     PROCESS_TIMEOUT_SECONDS,
     Deployment,
@@ -46,10 +46,11 @@ from tests.helpers.harness import (
     kms_command,
     unb64,
     unique_key_id,
-    write_config,
     write_dev_certificates,
 )
 from tests.helpers.identities import IdentityClient, issue_client_certificate
+from tests.helpers.keystore import make_service
+from tests.helpers.postgres import drop_database, given_postgres_dsn
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +110,7 @@ def start_node(
 ) -> tuple[Deployment, str, ServerProcess, KMSClient]:
     write_dev_certificates(directory)
     deployment = Deployment(directory=directory, port=free_port())
-    write_config(deployment.config, directory=directory, port=deployment.port, database=database)
+    write_config(deployment.config, directory=directory, port=deployment.port, dsn=database)
     if config_extra:
         config = deployment.config.read_text(encoding="utf-8")
         deployment.config.write_text(config.replace("kms:\n", "kms:\n" + config_extra, 1))

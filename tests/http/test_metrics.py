@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-from tests.helpers.harness import KMSClient, b64, create_key, expect_json
-from tests.helpers.identities import prepare_private_deployment, running_server
+from tests.helpers.harness import KMSClient, b64, create_key, expect_json, prepare_deployment
+from tests.helpers.identities import running_server
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ def test_metrics_count_every_request_across_two_workers(
     stale.write_value(key, 1000.0, 0)
     stale.close()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
-    deployment = prepare_private_deployment(tmp_path / "kms")
+    deployment = prepare_deployment(tmp_path / "kms")
 
     with running_server(deployment) as server:
         client = KMSClient(deployment)
@@ -116,7 +116,7 @@ def test_the_node_directory_is_made_at_start_and_removed_at_exit(tmp_path: Path)
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
         patch.setenv("TMPDIR", str(runtime_root))
-        deployment = prepare_private_deployment(tmp_path / "kms")
+        deployment = prepare_deployment(tmp_path / "kms")
         with running_server(deployment):
             made = list(runtime_root.glob("kms-node-*"))
             assert len(made) == 1, made

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.config import write_config
 from tests.helpers.harness import (
     Deployment,
     KMSClient,
@@ -26,7 +27,6 @@ from tests.helpers.harness import (
     free_port,
     initialise_database,
     unb64,
-    write_config,
     write_dev_certificates,
 )
 
@@ -48,13 +48,10 @@ def nodes(tmp_path: Path, postgres_url: str) -> Iterator[tuple[KMSClient, KMSCli
                 deployment.config,
                 directory=directory,
                 port=deployment.port,
-                database=postgres_url,
-            )
-            # "At once" across nodes is the uncached mode; with cached key rows the same holds
-            # within kms.cache_staleness_ms (tests/http/test_cache_staleness.py).
-            config = deployment.config.read_text(encoding="utf-8")
-            deployment.config.write_text(
-                config.replace("kms:\n", "kms:\n  cache_staleness_ms: 0\n", 1), encoding="utf-8"
+                dsn=postgres_url,
+                # "At once" across nodes is the uncached mode; with cached key rows the same
+                # holds within kms.cache_staleness_ms (tests/http/test_cache_staleness.py).
+                kms={"cache_staleness_ms": 0},
             )
             server = ServerProcess(deployment)
             stack.callback(lambda server=server: _assert_clean_stop(server))

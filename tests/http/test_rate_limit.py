@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.harness import Deployment, ServerProcess, expect_error
+from tests.helpers.harness import Deployment, ServerProcess, expect_error, prepare_deployment
 from tests.helpers.identities import (
     audit_records,
     identity_client,
-    prepare_private_deployment,
     running_server,
 )
 
@@ -34,9 +33,9 @@ def metrics_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
-    return prepare_private_deployment(
+    return prepare_deployment(
         tmp_path_factory.mktemp("kms-rate"),
-        extra=f"rate_limit:\n  rate: {RATE}\n  burst: {BURST}\n",
+        rate_limit={"rate": RATE, "burst": BURST},
     )
 
 

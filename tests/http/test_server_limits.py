@@ -31,13 +31,7 @@ pytestmark = pytest.mark.slow
 
 @contextmanager
 def private_server(directory: Path, **server_settings: int) -> Iterator[ServerProcess]:
-    deployment = prepare_deployment(directory)
-    text = deployment.config.read_text(encoding="utf-8")
-    for name in ("workers", "threads"):
-        if name in server_settings:
-            text = text.replace(f"  {name}: ", f"  {name}: {server_settings.pop(name)}\n  #", 1)
-    extra = "".join(f"  {name}: {value}\n" for name, value in server_settings.items())
-    deployment.config.write_text(text.replace("kms:\n", extra + "kms:\n", 1))
+    deployment = prepare_deployment(directory, server=server_settings)
     server = ServerProcess(deployment)
     try:
         with closing(KMSClient(deployment)) as client:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -34,38 +33,12 @@ from tests.helpers.harness import (
     clean_environment,
     create_key,
     expect_json,
-    free_port,
-    initialise_database,
     kms_command,
+    prepare_deployment,
     unb64,
-    write_config,
-    write_dev_certificates,
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("kms-serving-certs")
-    write_dev_certificates(directory)
-    return directory
-
-
-def deployment_with(certificates: Path, tmp_path: Path, **server: str) -> Deployment:
-    """A deployment of its own whose config has the ``server`` settings given, replaced or added."""
-    directory = tmp_path / "deployment"
-    shutil.copytree(certificates, directory)
-    deployment = Deployment(directory=directory, port=free_port())
-    write_config(deployment.config, directory=directory, port=deployment.port)
-    text = deployment.config.read_text(encoding="utf-8")
-    for key, value in server.items():
-        text, count = re.subn(rf"^  {key}: .*$", f"  {key}: {value}", text, flags=re.MULTILINE)
-        if count == 0:
-            text = text.replace("server:\n", f"server:\n  {key}: {value}\n", 1)
-    deployment.config.write_text(text, encoding="utf-8")
-    initialise_database(deployment.database, deployment.passphrase_file)
-    return deployment
 
 
 class Server(ServerProcess):
@@ -175,7 +148,9 @@ def test_workers_and_threads_settings_reach_gunicorn_and_sighup_reexecs_workers(
     configuration report says (threads start on demand, so their number is not observable from
     outside without timing); SIGHUP replaces every worker, which load the renewed certificate,
     while the server keeps answering with the same master key."""
-    deployment = deployment_with(certificates, tmp_path, workers="3", threads="5")
+    deployment = prepare_deployment(
+        tmp_path / "deployment", certificates, server={"workers": 3, "threads": 5}
+    )
     with serving(deployment, kms_command("serve", "--log-level", "debug")) as (server, client):
         # kms's logger writes every message as one line, its newlines escaped as "\\n".
         output = server.output().replace("\\n", "\n")
@@ -207,7 +182,7 @@ def test_workers_and_threads_settings_reach_gunicorn_and_sighup_reexecs_workers(
 
 
 def test_plain_gunicorn_with_the_kms_config_serves(certificates: Path, tmp_path: Path) -> None:
-    deployment = deployment_with(certificates, tmp_path)
+    deployment = prepare_deployment(tmp_path / "deployment", certificates)
     gunicorn = str(Path(kms_command()[0]).with_name("gunicorn"))
     with serving(deployment, [gunicorn, "-c", "python:kms.gunicorn_conf"]) as (server, client):
         assert expect_json(client.get("/v1/kms/keys"), 200) == []
@@ -215,7 +190,9 @@ def test_plain_gunicorn_with_the_kms_config_serves(certificates: Path, tmp_path:
 
 
 def test_kms_serve_passes_extra_arguments_to_gunicorn(certificates: Path, tmp_path: Path) -> None:
-    deployment = deployment_with(certificates, tmp_path)  # the config asks for 2 workers
+    deployment = prepare_deployment(
+        tmp_path / "deployment", certificates
+    )  # the config asks for 2 workers
     access_log = tmp_path / "access.log"
     command = kms_command("serve", "--workers", "1", "--access-logfile", str(access_log))
     with serving(deployment, command) as (server, client):
@@ -279,7 +256,7 @@ def _ipv6_loopback() -> bool:
 def test_serving_on_ipv6_loopback_verifies_as_1(certificates: Path, tmp_path: Path) -> None:
     """``server.host: '::1'`` binds the IPv6 loopback, and a client that checks the server's
     certificate against the address ``::1`` (requests does) accepts it."""
-    deployment = deployment_with(certificates, tmp_path, host="'::1'")
+    deployment = prepare_deployment(tmp_path / "deployment", certificates, server={"host": "::1"})
     ipv6 = Deployment(directory=deployment.directory, port=deployment.port)
 
     class IPv6Client(KMSClient):
@@ -300,7 +277,7 @@ def test_serving_on_ipv6_loopback_verifies_as_1(certificates: Path, tmp_path: Pa
 
 def test_kms_serve_without_a_terminal_refuses_to_prompt(certificates: Path, tmp_path: Path) -> None:
     """No passphrase file configured and stdin is not a terminal: one line, status 1, no worker."""
-    deployment = deployment_with(certificates, tmp_path)
+    deployment = prepare_deployment(tmp_path / "deployment", certificates)
     text = deployment.config.read_text(encoding="utf-8")
     text = re.sub(r"^kms:\n  master_passphrase_file: .*\n", "", text, flags=re.MULTILINE)
     deployment.config.write_text(text, encoding="utf-8")

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from kms.devcerts import FILE_NAMES
+from tests.helpers.config import write_config
 from tests.helpers.harness import (
     PROCESS_TIMEOUT_SECONDS,
-    Deployment,
     KMSClient,
     ServerProcess,
     clean_environment,
@@ -34,21 +34,12 @@ from tests.helpers.harness import (
     free_port,
     initialise_database,
     kms_command,
+    prepare_deployment,
     run_kms,
-    write_config,
-    write_dev_certificates,
 )
 from tests.helpers.raw import parse_response, read_head, read_to_end, tls_connection
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One set of dev certificates and a passphrase file for every test here."""
-    directory = tmp_path_factory.mktemp("kms-startup-certs")
-    write_dev_certificates(directory)
-    return directory
 
 
 @pytest.fixture
@@ -56,16 +47,6 @@ def held_port() -> Iterator[int]:
     """A port this test listens on, so that any attempt to bind it would fail loudly."""
     with socket.create_server(("127.0.0.1", 0)) as holder:
         yield holder.getsockname()[1]
-
-
-def own_deployment(certificates: Path, tmp_path: Path) -> Deployment:
-    """A deployment of its own (the module's certificates, a free port, a new database)."""
-    directory = tmp_path / "deployment"
-    shutil.copytree(certificates, directory)
-    deployment = Deployment(directory=directory, port=free_port())
-    write_config(deployment.config, directory=directory, port=deployment.port)
-    initialise_database(deployment.database, deployment.passphrase_file)
-    return deployment
 
 
 def serve_until_exit(config: Path, cwd: Path) -> tuple[int, str]:
@@ -128,7 +109,7 @@ def test_a_bad_passphrase_file_stops_the_server_before_it_binds(
         directory=certificates,
         port=held_port,
         passphrase_file=passphrase_file,
-        database=database,
+        dsn=database,
     )
     line = assert_refused_before_binding(*serve_until_exit(config, tmp_path))
     assert expected in line
@@ -141,7 +122,7 @@ def test_uninitialised_database_asks_for_kms_init(
 ) -> None:
     database = tmp_path / "never-initialised.db"
     config = write_config(
-        tmp_path / "config.yaml", directory=certificates, port=held_port, database=database
+        tmp_path / "config.yaml", directory=certificates, port=held_port, dsn=database
     )
     line = assert_refused_before_binding(*serve_until_exit(config, tmp_path))
     assert "kms init" in line
@@ -159,7 +140,7 @@ def test_a_serving_lock_that_cannot_be_taken_stops_the_server_before_it_binds(
     initialise_database(database, certificates / "master.key")
     (tmp_path / "kms.db.serving").mkdir()
     config = write_config(
-        tmp_path / "config.yaml", directory=certificates, port=free_port(), database=database
+        tmp_path / "config.yaml", directory=certificates, port=free_port(), dsn=database
     )
     line = assert_refused_before_binding(*serve_until_exit(config, tmp_path))
     assert "cannot take the serving lock beside the database" in line
@@ -176,7 +157,7 @@ def test_missing_tls_file_is_named(
         tmp_path / "config.yaml",
         directory=certificates,
         port=held_port,
-        database=database,
+        dsn=database,
         **{setting: missing},
     )
     line = assert_refused_before_binding(*serve_until_exit(config, tmp_path))
@@ -186,7 +167,7 @@ def test_missing_tls_file_is_named(
 
 def test_serves_and_exits_zero_on_sigterm(certificates: Path, tmp_path: Path) -> None:
     """The control for the refusals above: the same files, correctly configured, serve."""
-    deployment = own_deployment(certificates, tmp_path)
+    deployment = prepare_deployment(tmp_path / "deployment", certificates)
     server = ServerProcess(deployment)
     try:
         with closing(KMSClient(deployment)) as client:
@@ -204,7 +185,7 @@ def test_serves_and_exits_zero_on_sigterm(certificates: Path, tmp_path: Path) ->
 def test_kms_init_twice_refuses_the_second_time(certificates: Path, tmp_path: Path) -> None:
     database = tmp_path / "kms.db"
     config = write_config(
-        tmp_path / "config.yaml", directory=certificates, port=free_port(), database=database
+        tmp_path / "config.yaml", directory=certificates, port=free_port(), dsn=database
     )
     first = run_kms("init", config=config, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -265,7 +246,7 @@ def test_sigterm_lets_an_in_flight_request_finish(certificates: Path, tmp_path: 
     the body, before the server is told to stop; the body is sent only once that worker has
     logged that it is stopping with one request still arriving.
     """
-    deployment = own_deployment(certificates, tmp_path)
+    deployment = prepare_deployment(tmp_path / "deployment", certificates)
     server = ServerProcess(deployment)
     try:
         with closing(KMSClient(deployment)) as client:
@@ -342,7 +323,7 @@ def test_tampered_kdf_parameters_stop_the_server_with_one_line(
         assert tampered != value
         db.execute("UPDATE kms_metadata SET value = ? WHERE name = 'kdf_parameters'", (tampered,))
     config = write_config(
-        tmp_path / "config.yaml", directory=certificates, port=held_port, database=database
+        tmp_path / "config.yaml", directory=certificates, port=held_port, dsn=database
     )
     line = assert_refused_before_binding(*serve_until_exit(config, tmp_path))
     assert expected in line

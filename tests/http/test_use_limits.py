@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers.harness import KMSClient, b64, expect_error, expect_json
-from tests.helpers.identities import prepare_private_deployment, running_server
+from tests.helpers.harness import KMSClient, b64, expect_error, expect_json, prepare_deployment
+from tests.helpers.identities import running_server
 from tests.http.test_metrics import sample, samples
 
 pytestmark = pytest.mark.slow
@@ -102,7 +102,7 @@ def versions_of(client: KMSClient, key_id: str, ciphertexts: list[str]) -> Count
 def test_no_version_passes_its_limit_across_two_workers_even_when_one_is_killed(
     tmp_path: Path,
 ) -> None:
-    deployment = prepare_private_deployment(tmp_path / "kms")
+    deployment = prepare_deployment(tmp_path / "kms")
     with running_server(deployment) as server:
         client = KMSClient(deployment)
         try:

@@ -21,18 +21,8 @@ from flask.testing import FlaskClient
 from kms.app import create_app
 from kms.service.keyring import PassphraseKeyring
 from kms.settings import Settings, load_settings
-from tests.conftest import make_service
-
-
-class FakeTLSSocket:
-    def __init__(self, common_name: str) -> None:
-        self._certificate = {
-            "subject": ((("commonName", common_name),),),
-            "subjectAltName": (("DNS", common_name),),
-        }
-
-    def getpeercert(self) -> dict[str, Any]:
-        return self._certificate
+from tests.helpers.keystore import make_service
+from tests.helpers.tls import client_as
 
 
 @pytest.fixture
@@ -42,9 +32,7 @@ def app(initialised: Settings, keyring: PassphraseKeyring) -> Flask:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    client = app.test_client()
-    client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator")
-    return client
+    return client_as(app)
 
 
 def test_a_request_without_a_client_certificate_is_401(app: Flask) -> None:
@@ -91,12 +79,11 @@ def test_a_configured_body_limit_is_the_limit(initialised: Settings, tmp_path: P
     )
     settings = load_settings(config, environ={}).with_overrides(
         master_passphrase_file=initialised.master_passphrase_file,
-        # The test database is made with few PBKDF2 iterations (tests/conftest.py).
+        # The test database is made with few PBKDF2 iterations (tests/helpers/keystore.py).
         insecure_test_kdf_floor=initialised.insecure_test_kdf_floor,
     )
     assert settings.max_body_bytes == 2048
-    client = create_app(settings).test_client()
-    client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator")
+    client = client_as(create_app(settings))
 
     def body(size: int, key_id: str) -> str:
         text = json.dumps({"key_id": key_id})

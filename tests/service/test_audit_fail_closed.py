@@ -22,7 +22,7 @@ from flask.testing import FlaskClient
 from kms.app import REPOSITORY, create_app
 from kms.service.keyring import PassphraseKeyring
 from kms.settings import Settings
-from tests.service.test_app import FakeTLSSocket
+from tests.helpers.tls import client_as
 
 REFUSAL = {"error": "audit log unavailable, request refused"}
 PLAINTEXT = base64.b64encode(b"audited or not at all").decode()
@@ -43,9 +43,7 @@ def app(initialised: Settings, keyring: PassphraseKeyring, audit_path: Path) -> 
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    client = app.test_client()
-    client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator")
-    return client
+    return client_as(app)
 
 
 def read_only(path: Path) -> Callable[[], None]:

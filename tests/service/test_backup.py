@@ -23,7 +23,7 @@ from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import make_service, make_settings, write_passphrase_file
+from tests.helpers.keystore import make_service, make_settings, write_passphrase_file
 
 Made = list[tuple[str, str, bytes]]
 

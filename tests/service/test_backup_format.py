@@ -24,7 +24,7 @@ from kms.master import backup_database, open_master_keyring, restore_database
 from kms.service.backup import verify_backup
 from kms.settings import Settings
 from kms.store.snapshot import column_names, table_names
-from tests.conftest import TEST_PASSPHRASE
+from tests.helpers.keystore import TEST_PASSPHRASE
 
 
 def dump(obj: Any) -> bytes:

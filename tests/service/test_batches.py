@@ -25,54 +25,18 @@ from kms.service.keyring import PassphraseKeyring
 from kms.service.keys import Decrypted, Encrypted, KMSService
 from kms.settings import Settings, load_settings
 from kms.store.db import create_kms_engine
-from kms.store.records import KeyRecord, KeyVersionRecord
-from kms.store.repository import SQLKeyRepository
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, make_service, write_passphrase_file
-from tests.service.test_app import FakeTLSSocket
-
-
-class CountingRepository(SQLKeyRepository):
-    """The real repository, counting the key rows and version rows it reads."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.keys_read = 0
-        self.versions_read: list[int] = []
-
-    def get_key(self, key_id: str) -> KeyRecord:
-        self.keys_read += 1
-        return super().get_key(key_id)
-
-    def get_version(self, key_id: str, version: int) -> KeyVersionRecord:
-        self.versions_read.append(version)
-        return super().get_version(key_id, version)
-
-    def get_key_and_latest_version(self, key_id: str) -> tuple[KeyRecord, KeyVersionRecord | None]:
-        """A key row and its latest version in one statement: both count as read."""
-        self.keys_read += 1
-        key, latest = super().get_key_and_latest_version(key_id)
-        if latest is not None:
-            self.versions_read.append(latest.version)
-        return key, latest
-
-    def reset(self) -> None:
-        self.keys_read = 0
-        self.versions_read = []
+from tests.helpers.keystore import (
+    CountingRepository,
+    make_service,
+    make_settings,
+)
+from tests.helpers.tls import client_as
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def settings_for(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    dsn = (
-        str(tmp_path / "kms.db")
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    settings = Settings(
-        database_dsn=dsn,
-        master_passphrase_file=write_passphrase_file(tmp_path / "master.key", TEST_PASSPHRASE),
-        kdf_iterations=TEST_ITERATIONS,
-        insecure_test_kdf_floor=TEST_ITERATIONS,
-    )
+    dsn = None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    settings = make_settings(tmp_path, dsn)
     init_database(settings)
     return settings
 
@@ -254,8 +218,7 @@ def test_the_app_passes_the_setting_to_the_service(
     initialised: Settings, keyring: PassphraseKeyring
 ) -> None:
     app = create_app(initialised.with_overrides(max_batch_items=2), keyring=keyring)
-    client = app.test_client()
-    client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator")
+    client = client_as(app)
     assert client.post("/v1/kms/keys", json={"key_id": "orders"}).status_code == 201
     items = [{"plaintext": "AA=="}] * 3
     response = client.post("/v1/kms/encrypt", json={"key_id": "orders", "batch": items})

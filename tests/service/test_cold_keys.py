@@ -22,7 +22,7 @@ from kms.settings import Settings
 from kms.store.changes import open_changes
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import make_service, make_settings
+from tests.helpers.keystore import make_service, make_settings
 
 
 class Worker:

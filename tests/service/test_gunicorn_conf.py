@@ -20,7 +20,7 @@ from kms import wsgi
 from kms.app import REPOSITORY
 from kms.service.keyring import PassphraseKeyring
 from kms.settings import Settings
-from tests.service.test_app import FakeTLSSocket
+from tests.helpers.tls import client_as
 
 PROBE = r"""
 import json, os, ssl
@@ -115,8 +115,7 @@ def test_wsgi_close_closes_the_apps_and_the_keyring(initialised: Settings) -> No
     keyring = PassphraseKeyring(buffer)
     wsgi.install(initialised, keyring)
     app = wsgi.application()
-    client = app.test_client()
-    client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator")
+    client = client_as(app)
     assert client.get("/v1/kms/keys").status_code == 200
     engine = app.extensions[REPOSITORY]._engine
     assert engine.pool.checkedin() == 1  # the request's connection, pooled for the next one

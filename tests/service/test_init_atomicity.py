@@ -15,7 +15,7 @@ from kms.master import _create_keystore, init_database, open_master_keyring
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.faults import existing_tables
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
+from tests.helpers.keystore import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -42,7 +42,7 @@ from kms.store.changes import (
 from kms.store.db import create_kms_engine
 from kms.store.records import utc_now
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import make_service
+from tests.helpers.keystore import make_service
 
 #: Long enough that only the change counters can explain a change seen within a test.
 LONG_BOUND_MS = 60_000
@@ -394,7 +394,7 @@ def test_buckets_spread_key_ids() -> None:
 
 @pytest.fixture
 def pg_settings(tmp_path: Path, postgres_url: str) -> Settings:
-    from tests.conftest import make_settings
+    from tests.helpers.keystore import make_settings
 
     return make_settings(tmp_path).with_overrides(database_dsn=postgres_url)
 

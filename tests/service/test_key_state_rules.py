@@ -16,19 +16,9 @@ from kms.errors import (
     KeyStateConflict,
     VersionBelowMinimum,
 )
-from kms.service.cache import KeyMaterialCache
-from kms.service.keys import CURRENT_REQUESTER, KMSService, Requester
-from kms.store.db import create_kms_engine
+from kms.service.keys import CURRENT_REQUESTER, Requester
 from kms.store.records import utc_now
-from kms.store.repository import SQLKeyRepository
-from tests.conftest import make_service
-from tests.service.test_untrusted_storage import Store, assert_refused, store  # noqa: F401
-
-
-def service_with(store: Store, **options: object) -> KMSService:  # noqa: F811
-    repository = SQLKeyRepository(create_kms_engine(store.settings.database_url))
-    store.repositories.append(repository)
-    return make_service(repository, store.keyring, KeyMaterialCache(64), **options)  # type: ignore[arg-type]
+from tests.helpers.keystore import Store, assert_refused
 
 
 @pytest.mark.parametrize(
@@ -43,7 +33,7 @@ def service_with(store: Store, **options: object) -> KMSService:  # noqa: F811
     ],
 )
 def test_a_key_state_field_changed_behind_kms_is_refused(
-    store: Store,  # noqa: F811
+    store: Store,
     column: str,
     value: str,
     caplog: pytest.LogCaptureFixture,
@@ -69,7 +59,7 @@ def test_a_key_state_field_changed_behind_kms_is_refused(
 
 
 def test_a_pending_key_changed_behind_kms_is_not_cancelled(
-    store: Store,  # noqa: F811
+    store: Store,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     service = store.service()
@@ -81,7 +71,7 @@ def test_a_pending_key_changed_behind_kms_is_not_cancelled(
 
 
 def test_a_deletion_deadline_moved_behind_kms_is_refused_and_not_destroyed(
-    store: Store,  # noqa: F811
+    store: Store,
 ) -> None:
     service = store.service()
     service.create_key("later")
@@ -99,7 +89,7 @@ def test_a_deletion_deadline_moved_behind_kms_is_refused_and_not_destroyed(
 
 
 def test_use_attempt_bookkeeping_is_outside_the_mac_and_decides_nothing(
-    store: Store,  # noqa: F811
+    store: Store,
 ) -> None:
     service = store.service()
     service.create_key("watched")
@@ -132,9 +122,9 @@ def test_use_attempt_bookkeeping_is_outside_the_mac_and_decides_nothing(
 
 
 def test_verify_stays_within_its_window_and_above_min_decryption_version(
-    store: Store,  # noqa: F811
+    store: Store,
 ) -> None:
-    service = service_with(store, verify_max_versions=2)
+    service = store.service(64, verify_max_versions=2)
     service.create_key("signer", "sign", "Ed25519")
     signatures = {1: service.sign("signer", b"m").signature}
     for version in (2, 3, 4):
@@ -150,9 +140,9 @@ def test_verify_stays_within_its_window_and_above_min_decryption_version(
     assert service.verify("signer", b"m", signatures[4]).version == 4
 
 
-def test_destroy_due_with_an_injected_clock(store: Store) -> None:  # noqa: F811
+def test_destroy_due_with_an_injected_clock(store: Store) -> None:
     now = utc_now()
-    service = service_with(store, clock=lambda: now)
+    service = store.service(64, clock=lambda: now)
     service.create_key("soon")
     assert service.delete_key("soon", pending_days=2) is not None
     assert service.destroy_due(now + timedelta(days=2) - timedelta(microseconds=1)) == []
@@ -161,8 +151,8 @@ def test_destroy_due_with_an_injected_clock(store: Store) -> None:  # noqa: F811
     assert store.row("SELECT count(*) FROM keys WHERE key_id = 'soon'")[0] == 0
 
 
-def test_min_pending_days_also_refuses_recreate(store: Store) -> None:  # noqa: F811
-    service = service_with(store, deletion_min_pending_days=3)
+def test_min_pending_days_also_refuses_recreate(store: Store) -> None:
+    service = store.service(64, deletion_min_pending_days=3)
     service.create_key("kept")
     with pytest.raises(KeyStateConflict):
         service.recreate_key("kept")

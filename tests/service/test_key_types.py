@@ -11,7 +11,7 @@ from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import PassphraseKeyring
 from kms.service.keys import KMSService, MACed
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import make_service
+from tests.helpers.keystore import make_service
 
 
 @pytest.fixture

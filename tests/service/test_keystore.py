@@ -24,7 +24,7 @@ from kms.errors import (
 from kms.master import init_database, open_master_keyring
 from kms.settings import Settings
 from kms.store.records import KDF_PARAMETERS
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
+from tests.helpers.keystore import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
 
 
 def database_file(settings: Settings) -> Path:

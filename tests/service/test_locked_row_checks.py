@@ -27,7 +27,7 @@ from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.records import utc_now
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import make_service
+from tests.helpers.keystore import make_service
 
 KEY_ID = "guarded"
 #: Columns under the row's MAC, each changed to a value kms would accept had it written it.

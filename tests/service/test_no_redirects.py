@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from kms.app import create_app
 from kms.service.keyring import PassphraseKeyring
 from kms.settings import Settings
-from tests.service.test_app import FakeTLSSocket
+from tests.helpers.tls import client_as
 
 
 @pytest.fixture
@@ -23,9 +23,7 @@ def app(initialised: Settings, keyring: PassphraseKeyring) -> Flask:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    client = app.test_client()
-    client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator")
-    return client
+    return client_as(app)
 
 
 def test_the_url_map_merges_no_slashes(app: Flask) -> None:

@@ -17,7 +17,7 @@ import yaml
 from kms.errors import PassphraseError
 from kms.master import init_database, open_master_keyring
 from kms.settings import Settings, load_settings
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
+from tests.helpers.keystore import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
 
 
 def settings_from_config(directory: Path, passphrase_file: str | Path) -> Settings:

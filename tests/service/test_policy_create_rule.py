@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 
 from kms.api.policy import Policy, load_policy
 from kms.app import REPOSITORY, create_app
 from kms.service.keyring import PassphraseKeyring
 from kms.settings import Settings
-from tests.service.test_app import FakeTLSSocket
+from tests.helpers.tls import client_as
 
 POLICY = """\
 clients:
@@ -55,14 +54,8 @@ def app(initialised: Settings, keyring: PassphraseKeyring, policy_file: Path) ->
     app.extensions[REPOSITORY].close()
 
 
-def client_for(app: Flask, common_name: str) -> FlaskClient:
-    client = app.test_client()
-    client.environ_base["gunicorn.socket"] = FakeTLSSocket(common_name)
-    return client
-
-
 def key_ids(app: Flask) -> list[str]:
-    listed = client_for(app, "admin").get("/v1/kms/keys")
+    listed = client_as(app, "admin").get("/v1/kms/keys")
     assert listed.status_code == 200
     return [key["key_id"] for key in listed.get_json()]
 
@@ -90,14 +83,14 @@ def test_the_policy_lets_only_a_rule_for_every_key_create_without_a_key_id(
 def test_a_glob_only_caller_cannot_create_a_key_without_a_key_id(
     app: Flask, body: dict[str, Any]
 ) -> None:
-    response = client_for(app, "billing").post("/v1/kms/keys", json=body)
+    response = client_as(app, "billing").post("/v1/kms/keys", json=body)
     assert response.status_code == 403
     assert response.get_json() == {"error": "forbidden"}
     assert key_ids(app) == []
 
 
 def test_a_glob_only_caller_creates_the_keys_its_glob_names(app: Flask) -> None:
-    billing = client_for(app, "billing")
+    billing = client_as(app, "billing")
     assert billing.post("/v1/kms/keys", json={"key_id": "billing-1"}).status_code == 201
     assert billing.post("/v1/kms/keys", json={"key_id": "payroll-1"}).status_code == 403
     assert key_ids(app) == ["billing-1"]
@@ -105,7 +98,7 @@ def test_a_glob_only_caller_creates_the_keys_its_glob_names(app: Flask) -> None:
 
 @pytest.mark.parametrize("caller", ["admin", "creator"])
 def test_a_rule_for_every_key_creates_a_key_without_a_key_id(app: Flask, caller: str) -> None:
-    response = client_for(app, caller).post("/v1/kms/keys", json={})
+    response = client_as(app, caller).post("/v1/kms/keys", json={})
     assert response.status_code == 201
     created = response.get_json()["key_id"]
     assert uuid.UUID(created).version == 4

@@ -1,6 +1,6 @@
 """The keystore and the service on a real PostgreSQL server: nothing in kms is SQLite-only.
 
-Skipped unless pytest is given --postgres-dsn (see tests/conftest.py); `.ci/run` gives it.
+Skipped unless pytest is given --postgres-dsn (see tests/helpers/postgres.py); `.ci/run` gives it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,12 @@ from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, make_service, write_passphrase_file
+from tests.helpers.keystore import (
+    TEST_ITERATIONS,
+    TEST_PASSPHRASE,
+    make_service,
+    write_passphrase_file,
+)
 
 THREADS, THREAD_ROTATIONS = 8, 10
 PROCESSES, PROCESS_ROTATIONS = 2, 10

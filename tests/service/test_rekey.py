@@ -23,7 +23,7 @@ from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
 from kms.store.serving import SERVER_APPLICATION_NAME, hold_serving_lock
-from tests.conftest import make_service, write_passphrase_file
+from tests.helpers.keystore import make_service, write_passphrase_file
 
 NEW_PASSPHRASE = b"a new and longer passphrase for the master key"
 
@@ -97,7 +97,7 @@ def test_rekey_killed_half_way_leaves_the_old_passphrase_working(
         from pathlib import Path
         from tests.service.test_rekey import NEW_PASSPHRASE
         from kms.master import rekey_database
-        from tests.conftest import make_settings
+        from tests.helpers.keystore import make_settings
 
         class KillAfter:
             done = 0

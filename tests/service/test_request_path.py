@@ -25,6 +25,7 @@ from kms.api.context import SERVICE
 from kms.app import REPOSITORY, create_app
 from kms.service.keyring import PassphraseKeyring
 from kms.settings import Settings
+from tests.helpers.tls import FakeTLSSocket
 
 POLICY = """\
 clients:
@@ -33,11 +34,6 @@ clients:
       keys: ["*"]
 """
 PLAINTEXT = base64.b64encode(b"attack at dawn" * 20).decode()
-
-
-class FakeTLSSocket:
-    def getpeercert(self) -> dict[str, Any]:
-        return {"subject": ((("commonName", "orchestrator"),),), "subjectAltName": ()}
 
 
 @pytest.fixture
@@ -51,7 +47,7 @@ def app(initialised: Settings, keyring: PassphraseKeyring, tmp_path: Path) -> Fl
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     client = app.test_client()
-    client.environ_base["gunicorn.socket"] = FakeTLSSocket()
+    client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator", alt_names=())
     return client
 
 
@@ -195,19 +191,8 @@ def test_a_failed_operation_is_not_counted_and_reads_nothing_more(
     assert crypto_count("encrypt", "unknown") == before
 
 
-class CountingTLSSocket(FakeTLSSocket):
-    """One connection: counts how often its peer certificate is decoded."""
-
-    def __init__(self) -> None:
-        self.reads = 0
-
-    def getpeercert(self) -> dict[str, Any]:
-        self.reads += 1
-        return super().getpeercert()
-
-
 def test_a_connection_s_certificate_is_decoded_once_for_all_its_requests(app: Flask) -> None:
-    first, second = CountingTLSSocket(), CountingTLSSocket()
+    first, second = FakeTLSSocket(), FakeTLSSocket()  # two connections
     client = app.test_client()
     for connection in (first, first, first, second):
         client.environ_base["gunicorn.socket"] = connection

@@ -21,7 +21,7 @@ from kms.service.keys import KMSService
 from kms.service.keystore import open_keystore
 from kms.settings import Settings
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, make_service
+from tests.helpers.keystore import TEST_ITERATIONS, TEST_PASSPHRASE, make_service
 
 
 class RecordingKeyring(PassphraseKeyring):

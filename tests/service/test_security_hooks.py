@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from flask import Flask
@@ -18,6 +17,7 @@ from kms.errors import ConfigurationError
 from kms.server.identity import Caller
 from kms.service.keyring import PassphraseKeyring
 from kms.settings import Settings
+from tests.helpers.tls import FakeTLSSocket
 
 POLICY = """\
 clients:
@@ -30,14 +30,6 @@ clients:
     - operations: ["decrypt"]
       keys: ["shared"]
 """
-
-
-class FakeTLSSocket:
-    def __init__(self, certificate: dict[str, Any]) -> None:
-        self._certificate = certificate
-
-    def getpeercert(self) -> dict[str, Any]:
-        return self._certificate
 
 
 @pytest.fixture
@@ -147,9 +139,7 @@ def test_readyz_says_when_the_master_key_is_not_loaded(
     app: Flask, keyring: PassphraseKeyring
 ) -> None:
     client = app.test_client()
-    client.environ_base["gunicorn.socket"] = FakeTLSSocket(
-        {"subject": ((("commonName", "stranger"),),)}
-    )
+    client.environ_base["gunicorn.socket"] = FakeTLSSocket("stranger", alt_names=())
     assert client.get("/readyz").get_json() == {"status": "ready"}  # no policy rule needed
     assert client.get("/v1/kms/keys").status_code == 403
     keyring.close()
@@ -161,9 +151,7 @@ def test_readyz_says_when_the_master_key_is_not_loaded(
 
 def test_a_hostile_key_id_is_cut_short_in_the_audit_log(app: Flask, tmp_path: Path) -> None:
     client = app.test_client()
-    client.environ_base["gunicorn.socket"] = FakeTLSSocket(
-        {"subject": ((("commonName", "orchestrator"),),)}
-    )
+    client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator", alt_names=())
     response = client.post("/v1/kms/encrypt", json={"key_id": "k" * 5000, "plaintext": "eA=="})
     assert response.status_code == 400
     records = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]

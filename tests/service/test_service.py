@@ -23,7 +23,7 @@ from kms.errors import (
 )
 from kms.service.keys import KMSService, Verified
 from kms.service.keys.validation import MAX_PAGE_SIZE
-from tests.conftest import MAX_TEST_PLAINTEXT, plaintexts
+from tests.helpers.keystore import MAX_TEST_PLAINTEXT, plaintexts
 
 KEY_TYPES = {
     "RSA-2048": rsa.RSAPublicKey,

@@ -21,8 +21,9 @@ import pytest
 
 from kms.master import init_database
 from kms.settings import Settings
-from tests.conftest import TEST_PASSPHRASE, write_passphrase_file
+from tests.helpers.config import write_config
 from tests.helpers.harness import free_port
+from tests.helpers.keystore import TEST_PASSPHRASE, write_passphrase_file
 
 POLICY_WARNING = (
     "kms: no authorization.policy_file is set: every client with a certificate may do everything"
@@ -77,32 +78,30 @@ CASES = {
 }
 
 
-def write_config(directory: Path, database: Path, *, policy: bool, audit: bool) -> Path:
+def case_config(directory: Path, database: Path, *, policy: bool, audit: bool) -> Path:
+    """A case's config: a policy file or none, an audit log or none."""
     directory.mkdir()
     for name in ("server.crt", "server.key", "ca.pem"):
         (directory / name).write_text("not read by the start hook\n", encoding="ascii")
-    config = (
-        "server:\n"
-        f'  server_cert: "{directory / "server.crt"}"\n'
-        f'  server_key: "{directory / "server.key"}"\n'
-        f'  ca_cert: "{directory / "ca.pem"}"\n'
-        f"  port: {free_port()}\n"
-        "kms:\n"
-        f'  master_passphrase_file: "{database.with_name("master.key")}"\n'
-        "database:\n"
-        f'  dsn: "{database}"\n'
-    )
+    document: dict[str, dict[str, object]] = {
+        "server": {
+            "server_cert": str(directory / "server.crt"),
+            "server_key": str(directory / "server.key"),
+            "ca_cert": str(directory / "ca.pem"),
+            "port": free_port(),
+        },
+        "kms": {"master_passphrase_file": str(database.with_name("master.key"))},
+        "database": {"dsn": str(database)},
+    }
     if policy:
         policy_file = directory / "policy.yaml"
         policy_file.write_text(
             'clients:\n  admin:\n    - operations: ["*"]\n      keys: ["*"]\n', encoding="utf-8"
         )
-        config += f'authorization:\n  policy_file: "{policy_file}"\n'
+        document["authorization"] = {"policy_file": str(policy_file)}
     if audit:
-        config += f'audit:\n  path: "{directory / "audit.log"}"\n'
-    path = directory / "config.yaml"
-    path.write_text(config, encoding="utf-8")
-    return path
+        document["audit"] = {"path": str(directory / "audit.log")}
+    return write_config(directory / "config.yaml", document)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +116,7 @@ def start_lines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[list
     database = directory / "kms.db"
     init_database(Settings(database_dsn=str(database), master_passphrase_file=passphrase))
     configs = {
-        case: str(write_config(directory / f"case-{n}", database, policy=policy, audit=audit))
+        case: str(case_config(directory / f"case-{n}", database, policy=policy, audit=audit))
         for n, (case, (policy, audit)) in enumerate(CASES.items())
     }
     environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}

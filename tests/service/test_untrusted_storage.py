@@ -9,87 +9,15 @@ database.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from sqlalchemy import Engine, text
 
 from kms.crypto.algorithms import public_key_der
-from kms.errors import IntegrityFailure, KeyChanged, KeyNotFound
-from kms.master import check_database, init_database, open_master_keyring
-from kms.service.cache import KeyMaterialCache
-from kms.service.keyring import PassphraseKeyring
-from kms.service.keys import KMSService
-from kms.settings import Settings
-from kms.store.db import create_kms_engine
-from kms.store.repository import SQLKeyRepository
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, make_service, write_passphrase_file
-
-
-@dataclass
-class Store:
-    """One initialised keystore: its settings, services on it, and a way around kms to its SQL."""
-
-    settings: Settings
-    keyring: PassphraseKeyring
-    engine: Engine
-    repositories: list[SQLKeyRepository]
-
-    def service(self, after_generation: Callable[[str], None] | None = None) -> KMSService:
-        """A service with its own engine and an empty cache: another worker, another node."""
-        repository = SQLKeyRepository(create_kms_engine(self.settings.database_url))
-        self.repositories.append(repository)
-        return make_service(
-            repository, self.keyring, KeyMaterialCache(1024), after_generation=after_generation
-        )
-
-    def sql(self, statement: str, **params: Any) -> int:
-        """Run one statement behind kms's back; return the number of rows it changed."""
-        with self.engine.begin() as conn:
-            return conn.execute(text(statement), params).rowcount
-
-    def row(self, statement: str, **params: Any) -> Any:
-        with self.engine.connect() as conn:
-            return conn.execute(text(statement), params).one()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        dsn = str(tmp_path / "kms.db")
-    else:
-        dsn = request.getfixturevalue("postgres_url")
-    settings = Settings(
-        database_dsn=dsn,
-        master_passphrase_file=write_passphrase_file(tmp_path / "master.key", TEST_PASSPHRASE),
-        kdf_iterations=TEST_ITERATIONS,
-        insecure_test_kdf_floor=TEST_ITERATIONS,
-    )
-    init_database(settings)
-    keyring = open_master_keyring(settings)
-    engine = create_kms_engine(settings.database_url, pool=False)
-    store = Store(settings, keyring, engine, [])
-    yield store
-    for repository in store.repositories:
-        repository.close()
-    engine.dispose()
-    keyring.close()
-
-
-def assert_refused(
-    call: Callable[[], object], key_id: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The call raises IntegrityFailure and the operator's log names the key."""
-    caplog.clear()
-    with caplog.at_level(logging.ERROR, logger="kms.integrity"), pytest.raises(IntegrityFailure):
-        call()
-    assert any(f"key {key_id!r}" in record.getMessage() for record in caplog.records), caplog.text
-
+from kms.errors import KeyChanged, KeyNotFound
+from kms.master import check_database, open_master_keyring
+from tests.helpers.keystore import TEST_PASSPHRASE, Store, assert_refused
 
 # -- finding 1: a swapped public key ------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from kms.service.keys.limits import block_size
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import make_service
+from tests.helpers.keystore import make_service
 
 
 @pytest.fixture

@@ -20,32 +20,12 @@ from kms.service.keys import KMSService
 from kms.service.keys.validation import KEY_DETAIL_VERSIONS
 from kms.settings import Settings, load_settings
 from kms.store.db import create_kms_engine
-from kms.store.records import KeyRecord, KeyVersionRecord
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import make_service
-from tests.service.test_app import FakeTLSSocket
+from tests.helpers.keystore import CountingRepository, make_service
+from tests.helpers.tls import client_as
 
 MESSAGE = b"release 1.2.3"
 ROTATIONS = 200
-
-
-class CountingRepository(SQLKeyRepository):
-    """The real repository, counting the versions it is asked for (each one verify tries)."""
-
-    def __init__(self, *args: object) -> None:
-        super().__init__(*args)  # type: ignore[arg-type]
-        self.versions_read: list[int] = []
-
-    def get_version(self, key_id: str, version: int) -> KeyVersionRecord:
-        self.versions_read.append(version)
-        return super().get_version(key_id, version)
-
-    def get_key_and_latest_version(self, key_id: str) -> tuple[KeyRecord, KeyVersionRecord | None]:
-        """A key row and its latest version in one statement: the version counts as read."""
-        key, latest = super().get_key_and_latest_version(key_id)
-        if latest is not None:
-            self.versions_read.append(latest.version)
-        return key, latest
 
 
 @pytest.fixture
@@ -207,8 +187,7 @@ def test_rotation_past_the_limit_is_a_409_with_the_reason(
     initialised: Settings, keyring: PassphraseKeyring
 ) -> None:
     app = create_app(initialised.with_overrides(max_versions=2), keyring=keyring)
-    client = app.test_client()
-    client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator")
+    client = client_as(app)
     assert client.post("/v1/kms/keys", json={"key_id": "capped"}).status_code == 201
     assert client.post("/v1/kms/keys/capped/rotate").status_code == 200
     refused = client.post("/v1/kms/keys/capped/rotate")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.config import write_config
 from tests.helpers.harness import (
     PROCESS_TIMEOUT_SECONDS,
     Deployment,
@@ -20,7 +21,6 @@ from tests.helpers.harness import (
     initialise_database,
     kms_command,
     run_kms,
-    write_config,
     write_dev_certificates,
 )
 

@@ -5,10 +5,7 @@ the floor), so one keystore serves the whole test."""
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,31 +24,11 @@ from kms.service.cache import KeyMaterialCache
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import TEST_PASSPHRASE, make_service, write_passphrase_file
+from tests.helpers.config import write_config
+from tests.helpers.harness import run_kms
+from tests.helpers.keystore import TEST_PASSPHRASE, make_service, write_passphrase_file
 
 pytestmark = pytest.mark.slow
-
-
-def run_kms(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
-    environ["KMS_CONFIG"] = str(config)
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("kms")), *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def write_config(path: Path, settings: Settings) -> Path:
-    path.write_text(
-        f'kms:\n  master_passphrase_file: "{settings.master_passphrase_file}"\n'
-        f'database:\n  dsn: "{settings.database_dsn}"\n',
-        encoding="utf-8",
-    )
-    return path
 
 
 def test_backup_restore_and_rekey_from_the_command_line(tmp_path: Path) -> None:
@@ -69,14 +46,18 @@ def test_backup_restore_and_rekey_from_the_command_line(tmp_path: Path) -> None:
     finally:
         repository.close()
         keyring.close()
-    config = write_config(tmp_path / "config.yaml", settings)
+    config = write_config(
+        tmp_path / "config.yaml",
+        passphrase_file=settings.master_passphrase_file,
+        dsn=settings.database_dsn,
+    )
 
     backup = tmp_path / "kms.backup"
-    made = run_kms(config, "backup", str(backup))
+    made = run_kms("backup", str(backup), config=config)
     assert made.returncode == 0, made.stderr
     assert made.stdout.startswith(f"kms: backed up {settings.database_dsn} to {backup}: ")
     assert "kms: backing up" in made.stderr  # the progress bar
-    again = run_kms(config, "backup", str(backup))
+    again = run_kms("backup", str(backup), config=config)
     assert again.returncode == 1
     assert again.stderr == f"kms: refusing to overwrite {backup}; choose a new file name\n"
 
@@ -84,11 +65,15 @@ def test_backup_restore_and_rekey_from_the_command_line(tmp_path: Path) -> None:
         database_dsn=str(tmp_path / "restored" / "kms.db"),
         master_passphrase_file=settings.master_passphrase_file,
     )
-    restored_config = write_config(tmp_path / "restored.yaml", restored)
-    loaded = run_kms(restored_config, "restore", str(backup))
+    restored_config = write_config(
+        tmp_path / "restored.yaml",
+        passphrase_file=restored.master_passphrase_file,
+        dsn=restored.database_dsn,
+    )
+    loaded = run_kms("restore", str(backup), config=restored_config)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.startswith("kms: restored ")
-    refused = run_kms(restored_config, "restore", str(backup))
+    refused = run_kms("restore", str(backup), config=restored_config)
     assert refused.returncode == 1
     assert refused.stderr.startswith(f"kms: refusing to restore into {restored.database_dsn}")
     assert len(refused.stderr.splitlines()) == 1
@@ -97,18 +82,16 @@ def test_backup_restore_and_rekey_from_the_command_line(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     other = write_config(
         tmp_path / "other.yaml",
-        Settings(
-            database_dsn=str(tmp_path / "other" / "kms.db"),
-            master_passphrase_file=settings.master_passphrase_file,
-        ),
+        passphrase_file=settings.master_passphrase_file,
+        dsn=tmp_path / "other" / "kms.db",
     )
-    truncated = run_kms(other, "restore", str(backup))
+    truncated = run_kms("restore", str(backup), config=other)
     assert truncated.returncode == 1
     assert truncated.stderr.startswith(f"kms: {backup}: the backup is truncated")
     assert list((tmp_path / "other").iterdir()) == []
 
     new_passphrase = write_passphrase_file(tmp_path / "new.key", b"the next passphrase")
-    rekeyed = run_kms(restored_config, "rekey", "--new-passphrase-file", str(new_passphrase))
+    rekeyed = run_kms("rekey", "--new-passphrase-file", str(new_passphrase), config=restored_config)
     assert rekeyed.returncode == 0, rekeyed.stderr
     assert rekeyed.stdout == (
         f"kms: rekeyed {restored.database_dsn}: 1 key versions of 1 keys re-wrapped; only the "
@@ -125,7 +108,7 @@ def test_backup_restore_and_rekey_from_the_command_line(tmp_path: Path) -> None:
     finally:
         repository.close()
         keyring.close()
-    wrong = run_kms(restored_config, "check")  # the old passphrase
+    wrong = run_kms("check", config=restored_config)  # the old passphrase
     assert wrong.returncode == 1
     assert "wrong master passphrase" in wrong.stderr
 

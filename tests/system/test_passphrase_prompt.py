@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kms.master import open_master_keyring
 from kms.settings import Settings
-from tests.conftest import TEST_ITERATIONS, write_passphrase_file
+from tests.helpers.keystore import TEST_ITERATIONS, write_passphrase_file
 
 PASSPHRASE = b"typed at the prompt 42"
 PROMPT = b"kms master passphrase: "

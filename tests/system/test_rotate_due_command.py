@@ -3,9 +3,6 @@ each exactly once. Production KDF cost: a config file cannot lower the floor."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,21 +13,10 @@ from kms.service.cache import KeyMaterialCache
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
-from tests.conftest import TEST_PASSPHRASE, make_service, write_passphrase_file
+from tests.helpers.harness import start_kms
+from tests.helpers.keystore import TEST_PASSPHRASE, make_service, write_passphrase_file
 
 DUE_KEYS = 50
-
-
-def kms_command(config: Path, *args: str) -> subprocess.Popen[str]:
-    environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
-    environ["KMS_CONFIG"] = str(config)
-    return subprocess.Popen(
-        [str(Path(sys.executable).with_name("kms")), *args],
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def test_two_rotate_due_at_once_rotate_each_due_key_exactly_once(tmp_path: Path) -> None:
@@ -69,7 +55,7 @@ def test_two_rotate_due_at_once_rotate_each_due_key_exactly_once(tmp_path: Path)
         encoding="utf-8",
     )
 
-    runs = [kms_command(config, "rotate-due") for _ in range(2)]
+    runs = [start_kms("rotate-due", config=config) for _ in range(2)]
     outputs = [run.communicate(timeout=300) for run in runs]
     for run, (_, stderr) in zip(runs, outputs, strict=True):
         assert run.returncode == 0, stderr
@@ -90,7 +76,7 @@ def test_two_rotate_due_at_once_rotate_each_due_key_exactly_once(tmp_path: Path)
             "not-due": 1,
             "no-period": 1,
         }
-        again = kms_command(config, "rotate-due")
+        again = start_kms("rotate-due", config=config)
         stdout, stderr = again.communicate(timeout=120)
         assert again.returncode == 0, stderr
         assert stdout == f"kms: 0 keys rotated in {settings.database_dsn}\n"

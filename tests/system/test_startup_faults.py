@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from kms.store.db import create_kms_engine
 from kms.store.schema import upgrade_to_head
-from tests.conftest import given_postgres_dsn
+from tests.helpers.config import write_config
 from tests.helpers.harness import (
     PROCESS_TIMEOUT_SECONDS,
     clean_environment,
@@ -30,34 +30,13 @@ from tests.helpers.harness import (
     free_port,
     initialise_database,
     kms_command,
-    write_config,
-    write_dev_certificates,
+    run_kms,
 )
+from tests.helpers.postgres import given_postgres_dsn
 
 pytestmark = pytest.mark.slow
 
 GUNICORN_LOG = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[\d+\] \[INFO\] ")
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("kms-fault-certs")
-    write_dev_certificates(directory)
-    return directory
-
-
-def run(command: str, config: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``kms init`` or ``kms serve``, expected to stop by itself; stdout and stderr apart."""
-    return subprocess.run(
-        kms_command(command, *args),
-        env=clean_environment(config),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_TIMEOUT_SECONDS,
-        check=False,
-    )
 
 
 def one_line_failure(result: subprocess.CompletedProcess[str], *names: str | Path) -> str:
@@ -85,7 +64,7 @@ def config_for(
         directory / "config.yaml",
         directory=certificates,
         port=free_port(),
-        database=database,
+        dsn=database,
         passphrase_file=passphrase_file,
     )
 
@@ -106,7 +85,7 @@ def test_serve_refuses_a_passphrase_file_that_is_not_a_regular_file(
         os.mkfifo(configured, 0o600)
     config = config_for(certificates, tmp_path, database=database, passphrase_file=configured)
     before = database.read_bytes()
-    line = one_line_failure(run("serve", config, tmp_path), configured)
+    line = one_line_failure(run_kms("serve", config=config, cwd=tmp_path), configured)
     assert ("symbolic link" if kind == "symlink" else "FIFO") in line
     assert database.read_bytes() == before
 
@@ -122,7 +101,9 @@ def test_serve_reads_a_regular_passphrase_file_in_the_same_setup(
     regular.write_bytes(b"not the passphrase\n")
     os.chmod(regular, 0o400)
     config = config_for(certificates, tmp_path, database=database, passphrase_file=regular)
-    assert "wrong master passphrase" in one_line_failure(run("serve", config, tmp_path))
+    assert "wrong master passphrase" in one_line_failure(
+        run_kms("serve", config=config, cwd=tmp_path)
+    )
 
 
 # -- helpers for files -----------------------------------------------------------------------------
@@ -196,11 +177,13 @@ def test_init_refuses_a_sqlite_file_of_another_application(
         db.execute("INSERT INTO invoices VALUES (1, '12.50')")
     before = snapshot(database.parent)
     config = database_config(certificates, tmp_path, database)
-    line = one_line_failure(run("init", config, tmp_path), database, "invoices")
+    line = one_line_failure(run_kms("init", config=config, cwd=tmp_path), database, "invoices")
     assert "nothing was changed" in line
     assert snapshot(database.parent) == before  # no WAL switch, no -wal or -shm file either
     # --if-needed forgives only a keystore that is already there, not someone else's database.
-    one_line_failure(run("init", config, tmp_path, "--if-needed"), database, "invoices")
+    one_line_failure(
+        run_kms("init", "--if-needed", config=config, cwd=tmp_path), database, "invoices"
+    )
     assert snapshot(database.parent) == before
     with closing(sqlite3.connect(database)) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
@@ -215,7 +198,7 @@ def test_init_refuses_a_half_made_kms_schema(certificates: Path, tmp_path: Path)
     engine.dispose()
     before = snapshot(database.parent)
     config = database_config(certificates, tmp_path, database)
-    line = one_line_failure(run("init", config, tmp_path), database, "kms_metadata")
+    line = one_line_failure(run_kms("init", config=config, cwd=tmp_path), database, "kms_metadata")
     assert "already holds tables" in line
     assert snapshot(database.parent) == before
 
@@ -230,7 +213,7 @@ def test_init_of_an_empty_file_and_of_a_missing_one_succeeds(
     missing = tmp_path / "missing" / "deeper" / "kms.db"
     for database in (empty, missing):
         config = database_config(certificates, tmp_path, database)
-        result = run("init", config, tmp_path)
+        result = run_kms("init", config=config, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert result.stdout == f"kms: initialised {database}\n"
         assert sorted(path.name for path in database.parent.iterdir()) == ["kms.db"]
@@ -266,7 +249,7 @@ def test_a_file_that_is_not_a_healthy_sqlite_database_is_named(
     damage(database)
     before = snapshot(database.parent)
     config = database_config(certificates, tmp_path, database)
-    line = one_line_failure(run(command, config, tmp_path), database)
+    line = one_line_failure(run_kms(command, config=config, cwd=tmp_path), database)
     assert "not a SQLite database, or its header is damaged" in line
     assert snapshot(database.parent) == before
 
@@ -279,7 +262,7 @@ def test_serve_names_a_database_directory_that_does_not_exist(
 ) -> None:
     database = tmp_path / "gone" / "kms.db"
     config = database_config(certificates, tmp_path, database)
-    line = one_line_failure(run("serve", config, tmp_path), database)
+    line = one_line_failure(run_kms("serve", config=config, cwd=tmp_path), database)
     assert f"directory {database.parent} does not exist" in line
     assert not database.parent.exists()
 
@@ -291,7 +274,7 @@ def test_init_names_a_database_directory_it_cannot_create(
     blocker.write_text("a file where the database directory should be\n", encoding="utf-8")
     database = blocker / "data" / "kms.db"
     config = database_config(certificates, tmp_path, database)
-    line = one_line_failure(run("init", config, tmp_path), database)
+    line = one_line_failure(run_kms("init", config=config, cwd=tmp_path), database)
     assert "Not a directory" in line
     assert blocker.read_text(encoding="utf-8").startswith("a file where")
 
@@ -308,7 +291,7 @@ def test_init_names_a_read_only_database_directory(
     remount_read_only(read_only_directory)
     database = read_only_directory / "kms.db"
     config = database_config(certificates, tmp_path, database)
-    line = one_line_failure(run("init", config, tmp_path), database)
+    line = one_line_failure(run_kms("init", config=config, cwd=tmp_path), database)
     assert f"directory {read_only_directory} is read-only" in line
     assert list(read_only_directory.iterdir()) == []
 
@@ -321,7 +304,7 @@ def test_serve_names_a_read_only_database_directory(
     before = snapshot(read_only_directory)
     remount_read_only(read_only_directory)
     config = database_config(certificates, tmp_path, database)
-    line = one_line_failure(run("serve", config, tmp_path), database)
+    line = one_line_failure(run_kms("serve", config=config, cwd=tmp_path), database)
     assert f"directory {read_only_directory} is read-only" in line
     assert snapshot(read_only_directory) == before
 
@@ -343,7 +326,7 @@ def test_serve_names_a_full_disk(
     fill(small_disk)
     before = (database.read_bytes(), os.stat(database).st_mtime_ns)
     config = database_config(certificates, tmp_path, database)
-    line = one_line_failure(run("serve", config, tmp_path), database)
+    line = one_line_failure(run_kms("serve", config=config, cwd=tmp_path), database)
     assert f"the disk holding {small_disk} is full" in line
     assert (database.read_bytes(), os.stat(database).st_mtime_ns) == before
 
@@ -356,11 +339,11 @@ def test_init_on_a_full_disk_leaves_nothing_and_a_later_init_succeeds(
     database = small_disk / "kms.db"
     filler = fill(small_disk, leave_bytes=free_pages * 4096)
     config = database_config(certificates, tmp_path, database)
-    line = one_line_failure(run("init", config, tmp_path), database)
+    line = one_line_failure(run_kms("init", config=config, cwd=tmp_path), database)
     assert "full" in line
     assert sorted(path.name for path in small_disk.iterdir()) == ["filler"]
     filler.unlink()
-    result = run("init", config, tmp_path)
+    result = run_kms("init", config=config, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert database_rows(database)["kms_metadata"]
 
@@ -402,7 +385,7 @@ def test_init_that_hits_sqlite_full_part_way_leaves_nothing(
     line = one_line_failure(result, database)
     assert "the disk is full" in line
     assert list(directory.iterdir()) == []
-    result = run("init", config, tmp_path)
+    result = run_kms("init", config=config, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert database_rows(database)["kms_metadata"]
 
@@ -422,7 +405,9 @@ def test_a_postgres_server_refusing_the_connection_is_named(
     url = make_url(postgres_dsn).set(host="127.0.0.1", port=free_port(), database="kms")
     dsn = url.render_as_string(hide_password=False)
     config = database_config(certificates, tmp_path, dsn)
-    line = one_line_failure(run(command, config, tmp_path), f"@127.0.0.1:{url.port}/kms")
+    line = one_line_failure(
+        run_kms(command, config=config, cwd=tmp_path), f"@127.0.0.1:{url.port}/kms"
+    )
     assert "Connection refused" in line
     if url.password:
         assert f":{url.password}@" not in line
@@ -434,7 +419,7 @@ def test_a_postgres_server_refusing_the_password_is_named(
 ) -> None:
     url = make_url(postgres_url).set(password="not-the-password-42")
     config = database_config(certificates, tmp_path, url.render_as_string(hide_password=False))
-    line = one_line_failure(run(command, config, tmp_path), url.database)
+    line = one_line_failure(run_kms(command, config=config, cwd=tmp_path), url.database)
     assert "password authentication failed" in line
     assert "not-the-password-42" not in line
 
@@ -448,7 +433,9 @@ def test_init_refuses_a_postgres_database_with_a_table_of_its_own(
             conn.execute(text("CREATE TABLE invoices (id integer primary key, total text)"))
             conn.execute(text("INSERT INTO invoices VALUES (1, '12.50')"))
         config = database_config(certificates, tmp_path, postgres_url)
-        line = one_line_failure(run("init", config, tmp_path), make_url(postgres_url).database)
+        line = one_line_failure(
+            run_kms("init", config=config, cwd=tmp_path), make_url(postgres_url).database
+        )
         assert "invoices" in line
         with engine.connect() as conn:
             tables = conn.execute(
@@ -464,7 +451,7 @@ def test_init_into_an_empty_postgres_database_succeeds_and_names_no_password(
     certificates: Path, tmp_path: Path, postgres_url: str
 ) -> None:
     config = database_config(certificates, tmp_path, postgres_url)
-    result = run("init", config, tmp_path)
+    result = run_kms("init", config=config, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     password = make_url(postgres_url).password
     assert make_url(postgres_url).database in result.stdout

@@ -9,9 +9,6 @@ computes every row's MAC, and every key must keep working. Runs on SQLite and, g
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +28,14 @@ from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
 from kms.store.schema import current_revision, head_revision
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, make_service, write_passphrase_file
+from tests.helpers.config import write_config
+from tests.helpers.harness import run_kms
+from tests.helpers.keystore import (
+    TEST_ITERATIONS,
+    TEST_PASSPHRASE,
+    make_service,
+    write_passphrase_file,
+)
 from tests.helpers.old_release import extract_release, run_in_release
 
 #: The last commit before row MACs: kms 0.1.0, schema revision 0001.
@@ -246,19 +250,6 @@ def test_an_old_database_tampered_before_the_upgrade_is_not_sealed(
 # -- the commands, as an operator runs them ---------------------------------------------------
 
 
-def run_kms(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
-    environ["KMS_CONFIG"] = str(config)
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("kms")), *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 @pytest.mark.slow
 def test_kms_upgrade_and_kms_check_from_the_command_line(
     previous_release: Path, tmp_path: Path
@@ -270,28 +261,27 @@ def test_kms_upgrade_and_kms_check_from_the_command_line(
         master_passphrase_file=write_passphrase_file(tmp_path / "master.key", TEST_PASSPHRASE),
     )
     make_old_database(previous_release, settings, MIN_ITERATIONS)
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f'kms:\n  master_passphrase_file: "{settings.master_passphrase_file}"\n'
-        f'database:\n  dsn: "{settings.database_dsn}"\n',
-        encoding="utf-8",
+    config = write_config(
+        tmp_path / "config.yaml",
+        passphrase_file=settings.master_passphrase_file,
+        dsn=settings.database_dsn,
     )
 
-    refused = run_kms(config, "check")
+    refused = run_kms("check", config=config)
     assert refused.returncode == 1
     assert refused.stderr.splitlines() == [
         f"kms: the database {settings.database_dsn} has schema revision 0001, this kms needs "
         f"{head_revision()}: stop kms and run `kms upgrade`"
     ]
 
-    upgraded = run_kms(config, "upgrade")
+    upgraded = run_kms("upgrade", config=config)
     assert upgraded.returncode == 0, upgraded.stderr
     assert upgraded.stdout == (
         f"kms: upgraded {settings.database_dsn}: MACs written for {OLD_KEYS} keys and "
         f"{OLD_VERSIONS} key versions\n"
     )
 
-    checked = run_kms(config, "check")
+    checked = run_kms("check", config=config)
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout == (
         f"kms: checked {OLD_KEYS} keys and {OLD_VERSIONS} key versions in "
@@ -299,7 +289,7 @@ def test_kms_upgrade_and_kms_check_from_the_command_line(
     )
 
     sql(settings, "UPDATE keys SET algorithm = 'ChaCha20-Poly1305' WHERE key_id = 'recreated'")
-    failed = run_kms(config, "check")
+    failed = run_kms("check", config=config)
     assert failed.returncode == 1
     assert failed.stdout == "kms: FAILED key 'recreated': key row: MAC does not match\n"
     assert failed.stderr == (

@@ -33,7 +33,12 @@ from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
 from kms.store.schema import current_revision, head_revision
-from tests.conftest import TEST_ITERATIONS, TEST_PASSPHRASE, make_service, write_passphrase_file
+from tests.helpers.keystore import (
+    TEST_ITERATIONS,
+    TEST_PASSPHRASE,
+    make_service,
+    write_passphrase_file,
+)
 from tests.helpers.old_release import extract_release, run_in_release
 
 #: Main before issue 8: row MACs (issue 14), schema revision 0002.

@@ -11,7 +11,7 @@ import pytest
 
 from kms.master import check_database, upgrade_database
 from kms.settings import Settings
-from tests.conftest import TEST_ITERATIONS, make_service
+from tests.helpers.keystore import TEST_ITERATIONS, make_service
 from tests.helpers.old_release import extract_release, run_in_release
 from tests.system.test_upgrade import (
     OLD_KEYS,
