@@ -100,6 +100,7 @@ SERVICE = [
     "tests/service/test_secret_buffers.py",
     "tests/service/test_service.py",
     "tests/service/test_key_state_rules.py",
+    "tests/service/test_key_states.py",
     "tests/service/test_rotation.py",
     "tests/service/test_batches.py",
     "tests/service/test_version_limits.py",
@@ -189,8 +190,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/system/test_rotate_due_command.py",
         "tests/http/test_key_types.py",
         "tests/http/test_use_limits.py",
-        # Every field's refusal as a client meets it. (http/test_key_states.py is left out: 160 s
-        # of coverage run; test_key_state_rules.py and test_key_fields.py check the same rules.)
+        # Every field's refusal as a client meets it.
         "tests/http/test_bad_input.py",
     ],
     "kms/service/cache.py": SERVICE,

@@ -417,6 +417,21 @@ def test_the_shipped_prod_config_keeps_secrets_in_the_credentials_directory(in_t
     assert settings.database_url.startswith("sqlite:////var/lib/kms/")
     assert settings.host == "127.0.0.1"  # localhost only unless the operator opens it
     assert settings.kdf_iterations >= MIN_ITERATIONS
+    # A deletion always waits: the example names the setting an operator would look for.
+    assert "min_pending_days" in (REPOSITORY_CONFIG / "config.prod.yaml").read_text()
+    assert settings.deletion_min_pending_days >= 1
+
+
+def test_a_grouped_setting_is_read_from_its_section_and_overridden_by_its_variable(
+    in_tmp: Path,
+) -> None:
+    path = write_config(in_tmp / "kms.yaml", SEED, kms={"deletion": {"min_pending_days": 3}})
+    assert load_settings(path, environ={}).deletion_min_pending_days == 3
+    overridden = load_settings(path, environ={"KMS_KMS_DELETION_MIN_PENDING_DAYS": "9"})
+    assert overridden.deletion_min_pending_days == 9
+    write_config(path, SEED, kms={"deletion": {"min_pending_days": 31}})
+    with pytest.raises(ConfigurationError, match=r"kms\.deletion\.min_pending_days: must be"):
+        load_settings(path, environ={})
 
 
 # -- ${CREDENTIALS_DIRECTORY}: systemd's LoadCredential= ------------------------------------
