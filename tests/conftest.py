@@ -40,6 +40,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             unavailable(f"the {' and '.join(missing)} command is not installed")
 
 
+#: The order the tiers run in: the longest tests first. pytest-xdist's worksteal hands each
+#: worker a contiguous share of this order and moves tests from the end of a busy worker's share
+#: to an idle one, so a 30-second test is started early instead of being the last one running.
+TIER_ORDER = ("system", "http", "deploy", "service", "unit")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def tier(item: pytest.Item) -> int:
+        parts = item.path.relative_to(Path(__file__).parent).parts
+        return TIER_ORDER.index(parts[0]) if parts[0] in TIER_ORDER else len(TIER_ORDER)
+
+    items.sort(key=tier)  # stable: each module's tests stay together and in order
+
+
 @pytest.fixture
 def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """The URL of a new, empty PostgreSQL database, dropped after the test."""
