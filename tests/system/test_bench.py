@@ -18,6 +18,8 @@ from bench.__main__ import TARGETS
 from bench.load import BenchError, Client, parse_response
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Keys seeded, and versions of the memory scenario's key: two batches of its 250 decrypts.
+KEYS = 500
 # The first test starts real servers; the other two are quick.
 SCENARIOS = {
     "baseline_healthz",
@@ -49,15 +51,15 @@ def test_a_tiny_bench_run_reports_every_scenario(tmp_path: Path) -> None:
             "-m",
             "bench",
             "--seconds",
-            "0.5",
+            "0.3",
             "--warmup",
-            "0.2",
+            "0.1",
             "--keys",
-            "2000",
+            str(KEYS),
             "--cold-keys",
-            "200",
+            "50",
             "--memory-versions",
-            "2000",
+            str(KEYS),
             "--cache-dir",
             str(tmp_path / "cache"),
             "--output",
@@ -88,11 +90,11 @@ def test_a_tiny_bench_run_reports_every_scenario(tmp_path: Path) -> None:
     )
     assert all(size > 0 for size in scenarios["encrypt_cold_keys"]["worker_rss_mb"])
     memory = scenarios["memory_cached_versions"]
-    assert (memory["cached_versions"], memory["all_loaded"]) == (2000, True)
+    assert (memory["cached_versions"], memory["all_loaded"]) == (KEYS, True)
     assert memory["worker_rss_mb"] > 0
     assert memory["worker_rss_mb_all_versions"] == memory["worker_rss_mb"]
     (seeding,) = [d for d in documents if d["kind"] == "seeding"]
-    assert seeding["keys"] == 2000
+    assert seeding["keys"] == KEYS
     assert seeding["from_cache"] is False
     (targets,) = [d for d in documents if d["kind"] == "targets"]
     assert len(targets["checks"]) == len(TARGETS)
