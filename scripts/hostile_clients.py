@@ -24,13 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.integration.http.harness import (
+from tests.helpers.harness import (
     KMSClient,
     ServerProcess,
     create_key,
     prepare_deployment,
 )
-from tests.integration.http.hostile import (
+from tests.helpers.hostile import (
     KINDS,
     HostileLoad,
     Measurement,

@@ -97,66 +97,67 @@ SERVICE = [
     "tests/unit/test_cache_bounds.py",
     "tests/unit/test_secrets_in_memory.py",
     "tests/unit/test_encryption_context.py",
-    "tests/integration/test_secret_buffers.py",
-    "tests/integration/test_service.py",
-    "tests/integration/test_key_state_rules.py",
-    "tests/integration/test_rotation.py",
-    "tests/integration/test_batches.py",
-    "tests/integration/test_version_limits.py",
-    "tests/integration/test_key_types_service.py",
-    "tests/integration/test_decrypt_tampering.py",
-    "tests/integration/test_key_storage.py",
-    "tests/integration/test_key_fields.py",
+    "tests/service/test_secret_buffers.py",
+    "tests/service/test_service.py",
+    "tests/service/test_key_state_rules.py",
+    "tests/service/test_key_states.py",
+    "tests/service/test_rotation.py",
+    "tests/service/test_batches.py",
+    "tests/service/test_version_limits.py",
+    "tests/service/test_key_types.py",
+    "tests/service/test_decrypt_tampering.py",
+    "tests/service/test_key_storage.py",
+    "tests/service/test_key_fields.py",
     # The key-row cache (kms/service/cache.py KeyRowCache, its use in keys.py), in process.
-    "tests/integration/test_key_row_cache.py",
+    "tests/service/test_key_row_cache.py",
 ]
 STORE = [
-    "tests/integration/test_store_engine.py",
-    "tests/integration/test_postgres.py",  # skipped unless --postgres-dsn is given
-    "tests/integration/test_keystore.py",
-    "tests/integration/test_service.py",
-    "tests/integration/test_untrusted_storage.py",
-    "tests/integration/test_concurrent_rotation.py",
-    "tests/integration/test_key_storage.py",
+    "tests/service/test_store_engine.py",
+    "tests/service/test_postgres.py",  # skipped unless --postgres-dsn is given
+    "tests/service/test_keystore.py",
+    "tests/service/test_service.py",
+    "tests/service/test_untrusted_storage.py",
+    "tests/service/test_concurrent_rotation.py",
+    "tests/service/test_key_storage.py",
     # SQLite writers' turns and WAL checkpoints (kms.store.db, changes); a cold key's statements.
-    "tests/integration/test_sqlite_writers.py",
-    "tests/integration/test_cold_keys.py",
+    "tests/service/test_sqlite_writers.py",
+    "tests/service/test_cold_keys.py",
 ]
 STARTUP = [
-    "tests/integration/test_secret_buffers.py",
-    "tests/integration/test_store_engine.py",
-    "tests/integration/test_gunicorn_conf.py",
-    "tests/integration/test_keystore.py",
-    "tests/integration/test_postgres.py",  # skipped unless --postgres-dsn is given
-    "tests/integration/http/test_startup.py",
+    "tests/service/test_secret_buffers.py",
+    "tests/service/test_store_engine.py",
+    "tests/service/test_gunicorn_conf.py",
+    "tests/service/test_keystore.py",
+    "tests/service/test_postgres.py",  # skipped unless --postgres-dsn is given
+    "tests/http/test_startup.py",
 ]
 #: The operator commands (kms init, rekey, backup, restore, check, upgrade, rotate-due) as
 #: kms.master runs them; test_upgrade*.py extract the previous release with git (see make_copy).
 OPERATOR = [
-    "tests/integration/test_operator_commands.py",
-    "tests/integration/test_rekey.py",
-    "tests/integration/test_backup.py",
-    "tests/integration/test_backup_format.py",
-    "tests/integration/test_init_atomicity.py",
-    "tests/integration/test_rotate_due_command.py",
-    "tests/integration/test_passphrase_files.py",
-    "tests/integration/test_upgrade.py",
-    "tests/integration/test_upgrade_key_states.py",
-    "tests/integration/test_upgrade_use_limits.py",
+    "tests/system/test_operator_commands.py",
+    "tests/service/test_rekey.py",
+    "tests/service/test_backup.py",
+    "tests/service/test_backup_format.py",
+    "tests/service/test_init_atomicity.py",
+    "tests/system/test_rotate_due_command.py",
+    "tests/service/test_passphrase_files.py",
+    "tests/system/test_upgrade.py",
+    "tests/system/test_upgrade_key_states.py",
+    "tests/system/test_upgrade_use_limits.py",
 ]
 #: Starting a real server and what its gunicorn master does: refusals at start (a port in use, a
 #: bad policy), SIGHUP (workers re-executed, the policy reloaded).
 #: (test_startup_faults.py and test_serving.py are left out: 130 s more of coverage run, for lines
 #: these and the startup lists already execute.)
 SERVING = [
-    "tests/integration/http/test_first_run.py",
-    "tests/integration/http/test_authorization.py",
+    "tests/system/test_first_run.py",
+    "tests/http/test_authorization.py",
 ]
 #: Row MACs (kms/crypto/integrity.py, kms/service/integrity.py): unit vectors and tampered rows.
 INTEGRITY = [
     "tests/unit/test_integrity.py",
-    "tests/integration/test_untrusted_storage.py",
-    "tests/integration/test_key_storage.py",
+    "tests/service/test_untrusted_storage.py",
+    "tests/service/test_key_storage.py",
 ]
 
 #: Module -> the test files that matter for it. Every file of every list runs once under coverage
@@ -164,92 +165,91 @@ INTEGRITY = [
 #: (most specific first, see CoverageMap.tests_for), and the whole list only for a line that ran
 #: at import.
 TARGETS: dict[str, list[str]] = {
-    "kms/crypto/kdf.py": [*UNIT_CRYPTO, "tests/integration/test_keystore.py"],
+    "kms/crypto/kdf.py": [*UNIT_CRYPTO, "tests/service/test_keystore.py"],
     "kms/crypto/ciphertext.py": [
         *UNIT_CRYPTO,
         "tests/unit/test_encryption_context.py",
-        "tests/integration/test_decrypt_tampering.py",
+        "tests/service/test_decrypt_tampering.py",
     ],
-    "kms/crypto/encoding.py": [*UNIT_CRYPTO, "tests/integration/test_decrypt_tampering.py"],
+    "kms/crypto/encoding.py": [*UNIT_CRYPTO, "tests/service/test_decrypt_tampering.py"],
     "kms/crypto/wrapping.py": [*UNIT_CRYPTO, *INTEGRITY],
     "kms/crypto/algorithms.py": [
         *UNIT_CRYPTO,
         "tests/unit/test_key_types.py",
-        "tests/integration/test_service.py",
-        "tests/integration/test_key_types_service.py",
+        "tests/service/test_service.py",
+        "tests/service/test_key_types.py",
     ],
     "kms/crypto/integrity.py": [*UNIT_CRYPTO, *INTEGRITY],
-    "kms/service/integrity.py": [*INTEGRITY, "tests/integration/test_service.py"],
-    "kms/service/keyring.py": [*SERVICE, "tests/integration/test_gunicorn_conf.py"],
+    "kms/service/integrity.py": [*INTEGRITY, "tests/service/test_service.py"],
+    "kms/service/keyring.py": [*SERVICE, "tests/service/test_gunicorn_conf.py"],
     "kms/service/keys.py": [
         *SERVICE,
         "tests/unit/test_key_types.py",
         "tests/unit/test_encryption_budget.py",
-        "tests/integration/test_untrusted_storage.py",
-        "tests/integration/test_rotate_due_command.py",
-        "tests/integration/http/test_key_types.py",
-        "tests/integration/http/test_use_limits.py",
-        # Every field's refusal as a client meets it. (http/test_key_states.py is left out: 160 s
-        # of coverage run; test_key_state_rules.py and test_key_fields.py check the same rules.)
-        "tests/integration/http/test_bad_input.py",
+        "tests/service/test_untrusted_storage.py",
+        "tests/system/test_rotate_due_command.py",
+        "tests/http/test_key_types.py",
+        "tests/http/test_use_limits.py",
+        # Every field's refusal as a client meets it.
+        "tests/http/test_bad_input.py",
     ],
     "kms/service/cache.py": SERVICE,
     "kms/service/usage.py": [
         "tests/unit/test_encryption_budget.py",
         "tests/unit/test_use_tally.py",
-        "tests/integration/test_key_row_cache.py",
-        "tests/integration/test_service.py",
-        "tests/integration/test_upgrade_use_limits.py",
-        "tests/integration/http/test_use_limits.py",
+        "tests/service/test_key_row_cache.py",
+        "tests/service/test_service.py",
+        "tests/system/test_upgrade_use_limits.py",
+        "tests/http/test_use_limits.py",
     ],
-    "kms/service/keystore.py": [*SERVICE, "tests/integration/test_keystore.py", *OPERATOR],
+    "kms/service/keystore.py": [*SERVICE, "tests/service/test_keystore.py", *OPERATOR],
     "kms/service/passphrase.py": [
-        "tests/integration/test_keystore.py",
-        "tests/integration/test_passphrase_files.py",
-        "tests/integration/test_passphrase_prompt.py",
-        "tests/integration/http/test_startup.py",
+        "tests/service/test_keystore.py",
+        "tests/service/test_passphrase_files.py",
+        "tests/system/test_passphrase_prompt.py",
+        "tests/http/test_startup.py",
     ],
     "kms/service/backup.py": [
-        "tests/integration/test_backup.py",
-        "tests/integration/test_backup_format.py",
-        "tests/integration/test_operator_commands.py",
+        "tests/service/test_backup.py",
+        "tests/service/test_backup_format.py",
+        "tests/system/test_operator_commands.py",
     ],
     "kms/store/db.py": STORE,
-    "kms/store/repository.py": [*STORE, "tests/integration/test_rotate_due_command.py"],
-    "kms/store/statements.py": [*STORE, "tests/integration/test_rotate_due_command.py"],
+    "kms/store/repository.py": [*STORE, "tests/system/test_rotate_due_command.py"],
+    "kms/store/statements.py": [*STORE, "tests/system/test_rotate_due_command.py"],
     "kms/store/records.py": STORE,
     # Column types and lengths: SQLite ignores most of them, so the PostgreSQL-free list is short.
     "kms/store/models.py": STORE[:3],
     "kms/store/schema.py": [*STORE[:3], *OPERATOR[-3:]],
     "kms/store/changes.py": [
-        "tests/integration/test_key_row_cache.py",
-        "tests/integration/test_sqlite_writers.py",
-        "tests/integration/test_store_engine.py",
-        "tests/integration/test_postgres.py",  # the LISTEN/NOTIFY path
-        "tests/integration/http/test_cache_staleness.py",
+        "tests/service/test_key_row_cache.py",
+        "tests/service/test_sqlite_writers.py",
+        "tests/service/test_store_engine.py",
+        "tests/service/test_postgres.py",  # the LISTEN/NOTIFY path
+        "tests/http/test_cache_staleness.py",
     ],
     "kms/store/serving.py": [
-        "tests/integration/test_store_engine.py",
-        "tests/integration/test_rekey.py",
-        "tests/integration/test_backup.py",
-        "tests/integration/test_operator_commands.py",
-        "tests/integration/http/test_startup.py",
+        "tests/service/test_store_engine.py",
+        "tests/service/test_rekey.py",
+        "tests/service/test_backup.py",
+        "tests/system/test_operator_commands.py",
+        "tests/http/test_startup.py",
     ],
     "kms/store/snapshot.py": [
-        "tests/integration/test_backup.py",
-        "tests/integration/test_operator_commands.py",
-        "tests/integration/test_rekey.py",
+        "tests/service/test_backup.py",
+        "tests/system/test_operator_commands.py",
+        "tests/service/test_rekey.py",
     ],
     "kms/store/faults.py": [
-        "tests/integration/test_init_atomicity.py",
-        "tests/integration/test_store_engine.py",
-        "tests/integration/http/test_startup.py",
+        "tests/service/test_init_atomicity.py",
+        "tests/service/test_store_engine.py",
+        "tests/http/test_startup.py",
     ],
     "kms/master.py": [*STARTUP, *OPERATOR, *SERVING[:1]],
-    "kms/gunicorn_conf.py": [*STARTUP, *SERVING, "tests/integration/http/test_tls.py"],
+    "kms/gunicorn_conf.py": [*STARTUP, *SERVING, "tests/http/test_tls.py"],
     "kms/wsgi.py": [
-        "tests/integration/test_secret_buffers.py",
-        "tests/integration/http/test_startup.py",
+        "tests/service/test_secret_buffers.py",
+        "tests/http/test_startup.py",
     ],
 }
 
@@ -544,7 +544,7 @@ def _git_dir() -> str | None:
 
 def _environ(copy_root: Path, **extra: str) -> dict[str, str]:
     environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
-    # The copies hold no .git: tests/integration/old_release.py extracts the previous release
+    # The copies hold no .git: tests/helpers/old_release.py extracts the previous release
     # with `git rev-parse` and `git archive` (read only), so they read the repository's history.
     # The copy is the work tree (nothing there runs a command that reads or writes it).
     git_dir = _git_dir()

@@ -25,7 +25,7 @@ from kms.crypto.algorithms import (
 )
 from kms.crypto.ciphertext import ciphertext_aad, format_ciphertext, parse_ciphertext
 from kms.errors import IntegrityFailure, InvalidCiphertext, InvalidSignature
-from tests.conftest import MAX_TEST_PLAINTEXT, plaintexts
+from tests.helpers.keystore import MAX_TEST_PLAINTEXT, plaintexts
 
 # Loaded once: hypothesis calls the test body many times and the AEAD objects are stateless.
 AEADS = {name: spec.load(spec.generate()) for name, spec in ENCRYPTION_ALGORITHMS.items()}

@@ -1,7 +1,7 @@
 """The byte bound of both worker caches: "each cache is bounded by ``kms.key_cache_size`` entries
 and by ``kms.key_cache_bytes`` bytes" (docs/operations.md, Memory), least recently used out first.
 
-Found by ``make mutants``: the integration tests never fill the key-row cache, put a row twice,
+Found by ``make mutants``: the service tests never fill the key-row cache, put a row twice,
 or clear it, so its byte count (what the bound is checked against), its eviction order and its
 clearing (a lost PostgreSQL listener "drops every cached row") could change unseen.
 """

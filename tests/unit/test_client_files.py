@@ -2,7 +2,7 @@
 
 The data keys come from a local stand-in with the ``/datakey`` contract (a data key in plaintext
 and wrapped, unwrapped again by ``decrypt``), so the format is tested here without a server; the
-round trip through a live server is in tests/integration/http/test_client.py.
+round trip through a live server is in tests/http/test_client.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The key material cache: bounded (``kms.key_cache_size``), least recently used out first, and
 counting the hits and misses that ``kms_key_cache_hits_total`` / ``_misses_total`` report.
 
-Found by ``make mutants``: the integration tests go through the cache but never fill it, so its
+Found by ``make mutants``: the service tests go through the cache but never fill it, so its
 eviction order, its bound and its counters could change unseen.
 """
 

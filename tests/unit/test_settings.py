@@ -19,6 +19,7 @@ from kms.crypto.kdf import MIN_ITERATIONS
 from kms.errors import ConfigurationError
 from kms.fields import StrictBoolean, StrictInteger
 from kms.settings import DECLARATIONS, Declaration, Settings, load_settings, settings_from_mapping
+from tests.helpers.config import write_config
 
 SEED: dict[str, dict[str, Any]] = {
     "server": {
@@ -32,16 +33,6 @@ SEED: dict[str, dict[str, Any]] = {
 }
 
 
-def write_config(path: Path, document: dict[str, Any] | None = None, **sections: Any) -> Path:
-    """Write the seed document, with ``sections`` merged over it key by key."""
-    merged = {name: dict(values) for name, values in (document or SEED).items()}
-    for name, values in sections.items():
-        merged.setdefault(name, {}).update(values)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(merged), encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
@@ -49,7 +40,7 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_the_seed_format_loads(in_tmp: Path) -> None:
-    path = write_config(in_tmp / "kms.yaml")
+    path = write_config(in_tmp / "kms.yaml", SEED)
     settings = load_settings(path, environ={})
     assert settings.port == 8443
     assert settings.server_cert == in_tmp / "certs" / "server.crt"
@@ -63,7 +54,7 @@ def test_the_seed_format_loads(in_tmp: Path) -> None:
 def test_relative_paths_resolve_against_the_working_directory(
     in_tmp: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = load_settings(write_config(in_tmp / "kms.yaml"), environ={})
+    settings = load_settings(write_config(in_tmp / "kms.yaml", SEED), environ={})
     assert settings.master_passphrase_file is not None
     assert settings.master_passphrase_file.is_absolute()
     assert settings.database_url == f"sqlite:///{in_tmp / 'data' / 'kms.db'}"
@@ -76,6 +67,7 @@ def test_relative_paths_resolve_against_the_working_directory(
 def test_absolute_paths_and_urls_are_kept(in_tmp: Path) -> None:
     path = write_config(
         in_tmp / "kms.yaml",
+        SEED,
         database={"dsn": "postgresql+psycopg://kms@db/kms"},
         kms={"master_passphrase_file": "/run/secrets/master"},
     )
@@ -89,9 +81,9 @@ def test_absolute_paths_and_urls_are_kept(in_tmp: Path) -> None:
 
 @pytest.fixture
 def environments(in_tmp: Path) -> Path:
-    write_config(in_tmp / "config" / "config.dev.yaml", server={"port": 8080})
-    write_config(in_tmp / "config" / "config.prod.yaml", server={"port": 9443})
-    write_config(in_tmp / "elsewhere" / "mine.yaml", server={"port": 7000})
+    write_config(in_tmp / "config" / "config.dev.yaml", SEED, server={"port": 8080})
+    write_config(in_tmp / "config" / "config.prod.yaml", SEED, server={"port": 9443})
+    write_config(in_tmp / "elsewhere" / "mine.yaml", SEED, server={"port": 7000})
     return in_tmp
 
 
@@ -145,7 +137,7 @@ def test_a_file_that_is_not_a_mapping_is_refused(in_tmp: Path, text: str) -> Non
 
 
 def test_kms_database_dsn_overrides_the_file(in_tmp: Path) -> None:
-    path = write_config(in_tmp / "kms.yaml")
+    path = write_config(in_tmp / "kms.yaml", SEED)
     dsn = "postgresql+psycopg://kms@db/kms"
     settings = load_settings(path, environ={"KMS_DATABASE_DSN": dsn})
     assert settings.database_dsn == dsn
@@ -153,13 +145,13 @@ def test_kms_database_dsn_overrides_the_file(in_tmp: Path) -> None:
 
 
 def test_kms_server_port_overrides_the_file(in_tmp: Path) -> None:
-    path = write_config(in_tmp / "kms.yaml")
+    path = write_config(in_tmp / "kms.yaml", SEED)
     assert load_settings(path, environ={"KMS_SERVER_PORT": "9999"}).port == 9999
     assert load_settings(path, environ={"KMS_SERVER_PORT": " 9999 "}).port == 9999
 
 
 def test_overrides_are_named_after_the_snake_case_keys(in_tmp: Path) -> None:
-    path = write_config(in_tmp / "kms.yaml")
+    path = write_config(in_tmp / "kms.yaml", SEED)
     environ = {
         "KMS_SERVER_SERVER_CERT": "/etc/kms/cert.pem",
         "KMS_KMS_MASTER_PASSPHRASE_FILE": "/etc/kms/master.key",
@@ -170,7 +162,7 @@ def test_overrides_are_named_after_the_snake_case_keys(in_tmp: Path) -> None:
 
 
 def test_other_environment_variables_are_ignored(in_tmp: Path) -> None:
-    path = write_config(in_tmp / "kms.yaml")
+    path = write_config(in_tmp / "kms.yaml", SEED)
     settings = load_settings(path, environ={"HOME": "/root", "PORT": "1", "DATABASE_DSN": "x"})
     assert settings == load_settings(path, environ={})
 
@@ -185,7 +177,7 @@ def test_other_environment_variables_are_ignored(in_tmp: Path) -> None:
     ],
 )
 def test_the_passphrase_never_comes_from_the_environment(in_tmp: Path, name: str) -> None:
-    path = write_config(in_tmp / "kms.yaml")
+    path = write_config(in_tmp / "kms.yaml", SEED)
     with pytest.raises(ConfigurationError) as excinfo:
         load_settings(path, environ={name: "hunter2"})
     assert name in str(excinfo.value)
@@ -197,7 +189,7 @@ def test_the_passphrase_never_comes_from_the_environment(in_tmp: Path, name: str
 
 @pytest.mark.parametrize("port", ["abc", 0, 70000, True, -1, 80.5, "", None, [8080]], ids=repr)
 def test_a_bad_port_in_the_file_names_the_setting(in_tmp: Path, port: object) -> None:
-    path = write_config(in_tmp / "kms.yaml", server={"port": port})
+    path = write_config(in_tmp / "kms.yaml", SEED, server={"port": port})
     with pytest.raises(ConfigurationError) as excinfo:
         load_settings(path, environ={})
     assert "server.port" in str(excinfo.value)
@@ -205,7 +197,7 @@ def test_a_bad_port_in_the_file_names_the_setting(in_tmp: Path, port: object) ->
 
 @pytest.mark.parametrize("port", ["abc", "0", "70000", "true", "-1", "8080.0", "", "\u0661"])
 def test_a_bad_port_override_names_the_variable(in_tmp: Path, port: str) -> None:
-    path = write_config(in_tmp / "kms.yaml")
+    path = write_config(in_tmp / "kms.yaml", SEED)
     with pytest.raises(ConfigurationError) as excinfo:
         load_settings(path, environ={"KMS_SERVER_PORT": port})
     assert "KMS_SERVER_PORT" in str(excinfo.value)
@@ -213,7 +205,7 @@ def test_a_bad_port_override_names_the_variable(in_tmp: Path, port: str) -> None
 
 @pytest.mark.parametrize("port", [1, 65535, "443"])
 def test_ports_at_the_edges_are_accepted(in_tmp: Path, port: object) -> None:
-    path = write_config(in_tmp / "kms.yaml", server={"port": port})
+    path = write_config(in_tmp / "kms.yaml", SEED, server={"port": port})
     assert load_settings(path, environ={}).port == int(port)  # type: ignore[call-overload]
 
 
@@ -227,7 +219,7 @@ def test_ports_at_the_edges_are_accepted(in_tmp: Path, port: object) -> None:
     ],
 )
 def test_an_unknown_setting_is_refused(in_tmp: Path, section: str, key: str) -> None:
-    path = write_config(in_tmp / "kms.yaml", **{section: {key: "x"}})
+    path = write_config(in_tmp / "kms.yaml", SEED, **{section: {key: "x"}})
     with pytest.raises(ConfigurationError) as excinfo:
         load_settings(path, environ={})
     assert f"{section}.{key}" in str(excinfo.value)
@@ -254,7 +246,7 @@ def test_a_missing_database_dsn_is_refused(in_tmp: Path) -> None:
 
 @pytest.mark.parametrize("dsn", ["", "   ", 5, None], ids=repr)
 def test_an_empty_database_dsn_is_refused(in_tmp: Path, dsn: object) -> None:
-    path = write_config(in_tmp / "kms.yaml", database={"dsn": dsn})
+    path = write_config(in_tmp / "kms.yaml", SEED, database={"dsn": dsn})
     with pytest.raises(ConfigurationError) as excinfo:
         load_settings(path, environ={})
     assert "database.dsn" in str(excinfo.value)
@@ -262,20 +254,20 @@ def test_an_empty_database_dsn_is_refused(in_tmp: Path, dsn: object) -> None:
 
 @pytest.mark.parametrize("iterations", [1000, MIN_ITERATIONS - 1, 0, "600k"])
 def test_kdf_iterations_below_the_floor_are_refused(in_tmp: Path, iterations: object) -> None:
-    path = write_config(in_tmp / "kms.yaml", kms={"kdf_iterations": iterations})
+    path = write_config(in_tmp / "kms.yaml", SEED, kms={"kdf_iterations": iterations})
     with pytest.raises(ConfigurationError) as excinfo:
         load_settings(path, environ={})
     assert "kms.kdf_iterations" in str(excinfo.value)
 
 
 def test_kdf_iterations_from_the_environment_have_the_same_floor(in_tmp: Path) -> None:
-    path = write_config(in_tmp / "kms.yaml")
+    path = write_config(in_tmp / "kms.yaml", SEED)
     with pytest.raises(ConfigurationError):
         load_settings(path, environ={"KMS_KMS_KDF_ITERATIONS": "1000"})
 
 
 def test_kdf_iterations_can_be_raised(in_tmp: Path) -> None:
-    path = write_config(in_tmp / "kms.yaml", kms={"kdf_iterations": MIN_ITERATIONS * 2})
+    path = write_config(in_tmp / "kms.yaml", SEED, kms={"kdf_iterations": MIN_ITERATIONS * 2})
     assert load_settings(path, environ={}).kdf_iterations == MIN_ITERATIONS * 2
 
 
@@ -284,7 +276,7 @@ def test_the_production_default_is_600000_iterations() -> None:
 
 
 def test_settings_are_frozen(in_tmp: Path) -> None:
-    settings = load_settings(write_config(in_tmp / "kms.yaml"), environ={})
+    settings = load_settings(write_config(in_tmp / "kms.yaml", SEED), environ={})
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
     assert settings.port == 8443  # the file's value, untouched by the refused assignment
@@ -330,10 +322,12 @@ def test_a_file_with_only_the_database_gets_the_documented_defaults(in_tmp: Path
 def test_server_settings_come_from_the_file_and_the_environment(
     in_tmp: Path, key: str, attribute: str, text: str, value: object
 ) -> None:
-    from_file = load_settings(write_config(in_tmp / "kms.yaml", server={key: text}), environ={})
+    from_file = load_settings(
+        write_config(in_tmp / "kms.yaml", SEED, server={key: text}), environ={}
+    )
     assert getattr(from_file, attribute) == value
     environ = {f"KMS_SERVER_{key.upper()}": text}
-    from_env = load_settings(write_config(in_tmp / "plain.yaml"), environ=environ)
+    from_env = load_settings(write_config(in_tmp / "plain.yaml", SEED), environ=environ)
     assert getattr(from_env, attribute) == value
 
 
@@ -348,10 +342,12 @@ def test_server_settings_come_from_the_file_and_the_environment(
 def test_cache_settings_come_from_the_file_and_the_environment(
     in_tmp: Path, key: str, attribute: str, text: str, value: object
 ) -> None:
-    from_file = load_settings(write_config(in_tmp / "kms.yaml", kms={key: int(text)}), environ={})
+    from_file = load_settings(
+        write_config(in_tmp / "kms.yaml", SEED, kms={key: int(text)}), environ={}
+    )
     assert getattr(from_file, attribute) == value
     environ = {f"KMS_KMS_{key.upper()}": text}
-    from_env = load_settings(write_config(in_tmp / "plain.yaml"), environ=environ)
+    from_env = load_settings(write_config(in_tmp / "plain.yaml", SEED), environ=environ)
     assert getattr(from_env, attribute) == value
 
 
@@ -367,11 +363,11 @@ def test_cache_settings_come_from_the_file_and_the_environment(
 )
 def test_bad_cache_settings_name_the_setting(in_tmp: Path, key: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match=f"kms.{key}"):
-        load_settings(write_config(in_tmp / "kms.yaml", kms={key: value}), environ={})
+        load_settings(write_config(in_tmp / "kms.yaml", SEED, kms={key: value}), environ={})
 
 
 def test_require_tls_files_names_what_is_missing(in_tmp: Path) -> None:
-    settings = load_settings(write_config(in_tmp / "kms.yaml"), environ={})
+    settings = load_settings(write_config(in_tmp / "kms.yaml", SEED), environ={})
     with pytest.raises(ConfigurationError) as excinfo:
         settings.require_tls_files()
     assert "server.server_cert: cannot read" in str(excinfo.value)
@@ -421,6 +417,21 @@ def test_the_shipped_prod_config_keeps_secrets_in_the_credentials_directory(in_t
     assert settings.database_url.startswith("sqlite:////var/lib/kms/")
     assert settings.host == "127.0.0.1"  # localhost only unless the operator opens it
     assert settings.kdf_iterations >= MIN_ITERATIONS
+    # A deletion always waits: the example names the setting an operator would look for.
+    assert "min_pending_days" in (REPOSITORY_CONFIG / "config.prod.yaml").read_text()
+    assert settings.deletion_min_pending_days >= 1
+
+
+def test_a_grouped_setting_is_read_from_its_section_and_overridden_by_its_variable(
+    in_tmp: Path,
+) -> None:
+    path = write_config(in_tmp / "kms.yaml", SEED, kms={"deletion": {"min_pending_days": 3}})
+    assert load_settings(path, environ={}).deletion_min_pending_days == 3
+    overridden = load_settings(path, environ={"KMS_KMS_DELETION_MIN_PENDING_DAYS": "9"})
+    assert overridden.deletion_min_pending_days == 9
+    write_config(path, SEED, kms={"deletion": {"min_pending_days": 31}})
+    with pytest.raises(ConfigurationError, match=r"kms\.deletion\.min_pending_days: must be"):
+        load_settings(path, environ={})
 
 
 # -- ${CREDENTIALS_DIRECTORY}: systemd's LoadCredential= ------------------------------------
@@ -495,7 +506,7 @@ def test_a_file_with_the_old_spellings_loads_with_one_warning_per_old_key(
 ) -> None:
     old = write_config(in_tmp / "old.yaml", OLD_SPELLINGS)
     new = write_config(
-        in_tmp / "new.yaml", server={"max_batch_items": 10}, kms={"cache_staleness_ms": 0}
+        in_tmp / "new.yaml", SEED, server={"max_batch_items": 10}, kms={"cache_staleness_ms": 0}
     )
     with caplog.at_level(logging.WARNING, logger="kms.settings"):
         settings = load_settings(old, environ={})
@@ -516,7 +527,7 @@ def test_a_file_with_the_old_spellings_loads_with_one_warning_per_old_key(
 def test_a_file_with_the_new_spellings_loads_without_a_warning(
     in_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = write_config(in_tmp / "new.yaml", server={"max_batch_items": 10})
+    path = write_config(in_tmp / "new.yaml", SEED, server={"max_batch_items": 10})
     with caplog.at_level(logging.DEBUG, logger="kms.settings"):
         assert load_settings(path, environ={"KMS_SERVER_PORT": "1"}).max_batch_items == 10
     assert caplog.messages == []
@@ -537,7 +548,9 @@ def test_every_old_spelling_reaches_its_setting(
 
 
 def test_a_setting_under_both_spellings_is_refused_naming_both(in_tmp: Path) -> None:
-    path = write_config(in_tmp / "both.yaml", server={"maxBatchItems": 10, "max_batch_items": 10})
+    path = write_config(
+        in_tmp / "both.yaml", SEED, server={"maxBatchItems": 10, "max_batch_items": 10}
+    )
     with pytest.raises(ConfigurationError) as excinfo:
         load_settings(path, environ={})
     assert excinfo.value.public_message == (
@@ -560,7 +573,7 @@ def test_a_refused_file_logs_its_one_error_and_no_warning(
 def test_another_spelling_of_a_variable_works_and_is_deprecated(
     in_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = write_config(in_tmp / "kms.yaml")
+    path = write_config(in_tmp / "kms.yaml", SEED)
     with caplog.at_level(logging.WARNING, logger="kms.settings"):
         settings = load_settings(path, environ={"KMS_SERVER_MAXBATCHITEMS": "7"})
     assert settings.max_batch_items == 7
@@ -570,7 +583,7 @@ def test_another_spelling_of_a_variable_works_and_is_deprecated(
 
 
 def test_two_variables_for_one_setting_are_refused_naming_both(in_tmp: Path) -> None:
-    path = write_config(in_tmp / "kms.yaml")
+    path = write_config(in_tmp / "kms.yaml", SEED)
     environ = {"KMS_SERVER_MAX_BATCH_ITEMS": "8", "KMS_SERVER_MAXBATCHITEMS": "7"}
     with pytest.raises(ConfigurationError) as excinfo:
         load_settings(path, environ=environ)

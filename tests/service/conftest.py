@@ -1,0 +1,102 @@
+"""Keystores in process for the service tier: a real SQLite file in a tmp dir (or, with
+``store``, PostgreSQL too), a passphrase file, the keyring and services as the app builds them.
+
+Tests derive the master key with few PBKDF2 iterations (tests/helpers/keystore.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kms.master import init_database, open_master_keyring
+from kms.service.cache import KeyMaterialCache
+from kms.service.keyring import PassphraseKeyring
+from kms.service.keys import KMSService
+from kms.settings import Settings
+from kms.store.db import create_kms_engine
+from kms.store.repository import SQLKeyRepository
+from tests.helpers.keystore import Store, make_service, make_settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def initialised(settings: Settings) -> Settings:
+    init_database(settings)
+    return settings
+
+
+@pytest.fixture
+def keyring(initialised: Settings) -> Iterator[PassphraseKeyring]:
+    keyring = open_master_keyring(initialised)
+    yield keyring
+    keyring.close()
+
+
+@pytest.fixture
+def repository(initialised: Settings) -> Iterator[SQLKeyRepository]:
+    repository = SQLKeyRepository(create_kms_engine(initialised.database_url))
+    yield repository
+    repository.close()
+
+
+@pytest.fixture
+def service(repository: SQLKeyRepository, keyring: PassphraseKeyring) -> KMSService:
+    return make_service(repository, keyring, KeyMaterialCache(1024))
+
+
+@pytest.fixture
+def service_factory(
+    initialised: Settings, keyring: PassphraseKeyring
+) -> Iterator[Callable[[], KMSService]]:
+    """Build more services on the same database, each with its own engine and an empty cache.
+
+    Each stands for another gunicorn worker: it shares nothing in memory with ``service``.
+    """
+    repositories: list[SQLKeyRepository] = []
+
+    def build() -> KMSService:
+        repository = SQLKeyRepository(create_kms_engine(initialised.database_url))
+        repositories.append(repository)
+        return make_service(repository, keyring, KeyMaterialCache(1024))
+
+    yield build
+    for repository in repositories:
+        repository.close()
+
+
+@pytest.fixture(scope="module")
+def module_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KMSService]:
+    """One initialised keystore and service per test module.
+
+    For hypothesis tests (function-scoped fixtures are not reset between examples) and for long
+    parametrized lists that only read: a keystore per case would cost a schema migration each.
+    """
+    module_settings = make_settings(tmp_path_factory.mktemp("module-kms"))
+    init_database(module_settings)
+    module_keyring = open_master_keyring(module_settings)
+    repository = SQLKeyRepository(create_kms_engine(module_settings.database_url))
+    yield make_service(repository, module_keyring, KeyMaterialCache(1024))
+    repository.close()
+    module_keyring.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """An initialised keystore on a real SQLite file and, given --postgres-dsn, on PostgreSQL."""
+    dsn = None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    settings = make_settings(tmp_path, dsn)
+    init_database(settings)
+    store = Store(
+        settings,
+        open_master_keyring(settings),
+        create_kms_engine(settings.database_url, pool=False),
+    )
+    yield store
+    store.close()

@@ -1,0 +1,171 @@
+"""What `kms restore` says about a damaged backup (docs/operations.md, "Backup and restore": it
+checks "the structure, the row count, the passphrase against the backup's own init marker,
+then the tag, then the schema revision" before writing anything).
+
+tests/service/test_backup.py shows that damage is refused and nothing is written; here each
+check names its own cause, on a real backup of a real keystore changed one way at a time. A
+changed file is tagged again with the keystore's own backup key where the damage must be found
+by a check of its own rather than by the tag.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kms.errors import InvalidBackup
+from kms.master import backup_database, open_master_keyring, restore_database
+from kms.service.backup import verify_backup
+from kms.settings import Settings
+from kms.store.snapshot import column_names, table_names
+from tests.helpers.keystore import TEST_PASSPHRASE
+
+
+def dump(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def retag(settings: Settings, lines: list[bytes]) -> bytes:
+    """``lines`` (header and rows) with a valid tag line under this keystore's backup key."""
+    body = b"".join(line + b"\n" for line in lines)
+    keyring = open_master_keyring(settings)
+    try:
+        mac = keyring.backup_mac()
+        try:
+            tag = mac.tag(body)
+        finally:
+            mac.close()
+    finally:
+        keyring.close()
+    return body + dump({"tag": base64.b64encode(tag).decode("ascii")}) + b"\n"
+
+
+def verify(settings: Settings, data: bytes) -> None:
+    verify_backup(
+        data,
+        bytearray(TEST_PASSPHRASE),
+        min_iterations=settings.kdf_floor,
+        columns=lambda table: column_names(table) if table in table_names() else None,
+    )
+
+
+@pytest.fixture
+def backup(initialised: Settings, tmp_path: Path) -> list[bytes]:
+    """A backup of a keystore with one key, as its lines (header, rows, tag; no final b"")."""
+    target = tmp_path / "kms.backup"
+    backup_database(initialised, target)
+    data = target.read_bytes()
+    verify(initialised, data)  # the untouched backup passes
+    return data[:-1].split(b"\n")
+
+
+def _header(change: Callable[[dict], None]) -> Callable[[Settings, list[bytes]], bytes]:
+    def damage(settings: Settings, lines: list[bytes]) -> bytes:
+        header = json.loads(lines[0])
+        change(header)
+        return retag(settings, [dump(header), *lines[1:-1]])
+
+    return damage
+
+
+def _body(settings: Settings, lines: list[bytes], replacement: bytes) -> bytes:
+    return retag(settings, [lines[0], replacement, *lines[2:-1]])
+
+
+def _without_keystore(settings: Settings, lines: list[bytes]) -> bytes:
+    rows = [line for line in lines[1:-1] if b'"kms_metadata"' not in line]
+    header = json.loads(lines[0])
+    header["rows"] = len(rows)
+    return retag(settings, [dump(header), *rows])
+
+
+def _unreadable_kdf_parameters(settings: Settings, lines: list[bytes]) -> bytes:
+    changed = []
+    for line in lines[1:-1]:
+        row = json.loads(line)
+        if row["table"] == "kms_metadata" and row["row"]["name"] == "kdf_parameters":
+            row["row"]["value"] = {"b64": base64.b64encode(b"$pbkdf2-sha256$i=1").decode()}
+            line = dump(row)
+        changed.append(line)
+    return retag(settings, [lines[0], *changed])
+
+
+DAMAGE: dict[str, tuple[Callable[[Settings, list[bytes]], bytes], str]] = {
+    "no final newline": (lambda s, lines: b"\n".join(lines), "truncated (no final line)"),
+    "one line": (lambda s, lines: lines[0] + b"\n", "the backup is truncated; nothing"),
+    "header not JSON": (
+        lambda s, lines: b"\n".join([b"{nope", *lines[1:]]) + b"\n",
+        "line 1 is not JSON",
+    ),
+    "header not an object": (
+        lambda s, lines: b"\n".join([b"[1]", *lines[1:]]) + b"\n",
+        "line 1 is not a JSON object",
+    ),
+    "another format": (
+        _header(lambda header: header.update(format="kms-backup/0")),
+        "not a kms backup (no kms-backup/1 header)",
+    ),
+    "no tag line": (
+        lambda s, lines: b"\n".join(lines[:-1]) + b"\n",
+        "truncated (no tag line)",
+    ),
+    "row count": (_header(lambda header: header.update(rows=header["rows"] + 1)), "rows and holds"),
+    "not a row": (lambda s, lines: _body(s, lines, dump({"table": "keys"})), "line 2 is not a row"),
+    "unknown value": (
+        lambda s, lines: _body(s, lines, dump({"table": "keys", "row": {"key_id": {"x": 1}}})),
+        "line 2 holds a value kms cannot read",
+    ),
+    "time without a zone": (
+        lambda s, lines: _body(
+            s, lines, dump({"table": "keys", "row": {"key_id": {"time": "2026-01-01T00:00:00"}}})
+        ),
+        "line 2 holds a value kms cannot read",
+    ),
+    "list value": (
+        lambda s, lines: _body(s, lines, dump({"table": "keys", "row": {"key_id": [1]}})),
+        "line 2 holds a value kms cannot read",
+    ),
+    "unknown table": (
+        lambda s, lines: _body(s, lines, dump({"table": "nope", "row": {}})),
+        "the backup's nope rows do not match this kms's schema",
+    ),
+    "no keystore": (_without_keystore, "the backup holds no keystore"),
+    "unreadable KDF parameters": (_unreadable_kdf_parameters, "the backup's "),
+    "no schema revision": (
+        _header(lambda header: header.pop("schema")),
+        "the backup names no schema revision",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_each_check_names_its_cause(
+    initialised: Settings, backup: list[bytes], damage: str
+) -> None:
+    make, cause = DAMAGE[damage]
+    with pytest.raises(InvalidBackup) as refused:
+        verify(initialised, make(initialised, backup))
+    assert cause in refused.value.public_message
+
+
+def test_a_backup_of_another_schema_revision_is_refused_and_nothing_is_written(
+    initialised: Settings, backup: list[bytes], tmp_path: Path
+) -> None:
+    """docs/operations.md: restore checks the schema revision last: "restore with the kms release
+    that took the backup, then `kms upgrade`"."""
+    header = json.loads(backup[0])
+    header["schema"] = "0001"
+    source = tmp_path / "older.backup"
+    source.write_bytes(retag(initialised, [dump(header), *backup[1:-1]]))
+    target = tmp_path / "restored"
+    target.mkdir()
+    restored = dataclasses.replace(initialised, database_dsn=str(target / "kms.db"))
+    with pytest.raises(InvalidBackup, match="taken at schema revision 0001"):
+        restore_database(restored, source)
+    assert list(target.iterdir()) == []

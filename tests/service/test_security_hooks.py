@@ -1,0 +1,161 @@
+"""The cross-cutting hooks on the app itself: every route declares an operation, the policy file
+is checked, identities are found, and the audit chain detects what it must."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from kms.api.operations import KNOWN_OPERATIONS, declared_operation
+from kms.api.policy import load_policy
+from kms.app import create_app
+from kms.audit import GENESIS_HASH, AuditLog, verify_chain
+from kms.errors import ConfigurationError
+from kms.server.identity import Caller
+from kms.service.keyring import PassphraseKeyring
+from kms.settings import Settings
+from tests.helpers.tls import FakeTLSSocket
+
+POLICY = """\
+clients:
+  orchestrator:
+    - operations: ["*"]
+      keys: ["*"]
+  "spiffe://prod/billing":
+    - operations: ["encrypt", "keys:*"]
+      keys: ["billing-*"]
+    - operations: ["decrypt"]
+      keys: ["shared"]
+"""
+
+
+@pytest.fixture
+def app(initialised: Settings, keyring: PassphraseKeyring, tmp_path: Path) -> Flask:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY, encoding="utf-8")
+    settings = initialised.with_overrides(policy_file=policy, audit_path=tmp_path / "audit.log")
+    return create_app(settings, keyring=keyring)
+
+
+def test_every_route_declares_an_operation(app: Flask) -> None:
+    undeclared = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        declared = declared_operation(app, rule.endpoint)
+        if declared is None:
+            undeclared.append(rule.rule)
+        elif declared.needs_policy:
+            assert declared.name in KNOWN_OPERATIONS, rule.rule
+    assert undeclared == []
+    # The check sees an endpoint that forgot: a new route without @operation.
+    app.add_url_rule("/v1/kms/forgotten", "forgotten", lambda: "")
+    assert declared_operation(app, "forgotten") is None
+
+
+def test_health_checks_need_no_rule_and_everything_else_does(app: Flask) -> None:
+    free = {
+        rule.rule
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static" and not declared_operation(app, rule.endpoint).needs_policy
+    }
+    assert free == {"/healthz", "/readyz", "/v1/kms/openapi.json"}
+
+
+def test_a_caller_is_known_by_its_cn_or_any_dns_or_uri_san(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY, encoding="utf-8")
+    policy = load_policy(path)
+    billing = Caller("billing-svc", ("DNS:billing.internal", "URI:spiffe://prod/billing"))
+    assert policy.identity_of(billing) == "spiffe://prod/billing"
+    assert policy.identity_of(Caller("orchestrator", ("DNS:x",))) == "orchestrator"
+    assert policy.identity_of(Caller(None, ("IP Address:10.0.0.1", "DNS:nobody"))) == "nobody"
+    assert policy.identity_of(Caller(None, ())) == "-"
+    allows = policy.allows
+    assert allows("spiffe://prod/billing", "encrypt", "billing-1")
+    assert allows("spiffe://prod/billing", "keys:rotate", "billing-1")  # an operation glob
+    assert allows("spiffe://prod/billing", "decrypt", "shared")
+    assert not allows("spiffe://prod/billing", "decrypt", "billing-1")
+    assert not allows("spiffe://prod/billing", "encrypt", "Billing-1")  # globs are case-sensitive
+    assert not allows("spiffe://prod/billing", "sign", "billing-1")
+    assert not allows("nobody", "keys:read", None)
+    assert allows("orchestrator", "metrics", None)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("clients:\n  x:\n    - operations: []\n      keys: ['*']\n", "operations"),
+        (
+            "clients:\n  x:\n    - operations: [encrypt]\n      keys: ['*']\n      extra: 1\n",
+            "extra",
+        ),
+        ("clients:\n  x: []\n", "clients"),
+        ("other: 1\n", "clients"),
+        ("clients:\n  x:\n    - operations: ['nothing:*']\n      keys: ['*']\n", "nothing:*"),
+    ],
+)
+def test_an_invalid_policy_file_names_the_problem(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigurationError) as raised:
+        load_policy(path)
+    message = raised.value.public_message
+    assert message.startswith(f"authorization.policy_file {path}: ") and problem in message
+    assert "\n" not in message
+
+
+def test_a_missing_policy_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot read it: No such file"):
+        load_policy(tmp_path / "absent.yaml")
+
+
+def test_the_chain_starts_at_genesis_and_links_each_line(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    for index in range(5):
+        log.append({"n": index})
+    # A second writer (another worker) continues the same chain.
+    AuditLog(path).append({"n": 5})
+    log.append({"n": 6})
+    lines = path.read_bytes().splitlines()
+    assert json.loads(lines[0])["prev_hash"] == GENESIS_HASH
+    assert [json.loads(line)["n"] for line in lines] == list(range(7))
+    assert verify_chain(path).good_lines == 7 and verify_chain(path).broken_line is None
+    path.write_bytes(path.read_bytes() + b'{"n": 7')
+    result = verify_chain(path)
+    assert (result.good_lines, result.broken_line) == (7, 8)
+    inserted = tmp_path / "inserted.log"
+    inserted.write_bytes(b"\n".join([lines[0], lines[1], lines[1], *lines[2:]]) + b"\n")
+    assert verify_chain(inserted).broken_line == 3
+
+
+def test_readyz_says_when_the_master_key_is_not_loaded(
+    app: Flask, keyring: PassphraseKeyring
+) -> None:
+    client = app.test_client()
+    client.environ_base["gunicorn.socket"] = FakeTLSSocket("stranger", alt_names=())
+    assert client.get("/readyz").get_json() == {"status": "ready"}  # no policy rule needed
+    assert client.get("/v1/kms/keys").status_code == 403
+    keyring.close()
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json() == {"error": "not ready: master key not loaded"}
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_a_hostile_key_id_is_cut_short_in_the_audit_log(app: Flask, tmp_path: Path) -> None:
+    client = app.test_client()
+    client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator", alt_names=())
+    response = client.post("/v1/kms/encrypt", json={"key_id": "k" * 5000, "plaintext": "eA=="})
+    assert response.status_code == 400
+    records = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    assert [record["type"] for record in records] == ["request", "response"]
+    assert all(record["key_id"] == "k" * 256 for record in records)
+    assert records[1]["status"] == 400
+    assert response.headers["X-Request-Id"] == records[0]["request_id"] == records[1]["request_id"]

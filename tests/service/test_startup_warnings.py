@@ -1,0 +1,152 @@
+"""The start-up warnings the docs promise (README, docs/settings.md): one line when no
+``authorization.policy_file`` is set (every client may do everything) and one when no
+``audit.path`` is set (nothing is audited); neither when the setting is there.
+
+They are logged once per server, by gunicorn's master as it starts (``on_starting`` in
+``kms.gunicorn_conf``), not by each worker's app. That module reads kms's settings when imported,
+so the hook runs in a fresh interpreter (as in ``test_gunicorn_conf.py``), which loads the module
+again for each case with that case's ``KMS_CONFIG``, and with a stand-in for gunicorn's server
+whose error log collects the lines. No server is started and no port is bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kms.master import init_database
+from kms.settings import Settings
+from tests.helpers.config import write_config
+from tests.helpers.harness import free_port
+from tests.helpers.keystore import TEST_PASSPHRASE, write_passphrase_file
+
+POLICY_WARNING = (
+    "kms: no authorization.policy_file is set: every client with a certificate may do everything"
+)
+AUDIT_WARNING = "kms: no audit.path is set: requests are not audited"
+
+PROBE = r"""
+import importlib, json, logging, os, sys
+
+
+class Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append([record.levelname, record.getMessage()])
+
+
+collect = Collect()
+
+
+class Server:
+    class log:
+        class error_log:
+            handlers = [collect]
+
+
+conf = None
+report = {}
+for case, config in json.loads(sys.argv[1]).items():
+    # A master of its own per case: the module reads KMS_CONFIG when (re)loaded.
+    os.environ["KMS_CONFIG"] = config
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if conf is None:
+        import kms.gunicorn_conf as conf
+    else:
+        conf = importlib.reload(conf)
+    collect.lines = []
+    conf.on_starting(Server)
+    conf.on_exit(Server)
+    report[case] = collect.lines
+print(json.dumps(report))
+"""
+
+#: Which of the two settings each case sets: (policy file, audit path).
+CASES = {
+    "neither": (False, False),
+    "policy only": (True, False),
+    "audit only": (False, True),
+    "both": (True, True),
+}
+
+
+def case_config(directory: Path, database: Path, *, policy: bool, audit: bool) -> Path:
+    """A case's config: a policy file or none, an audit log or none."""
+    directory.mkdir()
+    for name in ("server.crt", "server.key", "ca.pem"):
+        (directory / name).write_text("not read by the start hook\n", encoding="ascii")
+    document: dict[str, dict[str, object]] = {
+        "server": {
+            "server_cert": str(directory / "server.crt"),
+            "server_key": str(directory / "server.key"),
+            "ca_cert": str(directory / "ca.pem"),
+            "port": free_port(),
+        },
+        "kms": {"master_passphrase_file": str(database.with_name("master.key"))},
+        "database": {"dsn": str(database)},
+    }
+    if policy:
+        policy_file = directory / "policy.yaml"
+        policy_file.write_text(
+            'clients:\n  admin:\n    - operations: ["*"]\n      keys: ["*"]\n', encoding="utf-8"
+        )
+        document["authorization"] = {"policy_file": str(policy_file)}
+    if audit:
+        document["audit"] = {"path": str(directory / "audit.log")}
+    return write_config(directory / "config.yaml", document)
+
+
+@pytest.fixture(scope="module")
+def start_lines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[list[str]]]:
+    """Each case's log lines from the master's start hook, all cases in one interpreter.
+
+    The keystore has the production KDF floor, which a config file cannot lower: each case's
+    master derives its key once (about half a second).
+    """
+    directory = tmp_path_factory.mktemp("startup-warnings")
+    passphrase = write_passphrase_file(directory / "master.key", TEST_PASSPHRASE)
+    database = directory / "kms.db"
+    init_database(Settings(database_dsn=str(database), master_passphrase_file=passphrase))
+    configs = {
+        case: str(case_config(directory / f"case-{n}", database, policy=policy, audit=audit))
+        for n, (case, (policy, audit)) in enumerate(CASES.items())
+    }
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(configs)],
+        env=environ,
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_warning_for_each_missing_setting_and_none_for_a_set_one(
+    start_lines: dict[str, list[list[str]]], case: str
+) -> None:
+    policy, audit = CASES[case]
+    warnings = [message for level, message in start_lines[case] if level == "WARNING"]
+    expected = ([] if policy else [POLICY_WARNING]) + ([] if audit else [AUDIT_WARNING])
+    assert warnings == expected
+
+
+def test_the_docs_promise_both_warnings() -> None:
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert f"[WARNING] {POLICY_WARNING}" in readme  # the first run's output
+    table = (root / "docs" / "settings.md").read_text(encoding="utf-8")
+    [audit_row] = [line for line in table.splitlines() if line.startswith("| `audit.path` |")]
+    assert "(warned at start)" in audit_row

@@ -1,0 +1,120 @@
+"""`make bench` keeps working: a tiny run (short scenarios, few keys, SQLite) of the real thing.
+
+Not a performance test: nothing here depends on how fast anything was, only that every scenario
+ran against a real server and reported a figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import TARGETS
+from bench.load import BenchError, Client, parse_response
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Keys seeded, and versions of the memory scenario's key: two batches of its 250 decrypts.
+KEYS = 500
+# The first test starts real servers; the other two are quick.
+SCENARIOS = {
+    "baseline_healthz",
+    "encrypt_256",
+    "decrypt_256",
+    "encrypt_64k",
+    "sign_ecdsa_p256",
+    "sign_ed25519",
+    "verify_ecdsa_p256",
+    "datakey",
+    "batch_encrypt_100x256",
+    "new_connections_cached_context",
+    "new_connections_default_context",
+    "encrypt_cold_keys",
+}
+
+
+@pytest.mark.slow
+def test_a_tiny_bench_run_reports_every_scenario(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    environ = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("KMS_") and name not in ("POSTGRES_BENCH_DSN", "BENCH_SECONDS")
+    }
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--seconds",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--keys",
+            str(KEYS),
+            "--cold-keys",
+            "50",
+            "--memory-versions",
+            str(KEYS),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert "SQLite only" in finished.stdout
+    documents = json.loads(output.read_text(encoding="utf-8"))
+    scenarios = {d["name"]: d for d in documents if d["kind"] == "scenario"}
+    assert set(scenarios) == SCENARIOS | {"memory_cached_versions"}
+    for name in SCENARIOS:
+        result = scenarios[name]
+        assert result["database"] == "sqlite"
+        rate = result.get("items_per_s", result["requests_per_s"])
+        assert rate > 0, result
+        assert 0 < result["p50_ms"] <= result["p99_ms"], result
+        assert result["ratio_to_baseline"] > 0, result
+    assert scenarios["baseline_healthz"]["ratio_to_baseline"] == 1.0
+    assert scenarios["batch_encrypt_100x256"]["items_per_s"] == pytest.approx(
+        100 * scenarios["batch_encrypt_100x256"]["requests_per_s"], rel=0.01
+    )
+    assert all(size > 0 for size in scenarios["encrypt_cold_keys"]["worker_rss_mb"])
+    memory = scenarios["memory_cached_versions"]
+    assert (memory["cached_versions"], memory["all_loaded"]) == (KEYS, True)
+    assert memory["worker_rss_mb"] > 0
+    assert memory["worker_rss_mb_all_versions"] == memory["worker_rss_mb"]
+    (seeding,) = [d for d in documents if d["kind"] == "seeding"]
+    assert seeding["keys"] == KEYS
+    assert seeding["from_cache"] is False
+    (targets,) = [d for d in documents if d["kind"] == "targets"]
+    assert len(targets["checks"]) == len(TARGETS)
+    assert {check["verdict"] for check in targets["checks"]} <= {"met", "MISSED"}
+
+
+def test_the_load_generator_refuses_any_target_but_loopback(tmp_path: Path) -> None:
+    for host in ("localhost", "10.0.0.1", "127.0.0.2", "::1"):
+        with pytest.raises(BenchError, match="only targets 127.0.0.1"):
+            Client(port=443, ca=tmp_path, cert=tmp_path, key=tmp_path, host=host)
+    assert Client(port=443, ca=tmp_path, cert=tmp_path, key=tmp_path).host == "127.0.0.1"
+
+
+def test_a_response_is_complete_at_its_content_length() -> None:
+    head = b"HTTP/1.1 201 CREATED\r\nServer: x\r\nContent-Length: 5\r\n\r\n"
+    assert parse_response(head[:-2]) is None
+    assert parse_response(head) == (201, len(head) + 5)
+    assert parse_response(head.replace(b"Content-Length", b"content-length")) == (
+        201,
+        len(head) + 5,
+    )
+    with pytest.raises(BenchError, match="without Content-Length"):
+        parse_response(b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n")
