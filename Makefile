@@ -4,17 +4,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SERVE_STAMP := $(VENV)/.installed-serve
+MUTANTS_STAMP := $(VENV)/.installed-mutants
 SECRETS ?= ./secrets
 export KMS_ENV ?= dev
 
-.PHONY: run test lint format install openapi settings-doc newman clean help mutants known-bugs bench
+.PHONY: run test lint format install openapi settings-doc newman clean help mutants mutants-report known-bugs bench
 
 help:
 	@echo "make run   - install, create dev certificates and passphrase, init data/dev.db, serve mTLS on :8080"
 	@echo "make test  - install and run the whole test suite (TEST_WORKERS=4 processes)"
 	@echo "make lint  - ruff check, format check and mypy (pyproject.toml, [tool.mypy])"
 	@echo "make bench - requests/s, p50/p99 and ratios to a no-op (not in make test; docs/performance.md)"
-	@echo "make mutants - mutation check of crypto, service, store and startup (slow; not in make test)"
+	@echo "make mutants - mutation check of the API hooks, audit, server and service (tools/mutants; about 40 min)"
 	@echo "make openapi - write docs/openapi.json"
 	@echo "make settings-doc - write docs/settings.md (every setting, from kms/settings.py)"
 	@echo "make newman  - install newman from npm (deploy/postman), so make test runs the collection"
@@ -71,13 +72,21 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal) \
 		$(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN)) $(PYTEST_ARGS)
 
-# Not part of `make test`. Each mutant runs only the tests that execute its line (see the script),
-# in a pytest forked from a server that has imported pytest and the libraries once (scripts/
-# mutants_server.py). MUTANTS_ARGS="--minutes 20" bounds the second pass; "--no-fork" for comparison.
-# Not niced: at nice 19 it gets almost no CPU while other suites run (docs/mutants.md: timings).
-# One area at a time: MUTANTS_ARGS="--only kms/crypto/kdf.py kms/master.py".
-mutants: $(STAMP)
-	$(BIN)/python scripts/mutants.py --json mutants.json $(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN)) $(MUTANTS_ARGS)
+# Not part of `make test`: tools/mutants (its own package and dependencies, installed into this
+# environment) mutates the modules its pyproject.toml names, runs each mutant's tests in a copy,
+# and writes docs/mutants.md and docs/mutants.json (tools/mutants/README.md). Its own tests run
+# first (a second). One area at a time: MUTANTS_ARGS="--only kms/audit.py kms/api/audit.py".
+$(MUTANTS_STAMP): $(STAMP) tools/mutants/pyproject.toml
+	$(BIN)/python -m pip install --quiet -e tools/mutants
+	touch $(MUTANTS_STAMP)
+
+mutants: $(MUTANTS_STAMP)
+	cd tools/mutants && ../../$(BIN)/python -m pytest -q
+	$(BIN)/python -m kms_mutants run $(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN)) $(MUTANTS_ARGS)
+
+# docs/mutants.md again from docs/mutants.json, after a verdict is written in tools/mutants/verdicts.json.
+mutants-report: $(MUTANTS_STAMP)
+	$(BIN)/python -m kms_mutants report
 
 # Re-applies each bug of issue 15 (scripts/known_bugs/*.patch) in a copy; each must fail a test.
 known-bugs: $(STAMP)
@@ -90,7 +99,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(if $(POSTGRES_BENCH_DSN),--postgres-dsn=$(POSTGRES_BENCH_DSN)) $(BENCH_ARGS)
 
 # What make lint checks is what make format rewrites.
-LINTED := kms migrations tests scripts bench
+LINTED := kms migrations tests scripts bench tools
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)

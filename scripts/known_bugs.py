@@ -9,14 +9,15 @@ Not part of ``make test``; run with ``python scripts/known_bugs.py``.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mutants import ROOT, make_copy, run_tests
+ROOT = Path(__file__).resolve().parents[1]
 
 CATCHERS: dict[str, list[str]] = {
     "01-decrypted-repr-removed": ["tests/unit/test_secrets_in_memory.py"],
@@ -47,6 +48,36 @@ CATCHERS: dict[str, list[str]] = {
     "20-no-audit-warning": ["tests/service/test_startup_warnings.py"],
     "21-no-policy-warning": ["tests/service/test_startup_warnings.py"],
 }
+
+
+def make_copy(parent: Path, number: int) -> Path:
+    """A copy of the repository without its environment, git or caches."""
+    target = parent / f"copy{number}"
+    ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info", ".*_cache")
+    shutil.copytree(ROOT, target, ignore=ignore)
+    return target
+
+
+def run_tests(copy_root: Path, tests: list[str], timeout: float) -> tuple[bool, float]:
+    """Run ``tests`` in ``copy_root`` (first on PYTHONPATH, so child processes run its code too,
+    no ``KMS_*`` of the developer's); True when all pass, and the wall time."""
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
+    environ["PYTHONPATH"] = str(copy_root)
+    environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    started = time.monotonic()
+    try:
+        result = subprocess.run(  # noqa: S603 - our own interpreter and test paths
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+            cwd=copy_root,
+            env=environ,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False, time.monotonic() - started
+    return result.returncode == 0, time.monotonic() - started
 
 
 def main() -> int:

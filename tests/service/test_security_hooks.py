@@ -4,6 +4,7 @@ is checked, identities are found, and the audit chain detects what it must."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,8 @@ def test_a_caller_is_known_by_its_cn_or_any_dns_or_uri_san(tmp_path: Path) -> No
             "clients:\n  x:\n    - operations: [encrypt]\n      keys: ['*']\n      extra: 1\n",
             "extra",
         ),
+        ("clients:\n  x:\n    - keys: ['*']\n", "operations"),
+        ("clients:\n  x:\n    - operations: [encrypt]\n", "keys"),
         ("clients:\n  x: []\n", "clients"),
         ("other: 1\n", "clients"),
         ("clients:\n  x:\n    - operations: ['nothing:*']\n      keys: ['*']\n", "nothing:*"),
@@ -159,3 +162,37 @@ def test_a_hostile_key_id_is_cut_short_in_the_audit_log(app: Flask, tmp_path: Pa
     assert all(record["key_id"] == "k" * 256 for record in records)
     assert records[1]["status"] == 400
     assert response.headers["X-Request-Id"] == records[0]["request_id"] == records[1]["request_id"]
+
+
+def test_the_answer_line_says_how_long_the_request_took(app: Flask, tmp_path: Path) -> None:
+    """README, audit log: the answer's line holds the request's duration in milliseconds."""
+    client = app.test_client()
+    client.environ_base["gunicorn.socket"] = FakeTLSSocket(
+        {"subject": ((("commonName", "orchestrator"),),)}
+    )
+    started = time.perf_counter()
+    assert client.get("/v1/kms/keys").status_code == 200
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    answer = json.loads((tmp_path / "audit.log").read_text().splitlines()[-1])
+    assert answer["type"] == "response"
+    assert 0 <= answer["duration_ms"] <= elapsed_ms
+
+
+def test_a_page_of_the_keys_a_caller_may_read_holds_no_more_than_the_limit(app: Flask) -> None:
+    """The unreadable ``a-1`` takes a place in the first page of all keys, so the page is filled
+    from a second one: still at most ``limit`` keys, in order."""
+    admin, billing = app.test_client(), app.test_client()
+    admin.environ_base["gunicorn.socket"] = FakeTLSSocket(
+        {"subject": ((("commonName", "orchestrator"),),)}
+    )
+    billing.environ_base["gunicorn.socket"] = FakeTLSSocket(
+        {
+            "subject": ((("commonName", "billing-svc"),),),
+            "subjectAltName": (("URI", "spiffe://prod/billing"),),
+        }
+    )
+    for key_id in ["a-1", "billing-1", "billing-2", "billing-3"]:
+        assert admin.post("/v1/kms/keys", json={"key_id": key_id}).status_code == 201
+    page = billing.get("/v1/kms/keys?limit=2")
+    assert page.status_code == 200
+    assert [key["key_id"] for key in page.get_json()] == ["billing-1", "billing-2"]

@@ -1,4 +1,4 @@
-"""Test contexts in child processes for the coverage run of ``scripts/mutants.py``.
+"""Test contexts in child processes for the mutation runner's coverage run.
 
 Copied by the runner into each copy as ``.mutants-site/sitecustomize.py`` and put on the
 PYTHONPATH of the coverage run only. coverage.py follows child processes (``patch = subprocess``
@@ -6,7 +6,7 @@ starts it in every Python process a test starts, through its ``.pth`` file, befo
 imported), but a child records no test context: ``kms serve``, gunicorn's master and workers, the
 ``kms`` commands would execute their lines under the empty context, and the runner would have to
 give each such line every test that uses the module. Here a child reads the current test's node
-id from ``MUTANTS_CONTEXT_FILE`` (written by scripts/mutants_plugin.py before each test's setup)
+id from ``MUTANTS_CONTEXT_FILE`` (written by ``kms_mutants.pytest_plugin`` before each test's setup)
 at start and then every ``POLL_SECONDS`` in a daemon thread (started again in a forked child, such
 as a gunicorn worker), and switches coverage's context to it: a session-wide server's lines count
 for the test whose requests ran them. A line run in the last moments of a test may count for the

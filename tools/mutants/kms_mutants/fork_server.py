@@ -1,4 +1,4 @@
-"""Fork server for ``scripts/mutants.py``: one per copy of the repository, one fork per mutant.
+"""Fork server for the mutation runner: one per copy of the repository, one fork per mutant.
 
 A new ``python -m pytest`` costs 2-3 s before any test runs (3.3 s under load), mostly importing
 pytest, its plugins, flask, sqlalchemy, cryptography, hypothesis and the rest. This process imports
@@ -11,7 +11,7 @@ serve``, gunicorn) run it too, since they inherit PYTHONPATH and the working dir
 Fork is safe because nothing here starts a thread or opens a connection before the fork; both are
 checked before the first request, as is that no module of the copy has been imported.
 
-Started by the runner as ``python scripts/mutants_server.py MODULES_FILE`` with the working
+Started by the runner as ``python -m kms_mutants.fork_server MODULES_FILE`` with the working
 directory, PYTHONPATH and environment a pytest run in that copy gets. MODULES_FILE lists the
 modules to import first, one a line (the third-party modules a collection of the tests imported;
 those that fail to import are left to the child). Protocol, one JSON object a line: the runner
@@ -72,10 +72,10 @@ def preload(names: list[str], copy_root: Path) -> int:
     # Fork copies memory, not threads: a thread here would be missing (its locks held) in every
     # child; and a kms module imported here would be the unmutated one in every child.
     if "kms" in sys.modules or ours:
-        raise SystemExit(f"mutants_server: copy modules imported before the fork: {ours}")
+        raise SystemExit(f"fork_server: copy modules imported before the fork: {ours}")
     if threading.active_count() != 1:
         threads = threading.enumerate()
-        raise SystemExit(f"mutants_server: threads started before the fork: {threads}")
+        raise SystemExit(f"fork_server: threads started before the fork: {threads}")
     return imported
 
 

@@ -1,0 +1,1 @@
+"""kms's mutation check (``make mutants``): a tool beside kms, not part of it (README.md)."""
