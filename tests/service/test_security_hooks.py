@@ -167,9 +167,7 @@ def test_a_hostile_key_id_is_cut_short_in_the_audit_log(app: Flask, tmp_path: Pa
 def test_the_answer_line_says_how_long_the_request_took(app: Flask, tmp_path: Path) -> None:
     """README, audit log: the answer's line holds the request's duration in milliseconds."""
     client = app.test_client()
-    client.environ_base["gunicorn.socket"] = FakeTLSSocket(
-        {"subject": ((("commonName", "orchestrator"),),)}
-    )
+    client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator", alt_names=())
     started = time.perf_counter()
     assert client.get("/v1/kms/keys").status_code == 200
     elapsed_ms = (time.perf_counter() - started) * 1000
@@ -182,14 +180,9 @@ def test_a_page_of_the_keys_a_caller_may_read_holds_no_more_than_the_limit(app: 
     """The unreadable ``a-1`` takes a place in the first page of all keys, so the page is filled
     from a second one: still at most ``limit`` keys, in order."""
     admin, billing = app.test_client(), app.test_client()
-    admin.environ_base["gunicorn.socket"] = FakeTLSSocket(
-        {"subject": ((("commonName", "orchestrator"),),)}
-    )
+    admin.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator", alt_names=())
     billing.environ_base["gunicorn.socket"] = FakeTLSSocket(
-        {
-            "subject": ((("commonName", "billing-svc"),),),
-            "subjectAltName": (("URI", "spiffe://prod/billing"),),
-        }
+        "billing-svc", alt_names=(("URI", "spiffe://prod/billing"),)
     )
     for key_id in ["a-1", "billing-1", "billing-2", "billing-3"]:
         assert admin.post("/v1/kms/keys", json={"key_id": key_id}).status_code == 201
