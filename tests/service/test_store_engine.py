@@ -83,6 +83,8 @@ def test_a_pooled_postgres_connection_that_died_is_replaced_unseen(postgres_url:
                 text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
             ).scalar():
                 assert time.monotonic() < deadline, "the backend did not exit"
+                # pg_stat_activity is a snapshot per transaction: end it to see the change.
+                conn.rollback()
                 time.sleep(0.05)
         with engine.connect() as conn:  # the pool's one connection is the dead one
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
