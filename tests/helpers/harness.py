@@ -278,13 +278,14 @@ class KMSClient:
 
 
 class ServerProcess:
-    """``kms serve`` as a child process, its stdout and stderr going to ``deployment.log``."""
+    """``kms serve`` (or ``command``: ``kms serve`` with arguments, plain gunicorn) as a child
+    process with the deployment's config, its stdout and stderr going to ``deployment.log``."""
 
-    def __init__(self, deployment: Deployment) -> None:
+    def __init__(self, deployment: Deployment, command: list[str] | None = None) -> None:
         self.deployment = deployment
         with deployment.log.open("ab") as log:
             self.process = subprocess.Popen(
-                kms_command("serve"),
+                command or kms_command("serve"),
                 env=clean_environment(deployment.config),
                 cwd=deployment.directory,
                 stdin=subprocess.DEVNULL,

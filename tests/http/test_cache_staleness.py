@@ -11,7 +11,6 @@ by its X-Request-Id. A fresh connection is opened per request so that both worke
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing
@@ -31,7 +30,6 @@ from tests.helpers.harness import (
     KMSClient,
     ServerProcess,
     b64,
-    clean_environment,
     expect_json,
     free_port,
     initialise_database,
@@ -58,16 +56,7 @@ class PidLoggingServer(ServerProcess):
     """``kms serve`` whose access log also names the worker process of each request."""
 
     def __init__(self, deployment: Deployment) -> None:
-        self.deployment = deployment
-        with deployment.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                kms_command("serve", "--access-logformat", ACCESS_LOG_FORMAT),
-                env=clean_environment(deployment.config),
-                cwd=deployment.directory,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        super().__init__(deployment, kms_command("serve", "--access-logformat", ACCESS_LOG_FORMAT))
 
     def worker_of(self, response: requests.Response) -> str:
         line = self.access_log_line(response.headers["X-Request-Id"])

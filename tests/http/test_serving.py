@@ -41,26 +41,12 @@ from tests.helpers.harness import (
 pytestmark = pytest.mark.slow
 
 
-class Server(ServerProcess):
-    """``ServerProcess`` with any command line: ``kms serve ARGS`` or plain gunicorn."""
-
-    def __init__(self, deployment: Deployment, command: list[str]) -> None:
-        self.deployment = deployment
-        with deployment.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                env=clean_environment(deployment.config),
-                cwd=deployment.directory,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-
 @contextmanager
-def serving(deployment: Deployment, command: list[str]) -> Iterator[tuple[Server, KMSClient]]:
+def serving(
+    deployment: Deployment, command: list[str]
+) -> Iterator[tuple[ServerProcess, KMSClient]]:
     """Start, wait until it answers, yield; then SIGTERM, and the exit must be a clean 0."""
-    server = Server(deployment, command)
+    server = ServerProcess(deployment, command)
     try:
         with closing(KMSClient(deployment)) as client:
             server.wait_until_serving(client)
@@ -264,7 +250,7 @@ def test_serving_on_ipv6_loopback_verifies_as_1(certificates: Path, tmp_path: Pa
             super().__init__(deployment)
             self.base_url = f"https://[::1]:{deployment.port}"
 
-    server = Server(ipv6, kms_command("serve"))
+    server = ServerProcess(ipv6, kms_command("serve"))
     try:
         with closing(IPv6Client(ipv6)) as client:
             server.wait_until_serving(client)
