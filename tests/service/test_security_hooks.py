@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
 
+from kms.api.context import SERVICE
 from kms.api.operations import KNOWN_OPERATIONS, declared_operation
 from kms.api.policy import load_policy
 from kms.app import create_app
@@ -84,6 +86,12 @@ def test_a_caller_is_known_by_its_cn_or_any_dns_or_uri_san(tmp_path: Path) -> No
     assert not allows("spiffe://prod/billing", "sign", "billing-1")
     assert not allows("nobody", "keys:read", None)
     assert allows("orchestrator", "metrics", None)
+
+
+def test_a_one_character_identity_and_key_glob_are_a_valid_rule(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("clients:\n  x:\n    - operations: [encrypt]\n      keys: [k]\n", "utf-8")
+    assert load_policy(path).allows("x", "encrypt", "k")
 
 
 @pytest.mark.parametrize(
@@ -189,3 +197,27 @@ def test_a_page_of_the_keys_a_caller_may_read_holds_no_more_than_the_limit(app: 
     page = billing.get("/v1/kms/keys?limit=2")
     assert page.status_code == 200
     assert [key["key_id"] for key in page.get_json()] == ["billing-1", "billing-2"]
+
+
+def test_an_unexpected_error_is_answered_500_and_logged_with_the_request_id(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anything that is not a KMSError: 500 "internal error" to the client, the traceback and
+    the request id in the log, and nothing else."""
+    client = app.test_client()
+    client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator", alt_names=())
+
+    def broken(**kwargs: Any) -> list[Any]:
+        raise RuntimeError("a bug, with a detail no client may see")
+
+    monkeypatch.setattr(app.extensions[SERVICE], "list_keys", broken)
+    with caplog.at_level("ERROR", logger="kms"):
+        response = client.get("/v1/kms/keys")
+    assert response.status_code == 500
+    assert response.get_json() == {"error": "internal error"}
+    request_id = response.headers["X-Request-Id"]
+    assert any(
+        f"request {request_id} failed unexpectedly" in record.getMessage()
+        and record.exc_info is not None
+        for record in caplog.records
+    )

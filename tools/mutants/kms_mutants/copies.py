@@ -137,9 +137,10 @@ class Runner:
         timeout: float,
         deadlines: Path | None = None,
         outcome: Path | None = None,
-    ) -> tuple[bool | None, float]:
-        """Run ``tests`` (node ids, in this order, ``-x``) in ``copy_root``: True when all pass,
-        False when one fails, None when the run timed out; and the wall time. ``deadlines``
+    ) -> tuple[int | None, float]:
+        """Run ``tests`` (node ids, in this order, ``-x``) in ``copy_root``: pytest's exit status
+        (0 all passed, 1 one failed, others: pytest could not run them; None when the run timed
+        out) and the wall time. ``deadlines``
         names each test's own deadline, ``outcome`` gets the first test that failed
         (``kms_mutants.deadlines``)."""
         args = ["-x", "-q", "-p", "no:cacheprovider", *self.pytest_options]
@@ -149,8 +150,7 @@ class Runner:
         args += tests
         server = self.servers.get(copy_root)
         if server is not None:
-            status, seconds = server.run(args, timeout)
-            return (None if status is None else status == 0), seconds
+            return server.run(args, timeout)
         started = time.monotonic()
         try:
             result = subprocess.run(  # noqa: S603 - our own interpreter and test paths
@@ -164,7 +164,7 @@ class Runner:
             )
         except subprocess.TimeoutExpired:
             return None, time.monotonic() - started
-        return result.returncode == 0, time.monotonic() - started
+        return result.returncode, time.monotonic() - started
 
 
 def warm(root: Path, copy_root: Path, tests: list[str]) -> None:

@@ -5,11 +5,13 @@ outcome; the Markdown is made from it and from the verdicts (``python -m kms_mut
 makes it again after a verdict is written, without a new run). A survivor's verdict comes from
 tools/mutants/verdicts.json; one without a verdict is marked **to judge**.
 
-Outcomes: ``killed`` (a test failed), ``timeout`` (killed: the run took 3 times its tests'
-measured time plus 30 s), ``survived`` (met every test selected for it: all the tests that
-execute its line, or as many as the cap allowed, "k/n"), ``not covered`` (no test of the
-coverage run executes its line: it survives by construction), ``not run`` (the run's time was up
-before it started), ``skipped`` (equivalent by design, see ``kms_mutants.operators``).
+Outcomes: ``killed`` (a test failed), ``timeout`` (killed: a test hung past its deadline, or the
+whole run past 3 times its tests' measured time plus 30 s), ``survived`` (met every test selected
+for it: all the tests that execute its line, or as many as the cap allowed, "k/n"), ``not
+covered`` (no test of the coverage run executes its line: it survives by construction), ``not
+run`` (the run's time was up before it started), ``skipped`` (equivalent by design, see
+``kms_mutants.operators``), ``error N`` (pytest exited with N: it could not collect or run the
+tests; neither killed nor survived).
 
 Score: killed / (killed + survived + not covered). Mutants not run or skipped are not in it.
 """
@@ -30,6 +32,8 @@ def kind(outcome: str) -> str:
         return "killed"
     if outcome.startswith("skipped"):
         return "skipped"
+    if outcome.startswith("error"):
+        return "error"
     return outcome  # survived, not covered, not run
 
 
@@ -102,6 +106,8 @@ def markdown(results: dict[str, Any]) -> str:
     )
     add(f"| not covered (no test of the coverage run executes the line) | {kinds['not covered']} |")
     add(f"| not run (the run's time was up) | {kinds['not run']} |")
+    if kinds["error"]:
+        add(f"| error (pytest could not run the tests: not in the score) | {kinds['error']} |")
     add(f"| skipped by design | {kinds['skipped']} |")
     add(f"| **all** | **{len(rows)}** |")
     add("")

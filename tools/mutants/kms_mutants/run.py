@@ -27,10 +27,12 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import hashlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import tempfile
@@ -80,6 +82,39 @@ class Sources:
         return unparsed(self(path))
 
 
+class TestSources:
+    """The source of each test function, to tell which tests are written about a module."""
+
+    __test__ = False  # not a test class, whatever pytest makes of its name
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @functools.cache  # noqa: B019 - one per run
+    def functions(self, file: str) -> dict[str, str]:
+        """name -> source of each test function of ``file`` (methods as ``Class::name``)."""
+        try:
+            source = (self.root / file).read_text(encoding="utf-8")
+            tree = ast.parse(source)
+        except (OSError, SyntaxError):
+            return {}
+        found: dict[str, str] = {}
+        for node in tree.body:
+            scopes = [("", node)]
+            if isinstance(node, ast.ClassDef):
+                scopes = [(f"{node.name}::", inner) for inner in node.body]
+            for prefix, inner in scopes:
+                if isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef):
+                    found[prefix + inner.name] = ast.get_source_segment(source, inner) or ""
+        return found
+
+    @functools.cache  # noqa: B019 - one per run
+    def mentions(self, node: str, word: str) -> bool:
+        file, _, name = node.partition("::")
+        text = self.functions(file).get(name.split("[")[0], "")
+        return word.lower() in text.lower()
+
+
 def _rank(mutant: Mutant) -> str:
     """A stable pseudo-random rank: the same for a mutant whose line and mutation are unchanged."""
     key = "\0".join([*mutant.anchor, str(mutant.index)])
@@ -110,6 +145,12 @@ def spread(mutants: list[Mutant]) -> list[Mutant]:
         placed += [((rank + 0.5) / len(mine), path, mutant) for rank, mutant in enumerate(mine)]
     placed.sort(key=lambda item: (item[0], item[1]))
     return [mutant for _, _, mutant in placed]
+
+
+def _cpu_minutes() -> float:
+    """CPU minutes (user and system) of the processes this run started and reaped so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (usage.ru_utime + usage.ru_stime) / 60
 
 
 def _git(root: Path, *args: str) -> str:
@@ -168,22 +209,24 @@ def run(options: argparse.Namespace, config: Config) -> int:
             references=functools.cache(
                 lambda path: _references(sources, path, [*reprinted, *modules])
             ),
+            mentions=TestSources(root).mentions,
         )
         coverage_minutes = (time.monotonic() - started) / 60
+        coverage_cpu = _cpu_minutes()
         if options.coverage_only:
             print(f"coverage run: {coverage_minutes:.1f} min, {len(durations)} tests")
             return 0
         mutant_copies = copies[: options.jobs]
         # pytest's own start (imports, collection) on this machine now: part of every timeout.
         fastest = min(durations, key=durations.__getitem__)
-        passed, process_start = runner.run(mutant_copies[0], [fastest], timeout=600)
-        if not passed:
+        status, process_start = runner.run(mutant_copies[0], [fastest], timeout=600)
+        if status != 0:
             raise SystemExit(f"the unmutated code fails {fastest}: fix that first")
         overhead = process_start
         if options.fork:
             runner.start_servers(mutant_copies)
-            passed, overhead = runner.run(mutant_copies[0], [fastest], timeout=600)
-            if not passed:
+            status, overhead = runner.run(mutant_copies[0], [fastest], timeout=600)
+            if status != 0:
                 raise SystemExit(f"the unmutated code fails {fastest} in a fork: fix that first")
         print(
             f"{len(mutants)} mutants in {len(modules)} modules ({len(skipped)} more skipped by "
@@ -230,7 +273,7 @@ def run(options: argparse.Namespace, config: Config) -> int:
                 target.write_text(mutated_source(mutant, sources(mutant.path)), encoding="utf-8")
                 limits = {node: allowed(durations.get(node, 1.0)) for node in selection.tests}
                 deadlines_file.write_text(json.dumps(limits), encoding="utf-8")
-                passed, seconds = runner.run(
+                status, seconds = runner.run(
                     copy_root, selection.tests, timeout, deadlines_file, outcome_file
                 )
                 failed = {}
@@ -239,7 +282,7 @@ def run(options: argparse.Namespace, config: Config) -> int:
             finally:
                 target.write_text(sources.unparsed(mutant.path), encoding="utf-8")
                 free.put(copy_root)
-            outcome = "timeout" if passed is None else "survived" if passed else "killed"
+            outcome = {None: "timeout", 0: "survived", 1: "killed"}.get(status, f"error {status}")
             if failed.get("killed_by"):
                 with killers_lock:
                     for key in ((mutant.path, mutant.function), (mutant.path, "")):
@@ -280,6 +323,8 @@ def run(options: argparse.Namespace, config: Config) -> int:
             pool.shutdown(wait=True, cancel_futures=True)
             runner.close()
     finished = time.monotonic()
+    # The fork servers and what they forked are reaped by now: their CPU time is counted.
+    mutant_cpu = _cpu_minutes() - coverage_cpu
     mutant_minutes = (finished - mutants_started) / 60
     ran = sum(1 for outcome in outcomes.values() if outcome["outcome"] != "not run")
     meta = {
@@ -296,6 +341,8 @@ def run(options: argparse.Namespace, config: Config) -> int:
         "coverage_minutes": coverage_minutes,
         "coverage_cached": cached,
         "mutant_minutes": mutant_minutes,
+        "coverage_cpu_minutes": coverage_cpu,
+        "mutant_cpu_minutes": mutant_cpu,
         "per_minute": ran / mutant_minutes if mutant_minutes else 0.0,
         "cap": options.cap,
         "deadline_minutes": options.minutes,
@@ -353,8 +400,8 @@ def estimate(options: argparse.Namespace, config: Config) -> int:
     Per module: the mutants, how many no test executes, and the measured seconds of the tests
     each would meet if it survived (its named tests and the rest up to the cap): an upper bound,
     since a killed mutant stops at its first failing test. ``--calibrate RESULTS`` (the JSON of an
-    earlier run, such as a run with ``--only``) measures how the wall time of its mutants
-    compares with that bound, and scales the whole by it.
+    earlier run, best a ``--sample`` of every module) scales what its mutants took to this run's
+    mutants (``calibrate``).
     """
     root = config.root
     sources = Sources(root)
@@ -377,8 +424,9 @@ def estimate(options: argparse.Namespace, config: Config) -> int:
         durations,
         texts=functools.cache(lambda file: (root / file).read_text(encoding="utf-8")),
         references=functools.cache(lambda path: _references(sources, path, reprinted)),
+        mentions=TestSources(root).mentions,
     )
-    bound: dict[tuple[str, int, str], float] = {}
+    counts: dict[str, int] = {}
     print("| module | mutants | not covered | bound (core-minutes) |")
     print("|---|---|---|---|")
     total = 0.0
@@ -395,30 +443,61 @@ def estimate(options: argparse.Namespace, config: Config) -> int:
             if selection is None:
                 uncovered += 1
                 continue
-            bound[(mutant.path, mutant.line, mutant.description)] = selection.seconds
             seconds += selection.seconds
         total += seconds
         count += len(mine)
+        counts[path] = len(mine)
         print(f"| `{path}` | {len(mine)} | {uncovered} | {seconds / 60:.1f} |")
     print(f"{count} mutants; the bound: {total / 60:.1f} core-minutes of measured test time")
     if options.calibrate:
-        results = json.loads(Path(options.calibrate).read_text(encoding="utf-8"))
-        pairs = [
-            (row["seconds"], bound[key])
-            for row in results["mutants"]
-            if (key := (row["path"], row["line"], row["mutation"])) in bound
-            and row["outcome"] in ("killed", "timeout", "survived")
-        ]
-        if not pairs:
-            raise SystemExit(f"{options.calibrate}: no mutant run in common")
-        ratio = sum(wall for wall, _ in pairs) / sum(upper for _, upper in pairs)
-        wall = ratio * total / options.jobs / 60
-        print(
-            f"calibrated on {len(pairs)} mutants of {options.calibrate} (load average "
-            f"{results['run']['load_start']:.1f}): wall time = {ratio:.2f} x the bound, so about "
-            f"{wall:.0f} minutes of mutants with {options.jobs} jobs, plus the coverage run"
-        )
+        calibrate(Path(options.calibrate), counts)
     return 0
+
+
+def _group(path: str) -> str:
+    """A module's folder (kms/api, kms/server...), to average over when a sample has few."""
+    return "/".join(path.split("/")[:2]) if path.count("/") > 1 else "kms"
+
+
+def calibrate(results_file: Path, counts: dict[str, int]) -> None:
+    """Mutants per minute times mutant count, module by module: the average wall time a mutant
+    of each module took in ``results_file`` (of its folder when the file has fewer than 5 of the
+    module's mutants, of all when fewer than 5 of the folder's), times the mutants of that module
+    now; the run's wall time and CPU time scale with that sum."""
+    results = json.loads(results_file.read_text(encoding="utf-8"))
+    run_meta = results["run"]
+    rows = [row for row in results["mutants"] if not row["outcome"].startswith("skipped")]
+    rows = [row for row in rows if row["outcome"] != "not run"]
+    if not rows:
+        raise SystemExit(f"{results_file}: no mutant was run")
+    spent: dict[str, list[float]] = {}
+    for row in rows:
+        for key in (row["path"], _group(row["path"]), ""):
+            spent.setdefault(key, []).append(row["seconds"])
+
+    def average(path: str) -> float:
+        for key in (path, _group(path), ""):
+            if len(spent.get(key, [])) >= 5 or key == "":
+                return sum(spent[key]) / len(spent[key])
+        return 0.0
+
+    sample_seconds = sum(row["seconds"] for row in rows)
+    expected = sum(average(path) * count for path, count in counts.items())
+    wall = run_meta["mutant_minutes"] * expected / sample_seconds
+    print(
+        f"calibrated on {len(rows)} mutants of {results_file} ({run_meta['jobs']} jobs, load "
+        f"average {run_meta['load_start']:.1f} to {run_meta['load_end']:.1f}): about "
+        f"{wall:.0f} minutes of mutants at that load, plus the coverage run "
+        f"({run_meta['coverage_minutes']:.1f} min in that run"
+        f"{', cached' if run_meta.get('coverage_cached') else ''})"
+    )
+    cpu = run_meta.get("mutant_cpu_minutes")
+    if cpu:
+        needed = cpu * expected / sample_seconds
+        print(
+            f"CPU time of the mutants: about {needed:.0f} minutes, so at least "
+            f"{needed / run_meta['cores']:.0f} minutes on {run_meta['cores']} idle cores"
+        )
 
 
 def _references(

@@ -4,13 +4,15 @@
    (``Config.named_test_files``: kms/api/policy.py -> test_policy*.py and its aliases) that
    execute the mutated statement, all of them, whatever they cost. For a statement run at import
    (a constant, a decorator, a default), which every test of the module executes, coverage cannot
-   tell which tests need it: every test of those files comes first, but within the cap.
+   tell which tests need it: the tests of those files come first, but within half the cap.
 2. **Then the coverage-selected tests**, until one fails: the other tests that execute the
-   statement, those that killed a mutant of the same function (then module) earlier in the run
-   first, then the most specific (fewest lines of the target modules executed in all, times
-   duration: a unit test of the function before a server test that runs half of kms; one test of
-   each file before a second of any), up to the cap (seconds of their measured time, the named
-   tests not counted) per mutant; at least one.
+   statement, up to the cap (seconds of their measured time, the named tests not counted) per
+   mutant, at least one. First those that killed a mutant of the same function (then module)
+   earlier in the run; then the test functions that name the module's subject (``audit`` for
+   kms/audit.py, in their name, docstring or body: tests written about it); then the most
+   specific (fewest lines of the target modules executed in all, times duration: a unit test of
+   the function before a server test that runs half of kms). One test of each file before a
+   second of any.
 
 A mutant that meets them all without a failure survived; one whose tests are longer than the cap
 survived the cap ("survived k/n": k of the n tests that execute its line). Either way it is a
@@ -24,6 +26,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 from kms_mutants.operators import Mutant
 
@@ -48,6 +51,8 @@ class CoverageMap:
     durations: dict[str, float]  # node id -> seconds (setup + call + teardown, under coverage)
     #: test file -> its text (what names it mentions), for the statements run at import
     texts: Callable[[str], str] = field(default=lambda file: "")
+    #: (node id, word) -> whether the test's function (its name, docstring, body) says the word
+    mentions: Callable[[str, str], bool] = field(default=lambda node, word: False)
     #: module path -> name -> (module, line) of the code inside a function that reads it: in the
     #: module and in the measured modules that import from it
     references: Callable[[str], dict[str, set[tuple[str, int]]]] = field(default=lambda path: {})
@@ -95,6 +100,8 @@ class CoverageMap:
             hinted = {n for n in self.durations if n in wanted or _file(n) in wanted} - named
             tests = tests | hinted
         rank = {node: index for index, node in enumerate(killers) if node in tests}
+        word = _subject(mutant.path)
+        about = {node for node in tests if self.mentions(node, word)}
         naming, reading = self.users(mutant) if "" in contexts else (set(), set())
         in_module = self.lines_in_module(mutant.path)
         breadth = self.breadth
@@ -110,29 +117,36 @@ class CoverageMap:
                 return (1, cost, seconds, node)
             if node in rank:
                 return (2, rank[node], seconds, node)
-            if node in direct:
+            if node in about:
                 return (3, breadth.get(node, 0) * cost, seconds, node)
-            if node in naming:
+            if node in direct:
                 return (4, breadth.get(node, 0) * cost, seconds, node)
-            if node in reading:
+            if node in naming:
                 return (5, breadth.get(node, 0) * cost, seconds, node)
-            return (6, -in_module.get(node, 0) / cost, seconds, node)
+            if node in reading:
+                return (6, breadth.get(node, 0) * cost, seconds, node)
+            return (7, -in_module.get(node, 0) / cost, seconds, node)
 
         ordered = _across_files(sorted(tests, key=order), key=lambda node: order(node)[0])
         chosen: list[str] = []
         spent = 0.0  # on the tests the cap bounds: not the named ones (nor the hinted ones)
+        on_named = 0.0  # at import: the named tests may take half the cap, the others the rest
         files: set[str] = set()
         for node in ordered:
             file = _file(node)
             seconds = self.durations.get(node, 1.0)
             cost = _cost(node, seconds) if file not in files else seconds
-            files.add(file)
             if node in hinted or (node in named and not mutant.at_import):
+                files.add(file)
                 chosen.append(node)
                 continue
+            if node in named and on_named > 0 and on_named + cost > cap / 2:
+                continue  # at import, past its share: the named file's other tests wait
+            if chosen and spent + cost > cap:
+                continue  # too long for what is left of the cap: a shorter one may fit
+            files.add(file)
             spent += cost
-            if chosen and spent > cap:
-                break
+            on_named += cost if node in named else 0.0
             chosen.append(node)
         grouped = _grouped(chosen)
         ran_named = sum(1 for node in grouped if node in named)
@@ -183,6 +197,12 @@ class CoverageMap:
 
     def seconds(self, tests: Iterable[str]) -> float:
         return sum(self.durations.get(node, 1.0) for node in tests)
+
+
+def _subject(path: str) -> str:
+    """What a module is about, as a test would say it: ``kms/api/audit.py`` -> ``audit``."""
+    stem = PurePosixPath(path).stem
+    return PurePosixPath(path).parent.name if stem == "__init__" else stem
 
 
 def _file(node: str) -> str:

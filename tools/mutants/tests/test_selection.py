@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kms_mutants.operators import Mutant
-from kms_mutants.run import in_sample, spread
+from kms_mutants.run import TestSources, in_sample, spread
 from kms_mutants.selection import CoverageMap
 
 MUTANT = Mutant("kms/audit.py", 0, 10, "x = 1", "1 -> 2", first_line=10, last_line=10)
@@ -79,3 +81,16 @@ def test_a_test_that_killed_a_neighbour_comes_right_after_the_named_ones() -> No
     selection = _map().select(MUTANT, ["tests/http/test_audit.py"], 3.0, killers=[killer])
     assert selection is not None
     assert selection.tests[3] == killer
+
+
+def test_a_test_function_written_about_the_module_is_found_by_its_text(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_hooks.py").write_text(
+        "def test_cut():\n    assert read('audit.log')\n\n\n"
+        "class TestOther:\n    def test_x(self):\n        '''About the Policy.'''\n",
+        encoding="utf-8",
+    )
+    texts = TestSources(tmp_path)
+    assert texts.mentions("tests/test_hooks.py::test_cut", "audit")
+    assert not texts.mentions("tests/test_hooks.py::test_cut[a-b]", "policy")
+    assert texts.mentions("tests/test_hooks.py::TestOther::test_x", "policy")
