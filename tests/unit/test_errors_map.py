@@ -1,0 +1,55 @@
+"""The one error map (kms.api.errors): each refusal's status and message, as the README's endpoint
+tables and key-state rules give them. A status changed here would change every endpoint's."""
+
+from __future__ import annotations
+
+import pytest
+
+from kms import errors
+from kms.api.errors import batch_item_error, status_for
+
+README = [
+    (errors.InvalidRequest(), 400, "invalid request"),
+    (errors.KeyNotFound(), 404, "record not found"),
+    (errors.KeyExists(), 409, "key already exists"),
+    (errors.KeyDisabled(), 409, "key is disabled"),
+    (errors.KeyPendingDeletion(), 409, "key is pending deletion"),
+    (errors.KeyStateConflict(), 409, "the key's state does not allow this"),
+    (errors.VersionBelowMinimum(), 409, "key version is below min_decryption_version"),
+    (
+        errors.DeletionNotAllowed(),
+        409,
+        "deletion is not allowed for this key (deletion_allowed is false)",
+    ),
+    (
+        errors.KeyChanged(),
+        409,
+        "the key changed during the operation; nothing was written, retry",
+    ),
+    (errors.TooManyVersions(), 409, "key has reached the maximum number of versions"),
+    (errors.Unauthenticated(), 401, "client certificate required"),
+    (errors.Forbidden(), 403, "forbidden"),
+    (errors.PayloadTooLarge(), 413, "request body too large"),
+    (errors.RateLimited(retry_after=1), 429, "rate limit exceeded"),
+    (errors.StoreUnavailable(), 503, "storage unavailable, retry later"),
+    (errors.AuditUnavailable(), 503, "audit log unavailable, request refused"),
+]
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "message"), README, ids=[type(row[0]).__name__ for row in README]
+)
+def test_each_refusal_has_its_status_and_message(
+    error: errors.KMSError, status: int, message: str
+) -> None:
+    """The message as a batch item shows it, the body the single call answers; a server's
+    refusal (5xx) fails a whole batch instead, and shows no message of its own in an item."""
+    assert status_for(error) == status
+    assert error.public_message == message
+    shown = message if status < 500 else "internal error"
+    assert batch_item_error(error) == {"error": shown}
+
+
+def test_a_server_fault_is_an_internal_error_in_a_batch_item() -> None:
+    assert status_for(errors.IntegrityFailure("detail for the log only")) == 500
+    assert batch_item_error(errors.IntegrityFailure("detail")) == {"error": "internal error"}
