@@ -1,4 +1,4 @@
-"""The one error map (kms.api.errors): each refusal's status and message, as the README's endpoint
+"""The one error map (kms.api.errors): each refusal's status and message, as docs/api.md's endpoint
 tables and key-state rules give them. A status changed here would change every endpoint's."""
 
 from __future__ import annotations
