@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TypeGuard
 
 from kms.crypto.algorithms import ALGORITHMS, DEFAULT_ALGORITHM, Algorithm, Purpose
 from kms.errors import InvalidRequest, PurposeMismatch
@@ -37,7 +38,7 @@ _UNIT_SECONDS = {"d": 86400, "h": 3600}
 MAX_ENCRYPTIONS_PER_VERSION = 2**32
 
 
-def is_integer(value: object) -> bool:
+def is_integer(value: object) -> TypeGuard[int]:
     """An ``int`` that is not a ``bool``."""
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -46,7 +47,6 @@ def integer_from(value: object, low: int, high: int | None, message: str) -> int
     """``value`` if it is an integer from ``low`` to ``high`` (no upper bound if None)."""
     if not is_integer(value):
         raise InvalidRequest(message)
-    assert isinstance(value, int)  # noqa: S101 - for the type checker; is_integer said so
     if value < low or (high is not None and value > high):
         raise InvalidRequest(message)
     return value
