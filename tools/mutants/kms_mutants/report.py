@@ -10,8 +10,9 @@ whole run past 3 times its tests' measured time plus 30 s), ``survived`` (met ev
 for it: all the tests that execute its line, or as many as the cap allowed, "k/n"), ``not
 covered`` (no test of the coverage run executes its line: it survives by construction), ``not
 run`` (the run's time was up before it started), ``skipped`` (equivalent by design, see
-``kms_mutants.operators``), ``error N`` (pytest exited with N: it could not collect or run the
-tests; neither killed nor survived).
+``kms_mutants.operators``), ``error N`` (pytest exited with N, such as 5: no tests collected;
+neither killed nor survived). A mutant that breaks an import (pytest exits 2, 3 or 4 where the
+unmutated code collected the same tests) is killed.
 
 Score: killed / (killed + survived + not covered). Mutants not run or skipped are not in it.
 """
@@ -107,7 +108,7 @@ def markdown(results: dict[str, Any]) -> str:
     add(f"| not covered (no test of the coverage run executes the line) | {kinds['not covered']} |")
     add(f"| not run (the run's time was up) | {kinds['not run']} |")
     if kinds["error"]:
-        add(f"| error (pytest could not run the tests: not in the score) | {kinds['error']} |")
+        add(f"| error (pytest ran no test: not in the score) | {kinds['error']} |")
     add(f"| skipped by design | {kinds['skipped']} |")
     add(f"| **all** | **{len(rows)}** |")
     add("")

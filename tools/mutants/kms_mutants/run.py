@@ -283,6 +283,12 @@ def run(options: argparse.Namespace, config: Config) -> int:
                 target.write_text(sources.unparsed(mutant.path), encoding="utf-8")
                 free.put(copy_root)
             outcome = {None: "timeout", 0: "survived", 1: "killed"}.get(status, f"error {status}")
+            if status in (2, 3, 4):
+                # Interrupted by collection errors, an internal error, or a conftest that does
+                # not import: the unmutated code collected these same tests, so the mutant broke
+                # an import. (5, no tests collected, would be the runner's own fault: "error".)
+                outcome = "killed"
+                failed = {"killed_by": f"(pytest exit {status}: the tests could not be collected)"}
             if failed.get("killed_by"):
                 with killers_lock:
                     for key in ((mutant.path, mutant.function), (mutant.path, "")):

@@ -8,8 +8,9 @@
 2. **Then the coverage-selected tests**, until one fails: the other tests that execute the
    statement, up to the cap (seconds of their measured time, the named tests not counted) per
    mutant, at least one. First those that killed a mutant of the same function (then module)
-   earlier in the run; then the test functions that name the module's subject (``audit`` for
-   kms/audit.py, in their name, docstring or body: tests written about it); then the most
+   earlier in the run; then the test functions about the module's subject (``audit`` for
+   kms/audit.py; those whose name says it, or its singular, before those whose docstring or body
+   does); then the most
    specific (fewest lines of the target modules executed in all, times duration: a unit test of
    the function before a server test that runs half of kms). One test of each file before a
    second of any.
@@ -101,12 +102,15 @@ class CoverageMap:
             tests = tests | hinted
         rank = {node: index for index, node in enumerate(killers) if node in tests}
         word = _subject(mutant.path)
-        about = {node for node in tests if self.mentions(node, word)}
+        # Named after it (the test function's name says the subject, or its singular: a test of
+        # kms/api/errors.py says "error"), then merely about it (its docstring or body does).
+        named_for = {node for node in tests if word.removesuffix("s") in _function_name(node)}
+        about = {node for node in tests if self.mentions(node, word)} | named_for
         naming, reading = self.users(mutant) if "" in contexts else (set(), set())
         in_module = self.lines_in_module(mutant.path)
         breadth = self.breadth
 
-        def order(node: str) -> tuple[int, float, float, str]:
+        def order(node: str) -> tuple[int, object, float, str]:
             # Specific and cheap first: lines executed times seconds (a 20 s server test that
             # runs the line among thousands comes after a 0.1 s unit test of the function).
             seconds = self.durations.get(node, 1.0)
@@ -118,7 +122,7 @@ class CoverageMap:
             if node in rank:
                 return (2, rank[node], seconds, node)
             if node in about:
-                return (3, breadth.get(node, 0) * cost, seconds, node)
+                return (3, (node not in named_for, breadth.get(node, 0) * cost), seconds, node)
             if node in direct:
                 return (4, breadth.get(node, 0) * cost, seconds, node)
             if node in naming:
@@ -197,6 +201,11 @@ class CoverageMap:
 
     def seconds(self, tests: Iterable[str]) -> float:
         return sum(self.durations.get(node, 1.0) for node in tests)
+
+
+def _function_name(node: str) -> str:
+    """``tests/x.py::test_a_thing[param]`` -> ``test_a_thing``."""
+    return node.split("::")[-1].split("[")[0]
 
 
 def _subject(path: str) -> str:
