@@ -81,7 +81,7 @@ $(MUTANTS_STAMP): $(STAMP) tools/mutants/pyproject.toml
 	touch $(MUTANTS_STAMP)
 
 mutants: $(MUTANTS_STAMP)
-	cd tools/mutants && ../../$(BIN)/python -m pytest -q
+	cd tools/mutants && $(abspath $(BIN))/python -m pytest -q
 	$(BIN)/python -m kms_mutants run $(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN)) $(MUTANTS_ARGS)
 
 # docs/mutants.md again from docs/mutants.json, after a verdict is written in tools/mutants/verdicts.json.

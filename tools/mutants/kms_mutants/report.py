@@ -89,7 +89,7 @@ def markdown(results: dict[str, Any]) -> str:
     add("")
     add(
         f"Run of {run['started']} on {run['branch']} at {run['commit']}"
-        f"{' (with uncommitted changes)' if run.get('dirty') else ''}: "
+        f"{' (kms or its tests with uncommitted changes)' if run.get('dirty') else ''}: "
         f"**{run['minutes']:.1f} minutes in all** ({run['coverage_minutes']:.1f} for the coverage "
         f"run{' (cached)' if run.get('coverage_cached') else ''}, {run['mutant_minutes']:.1f} for "
         f"the mutants: {run['per_minute']:.0f} a minute), {run['jobs']} jobs on {run['cores']} "
