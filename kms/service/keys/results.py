@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kms.store.records import KeyState, KeyVersionSummary
+from kms.store.records import KeyVersionSummary
 
 #: The algorithm of a result whose key is not known (a client's result rebuilt from an answer).
 UNKNOWN_ALGORITHM = "unknown"
@@ -23,9 +23,9 @@ class KeyVersionInfo:
     created_at: datetime
     #: Encryptions counted against the version's limit (blocks reserved by running processes
     #: included), decryptions (flushed every few seconds) and the last use.
-    encryptions: int = 0
-    decryptions: int = 0
-    last_used_at: datetime | None = None
+    encryptions: int
+    decryptions: int
+    last_used_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -35,19 +35,19 @@ class KeyInfo:
     algorithm: str
     version: int
     created_at: datetime
-    state: str = KeyState.ENABLED
-    description: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
-    min_decryption_version: int = 1
-    min_available_version: int = 1
-    deletion_allowed: bool = True
-    pending_deletion_at: datetime | None = None
-    use_attempts_while_pending: int = 0
-    last_use_attempt: dict[str, str] | None = None
-    key_versions: tuple[KeyVersionInfo, ...] = ()
-    rotation_period: str | None = None
-    next_rotation_at: datetime | None = None
-    max_encryptions_per_version: int | None = None
+    state: str
+    description: str
+    labels: dict[str, str]
+    min_decryption_version: int
+    min_available_version: int
+    deletion_allowed: bool
+    pending_deletion_at: datetime | None
+    use_attempts_while_pending: int
+    last_use_attempt: dict[str, str] | None
+    key_versions: tuple[KeyVersionInfo, ...]
+    rotation_period: str | None
+    next_rotation_at: datetime | None
+    max_encryptions_per_version: int | None
 
 
 @dataclass(frozen=True)
