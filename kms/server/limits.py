@@ -19,6 +19,8 @@ class ServerLimits:
     body_timeout: float = 10.0
     body_min_rate: int = 1024
     max_connections: int = 1000
+    max_connections_per_identity: int = 100
+    write_timeout: float = 10.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     #: ``server.tls_context_cache``: False builds a TLS context per connection (a diagnostic).
     tls_context_cache: bool = True
@@ -31,6 +33,8 @@ class ServerLimits:
             body_timeout=float(settings.body_timeout),
             body_min_rate=settings.body_min_rate,
             max_connections=settings.max_connections,
+            max_connections_per_identity=settings.max_connections_per_identity,
+            write_timeout=float(settings.write_timeout),
             max_body_bytes=settings.max_body_bytes,
             tls_context_cache=settings.tls_context_cache,
         )
