@@ -21,6 +21,9 @@ from collections.abc import Iterable
 
 from kms.server.connection import Connection, State
 
+#: How often, at most, the refusals of one identity over its quota are logged.
+QUOTA_LOG_INTERVAL_SECONDS = 10.0
+
 
 def evictable(conn: Connection) -> bool:
     """Whether ``conn`` may be closed to make room for a newcomer."""
@@ -35,6 +38,8 @@ class IdentityCounts:
     def __init__(self, quota: int) -> None:
         self.quota = quota
         self.counts: dict[str, int] = {}
+        # When each identity's refusal was last logged.
+        self.logged: dict[str, float] = {}
 
     def admit(self, identity: str) -> bool:
         """Count one more connection for ``identity``; False (and nothing counted) if it is at
@@ -51,6 +56,19 @@ class IdentityCounts:
             self.counts[identity] = held
         else:
             self.counts.pop(identity, None)
+
+    def refusal_to_log(self, identity: str, now: float) -> bool:
+        """Whether a refusal of ``identity`` at ``now`` (monotonic) is to be logged: at most one
+        per identity per ``QUOTA_LOG_INTERVAL_SECONDS``, so a refused client cannot flood the log.
+        """
+        last = self.logged.get(identity)
+        if last is not None and now - last < QUOTA_LOG_INTERVAL_SECONDS:
+            return False
+        if len(self.logged) > 4 * len(self.counts) + 64:
+            # Forget the identities that hold no connection, so the table stays small.
+            self.logged = {name: at for name, at in self.logged.items() if name in self.counts}
+        self.logged[identity] = now
+        return True
 
     def held(self, identity: str | None) -> int:
         return 0 if identity is None else self.counts.get(identity, 0)

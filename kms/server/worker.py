@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import resource
 import selectors
 import socket
 import ssl
@@ -73,7 +72,7 @@ from kms.server.balance import BalancedAccept, ConnectionTable
 from kms.server.connection import AfterWrite, Connection, State
 from kms.server.errors import json_error
 from kms.server.identity import caller_from_peer_certificate
-from kms.server.limits import ServerLimits, current_limits
+from kms.server.limits import ServerLimits, current_limits, raise_file_limit
 from kms.server.logs import escape_log_value
 from kms.server.reading import (
     LINGER_MAX_BYTES,
@@ -100,15 +99,11 @@ SWEEP_INTERVAL_SECONDS = 0.25
 BODY_GRACE_SECONDS = 5.0
 #: How long a closing connection drains what its client still sends.
 LINGER_SECONDS = 2.0
-#: File descriptors a worker needs besides its client connections (database, logs, pipes).
-FILE_DESCRIPTOR_RESERVE = 256
 #: Connections accepted per readiness event of a listener. One, as gunicorn's gthread does, so
 #: that the counts kms.server.balance compares are never more than one connection old. Accepting
 #: all pending ones at once let the first worker awake take a whole burst: with kept-alive
 #: connections one core then served them all while the other idled.
 ACCEPT_BATCH = 1
-#: How often, at most, the refusals of one identity over its connection quota are logged.
-QUOTA_LOG_INTERVAL_SECONDS = 10.0
 
 
 class KMSWorker(BalancedAccept, ServesRequests, gthread.ThreadWorker):
@@ -133,15 +128,13 @@ class KMSWorker(BalancedAccept, ServesRequests, gthread.ThreadWorker):
         # moved (they are not accepting): no more pauses until they do.
         self.others_at_pause: bytes | None = None
         self.others_not_accepting = False
-        # Connections per client identity, against server.max_connections_per_identity; and
-        # when each identity's refusals were last logged.
+        # Connections per client identity, against server.max_connections_per_identity.
         self.identities = IdentityCounts(self.limits.max_connections_per_identity)
-        self.quota_logged: dict[str, float] = {}
 
     # -- setup ----------------------------------------------------------------------------
 
     def init_process(self) -> None:
-        self.raise_file_limit()
+        raise_file_limit(self.limits.max_connections, self.log)
         if self.cfg.is_ssl:
             # One context per worker (gunicorn would build one, and load the keys, per
             # connection), rebuilt when the certificate, key or CA files change (kms.server.tls).
@@ -169,26 +162,6 @@ class KMSWorker(BalancedAccept, ServesRequests, gthread.ThreadWorker):
         context.options |= ssl.OP_NO_TICKET
         context.num_tickets = 0
         return context
-
-    def raise_file_limit(self) -> None:
-        """Let the soft open-file limit fit ``server.max_connections`` (up to the hard limit).
-
-        systemd's default soft limit is 1024, less than the default cap plus the database's and
-        gunicorn's own descriptors; raising the soft limit up to the hard one needs no privilege.
-        """
-        needed = self.limits.max_connections + FILE_DESCRIPTOR_RESERVE
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY and soft < needed:
-            target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-            with contextlib.suppress(ValueError, OSError):
-                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-                soft = target
-        if soft != resource.RLIM_INFINITY and soft < needed:
-            self.log.warning(
-                "open-file limit %d is below server.max_connections + %d; raise LimitNOFILE",
-                soft,
-                FILE_DESCRIPTOR_RESERVE,
-            )
 
     # -- the event loop -------------------------------------------------------------------
 
@@ -453,11 +426,7 @@ class KMSWorker(BalancedAccept, ServesRequests, gthread.ThreadWorker):
         if self.identities.admit(identity):
             conn.identity = identity
             return True
-        now = time.monotonic()
-        if now - self.quota_logged.get(identity, -QUOTA_LOG_INTERVAL_SECONDS) >= (
-            QUOTA_LOG_INTERVAL_SECONDS
-        ):
-            self.quota_logged[identity] = now
+        if self.identities.refusal_to_log(identity, time.monotonic()):
             self.log.warning(
                 "connection from ip=%s refused: %s holds server.max_connections_per_identity "
                 "(%d) connections",

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import socket
 
-from kms.server.admission import IdentityCounts, choose_victim, evictable
+from kms.server.admission import (
+    QUOTA_LOG_INTERVAL_SECONDS,
+    IdentityCounts,
+    choose_victim,
+    evictable,
+)
 from kms.server.connection import Connection, State
 
 
@@ -60,3 +65,12 @@ def test_an_identity_holds_at_most_its_quota() -> None:
     assert counts.admit("CN=a")
     counts.release("CN=b")
     assert counts.held("CN=b") == 0 and "CN=b" not in counts.counts
+
+
+def test_refusals_of_one_identity_are_logged_at_most_once_per_interval() -> None:
+    counts = IdentityCounts(quota=1)
+    counts.admit("CN=a")
+    assert counts.refusal_to_log("CN=a", 100.0)
+    assert not counts.refusal_to_log("CN=a", 100.0 + QUOTA_LOG_INTERVAL_SECONDS - 0.1)
+    assert counts.refusal_to_log("CN=b", 101.0)  # each identity on its own
+    assert counts.refusal_to_log("CN=a", 100.0 + QUOTA_LOG_INTERVAL_SECONDS)
