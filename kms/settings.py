@@ -243,7 +243,19 @@ class Settings:
     max_connections: int = setting(
         1000, "server.max_connections", integer_between(16, 100_000),
         aliases=("server.maxConnections",),
-        doc="connections per worker; at the cap the least useful one is closed to make room",
+        doc="connections per worker; at the cap a new one takes the place of a connection still "
+        "in its handshake or that has sent nothing yet, or is refused",
+    )
+    max_connections_per_identity: int = setting(
+        100, "server.max_connections_per_identity", integer_between(1, 100_000),
+        aliases=("server.maxConnectionsPerIdentity",),
+        doc="connections one client certificate's identity may hold per worker; more are "
+        "answered 429 and closed",
+    )
+    write_timeout: int = setting(
+        10, "server.write_timeout", integer_between(1, 300), aliases=("server.writeTimeout",),
+        doc="seconds a response may wait for its client to read any of it before the "
+        "connection is closed",
     )
     max_batch_items: int = setting(
         DEFAULT_MAX_BATCH_ITEMS, "server.max_batch_items", integer_between(1, 100_000),

@@ -5,9 +5,13 @@ well-behaved clients unloaded, then again while 500 hostile connections stay ope
 each: silent TCP, one byte of ClientHello, a head one byte per second, a body one byte per
 second; each reopened when the server closes it), and prints the worst latency of the kept-alive
 client and of the one opening a connection per request, and the throughput ratio
-(loaded / unloaded). Run from the repository root with the project's interpreter:
+(loaded / unloaded). ``--unread N`` adds N connections that pipeline 40 requests for the
+OpenAPI document each and never read the answers (``--connections 0 --unread 24``: only those).
+The hostile connections present a certificate of their own, from the same CA (no policy is
+configured, so it may do everything). Run from the repository root with the project's
+interpreter:
 
-    .venv/bin/python scripts/hostile_clients.py [--connections 500] [--seconds 10]
+    .venv/bin/python scripts/hostile_clients.py [--connections 500] [--unread 0] [--seconds 10]
 
 Everything stops within about a minute; nothing listens beyond 127.0.0.1.
 """
@@ -31,13 +35,14 @@ from tests.helpers.harness import (
     prepare_deployment,
 )
 from tests.helpers.hostile import (
-    KINDS,
+    MIX,
     HostileLoad,
     Measurement,
     Target,
     measure,
     raise_file_limit,
 )
+from tests.helpers.identities import issue_client_certificate
 
 
 def cpu_seconds(pids: set[int], children_of: set[int] = frozenset()) -> float:
@@ -76,6 +81,7 @@ def describe(name: str, result: Measurement) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=500)
+    parser.add_argument("--unread", type=int, default=0, help="connections that never read")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--extra-clients", type=int, default=2, help="counting kept-alive clients")
     parser.add_argument(
@@ -90,15 +96,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="kms-hostile-") as directory:
         deployment = prepare_deployment(Path(directory))
         server = ServerProcess(deployment)
+        attacker_cert, attacker_key = issue_client_certificate(deployment, "attacker", "attacker")
         target = Target(
             "127.0.0.1",
             deployment.port,
             deployment.ca_cert,
             deployment.client_cert,
             deployment.client_key,
+            attacker_cert,
+            attacker_key,
         )
-        per_kind = args.connections // len(KINDS)
-        load = HostileLoad(target, {kind: per_kind for kind in KINDS}, nice=args.attacker_nice)
+        per_kind = args.connections // len(MIX)
+        counts = {kind: per_kind for kind in MIX}
+        counts["unread"] = args.unread
+        load = HostileLoad(target, counts, nice=args.attacker_nice)
         try:
             with closing(KMSClient(deployment)) as client:
                 server.wait_until_serving(client)

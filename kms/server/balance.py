@@ -22,8 +22,11 @@ accepts as gunicorn's own workers do.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
+import selectors
 import struct
+import time
 from typing import Any
 
 #: Worker slots in the table; workers beyond it (more than any sane 2-to-64-core node) accept
@@ -100,3 +103,64 @@ def release_slot(worker: Any) -> None:
     slot = getattr(worker, "connection_slot", None)
     if _table is not None and slot is not None:
         _table.release(slot)
+
+
+class BalancedAccept:
+    """The worker's side of the table: publish its count, and leave the listener to a less
+    loaded worker for a moment (mixed into ``KMSWorker``)."""
+
+    # The worker's (gunicorn's or KMSWorker's).
+    sockets: list[Any]
+    poller: selectors.BaseSelector
+    nr_conns: int
+    connection_table: ConnectionTable | None
+    connection_slot: int | None
+    accept_paused_until: float | None
+    others_at_pause: bytes | None
+    others_not_accepting: bool
+
+    def accept(self, listener: Any) -> None:
+        raise NotImplementedError
+
+    def accept_connections(self, listener: Any) -> None:
+        raise NotImplementedError
+
+    def more_loaded_than_another(self) -> bool:
+        table, slot = self.connection_table, self.connection_slot
+        if table is None or slot is None:
+            return False
+        if self.others_not_accepting:
+            if table.others(slot) == self.others_at_pause:
+                return False
+            self.others_not_accepting = False
+        fewest = table.fewest_elsewhere(slot)
+        return fewest is not None and self.nr_conns > fewest
+
+    def publish_connections(self) -> None:
+        if self.connection_table is not None and self.connection_slot is not None:
+            self.connection_table.publish(self.connection_slot, self.nr_conns)
+
+    def pause_accepting(self) -> None:
+        for listener in self.sockets:
+            with contextlib.suppress(KeyError, ValueError):
+                self.poller.unregister(listener)
+        self.accept_paused_until = time.monotonic() + YIELD_SECONDS
+        if self.connection_table is not None and self.connection_slot is not None:
+            self.others_at_pause = self.connection_table.others(self.connection_slot)
+
+    def maybe_resume_accepting(self, paused_until: float) -> None:
+        ran_out = time.monotonic() >= paused_until
+        if not ran_out and self.more_loaded_than_another():
+            return
+        self.accept_paused_until = None
+        if ran_out and self.connection_table is not None and self.connection_slot is not None:
+            # Nobody took the pending connections: until another count moves, take them all.
+            self.others_not_accepting = (
+                self.connection_table.others(self.connection_slot) == self.others_at_pause
+            )
+        for listener in self.sockets:
+            if ran_out:
+                # The others had their chance: a connection still pending is this worker's.
+                self.accept_connections(listener)
+            self.poller.register(listener, selectors.EVENT_READ, self.accept)
+        self.publish_connections()

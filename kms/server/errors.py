@@ -20,6 +20,7 @@ REASONS = {
     413: "Content Too Large",
     414: "URI Too Long",
     417: "Expectation Failed",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
 }

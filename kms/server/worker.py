@@ -15,12 +15,19 @@ event loop, with non-blocking sockets, until a whole request has arrived:
    that stalls for ``server.body_timeout`` or averages less than ``server.body_min_rate`` bytes per
    second after its first 5 seconds is dropped with a log line; so is one whose client goes away.
 4. ``BUSY``: only now does a thread get the connection, with every byte already in memory: the
-   parser and the application read from that buffer, never from the socket.
-5. ``IDLE``: after a kept-alive response, the connection is back in the event loop until its
+   parser and the application read from that buffer, never from the socket. The thread writes
+   its answer to the connection's writer (``kms.server.writing``): what the socket takes at once
+   goes out at once, the rest is kept, and no thread ever waits on a client.
+5. ``WRITE``: back in the event loop, the rest of the answer goes out as the client reads it.
+   A client that reads none of it for ``server.write_timeout`` is closed with a log line. The
+   connection's next request (pipelined, say) is read only once the answer is out: requests
+   on one connection are served one at a time, in order, and a client that never reads holds
+   one answer in memory, no thread.
+6. ``IDLE``: after a kept-alive response, the connection is back in the event loop until its
    next request starts (gunicorn's ``keepalive`` seconds); an idle connection costs no thread.
-6. ``LINGER``: a connection being closed first half-closes and drops what the client still
+7. ``LINGER``: a connection being closed first half-closes and drops what the client still
    sends, for up to 2 seconds, so the client reads the answer instead of a reset.
-7. ``DISCARD``: a body of known length over ``server.max_body_bytes`` (up to 16 MiB over it) is
+8. ``DISCARD``: a body of known length over ``server.max_body_bytes`` (up to 16 MiB over it) is
    answered 413 at once; the event loop then reads and drops the rest of it, under the body's
    deadlines, and the connection stays open for the next request.
 
@@ -28,12 +35,16 @@ New connections go to the least loaded worker: a worker that holds more connecti
 another leaves the listener to it for a moment (``kms.server.balance``), so a client's pool of
 kept-alive connections is shared out evenly instead of landing on whichever worker woke first.
 
-``server.max_connections`` caps the connections of one worker. At the cap a new connection is
-still accepted: the worker closes the connection that is least likely a working client to make
-room, in this order: lingering, still in its handshake, still sending its head or its body, idle
-between requests, the oldest first within each; a connection a thread is serving is never closed.
-A client that completes its handshake promptly is therefore always served, however many
-connections an attacker holds open.
+``server.max_connections`` caps the connections of one worker, and
+``server.max_connections_per_identity`` those one client identity holds in it
+(``kms.server.admission``). At the cap a new connection is still accepted if the worker can
+close one that is not yet a client's: still in its handshake, or handshaken but silent and never
+answered, the handshakes first, then those of the identity holding the most, the oldest first.
+A connection that has completed a request, or whose request is arriving, being served or being
+answered, is never closed for a newcomer; if nothing else may go, the newcomer is closed. A
+handshake that completes for an identity at its quota is answered 429 and closed. A client that
+completes its handshake promptly is therefore served however many connections an attacker
+without a certificate holds open, and one certificate's holder cannot take more than its quota.
 
 gunicorn's own error answers (a malformed request line, a line or header over the limits) are
 ``{"error": "..."}`` JSON like every other kms error (``handle_error``, ``kms.server.errors``).
@@ -45,36 +56,37 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import resource
 import selectors
 import socket
 import ssl
 import time
 from concurrent import futures
-from datetime import datetime, timedelta
-from enum import Enum
 from pathlib import Path
 from typing import Any, cast
 
 from gunicorn import sock as gunicorn_sock
-from gunicorn import util as gunicorn_util
-from gunicorn.http import errors as http_errors
-from gunicorn.http import wsgi
-from gunicorn.http.body import ChunkedReader, LengthReader
-from gunicorn.http.message import Request
-from gunicorn.http.parser import RequestParser
-from gunicorn.http.unreader import IterUnreader
-from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers import gthread
 
-from kms.errors import PayloadTooLarge
-from kms.server.balance import YIELD_SECONDS, ConnectionTable
-from kms.server.errors import REASONS, error_answer, json_body, json_error
-from kms.server.identity import ENVIRON_KEY as CALLER_ENVIRON_KEY
+from kms.server.admission import IdentityCounts, choose_victim
+from kms.server.balance import BalancedAccept, ConnectionTable
+from kms.server.connection import AfterWrite, Connection, State
+from kms.server.errors import json_error
 from kms.server.identity import caller_from_peer_certificate
-from kms.server.limits import ServerLimits, current_limits
+from kms.server.limits import ServerLimits, current_limits, raise_file_limit
 from kms.server.logs import escape_log_value
+from kms.server.reading import (
+    LINGER_MAX_BYTES,
+    READ_SIZE,
+    Verdict,
+    buffer_limit,
+    examine,
+    note_body_progress,
+)
+from kms.server.serving import DISCARD_REST, ServesRequests
 from kms.server.tls import ReloadableContext
+from kms.server.writing import OneWriteResponse
+
+__all__ = ["KMSWorker", "OneWriteResponse", "State"]
 
 #: How long a stopping worker still answers requests arriving on idle kept-alive connections.
 DRAIN_SECONDS = 2.0
@@ -85,153 +97,16 @@ SWEEP_INTERVAL_SECONDS = 0.25
 #: and reopened costs a TLS handshake (1.75 ms of CPU with OpenSSL 3.0 here). With a 1 s grace
 #: scripts/hostile_clients.py opened about 1,750 connections per run, with 5 s about 1,200.
 BODY_GRACE_SECONDS = 5.0
-#: How long a closing connection drains what its client still sends, and how much at most.
+#: How long a closing connection drains what its client still sends.
 LINGER_SECONDS = 2.0
-LINGER_MAX_BYTES = 16 * 1024 * 1024
-#: File descriptors a worker needs besides its client connections (database, logs, pipes).
-FILE_DESCRIPTOR_RESERVE = 256
-#: Largest single read from a socket in the event loop.
-READ_SIZE = 64 * 1024
 #: Connections accepted per readiness event of a listener. One, as gunicorn's gthread does, so
 #: that the counts kms.server.balance compares are never more than one connection old. Accepting
 #: all pending ones at once let the first worker awake take a whole burst: with kept-alive
 #: connections one core then served them all while the other idled.
 ACCEPT_BATCH = 1
-#: Chunked framing may add this much to a body (chunk size lines, trailers) beyond its payload,
-#: and a chunked body may take up to CHUNKED_WIRE_FACTOR times its limit on the wire (small
-#: chunks); more is refused with 413, which bounds the memory one connection can take.
-CHUNKED_FRAMING_ALLOWANCE = 64 * 1024
-CHUNKED_WIRE_FACTOR = 2
-
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: What a thread returns when the rest of an over-limit body is to be dropped by the event loop.
-_DISCARD_REST = object()
 
 
-class State(Enum):
-    HANDSHAKE = "handshake"
-    HEAD = "head"
-    BODY = "body"
-    IDLE = "idle"
-    BUSY = "busy"
-    LINGER = "linger"
-    DISCARD = "discard"
-
-
-# Which connection to close first at the cap (lower first); BUSY is never closed.
-_EVICTION_RANK = {
-    State.LINGER: 0,
-    State.HANDSHAKE: 1,
-    State.HEAD: 2,
-    State.BODY: 2,
-    State.DISCARD: 2,
-    State.IDLE: 3,
-}
-
-
-class Connection:
-    """One client connection and what the event loop knows about it."""
-
-    def __init__(self, sock: socket.socket, client: Any, server: Any) -> None:
-        self.sock = sock
-        self.client = client
-        self.server = server
-        self.state = State.HANDSHAKE
-        self.since = time.monotonic()
-        self.events = 0
-        self.buffer = bytearray()
-        self.parser: RequestParser | None = None
-        self.requests = 0
-        # The request being received, once its head is complete.
-        self.body_have = 0
-        self.body_expected: int | None = None
-        self.body_last_progress = 0.0
-        self.continue_sent = False
-        # Set when the whole request is in ``buffer``; else the rest of an over-limit body is
-        # dropped after the answer (DISCARD) or the connection closes (LINGER).
-        self.body_complete = True
-        self.body_error: Exception | None = None
-        self.lingered = 0
-        self.progress_mark = 0
-        self.closed = False
-        # An over-limit body of known length answered 413: where it ends (counted from the
-        # request's first byte), and how much of it is still to be read and dropped.
-        self.discard_to: int | None = None
-        self.discard_left = 0
-        self.after_discard = b""
-        # A body of known length still arriving: the buffer size at which the request is whole.
-        # Until then each read only counts bytes, without parsing the head again.
-        self.whole_at: int | None = None
-        # The request as the event loop parsed it, once whole, with the unreader holding its
-        # bytes: the thread serves it as it is instead of parsing the same bytes a second time.
-        self.parsed: tuple[IterUnreader, Request] | None = None
-
-    @property
-    def ip(self) -> str:
-        if isinstance(self.client, tuple) and self.client:
-            return str(self.client[0])
-        return str(self.client)
-
-    def enter(self, state: State) -> None:
-        self.state = state
-        self.since = time.monotonic()
-
-    def next_request(self) -> None:
-        """Forget the request just served (a kept-alive connection's next one may follow)."""
-        self.requests += 1
-        self.continue_sent = False
-        self.progress_mark = 0
-        self.whole_at = None
-        self.parsed = None
-
-
-class OneWriteResponse(Response):
-    """gunicorn's HTTP/1.1 response, but the head goes out with the body's first bytes in one
-    ``sendall``.
-
-    gunicorn writes the head and then each body chunk: under TLS each write is a record of its
-    own (its own encryption and tag, its own syscall, a wakeup of the client for the head alone).
-    A kms answer is one JSON body, so the whole response is one write, one record up to 16 KiB.
-    Anything unusual (chunked, a body the response must not have, one longer than its
-    Content-Length, an empty first chunk) goes through gunicorn's own ``write``.
-    """
-
-    headers_sent: bool  # gunicorn's, which has no type information
-
-    def write(self, arg: bytes) -> None:
-        if (
-            self.headers_sent
-            or not isinstance(arg, bytes)
-            or not arg
-            or self.chunked
-            or self._omits_body
-            or (self.response_length is not None and len(arg) > self.response_length)
-        ):
-            super().write(arg)
-            return
-        gunicorn_util.write(self.sock, self.head_bytes() + arg)
-        self.headers_sent = True
-        self.sent += len(arg)
-
-    def send_headers(self) -> None:
-        if self.headers_sent:
-            return
-        gunicorn_util.write(self.sock, self.head_bytes())
-        self.headers_sent = True
-
-    def head_bytes(self) -> bytes:
-        # As gunicorn's send_headers builds it.
-        lines = self.default_headers()
-        lines.extend([f"{name}: {value}\r\n" for name, value in self.headers])
-        return gunicorn_util.to_bytestring("{}\r\n".format("".join(lines)), "latin-1")
-
-
-class _Verdict(Enum):
-    NEED_MORE = "need more"
-    READY = "ready"
-
-
-class KMSWorker(gthread.ThreadWorker):
+class KMSWorker(BalancedAccept, ServesRequests, gthread.ThreadWorker):
     """gthread with TLS handshakes, request heads and bodies read by the event loop."""
 
     alive: bool  # gunicorn's, which has no type information
@@ -253,11 +128,13 @@ class KMSWorker(gthread.ThreadWorker):
         # moved (they are not accepting): no more pauses until they do.
         self.others_at_pause: bytes | None = None
         self.others_not_accepting = False
+        # Connections per client identity, against server.max_connections_per_identity.
+        self.identities = IdentityCounts(self.limits.max_connections_per_identity)
 
     # -- setup ----------------------------------------------------------------------------
 
     def init_process(self) -> None:
-        self.raise_file_limit()
+        raise_file_limit(self.limits.max_connections, self.log)
         if self.cfg.is_ssl:
             # One context per worker (gunicorn would build one, and load the keys, per
             # connection), rebuilt when the certificate, key or CA files change (kms.server.tls).
@@ -285,33 +162,6 @@ class KMSWorker(gthread.ThreadWorker):
         context.options |= ssl.OP_NO_TICKET
         context.num_tickets = 0
         return context
-
-    def raise_file_limit(self) -> None:
-        """Let the soft open-file limit fit ``server.max_connections`` (up to the hard limit).
-
-        systemd's default soft limit is 1024, less than the default cap plus the database's and
-        gunicorn's own descriptors; raising the soft limit up to the hard one needs no privilege.
-        """
-        needed = self.limits.max_connections + FILE_DESCRIPTOR_RESERVE
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY and soft < needed:
-            target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-            with contextlib.suppress(ValueError, OSError):
-                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-                soft = target
-        if soft != resource.RLIM_INFINITY and soft < needed:
-            self.log.warning(
-                "open-file limit %d is below server.max_connections + %d; raise LimitNOFILE",
-                soft,
-                FILE_DESCRIPTOR_RESERVE,
-            )
-
-    @property
-    def max_head_bytes(self) -> int:
-        line = self.cfg.limit_request_line or 8190
-        fields = self.cfg.limit_request_fields or 100
-        field_size = self.cfg.limit_request_field_size or 8190
-        return line + 2 + fields * (field_size + 2) + 4
 
     # -- the event loop -------------------------------------------------------------------
 
@@ -414,6 +264,9 @@ class KMSWorker(gthread.ThreadWorker):
                 self.close(conn)
             elif conn.state in (State.BODY, State.DISCARD):
                 self.check_body_pace(conn, now)
+            elif conn.state is State.WRITE and now - conn.write_progress > limits.write_timeout:
+                self.log.info("client ip=%s stopped reading its response; closed", conn.ip)
+                self.close(conn)
             elif conn.state is State.LINGER and age > LINGER_SECONDS:
                 self.close(conn)
 
@@ -432,48 +285,6 @@ class KMSWorker(gthread.ThreadWorker):
                 elapsed,
             )
             self.close(conn)
-
-    # -- sharing new connections with the other workers (kms.server.balance) --------------
-
-    def more_loaded_than_another(self) -> bool:
-        table, slot = self.connection_table, self.connection_slot
-        if table is None or slot is None:
-            return False
-        if self.others_not_accepting:
-            if table.others(slot) == self.others_at_pause:
-                return False
-            self.others_not_accepting = False
-        fewest = table.fewest_elsewhere(slot)
-        return fewest is not None and self.nr_conns > fewest
-
-    def publish_connections(self) -> None:
-        if self.connection_table is not None and self.connection_slot is not None:
-            self.connection_table.publish(self.connection_slot, self.nr_conns)
-
-    def pause_accepting(self) -> None:
-        for listener in self.sockets:
-            with contextlib.suppress(KeyError, ValueError):
-                self.poller.unregister(listener)
-        self.accept_paused_until = time.monotonic() + YIELD_SECONDS
-        if self.connection_table is not None and self.connection_slot is not None:
-            self.others_at_pause = self.connection_table.others(self.connection_slot)
-
-    def maybe_resume_accepting(self, paused_until: float) -> None:
-        ran_out = time.monotonic() >= paused_until
-        if not ran_out and self.more_loaded_than_another():
-            return
-        self.accept_paused_until = None
-        if ran_out and self.connection_table is not None and self.connection_slot is not None:
-            # Nobody took the pending connections: until another count moves, take them all.
-            self.others_not_accepting = (
-                self.connection_table.others(self.connection_slot) == self.others_at_pause
-            )
-        for listener in self.sockets:
-            if ran_out:
-                # The others had their chance: a connection still pending is this worker's.
-                self.accept_connections(listener)
-            self.poller.register(listener, selectors.EVENT_READ, self.accept)
-        self.publish_connections()
 
     # -- connections in the loop ----------------------------------------------------------
 
@@ -495,7 +306,9 @@ class KMSWorker(gthread.ThreadWorker):
                     # Out of file descriptors: free one, as at the cap, so the listener's next
                     # readiness can be served (and the loop does not spin on it).
                     self.log.warning("cannot accept a connection: %s", exc.strerror)
-                    self.evict_one()
+                    if not self.evict_one() and self.accept_paused_until is None:
+                        # Nothing may be closed: leave the listener alone for a moment.
+                        self.pause_accepting()
                     return
                 # Anything else (ENOBUFS, ENOMEM, ...) costs this accept, not the worker.
                 self.log.warning("cannot accept a connection: %s", exc.strerror)
@@ -527,11 +340,12 @@ class KMSWorker(gthread.ThreadWorker):
                 self.start_head(conn)
 
     def evict_one(self) -> bool:
-        """Close the held connection least likely to be a working client; False if none."""
-        candidates = [conn for conn in self.held if conn.state in _EVICTION_RANK]
-        if not candidates:
+        """Close a connection that is not yet a client's (kms.server.admission); False if there
+        is none."""
+        victim = choose_victim(self.held, self.identities)
+        if victim is None:
+            self.log.debug("at server.max_connections: no connection may be closed")
             return False
-        victim = min(candidates, key=lambda conn: (_EVICTION_RANK[conn.state], conn.since))
         self.log.debug("at server.max_connections: closing a %s connection", victim.state.value)
         self.close(victim)
         return True
@@ -559,6 +373,8 @@ class KMSWorker(gthread.ThreadWorker):
         self.held.pop(conn, None)
         self.busy.discard(conn)
         self.nr_conns -= 1
+        if conn.identity is not None:
+            self.identities.release(conn.identity)
         self.publish_connections()
         with contextlib.suppress(OSError):
             conn.sock.close()
@@ -573,6 +389,8 @@ class KMSWorker(gthread.ThreadWorker):
                 self.continue_linger(conn)
             elif conn.state is State.DISCARD:
                 self.continue_discard(conn)
+            elif conn.state is State.WRITE:
+                self.continue_write(conn)
             elif conn.state in (State.HEAD, State.BODY, State.IDLE):
                 self.receive(conn)
         except Exception:
@@ -595,7 +413,31 @@ class KMSWorker(gthread.ThreadWorker):
             self.log.debug("TLS handshake from ip=%s failed: %s", conn.ip, exc)
             self.close(conn)
             return
-        self.start_head(conn)
+        if self.admit(conn):
+            self.start_head(conn)
+
+    def admit(self, conn: Connection) -> bool:
+        """Count a connection whose handshake is done for its certificate's identity; at the
+        identity's quota, answer 429 and close it instead (kms.server.admission)."""
+        certificate = conn.sock.getpeercert() if hasattr(conn.sock, "getpeercert") else None
+        if not certificate:
+            return True  # no certificate, no identity to count (only without TLS)
+        identity = str(caller_from_peer_certificate(certificate))
+        if self.identities.admit(identity):
+            conn.identity = identity
+            return True
+        if self.identities.refusal_to_log(identity, time.monotonic()):
+            self.log.warning(
+                "connection from ip=%s refused: %s holds server.max_connections_per_identity "
+                "(%d) connections",
+                conn.ip,
+                escape_log_value(identity),
+                self.identities.quota,
+            )
+        with contextlib.suppress(ssl.SSLError, OSError):
+            conn.sock.send(json_error(429, "too many connections"))
+        self.start_linger(conn)
+        return False
 
     def start_head(self, conn: Connection) -> None:
         conn.enter(State.HEAD if conn.buffer else State.IDLE if conn.requests else State.HEAD)
@@ -606,11 +448,7 @@ class KMSWorker(gthread.ThreadWorker):
 
     def receive(self, conn: Connection) -> None:
         """Read what the socket has, then hand the request to a thread once it is whole."""
-        limit = (
-            self.max_head_bytes
-            + CHUNKED_WIRE_FACTOR * self.limits.max_body_bytes
-            + CHUNKED_FRAMING_ALLOWANCE
-        )
+        limit = buffer_limit(self.cfg, self.limits)
         got_eof = False
         while len(conn.buffer) < limit:
             try:
@@ -643,11 +481,11 @@ class KMSWorker(gthread.ThreadWorker):
         ):
             # More of a body whose length is known, not all of it: count it, parse nothing.
             conn.body_have = conn.body_expected - (conn.whole_at - len(conn.buffer))
-            self.note_body_progress(conn)
+            note_body_progress(conn)
             if got_eof:
                 self.client_went_away(conn, "connection closed")
             return
-        if self.examine(conn) is _Verdict.READY:
+        if examine(conn, self.cfg, self.limits) is Verdict.READY:
             self.dispatch(conn)
         elif got_eof:
             self.client_went_away(conn, "connection closed")
@@ -666,96 +504,6 @@ class KMSWorker(gthread.ThreadWorker):
             self.log.info("client ip=%s went away during the request head", conn.ip)
         self.close(conn)
 
-    def examine(self, conn: Connection) -> _Verdict:
-        """Whether ``conn.buffer`` holds a whole request (or one a thread must refuse)."""
-        conn.body_have, conn.body_expected = 0, None
-        conn.body_complete, conn.body_error = True, None
-        conn.discard_to = None
-        conn.whole_at = None
-        conn.parsed = None
-        data = bytes(conn.buffer)
-        unreader = IterUnreader([data])
-        try:
-            request = Request(self.cfg, unreader, conn.client, conn.requests + 1)
-        except (http_errors.NoMoreData, StopIteration):
-            # A head larger than any the parser accepts would have raised already; this is a
-            # backstop, and the thread's parser then refuses it.
-            return _Verdict.READY if len(data) > self.max_head_bytes else _Verdict.NEED_MORE
-        except Exception:
-            # The thread parses the same bytes, gets the same error and answers it.
-            return _Verdict.READY
-        rest = unreader.buf.getvalue()
-        reader = request.body.reader if request.body is not None else None
-        max_body = self.limits.max_body_bytes
-        if isinstance(reader, LengthReader):
-            conn.body_expected = reader.length
-            conn.body_have = min(len(rest), reader.length)
-            if reader.length > max_body:
-                # The application answers 413 from the Content-Length alone; the event loop
-                # drops the body afterwards if that is cheap enough to keep the connection.
-                conn.body_complete = False
-                if reader.length - max_body <= LINGER_MAX_BYTES:
-                    conn.discard_to = len(data) - len(rest) + reader.length
-                return _Verdict.READY
-            if len(rest) >= reader.length:
-                conn.parsed = (unreader, request)
-                return _Verdict.READY
-            conn.whole_at = len(data) - len(rest) + reader.length
-        elif isinstance(reader, ChunkedReader):
-            conn.body_have = len(rest)
-            verdict = self.examine_chunked(conn, request, rest)
-            if verdict is not None:
-                return verdict
-        else:
-            conn.parsed = (unreader, request)
-            return _Verdict.READY
-        self.await_body(conn, request)
-        return _Verdict.NEED_MORE
-
-    def examine_chunked(self, conn: Connection, request: Request, rest: bytes) -> _Verdict | None:
-        max_body = self.limits.max_body_bytes
-        over_size = len(rest) > CHUNKED_WIRE_FACTOR * max_body + CHUNKED_FRAMING_ALLOWANCE
-        # A whole chunked body ends with CRLF: only then (or when too much arrived) is it worth
-        # decoding the body so far.
-        if not rest.endswith(b"\r\n") and len(rest) <= max_body + CHUNKED_FRAMING_ALLOWANCE:
-            return None
-        decoded = 0
-        try:
-            while piece := request.body.read(READ_SIZE):
-                decoded += len(piece)
-                if decoded > max_body:
-                    break
-        except http_errors.NoMoreData:
-            if not over_size and decoded <= max_body:
-                return None
-        except Exception as exc:
-            conn.body_error = exc
-            conn.body_complete = False
-            return _Verdict.READY
-        if decoded > max_body or over_size:
-            conn.body_error = PayloadTooLarge()
-            conn.body_complete = False
-        return _Verdict.READY
-
-    def await_body(self, conn: Connection, request: Request) -> None:
-        self.note_body_progress(conn)
-        if request._expected_100_continue and not conn.continue_sent:
-            # Clients that wait for it send their body only then; the request is short.
-            conn.continue_sent = True
-            with contextlib.suppress(ssl.SSLError, OSError):
-                conn.sock.send(_CONTINUE)
-
-    @staticmethod
-    def note_body_progress(conn: Connection) -> None:
-        now = time.monotonic()
-        if conn.state is not State.BODY:
-            conn.enter(State.BODY)
-            conn.body_last_progress = now
-            conn.progress_mark = conn.body_have
-        elif conn.body_have > conn.progress_mark:
-            conn.body_last_progress = now
-            conn.progress_mark = conn.body_have
-
     def dispatch(self, conn: Connection) -> None:
         self.unwatch(conn)
         self.held.pop(conn, None)
@@ -766,40 +514,71 @@ class KMSWorker(gthread.ThreadWorker):
             conn.discard_left = max(0, conn.discard_to - len(conn.buffer))
             conn.after_discard = bytes(conn.buffer[conn.discard_to :])
             del conn.buffer[conn.discard_to :]
-        conn.sock.settimeout(self.limits.body_timeout)
+        # The socket stays non-blocking: the thread reads nothing from it and writes through
+        # the connection's writer, which never waits (kms.server.writing).
+        self.writer_of(conn)
         future = self.tpool.submit(self.handle, conn)
         future.add_done_callback(
             lambda done: self.method_queue.defer(self.finish_request, conn, done)
         )
 
     def finish_request(self, conn: Connection, future: futures.Future) -> None:
-        """Back on the event loop: keep the connection for its next request, or close it."""
+        """Back on the event loop: send what the thread could not, then keep the connection for
+        its next request, or close it."""
         self.busy.discard(conn)
+        if conn.closed:
+            return
         try:
             result = None if future.cancelled() else future.result()
         except Exception:
             result = None
-        keepalive = result is True
+        if result is DISCARD_REST and self.alive:
+            conn.after_write = AfterWrite.DISCARD
+        elif result is True:
+            # The response announced keep-alive (the worker was still alive when it was
+            # built), so the client may be sending its next request already: keep the
+            # connection, even in a stopping worker, whose drain window (shut_down) answers
+            # that request with "Connection: close" instead of closing under the client.
+            conn.after_write = AfterWrite.KEEP
+        else:
+            conn.after_write = AfterWrite.CLOSE
         self.held[conn] = None
+        conn.enter(State.WRITE)
+        conn.write_progress = conn.since
         try:
-            conn.sock.setblocking(False)
-            if result is _DISCARD_REST and self.alive:
-                self.start_discard(conn)
-            elif keepalive:
-                # The response announced keep-alive (the worker was still alive when it was
-                # built), so the client may be sending its next request already: keep the
-                # connection, even in a stopping worker, whose drain window (shut_down) answers
-                # that request with "Connection: close" instead of closing under the client.
-                parser = conn.parser
-                conn.buffer = bytearray(parser.unreader.take_buffered() if parser else b"")
-                conn.next_request()
-                self.start_head(conn)
-            else:
-                self.start_linger(conn)
+            self.continue_write(conn)
         except Exception:
             # As in on_event: one connection lost, never the worker.
             self.log.exception("connection from ip=%s failed in the event loop", conn.ip)
             self.close(conn)
+
+    def continue_write(self, conn: Connection) -> None:
+        """Send the rest of the response as the client reads it; the next request of the
+        connection is read only once the whole answer is out (one at a time, in order)."""
+        writer = conn.writer
+        if writer is not None:
+            sent = writer.sent
+            try:
+                done = writer.flush()
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                # ValueError: a socket the thread closed already (a failed response).
+                self.log.debug("client ip=%s went away before its answer: %s", conn.ip, exc)
+                self.close(conn)
+                return
+            if writer.sent > sent:
+                conn.write_progress = time.monotonic()
+            if not done:
+                self.watch(conn, writer.wants)
+                return
+        if conn.after_write is AfterWrite.DISCARD:
+            self.start_discard(conn)
+        elif conn.after_write is AfterWrite.KEEP:
+            parser = conn.parser
+            conn.buffer = bytearray(parser.unreader.take_buffered() if parser else b"")
+            conn.next_request()
+            self.start_head(conn)
+        else:
+            self.start_linger(conn)
 
     def start_discard(self, conn: Connection) -> None:
         # The parser stopped inside the body: the next request gets a fresh one.
@@ -853,151 +632,3 @@ class KMSWorker(gthread.ThreadWorker):
                 break
             conn.lingered += len(data)
         self.close(conn)
-
-    # -- in a thread ----------------------------------------------------------------------
-
-    def handle(self, conn: Connection) -> bool | object:
-        """Serve the one request in ``conn.buffer``; True to keep the connection.
-
-        ``_DISCARD_REST`` keeps it too, once the event loop has dropped the rest of the body.
-        """
-        request = None
-        try:
-            if conn.parser is None:
-                # Its source is empty: the parser reads only what the event loop received.
-                conn.parser = RequestParser(self.cfg, iter(()), conn.client)
-            if conn.parsed is not None:
-                # Parsed whole by the event loop (examine): the parser takes that request and
-                # the unreader that holds its body and whatever was pipelined after it.
-                conn.parser.unreader, request = conn.parsed
-                conn.parser.mesg = request
-                conn.parser.req_count = request.req_number
-                conn.parsed = None
-            else:
-                conn.parser.unreader.unread(bytes(conn.buffer))
-                request = next(conn.parser)
-            conn.buffer = bytearray()
-            # The event loop answered "Expect: 100-continue" already, if it was needed.
-            request._expected_100_continue = False
-            if conn.body_error is not None:
-                self.handle_error(request, conn.sock, conn.client, conn.body_error)
-                return False
-            if not conn.body_complete and conn.discard_to is None:
-                # The rest of the body is still on its way and too long to wait for: the
-                # event loop drops it after the answer (LINGER), which says "Connection: close".
-                request.force_close()
-            keepalive = self.handle_request(request, conn)
-            if not keepalive:
-                return False
-            if not conn.body_complete:
-                return _DISCARD_REST
-            return bool(conn.parser.finish_body())
-        except http_errors.NoMoreData as exc:
-            self.log.debug("client went away: %s", exc)
-        except StopIteration:
-            pass
-        except TimeoutError:
-            self.log.info("client ip=%s stopped reading its response; closed", conn.ip)
-        except ssl.SSLError as exc:
-            self.log.debug("TLS error from ip=%s: %s", conn.ip, exc)
-        except OSError as exc:
-            if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
-                self.log.debug("client ip=%s went away", conn.ip)
-            else:
-                self.log.exception("socket error serving ip=%s", conn.ip)
-        except Exception as exc:
-            self.handle_error(request, conn.sock, conn.client, exc)
-        return False
-
-    def handle_request(self, req: Request, conn: Connection) -> bool:
-        """gthread's ``handle_request``, with the response written in one piece
-        (``OneWriteResponse``); True to keep the connection."""
-        environ: dict[str, Any] = {}
-        resp = None
-        try:
-            self.cfg.pre_request(self, req)
-            request_start = datetime.now()
-            resp, environ = wsgi.create(
-                req, conn.sock, conn.client, conn.server, self.cfg, OneWriteResponse
-            )
-            environ["wsgi.multithread"] = True
-            self.nr += 1
-            if self.nr >= self.max_requests:
-                if self.alive:
-                    self.log.info("Autorestarting worker after current request.")
-                    self.alive = False
-                resp.force_close()
-            full = len(self.keepalived_conns) >= self.max_keepalived
-            if not self.alive or not self.cfg.keepalive or full:
-                resp.force_close()
-            respiter = self.wsgi(environ, resp.start_response)
-            try:
-                if isinstance(respiter, environ["wsgi.file_wrapper"]):
-                    resp.write_file(respiter)
-                else:
-                    for item in respiter:
-                        resp.write(item)
-                resp.close()
-            finally:
-                request_time = datetime.now() - request_start
-                self.log.access(resp, req, environ, request_time)
-                if hasattr(respiter, "close"):
-                    respiter.close()
-            if resp.should_close():
-                self.log.debug("Closing connection.")
-                return False
-        except OSError:
-            raise
-        except (Exception, SystemExit):
-            if resp and resp.headers_sent:
-                # Timeout abort is SystemExit. If the response was begun, writing a 500 on the
-                # same socket would corrupt it.
-                self.log.exception("Error handling request")
-                gunicorn_util.close_graceful(conn.sock)
-                raise StopIteration() from None
-            raise
-        finally:
-            try:
-                self.cfg.post_request(self, req, environ, resp)
-            except Exception:
-                self.log.exception("Exception in post_request hook")
-        return True
-
-    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-        """gunicorn's error answers as kms JSON: ``{"error": "..."}``, a 4xx for the client's."""
-        status, message = error_answer(exc)
-        addr = addr or ("", -1)
-        ip = addr[0] if isinstance(addr, tuple) else addr
-        if status >= 500:
-            if getattr(req, "uri", None) is not None:
-                self.log.exception(
-                    "error handling request %s %s", req.method, escape_log_value(req.uri)
-                )
-            else:
-                self.log.exception("error handling request (no URI read)")
-        else:
-            detail = escape_log_value(str(exc))
-            self.log.warning('invalid request from ip=%s: %s: "%s"', ip, message, detail)
-            if req is None and hasattr(exc, "req"):
-                req = exc.req
-        if req is not None and getattr(req, "method", None) is not None:
-            self.access_log_error(req, client, addr, status, message)
-        try:
-            client.sendall(json_error(status, message))
-        except Exception:
-            self.log.debug("could not send the error answer")
-
-    def access_log_error(self, req: Any, client: Any, addr: Any, status: int, message: str) -> None:
-        try:
-            environ = default_environ(req, client, self.cfg)
-            certificate = client.getpeercert() if hasattr(client, "getpeercert") else None
-            if certificate:
-                environ[CALLER_ENVIRON_KEY] = caller_from_peer_certificate(certificate)
-            environ["REMOTE_ADDR"] = addr[0]
-            environ["REMOTE_PORT"] = str(addr[1])
-            resp = Response(req, client, self.cfg)
-            resp.status = f"{status} {REASONS.get(status, 'Error')}"
-            resp.sent = len(json_body(message))
-            self.log.access(resp, req, environ, timedelta(0))
-        except Exception:
-            self.log.debug("could not write the access log line of a refused request")

@@ -1,14 +1,19 @@
 """Hostile clients and well-behaved ones, for the slow-client test and scripts/hostile_clients.py.
 
 ``HostileLoad`` runs in a child process (its own interpreter lock, so it does not slow the
-measuring clients down) and keeps a number of hostile connections of four kinds open against one
-server, opening a new one whenever the server closes one:
+measuring clients down) and keeps a number of hostile connections of these kinds open against
+one server, opening a new one whenever the server closes one:
 
 - ``silent``: a TCP connection that sends nothing;
 - ``hello_byte``: one byte of a TLS ClientHello, then silence;
 - ``slow_head``: a completed handshake with a valid client certificate, then a request head sent
   one byte per second;
-- ``slow_body``: a whole head announcing a body, then the body one byte per second.
+- ``slow_body``: a whole head announcing a body, then the body one byte per second;
+- ``unread`` (not in ``MIX``): 40 pipelined requests for the OpenAPI document (about 100 KB
+  each), after which nothing is read: the answers pile up in the socket buffers.
+
+``slow_head``, ``slow_body`` and ``unread`` present ``Target.attacker_cert`` (by default the
+measuring clients' own certificate).
 
 ``measure`` runs the well-behaved clients: one on a kept-alive connection and one opening a new
 connection per request, each timing every answer, plus optional extra kept-alive clients that
@@ -35,13 +40,16 @@ import requests
 
 from tests.helpers.harness import b64, new_session
 
-KINDS = ("silent", "hello_byte", "slow_head", "slow_body")
+KINDS = ("silent", "hello_byte", "slow_head", "slow_body", "unread")
+#: The mix of slow clients the slow-client test and the script's default attack open.
+MIX = ("silent", "hello_byte", "slow_head", "slow_body")
 #: The first bytes of a TLS ClientHello record.
 _CLIENT_HELLO_START = b"\x16"
 _SLOW_HEAD = (
     b"POST /v1/kms/encrypt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     b"Content-Length: 60\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
 )
+_UNREAD = b"GET /v1/kms/openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 40
 _SLOW_BODY_HEAD = (
     b"POST /v1/kms/encrypt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     b"Content-Length: 10000\r\n\r\n"
@@ -63,6 +71,9 @@ class Target:
     ca_cert: Path
     client_cert: Path
     client_key: Path
+    #: The hostile connections' certificate, if not the measuring clients'.
+    attacker_cert: Path | None = None
+    attacker_key: Path | None = None
 
 
 class HostileLoad:
@@ -158,7 +169,10 @@ async def _hostile_main(
     stopping: Any,
 ) -> None:
     context = ssl.create_default_context(cafile=str(target.ca_cert))
-    context.load_cert_chain(str(target.client_cert), str(target.client_key))
+    context.load_cert_chain(
+        str(target.attacker_cert or target.client_cert),
+        str(target.attacker_key or target.client_key),
+    )
     stop = asyncio.Event()
 
     async def watch_stop() -> None:
@@ -175,7 +189,7 @@ async def _hostile_main(
                 opened_total.value += 1
 
     async def one_connection(kind: str) -> None:
-        tls = kind in ("slow_head", "slow_body")
+        tls = kind in ("slow_head", "slow_body", "unread")
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(
                 target.host,
@@ -191,6 +205,19 @@ async def _hostile_main(
                 writer.write(_CLIENT_HELLO_START)
             if kind == "slow_body":
                 writer.write(_SLOW_BODY_HEAD)
+            if kind == "unread":
+                # asyncio reads up to its buffer's limit, then no more. One more request each
+                # second notices a connection the server has closed (then reopened).
+                writer.write(_UNREAD)
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=1.0)
+                    if writer.transport.is_closing() or reader.at_eof():
+                        return
+                    writer.write(_UNREAD[: len(_UNREAD) // 40])
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(writer.drain(), timeout=1.0)
+                return
             trickle = {"slow_head": _SLOW_HEAD, "slow_body": b"x" * 10000}.get(kind, b"")
             position = 0
             while not stop.is_set():

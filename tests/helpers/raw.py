@@ -6,16 +6,48 @@ import json
 import socket
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.helpers.harness import PROCESS_TIMEOUT_SECONDS, Deployment
 
 
-def tls_connection(deployment: Deployment) -> ssl.SSLSocket:
+def tls_connection(
+    deployment: Deployment,
+    cert: Path | None = None,
+    key: Path | None = None,
+    receive_buffer: int | None = None,
+) -> ssl.SSLSocket:
+    """A TLS connection with the deployment's client certificate (or ``cert`` and ``key``);
+    ``receive_buffer`` sets a small SO_RCVBUF first, for a client that reads little."""
     context = ssl.create_default_context(cafile=str(deployment.ca_cert))
-    context.load_cert_chain(str(deployment.client_cert), str(deployment.client_key))
-    raw = socket.create_connection(("127.0.0.1", deployment.port), timeout=PROCESS_TIMEOUT_SECONDS)
-    return context.wrap_socket(raw, server_hostname="127.0.0.1")
+    context.load_cert_chain(str(cert or deployment.client_cert), str(key or deployment.client_key))
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.settimeout(PROCESS_TIMEOUT_SECONDS)
+    if receive_buffer is not None:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    try:
+        raw.connect(("127.0.0.1", deployment.port))
+        return context.wrap_socket(raw, server_hostname="127.0.0.1")
+    except BaseException:
+        raw.close()
+        raise
+
+
+def read_response(tls: ssl.SSLSocket) -> bytes:
+    """One whole response (by its Content-Length) from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = tls.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(parse_response(head + b"\r\n\r\n").headers["content-length"])
+    while len(body) < length:
+        chunk = tls.recv(65536)
+        assert chunk, head
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def read_to_end(tls: ssl.SSLSocket) -> bytes:
@@ -63,3 +95,27 @@ def parse_response(data: bytes) -> RawResponse:
         headers[name.strip().lower()] = value.strip()
     length = int(headers.get("content-length", len(rest)))
     return RawResponse(int(status_line.split()[1]), headers, rest[:length])
+
+
+class ResponseStream:
+    """The responses of one kept-alive connection, one at a time, pipelined ones included."""
+
+    def __init__(self, tls: ssl.SSLSocket) -> None:
+        self.tls = tls
+        self.buffer = b""
+
+    def _fill(self) -> None:
+        chunk = self.tls.recv(65536)
+        assert chunk, "the server closed the connection"
+        self.buffer += chunk
+
+    def next(self) -> RawResponse:
+        while b"\r\n\r\n" not in self.buffer:
+            self._fill()
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        length = int(parse_response(head + b"\r\n\r\n").headers["content-length"])
+        while len(rest) < length:
+            self._fill()
+            head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        self.buffer = rest[length:]
+        return parse_response(head + b"\r\n\r\n" + rest[:length])

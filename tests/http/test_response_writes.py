@@ -10,24 +10,12 @@ import os
 import ssl
 
 from tests.helpers.harness import KMSClient, ServerProcess, expect_json, unique_key_id
-from tests.helpers.raw import parse_response, tls_connection
+from tests.helpers.raw import parse_response, read_response, tls_connection
 
 
 def first_read(tls: ssl.SSLSocket) -> bytes:
     """What one ``recv`` returns: the plaintext of a single TLS record."""
     return tls.recv(1024 * 1024)
-
-
-def read_response(tls: ssl.SSLSocket) -> bytes:
-    """One whole response (by its Content-Length) from a kept-alive connection."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += tls.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(parse_response(head + b"\r\n\r\n").headers["content-length"])
-    while len(body) < length:
-        body += tls.recv(65536)
-    return head + b"\r\n\r\n" + body
 
 
 def post(path: str, document: dict[str, object]) -> bytes:
