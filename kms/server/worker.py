@@ -56,7 +56,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, cast
 
-from gunicorn import sock as gunicorn_sock
 from gunicorn import util as gunicorn_util
 from gunicorn.http import errors as http_errors
 from gunicorn.http import wsgi
@@ -74,7 +73,8 @@ from kms.server.identity import ENVIRON_KEY as CALLER_ENVIRON_KEY
 from kms.server.identity import caller_from_peer_certificate
 from kms.server.limits import ServerLimits, current_limits
 from kms.server.logs import escape_log_value
-from kms.server.tls import ReloadableContext
+from kms.server.tls import ReloadableContext, server_context
+from kms.server.tls import installed as installed_context
 
 #: How long a stopping worker still answers requests arriving on idle kept-alive connections.
 DRAIN_SECONDS = 2.0
@@ -260,8 +260,9 @@ class KMSWorker(gthread.ThreadWorker):
         self.raise_file_limit()
         if self.cfg.is_ssl:
             # One context per worker (gunicorn would build one, and load the keys, per
-            # connection), rebuilt when the certificate, key or CA files change (kms.server.tls).
-            self.tls = ReloadableContext(
+            # connection), rebuilt when its files change (kms.server.tls). The master's, as it
+            # was at the fork: a worker booting while the files are half replaced still serves.
+            self.tls = installed_context() or ReloadableContext(
                 self.build_ssl_context,
                 [Path(self.cfg.certfile), Path(self.cfg.keyfile), Path(self.cfg.ca_certs)],
                 self.log,
@@ -276,15 +277,7 @@ class KMSWorker(gthread.ThreadWorker):
         return self.build_ssl_context()
 
     def build_ssl_context(self) -> ssl.SSLContext:
-        context = gunicorn_sock.ssl_context(self.cfg)
-        # A TLS 1.2 renegotiation costs the server a handshake at the client's will.
-        context.options |= ssl.OP_NO_RENEGOTIATION
-        # No session resumption: a resumed session skips the check of the client's certificate
-        # (a certificate that expired since would still get in). One context per worker would
-        # otherwise resume TLS 1.3 sessions by ticket and TLS 1.2 ones by ticket or session ID.
-        context.options |= ssl.OP_NO_TICKET
-        context.num_tickets = 0
-        return context
+        return server_context(self.cfg)
 
     def raise_file_limit(self) -> None:
         """Let the soft open-file limit fit ``server.max_connections`` (up to the hard limit).
