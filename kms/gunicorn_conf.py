@@ -155,6 +155,24 @@ def _start_tls(server: Any, log: Any) -> None:
         paths = ", ".join(str(path) for path in _tls_files(_settings).paths)
         _fail(f"TLS files {paths} cannot be used together: {getattr(error, 'reason', error)}")
     install(_tls)
+    _follow_tls_files(server)
+
+
+def _follow_tls_files(server: Any) -> None:
+    """The master checks the TLS files on each pass of its loop (at most once a second), as each
+    worker does on its connections: a worker forked later starts from the newest files the master
+    could use. Were the master to look only when it forks or on SIGHUP, a good change followed
+    by a broken one would leave it with the files before the good one (an older CRL, say),
+    which a worker started then would go back to. gunicorn has no hook for its loop, so its
+    ``murder_workers`` step, called once a pass (tests/unit/test_worker_gunicorn_internals.py),
+    is followed by the check."""
+    murder_workers = server.murder_workers
+
+    def murder_workers_then_check_tls_files() -> None:
+        murder_workers()
+        _tls.current()  # rebuilds if the files changed; never raises
+
+    server.murder_workers = murder_workers_then_check_tls_files
 
 
 def _refresh_tls() -> None:

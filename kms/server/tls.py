@@ -80,6 +80,9 @@ class ReloadableContext:
         self._refused: Signature | None = None
         self._next_check = time.monotonic() + check_interval
         self.generation = 1
+        #: How a rebuild or a refusal is logged; a worker's inherited context logs at DEBUG (the
+        #: master, which follows the same files, says it once for all of them).
+        self.level = logging.INFO
 
     def current(self) -> ssl.SSLContext:
         now = time.monotonic()
@@ -101,7 +104,8 @@ class ReloadableContext:
                 # here would stop the server (the master must never exit on a reload).
                 if seen != self._refused:
                     self._refused = seen
-                    self._log.error(
+                    self._log.log(
+                        logging.ERROR if self.level > logging.DEBUG else logging.DEBUG,
                         "kms: TLS files refused, still serving with the previous ones: %s",
                         self._describe(error),
                     )
@@ -112,7 +116,8 @@ class ReloadableContext:
             self._loaded = seen
             self._refused = None
             self.generation += 1
-            self._log.info(
+            self._log.log(
+                self.level,
                 "kms: TLS files reloaded: %s",
                 ", ".join(str(path) for path in self._paths),
             )

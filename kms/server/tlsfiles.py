@@ -96,6 +96,11 @@ def _blocks(file: TLSFile, data: bytes, wanted: str) -> list[tuple[bytes, bytes]
 
 def _only(file: TLSFile, blocks: list[tuple[bytes, bytes]], label: bytes, wanted: str) -> None:
     for found, _ in blocks:
+        if found == b"X509 CRL" and label == b"CERTIFICATE":
+            # OpenSSL would load it and never check it: revoked certificates would get in.
+            raise _refuse(
+                file, "holds a CRL, which would not be checked there: give CRLs in server.crl_file"
+            )
         if found != label:
             raise _refuse(file, f"holds {_describe(found)}; it must hold {wanted} only")
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import resource
 import selectors
 import socket
@@ -262,11 +263,16 @@ class KMSWorker(gthread.ThreadWorker):
             # One context per worker (gunicorn would build one, and load the keys, per
             # connection), rebuilt when its files change (kms.server.tls). The master's, as it
             # was at the fork: a worker booting while the files are half replaced still serves.
-            self.tls = installed_context() or ReloadableContext(
-                self.build_ssl_context,
-                [Path(self.cfg.certfile), Path(self.cfg.keyfile), Path(self.cfg.ca_certs)],
-                self.log,
-            )
+            inherited = installed_context()
+            if inherited is not None:
+                inherited.level = logging.DEBUG  # the master logs each change once
+                self.tls = inherited
+            else:
+                self.tls = ReloadableContext(
+                    self.build_ssl_context,
+                    [Path(self.cfg.certfile), Path(self.cfg.keyfile), Path(self.cfg.ca_certs)],
+                    self.log,
+                )
         super().init_process()
 
     def context_for_connection(self, tls: ReloadableContext) -> ssl.SSLContext:

@@ -65,6 +65,12 @@ def foreign_crl(directory: Path) -> None:
     (directory / "crl.pem").write_bytes(crl_pem(issue_crl(new_authority("another-ca"))))
 
 
+def crl_in_the_ca_bundle(directory: Path) -> None:
+    # Where OpenSSL would load it and never check it: revoked clients would get in.
+    crl = crl_pem(issue_crl(authority_of(directory)))
+    (directory / "ca.pem").write_bytes((directory / "ca.pem").read_bytes() + crl)
+
+
 def crl_with_a_certificate(directory: Path) -> None:
     # A certificate in the CRL file would join the trusted store: refused, not ignored.
     crl = crl_pem(issue_crl(authority_of(directory)))
@@ -121,6 +127,12 @@ CASES: dict[str, tuple[Callable[[Path], None], str, str, bool]] = {
         copy_file("ca.key", "ca.pem"),
         "ca.pem",
         "holds a private key",
+        False,
+    ),
+    "a CRL in the CA bundle": (
+        crl_in_the_ca_bundle,
+        "ca.pem",
+        "give CRLs in server.crl_file",
         False,
     ),
     "garbage CRL": (write("crl.pem", b"\x00\x01garbage"), "crl.pem", "is not in PEM format", True),

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from gunicorn import glogging, sock, util
+from gunicorn.arbiter import Arbiter
 from gunicorn.config import Config
 from gunicorn.http import errors as http_errors
 from gunicorn.http import wsgi
@@ -262,3 +263,15 @@ def test_one_write_response_sends_head_and_body_in_one_write() -> None:
     assert len(writes) == 1
     assert writes[0].endswith(b"\r\n\r\n{}")
     assert (response.headers_sent, response.sent) == (True, 2)
+
+
+def test_the_master_runs_murder_workers_on_each_pass_and_hooks_before_forking() -> None:
+    # kms.gunicorn_conf follows the TLS files from gunicorn's master by running its check after
+    # Arbiter.murder_workers, once a pass of the master's loop; it refreshes the context that
+    # workers inherit in pre_fork and in on_reload, which gunicorn runs before it starts the
+    # workers of a reload.
+    run = inspect.getsource(Arbiter.run)
+    assert "self.murder_workers()" in run[run.index("while True:") :]
+    reload = inspect.getsource(Arbiter.reload)
+    assert reload.index("self.cfg.on_reload(self)") < reload.index("self.spawn_worker()")
+    assert "self.cfg.pre_fork(self, worker)" in inspect.getsource(Arbiter.spawn_worker)
