@@ -118,10 +118,9 @@ def ssl_context(config: Any, default_ssl_context_factory: Any) -> ssl.SSLContext
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
     if _settings.crl_file is not None:
-        # The CRLs join the CA bundle's store; the leaf's issuer must have one there, or the
-        # handshake fails: a CA left out of the file cannot be checked, so it is not trusted.
-        context.load_verify_locations(cafile=str(_settings.crl_file))
-        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        from kms.server.tls import check_crls
+
+        check_crls(context, _settings.crl_file)
     return context
 
 

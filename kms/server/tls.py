@@ -131,6 +131,16 @@ class ReloadableContext:
         return f"{files} cannot be used together: {reason}"
 
 
+def check_crls(context: ssl.SSLContext, crl_file: Path) -> None:
+    """Check every client's certificate against its issuer's CRL in ``crl_file`` (PEM).
+
+    The CRLs join the CA bundle's store. A client whose issuer has no CRL there is refused: it
+    cannot be checked, so it is not trusted. A CRL past its ``nextUpdate`` refuses every client
+    of its CA (OpenSSL's rule, kept: fail closed)."""
+    context.load_verify_locations(cafile=str(crl_file))
+    context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
 def server_context(cfg: Any) -> ssl.SSLContext:
     """A context as gunicorn builds it from its settings (``cfg``; kms's ``ssl_context`` hook
     included), with what kms adds for every connection."""
