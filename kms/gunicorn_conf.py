@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import ssl
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kms.errors import KMSError
 from kms.server.limits import ServerLimits, configure
 from kms.server.tlsfiles import TLSFile, TLSFiles, check_tls_files
 from kms.settings import DECLARATIONS, Settings, load_settings
+
+if TYPE_CHECKING:
+    from kms.server.tls import ReloadableContext
 
 
 def _fail(message: str) -> None:
@@ -125,7 +128,7 @@ def ssl_context(config: Any, default_ssl_context_factory: Any) -> ssl.SSLContext
 
 
 #: The master's TLS context, which every worker inherits (kms.server.tls).
-_tls: Any = None
+_tls: ReloadableContext | None = None
 
 
 def _build_tls_context(server: Any) -> ssl.SSLContext:
@@ -143,7 +146,7 @@ def _start_tls(server: Any, log: Any) -> None:
 
     global _tls
     try:
-        _tls = ReloadableContext(
+        context = ReloadableContext(
             lambda: _build_tls_context(server), _tls_files(_settings).paths, log
         )
     except KMSError as error:
@@ -153,7 +156,8 @@ def _start_tls(server: Any, log: Any) -> None:
         remove_runtime_directory(_runtime)
         paths = ", ".join(str(path) for path in _tls_files(_settings).paths)
         _fail(f"TLS files {paths} cannot be used together: {getattr(error, 'reason', error)}")
-    install(_tls)
+    _tls = context
+    install(context)
     _follow_tls_files(server)
 
 
@@ -169,7 +173,8 @@ def _follow_tls_files(server: Any) -> None:
 
     def murder_workers_then_check_tls_files() -> None:
         murder_workers()
-        _tls.current()  # rebuilds if the files changed; never raises
+        if _tls is not None:
+            _tls.current()  # rebuilds if the files changed; never raises
 
     server.murder_workers = murder_workers_then_check_tls_files
 

@@ -15,12 +15,12 @@ check, so finishing the replacement is enough. Replace files by writing the new 
 and renaming it into place (docs/operations.md, certificate rotation).
 
 The master builds the first context (``kms.gunicorn_conf``: a problem there is kms's one line and
-exit 1), checks the files again before it forks each worker and on SIGHUP, and installs it
-(``install``): a worker inherits the context, the files it was built from and the files last
-refused, and builds nothing at boot. So a worker started while the files on disk are half replaced
-(SIGHUP in the middle of a swap, or a worker replaced after a crash) boots and serves with the last
-good context instead of failing to boot, which would make gunicorn's master exit; and the refusal
-is logged once, by the master, not again by every new worker.
+exit 1), checks the files again on each pass of its loop, before it forks a worker and on SIGHUP,
+and installs it (``install``): a worker inherits the context, the files it was built from and the
+files last refused, and builds nothing at boot. So a worker started while the files on disk are
+half replaced (SIGHUP in the middle of a swap, or a worker replaced after a crash) boots and serves
+with the last good context instead of failing to boot, which would make gunicorn's master exit; and
+the refusal is logged once, by the master, not again by every new worker.
 
 The context is built by a function given by the caller (``kms.gunicorn_conf``, through gunicorn's
 ``ssl_context`` hook, so the settings there apply to every rebuild).
@@ -80,9 +80,9 @@ class ReloadableContext:
         self._refused: Signature | None = None
         self._next_check = time.monotonic() + check_interval
         self.generation = 1
-        #: How a rebuild or a refusal is logged; a worker's inherited context logs at DEBUG (the
-        #: master, which follows the same files, says it once for all of them).
-        self.level = logging.INFO
+        #: A worker's inherited context logs its rebuilds and refusals at DEBUG only: the
+        #: master, which follows the same files, says each change once for all of them.
+        self.quiet = False
 
     def current(self) -> ssl.SSLContext:
         now = time.monotonic()
@@ -105,7 +105,7 @@ class ReloadableContext:
                 if seen != self._refused:
                     self._refused = seen
                     self._log.log(
-                        logging.ERROR if self.level > logging.DEBUG else logging.DEBUG,
+                        logging.DEBUG if self.quiet else logging.ERROR,
                         "kms: TLS files refused, still serving with the previous ones: %s",
                         self._describe(error),
                     )
@@ -117,7 +117,7 @@ class ReloadableContext:
             self._refused = None
             self.generation += 1
             self._log.log(
-                self.level,
+                logging.DEBUG if self.quiet else logging.INFO,
                 "kms: TLS files reloaded: %s",
                 ", ".join(str(path) for path in self._paths),
             )

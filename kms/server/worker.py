@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import resource
 import selectors
 import socket
@@ -265,7 +264,7 @@ class KMSWorker(gthread.ThreadWorker):
             # was at the fork: a worker booting while the files are half replaced still serves.
             inherited = installed_context()
             if inherited is not None:
-                inherited.level = logging.DEBUG  # the master logs each change once
+                inherited.quiet = True  # the master logs each change once
                 self.tls = inherited
             else:
                 self.tls = ReloadableContext(
