@@ -153,3 +153,32 @@ def write_dev_certificates(directory: Path, client_common_name: str = "orchestra
     _write(directory / "client.key", private_key_pem(client_key), 0o600)
     _write(directory / "client.crt", certificate_pem(client_cert), 0o644)
     _write(directory / "master.key", secrets.token_urlsafe(32).encode("ascii") + b"\n", 0o400)
+
+
+def issue_crl(
+    authority: Authority,
+    revoked_serials: tuple[int, ...] = (),
+    *,
+    last_update: datetime | None = None,
+    next_update: datetime | None = None,
+) -> x509.CertificateRevocationList:
+    """A CRL of ``authority`` revoking ``revoked_serials``, current for a day unless told."""
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(authority.certificate.subject)
+        .last_update(last_update or now - timedelta(minutes=5))
+        .next_update(next_update or now + timedelta(days=1))
+    )
+    for serial in revoked_serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - timedelta(minutes=5))
+            .build()
+        )
+    return builder.sign(authority.key, hashes.SHA256())
+
+
+def crl_pem(crl: x509.CertificateRevocationList) -> bytes:
+    return crl.public_bytes(serialization.Encoding.PEM)

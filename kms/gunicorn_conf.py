@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import ssl
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kms.errors import KMSError
 from kms.server.limits import ServerLimits, configure
-from kms.settings import Settings, load_settings
+from kms.server.tlsfiles import TLSFile, TLSFiles, check_tls_files
+from kms.settings import DECLARATIONS, Settings, load_settings
+
+if TYPE_CHECKING:
+    from kms.server.tls import ReloadableContext
 
 
 def _fail(message: str) -> None:
@@ -33,7 +37,23 @@ def _load() -> Settings:
         settings.require_tls_files()
     except KMSError as error:
         _fail(error.public_message)
+    try:
+        check_tls_files(_tls_files(settings))
+    except KMSError as error:
+        _fail(f"{error.public_message} ({settings.source})")
     return settings
+
+
+def _tls_files(settings: Settings) -> TLSFiles:
+    def named(attribute: str) -> TLSFile:
+        return TLSFile(DECLARATIONS[attribute].key, getattr(settings, attribute))
+
+    return TLSFiles(
+        server_cert=named("server_cert"),
+        server_key=named("server_key"),
+        ca_cert=named("ca_cert"),
+        crl_file=None if settings.crl_file is None else named("crl_file"),
+    )
 
 
 _settings = _load()
@@ -100,7 +120,70 @@ def ssl_context(config: Any, default_ssl_context_factory: Any) -> ssl.SSLContext
     context = default_ssl_context_factory()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
+    if _settings.crl_file is not None:
+        from kms.server.tls import check_crls
+
+        check_crls(context, _settings.crl_file)
     return context
+
+
+#: The master's TLS context, which every worker inherits (kms.server.tls).
+_tls: ReloadableContext | None = None
+
+
+def _build_tls_context(server: Any) -> ssl.SSLContext:
+    from kms.server.tls import server_context
+
+    # Checked first, so that a refusal names the file; server.cfg is read at each build: gunicorn
+    # replaces it on SIGHUP.
+    check_tls_files(_tls_files(_settings))
+    return server_context(server.cfg)
+
+
+def _start_tls(server: Any, log: Any) -> None:
+    """Build the first context in the master; any problem is kms's one line and exit 1."""
+    from kms.server.tls import ReloadableContext, install
+
+    global _tls
+    try:
+        context = ReloadableContext(
+            lambda: _build_tls_context(server), _tls_files(_settings).paths, log
+        )
+    except KMSError as error:
+        remove_runtime_directory(_runtime)
+        _fail(f"{error.public_message} ({_settings.source})")
+    except (ssl.SSLError, OSError, ValueError) as error:
+        remove_runtime_directory(_runtime)
+        paths = ", ".join(str(path) for path in _tls_files(_settings).paths)
+        _fail(f"TLS files {paths} cannot be used together: {getattr(error, 'reason', error)}")
+    _tls = context
+    install(context)
+    _follow_tls_files(server)
+
+
+def _follow_tls_files(server: Any) -> None:
+    """The master checks the TLS files on each pass of its loop (at most once a second), as each
+    worker does on its connections: a worker forked later starts from the newest files the master
+    could use. Were the master to look only when it forks or on SIGHUP, a good change followed
+    by a broken one would leave it with the files before the good one (an older CRL, say),
+    which a worker started then would go back to. gunicorn has no hook for its loop, so its
+    ``murder_workers`` step, called once a pass (tests/unit/test_worker_gunicorn_internals.py),
+    is followed by the check."""
+    murder_workers = server.murder_workers
+
+    def murder_workers_then_check_tls_files() -> None:
+        murder_workers()
+        if _tls is not None:
+            _tls.current()  # rebuilds if the files changed; never raises
+
+    server.murder_workers = murder_workers_then_check_tls_files
+
+
+def _refresh_tls() -> None:
+    """Rebuild the master's context if its files changed: a refusal is one log line and the
+    previous context stays for the workers about to be forked (never an exception here)."""
+    if _tls is not None:
+        _tls.reload_if_changed()
 
 
 def _require_free_port(settings: Settings) -> None:
@@ -142,6 +225,7 @@ def on_starting(server: Any) -> None:
     from kms.ratelimit import create_table
 
     create_table(_runtime.rate_limit_table)
+    _start_tls(server, kms_log)
 
     try:
         keyring = open_master_keyring(_settings)
@@ -187,15 +271,19 @@ def when_ready(server: Any) -> None:
 
 
 def on_reload(server: Any) -> None:
-    """SIGHUP: read the policy again for the workers gunicorn is about to start.
+    """SIGHUP: read the TLS files and the policy again for the workers gunicorn is about to start.
 
-    An invalid file is refused with one log line and the policy in force stays.
+    An invalid policy file, or TLS files that cannot be used (a certificate and key that do not
+    match in the middle of a swap), is refused with one log line and what is in force stays; the
+    master never exits on a reload.
     """
     import logging
 
     from kms import wsgi
     from kms.api.policy import load_policy
 
+    # The certificates first: the workers gunicorn starts next inherit the master's context.
+    _refresh_tls()
     try:
         policy = load_policy(_settings.policy_file)
     except KMSError as error:
@@ -211,6 +299,7 @@ def on_reload(server: Any) -> None:
 def pre_fork(server: Any, worker: Any) -> None:
     from kms.server.balance import assign_slot
 
+    _refresh_tls()  # a new worker starts with the newest usable files
     assign_slot(worker, server.WORKERS.values())
 
 

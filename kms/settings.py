@@ -216,6 +216,12 @@ class Settings:
         None, "server.ca_cert", file_path(), aliases=("server.caCert",),
         doc="CA that client certificates must chain to (PEM); required to serve",
     )
+    crl_file: Path | None = setting(
+        None, "server.crl_file", file_path(), aliases=("server.crlFile",),
+        doc="CRLs (PEM) of the CAs in `server.ca_cert`, checked at every handshake: a client "
+        "certificate revoked there, or issued by a CA without a CRL there, is refused; reloaded "
+        "like the certificates (docs/security.md, Revocation)",
+    )
     max_body_bytes: int = setting(
         DEFAULT_MAX_BODY_BYTES, "server.max_body_bytes", integer_between(1024, 64 * 1024**2),
         aliases=("server.maxBodyBytes",), doc="request body limit (413 above it)",
@@ -360,9 +366,12 @@ class Settings:
         )
 
     def require_tls_files(self) -> None:
-        """Raise unless the three TLS files are configured and readable."""
-        for attribute in ("server_cert", "server_key", "ca_cert"):
+        """Raise unless the three TLS files (and the CRL file, if set) are configured and
+        readable."""
+        for attribute in ("server_cert", "server_key", "ca_cert", "crl_file"):
             name, path = DECLARATIONS[attribute].key, getattr(self, attribute)
+            if path is None and attribute == "crl_file":
+                continue
             if path is None:
                 raise ConfigurationError(f"{name} is not set ({self.source})")
             if not path.is_file() or not os.access(path, os.R_OK):

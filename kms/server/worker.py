@@ -64,7 +64,6 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any, cast
 
-from gunicorn import sock as gunicorn_sock
 from gunicorn.workers import gthread
 
 from kms.server.admission import IdentityCounts, choose_victim
@@ -83,7 +82,8 @@ from kms.server.reading import (
     note_body_progress,
 )
 from kms.server.serving import DISCARD_REST, ServesRequests
-from kms.server.tls import ReloadableContext
+from kms.server.tls import ReloadableContext, server_context
+from kms.server.tls import installed as installed_context
 from kms.server.writing import OneWriteResponse
 
 __all__ = ["KMSWorker", "OneWriteResponse", "State"]
@@ -137,12 +137,18 @@ class KMSWorker(BalancedAccept, ServesRequests, gthread.ThreadWorker):
         raise_file_limit(self.limits.max_connections, self.log)
         if self.cfg.is_ssl:
             # One context per worker (gunicorn would build one, and load the keys, per
-            # connection), rebuilt when the certificate, key or CA files change (kms.server.tls).
-            self.tls = ReloadableContext(
-                self.build_ssl_context,
-                [Path(self.cfg.certfile), Path(self.cfg.keyfile), Path(self.cfg.ca_certs)],
-                self.log,
-            )
+            # connection), rebuilt when its files change (kms.server.tls). The master's, as it
+            # was at the fork: a worker booting while the files are half replaced still serves.
+            inherited = installed_context()
+            if inherited is not None:
+                inherited.quiet = True  # the master logs each change once
+                self.tls = inherited
+            else:
+                self.tls = ReloadableContext(
+                    self.build_ssl_context,
+                    [Path(self.cfg.certfile), Path(self.cfg.keyfile), Path(self.cfg.ca_certs)],
+                    self.log,
+                )
         super().init_process()
 
     def context_for_connection(self, tls: ReloadableContext) -> ssl.SSLContext:
@@ -153,15 +159,7 @@ class KMSWorker(BalancedAccept, ServesRequests, gthread.ThreadWorker):
         return self.build_ssl_context()
 
     def build_ssl_context(self) -> ssl.SSLContext:
-        context = gunicorn_sock.ssl_context(self.cfg)
-        # A TLS 1.2 renegotiation costs the server a handshake at the client's will.
-        context.options |= ssl.OP_NO_RENEGOTIATION
-        # No session resumption: a resumed session skips the check of the client's certificate
-        # (a certificate that expired since would still get in). One context per worker would
-        # otherwise resume TLS 1.3 sessions by ticket and TLS 1.2 ones by ticket or session ID.
-        context.options |= ssl.OP_NO_TICKET
-        context.num_tickets = 0
-        return context
+        return server_context(self.cfg)
 
     # -- the event loop -------------------------------------------------------------------
 

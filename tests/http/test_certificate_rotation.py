@@ -11,6 +11,8 @@ about time.
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
 import ssl
 import threading
@@ -30,7 +32,14 @@ from kms.devcerts import (
     new_authority,
     private_key_pem,
 )
-from tests.helpers.harness import Deployment, KMSClient, new_session, prepare_deployment
+from tests.helpers.harness import (
+    Deployment,
+    KMSClient,
+    ServerProcess,
+    new_session,
+    prepare_deployment,
+    wait_until,
+)
 from tests.helpers.identities import running_server
 
 pytestmark = pytest.mark.slow
@@ -122,7 +131,7 @@ def test_certificates_and_ca_rotate_without_a_failed_request(tmp_path: Path) -> 
             # The certificate first: until the key follows, the files on disk do not match.
             replace_file(server_cert, certificate_pem(new_cert))
             wait_for(
-                lambda: "cannot be used together" in server.output(),
+                lambda: "TLS files refused" in server.output(),
                 "the server to notice and refuse the half-replaced pair",
             )
             assert presented_serial(deployment) == old_serial  # still the old, whole pair
@@ -169,4 +178,75 @@ def test_certificates_and_ca_rotate_without_a_failed_request(tmp_path: Path) -> 
             client.close()
         assert failures == []
         assert answered[0] > 0
-        assert "TLS certificate, key and CA bundle reloaded" in server.output()
+        assert "TLS files reloaded" in server.output()
+
+
+def worker_pids(output: str) -> set[int]:
+    """The workers gunicorn has booted so far, from its "Booting worker with pid: N" lines."""
+    return {int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", output)}
+
+
+def reload_and_wait(server: ServerProcess) -> None:
+    """SIGHUP, then wait until every worker from before it has exited (gunicorn replaces them
+    all), so that every new connection reaches a worker started by this reload."""
+    old = worker_pids(server.output())
+    server.process.send_signal(signal.SIGHUP)
+
+    def old_workers_gone() -> bool:
+        output = server.output()
+        if server.process.poll() is not None:
+            pytest.fail(f"the master exited on SIGHUP:\n{output}", pytrace=False)
+        return (
+            all(f"Worker exiting (pid: {pid})" in output for pid in old)
+            and len(worker_pids(output) - old) >= 2
+        )
+
+    wait_until(
+        old_workers_gone, "the workers from before SIGHUP to be replaced", detail=server.output
+    )
+
+
+def test_sighup_during_a_mismatched_swap_keeps_the_workers_and_the_old_pair(
+    tmp_path: Path,
+) -> None:
+    deployment = prepare_deployment(tmp_path / "kms")
+    with running_server(deployment) as server:
+        client = KMSClient(deployment)
+        try:
+            old_serial = presented_serial(deployment)
+            authority = dev_authority(deployment)
+            new_key, new_cert = issue_certificate(
+                authority,
+                "localhost",
+                server=True,
+                dns_names=("localhost",),
+                ip_addresses=("127.0.0.1", "::1"),
+            )
+            # Half a swap: the new certificate beside the old key, and a policy reload then.
+            replace_file(deployment.directory / "server.crt", certificate_pem(new_cert))
+            reload_and_wait(server)
+            refusals = [
+                line for line in server.output().splitlines() if "TLS files refused" in line
+            ]
+            assert len(refusals) == 1, server.output()
+            assert "server.key" in refusals[0] and "does not match" in refusals[0]
+            # The new workers serve with the old, whole pair, and say nothing more about it.
+            assert presented_serial(deployment) == old_serial
+            assert client.get("/v1/kms/keys", params={"limit": 1}).status_code == 200
+            assert (
+                len([line for line in server.output().splitlines() if "TLS files refused" in line])
+                == 1
+            )
+
+            # The swap completed: the workers pick it up, and so does the next reload.
+            replace_file(deployment.directory / "server.key", private_key_pem(new_key))
+            wait_for(
+                lambda: presented_serial(deployment) == new_cert.serial_number,
+                "new connections to present the new certificate",
+            )
+            reload_and_wait(server)
+            assert presented_serial(deployment) == new_cert.serial_number
+            assert client.get("/v1/kms/keys", params={"limit": 1}).status_code == 200
+        finally:
+            client.close()
+        assert "Worker failed to boot" not in server.output()

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from gunicorn import glogging, sock, util
+from gunicorn.arbiter import Arbiter
 from gunicorn.config import Config
 from gunicorn.http import errors as http_errors
 from gunicorn.http import wsgi
@@ -275,3 +276,15 @@ def test_gunicorn_writes_a_response_through_sendall_only() -> None:
     util.write(socket, b"body", chunked=True)
     util.write_chunk(socket, b"")
     assert bytes(socket.sent) == b"head4\r\nbody\r\n0\r\n\r\n"
+
+
+def test_the_master_runs_murder_workers_on_each_pass_and_hooks_before_forking() -> None:
+    # kms.gunicorn_conf follows the TLS files from gunicorn's master by running its check after
+    # Arbiter.murder_workers, once a pass of the master's loop; it refreshes the context that
+    # workers inherit in pre_fork and in on_reload, which gunicorn runs before it starts the
+    # workers of a reload.
+    run = inspect.getsource(Arbiter.run)
+    assert "self.murder_workers()" in run[run.index("while True:") :]
+    reload = inspect.getsource(Arbiter.reload)
+    assert reload.index("self.cfg.on_reload(self)") < reload.index("self.spawn_worker()")
+    assert "self.cfg.pre_fork(self, worker)" in inspect.getsource(Arbiter.spawn_worker)
