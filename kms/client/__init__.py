@@ -7,6 +7,8 @@
         ciphertext = kms.encrypt("orders", b"hello")
         assert kms.decrypt("orders", ciphertext) == b"hello"
         kms.encrypt_file("orders", "big.tar", "big.tar.kms")
+        kms.rewrap_file("big.tar.kms")  # after a rotation: the data key under the new version
+        kms.decrypt_file("big.tar.kms", "big.tar", expected_key_id="orders")
 
 It imports nothing from the server side of kms (no Flask, SQLAlchemy or settings).
 """
@@ -15,6 +17,7 @@ from kms.client.client import KMSClient
 from kms.client.errors import (
     ConflictError,
     ConnectionFailed,
+    FileFormatError,
     ForbiddenError,
     InvalidCiphertextError,
     InvalidRequestError,
@@ -26,6 +29,7 @@ from kms.client.errors import (
     RateLimitedError,
     ServerError,
     UnavailableError,
+    UnexpectedHeaderError,
     UnsupportedMediaTypeError,
 )
 from kms.client.models import MAC, DataKey, Encrypted, Key, KeyVersion, PublicKey, Signature
@@ -35,6 +39,7 @@ __all__ = [
     "ConnectionFailed",
     "DataKey",
     "Encrypted",
+    "FileFormatError",
     "ForbiddenError",
     "InvalidCiphertextError",
     "InvalidRequestError",
@@ -52,5 +57,6 @@ __all__ = [
     "ServerError",
     "Signature",
     "UnavailableError",
+    "UnexpectedHeaderError",
     "UnsupportedMediaTypeError",
 ]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,35 @@ def _stdin_bytes() -> bytes:
     return data
 
 
+def _context_option(text: str | None, option: str) -> dict[str, str] | None:
+    """An encryption context given on the command line, as a JSON object of strings."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        _fail(f'{option} must be a JSON object of strings, such as \'{{"tenant": "a"}}\'')
+    return value
+
+
+def _expectations(command: Callable[..., None]) -> Callable[..., None]:
+    """``--expect-key-id`` and ``--expect-context``: refuse a file whose header names another."""
+    command = click.option(
+        "--expect-context",
+        metavar="JSON",
+        help="Refuse the file unless its header names this encryption context (JSON object).",
+    )(command)
+    return click.option(
+        "--expect-key-id",
+        metavar="KEY_ID",
+        help="Refuse the file unless its header names this key.",
+    )(command)
+
+
 @client.command()
 @click.argument("key_id")
 @click.pass_context
@@ -114,23 +144,59 @@ def decrypt(context: click.Context, key_id: str) -> None:
 @click.argument("key_id")
 @click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--context", "encryption_context", metavar="JSON", help="Encryption context (JSON object)."
+)
 @click.pass_context
-def encrypt_file(context: click.Context, key_id: str, src: Path, dst: Path) -> None:
+def encrypt_file(
+    context: click.Context, key_id: str, src: Path, dst: Path, encryption_context: str | None
+) -> None:
     """Encrypt the file SRC into DST locally, under one data key that KEY_ID wraps."""
+    pairs = _context_option(encryption_context, "--context")
     with _client(context) as kms:
-        size = kms.encrypt_file(key_id, src, dst)
+        size = kms.encrypt_file(key_id, src, dst, context=pairs)
     click.echo(f"kms: encrypted {size} bytes from {src} into {dst}", err=True)
 
 
 @client.command("decrypt-file")
 @click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
+@_expectations
 @click.pass_context
-def decrypt_file(context: click.Context, src: Path, dst: Path) -> None:
+def decrypt_file(
+    context: click.Context,
+    src: Path,
+    dst: Path,
+    expect_key_id: str | None,
+    expect_context: str | None,
+) -> None:
     """Decrypt SRC (written by encrypt-file) into DST; a changed file writes nothing."""
+    expected_context = _context_option(expect_context, "--expect-context")
     with _client(context) as kms:
-        size = kms.decrypt_file(src, dst)
+        size = kms.decrypt_file(
+            src, dst, expected_key_id=expect_key_id, expected_context=expected_context
+        )
     click.echo(f"kms: decrypted {size} bytes from {src} into {dst}", err=True)
+
+
+@client.command("rewrap-file")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_expectations
+@click.pass_context
+def rewrap_file(
+    context: click.Context, file: Path, expect_key_id: str | None, expect_context: str | None
+) -> None:
+    """Re-wrap the data key of FILE (written by encrypt-file) under its key's latest version, in
+    place; the encrypted chunks are not touched. Then older versions may be trimmed."""
+    expected_context = _context_option(expect_context, "--expect-context")
+    with _client(context) as kms:
+        rewrapped = kms.rewrap_file(
+            file, expected_key_id=expect_key_id, expected_context=expected_context
+        )
+    click.echo(
+        f"kms: {file}: data key re-wrapped under {rewrapped.key_id} version {rewrapped.version}",
+        err=True,
+    )
 
 
 @client.command()

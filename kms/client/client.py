@@ -4,14 +4,15 @@ One ``urllib3.PoolManager`` holds the HTTPS connections (kept alive, so a call d
 handshake); it is thread-safe, so one client serves every thread of a process. Every call has a
 timeout. Retries: a connection that could not be made is retried for every call (the request
 never reached the server); a 503 or a connection lost mid-call is retried only for calls that may
-safely run twice (reads, encrypt, decrypt, sign, verify, MACs, random, data keys, delete, the
-state changes), never for create, rotate, recreate, scheduling or cancelling a deletion.
+safely run twice (reads, encrypt, decrypt, rewrap, sign, verify, MACs, random, data keys, delete,
+the state changes), never for create, rotate, recreate, scheduling or cancelling a deletion.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from kms.client.files import (
     encrypt_stream,
     opened_destination,
     opened_source,
+    rewrap_stream,
 )
 from kms.client.models import MAC, DataKey, Encrypted, Key, KeyVersion, PublicKey, Signature
 
@@ -232,6 +234,14 @@ class KMSClient:
             body["version"] = version
         return _unb64(self._call("POST", "/v1/kms/decrypt", body)["plaintext"])
 
+    def rewrap(
+        self, key_id: str, ciphertext: str, context: Mapping[str, str] | None = None
+    ) -> Encrypted:
+        """``ciphertext`` decrypted and encrypted again under the key's latest version, inside
+        kms: the plaintext never reaches the caller."""
+        body = self._with_context({"key_id": key_id, "ciphertext": ciphertext}, context)
+        return Encrypted(**self._call("POST", "/v1/kms/rewrap", body))
+
     def sign(
         self,
         key_id: str,
@@ -328,11 +338,53 @@ class KMSClient:
                 self, key_id, reader, writer, context=context, chunk_size=chunk_size
             )
 
-    def decrypt_file(self, src: Source, dst: Source) -> int:
-        """Decrypt what ``encrypt_file`` wrote; raises ``InvalidCiphertextError`` for a file that
-        was cut, reordered, spliced or changed (a path ``dst`` is then left untouched)."""
+    def decrypt_file(
+        self,
+        src: Source,
+        dst: Source,
+        *,
+        expected_key_id: str | None = None,
+        expected_context: Mapping[str, str] | None = None,
+    ) -> int:
+        """Decrypt what ``encrypt_file`` wrote (format version 2, or 1 from an older client);
+        raises ``InvalidCiphertextError`` for a file that was cut, reordered, spliced or changed
+        (a path ``dst`` is then left untouched). Given ``expected_key_id`` or
+        ``expected_context``, a header that names another key or context raises
+        ``UnexpectedHeaderError`` before kms is asked: without them, the file chooses the key."""
         with opened_source(src) as reader, opened_destination(dst) as writer:
-            return decrypt_stream(self, reader, writer)
+            return decrypt_stream(
+                self,
+                reader,
+                writer,
+                expected_key_id=expected_key_id,
+                expected_context=expected_context,
+            )
+
+    def rewrap_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        expected_key_id: str | None = None,
+        expected_context: Mapping[str, str] | None = None,
+    ) -> Encrypted:
+        """Re-wrap the data key of the version 2 file at ``path`` under its key's latest version
+        (``POST /v1/kms/rewrap``), in place and atomically: a new file is written beside it,
+        with the chunks copied unread, and renamed over it only once the new wrapped key was
+        checked to open this file (one ``/decrypt``). Afterwards the file no longer needs the
+        version that wrapped it before, so that version can be trimmed. Returns the new wrapped
+        key's version. A version 1 file raises ``FileFormatError`` and is left as it is."""
+        target = Path(path)
+        with (
+            opened_source(target) as reader,
+            opened_destination(target, mode_of=target) as writer,
+        ):
+            return rewrap_stream(
+                self,
+                reader,
+                writer,
+                expected_key_id=expected_key_id,
+                expected_context=expected_context,
+            )
 
     # -- health -----------------------------------------------------------------------------
 

@@ -30,6 +30,16 @@ class InvalidCiphertextError(InvalidRequestError):
     from ``decrypt_file`` that is truncated, reordered, spliced or otherwise changed."""
 
 
+class UnexpectedHeaderError(InvalidCiphertextError):
+    """An encrypted file whose header names another key or encryption context than the caller
+    said it expects (``expected_key_id``, ``expected_context``); kms was not asked anything."""
+
+
+class FileFormatError(KMSClientError):
+    """An encrypted file's format version does not allow the operation (re-wrapping a version 1
+    file in place)."""
+
+
 class ForbiddenError(KMSClientError):
     """403: the policy does not allow this caller this operation on this key."""
 
