@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 from kms import wsgi
 from kms.app import REPOSITORY
+from kms.devcerts import write_dev_certificates
 from kms.service.keyring import PassphraseKeyring
 from kms.settings import Settings
 from tests.helpers.tls import client_as
@@ -51,8 +53,10 @@ print(json.dumps(report))
 
 
 def probe(tmp_path: Path, server_section: str) -> dict[str, Any]:
+    # Real ones: the start hook checks the TLS files before anything else (kms.server.tlsfiles).
+    write_dev_certificates(tmp_path / "tls")
     for name in ("server.crt", "server.key", "ca.pem"):
-        (tmp_path / name).write_text("not read by the probe\n", encoding="ascii")
+        shutil.copy(tmp_path / "tls" / name, tmp_path / name)
     config = tmp_path / "config.yaml"
     config.write_text(
         "server:\n"

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from kms.devcerts import write_dev_certificates
 from kms.master import init_database
 from kms.settings import Settings
 from tests.helpers.config import write_config
@@ -47,9 +49,15 @@ collect = Collect()
 
 
 class Server:
+    # As much of gunicorn's Arbiter as the start and exit hooks use.
+
     class log:
         class error_log:
             handlers = [collect]
+
+    @staticmethod
+    def murder_workers():
+        pass
 
 
 conf = None
@@ -63,6 +71,12 @@ for case, config in json.loads(sys.argv[1]).items():
     else:
         conf = importlib.reload(conf)
     collect.lines = []
+    # The start hook builds the TLS context from gunicorn's settings, as gunicorn's master has them.
+    from gunicorn.config import Config
+
+    Server.cfg = Config()
+    for name in ("certfile", "keyfile", "ca_certs", "cert_reqs", "ssl_context"):
+        Server.cfg.set(name, getattr(conf, name))
     conf.on_starting(Server)
     conf.on_exit(Server)
     report[case] = collect.lines
@@ -81,8 +95,10 @@ CASES = {
 def case_config(directory: Path, database: Path, *, policy: bool, audit: bool) -> Path:
     """A case's config: a policy file or none, an audit log or none."""
     directory.mkdir()
+    # Real ones: the start hook checks the TLS files before anything else (kms.server.tlsfiles).
+    write_dev_certificates(directory / "tls")
     for name in ("server.crt", "server.key", "ca.pem"):
-        (directory / name).write_text("not read by the start hook\n", encoding="ascii")
+        shutil.copy(directory / "tls" / name, directory / name)
     document: dict[str, dict[str, object]] = {
         "server": {
             "server_cert": str(directory / "server.crt"),
