@@ -3,7 +3,8 @@ making a new one (``kms init``, ``kms restore``) alone, into nothing, all or not
 
 Making a database (``NewDatabase``):
 
-1. It must hold nothing (kms.store.inventory): a missing or zero-byte SQLite file with no
+1. No server may use it (checked first, so that a refusal says so), and it must hold nothing
+   (kms.store.inventory): a missing or zero-byte SQLite file with no
    ``-wal``, ``-shm`` or ``-journal`` file beside it (SQLite would apply another database's
    journal to the new file), or a PostgreSQL database with no object outside PostgreSQL's own
    schemas. A database holding a keystore is ``AlreadyInitialised`` (for init), anything else
@@ -42,7 +43,7 @@ from kms.store.inventory import foreign_objects
 from kms.store.models import kms_metadata
 from kms.store.repository import SQLKeyRepository
 from kms.store.schema import upgrade_to_head
-from kms.store.serving import ensure_not_serving, refuse_server_sessions
+from kms.store.serving import ensure_not_serving, refuse_server_sessions, serving_lock_path
 
 #: Writes the rows of a new database, in the transaction that made its schema.
 Fill = Callable[[Connection], None]
@@ -58,7 +59,20 @@ class NewDatabase:
         self._action = action
         self.name, self._path = database_of(settings)
         with database_faults(action, self.name, self._path):
+            self._refuse_if_serving()
             refuse_unless_empty(settings, self.name, self._path, action)
+
+    def _refuse_if_serving(self) -> None:
+        """Say first that a server runs, if one does (without making a lock file: a server
+        that runs has made it)."""
+        lock = serving_lock_path(self._settings.database_url)
+        if lock is not None and not os.path.lexists(lock):
+            return
+        engine = create_kms_engine(self._settings.database_url, pool=False)
+        try:
+            ensure_not_serving(self._settings.database_url, engine, self._action.split()[0]).close()
+        finally:
+            engine.dispose()
 
     def create(self, fill: Fill) -> None:
         """Hold the database alone, check again that it holds nothing, make the schema and

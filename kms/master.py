@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from kms.database import (
     NewDatabase,
@@ -369,8 +369,13 @@ def restore_database(settings: Settings, source: Path, progress: Progress | None
             f"{source} was taken at schema revision {backup.schema}; this kms restores "
             f"{head_revision()} only: restore it with the kms that took it, then `kms upgrade`"
         )
-    progress.start(len(backup.rows), f"restoring {len(backup.rows)} rows")
-    database.create(lambda conn: write_rows(conn, iter(backup.rows), progress.advance))
+
+    def fill(conn: Connection) -> None:
+        # Started once the database is held alone: a refusal stays the command's one line.
+        progress.start(len(backup.rows), f"restoring {len(backup.rows)} rows")
+        write_rows(conn, iter(backup.rows), progress.advance)
+
+    database.create(fill)
     return len(backup.rows)
 
 
