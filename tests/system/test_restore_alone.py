@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from kms.master import open_master_keyring
+from kms.master import backup_database, open_master_keyring
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
@@ -210,8 +210,9 @@ def backed_up(certificates: Path, tmp_path: Path) -> tuple[Path, Path]:
         repository.close()
         keyring.close()
     backup = tmp_path / "kms.backup"
-    taken = run_kms("backup", str(backup), config=source.config)
-    assert taken.returncode == 0, taken.stderr
+    backup_database(
+        settings, backup
+    )  # what `kms backup` runs (tests/system/test_operator_commands.py)
     target = tmp_path / "target" / "kms.db"
     target.parent.mkdir()
     target.touch()  # an empty file: what restore may replace
