@@ -54,7 +54,11 @@ def main() -> None:
 @main.command()
 @click.option("--if-needed", is_flag=True, help="Succeed quietly if already initialised.")
 def init(if_needed: bool) -> None:
-    """Initialise the configured database: schema, salt, KDF parameters and init marker."""
+    """Initialise the configured database: schema, salt, KDF parameters and init marker.
+
+    Only a missing or empty database is initialised: on PostgreSQL one with no object (table,
+    sequence, type, view, function...) in any schema but PostgreSQL's own.
+    """
     from kms.errors import AlreadyInitialised
     from kms.master import init_database
     from kms.settings import load_settings
@@ -257,8 +261,9 @@ def backup(file: Path) -> None:
 def restore(file: Path) -> None:
     """Load the backup FILE into the configured database, which must be missing or empty.
 
-    The passphrase is that of the keystore the backup was taken from. A truncated, edited,
-    reordered or foreign backup is refused before anything is written.
+    Stop every kms server first (kms refuses while one uses the database). The passphrase is that
+    of the keystore the backup was taken from. A truncated, edited, reordered or foreign backup is
+    refused before anything is written; killed at any point, the database is as it was.
     """
     from kms.master import describe_database, restore_database
     from kms.settings import load_settings

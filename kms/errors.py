@@ -153,6 +153,14 @@ class DatabaseInUse(KeystoreError):
     public_message = "a kms server is using the database; stop it first"
 
 
+class UnsafeSideFile(KeystoreError):
+    """Raise when a file kms keeps beside its SQLite database (``<database>.serving``,
+    ``<database>.changes``) is a symbolic link, not a regular file, or owned by another user:
+    kms never opens it, so nobody can make kms write into another file through it."""
+
+    public_message = "a file beside the database is not kms's own regular file"
+
+
 class BackupError(KeystoreError):
     """Raise when a backup file cannot be written or read."""
 

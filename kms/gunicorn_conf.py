@@ -240,15 +240,21 @@ def on_starting(server: Any) -> None:
         keyring.close()
         remove_runtime_directory(_runtime)
         raise
+    from kms.store.changes import prepare_changes_file
     from kms.store.serving import hold_serving_lock
 
     global _serving_lock  # held, never read, for the master's whole life
     try:
         _serving_lock = hold_serving_lock(_settings.database_url)
-    except OSError as error:
+        # Checked here so that a side file planted by someone else stops the start in one line.
+        prepare_changes_file(_settings.database_url)
+    except (OSError, KMSError) as error:
         keyring.close()
         remove_runtime_directory(_runtime)
-        _fail(f"cannot take the serving lock beside the database: {error.strerror}")
+        if isinstance(error, KMSError):
+            _fail(error.public_message)
+        else:
+            _fail(f"cannot take the serving lock beside the database: {error.strerror}")
     # Warned only once the keystore opened: a refused start stays one line naming its cause.
     if _policy.allows_everyone:
         kms_log.warning(

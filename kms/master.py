@@ -1,5 +1,6 @@
-"""Master key lifecycle from settings: ``kms init``, ``kms upgrade``, ``kms check`` and the startup
-that opens the keystore.
+"""Master key lifecycle from settings: ``kms init``, ``kms upgrade``, ``kms check``, ``kms rekey``,
+``kms backup`` and ``kms restore``, and the startup that opens the keystore. The database file,
+its faults and making a new one live in kms.database.
 
 Each runs in one process before any worker exists (the CLI, or gunicorn's master), and each
 disposes of its database connections before returning, so nothing is shared across a fork.
@@ -11,7 +12,6 @@ database and the cause; nothing else escapes (no traceback reaches the operator)
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,18 +21,24 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from kms.database import (
+    NewDatabase,
+    database_faults,
+    database_of,
+    directory_problem,
+    is_empty_file,
+    listing,
+    not_initialised,
+    sync_directory,
+)
 from kms.errors import (
     BackupError,
-    DatabaseNotEmpty,
     DatabaseUnusable,
     InvalidBackup,
     InvalidKDFParameters,
     KMSError,
     NotInitialised,
-    StoreUnavailable,
     UpgradeNeeded,
 )
 from kms.service.backup import BackupWriter, verify_backup
@@ -40,7 +46,6 @@ from kms.service.keyring import PassphraseKeyring, zeroise
 from kms.service.keys import IntegrityReport, KeyInfo, KMSService, Rotated
 from kms.service.keystore import (
     OpenedKeystore,
-    ensure_not_initialised,
     new_init_marker,
     new_keystore,
     new_master_key,
@@ -48,9 +53,8 @@ from kms.service.keystore import (
 )
 from kms.service.passphrase import obtain_passphrase
 from kms.settings import Settings
-from kms.store.db import WRITE, create_kms_engine, use_write_ahead_log
-from kms.store.faults import database_name, describe_database_error, existing_tables
-from kms.store.models import kms_metadata
+from kms.store.db import create_kms_engine
+from kms.store.faults import existing_tables
 from kms.store.repository import SQLKeyRepository, write_keystore
 from kms.store.schema import current_revision, head_revision, upgrade_to_head
 from kms.store.serving import ensure_not_serving
@@ -60,19 +64,16 @@ from kms.store.snapshot import column_names, read_snapshot, table_names, write_r
 def init_database(settings: Settings) -> None:
     """Create the schema, the salt, the KDF parameters and the init marker.
 
-    Only a missing or empty SQLite file, or a PostgreSQL schema with no table, is initialised:
-    a database holding a keystore is refused with ``AlreadyInitialised``, one holding any other
-    table (another application's) with ``DatabaseNotEmpty``, and neither is written to. The
-    passphrase is read only after that check.
+    Only a database that holds nothing is initialised (kms.database): one holding a keystore is
+    refused with ``AlreadyInitialised``, one holding anything else (another application's tables,
+    sequences, types...) with ``DatabaseNotEmpty``, one a server uses with ``DatabaseInUse``, and
+    none of them is written to. The passphrase is read only after those checks.
 
     It is all or nothing. The schema and the keystore rows are written in one transaction; a
     SQLite database is built in a temporary file beside the target and moved into place only
     when complete. A failure part-way leaves no database behind, so a later ``kms init`` works.
     """
-    name, path = _database(settings)
-    with _database_faults("initialise", name, path):
-        if path is None or not _is_empty_file(path):
-            _refuse_unless_empty(settings, name)
+    database = NewDatabase(settings, "initialise")
     passphrase = obtain_passphrase(settings.master_passphrase_file)
     try:
         kdf_parameters, init_marker = new_keystore(
@@ -80,32 +81,28 @@ def init_database(settings: Settings) -> None:
         )
     finally:
         zeroise(passphrase)
-    with _database_faults("initialise", name, path):
-        if path is None:
-            _create_keystore(settings.database_url, kdf_parameters, init_marker)
-        else:
-            _create_sqlite_keystore(settings, path, kdf_parameters, init_marker)
+    database.create(lambda conn: write_keystore(conn, kdf_parameters, init_marker))
 
 
 def open_master_keyring(settings: Settings) -> PassphraseKeyring:
     """Read the passphrase, derive the master key once and prove it on the init marker."""
-    name, path = _database(settings)
+    name, path = database_of(settings)
     if path is not None:
         if not path.parent.is_dir():
             raise DatabaseUnusable(
                 f"cannot open database {path}: directory {path.parent} does not exist"
             )
-        if _is_empty_file(path):
+        if is_empty_file(path):
             # Connecting would create the file, or write a WAL header into an empty one.
-            raise _not_initialised(name)
+            raise not_initialised(name)
         # SQLite opens a database it cannot write (read-only or full file system, with the -wal
         # and -shm files already there) without complaint; every write would then fail.
-        problem = _directory_problem(path.parent)
+        problem = directory_problem(path.parent)
         if problem is None and not os.access(path, os.R_OK | os.W_OK):
             problem = f"the file {path} is not readable and writable by this user"
         if problem is not None:
             raise DatabaseUnusable(f"cannot open database {path}: {problem}")
-    with _database_faults("open", name, path):
+    with database_faults("open", name, path):
         engine = create_kms_engine(settings.database_url, pool=False)
         try:
             repository = SQLKeyRepository(engine)
@@ -116,9 +113,9 @@ def open_master_keyring(settings: Settings) -> PassphraseKeyring:
                 if tables:
                     raise NotInitialised(
                         f"database {name} is not a kms keystore: it holds other tables "
-                        f"({_listing(tables)}); check database.dsn"
+                        f"({listing(tables)}); check database.dsn"
                     ) from None
-                raise _not_initialised(name) from None
+                raise not_initialised(name) from None
             _require_current_schema(name, engine)
             return _open(settings, name, repository).keyring
         finally:
@@ -323,7 +320,7 @@ def backup_database(
                     rows += 1
                     progress.advance()
 
-                with _database_faults("back up", name, None):
+                with database_faults("back up", name, None):
                     read_snapshot(engine, started, row)
                 out.write(writer.seal())
                 out.flush()
@@ -336,7 +333,7 @@ def backup_database(
                 ) from None
             except OSError as error:
                 raise BackupError(f"cannot write {target}: {error.strerror}") from None
-            _sync_directory(target.parent)
+            sync_directory(target.parent)
         finally:
             temporary.unlink(missing_ok=True)
     return BackupResult(rows=rows, schema=schema)
@@ -345,20 +342,19 @@ def backup_database(
 def restore_database(settings: Settings, source: Path, progress: Progress | None = None) -> int:
     """``kms restore FILE``: load a backup into an empty database (the configured one).
 
-    The whole file is read and its tag checked with the passphrase (the master key derives from
-    the backup's own KDF parameters) before anything is written; then the schema and every row
-    are written in one transaction (SQLite: into a temporary file moved into place when
-    complete). Refuses a database that holds any table. Returns the number of rows.
+    Made as ``kms init`` makes one (kms.database.NewDatabase): refused unless the database holds
+    nothing and no server uses it (the serving lock ``kms rekey`` takes, held until the end). The
+    whole file is read and its tag checked with the passphrase (the master key derives from the
+    backup's own KDF parameters) before anything is written or locked; then the schema and every
+    row are written in one transaction (SQLite: into a temporary file moved into place when
+    complete). Returns the number of rows.
     """
     progress = progress or NoProgress()
     try:
         data = source.read_bytes()
     except OSError as error:
         raise BackupError(f"cannot read {source}: {error.strerror}") from None
-    name, path = _database(settings)
-    with _database_faults("restore into", name, path):
-        if path is None or not _is_empty_file(path):
-            _refuse_unless_empty(settings, name, action="restore into")
+    database = NewDatabase(settings, "restore into")
     try:
         backup = verify_backup(
             data,
@@ -373,39 +369,28 @@ def restore_database(settings: Settings, source: Path, progress: Progress | None
             f"{source} was taken at schema revision {backup.schema}; this kms restores "
             f"{head_revision()} only: restore it with the kms that took it, then `kms upgrade`"
         )
-    progress.start(len(backup.rows), f"restoring {len(backup.rows)} rows")
 
     def fill(conn: Connection) -> None:
+        # Started once the database is held alone: a refusal stays the command's one line.
+        progress.start(len(backup.rows), f"restoring {len(backup.rows)} rows")
         write_rows(conn, iter(backup.rows), progress.advance)
 
-    with _database_faults("restore into", name, path):
-        if path is None:
-            _create_schema_with(settings.database_url, fill)
-        else:
-            _create_sqlite_database(settings, path, fill)
+    database.create(fill)
     return len(backup.rows)
-
-
-def _sync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def describe_database(settings: Settings) -> str:
     """The database for messages: its file, or its URL without the password."""
-    return _database(settings)[0]
+    return database_of(settings)[0]
 
 
 @contextlib.contextmanager
 def _engine(settings: Settings, action: str) -> Iterator[tuple[str, Engine]]:
-    name, path = _database(settings)
-    if path is not None and _is_empty_file(path):
+    name, path = database_of(settings)
+    if path is not None and is_empty_file(path):
         # Connecting would create the file, or write a WAL header into an empty one.
-        raise _not_initialised(name)
-    with _database_faults(action, name, path):
+        raise not_initialised(name)
+    with database_faults(action, name, path):
         engine = create_kms_engine(settings.database_url, pool=False)
         try:
             yield name, engine
@@ -438,186 +423,3 @@ def _open(
         ) from None
     except InvalidKDFParameters as error:
         raise InvalidKDFParameters(f"{error.public_message} (kms_metadata in {name})") from None
-
-
-def _not_initialised(name: str) -> NotInitialised:
-    return NotInitialised(f"the database {name} is not initialised: run `kms init` first")
-
-
-def _refuse_unless_empty(settings: Settings, name: str, action: str = "initialise") -> None:
-    engine = create_kms_engine(settings.database_url, pool=False)
-    try:
-        tables = existing_tables(engine)
-        if kms_metadata.name in tables and action == "initialise":
-            ensure_not_initialised(SQLKeyRepository(engine))  # AlreadyInitialised
-        if tables:
-            raise DatabaseNotEmpty(
-                f"refusing to {action} {name}: it already holds tables ({_listing(tables)}); "
-                f"kms {action.split()[0]} needs a missing or empty database; nothing was changed"
-            )
-    finally:
-        engine.dispose()
-
-
-def _tables(url: str) -> list[str]:
-    engine = create_kms_engine(url, pool=False)
-    try:
-        return existing_tables(engine)
-    finally:
-        engine.dispose()
-
-
-def _create_keystore(url: str, kdf_parameters: bytes, init_marker: bytes) -> None:
-    """Schema and keystore rows in one transaction: a failure rolls all of it back."""
-    _create_schema_with(url, lambda conn: write_keystore(conn, kdf_parameters, init_marker))
-
-
-def _create_schema_with(url: str, fill: Callable[[Connection], None]) -> None:
-    """The schema and whatever ``fill`` writes, in one transaction."""
-    engine = create_kms_engine(url, pool=False)
-    try:
-        use_write_ahead_log(engine)  # outside the transaction: SQLite refuses it inside one
-        with engine.execution_options(**WRITE).begin() as conn:
-            upgrade_to_head(conn)
-            fill(conn)
-    finally:
-        engine.dispose()
-
-
-def _create_sqlite_keystore(
-    settings: Settings, path: Path, kdf_parameters: bytes, init_marker: bytes
-) -> None:
-    _create_sqlite_database(
-        settings, path, lambda conn: write_keystore(conn, kdf_parameters, init_marker)
-    )
-
-
-def _create_sqlite_database(
-    settings: Settings, path: Path, fill: Callable[[Connection], None]
-) -> None:
-    """Build the keystore in a private temporary file beside ``path``, then move it into place.
-
-    The directory is created (0700) when missing. The file is 0600 from the start; SQLite gives
-    the -wal and -shm files the database file's mode, so they stay private too.
-    """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    descriptor, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.init-", dir=path.parent)
-    os.close(descriptor)
-    temporary = Path(temporary_name)
-    try:
-        url = make_url(settings.database_url).set(database=str(temporary))
-        _create_schema_with(url.render_as_string(hide_password=False), fill)
-        if any(_companions(temporary)):  # the last close checkpoints and removes the WAL
-            raise DatabaseUnusable(f"cannot initialise {path}: SQLite left {temporary}-wal behind")
-        _move_into_place(temporary, path, settings.database_url)
-    finally:
-        for leftover in (temporary, *_companions(temporary)):
-            leftover.unlink(missing_ok=True)
-
-
-def _move_into_place(temporary: Path, path: Path, url: str) -> None:
-    if path.exists():
-        # Checked again: someone may have written to it since. Never replace a database with
-        # tables; an empty one (zero bytes, or a SQLite header and nothing else) is replaced.
-        if not _is_empty_file(path) and _tables(url):
-            raise DatabaseNotEmpty(
-                f"refusing to initialise {path}: it holds tables now; nothing was changed"
-            )
-        os.replace(temporary, path)
-    else:
-        try:
-            os.link(temporary, path)  # fails if the file appeared meanwhile: never replace it
-        except OSError as error:
-            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
-            os.replace(temporary, path)  # a file system without hard links
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)  # the new name survives a crash
-    finally:
-        os.close(directory)
-
-
-def _companions(path: Path) -> list[Path]:
-    return [
-        companion
-        for suffix in ("-wal", "-shm", "-journal")
-        if (companion := path.with_name(path.name + suffix)).exists()
-    ]
-
-
-@contextlib.contextmanager
-def _database_faults(action: str, name: str, path: Path | None) -> Iterator[None]:
-    """Turn a failure of the database or its file system into one line naming both."""
-    try:
-        yield
-    except StoreUnavailable as error:
-        raise DatabaseUnusable(
-            f"cannot {action} database {name}: {_cause(error.__cause__, path)}"
-        ) from None
-    except (DBAPIError, OSError) as error:
-        raise DatabaseUnusable(f"cannot {action} database {name}: {_cause(error, path)}") from None
-    except ArgumentError:
-        raise DatabaseUnusable(
-            f"cannot {action} database {name}: database.dsn is not a database URL kms can use"
-        ) from None
-
-
-_FILE_SYSTEM_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
-#: Driver errors that a read-only, missing or full directory shows up as.
-_FILE_SYSTEM_ERRORS = ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_FULL")
-
-
-def _cause(error: BaseException | None, path: Path | None) -> str:
-    """The driver's cause, or for a SQLite file what its directory says when that is clearer
-    (SQLite reports a read-only or full directory as "unable to open" or "disk I/O error")."""
-    if isinstance(error, OSError):
-        # EROFS, EACCES or ENOSPC name a temporary file; the directory's state says more.
-        errorname = "SQLITE_CANTOPEN" if error.errno in _FILE_SYSTEM_ERRNOS else ""
-        where = f" ({error.filename})" if error.filename else ""
-        cause = f"{error.strerror or type(error).__name__}{where}"
-    else:
-        errorname = str(getattr(getattr(error, "orig", None), "sqlite_errorname", ""))
-        cause = describe_database_error(error)
-    if path is not None and errorname.startswith(_FILE_SYSTEM_ERRORS):
-        return _directory_problem(path.parent) or cause
-    return cause
-
-
-def _directory_problem(directory: Path) -> str | None:
-    if not directory.is_dir():
-        return f"directory {directory} does not exist"
-    status = os.statvfs(directory)
-    if status.f_flag & os.ST_RDONLY or not os.access(directory, os.W_OK):
-        return (
-            f"directory {directory} is read-only (SQLite keeps its -wal and -shm files beside "
-            "the database)"
-        )
-    if status.f_bfree == 0 or (status.f_bavail == 0 and os.geteuid() != 0):
-        return f"the disk holding {directory} is full"
-    return None
-
-
-def _listing(tables: list[str], shown: int = 5) -> str:
-    more = f", ... {len(tables) - shown} more" if len(tables) > shown else ""
-    return ", ".join(tables[:shown]) + more
-
-
-def _database(settings: Settings) -> tuple[str, Path | None]:
-    """The database's name for messages, and its file for any SQLite URL (``sqlite:///``,
-    ``sqlite+pysqlite:///``...)."""
-    try:
-        url = make_url(settings.database_url)
-    except ArgumentError:
-        raise DatabaseUnusable(
-            f"database.dsn is not a file path or a database URL ({settings.source})"
-        ) from None
-    name = database_name(settings.database_url)
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return name, None
-    return name, Path(url.database)
-
-
-def _is_empty_file(path: Path) -> bool:
-    """True for a SQLite database that is missing or zero bytes long: it holds no keystore."""
-    return not path.is_file() or path.stat().st_size == 0

@@ -13,7 +13,10 @@ Where the counters live:
   that every worker of the node and every ``kms`` command maps (``mmap``): reading a bucket is a
   memory read, no system call. A server creates the file if it is missing; a command only bumps
   an existing one (no file: no server to tell). Bumps are made under an exclusive ``flock`` so two
-  writers never lose one; reads take no lock.
+  writers never lose one; reads take no lock. The file is opened as every side file is
+  (kms.store.sidefile): a symbolic link, or anything but a regular file of kms's own user, is
+  never opened (``kms serve`` refuses to start; a worker or a command logs it and falls back to
+  counters of its own).
 - PostgreSQL: each process keeps the table in its own memory. Writers also say
   ``pg_notify('kms_keys', key_id)`` inside their transaction (delivered on commit, to every node),
   and each server worker runs a ``PostgresChangeListener`` thread that bumps its local buckets on
@@ -41,7 +44,9 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
 
+from kms.errors import UnsafeSideFile
 from kms.store.db import beside_sqlite_database
+from kms.store.sidefile import open_side_file
 
 if TYPE_CHECKING:  # an optional dependency (the postgres extra)
     import psycopg
@@ -168,10 +173,16 @@ class SharedFileChanges:
             self._pid = os.getpid()
             self._map, self._fd = None, -1
             try:
-                flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if self._create else 0)
-                fd = os.open(self.path, flags, 0o600)
+                fd = open_side_file(self.path, create=self._create)
             except FileNotFoundError:
                 return None  # a command, and no server has made the file: nobody to tell
+            except UnsafeSideFile as error:
+                log.warning(
+                    "kms: %s: other processes' key changes are seen within "
+                    "kms.cache_staleness_ms only",
+                    error.public_message,
+                )
+                return None
             except OSError as error:
                 log.warning(
                     "kms: cannot open %s (%s): other processes' key changes are seen within "
@@ -203,6 +214,14 @@ class SharedFileChanges:
                 self._map.close()
                 os.close(self._fd)
             self._map, self._fd, self._pid = None, -1, None
+
+
+def prepare_changes_file(url: str) -> None:
+    """Make ``<database>.changes`` if it is missing, or raise ``UnsafeSideFile`` if what is there
+    is not kms's own regular file: ``kms serve`` checks it once, before any worker starts."""
+    path = changes_path(url)
+    if path is not None:
+        os.close(open_side_file(path, create=True))
 
 
 def open_changes(url: str, *, create: bool = False) -> KeyChanges:

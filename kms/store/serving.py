@@ -8,7 +8,11 @@ server is using the database.
 - PostgreSQL: every server connection says ``application_name=kms-server``; the command counts
   such sessions on its database in ``pg_stat_activity``. A node whose workers have not yet opened
   a connection is not seen: stop every node first (docs/operations.md, `kms rekey`) and let this
-  catch mistakes.
+  catch mistakes. ``refuse_server_sessions`` runs the same count inside a caller's transaction
+  (``kms init`` and ``kms restore`` check again in the transaction that writes).
+
+The lock file is opened as every side file is (kms.store.sidefile): a symbolic link, or anything
+but a regular file of kms's own user, is refused with one line naming it.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import fcntl
 import os
 from pathlib import Path
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 
 from kms.errors import DatabaseInUse
 from kms.store.db import beside_sqlite_database
+from kms.store.sidefile import open_side_file
 
 SERVER_APPLICATION_NAME = "kms-server"
 
@@ -32,11 +37,13 @@ def serving_lock_path(url: str) -> Path | None:
 
 
 def hold_serving_lock(url: str) -> int | None:
-    """Take the shared serving lock (SQLite) and return its descriptor, kept open on purpose."""
+    """Take the shared serving lock (SQLite) and return its descriptor, kept open on purpose.
+
+    Raises ``UnsafeSideFile`` when the lock file is not kms's own regular file."""
     path = serving_lock_path(url)
     if path is None:
         return None
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_side_file(path, create=True)
     fcntl.flock(fd, fcntl.LOCK_SH)
     return fd
 
@@ -60,10 +67,12 @@ class AloneLock:
 
 
 def ensure_not_serving(url: str, engine: Engine, what: str) -> AloneLock:
-    """Raise ``DatabaseInUse`` if a kms server uses the database; else hold it alone."""
+    """Raise ``DatabaseInUse`` if a kms server uses the database; else hold it alone.
+
+    Raises ``UnsafeSideFile`` when the lock file is not kms's own regular file."""
     path = serving_lock_path(url)
     if path is not None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_side_file(path, create=True)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -75,17 +84,22 @@ def ensure_not_serving(url: str, engine: Engine, what: str) -> AloneLock:
         return AloneLock(fd)
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            sessions = conn.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND application_name = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": SERVER_APPLICATION_NAME},
-            ).scalar_one()
-        if sessions:
-            raise DatabaseInUse(
-                f"refusing to {what}: {sessions} kms server connection(s) are open on the "
-                "database (pg_stat_activity, application_name=kms-server); stop every kms node "
-                "first; nothing was changed"
-            )
+            refuse_server_sessions(conn, what)
     return AloneLock(None)
+
+
+def refuse_server_sessions(conn: Connection, what: str) -> None:
+    """PostgreSQL: raise ``DatabaseInUse`` if any other session on the database is a server's."""
+    sessions = conn.execute(
+        text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = :name AND pid <> pg_backend_pid()"
+        ),
+        {"name": SERVER_APPLICATION_NAME},
+    ).scalar_one()
+    if sessions:
+        raise DatabaseInUse(
+            f"refusing to {what}: {sessions} kms server connection(s) are open on the "
+            "database (pg_stat_activity, application_name=kms-server); stop every kms node "
+            "first; nothing was changed"
+        )

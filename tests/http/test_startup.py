@@ -138,6 +138,7 @@ def test_a_serving_lock_that_cannot_be_taken_stops_the_server_before_it_binds(
     binding."""
     database = tmp_path / "kms.db"
     initialise_database(database, certificates / "master.key")
+    (tmp_path / "kms.db.serving").unlink()  # init's own lock file
     (tmp_path / "kms.db.serving").mkdir()
     config = write_config(
         tmp_path / "config.yaml", directory=certificates, port=free_port(), dsn=database
