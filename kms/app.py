@@ -67,7 +67,7 @@ def create_app(
     register_identity(app)
     register_url_map(app)
     register_audit(app, AuditLog(settings.audit_path) if settings.audit_path else None)
-    register_metrics(app, service, cache)
+    register_metrics(app, service, cache, settings.metrics_max_key_series)
     register_rate_limit(app, _token_buckets(app, settings, rate_limit_table))
     register_policy(app, load_policy(settings.policy_file) if policy is None else policy)
     register_blueprints(app)

@@ -315,7 +315,14 @@ class Settings:
     )
     audit_path: Path | None = setting(
         None, "audit.path", file_path(),
-        doc="audit log file (JSON lines, hash-chained); unset: no audit (warned at start)",
+        doc="audit log file (JSON lines, hash-chained, a regular file); unset: no audit "
+        "(warned at start)",
+    )
+    # -- monitoring (docs/operations.md, Health and metrics) --
+    metrics_max_key_series: int = setting(
+        1000, "metrics.max_key_series", integer_between(0, 100_000),
+        doc="key versions `/metrics` reports use for (within the caller's scope, in key order); "
+        "past it `kms_key_version_series_truncated` is 1",
     )
     rate_limit_rate: float | None = setting(
         None, "rate_limit.rate", number_above_zero(1_000_000),

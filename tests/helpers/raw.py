@@ -63,3 +63,16 @@ def parse_response(data: bytes) -> RawResponse:
         headers[name.strip().lower()] = value.strip()
     length = int(headers.get("content-length", len(rest)))
     return RawResponse(int(status_line.split()[1]), headers, rest[:length])
+
+
+def read_response(stream: Any) -> RawResponse:
+    """One response from ``stream`` (a socket's ``makefile("rb")``), by its Content-Length:
+    nothing after it is read, so the connection can carry the next request."""
+    status_line = stream.readline()
+    assert status_line, "the server closed the connection"
+    headers = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = stream.read(int(headers.get("content-length", "0")))
+    return RawResponse(int(status_line.split()[1]), headers, body)
