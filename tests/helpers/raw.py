@@ -6,14 +6,18 @@ import json
 import socket
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.helpers.harness import PROCESS_TIMEOUT_SECONDS, Deployment
 
 
-def tls_connection(deployment: Deployment) -> ssl.SSLSocket:
+def tls_connection(
+    deployment: Deployment, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLSocket:
+    """A connection with the deployment's client certificate, or with ``cert`` and ``key``."""
     context = ssl.create_default_context(cafile=str(deployment.ca_cert))
-    context.load_cert_chain(str(deployment.client_cert), str(deployment.client_key))
+    context.load_cert_chain(str(cert or deployment.client_cert), str(key or deployment.client_key))
     raw = socket.create_connection(("127.0.0.1", deployment.port), timeout=PROCESS_TIMEOUT_SECONDS)
     return context.wrap_socket(raw, server_hostname="127.0.0.1")
 
