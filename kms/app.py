@@ -55,9 +55,9 @@ def create_app(
     created the rate-limit table its workers share. Without them, they are read here, which suits
     a single-process run such as a test or ``flask --app kms run``.
 
-    The request hooks run in the order registered: who is asking and for what (identity), the
-    arrival's audit line before anything else is decided (so a throttled or denied request is
-    recorded too), metrics, the rate limit, then the policy, and only then the view.
+    The request hooks run in the order registered: who is asking and for what (identity),
+    metrics, the rate limit, the policy, the arrival's audit line (once the request is allowed:
+    a throttled or denied one is counted in a summary line instead), and only then the view.
     """
     settings = load_settings() if settings is None else settings
     app = Flask("kms", static_folder=None)  # an API: no /static route
@@ -66,10 +66,14 @@ def create_app(
     service, cache = register_service(app, settings, keyring)
     register_identity(app)
     register_url_map(app)
-    register_audit(app, AuditLog(settings.audit_path) if settings.audit_path else None)
-    register_metrics(app, service, cache)
+    register_metrics(app, service, cache, settings.metrics_max_key_series)
     register_rate_limit(app, _token_buckets(app, settings, rate_limit_table))
     register_policy(app, load_policy(settings.policy_file) if policy is None else policy)
+    register_audit(
+        app,
+        AuditLog(settings.audit_path) if settings.audit_path else None,
+        settings.audit_summary_seconds,
+    )
     register_blueprints(app)
     register_error_handlers(app)
     return app

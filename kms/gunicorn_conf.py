@@ -240,6 +240,14 @@ def on_starting(server: Any) -> None:
         keyring.close()
         remove_runtime_directory(_runtime)
         raise
+    from kms.node import repair_audit_log
+
+    try:
+        repair_audit_log(_settings)  # a torn last line: removed, logged, recorded in the chain
+    except KMSError as error:
+        keyring.close()
+        remove_runtime_directory(_runtime)
+        _fail(error.public_message)
     from kms.store.changes import prepare_changes_file
     from kms.store.serving import hold_serving_lock
 

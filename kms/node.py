@@ -6,7 +6,8 @@
 - The authorization policy, loaded at start (an invalid file stops the server) and again on
   SIGHUP, when gunicorn starts new workers that inherit it (an invalid file is refused there, and
   the old policy stays).
-- A check that the audit log can be appended to before the port is bound.
+- A check that the audit log is a regular file that can be appended to, before the port is
+  bound, and the repair of a last line an interrupted write left incomplete.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def remove_runtime_directory(runtime: RuntimeDirectory) -> None:
 
 
 def check_audit_log(settings: Settings) -> None:
-    """Raise ConfigurationError unless the audit log can be appended to now."""
+    """Raise ConfigurationError unless the audit log is a regular file that can be appended to
+    now (a FIFO or a device such as /dev/null would lose every line)."""
     if settings.audit_path is None:
         return
     from kms.audit import AuditLog
@@ -74,6 +76,22 @@ def check_audit_log(settings: Settings) -> None:
     except OSError as error:
         raise ConfigurationError(
             f"audit.path: cannot append to {settings.audit_path}: {error.strerror}"
+        ) from None
+
+
+def repair_audit_log(settings: Settings) -> None:
+    """Remove an incomplete last line of the audit log (kms.audit.AuditLog.repair: it logs that
+    it did, and records it in the chain); raise ConfigurationError if that cannot be done."""
+    if settings.audit_path is None:
+        return
+    from kms.audit import AuditLog
+
+    try:
+        AuditLog(settings.audit_path).repair()
+    except OSError as error:
+        raise ConfigurationError(
+            f"audit.path: cannot repair the incomplete last line of {settings.audit_path}: "
+            f"{error.strerror}"
         ) from None
 
 

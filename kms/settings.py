@@ -333,7 +333,19 @@ class Settings:
     )
     audit_path: Path | None = setting(
         None, "audit.path", file_path(),
-        doc="audit log file (JSON lines, hash-chained); unset: no audit (warned at start)",
+        doc="audit log file (JSON lines, hash-chained, a regular file); unset: no audit "
+        "(warned at start)",
+    )
+    audit_summary_seconds: int = setting(
+        60, "audit.summary_seconds", integer_between(1, 3600),
+        doc="requests refused before any work (401, 403, 404, 405, 429) and health checks are "
+        "counted, and written as one summary line per identity per worker this often",
+    )
+    # -- monitoring (docs/operations.md, Health and metrics) --
+    metrics_max_key_series: int = setting(
+        1000, "metrics.max_key_series", integer_between(0, 100_000),
+        doc="key versions `/metrics` reports use for (within the caller's scope, in key order); "
+        "past it `kms_key_version_series_truncated` is 1",
     )
     rate_limit_rate: float | None = setting(
         None, "rate_limit.rate", number_above_zero(1_000_000),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flask import Flask
 
+from kms.api.audit import AUDIT_SUMMARY
 from kms.api.context import SERVICE
 from kms.api.policy import Policy
 from kms.app import REPOSITORY, create_app
@@ -56,10 +57,14 @@ def application() -> Flask:
 
 
 def close() -> None:
-    """Close this process's database connections and overwrite its copy of the master key."""
+    """Write this process's audit summaries, close its database connections and overwrite its
+    copy of the master key."""
     global _installed
     while _apps:
         app = _apps.pop()
+        summaries = app.extensions.get(AUDIT_SUMMARY)
+        if summaries is not None:
+            summaries.close()
         service = app.extensions.get(SERVICE)
         if service is not None:
             # Decryption counts since the last flush; a failing database must not stop the exit.

@@ -1,38 +1,67 @@
-"""Audit every request: one line when it arrives, before anything is done, one when answered.
+"""Audit every request that may do work: one line once it is allowed, before anything is done,
+one when answered; a summary line for the requests that did none.
 
 A line records who asked (the identity as the policy sees it), what (operation, key id, key
 version), and the outcome (status, duration); never a plaintext, ciphertext, signature, MAC,
 context value or key material: nothing from the body except the key id and a batch's item count.
 If the arrival line cannot be written the request is refused with 503 and nothing is done
-(no audit, no service). Denied and malformed requests are audited like any other.
+(no audit, no service).
+
+The arrival line is written after the rate limit and the policy have let the request through,
+just before its view. A request refused before that point (no usable certificate name 401, no
+such route 404/405, throttled 429, forbidden 403) and a health check (``/healthz``, ``/readyz``:
+no policy, no key) do nothing, so they are not written one by one: each worker counts them per
+identity, by status and by operation, and writes one ``summary`` line per identity every
+``audit.summary_seconds`` (and when it stops). The audit bytes a client can cause without being
+allowed anything are then bounded by time, not by its request rate::
+
+    {"time":...,"type":"summary","identity":"stranger","since":...,"requests":5000,
+     "statuses":{"403":4990,"429":10},"operations":{"encrypt":5000},"prev_hash":...}
+
+A summary that cannot be written (a full disk) is kept and added to the next one.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, g
+from flask import Flask, Response, g, request
 
 from kms.api.context import answered_version, request_proxy
-from kms.api.operations import current_target
+from kms.api.operations import current_target, declared_operation
 from kms.audit import AuditLog, utc_timestamp
 from kms.errors import AuditUnavailable
 
 AUDIT_LOG = "kms.audit_log"
+AUDIT_SUMMARY = "kms.audit_summary"
 #: Longer client-supplied strings (a hostile key id or path) are cut to this in the log.
 MAX_FIELD_CHARS = 256
+#: Identities a worker counts at once; one more writes the summaries out early, so memory stays
+#: bounded however many certificates take part.
+MAX_SUMMARY_IDENTITIES = 1000
+#: The operation recorded for a request that names none (no route matched).
+NO_OPERATION = "-"
 log = logging.getLogger("kms")
 
 
-def register_audit(app: Flask, audit_log: AuditLog | None) -> None:
+def register_audit(app: Flask, audit_log: AuditLog | None, summary_seconds: int) -> None:
+    """Register the audit hooks; call after the rate limit and the policy are registered, so
+    that only a request they let through writes its arrival line."""
     if audit_log is None:
         return
     app.extensions[AUDIT_LOG] = audit_log
+    summary = app.extensions[AUDIT_SUMMARY] = Summaries(audit_log, summary_seconds)
 
     @app.before_request
     def audit_arrival() -> None:
+        declared = declared_operation(app, request.endpoint)
+        if declared is None or not declared.needs_policy:
+            return  # no route, or a health check: counted in the summary when answered
         # Who asked for what is settled by now (identity runs first): the answer's line reuses it.
         g.kms_audit_fields = fields = _request_fields()
         try:
@@ -42,9 +71,16 @@ def register_audit(app: Flask, audit_log: AuditLog | None) -> None:
 
     @app.after_request
     def audit_answer(response: Response) -> Response:
-        # A request refused before its arrival line (no client certificate) has no fields yet.
         fields = g.get("kms_audit_fields")
-        record = _record("response", _request_fields() if fields is None else fields)
+        if fields is None:
+            # Refused before its arrival line, or a health check: nothing was done.
+            summary.count(
+                _cut(g.get("identity")) or "-",
+                g.get("kms_operation_name") or NO_OPERATION,
+                response.status_code,
+            )
+            return response
+        record = _record("response", fields)
         # The version the answer named, as the view noted it: the body is not parsed back.
         record["key_version"] = answered_version() if response.status_code < 400 else None
         record["status"] = response.status_code
@@ -55,6 +91,88 @@ def register_audit(app: Flask, audit_log: AuditLog | None) -> None:
             # The request has been served; all that is left is to say so where an operator looks.
             log.error("request %s: cannot write its audit line: %s", g.request_id, error)
         return response
+
+
+@dataclass
+class _Tally:
+    since: str
+    requests: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    operations: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: _Tally) -> None:
+        self.since = min(self.since, other.since)
+        self.requests += other.requests
+        self.statuses.update(other.statuses)
+        self.operations.update(other.operations)
+
+
+class Summaries:
+    """Per-identity counts of the requests that did no work, written out every ``seconds`` by
+    a thread of this process (started on the first count, so after gunicorn's fork)."""
+
+    def __init__(self, audit_log: AuditLog, seconds: int) -> None:
+        self._audit_log = audit_log
+        self._seconds = seconds
+        self._lock = threading.Lock()
+        self._tallies: dict[str, _Tally] = {}
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def count(self, identity: str, operation: str, status: int) -> None:
+        with self._lock:
+            tally = self._tallies.get(identity)
+            if tally is None:
+                if len(self._tallies) >= MAX_SUMMARY_IDENTITIES:
+                    self._flush_locked()
+                tally = self._tallies[identity] = _Tally(since=utc_timestamp())
+            tally.requests += 1
+            tally.statuses[str(status)] += 1
+            tally.operations[operation] += 1
+            if self._thread is None and not self._stopped.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="kms-audit-summary", daemon=True
+                )
+                self._thread.start()
+
+    def flush(self) -> None:
+        """Write one summary line per identity counted since the last flush."""
+        with self._lock:
+            self._flush_locked()
+
+    def close(self) -> None:
+        """Stop the thread and write what is counted (a worker that stops)."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._seconds):
+            self.flush()
+
+    def _flush_locked(self) -> None:
+        tallies, self._tallies = self._tallies, {}
+        for position, (identity, tally) in enumerate(tallies.items()):
+            try:
+                self._audit_log.append(_summary_record(identity, tally))
+            except OSError as error:
+                log.error("cannot write the audit summary lines, kept for the next: %s", error)
+                for kept, unwritten in list(tallies.items())[position:]:
+                    self._tallies.setdefault(kept, _Tally(since=unwritten.since)).add(unwritten)
+                return
+
+
+def _summary_record(identity: str, tally: _Tally) -> dict[str, Any]:
+    return {
+        "time": utc_timestamp(),
+        "type": "summary",
+        "identity": identity,
+        "since": tally.since,
+        "requests": tally.requests,
+        "statuses": dict(sorted(tally.statuses.items())),
+        "operations": dict(sorted(tally.operations.items())),
+    }
 
 
 def _record(kind: str, fields: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from kms.api.context import service
 from kms.api.docs import documented
 from kms.api.metrics import metrics_response
 from kms.api.operations import operation
+from kms.api.policy import keys_in_scope
 from kms.errors import KMSError, NotReady, StoreUnavailable
 
 blueprint = Blueprint("health", __name__)
@@ -59,4 +60,6 @@ def readyz() -> Response:
     tag="health",
 )
 def metrics() -> Response:
-    return metrics_response(current_app)
+    """Node-wide series for every caller allowed ``metrics``; per-key series for the keys its
+    rules allow ``metrics`` on."""
+    return metrics_response(current_app, keys_in_scope("metrics"))

@@ -11,7 +11,18 @@ Series: ``kms_http_requests_total{endpoint,method,status}``,
 ``kms_key_cache_misses_total``, ``kms_keys{state}`` and, per key version that was used,
 ``kms_key_version_encryptions{key_id,version}`` (counted against its limit, reserved blocks
 included) and ``kms_key_version_decryptions{key_id,version}`` (flushed by each worker every few
-seconds); these last three are read from the database when scraped, so every worker agrees.
+seconds), with ``kms_key_version_series_truncated``; these last four are read from the database
+when scraped, so every worker agrees.
+
+Bounded whatever clients send: every label value comes from a closed set. An endpoint is one of
+the URL map's or ``none``; a method outside ``METHODS`` counts as ``other``; a status outside
+``STATUSES`` counts as its class (``2xx`` ... ``5xx``); operations and algorithms are kms's own.
+So ``kms_http_requests_total`` has at most (endpoints + 1) x 9 x (len(STATUSES) + 5) series, and
+a worker's label caches as many entries. The per-key series are the scraping caller's business
+only: they cover the keys its rules allow ``metrics`` on (``keys`` globs, as for any operation),
+at most ``metrics.max_key_series`` versions in key order; past that the rest are left out and
+``kms_key_version_series_truncated`` is 1. Finding them reads the used versions a page at a time
+and stops at the limit.
 """
 
 from __future__ import annotations
@@ -20,7 +31,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, g
@@ -45,6 +57,17 @@ CRYPTO_OPERATIONS = frozenset(
     {"encrypt", "decrypt", "sign", "verify", "datakey", "rewrap", "mac", "mac:verify"}
 )
 NO_ENDPOINT = "none"
+#: Methods named in the labels as they are; any other is counted as ``OTHER_METHOD``.
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "LIST"})
+OTHER_METHOD = "other"
+#: Statuses named in the labels as they are (what kms and Werkzeug answer); any other is
+#: counted by its class, ``2xx`` ... ``5xx``.
+STATUSES = frozenset(
+    {200, 201, 204, 400, 401, 403, 404, 405, 406, 409, 411, 413, 415, 429, 500, 501, 503}
+)
+#: Used versions read from the database per query while looking for the caller's.
+USE_PAGE = 1000
+METRICS = "kms.metrics"
 log = logging.getLogger("kms")
 
 HTTP_REQUESTS = Counter(
@@ -60,6 +83,16 @@ CACHE_HITS = Counter("kms_key_cache_hits", "Key material found in a worker's cac
 CACHE_MISSES = Counter("kms_key_cache_misses", "Key material loaded and unwrapped")
 
 
+def method_label(method: str) -> str:
+    return method if method in METHODS else OTHER_METHOD
+
+
+def status_label(status: int) -> str:
+    if status in STATUSES:
+        return str(status)
+    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
+
+
 class KeyStateCollector(Collector):
     """``kms_keys{state}``, counted in the database when scraped, so every worker agrees."""
 
@@ -71,6 +104,18 @@ class KeyStateCollector(Collector):
         for state, count in sorted(self._service.key_counts_by_state().items()):
             family.add_metric([state], count)
         yield family
+
+
+class KeyUseCollector(Collector):
+    """The use of each key version ``in_scope`` accepts, at most ``limit`` of them in key order,
+    read from the database when scraped (so every worker agrees)."""
+
+    def __init__(self, service: KMSService, in_scope: Callable[[str], bool], limit: int) -> None:
+        self._service = service
+        self._in_scope = in_scope
+        self._limit = limit
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         encryptions = GaugeMetricFamily(
             "kms_key_version_encryptions",
             "Encryptions counted against a key version's limit (reserved blocks included)",
@@ -81,11 +126,38 @@ class KeyStateCollector(Collector):
             "Decryptions under a key version, as flushed by the workers",
             labels=["key_id", "version"],
         )
-        for key_id, version, encrypted, decrypted in self._service.use_totals():
+        truncated = False
+        for shown, (key_id, version, encrypted, decrypted) in enumerate(self._versions_in_scope()):
+            if shown == self._limit:
+                truncated = True
+                break
             encryptions.add_metric([key_id, str(version)], encrypted)
             decryptions.add_metric([key_id, str(version)], decrypted)
         yield encryptions
         yield decryptions
+        yield GaugeMetricFamily(
+            "kms_key_version_series_truncated",
+            "1 when key versions in the caller's scope were left out (metrics.max_key_series)",
+            value=int(truncated),
+        )
+
+    def _versions_in_scope(self) -> Iterator[tuple[str, int, int, int]]:
+        page_size = min(USE_PAGE, self._limit + 1)
+        after: tuple[str, int] | None = None
+        while True:
+            page = self._service.use_totals(after=after, limit=page_size)
+            for row in page:
+                if self._in_scope(row[0]):
+                    yield row
+            if len(page) < page_size:
+                return
+            after = (page[-1][0], page[-1][1])
+
+
+@dataclass(frozen=True)
+class _Scrape:
+    service: KMSService
+    max_key_series: int
 
 
 class _CacheCounts:
@@ -107,13 +179,16 @@ class _CacheCounts:
             self._hits, self._misses = hits, misses
 
 
-def register_metrics(app: Flask, service: KMSService, cache: KeyMaterialCache) -> None:
+def register_metrics(
+    app: Flask, service: KMSService, cache: KeyMaterialCache, max_key_series: int
+) -> None:
     cache_counts = _CacheCounts(cache)
-    key_states = KeyStateCollector(service)
-    app.extensions["kms.metrics"] = key_states
+    app.extensions[METRICS] = _Scrape(service, max_key_series)
+    endpoints = app.view_functions  # filled in later by the blueprints; read per request
 
-    # Label children looked up once per label values, not on every request.
-    requests_by_labels: dict[tuple[str, str, int], Any] = {}
+    # Label children looked up once per label values, not on every request: as many entries as
+    # label combinations, which the closed sets bound.
+    requests_by_labels: dict[tuple[str, str, str], Any] = {}
     durations_by_endpoint: dict[str, Any] = {}
     operations_by_labels: dict[tuple[str, str], Any] = {}
 
@@ -121,15 +196,14 @@ def register_metrics(app: Flask, service: KMSService, cache: KeyMaterialCache) -
     def count(response: Response) -> Response:
         # Looked up once: each access through a proxy is a context lookup of its own.
         state, current = g._get_current_object(), request_proxy._get_current_object()
-        endpoint = current.endpoint or NO_ENDPOINT
-        method = current.method
+        endpoint = current.endpoint
+        if endpoint is None or endpoint not in endpoints:
+            endpoint = NO_ENDPOINT
         status = response.status_code
-        labels = (endpoint, method, status)
+        labels = (endpoint, method_label(current.method), status_label(status))
         requests = requests_by_labels.get(labels)
         if requests is None:
-            requests = requests_by_labels[labels] = HTTP_REQUESTS.labels(
-                endpoint, method, str(status)
-            )
+            requests = requests_by_labels[labels] = HTTP_REQUESTS.labels(*labels)
         requests.inc()
         duration = durations_by_endpoint.get(endpoint)
         if duration is None:
@@ -153,15 +227,20 @@ def register_metrics(app: Flask, service: KMSService, cache: KeyMaterialCache) -
         return response
 
 
-def metrics_response(app: Flask) -> Response:
-    """The Prometheus text exposition of every worker's metrics plus the key counts."""
+def metrics_response(app: Flask, in_scope: Callable[[str], bool]) -> Response:
+    """The Prometheus text exposition of every worker's metrics, the key counts, and the use of
+    the key versions ``in_scope`` accepts (the caller's)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         text = generate_latest(registry)
     else:
         text = generate_latest(REGISTRY)
-    text += generate_latest(_single(app.extensions["kms.metrics"]))
+    scrape: _Scrape = app.extensions[METRICS]
+    text += generate_latest(_single(KeyStateCollector(scrape.service)))
+    text += generate_latest(
+        _single(KeyUseCollector(scrape.service, in_scope, scrape.max_key_series))
+    )
     return Response(text, content_type=CONTENT_TYPE_LATEST)
 
 

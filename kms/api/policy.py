@@ -155,6 +155,13 @@ def current_policy() -> Policy:
     return current_app.extensions.get(POLICY, ALLOW_ALL)
 
 
+def keys_in_scope(operation: str) -> Callable[[str], bool]:
+    """Whether the caller's rules allow ``operation`` on a key: for the answers that show many
+    keys at once (the per-key series of ``/metrics``), which must leave the others out."""
+    policy, identity = current_policy(), g.identity
+    return lambda key_id: policy.allows(identity, operation, key_id)
+
+
 def readable_keys(
     list_keys: Callable[..., list[KeyInfo]], limit: int, after: str | None
 ) -> list[KeyInfo]:

@@ -70,6 +70,7 @@ from kms.store.statements import (
     key_record,
     key_values,
     summary,
+    used_versions_after,
     version_record,
 )
 
@@ -502,10 +503,14 @@ class SQLKeyRepository:
             )
 
     @_translate_database_errors
-    def use_totals(self) -> list[tuple[str, int, int, int]]:
-        """``(key_id, version, encryptions, decryptions)`` of every version that was used."""
+    def use_totals(
+        self, after: tuple[str, int] | None = None, limit: int | None = None
+    ) -> list[tuple[str, int, int, int]]:
+        """``(key_id, version, encryptions, decryptions)`` of the versions that were used, in
+        key order: all of them, or a page of up to ``limit`` after ``(key_id, version)``."""
+        query = USED_VERSIONS if limit is None else used_versions_after(after, limit)
         with self._engine.connect() as conn:
-            rows = conn.execute(USED_VERSIONS).all()
+            rows = conn.execute(query).all()
         return [tuple(row) for row in rows]
 
     @_translate_database_errors

@@ -11,7 +11,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Insert, Row, Update, and_, bindparam, case, insert, or_, select, text, update
+from sqlalchemy import (
+    Insert,
+    Row,
+    Select,
+    Update,
+    and_,
+    bindparam,
+    case,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from kms.store.changes import CHANNEL
 from kms.store.models import key_versions, keys
@@ -114,6 +127,20 @@ USED_VERSIONS = (
     .where(or_(key_versions.c.encryptions > 0, key_versions.c.decryptions > 0))
     .order_by(key_versions.c.key_id, key_versions.c.version)
 )
+
+
+def used_versions_after(after: tuple[str, int] | None, limit: int) -> Select[Any]:
+    """Up to ``limit`` used versions after ``(key_id, version)`` in key order: one page."""
+    query = USED_VERSIONS.limit(limit)
+    if after is None:
+        return query
+    key_id, version = after
+    return query.where(
+        or_(
+            key_versions.c.key_id > key_id,
+            and_(key_versions.c.key_id == key_id, key_versions.c.version > version),
+        )
+    )
 
 
 def add_use(report: UseReport) -> Update:

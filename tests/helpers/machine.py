@@ -10,7 +10,11 @@ never what a test does.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -27,3 +31,36 @@ def unavailable(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"{reason} (CI is set: .ci/run provides it there)", pytrace=False)
     pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``directory``; skips the test where the machine refuses to mount."""
+    directory.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+def remount_read_only(directory: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(directory)], check=True)
+
+
+def fill(directory: Path, leave_bytes: int = 0) -> Path:
+    """Fill the file system of ``directory`` and give back ``leave_bytes``."""
+    filler = directory / "filler"
+    with contextlib.suppress(OSError), filler.open("ab", buffering=0) as output:
+        while True:
+            output.write(b"\0" * 4096)
+    if leave_bytes:
+        os.truncate(filler, max(0, filler.stat().st_size - leave_bytes))
+    return filler

@@ -119,3 +119,16 @@ class ResponseStream:
             head, _, rest = self.buffer.partition(b"\r\n\r\n")
         self.buffer = rest[length:]
         return parse_response(head + b"\r\n\r\n" + rest[:length])
+
+
+def read_response_from(stream: Any) -> RawResponse:
+    """One response from ``stream`` (a socket's ``makefile("rb")``), by its Content-Length:
+    nothing after it is read, so the connection can carry the next request."""
+    status_line = stream.readline()
+    assert status_line, "the server closed the connection"
+    headers = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = stream.read(int(headers.get("content-length", "0")))
+    return RawResponse(int(status_line.split()[1]), headers, body)

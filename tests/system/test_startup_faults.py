@@ -7,7 +7,6 @@ no traceback, and where a file existed before, its bytes are unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import sqlite3
@@ -32,6 +31,7 @@ from tests.helpers.harness import (
     kms_command,
     run_kms,
 )
+from tests.helpers.machine import fill, mounted_tmpfs, remount_read_only
 from tests.helpers.postgres import given_postgres_dsn
 
 pytestmark = pytest.mark.slow
@@ -129,39 +129,6 @@ def initialised_keystore(certificates: Path, database: Path, *, read: bool = Fal
         assert database_rows(database)["kms_metadata"]
         assert database.with_name(database.name + "-shm").exists()
     return database
-
-
-@contextlib.contextmanager
-def mounted_tmpfs(directory: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` at ``directory``; skips the test where the machine refuses to mount."""
-    directory.mkdir()
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", str(directory)], check=True)
-
-
-def remount_read_only(directory: Path) -> None:
-    subprocess.run(["mount", "-o", "remount,ro", str(directory)], check=True)
-
-
-def fill(directory: Path, leave_bytes: int = 0) -> Path:
-    """Fill the file system of ``directory`` and give back ``leave_bytes``."""
-    filler = directory / "filler"
-    with contextlib.suppress(OSError), filler.open("ab", buffering=0) as output:
-        while True:
-            output.write(b"\0" * 4096)
-    if leave_bytes:
-        os.truncate(filler, max(0, filler.stat().st_size - leave_bytes))
-    return filler
 
 
 # -- kms init: only into a missing or empty database (item 2) --------------------------------------

@@ -8,14 +8,18 @@ treated as sealed even when kms runs as root".
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from kms.audit import AuditLog, line_hash, verify_chain
+from kms.audit import AuditLog, NotARegularFile, Verification, line_hash, verify_chain
 
 
 def lines(path: Path) -> list[dict]:
@@ -79,3 +83,94 @@ def test_appending_leaves_no_descriptor_open(tmp_path: Path) -> None:
     for _ in range(20):
         audit.append({"type": "request"})
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+# -- a line whole or not at all; regular files only (docs/operations.md, Audit log) -------------
+
+
+def test_a_torn_last_line_is_removed_and_recorded_by_the_next_writer(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    AuditLog(path).append({"type": "request", "n": 1})
+    AuditLog(path).append({"type": "response", "n": 1})
+    complete = path.read_bytes()
+    torn = b'{"time":"2026-12-07T10:00:00.000Z","type":"requ'
+    with path.open("ab") as handle:
+        handle.write(torn)  # a writer killed mid-line
+    assert verify_chain(path).broken_line == 3
+
+    AuditLog(path).append({"type": "request", "n": 2})  # another process: it reads the tail
+
+    assert path.read_bytes().startswith(complete)
+    repair, after = lines(path)[2:]
+    assert repair["type"] == "repair"
+    assert repair["removed_bytes"] == len(torn)
+    assert repair["removed_sha256"] == hashlib.sha256(torn).hexdigest()
+    assert repair["prev_hash"] == line_hash(complete.splitlines()[-1])
+    assert after["n"] == 2
+    assert verify_chain(path) == Verification(good_lines=4)
+
+
+def test_repair_leaves_a_complete_file_alone(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    audit = AuditLog(path)
+    assert audit.repair() == 0  # an empty (new) file
+    audit.append({"type": "request"})
+    before = path.read_bytes()
+    assert AuditLog(path).repair() == 0
+    assert path.read_bytes() == before
+
+
+def test_a_file_of_only_a_fragment_is_repaired_to_a_new_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    path.write_bytes(b'{"time":')
+    assert AuditLog(path).repair() == len(b'{"time":')
+    (repair,) = lines(path)
+    assert repair["prev_hash"] == "0" * 64
+    assert verify_chain(path).broken_line is None
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/null"])
+def test_a_fifo_or_a_device_is_refused_on_every_open(tmp_path: Path, kind: str) -> None:
+    path = Path("/dev/null")
+    if kind == "fifo":
+        path = tmp_path / "audit.fifo"
+        os.mkfifo(path, 0o600)
+    audit = AuditLog(path)
+    with pytest.raises(NotARegularFile, match="not a regular file"):
+        audit.check_writable()
+    with pytest.raises(NotARegularFile):
+        audit.append({"type": "request"})
+
+
+#: Appends a line under a file size limit that lets only part of it through (as a full disk
+#: does), in a process of its own: RLIMIT_FSIZE applies to every file the process writes.
+PARTIAL_WRITE = """
+import resource, signal, sys
+from kms.audit import AuditLog
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+path = sys.argv[1]
+size = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 40, resource.RLIM_INFINITY))
+try:
+    AuditLog(path).append({"type": "request", "pad": "x" * 200})
+except OSError as error:
+    print(error.errno)
+"""
+
+
+def test_a_write_that_fails_part_way_is_cut_back_to_the_last_complete_line(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.log"
+    AuditLog(path).append({"type": "request"})
+    before = path.read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-c", PARTIAL_WRITE, str(path), str(len(before))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == str(errno.EFBIG), result.stderr
+    assert path.read_bytes() == before
+    AuditLog(path).append({"type": "request"})
+    assert verify_chain(path) == Verification(good_lines=2)

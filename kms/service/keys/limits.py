@@ -208,6 +208,9 @@ class UseLimits:
             self._tally.restore(reports)
             raise
 
-    def use_totals(self) -> list[tuple[str, int, int, int]]:
-        """``(key_id, version, encryptions, decryptions)`` of every used version, for metrics."""
-        return self._repository.use_totals()
+    def use_totals(
+        self, after: tuple[str, int] | None = None, limit: int | None = None
+    ) -> list[tuple[str, int, int, int]]:
+        """``(key_id, version, encryptions, decryptions)`` of the used versions in key order, for
+        metrics: all of them, or a page of up to ``limit`` after ``(key_id, version)``."""
+        return self._repository.use_totals(after, limit)
