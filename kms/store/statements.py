@@ -11,10 +11,24 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Insert, Row, Update, and_, bindparam, case, insert, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Row,
+    Update,
+    and_,
+    bindparam,
+    case,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from kms.store.changes import CHANNEL
 from kms.store.models import key_versions, keys
+from kms.store.patterns import ESCAPE, SQLPattern, successor
 from kms.store.records import KeyRecord, KeyVersionRecord, KeyVersionSummary, NewVersion, UseReport
 
 KEY_COLUMNS = (
@@ -114,6 +128,19 @@ USED_VERSIONS = (
     .where(or_(key_versions.c.encryptions > 0, key_versions.c.decryptions > 0))
     .order_by(key_versions.c.key_id, key_versions.c.version)
 )
+
+
+def key_id_matches(pattern: SQLPattern, *, seek: bool) -> ColumnElement[bool]:
+    """``key_id LIKE pattern``; with ``seek``, also the range of its literal prefix, which
+    SQLite answers from the primary key's index (kms.store.patterns says when that is exact)."""
+    condition = keys.c.key_id.like(pattern.like, escape=ESCAPE)
+    if not seek or not pattern.prefix:
+        return condition
+    bounds = [keys.c.key_id >= pattern.prefix]
+    upper = successor(pattern.prefix)
+    if upper is not None:
+        bounds.append(keys.c.key_id < upper)
+    return and_(*bounds, condition)
 
 
 def add_use(report: UseReport) -> Update:
