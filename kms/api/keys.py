@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from kms.api import schemas
-from kms.api.context import answer, json_body, query_args, service
+from kms.api.context import answer, json_body, note_rows_examined, query_args, service
 from kms.api.docs import documented
 from kms.api.operations import KeyFrom, operation
 from kms.api.policy import readable_key_patterns
@@ -42,6 +42,7 @@ def create_key() -> Response:
 def list_keys() -> Response:
     args = schemas.list_keys_query.load(query_args())
     page = service().list_page(**args, key_patterns=readable_key_patterns())
+    note_rows_examined(page.rows_examined)
     response = answer(schemas.key_list_response.dump(page.keys))
     if page.next_after is not None:
         response.headers[NEXT_AFTER_HEADER] = page.next_after

@@ -8,6 +8,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -64,6 +65,12 @@ keys = Table(
     Column("rotation_period", Integer, nullable=True),
     # NULL: the configured default (kms.max_encryptions_per_version). Covered by ``mac``.
     Column("max_encryptions_per_version", BigInteger, nullable=True),
+)
+
+#: The key listing's order on PostgreSQL, binary whatever the database's collation (migration
+#: 0005); SQLite's primary key index is in binary order already.
+Index("ix_keys_key_id_binary", keys.c.key_id, postgresql_ops={"key_id": 'COLLATE "C"'}).ddl_if(
+    dialect="postgresql"
 )
 
 #: One row per key version: the secret wrapped under the master key (AAD-bound to key_id,

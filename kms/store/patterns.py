@@ -8,10 +8,12 @@ closing ``]``) is literal, as in ``fnmatch``.
 
 LIKE is case-sensitive on PostgreSQL, and on SQLite because every kms connection sets
 ``PRAGMA case_sensitive_like`` (kms.store.db). The literal prefix (everything before the first
-``*``, ``?`` or ``[``) is also given as a range, ``prefix <= key_id < successor(prefix)``, which
-SQLite answers from the primary key's index (its LIKE with ESCAPE does not use the index); on
-PostgreSQL the planner derives such a range from the LIKE itself wherever the collation allows,
-so the range is used on SQLite only (in a non-C collation a range on the prefix is not exact).
+``*``, ``?`` or a set) is also given as a range, ``prefix <= key_id < successor(prefix)``, which
+an index in binary order answers by a seek: SQLite's primary key (text compares in binary
+order there), and on PostgreSQL the index on ``key_id COLLATE "C"`` (migration 0005), which the
+listing's comparisons name; in a linguistic collation strings sharing a prefix need not sort
+together, so the range would not be exact there, and PostgreSQL uses no index for a LIKE in a
+collation other than C.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     and_,
@@ -24,7 +25,6 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
-    or_,
     select,
     update,
 )
@@ -123,7 +123,7 @@ def _translate_database_errors(method: Callable[P, R]) -> Callable[P, R]:
 def _deadline(conn: Connection, deadline: float | None) -> Iterator[None]:
     """Interrupt the statements run inside when ``time.monotonic()`` passes ``deadline``.
 
-    SQLite: a progress handler, called every few thousand virtual machine steps, stops the
+    SQLite: a progress handler, called every thousand virtual machine steps, stops the
     statement; PostgreSQL: ``statement_timeout`` for the rest of the time, local to a
     transaction. Either way the driver's error becomes ``ListingTimedOut``.
     """
@@ -133,7 +133,7 @@ def _deadline(conn: Connection, deadline: float | None) -> Iterator[None]:
     sqlite = conn.dialect.name == "sqlite"
     if sqlite:
         driver: Any = conn.connection.driver_connection
-        driver.set_progress_handler(lambda: int(time.monotonic() > deadline), 4096)
+        driver.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
     else:
         conn.begin()
         remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
@@ -170,6 +170,10 @@ class SQLKeyRepository:
             else engine
         )
         self._notify = engine.dialect.name == "postgresql"
+        # key_id in binary order: the key listing's order and ranges (kms.store.patterns).
+        self._binary_key_id: ColumnElement[str] = (
+            keys.c.key_id.collate("C") if engine.dialect.name == "postgresql" else keys.c.key_id
+        )
         # SQLite has one writer at a time: a thread that finds the write lock taken sleeps in
         # SQLite's busy handler (1, 2, 5, 10... ms), however soon the lock is free again. Threads
         # of one process queue on this lock instead and start the moment the writer commits, so
@@ -277,41 +281,36 @@ class SQLKeyRepository:
         patterns: Sequence[str] | None = None,
         deadline: float | None = None,
     ) -> list[KeyRecord]:
-        """Up to ``limit`` key rows after ``after`` in key_id order, in ``state``, whose key_id
-        matches one of the globs ``patterns`` (None: every key_id).
+        """Up to ``limit`` key rows after ``after`` in binary key_id order, in ``state``, whose
+        key_id matches one of the globs ``patterns`` (None: every key_id).
 
         The globs are conditions in the query (kms.store.patterns), so the database returns only
-        rows in scope, and reaches them through the primary key's index wherever a glob has a
-        literal prefix. A glob with a set (``[a-z]``) is matched by a wider condition: the
-        caller filters those rows with ``fnmatchcase``. On SQLite each glob is a statement of its
-        own (a seek of its prefix's range) and the sorted results are merged; on PostgreSQL one
-        statement ORs the globs (its collation orders the rows).
+        rows in scope, each glob with a literal prefix reached by a seek of that prefix's range
+        in a key_id index in binary order (SQLite's primary key; on PostgreSQL the index of
+        migration 0005, whatever the database's collation). A glob with a set (``[a-z]``) is
+        matched by a wider condition: the caller filters those rows with ``fnmatchcase``. Each
+        glob is a statement of its own; their sorted rows are merged.
 
         ``deadline`` (``time.monotonic()``) interrupts a statement still running then:
         ``ListingTimedOut``.
         """
-        if patterns is not None:
-            translated = [glob_to_like(pattern) for pattern in dict.fromkeys(patterns)]
-            if not translated:
-                return []
-            if any(pattern.everything for pattern in translated):
-                patterns = None
-        query = select(*KEY_COLUMNS).order_by(keys.c.key_id).limit(limit)
+        key_id = self._binary_key_id
+        query = select(*KEY_COLUMNS).order_by(key_id).limit(limit)
         if after is not None:
-            query = query.where(keys.c.key_id > after)
+            query = query.where(key_id > after)
         if state is not None:
             query = query.where(keys.c.state == state)
-        if patterns is None:
-            queries = [query]
-        elif self._engine.dialect.name == "sqlite":
-            queries = [query.where(key_id_matches(pattern, seek=True)) for pattern in translated]
-        else:
-            queries = [query.where(or_(*(key_id_matches(p, seek=False) for p in translated)))]
+        queries = [query]
+        if patterns is not None:
+            translated = [glob_to_like(pattern) for pattern in dict.fromkeys(patterns)]
+            if not any(pattern.everything for pattern in translated):
+                queries = [query.where(key_id_matches(key_id, p)) for p in translated]
         with self._engine.connect() as conn, _deadline(conn, deadline):
             pages = [[key_record(row) for row in conn.execute(each)] for each in queries]
         if len(pages) == 1:
             return pages[0]
         merged: list[KeyRecord] = []
+        # Python orders str by code point: the binary order of their UTF-8, the query's order.
         for key in heapq.merge(*pages, key=lambda record: record.key_id):
             if merged and merged[-1].key_id == key.key_id:
                 continue  # in the scope of two globs

@@ -130,16 +130,17 @@ USED_VERSIONS = (
 )
 
 
-def key_id_matches(pattern: SQLPattern, *, seek: bool) -> ColumnElement[bool]:
-    """``key_id LIKE pattern``; with ``seek``, also the range of its literal prefix, which
-    SQLite answers from the primary key's index (kms.store.patterns says when that is exact)."""
-    condition = keys.c.key_id.like(pattern.like, escape=ESCAPE)
-    if not seek or not pattern.prefix:
+def key_id_matches(key_id: ColumnElement[str], pattern: SQLPattern) -> ColumnElement[bool]:
+    """``key_id LIKE pattern``, and the range of the pattern's literal prefix, which an index on
+    ``key_id`` in binary order answers by a seek (kms.store.patterns). ``key_id`` is the column
+    in binary order (``COLLATE "C"`` on PostgreSQL), where the range is exact."""
+    condition = key_id.like(pattern.like, escape=ESCAPE)
+    if not pattern.prefix:
         return condition
-    bounds = [keys.c.key_id >= pattern.prefix]
+    bounds = [key_id >= pattern.prefix]
     upper = successor(pattern.prefix)
     if upper is not None:
-        bounds.append(keys.c.key_id < upper)
+        bounds.append(key_id < upper)
     return and_(*bounds, condition)
 
 
