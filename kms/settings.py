@@ -288,7 +288,7 @@ class Settings:
         doc="a verify without a version tries at most this many of a key's newest versions",
     )
     list_deadline_ms: int = setting(
-        2000, "kms.list_deadline_ms", integer_between(10, 20_000),
+        5000, "kms.list_deadline_ms", integer_between(10, 20_000),
         doc="a key listing still running after this many milliseconds is stopped with 503 (it "
         "reads at most 1,000 key rows per request; this bounds the database's own work)",
     )

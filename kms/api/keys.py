@@ -33,8 +33,8 @@ def create_key() -> Response:
 @blueprint.get("")
 @operation("keys:read")
 @documented(
-    "List the keys the caller may read, ordered by key_id; the KMS-Next-After header, on "
-    "every page but the last, is the next page's after (a page may be short, even empty)",
+    "List the keys the caller may read, ordered by key_id; the next page starts after the "
+    "KMS-Next-After header",
     query=schemas.list_keys_query,
     response=schemas.key_list_response,
     errors={503: "the listing ran past kms.list_deadline_ms"},

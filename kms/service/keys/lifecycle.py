@@ -99,7 +99,7 @@ class KeyLifecycle:
         default_max_encryptions: int,
         clock: Callable[[], datetime] = utc_now,
         after_generation: Callable[[str], None] | None = None,
-        list_deadline: float = 2.0,
+        list_deadline: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``after_generation`` is a test hook: called with the key_id once fresh material is
