@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, String, literal, select, text, union_all
+from sqlalchemy import Engine, String, event, literal, select, text, union_all
 
 from kms.errors import ListingTimedOut
 from kms.service.keys import KMSService
@@ -226,3 +226,38 @@ def test_a_listing_past_its_deadline_is_stopped(store: Store) -> None:
         with pytest.raises(ListingTimedOut):
             repository.scan_keys(10, None, patterns=("*-19*",), deadline=time.monotonic() - 1)
     assert len(repository.scan_keys(10, None, patterns=("*-19*",), deadline=None)) == 10
+
+
+@pytest.mark.parametrize(
+    ("patterns", "state", "index"),
+    [
+        (("billing-*",), None, "sqlite_autoindex_keys_1 (key_id>? AND key_id<?)"),
+        (("billing-*",), "disabled", "ix_keys_state_key_id (state=? AND key_id>? AND key_id<?)"),
+        (None, "pending_deletion", "ix_keys_state_key_id (state=? AND key_id>?)"),
+    ],
+)
+def test_a_scope_and_a_state_are_seeks_of_an_index(
+    repository: SQLKeyRepository, patterns: tuple[str, ...] | None, state: str | None, index: str
+) -> None:
+    # The query's shape, as SQLite plans it: a seek of the range, not a scan of every key.
+    engine = repository._engine
+    statements: list[tuple[str, Any]] = []
+
+    def capture(*args: Any) -> None:
+        statement, parameters = args[2], args[3]
+        if statement.lstrip().startswith("SELECT keys.key_id"):
+            statements.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        repository.scan_keys(10, "billing-0", state, patterns)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert statements
+    with engine.connect() as conn:
+        for statement, parameters in statements:
+            plan = [
+                row[-1]
+                for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            ]
+            assert plan == [f"SEARCH keys USING INDEX {index}"]
