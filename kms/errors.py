@@ -248,6 +248,15 @@ class StoreUnavailable(KMSError):
     public_message = "storage unavailable, retry later"
 
 
+class ListingTimedOut(KMSError):
+    """Raise when a key listing runs past its deadline (``kms.list_deadline_ms``)."""
+
+    public_message = (
+        "the listing ran past its deadline and was stopped; list fewer keys (a smaller limit, "
+        "a narrower state or label) or retry later"
+    )
+
+
 class AuditUnavailable(KMSError):
     """Raise when a request's audit line cannot be written: no audit, no service."""
 

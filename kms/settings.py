@@ -305,6 +305,11 @@ class Settings:
         aliases=("kms.verifyMaxVersions",),
         doc="a verify without a version tries at most this many of a key's newest versions",
     )
+    list_deadline_ms: int = setting(
+        5000, "kms.list_deadline_ms", integer_between(10, 20_000),
+        doc="a key listing still running after this many milliseconds is stopped with 503 (it "
+        "reads at most 1,000 key rows per request; this bounds the database's own work)",
+    )
     max_versions: int = setting(
         DEFAULT_MAX_VERSIONS, "kms.max_versions", integer_between(1, 2**31 - 1),
         aliases=("kms.maxVersions",), doc="versions a key may have; rotating past it is 409",

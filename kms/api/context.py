@@ -72,6 +72,15 @@ def note_algorithm(algorithm: str) -> None:
     g.kms_algorithm = algorithm
 
 
+def note_rows_examined(count: int) -> None:
+    """A key listing's rows read and checked, for the metrics."""
+    g.kms_rows_examined = count
+
+
+def answered_rows_examined() -> int:
+    return g.get("kms_rows_examined", 0)
+
+
 def answered_algorithm() -> str:
     return g.get("kms_algorithm", UNKNOWN_ALGORITHM)
 

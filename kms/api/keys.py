@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from flask import Blueprint, Response
 
 from kms.api import schemas
-from kms.api.context import answer, json_body, query_args, service
+from kms.api.context import answer, json_body, note_rows_examined, query_args, service
 from kms.api.docs import documented
 from kms.api.operations import KeyFrom, operation
-from kms.api.policy import readable_keys
+from kms.api.policy import readable_key_patterns
 
 blueprint = Blueprint("keys", __name__, url_prefix="/v1/kms/keys")
+#: On a page of keys that is not the last: the ``after`` of the next page.
+NEXT_AFTER_HEADER = "KMS-Next-After"
 
 
 @blueprint.post("")
@@ -33,15 +33,20 @@ def create_key() -> Response:
 @blueprint.get("")
 @operation("keys:read")
 @documented(
-    "List the keys the caller may read, ordered by key_id",
+    "List the keys the caller may read, ordered by key_id; the next page starts after the "
+    "KMS-Next-After header",
     query=schemas.list_keys_query,
     response=schemas.key_list_response,
+    errors={503: "the listing ran past kms.list_deadline_ms"},
 )
 def list_keys() -> Response:
     args = schemas.list_keys_query.load(query_args())
-    list_page = partial(service().list_keys, state=args["state"], label=args["label"])
-    keys = readable_keys(list_page, args["limit"], args["after"])
-    return answer(schemas.key_list_response.dump(keys))
+    page = service().list_page(**args, key_patterns=readable_key_patterns())
+    note_rows_examined(page.rows_examined)
+    response = answer(schemas.key_list_response.dump(page.keys))
+    if page.next_after is not None:
+        response.headers[NEXT_AFTER_HEADER] = page.next_after
+    return response
 
 
 @blueprint.get("/<key_id>")

@@ -8,7 +8,8 @@ Without that variable (a single process, a test) the default registry is used.
 Series: ``kms_http_requests_total{endpoint,method,status}``,
 ``kms_http_request_duration_seconds{endpoint}`` (histogram),
 ``kms_crypto_operations_total{operation,algorithm}``, ``kms_key_cache_hits_total``,
-``kms_key_cache_misses_total``, ``kms_keys{state}`` and, per key version that was used,
+``kms_key_cache_misses_total``, ``kms_key_list_rows_examined_total`` (key rows the listings
+read and MAC-checked), ``kms_keys{state}`` and, per key version that was used,
 ``kms_key_version_encryptions{key_id,version}`` (counted against its limit, reserved blocks
 included) and ``kms_key_version_decryptions{key_id,version}`` (flushed by each worker every few
 seconds), with ``kms_key_version_series_truncated``; these last four are read from the database
@@ -48,7 +49,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from kms.api.context import answered_algorithm, request_proxy
+from kms.api.context import answered_algorithm, answered_rows_examined, request_proxy
 from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 
@@ -81,6 +82,9 @@ CRYPTO_OPERATIONS_DONE = Counter(
 )
 CACHE_HITS = Counter("kms_key_cache_hits", "Key material found in a worker's cache")
 CACHE_MISSES = Counter("kms_key_cache_misses", "Key material loaded and unwrapped")
+LIST_ROWS_EXAMINED = Counter(
+    "kms_key_list_rows_examined", "Key rows read and MAC-checked by key listings"
+)
 
 
 def method_label(method: str) -> str:
@@ -223,6 +227,9 @@ def register_metrics(
                         CRYPTO_OPERATIONS_DONE.labels(*operation_labels)
                     )
                 operations.inc(done)
+        examined = answered_rows_examined()
+        if examined:
+            LIST_ROWS_EXAMINED.inc(examined)
         cache_counts.publish()
         return response
 

@@ -13,9 +13,10 @@ The policy file (setting ``authorization.policy_file``) maps caller names to rul
 Operations and keys are globs (``fnmatch``, case-sensitive). Deny by default. A caller's identity
 is the first of its names (CN, then SANs in certificate order) that the policy lists; only that
 entry's rules apply. A request that names no key (a list, metrics) needs the operation on any
-key; a request whose body names no usable key is checked against the key ``""``, which only
-``*`` matches. The decision happens before the view runs, so a key that does not exist and a key
-the caller may not touch get the same 403.
+key, and a list shows only the keys of the caller's ``keys:read`` globs, which it passes to the
+query (``Policy.key_patterns``); a request whose body names no usable key is checked against the
+key ``""``, which only ``*`` matches. The decision happens before the view runs, so a key that
+does not exist and a key the caller may not touch get the same 403.
 
 Under gunicorn the master loads the file at start (an invalid file stops the server) and again
 on SIGHUP (``kms.gunicorn_conf.on_reload``); the workers that SIGHUP starts inherit the new policy,
@@ -25,7 +26,7 @@ and an invalid file at reload is logged while the old policy stays.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -38,7 +39,6 @@ from kms.api.errors import describe_validation_error
 from kms.api.operations import KNOWN_OPERATIONS, KeyFrom, current_target, declared_operation
 from kms.errors import ConfigurationError, Forbidden
 from kms.server.identity import Caller
-from kms.service.keys import KeyInfo
 
 POLICY = "kms.policy"
 #: The identity recorded for a caller whose certificate carries no usable name.
@@ -81,6 +81,17 @@ class Policy:
         if self.clients is None:
             return True
         return any(rule.allows(operation, key_id) for rule in self.clients.get(identity, ()))
+
+    def key_patterns(self, identity: str, operation: str) -> tuple[str, ...] | None:
+        """The key globs on which ``identity`` may do ``operation``, None for every key: the
+        scope a listing pushes into its query, so that keys outside it are never read."""
+        if self.clients is None:
+            return None
+        patterns: dict[str, None] = {}
+        for rule in self.clients.get(identity, ()):
+            if any(fnmatchcase(operation, pattern) for pattern in rule.operations):
+                patterns.update(dict.fromkeys(rule.keys))
+        return tuple(patterns)
 
 
 ALLOW_ALL = Policy(clients=None)
@@ -162,21 +173,6 @@ def keys_in_scope(operation: str) -> Callable[[str], bool]:
     return lambda key_id: policy.allows(identity, operation, key_id)
 
 
-def readable_keys(
-    list_keys: Callable[..., list[KeyInfo]], limit: int, after: str | None
-) -> list[KeyInfo]:
-    """A page of up to ``limit`` keys after ``after`` that the caller may read.
-
-    Reads pages of all keys and filters them until the page is full or the keys run out, so a
-    caller never sees (or counts) a key its rules do not let it read.
-    """
-    policy, identity = current_policy(), g.identity
-    page: list[KeyInfo] = []
-    while len(page) < limit:
-        batch = list_keys(limit=limit, after=after)
-        readable = [key for key in batch if policy.allows(identity, "keys:read", key.key_id)]
-        page += readable[: limit - len(page)]
-        if len(batch) < limit:
-            break
-        after = batch[-1].key_id
-    return page
+def readable_key_patterns() -> tuple[str, ...] | None:
+    """The globs of the keys the caller may read (``keys:read``); None: every key."""
+    return current_policy().key_patterns(g.identity, "keys:read")

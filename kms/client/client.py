@@ -35,6 +35,9 @@ from kms.client.files import (
 from kms.client.models import MAC, DataKey, Encrypted, Key, KeyVersion, PublicKey, Signature
 
 JSON = "application/json"
+#: On a page of keys that is not the last: the ``after`` of the next page (lower case, as the
+#: headers ``_call`` hands back).
+NEXT_AFTER_HEADER = "kms-next-after"
 DEFAULT_TIMEOUT = Timeout(connect=5.0, read=30.0)
 DEFAULT_RETRIES = 3
 _BACKOFF = 0.2
@@ -112,6 +115,19 @@ class KMSClient:
         label: tuple[str, str] | None = None,
     ) -> list[Key]:
         """One page, ordered by key_id; ``state`` and ``label`` (name, value) filter it."""
+        return self.list_keys_page(limit, after, state=state, label=label)[0]
+
+    def list_keys_page(
+        self,
+        limit: int = 100,
+        after: str | None = None,
+        *,
+        state: str | None = None,
+        label: tuple[str, str] | None = None,
+    ) -> tuple[list[Key], str | None]:
+        """One page and where the next one starts (None after the last page). A page may be
+        short, even empty, and still not be the last: the server reads at most 1,000 keys per
+        request."""
         query: dict[str, Any] = {"limit": limit}
         if after is not None:
             query["after"] = after
@@ -119,7 +135,9 @@ class KMSClient:
             query["state"] = state
         if label is not None:
             query["label"] = f"{label[0]}:{label[1]}"
-        return [Key.from_json(item) for item in self._call("GET", "/v1/kms/keys", query=query)]
+        headers: dict[str, str] = {}
+        items = self._call("GET", "/v1/kms/keys", query=query, response_headers=headers)
+        return [Key.from_json(item) for item in items], headers.get(NEXT_AFTER_HEADER)
 
     def iter_keys(
         self,
@@ -129,13 +147,12 @@ class KMSClient:
         label: tuple[str, str] | None = None,
     ) -> Iterator[Key]:
         """Every key the caller may read, page by page."""
-        after = None
+        after: str | None = None
         while True:
-            page = self.list_keys(limit=page_size, after=after, state=state, label=label)
+            page, after = self.list_keys_page(page_size, after, state=state, label=label)
             yield from page
-            if len(page) < page_size:
+            if after is None:
                 return
-            after = page[-1].key_id
 
     def get_key(self, key_id: str) -> Key:
         return Key.from_json(self._call("GET", self._key_path(key_id)))
@@ -470,7 +487,10 @@ class KMSClient:
         query: Mapping[str, Any] | None = None,
         idempotent: bool = True,
         raw: bool = False,
+        response_headers: dict[str, str] | None = None,
     ) -> Any:
+        """The answer's JSON (``raw``: its bytes); ``response_headers``, if given, receives the
+        answer's headers, their names in lower case."""
         url = self.base_url + path + (f"?{urlencode(query)}" if query else "")
         headers = {"Accept": JSON}
         payload = None
@@ -491,6 +511,10 @@ class KMSClient:
         if response.status >= 400:
             raise error_for(
                 response.status, _error_message(response.data), response.headers.get("Retry-After")
+            )
+        if response_headers is not None:
+            response_headers.update(
+                (name.lower(), value) for name, value in response.headers.items()
             )
         if raw:
             return response.data

@@ -80,6 +80,9 @@ def _configure_sqlite(engine: Engine, *, autocheckpoint: bool) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+        # LIKE as on PostgreSQL: the key listing's scope is a case-sensitive glob
+        # (kms.store.patterns).
+        cursor.execute("PRAGMA case_sensitive_like=ON")
         if not autocheckpoint:
             # Not 0: should the checkpointer fail for good, a commit still checkpoints once
             # the log passes about 40 MB (10,000 pages of 4 KiB) instead of letting it grow.

@@ -8,6 +8,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -65,6 +66,13 @@ keys = Table(
     # NULL: the configured default (kms.max_encryptions_per_version). Covered by ``mac``.
     Column("max_encryptions_per_version", BigInteger, nullable=True),
 )
+
+#: The key listing's indexes (migration 0005): its order on PostgreSQL, binary whatever the
+#: database's collation (SQLite's primary key index is in binary order already), and a state
+#: filter's seek on both.
+BINARY = {"key_id": 'COLLATE "C"'}
+Index("ix_keys_key_id_binary", keys.c.key_id, postgresql_ops=BINARY).ddl_if(dialect="postgresql")
+Index("ix_keys_state_key_id", keys.c.state, keys.c.key_id, postgresql_ops=BINARY)
 
 #: One row per key version: the secret wrapped under the master key (AAD-bound to key_id,
 #: version, purpose, algorithm and incarnation) and, for signing keys, the public key as DER.

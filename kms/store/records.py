@@ -6,7 +6,7 @@ Plain data, no SQL: the service and its tests depend on these, never on the SQL 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -160,6 +160,14 @@ class KeyRepository(Protocol):
     ) -> tuple[KeyRecord, KeyVersionRecord | None]: ...
     def list_keys(
         self, limit: int, after: str | None, state: str | None = None
+    ) -> list[KeyRecord]: ...
+    def scan_keys(
+        self,
+        limit: int,
+        after: str | None,
+        state: str | None = None,
+        patterns: Sequence[str] | None = None,
+        deadline: float | None = None,
     ) -> list[KeyRecord]: ...
     def due_keys(self, now: datetime, limit: int, after: str | None) -> list[str]: ...
     def list_versions(self, key_id: str) -> list[KeyVersionRecord]: ...

@@ -8,13 +8,16 @@ Its records and protocol are in ``kms.store.records``, its prebuilt statements i
 from __future__ import annotations
 
 import functools
+import heapq
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     and_,
@@ -31,12 +34,14 @@ from kms.errors import (
     AlreadyInitialised,
     KeyExists,
     KeyNotFound,
+    ListingTimedOut,
     NotInitialised,
     StoreUnavailable,
 )
 from kms.store.changes import ALL_KEYS, KeyChanges, open_changes
 from kms.store.db import WRITE
 from kms.store.models import key_versions, keys, kms_metadata
+from kms.store.patterns import glob_to_like
 from kms.store.records import (
     INIT_MARKER,
     KDF_PARAMETERS,
@@ -67,6 +72,7 @@ from kms.store.statements import (
     add_use,
     as_utc,
     insert_version,
+    key_id_matches,
     key_record,
     key_values,
     summary,
@@ -114,6 +120,36 @@ def _translate_database_errors(method: Callable[P, R]) -> Callable[P, R]:
     return translated
 
 
+@contextmanager
+def _deadline(conn: Connection, deadline: float | None) -> Iterator[None]:
+    """Interrupt the statements run inside when ``time.monotonic()`` passes ``deadline``.
+
+    SQLite: a progress handler, called every thousand virtual machine steps, stops the
+    statement; PostgreSQL: ``statement_timeout`` for the rest of the time, local to a
+    transaction. Either way the driver's error becomes ``ListingTimedOut``.
+    """
+    if deadline is None:
+        yield
+        return
+    sqlite = conn.dialect.name == "sqlite"
+    if sqlite:
+        driver: Any = conn.connection.driver_connection
+        driver.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
+    else:
+        conn.begin()
+        remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        conn.execute(select(func.set_config("statement_timeout", str(remaining_ms), True)))
+    try:
+        yield
+    except DBAPIError as exc:
+        if time.monotonic() >= deadline:
+            raise ListingTimedOut() from exc
+        raise
+    finally:
+        if sqlite:
+            driver.set_progress_handler(None, 0)
+
+
 class SQLKeyRepository:
     """The repository over SQLAlchemy Core; one short transaction per call.
 
@@ -135,6 +171,10 @@ class SQLKeyRepository:
             else engine
         )
         self._notify = engine.dialect.name == "postgresql"
+        # key_id in binary order: the key listing's order and ranges (kms.store.patterns).
+        self._binary_key_id: ColumnElement[str] = (
+            keys.c.key_id.collate("C") if engine.dialect.name == "postgresql" else keys.c.key_id
+        )
         # SQLite has one writer at a time: a thread that finds the write lock taken sleeps in
         # SQLite's busy handler (1, 2, 5, 10... ms), however soon the lock is free again. Threads
         # of one process queue on this lock instead and start the moment the writer commits, so
@@ -232,6 +272,53 @@ class SQLKeyRepository:
             query = query.where(keys.c.state == state)
         with self._engine.connect() as conn:
             return [key_record(row) for row in conn.execute(query)]
+
+    @_translate_database_errors
+    def scan_keys(
+        self,
+        limit: int,
+        after: str | None,
+        state: str | None = None,
+        patterns: Sequence[str] | None = None,
+        deadline: float | None = None,
+    ) -> list[KeyRecord]:
+        """Up to ``limit`` key rows after ``after`` in binary key_id order, in ``state``, whose
+        key_id matches one of the globs ``patterns`` (None: every key_id).
+
+        The globs are conditions in the query (kms.store.patterns), so the database returns only
+        rows in scope, each glob with a literal prefix reached by a seek of that prefix's range
+        in a key_id index in binary order (SQLite's primary key; on PostgreSQL the index of
+        migration 0005, whatever the database's collation). A glob with a set (``[a-z]``) is
+        matched by a wider condition: the caller filters those rows with ``fnmatchcase``. Each
+        glob is a statement of its own; their sorted rows are merged.
+
+        ``deadline`` (``time.monotonic()``) interrupts a statement still running then:
+        ``ListingTimedOut``.
+        """
+        key_id = self._binary_key_id
+        query = select(*KEY_COLUMNS).order_by(key_id).limit(limit)
+        if after is not None:
+            query = query.where(key_id > after)
+        if state is not None:
+            query = query.where(keys.c.state == state)
+        queries = [query]
+        if patterns is not None:
+            translated = [glob_to_like(pattern) for pattern in dict.fromkeys(patterns)]
+            if not any(pattern.everything for pattern in translated):
+                queries = [query.where(key_id_matches(key_id, p)) for p in translated]
+        with self._engine.connect() as conn, _deadline(conn, deadline):
+            pages = [[key_record(row) for row in conn.execute(each)] for each in queries]
+        if len(pages) == 1:
+            return pages[0]
+        merged: list[KeyRecord] = []
+        # Python orders str by code point: the binary order of their UTF-8, the query's order.
+        for key in heapq.merge(*pages, key=lambda record: record.key_id):
+            if merged and merged[-1].key_id == key.key_id:
+                continue  # in the scope of two globs
+            merged.append(key)
+            if len(merged) == limit:
+                break
+        return merged
 
     @_translate_database_errors
     def due_keys(self, now: datetime, limit: int, after: str | None) -> list[str]:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Insert,
     Row,
     Select,
@@ -28,6 +29,7 @@ from sqlalchemy import (
 
 from kms.store.changes import CHANNEL
 from kms.store.models import key_versions, keys
+from kms.store.patterns import ESCAPE, SQLPattern, successor
 from kms.store.records import KeyRecord, KeyVersionRecord, KeyVersionSummary, NewVersion, UseReport
 
 KEY_COLUMNS = (
@@ -141,6 +143,20 @@ def used_versions_after(after: tuple[str, int] | None, limit: int) -> Select[Any
             and_(key_versions.c.key_id == key_id, key_versions.c.version > version),
         )
     )
+
+
+def key_id_matches(key_id: ColumnElement[str], pattern: SQLPattern) -> ColumnElement[bool]:
+    """``key_id LIKE pattern``, and the range of the pattern's literal prefix, which an index on
+    ``key_id`` in binary order answers by a seek (kms.store.patterns). ``key_id`` is the column
+    in binary order (``COLLATE "C"`` on PostgreSQL), where the range is exact."""
+    condition = key_id.like(pattern.like, escape=ESCAPE)
+    if not pattern.prefix:
+        return condition
+    bounds = [key_id >= pattern.prefix]
+    upper = successor(pattern.prefix)
+    if upper is not None:
+        bounds.append(key_id < upper)
+    return and_(*bounds, condition)
 
 
 def add_use(report: UseReport) -> Update:

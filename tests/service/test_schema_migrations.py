@@ -21,11 +21,23 @@ from kms.store.schema import upgrade_to_head
 
 def differences(url: str, *, server_defaults: bool = True) -> list[object]:
     engine = create_engine(url)
+
+    def on_this_dialect(item: object, *_: object) -> bool:
+        # An object declared for one dialect only (``.ddl_if(dialect=...)``, such as the index
+        # of the key listing's binary order on PostgreSQL) is compared on that dialect only.
+        only = getattr(item, "_ddl_if", None)
+        return only is None or only.dialect in (None, engine.dialect.name)
+
     try:
         upgrade_to_head(engine)
         with engine.connect() as conn:
             context = MigrationContext.configure(
-                conn, opts={"compare_type": True, "compare_server_default": server_defaults}
+                conn,
+                opts={
+                    "compare_type": True,
+                    "compare_server_default": server_defaults,
+                    "include_object": on_this_dialect,
+                },
             )
             return list(compare_metadata(context, metadata))
     finally:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
 
 from kms.crypto.algorithms import (
     ALGORITHMS,
@@ -28,6 +30,7 @@ from kms.errors import (
     KeyNotFound,
     KeyStateConflict,
     KMSError,
+    ListingTimedOut,
     TooManyVersions,
 )
 from kms.service.integrity import encode_version_row
@@ -37,6 +40,7 @@ from kms.service.keys.limits import encryption_limit
 from kms.service.keys.material import KeyMaterial, identity_of
 from kms.service.keys.results import (
     KeyInfo,
+    KeyPage,
     KeyVersionInfo,
     Rotated,
     last_use_attempt,
@@ -47,6 +51,7 @@ from kms.service.keys.trust import TrustedRows
 from kms.service.keys.validation import (
     KEY_DETAIL_VERSIONS,
     MAX_PAGE_SIZE,
+    MAX_ROWS_EXAMINED,
     algorithm_for,
     encode_labels,
     format_rotation_period,
@@ -63,6 +68,7 @@ from kms.service.keys.validation import (
     validate_pending_days,
     validate_state,
 )
+from kms.store.patterns import glob_to_like
 from kms.store.records import (
     KeyChange,
     KeyPlanner,
@@ -93,11 +99,14 @@ class KeyLifecycle:
         default_max_encryptions: int,
         clock: Callable[[], datetime] = utc_now,
         after_generation: Callable[[str], None] | None = None,
+        list_deadline: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``after_generation`` is a test hook: called with the key_id once fresh material is
         generated and before the write transaction starts, so a test can change the key in that
         window deterministically. Production code never passes it. ``clock`` gives "now" (tests
-        move it instead of sleeping); ``min_pending_days`` is ``kms.deletion.min_pending_days``."""
+        move it instead of sleeping); ``min_pending_days`` is ``kms.deletion.min_pending_days``;
+        ``list_deadline`` is ``kms.list_deadline_ms`` in seconds, measured by ``monotonic``."""
         self._repository = repository
         self._keyring = keyring
         self._trust = trust
@@ -107,6 +116,8 @@ class KeyLifecycle:
         self._default_max_encryptions = default_max_encryptions
         self._clock = clock
         self._after_generation = after_generation
+        self._list_deadline = list_deadline
+        self._monotonic = monotonic
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -132,32 +143,64 @@ class KeyLifecycle:
         after: str | None = None,
         state: str | None = None,
         label: str | None = None,
+        key_patterns: Sequence[str] | None = None,
     ) -> list[KeyInfo]:
-        """Up to ``limit`` keys after ``after`` in key_id order, in ``state`` and carrying the
-        label ``name:value`` if given.
+        """The keys of ``list_page``, without its cursor."""
+        return self.list_page(limit, after, state, label, key_patterns).keys
 
-        The state is filtered in SQL; the label on the authenticated row, page by page, so a
-        label filter reads every key up to the page's last match.
+    def list_page(
+        self,
+        limit: int = 100,
+        after: str | None = None,
+        state: str | None = None,
+        label: str | None = None,
+        key_patterns: Sequence[str] | None = None,
+    ) -> KeyPage:
+        """Up to ``limit`` keys after ``after`` in key_id order, in ``state``, carrying the
+        label ``name:value`` if given, whose key_id matches one of the globs ``key_patterns``
+        (``fnmatchcase``; None: any key; the caller's scope).
+
+        The state and the globs are conditions in the query (the database returns only rows in
+        scope, through the primary key's index where a glob has a literal prefix); the label is
+        checked on the authenticated row. Whatever the scope and the filters, at most
+        MAX_ROWS_EXAMINED rows are read and MAC-checked: a page not full by then is answered
+        as it is, with the cursor to continue from. A listing still running after
+        ``list_deadline`` seconds is stopped (``ListingTimedOut``).
         """
         validate_limit(limit)
         if after is not None:
             validate_key_id(after)
         validate_state(state)
         wanted = None if label is None else parse_label_filter(label)
+        deadline = self._monotonic() + self._list_deadline
+        # Rows come back in scope, except for globs with a set, which the query widens.
+        exact = key_patterns is None or all(glob_to_like(p).exact for p in key_patterns)
         found: list[KeyInfo] = []
-        while len(found) < limit:
-            batch = limit if wanted is None else MAX_PAGE_SIZE
-            page = self._repository.list_keys(batch, after, state)
+        examined = 0
+        while True:
+            if exact and wanted is None:
+                batch = min(limit - len(found), MAX_ROWS_EXAMINED - examined)
+            else:
+                batch = MAX_ROWS_EXAMINED - examined
+            page = self._repository.scan_keys(batch, after, state, key_patterns, deadline)
             for key in page:
+                examined += 1
+                after = key.key_id
+                if self._monotonic() > deadline:
+                    raise ListingTimedOut()
+                if key_patterns is not None and not any(
+                    fnmatchcase(key.key_id, pattern) for pattern in key_patterns
+                ):
+                    continue
                 checked = self._trust.checked(key)
                 if wanted is None or json.loads(checked.labels).get(wanted[0]) == wanted[1]:
                     found.append(self.info(checked))
                     if len(found) == limit:
-                        break
+                        return KeyPage(found, next_after=checked.key_id, rows_examined=examined)
             if len(page) < batch:
-                break
-            after = page[-1].key_id
-        return found
+                return KeyPage(found, next_after=None, rows_examined=examined)
+            if examined >= MAX_ROWS_EXAMINED:
+                return KeyPage(found, next_after=after, rows_examined=examined)
 
     def count_rotating_keys(self) -> int:
         return self._repository.count_keys_with_rotation_period()

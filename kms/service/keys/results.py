@@ -18,6 +18,18 @@ UNKNOWN_ALGORITHM = "unknown"
 
 
 @dataclass(frozen=True)
+class KeyPage:
+    """A page of a key listing. ``next_after`` is where the next page starts (pass it as
+    ``after``), None when the listing reached the last key: a page may be short, even empty,
+    and still have a ``next_after`` when the rows examined for it ran out (MAX_ROWS_EXAMINED).
+    ``rows_examined`` is how many key rows the database returned for it."""
+
+    keys: list[KeyInfo]
+    next_after: str | None
+    rows_examined: int
+
+
+@dataclass(frozen=True)
 class KeyVersionInfo:
     version: int
     created_at: datetime

@@ -51,6 +51,7 @@ class KMSService:
         self.create_key = lifecycle.create_key
         self.get_key = lifecycle.get_key
         self.list_keys = lifecycle.list_keys
+        self.list_page = lifecycle.list_page
         self.list_versions = lifecycle.list_versions
         self.update_key = lifecycle.update_key
         self.enable_key = lifecycle.enable_key
@@ -124,6 +125,7 @@ class KMSService:
             default_max_encryptions=settings.max_encryptions_per_version,
             clock=clock,
             after_generation=after_generation,
+            list_deadline=settings.list_deadline_ms / 1000,
         )
         limits = UseLimits(
             repository,

@@ -16,6 +16,9 @@ from kms.store.records import KeyState
 
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_PAGE_SIZE = 1000
+#: A key listing reads (and MAC-checks) at most this many key rows per request, whatever its
+#: scope and filters; a page it could not fill within them ends with a cursor (``KeyPage``).
+MAX_ROWS_EXAMINED = 1000
 #: GET /v1/kms/keys/{key_id} lists at most this many of the newest versions; /versions pages.
 KEY_DETAIL_VERSIONS = 100
 #: POST /v1/kms/random returns at most this many bytes per call.
