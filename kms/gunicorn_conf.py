@@ -90,9 +90,11 @@ cert_reqs = ssl.CERT_REQUIRED
 
 accesslog = "-"
 errorlog = "-"
-# The caller comes from the verified client certificate (kms.server.identity), not a header.
+# The caller comes from the verified client certificate (kms.server.identity), not a header;
+# the identity is the one its rights came from (kms.api.policy).
 access_log_format = (
-    '%(h)s caller="%({kms.caller}e)s" request_id=%({kms.request_id}e)s "%(r)s" %(s)s %(b)s %(M)sms'
+    '%(h)s caller="%({kms.caller}e)s" identity="%({kms.identity}e)s" '
+    'request_id=%({kms.request_id}e)s "%(r)s" %(s)s %(b)s %(M)sms'
 )
 
 
@@ -166,6 +168,8 @@ def on_starting(server: Any) -> None:
         remove_runtime_directory(_runtime)
         _fail(f"cannot take the serving lock beside the database: {error.strerror}")
     # Warned only once the keystore opened: a refused start stays one line naming its cause.
+    for warning in _policy.warnings:
+        kms_log.warning("%s", warning)
     if _policy.allows_everyone:
         kms_log.warning(
             "kms: no authorization.policy_file is set: every client with a certificate may do "
@@ -189,7 +193,8 @@ def when_ready(server: Any) -> None:
 def on_reload(server: Any) -> None:
     """SIGHUP: read the policy again for the workers gunicorn is about to start.
 
-    An invalid file is refused with one log line and the policy in force stays.
+    An invalid file (a duplicate entry, a FIFO, anything ``load_policy`` refuses) is refused with
+    one log line and the policy in force stays; reading it never blocks the master.
     """
     import logging
 
@@ -205,6 +210,8 @@ def on_reload(server: Any) -> None:
         )
         return
     wsgi.install_policy(policy)
+    for warning in policy.warnings:
+        logging.getLogger("kms").warning("%s", warning)
     logging.getLogger("kms").info("kms: policy reloaded from %s", policy.source)
 
 
