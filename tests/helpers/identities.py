@@ -92,6 +92,11 @@ def running_server(deployment: Deployment) -> Iterator[ServerProcess]:
     probe = KMSClient(deployment)
     try:
         server.wait_until_serving(probe)
+    except BaseException:
+        # A server that answered its first request with an error still runs: stop it, or it
+        # outlives the test run.
+        server.stop()
+        raise
     finally:
         probe.close()
     try:
