@@ -26,7 +26,7 @@ from kms.api.ratelimit import register_rate_limit
 from kms.audit import AuditLog
 from kms.ratelimit import SharedTokenBuckets, create_table
 from kms.server.identity import ENVIRON_KEY as CALLER_ENVIRON_KEY
-from kms.server.identity import caller_from_environ
+from kms.server.identity import IDENTITY_ENVIRON_KEY, caller_from_environ
 from kms.service.cache import KeyMaterialCache, KeyRowCache
 from kms.service.keyring import Keyring
 from kms.service.keys import CURRENT_REQUESTER, KMSService, Requester
@@ -68,7 +68,7 @@ def create_app(
     register_url_map(app)
     register_metrics(app, service, cache, settings.metrics_max_key_series)
     register_rate_limit(app, _token_buckets(app, settings, rate_limit_table))
-    register_policy(app, load_policy(settings.policy_file) if policy is None else policy)
+    register_policy(app, _policy(settings) if policy is None else policy)
     register_audit(
         app,
         AuditLog(settings.audit_path) if settings.audit_path else None,
@@ -122,7 +122,8 @@ def register_service(
 def register_identity(app: Flask) -> None:
     """Give every request an id, a caller from its TLS session (and its identity as the policy
     names it), the operation its view declares and the key it names, for the hooks that follow,
-    the views and the access log."""
+    the views and the access log; then refuse a certificate the policy does not admit at all
+    (several subject CNs, or on the deny list) before any other hook runs."""
 
     @app.before_request
     def identify_caller() -> None:
@@ -137,12 +138,15 @@ def register_identity(app: Flask) -> None:
         state.kms_operation_name = declared.name if declared is not None else None
         state.caller = caller = caller_from_environ(environ)
         environ[CALLER_ENVIRON_KEY] = str(caller)
-        state.identity = identity = current_policy().identity_of(caller)
+        policy = current_policy()
+        state.identity = environ[IDENTITY_ENVIRON_KEY] = identity = policy.identity_of(caller)
         state.kms_target = request_target(declared, current)
         # For the service's record of who still uses a key pending deletion.
         state.kms_requester_token = CURRENT_REQUESTER.set(
             Requester(caller=str(identity), operation=state.kms_operation_name or "-")
         )
+        # Last, so that the refusal's audit and access lines know who and what it was.
+        policy.admit(caller)
 
     @app.teardown_request
     def forget_requester(_error: BaseException | None) -> None:
@@ -181,6 +185,13 @@ def routes_only_app() -> Flask:
     register_url_map(app)
     register_blueprints(app)
     return app
+
+
+def _policy(settings: Settings) -> Policy:
+    policy = load_policy(settings.policy_file)
+    for warning in policy.warnings:
+        log.warning("%s", warning)
+    return policy
 
 
 def _token_buckets(app: Flask, settings: Settings, table: Path | None) -> SharedTokenBuckets | None:

@@ -99,6 +99,13 @@ class Forbidden(KMSError):
     public_message = "forbidden"
 
 
+class AmbiguousCertificate(Forbidden):
+    """Raise when a client certificate names more than one subject CN: no one of them is the
+    caller, and choosing one would let whoever had the certificate issued choose its rights."""
+
+    public_message = "client certificate has more than one subject CN"
+
+
 class PayloadTooLarge(KMSError):
     """Raise when a request body is over the configured limit."""
 

@@ -110,9 +110,11 @@ cert_reqs = ssl.CERT_REQUIRED
 
 accesslog = "-"
 errorlog = "-"
-# The caller comes from the verified client certificate (kms.server.identity), not a header.
+# The caller comes from the verified client certificate (kms.server.identity), not a header;
+# the identity is the one its rights came from (kms.api.policy).
 access_log_format = (
-    '%(h)s caller="%({kms.caller}e)s" request_id=%({kms.request_id}e)s "%(r)s" %(s)s %(b)s %(M)sms'
+    '%(h)s caller="%({kms.caller}e)s" identity="%({kms.identity}e)s" '
+    'request_id=%({kms.request_id}e)s "%(r)s" %(s)s %(b)s %(M)sms'
 )
 
 
@@ -264,6 +266,8 @@ def on_starting(server: Any) -> None:
         else:
             _fail(f"cannot take the serving lock beside the database: {error.strerror}")
     # Warned only once the keystore opened: a refused start stays one line naming its cause.
+    for warning in _policy.warnings:
+        kms_log.warning("%s", warning)
     if _policy.allows_everyone:
         kms_log.warning(
             "kms: no authorization.policy_file is set: every client with a certificate may do "
@@ -287,8 +291,9 @@ def when_ready(server: Any) -> None:
 def on_reload(server: Any) -> None:
     """SIGHUP: read the TLS files and the policy again for the workers gunicorn is about to start.
 
-    An invalid policy file, or TLS files that cannot be used (a certificate and key that do not
-    match in the middle of a swap), is refused with one log line and what is in force stays; the
+    An invalid policy file (a duplicate entry, a FIFO, anything ``load_policy`` refuses), or TLS
+    files that cannot be used (a certificate and key that do not match in the middle of a swap), is
+    refused with one log line and what is in force stays; reading the policy never blocks, and the
     master never exits on a reload.
     """
     import logging
@@ -307,6 +312,8 @@ def on_reload(server: Any) -> None:
         )
         return
     wsgi.install_policy(policy)
+    for warning in policy.warnings:
+        logging.getLogger("kms").warning("%s", warning)
     logging.getLogger("kms").info("kms: policy reloaded from %s", policy.source)
 
 

@@ -27,18 +27,18 @@ from tests.helpers.harness import (
 def issue_client_certificate(
     deployment: Deployment,
     name: str,
-    common_name: str | None,
+    common_name: str | tuple[str, ...] | None,
     dns_names: tuple[str, ...] = (),
     uris: tuple[str, ...] = (),
 ) -> tuple[Path, Path]:
-    """A client certificate from the deployment's CA (the one the server trusts)."""
+    """A client certificate from the deployment's CA (the one the server trusts); a tuple of
+    common names gives the subject one CN attribute each, in that order."""
     ca_key = serialization.load_pem_private_key(deployment.ca_key.read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     ca_cert = x509.load_pem_x509_certificate(deployment.ca_cert.read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else []
-    )
+    common_names = (common_name,) if isinstance(common_name, str) else common_name or ()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn) for cn in common_names])
     now = ca_cert.not_valid_before_utc
     builder = (
         x509.CertificateBuilder()
@@ -77,7 +77,7 @@ class IdentityClient(KMSClient):
 def identity_client(
     deployment: Deployment,
     name: str,
-    common_name: str | None,
+    common_name: str | tuple[str, ...] | None,
     dns_names: tuple[str, ...] = (),
     uris: tuple[str, ...] = (),
 ) -> IdentityClient:
@@ -92,6 +92,11 @@ def running_server(deployment: Deployment) -> Iterator[ServerProcess]:
     probe = KMSClient(deployment)
     try:
         server.wait_until_serving(probe)
+    except BaseException:
+        # A server that answered its first request with an error still runs: stop it, or it
+        # outlives the test run.
+        server.stop()
+        raise
     finally:
         probe.close()
     try:

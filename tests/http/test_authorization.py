@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -298,6 +299,17 @@ def wait_for(condition: Callable[[], object]) -> None:
         ("clients:\n  x:\n    - operations: [encrpyt]\n      keys: ['*']\n", "encrpyt"),
         ("clients: {\n", "not valid YAML"),
         ("- just a list\n", "mapping"),
+        # A second entry for a client, lower in the file, once replaced the first silently.
+        (
+            "clients:\n  cn:x:\n    - operations: [encrypt]\n      keys: ['x']\n"
+            "  cn:x:\n    - operations: ['*']\n      keys: ['*']\n",
+            "line 5: duplicate key 'cn:x'",
+        ),
+        (
+            "clients:\n  x:\n    - operations: [encrypt]\n      keys: ['x']\n"
+            "  dns:x:\n    - operations: ['*']\n      keys: ['*']\n",
+            "'x' and 'dns:x' both name 'dns:x'",
+        ),
     ],
 )
 def test_an_invalid_policy_stops_the_server_with_one_line(
@@ -314,6 +326,31 @@ def test_an_invalid_policy_stops_the_server_with_one_line(
     assert lines[0].startswith("kms: authorization.policy_file ") and problem in lines[0]
     assert str(tmp_path / "policy.yaml") in lines[0]
     assert "Booting worker" not in result.stdout + result.stderr
+
+
+def test_a_fifo_as_the_policy_file_stops_the_server_with_one_line(tmp_path: Path) -> None:
+    """A FIFO with no writer once hung the start for ever (the read blocked)."""
+    os.mkfifo(tmp_path / "policy.yaml")
+    deployment = prepare_deployment(
+        tmp_path, authorization={"policy_file": str(tmp_path / "policy.yaml")}
+    )
+    result = run_kms("serve", config=deployment.config, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"kms: authorization.policy_file {tmp_path / 'policy.yaml'}: not a regular file (a FIFO)"
+    ]
+    assert "Booting worker" not in result.stdout
+
+
+def test_the_untyped_names_of_an_older_policy_load_with_one_warning(
+    server: ServerProcess, admin: KMSClient, billing: IdentityClient
+) -> None:
+    """This module's policy is in the older, untyped form: it keeps working, and says so."""
+    warning = server.wait_for_log("untyped client names are deprecated")
+    assert "'orchestrator' (matches cn:orchestrator or dns:orchestrator)" in warning
+    assert "'spiffe://prod/billing' (matches uri:spiffe://prod/billing)" in warning
+    expect_json(admin.get("/v1/kms/keys", params={"limit": 1}), 200)
+    expect_json(billing.get("/v1/kms/keys", params={"limit": 1}), 200)  # by its URI SAN
 
 
 def test_without_a_policy_file_everyone_may_do_everything_after_one_warning(

@@ -236,7 +236,7 @@ def test_a_pending_key_refuses_every_route_but_reading_and_cancel_and_names_its_
     pending = key_of(client, key_id)
     assert pending["use_attempts_while_pending"] == 3  # encrypt, decrypt, decrypt
     attempt = pending["last_use_attempt"]
-    assert (attempt["caller"], attempt["operation"]) == ("billing-service", "decrypt")
+    assert (attempt["caller"], attempt["operation"]) == ("cn:billing-service", "decrypt")
     assert asked_at <= datetime.fromisoformat(attempt["at"]) <= utc_now()
     signing = key_of(client, sig)
     assert signing["use_attempts_while_pending"] == 3  # sign, verify, public key

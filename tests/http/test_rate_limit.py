@@ -74,7 +74,7 @@ def test_a_burst_over_the_limit_gets_429_with_retry_after(server: ServerProcess)
     answers = [
         record["status"]
         for record in audit_records(server.deployment)
-        if record["identity"] == "bursty" and record["type"] == "response"
+        if record["identity"] == "cn:bursty" and record["type"] == "response"
     ]
     assert answers == [status for status in statuses if status == 200]
 

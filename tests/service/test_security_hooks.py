@@ -72,11 +72,15 @@ def test_a_caller_is_known_by_its_cn_or_any_dns_or_uri_san(tmp_path: Path) -> No
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY, encoding="utf-8")
     policy = load_policy(path)
-    billing = Caller("billing-svc", ("DNS:billing.internal", "URI:spiffe://prod/billing"))
+    billing = Caller(("billing-svc",), ("DNS:billing.internal", "URI:spiffe://prod/billing"))
     assert policy.identity_of(billing) == "spiffe://prod/billing"
-    assert policy.identity_of(Caller("orchestrator", ("DNS:x",))) == "orchestrator"
-    assert policy.identity_of(Caller(None, ("IP Address:10.0.0.1", "DNS:nobody"))) == "nobody"
-    assert policy.identity_of(Caller(None, ())) == "-"
+    assert policy.identity_of(Caller(("orchestrator",), ("DNS:x",))) == "orchestrator"
+    assert policy.identity_of(Caller((), ("IP Address:10.0.0.1", "DNS:orchestrator"))) == (
+        "orchestrator"
+    )
+    # A name no entry lists is recorded with its type.
+    assert policy.identity_of(Caller((), ("IP Address:10.0.0.1", "DNS:nobody"))) == "dns:nobody"
+    assert policy.identity_of(Caller((), ())) == "-"
     allows = policy.allows
     assert allows("spiffe://prod/billing", "encrypt", "billing-1")
     assert allows("spiffe://prod/billing", "keys:rotate", "billing-1")  # an operation glob

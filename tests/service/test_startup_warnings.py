@@ -112,7 +112,8 @@ def case_config(directory: Path, database: Path, *, policy: bool, audit: bool) -
     if policy:
         policy_file = directory / "policy.yaml"
         policy_file.write_text(
-            'clients:\n  admin:\n    - operations: ["*"]\n      keys: ["*"]\n', encoding="utf-8"
+            'clients:\n  "cn:admin":\n    - operations: ["*"]\n      keys: ["*"]\n',
+            encoding="utf-8",
         )
         document["authorization"] = {"policy_file": str(policy_file)}
     if audit:

@@ -29,6 +29,7 @@ README = [
     (errors.TooManyVersions(), 409, "key has reached the maximum number of versions"),
     (errors.Unauthenticated(), 401, "client certificate required"),
     (errors.Forbidden(), 403, "forbidden"),
+    (errors.AmbiguousCertificate(), 403, "client certificate has more than one subject CN"),
     (errors.PayloadTooLarge(), 413, "request body too large"),
     (errors.RateLimited(retry_after=1), 429, "rate limit exceeded"),
     (errors.StoreUnavailable(), 503, "storage unavailable, retry later"),
