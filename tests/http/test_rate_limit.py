@@ -82,7 +82,7 @@ def test_a_burst_over_the_limit_gets_429_with_retry_after(server: ServerProcess)
         return sum(
             record["statuses"].get("429", 0)
             for record in audit_records(server.deployment)
-            if record["identity"] == "bursty" and record["type"] == "summary"
+            if record["identity"] == "cn:bursty" and record["type"] == "summary"
         )
 
     wait_until(lambda: throttled_in_summaries() == statuses.count(429), "summaries of every 429")

@@ -211,10 +211,10 @@ def test_an_unexpected_error_is_answered_500_and_logged_with_the_request_id(
     client = app.test_client()
     client.environ_base["gunicorn.socket"] = FakeTLSSocket("orchestrator", alt_names=())
 
-    def broken(**kwargs: Any) -> list[Any]:
+    def broken(**kwargs: Any) -> Any:
         raise RuntimeError("a bug, with a detail no client may see")
 
-    monkeypatch.setattr(app.extensions[SERVICE], "list_keys", broken)
+    monkeypatch.setattr(app.extensions[SERVICE], "list_page", broken)
     with caplog.at_level("ERROR", logger="kms"):
         response = client.get("/v1/kms/keys")
     assert response.status_code == 500
