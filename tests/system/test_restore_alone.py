@@ -123,10 +123,10 @@ def test_restore_beside_a_server_whose_database_file_was_removed_is_refused(
         line = refused_in_one_line(run_kms("restore", str(backup), config=deployment.config))
         assert f"a kms server is using {database}" in line
         assert "nothing was changed" in line
-        # (The running server's own new connections may create a file at the path: not the
-        # restore's, which made no temporary file either.)
+        # Nothing of the restore's: no temporary file. (What the running server answers now is
+        # not the restore's doing either: a connection it opens after the removal finds an empty
+        # file at the path, so some of its answers are 503 until it stops.)
         assert sorted(p.name for p in database.parent.glob(".kms.db.init-*")) == []
-        assert undecryptable(client, made) == []
     # Stopped. Whether the removed database's -wal stays beside the path depends on what the
     # server's connections did after the removal; a -wal left there is named by the restore,
     # which writes nothing while it is there.
