@@ -36,6 +36,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.KMSError], int], ...] = (
     (errors.Forbidden, 403),
     (errors.PayloadTooLarge, 413),
     (errors.StoreUnavailable, 503),
+    (errors.RolledBack, 503),
     (errors.AuditUnavailable, 503),
     (errors.NotReady, 503),
     (errors.RateLimited, 429),

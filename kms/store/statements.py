@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Insert, Row, Update, and_, bindparam, case, insert, or_, select, text, update
 
 from kms.store.changes import CHANNEL
-from kms.store.models import key_versions, keys
+from kms.store.models import key_versions, keys, kms_metadata
 from kms.store.records import KeyRecord, KeyVersionRecord, KeyVersionSummary, NewVersion, UseReport
 
 KEY_COLUMNS = (
@@ -36,6 +36,7 @@ KEY_COLUMNS = (
     keys.c.mac,
     keys.c.rotation_period,
     keys.c.max_encryptions_per_version,
+    keys.c.generation,
 )
 SUMMARY_COLUMNS = (
     key_versions.c.version,
@@ -49,6 +50,9 @@ SELECT_KEY = select(*KEY_COLUMNS).where(keys.c.key_id == bindparam("key_id"))
 # FOR UPDATE locks the row on PostgreSQL; SQLite has no row locks and ignores it, and its write
 # transactions already hold the database's write lock from BEGIN IMMEDIATE.
 SELECT_KEY_FOR_UPDATE = SELECT_KEY.with_for_update()
+SELECT_EPOCH_FOR_UPDATE = (
+    select(kms_metadata.c.value).where(kms_metadata.c.name == bindparam("name")).with_for_update()
+)
 SELECT_VERSION = select(
     key_versions.c.key_id,
     key_versions.c.version,
@@ -182,6 +186,7 @@ def key_record(row: Row[*tuple[Any, ...]]) -> KeyRecord:
         mac=None if row.mac is None else bytes(row.mac),
         rotation_period=row.rotation_period,
         max_encryptions_per_version=row.max_encryptions_per_version,
+        generation=row.generation,
     )
 
 

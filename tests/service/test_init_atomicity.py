@@ -11,10 +11,11 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from kms.master import _create_keystore, init_database, open_master_keyring
+from kms.master import _create_schema_with, init_database, open_master_keyring
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.faults import existing_tables
+from kms.store.keystore_rows import write_keystore
 from tests.helpers.keystore import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
 
 
@@ -39,7 +40,13 @@ def test_a_failure_after_the_schema_rolls_the_schema_back(
     with pytest.raises(DBAPIError):
         # A missing init marker (NOT NULL) fails only when the keystore rows are written, after
         # every table of the schema has been created in the same transaction.
-        _create_keystore(url, b"$pbkdf2-sha256$i=600000,l=32$AAAA", None)  # type: ignore[arg-type]
+        _create_schema_with(
+            url,
+            lambda conn: write_keystore(
+                conn,
+                {"kdf_parameters": b"$pbkdf2-sha256$i=600000,l=32$AAAA", "init_marker": None},  # type: ignore[dict-item]
+            ),
+        )
     assert existing_tables(engine) == []
     settings = Settings(
         database_dsn=url,
