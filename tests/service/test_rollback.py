@@ -62,6 +62,11 @@ def _ciphertext_of_version_1(service: KMSService, key_id: str) -> str:
     return ciphertext
 
 
+def _fence_and_trim(service: KMSService, key_id: str) -> None:
+    service.update_key(key_id, min_decryption_version=2)
+    service.trim_key(key_id, 2)
+
+
 CASES = {
     "disable": Case(
         prepare=lambda service, key_id: None,
@@ -95,13 +100,7 @@ CASES = {
     ),
     "trim": Case(
         prepare=_ciphertext_of_version_1,
-        change=lambda service, key_id: (
-            (
-                service.update_key(key_id, min_decryption_version=2),
-                service.trim_key(key_id, 2),
-            )
-            and None
-        ),
+        change=lambda service, key_id: _fence_and_trim(service, key_id),
         use=lambda service, key_id, ciphertext: service.decrypt(key_id, ciphertext),
         versions=True,
     ),
@@ -181,10 +180,8 @@ def test_a_key_destroyed_and_put_back_is_refused(store: Store, tmp_path: Path) -
     service.delete_key("gone")
     with pytest.raises(KeyNotFound):
         service.get_key("gone")
-    names = ", ".join(old_row)
-    store.sql(
-        f"INSERT INTO keys ({names}) VALUES ({', '.join(':' + n for n in old_row)})", **old_row
-    )  # noqa: S608
+    names, values = ", ".join(old_row), ", ".join(f":{name}" for name in old_row)
+    store.sql(f"INSERT INTO keys ({names}) VALUES ({values})", **old_row)  # noqa: S608
     for key_id, version, wrapped, public, created, mac in old_versions:
         store.sql(
             "INSERT INTO key_versions (key_id, version, wrapped_key, public_key, created_at, mac)"

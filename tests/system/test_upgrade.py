@@ -240,8 +240,7 @@ def test_an_old_database_tampered_before_the_upgrade_is_not_sealed(
     with pytest.raises(IntegrityFailure) as excinfo:
         upgrade_database(old_settings)
     assert excinfo.value.detail == (
-        "key 'sig-Ed25519': version 2: the public key is not the private key's; nothing was "
-        "written"
+        "key 'sig-Ed25519': version 2: the public key is not the private key's; nothing was written"
     )
     # Nothing was sealed: the database still needs an upgrade.
     with pytest.raises(UpgradeNeeded):
