@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # annotations only: the functions below import kms where they
     from kms.store.records import KeyRecord
 
 #: Raise when the rows this module writes change, so that old cache files are not reused.
-SEED_FORMAT = 2
+SEED_FORMAT = 3
 CHUNK = 5000
 KEY_ID_PREFIX = "bench-cold-"
 #: One key with many versions: the memory scenario fills a worker's key cache with its versions

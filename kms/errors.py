@@ -200,6 +200,13 @@ class UpgradeNeeded(KeystoreError):
     )
 
 
+class KeystoreTampered(KeystoreError):
+    """Raise when the keystore's own rows contradict each other (an older init marker put back
+    on a database that carries MACs): an integrity alarm, never an upgrade prompt."""
+
+    public_message = "the keystore was tampered with: its init marker is older than its rows"
+
+
 class PassphraseError(KeystoreError):
     """Raise when the passphrase cannot be obtained safely (open file mode, empty, no tty)."""
 
@@ -229,6 +236,13 @@ class IntegrityFailure(KMSError):
     def __init__(self, detail: str) -> None:
         super().__init__()
         self.detail = detail
+
+
+class RolledBack(IntegrityFailure):
+    """Raise when a key row (or the keystore epoch) is older than one this node has seen: the
+    database was rolled back behind kms's back. Never obeyed; answered 503, ``detail`` logged."""
+
+    public_message = "storage integrity failure: a stored key is older than one already seen"
 
 
 class KeyChanged(KMSError):

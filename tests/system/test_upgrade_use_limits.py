@@ -54,11 +54,16 @@ def test_a_row_mac_database_upgrades_in_place_and_keeps_every_mac(
     made = make_row_mac_database(row_mac_release, old_settings)
     assert revision(old_settings) == "0002"
     result = upgrade_database(old_settings)
-    # Migrated through 0003 (key states) and 0004; the rows carried MACs: nothing re-sealed.
-    assert result.migrated == ("0002", "0004")
-    assert (result.sealed_keys, result.sealed_versions, result.already_current) == (0, 0, False)
+    # Migrated through 0003 (key states), 0004, 0005 and 0006; every format-1 MAC verified, then
+    # bound to the new keystore id.
+    assert result.migrated == ("0002", "0006")
+    assert (result.sealed_keys, result.sealed_versions, result.already_current) == (
+        OLD_KEYS,
+        OLD_VERSIONS,
+        False,
+    )
     assert upgrade_database(old_settings).already_current  # a second run changes nothing
-    assert revision(old_settings) == "0004"
+    assert revision(old_settings) == "0006"
     report = check_database(old_settings)
     assert (report.keys, report.versions, report.failures) == (OLD_KEYS, OLD_VERSIONS, [])
 
