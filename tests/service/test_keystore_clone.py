@@ -20,16 +20,20 @@ from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
 from tests.helpers.keystore import Store, make_service, write_passphrase_file
+from tests.helpers.postgres import given_postgres_dsn, new_database
 
 CLONE_PASSPHRASE = b"the clone's own passphrase, for staging"
 
 
 @pytest.fixture
-def clone_dsn(request: pytest.FixtureRequest, store: Store, tmp_path: Path) -> str:
-    """Where the clone goes: beside the original, on the same kind of database."""
+def clone_dsn(request: pytest.FixtureRequest, store: Store, tmp_path: Path) -> Iterator[str]:
+    """Where the clone goes: beside the original, on the same kind of database (PostgreSQL: a
+    second new database, not the store's own)."""
     if store.settings.database_url.startswith("sqlite"):
-        return str(tmp_path / "clone" / "kms.db")
-    return str(request.getfixturevalue("postgres_url"))
+        yield str(tmp_path / "clone" / "kms.db")
+        return
+    with new_database(given_postgres_dsn(request.config)) as url:
+        yield url
 
 
 class Opened:
