@@ -162,7 +162,8 @@ class DatabaseInUse(KeystoreError):
 
 class UnsafeSideFile(KeystoreError):
     """Raise when a file kms keeps beside its SQLite database (``<database>.serving``,
-    ``<database>.changes``) is a symbolic link, not a regular file, or owned by another user:
+    ``<database>.changes``, ``<database>.generations`` or ``kms.state_file``) is a symbolic
+    link, not a regular file, or owned by another user:
     kms never opens it, so nobody can make kms write into another file through it."""
 
     public_message = "a file beside the database is not kms's own regular file"

@@ -19,8 +19,9 @@ the journal holds more than twice as many lines as names (and at least ``COMPACT
 process that appends rewrites it with one line per name: into a private temporary file beside
 it, synced, renamed over it; the others notice the new inode and read it whole.
 
-The file is opened with ``O_NOFOLLOW`` and must be a regular file owned by this user (0600):
-a symlink or a device in its place stops the server with one line naming it. Appends are not
+The file is opened as the other files beside the database are (kms.store.sidefile): with
+``O_NOFOLLOW``, and it must be a regular file owned by this user (0600); a symlink, a FIFO or
+another user's file in its place stops the server with one line naming it. Appends are not
 synced one by one: a power cut may lose the last few, which only means the node then remembers
 less (the audit trail still records them).
 """
@@ -31,13 +32,13 @@ import contextlib
 import fcntl
 import logging
 import os
-import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from kms.errors import ConfigurationError
 from kms.store.db import beside_sqlite_database
+from kms.store.sidefile import open_side_file
 
 HEADER = b"kms-generations/1"
 EPOCH_NAME = "*"
@@ -168,18 +169,16 @@ class GenerationJournal:
 
 
 def _open_private(path: Path) -> int:
-    """``path`` opened for appending, created 0600; refused unless a regular file."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    """``path`` opened for appending, created 0600; refused (``UnsafeSideFile``) unless a
+    regular file of this user, like the other files beside the database (kms.store.sidefile)."""
     try:
-        descriptor = os.open(path, flags, 0o600)
+        descriptor = open_side_file(path, create=True)
     except OSError as error:
         raise ConfigurationError(
             f"cannot open the generations file {path}: {error.strerror} (kms.state_file)"
         ) from None
-    status = os.fstat(descriptor)
-    if not stat.S_ISREG(status.st_mode):
-        os.close(descriptor)
-        raise ConfigurationError(f"the generations file {path} is not a regular file")
+    flags = fcntl.fcntl(descriptor, fcntl.F_GETFL)
+    fcntl.fcntl(descriptor, fcntl.F_SETFL, (flags | os.O_APPEND) & ~os.O_NONBLOCK)
     return descriptor
 
 
