@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, and_, delete, insert, select, update
+from sqlalchemy import Connection, and_, insert, select, update
 
 from kms.errors import AlreadyInitialised
 from kms.store.models import key_versions, keys, kms_metadata
@@ -29,10 +29,18 @@ def write_keystore(conn: Connection, keystore: dict[str, bytes]) -> None:
 
 
 def replace_keystore_rows(conn: Connection, keystore: dict[str, bytes]) -> None:
-    """Write each of ``keystore``'s rows of ``kms_metadata``, whether or not it exists yet."""
+    """Write each of ``keystore``'s rows of ``kms_metadata``, whether or not it exists yet.
+
+    An existing row is updated in place, never deleted and inserted again: on PostgreSQL a
+    transaction waiting in ``SELECT ... FOR UPDATE`` on the epoch row then reads the new value
+    once the lock is released, where a deleted row would give it no row at all.
+    """
     for name, value in keystore.items():
-        conn.execute(delete(kms_metadata).where(kms_metadata.c.name == name))
-        conn.execute(insert(kms_metadata).values(name=name, value=value))
+        updated = conn.execute(
+            update(kms_metadata).where(kms_metadata.c.name == name).values(value=value)
+        )
+        if updated.rowcount == 0:
+            conn.execute(insert(kms_metadata).values(name=name, value=value))
 
 
 def rewrite_every_row(
