@@ -429,7 +429,7 @@ def _make_versions(
             identity = KeyIdentity(
                 record.key_id, version, record.purpose, record.algorithm, incarnation
             )
-            wrapped = keyring.wrap(secret, identity.aad())
+            wrapped = keyring.wrap(secret, identity)
             nonce = os.urandom(12)
             sealed = AESGCM(bytes(secret)).encrypt(
                 nonce, b"bench", ciphertext_aad(record.key_id, version)
