@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # annotations only: the functions below import kms where they
     from kms.store.records import KeyRecord
 
 #: Raise when the rows this module writes change, so that old cache files are not reused.
-SEED_FORMAT = 2
+SEED_FORMAT = 3
 CHUNK = 5000
 KEY_ID_PREFIX = "bench-cold-"
 #: One key with many versions: the memory scenario fills a worker's key cache with its versions
@@ -257,7 +257,7 @@ class _Splicer:
 def _make_rows(chunk: tuple[int, int, datetime, str]) -> tuple[list[tuple], list[tuple]]:
     """Key and version rows for keys ``start .. start + size - 1`` (in a pool process)."""
     from kms.crypto.algorithms import ALGORITHMS
-    from kms.crypto.wrapping import KeyIdentity
+    from kms.crypto.wrapping import WRAP_FORMAT_V3, KeyIdentity
     from kms.service.integrity import encode_key_row, encode_version_row
     from kms.service.keyring import zeroise
     from kms.store.records import KeyRecord
@@ -285,7 +285,7 @@ def _make_rows(chunk: tuple[int, int, datetime, str]) -> tuple[list[tuple], list
     def identity_aad(key_id: bytes, incarnation: bytes) -> bytes:
         return KeyIdentity(
             key_id.decode(), 1, spec.purpose.value, spec.name, incarnation.decode()
-        ).aad()
+        ).aad(WRAP_FORMAT_V3, keyring.keystore_id)
 
     def version_row(key_id: bytes, incarnation: bytes, wrapped: bytes) -> bytes:
         record = record_of(key_id.decode(), incarnation.decode())
@@ -429,7 +429,7 @@ def _make_versions(
             identity = KeyIdentity(
                 record.key_id, version, record.purpose, record.algorithm, incarnation
             )
-            wrapped = keyring.wrap(secret, identity.aad())
+            wrapped = keyring.wrap(secret, identity)
             nonce = os.urandom(12)
             sealed = AESGCM(bytes(secret)).encrypt(
                 nonce, b"bench", ciphertext_aad(record.key_id, version)

@@ -29,10 +29,11 @@ from kms.server.identity import ENVIRON_KEY as CALLER_ENVIRON_KEY
 from kms.server.identity import IDENTITY_ENVIRON_KEY, caller_from_environ
 from kms.service.cache import KeyMaterialCache, KeyRowCache
 from kms.service.keyring import Keyring
-from kms.service.keys import CURRENT_REQUESTER, KMSService, Requester
+from kms.service.keys import CURRENT_REQUESTER, Generations, KMSService, Requester
 from kms.settings import Settings, load_settings
 from kms.store.changes import LocalChanges, PostgresChangeListener, open_changes
 from kms.store.db import WALCheckpointer, create_kms_engine
+from kms.store.generations import GenerationJournal, journal_path
 from kms.store.repository import SQLKeyRepository
 from kms.store.serving import SERVER_APPLICATION_NAME
 
@@ -113,7 +114,14 @@ def register_service(
         max_entries=settings.key_cache_size,
         max_bytes=settings.key_cache_bytes,
     )
-    service = KMSService.from_settings(settings, repository, keyring, cache=cache, rows=rows)
+    journal = journal_path(settings.state_file, settings.database_url)
+    generations = Generations(
+        None if journal is None else GenerationJournal(journal, keyring.keystore_id)
+    )
+    repository.on_close(generations.close)
+    service = KMSService.from_settings(
+        settings, repository, keyring, cache=cache, rows=rows, generations=generations
+    )
     app.extensions[SERVICE] = service
     app.extensions[REPOSITORY] = repository
     return service, cache

@@ -107,24 +107,37 @@ def upgrade() -> None:
 
 
 @main.command()
-def check() -> None:
+@click.option(
+    "--audit",
+    "audit_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="An audit log (repeat for rotated files): name every key whose row is older than the "
+    "newest generation the log records, and a database older than its newest epoch.",
+)
+def check(audit_files: tuple[Path, ...]) -> None:
     """Verify every key row and key version against its MAC; exit 1 naming each that fails.
 
     Also unwraps every version and checks that its material fits the key's algorithm and that a
-    signing key's stored public key is its private key's. Needs the master passphrase.
+    signing key's stored public key is its private key's, and that no key's generation is above
+    the keystore epoch. With --audit, compares the database with the audit trail: a key rolled
+    back, or the whole database, is named. Needs the master passphrase.
     """
     from kms.master import check_database, describe_database
     from kms.settings import load_settings
 
     try:
         settings = load_settings()
-        report = check_database(settings)
+        report = check_database(settings, audit_files)
     except KMSError as error:
         _fail(error)
     for failure in report.failures:
         click.echo(f"kms: FAILED {failure}")
     where = describe_database(settings)
     summary = f"checked {report.keys} keys and {report.versions} key versions in {where}"
+    summary += f" at epoch {report.epoch}"
+    if report.trail_epoch is not None:
+        summary += f" (the audit trail's newest: {report.trail_epoch})"
     if report.failures:
         click.echo(f"kms: {summary}: {len(report.failures)} failed", err=True)
         sys.exit(1)
@@ -179,25 +192,13 @@ def rekey(new_passphrase_file: Path | None) -> None:
     Stop every kms server first (kms refuses while one uses the database). Killed at any point,
     nothing changed and the old passphrase still works; once it prints, only the new one does.
     """
-    from kms.errors import PassphraseError
     from kms.master import describe_database, rekey_database
-    from kms.service.passphrase import prompt_passphrase, read_passphrase_file
     from kms.settings import load_settings
 
     progress = ProgressBar()
     try:
         settings = load_settings()
-        if new_passphrase_file is not None:
-            new_passphrase = read_passphrase_file(new_passphrase_file)
-        else:
-            new_passphrase = prompt_passphrase("kms new master passphrase: ")
-            again = prompt_passphrase("kms new master passphrase again: ")
-            try:
-                if again != new_passphrase:
-                    raise PassphraseError("the two new passphrases differ; nothing was changed")
-            finally:
-                again[:] = bytes(len(again))
-        result = rekey_database(settings, new_passphrase, progress)
+        result = rekey_database(settings, _new_passphrase(new_passphrase_file), progress)
     except KMSError as error:
         progress.finish()
         _fail(error)
@@ -206,6 +207,24 @@ def rekey(new_passphrase_file: Path | None) -> None:
         f"kms: rekeyed {describe_database(settings)}: {result.versions} key versions of "
         f"{result.keys} keys re-wrapped; only the new passphrase opens it now"
     )
+
+
+def _new_passphrase(file: Path | None) -> bytearray:
+    """A new master passphrase: from ``file``, or typed twice."""
+    from kms.errors import PassphraseError
+    from kms.service.passphrase import prompt_passphrase, read_passphrase_file
+
+    if file is not None:
+        return read_passphrase_file(file)
+    new_passphrase = prompt_passphrase("kms new master passphrase: ")
+    again = prompt_passphrase("kms new master passphrase again: ")
+    try:
+        if again != new_passphrase:
+            new_passphrase[:] = bytes(len(new_passphrase))
+            raise PassphraseError("the two new passphrases differ; nothing was changed")
+    finally:
+        again[:] = bytes(len(again))
+    return new_passphrase
 
 
 @main.command("rotate-due")
@@ -258,12 +277,27 @@ def backup(file: Path) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def restore(file: Path) -> None:
+@click.option(
+    "--as-clone",
+    is_flag=True,
+    help="Restore as another keystore (staging, tests): a new keystore id and a new master "
+    "passphrase, every key version re-wrapped under it.",
+)
+@click.option(
+    "--new-passphrase-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --as-clone: the clone's passphrase from this file (owner-only mode); else "
+    "prompt twice.",
+)
+def restore(file: Path, as_clone: bool, new_passphrase_file: Path | None) -> None:
     """Load the backup FILE into the configured database, which must be missing or empty.
 
     Stop every kms server first (kms refuses while one uses the database). The passphrase is that
     of the keystore the backup was taken from. A truncated, edited, reordered or foreign backup is
-    refused before anything is written; killed at any point, the database is as it was.
+    refused before anything is written; killed at any point, the database is as it was. A restore
+    is a deliberate rollback: this node's journal of generations starts afresh (remove the other
+    nodes' too). With --as-clone the restored keystore is a keystore of its own, whose rows are
+    refused by the original and which cannot unwrap what the original wraps from then on.
     """
     from kms.master import describe_database, restore_database
     from kms.settings import load_settings
@@ -271,12 +305,16 @@ def restore(file: Path) -> None:
     progress = ProgressBar()
     try:
         settings = load_settings()
-        rows = restore_database(settings, file, progress)
+        if new_passphrase_file is not None and not as_clone:
+            raise KMSError("--new-passphrase-file needs --as-clone")
+        clone_passphrase = _new_passphrase(new_passphrase_file) if as_clone else None
+        rows = restore_database(settings, file, progress, clone_passphrase=clone_passphrase)
     except KMSError as error:
         progress.finish()
         _fail(error)
     progress.finish()
-    click.echo(f"kms: restored {rows} rows from {file} into {describe_database(settings)}")
+    kind = "a clone (a new keystore id and master key) " if as_clone else ""
+    click.echo(f"kms: restored {rows} rows from {file} into {kind}{describe_database(settings)}")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -162,7 +162,8 @@ class DatabaseInUse(KeystoreError):
 
 class UnsafeSideFile(KeystoreError):
     """Raise when a file kms keeps beside its SQLite database (``<database>.serving``,
-    ``<database>.changes``) is a symbolic link, not a regular file, or owned by another user:
+    ``<database>.changes``, ``<database>.generations`` or ``kms.state_file``) is a symbolic
+    link, not a regular file, or owned by another user:
     kms never opens it, so nobody can make kms write into another file through it."""
 
     public_message = "a file beside the database is not kms's own regular file"
@@ -200,6 +201,13 @@ class UpgradeNeeded(KeystoreError):
     )
 
 
+class KeystoreTampered(KeystoreError):
+    """Raise when the keystore's own rows contradict each other (an older init marker put back
+    on a database that carries MACs): an integrity alarm, never an upgrade prompt."""
+
+    public_message = "the keystore was tampered with: its init marker is older than its rows"
+
+
 class PassphraseError(KeystoreError):
     """Raise when the passphrase cannot be obtained safely (open file mode, empty, no tty)."""
 
@@ -229,6 +237,13 @@ class IntegrityFailure(KMSError):
     def __init__(self, detail: str) -> None:
         super().__init__()
         self.detail = detail
+
+
+class RolledBack(IntegrityFailure):
+    """Raise when a key row (or the keystore epoch) is older than one this node has seen: the
+    database was rolled back behind kms's back. Never obeyed; answered 503, ``detail`` logged."""
+
+    public_message = "storage integrity failure: a stored key is older than one already seen"
 
 
 class KeyChanged(KMSError):

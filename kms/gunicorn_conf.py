@@ -275,6 +275,13 @@ def on_starting(server: Any) -> None:
         )
     if _settings.audit_path is None:
         kms_log.warning("kms: no audit.path is set: requests are not audited")
+    from kms.store.generations import journal_path
+
+    if journal_path(_settings.state_file, _settings.database_url) is None:
+        kms_log.warning(
+            "kms: no kms.state_file is set: this node remembers the generations of keys in "
+            "memory only, and after a restart cannot tell a rolled-back row from a current one"
+        )
     wsgi.install(_settings, keyring, _policy, _runtime.rate_limit_table)
 
 

@@ -34,19 +34,27 @@ from kms.database import (
 )
 from kms.errors import (
     BackupError,
+    ConfigurationError,
     DatabaseUnusable,
+    IntegrityFailure,
     InvalidBackup,
     InvalidKDFParameters,
+    KeystoreTampered,
     KMSError,
     NotInitialised,
+    RolledBack,
     UpgradeNeeded,
 )
-from kms.service.backup import BackupWriter, verify_backup
+from kms.service.backup import BackupWriter, VerifiedBackup, verify_backup
+from kms.service.integrity import read_epoch
 from kms.service.keyring import PassphraseKeyring, zeroise
-from kms.service.keys import IntegrityReport, KeyInfo, KMSService, Rotated
+from kms.service.keys import Generations, IntegrityReport, KeyInfo, KMSService, Rotated
+from kms.service.keys.maintenance import newest_generations, rekey_rows
 from kms.service.keystore import (
+    FIRST_EPOCH,
+    KEYSTORE_ID_BYTES,
     OpenedKeystore,
-    new_init_marker,
+    keystore_rows,
     new_keystore,
     new_master_key,
     open_keystore,
@@ -55,7 +63,11 @@ from kms.service.passphrase import obtain_passphrase
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.faults import existing_tables
-from kms.store.repository import SQLKeyRepository, write_keystore
+from kms.store.generations import GenerationJournal, journal_path, reset_journal
+from kms.store.keystore_rows import rewrite_every_row, write_keystore
+from kms.store.models import kms_metadata
+from kms.store.records import EPOCH, KDF_PARAMETERS
+from kms.store.repository import SQLKeyRepository
 from kms.store.schema import current_revision, head_revision, upgrade_to_head
 from kms.store.serving import ensure_not_serving
 from kms.store.snapshot import column_names, read_snapshot, table_names, write_rows
@@ -76,12 +88,12 @@ def init_database(settings: Settings) -> None:
     database = NewDatabase(settings, "initialise")
     passphrase = obtain_passphrase(settings.master_passphrase_file)
     try:
-        kdf_parameters, init_marker = new_keystore(
+        keystore = new_keystore(
             passphrase, settings.kdf_iterations, min_iterations=settings.kdf_floor
         )
     finally:
         zeroise(passphrase)
-    database.create(lambda conn: write_keystore(conn, kdf_parameters, init_marker))
+    database.create(lambda conn: write_keystore(conn, keystore))
 
 
 def open_master_keyring(settings: Settings) -> PassphraseKeyring:
@@ -117,13 +129,46 @@ def open_master_keyring(settings: Settings) -> PassphraseKeyring:
                     ) from None
                 raise not_initialised(name) from None
             _require_current_schema(name, engine)
-            return _open(settings, name, repository).keyring
+            opened = _open(settings, name, repository)
+            try:
+                _check_epoch(settings, name, opened)
+            except BaseException:
+                opened.keyring.close()
+                raise
+            return opened.keyring
         finally:
             engine.dispose()
 
 
+def node_generations(settings: Settings, keystore_id: bytes) -> Generations:
+    """What this node has seen of the keystore ``keystore_id``: its journal
+    (``kms.state_file``, or beside a SQLite database), or memory alone."""
+    path = journal_path(settings.state_file, settings.database_url)
+    return Generations(None if path is None else GenerationJournal(path, keystore_id))
+
+
+def _check_epoch(settings: Settings, name: str, opened: OpenedKeystore) -> None:
+    """Refuse a keystore whose epoch is older than this node has seen (a rolled-back
+    database), naming the journal that says so."""
+    generations = node_generations(settings, opened.keyring.keystore_id)
+    try:
+        generations.observe_epoch(read_epoch(opened.keyring, opened.rows.get(EPOCH)))
+    except RolledBack as error:
+        journal = journal_path(settings.state_file, settings.database_url)
+        raise KeystoreTampered(
+            f"the database {name} was rolled back: {error.detail} ({journal}); if it was "
+            "restored on purpose, remove that file on every node"
+        ) from None
+    except IntegrityFailure as error:
+        raise KeystoreTampered(f"the database {name}: {error.detail}") from None
+    finally:
+        generations.close()
+
+
 @dataclass(frozen=True)
 class UpgradeResult:
+    """``sealed_keys`` and ``sealed_versions``: rows given their (new) MACs."""
+
     sealed_keys: int
     sealed_versions: int
     already_current: bool
@@ -132,12 +177,14 @@ class UpgradeResult:
 
 
 def upgrade_database(settings: Settings) -> UpgradeResult:
-    """``kms upgrade``: migrate the schema, then (once) compute the MAC of every existing row.
+    """``kms upgrade``: migrate the schema, then (once) bring the keystore to the current format:
+    a keystore id, the first epoch, and every row's MAC bound to the id.
 
     Run with every kms node stopped. The MACs need the master key, so the passphrase is read
-    after the migration. Rows are sealed only if they are consistent (see
-    ``KMSService.seal_rows``); otherwise ``IntegrityFailure`` names the row and no MAC is
-    written.
+    after the migration (which only adds columns whose defaults keep every MAC valid). Every
+    existing MAC is verified before any is written (``KeyMaintenance.upgrade``); otherwise
+    ``IntegrityFailure`` names the rows and no MAC is written. An older init marker on a
+    database whose rows say it is newer is ``KeystoreTampered``, not an upgrade.
     """
     with _engine(settings, "upgrade") as (name, engine):
         repository = SQLKeyRepository(engine)
@@ -145,26 +192,59 @@ def upgrade_database(settings: Settings) -> UpgradeResult:
         before, head = current_revision(engine), head_revision()
         upgrade_to_head(engine)
         migrated = None if before == head else (before, head)
-        opened = _open(settings, name, repository, allow_unsealed=True)
+        opened = _open(settings, name, repository, allow_old=True)
         try:
             if opened.sealed:
                 return UpgradeResult(0, 0, already_current=migrated is None, migrated=migrated)
-            service = KMSService.from_settings(settings, repository, opened.keyring)
-            keys, versions = service.seal_rows(new_init_marker(opened.keyring))
+            _refuse_if_node_saw_current(settings, name)
+            bound = opened.keyring.bound_to(os.urandom(KEYSTORE_ID_BYTES))
+            try:
+                service = KMSService.from_settings(settings, repository, bound)
+                keys, versions = service.upgrade_rows(
+                    opened.keyring, opened.format, keystore_rows(bound, FIRST_EPOCH)
+                )
+            finally:
+                bound.close()
             return UpgradeResult(keys, versions, already_current=False, migrated=migrated)
         finally:
             opened.keyring.close()
 
 
-def check_database(settings: Settings) -> IntegrityReport:
-    """``kms check``: verify every key row and version row; the report names each failure."""
+def _refuse_if_node_saw_current(settings: Settings, name: str) -> None:
+    """A node's journal for this database means it was of the current format once: an older
+    one now was put back."""
+    path = journal_path(settings.state_file, settings.database_url)
+    if path is not None and path.is_file() and path.stat().st_size > 0:
+        raise KeystoreTampered(
+            f"the database {name} has an init marker of an older keystore format, but this node "
+            f"served it in the current format ({path}): an older marker was put back; nothing "
+            "was written"
+        )
+
+
+def check_database(settings: Settings, audit_files: tuple[Path, ...] = ()) -> IntegrityReport:
+    """``kms check [--audit FILE]...``: verify every key row and version row, and each key's
+    generation against the keystore epoch and the newest the audit trail records; the report
+    names each failure."""
+    trail = None
+    if audit_files:
+        lines: list[bytes] = []
+        for file in audit_files:
+            try:
+                lines += file.read_bytes().splitlines()
+            except OSError as error:
+                raise ConfigurationError(
+                    f"cannot read the audit log {file}: {error.strerror}"
+                ) from None
+        trail = newest_generations(lines)
     with _engine(settings, "check") as (name, engine):
         repository = SQLKeyRepository(engine)
         repository.read_keystore()
         _require_current_schema(name, engine)
         keyring = _open(settings, name, repository).keyring
         try:
-            return KMSService.from_settings(settings, repository, keyring).check_integrity()
+            service = KMSService.from_settings(settings, repository, keyring)
+            return service.check_integrity(trail=trail)
         finally:
             keyring.close()
 
@@ -231,14 +311,21 @@ def rekey_database(
             with ensure_not_serving(settings.database_url, engine, "rekey"):
                 old = _open(settings, name, repository).keyring
                 try:
-                    kdf_parameters, marker, new = new_master_key(
-                        new_passphrase, settings.kdf_iterations, min_iterations=settings.kdf_floor
+                    kdf_parameters, new = new_master_key(
+                        new_passphrase,
+                        settings.kdf_iterations,
+                        old.keystore_id,
+                        min_iterations=settings.kdf_floor,
                     )
                     try:
                         service = KMSService.from_settings(settings, repository, old)
+                        keystore = {
+                            KDF_PARAMETERS: kdf_parameters,
+                            **keystore_rows(new, service.read_epoch()),
+                        }
                         progress.start(service.count_versions(), "re-wrapping key versions")
                         keys, versions = service.rekey(
-                            new, kdf_parameters, marker, after_version=progress.advance
+                            new, keystore, after_version=progress.advance
                         )
                     finally:
                         new.close()
@@ -339,7 +426,13 @@ def backup_database(
     return BackupResult(rows=rows, schema=schema)
 
 
-def restore_database(settings: Settings, source: Path, progress: Progress | None = None) -> int:
+def restore_database(
+    settings: Settings,
+    source: Path,
+    progress: Progress | None = None,
+    *,
+    clone_passphrase: bytearray | None = None,
+) -> int:
     """``kms restore FILE``: load a backup into an empty database (the configured one).
 
     Made as ``kms init`` makes one (kms.database.NewDatabase): refused unless the database holds
@@ -348,35 +441,103 @@ def restore_database(settings: Settings, source: Path, progress: Progress | None
     backup's own KDF parameters) before anything is written or locked; then the schema and every
     row are written in one transaction (SQLite: into a temporary file moved into place when
     complete). Returns the number of rows.
+
+    With ``clone_passphrase`` (``--as-clone``) the restored keystore is another keystore: a new
+    keystore id and a new master key from that passphrase (a new salt), every version re-wrapped
+    and every row re-MAC'd in the same transaction. Its rows never verify in the original, nor
+    the original's in it, and it cannot unwrap what the original wraps from then on.
+
+    A restore is a deliberate rollback: this node's journal of generations is started afresh
+    (other nodes must remove theirs, docs/operations.md).
     """
-    progress = progress or NoProgress()
     try:
-        data = source.read_bytes()
-    except OSError as error:
-        raise BackupError(f"cannot read {source}: {error.strerror}") from None
-    database = NewDatabase(settings, "restore into")
-    try:
-        backup = verify_backup(
-            data,
-            obtain_passphrase(settings.master_passphrase_file),
-            min_iterations=settings.kdf_floor,
-            columns=lambda table: column_names(table) if table in table_names() else None,
-        )
-    except InvalidBackup as error:
-        raise InvalidBackup(f"{source}: {error.public_message}") from None
+        try:
+            data = source.read_bytes()
+        except OSError as error:
+            raise BackupError(f"cannot read {source}: {error.strerror}") from None
+        database = NewDatabase(settings, "restore into")
+        try:
+            backup = verify_backup(
+                data,
+                obtain_passphrase(settings.master_passphrase_file),
+                min_iterations=settings.kdf_floor,
+                columns=lambda table: column_names(table) if table in table_names() else None,
+                keep_keyring=clone_passphrase is not None,
+            )
+        except InvalidBackup as error:
+            raise InvalidBackup(f"{source}: {error.public_message}") from None
+        try:
+            _restore_verified(
+                settings, database, source, backup, progress or NoProgress(), clone_passphrase
+            )
+        finally:
+            if backup.keyring is not None:
+                backup.keyring.close()
+    finally:
+        if clone_passphrase is not None:
+            zeroise(clone_passphrase)
+    reset_journal(journal_path(settings.state_file, settings.database_url))
+    return len(backup.rows)
+
+
+def _restore_verified(
+    settings: Settings,
+    database: NewDatabase,
+    source: Path,
+    backup: VerifiedBackup,
+    progress: Progress,
+    clone_passphrase: bytearray | None,
+) -> None:
     if backup.schema != head_revision():
         raise InvalidBackup(
             f"{source} was taken at schema revision {backup.schema}; this kms restores "
             f"{head_revision()} only: restore it with the kms that took it, then `kms upgrade`"
         )
+    clone = None
+    if clone_passphrase is not None and backup.keyring is not None:
+        clone = _clone_of(settings, backup.keyring, backup.rows, clone_passphrase)
 
     def fill(conn: Connection) -> None:
         # Started once the database is held alone: a refusal stays the command's one line.
         progress.start(len(backup.rows), f"restoring {len(backup.rows)} rows")
         write_rows(conn, iter(backup.rows), progress.advance)
+        if clone is not None and backup.keyring is not None:
+            keystore, new = clone
+            seal_key, rewrap_version = rekey_rows(backup.keyring, new)
 
-    database.create(fill)
-    return len(backup.rows)
+            def rewrapped(key: Any, version: Any) -> dict[str, object]:
+                wrapped_key, mac = rewrap_version(key, version)
+                return {"wrapped_key": wrapped_key, "mac": mac}
+
+            rewrite_every_row(conn, seal_key, rewrapped, keystore)
+
+    try:
+        database.create(fill)
+    finally:
+        if clone is not None:
+            clone[1].close()
+
+
+def _clone_of(
+    settings: Settings,
+    keyring: PassphraseKeyring,
+    rows: list[tuple[str, dict[str, Any]]],
+    passphrase: bytearray,
+) -> tuple[dict[str, bytes], PassphraseKeyring]:
+    """The keystore rows of a clone (new KDF parameters, id, init marker; the backup's epoch)
+    and the clone's keyring; the caller closes it."""
+    stored = {row["name"]: row["value"] for table, row in rows if table == kms_metadata.name}
+    try:
+        epoch = read_epoch(keyring, stored.get(EPOCH))
+    except IntegrityFailure as error:
+        raise InvalidBackup(f"the backup's {error.detail}") from None
+    kdf_parameters, new = new_master_key(
+        passphrase,
+        settings.kdf_iterations,
+        os.urandom(KEYSTORE_ID_BYTES),
+        min_iterations=settings.kdf_floor,
+    )
+    return {KDF_PARAMETERS: kdf_parameters, **keystore_rows(new, epoch)}, new
 
 
 def describe_database(settings: Settings) -> str:
@@ -408,18 +569,21 @@ def _require_current_schema(name: str, engine: Engine) -> None:
 
 
 def _open(
-    settings: Settings, name: str, repository: SQLKeyRepository, *, allow_unsealed: bool = False
+    settings: Settings, name: str, repository: SQLKeyRepository, *, allow_old: bool = False
 ) -> OpenedKeystore:
     try:
         return open_keystore(
             repository,
             obtain_passphrase(settings.master_passphrase_file),
             min_iterations=settings.kdf_floor,
-            allow_unsealed=allow_unsealed,
+            allow_old=allow_old,
         )
     except UpgradeNeeded:
         raise UpgradeNeeded(
-            f"the rows of {name} carry no MACs yet: stop kms and run `kms upgrade`"
+            f"the keystore {name} is of an older format (its rows carry no MACs, or MACs bound "
+            "to no keystore): stop kms and run `kms upgrade`"
         ) from None
+    except KeystoreTampered as error:
+        raise KeystoreTampered(f"{name}: {error.public_message}") from None
     except InvalidKDFParameters as error:
         raise InvalidKDFParameters(f"{error.public_message} (kms_metadata in {name})") from None

@@ -284,6 +284,12 @@ class Settings:
         MIN_ITERATIONS, "kms.kdf_iterations", integer_between(MIN_ITERATIONS, MAX_ITERATIONS),
         doc="PBKDF2 iterations for `kms init`",
     )
+    state_file: Path | None = setting(
+        None, "kms.state_file", file_path(),
+        doc="this node's journal of the newest generation of each key (anti-rollback; "
+        "docs/security.md); unset: `<database>.generations` beside a SQLite database, memory "
+        "only for PostgreSQL (warned at start)",
+    )
     key_cache_size: int = setting(
         4096, "kms.key_cache_size", integer_between(0, 1_000_000),
         doc="unwrapped key versions, and key rows, each worker caches (each cache at most this "

@@ -19,6 +19,11 @@ allowed anything are then bounded by time, not by its request rate::
      "statuses":{"403":4990,"429":10},"operations":{"encrypt":5000},"prev_hash":...}
 
 A summary that cannot be written (a full disk) is kept and added to the next one.
+
+The answer to a request that changed a key (create, update, enable, disable, rotate, recreate,
+trim, schedule or cancel deletion, destroy) records the key's new ``key_generation``, the keystore
+epoch the change raised (kms.service.keys.generations): ``kms check --audit`` compares the
+database with the newest the trail records.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from kms.api.context import answered_version, request_proxy
 from kms.api.operations import current_target, declared_operation
 from kms.audit import AuditLog, utc_timestamp
 from kms.errors import AuditUnavailable
+from kms.service.keys import RECORDED_CHANGES
 
 AUDIT_LOG = "kms.audit_log"
 AUDIT_SUMMARY = "kms.audit_summary"
@@ -64,6 +70,9 @@ def register_audit(app: Flask, audit_log: AuditLog | None, summary_seconds: int)
             return  # no route, or a health check: counted in the summary when answered
         # Who asked for what is settled by now (identity runs first): the answer's line reuses it.
         g.kms_audit_fields = fields = _request_fields()
+        changes: list[tuple[str, int]] = []
+        g.kms_changes = changes
+        g.kms_changes_token = RECORDED_CHANGES.set(changes)
         try:
             audit_log.append(_record("request", fields))
         except OSError as error:
@@ -83,6 +92,9 @@ def register_audit(app: Flask, audit_log: AuditLog | None, summary_seconds: int)
         record = _record("response", fields)
         # The version the answer named, as the view noted it: the body is not parsed back.
         record["key_version"] = answered_version() if response.status_code < 400 else None
+        changes = g.get("kms_changes")
+        if changes:
+            record["key_generation"] = max(generation for _, generation in changes)
         record["status"] = response.status_code
         record["duration_ms"] = round((time.perf_counter() - g.kms_started) * 1000, 3)
         try:
@@ -91,6 +103,15 @@ def register_audit(app: Flask, audit_log: AuditLog | None, summary_seconds: int)
             # The request has been served; all that is left is to say so where an operator looks.
             log.error("request %s: cannot write its audit line: %s", g.request_id, error)
         return response
+
+    @app.teardown_request
+    def forget_changes(_error: BaseException | None) -> None:
+        token = g.pop("kms_changes_token", None)
+        if token is not None:
+            try:
+                RECORDED_CHANGES.reset(token)
+            except ValueError:  # set in another context: make sure nothing outlives the request
+                RECORDED_CHANGES.set(None)
 
 
 @dataclass

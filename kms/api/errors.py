@@ -37,6 +37,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.KMSError], int], ...] = (
     (errors.PayloadTooLarge, 413),
     (errors.StoreUnavailable, 503),
     (errors.ListingTimedOut, 503),
+    (errors.RolledBack, 503),
     (errors.AuditUnavailable, 503),
     (errors.NotReady, 503),
     (errors.RateLimited, 429),

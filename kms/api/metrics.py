@@ -9,7 +9,9 @@ Series: ``kms_http_requests_total{endpoint,method,status}``,
 ``kms_http_request_duration_seconds{endpoint}`` (histogram),
 ``kms_crypto_operations_total{operation,algorithm}``, ``kms_key_cache_hits_total``,
 ``kms_key_cache_misses_total``, ``kms_key_list_rows_examined_total`` (key rows the listings
-read and MAC-checked), ``kms_keys{state}`` and, per key version that was used,
+read and MAC-checked), ``kms_integrity_failures_total{kind}`` (key rows refused: "mac", a MAC
+or algorithm that does not check out; "rollback", a row or epoch older than this node has
+seen), ``kms_keys{state}`` and, per key version that was used,
 ``kms_key_version_encryptions{key_id,version}`` (counted against its limit, reserved blocks
 included) and ``kms_key_version_decryptions{key_id,version}`` (flushed by each worker every few
 seconds), with ``kms_key_version_series_truncated``; these last four are read from the database
@@ -84,6 +86,9 @@ CACHE_HITS = Counter("kms_key_cache_hits", "Key material found in a worker's cac
 CACHE_MISSES = Counter("kms_key_cache_misses", "Key material loaded and unwrapped")
 LIST_ROWS_EXAMINED = Counter(
     "kms_key_list_rows_examined", "Key rows read and MAC-checked by key listings"
+)
+INTEGRITY_FAILURES = Counter(
+    "kms_integrity_failures", "Stored rows refused: a MAC that fails, or a rollback", ["kind"]
 )
 
 
@@ -165,16 +170,23 @@ class _Scrape:
 
 
 class _CacheCounts:
-    """Moves a cache's own hit/miss counts into the Prometheus counters, one delta at a time."""
+    """Moves a cache's own hit/miss counts, and the rows the service refused, into the
+    Prometheus counters, one delta at a time."""
 
-    def __init__(self, cache: KeyMaterialCache) -> None:
+    def __init__(self, cache: KeyMaterialCache, refused: dict[str, int]) -> None:
         self._cache = cache
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
+        self._service_refused = refused
+        self._refused = dict.fromkeys(refused, 0)
 
     def publish(self) -> None:
         with self._lock:
+            for kind, count in self._service_refused.items():
+                if count > self._refused.get(kind, 0):
+                    INTEGRITY_FAILURES.labels(kind).inc(count - self._refused.get(kind, 0))
+                    self._refused[kind] = count
             hits, misses = self._cache.hits, self._cache.misses
             if hits > self._hits:
                 CACHE_HITS.inc(hits - self._hits)
@@ -186,7 +198,9 @@ class _CacheCounts:
 def register_metrics(
     app: Flask, service: KMSService, cache: KeyMaterialCache, max_key_series: int
 ) -> None:
-    cache_counts = _CacheCounts(cache)
+    cache_counts = _CacheCounts(cache, service.trust.refused)
+    for kind in service.trust.refused:
+        INTEGRITY_FAILURES.labels(kind)  # shown at 0 from the start
     app.extensions[METRICS] = _Scrape(service, max_key_series)
     endpoints = app.view_functions  # filled in later by the blueprints; read per request
 

@@ -1,9 +1,17 @@
 """Row authentication: a MAC key derived from the master key, and the canonical record encoding.
 
 The MAC key is ``HKDF-SHA256(master key, salt = none, info = "kms/row-mac/v1")``: a key of its
-own, so the wrapping key is never used for anything but wrapping. Tags are HMAC-SHA256 over
-``encode_record(label, fields)`` and are stored as ``0x01 || tag`` (the format version first, like
-every other blob kms stores).
+own, so the wrapping key is never used for anything but wrapping. A stored tag is its format
+byte, then HMAC-SHA256 (the format version first, like every other blob kms stores):
+
+- Format 2 (keystore format 3, written since keystore binding): ``0x02 || HMAC(binding ||
+  encode_record(label, fields))``, where ``binding`` is ``encode_record(b"kms/keystore",
+  [("keystore_id", id)])``: a row tagged in one keystore never verifies in another that shares
+  its master key (a restored copy). The binding has a length-prefixed fixed shape, so the
+  concatenation stays injective.
+- Format 1 (keystores made before keystore binding): ``0x01 || HMAC(encode_record(label,
+  fields))``. Verified only by ``kms upgrade``, before it writes format-2 tags; every other
+  reader refuses it (a format-1 row put back after the upgrade carries no generation).
 
 ``encode_record`` is canonical and injective: the label, then for each field its name, a type
 byte and its value, each length-prefixed (4-byte big-endian). Fields are encoded in the order the
@@ -24,6 +32,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from kms.errors import IntegrityFailure
 
 MAC_FORMAT_V1 = b"\x01"
+MAC_FORMAT_V2 = b"\x02"
 MAC_KEY_BYTES = 32
 MAC_KEY_INFO = b"kms/row-mac/v1"
 #: The key of a backup file's integrity tag (kms.service.backup): a key of its own.
@@ -81,12 +90,27 @@ def encode_record(label: bytes, fields: Iterable[tuple[str, FieldValue]]) -> byt
     return b"".join(parts)
 
 
+def keystore_binding(keystore_id: bytes) -> bytes:
+    """What a format-2 tag is bound to: the keystore's id."""
+    return encode_record(b"kms/keystore", [("keystore_id", keystore_id)])
+
+
 class RecordMAC:
     """HMAC-SHA256 under the row-MAC key. The key sits in one OpenSSL HMAC context, copied per
-    tag: no Python-side copy of it is kept."""
+    tag: no Python-side copy of it is kept.
 
-    def __init__(self, mac_key: bytearray) -> None:
+    With a ``keystore_id`` it writes and verifies format-2 tags bound to that keystore; without
+    one, format-1 tags (the backup tag, and ``kms upgrade`` reading a keystore made before
+    keystore binding)."""
+
+    def __init__(self, mac_key: bytearray, keystore_id: bytes | None = None) -> None:
         self._template: hmac.HMAC | None = hmac.new(mac_key, digestmod="sha256")
+        self._format = MAC_FORMAT_V1
+        if keystore_id is not None:
+            if not keystore_id:
+                raise ValueError("a keystore id cannot be empty")
+            self._template.update(keystore_binding(keystore_id))
+            self._format = MAC_FORMAT_V2
 
     def __repr__(self) -> str:
         return f"RecordMAC(open={self._template is not None})"
@@ -96,12 +120,13 @@ class RecordMAC:
             raise RuntimeError("the record MAC is closed")
         mac = self._template.copy()
         mac.update(encoded)
-        return MAC_FORMAT_V1 + mac.digest()
+        return self._format + mac.digest()
 
     def verify(self, encoded: bytes, stored: bytes | None, what: str) -> None:
         """Raise ``IntegrityFailure(what)`` unless ``stored`` is the tag of ``encoded``.
 
-        A missing tag fails like a wrong one. Compared in constant time.
+        A missing tag, or one of another format, fails like a wrong one. Compared in constant
+        time.
         """
         if stored is None:
             raise IntegrityFailure(f"{what}: no MAC stored")

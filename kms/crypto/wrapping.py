@@ -4,8 +4,12 @@ Wrapped blob: ``format (1 byte) || nonce (12 bytes) || ciphertext || tag (16 byt
 The associated data binds the blob to its identity, so a blob copied to another row, key, version,
 purpose, algorithm or incarnation fails to unwrap.
 
-- Format 2 (written since the row-MAC release): the AAD binds key_id, version, purpose, algorithm
-  and the key's incarnation, so material from before a ``recreate`` never unwraps after it.
+- Format 3 (written since keystore binding): the AAD binds what format 2 binds and the
+  keystore's id, so a blob copied from another keystore that shares the master key (a restored
+  copy) never unwraps.
+- Format 2 (the row-MAC release up to keystore binding): the AAD binds key_id, version,
+  purpose, algorithm and the key's incarnation, so material from before a ``recreate`` never
+  unwraps after it.
 - Format 1 (earlier releases): the AAD lacks the incarnation. Such blobs still unwrap, so upgraded
   databases keep working; each sits in a version row whose MAC covers the blob and the
   incarnation, which is what keeps a pre-recreate blob from being put back.
@@ -24,6 +28,8 @@ from kms.errors import UnwrapFailed
 
 WRAP_FORMAT_V1 = b"\x01"
 WRAP_FORMAT_V2 = b"\x02"
+WRAP_FORMAT_V3 = b"\x03"
+WRAP_FORMATS = (WRAP_FORMAT_V1, WRAP_FORMAT_V2, WRAP_FORMAT_V3)
 NONCE_BYTES = 12
 TAG_BYTES = 16
 
@@ -38,7 +44,20 @@ class KeyIdentity:
     algorithm: str
     incarnation: str
 
-    def aad(self, blob_format: bytes = WRAP_FORMAT_V2) -> bytes:
+    def aad(self, blob_format: bytes = WRAP_FORMAT_V3, keystore_id: bytes = b"") -> bytes:
+        """The AAD of a blob of ``blob_format``; format 3 needs the ``keystore_id``."""
+        if blob_format == WRAP_FORMAT_V3:
+            if not keystore_id:
+                raise ValueError("a format-3 wrap needs the keystore id")
+            return encode_aad(
+                b"kms/wrapped-key/v3",
+                keystore_id,
+                self.key_id,
+                self.version,
+                self.purpose,
+                self.algorithm,
+                self.incarnation,
+            )
         if blob_format == WRAP_FORMAT_V1:
             return encode_aad(
                 b"kms/wrapped-key/v1", self.key_id, self.version, self.purpose, self.algorithm
@@ -53,27 +72,33 @@ class KeyIdentity:
         )
 
 
-def wrap_key(master: AESGCM, secret: bytes | bytearray, aad: bytes) -> bytes:
-    """Wrap in format 2; ``aad`` is ``KeyIdentity.aad()`` or another format-2 label."""
+def wrap_key(
+    master: AESGCM, secret: bytes | bytearray, aad: bytes | KeyIdentity, keystore_id: bytes = b""
+) -> bytes:
+    """Wrap in format 3; ``aad`` is a ``KeyIdentity`` (bound to ``keystore_id``) or a label of
+    its own (the init marker's)."""
+    if isinstance(aad, KeyIdentity):
+        aad = aad.aad(WRAP_FORMAT_V3, keystore_id)
     nonce = os.urandom(NONCE_BYTES)
-    return WRAP_FORMAT_V2 + nonce + master.encrypt(nonce, secret, aad)
+    return WRAP_FORMAT_V3 + nonce + master.encrypt(nonce, secret, aad)
 
 
-def unwrap_key(master: AESGCM, blob: bytes, aad: bytes | KeyIdentity) -> bytearray:
-    """Unwrap a blob of either format.
+def unwrap_key(
+    master: AESGCM, blob: bytes, aad: bytes | KeyIdentity, keystore_id: bytes = b""
+) -> bytearray:
+    """Unwrap a blob of any format.
 
     Given a ``KeyIdentity``, the AAD follows the blob's format byte (the two AADs differ, so
     flipping that byte only makes the unwrap fail); given bytes, they are the AAD whatever the
     format byte says.
     """
     blob_format = blob[:1]
-    if len(blob) < 1 + NONCE_BYTES + TAG_BYTES or blob_format not in (
-        WRAP_FORMAT_V1,
-        WRAP_FORMAT_V2,
-    ):
+    if len(blob) < 1 + NONCE_BYTES + TAG_BYTES or blob_format not in WRAP_FORMATS:
         raise UnwrapFailed()
     if isinstance(aad, KeyIdentity):
-        aad = aad.aad(blob_format)
+        if blob_format == WRAP_FORMAT_V3 and not keystore_id:
+            raise UnwrapFailed()
+        aad = aad.aad(blob_format, keystore_id)
     nonce = blob[1 : 1 + NONCE_BYTES]
     try:
         return bytearray(master.decrypt(nonce, blob[1 + NONCE_BYTES :], aad))

@@ -7,13 +7,17 @@ A backup is UTF-8 JSON lines:
    primary-key order. Values: JSON null, integers and strings as themselves; bytes as
    ``{"b64": "..."}``; times as ``{"time": "<ISO 8601, UTC>"}``.
 3. ``{"tag": "<base64>"}``: HMAC-SHA256, under the backup key (HKDF of the master key,
-   ``kms/backup/v1``), of every byte before this line.
+   ``kms/backup/v1``) and bound to the keystore id (a format-2 tag, kms.crypto.integrity), of
+   every byte before this line. Format ``kms-backup/1`` (before keystore binding) had the same
+   tag unbound; this kms restores only schema revisions of its own, which no such backup has.
 
 Nothing in it is unwrapped: the key versions are the wrapped blobs the database holds, under the
 master key, and the master key is derived from the passphrase and the KDF parameters in the
 backup's own ``kms_metadata`` rows. So restoring needs the passphrase of the keystore the backup
 was taken from; with any other (another keystore's), the init marker does not unwrap and the
-backup is refused. The tag covers the whole file: a line truncated, edited, removed, added or
+backup is refused. The keystore id comes from the backup's own rows and binds the init marker
+and the tag: a backup whose rows were swapped for another keystore's fails. The tag covers the
+whole file: a line truncated, edited, removed, added or
 moved changes it. Nothing is written before the tag has been checked.
 """
 
@@ -31,10 +35,10 @@ from typing import Any
 from kms.crypto.kdf import KDFParameters, derive_master_key
 from kms.errors import InvalidBackup, InvalidKDFParameters, UnwrapFailed
 from kms.service.keyring import PassphraseKeyring, zeroise
-from kms.service.keystore import INIT_MARKER_AAD
-from kms.store.records import INIT_MARKER, KDF_PARAMETERS
+from kms.service.keystore import init_marker_aad
+from kms.store.records import INIT_MARKER, KDF_PARAMETERS, KEYSTORE_ID
 
-FORMAT = "kms-backup/1"
+FORMAT = "kms-backup/2"
 Row = dict[str, Any]
 
 
@@ -100,6 +104,9 @@ class BackupWriter:
 class VerifiedBackup:
     schema: str
     rows: list[tuple[str, Row]]
+    #: The backup's keyring, when asked to keep it (``kms restore --as-clone``); the caller
+    #: closes it.
+    keyring: PassphraseKeyring | None = None
 
 
 def _parse_line(raw: bytes, number: int) -> dict[str, Any]:
@@ -134,10 +141,11 @@ def verify_backup(
     *,
     min_iterations: int,
     columns: Callable[[str], list[str] | None],
+    keep_keyring: bool = False,
 ) -> VerifiedBackup:
     """Check a backup's structure and tag and return its rows; raise ``InvalidBackup`` naming
     what is wrong. ``columns`` gives the column names of a table this kms knows, else None.
-    ``passphrase`` is overwritten."""
+    ``passphrase`` is overwritten. ``keep_keyring``: return the backup's keyring too."""
     try:
         if not data.endswith(b"\n"):
             raise InvalidBackup("the backup is truncated (no final line); nothing was written")
@@ -165,18 +173,24 @@ def verify_backup(
                 )
         keystore = {row["name"]: row["value"] for table, row in rows if table == "kms_metadata"}
         params_raw, marker = keystore.get(KDF_PARAMETERS), keystore.get(INIT_MARKER)
-        if not isinstance(params_raw, bytes) or not isinstance(marker, bytes):
+        keystore_id = keystore.get(KEYSTORE_ID)
+        if (
+            not isinstance(params_raw, bytes)
+            or not isinstance(marker, bytes)
+            or not isinstance(keystore_id, bytes)
+            or not keystore_id
+        ):
             raise InvalidBackup("the backup holds no keystore; nothing was written")
         try:
             params = KDFParameters.decode(params_raw, min_iterations=min_iterations)
         except InvalidKDFParameters as error:
             raise InvalidBackup(f"the backup's {error.public_message}") from None
-        keyring = PassphraseKeyring(derive_master_key(passphrase, params))
+        keyring = PassphraseKeyring(derive_master_key(passphrase, params), keystore_id)
     finally:
         zeroise(passphrase)
     try:
         try:
-            zeroise(keyring.unwrap(marker, INIT_MARKER_AAD))
+            zeroise(keyring.unwrap(marker, init_marker_aad(keystore_id)))
         except UnwrapFailed:
             raise InvalidBackup(
                 "the backup is from another keystore, or the passphrase is not the one it was "
@@ -187,18 +201,23 @@ def verify_backup(
             expected = mac.tag(data[: len(data) - len(lines[-1]) - 1])
         finally:
             mac.close()
-    finally:
+    except BaseException:
+        keyring.close()
+        raise
+    if not keep_keyring:
         keyring.close()
     try:
         stored = base64.b64decode(trailer["tag"], validate=True)
     except binascii.Error:
         stored = b""
+    schema = header.get("schema")
+    if not isinstance(schema, str) or not hmac.compare_digest(expected, stored):
+        keyring.close()
     if not hmac.compare_digest(expected, stored):
         raise InvalidBackup(
             "the backup's integrity tag does not match: it was edited, reordered or cut short; "
             "nothing was written"
         )
-    schema = header.get("schema")
     if not isinstance(schema, str):
         raise InvalidBackup("the backup names no schema revision; nothing was written")
-    return VerifiedBackup(schema=schema, rows=rows)
+    return VerifiedBackup(schema=schema, rows=rows, keyring=keyring if keep_keyring else None)

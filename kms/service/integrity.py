@@ -16,17 +16,28 @@ A new table that security depends on needs a MAC column of its own: encode its r
 ``encode_record`` under a label of their own, bound to the key's identity as version rows are.
 Every read that feeds a decision goes through ``TrustedRows.checked`` / ``.version``
 (kms.service.keys.trust).
+
+Since keystore format 3 every tag is bound to the keystore's id (kms.crypto.integrity, format 2),
+and the key row's ``generation`` (the keystore epoch of the change that wrote it) is one of its
+fields. The epoch itself is stored as ``0x01 || epoch (8 bytes, big-endian) || tag``, the tag
+over ``encode_record(EPOCH_LABEL, [("epoch", epoch)])``.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import MISSING, fields
 
 from kms.crypto.integrity import FieldValue, encode_record
+from kms.errors import IntegrityFailure
+from kms.service.keyring import Keyring
 from kms.store.records import KeyRecord
 
 KEY_ROW_LABEL = b"kms/key-row/v1"
 VERSION_ROW_LABEL = b"kms/key-version/v1"
+EPOCH_LABEL = b"kms/epoch/v1"
+EPOCH_FORMAT_V1 = b"\x01"
+_EPOCH = struct.Struct(">Q")
 #: The only fields of ``KeyRecord`` the MAC does not cover: the MAC itself, and the bookkeeping of
 #: refused uses of a key pending deletion. Those only inform the operator (who still calls a key
 #: about to go) and decide nothing; they are written on every refused call, without the master
@@ -68,3 +79,26 @@ def encode_version_row(
             ("public_key", public_key),
         ),
     )
+
+
+def epoch_row(keyring: Keyring, epoch: int) -> bytes:
+    """The stored value of the keystore epoch ``epoch``, tagged."""
+    return (
+        EPOCH_FORMAT_V1
+        + _EPOCH.pack(epoch)
+        + keyring.tag(encode_record(EPOCH_LABEL, [("epoch", epoch)]))
+    )
+
+
+def read_epoch(keyring: Keyring, stored: bytes | None) -> int:
+    """The keystore epoch in a stored value; ``IntegrityFailure`` unless its tag checks out."""
+    if stored is None:
+        raise IntegrityFailure("the keystore epoch row is missing")
+    head = len(EPOCH_FORMAT_V1) + _EPOCH.size
+    if len(stored) <= head or stored[:1] != EPOCH_FORMAT_V1:
+        raise IntegrityFailure("the keystore epoch row is malformed")
+    (epoch,) = _EPOCH.unpack(stored[1:head])
+    keyring.verify_tag(
+        encode_record(EPOCH_LABEL, [("epoch", epoch)]), stored[head:], "the keystore epoch"
+    )
+    return int(epoch)

@@ -1,7 +1,9 @@
 """The keyring: the one object that holds the master key and what is derived from it.
 
 It wraps and unwraps data keys with the master key, and tags and verifies stored rows with the
-row-MAC key (HKDF of the master key, never the wrapping key itself). Behind the ``Keyring``
+row-MAC key (HKDF of the master key, never the wrapping key itself). Opened on a keystore, it
+knows the keystore's id and binds every wrap (format 3) and every row MAC (format 2) to it
+(kms.crypto.wrapping, kms.crypto.integrity). Behind the ``Keyring``
 interface so that another backend (PKCS#11, a cloud KMS) can replace the passphrase-derived key
 without the service noticing.
 """
@@ -17,10 +19,13 @@ from kms.crypto.wrapping import KeyIdentity, unwrap_key, wrap_key
 
 
 class Keyring(Protocol):
-    def wrap(self, secret: bytes | bytearray, aad: bytes) -> bytes: ...
+    keystore_id: bytes
+
+    def wrap(self, secret: bytes | bytearray, aad: bytes | KeyIdentity) -> bytes: ...
     def unwrap(self, blob: bytes, aad: bytes | KeyIdentity) -> bytearray: ...
     def tag(self, encoded: bytes) -> bytes: ...
     def verify_tag(self, encoded: bytes, stored: bytes | None, what: str) -> None: ...
+    def verify_legacy_tag(self, encoded: bytes, stored: bytes | None, what: str) -> None: ...
     def backup_mac(self) -> RecordMAC: ...
     def close(self) -> None: ...
 
@@ -32,13 +37,18 @@ class PassphraseKeyring:
     which Python cannot reach; docs/security.md (Security notes) lists every copy.
     """
 
-    def __init__(self, master_key: bytearray) -> None:
+    def __init__(self, master_key: bytearray, keystore_id: bytes = b"") -> None:
+        """``keystore_id`` is empty only until the keystore is known (the init marker is
+        checked first) and for a keystore made before keystore binding (``kms upgrade``): then
+        rows can be verified with ``verify_legacy_tag`` only, and nothing can be tagged."""
         self._master_key = master_key
+        self.keystore_id = keystore_id
         # AESGCM and HKDF take the bytearray itself: no immutable copy of the master key.
         self._aead: AESGCM | None = AESGCM(master_key)
         mac_key = derive_mac_key(master_key)
         try:
-            self._mac = RecordMAC(mac_key)
+            self._legacy_mac = RecordMAC(mac_key)
+            self._mac = RecordMAC(mac_key, keystore_id) if keystore_id else None
         finally:
             zeroise(mac_key)
 
@@ -50,32 +60,50 @@ class PassphraseKeyring:
             raise RuntimeError("the keyring is closed")
         return self._aead
 
-    def wrap(self, secret: bytes | bytearray, aad: bytes) -> bytes:
-        return wrap_key(self._master(), secret, aad)
+    def wrap(self, secret: bytes | bytearray, aad: bytes | KeyIdentity) -> bytes:
+        return wrap_key(self._master(), secret, aad, self.keystore_id)
 
     def unwrap(self, blob: bytes, aad: bytes | KeyIdentity) -> bytearray:
-        return unwrap_key(self._master(), blob, aad)
+        return unwrap_key(self._master(), blob, aad, self.keystore_id)
+
+    def _bound(self) -> RecordMAC:
+        if self._mac is None:
+            raise RuntimeError("the keyring knows no keystore id: it cannot tag rows")
+        return self._mac
 
     def tag(self, encoded: bytes) -> bytes:
-        return self._mac.tag(encoded)
+        """A format-2 tag, bound to this keystore."""
+        return self._bound().tag(encoded)
 
     def verify_tag(self, encoded: bytes, stored: bytes | None, what: str) -> None:
-        self._mac.verify(encoded, stored, what)
+        """Raise ``IntegrityFailure`` unless ``stored`` is this keystore's format-2 tag."""
+        self._bound().verify(encoded, stored, what)
+
+    def verify_legacy_tag(self, encoded: bytes, stored: bytes | None, what: str) -> None:
+        """The same for a format-1 tag: ``kms upgrade`` only, before it writes format 2."""
+        self._legacy_mac.verify(encoded, stored, what)
 
     def backup_mac(self) -> RecordMAC:
-        """An HMAC under the backup key (HKDF of the master key, ``kms/backup/v1``); the caller
-        closes it."""
+        """An HMAC under the backup key (HKDF of the master key, ``kms/backup/v1``), bound to
+        the keystore id; the caller closes it."""
         self._master()
         backup_key = derive_mac_key(self._master_key, BACKUP_KEY_INFO)
         try:
-            return RecordMAC(backup_key)
+            return RecordMAC(backup_key, self.keystore_id or None)
         finally:
             zeroise(backup_key)
+
+    def bound_to(self, keystore_id: bytes) -> PassphraseKeyring:
+        """A keyring with this one's master key (a copy of its own) for the keystore
+        ``keystore_id``: ``kms upgrade`` binding a keystore that had no id."""
+        return PassphraseKeyring(bytearray(self._master_key), keystore_id)
 
     def close(self) -> None:
         zeroise(self._master_key)
         self._aead = None
-        self._mac.close()
+        self._legacy_mac.close()
+        if self._mac is not None:
+            self._mac.close()
 
 
 def zeroise(buffer: bytearray) -> None:

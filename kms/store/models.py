@@ -65,6 +65,9 @@ keys = Table(
     Column("rotation_period", Integer, nullable=True),
     # NULL: the configured default (kms.max_encryptions_per_version). Covered by ``mac``.
     Column("max_encryptions_per_version", BigInteger, nullable=True),
+    # The keystore epoch of the change that last wrote the row (migration 0006). Covered by
+    # ``mac``: a node refuses a row older than one it has seen (kms.service.keys.generations).
+    Column("generation", BigInteger, nullable=False, server_default="1"),
 )
 
 #: The key listing's indexes (migration 0005): its order on PostgreSQL, binary whatever the
@@ -99,7 +102,8 @@ key_versions = Table(
     Column("last_used_at", DateTime(timezone=True), nullable=True),
 )
 
-#: Keystore-wide values: the KDF parameters (with salt) and the init marker.
+#: Keystore-wide values: the KDF parameters (with salt), the init marker, the keystore id and the
+#: keystore epoch (kms.store.records names them).
 kms_metadata = Table(
     "kms_metadata",
     metadata,

@@ -15,6 +15,12 @@ from typing import Protocol
 #: The names of the ``kms_metadata`` rows that make the keystore.
 KDF_PARAMETERS = "kdf_parameters"
 INIT_MARKER = "init_marker"
+#: Keystore format 3 on: random bytes made at ``kms init``, bound into every row MAC, every wrap
+#: and the init marker (kms.service.keystore).
+KEYSTORE_ID = "keystore_id"
+#: Keystore format 3 on: the keystore epoch, raised by every key change, under a MAC
+#: (kms.service.keys.generations).
+EPOCH = "epoch"
 
 
 class KeyState(StrEnum):
@@ -59,6 +65,9 @@ class KeyRecord:
     rotation_period: int | None = None
     #: None: the configured default applies.
     max_encryptions_per_version: int | None = None
+    #: The keystore epoch of the change that wrote this row (migration 0006): raised by every
+    #: change, never lowered; a node refuses a row older than one it has seen.
+    generation: int = 1
     # Bookkeeping, not authenticated (kms.service.integrity.NOT_AUTHENTICATED).
     use_attempts_while_pending: int = 0
     last_use_attempt: str | None = None  # JSON {"at", "caller", "operation"}
@@ -125,21 +134,23 @@ class KeyChange:
 
     The version's number is ``key.latest_version``. ``replace_versions`` deletes every other
     version first (recreate); ``delete_versions_below`` deletes the versions below that number
-    (trim).
+    (trim). ``epoch`` is the keystore epoch row's new value (None: left as it is).
     """
 
     key: KeyRecord
     version: NewVersion | None = None
     replace_versions: bool = False
     delete_versions_below: int | None = None
+    epoch: bytes | None = None
 
 
-#: Decides, under the key row's write lock, what to write given the row as it is now; raises to
-#: write nothing.
-KeyPlanner = Callable[[KeyRecord], KeyChange]
-#: Decides, under the key row's write lock, whether the row as it is now may be destroyed; raises
-#: to destroy nothing.
-DestroyCheck = Callable[[KeyRecord], None]
+#: Decides, under the key row's write lock (and the epoch row's), what to write given the row as
+#: it is now and the stored epoch row (None when missing); raises to write nothing.
+KeyPlanner = Callable[[KeyRecord, bytes | None], KeyChange]
+#: Decides, under the key row's write lock (and the epoch row's), whether the row as it is now may
+#: be destroyed, given the stored epoch row; returns the epoch row's new value, raises to destroy
+#: nothing.
+DestroyCheck = Callable[[KeyRecord, bytes | None], bytes]
 #: Computes the MAC of a key row, or of a version row given its key row (``kms upgrade``).
 KeySealer = Callable[[KeyRecord], bytes]
 VersionSealer = Callable[[KeyRecord, KeyVersionRecord], bytes]
@@ -153,7 +164,9 @@ class KeyRepository(Protocol):
     key row's write lock, and whatever they raise writes nothing."""
 
     def read_keystore(self) -> tuple[bytes, bytes]: ...
-    def create_key(self, change: KeyChange) -> KeyRecord: ...
+    def read_metadata(self) -> dict[str, bytes]: ...
+    def count_macs(self) -> int: ...
+    def create_key(self, key: KeyRecord, plan: KeyPlanner) -> KeyRecord: ...
     def get_key(self, key_id: str) -> KeyRecord: ...
     def get_key_and_latest_version(
         self, key_id: str
@@ -183,7 +196,7 @@ class KeyRepository(Protocol):
     def record_use_attempt(self, key_id: str, incarnation: str, attempt: str) -> None: ...
     def count_keys_by_state(self) -> dict[str, int]: ...
     def seal_all(
-        self, seal_key: KeySealer, seal_version: VersionSealer, init_marker: bytes
+        self, seal_key: KeySealer, seal_version: VersionSealer, keystore: dict[str, bytes]
     ) -> tuple[int, int]: ...
     def count_versions(self) -> int: ...
     def reserve_encryptions(
@@ -199,6 +212,5 @@ class KeyRepository(Protocol):
         self,
         seal_key: KeySealer,
         rewrap_version: VersionRewrapper,
-        kdf_parameters: bytes,
-        init_marker: bytes,
+        keystore: dict[str, bytes],
     ) -> tuple[int, int]: ...

@@ -31,7 +31,6 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from kms.errors import (
-    AlreadyInitialised,
     KeyExists,
     KeyNotFound,
     ListingTimedOut,
@@ -40,14 +39,15 @@ from kms.errors import (
 )
 from kms.store.changes import ALL_KEYS, KeyChanges, open_changes
 from kms.store.db import WRITE
+from kms.store.keystore_rows import replace_keystore_rows, rewrite_every_row
 from kms.store.models import key_versions, keys, kms_metadata
 from kms.store.patterns import glob_to_like
 from kms.store.records import (
+    EPOCH,
     INIT_MARKER,
     KDF_PARAMETERS,
     DestroyCheck,
     DueKey,
-    KeyChange,
     KeyPlanner,
     KeyRecord,
     KeySealer,
@@ -63,6 +63,7 @@ from kms.store.statements import (
     KEY_COLUMNS,
     NOTIFY,
     RESERVE_WHOLE_BLOCK,
+    SELECT_EPOCH_FOR_UPDATE,
     SELECT_KEY,
     SELECT_KEY_AND_LATEST_VERSION,
     SELECT_KEY_FOR_UPDATE,
@@ -79,25 +80,6 @@ from kms.store.statements import (
     used_versions_after,
     version_record,
 )
-
-
-def write_keystore(conn: Connection, kdf_parameters: bytes, init_marker: bytes) -> None:
-    """Insert the KDF parameters and the init marker in the caller's transaction.
-
-    ``kms init`` calls this in the transaction that created the schema, so that a failure
-    anywhere leaves no schema without a keystore behind.
-    """
-    existing = conn.execute(select(kms_metadata.c.name).limit(1)).first()
-    if existing is not None:
-        raise AlreadyInitialised()
-    conn.execute(
-        insert(kms_metadata),
-        [
-            {"name": KDF_PARAMETERS, "value": kdf_parameters},
-            {"name": INIT_MARKER, "value": init_marker},
-        ],
-    )
-
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -216,31 +198,64 @@ class SQLKeyRepository:
         if self._notify:
             conn.execute(NOTIFY, {"key_id": key_id})
 
-    @_translate_database_errors
     def read_keystore(self) -> tuple[bytes, bytes]:
         """The stored KDF parameters and init marker, as bytes: the caller parses them strictly."""
+        rows = self.read_metadata()
+        if KDF_PARAMETERS not in rows or INIT_MARKER not in rows:
+            raise NotInitialised()
+        return rows[KDF_PARAMETERS], rows[INIT_MARKER]
+
+    @_translate_database_errors
+    def read_metadata(self) -> dict[str, bytes]:
+        """Every row of ``kms_metadata``, by name, as bytes."""
         with self._engine.connect() as conn:
             if not inspect(conn).has_table(kms_metadata.name):  # the schema was never created
                 raise NotInitialised()
-            rows = dict(conn.execute(select(kms_metadata.c.name, kms_metadata.c.value)).all())
-        if KDF_PARAMETERS not in rows or INIT_MARKER not in rows:
-            raise NotInitialised()
-        return bytes(rows[KDF_PARAMETERS]), bytes(rows[INIT_MARKER])
+            rows = conn.execute(select(kms_metadata.c.name, kms_metadata.c.value)).all()
+        return {name: bytes(value) for name, value in rows}
 
     @_translate_database_errors
-    def create_key(self, change: KeyChange) -> KeyRecord:
-        key = change.key
-        if change.version is None:
-            raise ValueError("a new key needs its first version")
+    def count_macs(self) -> int:
+        """Key and version rows that carry a MAC (``kms upgrade`` of a keystore without any)."""
+        with self._engine.connect() as conn:
+            return sum(
+                int(
+                    conn.execute(
+                        select(func.count()).select_from(table).where(table.c.mac.is_not(None))
+                    ).scalar_one()
+                )
+                for table in (keys, key_versions)
+            )
+
+    @_translate_database_errors
+    def create_key(self, key: KeyRecord, plan: KeyPlanner) -> KeyRecord:
+        """Insert a new key: ``plan`` gets ``key`` and the epoch row, under the epoch row's lock,
+        and says what to write (its first version included)."""
         try:
             with self._write() as conn:
+                change = plan(key, self._locked_epoch(conn))
+                key = change.key
+                if change.version is None:
+                    raise ValueError("a new key needs its first version")
                 conn.execute(insert(keys).values(**key_values(key), updated_at=key.created_at))
                 conn.execute(insert_version(key, change.version, key.created_at))
+                self._write_epoch(conn, change.epoch)
                 self._announce(conn, key.key_id)
         except IntegrityError as exc:
             raise KeyExists() from exc
         self.changes.bump(key.key_id)
         return key
+
+    def _locked_epoch(self, conn: Connection) -> bytes | None:
+        """The epoch row, locked until the transaction ends (PostgreSQL; SQLite's write
+        transaction holds the whole database): key changes on every node take it in turn, each
+        after its key row."""
+        value = conn.execute(SELECT_EPOCH_FOR_UPDATE, {"name": EPOCH}).scalar_one_or_none()
+        return None if value is None else bytes(value)
+
+    def _write_epoch(self, conn: Connection, epoch: bytes | None) -> None:
+        if epoch is not None:
+            replace_keystore_rows(conn, {EPOCH: epoch})
 
     @_translate_database_errors
     def get_key(self, key_id: str) -> KeyRecord:
@@ -407,7 +422,7 @@ class SQLKeyRepository:
             row = conn.execute(SELECT_KEY_FOR_UPDATE, {"key_id": key_id}).first()
             if row is None:
                 raise KeyNotFound()
-            change = plan(key_record(row))
+            change = plan(key_record(row), self._locked_epoch(conn))
             key = change.key
             if key.key_id != key_id:
                 raise ValueError("a key change must keep its key_id")
@@ -430,6 +445,7 @@ class SQLKeyRepository:
                 )
             if change.version is not None:
                 conn.execute(insert_version(key, change.version, now))
+            self._write_epoch(conn, change.epoch)
             self._announce(conn, key_id)
         self.changes.bump(key_id)
         return key
@@ -453,7 +469,7 @@ class SQLKeyRepository:
             if row is None:
                 raise KeyNotFound()
             key = key_record(row)
-            check(key)
+            self._write_epoch(conn, check(key, self._locked_epoch(conn)))
             conn.execute(delete(key_versions).where(key_versions.c.key_id == key_id))
             conn.execute(delete(keys).where(keys.c.key_id == key_id))
             self._announce(conn, key_id)
@@ -485,17 +501,16 @@ class SQLKeyRepository:
 
     @_translate_database_errors
     def seal_all(
-        self, seal_key: KeySealer, seal_version: VersionSealer, init_marker: bytes
+        self, seal_key: KeySealer, seal_version: VersionSealer, keystore: dict[str, bytes]
     ) -> tuple[int, int]:
-        """Write the MAC of every key and version row and replace the init marker, at once.
+        """Write the MAC of every key and version row and the keystore's rows (the init marker,
+        the keystore id, the epoch), at once.
 
         For ``kms upgrade``: one transaction, so a failure leaves the database as it was.
         Returns the number of key rows and version rows sealed.
         """
         return self._rewrite_every_row(
-            seal_key,
-            lambda key, version: {"mac": seal_version(key, version)},
-            {INIT_MARKER: init_marker},
+            seal_key, lambda key, version: {"mac": seal_version(key, version)}, keystore
         )
 
     @_translate_database_errors
@@ -610,10 +625,10 @@ class SQLKeyRepository:
         self,
         seal_key: KeySealer,
         rewrap_version: VersionRewrapper,
-        kdf_parameters: bytes,
-        init_marker: bytes,
+        keystore: dict[str, bytes],
     ) -> tuple[int, int]:
-        """Replace every wrapped key, every MAC, the KDF parameters and the init marker at once.
+        """Replace every wrapped key, every MAC and the keystore's rows (the KDF parameters, the
+        init marker, the epoch) at once.
 
         For ``kms rekey``: one write transaction, so whatever stops it part-way (an error, a kill,
         a power cut) leaves the database under the old master key, every row as it was. The
@@ -624,9 +639,7 @@ class SQLKeyRepository:
             wrapped_key, mac = rewrap_version(key, version)
             return {"wrapped_key": wrapped_key, "mac": mac}
 
-        return self._rewrite_every_row(
-            seal_key, rewrapped, {KDF_PARAMETERS: kdf_parameters, INIT_MARKER: init_marker}
-        )
+        return self._rewrite_every_row(seal_key, rewrapped, keystore)
 
     def _rewrite_every_row(
         self,
@@ -637,36 +650,8 @@ class SQLKeyRepository:
         """In one write transaction: each key row's new MAC, each of its version rows' new
         values, then the keystore's rows (``kms_metadata``); every node is told of every key.
         Returns the number of key rows and version rows written."""
-        key_rows = version_rows = 0
         with self._write() as conn:
-            for row in conn.execute(select(*KEY_COLUMNS).order_by(keys.c.key_id)).all():
-                key = key_record(row)
-                conn.execute(
-                    update(keys).where(keys.c.key_id == key.key_id).values(mac=seal_key(key))
-                )
-                key_rows += 1
-                versions = conn.execute(
-                    select(key_versions)
-                    .where(key_versions.c.key_id == key.key_id)
-                    .order_by(key_versions.c.version)
-                ).all()
-                for version_row in versions:
-                    version = version_record(version_row)
-                    conn.execute(
-                        update(key_versions)
-                        .where(
-                            and_(
-                                key_versions.c.key_id == key.key_id,
-                                key_versions.c.version == version.version,
-                            )
-                        )
-                        .values(**version_values(key, version))
-                    )
-                    version_rows += 1
-            for name, value in keystore.items():
-                conn.execute(
-                    update(kms_metadata).where(kms_metadata.c.name == name).values(value=value)
-                )
+            key_rows, version_rows = rewrite_every_row(conn, seal_key, version_values, keystore)
             self._announce(conn, ALL_KEYS)
         self.changes.bump_all()
         return key_rows, version_rows

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 
 from kms.store.changes import CHANNEL
-from kms.store.models import key_versions, keys
+from kms.store.models import key_versions, keys, kms_metadata
 from kms.store.patterns import ESCAPE, SQLPattern, successor
 from kms.store.records import KeyRecord, KeyVersionRecord, KeyVersionSummary, NewVersion, UseReport
 
@@ -51,6 +51,7 @@ KEY_COLUMNS = (
     keys.c.mac,
     keys.c.rotation_period,
     keys.c.max_encryptions_per_version,
+    keys.c.generation,
 )
 SUMMARY_COLUMNS = (
     key_versions.c.version,
@@ -64,6 +65,9 @@ SELECT_KEY = select(*KEY_COLUMNS).where(keys.c.key_id == bindparam("key_id"))
 # FOR UPDATE locks the row on PostgreSQL; SQLite has no row locks and ignores it, and its write
 # transactions already hold the database's write lock from BEGIN IMMEDIATE.
 SELECT_KEY_FOR_UPDATE = SELECT_KEY.with_for_update()
+SELECT_EPOCH_FOR_UPDATE = (
+    select(kms_metadata.c.value).where(kms_metadata.c.name == bindparam("name")).with_for_update()
+)
 SELECT_VERSION = select(
     key_versions.c.key_id,
     key_versions.c.version,
@@ -225,6 +229,7 @@ def key_record(row: Row[*tuple[Any, ...]]) -> KeyRecord:
         mac=None if row.mac is None else bytes(row.mac),
         rotation_period=row.rotation_period,
         max_encryptions_per_version=row.max_encryptions_per_version,
+        generation=row.generation,
     )
 
 

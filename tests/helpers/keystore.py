@@ -24,7 +24,7 @@ from sqlalchemy import Engine, text
 from kms.errors import IntegrityFailure
 from kms.service.cache import KeyMaterialCache, KeyRowCache
 from kms.service.keyring import Keyring, PassphraseKeyring
-from kms.service.keys import KMSService
+from kms.service.keys import Generations, KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.records import KeyRecord, KeyRepository, KeyVersionRecord, utc_now
@@ -57,6 +57,7 @@ def make_service(
     cache: KeyMaterialCache | None = None,
     *,
     rows: KeyRowCache | None = None,
+    generations: Generations | None = None,
     clock: Callable[[], datetime] | None = None,
     after_generation: Callable[[str], None] | None = None,
     **limits: Any,
@@ -69,6 +70,7 @@ def make_service(
         keyring,
         cache=cache,
         rows=rows,
+        generations=generations,
         clock=utc_now if clock is None else clock,
         after_generation=after_generation,
     )

@@ -109,7 +109,7 @@ DAMAGE: dict[str, tuple[Callable[[Settings, list[bytes]], bytes], str]] = {
     ),
     "another format": (
         _header(lambda header: header.update(format="kms-backup/0")),
-        "not a kms backup (no kms-backup/1 header)",
+        "not a kms backup (no kms-backup/2 header)",
     ),
     "no tag line": (
         lambda s, lines: b"\n".join(lines[:-1]) + b"\n",

@@ -16,7 +16,7 @@ from kms.master import init_database, open_master_keyring
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.faults import existing_tables
-from kms.store.repository import write_keystore
+from kms.store.keystore_rows import write_keystore
 from tests.helpers.keystore import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
 
 
@@ -43,7 +43,10 @@ def test_a_failure_after_the_schema_rolls_the_schema_back(
         # every table of the schema has been created in the same transaction.
         _create_schema_with(
             url,
-            lambda conn: write_keystore(conn, b"$pbkdf2-sha256$i=600000,l=32$AAAA", None),  # type: ignore[arg-type]
+            lambda conn: write_keystore(
+                conn,
+                {"kdf_parameters": b"$pbkdf2-sha256$i=600000,l=32$AAAA", "init_marker": None},  # type: ignore[dict-item]
+            ),
         )
     assert existing_tables(engine) == []
     settings = Settings(

@@ -150,7 +150,7 @@ def test_a_rotation_reads_and_writes_on_one_connection(
     service.create_key("one-connection", "encrypt", "AES-256-GCM")
     checkouts.clear()
 
-    def plan(current: KeyRecord) -> KeyChange:
+    def plan(current: KeyRecord, _epoch: bytes | None) -> KeyChange:
         assert len(checkouts) == 1, "the version was fixed after a second connection was taken"
         version = current.latest_version + 1
         return KeyChange(

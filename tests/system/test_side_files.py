@@ -1,5 +1,6 @@
-"""The files kms keeps beside a SQLite database (``<database>.serving``, ``<database>.changes``)
-in a directory another user can write to (docs/security.md, Files beside the database).
+"""The files kms keeps beside a SQLite database (``<database>.serving``, ``<database>.changes``,
+``<database>.generations``) in a directory another user can write to (docs/security.md, Files
+beside the database).
 
 The attacker plants what kms would open there: a symbolic link to a file of kms's user (kms would
 grow it and write counters into it), a dangling link (kms would create the file it names), a
@@ -77,6 +78,8 @@ def assert_untouched(kind: str, victim: Path) -> None:
         (".changes", "symlink"),
         (".changes", "fifo"),
         (".serving", "another user's file"),
+        (".generations", "symlink"),
+        (".generations", "another user's file"),
     ],
 )
 def test_serve_refuses_a_planted_side_file(

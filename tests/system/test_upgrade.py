@@ -240,7 +240,7 @@ def test_an_old_database_tampered_before_the_upgrade_is_not_sealed(
     with pytest.raises(IntegrityFailure) as excinfo:
         upgrade_database(old_settings)
     assert excinfo.value.detail == (
-        "key 'sig-Ed25519': version 2: the public key is not the private key's"
+        "key 'sig-Ed25519': version 2: the public key is not the private key's; nothing was written"
     )
     # Nothing was sealed: the database still needs an upgrade.
     with pytest.raises(UpgradeNeeded):
@@ -285,7 +285,7 @@ def test_kms_upgrade_and_kms_check_from_the_command_line(
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout == (
         f"kms: checked {OLD_KEYS} keys and {OLD_VERSIONS} key versions in "
-        f"{settings.database_dsn}: all authentic\n"
+        f"{settings.database_dsn} at epoch 1: all authentic\n"
     )
 
     sql(settings, "UPDATE keys SET algorithm = 'ChaCha20-Poly1305' WHERE key_id = 'recreated'")
@@ -294,5 +294,5 @@ def test_kms_upgrade_and_kms_check_from_the_command_line(
     assert failed.stdout == "kms: FAILED key 'recreated': key row: MAC does not match\n"
     assert failed.stderr == (
         f"kms: checked {OLD_KEYS} keys and {OLD_VERSIONS - 1} key versions in "
-        f"{settings.database_dsn}: 1 failed\n"
+        f"{settings.database_dsn} at epoch 1: 1 failed\n"
     )

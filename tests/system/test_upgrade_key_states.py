@@ -169,17 +169,22 @@ def test_a_database_of_the_previous_release_upgrades_in_place_and_its_keys_keep_
 
     result = upgrade_database(old_settings)
     assert result.migrated == (PREVIOUS_REVISION, head_revision())
-    assert (result.sealed_keys, result.sealed_versions, result.already_current) == (0, 0, False)
-    assert upgrade_database(old_settings).already_current  # a second run changes nothing
-    # In place: every version row and every MAC is the one the old release wrote.
-    assert (
-        rows(
-            old_settings,
-            "SELECT key_id, version, wrapped_key, mac FROM key_versions ORDER BY 1, 2",
-        )
-        == versions_before
+    # Every MAC verified, then bound to the new keystore id (format 2).
+    assert (result.sealed_keys, result.sealed_versions, result.already_current) == (
+        len(macs_before),
+        len(versions_before),
+        False,
     )
-    assert rows(old_settings, "SELECT key_id, mac FROM keys ORDER BY key_id") == macs_before
+    assert upgrade_database(old_settings).already_current  # a second run changes nothing
+    # In place: every wrapped key is the one the old release wrote; every MAC is new.
+    after = rows(
+        old_settings, "SELECT key_id, version, wrapped_key, mac FROM key_versions ORDER BY 1, 2"
+    )
+    assert [row[:3] for row in after] == [row[:3] for row in versions_before]
+    assert all(bytes(row[3])[:1] == b"\x02" for row in after)
+    key_macs = rows(old_settings, "SELECT key_id, mac FROM keys ORDER BY key_id")
+    assert [row[0] for row in key_macs] == [row[0] for row in macs_before]
+    assert all(bytes(row[1])[:1] == b"\x02" for row in key_macs)
     assert check_database(old_settings).failures == []
 
     service = new_service()

@@ -55,10 +55,14 @@ def test_a_row_mac_database_upgrades_in_place_and_keeps_every_mac(
     made = make_row_mac_database(row_mac_release, old_settings)
     assert revision(old_settings) == "0002"
     result = upgrade_database(old_settings)
-    # Migrated through 0003 (key states), 0004 and on to the head; the rows carried MACs:
-    # nothing re-sealed.
+    # Migrated through 0003 (key states), 0004 and on to the head; every format-1 MAC verified, then
+    # bound to the new keystore id.
     assert result.migrated == ("0002", head_revision())
-    assert (result.sealed_keys, result.sealed_versions, result.already_current) == (0, 0, False)
+    assert (result.sealed_keys, result.sealed_versions, result.already_current) == (
+        OLD_KEYS,
+        OLD_VERSIONS,
+        False,
+    )
     assert upgrade_database(old_settings).already_current  # a second run changes nothing
     assert revision(old_settings) == head_revision()
     report = check_database(old_settings)

@@ -12,14 +12,29 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kms.crypto.encoding import encode_aad
-from kms.crypto.integrity import MAC_KEY_INFO, RecordMAC, derive_mac_key, encode_record
-from kms.crypto.wrapping import WRAP_FORMAT_V1, KeyIdentity, unwrap_key, wrap_key
+from kms.crypto.integrity import (
+    MAC_FORMAT_V2,
+    MAC_KEY_INFO,
+    RecordMAC,
+    derive_mac_key,
+    encode_record,
+    keystore_binding,
+)
+from kms.crypto.wrapping import (
+    WRAP_FORMAT_V1,
+    WRAP_FORMAT_V2,
+    WRAP_FORMAT_V3,
+    KeyIdentity,
+    unwrap_key,
+    wrap_key,
+)
 from kms.errors import IntegrityFailure, UnwrapFailed
 from kms.service.integrity import encode_key_row, encode_version_row
 from kms.service.keyring import PassphraseKeyring
 from kms.store.records import KeyRecord
 
 MASTER = bytearray(range(32))
+KEYSTORE_ID = bytes(range(16))
 KEY = KeyRecord(
     key_id="orders",
     purpose="encrypt",
@@ -180,13 +195,36 @@ def test_record_mac_refuses_a_wrong_or_missing_tag() -> None:
 
 
 def test_the_keyring_macs_with_the_derived_key_not_the_master_key() -> None:
-    keyring = PassphraseKeyring(bytearray(MASTER))
+    keyring = PassphraseKeyring(bytearray(MASTER), KEYSTORE_ID)
     try:
         tag = keyring.tag(b"row")
-        assert tag[1:] != hmac.new(bytes(MASTER), b"row", hashlib.sha256).digest()
-        assert tag[1:] == hmac.new(derive_mac_key(bytearray(MASTER)), b"row", "sha256").digest()
+        bound = keystore_binding(KEYSTORE_ID) + b"row"
+        assert tag[:1] == MAC_FORMAT_V2
+        assert tag[1:] != hmac.new(bytes(MASTER), bound, hashlib.sha256).digest()
+        assert tag[1:] == hmac.new(derive_mac_key(bytearray(MASTER)), bound, "sha256").digest()
     finally:
         keyring.close()
+
+
+def test_a_row_tagged_in_one_keystore_fails_in_another_with_the_same_master_key() -> None:
+    """A restored copy shares the master key; the keystore id it was made with still tells
+    its rows apart, and a format-1 tag (before keystore binding) is refused outside upgrade."""
+    one, other = (PassphraseKeyring(bytearray(MASTER), ident) for ident in (b"1" * 16, b"2" * 16))
+    try:
+        with pytest.raises(IntegrityFailure):
+            other.verify_tag(b"row", one.tag(b"row"), "row")
+        legacy = RecordMAC(derive_mac_key(bytearray(MASTER))).tag(b"row")
+        with pytest.raises(IntegrityFailure):
+            one.verify_tag(b"row", legacy, "row")
+        one.verify_legacy_tag(b"row", legacy, "row")
+        blob = one.wrap(b"k" * 32, IDENTITY)
+        assert blob[:1] == WRAP_FORMAT_V3
+        assert one.unwrap(blob, IDENTITY) == bytearray(b"k" * 32)
+        with pytest.raises(UnwrapFailed):
+            other.unwrap(blob, IDENTITY)
+    finally:
+        one.close()
+        other.close()
 
 
 # -- the wrap AAD binds the incarnation ---------------------------------------------------------
@@ -196,18 +234,19 @@ IDENTITY = KeyIdentity("orders", 1, "encrypt", "AES-256-GCM", "a" * 32)
 
 def test_a_wrapped_key_does_not_unwrap_under_another_incarnation() -> None:
     master = AESGCM(bytes(MASTER))
-    blob = wrap_key(master, b"k" * 32, IDENTITY.aad())
-    assert unwrap_key(master, blob, IDENTITY) == bytearray(b"k" * 32)
+    blob = wrap_key(master, b"k" * 32, IDENTITY, KEYSTORE_ID)
+    assert unwrap_key(master, blob, IDENTITY, KEYSTORE_ID) == bytearray(b"k" * 32)
     for other in (
         dataclasses.replace(IDENTITY, incarnation="b" * 32),
         dataclasses.replace(IDENTITY, version=2),
         dataclasses.replace(IDENTITY, algorithm="ChaCha20-Poly1305"),
     ):
         with pytest.raises(UnwrapFailed):
-            unwrap_key(master, blob, other)
-    # Relabelling the blob as format 1 switches to the old AAD, which does not match either.
-    with pytest.raises(UnwrapFailed):
-        unwrap_key(master, WRAP_FORMAT_V1 + blob[1:], IDENTITY)
+            unwrap_key(master, blob, other, KEYSTORE_ID)
+    # Relabelling the blob as an older format switches to its AAD, which does not match either.
+    for older in (WRAP_FORMAT_V1, WRAP_FORMAT_V2):
+        with pytest.raises(UnwrapFailed):
+            unwrap_key(master, older + blob[1:], IDENTITY, KEYSTORE_ID)
 
 
 def test_a_previous_release_blob_still_unwraps_under_its_identity() -> None:

@@ -36,8 +36,8 @@ def test_zeroise_overwrites_every_byte_in_place() -> None:
 
 def test_closing_the_keyring_overwrites_the_master_key_and_refuses_further_use() -> None:
     master_key = bytearray(os.urandom(32))
-    keyring = PassphraseKeyring(master_key)
-    aad = KeyIdentity("k", 1, "encrypt", "AES-256-GCM", "0" * 32).aad()
+    keyring = PassphraseKeyring(master_key, b"i" * 16)
+    aad = KeyIdentity("k", 1, "encrypt", "AES-256-GCM", "0" * 32)
     blob = keyring.wrap(b"\x01" * 32, aad)
     assert keyring.unwrap(blob, aad) == bytearray(b"\x01" * 32)
 
@@ -53,7 +53,7 @@ def test_closing_the_keyring_overwrites_the_master_key_and_refuses_further_use()
 
 def test_closing_the_keyring_also_closes_its_row_mac_and_refuses_a_backup_mac() -> None:
     """Found by ``make mutants``: only wrap and unwrap were checked after close."""
-    keyring = PassphraseKeyring(bytearray(os.urandom(32)))
+    keyring = PassphraseKeyring(bytearray(os.urandom(32)), b"i" * 16)
     keyring.verify_tag(b"row", keyring.tag(b"row"), "row")  # the control: open, it tags
     keyring.backup_mac().close()
 
@@ -82,7 +82,7 @@ def test_the_derived_mac_keys_are_overwritten_once_handed_to_hmac(
         return buffer
 
     monkeypatch.setattr(keyring_module, "derive_mac_key", spy)
-    keyring = PassphraseKeyring(bytearray(os.urandom(32)))
+    keyring = PassphraseKeyring(bytearray(os.urandom(32)), b"i" * 16)
     backup = keyring.backup_mac()
     try:
         assert len(derived) == 2
@@ -94,12 +94,12 @@ def test_the_derived_mac_keys_are_overwritten_once_handed_to_hmac(
 
 
 class _StoredKeystore:
-    """The one repository method opening needs: the stored KDF parameters and init marker."""
+    """The one repository method opening needs: the stored keystore rows."""
 
-    def __init__(self, stored: tuple[str, bytes]) -> None:
+    def __init__(self, stored: dict[str, bytes]) -> None:
         self.stored = stored
 
-    def read_keystore(self) -> tuple[str, bytes]:
+    def read_metadata(self) -> dict[str, bytes]:
         return self.stored
 
 

@@ -14,8 +14,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kms.crypto.algorithms import ENCRYPTION_ALGORITHMS, open_sealed
 from kms.crypto.ciphertext import ciphertext_aad, format_ciphertext, parse_ciphertext
-from kms.crypto.wrapping import WRAP_FORMAT_V1, KeyIdentity, unwrap_key
-from kms.service.keystore import INIT_MARKER_AAD, INIT_MARKER_AAD_UNSEALED
+from kms.crypto.wrapping import WRAP_FORMAT_V1, WRAP_FORMAT_V2, KeyIdentity, unwrap_key
+from kms.service.keystore import (
+    INIT_MARKER_AAD_UNBOUND,
+    INIT_MARKER_AAD_UNSEALED,
+    init_marker_aad,
+)
 
 DATA_KEY = bytes(range(32))
 MASTER_KEY = bytes(range(32, 64))
@@ -44,11 +48,17 @@ def test_wrapped_key_and_init_marker_associated_data_bytes() -> None:
         b"kms/wrapped-key/v1\x00\x00\x00\x06orders\x00\x00\x00\x011"
         b"\x00\x00\x00\x07encrypt\x00\x00\x00\x0bAES-256-GCM"
     )
-    assert identity.aad() == (
+    assert identity.aad(WRAP_FORMAT_V2) == (
         b"kms/wrapped-key/v2\x00\x00\x00\x06orders\x00\x00\x00\x011"
         b"\x00\x00\x00\x07encrypt\x00\x00\x00\x0bAES-256-GCM\x00\x00\x00\x20" + b"ab" * 16
     )
-    assert INIT_MARKER_AAD == b"kms/init-marker/v2"
+    assert identity.aad(keystore_id=b"\x07" * 16) == (
+        b"kms/wrapped-key/v3\x00\x00\x00\x10" + b"\x07" * 16 + b"\x00\x00\x00\x06orders"
+        b"\x00\x00\x00\x011\x00\x00\x00\x07encrypt\x00\x00\x00\x0bAES-256-GCM"
+        b"\x00\x00\x00\x20" + b"ab" * 16
+    )
+    assert init_marker_aad(b"\x07" * 16) == b"kms/init-marker/v3\x00\x00\x00\x10" + b"\x07" * 16
+    assert INIT_MARKER_AAD_UNBOUND == b"kms/init-marker/v2"
     assert INIT_MARKER_AAD_UNSEALED == b"kms/init-marker/v1"
 
 

@@ -15,12 +15,12 @@ from kms.crypto.wrapping import KeyIdentity, unwrap_key, wrap_key
 from kms.errors import UnwrapFailed
 
 MASTER = AESGCM(bytes(range(32)))
-AAD = KeyIdentity("k", 1, "encrypt", "AES-256-GCM", "0" * 32).aad()
+AAD = KeyIdentity("k", 1, "encrypt", "AES-256-GCM", "0" * 32).aad(keystore_id=b"i" * 16)
 
 
 @pytest.mark.parametrize("length", range(0, 30))
 def test_short_or_garbage_blobs_are_refused_with_unwrap_failed(length: int) -> None:
-    for first in (b"\x01", b"\x02"):
+    for first in (b"\x01", b"\x02", b"\x03"):
         blob = (first + os.urandom(length))[:length]
         with pytest.raises(UnwrapFailed):
             unwrap_key(MASTER, blob, AAD)
@@ -31,7 +31,7 @@ def test_the_shortest_valid_blob_wraps_nothing() -> None:
     length check."""
     blob = wrap_key(MASTER, b"", AAD)
     assert len(blob) == 29
-    assert blob[:1] == b"\x02"
+    assert blob[:1] == b"\x03"
     assert unwrap_key(MASTER, blob, AAD) == bytearray()
 
 
@@ -39,4 +39,4 @@ def test_a_blob_of_another_format_version_is_refused() -> None:
     blob = wrap_key(MASTER, b"\x07" * 32, AAD)
     assert unwrap_key(MASTER, blob, AAD) == bytearray(b"\x07" * 32)
     with pytest.raises(UnwrapFailed):
-        unwrap_key(MASTER, b"\x03" + blob[1:], AAD)
+        unwrap_key(MASTER, b"\x04" + blob[1:], AAD)

@@ -4,6 +4,7 @@
 docstring. What callers outside the package use is exported here.
 """
 
+from kms.service.keys.generations import RECORDED_CHANGES, Generations
 from kms.service.keys.operations import CURRENT_REQUESTER, BatchItem, Requester
 from kms.service.keys.results import (
     UNKNOWN_ALGORITHM,
@@ -23,11 +24,13 @@ from kms.service.keys.service import KMSService
 
 __all__ = [
     "CURRENT_REQUESTER",
+    "RECORDED_CHANGES",
     "UNKNOWN_ALGORITHM",
     "BatchItem",
     "DataKey",
     "Decrypted",
     "Encrypted",
+    "Generations",
     "IntegrityReport",
     "KMSService",
     "KeyInfo",

@@ -1,10 +1,11 @@
 """The key lifecycle: create, read, list, change, rotate, recreate, schedule and destroy.
 
 Every change is made under the key row's write lock: the repository hands the row as it is now
-to a plan, the plan re-checks it (``TrustedRows``) and applies a rule (``rules``), and the
-result is sealed before it is written. Material for a new version is generated before the lock
-is taken (an RSA-4096 key takes far longer than the wrap) and wrapped under the lock, once the
-row is known to still be the key it was made for.
+(and the keystore epoch row) to a plan, the plan re-checks it (``TrustedRows``) and applies a
+rule (``rules``), and the result is stamped with the next epoch as its generation and sealed
+before it is written (kms.service.keys.generations). Material for a new version is generated
+before the lock is taken (an RSA-4096 key takes far longer than the wrap) and wrapped under the
+lock, once the row is known to still be the key it was made for.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from kms.service.keys.validation import (
 )
 from kms.store.patterns import glob_to_like
 from kms.store.records import (
+    DestroyCheck,
     KeyChange,
     KeyPlanner,
     KeyRecord,
@@ -182,6 +184,7 @@ class KeyLifecycle:
                 batch = min(limit - len(found), MAX_ROWS_EXAMINED - examined)
             else:
                 batch = MAX_ROWS_EXAMINED - examined
+            since = self._trust.mark()
             page = self._repository.scan_keys(batch, after, state, key_patterns, deadline)
             for key in page:
                 examined += 1
@@ -192,7 +195,7 @@ class KeyLifecycle:
                     fnmatchcase(key.key_id, pattern) for pattern in key_patterns
                 ):
                     continue
-                checked = self._trust.checked(key)
+                checked = self._trust.checked(key, since)
                 if wanted is None or json.loads(checked.labels).get(wanted[0]) == wanted[1]:
                     found.append(self.info(checked))
                     if len(found) == limit:
@@ -254,9 +257,10 @@ class KeyLifecycle:
             spec,
             key_id,
             lambda current: record,
-            lambda plan: self._repository.create_key(plan(record)),
+            lambda plan: self._repository.create_key(record, plan),
         )
         self._trust.drop_row(key_id)
+        self._trust.changed(created)
         return self.info(created)
 
     def update_key(
@@ -317,16 +321,39 @@ class KeyLifecycle:
         return self.info(enabled)
 
     def _update(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
-        """Change a key row (no new version) under its write lock, sealing the result."""
+        """Change a key row (no new version) under its write lock, stamping and sealing the
+        result."""
         try:
-            return self._repository.update_key(
+            changed = self._repository.update_key(
                 validate_key_id(key_id),
-                lambda current: KeyChange(
-                    key=self._trust.sealed(change(self._trust.checked(current)))
-                ),
+                lambda current, epoch: self._stamped(change(self._trust.checked(current)), epoch),
             )
         finally:
             self._trust.drop_row(key_id)
+        self._trust.changed(changed)
+        return changed
+
+    def _stamped(
+        self, key: KeyRecord, stored_epoch: bytes | None, delete_versions_below: int | None = None
+    ) -> KeyChange:
+        stamped, epoch = self._trust.stamp(key, stored_epoch)
+        return KeyChange(key=stamped, epoch=epoch, delete_versions_below=delete_versions_below)
+
+    def _destroy(self, key_id: str, rule: Callable[[KeyRecord], object]) -> KeyRecord:
+        """Destroy a key if ``rule`` passes on its row (checked) under its write lock, raising
+        the epoch; returns the row destroyed."""
+        stamped: list[int] = []
+
+        def check(current: KeyRecord, stored_epoch: bytes | None) -> bytes:
+            rule(self._trust.checked(current))
+            key, epoch = self._trust.stamp(current, stored_epoch)
+            stamped.append(key.generation)
+            return epoch
+
+        destroy_check: DestroyCheck = check
+        gone = self._repository.destroy_key(key_id, destroy_check)
+        self._trust.destroyed(key_id, stamped[-1])
+        return gone
 
     # -- deletion --------------------------------------------------------------------------
 
@@ -349,9 +376,7 @@ class KeyLifecycle:
                 "(kms.deletion.min_pending_days): DELETE with ?pending_days=N"
             )
         if pending_days is None:
-            self._repository.destroy_key(
-                key_id, lambda current: rules.require_deletable(self._trust.checked(current))
-            )
+            self._destroy(key_id, rules.require_deletable)
             self._forget(key_id)
             lifecycle_log.info("key %r destroyed", key_id)
             return None
@@ -379,16 +404,15 @@ class KeyLifecycle:
             min_available_version, 1, None, "min_available_version must be a positive integer"
         )
 
-        def trim(current: KeyRecord) -> KeyChange:
+        def trim(current: KeyRecord, stored_epoch: bytes | None) -> KeyChange:
             trimmed = rules.trim(self._trust.checked(current), min_available_version)
             if trimmed is None:
                 return KeyChange(key=current)  # already trimmed that far: nothing to destroy
-            return KeyChange(
-                key=self._trust.sealed(trimmed), delete_versions_below=min_available_version
-            )
+            return self._stamped(trimmed, stored_epoch, min_available_version)
 
         key = self._repository.update_key(validate_key_id(key_id), trim)
         self._forget(key_id)
+        self._trust.changed(key)
         return self.info(key)
 
     def destroy_due(
@@ -411,9 +435,7 @@ class KeyLifecycle:
             after = page[-1]
             for key_id in page:
                 try:
-                    gone = self._repository.destroy_key(
-                        key_id, lambda current: rules.require_due(self._trust.checked(current), now)
-                    )
+                    gone = self._destroy(key_id, lambda current: rules.require_due(current, now))
                 except (KeyNotFound, NotDue):
                     continue  # destroyed by another process, or cancelled meanwhile
                 except KMSError as error:
@@ -459,7 +481,7 @@ class KeyLifecycle:
             return rules.next_version(current, only_from, self._max_versions)
 
         try:
-            return self._store_new_version(
+            rotated = self._store_new_version(
                 ALGORITHMS[key.algorithm],
                 key.key_id,
                 next_version,
@@ -467,6 +489,8 @@ class KeyLifecycle:
             )
         finally:
             self._trust.drop_row(key.key_id)
+        self._trust.changed(rotated)
+        return rotated
 
     def rotate_due(
         self,
@@ -484,21 +508,25 @@ class KeyLifecycle:
         now = now or self._clock()
         rotated: list[Rotated] = []
         after: str | None = None
-        while page := self._repository.keys_with_rotation_period(page_size, after):
+        while True:
+            since = self._trust.mark()
+            page = self._repository.keys_with_rotation_period(page_size, after)
+            if not page:
+                break
             after = page[-1].key.key_id
             for due in page:
                 done = None
                 if rules.rotation_due(due.key, due.latest_created_at, now):
-                    done = self._rotate_due_key(due.key)
+                    done = self._rotate_due_key(due.key, since)
                 if done is not None:
                     rotated.append(done)
                 if on_checked is not None:
                     on_checked(done)
         return rotated
 
-    def _rotate_due_key(self, key: KeyRecord) -> Rotated | None:
+    def _rotate_due_key(self, key: KeyRecord, since: int) -> Rotated | None:
         try:
-            new = self.rotate_from(self._trust.checked(key))
+            new = self.rotate_from(self._trust.checked(key, since))
         except (NotLatest, KeyChanged, KeyNotFound):
             return None  # another process rotated or recreated it, or it was deleted
         except TooManyVersions:
@@ -531,6 +559,7 @@ class KeyLifecycle:
             replace_versions=True,
         )
         self._forget(key_id)
+        self._trust.changed(recreated)
         return self.info(recreated)
 
     def _store_new_version(
@@ -552,9 +581,9 @@ class KeyLifecycle:
         secret = spec.generate()
         public_key = spec.public_key_der(secret)
 
-        def plan(current: KeyRecord) -> KeyChange:
-            key = self._trust.sealed(next_record(current))
-            wrapped_key = self._keyring.wrap(secret, identity_of(key, key.latest_version).aad())
+        def plan(current: KeyRecord, stored_epoch: bytes | None) -> KeyChange:
+            key, epoch = self._trust.stamp(next_record(current), stored_epoch)
+            wrapped_key = self._keyring.wrap(secret, identity_of(key, key.latest_version))
             version_mac = self._keyring.tag(
                 encode_version_row(key, key.latest_version, wrapped_key, public_key)
             )
@@ -562,6 +591,7 @@ class KeyLifecycle:
                 key=key,
                 version=NewVersion(wrapped_key=wrapped_key, public_key=public_key, mac=version_mac),
                 replace_versions=replace_versions,
+                epoch=epoch,
             )
 
         try:

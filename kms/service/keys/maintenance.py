@@ -1,5 +1,6 @@
-"""What operators run over the whole keystore: the integrity check, sealing the rows of an old
-database, re-keying under a new master key, and the readiness check and counts of the probes.
+"""What operators run over the whole keystore: the integrity check (against the audit trail
+too), bringing an older keystore to the current format, re-keying under a new master key, and
+the readiness check and counts of the probes.
 
 Nothing here is on a request's path; each walks every row and checks it under the current
 master key before it writes anything, so a row changed behind kms's back is reported, never
@@ -8,19 +9,84 @@ laundered into a valid MAC.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
+import json
+from collections.abc import Callable, Iterable
 
 from kms.crypto.algorithms import ALGORITHMS
 from kms.errors import IntegrityFailure, UnwrapFailed
-from kms.service.integrity import encode_key_row, encode_version_row
+from kms.service.integrity import encode_key_row, encode_version_row, read_epoch
 from kms.service.keyring import Keyring, zeroise
 from kms.service.keys.material import identity_of
 from kms.service.keys.results import IntegrityReport
-from kms.service.keys.trust import TrustedRows
+from kms.service.keys.trust import TrustedRows, verify_key_row, verify_version_row
 from kms.service.keys.validation import MAX_PAGE_SIZE
-from kms.service.keystore import INIT_MARKER_AAD
-from kms.store.records import KeyRecord, KeyRepository, KeyVersionRecord
+from kms.service.keystore import KeystoreFormat, init_marker_aad
+from kms.store.records import (
+    EPOCH,
+    KeyRecord,
+    KeyRepository,
+    KeySealer,
+    KeyVersionRecord,
+    VersionRewrapper,
+)
+
+#: How many failures ``upgrade`` names before it says "and N more".
+NAMED_FAILURES = 20
+
+
+def newest_generations(lines: Iterable[bytes]) -> dict[str, int]:
+    """The newest generation of each key an audit trail records (kms.api.audit: the
+    ``key_generation`` of the answer to a change). Lines that are not such a record are
+    skipped: the chain is ``kms audit verify``'s to check."""
+    newest: dict[str, int] = {}
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        key_id, generation = record.get("key_id"), record.get("key_generation")
+        if (
+            isinstance(key_id, str)
+            and isinstance(generation, int)
+            and not isinstance(generation, bool)
+            and generation > newest.get(key_id, 0)
+        ):
+            newest[key_id] = generation
+    return newest
+
+
+def rekey_rows(
+    old: Keyring, new: Keyring, after_version: Callable[[], None] | None = None
+) -> tuple[KeySealer, VersionRewrapper]:
+    """What ``kms rekey`` and ``kms restore --as-clone`` write for each row: every row verified
+    under ``old``, every wrapped key unwrapped under its identity there and wrapped again under
+    ``new`` (and its keystore id), every MAC computed under ``new``."""
+
+    def seal_key(key: KeyRecord) -> bytes:
+        verify_key_row(old, key)
+        return new.tag(encode_key_row(key))
+
+    def rewrap_version(key: KeyRecord, record: KeyVersionRecord) -> tuple[bytes, bytes]:
+        verify_version_row(old, key, record)
+        identity = identity_of(key, record.version)
+        try:
+            secret = old.unwrap(record.wrapped_key, identity)
+        except UnwrapFailed:
+            raise IntegrityFailure(
+                f"key {key.key_id!r}: version {record.version}: the wrapped key does not unwrap"
+            ) from None
+        try:
+            wrapped_key = new.wrap(secret, identity)
+        finally:
+            zeroise(secret)
+        mac = new.tag(encode_version_row(key, record.version, wrapped_key, record.public_key))
+        if after_version is not None:
+            after_version()
+        return wrapped_key, mac
+
+    return seal_key, rewrap_version
 
 
 class KeyMaintenance:
@@ -32,7 +98,7 @@ class KeyMaintenance:
     def check_ready(self) -> None:
         """Raise unless the database answers and the master key unwraps the init marker."""
         _, marker = self._repository.read_keystore()
-        zeroise(self._keyring.unwrap(marker, INIT_MARKER_AAD))
+        zeroise(self._keyring.unwrap(marker, init_marker_aad(self._keyring.keystore_id)))
 
     def key_counts_by_state(self) -> dict[str, int]:
         return self._repository.count_keys_by_state()
@@ -40,12 +106,32 @@ class KeyMaintenance:
     def count_versions(self) -> int:
         return self._repository.count_versions()
 
-    def check_integrity(self, page_size: int = MAX_PAGE_SIZE) -> IntegrityReport:
-        """Verify every key row and version row: MACs, unwrapping, and material that fits.
+    def read_epoch(self) -> int:
+        """The keystore epoch, its MAC checked."""
+        return read_epoch(self._keyring, self._repository.read_metadata().get(EPOCH))
+
+    def check_integrity(
+        self, page_size: int = MAX_PAGE_SIZE, trail: dict[str, int] | None = None
+    ) -> IntegrityReport:
+        """Verify every key row and version row: MACs, unwrapping, and material that fits; and
+        each key's generation against the keystore epoch and, given ``trail`` (the newest
+        generation of each key the audit trail records), against the trail.
 
         For ``kms check``. Failures are collected, not raised, so one report names them all.
         """
         report = IntegrityReport()
+        try:
+            report.epoch = self.read_epoch()
+        except IntegrityFailure as error:
+            report.failures.append(error.detail)
+        if trail is not None:
+            report.trail_epoch = max(trail.values(), default=0)
+            if report.epoch is not None and report.epoch < report.trail_epoch:
+                report.failures.append(
+                    f"the keystore epoch {report.epoch} is older than epoch "
+                    f"{report.trail_epoch}, which the audit trail records: the whole database "
+                    "was rolled back"
+                )
         after: str | None = None
         while page := self._repository.list_keys(page_size, after):
             after = page[-1].key_id
@@ -56,6 +142,7 @@ class KeyMaintenance:
                 except IntegrityFailure as error:
                     report.failures.append(error.detail)
                     continue  # its versions cannot be judged against an untrusted row
+                report.failures.extend(self._generation_failures(key, report.epoch, trail))
                 for record in self._repository.list_versions(key.key_id):
                     report.versions += 1
                     try:
@@ -65,73 +152,102 @@ class KeyMaintenance:
                         report.failures.append(error.detail)
         return report
 
-    def seal_rows(self, init_marker: bytes) -> tuple[int, int]:
-        """Compute the MAC of every row of a database made before row MACs (``kms upgrade``).
+    @staticmethod
+    def _generation_failures(
+        key: KeyRecord, epoch: int | None, trail: dict[str, int] | None
+    ) -> list[str]:
+        failures = []
+        if epoch is not None and key.generation > epoch:
+            failures.append(
+                f"key {key.key_id!r}: generation {key.generation} is above the keystore epoch "
+                f"{epoch}: the epoch row was rolled back"
+            )
+        recorded = None if trail is None else trail.get(key.key_id)
+        if recorded is not None and key.generation < recorded:
+            failures.append(
+                f"key {key.key_id!r}: rolled back: the row is at generation {key.generation}, "
+                f"the audit trail records generation {recorded}"
+            )
+        return failures
 
-        Trust on first use, made as safe as it can be: a key row is sealed only if its algorithm
-        and purpose agree, and a version row only if its wrapped key unwraps under its identity,
-        fits its algorithm and (signing keys) carries the private key's own public key. Anything
-        else raises ``IntegrityFailure`` and nothing is written. ``init_marker`` (wrapped under
-        the sealed-keystore AAD) is written in the same transaction: from then on a row without
-        a MAC is refused. Returns the number of key rows and version rows sealed.
+    def upgrade(
+        self, old: Keyring, old_format: KeystoreFormat, keystore: dict[str, bytes]
+    ) -> tuple[int, int]:
+        """Bring a keystore of an older format to the current one (``kms upgrade``); this
+        service's keyring is the one bound to the keystore's new id, ``old`` the same master key
+        without it, and ``keystore`` the new keystore rows (id, init marker, first epoch).
+
+        Every existing MAC (format 1, under ``old``) is verified first, with every row's
+        material, and nothing is written unless all pass: ``IntegrityFailure`` names the rows
+        that do not. A keystore made before row MACs has none to verify: a key row is sealed
+        only if its algorithm and purpose agree, a version row only if its material unwraps and
+        fits (trust on first use, as safe as it can be). Then, in one transaction, every row is
+        verified again and gets its format-2 MAC, with the keystore rows. Returns the number of
+        key rows and version rows sealed.
         """
+        legacy = old_format is KeystoreFormat.UNBOUND
+
+        def verified_key(key: KeyRecord) -> None:
+            if legacy:
+                verify_key_row(old, key, legacy=True)
+            elif (spec := ALGORITHMS.get(key.algorithm)) is None or (
+                spec.purpose.value != key.purpose
+            ):
+                raise IntegrityFailure(f"key {key.key_id!r}: algorithm and purpose do not match")
+
+        def verified_version(key: KeyRecord, record: KeyVersionRecord) -> None:
+            if legacy:
+                verify_version_row(old, key, record, legacy=True)
+            self._verify_material(key, record)
+
+        failures: list[str] = []
+        after: str | None = None
+        while page := self._repository.list_keys(MAX_PAGE_SIZE, after):
+            after = page[-1].key_id
+            for key in page:
+                try:
+                    verified_key(key)
+                    for record in self._repository.list_versions(key.key_id):
+                        verified_version(key, record)
+                except IntegrityFailure as error:
+                    failures.append(error.detail)
+        if failures:
+            more = len(failures) - NAMED_FAILURES
+            raise IntegrityFailure(
+                "; ".join(failures[:NAMED_FAILURES])
+                + (f"; and {more} more" if more > 0 else "")
+                + "; nothing was written"
+            )
 
         def seal_key(key: KeyRecord) -> bytes:
-            spec = ALGORITHMS.get(key.algorithm)
-            if spec is None or spec.purpose.value != key.purpose:
-                raise IntegrityFailure(f"key {key.key_id!r}: algorithm and purpose do not match")
-            return self._keyring.tag(encode_key_row(replace(key, mac=None)))
+            verified_key(key)
+            return self._keyring.tag(encode_key_row(key))
 
         def seal_version(key: KeyRecord, record: KeyVersionRecord) -> bytes:
-            self._verify_material(key, record)
+            verified_version(key, record)
             return self._keyring.tag(
                 encode_version_row(key, record.version, record.wrapped_key, record.public_key)
             )
 
-        return self._repository.seal_all(seal_key, seal_version, init_marker)
+        return self._repository.seal_all(seal_key, seal_version, keystore)
 
     def rekey(
         self,
         new_keyring: Keyring,
-        kdf_parameters: bytes,
-        init_marker: bytes,
+        keystore: dict[str, bytes],
         *,
         after_version: Callable[[], None] | None = None,
     ) -> tuple[int, int]:
         """Re-wrap every version under ``new_keyring`` and re-MAC every row (``kms rekey``).
 
         Every row is verified under the current keyring first and every wrapped key is
-        unwrapped under its own identity. All of it, with the new KDF parameters and init marker
-        (made by ``new_keyring``), is written in one transaction: stopped at any point, nothing
-        changed. ``after_version`` is called after each version (progress; a test stops there).
-        Returns the number of key rows and version rows.
+        unwrapped under its own identity. All of it, with ``keystore`` (the new KDF parameters,
+        init marker and epoch row, made by ``new_keyring``), is written in one transaction:
+        stopped at any point, nothing changed. ``after_version`` is called after each version
+        (progress; a test stops there). Returns the number of key rows and version rows.
         """
-
-        def seal_key(key: KeyRecord) -> bytes:
-            self._trust.verify_key(key)
-            return new_keyring.tag(encode_key_row(replace(key, mac=None)))
-
-        def rewrap_version(key: KeyRecord, record: KeyVersionRecord) -> tuple[bytes, bytes]:
-            self._trust.verify_version(key, record)
-            identity = identity_of(key, record.version)
-            try:
-                secret = self._keyring.unwrap(record.wrapped_key, identity)
-            except UnwrapFailed:
-                raise IntegrityFailure(
-                    f"key {key.key_id!r}: version {record.version}: the wrapped key does not unwrap"
-                ) from None
-            try:
-                wrapped_key = new_keyring.wrap(secret, identity.aad())
-            finally:
-                zeroise(secret)
-            mac = new_keyring.tag(
-                encode_version_row(key, record.version, wrapped_key, record.public_key)
-            )
-            if after_version is not None:
-                after_version()
-            return wrapped_key, mac
-
-        return self._repository.rewrap_all(seal_key, rewrap_version, kdf_parameters, init_marker)
+        seal_key, rewrap_version = rekey_rows(self._keyring, new_keyring, after_version)
+        return self._repository.rewrap_all(seal_key, rewrap_version, keystore)
 
     def _verify_material(self, key: KeyRecord, record: KeyVersionRecord) -> None:
         """Raise ``IntegrityFailure`` unless the version is in range, unwraps under its identity,

@@ -143,6 +143,10 @@ class IntegrityReport:
     keys: int = 0
     versions: int = 0
     failures: list[str] = field(default_factory=list)
+    #: The keystore epoch in the database (None: unreadable), and the newest the audit trail
+    #: records (None: no trail given).
+    epoch: int | None = None
+    trail_epoch: int | None = None
 
 
 def version_info(summary: KeyVersionSummary) -> KeyVersionInfo:

@@ -16,6 +16,7 @@ from datetime import datetime
 
 from kms.service.cache import KeyMaterialCache, KeyRowCache
 from kms.service.keyring import Keyring
+from kms.service.keys.generations import Generations
 from kms.service.keys.lifecycle import KeyLifecycle
 from kms.service.keys.limits import UseLimits
 from kms.service.keys.maintenance import KeyMaintenance
@@ -89,7 +90,8 @@ class KMSService:
         self.check_ready = maintenance.check_ready
         self.key_counts_by_state = maintenance.key_counts_by_state
         self.check_integrity = maintenance.check_integrity
-        self.seal_rows = maintenance.seal_rows
+        self.upgrade_rows = maintenance.upgrade
+        self.read_epoch = maintenance.read_epoch
         self.rekey = maintenance.rekey
         self.count_versions = maintenance.count_versions
 
@@ -102,6 +104,7 @@ class KMSService:
         *,
         cache: KeyMaterialCache | None = None,
         rows: KeyRowCache | None = None,
+        generations: Generations | None = None,
         clock: Callable[[], datetime] = utc_now,
         after_generation: Callable[[str], None] | None = None,
     ) -> KMSService:
@@ -109,11 +112,13 @@ class KMSService:
 
         ``cache`` holds loaded key material (none: nothing is kept, as for an operator command);
         ``rows`` caches key rows for the operations (``kms.cache_staleness_ms``; none: every
-        operation reads its row). ``clock`` gives "now" (tests move it instead of sleeping);
+        operation reads its row). ``generations`` is what this node has seen of each key (none:
+        this service's memory alone; the app and the operator commands pass the node's journal,
+        kms.service.keys.generations). ``clock`` gives "now" (tests move it instead of sleeping);
         ``after_generation`` is a test hook, see ``KeyLifecycle``.
         """
         cache = KeyMaterialCache(0) if cache is None else cache
-        trust = TrustedRows(repository, keyring, cache, rows)
+        trust = TrustedRows(repository, keyring, cache, rows, generations)
         material = KeyMaterial(trust, keyring, cache)
         lifecycle = KeyLifecycle(
             repository,

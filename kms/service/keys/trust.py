@@ -12,6 +12,10 @@ Caches, each keyed so that only the very row that passed can hit:
   by the change counters);
 - the latest version row read in one statement with its key row and not used yet, keyed by the
   key row's MAC, for the operation that follows on a key this worker has not loaded.
+
+Every key row that passes its MAC is also held against the generation this node has seen of it
+(``Generations``), cached or not: an older row is refused (``RolledBack``). Sealing a change
+stamps the row with the next keystore epoch (``stamp``).
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ import logging
 from dataclasses import replace
 
 from kms.crypto.algorithms import ALGORITHMS
-from kms.errors import IntegrityFailure, KeyNotFound
+from kms.errors import IntegrityFailure, KeyNotFound, RolledBack
 from kms.service.cache import KeyMaterialCache, KeyRowCache, secret_cache_key
-from kms.service.integrity import encode_key_row, encode_version_row
+from kms.service.integrity import encode_key_row, encode_version_row, epoch_row, read_epoch
 from kms.service.keyring import Keyring
+from kms.service.keys.generations import Generations, record_change
 from kms.service.keys.rules import require_same_key
 from kms.service.keys.validation import validate_key_id
 from kms.store.records import KeyRecord, KeyRepository, KeyVersionRecord
@@ -35,6 +40,25 @@ VERIFIED_ROWS_CACHE_SIZE = 1024
 #: Version rows read with their key row and not yet used: at most this many before they are
 #: dropped (a few hundred bytes each; an RSA key's, a few KB).
 PREFETCHED_VERSIONS_LIMIT = 1024
+
+
+def verify_key_row(keyring: Keyring, key: KeyRecord, *, legacy: bool = False) -> None:
+    """Raise ``IntegrityFailure`` unless the row's MAC (format 2 bound to ``keyring``'s keystore,
+    or with ``legacy`` format 1) and its algorithm check out."""
+    verify = keyring.verify_legacy_tag if legacy else keyring.verify_tag
+    verify(encode_key_row(key), key.mac, f"key {key.key_id!r}: key row")
+    spec = ALGORITHMS.get(key.algorithm)
+    if spec is None or spec.purpose.value != key.purpose:
+        raise IntegrityFailure(f"key {key.key_id!r}: algorithm and purpose do not match")
+
+
+def verify_version_row(
+    keyring: Keyring, key: KeyRecord, record: KeyVersionRecord, *, legacy: bool = False
+) -> None:
+    """Raise ``IntegrityFailure`` unless the version row's MAC, bound to ``key``, checks out."""
+    verify = keyring.verify_legacy_tag if legacy else keyring.verify_tag
+    encoded = encode_version_row(key, record.version, record.wrapped_key, record.public_key)
+    verify(encoded, record.mac, f"key {key.key_id!r}: version {record.version}")
 
 
 class StaleRow(Exception):
@@ -49,43 +73,50 @@ class TrustedRows:
         keyring: Keyring,
         material_cache: KeyMaterialCache,
         rows: KeyRowCache | None = None,
+        generations: Generations | None = None,
     ) -> None:
         """``rows`` caches key rows for the cryptographic operations (``kms.cache_staleness_ms``);
         without it every operation reads the row. ``material_cache`` is only looked at: a
-        version whose secret is loaded already is not kept when read with its key row."""
+        version whose secret is loaded already is not kept when read with its key row.
+        ``generations``: what this node has seen (none: this object's memory alone)."""
         self._repository = repository
         self._keyring = keyring
         self._material_cache = material_cache
+        self.generations = Generations() if generations is None else generations
+        #: Rows refused by ``checked`` since start, by kind ("mac", "rollback"): the metrics.
+        self.refused = {"mac": 0, "rollback": 0}
         self.rows = KeyRowCache(0, lambda _key_id: 0) if rows is None else rows
         self._verified_rows = KeyMaterialCache(VERIFIED_ROWS_CACHE_SIZE)
         self._prefetched: dict[tuple[str, bytes | None, int], KeyVersionRecord] = {}
 
     # -- checking --------------------------------------------------------------------------
 
-    def checked(self, key: KeyRecord) -> KeyRecord:
-        """The key row, once its MAC and its algorithm check out; else log and refuse."""
-        if self._verified_rows.get(key) is not None:  # this exact row, MAC included, passed
-            return key
+    def mark(self) -> int:
+        """Taken before reading rows that ``checked`` will judge without their write lock."""
+        self.generations.refresh()
+        return self.generations.mark()
+
+    def checked(self, key: KeyRecord, since: int | None = None) -> KeyRecord:
+        """The key row, once its MAC and its algorithm check out and it is no older than this
+        node had seen at ``since`` (``mark``; None: read under its write lock, judged against
+        everything seen); else log, count and refuse."""
         try:
-            self.verify_key(key)
+            if self._verified_rows.get(key) is None:  # else this exact row, MAC included, passed
+                self.verify_key(key)
+                self._verified_rows.put(key, True)
+            self.generations.observe(key, since)  # a row that passed once may be put back
         except IntegrityFailure as error:
+            self.refused["rollback" if isinstance(error, RolledBack) else "mac"] += 1
             log.error("integrity check failed: %s", error.detail)
             raise
-        self._verified_rows.put(key, True)
         return key
 
     def verify_key(self, key: KeyRecord) -> None:
         """Raise ``IntegrityFailure`` unless the row's MAC and its algorithm check out."""
-        self._keyring.verify_tag(encode_key_row(key), key.mac, f"key {key.key_id!r}: key row")
-        spec = ALGORITHMS.get(key.algorithm)
-        if spec is None or spec.purpose.value != key.purpose:
-            raise IntegrityFailure(f"key {key.key_id!r}: algorithm and purpose do not match")
+        verify_key_row(self._keyring, key)
 
     def verify_version(self, key: KeyRecord, record: KeyVersionRecord) -> None:
-        encoded = encode_version_row(key, record.version, record.wrapped_key, record.public_key)
-        self._keyring.verify_tag(
-            encoded, record.mac, f"key {key.key_id!r}: version {record.version}"
-        )
+        verify_version_row(self._keyring, key, record)
 
     def expect_unchanged(self, expected: KeyRecord, current: KeyRecord) -> None:
         """Under the row lock: ``current`` checks out and is the key ``expected`` was (the key
@@ -97,11 +128,38 @@ class TrustedRows:
         """``key`` with the MAC of its fields."""
         return replace(key, mac=self._keyring.tag(encode_key_row(replace(key, mac=None))))
 
+    def stamp(self, key: KeyRecord, stored_epoch: bytes | None) -> tuple[KeyRecord, bytes]:
+        """Under the key row's and the epoch row's locks: ``key`` at the next keystore epoch,
+        sealed, and the epoch row to write with it. Refuses (``IntegrityFailure``) an epoch row
+        that fails its MAC or is older than this node has seen."""
+        try:
+            epoch = read_epoch(self._keyring, stored_epoch)
+            self.generations.observe_epoch(epoch)
+        except IntegrityFailure as error:
+            self.refused["rollback" if isinstance(error, RolledBack) else "mac"] += 1
+            log.error("integrity check failed: %s", error.detail)
+            raise
+        generation = max(epoch, key.generation) + 1
+        return self.sealed(replace(key, generation=generation)), epoch_row(
+            self._keyring, generation
+        )
+
+    def changed(self, key: KeyRecord) -> None:
+        """After a change committed: remember its generation, and note it for the audit line."""
+        self.generations.remember(key)
+        record_change(key.key_id, key.generation)
+
+    def destroyed(self, key_id: str, generation: int) -> None:
+        """After a destroy committed at ``generation`` (the epoch it raised)."""
+        self.generations.destroyed(key_id, generation)
+        record_change(key_id, generation)
+
     # -- reading ---------------------------------------------------------------------------
 
     def get(self, key_id: str) -> KeyRecord:
         """The key row from the database, checked (the lifecycle calls: never cached)."""
-        return self.checked(self._repository.get_key(validate_key_id(key_id)))
+        since = self.mark()
+        return self.checked(self._repository.get_key(validate_key_id(key_id)), since)
 
     def cached(self, key_id: str) -> KeyRecord | None:
         """The key row from the row cache, if it still holds it (checked when it was read)."""
@@ -115,8 +173,9 @@ class TrustedRows:
         """
         mark = self.rows.mark(key_id)
         read_at = self.rows.now()
+        since = self.mark()
         key, latest = self._repository.get_key_and_latest_version(key_id)
-        key = self.checked(key)
+        key = self.checked(key, since)
         if latest is not None and not self._material_cache.holds(
             secret_cache_key(key.key_id, key.incarnation, latest.version)
         ):
