@@ -115,9 +115,8 @@ def wait(pid: int, timeout: float) -> tuple[int | None, bool]:
         _, status = os.waitpid(pid, 0)
     finally:
         os.close(pidfd)
-    try:  # what the timed-out run left in its group (servers it started)
-        if timed_out:
-            os.killpg(pid, signal.SIGKILL)
+    try:  # what the run left in its group: servers it started that a mutant kept from stopping
+        os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     return (None if timed_out else os.waitstatus_to_exitcode(status)), timed_out
