@@ -25,6 +25,7 @@ the server.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
@@ -115,10 +116,9 @@ def wait(pid: int, timeout: float) -> tuple[int | None, bool]:
         _, status = os.waitpid(pid, 0)
     finally:
         os.close(pidfd)
-    try:  # what the run left in its group: servers it started that a mutant kept from stopping
+    # What the run left in its group: servers it started that a mutant kept from stopping.
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     return (None if timed_out else os.waitstatus_to_exitcode(status)), timed_out
 
 
