@@ -276,6 +276,10 @@ def test_sighup_reloads_the_policy_and_an_invalid_file_is_refused(
         stop.set()
         loader.join()
         policy_file.write_text(POLICY, encoding="utf-8")
+        # The module's other tests share this server, and xdist may run one of them after this:
+        # the first policy is put back in force, not only on disk.
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: auditor.get("/v1/kms/keys").status_code == 200)
     assert served > 0
     assert failures == []
 
