@@ -7,14 +7,11 @@ Its records and protocol are in ``kms.store.records``, its prebuilt statements i
 
 from __future__ import annotations
 
-import functools
 import heapq
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -28,17 +25,17 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 
 from kms.errors import (
     KeyExists,
     KeyNotFound,
-    ListingTimedOut,
     NotInitialised,
-    StoreUnavailable,
 )
 from kms.store.changes import ALL_KEYS, KeyChanges, open_changes
 from kms.store.db import WRITE
+from kms.store.guards import statement_deadline as _deadline
+from kms.store.guards import translate_database_errors as _translate_database_errors
 from kms.store.keystore_rows import replace_keystore_rows, rewrite_every_row
 from kms.store.models import key_versions, keys, kms_metadata
 from kms.store.patterns import glob_to_like
@@ -54,7 +51,6 @@ from kms.store.records import (
     KeyState,
     KeyVersionRecord,
     KeyVersionSummary,
-    UseReport,
     VersionRewrapper,
     VersionSealer,
     utc_now,
@@ -62,77 +58,24 @@ from kms.store.records import (
 from kms.store.statements import (
     KEY_COLUMNS,
     NOTIFY,
-    RESERVE_WHOLE_BLOCK,
     SELECT_EPOCH_FOR_UPDATE,
     SELECT_KEY,
     SELECT_KEY_AND_LATEST_VERSION,
     SELECT_KEY_FOR_UPDATE,
     SELECT_VERSION,
     SUMMARY_COLUMNS,
-    USED_VERSIONS,
-    add_use,
     as_utc,
     insert_version,
     key_id_matches,
     key_record,
     key_values,
     summary,
-    used_versions_after,
     version_record,
 )
-
-P = ParamSpec("P")
-R = TypeVar("R")
+from kms.store.usage import UseBookkeeping
 
 
-def _translate_database_errors(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn a failure of the database itself into ``StoreUnavailable``.
-
-    Integrity errors are handled where they mean something (a duplicate key); whatever else the
-    driver raises (locked, unreachable, disk full, schema missing) must not cross this layer.
-    """
-
-    @functools.wraps(method)
-    def translated(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except DBAPIError as exc:
-            raise StoreUnavailable() from exc
-
-    return translated
-
-
-@contextmanager
-def _deadline(conn: Connection, deadline: float | None) -> Iterator[None]:
-    """Interrupt the statements run inside when ``time.monotonic()`` passes ``deadline``.
-
-    SQLite: a progress handler, called every thousand virtual machine steps, stops the
-    statement; PostgreSQL: ``statement_timeout`` for the rest of the time, local to a
-    transaction. Either way the driver's error becomes ``ListingTimedOut``.
-    """
-    if deadline is None:
-        yield
-        return
-    sqlite = conn.dialect.name == "sqlite"
-    if sqlite:
-        driver: Any = conn.connection.driver_connection
-        driver.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
-    else:
-        conn.begin()
-        remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
-        conn.execute(select(func.set_config("statement_timeout", str(remaining_ms), True)))
-    try:
-        yield
-    except DBAPIError as exc:
-        if time.monotonic() >= deadline:
-            raise ListingTimedOut() from exc
-        raise
-    finally:
-        if sqlite:
-            driver.set_progress_handler(None, 0)
-
-
-class SQLKeyRepository:
+class SQLKeyRepository(UseBookkeeping):
     """The repository over SQLAlchemy Core; one short transaction per call.
 
     Every write to a key row is announced (kms.store.changes): on PostgreSQL by a ``pg_notify``
@@ -477,29 +420,6 @@ class SQLKeyRepository:
         return key
 
     @_translate_database_errors
-    def record_use_attempt(self, key_id: str, incarnation: str, attempt: str) -> None:
-        """Count a refused use of a key pending deletion and remember the last one.
-
-        Touches only the bookkeeping columns, which the MAC does not cover, so it needs no key;
-        a row that is no longer that pending key is left alone.
-        """
-        with self._write() as conn:
-            conn.execute(
-                update(keys)
-                .where(
-                    and_(
-                        keys.c.key_id == key_id,
-                        keys.c.incarnation == incarnation,
-                        keys.c.state == KeyState.PENDING_DELETION,
-                    )
-                )
-                .values(
-                    use_attempts_while_pending=keys.c.use_attempts_while_pending + 1,
-                    last_use_attempt=attempt,
-                )
-            )
-
-    @_translate_database_errors
     def seal_all(
         self, seal_key: KeySealer, seal_version: VersionSealer, keystore: dict[str, bytes]
     ) -> tuple[int, int]:
@@ -512,64 +432,6 @@ class SQLKeyRepository:
         return self._rewrite_every_row(
             seal_key, lambda key, version: {"mac": seal_version(key, version)}, keystore
         )
-
-    @_translate_database_errors
-    def reserve_encryptions(
-        self, key_id: str, version: int, wanted: int, at_least: int, limit: int
-    ) -> int:
-        """Reserve up to ``wanted`` (never fewer than ``at_least``) encryptions of a version
-        without passing ``limit``; return how many, 0 when fewer than ``at_least`` are left.
-
-        Under the version row's write lock (PostgreSQL) or the database's (SQLite), so racing
-        processes on any node never reserve the same encryption twice: the sum of reservations
-        is ``encryptions``, which never passes ``limit``. What a process reserved and did not use
-        stays counted, so a crash can only waste encryptions, never reuse them.
-        """
-        # The common case is one statement, made atomic by the database alone: its condition is
-        # checked under the row's lock (PostgreSQL re-reads a row a concurrent transaction
-        # changed) or the database's write lock, and it runs as its own transaction (autocommit,
-        # no BEGIN and COMMIT round trips around it). Each call into the database lets other
-        # threads take the GIL, and getting it back can take one switch interval (5 ms) on a
-        # busy worker: the fewer calls while holding the write lock, the shorter the queue.
-        with self._write_lock, self._one_statement.begin() as conn:
-            whole = conn.execute(
-                RESERVE_WHOLE_BLOCK,
-                {
-                    "of_key": key_id,
-                    "of_version": version,
-                    "wanted": wanted,
-                    "limit": limit,
-                    "now": utc_now(),
-                },
-            )
-        if whole.rowcount == 1:
-            return wanted
-        where = and_(key_versions.c.key_id == key_id, key_versions.c.version == version)
-        with self._write() as conn:
-            # Fewer than ``wanted`` left, or no such version: read the count, grant what is left.
-            used: int | None = conn.execute(
-                select(key_versions.c.encryptions).where(where).with_for_update()
-            ).scalar_one_or_none()
-            if used is None:
-                raise KeyNotFound()
-            granted = min(wanted, limit - used)
-            if granted < at_least:
-                return 0
-            conn.execute(
-                update(key_versions)
-                .where(where)
-                .values(encryptions=key_versions.c.encryptions + granted, last_used_at=utc_now())
-            )
-        return granted
-
-    @_translate_database_errors
-    def record_use(self, reports: list[UseReport]) -> None:
-        """Add decryptions and move ``last_used_at`` forward, one UPDATE per version."""
-        if not reports:
-            return
-        with self._write() as conn:
-            for report in reports:
-                conn.execute(add_use(report))
 
     @_translate_database_errors
     def keys_with_rotation_period(self, limit: int, after: str | None) -> list[DueKey]:
@@ -603,17 +465,6 @@ class SQLKeyRepository:
                     .where(keys.c.rotation_period.is_not(None))
                 ).scalar_one()
             )
-
-    @_translate_database_errors
-    def use_totals(
-        self, after: tuple[str, int] | None = None, limit: int | None = None
-    ) -> list[tuple[str, int, int, int]]:
-        """``(key_id, version, encryptions, decryptions)`` of the versions that were used, in
-        key order: all of them, or a page of up to ``limit`` after ``(key_id, version)``."""
-        query = USED_VERSIONS if limit is None else used_versions_after(after, limit)
-        with self._engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return [tuple(row) for row in rows]
 
     @_translate_database_errors
     def count_versions(self) -> int:
