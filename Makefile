@@ -15,7 +15,7 @@ help:
 	@echo "make test  - install and run the whole test suite (TEST_WORKERS=4 processes)"
 	@echo "make lint  - ruff check, format check and mypy (pyproject.toml, [tool.mypy])"
 	@echo "make bench - requests/s, p50/p99 and ratios to a no-op (not in make test; docs/performance.md)"
-	@echo "make mutants - mutation check of the API hooks, audit, server and service (tools/mutants; about 40 min)"
+	@echo "make mutants - mutation check of the API hooks, audit, server and service (tools/mutants; about 30 min on a quiet machine)"
 	@echo "make openapi - write docs/openapi.json"
 	@echo "make settings-doc - write docs/settings.md (every setting, from kms/settings.py)"
 	@echo "make newman  - install newman from npm (deploy/postman), so make test runs the collection"

@@ -28,6 +28,8 @@ class Config:
     #: module glob -> the share of its mutants a run takes (a deterministic sample; default all)
     samples: dict[str, float] = field(default_factory=dict)
     cap_seconds: float = 60.0
+    #: seconds of the named tests' measured time per mutant (None: all of them, in full)
+    named_cap_seconds: float | None = None
     minutes: float = 43.0
     jobs: int = 2
     coverage_jobs: int = 3
@@ -135,6 +137,9 @@ def load(root: Path, config_file: Path = CONFIG) -> Config:
         },
         samples={pattern: float(share) for pattern, share in settings.get("sample", {}).items()},
         cap_seconds=float(settings.get("cap-seconds", 60.0)),
+        named_cap_seconds=(
+            float(settings["named-cap-seconds"]) if "named-cap-seconds" in settings else None
+        ),
         minutes=float(settings.get("minutes", 43.0)),
         jobs=int(settings.get("jobs", 2)),
         coverage_jobs=int(settings.get("coverage-jobs", 3)),

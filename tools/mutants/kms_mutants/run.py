@@ -258,6 +258,7 @@ def run(options: argparse.Namespace, config: Config) -> int:
                 options.cap,
                 config.import_time_tests_of(mutant.path),
                 preferred,
+                config.named_cap_seconds,
             )
             if selection is None:
                 return {"outcome": "not covered"}
@@ -445,7 +446,11 @@ def estimate(options: argparse.Namespace, config: Config) -> int:
         seconds, uncovered = 0.0, 0
         for mutant in mine:
             selection = coverage_map_.select(
-                mutant, named, options.cap, config.import_time_tests_of(path)
+                mutant,
+                named,
+                options.cap,
+                config.import_time_tests_of(path),
+                named_cap=config.named_cap_seconds,
             )
             if selection is None:
                 uncovered += 1

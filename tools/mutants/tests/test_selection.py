@@ -1,4 +1,4 @@
-"""A mutant meets its module's named tests in full, then the others up to the cap."""
+"""A mutant meets its module's named tests (up to the named cap), then the others up to the cap."""
 
 from __future__ import annotations
 
@@ -26,6 +26,17 @@ def test_named_tests_run_first_and_in_full_whatever_the_cap() -> None:
     assert selection.named == 3
     assert len(selection.tests) == 5  # then 4 s of the others (2 s each): the cap is 5 s
     assert selection.covering == 8
+
+
+def test_the_named_cap_bounds_the_named_tests_but_one_always_runs() -> None:
+    selection = _map().select(MUTANT, ["tests/http/test_audit.py"], cap=5.0, named_cap=25.0)
+    assert selection is not None
+    assert selection.named == 2  # 10 s each: a third would pass 25 s
+    assert selection.tests[:2] == [f"tests/http/test_audit.py::test_{n}" for n in range(2)]
+    assert len(selection.tests) == 4  # then the cap's 4 s of the others, as without it
+    tight = _map().select(MUTANT, ["tests/http/test_audit.py"], cap=0.0, named_cap=1.0)
+    assert tight is not None and tight.named == 1  # at least one named test
+    assert tight.tests == ["tests/http/test_audit.py::test_0"]
 
 
 def test_other_tests_follow_up_to_the_cap() -> None:
