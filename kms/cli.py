@@ -51,13 +51,23 @@ def main() -> None:
     """
 
 
+#: ``--allow-short-passphrase`` of the commands that make a new master key.
+ALLOW_SHORT_PASSPHRASE = click.option(
+    "--allow-short-passphrase",
+    is_flag=True,
+    help="Accept a new passphrase shorter than 16 bytes: for throwaway keystores (tests) only.",
+)
+
+
 @main.command()
 @click.option("--if-needed", is_flag=True, help="Succeed quietly if already initialised.")
-def init(if_needed: bool) -> None:
+@ALLOW_SHORT_PASSPHRASE
+def init(if_needed: bool, allow_short_passphrase: bool) -> None:
     """Initialise the configured database: schema, salt, KDF parameters and init marker.
 
     Only a missing or empty database is initialised: on PostgreSQL one with no object (table,
-    sequence, type, view, function...) in any schema but PostgreSQL's own.
+    sequence, type, view, function...) in any schema but PostgreSQL's own. The passphrase must
+    be at least 16 bytes long.
     """
     from kms.errors import AlreadyInitialised
     from kms.master import init_database
@@ -66,7 +76,7 @@ def init(if_needed: bool) -> None:
 
     try:
         settings = load_settings()
-        init_database(settings)
+        init_database(settings, allow_short_passphrase=allow_short_passphrase)
     except AlreadyInitialised as error:
         if if_needed:
             return
@@ -186,11 +196,13 @@ def destroy_due() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Read the new passphrase from this file (owner-only mode); else prompt twice.",
 )
-def rekey(new_passphrase_file: Path | None) -> None:
+@ALLOW_SHORT_PASSPHRASE
+def rekey(new_passphrase_file: Path | None, allow_short_passphrase: bool) -> None:
     """Change the master passphrase: new salt, every key version re-wrapped, in one transaction.
 
     Stop every kms server first (kms refuses while one uses the database). Killed at any point,
     nothing changed and the old passphrase still works; once it prints, only the new one does.
+    The new passphrase must be at least 16 bytes long.
     """
     from kms.master import describe_database, rekey_database
     from kms.settings import load_settings
@@ -198,7 +210,8 @@ def rekey(new_passphrase_file: Path | None) -> None:
     progress = ProgressBar()
     try:
         settings = load_settings()
-        result = rekey_database(settings, _new_passphrase(new_passphrase_file), progress)
+        new_passphrase = _new_passphrase(new_passphrase_file, allow_short_passphrase)
+        result = rekey_database(settings, new_passphrase, progress)
     except KMSError as error:
         progress.finish()
         _fail(error)
@@ -209,14 +222,22 @@ def rekey(new_passphrase_file: Path | None) -> None:
     )
 
 
-def _new_passphrase(file: Path | None) -> bytearray:
-    """A new master passphrase: from ``file``, or typed twice."""
+def _new_passphrase(file: Path | None, allow_short: bool) -> bytearray:
+    """A new master passphrase: from ``file``, or typed twice; refused while shorter than
+    ``MIN_PASSPHRASE_BYTES`` unless ``allow_short``."""
     from kms.errors import PassphraseError
-    from kms.service.passphrase import prompt_passphrase, read_passphrase_file
+    from kms.service.passphrase import (
+        prompt_passphrase,
+        read_passphrase_file,
+        require_long_passphrase,
+    )
 
     if file is not None:
-        return read_passphrase_file(file)
+        new_passphrase = read_passphrase_file(file)
+        require_long_passphrase(new_passphrase, "the new passphrase", allow_short=allow_short)
+        return new_passphrase
     new_passphrase = prompt_passphrase("kms new master passphrase: ")
+    require_long_passphrase(new_passphrase, "the new passphrase", allow_short=allow_short)
     again = prompt_passphrase("kms new master passphrase again: ")
     try:
         if again != new_passphrase:
@@ -289,7 +310,10 @@ def backup(file: Path) -> None:
     help="With --as-clone: the clone's passphrase from this file (owner-only mode); else "
     "prompt twice.",
 )
-def restore(file: Path, as_clone: bool, new_passphrase_file: Path | None) -> None:
+@ALLOW_SHORT_PASSPHRASE
+def restore(
+    file: Path, as_clone: bool, new_passphrase_file: Path | None, allow_short_passphrase: bool
+) -> None:
     """Load the backup FILE into the configured database, which must be missing or empty.
 
     Stop every kms server first (kms refuses while one uses the database). The passphrase is that
@@ -305,9 +329,11 @@ def restore(file: Path, as_clone: bool, new_passphrase_file: Path | None) -> Non
     progress = ProgressBar()
     try:
         settings = load_settings()
-        if new_passphrase_file is not None and not as_clone:
-            raise KMSError("--new-passphrase-file needs --as-clone")
-        clone_passphrase = _new_passphrase(new_passphrase_file) if as_clone else None
+        if (new_passphrase_file is not None or allow_short_passphrase) and not as_clone:
+            raise KMSError("--new-passphrase-file and --allow-short-passphrase need --as-clone")
+        clone_passphrase = (
+            _new_passphrase(new_passphrase_file, allow_short_passphrase) if as_clone else None
+        )
         rows = restore_database(settings, file, progress, clone_passphrase=clone_passphrase)
     except KMSError as error:
         progress.finish()

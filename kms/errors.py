@@ -50,6 +50,21 @@ class InvalidCiphertext(KMSError):
     public_message = "invalid ciphertext"
 
 
+class FencedCiphertext(InvalidCiphertext):
+    """Raise when a ciphertext that authenticates was made by a version below the key's
+    ``min_decryption_version``.
+
+    Answered exactly as ``InvalidCiphertext`` (same status, same message): the fence is checked
+    only after the ciphertext authenticates, so a client cannot tell a genuine fenced ciphertext
+    from a forged one naming a fenced version, nor learn where the fence stands by forging. Only
+    the operator is told which it was (the audit line, the metrics).
+    """
+
+    def __init__(self, version: int) -> None:
+        super().__init__()
+        self.version = version
+
+
 class KeyDisabled(KMSError):
     """Raise when a key exists but may not be used."""
 
@@ -69,8 +84,8 @@ class KeyStateConflict(KMSError):
 
 
 class VersionBelowMinimum(KeyStateConflict):
-    """Raise when a version below the key's ``min_decryption_version`` is asked to decrypt or
-    verify (or to give its public key)."""
+    """Raise when a version below the key's ``min_decryption_version`` is asked to verify (or to
+    give its public key); a decryption answers ``FencedCiphertext`` instead."""
 
     public_message = "key version is below min_decryption_version"
 

@@ -59,7 +59,7 @@ from kms.service.keystore import (
     new_master_key,
     open_keystore,
 )
-from kms.service.passphrase import obtain_passphrase
+from kms.service.passphrase import obtain_passphrase, require_long_passphrase
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.faults import existing_tables
@@ -73,8 +73,11 @@ from kms.store.serving import ensure_not_serving
 from kms.store.snapshot import column_names, read_snapshot, table_names, write_rows
 
 
-def init_database(settings: Settings) -> None:
+def init_database(settings: Settings, *, allow_short_passphrase: bool = False) -> None:
     """Create the schema, the salt, the KDF parameters and the init marker.
+
+    A passphrase shorter than ``MIN_PASSPHRASE_BYTES`` is refused (``PassphraseError``) unless
+    ``allow_short_passphrase`` (``kms init --allow-short-passphrase``).
 
     Only a database that holds nothing is initialised (kms.database): one holding a keystore is
     refused with ``AlreadyInitialised``, one holding anything else (another application's tables,
@@ -88,6 +91,7 @@ def init_database(settings: Settings) -> None:
     database = NewDatabase(settings, "initialise")
     passphrase = obtain_passphrase(settings.master_passphrase_file)
     try:
+        require_long_passphrase(passphrase, "the passphrase", allow_short=allow_short_passphrase)
         keystore = new_keystore(
             passphrase, settings.kdf_iterations, min_iterations=settings.kdf_floor
         )

@@ -20,6 +20,11 @@ allowed anything are then bounded by time, not by its request rate::
 
 A summary that cannot be written (a full disk) is kept and added to the next one.
 
+A decryption refused (a single call's, or a batch's items) is answered ``invalid ciphertext``
+whatever its cause; its answer line tells the operator which it was: ``fenced_ciphertexts`` (how
+many authenticated but were made by a version below ``min_decryption_version``) and
+``fenced_versions`` (those versions), ``invalid_ciphertexts`` (how many did not authenticate).
+
 The answer to a request that changed a key (create, update, enable, disable, rotate, recreate,
 trim, schedule or cancel deletion, destroy) records the key's new ``key_generation``, the keystore
 epoch the change raised (kms.service.keys.generations): ``kms check --audit`` compares the
@@ -37,7 +42,12 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from kms.api.context import answered_version, request_proxy
+from kms.api.context import (
+    answered_fenced_versions,
+    answered_invalid_ciphertexts,
+    answered_version,
+    request_proxy,
+)
 from kms.api.operations import current_target, declared_operation
 from kms.audit import AuditLog, utc_timestamp
 from kms.errors import AuditUnavailable
@@ -95,6 +105,13 @@ def register_audit(app: Flask, audit_log: AuditLog | None, summary_seconds: int)
         changes = g.get("kms_changes")
         if changes:
             record["key_generation"] = max(generation for _, generation in changes)
+        fenced = answered_fenced_versions()
+        if fenced:
+            record["fenced_ciphertexts"] = len(fenced)
+            record["fenced_versions"] = sorted(set(fenced))
+        invalid = answered_invalid_ciphertexts()
+        if invalid:
+            record["invalid_ciphertexts"] = invalid
         record["status"] = response.status_code
         record["duration_ms"] = round((time.perf_counter() - g.kms_started) * 1000, 3)
         try:

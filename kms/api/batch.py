@@ -19,7 +19,14 @@ from flask import Response, g
 from marshmallow import Schema, ValidationError
 
 from kms.api import schemas
-from kms.api.context import answer, crypto_answer, json_body, note_algorithm, service
+from kms.api.context import (
+    answer,
+    crypto_answer,
+    json_body,
+    note_algorithm,
+    note_refused_decryptions,
+    service,
+)
 from kms.api.errors import batch_item_error, describe_validation_error
 from kms.errors import InvalidRequest, KMSError
 from kms.service.keys import BatchItem
@@ -73,6 +80,8 @@ def run_batch(
     # For the metrics: a batch is as many operations as items that succeeded.
     done = [result for result in results if not isinstance(result, KMSError)]
     g.kms_items_done = len(done)
+    if len(done) < len(results):
+        note_refused_decryptions([result for result in results if isinstance(result, KMSError)])
     if done:
         note_algorithm(done[0].algorithm)  # one key for the whole batch
     return answer(

@@ -8,7 +8,7 @@ from flask import Request, Response, current_app, g, jsonify, request
 from werkzeug.local import LocalProxy
 
 from kms.api.payload import read_json_object, read_query
-from kms.errors import KMSError
+from kms.errors import FencedCiphertext, InvalidCiphertext, KMSError
 from kms.service.keys import UNKNOWN_ALGORITHM, KMSService
 
 SERVICE = "kms.service"
@@ -88,3 +88,29 @@ def answered_algorithm() -> str:
 def answered_version() -> int | None:
     """The version the view's answer named, if it answered through ``answer``."""
     return g.get("kms_answered_version")
+
+
+def note_refused_decryptions(errors: list[KMSError]) -> None:
+    """The decryptions a request was refused (a single call's error, a batch's item errors),
+    for the audit line and the metrics.
+
+    The client gets ``invalid ciphertext`` for each, whatever the cause; the operator is told
+    which it was: a ciphertext that authenticated but was made by a fenced version (its version
+    noted), or one that did not authenticate.
+    """
+    state = g._get_current_object()
+    for error in errors:
+        if isinstance(error, FencedCiphertext):
+            state.kms_fenced_versions = [*state.get("kms_fenced_versions", ()), error.version]
+        elif isinstance(error, InvalidCiphertext):
+            state.kms_invalid_ciphertexts = state.get("kms_invalid_ciphertexts", 0) + 1
+
+
+def answered_fenced_versions() -> list[int]:
+    """The version of each fenced ciphertext the request was refused, in order."""
+    return g.get("kms_fenced_versions", [])
+
+
+def answered_invalid_ciphertexts() -> int:
+    """How many ciphertexts of the request did not authenticate (or did not parse)."""
+    return g.get("kms_invalid_ciphertexts", 0)

@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import RequestRedirect
 
 from kms import errors
+from kms.api.context import note_refused_decryptions
 from kms.api.payload import discard_unread_body
 
 log = logging.getLogger("kms.api")
@@ -76,6 +77,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(errors.KMSError)
     def handle_kms_error(error: errors.KMSError) -> Response:
+        note_refused_decryptions([error])
         status = status_for(error)
         if status >= 500:
             cause = error.__cause__

@@ -7,7 +7,9 @@ Without that variable (a single process, a test) the default registry is used.
 
 Series: ``kms_http_requests_total{endpoint,method,status}``,
 ``kms_http_request_duration_seconds{endpoint}`` (histogram),
-``kms_crypto_operations_total{operation,algorithm}``, ``kms_key_cache_hits_total``,
+``kms_crypto_operations_total{operation,algorithm}``, ``kms_decryptions_refused_total{reason}``
+(ciphertexts answered "invalid ciphertext": "fenced", authentic but of a version below
+``min_decryption_version``; "invalid", not authentic), ``kms_key_cache_hits_total``,
 ``kms_key_cache_misses_total``, ``kms_key_list_rows_examined_total`` (key rows the listings
 read and MAC-checked), ``kms_integrity_failures_total{kind}`` (key rows refused: "mac", a MAC
 or algorithm that does not check out; "rollback", a row or epoch older than this node has
@@ -51,7 +53,13 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from kms.api.context import answered_algorithm, answered_rows_examined, request_proxy
+from kms.api.context import (
+    answered_algorithm,
+    answered_fenced_versions,
+    answered_invalid_ciphertexts,
+    answered_rows_examined,
+    request_proxy,
+)
 from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 
@@ -87,6 +95,14 @@ CACHE_MISSES = Counter("kms_key_cache_misses", "Key material loaded and unwrappe
 LIST_ROWS_EXAMINED = Counter(
     "kms_key_list_rows_examined", "Key rows read and MAC-checked by key listings"
 )
+DECRYPTIONS_REFUSED = Counter(
+    "kms_decryptions_refused",
+    "Ciphertexts refused, all answered 'invalid ciphertext': 'fenced' authenticated but was made "
+    "by a version below min_decryption_version, 'invalid' did not authenticate",
+    ["reason"],
+)
+#: The reasons of ``kms_decryptions_refused_total``.
+REFUSAL_REASONS = ("fenced", "invalid")
 INTEGRITY_FAILURES = Counter(
     "kms_integrity_failures", "Stored rows refused: a MAC that fails, or a rollback", ["kind"]
 )
@@ -201,6 +217,7 @@ def register_metrics(
     cache_counts = _CacheCounts(cache, service.trust.refused)
     for kind in service.trust.refused:
         INTEGRITY_FAILURES.labels(kind)  # shown at 0 from the start
+    refused_fenced, refused_invalid = (DECRYPTIONS_REFUSED.labels(r) for r in REFUSAL_REASONS)
     app.extensions[METRICS] = _Scrape(service, max_key_series)
     endpoints = app.view_functions  # filled in later by the blueprints; read per request
 
@@ -241,6 +258,11 @@ def register_metrics(
                         CRYPTO_OPERATIONS_DONE.labels(*operation_labels)
                     )
                 operations.inc(done)
+        fenced, invalid = len(answered_fenced_versions()), answered_invalid_ciphertexts()
+        if fenced:
+            refused_fenced.inc(fenced)
+        if invalid:
+            refused_invalid.inc(invalid)
         examined = answered_rows_examined()
         if examined:
             LIST_ROWS_EXAMINED.inc(examined)

@@ -186,6 +186,8 @@ class VerifyRequest(_Request):
     )
     #: Check only this version (any the key has), instead of the newest kms.verify_max_versions.
     version = StrictInteger(**_VERSION, load_default=None)
+    #: ECDSA keys only: refuse the second form ``(r, n-s)`` of a signature (kms signs low-s).
+    require_low_s = StrictBoolean(load_default=False)
 
 
 class MACRequest(_Request):

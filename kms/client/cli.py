@@ -215,8 +215,15 @@ def sign(context: click.Context, key_id: str, file: Path) -> None:
 @click.argument("key_id")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("signature")
+@click.option(
+    "--require-low-s",
+    is_flag=True,
+    help="ECDSA keys: refuse the high-s form (r, n-s) of a signature; kms signs low-s.",
+)
 @click.pass_context
-def verify(context: click.Context, key_id: str, file: Path, signature: str) -> None:
+def verify(
+    context: click.Context, key_id: str, file: Path, signature: str, require_low_s: bool
+) -> None:
     """Verify SIGNATURE (base64, as `sign` prints it) of FILE; exit 0 if valid, 1 if not."""
     try:
         raw = base64.b64decode(signature, validate=True)
@@ -224,7 +231,7 @@ def verify(context: click.Context, key_id: str, file: Path, signature: str) -> N
         _fail("SIGNATURE must be base64")
     message = file.read_bytes()
     with _client(context) as kms:
-        valid = kms.verify(key_id, message, raw)
+        valid = kms.verify(key_id, message, raw, require_low_s=require_low_s)
     if not valid:
         _fail(f"{file}: signature invalid")
     click.echo(f"kms: {file}: signature valid")

@@ -285,11 +285,16 @@ class KMSClient:
         prehashed: bool = False,
         digest_algorithm: str | None = None,
         version: int | None = None,
+        require_low_s: bool = False,
     ) -> bool:
+        """True when ``signature`` is valid; with ``require_low_s`` (ECDSA keys), only in the
+        low-s form kms signs in."""
         body = self._signing_body(
             key_id, message, signing_algorithm, prehashed, digest_algorithm, version
         )
         body["signature"] = _b64(signature)
+        if require_low_s:
+            body["require_low_s"] = True
         return self._call("POST", "/v1/kms/verify", body)["valid"] is True
 
     def mac(self, key_id: str, message: bytes) -> MAC:

@@ -17,7 +17,11 @@ from cryptography.exceptions import InvalidSignature as _CryptographyInvalidSign
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    Prehashed,
+    decode_dss_signature,
+    encode_dss_signature,
+)
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from kms.errors import IntegrityFailure, InvalidCiphertext, InvalidRequest, InvalidSignature
@@ -92,6 +96,39 @@ DIGEST_ALGORITHMS: dict[str, type[hashes.HashAlgorithm]] = {
 }
 
 
+#: The order n of each curve kms signs ECDSA on (SEC 2, section 2.4), by ``cryptography``'s name.
+CURVE_ORDERS: dict[str, int] = {
+    "secp256r1": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    "secp384r1": int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
+        "C7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973",
+        16,
+    ),
+}
+
+
+def low_s(signature: bytes, curve: ec.EllipticCurve) -> bytes:
+    """The DER ECDSA signature ``(r, s)`` with ``s`` replaced by ``n - s`` when ``s > n/2``.
+
+    ECDSA is malleable: if ``(r, s)`` verifies, so does ``(r, n - s)``, so anyone can turn a
+    signature into a second valid one for the same message. kms signs only with the lower of the
+    two (as Bitcoin's BIP 62 and Ethereum's EIP-2 require), so each signature it makes has one
+    form, and ``require_low_s`` on verify can refuse the other.
+    """
+    r, s = decode_dss_signature(signature)
+    order = CURVE_ORDERS[curve.name]
+    if s > order // 2:
+        return encode_dss_signature(r, order - s)
+    return signature
+
+
+def is_low_s(signature: bytes, curve: ec.EllipticCurve) -> bool:
+    """True when a DER ECDSA signature's ``s`` is at most ``n/2``; raises ``ValueError`` when it
+    is not DER."""
+    _, s = decode_dss_signature(signature)
+    return s <= CURVE_ORDERS[curve.name] // 2
+
+
 @dataclass(frozen=True)
 class SignatureScheme:
     """How a key signs: the digest and, for RSA, the padding.
@@ -138,13 +175,22 @@ class SignatureScheme:
         algorithm = self._hash(message, prehashed)
         if isinstance(private_key, rsa.RSAPrivateKey):
             return private_key.sign(message, self._padding(), algorithm)
-        return private_key.sign(message, ec.ECDSA(algorithm))
+        return low_s(private_key.sign(message, ec.ECDSA(algorithm)), private_key.curve)
 
     def verify(
-        self, public_key: PublicKey, message: bytes, signature: bytes, *, prehashed: bool = False
+        self,
+        public_key: PublicKey,
+        message: bytes,
+        signature: bytes,
+        *,
+        prehashed: bool = False,
+        require_low_s: bool = False,
     ) -> None:
         """Raise ``kms.errors.InvalidSignature`` unless the signature is valid.
 
+        With ``require_low_s`` an ECDSA signature whose ``s`` exceeds ``n/2`` is invalid too
+        (``low_s``): the only form kms makes. Without it both forms verify, as they do for
+        openssl, so signatures made elsewhere or by kms before it signed low-s still verify.
         A request that cannot be checked (a digest of the wrong length, Ed25519 with a digest)
         raises ``InvalidRequest`` instead: the caller asked for something that makes no sense.
         """
@@ -159,6 +205,8 @@ class SignatureScheme:
             elif isinstance(public_key, rsa.RSAPublicKey):
                 public_key.verify(signature, message, self._padding(), algorithm)
             else:
+                if require_low_s and not is_low_s(signature, public_key.curve):
+                    raise InvalidSignature()
                 public_key.verify(signature, message, ec.ECDSA(algorithm))
         except (_CryptographyInvalidSignature, ValueError) as exc:
             raise InvalidSignature() from exc
@@ -240,8 +288,13 @@ class SigningAlgorithm(_PrivateKeyMaterial):
         *,
         prehashed: bool = False,
         digest_algorithm: str | None = None,
+        require_low_s: bool = False,
     ) -> SignatureScheme:
         """The scheme a request asks for; ``InvalidRequest`` names what is wrong with it."""
+        if require_low_s and self.key_type is not ec.EllipticCurvePrivateKey:
+            # Only ECDSA has a second form to refuse; accepting the option elsewhere would
+            # promise a check that does not exist.
+            raise InvalidRequest(f"require_low_s is only for ECDSA keys, not {self.name}")
         by_name = {scheme.name: scheme for scheme in self.schemes}
         if signing_algorithm is None:
             chosen = self.schemes[0]
@@ -286,9 +339,12 @@ class SigningAlgorithm(_PrivateKeyMaterial):
         scheme: SignatureScheme | None = None,
         *,
         prehashed: bool = False,
+        require_low_s: bool = False,
     ) -> None:
         """Raise ``kms.errors.InvalidSignature`` unless the signature is valid."""
-        (scheme or self.schemes[0]).verify(public_key, message, signature, prehashed=prehashed)
+        (scheme or self.schemes[0]).verify(
+            public_key, message, signature, prehashed=prehashed, require_low_s=require_low_s
+        )
 
 
 @dataclass(frozen=True)

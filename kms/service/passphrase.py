@@ -16,6 +16,15 @@ from kms.errors import PassphraseError
 
 #: Far more than any passphrase; a larger file is a mistake (a key file, a log) worth refusing.
 MAX_PASSPHRASE_BYTES = 64 * 1024
+#: The shortest passphrase a new master key is derived from (``kms init``, ``kms rekey``, ``kms
+#: restore --as-clone``), unless the operator passes ``--allow-short-passphrase``. Whoever holds
+#: the database needs only the passphrase, and can try guesses offline at the cost of PBKDF2
+#: each: NIST SP 800-63B (rev. 4) asks at least 15 characters of a password that stands alone.
+#: Counted in bytes, as stored (one trailing newline of a file excluded): a character outside
+#: ASCII counts for two to four. Existing keystores open whatever their passphrase's length.
+MIN_PASSPHRASE_BYTES = 16
+#: The command-line flag that lifts ``MIN_PASSPHRASE_BYTES``, for throwaway keystores (tests).
+ALLOW_SHORT_FLAG = "--allow-short-passphrase"
 
 
 def read_passphrase_file(path: Path) -> bytearray:
@@ -117,3 +126,18 @@ def prompt_passphrase(prompt: str = "kms master passphrase: ") -> bytearray:
 
 def obtain_passphrase(path: Path | None) -> bytearray:
     return read_passphrase_file(path) if path is not None else prompt_passphrase()
+
+
+def require_long_passphrase(passphrase: bytearray, what: str, *, allow_short: bool) -> None:
+    """Raise ``PassphraseError`` if ``passphrase`` (a new master passphrase) is shorter than
+    ``MIN_PASSPHRASE_BYTES`` and ``allow_short`` is false; the buffer is overwritten then.
+
+    The message names neither the passphrase nor its length.
+    """
+    if allow_short or len(passphrase) >= MIN_PASSPHRASE_BYTES:
+        return
+    passphrase[:] = bytes(len(passphrase))
+    raise PassphraseError(
+        f"{what} is shorter than {MIN_PASSPHRASE_BYTES} bytes: choose a longer one (e.g. "
+        f"`openssl rand -base64 32`), or pass {ALLOW_SHORT_FLAG} for a throwaway keystore"
+    )

@@ -37,6 +37,10 @@ def sqlite_files(settings: Settings) -> set[Path]:
     return set(path.parent.glob(path.name + "*"))
 
 
+#: Long enough for ``kms init`` (MIN_PASSPHRASE_BYTES), newline aside.
+PASSPHRASE = b"a passphrase of its own"
+
+
 def passphrase_file(directory: Path, content: bytes, mode: int = 0o400) -> Path:
     path = directory / "passphrase"
     path.write_bytes(content)
@@ -202,26 +206,30 @@ def test_a_directory_is_not_a_passphrase_file(tmp_path: Path, initialised: Setti
 
 def test_one_trailing_newline_is_stripped(tmp_path: Path, settings: Settings) -> None:
     with_newline = settings.with_overrides(
-        master_passphrase_file=passphrase_file(tmp_path, b"pw\n")
+        master_passphrase_file=passphrase_file(tmp_path, PASSPHRASE + b"\n")
     )
     init_database(with_newline)
     (tmp_path / "passphrase").unlink()
-    open_and_close(settings.with_overrides(master_passphrase_file=passphrase_file(tmp_path, b"pw")))
+    open_and_close(
+        settings.with_overrides(master_passphrase_file=passphrase_file(tmp_path, PASSPHRASE))
+    )
 
 
 def test_only_one_trailing_newline_is_stripped(tmp_path: Path, settings: Settings) -> None:
-    # "pw\n\n" holds the passphrase "pw\n": the second newline is part of it.
+    # "P\n\n" holds the passphrase "P\n": the second newline is part of it.
     two_newlines = settings.with_overrides(
-        master_passphrase_file=passphrase_file(tmp_path, b"pw\n\n")
+        master_passphrase_file=passphrase_file(tmp_path, PASSPHRASE + b"\n\n")
     )
     init_database(two_newlines)
     (tmp_path / "passphrase").unlink()
     with pytest.raises(WrongPassphrase):
         open_master_keyring(
-            settings.with_overrides(master_passphrase_file=passphrase_file(tmp_path, b"pw\n"))
+            settings.with_overrides(
+                master_passphrase_file=passphrase_file(tmp_path, PASSPHRASE + b"\n")
+            )
         )
     (tmp_path / "passphrase").unlink()
-    passphrase_file(tmp_path, b"pw\n\n")
+    passphrase_file(tmp_path, PASSPHRASE + b"\n\n")
     open_and_close(two_newlines)
 
 

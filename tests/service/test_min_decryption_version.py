@@ -1,19 +1,23 @@
-"""``min_decryption_version`` fences old versions off every decryption (README, key states).
+"""``min_decryption_version`` fences old versions off every decryption (docs/api.md, key states).
 
-A ciphertext of a version below the key's ``min_decryption_version`` is refused with
-``VersionBelowMinimum`` (409), not decrypted, whichever way it arrives: a single decrypt, an item
-of a batch, a rewrap, and for RSA-OAEP keys a raw ciphertext that names its version apart.
+A ciphertext of a version below the key's ``min_decryption_version`` is refused, not decrypted,
+whichever way it arrives: a single decrypt, an item of a batch, a rewrap, and for RSA-OAEP keys a
+raw ciphertext that names its version apart. The fence is checked only after the ciphertext
+authenticates: a genuine fenced ciphertext is ``FencedCiphertext``, a forgery naming a fenced
+version plain ``InvalidCiphertext``, and both are answered alike (docs/security.md); the
+difference is only the operator's (tests/http/test_decryption_refusals.py).
 """
 
 from __future__ import annotations
 
 import base64
+import os
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from kms.errors import VersionBelowMinimum
+from kms.errors import FencedCiphertext, InvalidCiphertext
 from kms.service.keys import KMSService
 
 PLAINTEXT = b"older than the fence"
@@ -49,9 +53,9 @@ def test_a_ciphertext_below_the_minimum_is_refused(service: KMSService, algorith
     new = service.encrypt("k", PLAINTEXT, CONTEXT)
     assert new.version == 2
 
-    with pytest.raises(VersionBelowMinimum):
+    with pytest.raises(FencedCiphertext):
         service.decrypt("k", old.ciphertext, CONTEXT)
-    with pytest.raises(VersionBelowMinimum):
+    with pytest.raises(FencedCiphertext):
         service.rewrap("k", old.ciphertext, CONTEXT)
     results = service.decrypt_batch(
         "k",
@@ -60,12 +64,23 @@ def test_a_ciphertext_below_the_minimum_is_refused(service: KMSService, algorith
             {"ciphertext": new.ciphertext, "context": CONTEXT},
         ],
     )
-    assert isinstance(results[0], VersionBelowMinimum)
+    assert isinstance(results[0], FencedCiphertext)
     assert not isinstance(results[1], Exception) and results[1].plaintext == PLAINTEXT
     rewrapped = service.rewrap_batch("k", [{"ciphertext": old.ciphertext, "context": CONTEXT}])
-    assert isinstance(rewrapped[0], VersionBelowMinimum)
+    assert isinstance(rewrapped[0], FencedCiphertext)
     # The version above the fence still decrypts.
     assert service.decrypt("k", new.ciphertext, CONTEXT).plaintext == PLAINTEXT
+
+    # A forgery naming the fenced version, and the genuine one under another context, do not
+    # authenticate: plain InvalidCiphertext, not FencedCiphertext.
+    forged = base64.b64encode(b"v1:" + os.urandom(12 + 32)).decode("ascii")
+    for refused in (
+        lambda: service.decrypt("k", forged, CONTEXT),
+        lambda: service.decrypt("k", old.ciphertext, {"tenant": "b"}),
+    ):
+        with pytest.raises(InvalidCiphertext) as caught:
+            refused()
+        assert type(caught.value) is InvalidCiphertext
 
 
 def test_an_rsa_oaep_ciphertext_below_the_minimum_is_refused(service: KMSService) -> None:
@@ -76,10 +91,14 @@ def test_an_rsa_oaep_ciphertext_below_the_minimum_is_refused(service: KMSService
     assert service.decrypt("rsa", raw, version=1).plaintext == PLAINTEXT
     fence_version_1(service, "rsa")
 
-    with pytest.raises(VersionBelowMinimum):
+    with pytest.raises(FencedCiphertext):
         service.decrypt("rsa", old.ciphertext)
-    with pytest.raises(VersionBelowMinimum):
+    with pytest.raises(FencedCiphertext):
         service.decrypt("rsa", raw, version=1)
     [result] = service.decrypt_batch("rsa", [{"ciphertext": old.ciphertext}])
-    assert isinstance(result, VersionBelowMinimum)
+    assert isinstance(result, FencedCiphertext)
+    # Random bytes of the modulus' length, named as version 1, fail OAEP first.
+    with pytest.raises(InvalidCiphertext) as caught:
+        service.decrypt("rsa", base64.b64encode(os.urandom(256)).decode("ascii"), version=1)
+    assert type(caught.value) is InvalidCiphertext
     assert service.decrypt("rsa", service.encrypt("rsa", PLAINTEXT).ciphertext).version == 2

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from kms.errors import KeyDisabled, KeyPendingDeletion, UpgradeNeeded, VersionBelowMinimum
+from kms.errors import FencedCiphertext, KeyDisabled, KeyPendingDeletion, UpgradeNeeded
 from kms.master import (
     backup_database,
     check_database,
@@ -201,7 +201,7 @@ def test_a_database_of_the_previous_release_upgrades_in_place_and_its_keys_keep_
 
     # The new behaviour works on the upgraded keys.
     service.update_key("orders", min_decryption_version=2, labels={"team": "payments"})
-    with pytest.raises(VersionBelowMinimum):
+    with pytest.raises(FencedCiphertext):
         service.decrypt("orders", first)
     assert service.decrypt("orders", second).plaintext == b"under version 2"
     service.disable_key("releases")

@@ -24,6 +24,7 @@ from kms.crypto.ciphertext import (
     parse_versioned,
 )
 from kms.errors import (
+    FencedCiphertext,
     InvalidCiphertext,
     InvalidRequest,
     InvalidSignature,
@@ -90,6 +91,7 @@ class Items:
                 parsed.sealed,
                 ciphertext_aad(key.key_id, parsed.version, encoded_context),
             )
+            refuse_fenced(key, parsed.version)
             self._limits.count_use(key.key_id, parsed.version, 1)
             return Decrypted(
                 key_id=key.key_id,
@@ -104,6 +106,7 @@ class Items:
             sealed = parse_raw(ciphertext)
         private_key = secret_for_ciphertext(key, material, version)
         plaintext = oaep.decrypt(private_key, sealed)
+        refuse_fenced(key, version)
         self._limits.count_use(key.key_id, version, 1)
         return Decrypted(
             key_id=key.key_id, version=version, plaintext=plaintext, algorithm=key.algorithm
@@ -172,10 +175,14 @@ class Items:
         prehashed: bool = False,
         digest_algorithm: str | None = None,
         version: int | None = None,
+        require_low_s: bool = False,
     ) -> Verified:
         spec = SIGNING_ALGORITHMS[key.algorithm]
         scheme = spec.scheme(
-            signing_algorithm, prehashed=prehashed, digest_algorithm=digest_algorithm
+            signing_algorithm,
+            prehashed=prehashed,
+            digest_algorithm=digest_algorithm,
+            require_low_s=require_low_s,
         )
 
         def signed_by(candidate: int) -> bool:
@@ -184,7 +191,14 @@ class Items:
             except KeyNotFound:
                 return False
             try:
-                spec.verify(public_key, message, signature, scheme, prehashed=prehashed)
+                spec.verify(
+                    public_key,
+                    message,
+                    signature,
+                    scheme,
+                    prehashed=prehashed,
+                    require_low_s=require_low_s,
+                )
             except InvalidSignature:
                 return False
             return True
@@ -262,16 +276,25 @@ class Items:
 
 
 def secret_for_ciphertext(key: KeyRecord, material: RequestMaterial, version: int) -> Any:
-    """The secret a ciphertext names; a version that does not exist is a bad ciphertext, and
-    one below ``min_decryption_version`` is fenced."""
+    """The secret a ciphertext names; a version that does not exist is a bad ciphertext.
+
+    A version below ``min_decryption_version`` still gives its secret: the ciphertext is
+    authenticated first and only then refused (``refuse_fenced``), so a forgery that names a
+    fenced version is answered like any other bad ciphertext, and so is a genuine one.
+    """
     if not 1 <= version <= key.latest_version:
         raise InvalidCiphertext()
-    if version < key.min_decryption_version:
-        raise VersionBelowMinimum()
     try:
         return material.secret(version)
-    except KeyNotFound:  # the version was never issued, or the key was recreated since
+    except KeyNotFound:  # never issued, trimmed, or the key was recreated since
         raise InvalidCiphertext() from None
+
+
+def refuse_fenced(key: KeyRecord, version: int) -> None:
+    """Raise ``FencedCiphertext`` if an authenticated ciphertext's version is fenced off; called
+    after authentication, before the plaintext is counted or returned."""
+    if version < key.min_decryption_version:
+        raise FencedCiphertext(version)
 
 
 def refuse_context(key: KeyRecord, context: Mapping[str, str] | None) -> None:

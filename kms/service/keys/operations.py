@@ -212,12 +212,15 @@ class KeyOperations:
         prehashed: bool = False,
         digest_algorithm: str | None = None,
         version: int | None = None,
+        require_low_s: bool = False,
     ) -> Verified:
         """Check the signature against ``version`` only, or else the newest
         ``verify_max_versions`` versions, newest first (``Items.verified_by_some_version``).
 
         A caller who kept the version from ``sign`` names it and pays for one check, whatever
-        its age. Only public keys are used: verification never unwraps a private key.
+        its age. Only public keys are used: verification never unwraps a private key. With
+        ``require_low_s`` (ECDSA keys only) the second form of an ECDSA signature, ``(r, n-s)``
+        with ``s`` above ``n/2``, is invalid: kms signs only the first.
         """
         verified: Verified = self._on_key(
             key_id,
@@ -231,6 +234,7 @@ class KeyOperations:
                 prehashed=prehashed,
                 digest_algorithm=digest_algorithm,
                 version=version,
+                require_low_s=require_low_s,
             ),
             failed=stale_result,
         )
@@ -436,6 +440,6 @@ def each(items: Sequence[BatchItem], one: Callable[[Mapping[str, Any]], Any]) ->
         try:
             results.append(one(item))
         except (InvalidRequest, InvalidCiphertext, VersionBelowMinimum) as error:
-            # VersionBelowMinimum is the item's own: its ciphertext or signature is that old.
+            # VersionBelowMinimum is the item's own: its signature is that old.
             results.append(error)
     return results
