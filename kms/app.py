@@ -23,7 +23,7 @@ from kms.api.metrics import register_metrics
 from kms.api.operations import declared_operation, request_target
 from kms.api.policy import Policy, current_policy, load_policy, register_policy
 from kms.api.ratelimit import register_rate_limit
-from kms.audit import AuditLog
+from kms.audit import AuditKey, AuditLog
 from kms.ratelimit import SharedTokenBuckets, create_table
 from kms.server.identity import ENVIRON_KEY as CALLER_ENVIRON_KEY
 from kms.server.identity import IDENTITY_ENVIRON_KEY, caller_from_environ
@@ -64,6 +64,10 @@ def create_app(
     app = Flask("kms", static_folder=None)  # an API: no /static route
     app.config[MAX_BODY_BYTES] = settings.max_body_bytes
     cast(DefaultJSONProvider, app.json).sort_keys = False  # Flask's default provider
+    if keyring is None:
+        from kms.master import open_master_keyring
+
+        keyring = open_master_keyring(settings)
     service, cache = register_service(app, settings, keyring)
     register_identity(app)
     register_url_map(app)
@@ -72,7 +76,8 @@ def create_app(
     register_policy(app, _policy(settings) if policy is None else policy)
     register_audit(
         app,
-        AuditLog(settings.audit_path) if settings.audit_path else None,
+        # The audit key, not the keyring: the audit log never holds the master key.
+        AuditLog(settings.audit_path, AuditKey.of(keyring)) if settings.audit_path else None,
         settings.audit_summary_seconds,
     )
     register_blueprints(app)
@@ -81,12 +86,8 @@ def create_app(
 
 
 def register_service(
-    app: Flask, settings: Settings, keyring: Keyring | None
+    app: Flask, settings: Settings, keyring: Keyring
 ) -> tuple[KMSService, KeyMaterialCache]:
-    if keyring is None:
-        from kms.master import open_master_keyring
-
-        keyring = open_master_keyring(settings)
     engine = create_kms_engine(
         settings.database_url,
         application_name=SERVER_APPLICATION_NAME,

@@ -427,24 +427,59 @@ def audit() -> None:
 
 
 @audit.command("verify")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def audit_verify(file: Path) -> None:
-    """Check the hash chain of the audit log FILE.
+@click.option(
+    "--links-only",
+    is_flag=True,
+    help="Check the links and the structure without the passphrase: this does not prove that "
+    "kms wrote the lines.",
+)
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def audit_verify(files: tuple[Path, ...], links_only: bool) -> None:
+    """Check the chain of the audit log FILE..., oldest first (rotated files, then the current).
 
-    Prints the number of good lines and exits 0, or the number of the first broken line (a line
-    edited, deleted, reordered or inserted before it) and exits 1.
+    Every line's MAC is checked under the keystore's audit key (derived from the master key:
+    needs the passphrase, like `kms check`), every link, and that each file continues the one
+    before. Prints each file's count of lines and exits 0, or names the first line that fails
+    (FILE:LINE and why) and exits 1.
     """
-    from kms.audit import verify_chain
+    from kms.audit import AuditKey
+    from kms.audit_verify import verify_files
 
+    for path in files:  # a file that cannot be read is named before any passphrase is read
+        try:
+            path.open("rb").close()
+        except OSError as error:
+            click.echo(f"kms: cannot read {path}: {error.strerror}", err=True)
+            sys.exit(1)
+    key = None
+    if not links_only:
+        from kms.master import open_master_keyring
+        from kms.settings import load_settings
+
+        try:
+            keyring = open_master_keyring(load_settings())
+        except KMSError as error:
+            _fail(error)
+        try:
+            key = AuditKey.of(keyring)
+        finally:
+            keyring.close()
     try:
-        result = verify_chain(file)
+        result = verify_files(files, key)
     except OSError as error:
-        click.echo(f"kms: cannot read {file}: {error.strerror}", err=True)
+        click.echo(f"kms: cannot read {error.filename}: {error.strerror}", err=True)
         sys.exit(1)
-    if result.broken_line is not None:
-        click.echo(f"kms: {file}: chain broken at line {result.broken_line}: {result.reason}")
+    for file in result.files[: len(result.files) - (result.failure is not None)]:
+        click.echo(f"kms: {file.path}: {file.describe(keyed=key is not None)}")
+    if result.failure is not None:
+        failure = result.failure
+        click.echo(f"kms: {failure.path}:{failure.line}: chain broken: {failure.reason}")
         sys.exit(1)
-    click.echo(f"kms: {file}: {result.good_lines} lines, chain intact")
+    if links_only:
+        click.echo(
+            "kms: links only: no MAC was checked, so this does not prove that kms wrote these "
+            "lines (run without --links-only, with the passphrase)"
+        )
 
 
 def _add_client_commands() -> None:

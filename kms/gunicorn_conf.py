@@ -245,7 +245,9 @@ def on_starting(server: Any) -> None:
     from kms.node import repair_audit_log
 
     try:
-        repair_audit_log(_settings)  # a torn last line: removed, logged, recorded in the chain
+        repair_audit_log(
+            _settings, keyring
+        )  # a torn last line: removed, logged, recorded in the chain
     except KMSError as error:
         keyring.close()
         remove_runtime_directory(_runtime)

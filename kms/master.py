@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine
 
+from kms.audit import AuditKey
+from kms.audit_verify import verify_files
 from kms.database import (
     NewDatabase,
     database_faults,
@@ -248,7 +250,15 @@ def check_database(settings: Settings, audit_files: tuple[Path, ...] = ()) -> In
         keyring = _open(settings, name, repository).keyring
         try:
             service = KMSService.from_settings(settings, repository, keyring)
-            return service.check_integrity(trail=trail)
+            report = service.check_integrity(trail=trail)
+            if audit_files:
+                # A trail with lines deleted or edited could hide a rollback: its chain first.
+                broken = verify_files(audit_files, AuditKey.of(keyring)).failure
+                if broken is not None:
+                    report.failures.append(
+                        f"audit trail {broken.path}:{broken.line}: chain broken: {broken.reason}"
+                    )
+            return report
         finally:
             keyring.close()
 

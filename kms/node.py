@@ -7,7 +7,8 @@
   SIGHUP, when gunicorn starts new workers that inherit it (an invalid file is refused there, and
   the old policy stays).
 - A check that the audit log is a regular file that can be appended to, before the port is
-  bound, and the repair of a last line an interrupted write left incomplete.
+  bound, and the repair of a last line an interrupted write left incomplete (once the keyring
+  is open: the repair line is sealed with the audit key).
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kms.errors import ConfigurationError
 from kms.settings import Settings
+
+if TYPE_CHECKING:
+    from kms.audit import HasAuditKey
 
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -72,22 +77,22 @@ def check_audit_log(settings: Settings) -> None:
     from kms.audit import AuditLog
 
     try:
-        AuditLog(settings.audit_path).check_writable()
+        AuditLog.check_writable(settings.audit_path)
     except OSError as error:
         raise ConfigurationError(
             f"audit.path: cannot append to {settings.audit_path}: {error.strerror}"
         ) from None
 
 
-def repair_audit_log(settings: Settings) -> None:
+def repair_audit_log(settings: Settings, keyring: HasAuditKey) -> None:
     """Remove an incomplete last line of the audit log (kms.audit.AuditLog.repair: it logs that
     it did, and records it in the chain); raise ConfigurationError if that cannot be done."""
     if settings.audit_path is None:
         return
-    from kms.audit import AuditLog
+    from kms.audit import AuditKey, AuditLog
 
     try:
-        AuditLog(settings.audit_path).repair()
+        AuditLog(settings.audit_path, AuditKey.of(keyring)).repair()
     except OSError as error:
         raise ConfigurationError(
             f"audit.path: cannot repair the incomplete last line of {settings.audit_path}: "

@@ -37,6 +37,9 @@ MAC_KEY_BYTES = 32
 MAC_KEY_INFO = b"kms/row-mac/v1"
 #: The key of a backup file's integrity tag (kms.service.backup): a key of its own.
 BACKUP_KEY_INFO = b"kms/backup/v1"
+#: The audit log's HMAC key (kms.audit), followed by the keystore id in the HKDF info: a label of
+#: fixed length first, so the info stays unambiguous.
+AUDIT_KEY_INFO = b"kms/audit/v1"
 TAG_BYTES = 32
 
 FieldValue = str | int | bool | bytes | datetime | None

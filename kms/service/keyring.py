@@ -14,7 +14,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kms.crypto.integrity import BACKUP_KEY_INFO, RecordMAC, derive_mac_key
+from kms.crypto.integrity import AUDIT_KEY_INFO, BACKUP_KEY_INFO, RecordMAC, derive_mac_key
 from kms.crypto.wrapping import KeyIdentity, unwrap_key, wrap_key
 
 
@@ -27,6 +27,7 @@ class Keyring(Protocol):
     def verify_tag(self, encoded: bytes, stored: bytes | None, what: str) -> None: ...
     def verify_legacy_tag(self, encoded: bytes, stored: bytes | None, what: str) -> None: ...
     def backup_mac(self) -> RecordMAC: ...
+    def audit_key(self) -> bytearray: ...
     def close(self) -> None: ...
 
 
@@ -92,6 +93,15 @@ class PassphraseKeyring:
             return RecordMAC(backup_key, self.keystore_id or None)
         finally:
             zeroise(backup_key)
+
+    def audit_key(self) -> bytearray:
+        """The audit log's HMAC key (kms.audit): HKDF of the master key with ``kms/audit/v1``
+        and the keystore id as its info, so each keystore's log has a key of its own; the
+        caller overwrites it when done."""
+        self._master()
+        if not self.keystore_id:
+            raise RuntimeError("the keyring knows no keystore id: it has no audit key")
+        return derive_mac_key(self._master_key, AUDIT_KEY_INFO + self.keystore_id)
 
     def bound_to(self, keystore_id: bytes) -> PassphraseKeyring:
         """A keyring with this one's master key (a copy of its own) for the keystore

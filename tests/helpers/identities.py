@@ -109,4 +109,6 @@ def running_server(deployment: Deployment) -> Iterator[ServerProcess]:
 
 
 def audit_records(deployment: Deployment) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in deployment.audit_log.read_text("utf-8").splitlines()]
+    """Every line of the audit log but the chain's own ``file`` line that starts each file."""
+    records = map(json.loads, deployment.audit_log.read_text("utf-8").splitlines())
+    return [record for record in records if record["type"] != "file"]

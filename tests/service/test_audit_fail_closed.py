@@ -124,4 +124,4 @@ def test_the_same_requests_are_served_and_audited_when_the_log_is_writable(
     encrypted = client.post("/v1/kms/encrypt", json={"key_id": "data", "plaintext": PLAINTEXT})
     assert encrypted.status_code == 200
     lines = audit_path.read_bytes().splitlines()
-    assert len(lines) == 4  # an arrival and an answer line per request
+    assert len(lines) == 5  # the file's first line, then an arrival and an answer per request

@@ -19,6 +19,7 @@ from kms.master import backup_database, check_database, restore_database
 from kms.service.keyring import PassphraseKeyring
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
+from tests.helpers.audit import rechain
 from tests.helpers.tls import client_as
 
 
@@ -115,3 +116,40 @@ def test_a_whole_database_rolled_back_is_named_by_its_epoch(
         "audit trail records: the whole database was rolled back"
     )
     assert any("key 'first': rolled back" in failure for failure in report.failures)
+
+
+def test_a_rollback_hidden_by_rewriting_the_trail_is_named(
+    client: FlaskClient, initialised: Settings, audit_path: Path
+) -> None:
+    """Whoever rolls a key back and deletes the trail's lines of the changes since (every hash
+    after them recomputed, as the unkeyed chain allowed) has no audit key: `kms check --audit`
+    names the first line whose MAC fails instead of finding nothing to compare."""
+    assert client.post("/v1/kms/keys", json={"key_id": "orders"}).status_code == 201
+    engine = create_kms_engine(initialised.database_url, pool=False)
+    with engine.connect() as conn:
+        old_row = dict(
+            conn.execute(text("SELECT * FROM keys WHERE key_id = 'orders'")).one()._mapping
+        )
+    kept = len(audit_path.read_bytes().splitlines())
+    assert client.post("/v1/kms/keys/orders/disable").status_code == 200
+    assert client.post("/v1/kms/keys", json={"key_id": "later"}).status_code == 201
+    columns = [name for name in old_row if name != "key_id"]
+    assignments = ", ".join(f"{column} = :{column}" for column in columns)
+    with engine.begin() as conn:
+        conn.execute(
+            text(f"UPDATE keys SET {assignments} WHERE key_id = :key_id"),  # noqa: S608
+            old_row,
+        )
+    engine.dispose()
+    lines = audit_path.read_bytes().splitlines(keepends=True)
+    disable = [line for line in lines[kept:] if b"keys:disable" in line]
+    assert len(disable) == 2  # its arrival and its answer
+    rest = [line for line in lines if line not in disable]
+    audit_path.write_bytes(b"".join(rechain(rest, kept + 1)))
+    assert [key for _, key, _ in generations(audit_path)] == ["orders", "later"]
+
+    failures = check_database(initialised, (audit_path,)).failures
+    assert any(
+        failure.startswith(f"audit trail {audit_path}:{kept + 1}: chain broken: its MAC")
+        for failure in failures
+    ), failures

@@ -15,11 +15,13 @@ from kms.api.context import SERVICE
 from kms.api.operations import KNOWN_OPERATIONS, declared_operation
 from kms.api.policy import load_policy
 from kms.app import create_app
-from kms.audit import GENESIS_HASH, AuditLog, verify_chain
+from kms.audit import GENESIS_HASH, AuditLog
+from kms.audit_verify import verify_files
 from kms.errors import ConfigurationError
 from kms.server.identity import Caller
 from kms.service.keyring import PassphraseKeyring
 from kms.settings import Settings
+from tests.helpers.audit import KEY
 from tests.helpers.tls import FakeTLSSocket
 
 POLICY = """\
@@ -132,22 +134,26 @@ def test_a_missing_policy_file_is_refused(tmp_path: Path) -> None:
 
 def test_the_chain_starts_at_genesis_and_links_each_line(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
-    log = AuditLog(path)
+    log = AuditLog(path, KEY)
     for index in range(5):
         log.append({"n": index})
     # A second writer (another worker) continues the same chain.
-    AuditLog(path).append({"n": 5})
+    AuditLog(path, KEY).append({"n": 5})
     log.append({"n": 6})
     lines = path.read_bytes().splitlines()
     assert json.loads(lines[0])["prev_hash"] == GENESIS_HASH
-    assert [json.loads(line)["n"] for line in lines] == list(range(7))
-    assert verify_chain(path).good_lines == 7 and verify_chain(path).broken_line is None
+    assert json.loads(lines[0])["type"] == "file"
+    assert [json.loads(line)["n"] for line in lines[1:]] == list(range(7))
+    result = verify_files([path], KEY)
+    assert result.files[0].lines == 8 and result.failure is None
     path.write_bytes(path.read_bytes() + b'{"n": 7')
-    result = verify_chain(path)
-    assert (result.good_lines, result.broken_line) == (7, 8)
+    result = verify_files([path], KEY)
+    assert result.failure is not None
+    assert (result.files[0].lines, result.failure.line) == (8, 9)
     inserted = tmp_path / "inserted.log"
     inserted.write_bytes(b"\n".join([lines[0], lines[1], lines[1], *lines[2:]]) + b"\n")
-    assert verify_chain(inserted).broken_line == 3
+    failure = verify_files([inserted], KEY).failure
+    assert failure is not None and failure.line == 3
 
 
 def test_readyz_says_when_the_master_key_is_not_loaded(
@@ -170,7 +176,8 @@ def test_a_hostile_key_id_is_cut_short_in_the_audit_log(app: Flask, tmp_path: Pa
     response = client.post("/v1/kms/encrypt", json={"key_id": "k" * 5000, "plaintext": "eA=="})
     assert response.status_code == 400
     records = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
-    assert [record["type"] for record in records] == ["request", "response"]
+    assert [record["type"] for record in records] == ["file", "request", "response"]
+    records = records[1:]
     assert all(record["key_id"] == "k" * 256 for record in records)
     assert records[1]["status"] == 400
     assert response.headers["X-Request-Id"] == records[0]["request_id"] == records[1]["request_id"]

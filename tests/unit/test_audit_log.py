@@ -1,9 +1,9 @@
 """The audit log's file (kms.audit.AuditLog), in process: the chain's start, a writer that finds
-a file another process wrote, sealed files and descriptors.
+a file an earlier release wrote, torn lines, sealed files and descriptors. The keyed chain, its
+rotation and what verify says of an attacker's edits are in test_audit_chain.py.
 
-README, audit log: "prev_hash is the SHA-256 (hex) of the previous line's bytes (the first line's
-is 64 zeros)"; all workers of a node write one chain; "a file without any write permission bit is
-treated as sealed even when kms runs as root".
+docs/operations.md, Audit log: "prev_hash is the SHA-256 (hex) of the previous line's bytes";
+"a file without any write permission bit is treated as sealed even when kms runs as root".
 """
 
 from __future__ import annotations
@@ -19,48 +19,66 @@ from pathlib import Path
 
 import pytest
 
-from kms.audit import AuditLog, NotARegularFile, Verification, line_hash, verify_chain
+from kms.audit import AuditLog, NotARegularFile, line_hash
+from kms.audit_verify import ChainResult, verify_files
+from tests.helpers.audit import KEY, unkeyed_log
 
 
 def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_the_first_line_chains_to_64_zeros(tmp_path: Path) -> None:
+def verify(*paths: Path) -> ChainResult:
+    return verify_files(paths, KEY)
+
+
+def test_the_first_file_starts_with_a_file_line_at_64_zeros(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
-    AuditLog(path).append({"type": "request"})
-    assert lines(path)[0]["prev_hash"] == "0" * 64
+    AuditLog(path, KEY).append({"type": "request"})
+    first, request = lines(path)
+    assert first["type"] == "file" and first["file"] == 1 and first["previous_file"] is None
+    assert first["prev_hash"] == "0" * 64
+    assert request["prev_hash"] == line_hash(path.read_bytes().splitlines()[0])
+    assert request["kid"] == KEY.key_id and len(request["mac"]) == 64
+    result = verify(path)
+    assert result.failure is None
+    assert (result.files[0].lines, result.files[0].keyed, result.files[0].unkeyed) == (2, 2, 0)
 
 
 def _padded(length: int) -> dict[str, str]:
-    """A record whose first line (prev_hash: 64 zeros) is ``length`` bytes without its newline."""
+    """An unkeyed first line (prev_hash: 64 zeros) of ``length`` bytes without its newline."""
     empty = json.dumps({"pad": "", "prev_hash": "0" * 64}, separators=(",", ":"))
     return {"pad": "x" * (length - len(empty))}
 
 
 # Around the 8 KiB chunks a writer reads the file's last line back in.
 @pytest.mark.parametrize("length", [100, 8191, 8192, 8193, 20000])
-def test_a_writer_that_did_not_write_the_last_line_chains_to_it(
+def test_a_file_of_an_earlier_release_is_continued_with_keyed_lines(
     tmp_path: Path, length: int
 ) -> None:
-    """Another worker wrote the last line (or this process restarted): the new line's prev_hash
-    is read from the file, whatever that line's length."""
+    """An unkeyed log (kms before keyed chains), no chain head: the first keyed line chains to
+    its last line, read back from the file whatever its length; verify counts both kinds."""
     path = tmp_path / "audit.log"
-    AuditLog(path).append(_padded(length))
-    assert len(path.read_bytes()) == length + 1
-    AuditLog(path).append({"type": "response"})
-    assert lines(path)[1]["prev_hash"] == line_hash(path.read_bytes().splitlines()[0])
-    assert verify_chain(path).broken_line is None
+    unkeyed_log(path, [{"type": "request"}, _padded(length)])
+    last = path.read_bytes().splitlines()[-1]
+    assert len(last) == length
+    AuditLog(path, KEY).append({"type": "response"})
+    keyed = lines(path)[2]
+    assert keyed["prev_hash"] == line_hash(last) and keyed["type"] == "response"
+    result = verify(path)
+    assert result.failure is None
+    assert (result.files[0].keyed, result.files[0].unkeyed) == (1, 2)
+    assert "2 unkeyed lines" in result.files[0].describe(keyed=True)
 
 
 @pytest.mark.parametrize("mode", [0o444, 0o555, 0o400])
 def test_a_file_without_any_write_bit_is_sealed(tmp_path: Path, mode: int) -> None:
     path = tmp_path / "audit.log"
-    AuditLog(path).append({"type": "request"})
+    AuditLog(path, KEY).append({"type": "request"})
     before = path.read_bytes()
     path.chmod(mode)
     with pytest.raises(PermissionError):
-        AuditLog(path).append({"type": "request"})
+        AuditLog(path, KEY).append({"type": "request"})
     assert path.read_bytes() == before
 
 
@@ -69,7 +87,7 @@ def test_a_new_audit_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     previous = os.umask(0o022)
     try:
-        AuditLog(path).append({"type": "request"})
+        AuditLog(path, KEY).append({"type": "request"})
     finally:
         os.umask(previous)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -77,7 +95,7 @@ def test_a_new_audit_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
 
 def test_appending_leaves_no_descriptor_open(tmp_path: Path) -> None:
     """Every request appends twice: a descriptor kept per line would exhaust the worker's."""
-    audit = AuditLog(tmp_path / "audit.log")
+    audit = AuditLog(tmp_path / "audit.log", KEY)
     audit.append({"type": "request"})
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(20):
@@ -90,43 +108,45 @@ def test_appending_leaves_no_descriptor_open(tmp_path: Path) -> None:
 
 def test_a_torn_last_line_is_removed_and_recorded_by_the_next_writer(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
-    AuditLog(path).append({"type": "request", "n": 1})
-    AuditLog(path).append({"type": "response", "n": 1})
+    AuditLog(path, KEY).append({"type": "request", "n": 1})
+    AuditLog(path, KEY).append({"type": "response", "n": 1})
     complete = path.read_bytes()
     torn = b'{"time":"2026-12-07T10:00:00.000Z","type":"requ'
     with path.open("ab") as handle:
         handle.write(torn)  # a writer killed mid-line
-    assert verify_chain(path).broken_line == 3
+    failure = verify(path).failure
+    assert failure is not None and (failure.line, failure.reason) == (4, "the line is incomplete")
 
-    AuditLog(path).append({"type": "request", "n": 2})  # another process: it reads the tail
+    AuditLog(path, KEY).append({"type": "request", "n": 2})  # another process: it reads the tail
 
     assert path.read_bytes().startswith(complete)
-    repair, after = lines(path)[2:]
+    repair, after = lines(path)[3:]
     assert repair["type"] == "repair"
     assert repair["removed_bytes"] == len(torn)
     assert repair["removed_sha256"] == hashlib.sha256(torn).hexdigest()
     assert repair["prev_hash"] == line_hash(complete.splitlines()[-1])
     assert after["n"] == 2
-    assert verify_chain(path) == Verification(good_lines=4)
+    assert verify(path).failure is None
+    assert verify(path).files[0].lines == 5
 
 
 def test_repair_leaves_a_complete_file_alone(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
-    audit = AuditLog(path)
+    audit = AuditLog(path, KEY)
     assert audit.repair() == 0  # an empty (new) file
     audit.append({"type": "request"})
     before = path.read_bytes()
-    assert AuditLog(path).repair() == 0
+    assert AuditLog(path, KEY).repair() == 0
     assert path.read_bytes() == before
 
 
 def test_a_file_of_only_a_fragment_is_repaired_to_a_new_chain(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     path.write_bytes(b'{"time":')
-    assert AuditLog(path).repair() == len(b'{"time":')
-    (repair,) = lines(path)
-    assert repair["prev_hash"] == "0" * 64
-    assert verify_chain(path).broken_line is None
+    assert AuditLog(path, KEY).repair() == len(b'{"time":')
+    file_line, repair = lines(path)
+    assert file_line["prev_hash"] == "0" * 64 and repair["type"] == "repair"
+    assert verify(path).failure is None
 
 
 @pytest.mark.parametrize("kind", ["fifo", "/dev/null"])
@@ -135,24 +155,25 @@ def test_a_fifo_or_a_device_is_refused_on_every_open(tmp_path: Path, kind: str) 
     if kind == "fifo":
         path = tmp_path / "audit.fifo"
         os.mkfifo(path, 0o600)
-    audit = AuditLog(path)
     with pytest.raises(NotARegularFile, match="not a regular file"):
-        audit.check_writable()
+        AuditLog.check_writable(path)
     with pytest.raises(NotARegularFile):
-        audit.append({"type": "request"})
+        AuditLog(path, KEY).append({"type": "request"})
+    assert not Path("/dev/null.chain").exists()
 
 
 #: Appends a line under a file size limit that lets only part of it through (as a full disk
 #: does), in a process of its own: RLIMIT_FSIZE applies to every file the process writes.
 PARTIAL_WRITE = """
 import resource, signal, sys
-from kms.audit import AuditLog
+from pathlib import Path
+from kms.audit import AuditKey, AuditLog
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 path = sys.argv[1]
 size = int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_FSIZE, (size + 40, resource.RLIM_INFINITY))
 try:
-    AuditLog(path).append({"type": "request", "pad": "x" * 200})
+    AuditLog(Path(path), AuditKey(bytes(32))).append({"type": "request", "pad": "x" * 200})
 except OSError as error:
     print(error.errno)
 """
@@ -162,7 +183,7 @@ def test_a_write_that_fails_part_way_is_cut_back_to_the_last_complete_line(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "audit.log"
-    AuditLog(path).append({"type": "request"})
+    AuditLog(path, KEY).append({"type": "request"})
     before = path.read_bytes()
     result = subprocess.run(
         [sys.executable, "-c", PARTIAL_WRITE, str(path), str(len(before))],
@@ -172,5 +193,5 @@ def test_a_write_that_fails_part_way_is_cut_back_to_the_last_complete_line(
     )
     assert result.stdout.strip() == str(errno.EFBIG), result.stderr
     assert path.read_bytes() == before
-    AuditLog(path).append({"type": "request"})
-    assert verify_chain(path) == Verification(good_lines=2)
+    AuditLog(path, KEY).append({"type": "request"})
+    assert verify(path).failure is None and verify(path).files[0].lines == 3
