@@ -18,6 +18,7 @@ keeps it between runs. Without podman or the base image, the test is skipped (fa
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -250,3 +251,34 @@ def test_the_image_initialises_a_postgresql_database_once(
         outputs.append(result.stdout + result.stderr)
     assert "kms: initialised" in outputs[0], outputs
     assert "kms: initialised" not in outputs[1], outputs
+
+
+def user_step() -> str:
+    """The Dockerfile's RUN instruction that makes the user kms, as one shell script."""
+    text = (ROOT / "deploy" / "Dockerfile").read_text(encoding="utf-8")
+    instructions = re.split(r"\n(?=[A-Z]+ )", re.sub(r"\\\n\s*", " ", text))
+    (step,) = [line for line in instructions if line.startswith("RUN ") and "useradd" in line]
+    return step.removeprefix("RUN ").strip()
+
+
+@pytest.mark.parametrize(
+    ("uid", "gid", "expected"),
+    [
+        ("0", "0", "10001 10001"),  # built by root: never root in the image
+        ("1000", "100", "1000 100"),  # a group the image has (users)
+        ("1000", "1000", "1000 1000"),
+        ("65534", "65534", "65534 65534"),  # a uid the image has (nobody)
+    ],
+)
+def test_the_user_step_makes_a_non_root_kms_user_for_any_host_ids(
+    engine: None, uid: str, gid: str, expected: str
+) -> None:
+    """The step alone, in the base image, with the ids a host passes as build arguments."""
+    result = podman(
+        "run", "--rm", "--network=none", f"--env=KMS_UID={uid}", f"--env=KMS_GID={gid}",
+        BASE_IMAGE, "sh", "-c", f'set -e; {user_step()}; echo "$(id -u kms) $(id -g kms)"; '
+        'stat -c "%u %g %a" /var/lib/kms',
+    )  # fmt: skip
+    lines = result.stdout.split("\n")
+    assert lines[0] == expected, result.stdout + result.stderr
+    assert lines[1] == f"{expected} 700", result.stdout
