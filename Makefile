@@ -8,7 +8,7 @@ MUTANTS_STAMP := $(VENV)/.installed-mutants
 SECRETS ?= ./secrets
 export KMS_ENV ?= dev
 
-.PHONY: run test lint format install openapi settings-doc newman clean help mutants mutants-report known-bugs bench
+.PHONY: run test lint format install openapi settings-doc newman wheelhouse clean help mutants mutants-report known-bugs bench
 
 help:
 	@echo "make run   - install, create dev certificates and passphrase, init data/dev.db, serve mTLS on :8080"
@@ -19,6 +19,7 @@ help:
 	@echo "make openapi - write docs/openapi.json"
 	@echo "make settings-doc - write docs/settings.md (every setting, from kms/settings.py)"
 	@echo "make newman  - install newman from npm (deploy/postman), so make test runs the collection"
+	@echo "make wheelhouse - kms and its dependencies as wheels in build/wheelhouse, for deploy/Dockerfile"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,11 @@ settings-doc: $(SERVE_STAMP)
 # newman, pinned by deploy/postman/package-lock.json; the newman test is skipped without it.
 newman:
 	npm ci --prefix deploy/postman --no-audit --no-fund
+
+# build/wheelhouse: kms and its runtime dependencies as wheels for the container image's Python
+# (Debian bookworm's 3.11), which deploy/Dockerfile installs from without network.
+wheelhouse: $(SERVE_STAMP)
+	scripts/wheelhouse.sh $(BIN)/python build/wheelhouse
 
 # POSTGRES_TEST_DSN (a role with CREATEDB) adds the PostgreSQL tests; .ci/run sets it.
 # TEST_WORKERS pytest-xdist processes share the tests: most of a test's time is waiting (server
@@ -110,4 +116,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix $(LINTED)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) build .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -4,7 +4,6 @@ context, data keys, rewrap and the batch form of every crypto call."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -695,40 +694,6 @@ def test_the_batch_benchmark_script_runs(deployment: Deployment, server: ServerP
     assert lines[1].startswith("single-call encrypt: ") and lines[1].endswith(" items/s")
     assert lines[2].startswith("batch of 10 encrypt: ") and lines[2].endswith(" items/s")
     assert lines[3].startswith("ratio: ") and lines[3].endswith("x")
-
-
-# -- the example of docs/api.md -----------------------------------------------------------
-
-
-API_DOC = Path(__file__).parents[2] / "docs" / "api.md"
-
-
-def api_doc_python_example() -> str:
-    text = API_DOC.read_text(encoding="utf-8")
-    after = text.split("**Envelope encryption in Python.**", 1)[1]
-    return after.split("```python\n", 1)[1].split("```", 1)[0]
-
-
-def test_the_api_docs_envelope_example_works(
-    client: KMSClient, key_id: str, tmp_path: Path
-) -> None:
-    namespace: dict[str, Any] = {}
-    exec(compile(api_doc_python_example(), "docs/api.md", "exec"), namespace)  # noqa: S102
-    # The example's own settings point at `make run`; this test's server is elsewhere.
-    namespace["KMS"] = client.base_url + "/v1/kms"
-    namespace["session"] = client.session
-    document = tmp_path / "report.pdf"
-    document.write_bytes(os.urandom(50_000))
-    namespace["encrypt_file"](str(document), key_id)
-    encrypted = (tmp_path / "report.pdf.enc").read_bytes()
-    assert document.read_bytes() not in encrypted
-    assert namespace["decrypt_file"](str(document)) == document.read_bytes()
-    # The wrapped key is bound to the file's name: renamed, it does not unwrap.
-    for suffix in (".enc", ".key"):
-        (tmp_path / f"report.pdf{suffix}").rename(tmp_path / f"other.pdf{suffix}")
-    wrapped = json.loads((tmp_path / "other.pdf.key").read_text())
-    wrapped["context"] = {"file": "other.pdf"}
-    expect_error(client.post("/v1/kms/decrypt", json=wrapped), 400, INVALID)
 
 
 # -- metrics ------------------------------------------------------------------------------
