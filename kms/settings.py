@@ -152,6 +152,11 @@ def text() -> fields.Field:
     return _described(_Text(), "text", "must be a non-empty string")
 
 
+def text_matching(pattern: str, accepts: str) -> fields.Field:
+    field = _Text(validate=validate.Regexp(f"^{pattern}$", error=f"must be {accepts}"))
+    return _described(field, accepts, f"must be {accepts}")
+
+
 def file_path(*, resolve: bool = True) -> fields.Field:
     return _described(_FilePath(resolve=resolve), "file path", "must be a non-empty string")
 
@@ -366,6 +371,16 @@ class Settings:
     rate_limit_burst: int | None = setting(
         None, "rate_limit.burst", integer_between(1, 1_000_000),
         doc="the bucket's size: requests an identity may make at once",
+    )
+    # -- the AWS KMS compatible endpoint (docs/aws-kms.md) --
+    aws_region: str = setting(
+        "us-east-1", "aws.region", text_matching("[a-z]{2}(-[a-z0-9]+){1,3}", "an AWS region name"),
+        doc="the region in the key ARNs of the AWS KMS endpoint "
+        "(`arn:aws:kms:<region>:<account>:key/<id>`)",
+    )
+    aws_account_id: str = setting(
+        "000000000000", "aws.account_id", text_matching("[0-9]{12}", "12 decimal digits"),
+        doc="the account in the key ARNs of the AWS KMS endpoint",
     )
     # fmt: on
     #: For tests only, and deliberately not a setting: no YAML key or KMS_* variable reaches it,
