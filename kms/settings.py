@@ -379,7 +379,8 @@ class Settings:
         "(`arn:aws:kms:<region>:<account>:key/<id>`)",
     )
     aws_account_id: str = setting(
-        "000000000000", "aws.account_id", text_matching("[0-9]{12}", "12 decimal digits"),
+        "000000000000", "aws.account_id",
+        text_matching("[0-9]{12}", "12 decimal digits, quoted in YAML"),
         doc="the account in the key ARNs of the AWS KMS endpoint",
     )
     # fmt: on
@@ -626,4 +627,6 @@ def _shown(value: Any) -> str:
         return "unset"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if isinstance(value, str) and yaml.safe_load(value) != value:
+        return f'`"{value}"`'  # YAML would read it as another type: quoted, as a file needs it
     return f"`{value}`"

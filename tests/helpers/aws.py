@@ -3,8 +3,9 @@ session for the AWS Encryption SDK, kept apart from the developer's AWS configur
 
 from __future__ import annotations
 
+import base64
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,50 @@ def botocore_session(deployment: Deployment) -> botocore.session.Session:
         Config(client_cert=(str(deployment.client_cert), str(deployment.client_key)))
     )
     return session
+
+
+def call_every_operation(post: Callable[[str, dict[str, Any]], Any]) -> None:
+    """Call each operation the AWS KMS endpoint serves once, successfully, through ``post``
+    (operation name, request body -> response body): for the OpenAPI test, which validates
+    every route's real answer."""
+    arn = post("CreateKey", {"Description": "every operation"})["KeyMetadata"]["Arn"]
+    key = {"KeyId": arn}
+    post("DescribeKey", key)
+    post("ListKeys", {"Limit": 1})
+    post("ListAliases", {"Limit": 1})
+    post("UpdateKeyDescription", {**key, "Description": "renamed"})
+    post("TagResource", {**key, "Tags": [{"TagKey": "env", "TagValue": "test"}]})
+    post("ListResourceTags", key)
+    post("UntagResource", {**key, "TagKeys": ["env"]})
+    post("EnableKeyRotation", {**key, "RotationPeriodInDays": 90})
+    post("GetKeyRotationStatus", key)
+    post("DisableKeyRotation", key)
+    post("RotateKeyOnDemand", key)
+    plaintext = base64.b64encode(b"x").decode()
+    blob = post("Encrypt", {**key, "Plaintext": plaintext})["CiphertextBlob"]
+    post("Decrypt", {"CiphertextBlob": blob})
+    post("ReEncrypt", {"CiphertextBlob": blob, "DestinationKeyId": arn})
+    post("GenerateDataKey", {**key, "KeySpec": "AES_256"})
+    post("GenerateDataKeyWithoutPlaintext", {**key, "NumberOfBytes": 16})
+    post("GenerateRandom", {"NumberOfBytes": 8})
+    post("DisableKey", key)
+    post("EnableKey", key)
+    post("ScheduleKeyDeletion", {**key, "PendingWindowInDays": 7})
+    post("CancelKeyDeletion", key)
+    signer = {
+        "KeyId": post("CreateKey", {"KeySpec": "ECC_NIST_P256", "KeyUsage": "SIGN_VERIFY"})[
+            "KeyMetadata"
+        ]["Arn"]
+    }
+    post("GetPublicKey", signer)
+    signing = {**signer, "Message": plaintext, "SigningAlgorithm": "ECDSA_SHA_256"}
+    signature = post("Sign", signing)["Signature"]
+    post("Verify", {**signing, "Signature": signature})
+    macer = {
+        "KeyId": post("CreateKey", {"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC"})[
+            "KeyMetadata"
+        ]["Arn"]
+    }
+    maccing = {**macer, "Message": plaintext, "MacAlgorithm": "HMAC_SHA_256"}
+    mac = post("GenerateMac", maccing)["Mac"]
+    post("VerifyMac", {**maccing, "Mac": mac})

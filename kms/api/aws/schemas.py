@@ -31,7 +31,7 @@ class _Context(_Request):
     EncryptionContext = EncryptionContext(load_default=None)
 
 
-class TagSchema(Schema):
+class AWSTagSchema(Schema):
     class Meta:
         unknown = RAISE
 
@@ -45,7 +45,7 @@ class TagSchema(Schema):
     TagValue = fields.String(required=True, validate=validate.Length(max=256))
 
 
-class CreateKeyRequest(Schema):
+class AWSCreateKeyRequest(Schema):
     class Meta:
         unknown = RAISE
 
@@ -57,16 +57,16 @@ class CreateKeyRequest(Schema):
         load_default="SYMMETRIC_DEFAULT",
         validate=validate.OneOf(sorted({s for s, _ in KEY_SPECS})),
     )
-    Tags = fields.List(fields.Nested(TagSchema), load_default=list)
+    Tags = fields.List(fields.Nested(AWSTagSchema), load_default=list)
     Origin = fields.String(validate=validate.OneOf(["AWS_KMS"]))
     MultiRegion = StrictBoolean(validate=validate.Equal(False, error="must be false"))
 
 
-class KeyRequest(_Request):
+class AWSKeyRequest(_Request):
     KeyId = fields.String(required=True, validate=KEY_ID_LENGTH)
 
 
-class ListRequest(Schema):
+class AWSListRequest(Schema):
     class Meta:
         unknown = RAISE
 
@@ -74,27 +74,27 @@ class ListRequest(Schema):
     Marker = fields.String(load_default=None, validate=validate.Length(min=1, max=1024))
 
 
-class ListTagsRequest(ListRequest):
+class AWSListTagsRequest(AWSListRequest):
     KeyId = fields.String(required=True, validate=KEY_ID_LENGTH)
 
 
-class ListAliasesRequest(ListRequest):
+class AWSListAliasesRequest(AWSListRequest):
     KeyId = fields.String(validate=validate.Length(min=1, max=2048))
 
 
-class UpdateDescriptionRequest(KeyRequest):
+class AWSUpdateDescriptionRequest(AWSKeyRequest):
     Description = fields.String(required=True, validate=validate.Length(max=8192))
 
 
-class ScheduleDeletionRequest(KeyRequest):
+class AWSScheduleDeletionRequest(AWSKeyRequest):
     PendingWindowInDays = StrictInteger(low=7, high=30, load_default=30)
 
 
-class EnableRotationRequest(KeyRequest):
+class AWSEnableRotationRequest(AWSKeyRequest):
     RotationPeriodInDays = StrictInteger(low=90, high=2560, load_default=365)
 
 
-class EncryptRequest(_Context):
+class AWSEncryptRequest(_Context):
     KeyId = fields.String(required=True, validate=KEY_ID_LENGTH)
     Plaintext = StrictBase64(required=True, validate=PLAINTEXT)
     EncryptionAlgorithm = fields.String(
@@ -102,7 +102,7 @@ class EncryptRequest(_Context):
     )
 
 
-class DecryptRequest(_Context):
+class AWSDecryptRequest(_Context):
     KeyId = fields.String(validate=validate.Length(min=1, max=2048))
     CiphertextBlob = StrictBase64(required=True, validate=CIPHERTEXT)
     EncryptionAlgorithm = fields.String(
@@ -110,7 +110,7 @@ class DecryptRequest(_Context):
     )
 
 
-class ReEncryptRequest(_Request):
+class AWSReEncryptRequest(_Request):
     CiphertextBlob = StrictBase64(required=True, validate=CIPHERTEXT)
     SourceEncryptionContext = EncryptionContext(load_default=None)
     SourceKeyId = fields.String(validate=validate.Length(min=1, max=2048))
@@ -124,68 +124,68 @@ class ReEncryptRequest(_Request):
     )
 
 
-class DataKeyRequest(_Context):
+class AWSDataKeyRequest(_Context):
     KeyId = fields.String(required=True, validate=KEY_ID_LENGTH)
     NumberOfBytes = StrictInteger(low=1, high=1024)
     KeySpec = fields.String(validate=validate.OneOf(sorted(DATA_KEY_BYTES)))
 
 
-class RandomRequest(Schema):
+class AWSRandomRequest(Schema):
     class Meta:
         unknown = RAISE
 
     NumberOfBytes = StrictInteger(low=1, high=1024, required=True)
 
 
-class SignRequest(_Request):
+class AWSSignRequest(_Request):
     KeyId = fields.String(required=True, validate=KEY_ID_LENGTH)
     Message = StrictBase64(required=True, validate=MESSAGE)
     MessageType = fields.String(load_default="RAW", validate=validate.OneOf(["RAW", "DIGEST"]))
     SigningAlgorithm = fields.String(required=True, validate=validate.OneOf(sorted(SIGNING)))
 
 
-class VerifyRequest(SignRequest):
+class AWSVerifyRequest(AWSSignRequest):
     Signature = StrictBase64(
         required=True, validate=validate.Length(min=1, max=6144, error="must be 1 to 6144 bytes")
     )
 
 
-class MacRequest(_Request):
+class AWSMacRequest(_Request):
     KeyId = fields.String(required=True, validate=KEY_ID_LENGTH)
     Message = StrictBase64(required=True, validate=MESSAGE)
     MacAlgorithm = fields.String(required=True, validate=validate.OneOf(MAC_ALGORITHMS))
 
 
-class VerifyMacRequest(MacRequest):
+class AWSVerifyMacRequest(AWSMacRequest):
     Mac = StrictBase64(
         required=True, validate=validate.Length(min=1, max=6144, error="must be 1 to 6144 bytes")
     )
 
 
-class TagResourceRequest(KeyRequest):
-    Tags = fields.List(fields.Nested(TagSchema), required=True)
+class AWSTagResourceRequest(AWSKeyRequest):
+    Tags = fields.List(fields.Nested(AWSTagSchema), required=True)
 
 
-class UntagResourceRequest(KeyRequest):
+class AWSUntagResourceRequest(AWSKeyRequest):
     TagKeys = fields.List(fields.String(validate=validate.Length(min=1, max=128)), required=True)
 
 
-create_key_request = CreateKeyRequest()
-key_request = KeyRequest()
-list_keys_request = ListRequest()
-list_tags_request = ListTagsRequest()
-list_aliases_request = ListAliasesRequest()
-update_description_request = UpdateDescriptionRequest()
-schedule_deletion_request = ScheduleDeletionRequest()
-enable_rotation_request = EnableRotationRequest()
-encrypt_request = EncryptRequest()
-decrypt_request = DecryptRequest()
-re_encrypt_request = ReEncryptRequest()
-data_key_request = DataKeyRequest()
-random_request = RandomRequest()
-sign_request = SignRequest()
-verify_request = VerifyRequest()
-mac_request = MacRequest()
-verify_mac_request = VerifyMacRequest()
-tag_resource_request = TagResourceRequest()
-untag_resource_request = UntagResourceRequest()
+create_key_request = AWSCreateKeyRequest()
+key_request = AWSKeyRequest()
+list_keys_request = AWSListRequest()
+list_tags_request = AWSListTagsRequest()
+list_aliases_request = AWSListAliasesRequest()
+update_description_request = AWSUpdateDescriptionRequest()
+schedule_deletion_request = AWSScheduleDeletionRequest()
+enable_rotation_request = AWSEnableRotationRequest()
+encrypt_request = AWSEncryptRequest()
+decrypt_request = AWSDecryptRequest()
+re_encrypt_request = AWSReEncryptRequest()
+data_key_request = AWSDataKeyRequest()
+random_request = AWSRandomRequest()
+sign_request = AWSSignRequest()
+verify_request = AWSVerifyRequest()
+mac_request = AWSMacRequest()
+verify_mac_request = AWSVerifyMacRequest()
+tag_resource_request = AWSTagResourceRequest()
+untag_resource_request = AWSUntagResourceRequest()

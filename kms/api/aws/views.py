@@ -50,7 +50,11 @@ from kms.errors import (
 blueprint = Blueprint("aws", __name__, url_prefix=PREFIX)
 register_aws_error_shape(blueprint)
 MEDIA_TYPES = frozenset({AWS_JSON, "application/json"})
-SEE = "AWS KMS's operation of this name (docs/aws-kms.md); the success body is its response."
+SEE = (
+    "AWS KMS's operation of this name, usually sent as `POST /` with `X-Amz-Target: "
+    "TrentService.<name>` (docs/aws-kms.md). Request and response bodies are "
+    '`application/x-amz-json-1.1`; errors are `{"__type": "<AWS error code>", "message": ...}`.'
+)
 
 
 @blueprint.after_request
