@@ -4,7 +4,9 @@ and decrypt again; tampering and a wrong encryption context are refused."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aws_encryption_sdk
@@ -17,11 +19,19 @@ from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError
 from cryptography.exceptions import InvalidTag
 
 from tests.helpers.aws import aws_environment, botocore_session, kms_client
-from tests.helpers.harness import Deployment, ServerProcess, prepare_deployment
+from tests.helpers.harness import (
+    Deployment,
+    KMSClient,
+    ServerProcess,
+    b64,
+    expect_json,
+    prepare_deployment,
+)
 from tests.helpers.identities import running_server
 
 pytestmark = pytest.mark.slow
 
+DOC = Path(__file__).parents[2] / "docs" / "aws-kms.md"
 CONTEXT = {"tenant": "acme", "document": "invoice-42"}
 MESSAGE = b"a message the Encryption SDK encrypts through kms" * 20
 
@@ -142,3 +152,34 @@ def test_the_keyring_of_the_material_providers_library(
         source=ciphertext, key_provider=provider(server.deployment, key_arns[:1])
     )
     assert plaintext == MESSAGE
+
+
+def test_the_examples_of_docs_aws_kms_md_run(server: ServerProcess) -> None:
+    """Each Python block of the page, in order, in one namespace, against this server."""
+    deployment = server.deployment
+    text = DOC.read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert len(blocks) == 4
+    namespace: dict[str, Any] = {}
+    for block in blocks:
+        code = block.replace("https://localhost:8080", deployment.base_url)
+        code = code.replace("./secrets/", f"{deployment.directory}/")
+        exec(compile(code, str(DOC), "exec"), namespace)  # noqa: S102 - our own document
+    # The blob helpers: a native ciphertext decrypts through AWS, and the other way round.
+    native = KMSClient(deployment)
+    kms = namespace["kms"]
+    key_id = namespace["key_arn"].rsplit("/", 1)[1]
+    encrypted = expect_json(
+        native.post("/v1/kms/encrypt", json={"key_id": key_id, "plaintext": b64(b"doc")}), 200
+    )
+    blob = namespace["blob_from_native"](key_id, encrypted["ciphertext"])
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"doc"
+    named, ciphertext = namespace["native_from_blob"](
+        kms.encrypt(KeyId=key_id, Plaintext=b"back")["CiphertextBlob"]
+    )
+    assert named == key_id
+    opened = expect_json(
+        native.post("/v1/kms/decrypt", json={"key_id": key_id, "ciphertext": ciphertext}), 200
+    )
+    assert opened["plaintext"] == b64(b"back")
+    native.close()
