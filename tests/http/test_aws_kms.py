@@ -41,6 +41,9 @@ clients:
   aws-encrypt-only:
     - operations: ["encrypt", "datakey", "keys:read"]
       keys: ["*"]
+  aws-rewrap:
+    - operations: ["rewrap", "encrypt"]
+      keys: ["src-*"]
 """
 CONTEXT = {"tenant": "acme", "purpose": "test"}
 AMZ_JSON = "application/x-amz-json-1.1"
@@ -556,6 +559,28 @@ def test_policy_and_audit_use_the_native_operation_names(
         if r.get("operation") == "decrypt" and r.get("key_id") == key_id and r["type"] == "response"
     ]  # fmt: skip
     assert decrypts and decrypts[-1]["status"] == 200
+
+
+def test_re_encrypt_to_another_key_needs_encrypt_on_it(
+    deployment: Deployment, server: ServerProcess, kms: Any, native: KMSClient
+) -> None:
+    source = create_key(native, key_id=unique_key_id("src"))["key_id"]
+    other_source = create_key(native, key_id=unique_key_id("src"))["key_id"]
+    outside = create_key(native, key_id=unique_key_id("dst"))["key_id"]
+    blob = kms.encrypt(KeyId=source, Plaintext=b"r")["CiphertextBlob"]
+    cert, key = issue_client_certificate(deployment, "aws-rewrap", "aws-rewrap")
+    rewrapper = kms_client(deployment, cert, key)
+    for destination in (source, other_source):
+        moved = rewrapper.re_encrypt(CiphertextBlob=blob, DestinationKeyId=destination)
+        assert moved["KeyId"] == ARN_PREFIX + destination
+    with pytest.raises(ClientError) as denied:
+        rewrapper.re_encrypt(CiphertextBlob=blob, DestinationKeyId=outside)
+    assert error_code(denied) == "AccessDeniedException"
+    # Nor may it open a blob of a key outside its rules, whatever the destination.
+    outside_blob = kms.encrypt(KeyId=outside, Plaintext=b"r")["CiphertextBlob"]
+    with pytest.raises(ClientError) as denied:
+        rewrapper.re_encrypt(CiphertextBlob=outside_blob, DestinationKeyId=source)
+    assert error_code(denied) == "AccessDeniedException"
 
 
 @pytest.fixture(scope="module")
