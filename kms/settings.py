@@ -152,8 +152,12 @@ def text() -> fields.Field:
     return _described(_Text(), "text", "must be a non-empty string")
 
 
-def text_matching(pattern: str, accepts: str) -> fields.Field:
-    field = _Text(validate=validate.Regexp(f"^{pattern}$", error=f"must be {accepts}"))
+def text_matching(pattern: str, accepts: str, example: str) -> fields.Field:
+    """Text that fully matches ``pattern``; ``example`` is one such text (for the tests)."""
+    field = _Text(
+        validate=validate.Regexp(f"^{pattern}$", error=f"must be {accepts}"),
+        metadata={"example": example},
+    )
     return _described(field, accepts, f"must be {accepts}")
 
 
@@ -374,13 +378,14 @@ class Settings:
     )
     # -- the AWS KMS compatible endpoint (docs/aws-kms.md) --
     aws_region: str = setting(
-        "us-east-1", "aws.region", text_matching("[a-z]{2}(-[a-z0-9]+){1,3}", "an AWS region name"),
+        "us-east-1", "aws.region",
+        text_matching("[a-z]{2}(-[a-z0-9]+){1,3}", "an AWS region name", "eu-central-1"),
         doc="the region in the key ARNs of the AWS KMS endpoint "
         "(`arn:aws:kms:<region>:<account>:key/<id>`)",
     )
     aws_account_id: str = setting(
         "000000000000", "aws.account_id",
-        text_matching("[0-9]{12}", "12 decimal digits, quoted in YAML"),
+        text_matching("[0-9]{12}", "12 decimal digits, quoted in YAML", "123456789012"),
         doc="the account in the key ARNs of the AWS KMS endpoint",
     )
     # fmt: on
