@@ -12,11 +12,14 @@ from typing import cast
 from flask import Flask, Response, g
 from flask.json.provider import DefaultJSONProvider
 
+from kms.api import aws as aws_api
 from kms.api import crypto as crypto_api
 from kms.api import health as health_api
 from kms.api import keys as keys_api
 from kms.api import openapi as openapi_api
 from kms.api.audit import register_audit
+from kms.api.aws import views as aws_views
+from kms.api.aws.keys import Account
 from kms.api.context import MAX_BODY_BYTES, SERVICE, request_proxy
 from kms.api.errors import register_error_handlers
 from kms.api.metrics import register_metrics
@@ -63,6 +66,7 @@ def create_app(
     settings = load_settings() if settings is None else settings
     app = Flask("kms", static_folder=None)  # an API: no /static route
     app.config[MAX_BODY_BYTES] = settings.max_body_bytes
+    app.config[aws_api.ACCOUNT] = Account(settings.aws_region, settings.aws_account_id)
     cast(DefaultJSONProvider, app.json).sort_keys = False  # Flask's default provider
     if keyring is None:
         from kms.master import open_master_keyring
@@ -185,6 +189,8 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(crypto_api.blueprint)
     app.register_blueprint(health_api.blueprint)
     app.register_blueprint(openapi_api.blueprint)
+    app.register_blueprint(aws_views.blueprint)
+    aws_api.route_by_target(app)  # POST / with X-Amz-Target: TrentService.*
 
 
 def routes_only_app() -> Flask:

@@ -65,6 +65,12 @@ class FencedCiphertext(InvalidCiphertext):
         self.version = version
 
 
+class IncorrectKey(KMSError):
+    """Raise when a ciphertext names another key than the one the request says made it."""
+
+    public_message = "the ciphertext was not made by the key the request names"
+
+
 class KeyDisabled(KMSError):
     """Raise when a key exists but may not be used."""
 
@@ -233,6 +239,13 @@ class InvalidSignature(KMSError):
     """Raise when a signature does not verify under the given public key."""
 
     public_message = "signature invalid"
+
+
+class InvalidMAC(KMSError):
+    """Raise when a MAC does not verify, for the callers that need an error rather than a
+    ``valid: false`` answer (AWS KMS's VerifyMac)."""
+
+    public_message = "mac invalid"
 
 
 class UnwrapFailed(KMSError):

@@ -152,6 +152,15 @@ def text() -> fields.Field:
     return _described(_Text(), "text", "must be a non-empty string")
 
 
+def text_matching(pattern: str, accepts: str, example: str) -> fields.Field:
+    """Text that fully matches ``pattern``; ``example`` is one such text (for the tests)."""
+    field = _Text(
+        validate=validate.Regexp(f"^{pattern}$", error=f"must be {accepts}"),
+        metadata={"example": example},
+    )
+    return _described(field, accepts, f"must be {accepts}")
+
+
 def file_path(*, resolve: bool = True) -> fields.Field:
     return _described(_FilePath(resolve=resolve), "file path", "must be a non-empty string")
 
@@ -366,6 +375,18 @@ class Settings:
     rate_limit_burst: int | None = setting(
         None, "rate_limit.burst", integer_between(1, 1_000_000),
         doc="the bucket's size: requests an identity may make at once",
+    )
+    # -- the AWS KMS compatible endpoint (docs/aws-kms.md) --
+    aws_region: str = setting(
+        "us-east-1", "aws.region",
+        text_matching("[a-z]{2}(-[a-z0-9]+){1,3}", "an AWS region name", "eu-central-1"),
+        doc="the region in the key ARNs of the AWS KMS endpoint "
+        "(`arn:aws:kms:<region>:<account>:key/<id>`)",
+    )
+    aws_account_id: str = setting(
+        "000000000000", "aws.account_id",
+        text_matching("[0-9]{12}", "12 decimal digits, quoted in YAML", "123456789012"),
+        doc="the account in the key ARNs of the AWS KMS endpoint",
     )
     # fmt: on
     #: For tests only, and deliberately not a setting: no YAML key or KMS_* variable reaches it,
@@ -611,4 +632,6 @@ def _shown(value: Any) -> str:
         return "unset"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if isinstance(value, str) and yaml.safe_load(value) != value:
+        return f'`"{value}"`'  # YAML would read it as another type: quoted, as a file needs it
     return f"`{value}`"

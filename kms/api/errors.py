@@ -4,13 +4,18 @@ Every error body has one shape: ``{"error": "<safe public message>"}``. Domain e
 their status below; marshmallow's ValidationError is 400 with the field messages; Werkzeug's HTTP
 errors keep their status; anything else is logged with the request id and answered 500
 ``{"error": "internal error"}``.
+
+The AWS KMS blueprint (``kms.api.aws``) answers the same exceptions in AWS's JSON 1.1 shape,
+``{"__type": "<AWS error code>", "message": "<safe public message>"}``, from the table
+``AWS_CODE_BY_ERROR`` below (``register_aws_error_shape``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import RequestRedirect
@@ -26,6 +31,9 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.KMSError], int], ...] = (
     (errors.UnsupportedMediaType, 415),
     (errors.InvalidRequest, 400),
     (errors.InvalidCiphertext, 400),
+    (errors.IncorrectKey, 400),
+    (errors.InvalidSignature, 400),
+    (errors.InvalidMAC, 400),
     (errors.KeyNotFound, 404),
     (errors.KeyExists, 409),
     (errors.KeyChanged, 409),
@@ -80,13 +88,7 @@ def register_error_handlers(app: Flask) -> None:
         note_refused_decryptions([error])
         status = status_for(error)
         if status >= 500:
-            cause = error.__cause__
-            log.error(
-                "request %s failed: %s%s",
-                g.get("request_id", "-"),
-                type(error).__name__,
-                f" ({type(cause).__name__}: {cause})" if cause is not None else "",
-            )
+            _log_server_fault(error)
             if status == 500:
                 return error_response("internal error", 500)
         response = error_response(error.public_message, status)
@@ -109,6 +111,94 @@ def register_error_handlers(app: Flask) -> None:
     def handle_unexpected(error: Exception) -> Response:
         log.exception("request %s failed unexpectedly", g.get("request_id", "-"))
         return error_response("internal error", 500)
+
+
+def _log_server_fault(error: errors.KMSError) -> None:
+    cause = error.__cause__
+    log.error(
+        "request %s failed: %s%s",
+        g.get("request_id", "-"),
+        type(error).__name__,
+        f" ({type(cause).__name__}: {cause})" if cause is not None else "",
+    )
+
+
+# -- AWS KMS's shape, for the blueprint of kms.api.aws -----------------------------------------
+
+AWS_JSON = "application/x-amz-json-1.1"
+#: AWS's code for each domain exception, most specific first. A client error is status 400, as
+#: AWS KMS answers them; a server fault is KMSInternalException with kms's own status (500 or
+#: 503), which the AWS SDKs retry. ThrottlingException makes them back off and retry too.
+AWS_CODE_BY_ERROR: tuple[tuple[type[errors.KMSError], str], ...] = (
+    (errors.RateLimited, "ThrottlingException"),
+    (errors.Unauthenticated, "AccessDeniedException"),
+    (errors.Forbidden, "AccessDeniedException"),
+    (errors.KeyNotFound, "NotFoundException"),
+    (errors.KeyExists, "AlreadyExistsException"),
+    (errors.KeyDisabled, "DisabledException"),
+    (errors.KeyPendingDeletion, "KMSInvalidStateException"),
+    (errors.KeyStateConflict, "KMSInvalidStateException"),
+    (errors.IncorrectKey, "IncorrectKeyException"),
+    (errors.InvalidCiphertext, "InvalidCiphertextException"),
+    (errors.InvalidSignature, "KMSInvalidSignatureException"),
+    (errors.InvalidMAC, "KMSInvalidMacException"),
+    (errors.PurposeMismatch, "InvalidKeyUsageException"),
+    (errors.TooManyVersions, "LimitExceededException"),
+    (errors.InvalidRequest, "ValidationException"),
+    (errors.PayloadTooLarge, "ValidationException"),
+)
+AWS_INTERNAL = "KMSInternalException"
+
+
+def aws_error_response(code: str, message: str, status: int = 400) -> Response:
+    """An AWS KMS error answer; needs no app context (the target router uses it too)."""
+    body = json.dumps({"__type": code, "message": message})
+    return Response(body, status=status, content_type=AWS_JSON)
+
+
+def aws_code_for(error: errors.KMSError) -> tuple[str, int]:
+    """The AWS error code and status of a domain exception."""
+    status = status_for(error)
+    if status >= 500:
+        return AWS_INTERNAL, status
+    for error_class, code in AWS_CODE_BY_ERROR:
+        if isinstance(error, error_class):
+            return code, 400
+    return AWS_INTERNAL, 500
+
+
+def register_aws_error_shape(blueprint: Blueprint) -> None:
+    """Answer every error of ``blueprint``'s requests in AWS KMS's shape: the hooks' refusals
+    (policy, rate limit, audit) included, since they run once the route is known."""
+
+    @blueprint.errorhandler(errors.KMSError)
+    def handle_kms_error(error: errors.KMSError) -> Response:
+        code, status = aws_code_for(error)
+        if status >= 500:
+            _log_server_fault(error)
+        message = "internal error" if status == 500 else error.public_message
+        response = aws_error_response(code, message, status)
+        if isinstance(error, errors.PayloadTooLarge):
+            discard_unread_body(response, request)
+        if isinstance(error, errors.RateLimited):
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
+
+    @blueprint.errorhandler(ValidationError)
+    def handle_validation_error(error: ValidationError) -> Response:
+        return aws_error_response("ValidationException", _describe(error.messages))
+
+    @blueprint.errorhandler(HTTPException)
+    def handle_http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        if status >= 500:
+            return aws_error_response(AWS_INTERNAL, "internal error", status)
+        return aws_error_response("ValidationException", (error.name or "error").lower(), status)
+
+    @blueprint.errorhandler(Exception)
+    def handle_unexpected(error: Exception) -> Response:
+        log.exception("request %s failed unexpectedly", g.get("request_id", "-"))
+        return aws_error_response(AWS_INTERNAL, "internal error", 500)
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -61,18 +61,26 @@ class Operation:
     key_from: KeyFrom = KeyFrom.NONE
     #: False for the health checks: a verified certificate is enough, no policy rule is needed.
     needs_policy: bool = True
+    #: For a compatible API whose requests name their key otherwise (an AWS ``KeyId`` may be an
+    #: ARN or an alias, a ciphertext blob may name it): finds the key in the request; must not
+    #: raise (a request it cannot read names no key).
+    target: Callable[[Request], Target] | None = None
 
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def operation(
-    name: str, key_from: KeyFrom = KeyFrom.NONE, *, needs_policy: bool = True
+    name: str,
+    key_from: KeyFrom = KeyFrom.NONE,
+    *,
+    needs_policy: bool = True,
+    target: Callable[[Request], Target] | None = None,
 ) -> Callable[[F], F]:
     """Declare a view's operation; put it directly above the ``def``, below the route."""
     if needs_policy and name not in KNOWN_OPERATIONS:
         raise ValueError(f"unknown operation {name!r}; add it to KNOWN_OPERATIONS")
-    declared = Operation(name=name, key_from=key_from, needs_policy=needs_policy)
+    declared = Operation(name=name, key_from=key_from, needs_policy=needs_policy, target=target)
 
     def declare(view: F) -> F:
         setattr(view, ATTRIBUTE, declared)
@@ -102,6 +110,8 @@ def request_target(declared: Operation | None, request: Request) -> Target:
     """
     if declared is None or declared.key_from is KeyFrom.NONE:
         return Target(key_id=None)
+    if declared.target is not None:
+        return declared.target(request)
     if declared.key_from is KeyFrom.PATH:
         key_id = (request.view_args or {}).get("key_id")
         return Target(key_id=key_id if isinstance(key_id, str) else None)

@@ -19,8 +19,15 @@ _NOT_JSON = "request body is not valid JSON"
 DISCARD_LIMIT_BYTES = 16 * 1024 * 1024
 
 
-def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
-    if request.mimetype != "application/json":
+JSON_ONLY = frozenset({"application/json"})
+
+
+def read_json_object(
+    request: Request, max_bytes: int, media_types: frozenset[str] = JSON_ONLY
+) -> dict[str, Any]:
+    """The body as a JSON object; ``media_types``: the Content-Types accepted (a compatible
+    API's own, such as AWS's ``application/x-amz-json-1.1``)."""
+    if request.mimetype not in media_types:
         raise UnsupportedMediaType()
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge()

@@ -22,6 +22,7 @@ from kms.api.docs import documented
 from kms.api.openapi import build_spec, openapi_path, render, routes, undocumented_routes
 from kms.api.operations import operation
 from kms.app import routes_only_app
+from tests.helpers.aws import call_every_operation
 from tests.helpers.harness import KMSClient, b64, run_kms, unique_key_id
 
 ROOT = Path(__file__).parents[2]
@@ -262,6 +263,13 @@ def test_every_endpoint_answers_as_documented(client: KMSClient, spec: dict[str,
     call("post", keys + "/cancel-deletion", f"/v1/kms/keys/{mac_key}/cancel-deletion")
     for key_id in (encrypt_key, sign_key, mac_key):
         call("delete", keys, f"/v1/kms/keys/{key_id}")
+
+    def aws(name: str, body: dict[str, Any]) -> Any:
+        path = f"/v1/aws-kms/{name}"
+        headers = {"Content-Type": "application/x-amz-json-1.1"}
+        return json.loads(call("post", path, data=json.dumps(body), headers=headers))
+
+    call_every_operation(aws)  # the AWS KMS endpoint (docs/aws-kms.md)
 
     unchecked = documented_operations(spec) - checker.checked
     assert not unchecked, (

@@ -670,6 +670,8 @@ def sample(declaration: Declaration) -> Any:
         return not declaration.default
     if isinstance(field, fields.Float):
         return 2.5
+    if "example" in field.metadata:  # text of a given form
+        return field.metadata["example"]
     # Text, file paths and the DSN: any non-empty text loads.
     return "example"
 

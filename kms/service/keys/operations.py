@@ -172,6 +172,19 @@ class KeyOperations:
 
         return self._on_key(key_id, Purpose.ENCRYPT, run)
 
+    def re_encrypt(
+        self,
+        source_key_id: str,
+        ciphertext: str,
+        source_context: Mapping[str, str] | None,
+        key_id: str,
+        context: Mapping[str, str] | None,
+    ) -> tuple[Decrypted, Encrypted]:
+        """Decrypt under ``source_key_id`` and encrypt under ``key_id`` (another key, or the
+        same), inside the service: the plaintext never leaves it (AWS KMS's ReEncrypt)."""
+        opened = self.decrypt(source_key_id, ciphertext, source_context)
+        return opened, self.encrypt(key_id, opened.plaintext, context)
+
     def rewrap_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Encrypted | KMSError]:
         return self._batch(key_id, Purpose.ENCRYPT, items, self._items.rewrap, encrypting=True)
 

@@ -74,6 +74,7 @@ class KMSService:
         self.generate_data_key_batch = operations.generate_data_key_batch
         self.rewrap = operations.rewrap
         self.rewrap_batch = operations.rewrap_batch
+        self.re_encrypt = operations.re_encrypt
         self.sign = operations.sign
         self.sign_batch = operations.sign_batch
         self.verify = operations.verify

@@ -1,0 +1,620 @@
+"""The AWS KMS operations kms serves, each mapped onto a native operation name and service call.
+
+Each view loads AWS's request with a schema (``kms.api.aws.schemas``), resolves AWS's key
+identifiers (``kms.api.aws.keys``), calls the service, and answers AWS's response fields. Errors
+are the domain exceptions, answered in AWS's shape by ``kms.api.errors``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from flask import Blueprint, Request, Response, current_app, g, request
+from marshmallow import Schema
+
+from kms.api.aws import ACCOUNT, PREFIX, REQUEST_ID_HEADER
+from kms.api.aws import schemas as aws
+from kms.api.aws.keys import (
+    DATA_KEY_BYTES,
+    MAC_ALGORITHM_OF,
+    SIGNING,
+    SIGNING_ALGORITHMS_OF,
+    SPEC_OF_ALGORITHM,
+    Account,
+    encryption_algorithm,
+    epoch,
+    from_blob,
+    key_metadata,
+    native_algorithm,
+    to_blob,
+)
+from kms.api.context import MAX_BODY_BYTES, note_algorithm, note_rows_examined, service
+from kms.api.docs import documented
+from kms.api.errors import AWS_JSON, register_aws_error_shape
+from kms.api.operations import KeyFrom, Target, operation
+from kms.api.payload import read_json_object
+from kms.api.policy import keys_in_scope, readable_key_patterns
+from kms.crypto.algorithms import RSA_ENCRYPTION_ALGORITHMS
+from kms.errors import (
+    Forbidden,
+    IncorrectKey,
+    InvalidMAC,
+    InvalidRequest,
+    InvalidSignature,
+    KMSError,
+    PurposeMismatch,
+)
+
+blueprint = Blueprint("aws", __name__, url_prefix=PREFIX)
+register_aws_error_shape(blueprint)
+MEDIA_TYPES = frozenset({AWS_JSON, "application/json"})
+SEE = (
+    "AWS KMS's operation of this name, usually sent as `POST /` with `X-Amz-Target: "
+    "TrentService.<name>` (docs/aws-kms.md). Request and response bodies are "
+    '`application/x-amz-json-1.1`; errors are `{"__type": "<AWS error code>", "message": ...}`.'
+)
+
+
+@blueprint.after_request
+def tag_response(response: Response) -> Response:
+    response.headers[REQUEST_ID_HEADER] = g.get("request_id", "-")
+    return response
+
+
+# -- reading requests ---------------------------------------------------------------------------
+
+
+def aws_body() -> dict[str, Any]:
+    """The request's JSON object, read once (shared with the hooks, as ``json_body`` is)."""
+    state = g._get_current_object()
+    body = state.get("kms_body")
+    if body is None:
+        try:
+            body = read_json_object(request, current_app.config[MAX_BODY_BYTES], MEDIA_TYPES)
+        except KMSError as error:
+            body = error
+        state.kms_body = body
+    if isinstance(body, KMSError):
+        raise body
+    return body
+
+
+def account() -> Account:
+    return current_app.config[ACCOUNT]
+
+
+def load(schema: Schema) -> dict[str, Any]:
+    return schema.load(aws_body())
+
+
+def key_named_in(field: str) -> Any:
+    """The hooks' ``Target``: the key the body's ``field`` names, resolved."""
+
+    def target(_request: Request) -> Target:
+        try:
+            value = aws_body().get(field)
+            return Target(account().resolve(value) if isinstance(value, str) else None)
+        except KMSError:
+            return Target(key_id=None)
+
+    return target
+
+
+def key_of_blob(_request: Request) -> Target:
+    """The hooks' ``Target`` of Decrypt and ReEncrypt: the key the ciphertext blob names."""
+    try:
+        value = aws_body().get("CiphertextBlob")
+        if not isinstance(value, str):
+            return Target(key_id=None)
+        return Target(from_blob(base64.b64decode(value, validate=True))[0])
+    except (KMSError, ValueError):
+        return Target(key_id=None)
+
+
+def reply(
+    document: dict[str, Any], *, version: int | None = None, algorithm: str | None = None
+) -> Response:
+    g.kms_answered_version = version
+    if algorithm is not None:
+        note_algorithm(algorithm)
+    return Response(json.dumps(document), content_type=AWS_JSON)
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def opened_blob(blob: bytes, named: str | None) -> tuple[str, str]:
+    """(key_id, native ciphertext) of a blob; ``IncorrectKey`` if ``named`` is another key."""
+    key_id, native = from_blob(blob)
+    if named is not None and account().resolve(named) != key_id:
+        raise IncorrectKey()
+    return key_id, b64(native)
+
+
+def documented_aws(summary: str, body: Schema | None, errors: dict[int, str]) -> Any:
+    return documented(
+        summary, body=body, content_type=AWS_JSON, description=SEE, errors=errors, tag="aws-kms"
+    )
+
+
+NOT_FOUND = {400: "NotFoundException, DisabledException, KMSInvalidStateException, ..."}
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+@blueprint.post("/CreateKey")
+@operation("keys:create", KeyFrom.BODY, target=lambda _request: Target(key_id=None))
+@documented_aws("AWS KMS CreateKey", aws.create_key_request, {400: "ValidationException"})
+def create_key() -> Response:
+    body = load(aws.create_key_request)
+    purpose, algorithm = native_algorithm(body["KeySpec"], body["KeyUsage"])
+    labels = {tag["TagKey"]: tag["TagValue"] for tag in body["Tags"]}
+    key = service().create_key(
+        purpose=purpose, algorithm=algorithm, description=body["Description"], labels=labels
+    )
+    return reply({"KeyMetadata": key_metadata(key, account())}, version=key.version)
+
+
+@blueprint.post("/DescribeKey")
+@operation("keys:read", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS DescribeKey", aws.key_request, NOT_FOUND)
+def describe_key() -> Response:
+    key = service().get_key(account().resolve(load(aws.key_request)["KeyId"]))
+    return reply({"KeyMetadata": key_metadata(key, account())})
+
+
+@blueprint.post("/ListKeys")
+@operation("keys:read")
+@documented_aws("AWS KMS ListKeys", aws.list_keys_request, {400: "ValidationException"})
+def list_keys() -> Response:
+    body = load(aws.list_keys_request)
+    page = service().list_page(
+        limit=body["Limit"], after=body["Marker"], key_patterns=readable_key_patterns()
+    )
+    note_rows_examined(page.rows_examined)
+    document: dict[str, Any] = {
+        "Keys": [
+            {"KeyId": key.key_id, "KeyArn": account().key_arn(key.key_id)} for key in page.keys
+        ],
+        "Truncated": page.next_after is not None,
+    }
+    if page.next_after is not None:
+        document["NextMarker"] = page.next_after
+    return reply(document)
+
+
+@blueprint.post("/ListAliases")
+@operation("keys:read")
+@documented_aws(
+    "AWS KMS ListAliases: the alias of each key's own key_id", aws.list_aliases_request, NOT_FOUND
+)
+def list_aliases() -> Response:
+    body = load(aws.list_aliases_request)
+    if "KeyId" in body:
+        # One key's aliases: read through the policy as DescribeKey would.
+        key_id = account().resolve(body["KeyId"])
+        if not keys_in_scope("keys:read")(key_id):
+            raise Forbidden()
+        keys, next_after = [service().get_key(key_id)], None
+    else:
+        page = service().list_page(
+            limit=body["Limit"], after=body["Marker"], key_patterns=readable_key_patterns()
+        )
+        note_rows_examined(page.rows_examined)
+        keys, next_after = page.keys, page.next_after
+    document: dict[str, Any] = {
+        "Aliases": [
+            {
+                "AliasName": f"alias/{key.key_id}",
+                "AliasArn": account().alias_arn(f"alias/{key.key_id}"),
+                "TargetKeyId": key.key_id,
+                "CreationDate": epoch(key.created_at),
+            }
+            for key in keys
+        ],
+        "Truncated": next_after is not None,
+    }
+    if next_after is not None:
+        document["NextMarker"] = next_after
+    return reply(document)
+
+
+@blueprint.post("/EnableKey")
+@operation("keys:enable", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS EnableKey", aws.key_request, NOT_FOUND)
+def enable_key() -> Response:
+    service().enable_key(account().resolve(load(aws.key_request)["KeyId"]))
+    return reply({})
+
+
+@blueprint.post("/DisableKey")
+@operation("keys:disable", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS DisableKey", aws.key_request, NOT_FOUND)
+def disable_key() -> Response:
+    service().disable_key(account().resolve(load(aws.key_request)["KeyId"]))
+    return reply({})
+
+
+@blueprint.post("/UpdateKeyDescription")
+@operation("keys:update", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS UpdateKeyDescription", aws.update_description_request, NOT_FOUND)
+def update_key_description() -> Response:
+    body = load(aws.update_description_request)
+    service().update_key(account().resolve(body["KeyId"]), description=body["Description"])
+    return reply({})
+
+
+@blueprint.post("/ScheduleKeyDeletion")
+@operation("keys:delete", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS ScheduleKeyDeletion", aws.schedule_deletion_request, NOT_FOUND)
+def schedule_key_deletion() -> Response:
+    body = load(aws.schedule_deletion_request)
+    key_id = account().resolve(body["KeyId"])
+    days = body["PendingWindowInDays"]
+    key = service().delete_key(key_id, pending_days=days)
+    if key is None or key.pending_deletion_at is None:  # a window is always given
+        raise InvalidRequest("the key was not scheduled for deletion")
+    return reply(
+        {
+            "KeyId": account().key_arn(key_id),
+            "DeletionDate": epoch(key.pending_deletion_at),
+            "KeyState": "PendingDeletion",
+            "PendingWindowInDays": days,
+        }
+    )
+
+
+@blueprint.post("/CancelKeyDeletion")
+@operation("keys:cancel-deletion", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS CancelKeyDeletion (the key is then Disabled)", aws.key_request, NOT_FOUND)
+def cancel_key_deletion() -> Response:
+    key_id = account().resolve(load(aws.key_request)["KeyId"])
+    service().cancel_deletion(key_id)
+    return reply({"KeyId": account().key_arn(key_id)})
+
+
+@blueprint.post("/EnableKeyRotation")
+@operation("keys:update", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS EnableKeyRotation", aws.enable_rotation_request, NOT_FOUND)
+def enable_key_rotation() -> Response:
+    body = load(aws.enable_rotation_request)
+    key_id = account().resolve(body["KeyId"])
+    service().update_key(key_id, rotation_period=f"{body['RotationPeriodInDays']}d")
+    return reply({})
+
+
+@blueprint.post("/DisableKeyRotation")
+@operation("keys:update", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS DisableKeyRotation", aws.key_request, NOT_FOUND)
+def disable_key_rotation() -> Response:
+    service().update_key(account().resolve(load(aws.key_request)["KeyId"]), rotation_period=None)
+    return reply({})
+
+
+@blueprint.post("/GetKeyRotationStatus")
+@operation("keys:read", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS GetKeyRotationStatus", aws.key_request, NOT_FOUND)
+def get_key_rotation_status() -> Response:
+    key_id = account().resolve(load(aws.key_request)["KeyId"])
+    key = service().get_key(key_id)
+    document: dict[str, Any] = {
+        "KeyId": account().key_arn(key_id),
+        "KeyRotationEnabled": key.rotation_period is not None,
+    }
+    if key.rotation_period is not None:
+        # kms keeps "<n>d" or "<n>h"; AWS counts whole days.
+        amount, unit = int(key.rotation_period[:-1]), key.rotation_period[-1]
+        document["RotationPeriodInDays"] = amount if unit == "d" else max(1, amount // 24)
+    if key.next_rotation_at is not None:
+        document["NextRotationDate"] = epoch(key.next_rotation_at)
+    return reply(document)
+
+
+@blueprint.post("/RotateKeyOnDemand")
+@operation("keys:rotate", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS RotateKeyOnDemand", aws.key_request, NOT_FOUND)
+def rotate_key_on_demand() -> Response:
+    key_id = account().resolve(load(aws.key_request)["KeyId"])
+    key = service().rotate_key(key_id)
+    return reply({"KeyId": account().key_arn(key_id)}, version=key.version)
+
+
+@blueprint.post("/TagResource")
+@operation("keys:update", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS TagResource: tags are kms labels", aws.tag_resource_request, NOT_FOUND)
+def tag_resource() -> Response:
+    body = load(aws.tag_resource_request)
+    key_id = account().resolve(body["KeyId"])
+    labels = dict(service().get_key(key_id).labels)
+    labels.update({tag["TagKey"]: tag["TagValue"] for tag in body["Tags"]})
+    service().update_key(key_id, labels=labels)
+    return reply({})
+
+
+@blueprint.post("/UntagResource")
+@operation("keys:update", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS UntagResource", aws.untag_resource_request, NOT_FOUND)
+def untag_resource() -> Response:
+    body = load(aws.untag_resource_request)
+    key_id = account().resolve(body["KeyId"])
+    labels = dict(service().get_key(key_id).labels)
+    for name in body["TagKeys"]:
+        labels.pop(name, None)
+    service().update_key(key_id, labels=labels)
+    return reply({})
+
+
+@blueprint.post("/ListResourceTags")
+@operation("keys:read", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS ListResourceTags", aws.list_tags_request, NOT_FOUND)
+def list_resource_tags() -> Response:
+    body = load(aws.list_tags_request)
+    labels = sorted(service().get_key(account().resolve(body["KeyId"])).labels.items())
+    start = 0
+    if body["Marker"] is not None:
+        start = next((i + 1 for i, (name, _) in enumerate(labels) if name == body["Marker"]), 0)
+    page = labels[start : start + body["Limit"]]
+    document: dict[str, Any] = {
+        "Tags": [{"TagKey": name, "TagValue": value} for name, value in page],
+        "Truncated": start + len(page) < len(labels),
+    }
+    if document["Truncated"]:
+        document["NextMarker"] = page[-1][0]
+    return reply(document)
+
+
+@blueprint.post("/GetPublicKey")
+@operation("keys:read", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS GetPublicKey (DER SubjectPublicKeyInfo)", aws.key_request, NOT_FOUND)
+def get_public_key() -> Response:
+    key_id = account().resolve(load(aws.key_request)["KeyId"])
+    public = service().public_key(key_id)
+    der = base64.b64decode("".join(public.public_key.strip().splitlines()[1:-1]))
+    document: dict[str, Any] = {
+        "KeyId": account().key_arn(key_id),
+        "PublicKey": b64(der),
+        "KeySpec": SPEC_OF_ALGORITHM[public.algorithm],
+        "CustomerMasterKeySpec": SPEC_OF_ALGORITHM[public.algorithm],
+    }
+    if public.algorithm in RSA_ENCRYPTION_ALGORITHMS:
+        document["KeyUsage"] = "ENCRYPT_DECRYPT"
+        document["EncryptionAlgorithms"] = ["RSAES_OAEP_SHA_256"]
+    else:
+        document["KeyUsage"] = "SIGN_VERIFY"
+        document["SigningAlgorithms"] = SIGNING_ALGORITHMS_OF[public.algorithm]
+    return reply(document, version=public.version)
+
+
+# -- cryptography -------------------------------------------------------------------------------
+
+
+def _fits(requested: str, algorithm: str) -> None:
+    if encryption_algorithm(algorithm) != requested:
+        raise PurposeMismatch(f"EncryptionAlgorithm {requested} does not fit this key")
+
+
+@blueprint.post("/Encrypt")
+@operation("encrypt", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS Encrypt", aws.encrypt_request, NOT_FOUND)
+def encrypt() -> Response:
+    body = load(aws.encrypt_request)
+    key_id = account().resolve(body["KeyId"])
+    result = service().encrypt(key_id, body["Plaintext"], body["EncryptionContext"])
+    _fits(body["EncryptionAlgorithm"], result.algorithm)
+    blob = to_blob(key_id, base64.b64decode(result.ciphertext))
+    return reply(
+        {
+            "CiphertextBlob": b64(blob),
+            "KeyId": account().key_arn(key_id),
+            "EncryptionAlgorithm": body["EncryptionAlgorithm"],
+        },
+        version=result.version,
+        algorithm=result.algorithm,
+    )
+
+
+@blueprint.post("/Decrypt")
+@operation("decrypt", KeyFrom.BODY, target=key_of_blob)
+@documented_aws(
+    "AWS KMS Decrypt: the key is the one the blob names",
+    aws.decrypt_request,
+    {400: "InvalidCiphertextException, IncorrectKeyException, NotFoundException, ..."},
+)
+def decrypt() -> Response:
+    body = load(aws.decrypt_request)
+    key_id, ciphertext = opened_blob(body["CiphertextBlob"], body.get("KeyId"))
+    result = service().decrypt(key_id, ciphertext, body["EncryptionContext"])
+    _fits(body["EncryptionAlgorithm"], result.algorithm)
+    return reply(
+        {
+            "KeyId": account().key_arn(key_id),
+            "Plaintext": b64(result.plaintext),
+            "EncryptionAlgorithm": body["EncryptionAlgorithm"],
+        },
+        version=result.version,
+        algorithm=result.algorithm,
+    )
+
+
+@blueprint.post("/ReEncrypt")
+@operation("rewrap", KeyFrom.BODY, target=key_of_blob)
+@documented_aws(
+    "AWS KMS ReEncrypt: rewrap on the source key, and encrypt on the destination",
+    aws.re_encrypt_request,
+    {400: "InvalidCiphertextException, IncorrectKeyException, NotFoundException, ..."},
+)
+def re_encrypt() -> Response:
+    body = load(aws.re_encrypt_request)
+    source, ciphertext = opened_blob(body["CiphertextBlob"], body.get("SourceKeyId"))
+    destination = account().resolve(body["DestinationKeyId"])
+    # The hooks checked "rewrap" on the source key; another destination also needs "encrypt".
+    if destination != source and not keys_in_scope("encrypt")(destination):
+        raise Forbidden()
+    opened, result = service().re_encrypt(
+        source,
+        ciphertext,
+        body["SourceEncryptionContext"],
+        destination,
+        body["DestinationEncryptionContext"],
+    )
+    _fits("SYMMETRIC_DEFAULT", opened.algorithm)
+    _fits("SYMMETRIC_DEFAULT", result.algorithm)
+    blob = to_blob(destination, base64.b64decode(result.ciphertext))
+    return reply(
+        {
+            "CiphertextBlob": b64(blob),
+            "SourceKeyId": account().key_arn(source),
+            "KeyId": account().key_arn(destination),
+            "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+            "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+        },
+        version=result.version,
+        algorithm=result.algorithm,
+    )
+
+
+def _data_key(include_plaintext: bool) -> Response:
+    body = load(aws.data_key_request)
+    key_id = account().resolve(body["KeyId"])
+    if ("NumberOfBytes" in body) == ("KeySpec" in body):
+        raise InvalidRequest("give exactly one of NumberOfBytes and KeySpec")
+    size = body["NumberOfBytes"] if "NumberOfBytes" in body else DATA_KEY_BYTES[body["KeySpec"]]
+    result = service().generate_data_key(
+        key_id, size, body["EncryptionContext"], include_plaintext=include_plaintext
+    )
+    document = {
+        "CiphertextBlob": b64(to_blob(key_id, base64.b64decode(result.ciphertext))),
+        "KeyId": account().key_arn(key_id),
+    }
+    if result.plaintext is not None:
+        document["Plaintext"] = b64(result.plaintext)
+    return reply(document, version=result.version, algorithm=result.algorithm)
+
+
+@blueprint.post("/GenerateDataKey")
+@operation("datakey", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS GenerateDataKey (16, 24 or 32 bytes)", aws.data_key_request, NOT_FOUND)
+def generate_data_key() -> Response:
+    return _data_key(include_plaintext=True)
+
+
+@blueprint.post("/GenerateDataKeyWithoutPlaintext")
+@operation("datakey", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS GenerateDataKeyWithoutPlaintext", aws.data_key_request, NOT_FOUND)
+def generate_data_key_without_plaintext() -> Response:
+    return _data_key(include_plaintext=False)
+
+
+@blueprint.post("/GenerateRandom")
+@operation("random")
+@documented_aws("AWS KMS GenerateRandom", aws.random_request, {400: "ValidationException"})
+def generate_random() -> Response:
+    drawn = service().random_bytes(load(aws.random_request)["NumberOfBytes"])
+    return reply({"Plaintext": b64(drawn)})
+
+
+def _signing(body: dict[str, Any]) -> dict[str, Any]:
+    scheme, digest = SIGNING[body["SigningAlgorithm"]]
+    prehashed = body["MessageType"] == "DIGEST"
+    if prehashed and digest is None:
+        raise PurposeMismatch(f"{body['SigningAlgorithm']} cannot sign a DIGEST")
+    return {
+        "signing_algorithm": scheme,
+        "prehashed": prehashed,
+        "digest_algorithm": digest if prehashed else None,
+    }
+
+
+@blueprint.post("/Sign")
+@operation("sign", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS Sign", aws.sign_request, NOT_FOUND)
+def sign() -> Response:
+    body = load(aws.sign_request)
+    key_id = account().resolve(body["KeyId"])
+    result = service().sign(key_id, body["Message"], **_signing(body))
+    return reply(
+        {
+            "KeyId": account().key_arn(key_id),
+            "Signature": b64(result.signature),
+            "SigningAlgorithm": body["SigningAlgorithm"],
+        },
+        version=result.version,
+        algorithm=result.algorithm,
+    )
+
+
+@blueprint.post("/Verify")
+@operation("verify", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws(
+    "AWS KMS Verify: KMSInvalidSignatureException when the signature does not verify",
+    aws.verify_request,
+    NOT_FOUND,
+)
+def verify() -> Response:
+    body = load(aws.verify_request)
+    key_id = account().resolve(body["KeyId"])
+    result = service().verify(key_id, body["Message"], body["Signature"], **_signing(body))
+    if not result.valid:
+        raise InvalidSignature()
+    return reply(
+        {
+            "KeyId": account().key_arn(key_id),
+            "SignatureValid": True,
+            "SigningAlgorithm": body["SigningAlgorithm"],
+        },
+        version=result.version,
+        algorithm=result.algorithm,
+    )
+
+
+def _mac_fits(requested: str, algorithm: str) -> None:
+    if MAC_ALGORITHM_OF.get(algorithm) != requested:
+        raise PurposeMismatch(f"MacAlgorithm {requested} does not fit this key")
+
+
+@blueprint.post("/GenerateMac")
+@operation("mac", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws("AWS KMS GenerateMac", aws.mac_request, NOT_FOUND)
+def generate_mac() -> Response:
+    body = load(aws.mac_request)
+    key_id = account().resolve(body["KeyId"])
+    result = service().mac(key_id, body["Message"])
+    _mac_fits(body["MacAlgorithm"], result.algorithm)
+    return reply(
+        {
+            "KeyId": account().key_arn(key_id),
+            "Mac": b64(result.mac),
+            "MacAlgorithm": body["MacAlgorithm"],
+        },
+        version=result.version,
+        algorithm=result.algorithm,
+    )
+
+
+@blueprint.post("/VerifyMac")
+@operation("mac:verify", KeyFrom.BODY, target=key_named_in("KeyId"))
+@documented_aws(
+    "AWS KMS VerifyMac: KMSInvalidMacException when the MAC does not verify",
+    aws.verify_mac_request,
+    NOT_FOUND,
+)
+def verify_mac() -> Response:
+    body = load(aws.verify_mac_request)
+    key_id = account().resolve(body["KeyId"])
+    result = service().verify_mac(key_id, body["Message"], body["Mac"])
+    _mac_fits(body["MacAlgorithm"], result.algorithm)
+    if not result.valid:
+        raise InvalidMAC()
+    return reply(
+        {
+            "KeyId": account().key_arn(key_id),
+            "MacValid": True,
+            "MacAlgorithm": body["MacAlgorithm"],
+        },
+        version=result.version,
+        algorithm=result.algorithm,
+    )
