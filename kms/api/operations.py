@@ -42,6 +42,7 @@ KNOWN_OPERATIONS = frozenset(
         "mac",
         "mac:verify",
         "random",
+        "hash",
         "metrics",
     }
 )
@@ -61,18 +62,28 @@ class Operation:
     key_from: KeyFrom = KeyFrom.NONE
     #: False for the health checks: a verified certificate is enough, no policy rule is needed.
     needs_policy: bool = True
+    #: ``(field, other)``: the request is operation ``other`` when its JSON body holds ``field``
+    #: (Vault's ``/verify`` checks a signature, or with ``hmac`` a MAC: ``mac:verify``).
+    when_field: tuple[str, str] | None = None
 
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def operation(
-    name: str, key_from: KeyFrom = KeyFrom.NONE, *, needs_policy: bool = True
+    name: str,
+    key_from: KeyFrom = KeyFrom.NONE,
+    *,
+    needs_policy: bool = True,
+    when_field: tuple[str, str] | None = None,
 ) -> Callable[[F], F]:
     """Declare a view's operation; put it directly above the ``def``, below the route."""
-    if needs_policy and name not in KNOWN_OPERATIONS:
-        raise ValueError(f"unknown operation {name!r}; add it to KNOWN_OPERATIONS")
-    declared = Operation(name=name, key_from=key_from, needs_policy=needs_policy)
+    for declared_name in (name, *(when_field[1:] if when_field else ())):
+        if needs_policy and declared_name not in KNOWN_OPERATIONS:
+            raise ValueError(f"unknown operation {declared_name!r}; add it to KNOWN_OPERATIONS")
+    declared = Operation(
+        name=name, key_from=key_from, needs_policy=needs_policy, when_field=when_field
+    )
 
     def declare(view: F) -> F:
         setattr(view, ATTRIBUTE, declared)
@@ -84,6 +95,19 @@ def operation(
 def declared_operation(app: Flask, endpoint: str | None) -> Operation | None:
     view = app.view_functions.get(endpoint) if endpoint else None
     return getattr(view, ATTRIBUTE, None)
+
+
+def operation_name(declared: Operation, request: Request) -> str:
+    """The operation a request is: the declared name, or ``when_field``'s other operation when
+    the request's JSON body holds that field (a body that cannot be read holds none)."""
+    if declared.when_field is None or request.mimetype != "application/json":
+        return declared.name
+    field, other = declared.when_field
+    try:
+        body = json_body()
+    except KMSError:
+        return declared.name
+    return other if body.get(field) is not None else declared.name
 
 
 @dataclass(frozen=True)
