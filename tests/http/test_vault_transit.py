@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ from tests.helpers.identities import (
 )
 
 pytestmark = pytest.mark.slow
+DOC = Path(__file__).resolve().parents[2] / "docs" / "vault-transit.md"
 
 ENVELOPE_FIELDS = [
     "request_id",
@@ -560,3 +562,44 @@ def test_the_envelope_of_a_raw_answer(client: KMSClient) -> None:
     assert response.headers["X-Request-Id"] == document["request_id"].replace("-", "")
     assert len(bytes.fromhex(document["data"]["random_bytes"])) == 8
     assert json.loads(response.text) == document
+
+
+def test_the_documented_hvac_example_runs(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/vault-transit.md's example, as written but for the server's address, files and a
+    key name of its own."""
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "VAULT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    deployment = server.deployment
+    found = re.search(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
+    assert found is not None
+    example = (
+        found.group(1)
+        .replace("https://localhost:8080", deployment.base_url)
+        .replace("./secrets/client.crt", str(deployment.client_cert))
+        .replace("./secrets/client.key", str(deployment.client_key))
+        .replace("./secrets/ca.pem", str(deployment.ca_cert))
+        .replace('"orders"', repr(unique_key_id("doc-orders")))
+    )
+    assert example.count(deployment.base_url) == 1 and "./secrets" not in example
+    exec(compile(example, str(DOC), "exec"), {})  # noqa: S102 - our own document's example
+
+
+def test_native_state_conflicts_are_vaults_400(vault: hvac.Client, client: KMSClient) -> None:
+    name = new_key(vault, "aes256-gcm96", "disabled")
+    expect_json(client.post(f"/v1/kms/keys/{name}/disable"), 200)
+    with pytest.raises(exceptions.InvalidRequest) as refused:
+        transit(vault).encrypt_data(name, plaintext=text(b"x"))
+    assert refused.value.errors == ["key is disabled"]
+    data = transit(vault).read_key(name)["data"]
+    assert data["name"] == name
+
+
+def test_hmac_keys_of_64_bytes_compute_sha2_512(vault: hvac.Client) -> None:
+    name = unique_key_id("hmac512")
+    vault.adapter.post(f"/v1/transit/keys/{name}", json={"type": "hmac", "key_size": 64})
+    made = transit(vault).generate_hmac(name, text(b"m"), algorithm="sha2-512")["data"]["hmac"]
+    assert len(unb64(made.split(":", 2)[2])) == 64
+    with pytest.raises(exceptions.InvalidRequest):
+        transit(vault).generate_hmac(name, text(b"m"))  # sha2-256 is Vault's default

@@ -249,8 +249,10 @@ def signing_options(
 
 
 def require_mac_digest(algorithm: str, requested: str | None) -> None:
-    """A kms MAC key computes one HMAC: Vault's ``algorithm`` must name it (or be left out)."""
+    """A kms MAC key computes one HMAC: Vault's ``algorithm`` (sha2-256 when left out, as in
+    Vault) must name it, so that a key of 64 bytes never answers a sha2-256 request with a
+    sha2-512 HMAC."""
     digest = MAC_DIGESTS.get(algorithm)
-    if requested is None or digest is None or requested == digest:
+    if digest is None or (requested or "sha2-256") == digest:
         return
     raise InvalidRequest(f"algorithm: this {algorithm} key computes {digest} HMACs only")
