@@ -100,6 +100,8 @@ def new_key(vault: hvac.Client, key_type: str, prefix: str = "vault") -> str:
 def test_each_key_type_is_created_read_and_listed(vault: hvac.Client, key_type: str) -> None:
     name = new_key(vault, key_type)
     data = transit(vault).read_key(name)["data"]
+    # Creating answers the key as reading it does.
+    assert vault.adapter.post(f"/v1/transit/keys/{name}", json={})["data"] == data
     assert data["name"] == name
     assert data["type"] == key_type
     assert data["latest_version"] == 1
@@ -410,7 +412,9 @@ def test_one_key_serves_the_native_api_and_the_vault_routes(
 # -- errors --------------------------------------------------------------------------------------
 
 
-def test_errors_have_vaults_shape_status_and_words(vault: hvac.Client, client: KMSClient) -> None:
+def test_errors_have_vaults_shape_status_and_words(
+    vault: hvac.Client, client: KMSClient, server: ServerProcess
+) -> None:
     missing = unique_key_id("missing")
     with pytest.raises(exceptions.InvalidRequest) as encrypt:
         transit(vault).encrypt_data(missing, plaintext=text(b"x"))
@@ -442,6 +446,13 @@ def test_errors_have_vaults_shape_status_and_words(vault: hvac.Client, client: K
         headers={"X-Vault-Token": "s.not-a-token"},
     )
     assert with_token.status_code == 200
+    request_id = with_token.headers["X-Request-Id"]
+    wait_until(
+        lambda: request_id in server.deployment.audit_log.read_text(encoding="utf-8"),
+        "the audit line of the request with a token",
+    )
+    assert "s.not-a-token" not in server.deployment.audit_log.read_text(encoding="utf-8")
+    assert "s.not-a-token" not in server.output()
 
 
 # -- policy, audit, rate limits ------------------------------------------------------------------
@@ -543,6 +554,15 @@ def test_over_the_rate_limit_hvac_raises_rate_limit_exceeded(
                 transit(client).generate_random_bytes(n_bytes=4)
         assert limited.value.errors == ["rate limit quota exceeded"]
         client.adapter.close()
+        raw = new_session(deployment.client_cert, deployment.client_key, deployment.ca_cert)
+        for _ in range(50):
+            answered = raw.post(f"{deployment.base_url}/v1/transit/random", json={})
+            if answered.status_code == 429:
+                break
+        assert answered.status_code == 429
+        assert int(answered.headers["Retry-After"]) >= 1
+        assert answered.json() == {"errors": ["rate limit quota exceeded"]}
+        raw.close()
 
 
 def test_the_envelope_of_a_raw_answer(client: KMSClient) -> None:

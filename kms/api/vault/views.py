@@ -66,7 +66,7 @@ def create_key(key_id: str) -> Response:
     body = schemas.create_key_request.load(json_body())
     key_type = key_type_for(body["type"], body["key_size"] or None)
     period = body["auto_rotate_period"]
-    key, created = service().ensure_key(
+    _key, created = service().ensure_key(
         key_id,
         key_type.purpose,
         key_type.algorithm,
@@ -75,7 +75,8 @@ def create_key(key_id: str) -> Response:
         rotation_period=None if period is None else rotation_period(parse_duration(period)),
     )
     warnings = None if created else [f"key {key_id} already existed"]
-    return _key_answer(key if created else service().get_key(key_id), warnings)
+    # Read back with its versions, as GET answers it.
+    return _key_answer(service().get_key(key_id), warnings)
 
 
 @blueprint.get("/keys/<key_id>")

@@ -252,7 +252,8 @@ def require_mac_digest(algorithm: str, requested: str | None) -> None:
     """A kms MAC key computes one HMAC: Vault's ``algorithm`` (sha2-256 when left out, as in
     Vault) must name it, so that a key of 64 bytes never answers a sha2-256 request with a
     sha2-512 HMAC."""
-    digest = MAC_DIGESTS.get(algorithm)
-    if digest is None or (requested or "sha2-256") == digest:
+    # Names of algorithms, nothing secret: a plain comparison.
+    own = MAC_DIGESTS.get(algorithm)
+    if own is None or (requested or "sha2-256") == own:
         return
-    raise InvalidRequest(f"algorithm: this {algorithm} key computes {digest} HMACs only")
+    raise InvalidRequest(f"algorithm: this {algorithm} key computes {own} HMACs only")
