@@ -23,9 +23,10 @@ from kms.api.aws.keys import Account
 from kms.api.context import MAX_BODY_BYTES, SERVICE, request_proxy
 from kms.api.errors import register_error_handlers
 from kms.api.metrics import register_metrics
-from kms.api.operations import declared_operation, request_target
+from kms.api.operations import declared_operation, operation_name, request_target
 from kms.api.policy import Policy, current_policy, load_policy, register_policy
 from kms.api.ratelimit import register_rate_limit
+from kms.api.vault import views as vault_api
 from kms.audit import AuditKey, AuditLog
 from kms.ratelimit import SharedTokenBuckets, create_table
 from kms.server.identity import ENVIRON_KEY as CALLER_ENVIRON_KEY
@@ -148,7 +149,9 @@ def register_identity(app: Flask) -> None:
         state.kms_started = time.perf_counter()
         state.request_id = environ[REQUEST_ID_ENVIRON_KEY] = uuid.uuid4().hex
         declared = declared_operation(app, current.endpoint)
-        state.kms_operation_name = declared.name if declared is not None else None
+        state.kms_operation_name = (
+            operation_name(declared, current) if declared is not None else None
+        )
         state.caller = caller = caller_from_environ(environ)
         environ[CALLER_ENVIRON_KEY] = str(caller)
         policy = current_policy()
@@ -191,6 +194,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(openapi_api.blueprint)
     app.register_blueprint(aws_views.blueprint)
     aws_api.route_by_target(app)  # POST / with X-Amz-Target: TrentService.*
+    app.register_blueprint(vault_api.blueprint)
 
 
 def routes_only_app() -> Flask:

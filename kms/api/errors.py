@@ -8,6 +8,11 @@ errors keep their status; anything else is logged with the request id and answer
 The AWS KMS blueprint (``kms.api.aws``) answers the same exceptions in AWS's JSON 1.1 shape,
 ``{"__type": "<AWS error code>", "message": "<safe public message>"}``, from the table
 ``AWS_CODE_BY_ERROR`` below (``register_aws_error_shape``).
+
+The Vault Transit routes (``/v1/transit/``, kms.api.vault) answer errors as Vault does, from the
+same exceptions: ``{"errors": ["<message>"]}`` (``{"errors": []}`` for a key that is not there
+to read), Vault's statuses (a conflict of key state is 400 there, not 409) and, where a Vault
+client may match on them, Vault's words (``VAULT_MESSAGES``, ``VAULT_KEY_NOT_FOUND``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from kms.api.context import note_refused_decryptions
 from kms.api.payload import discard_unread_body
 
 log = logging.getLogger("kms.api")
+VAULT_PREFIX = "/v1/transit/"
+VAULT_TOO_OLD = "ciphertext or signature version is disallowed by policy (too old)"
 
 # Most specific first: the first matching class decides.
 STATUS_BY_ERROR: tuple[tuple[type[errors.KMSError], int], ...] = (
@@ -53,6 +60,32 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.KMSError], int], ...] = (
 )
 
 
+#: Where the Vault routes say what Vault says: the first matching class decides.
+VAULT_MESSAGES: tuple[tuple[type[errors.KMSError], int, str], ...] = (
+    (errors.VersionBelowMinimum, 400, VAULT_TOO_OLD),
+    (errors.Forbidden, 403, "permission denied"),
+    (errors.RateLimited, 429, "rate limit quota exceeded"),
+)
+#: A key the request names does not exist: per Vault endpoint, its status and message (None:
+#: Vault's empty 404, ``{"errors": []}``); ``{key}`` is the key's name. Other endpoints say
+#: "encryption key not found", as Vault's encrypt, decrypt, rewrap, datakey and hmac do.
+VAULT_KEY_NOT_FOUND: dict[str, tuple[int, str | None]] = {
+    "vault.read_key": (404, None),
+    "vault.list_keys": (404, None),
+    "vault.export_key": (404, None),
+    "vault.export_key_version": (404, None),
+    "vault.backup_key": (404, None),
+    "vault.delete_key": (400, "error deleting policy {key}: could not delete key; not found"),
+    "vault.configure_key": (400, "no existing key named {key} could be found"),
+    "vault.rotate_key": (400, "key not found"),
+    "vault.trim_key": (400, "invalid key name"),
+    "vault.sign": (400, "signing key not found"),
+    "vault.sign_with_hash": (400, "signing key not found"),
+    "vault.verify": (400, "signature verification key not found"),
+    "vault.verify_with_hash": (400, "signature verification key not found"),
+}
+
+
 def status_for(error: errors.KMSError) -> int:
     for error_class, status in STATUS_BY_ERROR:
         if isinstance(error, error_class):
@@ -70,9 +103,49 @@ def batch_item_error(error: errors.KMSError) -> dict[str, str]:
 
 
 def error_response(message: str, status: int) -> Response:
+    if request.path.startswith(VAULT_PREFIX):
+        return vault_error_response([message], status)
     response = jsonify(error=message)
     response.status_code = status
     return response
+
+
+def vault_error_response(messages: list[str], status: int) -> Response:
+    response = jsonify(errors=messages)
+    response.status_code = status
+    return response
+
+
+def vault_error(error: errors.KMSError) -> tuple[int, str | None]:
+    """A domain exception as a Vault route answers it: its status and message (None: none)."""
+    status = status_for(error)
+    if status >= 500:
+        return status, error.public_message if status != 500 else "internal error"
+    if isinstance(error, errors.KeyNotFound):
+        endpoint = request.endpoint or ""
+        status, message = VAULT_KEY_NOT_FOUND.get(endpoint, (400, "encryption key not found"))
+        key = (request.view_args or {}).get("key_id", "")
+        return status, None if message is None else message.format(key=key)
+    for error_class, vault_status, message in VAULT_MESSAGES:
+        if isinstance(error, error_class):
+            return vault_status, message
+    if isinstance(error, errors.DeletionNotAllowed) and request.endpoint == "vault.delete_key":
+        key = (request.view_args or {}).get("key_id", "")
+        return 400, f"error deleting policy {key}: deletion is not allowed for this key"
+    if type(error) is errors.InvalidCiphertext and (
+        error.public_message == errors.InvalidCiphertext.public_message
+    ):
+        # Whatever made a well-formed ciphertext fail (a wrong context, a changed byte, another
+        # key's), Vault says only this.
+        return 400, "cipher: message authentication failed"
+    # Vault answers every other refusal of a valid request with 400 (kms's 409s among them).
+    return (400 if status == 409 else status), error.public_message
+
+
+def vault_item_error(error: errors.KMSError) -> str:
+    """The ``error`` of a Vault batch item that failed."""
+    _status, message = vault_error(error)
+    return message or "internal error"
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -91,7 +164,11 @@ def register_error_handlers(app: Flask) -> None:
             _log_server_fault(error)
             if status == 500:
                 return error_response("internal error", 500)
-        response = error_response(error.public_message, status)
+        if request.path.startswith(VAULT_PREFIX):
+            vault_status, message = vault_error(error)
+            response = vault_error_response([] if message is None else [message], vault_status)
+        else:
+            response = error_response(error.public_message, status)
         if isinstance(error, errors.PayloadTooLarge):
             discard_unread_body(response, request)
         if isinstance(error, errors.RateLimited):
@@ -105,6 +182,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def handle_http_error(error: HTTPException) -> Response:
         status = error.code or 500
+        if request.path.startswith(VAULT_PREFIX) and status in VAULT_HTTP_MESSAGES:
+            return vault_error_response([VAULT_HTTP_MESSAGES[status]], status)
         return error_response((error.name or "error").lower(), status)
 
     @app.errorhandler(Exception)
@@ -201,6 +280,10 @@ def register_aws_error_shape(blueprint: Blueprint) -> None:
         return aws_error_response(AWS_INTERNAL, "internal error", 500)
 
 
+#: What Vault answers for a path it does not serve and a method a path does not take.
+VAULT_HTTP_MESSAGES = {404: "unsupported path", 405: "unsupported operation"}
+
+
 def describe_validation_error(error: ValidationError) -> str:
     return _describe(error.messages)
 
@@ -215,5 +298,6 @@ def _describe(messages: object, prefix: str = "") -> str:
         return "; ".join(parts)
     if isinstance(messages, list):
         text = " ".join(str(message) for message in messages)
-        return f"{prefix}: {text}" if prefix else text
+        # A schema-wide message (marshmallow's "_schema") stands alone, as Vault's do.
+        return f"{prefix}: {text}" if prefix and prefix != "_schema" else text
     return f"{prefix}: {messages}" if prefix else str(messages)

@@ -28,13 +28,17 @@ from werkzeug.routing import Rule
 from kms import __version__
 from kms.api import schemas
 from kms.api.docs import JSON, Documentation, documentation_of, documented
+from kms.api.errors import VAULT_PREFIX
 from kms.api.operations import KeyFrom, Operation, declared_operation, operation
+from kms.api.vault.schemas import VaultErrors
 from kms.service.keys.validation import KEY_ID_PATTERN
 
 SPEC_PATH = "/v1/kms/openapi.json"
+VAULT_ERRORS = "VaultErrors"
 OPENAPI_VERSION = "3.1.0"
 _CACHE = "kms.openapi"
-_IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
+# LIST is Vault's (its routes also answer GET ?list=true); OpenAPI has no such method.
+_IGNORED_METHODS = frozenset({"HEAD", "OPTIONS", "LIST"})
 _CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
 blueprint = Blueprint("openapi", __name__)
@@ -127,6 +131,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
         {"type": "mutualTLS", "description": "a client certificate signed by the configured CA"},
     )
     spec.components.schema("Error", schema=ErrorResponse)
+    spec.components.schema(VAULT_ERRORS, schema=VaultErrors)
 
     operations: dict[str, dict[str, Any]] = {}
     for rule, method in routes(app):
@@ -168,7 +173,8 @@ def _operation(
             if name == "key_id"
             else {"type": "string"},
         }
-        for name in sorted(rule.arguments)
+        # A rule's defaults (``/hash`` for ``/hash/<algorithm>``) are not in its path.
+        for name in sorted(rule.arguments - set(rule.defaults or {}))
     ]
     if documentation.query is not None:
         parameters.append({"in": "query", "schema": documentation.query})
@@ -185,10 +191,12 @@ def _operation(
             "description": description,
             "content": {JSON: {"schema": schema}},
         }
+    # The Vault routes answer errors in Vault's shape (kms.api.errors).
+    error_schema = VAULT_ERRORS if rule.rule.startswith(VAULT_PREFIX) else "Error"
     for status, description in sorted(_errors(rule, documentation, declared).items()):
         entry["responses"][str(status)] = {
             "description": description,
-            "content": {JSON: {"schema": "Error"}},
+            "content": {JSON: {"schema": error_schema}},
         }
     return entry
 
@@ -227,7 +235,7 @@ def _integer_bounds(converter: Any, field: fields.Field, **kwargs: Any) -> dict[
 
 
 def _response_schema_names(converter: OpenAPIConverter, app: Flask) -> set[str]:
-    names = {"Error"}
+    names = {"Error", VAULT_ERRORS}
     for rule, _method in routes(app):
         documentation = documentation_of(app.view_functions.get(rule.endpoint))
         if documentation is None:

@@ -42,6 +42,7 @@ KNOWN_OPERATIONS = frozenset(
         "mac",
         "mac:verify",
         "random",
+        "hash",
         "metrics",
     }
 )
@@ -65,6 +66,9 @@ class Operation:
     #: ARN or an alias, a ciphertext blob may name it): finds the key in the request; must not
     #: raise (a request it cannot read names no key).
     target: Callable[[Request], Target] | None = None
+    #: ``(field, other)``: the request is operation ``other`` when its JSON body holds ``field``
+    #: (Vault's ``/verify`` checks a signature, or with ``hmac`` a MAC: ``mac:verify``).
+    when_field: tuple[str, str] | None = None
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,11 +80,19 @@ def operation(
     *,
     needs_policy: bool = True,
     target: Callable[[Request], Target] | None = None,
+    when_field: tuple[str, str] | None = None,
 ) -> Callable[[F], F]:
     """Declare a view's operation; put it directly above the ``def``, below the route."""
-    if needs_policy and name not in KNOWN_OPERATIONS:
-        raise ValueError(f"unknown operation {name!r}; add it to KNOWN_OPERATIONS")
-    declared = Operation(name=name, key_from=key_from, needs_policy=needs_policy, target=target)
+    for declared_name in (name, *(when_field[1:] if when_field else ())):
+        if needs_policy and declared_name not in KNOWN_OPERATIONS:
+            raise ValueError(f"unknown operation {declared_name!r}; add it to KNOWN_OPERATIONS")
+    declared = Operation(
+        name=name,
+        key_from=key_from,
+        needs_policy=needs_policy,
+        target=target,
+        when_field=when_field,
+    )
 
     def declare(view: F) -> F:
         setattr(view, ATTRIBUTE, declared)
@@ -92,6 +104,19 @@ def operation(
 def declared_operation(app: Flask, endpoint: str | None) -> Operation | None:
     view = app.view_functions.get(endpoint) if endpoint else None
     return getattr(view, ATTRIBUTE, None)
+
+
+def operation_name(declared: Operation, request: Request) -> str:
+    """The operation a request is: the declared name, or ``when_field``'s other operation when
+    the request's JSON body holds that field (a body that cannot be read holds none)."""
+    if declared.when_field is None or request.mimetype != "application/json":
+        return declared.name
+    field, other = declared.when_field
+    try:
+        body = json_body()
+    except KMSError:
+        return declared.name
+    return other if body.get(field) is not None else declared.name
 
 
 @dataclass(frozen=True)

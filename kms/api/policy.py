@@ -60,7 +60,13 @@ from flask import Flask, current_app, g, request
 from marshmallow import Schema, ValidationError, fields, validate
 
 from kms.api.errors import describe_validation_error
-from kms.api.operations import KNOWN_OPERATIONS, KeyFrom, current_target, declared_operation
+from kms.api.operations import (
+    KNOWN_OPERATIONS,
+    KeyFrom,
+    current_target,
+    declared_operation,
+    operation_name,
+)
 from kms.errors import AmbiguousCertificate, ConfigurationError, Forbidden
 from kms.server.identity import Caller
 
@@ -367,7 +373,7 @@ def register_policy(app: Flask, policy: Policy) -> None:
         key_id = current_target().key_id
         if key_id is None and declared.key_from is KeyFrom.BODY:
             key_id = ""  # the body names no usable key: only a rule for every key lets it through
-        if not current_policy().allows(g.identity, declared.name, key_id):
+        if not current_policy().allows(g.identity, operation_name(declared, request), key_id):
             raise Forbidden()
 
 

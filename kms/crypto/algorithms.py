@@ -560,3 +560,11 @@ def public_key_pem(der: bytes) -> str:
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode("ascii")
     )
+
+
+def ed25519_raw_public_key(pem: str) -> bytes:
+    """The 32 raw bytes of an Ed25519 public key given as PEM (as Vault shows it)."""
+    public_key = serialization.load_pem_public_key(pem.encode("ascii"))
+    if not isinstance(public_key, ed25519.Ed25519PublicKey):
+        raise ValueError("not an Ed25519 public key")
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

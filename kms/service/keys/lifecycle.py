@@ -28,6 +28,7 @@ from kms.crypto.algorithms import (
 from kms.errors import (
     InvalidRequest,
     KeyChanged,
+    KeyExists,
     KeyNotFound,
     KeyStateConflict,
     KMSError,
@@ -128,6 +129,10 @@ class KeyLifecycle:
         key = self._trust.get(key_id)
         newest = self._repository.newest_versions(key.key_id, KEY_DETAIL_VERSIONS)
         return self.info(key, tuple(version_info(v) for v in newest))
+
+    def key_info(self, key_id: str) -> KeyInfo:
+        """The key without its versions: what an operation needs to know of its type."""
+        return self.info(self._trust.get(key_id))
 
     def list_versions(
         self, key_id: str, limit: int = 100, after: int | None = None
@@ -262,6 +267,29 @@ class KeyLifecycle:
         self._trust.drop_row(key_id)
         self._trust.changed(created)
         return self.info(created)
+
+    def ensure_key(
+        self,
+        key_id: str,
+        purpose: str,
+        algorithm: str,
+        *,
+        deletion_allowed: bool,
+        rotation_period: str | None = None,
+    ) -> tuple[KeyInfo, bool]:
+        """Create the key unless a key of that id exists: ``(key, created)``. An existing key is
+        left as it is, whatever its type (Vault's create of a key that exists)."""
+        try:
+            created = self.create_key(
+                key_id,
+                purpose,
+                algorithm,
+                deletion_allowed=deletion_allowed,
+                rotation_period=rotation_period,
+            )
+        except KeyExists:
+            return self.get_key(key_id), False
+        return created, True
 
     def update_key(
         self,

@@ -51,6 +51,8 @@ class KMSService:
         # The lifecycle.
         self.create_key = lifecycle.create_key
         self.get_key = lifecycle.get_key
+        self.key_info = lifecycle.key_info
+        self.ensure_key = lifecycle.ensure_key
         self.list_keys = lifecycle.list_keys
         self.list_page = lifecycle.list_page
         self.list_versions = lifecycle.list_versions
