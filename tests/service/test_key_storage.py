@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from kms.crypto.algorithms import ALGORITHMS, ENCRYPTION_ALGORITHMS, MAC_ALGORITHMS, Purpose
 from kms.crypto.wrapping import KeyIdentity
 from kms.errors import IntegrityFailure, UnwrapFailed
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.repository import SQLKeyRepository
@@ -158,7 +158,7 @@ def windows(value: bytes, size: int = 16) -> list[bytes]:
 def test_no_key_material_is_stored_in_the_clear(
     initialised: Settings,
     repository: SQLKeyRepository,
-    keyring: PassphraseKeyring,
+    keyring: RootKeyring,
     service: KMSService,
 ) -> None:
     for algorithm, spec in ALGORITHMS.items():
