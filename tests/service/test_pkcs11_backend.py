@@ -5,8 +5,12 @@ message naming its cause, nothing written), and moving the root secret between b
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import subprocess
+import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -14,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from kms.errors import ConfigurationError, KeystoreError
+from kms.errors import ConfigurationError, DatabaseInUse, KeystoreError
 from kms.master import init_database, move_root_secret, open_master_keyring
 from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
@@ -22,6 +26,7 @@ from kms.service.pkcs11 import create_hsm_key
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
+from kms.store.serving import hold_serving_lock
 from tests.helpers.keystore import TEST_PASSPHRASE, make_service, make_settings
 from tests.helpers.softhsm import (
     USER_PIN,
@@ -395,3 +400,74 @@ def test_each_missing_pkcs11_setting_is_named(hsm_keystore: Settings, attribute:
     key = "kms.master_key." + attribute.removeprefix("pkcs11_")
     with pytest.raises(ConfigurationError, match=f"{key} is not set, and kms.master_key.backend"):
         open_master_keyring(hsm_keystore.with_overrides(**{attribute: None}))
+
+
+def test_a_move_refuses_while_a_server_holds_the_database(hsm_keystore: Settings) -> None:
+    database = Path(hsm_keystore.database_dsn)
+    before = database.read_bytes()
+    fd = hold_serving_lock(hsm_keystore.database_url)
+    try:
+        with pytest.raises(DatabaseInUse, match="stop every kms server first"):
+            move_root_secret(hsm_keystore, "passphrase", bytearray(b"a passphrase"))
+    finally:
+        assert fd is not None
+        os.close(fd)
+    assert database.read_bytes() == before
+
+
+def test_a_move_killed_in_its_transaction_leaves_the_old_backend_opening_everything(
+    token: Token,  # noqa: F811 - the fixture
+    tmp_path: Path,
+    open_service: Callable[[Settings], KMSService],
+) -> None:
+    """The child writes the HSM's sealed root secret into its transaction, then is killed
+    before the KDF parameters go and before it commits."""
+    on_hsm = token.settings(tmp_path / "kms.db")
+    create_hsm_key(on_hsm)
+    passphrase_file = make_settings(tmp_path).master_passphrase_file
+    on_passphrase = on_hsm.with_overrides(
+        master_key_backend="passphrase", master_passphrase_file=passphrase_file
+    )
+    init_database(on_passphrase)
+    service = open_service(on_passphrase)
+    service.create_key("orders")
+    ciphertext = service.encrypt("orders", b"before the kill").ciphertext
+    before = metadata(tmp_path / "kms.db")
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        import kms.store.keystore_rows as rows
+        from kms.master import move_root_secret
+        from kms.settings import Settings
+
+        real_replace = rows.replace_keystore_rows
+
+        def replace_then_die(conn, keystore, remove=()):
+            real_replace(conn, keystore)  # the sealed root secret, in the open transaction
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        import kms.store.repository
+        kms.store.repository.replace_keystore_rows = replace_then_die
+        settings = Settings(
+            database_dsn={str(tmp_path / "kms.db")!r},
+            master_key_backend="passphrase",
+            master_passphrase_file=Path({str(passphrase_file)!r}),
+            pkcs11_module=Path({str(token.module)!r}),
+            pkcs11_token_label={token.label!r},
+            pkcs11_key_label="kms-root",
+            pkcs11_pin_file=Path({str(token.pin_file)!r}),
+            insecure_test_kdf_floor=1000,
+            kdf_iterations=1000,
+        )
+        move_root_secret(settings, "pkcs11")
+        """
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).parents[2], check=False
+    )
+    assert child.returncode == -signal.SIGKILL
+    assert metadata(tmp_path / "kms.db") == before
+    assert open_service(on_passphrase).decrypt("orders", ciphertext).plaintext == (
+        b"before the kill"
+    )
