@@ -112,7 +112,13 @@ def test_an_edited_wrapped_key_does_not_unwrap(
         (blob,) = conn.execute(
             "SELECT wrapped_key FROM key_versions WHERE key_id = 'edited'"
         ).fetchone()
-        for edited in (blob[:-1] + bytes([blob[-1] ^ 1]), blob[:20], b"\x04" + blob[1:]):
+        assert blob[:1] == b"\x04"  # wrap format 4; relabelled as 3 or as an unknown 5, refused
+        for edited in (
+            blob[:-1] + bytes([blob[-1] ^ 1]),
+            blob[:20],
+            b"\x03" + blob[1:],
+            b"\x05" + blob[1:],
+        ):
             conn.execute(
                 "UPDATE key_versions SET wrapped_key = ? WHERE key_id = 'edited'", (edited,)
             )
