@@ -32,7 +32,7 @@ $(SERVE_STAMP): $(BIN)/python pyproject.toml
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
+	$(BIN)/python -m pip install --quiet -e '.[test,postgres,hsm]'
 	touch $(SERVE_STAMP) $(STAMP)
 
 install: $(STAMP)

@@ -257,7 +257,7 @@ class _Splicer:
 def _make_rows(chunk: tuple[int, int, datetime, str]) -> tuple[list[tuple], list[tuple]]:
     """Key and version rows for keys ``start .. start + size - 1`` (in a pool process)."""
     from kms.crypto.algorithms import ALGORITHMS
-    from kms.crypto.wrapping import WRAP_FORMAT_V3, KeyIdentity
+    from kms.crypto.wrapping import WRAP_FORMAT_V4, KeyIdentity
     from kms.service.integrity import encode_key_row, encode_version_row
     from kms.service.keyring import zeroise
     from kms.store.records import KeyRecord
@@ -285,7 +285,7 @@ def _make_rows(chunk: tuple[int, int, datetime, str]) -> tuple[list[tuple], list
     def identity_aad(key_id: bytes, incarnation: bytes) -> bytes:
         return KeyIdentity(
             key_id.decode(), 1, spec.purpose.value, spec.name, incarnation.decode()
-        ).aad(WRAP_FORMAT_V3, keyring.keystore_id)
+        ).aad(WRAP_FORMAT_V4, keyring.keystore_id)
 
     def version_row(key_id: bytes, incarnation: bytes, wrapped: bytes) -> bytes:
         record = record_of(key_id.decode(), incarnation.decode())

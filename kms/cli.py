@@ -63,7 +63,8 @@ ALLOW_SHORT_PASSPHRASE = click.option(
 @click.option("--if-needed", is_flag=True, help="Succeed quietly if already initialised.")
 @ALLOW_SHORT_PASSPHRASE
 def init(if_needed: bool, allow_short_passphrase: bool) -> None:
-    """Initialise the configured database: schema, salt, KDF parameters and init marker.
+    """Initialise the configured database: schema, a new root secret sealed by the master-key
+    backend (kms.master_key.backend), the keystore id and the init marker.
 
     Only a missing or empty database is initialised: on PostgreSQL one with no object (table,
     sequence, type, view, function...) in any schema but PostgreSQL's own. The passphrase must
@@ -105,6 +106,11 @@ def upgrade() -> None:
     where = describe_database(settings)
     if result.already_current:
         click.echo(f"kms: {where} is up to date")
+    elif result.root_sealed:
+        click.echo(
+            f"kms: upgraded {where}: its root secret is now sealed by the passphrase backend "
+            "(keystore format 4); every key and MAC is as it was"
+        )
     elif result.migrated is not None and not result.sealed_keys and not result.sealed_versions:
         # Rows sealed by an earlier release keep their MACs: only the schema changed.
         before, after = result.migrated
@@ -197,16 +203,41 @@ def destroy_due() -> None:
     help="Read the new passphrase from this file (owner-only mode); else prompt twice.",
 )
 @ALLOW_SHORT_PASSPHRASE
-def rekey(new_passphrase_file: Path | None, allow_short_passphrase: bool) -> None:
-    """Change the master passphrase: new salt, every key version re-wrapped, in one transaction.
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(["passphrase", "pkcs11"]),
+    help="Move the root secret to this backend instead (only the root secret is re-sealed).",
+)
+def rekey(new_passphrase_file: Path | None, allow_short_passphrase: bool, to: str | None) -> None:
+    """Change the master passphrase: a new root secret under a new salt, every key version
+    re-wrapped, in one transaction. With --to, seal the root secret by another backend instead
+    (pkcs11: the kms.master_key.* settings; passphrase: the new passphrase), then set
+    kms.master_key.backend to it. A new passphrase must be at least 16 bytes long.
 
     Stop every kms server first (kms refuses while one uses the database). Killed at any point,
-    nothing changed and the old passphrase still works; once it prints, only the new one does.
-    The new passphrase must be at least 16 bytes long.
+    nothing changed and the old passphrase (or HSM key) still works; once it prints, only the
+    new one does.
     """
-    from kms.master import describe_database, rekey_database
+    from kms.master import describe_database, move_root_secret, rekey_database
     from kms.settings import load_settings
 
+    if to is not None:
+        try:
+            settings = load_settings()
+            passphrase = (
+                _new_passphrase(new_passphrase_file, allow_short_passphrase)
+                if to == "passphrase"
+                else None
+            )
+            move_root_secret(settings, to, passphrase)
+        except KMSError as error:
+            _fail(error)
+        click.echo(
+            f"kms: the root secret of {describe_database(settings)} is sealed by the {to} "
+            f"backend now; set kms.master_key.backend: {to} before starting kms"
+        )
+        return
     progress = ProgressBar()
     try:
         settings = load_settings()
@@ -246,6 +277,30 @@ def _new_passphrase(file: Path | None, allow_short: bool) -> bytearray:
     finally:
         again[:] = bytes(len(again))
     return new_passphrase
+
+
+@main.group()
+def hsm() -> None:
+    """The HSM that seals the root secret (kms.master_key.backend: pkcs11)."""
+
+
+@hsm.command("init")
+def hsm_init() -> None:
+    """Create the AES-256 key kms.master_key.key_label names in the token, if it is absent:
+    sensitive, not extractable, encrypt and decrypt only, kept in the token. An existing key is
+    left alone, and refused if its attributes are weaker."""
+    from kms.settings import load_settings
+
+    try:
+        settings = load_settings()
+        from kms.service.pkcs11 import HSMSettings, create_hsm_key
+
+        hsm_settings = HSMSettings.from_settings(settings)
+        created = create_hsm_key(settings)
+    except KMSError as error:
+        _fail(error)
+    verb = "created" if created else "found (unchanged)"
+    click.echo(f"kms: {verb} the {hsm_settings.key_name}")
 
 
 @main.command("rotate-due")

@@ -49,18 +49,21 @@ from kms.errors import (
 )
 from kms.service.backup import BackupWriter, VerifiedBackup, verify_backup
 from kms.service.integrity import read_epoch
-from kms.service.keyring import PassphraseKeyring, zeroise
+from kms.service.keyring import RootKeyring, zeroise
 from kms.service.keys import Generations, IntegrityReport, KeyInfo, KMSService, Rotated
 from kms.service.keys.maintenance import newest_generations, rekey_rows
 from kms.service.keystore import (
     FIRST_EPOCH,
     KEYSTORE_ID_BYTES,
+    KeystoreFormat,
     OpenedKeystore,
-    keystore_rows,
+    init_marker_aad,
     new_keystore,
-    new_master_key,
+    new_root_secret,
     open_keystore,
+    sealed_keystore_rows,
 )
+from kms.service.masterkey import BACKEND_ROWS, MasterKeyBackend, PassphraseBackend
 from kms.service.passphrase import obtain_passphrase, require_long_passphrase
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
@@ -68,7 +71,7 @@ from kms.store.faults import existing_tables
 from kms.store.generations import GenerationJournal, journal_path, reset_journal
 from kms.store.keystore_rows import rewrite_every_row, write_keystore
 from kms.store.models import kms_metadata
-from kms.store.records import EPOCH, KDF_PARAMETERS
+from kms.store.records import EPOCH, INIT_MARKER
 from kms.store.repository import SQLKeyRepository
 from kms.store.schema import current_revision, head_revision, upgrade_to_head
 from kms.store.serving import ensure_not_serving
@@ -91,19 +94,50 @@ def init_database(settings: Settings, *, allow_short_passphrase: bool = False) -
     when complete. A failure part-way leaves no database behind, so a later ``kms init`` works.
     """
     database = NewDatabase(settings, "initialise")
-    passphrase = obtain_passphrase(settings.master_passphrase_file)
-    try:
-        require_long_passphrase(passphrase, "the passphrase", allow_short=allow_short_passphrase)
-        keystore = new_keystore(
-            passphrase, settings.kdf_iterations, min_iterations=settings.kdf_floor
-        )
-    finally:
-        zeroise(passphrase)
+    passphrase: bytearray | None = None
+    if settings.master_key_backend == "passphrase":
+        passphrase = obtain_passphrase(settings.master_passphrase_file)
+        try:
+            require_long_passphrase(
+                passphrase, "the passphrase", allow_short=allow_short_passphrase
+            )
+        except BaseException:
+            zeroise(passphrase)
+            raise
+    with master_key_backend(settings, passphrase) as backend:
+        keystore = new_keystore(backend)
     database.create(lambda conn: write_keystore(conn, keystore))
 
 
-def open_master_keyring(settings: Settings) -> PassphraseKeyring:
-    """Read the passphrase, derive the master key once and prove it on the init marker."""
+@contextlib.contextmanager
+def master_key_backend(
+    settings: Settings, passphrase: bytearray | None = None
+) -> Iterator[MasterKeyBackend]:
+    """The backend ``kms.master_key.backend`` names, closed on leaving: ``passphrase`` reads
+    ``kms.master_passphrase_file`` (or prompts), unless given ``passphrase`` (a buffer it
+    overwrites); ``pkcs11`` opens its token (kms.service.pkcs11)."""
+    backend: MasterKeyBackend
+    if settings.master_key_backend == "pkcs11" and passphrase is None:
+        from kms.service.pkcs11 import open_pkcs11_backend  # python-pkcs11: an optional extra
+
+        backend = open_pkcs11_backend(settings)
+    else:
+        backend = PassphraseBackend(
+            obtain_passphrase(settings.master_passphrase_file)
+            if passphrase is None
+            else passphrase,
+            settings.kdf_iterations,
+            min_iterations=settings.kdf_floor,
+        )
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def open_master_keyring(settings: Settings) -> RootKeyring:
+    """Open the root secret once with the configured backend and prove it on the init
+    marker."""
     name, path = database_of(settings)
     if path is not None:
         if not path.parent.is_dir():
@@ -135,7 +169,8 @@ def open_master_keyring(settings: Settings) -> PassphraseKeyring:
                     ) from None
                 raise not_initialised(name) from None
             _require_current_schema(name, engine)
-            opened = _open(settings, name, repository)
+            with master_key_backend(settings) as backend:
+                opened = _open(settings, name, repository, backend)
             try:
                 _check_epoch(settings, name, opened)
             except BaseException:
@@ -180,6 +215,8 @@ class UpgradeResult:
     already_current: bool
     #: The schema revisions before and after, when the schema was migrated (None otherwise).
     migrated: tuple[str | None, str] | None = None
+    #: The root secret was sealed by the backend (keystore format 3 to 4).
+    root_sealed: bool = False
 
 
 def upgrade_database(settings: Settings) -> UpgradeResult:
@@ -198,22 +235,46 @@ def upgrade_database(settings: Settings) -> UpgradeResult:
         before, head = current_revision(engine), head_revision()
         upgrade_to_head(engine)
         migrated = None if before == head else (before, head)
-        opened = _open(settings, name, repository, allow_old=True)
-        try:
-            if opened.sealed:
-                return UpgradeResult(0, 0, already_current=migrated is None, migrated=migrated)
-            _refuse_if_node_saw_current(settings, name)
-            bound = opened.keyring.bound_to(os.urandom(KEYSTORE_ID_BYTES))
+        with master_key_backend(settings) as backend:
+            opened = _open(settings, name, repository, backend, allow_old=True)
             try:
-                service = KMSService.from_settings(settings, repository, bound)
-                keys, versions = service.upgrade_rows(
-                    opened.keyring, opened.format, keystore_rows(bound, FIRST_EPOCH)
-                )
+                if opened.sealed:
+                    return UpgradeResult(0, 0, already_current=migrated is None, migrated=migrated)
+                if opened.format is KeystoreFormat.UNWRAPPED_ROOT:
+                    _seal_root(repository, backend, opened.keyring)
+                    return UpgradeResult(
+                        0, 0, already_current=False, migrated=migrated, root_sealed=True
+                    )
+
+                _refuse_if_node_saw_current(settings, name)
+                bound = opened.keyring.bound_to(os.urandom(KEYSTORE_ID_BYTES))
+                try:
+                    service = KMSService.from_settings(settings, repository, bound)
+                    keys, versions = service.upgrade_rows(
+                        opened.keyring,
+                        opened.format,
+                        sealed_keystore_rows(backend, bound, FIRST_EPOCH),
+                    )
+                finally:
+                    bound.close()
+                return UpgradeResult(keys, versions, already_current=False, migrated=migrated)
             finally:
-                bound.close()
-            return UpgradeResult(keys, versions, already_current=False, migrated=migrated)
-        finally:
-            opened.keyring.close()
+                opened.keyring.close()
+
+
+def _seal_root(
+    repository: SQLKeyRepository, backend: MasterKeyBackend, keyring: RootKeyring
+) -> None:
+    """Keystore format 3 to 4: the passphrase-derived key becomes the root secret, sealed by
+    ``backend`` (a new salt), with an init marker of format 4; one transaction. Every row MAC
+    and every earlier wrap stays valid: the root secret is the key that made them."""
+    root_secret = keyring.root_secret()
+    try:
+        sealed = backend.seal(root_secret, keyring.keystore_id)
+    finally:
+        zeroise(root_secret)
+    marker = keyring.wrap(os.urandom(32), init_marker_aad(keyring.keystore_id))
+    repository.replace_keystore({**sealed, INIT_MARKER: marker})
 
 
 def _refuse_if_node_saw_current(settings: Settings, name: str) -> None:
@@ -247,7 +308,7 @@ def check_database(settings: Settings, audit_files: tuple[Path, ...] = ()) -> In
         repository = SQLKeyRepository(engine)
         repository.read_keystore()
         _require_current_schema(name, engine)
-        keyring = _open(settings, name, repository).keyring
+        keyring = _open_keyring(settings, name, repository)
         try:
             service = KMSService.from_settings(settings, repository, keyring)
             report = service.check_integrity(trail=trail)
@@ -278,7 +339,7 @@ def destroy_due_keys(
         repository = SQLKeyRepository(engine)
         repository.read_keystore()
         _require_current_schema(name, engine)
-        keyring = _open(settings, name, repository).keyring
+        keyring = _open_keyring(settings, name, repository)
         try:
             service = KMSService.from_settings(settings, repository, keyring)
             return service.destroy_due(now, on_destroyed=on_destroyed, on_failure=on_failure)
@@ -310,33 +371,36 @@ class RekeyResult:
 def rekey_database(
     settings: Settings, new_passphrase: bytearray, progress: Progress | None = None
 ) -> RekeyResult:
-    """``kms rekey``: a new salt and master key; every version re-wrapped, every row re-MAC'd.
+    """``kms rekey``: a new root secret, sealed under the new passphrase (a new salt); every
+    version re-wrapped (in wrap format 4), every row re-MAC'd.
 
     Refuses while a server uses the database (kms.store.serving). One transaction: killed at any
     point, the old passphrase still opens the keystore and every key works; once it returns,
-    only the new passphrase does. ``new_passphrase`` is overwritten either way.
+    only the new passphrase does, and a copy of the old database opened with the old passphrase
+    yields a root secret that opens nothing written since. ``new_passphrase`` is overwritten
+    either way.
     """
     progress = progress or NoProgress()
     try:
+        if settings.master_key_backend != "passphrase":
+            raise ConfigurationError(
+                "kms rekey changes the passphrase of the passphrase backend; with "
+                f"kms.master_key.backend: {settings.master_key_backend}, use "
+                "`kms rekey --to passphrase`"
+            )
         with _engine(settings, "rekey") as (name, engine):
             repository = SQLKeyRepository(engine)
             repository.read_keystore()
             _require_current_schema(name, engine)
             with ensure_not_serving(settings.database_url, engine, "rekey"):
-                old = _open(settings, name, repository).keyring
+                old = _open_keyring(settings, name, repository)
                 try:
-                    kdf_parameters, new = new_master_key(
-                        new_passphrase,
-                        settings.kdf_iterations,
-                        old.keystore_id,
-                        min_iterations=settings.kdf_floor,
-                    )
+                    new = RootKeyring(new_root_secret(), old.keystore_id)
                     try:
                         service = KMSService.from_settings(settings, repository, old)
-                        keystore = {
-                            KDF_PARAMETERS: kdf_parameters,
-                            **keystore_rows(new, service.read_epoch()),
-                        }
+                        # The backend overwrites its copy; the finally below, the original.
+                        with master_key_backend(settings, bytearray(new_passphrase)) as backend:
+                            keystore = sealed_keystore_rows(backend, new, service.read_epoch())
                         progress.start(service.count_versions(), "re-wrapping key versions")
                         keys, versions = service.rekey(
                             new, keystore, after_version=progress.advance
@@ -350,6 +414,49 @@ def rekey_database(
     return RekeyResult(keys, versions)
 
 
+def move_root_secret(settings: Settings, to: str, new_passphrase: bytearray | None = None) -> None:
+    """``kms rekey --to BACKEND``: seal the root secret by ``to`` instead of the backend it is
+    sealed by now (``kms.master_key.backend``). Only the sealed root secret changes (and the KDF
+    parameters come or go): no key version is re-wrapped, no row re-MAC'd.
+
+    ``pkcs11`` uses the ``kms.master_key.*`` settings; ``passphrase`` the ``new_passphrase``
+    (overwritten either way). Refused while a server uses the database. One transaction: killed
+    at any point, the old backend still opens everything; once it returns, only ``to`` does,
+    and ``kms.master_key.backend`` must say so.
+    """
+    try:
+        if to == settings.master_key_backend:
+            raise ConfigurationError(
+                f"the root secret is sealed by {to} already (kms.master_key.backend); "
+                "`kms rekey` without --to changes the passphrase"
+            )
+        with _engine(settings, "rekey") as (name, engine):
+            repository = SQLKeyRepository(engine)
+            repository.read_keystore()
+            _require_current_schema(name, engine)
+            with ensure_not_serving(settings.database_url, engine, "rekey"):
+                keyring = _open_keyring(settings, name, repository)
+                try:
+                    target = settings.with_overrides(master_key_backend=to)
+                    passphrase = None if new_passphrase is None else bytearray(new_passphrase)
+                    with master_key_backend(target, passphrase) as backend:
+                        root_secret = keyring.root_secret()
+                        try:
+                            sealed = backend.seal(root_secret, keyring.keystore_id)
+                            # Proven before it is written: the new backend opens what it sealed.
+                            zeroise(backend.unseal(sealed, keyring.keystore_id))
+                        finally:
+                            zeroise(root_secret)
+                    repository.replace_keystore(
+                        sealed, remove=[row for row in BACKEND_ROWS if row not in sealed]
+                    )
+                finally:
+                    keyring.close()
+    finally:
+        if new_passphrase is not None:
+            zeroise(new_passphrase)
+
+
 def rotate_due_database(settings: Settings, progress: Progress | None = None) -> list[Rotated]:
     """``kms rotate-due``: rotate every key whose latest version is older than its period.
 
@@ -361,7 +468,7 @@ def rotate_due_database(settings: Settings, progress: Progress | None = None) ->
         repository = SQLKeyRepository(engine)
         repository.read_keystore()
         _require_current_schema(name, engine)
-        keyring = _open(settings, name, repository).keyring
+        keyring = _open_keyring(settings, name, repository)
         try:
             service = KMSService.from_settings(settings, repository, keyring)
             progress.start(service.count_rotating_keys(), "checking keys with a rotation period")
@@ -392,7 +499,7 @@ def backup_database(
         repository = SQLKeyRepository(engine)
         repository.read_keystore()
         _require_current_schema(name, engine)
-        keyring = _open(settings, name, repository).keyring
+        keyring = _open_keyring(settings, name, repository)
         try:
             writer = BackupWriter(keyring)
         finally:
@@ -471,13 +578,14 @@ def restore_database(
             raise BackupError(f"cannot read {source}: {error.strerror}") from None
         database = NewDatabase(settings, "restore into")
         try:
-            backup = verify_backup(
-                data,
-                obtain_passphrase(settings.master_passphrase_file),
-                min_iterations=settings.kdf_floor,
-                columns=lambda table: column_names(table) if table in table_names() else None,
-                keep_keyring=clone_passphrase is not None,
-            )
+            with master_key_backend(settings) as backend:
+                backup = verify_backup(
+                    data,
+                    backend,
+                    columns=lambda table: column_names(table) if table in table_names() else None,
+                    keep_keyring=clone_passphrase is not None,
+                )
+
         except InvalidBackup as error:
             raise InvalidBackup(f"{source}: {error.public_message}") from None
         try:
@@ -534,24 +642,24 @@ def _restore_verified(
 
 def _clone_of(
     settings: Settings,
-    keyring: PassphraseKeyring,
+    keyring: RootKeyring,
     rows: list[tuple[str, dict[str, Any]]],
     passphrase: bytearray,
-) -> tuple[dict[str, bytes], PassphraseKeyring]:
-    """The keystore rows of a clone (new KDF parameters, id, init marker; the backup's epoch)
-    and the clone's keyring; the caller closes it."""
+) -> tuple[dict[str, bytes], RootKeyring]:
+    """The keystore rows of a clone (a new root secret sealed under ``passphrase``, a new id,
+    init marker; the backup's epoch) and the clone's keyring; the caller closes it."""
     stored = {row["name"]: row["value"] for table, row in rows if table == kms_metadata.name}
     try:
         epoch = read_epoch(keyring, stored.get(EPOCH))
     except IntegrityFailure as error:
         raise InvalidBackup(f"the backup's {error.detail}") from None
-    kdf_parameters, new = new_master_key(
-        passphrase,
-        settings.kdf_iterations,
-        os.urandom(KEYSTORE_ID_BYTES),
-        min_iterations=settings.kdf_floor,
-    )
-    return {KDF_PARAMETERS: kdf_parameters, **keystore_rows(new, epoch)}, new
+    new = RootKeyring(new_root_secret(), os.urandom(KEYSTORE_ID_BYTES))
+    try:
+        with master_key_backend(settings, bytearray(passphrase)) as backend:
+            return sealed_keystore_rows(backend, new, epoch), new
+    except BaseException:
+        new.close()
+        raise
 
 
 def describe_database(settings: Settings) -> str:
@@ -582,16 +690,22 @@ def _require_current_schema(name: str, engine: Engine) -> None:
         )
 
 
+def _open_keyring(settings: Settings, name: str, repository: SQLKeyRepository) -> RootKeyring:
+    with master_key_backend(settings) as backend:
+        return _open(settings, name, repository, backend).keyring
+
+
 def _open(
-    settings: Settings, name: str, repository: SQLKeyRepository, *, allow_old: bool = False
+    settings: Settings,
+    name: str,
+    repository: SQLKeyRepository,
+    backend: MasterKeyBackend,
+    *,
+    allow_old: bool = False,
 ) -> OpenedKeystore:
     try:
-        return open_keystore(
-            repository,
-            obtain_passphrase(settings.master_passphrase_file),
-            min_iterations=settings.kdf_floor,
-            allow_old=allow_old,
-        )
+        return open_keystore(repository, backend, allow_old=allow_old)
+
     except UpgradeNeeded:
         raise UpgradeNeeded(
             f"the keystore {name} is of an older format (its rows carry no MACs, or MACs bound "

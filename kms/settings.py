@@ -161,6 +161,12 @@ def text_matching(pattern: str, accepts: str, example: str) -> fields.Field:
     return _described(field, accepts, f"must be {accepts}")
 
 
+def one_of(*choices: str) -> fields.Field:
+    words = "must be one of " + ", ".join(choices)
+    field = _Text(validate=validate.OneOf(choices, error=words), metadata={"choices": choices})
+    return _described(field, " or ".join(f"`{choice}`" for choice in choices), words)
+
+
 def file_path(*, resolve: bool = True) -> fields.Field:
     return _described(_FilePath(resolve=resolve), "file path", "must be a non-empty string")
 
@@ -288,6 +294,29 @@ class Settings:
         None, "kms.master_passphrase_file", file_path(resolve=False),
         doc="passphrase file (a regular file, not a symlink; mode 0400 or 0600); unset: "
         "prompt on the terminal",
+    )
+    master_key_backend: str = setting(
+        "passphrase", "kms.master_key.backend", one_of("passphrase", "pkcs11"),
+        doc="what seals the keystore's root secret: `passphrase` (PBKDF2 of the passphrase "
+        "file) or `pkcs11` (an AES key in an HSM; docs/operations.md, HSM)",
+    )
+    pkcs11_module: Path | None = setting(
+        None, "kms.master_key.module", file_path(),
+        doc="`pkcs11`: the PKCS#11 library (e.g. `/usr/lib/softhsm/libsofthsm2.so`)",
+    )
+    pkcs11_token_label: str | None = setting(
+        None, "kms.master_key.token_label", text(),
+        doc="`pkcs11`: the label of the token that holds the key",
+    )
+    pkcs11_key_label: str | None = setting(
+        None, "kms.master_key.key_label", text(),
+        doc="`pkcs11`: the label of the AES-256 key (sensitive, not extractable) in that token",
+    )
+    pkcs11_pin_file: Path | None = setting(
+        # Opened as configured, like the passphrase file.
+        None, "kms.master_key.pin_file", file_path(resolve=False),
+        doc="`pkcs11`: the file holding the token's user PIN (a regular file, not a symlink; "
+        "mode 0400 or 0600)",
     )
     kdf_iterations: int = setting(
         MIN_ITERATIONS, "kms.kdf_iterations", integer_between(MIN_ITERATIONS, MAX_ITERATIONS),
@@ -538,6 +567,8 @@ def _variable(name: str) -> Declaration | None:
         raise ConfigurationError(
             f"{name}: the master passphrase is never read from the environment"
         )
+    if name.upper().endswith("_PIN"):
+        raise ConfigurationError(f"{name}: the HSM's PIN is never read from the environment")
     declaration = _BY_VARIABLE.get(_loose(name))
     if declaration is None and any(name.upper().startswith(f"KMS_{s.upper()}_") for s in _SECTIONS):
         raise ConfigurationError(f"{name}: unknown setting")

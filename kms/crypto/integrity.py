@@ -1,6 +1,6 @@
 """Row authentication: a MAC key derived from the master key, and the canonical record encoding.
 
-The MAC key is ``HKDF-SHA256(master key, salt = none, info = "kms/row-mac/v1")``: a key of its
+The MAC key is ``HKDF-SHA256(root secret, salt = none, info = "kms/row-mac/v1")``: a key of its
 own, so the wrapping key is never used for anything but wrapping. A stored tag is its format
 byte, then HMAC-SHA256 (the format version first, like every other blob kms stores):
 
@@ -26,9 +26,7 @@ import struct
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
+from kms.crypto.kdf import derive_key
 from kms.errors import IntegrityFailure
 
 MAC_FORMAT_V1 = b"\x01"
@@ -46,13 +44,9 @@ FieldValue = str | int | bool | bytes | datetime | None
 
 
 def derive_mac_key(master_key: bytearray, info: bytes = MAC_KEY_INFO) -> bytearray:
-    """The row-MAC key (or, with another ``info``, another HMAC key of the master key), derived
-    into a mutable buffer the caller overwrites when done."""
-    mac_key = bytearray(MAC_KEY_BYTES)
-    HKDF(algorithm=hashes.SHA256(), length=MAC_KEY_BYTES, salt=None, info=info).derive_into(
-        master_key, mac_key
-    )
-    return mac_key
+    """The row-MAC key (or, with another ``info``, another HMAC key of the root secret), derived
+    into a mutable buffer the caller overwrites when done (kms.crypto.kdf.derive_key)."""
+    return derive_key(master_key, info, MAC_KEY_BYTES)
 
 
 def _value(value: FieldValue) -> tuple[bytes, bytes]:

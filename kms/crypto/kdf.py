@@ -1,4 +1,5 @@
-"""Master key derivation: PBKDF2-HMAC-SHA256 with stored, versioned parameters.
+"""Key derivation: PBKDF2-HMAC-SHA256 from a passphrase, with stored, versioned parameters; and
+HKDF-SHA256 of the keystore's root secret into sub-keys, one per label (``derive_key``).
 
 The parameters live in the database, which kms treats as untrusted storage, so they are parsed as
 strictly on read as they are written: ASCII only, one canonical spelling, and an iteration count
@@ -15,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from kms.errors import InvalidKDFParameters
@@ -25,6 +27,7 @@ MIN_ITERATIONS = 600_000
 MAX_ITERATIONS = 10_000_000
 SALT_BYTES = 16
 MASTER_KEY_BYTES = 32
+SUBKEY_BYTES = 32
 
 _ENCODED = re.compile(rb"\$pbkdf2-sha256\$i=([1-9][0-9]{0,9}),l=(32)\$([A-Za-z0-9+/]{22}==)")
 
@@ -105,3 +108,18 @@ def derive_master_key(passphrase: bytearray, params: KDFParameters) -> bytearray
     master_key = bytearray(params.length)
     kdf.derive_into(passphrase, master_key)
     return master_key
+
+
+def derive_key(root_secret: bytearray, label: bytes, length: int = SUBKEY_BYTES) -> bytearray:
+    """The sub-key of ``root_secret`` for ``label``: ``HKDF-SHA256(root secret, salt = none,
+    info = label)``, written into a mutable buffer the caller overwrites when done.
+
+    Every use of the root secret has a label of its own (kms.service.keyring lists them), so no
+    two uses share a key. The root secret is uniformly random (or a PBKDF2 output), which is
+    what HKDF's extract step without a salt needs.
+    """
+    key = bytearray(length)
+    HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=label).derive_into(
+        root_secret, key
+    )
+    return key

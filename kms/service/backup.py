@@ -6,19 +6,19 @@ A backup is UTF-8 JSON lines:
 2. N row lines ``{"table": "<name>", "row": {<column>: <value>}}``, tables parents-first, rows in
    primary-key order. Values: JSON null, integers and strings as themselves; bytes as
    ``{"b64": "..."}``; times as ``{"time": "<ISO 8601, UTC>"}``.
-3. ``{"tag": "<base64>"}``: HMAC-SHA256, under the backup key (HKDF of the master key,
+3. ``{"tag": "<base64>"}``: HMAC-SHA256, under the backup key (HKDF of the root secret,
    ``kms/backup/v1``) and bound to the keystore id (a format-2 tag, kms.crypto.integrity), of
    every byte before this line. Format ``kms-backup/1`` (before keystore binding) had the same
    tag unbound; this kms restores only schema revisions of its own, which no such backup has.
 
 Nothing in it is unwrapped: the key versions are the wrapped blobs the database holds, under the
-master key, and the master key is derived from the passphrase and the KDF parameters in the
-backup's own ``kms_metadata`` rows. So restoring needs the passphrase of the keystore the backup
-was taken from; with any other (another keystore's), the init marker does not unwrap and the
-backup is refused. The keystore id comes from the backup's own rows and binds the init marker
-and the tag: a backup whose rows were swapped for another keystore's fails. The tag covers the
-whole file: a line truncated, edited, removed, added or
-moved changes it. Nothing is written before the tag has been checked.
+root secret, and the root secret is sealed in the backup's own ``kms_metadata`` rows (by the
+passphrase or by the HSM's key, kms.service.masterkey). So restoring needs what opens the
+keystore the backup was taken from (its passphrase, or its HSM key); with any other, the root
+secret or the init marker does not open and the backup is refused. The keystore id comes from
+the backup's own rows and binds the init marker and the tag: a backup whose rows were swapped
+for another keystore's fails. The tag covers the whole file: a line truncated, edited, removed,
+added or moved changes it. Nothing is written before the tag has been checked.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kms.crypto.kdf import KDFParameters, derive_master_key
-from kms.errors import InvalidBackup, InvalidKDFParameters, UnwrapFailed
-from kms.service.keyring import PassphraseKeyring, zeroise
-from kms.service.keystore import init_marker_aad
-from kms.store.records import INIT_MARKER, KDF_PARAMETERS, KEYSTORE_ID
+from kms.errors import InvalidBackup, InvalidKDFParameters, UnwrapFailed, WrongPassphrase
+from kms.service.keyring import RootKeyring, zeroise
+from kms.service.keystore import init_marker_aad, init_marker_aad_v3
+from kms.service.masterkey import MasterKeyBackend
+from kms.store.records import INIT_MARKER, KEYSTORE_ID, ROOT_SECRET
 
 FORMAT = "kms-backup/2"
 Row = dict[str, Any]
@@ -75,7 +75,7 @@ def _line(obj: dict[str, Any]) -> bytes:
 class BackupWriter:
     """Builds a backup's bytes line by line and seals them with the tag."""
 
-    def __init__(self, keyring: PassphraseKeyring) -> None:
+    def __init__(self, keyring: RootKeyring) -> None:
         self._mac = keyring.backup_mac()
         self._parts: list[bytes] = []
 
@@ -106,7 +106,7 @@ class VerifiedBackup:
     rows: list[tuple[str, Row]]
     #: The backup's keyring, when asked to keep it (``kms restore --as-clone``); the caller
     #: closes it.
-    keyring: PassphraseKeyring | None = None
+    keyring: RootKeyring | None = None
 
 
 def _parse_line(raw: bytes, number: int) -> dict[str, Any]:
@@ -137,60 +137,51 @@ def _rows(lines: list[bytes]) -> Iterator[tuple[str, Row]]:
 
 def verify_backup(
     data: bytes,
-    passphrase: bytearray,
+    backend: MasterKeyBackend,
     *,
-    min_iterations: int,
     columns: Callable[[str], list[str] | None],
     keep_keyring: bool = False,
 ) -> VerifiedBackup:
     """Check a backup's structure and tag and return its rows; raise ``InvalidBackup`` naming
     what is wrong. ``columns`` gives the column names of a table this kms knows, else None.
-    ``passphrase`` is overwritten. ``keep_keyring``: return the backup's keyring too."""
-    try:
-        if not data.endswith(b"\n"):
-            raise InvalidBackup("the backup is truncated (no final line); nothing was written")
-        lines = data[:-1].split(b"\n")
-        if len(lines) < 2:
-            raise InvalidBackup("the backup is truncated; nothing was written")
-        header = _parse_line(lines[0], 1)
-        if header.get("format") != FORMAT:
-            raise InvalidBackup(f"not a kms backup (no {FORMAT} header); nothing was written")
-        trailer = _parse_line(lines[-1], len(lines))
-        if set(trailer) != {"tag"} or not isinstance(trailer["tag"], str):
-            raise InvalidBackup("the backup is truncated (no tag line); nothing was written")
-        body = lines[1:-1]
-        if header.get("rows") != len(body):
+    ``backend`` opens the backup's root secret. ``keep_keyring``: return the backup's keyring
+    too."""
+    if not data.endswith(b"\n"):
+        raise InvalidBackup("the backup is truncated (no final line); nothing was written")
+    lines = data[:-1].split(b"\n")
+    if len(lines) < 2:
+        raise InvalidBackup("the backup is truncated; nothing was written")
+    header = _parse_line(lines[0], 1)
+    if header.get("format") != FORMAT:
+        raise InvalidBackup(f"not a kms backup (no {FORMAT} header); nothing was written")
+    trailer = _parse_line(lines[-1], len(lines))
+    if set(trailer) != {"tag"} or not isinstance(trailer["tag"], str):
+        raise InvalidBackup("the backup is truncated (no tag line); nothing was written")
+    body = lines[1:-1]
+    if header.get("rows") != len(body):
+        raise InvalidBackup(
+            f"the backup says {header.get('rows')} rows and holds {len(body)}; nothing was written"
+        )
+    rows = list(_rows(body))
+    for table, row in rows:
+        known = columns(table)
+        if known is None or set(row) != set(known):
             raise InvalidBackup(
-                f"the backup says {header.get('rows')} rows and holds {len(body)}; nothing was "
-                "written"
+                f"the backup's {table} rows do not match this kms's schema; nothing was written"
             )
-        rows = list(_rows(body))
-        for table, row in rows:
-            known = columns(table)
-            if known is None or set(row) != set(known):
-                raise InvalidBackup(
-                    f"the backup's {table} rows do not match this kms's schema; nothing was written"
-                )
-        keystore = {row["name"]: row["value"] for table, row in rows if table == "kms_metadata"}
-        params_raw, marker = keystore.get(KDF_PARAMETERS), keystore.get(INIT_MARKER)
-        keystore_id = keystore.get(KEYSTORE_ID)
-        if (
-            not isinstance(params_raw, bytes)
-            or not isinstance(marker, bytes)
-            or not isinstance(keystore_id, bytes)
-            or not keystore_id
-        ):
-            raise InvalidBackup("the backup holds no keystore; nothing was written")
-        try:
-            params = KDFParameters.decode(params_raw, min_iterations=min_iterations)
-        except InvalidKDFParameters as error:
-            raise InvalidBackup(f"the backup's {error.public_message}") from None
-        keyring = PassphraseKeyring(derive_master_key(passphrase, params), keystore_id)
-    finally:
-        zeroise(passphrase)
+    keystore = {row["name"]: row["value"] for table, row in rows if table == "kms_metadata"}
+    marker, keystore_id = keystore.get(INIT_MARKER), keystore.get(KEYSTORE_ID)
+    if (
+        not isinstance(marker, bytes)
+        or not isinstance(keystore_id, bytes)
+        or not keystore_id
+        or not all(isinstance(value, bytes) for value in keystore.values())
+    ):
+        raise InvalidBackup("the backup holds no keystore; nothing was written")
+    keyring, marker_aad = _open_root(backend, keystore, keystore_id)
     try:
         try:
-            zeroise(keyring.unwrap(marker, init_marker_aad(keystore_id)))
+            zeroise(keyring.unwrap(marker, marker_aad))
         except UnwrapFailed:
             raise InvalidBackup(
                 "the backup is from another keystore, or the passphrase is not the one it was "
@@ -221,3 +212,26 @@ def verify_backup(
     if not isinstance(schema, str):
         raise InvalidBackup("the backup names no schema revision; nothing was written")
     return VerifiedBackup(schema=schema, rows=rows, keyring=keyring if keep_keyring else None)
+
+
+def _open_root(
+    backend: MasterKeyBackend, keystore: dict[str, bytes], keystore_id: bytes
+) -> tuple[RootKeyring, bytes]:
+    """The backup's keyring, and the AAD its init marker must unwrap with: a backup of keystore
+    format 4 has its root secret sealed in its rows, one of format 3 (taken before root
+    secrets) has the passphrase-derived key as root secret."""
+    try:
+        if ROOT_SECRET in keystore:
+            return RootKeyring(backend.unseal(keystore, keystore_id), keystore_id), (
+                init_marker_aad(keystore_id)
+            )
+        return RootKeyring(backend.legacy_root(keystore), keystore_id), init_marker_aad_v3(
+            keystore_id
+        )
+    except WrongPassphrase:
+        raise InvalidBackup(
+            "the backup is from another keystore, or the passphrase is not the one it was "
+            "taken under; nothing was written"
+        ) from None
+    except InvalidKDFParameters as error:
+        raise InvalidBackup(f"the backup's {error.public_message}") from None

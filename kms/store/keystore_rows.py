@@ -3,9 +3,9 @@ transaction: ``kms init``, ``kms upgrade``, ``kms rekey`` and ``kms restore --as
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, delete, insert, select, update
 
 from kms.errors import AlreadyInitialised
 from kms.store.models import key_versions, keys, kms_metadata
@@ -28,8 +28,11 @@ def write_keystore(conn: Connection, keystore: dict[str, bytes]) -> None:
     )
 
 
-def replace_keystore_rows(conn: Connection, keystore: dict[str, bytes]) -> None:
-    """Write each of ``keystore``'s rows of ``kms_metadata``, whether or not it exists yet.
+def replace_keystore_rows(
+    conn: Connection, keystore: dict[str, bytes], remove: Sequence[str] = ()
+) -> None:
+    """Write each of ``keystore``'s rows of ``kms_metadata``, whether or not it exists yet, and
+    delete the rows named in ``remove``.
 
     An existing row is updated in place, never deleted and inserted again: on PostgreSQL a
     transaction waiting in ``SELECT ... FOR UPDATE`` on the epoch row then reads the new value
@@ -41,6 +44,8 @@ def replace_keystore_rows(conn: Connection, keystore: dict[str, bytes]) -> None:
         )
         if updated.rowcount == 0:
             conn.execute(insert(kms_metadata).values(name=name, value=value))
+    if remove:
+        conn.execute(delete(kms_metadata).where(kms_metadata.c.name.in_(list(remove))))
 
 
 def rewrite_every_row(

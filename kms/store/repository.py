@@ -42,7 +42,6 @@ from kms.store.patterns import glob_to_like
 from kms.store.records import (
     EPOCH,
     INIT_MARKER,
-    KDF_PARAMETERS,
     DestroyCheck,
     DueKey,
     KeyPlanner,
@@ -141,12 +140,19 @@ class SQLKeyRepository(UseBookkeeping):
         if self._notify:
             conn.execute(NOTIFY, {"key_id": key_id})
 
-    def read_keystore(self) -> tuple[bytes, bytes]:
-        """The stored KDF parameters and init marker, as bytes: the caller parses them strictly."""
+    def read_keystore(self) -> bytes:
+        """The stored init marker; ``NotInitialised`` if there is none."""
         rows = self.read_metadata()
-        if KDF_PARAMETERS not in rows or INIT_MARKER not in rows:
+        if INIT_MARKER not in rows:
             raise NotInitialised()
-        return rows[KDF_PARAMETERS], rows[INIT_MARKER]
+        return rows[INIT_MARKER]
+
+    @_translate_database_errors
+    def replace_keystore(self, rows: dict[str, bytes], remove: Sequence[str] = ()) -> None:
+        """In one write transaction: write ``rows`` of ``kms_metadata`` and delete those named
+        in ``remove`` (``kms upgrade`` sealing the root secret, ``kms rekey --to``)."""
+        with self._write() as conn:
+            replace_keystore_rows(conn, rows, remove)
 
     @_translate_database_errors
     def read_metadata(self) -> dict[str, bytes]:

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, text
 
 from kms.errors import IntegrityFailure
 from kms.service.cache import KeyMaterialCache, KeyRowCache
-from kms.service.keyring import Keyring, PassphraseKeyring
+from kms.service.keyring import Keyring, RootKeyring
 from kms.service.keys import Generations, KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
@@ -98,7 +98,7 @@ class Store:
     """One initialised keystore: its settings, services on it, and a way around kms to its SQL."""
 
     settings: Settings
-    keyring: PassphraseKeyring
+    keyring: RootKeyring
     engine: Engine
     repositories: list[SQLKeyRepository] = field(default_factory=list)
 

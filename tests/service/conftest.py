@@ -13,7 +13,7 @@ import pytest
 
 from kms.master import init_database, open_master_keyring
 from kms.service.cache import KeyMaterialCache
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
@@ -33,7 +33,7 @@ def initialised(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def keyring(initialised: Settings) -> Iterator[PassphraseKeyring]:
+def keyring(initialised: Settings) -> Iterator[RootKeyring]:
     keyring = open_master_keyring(initialised)
     yield keyring
     keyring.close()
@@ -47,13 +47,13 @@ def repository(initialised: Settings) -> Iterator[SQLKeyRepository]:
 
 
 @pytest.fixture
-def service(repository: SQLKeyRepository, keyring: PassphraseKeyring) -> KMSService:
+def service(repository: SQLKeyRepository, keyring: RootKeyring) -> KMSService:
     return make_service(repository, keyring, KeyMaterialCache(1024))
 
 
 @pytest.fixture
 def service_factory(
-    initialised: Settings, keyring: PassphraseKeyring
+    initialised: Settings, keyring: RootKeyring
 ) -> Iterator[Callable[[], KMSService]]:
     """Build more services on the same database, each with its own engine and an empty cache.
 

@@ -19,14 +19,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from kms.app import create_app
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.settings import Settings, load_settings
 from tests.helpers.keystore import make_service
 from tests.helpers.tls import client_as
 
 
 @pytest.fixture
-def app(initialised: Settings, keyring: PassphraseKeyring) -> Flask:
+def app(initialised: Settings, keyring: RootKeyring) -> Flask:
     return create_app(initialised, keyring=keyring)
 
 
@@ -165,7 +165,7 @@ def test_a_failing_database_answers_503_and_logs_the_cause(
 
 
 def test_a_rotate_whose_key_changed_meanwhile_answers_409_and_writes_nothing(
-    app: Flask, client: FlaskClient, service_factory: Any, keyring: PassphraseKeyring
+    app: Flask, client: FlaskClient, service_factory: Any, keyring: RootKeyring
 ) -> None:
     from kms.api.context import SERVICE
     from kms.app import REPOSITORY

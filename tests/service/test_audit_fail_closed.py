@@ -20,7 +20,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from kms.app import REPOSITORY, create_app
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.settings import Settings
 from tests.helpers.tls import client_as
 
@@ -35,7 +35,7 @@ def audit_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def app(initialised: Settings, keyring: PassphraseKeyring, audit_path: Path) -> Iterator[Flask]:
+def app(initialised: Settings, keyring: RootKeyring, audit_path: Path) -> Iterator[Flask]:
     app = create_app(initialised.with_overrides(audit_path=audit_path), keyring=keyring)
     yield app
     app.extensions[REPOSITORY].close()

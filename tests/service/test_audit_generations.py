@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from kms.app import REPOSITORY, create_app
 from kms.master import backup_database, check_database, restore_database
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from tests.helpers.audit import rechain
@@ -29,7 +29,7 @@ def audit_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def app(initialised: Settings, keyring: PassphraseKeyring, audit_path: Path) -> Iterator[Flask]:
+def app(initialised: Settings, keyring: RootKeyring, audit_path: Path) -> Iterator[Flask]:
     app = create_app(initialised.with_overrides(audit_path=audit_path), keyring=keyring)
     yield app
     app.extensions[REPOSITORY].close()

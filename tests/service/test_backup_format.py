@@ -20,7 +20,12 @@ from typing import Any
 import pytest
 
 from kms.errors import InvalidBackup
-from kms.master import backup_database, open_master_keyring, restore_database
+from kms.master import (
+    backup_database,
+    master_key_backend,
+    open_master_keyring,
+    restore_database,
+)
 from kms.service.backup import verify_backup
 from kms.settings import Settings
 from kms.store.snapshot import column_names, table_names
@@ -47,12 +52,12 @@ def retag(settings: Settings, lines: list[bytes]) -> bytes:
 
 
 def verify(settings: Settings, data: bytes) -> None:
-    verify_backup(
-        data,
-        bytearray(TEST_PASSPHRASE),
-        min_iterations=settings.kdf_floor,
-        columns=lambda table: column_names(table) if table in table_names() else None,
-    )
+    with master_key_backend(settings, bytearray(TEST_PASSPHRASE)) as backend:
+        verify_backup(
+            data,
+            backend,
+            columns=lambda table: column_names(table) if table in table_names() else None,
+        )
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from kms.errors import (
 )
 from kms.master import init_database, open_master_keyring
 from kms.service.cache import KeyMaterialCache
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import Decrypted, Encrypted, KMSService
 from kms.settings import Settings, load_settings
 from kms.store.db import create_kms_engine
@@ -42,7 +42,7 @@ def settings_for(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def opened(settings_for: Settings) -> Iterator[tuple[CountingRepository, PassphraseKeyring]]:
+def opened(settings_for: Settings) -> Iterator[tuple[CountingRepository, RootKeyring]]:
     keyring = open_master_keyring(settings_for)
     repository = CountingRepository(create_kms_engine(settings_for.database_url))
     yield repository, keyring
@@ -50,14 +50,14 @@ def opened(settings_for: Settings) -> Iterator[tuple[CountingRepository, Passphr
     keyring.close()
 
 
-def uncached(opened: tuple[CountingRepository, PassphraseKeyring], **limits: int) -> KMSService:
+def uncached(opened: tuple[CountingRepository, RootKeyring], **limits: int) -> KMSService:
     # No material cache: every load the service does reaches the repository and the keyring.
     repository, keyring = opened
     return make_service(repository, keyring, KeyMaterialCache(0), **limits)
 
 
 def test_a_batch_reads_the_key_and_loads_its_material_once(
-    opened: tuple[CountingRepository, PassphraseKeyring],
+    opened: tuple[CountingRepository, RootKeyring],
 ) -> None:
     repository, _ = opened
     service = uncached(opened)
@@ -75,7 +75,7 @@ def test_a_batch_reads_the_key_and_loads_its_material_once(
 
 
 def test_a_decrypt_batch_loads_each_version_once(
-    opened: tuple[CountingRepository, PassphraseKeyring],
+    opened: tuple[CountingRepository, RootKeyring],
 ) -> None:
     repository, _ = opened
     service = uncached(opened)
@@ -105,7 +105,7 @@ def test_a_decrypt_batch_loads_each_version_once(
 
 
 def test_sign_and_verify_batches_read_the_key_once(
-    opened: tuple[CountingRepository, PassphraseKeyring],
+    opened: tuple[CountingRepository, RootKeyring],
 ) -> None:
     repository, _ = opened
     service = uncached(opened)
@@ -122,7 +122,7 @@ def test_sign_and_verify_batches_read_the_key_once(
 
 
 def test_data_key_batches_read_the_key_once(
-    opened: tuple[CountingRepository, PassphraseKeyring],
+    opened: tuple[CountingRepository, RootKeyring],
 ) -> None:
     repository, _ = opened
     service = uncached(opened)
@@ -139,7 +139,7 @@ def test_data_key_batches_read_the_key_once(
 
 
 def test_an_item_parsed_badly_keeps_its_place(
-    opened: tuple[CountingRepository, PassphraseKeyring],
+    opened: tuple[CountingRepository, RootKeyring],
 ) -> None:
     service = uncached(opened)
     service.create_key("orders")
@@ -150,7 +150,7 @@ def test_an_item_parsed_badly_keeps_its_place(
 
 
 def test_the_key_fails_the_whole_batch(
-    opened: tuple[CountingRepository, PassphraseKeyring],
+    opened: tuple[CountingRepository, RootKeyring],
 ) -> None:
     service = uncached(opened)
     service.create_key("releases", "sign", "Ed25519")
@@ -162,7 +162,7 @@ def test_the_key_fails_the_whole_batch(
 
 
 def test_a_server_fault_fails_the_whole_batch(
-    opened: tuple[CountingRepository, PassphraseKeyring], settings_for: Settings
+    opened: tuple[CountingRepository, RootKeyring], settings_for: Settings
 ) -> None:
     """A version row changed behind kms's back is the single call's 500, not an item's error."""
     service = uncached(opened)
@@ -185,7 +185,7 @@ def test_a_server_fault_fails_the_whole_batch(
 
 
 def test_the_batch_size_is_bounded_by_the_setting(
-    opened: tuple[CountingRepository, PassphraseKeyring],
+    opened: tuple[CountingRepository, RootKeyring],
 ) -> None:
     service = uncached(opened, max_batch_items=3)
     service.create_key("orders")
@@ -215,7 +215,7 @@ def test_max_batch_items_is_a_setting(tmp_path: Path) -> None:
 
 
 def test_the_app_passes_the_setting_to_the_service(
-    initialised: Settings, keyring: PassphraseKeyring
+    initialised: Settings, keyring: RootKeyring
 ) -> None:
     app = create_app(initialised.with_overrides(max_batch_items=2), keyring=keyring)
     client = client_as(app)

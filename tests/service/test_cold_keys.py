@@ -16,7 +16,7 @@ from sqlalchemy import event
 
 from kms.master import init_database, open_master_keyring
 from kms.service.cache import KeyMaterialCache, KeyRowCache
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import trust as trust_module
 from kms.settings import Settings
 from kms.store.changes import open_changes
@@ -28,7 +28,7 @@ from tests.helpers.keystore import make_service, make_settings
 class Worker:
     """A service as a server worker has it (row cache on), with a statement log."""
 
-    def __init__(self, settings: Settings, keyring: PassphraseKeyring) -> None:
+    def __init__(self, settings: Settings, keyring: RootKeyring) -> None:
         self.engine = create_kms_engine(settings.database_url)
         # The change counters a server makes: each worker sees the other's writes at once.
         self.repository = SQLKeyRepository(
@@ -52,7 +52,7 @@ class Worker:
 
 
 @pytest.fixture
-def two_workers(initialised: Settings, keyring: PassphraseKeyring) -> Iterator[list[Worker]]:
+def two_workers(initialised: Settings, keyring: RootKeyring) -> Iterator[list[Worker]]:
     workers = [Worker(initialised, keyring) for _ in range(2)]
     yield workers
     for worker in workers:

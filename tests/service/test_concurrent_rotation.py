@@ -18,7 +18,7 @@ import pytest
 
 from kms.crypto.algorithms import SIGNING_ALGORITHMS, load_public_key, public_key_der
 from kms.crypto.wrapping import KeyIdentity
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.repository import SQLKeyRepository
@@ -83,7 +83,7 @@ def start_worker(settings: Settings, cwd: Path) -> subprocess.Popen[str]:
 def test_concurrent_rotations_from_threads_and_processes(
     tmp_path: Path,
     initialised: Settings,
-    keyring: PassphraseKeyring,
+    keyring: RootKeyring,
     repository: SQLKeyRepository,
     service: KMSService,
     service_factory: Callable[[], KMSService],

@@ -20,7 +20,7 @@ import pytest
 from kms import wsgi
 from kms.app import REPOSITORY
 from kms.devcerts import write_dev_certificates
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.settings import Settings
 from tests.helpers.tls import client_as
 
@@ -29,7 +29,7 @@ import json, os, ssl
 
 import kms.gunicorn_conf as conf
 from kms import wsgi
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.settings import Settings
 
 context = conf.ssl_context(None, lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
@@ -45,7 +45,7 @@ report = {
 # What a worker's and the master's exit hooks do to the master key they inherited.
 for hook in ("worker_exit", "on_exit"):
     buffer = bytearray(os.urandom(32))
-    wsgi.install(Settings(database_dsn="unused.db"), PassphraseKeyring(buffer))
+    wsgi.install(Settings(database_dsn="unused.db"), RootKeyring(buffer))
     getattr(conf, hook)(None, None) if hook == "worker_exit" else conf.on_exit(None)
     report[hook + "_zeroised"] = buffer == bytearray(32)
 print(json.dumps(report))
@@ -116,7 +116,7 @@ def test_exit_hooks_overwrite_the_inherited_master_key(tmp_path: Path) -> None:
 
 def test_wsgi_close_closes_the_apps_and_the_keyring(initialised: Settings) -> None:
     buffer = bytearray(os.urandom(32))
-    keyring = PassphraseKeyring(buffer)
+    keyring = RootKeyring(buffer)
     wsgi.install(initialised, keyring)
     app = wsgi.application()
     client = client_as(app)

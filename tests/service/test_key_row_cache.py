@@ -26,7 +26,7 @@ from kms.errors import (
 )
 from kms.master import destroy_due_keys
 from kms.service.cache import ROW_BASE_BYTES, KeyMaterialCache, KeyRowCache, row_bytes
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import Decrypted, KMSService
 from kms.settings import Settings
 from kms.store.changes import (
@@ -62,7 +62,7 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        keyring: PassphraseKeyring,
+        keyring: RootKeyring,
         *,
         staleness_ms: int = 1000,
         changes: KeyChanges | None = None,
@@ -96,9 +96,7 @@ class Worker:
 
 
 @pytest.fixture
-def workers(
-    initialised: Settings, keyring: PassphraseKeyring
-) -> Iterator[Callable[..., KMSService]]:
+def workers(initialised: Settings, keyring: RootKeyring) -> Iterator[Callable[..., KMSService]]:
     built: list[Worker] = []
 
     def build(**options: object) -> Worker:

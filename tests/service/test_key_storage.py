@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from kms.crypto.algorithms import ALGORITHMS, ENCRYPTION_ALGORITHMS, MAC_ALGORITHMS, Purpose
 from kms.crypto.wrapping import KeyIdentity
 from kms.errors import IntegrityFailure, UnwrapFailed
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.repository import SQLKeyRepository
@@ -112,7 +112,13 @@ def test_an_edited_wrapped_key_does_not_unwrap(
         (blob,) = conn.execute(
             "SELECT wrapped_key FROM key_versions WHERE key_id = 'edited'"
         ).fetchone()
-        for edited in (blob[:-1] + bytes([blob[-1] ^ 1]), blob[:20], b"\x04" + blob[1:]):
+        assert blob[:1] == b"\x04"  # wrap format 4; relabelled as 3 or as an unknown 5, refused
+        for edited in (
+            blob[:-1] + bytes([blob[-1] ^ 1]),
+            blob[:20],
+            b"\x03" + blob[1:],
+            b"\x05" + blob[1:],
+        ):
             conn.execute(
                 "UPDATE key_versions SET wrapped_key = ? WHERE key_id = 'edited'", (edited,)
             )
@@ -158,7 +164,7 @@ def windows(value: bytes, size: int = 16) -> list[bytes]:
 def test_no_key_material_is_stored_in_the_clear(
     initialised: Settings,
     repository: SQLKeyRepository,
-    keyring: PassphraseKeyring,
+    keyring: RootKeyring,
     service: KMSService,
 ) -> None:
     for algorithm, spec in ALGORITHMS.items():

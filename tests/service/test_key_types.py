@@ -8,14 +8,14 @@ import pytest
 
 from kms.errors import InvalidCiphertext, InvalidRequest, PurposeMismatch
 from kms.service.cache import KeyMaterialCache
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import KMSService, MACed
 from kms.store.repository import SQLKeyRepository
 from tests.helpers.keystore import make_service
 
 
 @pytest.fixture
-def capped(repository: SQLKeyRepository, keyring: PassphraseKeyring) -> KMSService:
+def capped(repository: SQLKeyRepository, keyring: RootKeyring) -> KMSService:
     """A service whose verify without a version tries only the two newest versions."""
     return make_service(repository, keyring, KeyMaterialCache(1024), verify_max_versions=2)
 

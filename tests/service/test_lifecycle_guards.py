@@ -12,16 +12,14 @@ import pytest
 
 from kms.errors import KeyPendingDeletion, KeyStateConflict
 from kms.service.cache import KeyMaterialCache
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import KMSService
 from kms.store.repository import SQLKeyRepository
 from tests.helpers.keystore import make_service
 
 
 @pytest.fixture
-def generated(
-    repository: SQLKeyRepository, keyring: PassphraseKeyring
-) -> tuple[KMSService, list[str]]:
+def generated(repository: SQLKeyRepository, keyring: RootKeyring) -> tuple[KMSService, list[str]]:
     made: list[str] = []
     service = make_service(repository, keyring, KeyMaterialCache(64), after_generation=made.append)
     return service, made

@@ -21,7 +21,7 @@ import pytest
 
 from kms.errors import IntegrityFailure
 from kms.service.cache import KeyMaterialCache
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
@@ -73,7 +73,7 @@ def database(initialised: Settings) -> Database:
 
 @pytest.fixture
 def build_service(
-    initialised: Settings, keyring: PassphraseKeyring
+    initialised: Settings, keyring: RootKeyring
 ) -> Iterator[Callable[..., KMSService]]:
     """Services on the keystore, each with its own engine and an empty cache."""
     repositories: list[SQLKeyRepository] = []

@@ -9,13 +9,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from kms.app import create_app
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.settings import Settings
 from tests.helpers.tls import client_as
 
 
 @pytest.fixture
-def app(initialised: Settings, keyring: PassphraseKeyring) -> Flask:
+def app(initialised: Settings, keyring: RootKeyring) -> Flask:
     app = create_app(initialised, keyring=keyring)
     app.add_url_rule("/v1/kms/probe/", "probe", lambda: {"probe": True})
     return app

@@ -17,7 +17,7 @@ from flask import Flask
 
 from kms.api.policy import Policy, load_policy
 from kms.app import REPOSITORY, create_app
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.settings import Settings
 from tests.helpers.tls import client_as
 
@@ -48,7 +48,7 @@ def policy(policy_file: Path) -> Policy:
 
 
 @pytest.fixture
-def app(initialised: Settings, keyring: PassphraseKeyring, policy_file: Path) -> Iterator[Flask]:
+def app(initialised: Settings, keyring: RootKeyring, policy_file: Path) -> Iterator[Flask]:
     app = create_app(initialised.with_overrides(policy_file=policy_file), keyring=keyring)
     yield app
     app.extensions[REPOSITORY].close()

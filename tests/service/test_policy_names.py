@@ -20,7 +20,7 @@ from kms.api.policy import MAX_POLICY_BYTES, Policy, load_policy
 from kms.app import REPOSITORY, create_app
 from kms.errors import ConfigurationError
 from kms.server.identity import Caller, caller_from_peer_certificate
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.settings import Settings
 from tests.helpers.tls import FakeTLSSocket
 
@@ -260,7 +260,7 @@ def test_the_certificate_gives_every_cn_its_serial_and_fingerprint() -> None:
 
 
 @pytest.fixture
-def app(initialised: Settings, keyring: PassphraseKeyring, tmp_path: Path) -> Iterator[Flask]:
+def app(initialised: Settings, keyring: RootKeyring, tmp_path: Path) -> Iterator[Flask]:
     settings = initialised.with_overrides(
         policy_file=write(tmp_path, TYPED), audit_path=tmp_path / "audit.log"
     )

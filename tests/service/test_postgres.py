@@ -17,7 +17,7 @@ import pytest
 from kms.errors import AlreadyInitialised, KeyExists, NotInitialised, WrongPassphrase
 from kms.master import init_database, open_master_keyring
 from kms.service.cache import KeyMaterialCache
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
@@ -44,7 +44,7 @@ def pg_settings(tmp_path: Path, postgres_url: str) -> Settings:
 
 
 @pytest.fixture
-def pg_keyring(pg_settings: Settings) -> Iterator[PassphraseKeyring]:
+def pg_keyring(pg_settings: Settings) -> Iterator[RootKeyring]:
     init_database(pg_settings)
     keyring = open_master_keyring(pg_settings)
     yield keyring
@@ -52,7 +52,7 @@ def pg_keyring(pg_settings: Settings) -> Iterator[PassphraseKeyring]:
 
 
 @pytest.fixture
-def pg_service(pg_settings: Settings, pg_keyring: PassphraseKeyring) -> Iterator[KMSService]:
+def pg_service(pg_settings: Settings, pg_keyring: RootKeyring) -> Iterator[KMSService]:
     repository = SQLKeyRepository(create_kms_engine(pg_settings.database_url))
     yield make_service(repository, pg_keyring, KeyMaterialCache(1024))
     repository.close()
@@ -64,7 +64,7 @@ def test_an_empty_database_is_not_initialised(pg_settings: Settings) -> None:
 
 
 def test_init_refuses_twice_and_a_wrong_passphrase_is_refused(
-    tmp_path: Path, pg_settings: Settings, pg_keyring: PassphraseKeyring
+    tmp_path: Path, pg_settings: Settings, pg_keyring: RootKeyring
 ) -> None:
     with pytest.raises(AlreadyInitialised):
         init_database(pg_settings)

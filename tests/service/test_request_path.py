@@ -23,7 +23,7 @@ from sqlalchemy import event
 from kms.api import schemas
 from kms.api.context import SERVICE
 from kms.app import REPOSITORY, create_app
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.settings import Settings
 from tests.helpers.tls import FakeTLSSocket
 
@@ -37,7 +37,7 @@ PLAINTEXT = base64.b64encode(b"attack at dawn" * 20).decode()
 
 
 @pytest.fixture
-def app(initialised: Settings, keyring: PassphraseKeyring, tmp_path: Path) -> Flask:
+def app(initialised: Settings, keyring: RootKeyring, tmp_path: Path) -> Flask:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY, encoding="utf-8")
     settings = initialised.with_overrides(policy_file=policy, audit_path=tmp_path / "audit.log")

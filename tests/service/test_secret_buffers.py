@@ -14,20 +14,19 @@ import pytest
 
 import kms.master
 from kms.errors import InvalidRequest, WrongPassphrase
-from kms.master import init_database
+from kms.master import init_database, open_master_keyring
 from kms.service.cache import KeyMaterialCache
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import KMSService
-from kms.service.keystore import open_keystore
 from kms.settings import Settings
 from kms.store.repository import SQLKeyRepository
-from tests.helpers.keystore import TEST_ITERATIONS, TEST_PASSPHRASE, make_service
+from tests.helpers.keystore import TEST_PASSPHRASE, make_service
 
 
-class RecordingKeyring(PassphraseKeyring):
+class RecordingKeyring(RootKeyring):
     """The real keyring, keeping a reference to every plaintext buffer that passes through it."""
 
-    def __init__(self, inner: PassphraseKeyring) -> None:
+    def __init__(self, inner: RootKeyring) -> None:
         self._inner = inner
         self.buffers: list[bytearray] = []
 
@@ -57,7 +56,7 @@ class RecordingKeyring(PassphraseKeyring):
 
 @pytest.mark.parametrize("algorithm", ["AES-256-GCM", "ChaCha20-Poly1305", "Ed25519", "ECDSA-P256"])
 def test_data_key_buffers_are_overwritten_after_use(
-    repository: SQLKeyRepository, keyring: PassphraseKeyring, algorithm: str
+    repository: SQLKeyRepository, keyring: RootKeyring, algorithm: str
 ) -> None:
     recording = RecordingKeyring(keyring)
     service = make_service(repository, recording, KeyMaterialCache(16))
@@ -76,17 +75,24 @@ def test_data_key_buffers_are_overwritten_after_use(
         assert buffer == bytearray(len(buffer)), "a data key buffer was left as it was"
 
 
+@pytest.mark.parametrize("passphrase", [TEST_PASSPHRASE, b"not the passphrase"])
 def test_the_passphrase_buffer_is_overwritten_after_opening(
-    repository: SQLKeyRepository, initialised: Settings
+    initialised: Settings, monkeypatch: pytest.MonkeyPatch, passphrase: bytes
 ) -> None:
-    passphrase = bytearray(TEST_PASSPHRASE)
-    open_keystore(repository, passphrase, min_iterations=TEST_ITERATIONS).keyring.close()
-    assert passphrase == bytearray(len(TEST_PASSPHRASE))
+    handed_out: list[bytearray] = []
 
-    wrong = bytearray(b"not the passphrase")
-    with pytest.raises(WrongPassphrase):
-        open_keystore(repository, wrong, min_iterations=TEST_ITERATIONS)
-    assert wrong == bytearray(len(b"not the passphrase"))
+    def obtain(path: Path | None) -> bytearray:
+        handed_out.append(bytearray(passphrase))
+        return handed_out[-1]
+
+    monkeypatch.setattr(kms.master, "obtain_passphrase", obtain)
+    if passphrase == TEST_PASSPHRASE:
+        open_master_keyring(initialised).close()
+    else:
+        with pytest.raises(WrongPassphrase):
+            open_master_keyring(initialised)
+    assert len(handed_out) == 1
+    assert handed_out[0] == bytearray(len(passphrase))
 
 
 def test_the_passphrase_buffer_is_overwritten_after_init(
@@ -108,7 +114,7 @@ def test_the_passphrase_buffer_is_overwritten_after_init(
 
 @pytest.mark.parametrize("operation", ["delete", "recreate"])
 def test_loaded_material_of_a_changed_key_leaves_the_cache(
-    repository: SQLKeyRepository, keyring: PassphraseKeyring, operation: str
+    repository: SQLKeyRepository, keyring: RootKeyring, operation: str
 ) -> None:
     """The cache never serves stale material (its keys carry the incarnation), but a delete or
     recreate also drops what it held for the key, so no loaded key outlives its row in this

@@ -19,7 +19,7 @@ from kms.audit import GENESIS_HASH, AuditLog
 from kms.audit_verify import verify_files
 from kms.errors import ConfigurationError
 from kms.server.identity import Caller
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.settings import Settings
 from tests.helpers.audit import KEY
 from tests.helpers.tls import FakeTLSSocket
@@ -38,7 +38,7 @@ clients:
 
 
 @pytest.fixture
-def app(initialised: Settings, keyring: PassphraseKeyring, tmp_path: Path) -> Flask:
+def app(initialised: Settings, keyring: RootKeyring, tmp_path: Path) -> Flask:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY, encoding="utf-8")
     settings = initialised.with_overrides(policy_file=policy, audit_path=tmp_path / "audit.log")
@@ -156,9 +156,7 @@ def test_the_chain_starts_at_genesis_and_links_each_line(tmp_path: Path) -> None
     assert failure is not None and failure.line == 3
 
 
-def test_readyz_says_when_the_master_key_is_not_loaded(
-    app: Flask, keyring: PassphraseKeyring
-) -> None:
+def test_readyz_says_when_the_master_key_is_not_loaded(app: Flask, keyring: RootKeyring) -> None:
     client = app.test_client()
     client.environ_base["gunicorn.socket"] = FakeTLSSocket("stranger", alt_names=())
     assert client.get("/readyz").get_json() == {"status": "ready"}  # no policy rule needed

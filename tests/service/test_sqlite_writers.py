@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import event
 
 from kms.app import REPOSITORY, create_app
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.changes import open_changes
@@ -141,7 +141,7 @@ def test_other_engines_checkpoint_as_sqlite_does_by_default(
 
 
 def test_a_server_worker_runs_a_checkpointer_and_stops_it_on_close(
-    initialised: Settings, keyring: PassphraseKeyring
+    initialised: Settings, keyring: RootKeyring
 ) -> None:
     before = set(threading.enumerate())
     app = create_app(initialised, keyring=keyring)

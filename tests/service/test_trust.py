@@ -15,7 +15,7 @@ import pytest
 
 from kms.errors import InvalidCiphertext, KeyDisabled, KeyNotFound, VersionBelowMinimum
 from kms.service.cache import KeyMaterialCache, KeyRowCache
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import KMSService
 from kms.store.records import utc_now
 from kms.store.repository import SQLKeyRepository
@@ -23,7 +23,7 @@ from tests.helpers.keystore import make_service
 
 
 @pytest.fixture
-def cached(repository: SQLKeyRepository, keyring: PassphraseKeyring) -> KMSService:
+def cached(repository: SQLKeyRepository, keyring: RootKeyring) -> KMSService:
     rows = KeyRowCache(60_000, lambda _key_id: 0)
     return make_service(repository, keyring, KeyMaterialCache(64), rows=rows)
 

@@ -15,7 +15,7 @@ import pytest
 
 from kms.errors import InvalidRequest
 from kms.service.cache import KeyMaterialCache
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import KMSService
 from kms.service.keys.limits import block_size
 from kms.settings import Settings
@@ -26,7 +26,7 @@ from tests.helpers.keystore import make_service
 
 @pytest.fixture
 def service_with_block(
-    initialised: Settings, keyring: PassphraseKeyring
+    initialised: Settings, keyring: RootKeyring
 ) -> Iterator[Callable[[int], KMSService]]:
     repositories: list[SQLKeyRepository] = []
 
@@ -83,7 +83,7 @@ def test_the_nth_encryption_is_the_last_of_its_version(
 
 @pytest.mark.parametrize(("limit", "block"), [(3, 1), (16, 2)])
 def test_a_limit_set_on_the_service_applies_alike(
-    initialised: Settings, keyring: PassphraseKeyring, limit: int, block: int
+    initialised: Settings, keyring: RootKeyring, limit: int, block: int
 ) -> None:
     repository = SQLKeyRepository(create_kms_engine(initialised.database_url))
     try:

@@ -15,7 +15,7 @@ import pytest
 from kms.app import create_app
 from kms.errors import ConfigurationError, InvalidRequest, KeyNotFound, TooManyVersions
 from kms.service.cache import KeyMaterialCache
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys import KMSService
 from kms.service.keys.validation import KEY_DETAIL_VERSIONS
 from kms.settings import Settings, load_settings
@@ -35,13 +35,13 @@ def counting(initialised: Settings) -> Iterator[CountingRepository]:
     repository.close()
 
 
-def build(repository: SQLKeyRepository, keyring: PassphraseKeyring, **limits: int) -> KMSService:
+def build(repository: SQLKeyRepository, keyring: RootKeyring, **limits: int) -> KMSService:
     # An empty cache each time: every version verify tries is read from the repository.
     return make_service(repository, keyring, KeyMaterialCache(0), **limits)
 
 
 @pytest.fixture
-def rotated(counting: CountingRepository, keyring: PassphraseKeyring) -> dict[int, bytes]:
+def rotated(counting: CountingRepository, keyring: RootKeyring) -> dict[int, bytes]:
     """A signing key rotated 200 times (versions 1..201); the signature each version made."""
     service = build(counting, keyring)
     service.create_key("busy", "sign", "Ed25519")
@@ -54,7 +54,7 @@ def rotated(counting: CountingRepository, keyring: PassphraseKeyring) -> dict[in
 
 
 def test_a_bad_signature_tries_only_the_newest_16_versions(
-    counting: CountingRepository, keyring: PassphraseKeyring, rotated: dict[int, bytes]
+    counting: CountingRepository, keyring: RootKeyring, rotated: dict[int, bytes]
 ) -> None:
     service = build(counting, keyring)
     counting.versions_read.clear()
@@ -64,7 +64,7 @@ def test_a_bad_signature_tries_only_the_newest_16_versions(
 
 
 def test_the_16th_newest_version_verifies_and_the_17th_does_not(
-    counting: CountingRepository, keyring: PassphraseKeyring, rotated: dict[int, bytes]
+    counting: CountingRepository, keyring: RootKeyring, rotated: dict[int, bytes]
 ) -> None:
     service = build(counting, keyring)
     accepted = service.verify("busy", MESSAGE, rotated[186])
@@ -75,7 +75,7 @@ def test_the_16th_newest_version_verifies_and_the_17th_does_not(
 
 
 def test_verify_max_versions_is_configurable(
-    counting: CountingRepository, keyring: PassphraseKeyring, rotated: dict[int, bytes]
+    counting: CountingRepository, keyring: RootKeyring, rotated: dict[int, bytes]
 ) -> None:
     service = build(counting, keyring, verify_max_versions=4)
     assert service.verify("busy", MESSAGE, rotated[198]).valid
@@ -85,7 +85,7 @@ def test_verify_max_versions_is_configurable(
 
 
 def test_key_detail_lists_the_newest_100_versions(
-    counting: CountingRepository, keyring: PassphraseKeyring, rotated: dict[int, bytes]
+    counting: CountingRepository, keyring: RootKeyring, rotated: dict[int, bytes]
 ) -> None:
     detail = build(counting, keyring).get_key("busy")
     assert detail.version == 201
@@ -94,7 +94,7 @@ def test_key_detail_lists_the_newest_100_versions(
 
 
 def test_list_versions_pages_through_all_201(
-    counting: CountingRepository, keyring: PassphraseKeyring, rotated: dict[int, bytes]
+    counting: CountingRepository, keyring: RootKeyring, rotated: dict[int, bytes]
 ) -> None:
     service = build(counting, keyring)
     seen: list[int] = []
@@ -120,7 +120,7 @@ def test_list_versions_of_an_unknown_key_is_not_found(service: KMSService) -> No
 
 
 def test_rotation_past_max_versions_is_refused(
-    counting: CountingRepository, keyring: PassphraseKeyring
+    counting: CountingRepository, keyring: RootKeyring
 ) -> None:
     service = build(counting, keyring, max_versions=3)
     service.create_key("capped")
@@ -136,7 +136,7 @@ def test_rotation_past_max_versions_is_refused(
 
 
 def test_the_limit_is_checked_again_under_the_rows_write_lock(
-    counting: CountingRepository, keyring: PassphraseKeyring
+    counting: CountingRepository, keyring: RootKeyring
 ) -> None:
     # A rotation that passed the service's first check before another one landed still stops
     # when it reads the row under its write lock; nothing is written.
@@ -184,7 +184,7 @@ def test_a_bad_limit_names_the_setting(tmp_path: Path, key: str, value: object) 
 
 
 def test_rotation_past_the_limit_is_a_409_with_the_reason(
-    initialised: Settings, keyring: PassphraseKeyring
+    initialised: Settings, keyring: RootKeyring
 ) -> None:
     app = create_app(initialised.with_overrides(max_versions=2), keyring=keyring)
     client = client_as(app)

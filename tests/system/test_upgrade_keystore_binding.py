@@ -142,12 +142,13 @@ def test_the_previous_release_upgrades_in_place_and_its_keys_keep_working(
     assert service.verify("signer", b"message", bytes.fromhex(made["signature"])).valid
     assert service.get_key("paused").state == "disabled"
     assert service.rotate_key("orders").version == 3
-    # A new wrap is format 3 (bound to the keystore id); the old ones still unwrap.
+    # A new wrap is format 4 (bound to the keystore id, under the HKDF wrapping key); the old
+    # ones still unwrap.
     formats = rows(
         old_settings,
         "SELECT version, wrapped_key FROM key_versions WHERE key_id = 'orders' ORDER BY version",
     )
-    assert [bytes(blob)[:1] for _, blob in formats] == [b"\x02", b"\x02", b"\x03"]
+    assert [bytes(blob)[:1] for _, blob in formats] == [b"\x02", b"\x02", b"\x04"]
     assert check_database(old_settings).epoch == 2
 
 
@@ -177,6 +178,7 @@ def test_the_previous_marker_put_back_is_an_alarm_not_an_upgrade(
 ) -> None:
     run_in_release(unbound_release, UNBOUND_RELEASE_SCRIPT, old_settings, TEST_ITERATIONS)
     old_marker = metadata(old_settings, "init_marker")
+    old_kdf_parameters = metadata(old_settings, "kdf_parameters")
     upgrade_database(old_settings)
     sql(old_settings, "UPDATE keys SET state = 'enabled' WHERE key_id = 'paused'")  # the goal
     sql(old_settings, "UPDATE kms_metadata SET value = :v WHERE name = 'init_marker'", v=old_marker)
@@ -185,8 +187,17 @@ def test_the_previous_marker_put_back_is_an_alarm_not_an_upgrade(
         open_master_keyring(old_settings)
     with pytest.raises(KeystoreTampered, match="older marker was put back"):
         upgrade_database(old_settings)
-    # Without the keystore id and epoch rows, the format-2 MACs still give it away.
+    # Without the keystore id and epoch rows, the sealed root secret gives it away.
     sql(old_settings, "DELETE FROM kms_metadata WHERE name IN ('keystore_id', 'epoch')")
+    with pytest.raises(KeystoreTampered, match="older rows were put back"):
+        upgrade_database(old_settings)
+    # And without it too (the old KDF parameters put back), the format-2 MACs still do.
+    sql(old_settings, "DELETE FROM kms_metadata WHERE name = 'root_secret'")
+    sql(
+        old_settings,
+        "UPDATE kms_metadata SET value = :v WHERE name = 'kdf_parameters'",
+        v=old_kdf_parameters,
+    )
     with pytest.raises(IntegrityFailure) as excinfo:
         upgrade_database(old_settings)
     assert "MAC does not match" in excinfo.value.detail
@@ -229,7 +240,7 @@ def test_the_pre_mac_marker_put_back_on_a_sealed_keystore_is_an_alarm(
     with pytest.raises(KeystoreTampered):
         upgrade_database(old_settings)
     sql(old_settings, "DELETE FROM kms_metadata WHERE name IN ('keystore_id', 'epoch')")
-    with pytest.raises(KeystoreTampered, match="rows carry MACs"):
+    with pytest.raises(KeystoreTampered, match="older rows were put back"):
         upgrade_database(old_settings)
-    with pytest.raises(KeystoreTampered, match="rows carry MACs"):
+    with pytest.raises(KeystoreTampered, match="older rows were put back"):
         open_master_keyring(old_settings)

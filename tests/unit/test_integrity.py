@@ -24,13 +24,14 @@ from kms.crypto.wrapping import (
     WRAP_FORMAT_V1,
     WRAP_FORMAT_V2,
     WRAP_FORMAT_V3,
+    WRAP_FORMAT_V4,
     KeyIdentity,
     unwrap_key,
     wrap_key,
 )
 from kms.errors import IntegrityFailure, UnwrapFailed
 from kms.service.integrity import encode_key_row, encode_version_row
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.store.records import KeyRecord
 
 MASTER = bytearray(range(32))
@@ -195,7 +196,7 @@ def test_record_mac_refuses_a_wrong_or_missing_tag() -> None:
 
 
 def test_the_keyring_macs_with_the_derived_key_not_the_master_key() -> None:
-    keyring = PassphraseKeyring(bytearray(MASTER), KEYSTORE_ID)
+    keyring = RootKeyring(bytearray(MASTER), KEYSTORE_ID)
     try:
         tag = keyring.tag(b"row")
         bound = keystore_binding(KEYSTORE_ID) + b"row"
@@ -209,7 +210,7 @@ def test_the_keyring_macs_with_the_derived_key_not_the_master_key() -> None:
 def test_a_row_tagged_in_one_keystore_fails_in_another_with_the_same_master_key() -> None:
     """A restored copy shares the master key; the keystore id it was made with still tells
     its rows apart, and a format-1 tag (before keystore binding) is refused outside upgrade."""
-    one, other = (PassphraseKeyring(bytearray(MASTER), ident) for ident in (b"1" * 16, b"2" * 16))
+    one, other = (RootKeyring(bytearray(MASTER), ident) for ident in (b"1" * 16, b"2" * 16))
     try:
         with pytest.raises(IntegrityFailure):
             other.verify_tag(b"row", one.tag(b"row"), "row")
@@ -218,7 +219,7 @@ def test_a_row_tagged_in_one_keystore_fails_in_another_with_the_same_master_key(
             one.verify_tag(b"row", legacy, "row")
         one.verify_legacy_tag(b"row", legacy, "row")
         blob = one.wrap(b"k" * 32, IDENTITY)
-        assert blob[:1] == WRAP_FORMAT_V3
+        assert blob[:1] == WRAP_FORMAT_V4
         assert one.unwrap(blob, IDENTITY) == bytearray(b"k" * 32)
         with pytest.raises(UnwrapFailed):
             other.unwrap(blob, IDENTITY)
@@ -242,11 +243,12 @@ def test_a_wrapped_key_does_not_unwrap_under_another_incarnation() -> None:
         dataclasses.replace(IDENTITY, algorithm="ChaCha20-Poly1305"),
     ):
         with pytest.raises(UnwrapFailed):
-            unwrap_key(master, blob, other, KEYSTORE_ID)
-    # Relabelling the blob as an older format switches to its AAD, which does not match either.
-    for older in (WRAP_FORMAT_V1, WRAP_FORMAT_V2):
+            unwrap_key(master, blob, other, KEYSTORE_ID, master)
+    # Relabelling the blob as an older format switches to its AAD (and its key: here the same
+    # one, the harder case), which does not match either.
+    for older in (WRAP_FORMAT_V1, WRAP_FORMAT_V2, WRAP_FORMAT_V3):
         with pytest.raises(UnwrapFailed):
-            unwrap_key(master, older + blob[1:], IDENTITY, KEYSTORE_ID)
+            unwrap_key(master, older + blob[1:], IDENTITY, KEYSTORE_ID, master)
 
 
 def test_a_previous_release_blob_still_unwraps_under_its_identity() -> None:
@@ -254,9 +256,11 @@ def test_a_previous_release_blob_still_unwraps_under_its_identity() -> None:
     old_aad = encode_aad(b"kms/wrapped-key/v1", "orders", 1, "encrypt", "AES-256-GCM")
     nonce = os.urandom(12)
     blob = WRAP_FORMAT_V1 + nonce + master.encrypt(nonce, b"k" * 32, old_aad)
-    assert unwrap_key(master, blob, IDENTITY) == bytearray(b"k" * 32)
+    assert unwrap_key(master, blob, IDENTITY, legacy=master) == bytearray(b"k" * 32)
     with pytest.raises(UnwrapFailed):
-        unwrap_key(master, blob, dataclasses.replace(IDENTITY, version=2))
+        unwrap_key(master, blob, dataclasses.replace(IDENTITY, version=2), legacy=master)
+    with pytest.raises(UnwrapFailed):  # without the root secret, no format-1 blob unwraps
+        unwrap_key(master, blob, IDENTITY)
 
 
 def test_booleans_encode_as_known_bytes() -> None:

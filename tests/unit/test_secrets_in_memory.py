@@ -11,8 +11,10 @@ from kms.crypto.wrapping import KeyIdentity
 from kms.errors import WrongPassphrase
 from kms.service import keyring as keyring_module
 from kms.service import keystore as keystore_module
-from kms.service.keyring import PassphraseKeyring, zeroise
+from kms.service import masterkey as masterkey_module
+from kms.service.keyring import RootKeyring, zeroise
 from kms.service.keys import Decrypted
+from kms.service.masterkey import PassphraseBackend
 
 PLAINTEXT = b"the plaintext must stay out of repr"
 
@@ -36,7 +38,7 @@ def test_zeroise_overwrites_every_byte_in_place() -> None:
 
 def test_closing_the_keyring_overwrites_the_master_key_and_refuses_further_use() -> None:
     master_key = bytearray(os.urandom(32))
-    keyring = PassphraseKeyring(master_key, b"i" * 16)
+    keyring = RootKeyring(master_key, b"i" * 16)
     aad = KeyIdentity("k", 1, "encrypt", "AES-256-GCM", "0" * 32)
     blob = keyring.wrap(b"\x01" * 32, aad)
     assert keyring.unwrap(blob, aad) == bytearray(b"\x01" * 32)
@@ -53,7 +55,7 @@ def test_closing_the_keyring_overwrites_the_master_key_and_refuses_further_use()
 
 def test_closing_the_keyring_also_closes_its_row_mac_and_refuses_a_backup_mac() -> None:
     """Found by ``make mutants``: only wrap and unwrap were checked after close."""
-    keyring = PassphraseKeyring(bytearray(os.urandom(32)), b"i" * 16)
+    keyring = RootKeyring(bytearray(os.urandom(32)), b"i" * 16)
     keyring.verify_tag(b"row", keyring.tag(b"row"), "row")  # the control: open, it tags
     keyring.backup_mac().close()
 
@@ -68,24 +70,26 @@ def test_closing_the_keyring_also_closes_its_row_mac_and_refuses_a_backup_mac() 
 def test_the_derived_mac_keys_are_overwritten_once_handed_to_hmac(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The row-MAC and backup keys (HKDF of the master key) live in buffers kms overwrites.
+    """The wrapping, row-MAC and backup keys (HKDF of the root secret) live in buffers kms
+    overwrites.
 
-    A spy around ``derive_mac_key`` keeps each buffer it returns, so the test can look at them
+    A spy around ``derive_key`` keeps each buffer it returns, so the test can look at them
     after the keyring is done with them. Found by ``make mutants``.
     """
     derived: list[bytearray] = []
-    real_derive = keyring_module.derive_mac_key
+    real_derive = keyring_module.derive_key
 
     def spy(*args: object) -> bytearray:
         buffer = real_derive(*args)
         derived.append(buffer)
         return buffer
 
-    monkeypatch.setattr(keyring_module, "derive_mac_key", spy)
-    keyring = PassphraseKeyring(bytearray(os.urandom(32)), b"i" * 16)
+    monkeypatch.setattr(keyring_module, "derive_key", spy)
+    keyring = RootKeyring(bytearray(os.urandom(32)), b"i" * 16)
     backup = keyring.backup_mac()
     try:
-        assert len(derived) == 2
+        assert len(derived) == 3
+
         assert all(len(buffer) == 32 and buffer == bytearray(32) for buffer in derived)
         assert backup.tag(b"row") != keyring.tag(b"row")  # two keys, both still usable
     finally:
@@ -103,34 +107,39 @@ class _StoredKeystore:
         return self.stored
 
 
-def test_the_master_keys_of_init_and_of_a_refused_open_are_overwritten(
+def _backend(passphrase: bytes) -> PassphraseBackend:
+    return PassphraseBackend(bytearray(passphrase), 1000, min_iterations=1000)
+
+
+def test_the_passphrase_keys_of_init_and_of_opens_are_overwritten(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``kms init`` derives a master key only to wrap the marker, and an open with the wrong
-    passphrase derives one that proves nothing: both buffers are overwritten before returning.
+    """The key PBKDF2 derives from the passphrase only seals or opens the root secret: at
+    ``kms init``, at an open with the wrong passphrase and at a good one, the buffer is
+    overwritten before returning; the root secret the keyring keeps, only on close.
 
     A spy around ``derive_master_key`` keeps the buffers. Found by ``make mutants``.
     """
     derived: list[bytearray] = []
-    real_derive = keystore_module.derive_master_key
+    real_derive = masterkey_module.derive_master_key
 
     def spy(*args: object) -> bytearray:
         buffer = real_derive(*args)
         derived.append(buffer)
         return buffer
 
-    monkeypatch.setattr(keystore_module, "derive_master_key", spy)
-    stored = keystore_module.new_keystore(bytearray(b"right"), 1000, min_iterations=1000)
+    monkeypatch.setattr(masterkey_module, "derive_master_key", spy)
+    stored = keystore_module.new_keystore(_backend(b"right"))
     assert len(derived) == 1 and derived[0] == bytearray(len(derived[0]))
 
     with pytest.raises(WrongPassphrase):
-        keystore_module.open_keystore(
-            _StoredKeystore(stored), bytearray(b"wrong"), min_iterations=1000
-        )
+        keystore_module.open_keystore(_StoredKeystore(stored), _backend(b"wrong"))
     assert len(derived) == 2 and derived[1] == bytearray(len(derived[1]))
 
-    opened = keystore_module.open_keystore(
-        _StoredKeystore(stored), bytearray(b"right"), min_iterations=1000
-    )
-    assert derived[2] != bytearray(len(derived[2]))  # the control: an open keyring keeps its key
+    opened = keystore_module.open_keystore(_StoredKeystore(stored), _backend(b"right"))
+    assert len(derived) == 3 and derived[2] == bytearray(len(derived[2]))
+    root_secret = opened.keyring.root_secret()
+    assert root_secret != bytearray(len(root_secret))  # the control: an open keyring keeps it
     opened.keyring.close()
+    with pytest.raises(RuntimeError):
+        opened.keyring.root_secret()

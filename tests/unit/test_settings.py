@@ -672,6 +672,8 @@ def sample(declaration: Declaration) -> Any:
         return 2.5
     if "example" in field.metadata:  # text of a given form
         return field.metadata["example"]
+    if "choices" in field.metadata:
+        return next(choice for choice in field.metadata["choices"] if choice != declaration.default)
     # Text, file paths and the DSN: any non-empty text loads.
     return "example"
 
@@ -699,3 +701,17 @@ def test_every_setting_is_read_from_its_key_and_from_its_variable(
     environ = {declaration.variable: text}
     from_environment = settings_from_mapping(BASE_DOCUMENT, environ, "t.yaml")
     assert getattr(from_environment, declaration.attribute) == expected
+
+
+def test_the_master_key_backend_is_one_of_two_and_the_hsm_pin_never_an_environment_variable(
+    in_tmp: Path,
+) -> None:
+    with pytest.raises(ConfigurationError, match="kms.master_key.backend: must be one of"):
+        settings_from_mapping(document_setting("kms.master_key.backend", "vault"), {}, "t.yaml")
+    for variable in ("KMS_KMS_MASTER_KEY_PIN", "KMS_MASTER_KEY_PIN", "KMS_HSM_PIN"):
+        with pytest.raises(ConfigurationError, match="PIN is never read from the environment"):
+            settings_from_mapping(BASE_DOCUMENT, {variable: "1234"}, "t.yaml")
+    pin_file = settings_from_mapping(
+        BASE_DOCUMENT, {"KMS_KMS_MASTER_KEY_PIN_FILE": str(in_tmp / "pin")}, "t.yaml"
+    ).pkcs11_pin_file
+    assert pin_file == in_tmp / "pin"

@@ -20,10 +20,10 @@ AAD = KeyIdentity("k", 1, "encrypt", "AES-256-GCM", "0" * 32).aad(keystore_id=b"
 
 @pytest.mark.parametrize("length", range(0, 30))
 def test_short_or_garbage_blobs_are_refused_with_unwrap_failed(length: int) -> None:
-    for first in (b"\x01", b"\x02", b"\x03"):
+    for first in (b"\x01", b"\x02", b"\x03", b"\x04"):
         blob = (first + os.urandom(length))[:length]
         with pytest.raises(UnwrapFailed):
-            unwrap_key(MASTER, blob, AAD)
+            unwrap_key(MASTER, blob, AAD, legacy=MASTER)
 
 
 def test_the_shortest_valid_blob_wraps_nothing() -> None:
@@ -31,12 +31,13 @@ def test_the_shortest_valid_blob_wraps_nothing() -> None:
     length check."""
     blob = wrap_key(MASTER, b"", AAD)
     assert len(blob) == 29
-    assert blob[:1] == b"\x03"
+    assert blob[:1] == b"\x04"
     assert unwrap_key(MASTER, blob, AAD) == bytearray()
 
 
 def test_a_blob_of_another_format_version_is_refused() -> None:
     blob = wrap_key(MASTER, b"\x07" * 32, AAD)
     assert unwrap_key(MASTER, blob, AAD) == bytearray(b"\x07" * 32)
-    with pytest.raises(UnwrapFailed):
-        unwrap_key(MASTER, b"\x04" + blob[1:], AAD)
+    for other in (b"\x05", b"\x00", b"\xff"):
+        with pytest.raises(UnwrapFailed):
+            unwrap_key(MASTER, other + blob[1:], AAD, legacy=MASTER)

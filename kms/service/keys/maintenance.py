@@ -97,7 +97,7 @@ class KeyMaintenance:
 
     def check_ready(self) -> None:
         """Raise unless the database answers and the master key unwraps the init marker."""
-        _, marker = self._repository.read_keystore()
+        marker = self._repository.read_keystore()
         zeroise(self._keyring.unwrap(marker, init_marker_aad(self._keyring.keystore_id)))
 
     def key_counts_by_state(self) -> dict[str, int]:
