@@ -186,7 +186,9 @@ def test_a_backup_of_another_keystore_is_refused(initialised: Settings, tmp_path
     (tmp_path / "other").mkdir()
     other = dataclasses.replace(
         make_settings(tmp_path / "other"),
-        master_passphrase_file=write_passphrase_file(tmp_path / "other" / "p", b"another one"),
+        master_passphrase_file=write_passphrase_file(
+            tmp_path / "other" / "p", b"another keystore's passphrase"
+        ),
     )
     init_database(other)
     fill(other)
