@@ -365,7 +365,8 @@ class BackupResult:
 def backup_database(
     settings: Settings, target: Path, progress: Progress | None = None
 ) -> BackupResult:
-    """``kms backup FILE``: a consistent snapshot of the whole database, tagged, mode 0600.
+    """``kms backup FILE``: a consistent snapshot of the whole database, encrypted and
+    authenticated under a key derived from the master key (kms.service.backup), mode 0600.
 
     Safe while servers run (one read transaction). Written to a private temporary file beside
     ``target`` and linked into place only when complete and synced: killed at any point, there
@@ -376,11 +377,11 @@ def backup_database(
         raise BackupError(f"refusing to overwrite {target}; choose a new file name")
     with _engine(settings, "back up") as (name, engine):
         repository = SQLKeyRepository(engine)
-        repository.read_keystore()
+        kdf_parameters, _ = repository.read_keystore()
         _require_current_schema(name, engine)
         keyring = _open(settings, name, repository).keyring
         try:
-            writer = BackupWriter(keyring)
+            writer = BackupWriter(keyring, kdf_parameters)
         finally:
             keyring.close()
         directory = target.parent if str(target.parent) else Path(".")

@@ -1,8 +1,27 @@
 """The backup file format, and the rules for trusting one.
 
-A backup is UTF-8 JSON lines:
+A backup (``kms-backup/3``) is a cleartext header line, then a document sealed under a key of its
+own:
 
-1. ``{"format": "kms-backup/1", "schema": "<alembic revision>", "rows": N}``
+1. The header, canonical JSON (sorted keys, no spaces) and a newline:
+   ``{"format": "kms-backup/3", "kdf": "$pbkdf2-sha256$i=<n>,l=32$<salt>", "keystore_id":
+   "<base64>", "salt": "<base64, 32 bytes>"}``.
+2. The document, sealed in chunks (kms.crypto.stream: AES-256-GCM, STREAM) under the backup
+   encryption key ``HKDF-SHA256(master key, salt = the header's salt, info =
+   "kms/backup-encryption/v1" || keystore binding)``, with the header line as every chunk's
+   associated data. The salt is new for every backup.
+
+The header is all that is readable without the passphrase, and is what a restore into an empty
+database needs before it can derive anything: the KDF parameters (algorithm, iteration count and
+the keystore's salt) turn the passphrase into the master key, the keystore id binds the key, and
+the salt makes it the file's own. None of it is secret: the salt and the iteration count only set
+the cost of a guess (PBKDF2, 600,000 iterations at least), and any passphrase-encrypted file can
+be attacked offline by guessing at that cost; the init marker, the key ids, labels, descriptions,
+callers, counters, times, the row count and the schema revision are all inside.
+
+The document is a ``kms-backup/2`` backup, as earlier releases wrote it, UTF-8 JSON lines:
+
+1. ``{"format": "kms-backup/2", "schema": "<alembic revision>", "rows": N}``
 2. N row lines ``{"table": "<name>", "row": {<column>: <value>}}``, tables parents-first, rows in
    primary-key order. Values: JSON null, integers and strings as themselves; bytes as
    ``{"b64": "..."}``; times as ``{"time": "<ISO 8601, UTC>"}``.
@@ -11,14 +30,18 @@ A backup is UTF-8 JSON lines:
    every byte before this line. Format ``kms-backup/1`` (before keystore binding) had the same
    tag unbound; this kms restores only schema revisions of its own, which no such backup has.
 
+A ``kms-backup/2`` file alone (taken before format 3) still restores, checked as before: it is
+authenticated but not encrypted (destroy such files once a newer backup exists).
+
 Nothing in it is unwrapped: the key versions are the wrapped blobs the database holds, under the
-master key, and the master key is derived from the passphrase and the KDF parameters in the
-backup's own ``kms_metadata`` rows. So restoring needs the passphrase of the keystore the backup
-was taken from; with any other (another keystore's), the init marker does not unwrap and the
-backup is refused. The keystore id comes from the backup's own rows and binds the init marker
-and the tag: a backup whose rows were swapped for another keystore's fails. The tag covers the
-whole file: a line truncated, edited, removed, added or
-moved changes it. Nothing is written before the tag has been checked.
+master key. Restoring a format-3 file derives the master key from the passphrase and the
+header's KDF parameters; a wrong passphrase, another keystore's, a changed header or any changed,
+moved, dropped or added byte makes the stream fail to open, before any of the document is parsed.
+The document's own ``kms_metadata`` rows must then name the header's KDF parameters and keystore
+id, its init marker must unwrap (the passphrase proven) and its tag must match. (For a format-2
+file the master key derives from the document's own KDF parameters.) The keystore id binds the
+encryption key, the init marker and the tag: a backup whose rows were swapped for another
+keystore's fails. Nothing is written before all of it has been checked.
 """
 
 from __future__ import annotations
@@ -27,18 +50,24 @@ import base64
 import binascii
 import hmac
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from kms.crypto.kdf import KDFParameters, derive_master_key
-from kms.errors import InvalidBackup, InvalidKDFParameters, UnwrapFailed
+from kms.crypto.stream import CHUNK_BYTES, STREAM_SALT_BYTES, StreamSealer, open_stream
+from kms.errors import BackupError, InvalidBackup, InvalidKDFParameters, UnwrapFailed
 from kms.service.keyring import PassphraseKeyring, zeroise
 from kms.service.keystore import init_marker_aad
+from kms.store.models import kms_metadata
 from kms.store.records import INIT_MARKER, KDF_PARAMETERS, KEYSTORE_ID
 
-FORMAT = "kms-backup/2"
+#: The file: a cleartext header and the document, sealed.
+FORMAT = "kms-backup/3"
+#: The document inside (and, alone, a backup taken before format 3: authenticated only).
+DOCUMENT_FORMAT = "kms-backup/2"
 Row = dict[str, Any]
 
 
@@ -72,32 +101,60 @@ def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8") + b"\n"
 
 
-class BackupWriter:
-    """Builds a backup's bytes line by line and seals them with the tag."""
+def file_header(kdf_parameters: bytes, keystore_id: bytes, salt: bytes) -> bytes:
+    """A format-3 file's cleartext header line."""
+    return _line(
+        {
+            "format": FORMAT,
+            "kdf": kdf_parameters.decode("ascii"),
+            "keystore_id": base64.b64encode(keystore_id).decode("ascii"),
+            "salt": base64.b64encode(salt).decode("ascii"),
+        }
+    )
 
-    def __init__(self, keyring: PassphraseKeyring) -> None:
+
+class BackupWriter:
+    """Builds a backup's bytes as the rows come: each call returns what to write next (the
+    sealed chunks that are full; the cleartext header first). Holds at most one chunk of the
+    document, never the whole of it."""
+
+    def __init__(self, keyring: PassphraseKeyring, kdf_parameters: bytes) -> None:
+        self._kdf_parameters = kdf_parameters
+        self._keystore_id = keyring.keystore_id
+        salt = os.urandom(STREAM_SALT_BYTES)
+        self._header = file_header(kdf_parameters, keyring.keystore_id, salt)
+        self._sealer = StreamSealer(keyring.backup_cipher(salt), self._header, CHUNK_BYTES)
         self._mac = keyring.backup_mac()
-        self._parts: list[bytes] = []
+        self._tag = self._mac.running()
 
     def header(self, schema: str, rows: int) -> bytes:
-        return self._add(_line({"format": FORMAT, "schema": schema, "rows": rows}))
+        """The cleartext header, and the document's own header line (sealed)."""
+        first = self._add(_line({"format": DOCUMENT_FORMAT, "schema": schema, "rows": rows}))
+        return self._header + first
 
     def row(self, table: str, row: Row) -> bytes:
+        if table == kms_metadata.name and row.get("name") in (KDF_PARAMETERS, KEYSTORE_ID):
+            expected = {KDF_PARAMETERS: self._kdf_parameters, KEYSTORE_ID: self._keystore_id}
+            if row.get("value") != expected[row["name"]]:
+                raise BackupError(
+                    "the keystore was rekeyed while the backup was taken; take it again"
+                )
         return self._add(
             _line({"table": table, "row": {k: _encode_value(v) for k, v in row.items()}})
         )
 
     def seal(self) -> bytes:
-        """The tag line; the writer is closed after it."""
+        """The document's tag line and the last chunk; the writer is closed after it."""
         try:
-            tag = self._mac.tag(b"".join(self._parts))
+            tag = self._tag.tag()
         finally:
             self._mac.close()
-        return _line({"tag": base64.b64encode(tag).decode("ascii")})
+        last = _line({"tag": base64.b64encode(tag).decode("ascii")})
+        return self._sealer.update(last) + self._sealer.finish()
 
     def _add(self, line: bytes) -> bytes:
-        self._parts.append(line)
-        return line
+        self._tag.update(line)
+        return self._sealer.update(line)
 
 
 @dataclass(frozen=True)
@@ -135,6 +192,123 @@ def _rows(lines: list[bytes]) -> Iterator[tuple[str, Row]]:
             raise InvalidBackup(f"line {number} holds a value kms cannot read") from None
 
 
+@dataclass(frozen=True)
+class _Document:
+    """A ``kms-backup/2`` document, its structure checked; nothing verified yet."""
+
+    schema: object
+    rows: list[tuple[str, Row]]
+    params_raw: bytes
+    marker: bytes
+    keystore_id: bytes
+    #: What the tag covers (every byte before the tag line), and the tag as written.
+    body: bytes
+    tag: str
+
+
+def _document(data: bytes, columns: Callable[[str], list[str] | None]) -> _Document:
+    if not data.endswith(b"\n"):
+        raise InvalidBackup("the backup is truncated (no final line); nothing was written")
+    lines = data[:-1].split(b"\n")
+    if len(lines) < 2:
+        raise InvalidBackup("the backup is truncated; nothing was written")
+    header = _parse_line(lines[0], 1)
+    if header.get("format") != DOCUMENT_FORMAT:
+        raise InvalidBackup(f"not a kms backup (no {DOCUMENT_FORMAT} header); nothing was written")
+    trailer = _parse_line(lines[-1], len(lines))
+    if set(trailer) != {"tag"} or not isinstance(trailer["tag"], str):
+        raise InvalidBackup("the backup is truncated (no tag line); nothing was written")
+    body = lines[1:-1]
+    if header.get("rows") != len(body):
+        raise InvalidBackup(
+            f"the backup says {header.get('rows')} rows and holds {len(body)}; nothing was written"
+        )
+    rows = list(_rows(body))
+    for table, row in rows:
+        known = columns(table)
+        if known is None or set(row) != set(known):
+            raise InvalidBackup(
+                f"the backup's {table} rows do not match this kms's schema; nothing was written"
+            )
+    keystore = {row["name"]: row["value"] for table, row in rows if table == "kms_metadata"}
+    params_raw, marker = keystore.get(KDF_PARAMETERS), keystore.get(INIT_MARKER)
+    keystore_id = keystore.get(KEYSTORE_ID)
+    if (
+        not isinstance(params_raw, bytes)
+        or not isinstance(marker, bytes)
+        or not isinstance(keystore_id, bytes)
+        or not keystore_id
+    ):
+        raise InvalidBackup("the backup holds no keystore; nothing was written")
+    return _Document(
+        schema=header.get("schema"),
+        rows=rows,
+        params_raw=params_raw,
+        marker=marker,
+        keystore_id=keystore_id,
+        body=data[: len(data) - len(lines[-1]) - 1],
+        tag=trailer["tag"],
+    )
+
+
+def _keyring(
+    params_raw: bytes, keystore_id: bytes, passphrase: bytearray, min_iterations: int
+) -> PassphraseKeyring:
+    try:
+        params = KDFParameters.decode(params_raw, min_iterations=min_iterations)
+    except InvalidKDFParameters as error:
+        raise InvalidBackup(f"the backup's {error.public_message}") from None
+    return PassphraseKeyring(derive_master_key(passphrase, params), keystore_id)
+
+
+def _b64_field(header: dict[str, Any], name: str) -> bytes:
+    value = header.get(name)
+    try:
+        if not isinstance(value, str):
+            raise ValueError(name)
+        return base64.b64decode(value, validate=True)
+    except (ValueError, binascii.Error):
+        raise InvalidBackup(
+            f"the backup's header has no valid {name}; nothing was written"
+        ) from None
+
+
+def _open_sealed(
+    data: bytes,
+    header_end: int,
+    passphrase: bytearray,
+    min_iterations: int,
+) -> tuple[PassphraseKeyring, bytes]:
+    """The keyring the header's KDF parameters derive from ``passphrase``, and the document the
+    stream holds; ``InvalidBackup`` if the stream does not open."""
+    header_line = data[:header_end]
+    header = _parse_line(header_line[:-1], 1)
+    if set(header) != {"format", "kdf", "keystore_id", "salt"} or not isinstance(
+        header["kdf"], str
+    ):
+        raise InvalidBackup("the backup's header is not a kms-backup/3 header; nothing was written")
+    keystore_id, salt = _b64_field(header, "keystore_id"), _b64_field(header, "salt")
+    if not keystore_id or len(salt) != STREAM_SALT_BYTES:
+        raise InvalidBackup(
+            "the backup's header has no valid keystore_id or salt; nothing was written"
+        )
+    keyring = _keyring(header["kdf"].encode("utf-8"), keystore_id, passphrase, min_iterations)
+    try:
+        cipher = keyring.backup_cipher(salt)
+        document = b"".join(open_stream(cipher, header_line, data[header_end:]))
+    except UnwrapFailed:
+        keyring.close()
+        raise InvalidBackup(
+            "the backup does not decrypt: it is from another keystore, the passphrase is not "
+            "the one it was taken under, or the file was edited, reordered or cut short; "
+            "nothing was written"
+        ) from None
+    except BaseException:
+        keyring.close()
+        raise
+    return keyring, document
+
+
 def verify_backup(
     data: bytes,
     passphrase: bytearray,
@@ -143,54 +317,45 @@ def verify_backup(
     columns: Callable[[str], list[str] | None],
     keep_keyring: bool = False,
 ) -> VerifiedBackup:
-    """Check a backup's structure and tag and return its rows; raise ``InvalidBackup`` naming
-    what is wrong. ``columns`` gives the column names of a table this kms knows, else None.
-    ``passphrase`` is overwritten. ``keep_keyring``: return the backup's keyring too."""
+    """Decrypt a backup (format 3) and check its document's structure and tag; return its rows.
+    Raise ``InvalidBackup`` naming what is wrong. ``columns`` gives the column names of a table
+    this kms knows, else None. ``passphrase`` is overwritten. ``keep_keyring``: return the
+    backup's keyring too. A format-2 file (a document alone) is checked the same way."""
+    keyring: PassphraseKeyring | None = None
     try:
-        if not data.endswith(b"\n"):
+        header_end = data.find(b"\n") + 1
+        if header_end == 0:
             raise InvalidBackup("the backup is truncated (no final line); nothing was written")
-        lines = data[:-1].split(b"\n")
-        if len(lines) < 2:
-            raise InvalidBackup("the backup is truncated; nothing was written")
-        header = _parse_line(lines[0], 1)
-        if header.get("format") != FORMAT:
-            raise InvalidBackup(f"not a kms backup (no {FORMAT} header); nothing was written")
-        trailer = _parse_line(lines[-1], len(lines))
-        if set(trailer) != {"tag"} or not isinstance(trailer["tag"], str):
-            raise InvalidBackup("the backup is truncated (no tag line); nothing was written")
-        body = lines[1:-1]
-        if header.get("rows") != len(body):
+        header = _parse_line(data[: header_end - 1], 1)
+        if header.get("format") == FORMAT:
+            keyring, document_bytes = _open_sealed(data, header_end, passphrase, min_iterations)
+        elif header.get("format") == DOCUMENT_FORMAT:
+            document_bytes = data
+        else:
             raise InvalidBackup(
-                f"the backup says {header.get('rows')} rows and holds {len(body)}; nothing was "
-                "written"
+                f"not a kms backup (no {FORMAT} or {DOCUMENT_FORMAT} header); nothing was written"
             )
-        rows = list(_rows(body))
-        for table, row in rows:
-            known = columns(table)
-            if known is None or set(row) != set(known):
-                raise InvalidBackup(
-                    f"the backup's {table} rows do not match this kms's schema; nothing was written"
-                )
-        keystore = {row["name"]: row["value"] for table, row in rows if table == "kms_metadata"}
-        params_raw, marker = keystore.get(KDF_PARAMETERS), keystore.get(INIT_MARKER)
-        keystore_id = keystore.get(KEYSTORE_ID)
-        if (
-            not isinstance(params_raw, bytes)
-            or not isinstance(marker, bytes)
-            or not isinstance(keystore_id, bytes)
-            or not keystore_id
+        document = _document(document_bytes, columns)
+        if keyring is None:
+            keyring = _keyring(
+                document.params_raw, document.keystore_id, passphrase, min_iterations
+            )
+        elif not (
+            hmac.compare_digest(document.params_raw, header["kdf"].encode("utf-8"))
+            and hmac.compare_digest(document.keystore_id, keyring.keystore_id)
         ):
-            raise InvalidBackup("the backup holds no keystore; nothing was written")
-        try:
-            params = KDFParameters.decode(params_raw, min_iterations=min_iterations)
-        except InvalidKDFParameters as error:
-            raise InvalidBackup(f"the backup's {error.public_message}") from None
-        keyring = PassphraseKeyring(derive_master_key(passphrase, params), keystore_id)
+            raise InvalidBackup(
+                "the backup's header names another keystore than its rows; nothing was written"
+            )
+    except BaseException:
+        if keyring is not None:
+            keyring.close()
+        raise
     finally:
         zeroise(passphrase)
     try:
         try:
-            zeroise(keyring.unwrap(marker, init_marker_aad(keystore_id)))
+            zeroise(keyring.unwrap(document.marker, init_marker_aad(document.keystore_id)))
         except UnwrapFailed:
             raise InvalidBackup(
                 "the backup is from another keystore, or the passphrase is not the one it was "
@@ -198,26 +363,25 @@ def verify_backup(
             ) from None
         mac = keyring.backup_mac()
         try:
-            expected = mac.tag(data[: len(data) - len(lines[-1]) - 1])
+            expected = mac.tag(document.body)
         finally:
             mac.close()
+        try:
+            stored = base64.b64decode(document.tag, validate=True)
+        except binascii.Error:
+            stored = b""
+        if not hmac.compare_digest(expected, stored):
+            raise InvalidBackup(
+                "the backup's integrity tag does not match: it was edited, reordered or cut "
+                "short; nothing was written"
+            )
+        if not isinstance(document.schema, str):
+            raise InvalidBackup("the backup names no schema revision; nothing was written")
     except BaseException:
         keyring.close()
         raise
     if not keep_keyring:
         keyring.close()
-    try:
-        stored = base64.b64decode(trailer["tag"], validate=True)
-    except binascii.Error:
-        stored = b""
-    schema = header.get("schema")
-    if not isinstance(schema, str) or not hmac.compare_digest(expected, stored):
-        keyring.close()
-    if not hmac.compare_digest(expected, stored):
-        raise InvalidBackup(
-            "the backup's integrity tag does not match: it was edited, reordered or cut short; "
-            "nothing was written"
-        )
-    if not isinstance(schema, str):
-        raise InvalidBackup("the backup names no schema revision; nothing was written")
-    return VerifiedBackup(schema=schema, rows=rows, keyring=keyring if keep_keyring else None)
+    return VerifiedBackup(
+        schema=document.schema, rows=document.rows, keyring=keyring if keep_keyring else None
+    )

@@ -14,7 +14,8 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kms.crypto.integrity import BACKUP_KEY_INFO, RecordMAC, derive_mac_key
+from kms.crypto.integrity import BACKUP_KEY_INFO, RecordMAC, derive_mac_key, keystore_binding
+from kms.crypto.stream import BACKUP_ENCRYPTION_INFO, derive_stream_key
 from kms.crypto.wrapping import KeyIdentity, unwrap_key, wrap_key
 
 
@@ -27,6 +28,7 @@ class Keyring(Protocol):
     def verify_tag(self, encoded: bytes, stored: bytes | None, what: str) -> None: ...
     def verify_legacy_tag(self, encoded: bytes, stored: bytes | None, what: str) -> None: ...
     def backup_mac(self) -> RecordMAC: ...
+    def backup_cipher(self, salt: bytes) -> AESGCM: ...
     def close(self) -> None: ...
 
 
@@ -92,6 +94,13 @@ class PassphraseKeyring:
             return RecordMAC(backup_key, self.keystore_id or None)
         finally:
             zeroise(backup_key)
+
+    def backup_cipher(self, salt: bytes) -> AESGCM:
+        """The AEAD of one backup file (kms.crypto.stream): HKDF of the master key with the
+        file's own ``salt``, info ``kms/backup-encryption/v1`` and the keystore's binding."""
+        self._master()
+        info = BACKUP_ENCRYPTION_INFO + keystore_binding(self.keystore_id)
+        return derive_stream_key(self._master_key, salt, info)
 
     def bound_to(self, keystore_id: bytes) -> PassphraseKeyring:
         """A keyring with this one's master key (a copy of its own) for the keystore
