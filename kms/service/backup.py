@@ -296,8 +296,12 @@ def _open_sealed(
     try:
         cipher = keyring.backup_cipher(salt)
         document = b"".join(open_stream(cipher, header_line, data[header_end:]))
-    except UnwrapFailed:
+    except UnwrapFailed as error:
         keyring.close()
+        if "cut short" in error.public_message:  # no need to guess at the passphrase
+            raise InvalidBackup(
+                f"the backup is truncated ({error.public_message}); nothing was written"
+            ) from None
         raise InvalidBackup(
             "the backup does not decrypt: it is from another keystore, the passphrase is not "
             "the one it was taken under, or the file was edited, reordered or cut short; "

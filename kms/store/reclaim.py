@@ -9,20 +9,21 @@ A DELETE or an UPDATE does not erase the old bytes by itself:
   file keeps the frames of earlier transactions (the row as it was inserted) until they are
   overwritten. So after a change that destroys material, ``reclaim_freed_space`` runs a
   ``TRUNCATE`` checkpoint: the zeroed pages are copied into the database file and the ``-wal``
-  file is cut to zero bytes. It waits (SQLite's busy timeout) for readers still on an older
-  snapshot; should one outlast it, the log keeps its frames until the next such checkpoint, and
-  a warning says so.
+  file is cut to zero bytes. It waits ``RECLAIM_WAIT_MS`` at most for readers still on an older
+  snapshot (a ``kms backup`` holds one for its whole run; new writers wait meanwhile); should
+  one outlast that, the log keeps its frames until the next reclaim, and a warning says so.
 - **PostgreSQL** never overwrites a row in place (MVCC): the old tuple stays in the table file
-  until its space is reused, and a plain ``VACUUM`` marks the space free without erasing it (the
-  destroyed wrapped key was found in the relation file after ``VACUUM``). ``VACUUM FULL``
+  until its space is reused, and a plain ``VACUUM`` marks the space free without erasing it (a
+  destroyed wrapped key was still in the relation file after ``VACUUM``). ``VACUUM FULL``
   rewrites the table into a new file and unlinks the old one, so the table files hold live rows
-  only. It takes an ``ACCESS EXCLUSIVE`` lock for the rewrite (about 0.4 s per 100,000 version
-  rows measured on a 2-core host), during which every node's reads of that table wait; a
-  ``lock_timeout`` keeps it from queueing every request behind a long reader (a ``kms backup``
-  in progress): when it cannot have the lock in time it gives up with a warning, and the next
-  reclaim (the next destroy, trim, recreate, ``kms destroy-due`` or ``kms rekey``) covers it.
-  A role that does not own the table cannot ``VACUUM FULL`` it (PostgreSQL only warns): the
-  table's file node is compared before and after, and a warning names the table.
+  only (``kms_metadata`` too, after a rekey). It holds an ``ACCESS EXCLUSIVE`` lock for the
+  rewrite (about 0.4 s per 100,000 version rows on a 2-core host), during which every node's
+  reads of that table wait. A ``lock_timeout`` of ``RECLAIM_WAIT_MS`` keeps it from queueing
+  every request behind a long reader (a ``kms backup`` under way): when it cannot have the lock
+  in time it gives up with a warning, and the next reclaim (the next destroy, trim, recreate,
+  ``kms destroy-due`` or ``kms rekey``) covers it. A role that does not own the table cannot
+  ``VACUUM FULL`` it (PostgreSQL only warns): the table's file node is compared before and
+  after, and a warning names the table.
 
 What neither reaches: the file system's freed blocks, PostgreSQL's own WAL and archive, backups
 and replicas. docs/security.md says so.
@@ -35,11 +36,14 @@ import logging
 from sqlalchemy import Engine, Table, text
 from sqlalchemy.exc import DBAPIError
 
+from kms.store.db import SQLITE_BUSY_TIMEOUT_SECONDS
+
 log = logging.getLogger("kms.store")
 
-#: How long ``VACUUM FULL`` may wait for its lock before giving up (every request of every node
-#: that reads the table waits behind it meanwhile).
-VACUUM_LOCK_TIMEOUT_MS = 2000
+#: How long a reclaim waits for readers before giving up: SQLite's checkpoint for readers of an
+#: older snapshot (new writers wait meanwhile), PostgreSQL's ``VACUUM FULL`` for its lock (every
+#: request of every node that reads the table waits behind it meanwhile).
+RECLAIM_WAIT_MS = 2000
 
 
 def reclaim_freed_space(engine: Engine, tables: tuple[Table, ...]) -> bool:
@@ -63,7 +67,11 @@ def reclaim_freed_space(engine: Engine, tables: tuple[Table, ...]) -> bool:
 
 def _checkpoint(engine: Engine) -> bool:
     with engine.connect() as conn:
-        busy, _, _ = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={RECLAIM_WAIT_MS}")
+        try:
+            busy, _, _ = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+        finally:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
     if busy:
         log.warning(
             "kms: a reader kept the SQLite write-ahead log from being truncated; it keeps a copy "
@@ -75,10 +83,13 @@ def _checkpoint(engine: Engine) -> bool:
 
 def _vacuum_full(engine: Engine, table: Table) -> bool:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text(f"SET lock_timeout = {VACUUM_LOCK_TIMEOUT_MS}"))
         node = text("SELECT pg_relation_filenode(CAST(:name AS regclass))")
         before = conn.execute(node, {"name": table.name}).scalar_one()
-        conn.execute(text(f'VACUUM FULL "{table.name}"'))
+        conn.execute(text(f"SET lock_timeout = {RECLAIM_WAIT_MS}"))
+        try:
+            conn.execute(text(f'VACUUM FULL "{table.name}"'))
+        finally:
+            conn.execute(text("RESET lock_timeout"))  # the connection goes back to the pool
         after = conn.execute(node, {"name": table.name}).scalar_one()
     if before == after:
         log.warning(

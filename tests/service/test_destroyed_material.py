@@ -13,8 +13,10 @@ it keeps everything until it is recycled, as docs/security.md says.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +171,38 @@ def test_every_sqlite_connection_has_secure_delete_on(tmp_path: Path) -> None:
             assert conn.exec_driver_sql("PRAGMA secure_delete").scalar_one() == 1
     finally:
         engine.dispose()
+
+
+def test_keys_destroyed_by_destroy_due_leave_no_wrapped_key_in_the_database_files(
+    store: Store,
+) -> None:
+    service = service_of(store)
+    gone = []
+    for index in range(3):
+        service.create_key(f"due-{index}")
+        gone += wrapped_keys(store, f"due-{index}")
+        service.delete_key(f"due-{index}", pending_days=1)
+    later = datetime.now(UTC) + timedelta(days=2)
+    assert sorted(service.destroy_due(now=later)) == ["due-0", "due-1", "due-2"]
+    assert found_in_files(store, gone) == []
+
+
+def test_a_reader_in_the_way_delays_the_reclaim_to_the_next_one(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reader holding its snapshot (a ``kms backup`` under way) outlasts the reclaim's wait:
+    the destroy still succeeds, a warning says what is left, and the next reclaim clears it."""
+    service = service_of(store)
+    service.create_key("first")
+    service.create_key("second")
+    first = wrapped_keys(store, "first")
+    with store.engine.connect() as reader:
+        if store.engine.dialect.name == "sqlite":
+            reader.exec_driver_sql("BEGIN")
+        reader.execute(text("SELECT count(*) FROM key_versions")).scalar_one()
+        with caplog.at_level(logging.WARNING, logger="kms.store"):
+            service.delete_key("first")
+        assert "destroyed rows" in caplog.text
+    # The reader is gone (its snapshot with it): the next destroy clears both keys' rows.
+    service.delete_key("second")
+    assert found_in_files(store, first) == []
