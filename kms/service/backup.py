@@ -135,7 +135,10 @@ class BackupWriter:
     def row(self, table: str, row: Row) -> bytes:
         if table == kms_metadata.name and row.get("name") in (KDF_PARAMETERS, KEYSTORE_ID):
             expected = {KDF_PARAMETERS: self._kdf_parameters, KEYSTORE_ID: self._keystore_id}
-            if row.get("value") != expected[row["name"]]:
+            value = row.get("value")
+            if not isinstance(value, bytes) or not hmac.compare_digest(
+                value, expected[row["name"]]
+            ):
                 raise BackupError(
                     "the keystore was rekeyed while the backup was taken; take it again"
                 )

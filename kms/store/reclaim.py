@@ -23,7 +23,10 @@ A DELETE or an UPDATE does not erase the old bytes by itself:
   in time it gives up with a warning, and the next reclaim (the next destroy, trim, recreate,
   ``kms destroy-due`` or ``kms rekey``) covers it. A role that does not own the table cannot
   ``VACUUM FULL`` it (PostgreSQL only warns): the table's file node is compared before and
-  after, and a warning names the table.
+  after, and a warning names the table. ``VACUUM FULL`` copies a deleted row that a transaction
+  still open in the same database may see (one that began before the destroy committed): such a
+  row stays in the new file until a later reclaim, with no warning, since kms's role cannot see
+  other roles' snapshots (autovacuum's included).
 
 What neither reaches: the file system's freed blocks, PostgreSQL's own WAL and archive, backups
 and replicas. docs/security.md says so.
