@@ -331,8 +331,10 @@ def rotate_due() -> None:
 def backup(file: Path) -> None:
     """Write a consistent snapshot of the keystore to FILE (mode 0600), safe while kms serves.
 
-    Keys stay wrapped under the master key; an integrity tag keyed from the master key covers
-    the whole file. Needs the master passphrase. Never overwrites FILE.
+    Keys stay wrapped under the master key, and the whole snapshot is encrypted and authenticated
+    under a key derived from it: only the KDF parameters and the keystore id, which a restore
+    needs, are readable without the passphrase. Needs the master passphrase. Never overwrites
+    FILE.
     """
     from kms.master import backup_database, describe_database
     from kms.settings import load_settings

@@ -486,7 +486,8 @@ class BackupResult:
 def backup_database(
     settings: Settings, target: Path, progress: Progress | None = None
 ) -> BackupResult:
-    """``kms backup FILE``: a consistent snapshot of the whole database, tagged, mode 0600.
+    """``kms backup FILE``: a consistent snapshot of the whole database, encrypted and
+    authenticated under a key derived from the master key (kms.service.backup), mode 0600.
 
     Safe while servers run (one read transaction). Written to a private temporary file beside
     ``target`` and linked into place only when complete and synced: killed at any point, there
@@ -501,7 +502,9 @@ def backup_database(
         _require_current_schema(name, engine)
         keyring = _open_keyring(settings, name, repository)
         try:
-            writer = BackupWriter(keyring)
+            metadata = repository.read_metadata()
+            sealed = {name: metadata[name] for name in BACKEND_ROWS if name in metadata}
+            writer = BackupWriter(keyring, sealed)
         finally:
             keyring.close()
         directory = target.parent if str(target.parent) else Path(".")

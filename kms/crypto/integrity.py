@@ -119,6 +119,13 @@ class RecordMAC:
         mac.update(encoded)
         return self._format + mac.digest()
 
+    def running(self) -> RunningTag:
+        """A tag over bytes given piece by piece (a backup written as it is read): the same
+        tag ``tag`` gives over their concatenation."""
+        if self._template is None:
+            raise RuntimeError("the record MAC is closed")
+        return RunningTag(self._template.copy(), self._format)
+
     def verify(self, encoded: bytes, stored: bytes | None, what: str) -> None:
         """Raise ``IntegrityFailure(what)`` unless ``stored`` is the tag of ``encoded``.
 
@@ -132,3 +139,18 @@ class RecordMAC:
 
     def close(self) -> None:
         self._template = None
+
+
+class RunningTag:
+    def __init__(self, mac: hmac.HMAC, tag_format: bytes) -> None:
+        self._mac = mac
+        self._format = tag_format
+
+    def __repr__(self) -> str:
+        return "RunningTag()"
+
+    def update(self, data: bytes) -> None:
+        self._mac.update(data)
+
+    def tag(self) -> bytes:
+        return self._format + self._mac.digest()

@@ -9,7 +9,8 @@ which backend opened it. Every use of it is a sub-key of its own, ``derive_key(l
 - ``kms/wrapping/v4``: the wrapping key of data keys and of the init marker (wrap format 4);
 - ``kms/row-mac/v1``: the row-MAC key (kms.crypto.integrity);
 - ``kms/backup/v1``: the backup key (kms.service.backup);
-- ``kms/audit/v1`` and the keystore id: the audit chain's key (kms.audit).
+- ``kms/audit/v1`` and the keystore id: the audit chain's key (kms.audit);
+- ``kms/backup-encryption/v1``, with each file's salt: a backup file's key (kms.crypto.stream).
 
 A keystore made before format 4 has, as its root secret, the key PBKDF2 derived from its
 passphrase, which it used directly to wrap (wrap formats 1 to 3): those blobs still unwrap under
@@ -23,8 +24,15 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kms.crypto.integrity import AUDIT_KEY_INFO, BACKUP_KEY_INFO, MAC_KEY_INFO, RecordMAC
+from kms.crypto.integrity import (
+    AUDIT_KEY_INFO,
+    BACKUP_KEY_INFO,
+    MAC_KEY_INFO,
+    RecordMAC,
+    keystore_binding,
+)
 from kms.crypto.kdf import derive_key
+from kms.crypto.stream import BACKUP_ENCRYPTION_INFO, derive_stream_key
 from kms.crypto.wrapping import KeyIdentity, unwrap_key, wrap_key
 
 #: The label of the wrapping key (wrap format 4).
@@ -42,6 +50,7 @@ class Keyring(Protocol):
     def verify_legacy_tag(self, encoded: bytes, stored: bytes | None, what: str) -> None: ...
     def backup_mac(self) -> RecordMAC: ...
     def audit_key(self) -> bytearray: ...
+    def backup_cipher(self, salt: bytes) -> AESGCM: ...
     def close(self) -> None: ...
 
 
@@ -117,6 +126,13 @@ class RootKeyring:
             return RecordMAC(backup_key, self.keystore_id or None)
         finally:
             zeroise(backup_key)
+
+    def backup_cipher(self, salt: bytes) -> AESGCM:
+        """The AEAD of one backup file (kms.crypto.stream): HKDF of the root secret with the
+        file's own ``salt``, info ``kms/backup-encryption/v1`` and the keystore's binding."""
+        self._wrapping()
+        info = BACKUP_ENCRYPTION_INFO + keystore_binding(self.keystore_id)
+        return derive_stream_key(self._root_secret, salt, info)
 
     def audit_key(self) -> bytearray:
         """The audit log's HMAC key (kms.audit): the root secret's sub-key for ``kms/audit/v1``

@@ -1,6 +1,7 @@
 """Engine construction.
 
-SQLite (the embedded default) runs in WAL mode with foreign keys on and a busy timeout, and every
+SQLite (the embedded default) runs in WAL mode with foreign keys on, ``secure_delete`` on and a
+busy timeout, and every
 write transaction starts with ``BEGIN IMMEDIATE``: the write lock is taken at the start, so two
 writers queue on the busy timeout instead of one failing with "database is locked" when it tries
 to upgrade a read lock. Nothing here is SQLite-only beyond those connection settings.
@@ -78,6 +79,9 @@ def _configure_sqlite(engine: Engine, *, autocheckpoint: bool) -> None:
         # journal_mode=WAL is set once, by `kms init` (use_write_ahead_log), and persists in the
         # file; setting it here would rewrite any SQLite file kms is pointed at by mistake.
         cursor.execute("PRAGMA foreign_keys=ON")
+        # Deleted and overwritten rows become zeros in the page instead of staying readable in
+        # its free space (upstream SQLite's default is off; kms.store.reclaim).
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
         # LIKE as on PostgreSQL: the key listing's scope is a case-sensitive glob

@@ -39,6 +39,7 @@ from kms.store.guards import translate_database_errors as _translate_database_er
 from kms.store.keystore_rows import replace_keystore_rows, rewrite_every_row
 from kms.store.models import key_versions, keys, kms_metadata
 from kms.store.patterns import glob_to_like
+from kms.store.reclaim import reclaim_freed_space
 from kms.store.records import (
     EPOCH,
     INIT_MARKER,
@@ -424,6 +425,14 @@ class SQLKeyRepository(UseBookkeeping):
             self._announce(conn, key_id)
         self.changes.bump(key_id)
         return key
+
+    def reclaim_destroyed(self, *, keystore: bool = False) -> bool:
+        """After a change that destroyed material has committed: leave no readable copy of the
+        deleted or rewritten version rows (and, with ``keystore``, of the replaced keystore rows)
+        in the database files (kms.store.reclaim). Never raises; returns whether it did."""
+        tables = (key_versions, kms_metadata) if keystore else (key_versions,)
+        with self._write_lock:  # this process's writers wait rather than meet a busy log
+            return reclaim_freed_space(self._engine, tables)
 
     @_translate_database_errors
     def seal_all(

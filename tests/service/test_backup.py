@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 import stat
 import threading
 from collections.abc import Callable
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import kms.service.backup
 from kms.errors import DatabaseNotEmpty, InvalidBackup
 from kms.master import (
     backup_database,
@@ -23,6 +26,7 @@ from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
+from tests.helpers.backups import chunks
 from tests.helpers.keystore import make_service, make_settings, write_passphrase_file
 
 Made = list[tuple[str, str, bytes]]
@@ -150,31 +154,61 @@ def test_backup_under_load_restores_every_ciphertext_acknowledged_before_it(
     assert_decrypts(restored, acknowledged)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "cut at a line", "edited", "reordered", "dropped"])
+DAMAGE = [
+    "truncated",
+    "cut at a chunk",
+    "edited",
+    "reordered",
+    "dropped",
+    "repeated",
+    "appended",
+    "header: salt",
+    "header: keystore id",
+    "header: iterations",
+]
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
 def test_a_damaged_backup_is_refused_and_nothing_is_written(
-    initialised: Settings, tmp_path: Path, damage: str
+    initialised: Settings, tmp_path: Path, damage: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Each change to the encrypted file, by someone without the passphrase: nothing opens."""
+    monkeypatch.setattr(kms.service.backup, "CHUNK_BYTES", 512)  # many chunks
     fill(initialised)
     target = tmp_path / "kms.backup"
     backup_database(initialised, target)
     data = target.read_bytes()
-    lines = data.split(b"\n")
+    header, sealed = chunks(data)
+    assert len(sealed) > 4
     if damage == "truncated":
         data = data[: len(data) // 2]
-    elif damage == "cut at a line":
-        data = b"\n".join(lines[:-2]) + b"\n"
-    elif damage == "edited":  # one base64 character of a wrapped key
-        index = next(i for i, line in enumerate(lines) if b'"wrapped_key"' in line)
-        at = lines[index].index(b'"wrapped_key":{"b64":"') + 30
-        flipped = b"A" if lines[index][at : at + 1] != b"A" else b"B"
-        lines[index] = lines[index][:at] + flipped + lines[index][at + 1 :]
-        data = b"\n".join(lines)
+    elif damage == "cut at a chunk":
+        data = header + b"".join(sealed[:-1])
+    elif damage == "edited":  # one bit of the second chunk's ciphertext
+        second = bytearray(sealed[1])
+        second[20] ^= 1
+        data = header + sealed[0] + bytes(second) + b"".join(sealed[2:])
     elif damage == "reordered":
-        lines[2], lines[3] = lines[3], lines[2]
-        data = b"\n".join(lines)
+        data = header + b"".join([sealed[0], sealed[2], sealed[1], *sealed[3:]])
+    elif damage == "dropped":
+        data = header + b"".join([sealed[0], *sealed[2:]])
+    elif damage == "repeated":
+        data = header + b"".join([sealed[0], sealed[0], *sealed[1:]])
+    elif damage == "appended":
+        data += sealed[-1]
     else:
-        del lines[3]
-        data = b"\n".join(lines)
+        fields = json.loads(header)
+        if damage == "header: salt":
+            fields["salt"] = base64.b64encode(bytes(32)).decode()
+        elif damage == "header: keystore id":
+            fields["keystore_id"] = base64.b64encode(bytes(16)).decode()
+        else:
+            kdf = base64.b64decode(fields["sealed"]["kdf_parameters"])
+            fields["sealed"]["kdf_parameters"] = base64.b64encode(
+                kdf.replace(b"$i=", b"$i=1")
+            ).decode()
+        data = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+        data += b"".join(sealed)
     target.write_bytes(data)
     restored = fresh(initialised, tmp_path / "restored")
     with pytest.raises(InvalidBackup, match="nothing was written"):

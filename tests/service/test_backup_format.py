@@ -3,9 +3,11 @@ checks "the structure, the row count, the passphrase against the backup's own in
 then the tag, then the schema revision" before writing anything).
 
 tests/service/test_backup.py shows that damage is refused and nothing is written; here each
-check names its own cause, on a real backup of a real keystore changed one way at a time. A
-changed file is tagged again with the keystore's own backup key where the damage must be found
-by a check of its own rather than by the tag.
+check names its own cause, on a real backup of a real keystore changed one way at a time. The
+document inside the encrypted file is opened with the keystore's own keys, changed, tagged again
+with its backup key and sealed again where the damage must be found by a check of its own
+rather than by the encryption or the tag; the cases left unsealed are format-2 files (a document
+alone), which restore checks the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from kms.master import (
 from kms.service.backup import verify_backup
 from kms.settings import Settings
 from kms.store.snapshot import column_names, table_names
+from tests.helpers.backups import open_backup, seal_backup
 from tests.helpers.keystore import TEST_PASSPHRASE
 
 
@@ -37,7 +40,8 @@ def dump(obj: Any) -> bytes:
 
 
 def retag(settings: Settings, lines: list[bytes]) -> bytes:
-    """``lines`` (header and rows) with a valid tag line under this keystore's backup key."""
+    """``lines`` (header and rows) with a valid tag line under this keystore's backup key, sealed
+    as a format-3 file."""
     body = b"".join(line + b"\n" for line in lines)
     keyring = open_master_keyring(settings)
     try:
@@ -48,7 +52,8 @@ def retag(settings: Settings, lines: list[bytes]) -> bytes:
             mac.close()
     finally:
         keyring.close()
-    return body + dump({"tag": base64.b64encode(tag).decode("ascii")}) + b"\n"
+    document = body + dump({"tag": base64.b64encode(tag).decode("ascii")}) + b"\n"
+    return seal_backup(settings, document)
 
 
 def verify(settings: Settings, data: bytes) -> None:
@@ -62,12 +67,13 @@ def verify(settings: Settings, data: bytes) -> None:
 
 @pytest.fixture
 def backup(initialised: Settings, tmp_path: Path) -> list[bytes]:
-    """A backup of a keystore with one key, as its lines (header, rows, tag; no final b"")."""
+    """A backup of a keystore with one key, as the lines of its document (header, rows, tag; no
+    final b"")."""
     target = tmp_path / "kms.backup"
     backup_database(initialised, target)
     data = target.read_bytes()
     verify(initialised, data)  # the untouched backup passes
-    return data[:-1].split(b"\n")
+    return open_backup(initialised, data)[:-1].split(b"\n")
 
 
 def _header(change: Callable[[dict], None]) -> Callable[[Settings, list[bytes]], bytes]:

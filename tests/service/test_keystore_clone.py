@@ -19,6 +19,7 @@ from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
+from tests.helpers.backups import open_backup, seal_backup
 from tests.helpers.keystore import Store, make_service, write_passphrase_file
 from tests.helpers.postgres import given_postgres_dsn, new_database
 
@@ -149,11 +150,13 @@ def test_the_clone_cannot_unwrap_what_the_original_wraps_afterwards(
 def test_a_plain_restore_refuses_a_backup_whose_keystore_id_was_swapped(
     store: Store, clone_dsn: str, tmp_path: Path, opened: Opened
 ) -> None:
-    """The keystore id binds the init marker and the backup tag: editing it is refused."""
+    """The keystore id binds the init marker and the backup tag: editing it is refused, even
+    inside a document sealed again with the keystore's own keys (an edit of the cleartext
+    header's id does not decrypt: tests/service/test_backup.py)."""
     opened.service(store.settings).create_key("k")
     backup = tmp_path / "kms.backup"
     backup_database(store.settings, backup)
-    lines = backup.read_bytes().splitlines(keepends=True)
+    lines = open_backup(store.settings, backup.read_bytes()).splitlines(keepends=True)
     edited = [
         line.replace(
             b'"name":"keystore_id","value":{"b64":"', b'"name":"keystore_id","value":{"b64":"AA'
@@ -161,7 +164,7 @@ def test_a_plain_restore_refuses_a_backup_whose_keystore_id_was_swapped(
         for line in lines
     ]
     assert edited != lines
-    (tmp_path / "edited.backup").write_bytes(b"".join(edited))
+    (tmp_path / "edited.backup").write_bytes(seal_backup(store.settings, b"".join(edited)))
     with pytest.raises(InvalidBackup):
         restore_database(
             store.settings.with_overrides(database_dsn=clone_dsn), tmp_path / "edited.backup"

@@ -26,6 +26,7 @@ from kms.master import backup_database, open_master_keyring
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
+from tests.helpers.backups import open_backup, seal_backup
 from tests.helpers.config import write_config
 from tests.helpers.harness import (
     COMMAND_TIMEOUT_SECONDS,
@@ -238,7 +239,12 @@ def test_a_restore_killed_part_way_leaves_the_target_as_it_was(
 ) -> None:
     backup, config = backed_up
     target = tmp_path / "target" / "kms.db"
-    rows = json.loads(backup.read_bytes().split(b"\n", 1)[0])["rows"]
+    settings = Settings(
+        database_dsn=str(tmp_path / "source" / "kms.db"),
+        master_passphrase_file=tmp_path / "source" / "master.key",
+    )
+    document = open_backup(settings, backup.read_bytes())
+    rows = json.loads(document.split(b"\n", 1)[0])["rows"]
     assert rows > 4
     killed = subprocess.run(
         [sys.executable, "-c", DIES_PART_WAY, "4", "restore", str(backup)],
@@ -267,13 +273,14 @@ def test_a_restore_whose_last_row_fails_leaves_the_target_as_it_was(
     into the new database, then the insert fails; the target must not change."""
     backup, config = backed_up
     target = tmp_path / "target" / "kms.db"
-    lines = backup.read_bytes().split(b"\n")[:-2]  # without the tag line and the final ""
-    header, body = json.loads(lines[0]), lines[1:]
-    repeated = next(line for line in reversed(body) if json.loads(line)["table"] == "keys")
     settings = Settings(
         database_dsn=str(tmp_path / "source" / "kms.db"),
         master_passphrase_file=tmp_path / "source" / "master.key",
     )
+    # The document inside, without the tag line and the final "".
+    lines = open_backup(settings, backup.read_bytes()).split(b"\n")[:-2]
+    header, body = json.loads(lines[0]), lines[1:]
+    repeated = next(line for line in reversed(body) if json.loads(line)["table"] == "keys")
     header["rows"] = len(body) + 1
     content = (
         json.dumps(header).encode() + b"\n" + b"".join(line + b"\n" for line in [*body, repeated])
@@ -287,7 +294,7 @@ def test_a_restore_whose_last_row_fails_leaves_the_target_as_it_was(
         keyring.close()
     forged = content + json.dumps({"tag": base64.b64encode(tag).decode()}).encode() + b"\n"
     damaged = tmp_path / "repeated.backup"
-    damaged.write_bytes(forged)
+    damaged.write_bytes(seal_backup(settings, forged))
     line = refused_in_one_line(
         run_kms("restore", str(damaged), config=config), progress="kms: restoring"
     )

@@ -17,7 +17,7 @@ import pytest
 
 from kms.audit import AuditKey, AuditLog, head_path, line_hash
 from kms.audit_verify import ChainFailure, ChainResult, verify_files
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from tests.helpers.audit import KEY, rechain, unkeyed_log
 
 
@@ -78,8 +78,8 @@ def test_a_line_of_another_keystore_is_named(tmp_path: Path) -> None:
     """The audit key is bound to the keystore id: the same master key, another keystore (a
     restored clone) has another key."""
     master = bytes(range(32))
-    production = PassphraseKeyring(bytearray(master), b"p" * 16)
-    clone = PassphraseKeyring(bytearray(master), b"c" * 16)
+    production = RootKeyring(bytearray(master), b"p" * 16)
+    clone = RootKeyring(bytearray(master), b"c" * 16)
     path = tmp_path / "audit.log"
     AuditLog(path, AuditKey.of(clone)).append({"type": "request"})
     found = failure(path, key=AuditKey.of(production))
@@ -256,14 +256,14 @@ def test_the_head_is_sealed_and_readable_by_its_owner_only(tmp_path: Path) -> No
 
 def test_the_audit_key_is_its_own_and_bound_to_the_keystore() -> None:
     master = bytes(range(32))
-    one = PassphraseKeyring(bytearray(master), b"a" * 16)
-    again = PassphraseKeyring(bytearray(master), b"a" * 16)
-    other = PassphraseKeyring(bytearray(master), b"b" * 16)
+    one = RootKeyring(bytearray(master), b"a" * 16)
+    again = RootKeyring(bytearray(master), b"a" * 16)
+    other = RootKeyring(bytearray(master), b"b" * 16)
     key = one.audit_key()
     assert key == again.audit_key() and key != other.audit_key()
     assert bytes(key) != master and AuditKey(key).key_id != AuditKey(master).key_id
     with pytest.raises(RuntimeError):
-        PassphraseKeyring(bytearray(master)).audit_key()  # no keystore id: no audit key
+        RootKeyring(bytearray(master)).audit_key()  # no keystore id: no audit key
     assert "key" not in repr(AuditKey(key)).replace("key_id", "")
 
 

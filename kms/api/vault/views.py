@@ -431,9 +431,10 @@ def verify(key_id: str, hash_algorithm: str | None) -> Response:
             key_id,
             body["input"],
             signature,
+            options["signing_algorithm"],
             prehashed=body["prehashed"],
+            digest_algorithm=options["digest_algorithm"],
             version=version,
-            **options,
         )
     return answer({"valid": checked.valid}, algorithm=checked.algorithm)
 

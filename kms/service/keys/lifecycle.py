@@ -406,6 +406,7 @@ class KeyLifecycle:
         if pending_days is None:
             self._destroy(key_id, rules.require_deletable)
             self._forget(key_id)
+            self._repository.reclaim_destroyed()
             lifecycle_log.info("key %r destroyed", key_id)
             return None
         due_at = self._clock() + timedelta(days=pending_days)
@@ -432,14 +433,19 @@ class KeyLifecycle:
             min_available_version, 1, None, "min_available_version must be a positive integer"
         )
 
+        destroyed: list[bool] = []
+
         def trim(current: KeyRecord, stored_epoch: bytes | None) -> KeyChange:
             trimmed = rules.trim(self._trust.checked(current), min_available_version)
+            destroyed[:] = [trimmed is not None]
             if trimmed is None:
                 return KeyChange(key=current)  # already trimmed that far: nothing to destroy
             return self._stamped(trimmed, stored_epoch, min_available_version)
 
         key = self._repository.update_key(validate_key_id(key_id), trim)
         self._forget(key_id)
+        if any(destroyed):
+            self._repository.reclaim_destroyed()
         self._trust.changed(key)
         return self.info(key)
 
@@ -476,6 +482,8 @@ class KeyLifecycle:
                 lifecycle_log.info("key %r destroyed: its deletion window ended", key_id)
                 if on_destroyed is not None:
                     on_destroyed(self.info(gone))
+        if destroyed:
+            self._repository.reclaim_destroyed()  # once for the whole run
         return destroyed
 
     def _forget(self, key_id: str) -> None:
@@ -587,6 +595,7 @@ class KeyLifecycle:
             replace_versions=True,
         )
         self._forget(key_id)
+        self._repository.reclaim_destroyed()
         self._trust.changed(recreated)
         return self.info(recreated)
 

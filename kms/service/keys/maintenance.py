@@ -247,7 +247,11 @@ class KeyMaintenance:
         (progress; a test stops there). Returns the number of key rows and version rows.
         """
         seal_key, rewrap_version = rekey_rows(self._keyring, new_keyring, after_version)
-        return self._repository.rewrap_all(seal_key, rewrap_version, keystore)
+        counts = self._repository.rewrap_all(seal_key, rewrap_version, keystore)
+        # The old wrapped keys and KDF parameters open with the old passphrase: no copy of them
+        # may stay readable in the database files.
+        self._repository.reclaim_destroyed(keystore=True)
+        return counts
 
     def _verify_material(self, key: KeyRecord, record: KeyVersionRecord) -> None:
         """Raise ``IntegrityFailure`` unless the version is in range, unwraps under its identity,
