@@ -30,7 +30,9 @@ from pathlib import Path
 
 import pytest
 
-from kms.audit import AuditLog
+from kms.audit import AuditKey, AuditLog
+from kms.master import open_master_keyring
+from kms.settings import load_settings
 from kms.devcerts import write_dev_certificates
 from tests.helpers.harness import COMMAND_TIMEOUT_SECONDS, clean_environment
 
@@ -73,6 +75,17 @@ def value(unit: Path, key: str) -> str:
     found = values(unit, key)
     assert len(found) == 1, (unit.name, key, found)
     return found[0]
+
+
+def audit_key_of(host: Host) -> AuditKey:
+    """The audit key of the host's keystore, as the server derives it (its keyring)."""
+    environ = {"CREDENTIALS_DIRECTORY": str(host.path("/etc/kms/credentials"))}
+    settings = load_settings(host.path("/etc/kms/config.prod.yaml"), environ)
+    keyring = open_master_keyring(settings)
+    try:
+        return AuditKey.of(keyring)
+    finally:
+        keyring.close()
 
 
 class Host:
@@ -250,9 +263,9 @@ def test_backup_runs_as_its_unit_and_writes_a_dated_backup(host: Host) -> None:
     (written,) = set(host.path("/var/backups/kms").iterdir()) - before
     assert re.fullmatch(r"kms-\d{4}-\d\d-\d\dT\d{6}\.backup", written.name), written.name
     assert stat.S_IMODE(written.stat().st_mode) == 0o600
-    assert json.loads(written.read_text(encoding="utf-8").splitlines()[0])["format"].startswith(
-        "kms-backup/"
-    )
+    # An encrypted backup: one cleartext header line (docs/security.md, "Backups").
+    header = written.read_bytes().split(b"\n", 1)[0]
+    assert json.loads(header)["format"].startswith("kms-backup/")
 
 
 # -- the operator's kms, through systemd-run ----------------------------------------------------
@@ -315,12 +328,13 @@ def test_an_operator_backs_up_verifies_the_audit_log_rekeys_checks_and_restores(
     assert arguments[-3:] == [INSTALLED_KMS, "backup", "/var/backups/kms/by-hand.backup"]
 
     # The server's audit log, two requests long (as a server writes them).
-    audit = AuditLog(host.path("/var/lib/kms/audit.log"))
+    audit = AuditLog(host.path("/var/lib/kms/audit.log"), audit_key_of(host))
     audit.append({"event": "request", "operation": "encrypt"})
     audit.append({"event": "answer", "operation": "encrypt", "status": 200})
     result = operator_kms(host, "audit", "verify", "/var/lib/kms/audit.log")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2" in result.stdout, result.stdout
+    # The file's first line, then the two: every MAC checked under the keystore's audit key.
+    assert "3 lines" in result.stdout and "MACs checked" in result.stdout, result.stdout
 
     # Rekey, as docs/operations.md says: the new passphrase in a root-only file, handed over as
     # a credential, then put in place of the old one.

@@ -3,7 +3,7 @@
 - A ciphertext's ``v<N>:`` prefix is the key version that made it, not a format version; a
   wrapped key's first byte is its format version.
 - A format-1 wrapped key (no incarnation in its associated data) still unwraps after a recreate;
-  formats 2 and 3 do not, and the version row's MAC, which covers the incarnation, refuses the
+  formats 2 to 4 do not, and the version row's MAC, which covers the incarnation, refuses the
   format-1 blob (the service refusing such a row: tests/service/test_untrusted_storage.py).
 - A cached AEAD key is an immutable ``bytes`` copy inside ``AEADKey``, with no ``AESGCM`` object
   kept, that kms cannot overwrite.
@@ -25,7 +25,7 @@ from kms.crypto.ciphertext import ciphertext_aad, format_ciphertext, parse_ciphe
 from kms.crypto.wrapping import (
     WRAP_FORMAT_V1,
     WRAP_FORMAT_V2,
-    WRAP_FORMAT_V3,
+    WRAP_FORMAT_V4,
     KeyIdentity,
     unwrap_key,
     wrap_key,
@@ -54,7 +54,7 @@ def test_a_ciphertext_names_its_key_version_and_a_wrapped_key_its_format() -> No
     master = AESGCM(os.urandom(32))
     for version in (1, 7):
         identity = dataclasses.replace(BEFORE, version=version)
-        assert wrap_key(master, b"s" * 32, identity, KEYSTORE_ID)[:1] == WRAP_FORMAT_V3
+        assert wrap_key(master, b"s" * 32, identity, KEYSTORE_ID)[:1] == WRAP_FORMAT_V4
 
 
 def test_a_format_1_wrap_unwraps_after_a_recreate_and_its_row_mac_tells() -> None:
@@ -62,16 +62,17 @@ def test_a_format_1_wrap_unwraps_after_a_recreate_and_its_row_mac_tells() -> Non
     secret = os.urandom(32)
     nonce = os.urandom(12)
     format_1 = WRAP_FORMAT_V1 + nonce + master.encrypt(nonce, secret, BEFORE.aad(WRAP_FORMAT_V1))
-    assert unwrap_key(master, format_1, AFTER_RECREATE) == bytearray(secret)
+    # Formats 1 to 3 unwrap under the root secret itself (legacy), format 4 under its wrapping key.
+    assert unwrap_key(master, format_1, AFTER_RECREATE, legacy=master) == bytearray(secret)
 
     format_2 = WRAP_FORMAT_V2 + nonce + master.encrypt(nonce, secret, BEFORE.aad(WRAP_FORMAT_V2))
-    format_3 = wrap_key(master, secret, BEFORE, KEYSTORE_ID)
-    assert unwrap_key(master, format_2, BEFORE) == bytearray(secret)
-    assert unwrap_key(master, format_3, BEFORE, KEYSTORE_ID) == bytearray(secret)
+    format_4 = wrap_key(master, secret, BEFORE, KEYSTORE_ID)
+    assert unwrap_key(master, format_2, BEFORE, legacy=master) == bytearray(secret)
+    assert unwrap_key(master, format_4, BEFORE, KEYSTORE_ID) == bytearray(secret)
     with pytest.raises(UnwrapFailed):
-        unwrap_key(master, format_2, AFTER_RECREATE)
+        unwrap_key(master, format_2, AFTER_RECREATE, legacy=master)
     with pytest.raises(UnwrapFailed):
-        unwrap_key(master, format_3, AFTER_RECREATE, KEYSTORE_ID)
+        unwrap_key(master, format_4, AFTER_RECREATE, KEYSTORE_ID)
 
     key = KeyRecord(
         key_id="orders",
