@@ -75,6 +75,10 @@ CONVERSIONS = frozenset(
     }
 )
 
+AUDIT_LINK = (
+    "the audit chain's link: SHA-256 of the previous line, computed from the file itself "
+    "without any key; anyone may recompute it (the MACs are compared with compare_digest)"
+)
 TLS_FILES_CHANGED = "the TLS files' stat signature (size, mtime, inode): did the files change"
 #: Comparisons of such values that guard no secret: the source text, and why.
 NOT_SECRET: dict[str, str] = {
@@ -95,10 +99,10 @@ NOT_SECRET: dict[str, str] = {
     "_signature(self._paths) != seen": TLS_FILES_CHANGED,
     "seen == self._loaded": TLS_FILES_CHANGED,
     "seen != self._refused": TLS_FILES_CHANGED,
-    "record.get('prev_hash') != expected": (
-        "the audit chain's link: SHA-256 of the previous line, computed from the file itself "
-        "without any key; anyone may recompute it"
-    ),
+    "record.get('prev_hash') != expected": AUDIT_LINK,
+    "record.get('prev_hash') != last_hash": AUDIT_LINK,
+    "prev_hash != GENESIS_HASH": AUDIT_LINK,
+    "prev_hash == last_hash": AUDIT_LINK,
 }
 
 
