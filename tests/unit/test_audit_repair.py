@@ -1,0 +1,29 @@
+"""``AuditLog.repair`` (run at start by kms.node): "the bytes removed (0: the file ends with a
+complete line)", here with complete lines before the torn one (the chain's own tests repair a file
+that is only a fragment, where both ends of the count coincide).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kms.audit import AuditLog, Verification, verify_chain
+
+
+def test_repair_answers_the_bytes_of_the_torn_line_after_complete_ones(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    AuditLog(path).append({"type": "request", "n": 1})
+    AuditLog(path).append({"type": "response", "n": 1})
+    complete = path.read_bytes()
+    torn = b'{"time":"2026-12-07T10:00:00.000Z","type":"requ'
+    with path.open("ab") as handle:
+        handle.write(torn)  # a writer killed mid-line
+
+    assert AuditLog(path).repair() == len(torn)
+
+    assert path.read_bytes().startswith(complete)
+    repair = json.loads(path.read_bytes()[len(complete) :])
+    assert repair["type"] == "repair"
+    assert repair["removed_bytes"] == len(torn)
+    assert verify_chain(path) == Verification(good_lines=3)

@@ -1,0 +1,40 @@
+"""``read_epoch`` (kms.service.integrity): a keystore epoch row that is not of format 1, or too
+short to hold an epoch and a tag, is an integrity failure (503, counted, logged), never a crash.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from kms.errors import IntegrityFailure
+from kms.service.integrity import EPOCH_FORMAT_V1, epoch_row, read_epoch
+from kms.service.keyring import PassphraseKeyring
+
+
+@pytest.fixture
+def keyring() -> PassphraseKeyring:
+    return PassphraseKeyring(bytearray(os.urandom(32)), b"i" * 16)
+
+
+def test_a_good_epoch_row_reads_back(keyring: PassphraseKeyring) -> None:
+    assert read_epoch(keyring, epoch_row(keyring, 7)) == 7
+
+
+@pytest.mark.parametrize("length", [0, 1, 5, 9])
+def test_a_row_too_short_for_an_epoch_and_a_tag_is_malformed(
+    keyring: PassphraseKeyring, length: int
+) -> None:
+    short = epoch_row(keyring, 7)[:length]
+    with pytest.raises(IntegrityFailure) as refused:
+        read_epoch(keyring, short)
+    assert refused.value.detail == "the keystore epoch row is malformed"
+
+
+def test_a_row_of_another_format_is_malformed(keyring: PassphraseKeyring) -> None:
+    good = epoch_row(keyring, 7)
+    assert good[:1] == EPOCH_FORMAT_V1
+    with pytest.raises(IntegrityFailure) as refused:
+        read_epoch(keyring, b"\x02" + good[1:])
+    assert refused.value.detail == "the keystore epoch row is malformed"
