@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 
 from kms.service.cache import KeyMaterialCache
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 from kms.service.keys.limits import block_size
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
@@ -21,7 +21,7 @@ BLOCK = 8
 
 
 def test_a_batch_larger_than_the_reservation_left_keeps_what_was_left(
-    initialised: Settings, keyring: PassphraseKeyring
+    initialised: Settings, keyring: RootKeyring
 ) -> None:
     block = block_size(BLOCK, LIMIT)
     assert block > 1  # else nothing is reserved ahead

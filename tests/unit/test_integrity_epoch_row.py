@@ -10,21 +10,21 @@ import pytest
 
 from kms.errors import IntegrityFailure
 from kms.service.integrity import EPOCH_FORMAT_V1, epoch_row, read_epoch
-from kms.service.keyring import PassphraseKeyring
+from kms.service.keyring import RootKeyring
 
 
 @pytest.fixture
-def keyring() -> PassphraseKeyring:
-    return PassphraseKeyring(bytearray(os.urandom(32)), b"i" * 16)
+def keyring() -> RootKeyring:
+    return RootKeyring(bytearray(os.urandom(32)), b"i" * 16)
 
 
-def test_a_good_epoch_row_reads_back(keyring: PassphraseKeyring) -> None:
+def test_a_good_epoch_row_reads_back(keyring: RootKeyring) -> None:
     assert read_epoch(keyring, epoch_row(keyring, 7)) == 7
 
 
 @pytest.mark.parametrize("length", [0, 1, 5, 9])
 def test_a_row_too_short_for_an_epoch_and_a_tag_is_malformed(
-    keyring: PassphraseKeyring, length: int
+    keyring: RootKeyring, length: int
 ) -> None:
     short = epoch_row(keyring, 7)[:length]
     with pytest.raises(IntegrityFailure) as refused:
@@ -32,7 +32,7 @@ def test_a_row_too_short_for_an_epoch_and_a_tag_is_malformed(
     assert refused.value.detail == "the keystore epoch row is malformed"
 
 
-def test_a_row_of_another_format_is_malformed(keyring: PassphraseKeyring) -> None:
+def test_a_row_of_another_format_is_malformed(keyring: RootKeyring) -> None:
     good = epoch_row(keyring, 7)
     assert good[:1] == EPOCH_FORMAT_V1
     with pytest.raises(IntegrityFailure) as refused:
