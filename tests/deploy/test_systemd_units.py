@@ -31,9 +31,9 @@ from pathlib import Path
 import pytest
 
 from kms.audit import AuditKey, AuditLog
+from kms.devcerts import write_dev_certificates
 from kms.master import open_master_keyring
 from kms.settings import load_settings
-from kms.devcerts import write_dev_certificates
 from tests.helpers.harness import COMMAND_TIMEOUT_SECONDS, clean_environment
 
 pytestmark = pytest.mark.slow
