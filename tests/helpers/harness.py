@@ -307,8 +307,9 @@ class ServerProcess:
         wait_until(logged, f"a log line with {needle!r}", detail=self.output)
         return found[0]
 
-    def wait_until_serving(self, client: KMSClient) -> None:
-        """Poll with an mTLS request until the server answers; fail with the log otherwise."""
+    def wait_until_serving(self, client: KMSClient, path: str = "/v1/kms/keys?limit=1") -> None:
+        """Poll with an mTLS request (``path``) until the server answers; fail with the log
+        otherwise."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -317,7 +318,7 @@ class ServerProcess:
                     pytrace=False,
                 )
             try:
-                response = client.get("/v1/kms/keys", params={"limit": 1}, timeout=5)
+                response = client.get(path, timeout=5)
             except (requests.ConnectionError, requests.Timeout):
                 # Not listening yet, or listening (gunicorn's master binds first) while no worker
                 # has accepted yet: on a busy machine that can outlast one request's timeout.

@@ -8,22 +8,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kms.audit import AuditLog, Verification, verify_chain
+from kms.audit import AuditKey, AuditLog
+from kms.audit_verify import verify_files
+
+KEY = AuditKey(b"k" * 32)
 
 
 def test_repair_answers_the_bytes_of_the_torn_line_after_complete_ones(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
-    AuditLog(path).append({"type": "request", "n": 1})
-    AuditLog(path).append({"type": "response", "n": 1})
+    AuditLog(path, KEY).append({"type": "request", "n": 1})
+    AuditLog(path, KEY).append({"type": "response", "n": 1})
     complete = path.read_bytes()
     torn = b'{"time":"2026-12-07T10:00:00.000Z","type":"requ'
     with path.open("ab") as handle:
         handle.write(torn)  # a writer killed mid-line
 
-    assert AuditLog(path).repair() == len(torn)
+    assert AuditLog(path, KEY).repair() == len(torn)
 
     assert path.read_bytes().startswith(complete)
     repair = json.loads(path.read_bytes()[len(complete) :])
     assert repair["type"] == "repair"
     assert repair["removed_bytes"] == len(torn)
-    assert verify_chain(path) == Verification(good_lines=3)
+    result = verify_files([path], KEY)
+    assert result.failure is None
+    # The file's first line, the two lines, the repair line: all keyed, all checked.
+    assert (result.files[0].lines, result.files[0].keyed) == (4, 4)

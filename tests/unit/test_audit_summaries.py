@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from kms.api.audit import Summaries
-from kms.audit import AuditLog
+from kms.audit import AuditKey, AuditLog
 
 #: Long enough that the summary thread never writes on its own while a test runs.
 SECONDS = 3600
@@ -28,7 +28,7 @@ class FullDiskOnce(AuditLog):
     """An audit log whose first append fails as on a full disk."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path)
+        super().__init__(path, AuditKey(b"k" * 32))
         self.failures_left = 1
 
     def append(self, record: Mapping[str, Any]) -> None:
@@ -40,6 +40,8 @@ class FullDiskOnce(AuditLog):
 
 def summaries_by_identity(path: Path) -> dict[str, dict[str, Any]]:
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    # The keyed chain starts each file with a "file" line (docs/operations.md, "Audit log").
+    lines = [line for line in lines if line["type"] != "file"]
     assert all(line["type"] == "summary" for line in lines)
     return {line["identity"]: line for line in lines}
 
@@ -78,7 +80,7 @@ def test_a_summary_that_cannot_be_written_is_kept_and_added_to_the_next(
 
 def test_one_summary_thread_however_many_requests_are_counted(tmp_path: Path) -> None:
     before = summary_threads()
-    summaries = Summaries(AuditLog(tmp_path / "audit.log"), SECONDS)
+    summaries = Summaries(AuditLog(tmp_path / "audit.log", AuditKey(b"k" * 32)), SECONDS)
     try:
         for status in (401, 403, 404, 429):
             summaries.count("stranger", "encrypt", status)
