@@ -152,6 +152,7 @@ def check(audit_files: tuple[Path, ...]) -> None:
     where = describe_database(settings)
     summary = f"checked {report.keys} keys and {report.versions} key versions in {where}"
     summary += f" at epoch {report.epoch}"
+    summary += f", root secret opened by the {settings.master_key_backend} backend"
     if report.trail_epoch is not None:
         summary += f" (the audit trail's newest: {report.trail_epoch})"
     if report.failures:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -171,6 +172,9 @@ def open_master_keyring(settings: Settings) -> RootKeyring:
             _require_current_schema(name, engine)
             with master_key_backend(settings) as backend:
                 opened = _open(settings, name, repository, backend)
+            # What /readyz and /metrics report: the backend in use, and when it opened.
+            opened.keyring.backend = settings.master_key_backend
+            opened.keyring.opened_at = time.time()
             try:
                 _check_epoch(settings, name, opened)
             except BaseException:

@@ -35,7 +35,7 @@ def healthz() -> Response:
 @operation("ready", needs_policy=False)
 @documented(
     "Readiness: the database answers and the master key is loaded",
-    response=schemas.status_response,
+    response=schemas.ready_response,
     errors={503: "not ready: database unreachable, or master key not loaded"},
     tag="health",
 )
@@ -49,7 +49,8 @@ def readyz() -> Response:
         # RuntimeError: the keyring is closed; KMSError: the marker does not unwrap, or is gone.
         log.warning("readiness check failed: %s", type(error).__name__)
         raise NotReady("not ready: master key not loaded") from None
-    return jsonify(status="ready")
+    backend, _ = service().master_key()
+    return jsonify(status="ready", master_key_backend=backend)
 
 
 @blueprint.get("/metrics")

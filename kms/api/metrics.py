@@ -131,6 +131,25 @@ class KeyStateCollector(Collector):
         yield family
 
 
+class MasterKeyCollector(Collector):
+    """``kms_master_key_opened_timestamp_seconds{backend}``: when this node's master-key backend
+    opened the root secret (once, in gunicorn's master, before any worker forked)."""
+
+    def __init__(self, service: KMSService) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        backend, opened_at = self._service.master_key()
+        family = GaugeMetricFamily(
+            "kms_master_key_opened_timestamp_seconds",
+            "When the master-key backend opened the root secret (Unix time), by backend",
+            labels=["backend"],
+        )
+        if opened_at is not None:
+            family.add_metric([backend], opened_at)
+        yield family
+
+
 class KeyUseCollector(Collector):
     """The use of each key version ``in_scope`` accepts, at most ``limit`` of them in key order,
     read from the database when scraped (so every worker agrees)."""
@@ -281,6 +300,7 @@ def metrics_response(app: Flask, in_scope: Callable[[str], bool]) -> Response:
         text = generate_latest(REGISTRY)
     scrape: _Scrape = app.extensions[METRICS]
     text += generate_latest(_single(KeyStateCollector(scrape.service)))
+    text += generate_latest(_single(MasterKeyCollector(scrape.service)))
     text += generate_latest(
         _single(KeyUseCollector(scrape.service, in_scope, scrape.max_key_series))
     )

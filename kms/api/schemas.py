@@ -302,6 +302,11 @@ class StatusResponse(Schema):
     status = fields.String()
 
 
+class ReadyResponse(StatusResponse):
+    #: The master-key backend that opened the root secret (passphrase, pkcs11).
+    master_key_backend = fields.String()
+
+
 class OpenAPIDocumentResponse(Schema):
     openapi = fields.String()
     info = fields.Dict()
@@ -349,6 +354,7 @@ random_response = RandomResponse()
 verify_response = VerifyResponse()
 mac_verify_response = MACVerifyResponse()
 status_response = StatusResponse()
+ready_response = ReadyResponse()
 data_key_response = DataKeyResponse()
 _data_key_response = data_key_response
 _data_key_without_plaintext = DataKeyResponse(exclude=("plaintext",))

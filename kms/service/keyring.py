@@ -42,6 +42,10 @@ ROOT_SECRET_BYTES = 32
 
 class Keyring(Protocol):
     keystore_id: bytes
+    #: The master-key backend that opened the root secret, and when (Unix time; None: not
+    #: opened by ``open_master_keyring``). Reported by /readyz and /metrics.
+    backend: str
+    opened_at: float | None
 
     def wrap(self, secret: bytes | bytearray, aad: bytes | KeyIdentity) -> bytes: ...
     def unwrap(self, blob: bytes, aad: bytes | KeyIdentity) -> bytearray: ...
@@ -67,6 +71,8 @@ class RootKeyring:
         rows can be verified with ``verify_legacy_tag`` only, and nothing can be tagged."""
         self._root_secret = root_secret
         self.keystore_id = keystore_id
+        self.backend = "passphrase"
+        self.opened_at: float | None = None
         # AESGCM and HKDF take the bytearray itself: no immutable copy of the root secret.
         self._legacy: AESGCM | None = AESGCM(root_secret)
         wrapping_key = derive_key(root_secret, WRAPPING_KEY_INFO)

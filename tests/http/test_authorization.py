@@ -186,7 +186,10 @@ def test_an_unlisted_caller_may_do_nothing_but_health_checks(
     # A body that names no key at all is refused like any other.
     forbidden(stranger.post("/v1/kms/encrypt", data=b"{not json", headers={"Content-Type": "x"}))
     assert expect_json(stranger.get("/healthz"), 200) == {"status": "ok"}
-    assert expect_json(stranger.get("/readyz"), 200) == {"status": "ready"}
+    assert expect_json(stranger.get("/readyz"), 200) == {
+        "status": "ready",
+        "master_key_backend": "passphrase",
+    }
 
 
 def test_san_dns_identity_reads_everything_and_changes_nothing(

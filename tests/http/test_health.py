@@ -36,7 +36,10 @@ def test_readyz_says_when_the_database_is_unreachable(
         with running_server(deployment):
             client = KMSClient(deployment)
             try:
-                assert expect_json(client.get("/readyz"), 200) == {"status": "ready"}
+                assert expect_json(client.get("/readyz"), 200) == {
+                    "status": "ready",
+                    "master_key_backend": "passphrase",
+                }
                 with admin.connect() as conn:
                     conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
                     conn.execute(

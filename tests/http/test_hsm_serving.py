@@ -10,7 +10,9 @@ every call to a file and passes it on to SoftHSM2 (``PKCS11SPY``).
 from __future__ import annotations
 
 import base64
+import re
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -74,6 +76,7 @@ def test_a_server_on_the_hsm_serves_without_calling_it_and_after_a_restart(
     assert "C_GenerateKey" in spy_log.read_text()  # the control: the spy sees kms's calls
     spy_log.unlink()
 
+    started_at = time.time()
     server = ServerProcess(deployment)
     client = KMSClient(deployment)
     try:
@@ -114,7 +117,19 @@ def test_a_server_on_the_hsm_serves_without_calling_it_and_after_a_restart(
             ),
             200,
         )["valid"]
-        expect_json(client.get("/readyz"), 200)
+        assert expect_json(client.get("/readyz"), 200) == {
+            "status": "ready",
+            "master_key_backend": "pkcs11",
+        }
+        scraped = client.get("/metrics")
+        assert scraped.status_code == 200
+        opened = re.search(
+            r'^kms_master_key_opened_timestamp_seconds\{backend="pkcs11"\} (\S+)$',
+            scraped.text,
+            re.MULTILINE,
+        )
+        assert opened is not None, scraped.text
+        assert started_at <= float(opened.group(1)) <= time.time()
 
         # Every request above was served without one PKCS#11 call.
         assert spy_log.read_text().count("\nC_") == calls_at_start

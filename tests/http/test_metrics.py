@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +44,30 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 def sample(found: dict, name: str, **labels: str) -> float:
     return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_the_master_key_backend_and_when_it_opened_are_shown(tmp_path: Path) -> None:
+    """/readyz and /metrics say which backend opened the root secret, and /metrics when: once,
+    in gunicorn's master, before the workers (the pkcs11 backend: test_hsm_serving.py)."""
+    deployment = prepare_deployment(tmp_path / "kms")
+    started_at = time.time()
+    with running_server(deployment):
+        client = KMSClient(deployment)
+        try:
+            ready = expect_json(client.get("/readyz"), 200)
+            scraped = [client.get("/metrics") for _ in range(4)]  # both workers, likely
+        finally:
+            client.close()
+    assert ready == {"status": "ready", "master_key_backend": "passphrase"}
+    opened = {
+        sample(
+            samples(response.text), "kms_master_key_opened_timestamp_seconds", backend="passphrase"
+        )
+        for response in scraped
+    }
+    assert len(opened) == 1, opened  # every worker reports the master's one opening
+    (at,) = opened
+    assert started_at <= at <= time.time()
 
 
 def test_metrics_count_every_request_across_two_workers(

@@ -159,7 +159,10 @@ def test_the_chain_starts_at_genesis_and_links_each_line(tmp_path: Path) -> None
 def test_readyz_says_when_the_master_key_is_not_loaded(app: Flask, keyring: RootKeyring) -> None:
     client = app.test_client()
     client.environ_base["gunicorn.socket"] = FakeTLSSocket("stranger", alt_names=())
-    assert client.get("/readyz").get_json() == {"status": "ready"}  # no policy rule needed
+    assert client.get("/readyz").get_json() == {
+        "status": "ready",
+        "master_key_backend": "passphrase",
+    }  # no policy rule needed
     assert client.get("/v1/kms/keys").status_code == 403
     keyring.close()
     response = client.get("/readyz")

@@ -285,7 +285,8 @@ def test_kms_upgrade_and_kms_check_from_the_command_line(
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout == (
         f"kms: checked {OLD_KEYS} keys and {OLD_VERSIONS} key versions in "
-        f"{settings.database_dsn} at epoch 1: all authentic\n"
+        f"{settings.database_dsn} at epoch 1, root secret opened by the passphrase backend: "
+        "all authentic\n"
     )
 
     sql(settings, "UPDATE keys SET algorithm = 'ChaCha20-Poly1305' WHERE key_id = 'recreated'")
@@ -294,5 +295,6 @@ def test_kms_upgrade_and_kms_check_from_the_command_line(
     assert failed.stdout == "kms: FAILED key 'recreated': key row: MAC does not match\n"
     assert failed.stderr == (
         f"kms: checked {OLD_KEYS} keys and {OLD_VERSIONS - 1} key versions in "
-        f"{settings.database_dsn} at epoch 1: 1 failed\n"
+        f"{settings.database_dsn} at epoch 1, root secret opened by the passphrase backend: "
+        "1 failed\n"
     )

@@ -100,6 +100,10 @@ class KeyMaintenance:
         marker = self._repository.read_keystore()
         zeroise(self._keyring.unwrap(marker, init_marker_aad(self._keyring.keystore_id)))
 
+    def master_key(self) -> tuple[str, float | None]:
+        """The master-key backend that opened the root secret, and when (Unix time)."""
+        return self._keyring.backend, self._keyring.opened_at
+
     def key_counts_by_state(self) -> dict[str, int]:
         return self._repository.count_keys_by_state()
 

@@ -91,6 +91,7 @@ class KMSService:
         self.use_totals = limits.use_totals
         # The whole keystore.
         self.check_ready = maintenance.check_ready
+        self.master_key = maintenance.master_key
         self.key_counts_by_state = maintenance.key_counts_by_state
         self.check_integrity = maintenance.check_integrity
         self.upgrade_rows = maintenance.upgrade
