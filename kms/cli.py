@@ -337,7 +337,8 @@ def backup(file: Path) -> None:
     needs, are readable without the passphrase. Needs the master passphrase. Never overwrites
     FILE.
     """
-    from kms.master import backup_database, describe_database
+    from kms.backups import backup_database
+    from kms.master import describe_database
     from kms.settings import load_settings
 
     progress = ProgressBar()
@@ -381,7 +382,8 @@ def restore(
     nodes' too). With --as-clone the restored keystore is a keystore of its own, whose rows are
     refused by the original and which cannot unwrap what the original wraps from then on.
     """
-    from kms.master import describe_database, restore_database
+    from kms.backups import restore_database
+    from kms.master import describe_database
     from kms.settings import load_settings
 
     progress = ProgressBar()

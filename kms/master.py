@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from kms.audit import AuditKey
 from kms.audit_verify import verify_files
@@ -33,14 +32,11 @@ from kms.database import (
     is_empty_file,
     listing,
     not_initialised,
-    sync_directory,
 )
 from kms.errors import (
-    BackupError,
     ConfigurationError,
     DatabaseUnusable,
     IntegrityFailure,
-    InvalidBackup,
     InvalidKDFParameters,
     KeystoreTampered,
     KMSError,
@@ -48,11 +44,10 @@ from kms.errors import (
     RolledBack,
     UpgradeNeeded,
 )
-from kms.service.backup import BackupWriter, VerifiedBackup, verify_backup
 from kms.service.integrity import read_epoch
 from kms.service.keyring import RootKeyring, zeroise
 from kms.service.keys import Generations, IntegrityReport, KeyInfo, KMSService, Rotated
-from kms.service.keys.maintenance import newest_generations, rekey_rows
+from kms.service.keys.maintenance import newest_generations
 from kms.service.keystore import (
     FIRST_EPOCH,
     KEYSTORE_ID_BYTES,
@@ -69,14 +64,12 @@ from kms.service.passphrase import obtain_passphrase, require_long_passphrase
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.faults import existing_tables
-from kms.store.generations import GenerationJournal, journal_path, reset_journal
-from kms.store.keystore_rows import rewrite_every_row, write_keystore
-from kms.store.models import kms_metadata
+from kms.store.generations import GenerationJournal, journal_path
+from kms.store.keystore_rows import write_keystore
 from kms.store.records import EPOCH, INIT_MARKER
 from kms.store.repository import SQLKeyRepository
 from kms.store.schema import current_revision, head_revision, upgrade_to_head
 from kms.store.serving import ensure_not_serving
-from kms.store.snapshot import column_names, read_snapshot, table_names, write_rows
 
 
 def init_database(settings: Settings, *, allow_short_passphrase: bool = False) -> None:
@@ -169,7 +162,7 @@ def open_master_keyring(settings: Settings) -> RootKeyring:
                         f"({listing(tables)}); check database.dsn"
                     ) from None
                 raise not_initialised(name) from None
-            _require_current_schema(name, engine)
+            require_current_schema(name, engine)
             with master_key_backend(settings) as backend:
                 opened = _open(settings, name, repository, backend)
             # What /readyz and /metrics report: the backend in use, and when it opened.
@@ -233,7 +226,7 @@ def upgrade_database(settings: Settings) -> UpgradeResult:
     ``IntegrityFailure`` names the rows and no MAC is written. An older init marker on a
     database whose rows say it is newer is ``KeystoreTampered``, not an upgrade.
     """
-    with _engine(settings, "upgrade") as (name, engine):
+    with keystore_engine(settings, "upgrade") as (name, engine):
         repository = SQLKeyRepository(engine)
         repository.read_keystore()
         before, head = current_revision(engine), head_revision()
@@ -308,11 +301,11 @@ def check_database(settings: Settings, audit_files: tuple[Path, ...] = ()) -> In
                     f"cannot read the audit log {file}: {error.strerror}"
                 ) from None
         trail = newest_generations(lines)
-    with _engine(settings, "check") as (name, engine):
+    with keystore_engine(settings, "check") as (name, engine):
         repository = SQLKeyRepository(engine)
         repository.read_keystore()
-        _require_current_schema(name, engine)
-        keyring = _open_keyring(settings, name, repository)
+        require_current_schema(name, engine)
+        keyring = open_keyring(settings, name, repository)
         try:
             service = KMSService.from_settings(settings, repository, keyring)
             report = service.check_integrity(trail=trail)
@@ -339,11 +332,11 @@ def destroy_due_keys(
     The same service function serves every node; safe to run on several at once (see
     ``KMSService.destroy_due``). ``now`` is for tests; the command always uses the clock.
     """
-    with _engine(settings, "open") as (name, engine):
+    with keystore_engine(settings, "open") as (name, engine):
         repository = SQLKeyRepository(engine)
         repository.read_keystore()
-        _require_current_schema(name, engine)
-        keyring = _open_keyring(settings, name, repository)
+        require_current_schema(name, engine)
+        keyring = open_keyring(settings, name, repository)
         try:
             service = KMSService.from_settings(settings, repository, keyring)
             return service.destroy_due(now, on_destroyed=on_destroyed, on_failure=on_failure)
@@ -392,12 +385,12 @@ def rekey_database(
                 f"kms.master_key.backend: {settings.master_key_backend}, use "
                 "`kms rekey --to passphrase`"
             )
-        with _engine(settings, "rekey") as (name, engine):
+        with keystore_engine(settings, "rekey") as (name, engine):
             repository = SQLKeyRepository(engine)
             repository.read_keystore()
-            _require_current_schema(name, engine)
+            require_current_schema(name, engine)
             with ensure_not_serving(settings.database_url, engine, "rekey"):
-                old = _open_keyring(settings, name, repository)
+                old = open_keyring(settings, name, repository)
                 try:
                     new = RootKeyring(new_root_secret(), old.keystore_id)
                     try:
@@ -434,12 +427,12 @@ def move_root_secret(settings: Settings, to: str, new_passphrase: bytearray | No
                 f"the root secret is sealed by {to} already (kms.master_key.backend); "
                 "`kms rekey` without --to changes the passphrase"
             )
-        with _engine(settings, "rekey") as (name, engine):
+        with keystore_engine(settings, "rekey") as (name, engine):
             repository = SQLKeyRepository(engine)
             repository.read_keystore()
-            _require_current_schema(name, engine)
+            require_current_schema(name, engine)
             with ensure_not_serving(settings.database_url, engine, "rekey"):
-                keyring = _open_keyring(settings, name, repository)
+                keyring = open_keyring(settings, name, repository)
                 try:
                     target = settings.with_overrides(master_key_backend=to)
                     passphrase = None if new_passphrase is None else bytearray(new_passphrase)
@@ -468,11 +461,11 @@ def rotate_due_database(settings: Settings, progress: Progress | None = None) ->
     rotated under its row lock only if its latest version is still the one found due.
     """
     progress = progress or NoProgress()
-    with _engine(settings, "rotate keys in") as (name, engine):
+    with keystore_engine(settings, "rotate keys in") as (name, engine):
         repository = SQLKeyRepository(engine)
         repository.read_keystore()
-        _require_current_schema(name, engine)
-        keyring = _open_keyring(settings, name, repository)
+        require_current_schema(name, engine)
+        keyring = open_keyring(settings, name, repository)
         try:
             service = KMSService.from_settings(settings, repository, keyring)
             progress.start(service.count_rotating_keys(), "checking keys with a rotation period")
@@ -481,201 +474,13 @@ def rotate_due_database(settings: Settings, progress: Progress | None = None) ->
             keyring.close()
 
 
-@dataclass(frozen=True)
-class BackupResult:
-    rows: int
-    schema: str
-
-
-def backup_database(
-    settings: Settings, target: Path, progress: Progress | None = None
-) -> BackupResult:
-    """``kms backup FILE``: a consistent snapshot of the whole database, encrypted and
-    authenticated under a key derived from the master key (kms.service.backup), mode 0600.
-
-    Safe while servers run (one read transaction). Written to a private temporary file beside
-    ``target`` and linked into place only when complete and synced: killed at any point, there
-    is either no ``target`` or a whole one. An existing ``target`` is never replaced.
-    """
-    progress = progress or NoProgress()
-    if target.exists():
-        raise BackupError(f"refusing to overwrite {target}; choose a new file name")
-    with _engine(settings, "back up") as (name, engine):
-        repository = SQLKeyRepository(engine)
-        repository.read_keystore()
-        _require_current_schema(name, engine)
-        keyring = _open_keyring(settings, name, repository)
-        try:
-            metadata = repository.read_metadata()
-            sealed = {name: metadata[name] for name in BACKEND_ROWS if name in metadata}
-            writer = BackupWriter(keyring, sealed)
-        finally:
-            keyring.close()
-        directory = target.parent if str(target.parent) else Path(".")
-        try:
-            descriptor, temporary_name = tempfile.mkstemp(
-                prefix=f".{target.name}.partial-", dir=directory
-            )
-        except OSError as error:
-            raise BackupError(f"cannot write {target}: {error.strerror}") from None
-        temporary = Path(temporary_name)
-        rows, schema = 0, ""
-        try:
-            with os.fdopen(descriptor, "wb") as out:  # mkstemp made it 0600
-
-                def started(read_schema: str, total: int) -> None:
-                    nonlocal schema
-                    schema = read_schema
-                    out.write(writer.header(read_schema, total))
-                    progress.start(total, f"backing up {total} rows")
-
-                def row(table: str, values: dict[str, Any]) -> None:
-                    nonlocal rows
-                    out.write(writer.row(table, values))
-                    rows += 1
-                    progress.advance()
-
-                with database_faults("back up", name, None):
-                    read_snapshot(engine, started, row)
-                out.write(writer.seal())
-                out.flush()
-                os.fsync(out.fileno())
-            try:
-                os.link(temporary, target)  # fails if target appeared meanwhile: never replaced
-            except FileExistsError:
-                raise BackupError(
-                    f"refusing to overwrite {target}; choose a new file name"
-                ) from None
-            except OSError as error:
-                raise BackupError(f"cannot write {target}: {error.strerror}") from None
-            sync_directory(target.parent)
-        finally:
-            temporary.unlink(missing_ok=True)
-    return BackupResult(rows=rows, schema=schema)
-
-
-def restore_database(
-    settings: Settings,
-    source: Path,
-    progress: Progress | None = None,
-    *,
-    clone_passphrase: bytearray | None = None,
-) -> int:
-    """``kms restore FILE``: load a backup into an empty database (the configured one).
-
-    Made as ``kms init`` makes one (kms.database.NewDatabase): refused unless the database holds
-    nothing and no server uses it (the serving lock ``kms rekey`` takes, held until the end). The
-    whole file is read and its tag checked with the passphrase (the master key derives from the
-    backup's own KDF parameters) before anything is written or locked; then the schema and every
-    row are written in one transaction (SQLite: into a temporary file moved into place when
-    complete). Returns the number of rows.
-
-    With ``clone_passphrase`` (``--as-clone``) the restored keystore is another keystore: a new
-    keystore id and a new master key from that passphrase (a new salt), every version re-wrapped
-    and every row re-MAC'd in the same transaction. Its rows never verify in the original, nor
-    the original's in it, and it cannot unwrap what the original wraps from then on.
-
-    A restore is a deliberate rollback: this node's journal of generations is started afresh
-    (other nodes must remove theirs, docs/operations.md).
-    """
-    try:
-        try:
-            data = source.read_bytes()
-        except OSError as error:
-            raise BackupError(f"cannot read {source}: {error.strerror}") from None
-        database = NewDatabase(settings, "restore into")
-        try:
-            with master_key_backend(settings) as backend:
-                backup = verify_backup(
-                    data,
-                    backend,
-                    columns=lambda table: column_names(table) if table in table_names() else None,
-                    keep_keyring=clone_passphrase is not None,
-                )
-
-        except InvalidBackup as error:
-            raise InvalidBackup(f"{source}: {error.public_message}") from None
-        try:
-            _restore_verified(
-                settings, database, source, backup, progress or NoProgress(), clone_passphrase
-            )
-        finally:
-            if backup.keyring is not None:
-                backup.keyring.close()
-    finally:
-        if clone_passphrase is not None:
-            zeroise(clone_passphrase)
-    reset_journal(journal_path(settings.state_file, settings.database_url))
-    return len(backup.rows)
-
-
-def _restore_verified(
-    settings: Settings,
-    database: NewDatabase,
-    source: Path,
-    backup: VerifiedBackup,
-    progress: Progress,
-    clone_passphrase: bytearray | None,
-) -> None:
-    if backup.schema != head_revision():
-        raise InvalidBackup(
-            f"{source} was taken at schema revision {backup.schema}; this kms restores "
-            f"{head_revision()} only: restore it with the kms that took it, then `kms upgrade`"
-        )
-    clone = None
-    if clone_passphrase is not None and backup.keyring is not None:
-        clone = _clone_of(settings, backup.keyring, backup.rows, clone_passphrase)
-
-    def fill(conn: Connection) -> None:
-        # Started once the database is held alone: a refusal stays the command's one line.
-        progress.start(len(backup.rows), f"restoring {len(backup.rows)} rows")
-        write_rows(conn, iter(backup.rows), progress.advance)
-        if clone is not None and backup.keyring is not None:
-            keystore, new = clone
-            seal_key, rewrap_version = rekey_rows(backup.keyring, new)
-
-            def rewrapped(key: Any, version: Any) -> dict[str, object]:
-                wrapped_key, mac = rewrap_version(key, version)
-                return {"wrapped_key": wrapped_key, "mac": mac}
-
-            rewrite_every_row(conn, seal_key, rewrapped, keystore)
-
-    try:
-        database.create(fill)
-    finally:
-        if clone is not None:
-            clone[1].close()
-
-
-def _clone_of(
-    settings: Settings,
-    keyring: RootKeyring,
-    rows: list[tuple[str, dict[str, Any]]],
-    passphrase: bytearray,
-) -> tuple[dict[str, bytes], RootKeyring]:
-    """The keystore rows of a clone (a new root secret sealed under ``passphrase``, a new id,
-    init marker; the backup's epoch) and the clone's keyring; the caller closes it."""
-    stored = {row["name"]: row["value"] for table, row in rows if table == kms_metadata.name}
-    try:
-        epoch = read_epoch(keyring, stored.get(EPOCH))
-    except IntegrityFailure as error:
-        raise InvalidBackup(f"the backup's {error.detail}") from None
-    new = RootKeyring(new_root_secret(), os.urandom(KEYSTORE_ID_BYTES))
-    try:
-        with master_key_backend(settings, bytearray(passphrase)) as backend:
-            return sealed_keystore_rows(backend, new, epoch), new
-    except BaseException:
-        new.close()
-        raise
-
-
 def describe_database(settings: Settings) -> str:
     """The database for messages: its file, or its URL without the password."""
     return database_of(settings)[0]
 
 
 @contextlib.contextmanager
-def _engine(settings: Settings, action: str) -> Iterator[tuple[str, Engine]]:
+def keystore_engine(settings: Settings, action: str) -> Iterator[tuple[str, Engine]]:
     name, path = database_of(settings)
     if path is not None and is_empty_file(path):
         # Connecting would create the file, or write a WAL header into an empty one.
@@ -688,7 +493,7 @@ def _engine(settings: Settings, action: str) -> Iterator[tuple[str, Engine]]:
             engine.dispose()
 
 
-def _require_current_schema(name: str, engine: Engine) -> None:
+def require_current_schema(name: str, engine: Engine) -> None:
     current, head = current_revision(engine), head_revision()
     if current != head:
         raise UpgradeNeeded(
@@ -697,7 +502,7 @@ def _require_current_schema(name: str, engine: Engine) -> None:
         )
 
 
-def _open_keyring(settings: Settings, name: str, repository: SQLKeyRepository) -> RootKeyring:
+def open_keyring(settings: Settings, name: str, repository: SQLKeyRepository) -> RootKeyring:
     with master_key_backend(settings) as backend:
         return _open(settings, name, repository, backend).keyring
 

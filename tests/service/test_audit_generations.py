@@ -15,7 +15,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import text
 
 from kms.app import REPOSITORY, create_app
-from kms.master import backup_database, check_database, restore_database
+from kms.backups import backup_database, restore_database
+from kms.master import check_database
 from kms.service.keyring import RootKeyring
 from kms.settings import Settings
 from kms.store.db import create_kms_engine

@@ -13,14 +13,9 @@ from pathlib import Path
 import pytest
 
 import kms.service.backup
+from kms.backups import backup_database, restore_database
 from kms.errors import DatabaseNotEmpty, InvalidBackup
-from kms.master import (
-    backup_database,
-    check_database,
-    init_database,
-    open_master_keyring,
-    restore_database,
-)
+from kms.master import check_database, init_database, open_master_keyring
 from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 from kms.settings import Settings

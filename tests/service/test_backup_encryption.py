@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from kms.backups import backup_database, restore_database
 from kms.errors import InvalidBackup, KeyPendingDeletion
-from kms.master import backup_database, check_database, restore_database
+from kms.master import check_database
 from kms.service.keys.operations import CURRENT_REQUESTER, Requester
 from kms.settings import Settings
 from kms.store.schema import head_revision

@@ -21,13 +21,9 @@ from typing import Any
 
 import pytest
 
+from kms.backups import backup_database, restore_database
 from kms.errors import InvalidBackup
-from kms.master import (
-    backup_database,
-    master_key_backend,
-    open_master_keyring,
-    restore_database,
-)
+from kms.master import master_key_backend, open_master_keyring
 from kms.service.backup import verify_backup
 from kms.settings import Settings
 from kms.store.snapshot import column_names, table_names

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from kms.backups import backup_database, restore_database
 from kms.errors import IntegrityFailure, InvalidBackup, WrongPassphrase
-from kms.master import backup_database, check_database, open_master_keyring, restore_database
+from kms.master import check_database, open_master_keyring
 from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 from kms.settings import Settings

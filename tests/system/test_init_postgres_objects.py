@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from kms.master import backup_database, init_database
+from kms.backups import backup_database
+from kms.master import init_database
 from kms.store.inventory import foreign_objects
 from tests.helpers.config import write_config
 from tests.helpers.harness import run_kms

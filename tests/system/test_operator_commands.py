@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from kms.backups import backup_database
 from kms.errors import NotInitialised
 from kms.master import (
-    backup_database,
     check_database,
     destroy_due_keys,
     init_database,

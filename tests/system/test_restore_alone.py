@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from kms.master import backup_database, open_master_keyring
+from kms.backups import backup_database
+from kms.master import open_master_keyring
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository

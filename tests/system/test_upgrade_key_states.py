@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from kms.backups import backup_database
 from kms.errors import FencedCiphertext, KeyDisabled, KeyPendingDeletion, UpgradeNeeded
 from kms.master import (
-    backup_database,
     check_database,
     destroy_due_keys,
     open_master_keyring,
