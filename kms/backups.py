@@ -31,7 +31,7 @@ from kms.service.integrity import read_epoch
 from kms.service.keyring import RootKeyring, zeroise
 from kms.service.keys.maintenance import rekey_rows
 from kms.service.keystore import KEYSTORE_ID_BYTES, new_root_secret, sealed_keystore_rows
-from kms.service.masterkey import BACKEND_ROWS
+from kms.service.masterkey import sealed_rows
 from kms.settings import Settings
 from kms.store.generations import journal_path, reset_journal
 from kms.store.keystore_rows import rewrite_every_row
@@ -68,8 +68,7 @@ def backup_database(
         keyring = open_keyring(settings, name, repository)
         try:
             metadata = repository.read_metadata()
-            sealed = {name: metadata[name] for name in BACKEND_ROWS if name in metadata}
-            writer = BackupWriter(keyring, sealed)
+            writer = BackupWriter(keyring, sealed_rows(metadata))
         finally:
             keyring.close()
         directory = target.parent if str(target.parent) else Path(".")

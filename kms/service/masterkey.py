@@ -75,6 +75,11 @@ class MasterKeyBackend(Protocol):
 BACKEND_ROWS = (ROOT_SECRET, KDF_PARAMETERS)
 
 
+def sealed_rows(metadata: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The ``kms_metadata`` rows that seal the root secret (what a backup's header carries)."""
+    return {row: metadata[row] for row in BACKEND_ROWS if row in metadata}
+
+
 def sealed_body(rows: Mapping[str, bytes], backend: str) -> bytes:
     """The sealed root secret's nonce and ciphertext, once its format byte says ``backend``
     sealed it; otherwise a ``KeystoreError`` that says which backend did."""

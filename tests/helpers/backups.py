@@ -12,7 +12,7 @@ import struct
 from kms.crypto.stream import STREAM_SALT_BYTES, StreamSealer, open_stream
 from kms.master import open_master_keyring
 from kms.service.backup import file_header
-from kms.service.masterkey import BACKEND_ROWS
+from kms.service.masterkey import sealed_rows
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
@@ -37,11 +37,10 @@ def seal_backup(settings: Settings, document: bytes, chunk_bytes: int = 1 << 16)
         metadata = repository.read_metadata()
     finally:
         repository.close()
-    sealed = {name: metadata[name] for name in BACKEND_ROWS if name in metadata}
     keyring = open_master_keyring(settings)
     try:
         salt = os.urandom(STREAM_SALT_BYTES)
-        header = file_header(sealed, keyring.keystore_id, salt)
+        header = file_header(sealed_rows(metadata), keyring.keystore_id, salt)
         sealer = StreamSealer(keyring.backup_cipher(salt), header, chunk_bytes)
         return header + sealer.update(document) + sealer.finish()
     finally:
