@@ -141,7 +141,7 @@ class CountingRepository(SQLKeyRepository):
 def keys_and_service(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[KMSService, CountingRepository]]:
-    monkeypatch.setattr("kms.service.keys.lifecycle.MAX_ROWS_EXAMINED", CAP)
+    monkeypatch.setattr("kms.service.keys.reading.MAX_ROWS_EXAMINED", CAP)
     writer = store.service()
     for index in range(OTHER_KEYS):
         writer.create_key(f"app-{index:05d}", labels={"team": "apps"})
