@@ -100,9 +100,10 @@ known-bugs: $(STAMP)
 
 # Not part of `make test`: a real server over mTLS, about 4 to 5 minutes (docs/performance.md).
 # BENCH_SECONDS per scenario (default 4); POSTGRES_BENCH_DSN (a role with CREATEDB) adds
-# PostgreSQL in a throwaway database; BENCH_ARGS passes more (e.g. --only encrypt_256).
+# PostgreSQL (a database kept between runs); BENCH_BACKEND=pkcs11 or both runs SQLite on a SoftHSM2
+# token too; BENCH_ARGS passes more (e.g. --only encrypt_256).
 bench: $(STAMP)
-	$(BIN)/python -m bench $(if $(POSTGRES_BENCH_DSN),--postgres-dsn=$(POSTGRES_BENCH_DSN)) $(BENCH_ARGS)
+	$(BIN)/python -m bench $(if $(POSTGRES_BENCH_DSN),--postgres-dsn=$(POSTGRES_BENCH_DSN)) $(if $(BENCH_BACKEND),--backend=$(BENCH_BACKEND)) $(BENCH_ARGS)
 
 # What make lint checks is what make format rewrites.
 LINTED := kms migrations tests scripts bench tools

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.load import LOOPBACK, BenchError, Client, encode_request, request_once
+from bench.scenarios import small_encrypt_request
 
+ROOT = Path(__file__).resolve().parents[1]
 STARTUP_SECONDS = 60.0
 STOP_SECONDS = 30.0
 
@@ -43,6 +45,10 @@ class ServerOptions:
     key_cache_size: int | None = None
     key_cache_bytes: int | None = None
     tls_context_cache: bool = True
+    #: ``kms.master_key`` settings (``bench.hsm``): the pkcs11 backend instead of the passphrase.
+    master_key: tuple[tuple[str, str], ...] = ()
+    #: Added to the server's environment (``SOFTHSM2_CONF`` for the pkcs11 backend).
+    environment: tuple[tuple[str, str], ...] = ()
 
 
 def kms_command() -> str:
@@ -82,6 +88,9 @@ def _config(directory: Path, port: int, options: ServerOptions) -> str:
     if not options.tls_context_cache:
         server.append("  tls_context_cache: false")
     kms = [f'  master_passphrase_file: "{options.passphrase_file}"']
+    if options.master_key:
+        kms.append("  master_key:")
+        kms += [f'    {name}: "{value}"' for name, value in options.master_key]
     if options.key_cache_size is not None:
         kms.append(f"  key_cache_size: {options.key_cache_size}")
     if options.key_cache_bytes is not None:
@@ -103,11 +112,22 @@ def _config(directory: Path, port: int, options: ServerOptions) -> str:
     )
 
 
-def environment(config: Path) -> dict[str, str]:
+def environment(config: Path, options: ServerOptions | None = None) -> dict[str, str]:
     """This environment without the developer's KMS_* overrides, plus KMS_CONFIG."""
     environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
     environ["KMS_CONFIG"] = str(config)
+    if options is not None:
+        environ.update(options.environment)
     return environ
+
+
+def write_config(directory: Path, port: int, options: ServerOptions) -> Path:
+    """The kms configuration file for a server on ``port`` (certificates already in
+    ``directory``), and the policy it names."""
+    (directory / "policy.yaml").write_text(POLICY, encoding="utf-8")
+    config = directory / f"config-{port}.yaml"
+    config.write_text(_config(directory, port, options), encoding="utf-8")
+    return config
 
 
 @dataclass
@@ -168,15 +188,36 @@ def connections_per_process(pids: list[int], port: int) -> list[int]:
 @contextmanager
 def running_server(directory: Path, options: ServerOptions) -> Iterator[RunningServer]:
     """Start ``kms serve`` (certificates already in ``directory``), wait until it answers."""
-    (directory / "policy.yaml").write_text(POLICY, encoding="utf-8")
+    with _serving(directory, options, [kms_command(), "serve"], {}) as server:
+        yield server
+
+
+@contextmanager
+def running_floor(directory: Path, options: ServerOptions, app: str) -> Iterator[RunningServer]:
+    """Serve the floor application ``app`` (``bench.floor``) with kms's gunicorn settings for
+    ``options`` (``bench/floor_conf.py``), and wait until it answers."""
+    command = [sys.executable, "-m", "gunicorn", "-c", "python:bench.floor_conf"]
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    extra = {"BENCH_FLOOR_APP": app, "PYTHONPATH": path}
+    with _serving(directory, options, command, extra, probe=small_encrypt_request()) as server:
+        yield server
+
+
+@contextmanager
+def _serving(
+    directory: Path,
+    options: ServerOptions,
+    command: list[str],
+    extra: dict[str, str],
+    probe: bytes | None = None,
+) -> Iterator[RunningServer]:
     port = free_port()
-    config = directory / f"config-{port}.yaml"
-    config.write_text(_config(directory, port, options), encoding="utf-8")
+    config = write_config(directory, port, options)
     log = directory / f"server-{port}.log"
     with log.open("wb") as output:
         process = subprocess.Popen(  # noqa: S603 - our command, our arguments
-            [kms_command(), "serve"],
-            env=environment(config),
+            command,
+            env=environment(config, options) | extra,
             cwd=directory,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -189,7 +230,7 @@ def running_server(directory: Path, options: ServerOptions) -> Iterator[RunningS
     )
     server = RunningServer(process, client, log)
     try:
-        _wait_until_serving(server, options)
+        _wait_until_serving(server, options, probe or encode_request("GET", "/healthz"))
         yield server
     finally:
         process.send_signal(signal.SIGTERM)
@@ -200,13 +241,13 @@ def running_server(directory: Path, options: ServerOptions) -> Iterator[RunningS
             process.wait()
 
 
-def _wait_until_serving(server: RunningServer, options: ServerOptions) -> None:
+def _wait_until_serving(server: RunningServer, options: ServerOptions, probe: bytes) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
-    probe = encode_request("GET", "/healthz")
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             tail = server.log.read_text(errors="replace")[-2000:]
-            raise BenchError(f"kms serve exited with {server.process.returncode}:\n{tail}")
+            code = server.process.returncode
+            raise BenchError(f"the server ({server.log.name}) exited with {code}:\n{tail}")
         try:
             status, _ = request_once(server.client, probe)
         except OSError:
@@ -215,7 +256,7 @@ def _wait_until_serving(server: RunningServer, options: ServerOptions) -> None:
         if status == 200:
             break
     else:
-        raise BenchError("kms serve did not answer within 60 s")
+        raise BenchError(f"the server ({server.log.name}) did not answer within 60 s")
     # Every worker must be up before the clock starts (the first answers come from one).
     expected = options.workers or _configured_workers()
     while time.monotonic() < deadline:
