@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kms.errors import KMSError
+from kms.errors import ConfigurationError, KMSError
 
 if TYPE_CHECKING:
     from kms.service.keys import KeyInfo
@@ -59,16 +59,26 @@ ALLOW_SHORT_PASSPHRASE = click.option(
 )
 
 
+#: The master-key backends, for ``--backend`` and ``--to``.
+BACKEND_CHOICE = click.Choice(["passphrase", "pkcs11"])
+
+
 @main.command()
 @click.option("--if-needed", is_flag=True, help="Succeed quietly if already initialised.")
 @ALLOW_SHORT_PASSPHRASE
-def init(if_needed: bool, allow_short_passphrase: bool) -> None:
+@click.option(
+    "--backend",
+    type=BACKEND_CHOICE,
+    help="The backend that seals the new keystore; refused unless kms.master_key.backend "
+    "says the same (kms starts with that setting).",
+)
+def init(if_needed: bool, allow_short_passphrase: bool, backend: str | None) -> None:
     """Initialise the configured database: schema, a new root secret sealed by the master-key
     backend (kms.master_key.backend), the keystore id and the init marker.
 
     Only a missing or empty database is initialised: on PostgreSQL one with no object (table,
     sequence, type, view, function...) in any schema but PostgreSQL's own. The passphrase must
-    be at least 16 bytes long.
+    be at least 16 bytes long. With the pkcs11 backend, `kms hsm init` makes the HSM's key first.
     """
     from kms.errors import AlreadyInitialised
     from kms.master import init_database
@@ -77,7 +87,7 @@ def init(if_needed: bool, allow_short_passphrase: bool) -> None:
 
     try:
         settings = load_settings()
-        init_database(settings, allow_short_passphrase=allow_short_passphrase)
+        init_database(settings, allow_short_passphrase=allow_short_passphrase, backend=backend)
     except AlreadyInitialised as error:
         if if_needed:
             return
@@ -153,6 +163,8 @@ def check(audit_files: tuple[Path, ...]) -> None:
     summary = f"checked {report.keys} keys and {report.versions} key versions in {where}"
     summary += f" at epoch {report.epoch}"
     summary += f", root secret opened by the {settings.master_key_backend} backend"
+    if report.root_secret_seconds is not None:
+        summary += f" in {report.root_secret_seconds * 1000:.1f} ms"
     if report.trail_epoch is not None:
         summary += f" (the audit trail's newest: {report.trail_epoch})"
     if report.failures:
@@ -197,6 +209,14 @@ def destroy_due() -> None:
         sys.exit(1)
 
 
+#: ``--key-label`` of the commands that name an HSM key instead of kms.master_key.key_label.
+KEY_LABEL = click.option(
+    "--key-label",
+    help="The HSM key (in the token kms.master_key.token_label names) instead of "
+    "kms.master_key.key_label.",
+)
+
+
 @main.command()
 @click.option(
     "--new-passphrase-file",
@@ -207,14 +227,24 @@ def destroy_due() -> None:
 @click.option(
     "--to",
     "to",
-    type=click.Choice(["passphrase", "pkcs11"]),
+    type=BACKEND_CHOICE,
     help="Move the root secret to this backend instead (only the root secret is re-sealed).",
 )
-def rekey(new_passphrase_file: Path | None, allow_short_passphrase: bool, to: str | None) -> None:
-    """Change the master passphrase: a new root secret under a new salt, every key version
-    re-wrapped, in one transaction. With --to, seal the root secret by another backend instead
-    (pkcs11: the kms.master_key.* settings; passphrase: the new passphrase), then set
-    kms.master_key.backend to it. A new passphrase must be at least 16 bytes long.
+@KEY_LABEL
+def rekey(
+    new_passphrase_file: Path | None,
+    allow_short_passphrase: bool,
+    to: str | None,
+    key_label: str | None,
+) -> None:
+    """Make a new root secret and re-wrap every key version under it, in one transaction. The
+    passphrase backend seals it under a new passphrase; the pkcs11 backend by the HSM's key, or
+    with --key-label by another key of the token (made first with `kms hsm init --key-label`),
+    then set kms.master_key.key_label to it. A new passphrase must be at least 16 bytes long.
+
+    With --to, seal the same root secret by another backend instead (pkcs11: the
+    kms.master_key.* settings; passphrase: the new passphrase), then set kms.master_key.backend
+    to it.
 
     Stop every kms server first (kms refuses while one uses the database). Killed at any point,
     nothing changed and the old passphrase (or HSM key) still works; once it prints, only the
@@ -231,26 +261,42 @@ def rekey(new_passphrase_file: Path | None, allow_short_passphrase: bool, to: st
                 if to == "passphrase"
                 else None
             )
-            move_root_secret(settings, to, passphrase)
+            move_root_secret(settings, to, passphrase, key_label=key_label)
         except KMSError as error:
             _fail(error)
         click.echo(
             f"kms: the root secret of {describe_database(settings)} is sealed by the {to} "
-            f"backend now; set kms.master_key.backend: {to} before starting kms"
+            f"backend now; set kms.master_key.backend: {to}"
+            + (f" and kms.master_key.key_label: {key_label}" if key_label else "")
+            + " before starting kms"
         )
         return
     progress = ProgressBar()
     try:
         settings = load_settings()
-        new_passphrase = _new_passphrase(new_passphrase_file, allow_short_passphrase)
-        result = rekey_database(settings, new_passphrase, progress)
+        on_hsm = settings.master_key_backend == "pkcs11"
+        if on_hsm and new_passphrase_file is not None:
+            raise ConfigurationError(
+                "--new-passphrase-file: kms.master_key.backend is pkcs11, and the HSM's key "
+                "seals the new root secret (`kms rekey --to passphrase` moves it to a passphrase)"
+            )
+        new_passphrase = (
+            None if on_hsm else _new_passphrase(new_passphrase_file, allow_short_passphrase)
+        )
+        result = rekey_database(settings, new_passphrase, progress, key_label=key_label)
     except KMSError as error:
         progress.finish()
         _fail(error)
     progress.finish()
+    opener = "the new passphrase"
+    if on_hsm:
+        opener = f"the HSM key {key_label or settings.pkcs11_key_label!r}"
+    after = ""
+    if key_label is not None and key_label != settings.pkcs11_key_label:
+        after = f"; set kms.master_key.key_label: {key_label} before starting kms"
     click.echo(
         f"kms: rekeyed {describe_database(settings)}: {result.versions} key versions of "
-        f"{result.keys} keys re-wrapped; only the new passphrase opens it now"
+        f"{result.keys} keys re-wrapped; only {opener} opens it now{after}"
     )
 
 
@@ -286,14 +332,17 @@ def hsm() -> None:
 
 
 @hsm.command("init")
-def hsm_init() -> None:
-    """Create the AES-256 key kms.master_key.key_label names in the token, if it is absent:
-    sensitive, not extractable, encrypt and decrypt only, kept in the token. An existing key is
-    left alone, and refused if its attributes are weaker."""
+@KEY_LABEL
+def hsm_init(key_label: str | None) -> None:
+    """Create the AES-256 key kms.master_key.key_label (or --key-label) names in the token, if
+    it is absent: sensitive, not extractable, encrypt and decrypt only, kept in the token. An
+    existing key is left alone, and refused if its attributes are weaker."""
     from kms.settings import load_settings
 
     try:
         settings = load_settings()
+        if key_label is not None:
+            settings = settings.with_overrides(pkcs11_key_label=key_label)
         from kms.service.pkcs11 import HSMSettings, create_hsm_key
 
         hsm_settings = HSMSettings.from_settings(settings)

@@ -267,6 +267,12 @@ def on_starting(server: Any) -> None:
             _fail(error.public_message)
         else:
             _fail(f"cannot take the serving lock beside the database: {error.strerror}")
+    if keyring.open_seconds is not None:
+        kms_log.info(
+            "kms: root secret opened by the %s backend in %.1f ms",
+            keyring.backend,
+            keyring.open_seconds * 1000,
+        )
     # Warned only once the keystore opened: a refused start stays one line naming its cause.
     for warning in _policy.warnings:
         kms_log.warning("%s", warning)

@@ -72,8 +72,15 @@ from kms.store.schema import current_revision, head_revision, upgrade_to_head
 from kms.store.serving import ensure_not_serving
 
 
-def init_database(settings: Settings, *, allow_short_passphrase: bool = False) -> None:
-    """Create the schema, the salt, the KDF parameters and the init marker.
+def init_database(
+    settings: Settings, *, allow_short_passphrase: bool = False, backend: str | None = None
+) -> None:
+    """Create the schema, a new root secret sealed by the master-key backend, the keystore id
+    and the init marker.
+
+    ``backend`` (``kms init --backend``) must be the backend the settings name
+    (``kms.master_key.backend``): the one every later start opens the keystore with. Otherwise
+    ``ConfigurationError`` names the setting, before anything is read or written.
 
     A passphrase shorter than ``MIN_PASSPHRASE_BYTES`` is refused (``PassphraseError``) unless
     ``allow_short_passphrase`` (``kms init --allow-short-passphrase``).
@@ -87,6 +94,7 @@ def init_database(settings: Settings, *, allow_short_passphrase: bool = False) -
     SQLite database is built in a temporary file beside the target and moved into place only
     when complete. A failure part-way leaves no database behind, so a later ``kms init`` works.
     """
+    require_backend(settings, backend, "kms init")
     database = NewDatabase(settings, "initialise")
     passphrase: bytearray | None = None
     if settings.master_key_backend == "passphrase":
@@ -98,9 +106,22 @@ def init_database(settings: Settings, *, allow_short_passphrase: bool = False) -
         except BaseException:
             zeroise(passphrase)
             raise
-    with master_key_backend(settings, passphrase) as backend:
-        keystore = new_keystore(backend)
+    with master_key_backend(settings, passphrase) as sealer:
+        keystore = new_keystore(sealer)
     database.create(lambda conn: write_keystore(conn, keystore))
+
+
+def require_backend(settings: Settings, backend: str | None, command: str) -> None:
+    """Refuse ``command --backend BACKEND`` unless the settings name the same backend: a
+    keystore sealed by another would not open at the next start."""
+    if backend is None or backend == settings.master_key_backend:
+        return
+    raise ConfigurationError(
+        f"{command} --backend {backend}: kms.master_key.backend is "
+        f"{settings.master_key_backend} ({settings.source}), and kms opens the keystore with "
+        f"that backend: set kms.master_key.backend: {backend} (with pkcs11, also module, "
+        "token_label, key_label and pin_file); nothing was written"
+    )
 
 
 @contextlib.contextmanager
@@ -163,8 +184,10 @@ def open_master_keyring(settings: Settings) -> RootKeyring:
                     ) from None
                 raise not_initialised(name) from None
             require_current_schema(name, engine)
+            started = time.perf_counter()
             with master_key_backend(settings) as backend:
                 opened = _open(settings, name, repository, backend)
+            opened.keyring.open_seconds = time.perf_counter() - started
             # What /readyz and /metrics report: the backend in use, and when it opened.
             opened.keyring.backend = settings.master_key_backend
             opened.keyring.opened_at = time.time()
@@ -309,6 +332,7 @@ def check_database(settings: Settings, audit_files: tuple[Path, ...] = ()) -> In
         try:
             service = KMSService.from_settings(settings, repository, keyring)
             report = service.check_integrity(trail=trail)
+            report.root_secret_seconds = keyring.open_seconds
             if audit_files:
                 # A trail with lines deleted or edited could hide a rollback: its chain first.
                 broken = verify_files(audit_files, AuditKey.of(keyring)).failure
@@ -366,25 +390,26 @@ class RekeyResult:
 
 
 def rekey_database(
-    settings: Settings, new_passphrase: bytearray, progress: Progress | None = None
+    settings: Settings,
+    new_passphrase: bytearray | None,
+    progress: Progress | None = None,
+    *,
+    key_label: str | None = None,
 ) -> RekeyResult:
-    """``kms rekey``: a new root secret, sealed under the new passphrase (a new salt); every
-    version re-wrapped (in wrap format 4), every row re-MAC'd.
+    """``kms rekey``: a new root secret, every version re-wrapped (in wrap format 4), every row
+    re-MAC'd. The ``passphrase`` backend seals the new root secret under ``new_passphrase`` (a
+    new salt); the ``pkcs11`` backend by the HSM's key, or by the key ``key_label`` of the same
+    token (an HSM key rotation: ``kms rekey --key-label NEW``, after ``kms hsm init`` made it).
+    The new seal is opened again before anything is written.
 
     Refuses while a server uses the database (kms.store.serving). One transaction: killed at any
-    point, the old passphrase still opens the keystore and every key works; once it returns,
-    only the new passphrase does, and a copy of the old database opened with the old passphrase
-    yields a root secret that opens nothing written since. ``new_passphrase`` is overwritten
-    either way.
+    point, the old passphrase (or HSM key) still opens the keystore and every key works; once it
+    returns, only the new one does, and a copy of the old database opened the old way yields a
+    root secret that opens nothing written since. ``new_passphrase`` is overwritten either way.
     """
     progress = progress or NoProgress()
     try:
-        if settings.master_key_backend != "passphrase":
-            raise ConfigurationError(
-                "kms rekey changes the passphrase of the passphrase backend; with "
-                f"kms.master_key.backend: {settings.master_key_backend}, use "
-                "`kms rekey --to passphrase`"
-            )
+        target = _rekey_target(settings, new_passphrase, key_label)
         with keystore_engine(settings, "rekey") as (name, engine):
             repository = SQLKeyRepository(engine)
             repository.read_keystore()
@@ -396,8 +421,10 @@ def rekey_database(
                     try:
                         service = KMSService.from_settings(settings, repository, old)
                         # The backend overwrites its copy; the finally below, the original.
-                        with master_key_backend(settings, bytearray(new_passphrase)) as backend:
+                        passphrase = None if new_passphrase is None else bytearray(new_passphrase)
+                        with master_key_backend(target, passphrase) as backend:
                             keystore = sealed_keystore_rows(backend, new, service.read_epoch())
+                            zeroise(backend.unseal(keystore, new.keystore_id))
                         progress.start(service.count_versions(), "re-wrapping key versions")
                         keys, versions = service.rekey(
                             new, keystore, after_version=progress.advance
@@ -407,26 +434,62 @@ def rekey_database(
                 finally:
                     old.close()
     finally:
-        zeroise(new_passphrase)
+        if new_passphrase is not None:
+            zeroise(new_passphrase)
     return RekeyResult(keys, versions)
 
 
-def move_root_secret(settings: Settings, to: str, new_passphrase: bytearray | None = None) -> None:
+def _rekey_target(
+    settings: Settings, new_passphrase: bytearray | None, key_label: str | None
+) -> Settings:
+    """The settings of the backend that seals the new root secret; ``ConfigurationError`` when
+    the arguments are not for the backend in use."""
+    if settings.master_key_backend == "pkcs11":
+        if new_passphrase is not None:
+            raise ConfigurationError(
+                "kms.master_key.backend is pkcs11: kms rekey seals the new root secret by the "
+                "HSM's key, and takes no new passphrase (`kms rekey --to passphrase` moves the "
+                "root secret to one)"
+            )
+        if key_label is None:
+            return settings
+        return settings.with_overrides(pkcs11_key_label=key_label)
+    if key_label is not None:
+        raise ConfigurationError(
+            "--key-label names an HSM key, but kms.master_key.backend is "
+            f"{settings.master_key_backend} (`kms rekey --to pkcs11` moves the root secret to one)"
+        )
+    if new_passphrase is None:
+        raise ConfigurationError("kms rekey needs the new passphrase")
+    return settings
+
+
+def move_root_secret(
+    settings: Settings,
+    to: str,
+    new_passphrase: bytearray | None = None,
+    *,
+    key_label: str | None = None,
+) -> None:
     """``kms rekey --to BACKEND``: seal the root secret by ``to`` instead of the backend it is
     sealed by now (``kms.master_key.backend``). Only the sealed root secret changes (and the KDF
     parameters come or go): no key version is re-wrapped, no row re-MAC'd.
 
-    ``pkcs11`` uses the ``kms.master_key.*`` settings; ``passphrase`` the ``new_passphrase``
-    (overwritten either way). Refused while a server uses the database. One transaction: killed
+    ``pkcs11`` uses the ``kms.master_key.*`` settings (``key_label``, when given, instead of
+    ``kms.master_key.key_label``); ``passphrase`` the ``new_passphrase`` (overwritten either
+    way). Refused while a server uses the database. One transaction: killed
     at any point, the old backend still opens everything; once it returns, only ``to`` does,
     and ``kms.master_key.backend`` must say so.
     """
     try:
         if to == settings.master_key_backend:
             raise ConfigurationError(
-                f"the root secret is sealed by {to} already (kms.master_key.backend); "
-                "`kms rekey` without --to changes the passphrase"
+                f"the root secret is sealed by {to} already (kms.master_key.backend): "
+                "`kms rekey` without --to makes a new root secret"
+                + (" (--key-label: sealed by another HSM key)" if to == "pkcs11" else "")
             )
+        if key_label is not None and to != "pkcs11":
+            raise ConfigurationError("--key-label names an HSM key: it goes with --to pkcs11")
         with keystore_engine(settings, "rekey") as (name, engine):
             repository = SQLKeyRepository(engine)
             repository.read_keystore()
@@ -435,6 +498,8 @@ def move_root_secret(settings: Settings, to: str, new_passphrase: bytearray | No
                 keyring = open_keyring(settings, name, repository)
                 try:
                     target = settings.with_overrides(master_key_backend=to)
+                    if key_label is not None:
+                        target = target.with_overrides(pkcs11_key_label=key_label)
                     passphrase = None if new_passphrase is None else bytearray(new_passphrase)
                     with master_key_backend(target, passphrase) as backend:
                         root_secret = keyring.root_secret()
@@ -503,8 +568,11 @@ def require_current_schema(name: str, engine: Engine) -> None:
 
 
 def open_keyring(settings: Settings, name: str, repository: SQLKeyRepository) -> RootKeyring:
+    started = time.perf_counter()
     with master_key_backend(settings) as backend:
-        return _open(settings, name, repository, backend).keyring
+        keyring = _open(settings, name, repository, backend).keyring
+    keyring.open_seconds = time.perf_counter() - started
+    return keyring
 
 
 def _open(

@@ -73,6 +73,9 @@ class RootKeyring:
         self.keystore_id = keystore_id
         self.backend = "passphrase"
         self.opened_at: float | None = None
+        #: How long the backend took to open the root secret and prove it on the init marker
+        #: (library, login and unseal for pkcs11; PBKDF2 and unseal for passphrase).
+        self.open_seconds: float | None = None
         # AESGCM and HKDF take the bytearray itself: no immutable copy of the root secret.
         self._legacy: AESGCM | None = AESGCM(root_secret)
         wrapping_key = derive_key(root_secret, WRAPPING_KEY_INFO)

@@ -129,8 +129,9 @@ class HSMSession:
             ) from None
         except errors.MultipleTokensReturned:
             raise KeystoreError(
-                f"more than one token is labelled {hsm.token_label!r} in {hsm.module}: give "
-                "each token a label of its own"
+                f"more than one token is labelled {hsm.token_label!r} in {hsm.module} "
+                "(kms.master_key.token_label): ambiguous, refused; give each token a label of "
+                "its own"
             ) from None
         try:
             return token.open(rw=rw, user_pin=pin)

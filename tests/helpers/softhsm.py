@@ -147,6 +147,53 @@ def make_token(directory: Path, label: str = TOKEN_LABEL) -> Token:
     return Token(directory=directory, config=config, module=module, pin_file=pin_file, label=label)
 
 
+def add_token(token: Token, label: str) -> None:
+    """Initialise another token in ``token``'s store, labelled ``label`` (it may repeat a
+    label: SoftHSM2 allows two tokens of the same label)."""
+    subprocess.run(
+        [
+            "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--pin",
+            USER_PIN,
+            "--so-pin",
+            SO_PIN,
+        ],
+        env={**os.environ, "SOFTHSM2_CONF": str(token.config)},
+        capture_output=True,
+        check=True,
+    )
+
+
+def pin_locked_module(directory: Path) -> Path:
+    """A PKCS#11 module that is SoftHSM2 in every call but ``C_Login``, which answers
+    ``CKR_PIN_LOCKED`` (tests/helpers/pin_locked_pkcs11.c), built in ``directory``."""
+    module = softhsm_module()
+    compiler = shutil.which("cc")
+    if compiler is None:
+        unavailable("no C compiler (cc) to build the PIN-locked PKCS#11 module")
+    built = directory / "libpinlocked.so"
+    subprocess.run(
+        [
+            compiler,
+            "-shared",
+            "-fPIC",
+            "-O1",
+            f'-DREAL_MODULE="{module}"',
+            "-o",
+            str(built),
+            str(Path(__file__).with_name("pin_locked_pkcs11.c")),
+            "-ldl",
+        ],
+        capture_output=True,
+        check=True,
+    )
+    return built
+
+
 @pytest.fixture(scope="session")
 def session_token(tmp_path_factory: pytest.TempPathFactory) -> Token:
     """One token per test session (per xdist worker), made once."""

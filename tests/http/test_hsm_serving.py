@@ -29,7 +29,12 @@ from tests.helpers.harness import (
     write_dev_certificates,
 )
 from tests.helpers.softhsm import (
+    KEY_LABEL,
     Token,
+    add_token,
+    make_token,
+    pin_locked_module,
+    pkcs11_library,
     session_token,  # noqa: F401 - a fixture
     spy_module,
     token,  # noqa: F401 - a fixture
@@ -83,6 +88,12 @@ def test_a_server_on_the_hsm_serves_without_calling_it_and_after_a_restart(
         server.wait_until_serving(client)
         at_start = spy_log.read_text()
         assert "C_Decrypt" in at_start and "C_Finalize" in at_start  # opened once, then done
+        # The start says how long opening the root secret took (library, login, unseal).
+        assert re.search(
+            r"kms: root secret opened by the pkcs11 backend in \d+\.\d ms$",
+            server.output(),
+            re.MULTILINE,
+        ), server.output()
         calls_at_start = at_start.count("\nC_")
 
         expect_json(client.post("/v1/kms/keys", json={"key_id": "orders"}), 201)
@@ -198,3 +209,42 @@ def test_each_startup_fault_is_one_line_exit_1_and_writes_nothing(
         )
         assert expected.format(tmp=tmp_path) in line
         assert deployment.database.read_bytes() == before
+
+
+def test_an_ambiguous_key_a_locked_pin_and_two_tokens_of_one_label_each_stop_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a token of this test's own (these faults would spoil the session's): each is one
+    ``kms:`` line, exit 1, before the port is bound, nothing written.
+
+    SoftHSM2 never locks a user PIN (it counts no failed logins), so the locked PIN comes from
+    a module that is SoftHSM2 in every call but ``C_Login``, which answers ``CKR_PIN_LOCKED``
+    (tests/helpers/pin_locked_pkcs11.c): python-pkcs11 and kms meet the real return code."""
+    own = make_token(tmp_path / "hsm")
+    monkeypatch.setenv("SOFTHSM2_CONF", str(own.config))
+    deployment = hsm_deployment(tmp_path / "node", own, KEY_LABEL, own.module)
+    locked = pin_locked_module(tmp_path)
+
+    def refused(module: Path, expected: str) -> None:
+        section = own.master_key_section(KEY_LABEL)
+        section["module"] = str(module)
+        write_config(
+            deployment.config,
+            directory=deployment.directory,
+            port=deployment.port,
+            kms={"master_key": section},
+        )
+        before = deployment.database.read_bytes()
+        line = one_line_failure(
+            run_kms("serve", config=deployment.config, cwd=deployment.directory)
+        )
+        assert expected in line
+        assert deployment.database.read_bytes() == before
+
+    pkcs11 = pkcs11_library()
+    with own.session() as session:  # a second secret key with the label of kms's
+        session.generate_key(pkcs11.KeyType.AES, 256, label=KEY_LABEL, store=True)
+    refused(own.module, f"token 'kms-test' holds more than one secret key labelled {KEY_LABEL!r}")
+    refused(locked, "the user PIN of token 'kms-test' is locked (too many wrong PINs)")
+    add_token(own, own.label)
+    refused(own.module, "more than one token is labelled 'kms-test'")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from kms.errors import ConfigurationError, DatabaseInUse, KeystoreError
-from kms.master import init_database, move_root_secret, open_master_keyring
+from kms.master import init_database, move_root_secret, open_master_keyring, rekey_database
 from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 from kms.service.pkcs11 import create_hsm_key
@@ -471,3 +471,101 @@ def test_a_move_killed_in_its_transaction_leaves_the_old_backend_opening_everyth
     assert open_service(on_passphrase).decrypt("orders", ciphertext).plaintext == (
         b"before the kill"
     )
+
+
+# -- kms rekey on the pkcs11 backend: a new root secret, sealed by the HSM's key or another ------
+
+
+def test_a_rekey_onto_another_hsm_key_killed_half_way_leaves_the_old_key_opening_everything(
+    hsm_keystore: Settings,
+    token: Token,  # noqa: F811 - the fixture
+    tmp_path: Path,
+    open_service: Callable[[Settings], KMSService],
+) -> None:
+    """``kms rekey --key-label NEW`` re-wraps every version in one transaction: killed after the
+    first of three, the old key still opens the keystore and every key, and NEW opens nothing."""
+    service = open_service(hsm_keystore)
+    service.create_key("orders")
+    service.rotate_key("orders")
+    service.rotate_key("orders")
+    ciphertext = service.encrypt("orders", b"before the kill").ciphertext
+    new_label = f"kill-{tmp_path.name}"
+    create_hsm_key(hsm_keystore.with_overrides(pkcs11_key_label=new_label))
+    before = metadata(Path(hsm_keystore.database_dsn))
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        from kms.master import rekey_database
+        from kms.settings import Settings
+
+        class KillAfterOne:
+            def start(self, total, label):
+                assert total == 3
+            def advance(self, count=1):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        settings = Settings(
+            database_dsn={hsm_keystore.database_dsn!r},
+            master_key_backend="pkcs11",
+            pkcs11_module=Path({str(token.module)!r}),
+            pkcs11_token_label={token.label!r},
+            pkcs11_key_label="kms-root",
+            pkcs11_pin_file=Path({str(token.pin_file)!r}),
+        )
+        rekey_database(settings, None, KillAfterOne(), key_label={new_label!r})
+        """
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).parents[2], check=False
+    )
+    assert child.returncode == -signal.SIGKILL
+    assert metadata(Path(hsm_keystore.database_dsn)) == before
+    assert open_service(hsm_keystore).decrypt("orders", ciphertext).plaintext == (
+        b"before the kill"
+    )
+    with pytest.raises(KeystoreError, match=f"does not open with the key '{new_label}'"):
+        open_master_keyring(hsm_keystore.with_overrides(pkcs11_key_label=new_label))
+
+
+def test_a_move_to_pkcs11_with_a_key_label_seals_by_that_key(
+    token: Token,  # noqa: F811 - the fixture
+    tmp_path: Path,
+    open_service: Callable[[Settings], KMSService],
+) -> None:
+    on_passphrase = make_settings(tmp_path)
+    init_database(on_passphrase)
+    service = open_service(on_passphrase)
+    service.create_key("orders")
+    ciphertext = service.encrypt("orders", b"moved onto a chosen key").ciphertext
+    label = f"chosen-{tmp_path.name}"
+    on_chosen = token.settings(on_passphrase.database_dsn, key_label=label)
+    create_hsm_key(on_chosen)
+    move_root_secret(
+        on_passphrase.with_overrides(
+            pkcs11_module=token.module,
+            pkcs11_token_label=token.label,
+            pkcs11_key_label="kms-root",
+            pkcs11_pin_file=token.pin_file,
+        ),
+        "pkcs11",
+        key_label=label,
+    )
+    assert open_service(on_chosen).decrypt("orders", ciphertext).plaintext == (
+        b"moved onto a chosen key"
+    )
+
+
+def test_rekey_arguments_for_the_other_backend_are_refused_before_anything_is_read(
+    hsm_keystore: Settings, tmp_path: Path
+) -> None:
+    database = Path(hsm_keystore.database_dsn)
+    before = database.read_bytes()
+    with pytest.raises(ConfigurationError, match="takes no new passphrase"):
+        rekey_database(hsm_keystore, bytearray(b"a new passphrase, unused"))
+    on_passphrase = make_settings(tmp_path)
+    with pytest.raises(ConfigurationError, match="--key-label names an HSM key, but"):
+        rekey_database(on_passphrase, bytearray(TEST_PASSPHRASE), key_label="kms-root")
+    with pytest.raises(ConfigurationError, match="it goes with --to pkcs11"):
+        move_root_secret(hsm_keystore, "passphrase", bytearray(TEST_PASSPHRASE), key_label="x")
+    assert database.read_bytes() == before

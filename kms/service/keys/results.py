@@ -147,6 +147,8 @@ class IntegrityReport:
     #: records (None: no trail given).
     epoch: int | None = None
     trail_epoch: int | None = None
+    #: How long the master-key backend took to open the root secret (``kms check`` says).
+    root_secret_seconds: float | None = None
 
 
 def version_info(summary: KeyVersionSummary) -> KeyVersionInfo:
