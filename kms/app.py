@@ -6,8 +6,9 @@ import logging
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from flask import Flask, Response, g
 from flask.json.provider import DefaultJSONProvider
@@ -47,6 +48,31 @@ REPOSITORY = "kms.repository"
 log = logging.getLogger("kms")
 
 
+class KMSFlask(Flask):
+    """Flask, except that whether a hook or view is a coroutine is decided once per function.
+
+    Flask passes every request hook and the view through ``ensure_sync`` on every request (ten
+    or so per kms request), and each call asks ``inspect`` whether the function is a coroutine:
+    3% of an encrypt's CPU time in process (see docs/performance.md). The functions are the
+    ones registered at start, so the answer is kept per function; at most ``MAX_KEPT`` of them,
+    should a function made per request (``after_this_request``) ever come through.
+    """
+
+    MAX_KEPT = 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        sync = self._sync.get(func)
+        if sync is None:
+            sync = super().ensure_sync(func)
+            if len(self._sync) < self.MAX_KEPT:
+                self._sync[func] = sync
+        return sync
+
+
 def create_app(
     settings: Settings | None = None,
     keyring: Keyring | None = None,
@@ -65,7 +91,7 @@ def create_app(
     a throttled or denied one is counted in a summary line instead), and only then the view.
     """
     settings = load_settings() if settings is None else settings
-    app = Flask("kms", static_folder=None)  # an API: no /static route
+    app = KMSFlask("kms", static_folder=None)  # an API: no /static route
     app.config[MAX_BODY_BYTES] = settings.max_body_bytes
     app.config[aws_api.ACCOUNT] = Account(settings.aws_region, settings.aws_account_id)
     cast(DefaultJSONProvider, app.json).sort_keys = False  # Flask's default provider

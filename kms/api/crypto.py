@@ -27,13 +27,13 @@ BATCH_FORM = (
 
 ENCRYPT = SingleOrBatch(
     request=schemas.encrypt_request,
-    dump=schemas.encrypt_response.dump,
+    dump=schemas.fast_encrypt_response,
     load_item=schemas.fast_encrypt_item,
     dump_item=schemas.fast_encrypt_response,
 )
 DECRYPT = SingleOrBatch(
     request=schemas.decrypt_request,
-    dump=schemas.decrypt_response.dump,
+    dump=schemas.fast_decrypt_response,
     load_item=schemas.fast_decrypt_item,
     dump_item=schemas.fast_decrypt_response,
 )
@@ -45,13 +45,13 @@ DATA_KEY = SingleOrBatch(
 )
 REWRAP = SingleOrBatch(
     request=schemas.rewrap_request,
-    dump=schemas.encrypt_response.dump,
+    dump=schemas.fast_encrypt_response,
     load_item=schemas.fast_rewrap_item,
     dump_item=schemas.fast_encrypt_response,
 )
 SIGN = SingleOrBatch(
     request=schemas.sign_request,
-    dump=schemas.sign_response.dump,
+    dump=schemas.fast_sign_response,
     load_item=schemas.fast_sign_item,
     dump_item=schemas.fast_sign_response,
 )

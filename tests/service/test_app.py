@@ -18,7 +18,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from kms.app import create_app
+from kms.app import KMSFlask, create_app
 from kms.service.keyring import RootKeyring
 from kms.settings import Settings, load_settings
 from tests.helpers.keystore import make_service
@@ -193,3 +193,25 @@ def test_a_rotate_whose_key_changed_meanwhile_answers_409_and_writes_nothing(
     key = client.get("/v1/kms/keys/raced").get_json()
     assert (key["algorithm"], key["version"]) == ("Ed25519", 1)
     assert [v["version"] for v in key["key_versions"]] == [1]
+
+
+def test_the_app_keeps_flasks_answer_to_ensure_sync_and_a_bounded_number_of_them() -> None:
+    """``KMSFlask.ensure_sync`` keeps, per function, what Flask's answers: a plain function
+    as it is; an ``async def`` goes to Flask every time (which refuses it without asgiref, as
+    kms is installed); and it keeps at most ``MAX_KEPT`` answers."""
+    app = KMSFlask("probe")
+
+    def plain() -> str:
+        return "plain"
+
+    async def coroutine() -> str:
+        return "awaited"
+
+    assert app.ensure_sync(plain) is plain and app.ensure_sync(plain) is plain
+    for flask_app in (Flask("plain"), app, app):
+        with pytest.raises(RuntimeError, match="async"):
+            flask_app.ensure_sync(coroutine)
+    made_per_call = [lambda: None for _ in range(KMSFlask.MAX_KEPT + 10)]
+    for function in made_per_call:
+        assert app.ensure_sync(function) is function
+    assert len(app._sync) == KMSFlask.MAX_KEPT

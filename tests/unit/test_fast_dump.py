@@ -1,4 +1,5 @@
-"""The batch's fast dump gives exactly what the response schema's ``dump`` gives."""
+"""The fast dump and load give exactly what the schemas' ``dump`` and ``load`` give: for batch
+items and results, and for the single calls' bodies and answers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kms.api import schemas
+from kms.api import crypto, schemas
 from kms.service.keys import DataKey, Decrypted, Encrypted, Signed
 
 key_ids = st.text(min_size=1, max_size=20)
@@ -71,6 +72,18 @@ ITEM_SCHEMAS = {
     "datakey": (schemas.data_key_item, schemas.fast_data_key_item),
     "sign": (schemas.sign_item, schemas.fast_sign_item),
     "verify": (schemas.verify_item, schemas.fast_verify_item),
+    # The single calls' bodies, key_id included (kms.api.crypto), on the same loader.
+    **{
+        f"{name} request": (call.request, call.load)
+        for name, call in (
+            ("encrypt", crypto.ENCRYPT),
+            ("decrypt", crypto.DECRYPT),
+            ("rewrap", crypto.REWRAP),
+            ("datakey", crypto.DATA_KEY),
+            ("sign", crypto.SIGN),
+            ("verify", crypto.VERIFY),
+        )
+    },
 }
 FIELD_NAMES = [
     "plaintext",
@@ -133,6 +146,11 @@ def test_the_fast_load_is_the_schemas_load(operation: str, item: dict[str, Any])
         ("datakey", {"bytes": 20, "include_plaintext": None}),
         ("verify", {"message": "aGk=", "signature": "aGk="}),
         ("sign", {"message": 5}),
+        ("encrypt request", {"key_id": "k", "plaintext": "aGk=", "context": {"a": "b"}}),
+        ("encrypt request", {"plaintext": "aGk="}),
+        ("encrypt request", {"key_id": 5, "plaintext": "!!", "batch": []}),
+        ("datakey request", {"key_id": "k", "bytes": 20}),
+        ("verify request", {"key_id": "k", "message": "aGk=", "signature": "aGk=", "version": 0}),
     ],
 )
 def test_the_fast_load_on_chosen_items(operation: str, item: dict[str, Any]) -> None:
