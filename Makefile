@@ -70,12 +70,13 @@ wheelhouse: $(SERVE_STAMP)
 # POSTGRES_TEST_DSN (a role with CREATEDB) adds the PostgreSQL tests; .ci/run sets it.
 # TEST_WORKERS pytest-xdist processes share the tests: most of a test's time is waiting (server
 # starts, PBKDF2 in another process, timeouts), so more workers than cores pay. TEST_WORKERS=0
-# runs everything in one process, as before. worksteal hands each worker a contiguous share (a
-# module's servers start once per worker that runs it) and moves tests from busy to idle workers.
+# runs everything in one process, as before. loadfile hands each module whole to the next idle
+# worker, in the order tests/conftest.py sets (the longest first): a module's own fixtures (an
+# image build, a server of its own, an old release) are made once per run, not once per worker.
 TEST_WORKERS ?= 4
 PYTEST_ARGS ?=  # more pytest options, e.g. PYTEST_ARGS="--durations=30"
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal) \
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) \
 		$(if $(POSTGRES_TEST_DSN),--postgres-dsn=$(POSTGRES_TEST_DSN)) $(PYTEST_ARGS)
 
 # Not part of `make test`: tools/mutants (its own package and dependencies, installed into this

@@ -40,18 +40,37 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             unavailable(f"the {' and '.join(missing)} command is not installed")
 
 
-#: The order the tiers run in: the longest tests first. pytest-xdist's worksteal hands each
-#: worker a contiguous share of this order and moves tests from the end of a busy worker's share
-#: to an idle one, so a 30-second test is started early instead of being the last one running.
+#: The order the tiers run in: the longest tests first.
 TIER_ORDER = ("system", "http", "deploy", "service", "unit")
+#: Modules whose shared fixtures take longest (an image build, a walkthrough against its own
+#: server, a SoftHSM2 token and servers on it, the AWS Encryption SDK against its own server):
+#: started before everything else, so that none of them is the last thing still running.
+LONGEST_FIRST = (
+    "deploy/test_container.py",
+    "http/test_hsm_serving.py",
+    "system/test_upgrade.py",
+    "deploy/test_walkthrough.py",
+    "http/test_aws_encryption_sdk.py",
+    "deploy/test_systemd_units.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def tier(item: pytest.Item) -> int:
-        parts = item.path.relative_to(Path(__file__).parent).parts
-        return TIER_ORDER.index(parts[0]) if parts[0] in TIER_ORDER else len(TIER_ORDER)
+    """The order pytest-xdist hands out the modules in (``make test``: ``--dist loadfile
+    --no-loadscope-reorder``): each module goes whole to the next idle worker, so a module's
+    own fixtures (a server, an image, an old release) are made once per run, not once per
+    worker that runs some of its tests; the longest first, so none is the last one running."""
+    root = Path(__file__).parent
 
-    items.sort(key=tier)  # stable: each module's tests stay together and in order
+    def order(item: pytest.Item) -> tuple[int, int]:
+        relative = item.path.relative_to(root)
+        module, tier = relative.as_posix(), relative.parts[0]
+        return (
+            LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST),
+            TIER_ORDER.index(tier) if tier in TIER_ORDER else len(TIER_ORDER),
+        )
+
+    items.sort(key=order)  # stable: each module's tests stay together and in order
 
 
 @pytest.fixture
