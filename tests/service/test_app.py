@@ -215,3 +215,28 @@ def test_the_app_keeps_flasks_answer_to_ensure_sync_and_a_bounded_number_of_them
     for function in made_per_call:
         assert app.ensure_sync(function) is function
     assert len(app._sync) == KMSFlask.MAX_KEPT
+
+
+def test_a_ciphertext_that_does_not_authenticate_is_counted_as_invalid(
+    client: FlaskClient,
+) -> None:
+    """docs/security.md: every refused ciphertext gets the same answer, and
+    `kms_decryptions_refused_total{reason="invalid"}` counts those that did not authenticate
+    (in process; tests/http/test_decryption_refusals.py does it over TLS)."""
+    from prometheus_client import REGISTRY
+
+    def invalid() -> float:
+        labels = {"reason": "invalid"}
+        return REGISTRY.get_sample_value("kms_decryptions_refused_total", labels) or 0.0
+
+    assert client.post("/v1/kms/keys", json={"key_id": "k1"}).status_code == 201
+    plaintext = base64.b64encode(b"attack at dawn").decode()
+    encrypted = client.post("/v1/kms/encrypt", json={"key_id": "k1", "plaintext": plaintext})
+    raw = bytearray(base64.b64decode(encrypted.get_json()["ciphertext"]))
+    raw[-1] ^= 1  # a bit of the tag
+    before = invalid()
+    refused = client.post(
+        "/v1/kms/decrypt", json={"key_id": "k1", "ciphertext": base64.b64encode(raw).decode()}
+    )
+    assert refused.get_json() == {"error": "invalid ciphertext"}
+    assert invalid() == before + 1

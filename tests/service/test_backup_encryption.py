@@ -129,3 +129,23 @@ def test_a_backup_is_refused_under_another_passphrase(
     with pytest.raises(InvalidBackup, match="passphrase is not the one"):
         restore_database(restored, target)
     assert list((tmp_path / "restored").iterdir()) == []
+
+
+def test_a_backup_cut_short_is_named_truncated_before_the_passphrase_is_doubted(
+    initialised: Settings, tmp_path: Path
+) -> None:
+    """A copy that stopped early says so, not "the passphrase is not the one": cut in its sealed
+    stream, or before the end of its header line (no newline at all)."""
+    target = tmp_path / "kms.backup"
+    backup_database(initialised, target)
+    data = target.read_bytes()
+    restored = fresh(initialised, tmp_path / "restored")
+    cut = tmp_path / "cut.backup"
+    for damaged, cause in [
+        (data[:-10], r"the backup is truncated \(.*cut short.*\); nothing was written"),
+        (data[: data.index(b"\n")], r"the backup is truncated \(no final line\)"),
+    ]:
+        cut.write_bytes(damaged)
+        with pytest.raises(InvalidBackup, match=cause):
+            restore_database(restored, cut)
+    assert list((tmp_path / "restored").iterdir()) == []

@@ -19,3 +19,13 @@ def test_an_rsa_oaep_decryption_counts_once(service: KMSService) -> None:
     assert [(key_id, decryptions) for key_id, _, _, decryptions in service.use_totals()] == [
         ("oaep", 3)
     ]
+
+
+def test_an_aes_decryption_counts_once(service: KMSService) -> None:
+    service.create_key("aes")
+    ciphertext = service.encrypt("aes", b"x").ciphertext
+    for _ in range(2):
+        service.decrypt("aes", ciphertext)
+    service.flush_use()
+    (version,) = service.get_key("aes").key_versions
+    assert version.decryptions == 2

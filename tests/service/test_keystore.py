@@ -22,6 +22,7 @@ from kms.errors import (
     WrongPassphrase,
 )
 from kms.master import init_database, open_master_keyring
+from kms.service.keystore import KeystoreFormat
 from kms.settings import Settings
 from kms.store.records import KDF_PARAMETERS
 from tests.helpers.keystore import TEST_ITERATIONS, TEST_PASSPHRASE, write_passphrase_file
@@ -354,3 +355,15 @@ def test_a_passphrase_file_over_64_kib_is_refused(tmp_path: Path, settings: Sett
         init_database(too_long)
     assert "longer than 65536 bytes" in excinfo.value.public_message
     assert sqlite_files(settings) == set()
+
+
+def test_each_keystore_format_is_its_own_number() -> None:
+    """The formats' numbers are the ones the operator's messages name (`the init marker is of
+    keystore format 3`); two formats sharing one would make one an alias of the other, and a
+    format-3 keystore (an unsealed root) count as current, so `kms upgrade` would never seal it."""
+    assert {format.name: format.value for format in KeystoreFormat} == {
+        "UNSEALED": 1,
+        "UNBOUND": 2,
+        "UNWRAPPED_ROOT": 3,
+        "CURRENT": 4,
+    }

@@ -9,6 +9,7 @@ rotation, or cut short, is named; verify names the first line that fails.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -287,3 +288,81 @@ def test_after_a_new_audit_key_a_moved_log_starts_a_new_chain(tmp_path: Path) ->
     written(in_place, 2)
     AuditLog(in_place, new_key).append({"type": "request"})
     assert records(in_place)[-2]["type"] == "resume"
+
+
+def test_the_key_id_of_an_audit_key_never_changes() -> None:
+    """Every keyed line carries the `kid`: a release that derived it otherwise would call every
+    log written before it `keyed under another audit key` (HMAC-SHA256 of `kms/audit/key-id`)."""
+    assert AuditKey(bytes(32)).key_id == "be705f9f5894825e"
+
+
+# -- what the next writer records ----------------------------------------------------------------
+
+
+def test_a_line_added_without_the_key_is_logged_and_recorded_by_a_resume_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/operations.md, the chain's head: lines rewritten behind kms are logged (`kms: audit
+    log FILE: REASON; a resume line records it`) and recorded by a resume line, even when the
+    line added chains on kms's last line and the file only grew."""
+    path = tmp_path / "audit.log"
+    written(path, 2)
+    forged = rechain(
+        [*path.read_bytes().splitlines(keepends=True), b'{"type":"request"}\n'],
+        3,
+        seal="reseal",
+        key=AuditKey(b"x" * 32),
+    )
+    path.write_bytes(b"".join(forged))
+    with caplog.at_level(logging.WARNING, logger="kms"):
+        written(path, 1, start=3)
+    resume = records(path)[-2]
+    assert resume["type"] == "resume"
+    assert resume["reason"] == "it does not end with the line kms wrote last"
+    assert (
+        f"kms: audit log {path}: it does not end with the line kms wrote last; "
+        "a resume line records it" in caplog.text
+    )
+
+
+def test_a_killed_writer_s_line_glued_onto_the_line_before_is_recorded(tmp_path: Path) -> None:
+    """The lines after the head are taken up only when the head's size falls on a line's end: a
+    newline edited away at that point (the killed writer's line glued onto the one before) is
+    recorded, though the line after it still chains on the head."""
+    path = tmp_path / "audit.log"
+    written(path, 2)
+    head = head_path(path).read_bytes()
+    size = path.stat().st_size
+    written(path, 1, start=2)  # a writer killed before it moved the head on
+    head_path(path).write_bytes(head)
+    with path.open("r+b") as handle:
+        handle.seek(size - 1)
+        handle.write(b" ")
+    written(path, 1, start=3)
+    assert json.loads(path.read_bytes().splitlines()[-2])["type"] == "resume"
+
+
+def test_a_log_whose_head_was_removed_keeps_its_file_number(tmp_path: Path) -> None:
+    """With the head gone, the number comes from the file's own `file` line: the file after the
+    next rotation is numbered on from it (file 3 after file 2), not restarted."""
+    path = tmp_path / "audit.log"
+    written(path, 2)
+    os.truncate(path, 0)  # copytruncate: file 2
+    written(path, 1)
+    head_path(path).unlink()
+    written(path, 1, start=1)
+    assert records(path)[-2]["type"] == "resume"
+    os.truncate(path, 0)
+    written(path, 1)
+    assert (records(path)[0]["file"], records(path)[0]["previous_file"]) == (3, 2)
+
+
+def test_an_unkeyed_log_continued_then_rotated_is_numbered_on_from_file_0(tmp_path: Path) -> None:
+    """A log of an earlier release has no `file` line: it counts as file 0, so the file after
+    its rotation is file 1 after file 0."""
+    path = tmp_path / "audit.log"
+    unkeyed_log(path, [{"type": "request"}, {"type": "request"}])
+    written(path, 1)
+    os.truncate(path, 0)
+    written(path, 1)
+    assert (records(path)[0]["file"], records(path)[0]["previous_file"]) == (1, 0)

@@ -8,6 +8,7 @@ docs/operations.md, Audit log: "prev_hash is the SHA-256 (hex) of the previous l
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -15,6 +16,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -166,6 +168,7 @@ def test_a_fifo_or_a_device_is_refused_on_every_open(tmp_path: Path, kind: str) 
 #: does), in a process of its own: RLIMIT_FSIZE applies to every file the process writes.
 PARTIAL_WRITE = """
 import resource, signal, sys
+from collections.abc import Iterator
 from pathlib import Path
 from kms.audit import AuditKey, AuditLog
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -195,3 +198,25 @@ def test_a_write_that_fails_part_way_is_cut_back_to_the_last_complete_line(
     assert path.read_bytes() == before
     AuditLog(path, KEY).append({"type": "request"})
     assert verify(path).failure is None and verify(path).files[0].lines == 3
+
+
+def test_a_fifo_put_in_place_after_the_path_was_checked_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/operations.md, a regular file only: the check is made on the file kms opened, so a
+    FIFO swapped in between the look at the path and its opening is refused too (a FIFO would
+    swallow the line while the request succeeds)."""
+    path = tmp_path / "audit.log"
+    AuditLog(path, KEY).append({"type": "request"})
+    locked = AuditLog._head_locked
+
+    @contextlib.contextmanager
+    def then_swapped(self: AuditLog) -> Iterator[int]:
+        with locked(self) as head_fd:
+            path.unlink()
+            os.mkfifo(path, 0o600)
+            yield head_fd
+
+    monkeypatch.setattr(AuditLog, "_head_locked", then_swapped)
+    with pytest.raises(NotARegularFile, match="not a regular file"):
+        AuditLog(path, KEY).append({"type": "request"})

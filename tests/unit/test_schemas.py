@@ -3,12 +3,15 @@ contexts, strict base64; and ``fast_dump`` with renamed fields."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
 from marshmallow import Schema, ValidationError, fields
 
 from kms.api import schemas
+from kms.api.vault.wire import from_vault_ciphertext, parse_duration
+from kms.errors import InvalidCiphertext
 
 
 @pytest.mark.parametrize(
@@ -81,3 +84,20 @@ def test_fast_dump_follows_data_key_and_attribute() -> None:
             "plain": 7,
         }
     )
+
+
+def test_vault_durations_add_their_hours_minutes_and_seconds() -> None:
+    """Vault's `auto_rotate_period` (Go's units h, m, s)."""
+    assert parse_duration("1h30m15s") == 3600 + 30 * 60 + 15
+    assert parse_duration("2h5s") == 7205
+    assert parse_duration("90m") == 5400
+
+
+def test_a_vault_ciphertext_version_is_read_up_to_the_largest_int32() -> None:
+    """Vault parses the version as a 32-bit integer: 2147483647 is a version (which a key may
+    not have), 2147483648 is not a number Vault could have written."""
+    body = base64.b64encode(b"x" * 28).decode()
+    opened = from_vault_ciphertext(f"vault:v{2**31 - 1}:{body}")
+    assert base64.b64decode(opened).startswith(b"v2147483647:")
+    with pytest.raises(InvalidCiphertext, match="version number could not be decoded"):
+        from_vault_ciphertext(f"vault:v{2**31}:{body}")
