@@ -33,6 +33,7 @@ from kms.service.keys.maintenance import rekey_rows
 from kms.service.keystore import KEYSTORE_ID_BYTES, new_root_secret, sealed_keystore_rows
 from kms.service.masterkey import sealed_rows
 from kms.settings import Settings
+from kms.store.aliases import reseal_aliases
 from kms.store.generations import journal_path, reset_journal
 from kms.store.keystore_rows import rewrite_every_row
 from kms.store.models import kms_metadata
@@ -192,13 +193,14 @@ def _restore_verified(
         write_rows(conn, iter(backup.rows), progress.advance)
         if clone is not None and backup.keyring is not None:
             keystore, new = clone
-            seal_key, rewrap_version = rekey_rows(backup.keyring, new)
+            seal_key, rewrap_version, seal_alias = rekey_rows(backup.keyring, new)
 
             def rewrapped(key: Any, version: Any) -> dict[str, object]:
                 wrapped_key, mac = rewrap_version(key, version)
                 return {"wrapped_key": wrapped_key, "mac": mac}
 
             rewrite_every_row(conn, seal_key, rewrapped, keystore)
+            reseal_aliases(conn, seal_alias)
 
     try:
         database.create(fill)

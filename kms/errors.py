@@ -38,6 +38,24 @@ class KeyExists(KMSError):
     public_message = "key already exists"
 
 
+class AliasNotFound(KeyNotFound):
+    """Raise if an alias does not exist (or names a key the caller may not see)."""
+
+    public_message = "alias not found"
+
+
+class AliasExists(KeyExists):
+    """Raise when creating an alias whose name is taken (by an alias, or by a key's own id)."""
+
+    public_message = "alias already exists"
+
+
+class InvalidAliasName(InvalidRequest):
+    """Raise for an alias name that is malformed or reserved."""
+
+    public_message = "invalid alias name"
+
+
 class PurposeMismatch(InvalidRequest):
     """Raise when an operation does not fit the key's purpose or algorithm."""
 

@@ -28,7 +28,9 @@ many authenticated but were made by a version below ``min_decryption_version``) 
 The answer to a request that changed a key (create, update, enable, disable, rotate, recreate,
 trim, schedule or cancel deletion, destroy) records the key's new ``key_generation``, the keystore
 epoch the change raised (kms.service.keys.generations): ``kms check --audit`` compares the
-database with the newest the trail records.
+database with the newest the trail records. An alias change (AWS KMS's CreateAlias, UpdateAlias,
+DeleteAlias) names the alias in ``alias`` and, in ``key_id``, the key it is made to name (or, for
+a delete, named); it changes no key row, so its answer records no ``key_generation``.
 """
 
 from __future__ import annotations
@@ -231,6 +233,8 @@ def _request_fields() -> dict[str, Any]:
     }
     if target.item_count is not None:
         fields["item_count"] = target.item_count
+    if target.alias_name is not None:
+        fields["alias"] = _cut(target.alias_name)
     return fields
 
 

@@ -223,6 +223,7 @@ AWS_CODE_BY_ERROR: tuple[tuple[type[errors.KMSError], str], ...] = (
     (errors.InvalidMAC, "KMSInvalidMacException"),
     (errors.PurposeMismatch, "InvalidKeyUsageException"),
     (errors.TooManyVersions, "LimitExceededException"),
+    (errors.InvalidAliasName, "InvalidAliasNameException"),
     (errors.InvalidRequest, "ValidationException"),
     (errors.PayloadTooLarge, "ValidationException"),
 )

@@ -33,6 +33,9 @@ KNOWN_OPERATIONS = frozenset(
         "keys:enable",
         "keys:trim",
         "keys:cancel-deletion",
+        "aliases:create",
+        "aliases:update",
+        "aliases:delete",
         "encrypt",
         "decrypt",
         "sign",
@@ -125,6 +128,7 @@ class Target:
 
     key_id: str | None
     item_count: int | None = None  # a batch request: how many items, never what they hold
+    alias_name: str | None = None  # an alias change: the alias (AWS KMS's alias operations)
 
 
 def request_target(declared: Operation | None, request: Request) -> Target:

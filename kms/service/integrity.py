@@ -13,7 +13,8 @@ every existing MAC valid; the encoding stays injective because the defaults are 
 Changing a field's default, its name or the order of the fields changes the encoding of every
 row that differs from it: ``tests/unit/test_integrity.py`` pins the encoding with a known answer.
 A new table that security depends on needs a MAC column of its own: encode its rows with
-``encode_record`` under a label of their own, bound to the key's identity as version rows are.
+``encode_record`` under a label of their own, bound to the key's identity as version rows are
+(alias rows: ``encode_alias_row``).
 Every read that feeds a decision goes through ``TrustedRows.checked`` / ``.version``
 (kms.service.keys.trust).
 
@@ -31,11 +32,12 @@ from dataclasses import MISSING, fields
 from kms.crypto.integrity import FieldValue, encode_record
 from kms.errors import IntegrityFailure
 from kms.service.keyring import Keyring
-from kms.store.records import KeyRecord
+from kms.store.records import AliasRecord, KeyRecord
 
 KEY_ROW_LABEL = b"kms/key-row/v1"
 VERSION_ROW_LABEL = b"kms/key-version/v1"
 EPOCH_LABEL = b"kms/epoch/v1"
+ALIAS_ROW_LABEL = b"kms/alias-row/v1"
 EPOCH_FORMAT_V1 = b"\x01"
 _EPOCH = struct.Struct(">Q")
 #: The only fields of ``KeyRecord`` the MAC does not cover: the MAC itself, and the bookkeeping of
@@ -77,6 +79,21 @@ def encode_version_row(
             ("algorithm", key.algorithm),
             ("wrapped_key", wrapped_key),
             ("public_key", public_key),
+        ),
+    )
+
+
+def encode_alias_row(alias: AliasRecord) -> bytes:
+    """The canonical bytes an alias row's MAC is computed over: the name bound to the key it
+    names and to the generation of the change that wrote it."""
+    return encode_record(
+        ALIAS_ROW_LABEL,
+        (
+            ("alias_name", alias.alias_name),
+            ("key_id", alias.key_id),
+            ("created_at", alias.created_at),
+            ("updated_at", alias.updated_at),
+            ("generation", alias.generation),
         ),
     )
 

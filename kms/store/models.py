@@ -102,6 +102,30 @@ key_versions = Table(
     Column("last_used_at", DateTime(timezone=True), nullable=True),
 )
 
+#: Named aliases (migration 0007): AWS KMS's ``alias/<name>``, each naming one key. ``mac``
+#: binds the name to the key (and to the row's ``generation``, the keystore epoch of the change
+#: that wrote it), so a row re-pointed, renamed or replayed behind kms's back is refused
+#: (kms.service.keys.aliases). ``key_id`` has no foreign key: destroying a key deletes its aliases
+#: in the same transaction (kms.store.aliases), on SQLite too, whose foreign keys are not enforced.
+aliases = Table(
+    "aliases",
+    metadata,
+    Column("alias_name", String(256), primary_key=True),
+    Column("key_id", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("mac", LargeBinary, nullable=False),
+)
+#: A key's aliases (ListAliases with KeyId, destroying a key), and on PostgreSQL the listing's
+#: binary order, as for ``keys`` (migration 0005).
+Index("ix_aliases_key_id", aliases.c.key_id)
+Index(
+    "ix_aliases_alias_name_binary",
+    aliases.c.alias_name,
+    postgresql_ops={"alias_name": 'COLLATE "C"'},
+).ddl_if(dialect="postgresql")
+
 #: Keystore-wide values: the KDF parameters (with salt), the init marker, the keystore id and the
 #: keystore epoch (kms.store.records names them).
 kms_metadata = Table(

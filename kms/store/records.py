@@ -147,6 +147,36 @@ class KeyChange:
     epoch: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AliasRecord:
+    """A row of ``aliases``: the name (``alias/...``) and the key it names.
+
+    ``mac`` covers every other field (kms.service.integrity.encode_alias_row); ``generation`` is
+    the keystore epoch of the change that wrote the row, as for key rows.
+    """
+
+    alias_name: str
+    key_id: str
+    created_at: datetime
+    updated_at: datetime
+    generation: int
+    mac: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    """An alias row as it is to be written (MAC included), or None to delete it, and the
+    keystore epoch row's new value."""
+
+    alias: AliasRecord | None
+    epoch: bytes
+
+
+#: Decides, under the locks of the alias row, of the key it is to name (None for a delete) and
+#: of the epoch row, what to write given the alias row as it is now (None: there is none) and
+#: the stored epoch row; raises to write nothing.
+AliasPlanner = Callable[[AliasRecord | None, KeyRecord | None, bytes | None], AliasChange]
+
 #: Decides, under the key row's write lock (and the epoch row's), what to write given the row as
 #: it is now and the stored epoch row (None when missing); raises to write nothing.
 KeyPlanner = Callable[[KeyRecord, bytes | None], KeyChange]
@@ -156,6 +186,8 @@ KeyPlanner = Callable[[KeyRecord, bytes | None], KeyChange]
 DestroyCheck = Callable[[KeyRecord, bytes | None], bytes]
 #: Computes the MAC of a key row, or of a version row given its key row (``kms upgrade``).
 KeySealer = Callable[[KeyRecord], bytes]
+#: Computes the MAC of an alias row (``kms rekey``, ``kms restore --as-clone``).
+AliasSealer = Callable[[AliasRecord], bytes]
 VersionSealer = Callable[[KeyRecord, KeyVersionRecord], bytes]
 #: Re-wraps a version row for ``kms rekey``: its new wrapped key and new MAC.
 VersionRewrapper = Callable[[KeyRecord, KeyVersionRecord], tuple[bytes, bytes]]
@@ -196,7 +228,12 @@ class KeyRepository(Protocol):
     def rotate_key(self, key_id: str, plan: KeyPlanner) -> KeyRecord: ...
     def recreate_key(self, key_id: str, plan: KeyPlanner) -> KeyRecord: ...
     def update_key(self, key_id: str, plan: KeyPlanner) -> KeyRecord: ...
-    def destroy_key(self, key_id: str, check: DestroyCheck) -> KeyRecord: ...
+    def destroy_key(self, key_id: str, check: DestroyCheck) -> tuple[KeyRecord, list[str]]: ...
+    def get_alias(self, alias_name: str) -> AliasRecord | None: ...
+    def list_aliases(
+        self, limit: int, after: str | None, key_id: str | None = None
+    ) -> list[AliasRecord]: ...
+    def change_alias(self, alias_name: str, key_id: str | None, plan: AliasPlanner) -> None: ...
     def reclaim_destroyed(self, *, keystore: bool = False) -> bool: ...
     def record_use_attempt(self, key_id: str, incarnation: str, attempt: str) -> None: ...
     def count_keys_by_state(self) -> dict[str, int]: ...
@@ -218,4 +255,5 @@ class KeyRepository(Protocol):
         seal_key: KeySealer,
         rewrap_version: VersionRewrapper,
         keystore: dict[str, bytes],
+        seal_alias: AliasSealer | None = None,
     ) -> tuple[int, int]: ...

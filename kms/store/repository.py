@@ -32,17 +32,19 @@ from kms.errors import (
     KeyNotFound,
     NotInitialised,
 )
+from kms.store.aliases import AliasRows, delete_aliases_of, reseal_aliases
 from kms.store.changes import ALL_KEYS, KeyChanges, open_changes
 from kms.store.db import WRITE
 from kms.store.guards import statement_deadline as _deadline
 from kms.store.guards import translate_database_errors as _translate_database_errors
 from kms.store.keystore_rows import replace_keystore_rows, rewrite_every_row
-from kms.store.models import key_versions, keys, kms_metadata
+from kms.store.models import aliases, key_versions, keys, kms_metadata
 from kms.store.patterns import glob_to_like
 from kms.store.reclaim import reclaim_freed_space
 from kms.store.records import (
     EPOCH,
     INIT_MARKER,
+    AliasSealer,
     DestroyCheck,
     DueKey,
     KeyPlanner,
@@ -75,7 +77,7 @@ from kms.store.statements import (
 from kms.store.usage import UseBookkeeping
 
 
-class SQLKeyRepository(UseBookkeeping):
+class SQLKeyRepository(UseBookkeeping, AliasRows):
     """The repository over SQLAlchemy Core; one short transaction per call.
 
     Every write to a key row is announced (kms.store.changes): on PostgreSQL by a ``pg_notify``
@@ -99,6 +101,11 @@ class SQLKeyRepository(UseBookkeeping):
         # key_id in binary order: the key listing's order and ranges (kms.store.patterns).
         self._binary_key_id: ColumnElement[str] = (
             keys.c.key_id.collate("C") if engine.dialect.name == "postgresql" else keys.c.key_id
+        )
+        self._binary_alias_name: ColumnElement[str] = (
+            aliases.c.alias_name.collate("C")
+            if engine.dialect.name == "postgresql"
+            else aliases.c.alias_name
         )
         # SQLite has one writer at a time: a thread that finds the write lock taken sleeps in
         # SQLite's busy handler (1, 2, 5, 10... ms), however soon the lock is free again. Threads
@@ -407,9 +414,9 @@ class SQLKeyRepository(UseBookkeeping):
         return self._change_key(key_id, plan)
 
     @_translate_database_errors
-    def destroy_key(self, key_id: str, check: DestroyCheck) -> KeyRecord:
-        """Delete a key and all its versions if ``check`` passes on the row read under its write
-        lock; returns the row destroyed.
+    def destroy_key(self, key_id: str, check: DestroyCheck) -> tuple[KeyRecord, list[str]]:
+        """Delete a key, all its versions and its aliases if ``check`` passes on the row read
+        under its write lock; returns the row destroyed and the names of the aliases deleted.
 
         Two callers racing to destroy the same key serialise on the lock: the second finds no
         row (``KeyNotFound``), so each key is destroyed once.
@@ -422,9 +429,10 @@ class SQLKeyRepository(UseBookkeeping):
             self._write_epoch(conn, check(key, self._locked_epoch(conn)))
             conn.execute(delete(key_versions).where(key_versions.c.key_id == key_id))
             conn.execute(delete(keys).where(keys.c.key_id == key_id))
+            alias_names = delete_aliases_of(conn, key_id)
             self._announce(conn, key_id)
         self.changes.bump(key_id)
-        return key
+        return key, alias_names
 
     def reclaim_destroyed(self, *, keystore: bool = False) -> bool:
         """After a change that destroyed material has committed: leave no readable copy of the
@@ -492,8 +500,10 @@ class SQLKeyRepository(UseBookkeeping):
         seal_key: KeySealer,
         rewrap_version: VersionRewrapper,
         keystore: dict[str, bytes],
+        seal_alias: AliasSealer | None = None,
     ) -> tuple[int, int]:
-        """Replace every wrapped key, every MAC and the keystore's rows (the KDF parameters, the
+        """Replace every wrapped key, every MAC (``seal_alias`` gives the alias rows') and the
+        keystore's rows (the KDF parameters, the
         init marker, the epoch) at once.
 
         For ``kms rekey``: one write transaction, so whatever stops it part-way (an error, a kill,
@@ -505,19 +515,22 @@ class SQLKeyRepository(UseBookkeeping):
             wrapped_key, mac = rewrap_version(key, version)
             return {"wrapped_key": wrapped_key, "mac": mac}
 
-        return self._rewrite_every_row(seal_key, rewrapped, keystore)
+        return self._rewrite_every_row(seal_key, rewrapped, keystore, seal_alias)
 
     def _rewrite_every_row(
         self,
         seal_key: KeySealer,
         version_values: Callable[[KeyRecord, KeyVersionRecord], dict[str, object]],
         keystore: dict[str, bytes],
+        seal_alias: AliasSealer | None = None,
     ) -> tuple[int, int]:
         """In one write transaction: each key row's new MAC, each of its version rows' new
         values, then the keystore's rows (``kms_metadata``); every node is told of every key.
         Returns the number of key rows and version rows written."""
         with self._write() as conn:
             key_rows, version_rows = rewrite_every_row(conn, seal_key, version_values, keystore)
+            if seal_alias is not None:
+                reseal_aliases(conn, seal_alias)
             self._announce(conn, ALL_KEYS)
         self.changes.bump_all()
         return key_rows, version_rows

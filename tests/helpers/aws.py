@@ -94,7 +94,10 @@ def call_every_operation(post: Callable[[str, dict[str, Any]], Any]) -> None:
     key = {"KeyId": arn}
     post("DescribeKey", key)
     post("ListKeys", {"Limit": 1})
+    post("CreateAlias", {"AliasName": "alias/every-operation", "TargetKeyId": arn})
+    post("UpdateAlias", {"AliasName": "alias/every-operation", "TargetKeyId": arn})
     post("ListAliases", {"Limit": 1})
+    post("DeleteAlias", {"AliasName": "alias/every-operation"})
     post("UpdateKeyDescription", {**key, "Description": "renamed"})
     post("TagResource", {**key, "Tags": [{"TagKey": "env", "TagValue": "test"}]})
     post("ListResourceTags", key)
@@ -103,6 +106,7 @@ def call_every_operation(post: Callable[[str, dict[str, Any]], Any]) -> None:
     post("GetKeyRotationStatus", key)
     post("DisableKeyRotation", key)
     post("RotateKeyOnDemand", key)
+    post("ListKeyRotations", key)
     plaintext = base64.b64encode(b"x").decode()
     blob = post("Encrypt", {**key, "Plaintext": plaintext})["CiphertextBlob"]
     post("Decrypt", {"CiphertextBlob": blob})

@@ -33,35 +33,18 @@ from tests.helpers.identities import audit_records, issue_client_certificate, ru
 
 pytestmark = pytest.mark.slow
 
-POLICY = """\
-clients:
-  orchestrator:
-    - operations: ["*"]
-      keys: ["*"]
-  aws-encrypt-only:
-    - operations: ["encrypt", "datakey", "keys:read"]
-      keys: ["*"]
-  aws-rewrap:
-    - operations: ["rewrap", "encrypt"]
-      keys: ["src-*"]
-"""
 CONTEXT = {"tenant": "acme", "purpose": "test"}
 AMZ_JSON = "application/x-amz-json-1.1"
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
-    directory = tmp_path_factory.mktemp("kms-aws")
-    (directory / "policy.yaml").write_text(POLICY, encoding="utf-8")
-    return prepare_deployment(
-        directory, authorization={"policy_file": str(directory / "policy.yaml")}
-    )
+def deployment(aws_deployment: Deployment) -> Deployment:
+    return aws_deployment  # the shared server's (tests/http/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def server(deployment: Deployment) -> Iterator[ServerProcess]:
-    with running_server(deployment) as server:
-        yield server
+def server(aws_server: ServerProcess) -> ServerProcess:
+    return aws_server
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sqlite3
 import uuid
 from contextlib import closing
@@ -18,6 +19,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from kms.api.aws import AWS_OPERATIONS, PREFIX
 from kms.app import KMSFlask, create_app
 from kms.service.keyring import RootKeyring
 from kms.settings import Settings, load_settings
@@ -240,3 +242,27 @@ def test_a_ciphertext_that_does_not_authenticate_is_counted_as_invalid(
     )
     assert refused.get_json() == {"error": "invalid ciphertext"}
     assert invalid() == before + 1
+
+
+def test_the_aws_page_lists_every_aws_operation_as_supported_or_not(app: Flask) -> None:
+    # docs/aws-kms.md's two tables: each operation kms serves in the first, every other
+    # operation of AWS KMS's API in the second, none in both and none left out.
+    served = {
+        rule.rule[len(PREFIX) + 1 :]
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith(PREFIX + "/")
+    }
+    page = (Path(__file__).parents[2] / "docs" / "aws-kms.md").read_text("utf-8")
+    supported_table = page.split("## Operations", 1)[1].split("Not supported", 1)[0]
+    unsupported_table = page.split("Not supported", 1)[1].split("## Errors", 1)[0]
+
+    def named(table: str) -> set[str]:
+        first_cells = re.findall(r"^\| ([^|]+) \|", table, flags=re.MULTILINE)
+        words = {w for cell in first_cells for w in re.findall(r"[A-Z][A-Za-z]+", cell)}
+        return words & AWS_OPERATIONS
+
+    assert named(supported_table) == served
+    unsupported = named(unsupported_table)
+    custom_key_stores = {name for name in AWS_OPERATIONS if "CustomKeyStore" in name}
+    assert unsupported | custom_key_stores == AWS_OPERATIONS - served
+    assert not unsupported & served

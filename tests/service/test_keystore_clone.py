@@ -92,6 +92,7 @@ def test_a_row_from_a_restored_clone_is_refused_in_the_original(
 ) -> None:
     original = opened.service(store.settings)
     original.create_key("shared")
+    original.create_alias("alias/team/shared", "shared")
     ciphertext = original.encrypt("shared", b"before the backup").ciphertext
     backup_database(store.settings, tmp_path / "kms.backup")
 
@@ -111,6 +112,8 @@ def test_a_row_from_a_restored_clone_is_refused_in_the_original(
         )
     clone = opened.service(clone_settings)
     assert clone.decrypt("shared", ciphertext).plaintext == b"before the backup"
+    # Its alias came along, re-sealed under the clone's keystore.
+    assert clone.resolve_alias("alias/team/shared") == "shared"
     assert check_database(clone_settings).failures == []
 
     # On the clone, someone disables key checks for staging: rotates, sets a long limit...

@@ -34,16 +34,18 @@ ACCOUNT = Account("eu-central-1", "123456789012")
 
 
 @pytest.mark.parametrize(
-    "identifier",
+    ("identifier", "named"),
     [
-        "device123",
-        "arn:aws:kms:eu-central-1:123456789012:key/device123",
-        "alias/device123",
-        "arn:aws:kms:eu-central-1:123456789012:alias/device123",
+        ("device123", "device123"),
+        ("arn:aws:kms:eu-central-1:123456789012:key/device123", "device123"),
+        # An alias is looked up by the service (kms.service.keys.aliases).
+        ("alias/device123", "alias/device123"),
+        ("arn:aws:kms:eu-central-1:123456789012:alias/device123", "alias/device123"),
+        ("arn:aws:kms:eu-central-1:123456789012:alias/team/app_1", "alias/team/app_1"),
     ],
 )
-def test_every_form_of_key_id_names_the_key(identifier: str) -> None:
-    assert ACCOUNT.resolve(identifier) == "device123"
+def test_every_form_of_key_id_names_a_key_or_an_alias(identifier: str, named: str) -> None:
+    assert ACCOUNT.name_of(identifier) == named
 
 
 @pytest.mark.parametrize(
@@ -53,14 +55,13 @@ def test_every_form_of_key_id_names_the_key(identifier: str) -> None:
         "arn:aws:kms:eu-central-1:999999999999:key/device123",  # another account
         "arn:aws-cn:kms:eu-central-1:123456789012:key/device123",  # another partition
         "arn:aws:kms:eu-central-1:123456789012:grant/device123",
-        "alias/",
         "../device123",
         "x" * 129,
     ],
 )
 def test_an_identifier_no_key_of_ours_can_have_is_not_found(identifier: str) -> None:
     with pytest.raises(errors.KeyNotFound):
-        ACCOUNT.resolve(identifier)
+        ACCOUNT.name_of(identifier)
 
 
 def test_arns() -> None:

@@ -167,3 +167,38 @@ def test_material_made_for_one_incarnation_fits_no_other() -> None:
         rules.require_same_key(record(), record(incarnation="i2"))
     with pytest.raises(KeyChanged):
         rules.require_same_key(record(), record(algorithm="ChaCha20-Poly1305"))
+
+
+# -- aliases ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "moves"),
+    [
+        (("encrypt", "AES-256-GCM"), ("encrypt", "ChaCha20-Poly1305"), True),
+        (("encrypt", "RSA-OAEP-2048"), ("encrypt", "RSA-OAEP-4096"), True),
+        (("sign", "ECDSA-P256"), ("sign", "RSA-3072"), True),
+        (("mac", "HMAC-SHA256"), ("mac", "HMAC-SHA512"), True),
+        (("encrypt", "AES-256-GCM"), ("encrypt", "RSA-OAEP-2048"), False),
+        (("encrypt", "RSA-OAEP-2048"), ("sign", "RSA-2048"), False),
+        (("encrypt", "AES-256-GCM"), ("mac", "HMAC-SHA256"), False),
+    ],
+)
+def test_an_alias_moves_only_between_keys_of_one_usage_and_type(
+    current: tuple[str, str], new: tuple[str, str], moves: bool
+) -> None:
+    before = record(purpose=current[0], algorithm=current[1])
+    after = record(key_id="other", purpose=new[0], algorithm=new[1])
+    if moves:
+        rules.require_alias_move(before, after)
+    else:
+        with pytest.raises(InvalidRequest, match="same key usage and type"):
+            rules.require_alias_move(before, after)
+
+
+def test_an_alias_is_not_made_for_or_moved_to_a_key_pending_deletion() -> None:
+    pending = record(state=KeyState.PENDING_DELETION)
+    with pytest.raises(KeyPendingDeletion):
+        rules.require_alias_target(pending)
+    with pytest.raises(KeyPendingDeletion):
+        rules.require_alias_move(record(), pending)

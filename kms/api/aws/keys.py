@@ -1,10 +1,11 @@
 """Keys as AWS KMS names and describes them, and its ciphertext blobs.
 
 **Key identifiers.** A kms key's AWS ``KeyId`` is its ``key_id`` (CreateKey mints a UUID, as AWS
-does). A request may name it four ways, all resolved here to the ``key_id``:
-``<key_id>``, ``arn:aws:kms:<region>:<account>:key/<key_id>``, ``alias/<key_id>`` and
-``arn:aws:kms:<region>:<account>:alias/<key_id>``: every key has the alias of its own
-``key_id``, so a native key such as ``device123`` is ``alias/device123``. An ARN of another
+does). A request may name it four ways: ``<key_id>``,
+``arn:aws:kms:<region>:<account>:key/<key_id>``, ``alias/<name>`` and
+``arn:aws:kms:<region>:<account>:alias/<name>``. An alias is one made with CreateAlias or, failing
+that, the alias of a key's own ``key_id`` (every key has it, so a native
+key such as ``device123`` is ``alias/device123``): kms.service.keys.aliases. An ARN of another
 region or account names no key of this server (``NotFoundException``). Answers name keys by
 ARN, the form the AWS Encryption SDK requires.
 
@@ -29,11 +30,10 @@ from datetime import datetime
 from kms.crypto.algorithms import RSA_ENCRYPTION_ALGORITHMS
 from kms.errors import InvalidCiphertext, InvalidRequest, KeyNotFound
 from kms.service.keys import KeyInfo
-from kms.service.keys.validation import KEY_ID_PATTERN
+from kms.service.keys.validation import ALIAS_PREFIX, KEY_ID_PATTERN
 
 BLOB_MAGIC = b"kms-aws:1:"
 _LENGTH = struct.Struct(">H")
-ALIAS_PREFIX = "alias/"
 
 #: (KeySpec, KeyUsage) -> kms's (purpose, algorithm).
 KEY_SPECS: dict[tuple[str, str], tuple[str, str]] = {
@@ -108,8 +108,9 @@ class Account:
     def alias_arn(self, alias_name: str) -> str:
         return f"{self.prefix}{alias_name}"
 
-    def resolve(self, identifier: str) -> str:
-        """The ``key_id`` a ``KeyId`` names; ``KeyNotFound`` for one no key of ours can have."""
+    def name_of(self, identifier: str) -> str:
+        """What a ``KeyId`` names: a key_id, or an alias name (``alias/...``) to look up;
+        ``KeyNotFound`` for one no key of ours can have."""
         name = identifier
         if name.startswith("arn:"):
             if not name.startswith(self.prefix):
@@ -120,7 +121,7 @@ class Account:
             elif not name.startswith(ALIAS_PREFIX):
                 raise KeyNotFound()
         if name.startswith(ALIAS_PREFIX):
-            name = name[len(ALIAS_PREFIX) :]
+            return name
         if KEY_ID_PATTERN.fullmatch(name) is None:
             raise KeyNotFound()
         return name

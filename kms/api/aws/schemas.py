@@ -13,6 +13,7 @@ from kms.fields import StrictBoolean, StrictInteger
 from kms.service.keys.validation import LABEL_NAME_PATTERN
 
 KEY_ID_LENGTH = validate.Length(min=1, max=2048)
+ALIAS_NAME_LENGTH = validate.Length(min=1, max=256)
 PLAINTEXT = validate.Length(min=1, max=4096, error="must be 1 to 4096 bytes")
 CIPHERTEXT = validate.Length(min=1, max=6144, error="must be 1 to 6144 bytes")
 MESSAGE = validate.Length(min=1, max=4096, error="must be 1 to 4096 bytes")
@@ -80,6 +81,26 @@ class AWSListTagsRequest(AWSListRequest):
 
 class AWSListAliasesRequest(AWSListRequest):
     KeyId = fields.String(validate=validate.Length(min=1, max=2048))
+    Limit = StrictInteger(low=1, high=100, load_default=50)
+
+
+class AWSAliasRequest(Schema):
+    class Meta:
+        unknown = RAISE
+
+    AliasName = fields.String(required=True, validate=ALIAS_NAME_LENGTH)
+
+
+class AWSAliasTargetRequest(AWSAliasRequest):
+    TargetKeyId = fields.String(required=True, validate=KEY_ID_LENGTH)
+
+
+class AWSListRotationsRequest(AWSListRequest):
+    KeyId = fields.String(required=True, validate=KEY_ID_LENGTH)
+    Marker = fields.String(
+        load_default=None,
+        validate=validate.Regexp(r"^[1-9][0-9]{0,9}$", error="not a marker this listing gave"),
+    )
 
 
 class AWSUpdateDescriptionRequest(AWSKeyRequest):
@@ -175,6 +196,9 @@ key_request = AWSKeyRequest()
 list_keys_request = AWSListRequest()
 list_tags_request = AWSListTagsRequest()
 list_aliases_request = AWSListAliasesRequest()
+alias_request = AWSAliasRequest()
+alias_target_request = AWSAliasTargetRequest()
+list_rotations_request = AWSListRotationsRequest()
 update_description_request = AWSUpdateDescriptionRequest()
 schedule_deletion_request = AWSScheduleDeletionRequest()
 enable_rotation_request = AWSEnableRotationRequest()

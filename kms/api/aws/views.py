@@ -1,20 +1,18 @@
-"""The AWS KMS operations kms serves, each mapped onto a native operation name and service call.
+"""The AWS KMS operations on keys and the cryptographic operations kms serves, each mapped onto a
+native operation name and service call (aliases and rotations: kms.api.aws.aliases).
 
 Each view loads AWS's request with a schema (``kms.api.aws.schemas``), resolves AWS's key
-identifiers (``kms.api.aws.keys``), calls the service, and answers AWS's response fields. Errors
-are the domain exceptions, answered in AWS's shape by ``kms.api.errors``.
+identifiers (``kms.api.aws.requests.key_id_of``), calls the service, and answers AWS's response
+fields. Errors are the domain exceptions, answered in AWS's shape by ``kms.api.errors``.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
-from flask import Blueprint, Request, Response, current_app, g, request
-from marshmallow import Schema
+from flask import Response
 
-from kms.api.aws import ACCOUNT, PREFIX, REQUEST_ID_HEADER
 from kms.api.aws import schemas as aws
 from kms.api.aws.keys import (
     DATA_KEY_BYTES,
@@ -22,125 +20,38 @@ from kms.api.aws.keys import (
     SIGNING,
     SIGNING_ALGORITHMS_OF,
     SPEC_OF_ALGORITHM,
-    Account,
     encryption_algorithm,
     epoch,
-    from_blob,
     key_metadata,
     native_algorithm,
     to_blob,
 )
-from kms.api.context import MAX_BODY_BYTES, note_algorithm, note_rows_examined, service
-from kms.api.docs import documented
-from kms.api.errors import AWS_JSON, register_aws_error_shape
+from kms.api.aws.requests import (
+    NOT_FOUND,
+    account,
+    b64,
+    blueprint,
+    documented_aws,
+    key_id_of,
+    key_named_in,
+    key_of_blob,
+    load,
+    opened_blob,
+    reply,
+)
+from kms.api.context import note_rows_examined, service
 from kms.api.operations import KeyFrom, Target, operation
-from kms.api.payload import read_json_object
 from kms.api.policy import keys_in_scope, readable_key_patterns
 from kms.crypto.algorithms import RSA_ENCRYPTION_ALGORITHMS
 from kms.errors import (
     Forbidden,
-    IncorrectKey,
     InvalidMAC,
     InvalidRequest,
     InvalidSignature,
-    KMSError,
     PurposeMismatch,
 )
 
-blueprint = Blueprint("aws", __name__, url_prefix=PREFIX)
-register_aws_error_shape(blueprint)
-MEDIA_TYPES = frozenset({AWS_JSON, "application/json"})
-SEE = (
-    "AWS KMS's operation of this name, usually sent as `POST /` with `X-Amz-Target: "
-    "TrentService.<name>` (docs/aws-kms.md). Request and response bodies are "
-    '`application/x-amz-json-1.1`; errors are `{"__type": "<AWS error code>", "message": ...}`.'
-)
-
-
-@blueprint.after_request
-def tag_response(response: Response) -> Response:
-    response.headers[REQUEST_ID_HEADER] = g.get("request_id", "-")
-    return response
-
-
-# -- reading requests ---------------------------------------------------------------------------
-
-
-def aws_body() -> dict[str, Any]:
-    """The request's JSON object, read once (shared with the hooks, as ``json_body`` is)."""
-    state = g._get_current_object()
-    body = state.get("kms_body")
-    if body is None:
-        try:
-            body = read_json_object(request, current_app.config[MAX_BODY_BYTES], MEDIA_TYPES)
-        except KMSError as error:
-            body = error
-        state.kms_body = body
-    if isinstance(body, KMSError):
-        raise body
-    return body
-
-
-def account() -> Account:
-    return current_app.config[ACCOUNT]
-
-
-def load(schema: Schema) -> dict[str, Any]:
-    return schema.load(aws_body())
-
-
-def key_named_in(field: str) -> Any:
-    """The hooks' ``Target``: the key the body's ``field`` names, resolved."""
-
-    def target(_request: Request) -> Target:
-        try:
-            value = aws_body().get(field)
-            return Target(account().resolve(value) if isinstance(value, str) else None)
-        except KMSError:
-            return Target(key_id=None)
-
-    return target
-
-
-def key_of_blob(_request: Request) -> Target:
-    """The hooks' ``Target`` of Decrypt and ReEncrypt: the key the ciphertext blob names."""
-    try:
-        value = aws_body().get("CiphertextBlob")
-        if not isinstance(value, str):
-            return Target(key_id=None)
-        return Target(from_blob(base64.b64decode(value, validate=True))[0])
-    except (KMSError, ValueError):
-        return Target(key_id=None)
-
-
-def reply(
-    document: dict[str, Any], *, version: int | None = None, algorithm: str | None = None
-) -> Response:
-    g.kms_answered_version = version
-    if algorithm is not None:
-        note_algorithm(algorithm)
-    return Response(json.dumps(document), content_type=AWS_JSON)
-
-
-def b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
-def opened_blob(blob: bytes, named: str | None) -> tuple[str, str]:
-    """(key_id, native ciphertext) of a blob; ``IncorrectKey`` if ``named`` is another key."""
-    key_id, native = from_blob(blob)
-    if named is not None and account().resolve(named) != key_id:
-        raise IncorrectKey()
-    return key_id, b64(native)
-
-
-def documented_aws(summary: str, body: Schema | None, errors: dict[int, str]) -> Any:
-    return documented(
-        summary, body=body, content_type=AWS_JSON, description=SEE, errors=errors, tag="aws-kms"
-    )
-
-
-NOT_FOUND = {400: "NotFoundException, DisabledException, KMSInvalidStateException, ..."}
+__all__ = ["blueprint"]
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -163,7 +74,7 @@ def create_key() -> Response:
 @operation("keys:read", KeyFrom.BODY, target=key_named_in("KeyId"))
 @documented_aws("AWS KMS DescribeKey", aws.key_request, NOT_FOUND)
 def describe_key() -> Response:
-    key = service().get_key(account().resolve(load(aws.key_request)["KeyId"]))
+    key = service().get_key(key_id_of(load(aws.key_request)["KeyId"]))
     return reply({"KeyMetadata": key_metadata(key, account())})
 
 
@@ -187,47 +98,11 @@ def list_keys() -> Response:
     return reply(document)
 
 
-@blueprint.post("/ListAliases")
-@operation("keys:read")
-@documented_aws(
-    "AWS KMS ListAliases: the alias of each key's own key_id", aws.list_aliases_request, NOT_FOUND
-)
-def list_aliases() -> Response:
-    body = load(aws.list_aliases_request)
-    if "KeyId" in body:
-        # One key's aliases: read through the policy as DescribeKey would.
-        key_id = account().resolve(body["KeyId"])
-        if not keys_in_scope("keys:read")(key_id):
-            raise Forbidden()
-        keys, next_after = [service().get_key(key_id)], None
-    else:
-        page = service().list_page(
-            limit=body["Limit"], after=body["Marker"], key_patterns=readable_key_patterns()
-        )
-        note_rows_examined(page.rows_examined)
-        keys, next_after = page.keys, page.next_after
-    document: dict[str, Any] = {
-        "Aliases": [
-            {
-                "AliasName": f"alias/{key.key_id}",
-                "AliasArn": account().alias_arn(f"alias/{key.key_id}"),
-                "TargetKeyId": key.key_id,
-                "CreationDate": epoch(key.created_at),
-            }
-            for key in keys
-        ],
-        "Truncated": next_after is not None,
-    }
-    if next_after is not None:
-        document["NextMarker"] = next_after
-    return reply(document)
-
-
 @blueprint.post("/EnableKey")
 @operation("keys:enable", KeyFrom.BODY, target=key_named_in("KeyId"))
 @documented_aws("AWS KMS EnableKey", aws.key_request, NOT_FOUND)
 def enable_key() -> Response:
-    service().enable_key(account().resolve(load(aws.key_request)["KeyId"]))
+    service().enable_key(key_id_of(load(aws.key_request)["KeyId"]))
     return reply({})
 
 
@@ -235,7 +110,7 @@ def enable_key() -> Response:
 @operation("keys:disable", KeyFrom.BODY, target=key_named_in("KeyId"))
 @documented_aws("AWS KMS DisableKey", aws.key_request, NOT_FOUND)
 def disable_key() -> Response:
-    service().disable_key(account().resolve(load(aws.key_request)["KeyId"]))
+    service().disable_key(key_id_of(load(aws.key_request)["KeyId"]))
     return reply({})
 
 
@@ -244,7 +119,7 @@ def disable_key() -> Response:
 @documented_aws("AWS KMS UpdateKeyDescription", aws.update_description_request, NOT_FOUND)
 def update_key_description() -> Response:
     body = load(aws.update_description_request)
-    service().update_key(account().resolve(body["KeyId"]), description=body["Description"])
+    service().update_key(key_id_of(body["KeyId"]), description=body["Description"])
     return reply({})
 
 
@@ -253,7 +128,7 @@ def update_key_description() -> Response:
 @documented_aws("AWS KMS ScheduleKeyDeletion", aws.schedule_deletion_request, NOT_FOUND)
 def schedule_key_deletion() -> Response:
     body = load(aws.schedule_deletion_request)
-    key_id = account().resolve(body["KeyId"])
+    key_id = key_id_of(body["KeyId"])
     days = body["PendingWindowInDays"]
     key = service().delete_key(key_id, pending_days=days)
     if key is None or key.pending_deletion_at is None:  # a window is always given
@@ -272,7 +147,7 @@ def schedule_key_deletion() -> Response:
 @operation("keys:cancel-deletion", KeyFrom.BODY, target=key_named_in("KeyId"))
 @documented_aws("AWS KMS CancelKeyDeletion (the key is then Disabled)", aws.key_request, NOT_FOUND)
 def cancel_key_deletion() -> Response:
-    key_id = account().resolve(load(aws.key_request)["KeyId"])
+    key_id = key_id_of(load(aws.key_request)["KeyId"])
     service().cancel_deletion(key_id)
     return reply({"KeyId": account().key_arn(key_id)})
 
@@ -282,7 +157,7 @@ def cancel_key_deletion() -> Response:
 @documented_aws("AWS KMS EnableKeyRotation", aws.enable_rotation_request, NOT_FOUND)
 def enable_key_rotation() -> Response:
     body = load(aws.enable_rotation_request)
-    key_id = account().resolve(body["KeyId"])
+    key_id = key_id_of(body["KeyId"])
     service().update_key(key_id, rotation_period=f"{body['RotationPeriodInDays']}d")
     return reply({})
 
@@ -291,7 +166,7 @@ def enable_key_rotation() -> Response:
 @operation("keys:update", KeyFrom.BODY, target=key_named_in("KeyId"))
 @documented_aws("AWS KMS DisableKeyRotation", aws.key_request, NOT_FOUND)
 def disable_key_rotation() -> Response:
-    service().update_key(account().resolve(load(aws.key_request)["KeyId"]), rotation_period=None)
+    service().update_key(key_id_of(load(aws.key_request)["KeyId"]), rotation_period=None)
     return reply({})
 
 
@@ -299,7 +174,7 @@ def disable_key_rotation() -> Response:
 @operation("keys:read", KeyFrom.BODY, target=key_named_in("KeyId"))
 @documented_aws("AWS KMS GetKeyRotationStatus", aws.key_request, NOT_FOUND)
 def get_key_rotation_status() -> Response:
-    key_id = account().resolve(load(aws.key_request)["KeyId"])
+    key_id = key_id_of(load(aws.key_request)["KeyId"])
     key = service().get_key(key_id)
     document: dict[str, Any] = {
         "KeyId": account().key_arn(key_id),
@@ -318,7 +193,7 @@ def get_key_rotation_status() -> Response:
 @operation("keys:rotate", KeyFrom.BODY, target=key_named_in("KeyId"))
 @documented_aws("AWS KMS RotateKeyOnDemand", aws.key_request, NOT_FOUND)
 def rotate_key_on_demand() -> Response:
-    key_id = account().resolve(load(aws.key_request)["KeyId"])
+    key_id = key_id_of(load(aws.key_request)["KeyId"])
     key = service().rotate_key(key_id)
     return reply({"KeyId": account().key_arn(key_id)}, version=key.version)
 
@@ -328,7 +203,7 @@ def rotate_key_on_demand() -> Response:
 @documented_aws("AWS KMS TagResource: tags are kms labels", aws.tag_resource_request, NOT_FOUND)
 def tag_resource() -> Response:
     body = load(aws.tag_resource_request)
-    key_id = account().resolve(body["KeyId"])
+    key_id = key_id_of(body["KeyId"])
     labels = dict(service().get_key(key_id).labels)
     labels.update({tag["TagKey"]: tag["TagValue"] for tag in body["Tags"]})
     service().update_key(key_id, labels=labels)
@@ -340,7 +215,7 @@ def tag_resource() -> Response:
 @documented_aws("AWS KMS UntagResource", aws.untag_resource_request, NOT_FOUND)
 def untag_resource() -> Response:
     body = load(aws.untag_resource_request)
-    key_id = account().resolve(body["KeyId"])
+    key_id = key_id_of(body["KeyId"])
     labels = dict(service().get_key(key_id).labels)
     for name in body["TagKeys"]:
         labels.pop(name, None)
@@ -353,7 +228,7 @@ def untag_resource() -> Response:
 @documented_aws("AWS KMS ListResourceTags", aws.list_tags_request, NOT_FOUND)
 def list_resource_tags() -> Response:
     body = load(aws.list_tags_request)
-    labels = sorted(service().get_key(account().resolve(body["KeyId"])).labels.items())
+    labels = sorted(service().get_key(key_id_of(body["KeyId"])).labels.items())
     start = 0
     if body["Marker"] is not None:
         start = next((i + 1 for i, (name, _) in enumerate(labels) if name == body["Marker"]), 0)
@@ -371,7 +246,7 @@ def list_resource_tags() -> Response:
 @operation("keys:read", KeyFrom.BODY, target=key_named_in("KeyId"))
 @documented_aws("AWS KMS GetPublicKey (DER SubjectPublicKeyInfo)", aws.key_request, NOT_FOUND)
 def get_public_key() -> Response:
-    key_id = account().resolve(load(aws.key_request)["KeyId"])
+    key_id = key_id_of(load(aws.key_request)["KeyId"])
     public = service().public_key(key_id)
     der = base64.b64decode("".join(public.public_key.strip().splitlines()[1:-1]))
     document: dict[str, Any] = {
@@ -402,7 +277,7 @@ def _fits(requested: str, algorithm: str) -> None:
 @documented_aws("AWS KMS Encrypt", aws.encrypt_request, NOT_FOUND)
 def encrypt() -> Response:
     body = load(aws.encrypt_request)
-    key_id = account().resolve(body["KeyId"])
+    key_id = key_id_of(body["KeyId"])
     result = service().encrypt(key_id, body["Plaintext"], body["EncryptionContext"])
     _fits(body["EncryptionAlgorithm"], result.algorithm)
     blob = to_blob(key_id, base64.b64decode(result.ciphertext))
@@ -450,7 +325,7 @@ def decrypt() -> Response:
 def re_encrypt() -> Response:
     body = load(aws.re_encrypt_request)
     source, ciphertext = opened_blob(body["CiphertextBlob"], body.get("SourceKeyId"))
-    destination = account().resolve(body["DestinationKeyId"])
+    destination = key_id_of(body["DestinationKeyId"])
     # The hooks checked "rewrap" on the source key; another destination also needs "encrypt".
     if destination != source and not keys_in_scope("encrypt")(destination):
         raise Forbidden()
@@ -479,7 +354,7 @@ def re_encrypt() -> Response:
 
 def _data_key(include_plaintext: bool) -> Response:
     body = load(aws.data_key_request)
-    key_id = account().resolve(body["KeyId"])
+    key_id = key_id_of(body["KeyId"])
     if ("NumberOfBytes" in body) == ("KeySpec" in body):
         raise InvalidRequest("give exactly one of NumberOfBytes and KeySpec")
     size = body["NumberOfBytes"] if "NumberOfBytes" in body else DATA_KEY_BYTES[body["KeySpec"]]
@@ -534,7 +409,7 @@ def _signing(body: dict[str, Any]) -> dict[str, Any]:
 @documented_aws("AWS KMS Sign", aws.sign_request, NOT_FOUND)
 def sign() -> Response:
     body = load(aws.sign_request)
-    key_id = account().resolve(body["KeyId"])
+    key_id = key_id_of(body["KeyId"])
     result = service().sign(key_id, body["Message"], **_signing(body))
     return reply(
         {
@@ -556,7 +431,7 @@ def sign() -> Response:
 )
 def verify() -> Response:
     body = load(aws.verify_request)
-    key_id = account().resolve(body["KeyId"])
+    key_id = key_id_of(body["KeyId"])
     result = service().verify(key_id, body["Message"], body["Signature"], **_signing(body))
     if not result.valid:
         raise InvalidSignature()
@@ -581,7 +456,7 @@ def _mac_fits(requested: str, algorithm: str) -> None:
 @documented_aws("AWS KMS GenerateMac", aws.mac_request, NOT_FOUND)
 def generate_mac() -> Response:
     body = load(aws.mac_request)
-    key_id = account().resolve(body["KeyId"])
+    key_id = key_id_of(body["KeyId"])
     result = service().mac(key_id, body["Message"])
     _mac_fits(body["MacAlgorithm"], result.algorithm)
     return reply(
@@ -604,7 +479,7 @@ def generate_mac() -> Response:
 )
 def verify_mac() -> Response:
     body = load(aws.verify_mac_request)
-    key_id = account().resolve(body["KeyId"])
+    key_id = key_id_of(body["KeyId"])
     result = service().verify_mac(key_id, body["Message"], body["Mac"])
     _mac_fits(body["MacAlgorithm"], result.algorithm)
     if not result.valid:

@@ -78,22 +78,32 @@ class Generations:
 
         ``since``: the ``mark`` taken before the row was read (None: read under the row's write
         lock, where nothing known can be newer than the row)."""
-        known = self._seen.get(key.key_id, 0)
-        if key.generation == known:
+        self.observe_row(key.key_id, key.generation, since, f"key {key.key_id!r}")
+
+    def observe_row(self, name: str, generation: int, since: int | None, what: str) -> None:
+        """``observe`` for any row with a generation, remembered under ``name`` (a key's id; an
+        alias's ``alias/...``, which no key id can be)."""
+        known = self._seen.get(name, 0)
+        if generation == known:
             return
-        if key.generation < known:
-            if since is not None and self._learned.get(key.key_id, 0) > since:
+        if generation < known:
+            if since is not None and self._learned.get(name, 0) > since:
                 return  # learned while the row was being read: the read began before it
             raise RolledBack(
-                f"key {key.key_id!r}: the row's generation {key.generation} is older than "
+                f"{what}: the row's generation {generation} is older than "
                 f"generation {known}, which this node has seen: the row was rolled back"
             )
-        self._remember([(key.key_id, key.generation)])
+        self._remember([(name, generation)])
 
     def remember(self, key: KeyRecord) -> None:
         """Remember the generation of a row this process just wrote (never refused: a later
         change may have been remembered first)."""
-        self._remember([(key.key_id, key.generation), (EPOCH_NAME, key.generation)])
+        self.remember_row(key.key_id, key.generation)
+
+    def remember_row(self, name: str, generation: int) -> None:
+        """``remember`` for any row with a generation (see ``observe_row``); also what a row
+        deleted at ``generation`` leaves: an older copy of it is a rollback."""
+        self._remember([(name, generation), (EPOCH_NAME, generation)])
 
     def observe_epoch(self, epoch: int) -> None:
         """Remember the keystore epoch, or raise ``RolledBack`` if it is older than seen."""

@@ -275,8 +275,8 @@ class KeyLifecycle(KeyReading):
             return epoch
 
         destroy_check: DestroyCheck = check
-        gone = self._repository.destroy_key(key_id, destroy_check)
-        self._trust.destroyed(key_id, stamped[-1])
+        gone, alias_names = self._repository.destroy_key(key_id, destroy_check)
+        self._trust.destroyed(key_id, stamped[-1], alias_names)
         return gone
 
     # -- deletion --------------------------------------------------------------------------

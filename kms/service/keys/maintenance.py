@@ -14,15 +14,27 @@ from collections.abc import Callable, Iterable
 
 from kms.crypto.algorithms import ALGORITHMS
 from kms.errors import IntegrityFailure, UnwrapFailed
-from kms.service.integrity import encode_key_row, encode_version_row, read_epoch
+from kms.service.integrity import (
+    encode_alias_row,
+    encode_key_row,
+    encode_version_row,
+    read_epoch,
+)
 from kms.service.keyring import Keyring, zeroise
 from kms.service.keys.material import identity_of
 from kms.service.keys.results import IntegrityReport
-from kms.service.keys.trust import TrustedRows, verify_key_row, verify_version_row
+from kms.service.keys.trust import (
+    TrustedRows,
+    verify_alias_row,
+    verify_key_row,
+    verify_version_row,
+)
 from kms.service.keys.validation import MAX_PAGE_SIZE
 from kms.service.keystore import KeystoreFormat, init_marker_aad
 from kms.store.records import (
     EPOCH,
+    AliasRecord,
+    AliasSealer,
     KeyRecord,
     KeyRepository,
     KeySealer,
@@ -59,7 +71,7 @@ def newest_generations(lines: Iterable[bytes]) -> dict[str, int]:
 
 def rekey_rows(
     old: Keyring, new: Keyring, after_version: Callable[[], None] | None = None
-) -> tuple[KeySealer, VersionRewrapper]:
+) -> tuple[KeySealer, VersionRewrapper, AliasSealer]:
     """What ``kms rekey`` and ``kms restore --as-clone`` write for each row: every row verified
     under ``old``, every wrapped key unwrapped under its identity there and wrapped again under
     ``new`` (and its keystore id), every MAC computed under ``new``."""
@@ -86,7 +98,11 @@ def rekey_rows(
             after_version()
         return wrapped_key, mac
 
-    return seal_key, rewrap_version
+    def seal_alias(alias: AliasRecord) -> bytes:
+        verify_alias_row(old, alias)
+        return new.tag(encode_alias_row(alias))
+
+    return seal_key, rewrap_version, seal_alias
 
 
 class KeyMaintenance:
@@ -154,7 +170,27 @@ class KeyMaintenance:
                         self._verify_material(key, record)
                     except IntegrityFailure as error:
                         report.failures.append(error.detail)
+        report.failures.extend(self._alias_failures(page_size, report.epoch))
         return report
+
+    def _alias_failures(self, page_size: int, epoch: int | None) -> list[str]:
+        """Every alias row's MAC, and its generation against the keystore epoch."""
+        failures: list[str] = []
+        after: str | None = None
+        while page := self._repository.list_aliases(page_size, after):
+            after = page[-1].alias_name
+            for alias in page:
+                try:
+                    verify_alias_row(self._keyring, alias)
+                except IntegrityFailure as error:
+                    failures.append(error.detail)
+                    continue
+                if epoch is not None and alias.generation > epoch:
+                    failures.append(
+                        f"alias {alias.alias_name!r}: generation {alias.generation} is above the "
+                        f"keystore epoch {epoch}: the epoch row was rolled back"
+                    )
+        return failures
 
     @staticmethod
     def _generation_failures(
@@ -250,8 +286,8 @@ class KeyMaintenance:
         stopped at any point, nothing changed. ``after_version`` is called after each version
         (progress; a test stops there). Returns the number of key rows and version rows.
         """
-        seal_key, rewrap_version = rekey_rows(self._keyring, new_keyring, after_version)
-        counts = self._repository.rewrap_all(seal_key, rewrap_version, keystore)
+        seal_key, rewrap_version, seal_alias = rekey_rows(self._keyring, new_keyring, after_version)
+        counts = self._repository.rewrap_all(seal_key, rewrap_version, keystore, seal_alias)
         # The old wrapped keys and KDF parameters open with the old passphrase: no copy of them
         # may stay readable in the database files.
         self._repository.reclaim_destroyed(keystore=True)

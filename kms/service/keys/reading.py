@@ -65,6 +65,19 @@ class KeyReading:
         key = self._trust.get(key_id)
         return [version_info(v) for v in self._repository.version_page(key.key_id, limit, after)]
 
+    def list_rotations(
+        self, key_id: str, limit: int = 100, after: int | None = None
+    ) -> tuple[list[KeyVersionInfo], bool]:
+        """A page of the key's rotations, oldest first, after version ``after``, and whether
+        more follow. A rotation is a version after the first (version 1 is made with the key,
+        or by a recreate); destroyed (trimmed) versions are gone from it."""
+        validate_limit(limit)
+        if after is not None and not is_integer(after):
+            raise InvalidRequest("after must be a version number")
+        key = self._trust.get(key_id)
+        page = self._repository.version_page(key.key_id, limit + 1, max(after or 1, 1))
+        return [version_info(v) for v in page[:limit]], len(page) > limit
+
     def list_keys(
         self,
         limit: int = 100,

@@ -30,6 +30,27 @@ class KeyPage:
 
 
 @dataclass(frozen=True)
+class AliasInfo:
+    """An alias and the key it names. ``implicit``: the alias of a key's own key_id, which
+    every key has and which is no row."""
+
+    alias_name: str
+    key_id: str
+    created_at: datetime
+    updated_at: datetime
+    implicit: bool = False
+
+
+@dataclass(frozen=True)
+class AliasPage:
+    """A page of an alias listing; ``next_after`` as ``KeyPage``'s (an opaque cursor)."""
+
+    aliases: list[AliasInfo]
+    next_after: str | None
+    rows_examined: int
+
+
+@dataclass(frozen=True)
 class KeyVersionInfo:
     version: int
     created_at: datetime

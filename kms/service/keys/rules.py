@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from kms.crypto.algorithms import Purpose
+from kms.crypto.algorithms import RSA_ENCRYPTION_ALGORITHMS, Purpose
 from kms.errors import (
     DeletionNotAllowed,
     InvalidRequest,
@@ -63,6 +63,29 @@ def require_same_key(expected: KeyRecord, current: KeyRecord) -> None:
     material was generated for."""
     if (current.algorithm, current.incarnation) != (expected.algorithm, expected.incarnation):
         raise KeyChanged()
+
+
+def alias_kind(key: KeyRecord) -> tuple[str, bool]:
+    """What an alias may be moved between: the key's purpose, and whether it is symmetric."""
+    return key.purpose, key.algorithm not in RSA_ENCRYPTION_ALGORITHMS and key.purpose != "sign"
+
+
+def require_alias_target(key: KeyRecord) -> None:
+    """A key an alias is made to name: not pending deletion (its existing aliases stay until
+    it is destroyed, as in AWS KMS)."""
+    require_not_pending(key)
+
+
+def require_alias_move(current: KeyRecord, new: KeyRecord) -> None:
+    """An alias moves only to a key of the same usage and kind (symmetric or not), so code
+    that uses it keeps working (AWS KMS's rule)."""
+    require_alias_target(new)
+    if alias_kind(current) != alias_kind(new):
+        raise InvalidRequest(
+            "an alias moves only to a key of the same key usage and type: "
+            f"it names a {current.purpose} key ({current.algorithm}), not a "
+            f"{new.purpose} key ({new.algorithm})"
+        )
 
 
 def schedule_deletion(key: KeyRecord, due_at: datetime) -> KeyRecord:

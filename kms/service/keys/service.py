@@ -4,7 +4,8 @@ The parts, each a module of this package: ``TrustedRows`` (reading, MAC-checking
 sealing rows), ``KeyMaterial`` (unwrapping and caching secrets), ``UseLimits`` (encryptions
 counted against each version's limit, decryptions tallied), ``KeyLifecycle`` (create, change,
 rotate, delete), ``KeyOperations`` (the cryptographic operations, single and batch) and
-``KeyMaintenance`` (whole-keystore checks and re-keying). The key-state rules they apply are pure
+``KeyMaintenance`` (whole-keystore checks and re-keying) and ``KeyAliases`` (names that stand for
+keys). The key-state rules they apply are pure
 functions in ``rules``. ``KMSService.from_settings`` is the one way to build it: the app, every
 operator command and the tests use it, so no setting is dropped on one of the paths.
 """
@@ -16,6 +17,7 @@ from datetime import datetime
 
 from kms.service.cache import KeyMaterialCache, KeyRowCache
 from kms.service.keyring import Keyring
+from kms.service.keys.aliases import KeyAliases
 from kms.service.keys.generations import Generations
 from kms.service.keys.lifecycle import KeyLifecycle
 from kms.service.keys.limits import UseLimits
@@ -41,6 +43,7 @@ class KMSService:
         operations: KeyOperations,
         limits: UseLimits,
         maintenance: KeyMaintenance,
+        aliases: KeyAliases,
     ) -> None:
         """Use ``from_settings``; this only names the parts' methods."""
         self.trust = trust
@@ -48,6 +51,7 @@ class KMSService:
         self.operations = operations
         self.limits = limits
         self.maintenance = maintenance
+        self.aliases = aliases
         # The lifecycle.
         self.create_key = lifecycle.create_key
         self.get_key = lifecycle.get_key
@@ -67,6 +71,13 @@ class KMSService:
         self.rotate_due = lifecycle.rotate_due
         self.count_rotating_keys = lifecycle.count_rotating_keys
         self.recreate_key = lifecycle.recreate_key
+        self.list_rotations = lifecycle.list_rotations
+        # Aliases.
+        self.resolve_alias = aliases.resolve_alias
+        self.create_alias = aliases.create_alias
+        self.update_alias = aliases.update_alias
+        self.delete_alias = aliases.delete_alias
+        self.list_aliases = aliases.list_aliases
         # The cryptographic operations.
         self.encrypt = operations.encrypt
         self.encrypt_batch = operations.encrypt_batch
@@ -153,4 +164,11 @@ class KMSService:
             max_batch_items=settings.max_batch_items,
             clock=clock,
         )
-        return cls(trust, lifecycle, operations, limits, KeyMaintenance(repository, keyring, trust))
+        return cls(
+            trust,
+            lifecycle,
+            operations,
+            limits,
+            KeyMaintenance(repository, keyring, trust),
+            KeyAliases(repository, trust, lifecycle.list_page, clock),
+        )

@@ -26,12 +26,18 @@ from dataclasses import replace
 from kms.crypto.algorithms import ALGORITHMS
 from kms.errors import IntegrityFailure, KeyNotFound, RolledBack
 from kms.service.cache import KeyMaterialCache, KeyRowCache, secret_cache_key
-from kms.service.integrity import encode_key_row, encode_version_row, epoch_row, read_epoch
+from kms.service.integrity import (
+    encode_alias_row,
+    encode_key_row,
+    encode_version_row,
+    epoch_row,
+    read_epoch,
+)
 from kms.service.keyring import Keyring
 from kms.service.keys.generations import Generations, record_change
 from kms.service.keys.rules import require_same_key
-from kms.service.keys.validation import validate_key_id
-from kms.store.records import KeyRecord, KeyRepository, KeyVersionRecord
+from kms.service.keys.validation import ALIAS_NAME_PATTERN, validate_key_id
+from kms.store.records import AliasRecord, KeyRecord, KeyRepository, KeyVersionRecord
 
 log = logging.getLogger("kms.integrity")
 
@@ -50,6 +56,12 @@ def verify_key_row(keyring: Keyring, key: KeyRecord, *, legacy: bool = False) ->
     spec = ALGORITHMS.get(key.algorithm)
     if spec is None or spec.purpose.value != key.purpose:
         raise IntegrityFailure(f"key {key.key_id!r}: algorithm and purpose do not match")
+
+
+def verify_alias_row(keyring: Keyring, alias: AliasRecord) -> None:
+    """Raise ``IntegrityFailure`` unless the alias row's MAC checks out: the name still names the
+    key, at the generation, it was written with."""
+    keyring.verify_tag(encode_alias_row(alias), alias.mac, f"alias {alias.alias_name!r}: alias row")
 
 
 def verify_version_row(
@@ -111,6 +123,20 @@ class TrustedRows:
             raise
         return key
 
+    def checked_alias(self, alias: AliasRecord, since: int | None = None) -> AliasRecord:
+        """The alias row, once its MAC checks out and it is no older than this node had seen at
+        ``since`` (as ``checked``; remembered under its name, which no key id can be)."""
+        try:
+            verify_alias_row(self._keyring, alias)
+            self.generations.observe_row(
+                alias.alias_name, alias.generation, since, f"alias {alias.alias_name!r}"
+            )
+        except IntegrityFailure as error:
+            self.refused["rollback" if isinstance(error, RolledBack) else "mac"] += 1
+            log.error("integrity check failed: %s", error.detail)
+            raise
+        return alias
+
     def verify_key(self, key: KeyRecord) -> None:
         """Raise ``IntegrityFailure`` unless the row's MAC and its algorithm check out."""
         verify_key_row(self._keyring, key)
@@ -132,6 +158,27 @@ class TrustedRows:
         """Under the key row's and the epoch row's locks: ``key`` at the next keystore epoch,
         sealed, and the epoch row to write with it. Refuses (``IntegrityFailure``) an epoch row
         that fails its MAC or is older than this node has seen."""
+        generation = self.next_generation(stored_epoch, key.generation)
+        return self.sealed(replace(key, generation=generation)), epoch_row(
+            self._keyring, generation
+        )
+
+    def stamp_alias(
+        self, alias: AliasRecord, stored_epoch: bytes | None
+    ) -> tuple[AliasRecord, bytes]:
+        """``stamp`` for an alias row (under the epoch row's lock and the alias row's)."""
+        stamped = replace(alias, generation=self.next_generation(stored_epoch, alias.generation))
+        sealed = replace(stamped, mac=self._keyring.tag(encode_alias_row(stamped)))
+        return sealed, epoch_row(self._keyring, sealed.generation)
+
+    def epoch_row(self, generation: int) -> bytes:
+        """The epoch row of a change that raised the epoch to ``generation`` and wrote no row
+        of its own (an alias deleted)."""
+        return epoch_row(self._keyring, generation)
+
+    def next_generation(self, stored_epoch: bytes | None, floor: int) -> int:
+        """Under the epoch row's lock: the generation of the next change, above the stored epoch
+        and ``floor``; refuses an epoch row that fails its MAC or is older than seen."""
         try:
             epoch = read_epoch(self._keyring, stored_epoch)
             self.generations.observe_epoch(epoch)
@@ -139,20 +186,29 @@ class TrustedRows:
             self.refused["rollback" if isinstance(error, RolledBack) else "mac"] += 1
             log.error("integrity check failed: %s", error.detail)
             raise
-        generation = max(epoch, key.generation) + 1
-        return self.sealed(replace(key, generation=generation)), epoch_row(
-            self._keyring, generation
-        )
+        return max(epoch, floor) + 1
 
     def changed(self, key: KeyRecord) -> None:
         """After a change committed: remember its generation, and note it for the audit line."""
         self.generations.remember(key)
         record_change(key.key_id, key.generation)
 
-    def destroyed(self, key_id: str, generation: int) -> None:
-        """After a destroy committed at ``generation`` (the epoch it raised)."""
+    def destroyed(self, key_id: str, generation: int, aliases: list[str] | None = None) -> None:
+        """After a destroy committed at ``generation`` (the epoch it raised), which deleted the
+        key's ``aliases``: an older copy of any of them is a rollback."""
         self.generations.destroyed(key_id, generation)
+        for alias_name in aliases or ():
+            # Names read from the database unchecked: only a well-formed one reaches the journal
+            # (whose lines are "<generation> <name>").
+            if ALIAS_NAME_PATTERN.fullmatch(alias_name) is not None:
+                self.generations.remember_row(alias_name, generation)
         record_change(key_id, generation)
+
+    def alias_changed(self, alias_name: str, generation: int) -> None:
+        """After an alias change (or its deletion) committed at ``generation``. Not recorded for
+        the audit line's ``key_generation``: that is the key's, which the change left as it was
+        (``kms check --audit`` compares it with the key row)."""
+        self.generations.remember_row(alias_name, generation)
 
     # -- reading ---------------------------------------------------------------------------
 

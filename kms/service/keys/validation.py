@@ -11,11 +11,18 @@ import re
 from typing import TypeGuard
 
 from kms.crypto.algorithms import ALGORITHMS, DEFAULT_ALGORITHM, Algorithm, Purpose
-from kms.errors import InvalidRequest, PurposeMismatch
+from kms.errors import InvalidAliasName, InvalidRequest, PurposeMismatch
 from kms.store.records import KeyState
 
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_PAGE_SIZE = 1000
+#: Alias names as AWS KMS has them: ``alias/`` and then letters, digits, ``/ _ -``; at most 256
+#: characters in all. ``alias/aws/`` is AWS's own, refused. Every key is also reachable by the
+#: alias of its key_id (``alias/<key_id>``), which is no row and may hold a ``.``.
+ALIAS_PREFIX = "alias/"
+RESERVED_ALIAS_PREFIX = "alias/aws/"
+ALIAS_NAME_PATTERN = re.compile(r"alias/[a-zA-Z0-9/_-]+")
+MAX_ALIAS_NAME_CHARS = 256
 #: A key listing reads (and MAC-checks) at most this many key rows per request, whatever its
 #: scope and filters; a page it could not fill within them ends with a cursor (``KeyPage``).
 MAX_ROWS_EXAMINED = 1000
@@ -85,6 +92,19 @@ def validate_key_id(key_id: str) -> str:
             "key_id must be 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit"
         )
     return key_id
+
+
+def validate_alias_name(name: object) -> str:
+    """An alias name a client may create: ``InvalidAliasName`` (saying why) for any other."""
+    if not isinstance(name, str) or not name.startswith(ALIAS_PREFIX):
+        raise InvalidAliasName("an alias name starts with alias/")
+    if len(name) > MAX_ALIAS_NAME_CHARS:
+        raise InvalidAliasName(f"an alias name has at most {MAX_ALIAS_NAME_CHARS} characters")
+    if ALIAS_NAME_PATTERN.fullmatch(name) is None:
+        raise InvalidAliasName("an alias name is alias/ and then letters, digits, /, _ and -")
+    if name.startswith(RESERVED_ALIAS_PREFIX):
+        raise InvalidAliasName("alias names beginning with alias/aws/ are reserved for AWS")
+    return name
 
 
 def validate_limit(limit: object) -> int:
