@@ -86,7 +86,7 @@ class UseBookkeeping:
                 select(key_versions.c.encryptions).where(where).with_for_update()
             ).scalar_one_or_none()
             if used is None:
-                raise KeyNotFound()
+                raise KeyNotFound(key_id, version)
             granted = min(wanted, limit - used)
             if granted < at_least:
                 return 0
