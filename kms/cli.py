@@ -268,9 +268,14 @@ def _new_passphrase(file: Path | None, allow_short: bool) -> bytearray:
         new_passphrase = read_passphrase_file(file)
         require_long_passphrase(new_passphrase, "the new passphrase", allow_short=allow_short)
         return new_passphrase
-    new_passphrase = prompt_passphrase("kms new master passphrase: ")
+    # The configured passphrase file holds the current passphrase, never the new one.
+    without_terminal = (
+        "the new passphrase must be typed on a terminal (stdin is not one) or read from a file: "
+        "pass --new-passphrase-file FILE"
+    )
+    new_passphrase = prompt_passphrase("kms new master passphrase: ", without_terminal)
     require_long_passphrase(new_passphrase, "the new passphrase", allow_short=allow_short)
-    again = prompt_passphrase("kms new master passphrase again: ")
+    again = prompt_passphrase("kms new master passphrase again: ", without_terminal)
     try:
         if again != new_passphrase:
             new_passphrase[:] = bytes(len(new_passphrase))

@@ -65,10 +65,13 @@ configure(ServerLimits.from_settings(_settings))
 def _load_policy() -> Any:
     """The policy, and a check that the audit log takes lines, before gunicorn starts at all."""
     from kms.api.policy import load_policy
+    from kms.master import check_database_file
     from kms.node import check_audit_log
 
     try:
         policy = load_policy(_settings.policy_file)
+        # Before the audit log: before `kms init`, its directory is missing too.
+        check_database_file(_settings)
         check_audit_log(_settings)
     except KMSError as error:
         _fail(error.public_message)
