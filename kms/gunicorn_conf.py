@@ -280,6 +280,11 @@ def on_starting(server: Any) -> None:
         )
     if _settings.audit_path is None:
         kms_log.warning("kms: no audit.path is set: requests are not audited")
+    from kms.server.tlsfiles import expiry_warning
+
+    expiring = expiry_warning(_tls_files(_settings).server_cert)
+    if expiring is not None:
+        kms_log.warning("%s", expiring)
     from kms.store.generations import journal_path
 
     if journal_path(_settings.state_file, _settings.database_url) is None:
