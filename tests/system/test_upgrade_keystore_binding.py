@@ -129,7 +129,7 @@ def test_the_previous_release_upgrades_in_place_and_its_keys_keep_working(
         open_master_keyring(old_settings)
 
     result = upgrade_database(old_settings)
-    assert result.migrated == ("0004", "0006")
+    assert result.migrated == ("0004", "0007")
     assert (result.sealed_keys, result.sealed_versions) == (KEYS, VERSIONS)
     assert upgrade_database(old_settings).already_current
     assert len(metadata(old_settings, "keystore_id") or b"") == 16
