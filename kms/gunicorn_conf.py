@@ -70,10 +70,16 @@ def _load_policy() -> Any:
 
     try:
         policy = load_policy(_settings.policy_file)
-        # Before the audit log: before `kms init`, its directory is missing too.
-        check_database_file(_settings)
+    except KMSError as error:
+        _fail(error.public_message)
+    try:
         check_audit_log(_settings)
     except KMSError as error:
+        # Before `kms init` the audit log's directory is missing too: say what comes first.
+        try:
+            check_database_file(_settings)
+        except KMSError as missing:
+            _fail(missing.public_message)
         _fail(error.public_message)
     return policy
 
