@@ -314,9 +314,14 @@ def _new_passphrase(file: Path | None, allow_short: bool) -> bytearray:
         new_passphrase = read_passphrase_file(file)
         require_long_passphrase(new_passphrase, "the new passphrase", allow_short=allow_short)
         return new_passphrase
-    new_passphrase = prompt_passphrase("kms new master passphrase: ")
+    # The configured passphrase file holds the current passphrase, never the new one.
+    without_terminal = (
+        "the new passphrase must be typed on a terminal (stdin is not one) or read from a file: "
+        "pass --new-passphrase-file FILE"
+    )
+    new_passphrase = prompt_passphrase("kms new master passphrase: ", without_terminal)
     require_long_passphrase(new_passphrase, "the new passphrase", allow_short=allow_short)
-    again = prompt_passphrase("kms new master passphrase again: ")
+    again = prompt_passphrase("kms new master passphrase again: ", without_terminal)
     try:
         if again != new_passphrase:
             new_passphrase[:] = bytes(len(new_passphrase))
@@ -469,18 +474,38 @@ def serve(gunicorn_args: tuple[str, ...]) -> None:
 
 @main.command("dev-certs")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--client-cn", default="orchestrator", show_default=True)
-def dev_certs(directory: Path, client_cn: str) -> None:
+@click.option(
+    "--client-cn", help="The client certificate's CN  [default: orchestrator, or kept on renewal]"
+)
+@click.option(
+    "--renew",
+    is_flag=True,
+    help="Replace the CA, server and client certificates and keys in DIRECTORY with new ones, "
+    "valid 365 days, and keep master.key (the keystore it opens still opens).",
+)
+def dev_certs(directory: Path, client_cn: str | None, renew: bool) -> None:
     """Write a dev CA, server and client certificates and a random passphrase into DIRECTORY.
 
     Files and their modes: ca.pem, server.crt, client.crt (0644); ca.key, server.key,
     client.key (0600); master.key (0400). DIRECTORY is created with mode 0700 when missing.
-    Refuses to overwrite any of the files. For development only.
+    Refuses to overwrite any of the files, except with --renew. Certificates are valid for 365
+    days; kms warns at start from 30 days before the server's expires. For development only.
     """
-    from kms.devcerts import write_dev_certificates
+    from kms.devcerts import renew_dev_certificates, write_dev_certificates
 
+    if renew:
+        try:
+            name = renew_dev_certificates(directory, client_common_name=client_cn)
+        except OSError as error:
+            click.echo(f"kms: {error}", err=True)
+            sys.exit(1)
+        click.echo(
+            f"kms: renewed the dev CA, server and client (CN {name}) certificates in {directory} "
+            "for 365 days; master.key is unchanged"
+        )
+        return
     try:
-        write_dev_certificates(directory, client_common_name=client_cn)
+        write_dev_certificates(directory, client_common_name=client_cn or "orchestrator")
     except FileExistsError as error:
         click.echo(f"kms: {error}", err=True)
         sys.exit(1)

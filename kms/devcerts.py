@@ -3,6 +3,13 @@
 Writes the seed's file names: ``ca.pem``, ``ca.key``, ``server.crt``, ``server.key``,
 ``client.crt``, ``client.key`` and ``master.key`` (a random passphrase, mode 0400).
 For development and tests only: production certificates come from the operator's own CA.
+
+Every certificate is valid for ``VALIDITY`` (365 days) from when it is made; kms warns at start
+from 30 days before the server's expires (kms.server.tlsfiles). ``renew_dev_certificates`` makes
+a new CA, server and client certificate and key in place and leaves ``master.key`` alone: the
+passphrase opens the keystores made with it (``data/dev.db``) as before. Each new file is
+written beside the old one and renamed over it, so a running kms, which follows its TLS files,
+never reads half a file; it serves with the new ones once all of them match.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ FILE_NAMES = (
     "client.key",
     "master.key",
 )
+KEPT_FILE = "master.key"  # the passphrase: never replaced by a renewal
 VALIDITY = timedelta(days=365)
 
 
@@ -128,13 +136,9 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def write_dev_certificates(directory: Path, client_common_name: str = "orchestrator") -> None:
-    """Write the dev CA, a server cert for localhost/127.0.0.1/::1, a client cert and a
-    random passphrase. Raises FileExistsError, writing nothing, if any of the files exists."""
-    existing = [name for name in FILE_NAMES if (directory / name).exists()]
-    if existing:
-        raise FileExistsError(f"{directory / existing[0]} already exists; refusing to overwrite")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+def _certificate_files(client_common_name: str) -> list[tuple[str, bytes, int]]:
+    """A new dev CA, a server certificate for localhost/127.0.0.1/::1 and a client certificate,
+    as ``(file name, PEM, mode)``, keys before their certificates."""
     authority = new_authority()
     server_key, server_cert = issue_certificate(
         authority,
@@ -146,13 +150,67 @@ def write_dev_certificates(directory: Path, client_common_name: str = "orchestra
     client_key, client_cert = issue_certificate(
         authority, client_common_name, server=False, dns_names=(client_common_name,)
     )
-    _write(directory / "ca.key", private_key_pem(authority.key), 0o600)
-    _write(directory / "ca.pem", certificate_pem(authority.certificate), 0o644)
-    _write(directory / "server.key", private_key_pem(server_key), 0o600)
-    _write(directory / "server.crt", certificate_pem(server_cert), 0o644)
-    _write(directory / "client.key", private_key_pem(client_key), 0o600)
-    _write(directory / "client.crt", certificate_pem(client_cert), 0o644)
-    _write(directory / "master.key", secrets.token_urlsafe(32).encode("ascii") + b"\n", 0o400)
+    return [
+        ("ca.key", private_key_pem(authority.key), 0o600),
+        ("ca.pem", certificate_pem(authority.certificate), 0o644),
+        ("server.key", private_key_pem(server_key), 0o600),
+        ("server.crt", certificate_pem(server_cert), 0o644),
+        ("client.key", private_key_pem(client_key), 0o600),
+        ("client.crt", certificate_pem(client_cert), 0o644),
+    ]
+
+
+def write_dev_certificates(directory: Path, client_common_name: str = "orchestrator") -> None:
+    """Write the dev CA, a server cert for localhost/127.0.0.1/::1, a client cert and a
+    random passphrase. Raises FileExistsError, writing nothing, if any of the files exists."""
+    existing = [name for name in FILE_NAMES if (directory / name).exists()]
+    if existing:
+        raise FileExistsError(f"{directory / existing[0]} already exists; refusing to overwrite")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name, data, mode in _certificate_files(client_common_name):
+        _write(directory / name, data, mode)
+    _write(directory / KEPT_FILE, secrets.token_urlsafe(32).encode("ascii") + b"\n", 0o400)
+
+
+def renew_dev_certificates(directory: Path, client_common_name: str | None = None) -> str:
+    """Replace the dev CA and the server and client certificates and keys in ``directory`` with
+    new ones, valid ``VALIDITY`` from now; ``master.key`` is neither read nor changed. The client
+    certificate keeps its common name (``client_common_name`` if given). Returns that name.
+
+    Raises FileNotFoundError, writing nothing, unless ``directory`` holds a ``master.key``: a
+    renewal without the passphrase would leave nothing that opens the keystore.
+    """
+    if not (directory / KEPT_FILE).is_file():
+        raise FileNotFoundError(
+            f"{directory / KEPT_FILE} does not exist: nothing to renew (without --renew, "
+            "kms dev-certs writes new files and a new passphrase)"
+        )
+    if client_common_name is None:
+        client_common_name = _client_common_name(directory / "client.crt") or "orchestrator"
+    for name, data, mode in _certificate_files(client_common_name):
+        _replace(directory / name, data, mode)
+    return client_common_name
+
+
+def _client_common_name(path: Path) -> str | None:
+    try:
+        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = names[0].value if names else None
+    return value if isinstance(value, str) else None
+
+
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` beside ``path`` and rename it over ``path``: a reader sees the old file
+    or the new one, never part of either."""
+    temporary = path.with_name(f".{path.name}.renew-{secrets.token_hex(4)}")
+    try:
+        _write(temporary, data, mode)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def issue_crl(

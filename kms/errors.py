@@ -8,6 +8,8 @@ and nowhere else; this module imports nothing from kms.
 
 from __future__ import annotations
 
+import json
+
 
 class KMSError(Exception):
     """Base of every error kms raises on purpose."""
@@ -27,9 +29,30 @@ class InvalidRequest(KMSError):
 
 
 class KeyNotFound(KMSError):
-    """Raise if a key (or another caller's key) does not exist."""
+    """Raise if a key (or another caller's key) does not exist.
+
+    Given the key id the caller asked for (and the version, for a version that does not
+    exist), the message names them: ``record not found: key "billing-7" version 3``. The id
+    comes from the client, so it is quoted as a JSON string (quotes, backslashes, control
+    characters and non-ASCII text escaped) and cut at ``SHOWN_KEY_ID_CHARS``: the message stays
+    one printable line wherever it is shown (a response, the ``kms`` client's stderr, a log).
+    """
 
     public_message = "record not found"
+    #: Longer than any valid key id (128), short enough for one line of any message.
+    SHOWN_KEY_ID_CHARS = 160
+
+    def __init__(self, key_id: str | None = None, version: int | None = None) -> None:
+        self.key_id = key_id
+        self.version = version
+        message = None
+        if key_id is not None:
+            shown = key_id[: self.SHOWN_KEY_ID_CHARS]
+            cut = "..." if len(key_id) > len(shown) else ""
+            message = f"{self.public_message}: key {json.dumps(shown)}{cut}"
+            if version is not None:
+                message += f" version {int(version)}"
+        super().__init__(message)
 
 
 class KeyExists(KMSError):

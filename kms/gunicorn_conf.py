@@ -65,12 +65,21 @@ configure(ServerLimits.from_settings(_settings))
 def _load_policy() -> Any:
     """The policy, and a check that the audit log takes lines, before gunicorn starts at all."""
     from kms.api.policy import load_policy
+    from kms.master import check_database_file
     from kms.node import check_audit_log
 
     try:
         policy = load_policy(_settings.policy_file)
+    except KMSError as error:
+        _fail(error.public_message)
+    try:
         check_audit_log(_settings)
     except KMSError as error:
+        # Before `kms init` the audit log's directory is missing too: say what comes first.
+        try:
+            check_database_file(_settings)
+        except KMSError as missing:
+            _fail(missing.public_message)
         _fail(error.public_message)
     return policy
 
@@ -283,6 +292,11 @@ def on_starting(server: Any) -> None:
         )
     if _settings.audit_path is None:
         kms_log.warning("kms: no audit.path is set: requests are not audited")
+    from kms.server.tlsfiles import expiry_warning
+
+    expiring = expiry_warning(_tls_files(_settings).server_cert)
+    if expiring is not None:
+        kms_log.warning("%s", expiring)
     from kms.store.generations import journal_path
 
     if journal_path(_settings.state_file, _settings.database_url) is None:

@@ -150,25 +150,37 @@ def master_key_backend(
         backend.close()
 
 
+def check_database_file(settings: Settings) -> tuple[str, Path | None]:
+    """For a SQLite database, raise unless its file is there to be opened, without opening it:
+    a missing file (or directory: ``kms init`` makes both) is a keystore not initialised yet.
+    Run by ``kms serve`` before anything else of the configuration that ``kms init`` makes (the
+    audit log's directory), so that starting before ``kms init`` says so. Returns the database's
+    name and file (None: not SQLite)."""
+    name, path = database_of(settings)
+    if path is None:
+        return name, path
+    if not path.parent.is_dir():
+        raise NotInitialised(
+            f"the database {path} is not initialised: run `kms init` first (directory "
+            f"{path.parent} does not exist)"
+        )
+    if is_empty_file(path):
+        # Connecting would create the file, or write a WAL header into an empty one.
+        raise not_initialised(name)
+    # SQLite opens a database it cannot write (read-only or full file system, with the -wal
+    # and -shm files already there) without complaint; every write would then fail.
+    problem = directory_problem(path.parent)
+    if problem is None and not os.access(path, os.R_OK | os.W_OK):
+        problem = f"the file {path} is not readable and writable by this user"
+    if problem is not None:
+        raise DatabaseUnusable(f"cannot open database {path}: {problem}")
+    return name, path
+
+
 def open_master_keyring(settings: Settings) -> RootKeyring:
     """Open the root secret once with the configured backend and prove it on the init
     marker."""
-    name, path = database_of(settings)
-    if path is not None:
-        if not path.parent.is_dir():
-            raise DatabaseUnusable(
-                f"cannot open database {path}: directory {path.parent} does not exist"
-            )
-        if is_empty_file(path):
-            # Connecting would create the file, or write a WAL header into an empty one.
-            raise not_initialised(name)
-        # SQLite opens a database it cannot write (read-only or full file system, with the -wal
-        # and -shm files already there) without complaint; every write would then fail.
-        problem = directory_problem(path.parent)
-        if problem is None and not os.access(path, os.R_OK | os.W_OK):
-            problem = f"the file {path} is not readable and writable by this user"
-        if problem is not None:
-            raise DatabaseUnusable(f"cannot open database {path}: {problem}")
+    name, path = check_database_file(settings)
     with database_faults("open", name, path):
         engine = create_kms_engine(settings.database_url, pool=False)
         try:

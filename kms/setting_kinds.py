@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from marshmallow import fields, validate
+from marshmallow import ValidationError, fields, validate
 
 from kms.fields import StrictBoolean, StrictInteger
 
@@ -46,11 +46,28 @@ class FilePath(fields.Field):
         return path if path.is_absolute() else Path.cwd() / path
 
 
+#: URL schemes that name PostgreSQL without a driver kms installs: SQLAlchemy reads ``postgres``
+#: as no dialect at all and ``postgresql`` as psycopg2, which the ``postgres`` extra does not
+#: install (it installs psycopg 3).
+_POSTGRES_WITHOUT_DRIVER = ("postgres", "postgresql")
+POSTGRES_SCHEME = "postgresql+psycopg"
+
+
 class _DSN(FilePath):
-    """A SQLAlchemy URL, kept as written, or a SQLite file path, resolved like other paths."""
+    """A SQLAlchemy URL, kept as written, or a SQLite file path, resolved like other paths.
+
+    A ``postgres://`` or ``postgresql://`` URL (libpq's and many providers' form) is refused
+    with the one kms takes, ``postgresql+psycopg://``; the message names the scheme only, never
+    the rest of the URL, which may hold a password."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, str) and "://" in value:
+            scheme = value.split("://", 1)[0]
+            if scheme.lower() in _POSTGRES_WITHOUT_DRIVER:
+                raise ValidationError(
+                    f"{scheme}:// names no driver kms installs: write {POSTGRES_SCHEME}:// "
+                    "(the rest of the URL stays as it is)"
+                )
             return value
         return str(self.path(value))
 

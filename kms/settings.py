@@ -12,7 +12,9 @@ Which file: ``KMS_CONFIG=/path.yaml`` if set, else ``config/config.<KMS_ENV>.yam
 - Environment: ``server.max_batch_items`` is overridden by ``KMS_SERVER_MAX_BATCH_ITEMS``; a
   variable wins over the file. Case and underscores after ``KMS_`` are not significant
   (``KMS_SERVER_MAXBATCHITEMS`` works) but any spelling other than the declared one is logged as
-  deprecated. An unknown ``KMS_<SECTION>_*`` name of a known section is refused.
+  deprecated. Any other ``KMS_*`` variable is refused, naming it and the setting's variable it
+  is closest to, as an unknown YAML key is, except the few that are not kms's settings
+  (``NOT_SETTINGS``: the config file's, the ``kms client`` command's, the container build's).
 - Old spellings: a declaration's ``aliases`` (the camelCase keys of earlier releases, such as
   ``server.maxBatchItems``) are still read; each one used logs one warning on ``kms.settings``
   naming the old key, the new key and the file, once the settings have loaded. A file that gives
@@ -29,6 +31,7 @@ Which file: ``KMS_CONFIG=/path.yaml`` if set, else ``config/config.<KMS_ENV>.yam
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
 import re
@@ -369,7 +372,6 @@ DECLARATIONS: dict[str, Declaration] = {
     if "setting" in item.metadata
 }
 _BY_KEY = {spelling: d for d in DECLARATIONS.values() for spelling in (d.key, *d.aliases)}
-_SECTIONS = {d.key.split(".", 1)[0] for d in DECLARATIONS.values()}
 #: ``section.group`` prefixes (``kms.deletion``), whose YAML value is a mapping of more keys.
 _GROUPS = {spelling.rsplit(".", 1)[0] for spelling in _BY_KEY if spelling.count(".") == 2}
 
@@ -380,6 +382,22 @@ def _loose(variable: str) -> str:
 
 
 _BY_VARIABLE = {_loose(d.variable): d for d in DECLARATIONS.values()}
+#: ``KMS_*`` variables that are not settings, and so are not refused: which config file
+#: (``KMS_CONFIG``, ``KMS_ENV``), the ``kms client`` command's options (kms.client.cli) and the
+#: container's user and group (deploy/Dockerfile, deploy/docker-compose.yml). Any other ``KMS_*``
+#: variable kms does not know is a typo, refused like an unknown YAML key.
+NOT_SETTINGS = frozenset(
+    {
+        "KMS_CONFIG",
+        "KMS_ENV",
+        "KMS_CLIENT_URL",
+        "KMS_CLIENT_CERT",
+        "KMS_CLIENT_KEY",
+        "KMS_CLIENT_CA",
+        "KMS_UID",
+        "KMS_GID",
+    }
+)
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -410,12 +428,32 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     except OSError as exc:
         raise ConfigurationError(f"cannot read config file {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigurationError(f"config file {path} is not valid YAML") from exc
+        raise ConfigurationError(f"config file {path} is not valid YAML{_where(exc)}") from None
     if document is None:
         document = {}
     if not isinstance(document, dict):
         raise ConfigurationError(f"config file {path} must be a mapping of sections")
     return settings_from_mapping(document, environ, source=str(path))
+
+
+#: What PyYAML quotes of the file in its words (an undefined alias's name, say), unless a token
+#: name (``'<stream end>'``) or a character or two (``','``, ``'\\t'``).
+_QUOTED_FILE_TEXT = re.compile(r"'(?!<[a-z ]+>')[^'\s]{3,}'")
+
+
+def _where(error: yaml.YAMLError) -> str:
+    """``: line 4, column 7: mapping values are not allowed here`` from PyYAML's marks, or
+    nothing. The position and PyYAML's words only: longer text of the file it quotes (which may
+    be part of a database password) is left out."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    if mark is None:
+        return ""
+    where = f": line {mark.line + 1}, column {mark.column + 1}"
+    problem = getattr(error, "problem", None) or getattr(error, "context", None)
+    if not problem:
+        return where
+    words = _QUOTED_FILE_TEXT.sub("'...'", " ".join(str(problem).split()))
+    return f"{where}: {words}"
 
 
 def settings_from_mapping(
@@ -472,7 +510,7 @@ def _entries(
 
 def _variable(name: str) -> Declaration | None:
     """The declaration a ``KMS_*`` variable overrides; None for a variable that is no setting."""
-    if not name.startswith("KMS_") or name in ("KMS_ENV", "KMS_CONFIG"):
+    if not name.startswith("KMS_") or name in NOT_SETTINGS:
         return None
     if "PASSPHRASE" in name.upper() and not name.upper().endswith("FILE"):
         raise ConfigurationError(
@@ -481,9 +519,16 @@ def _variable(name: str) -> Declaration | None:
     if name.upper().endswith("_PIN"):
         raise ConfigurationError(f"{name}: the HSM's PIN is never read from the environment")
     declaration = _BY_VARIABLE.get(_loose(name))
-    if declaration is None and any(name.upper().startswith(f"KMS_{s.upper()}_") for s in _SECTIONS):
-        raise ConfigurationError(f"{name}: unknown setting")
-    return declaration  # None: another program's variable (KMS_CLIENT_URL, KMS_UID...)
+    if declaration is None:
+        raise ConfigurationError(f"{name}: unknown setting{_closest_variable(name)} (environment)")
+    return declaration
+
+
+def _closest_variable(name: str) -> str:
+    """``; did you mean KMS_SERVER_PORT?`` for the declared variable closest to ``name``."""
+    known = [d.variable for d in DECLARATIONS.values()]
+    close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _take(

@@ -14,10 +14,13 @@ Series: ``kms_http_requests_total{endpoint,method,status}``,
 read and MAC-checked), ``kms_integrity_failures_total{kind}`` (key rows refused: "mac", a MAC
 or algorithm that does not check out; "rollback", a row or epoch older than this node has
 seen), ``kms_keys{state}`` and, per key version that was used,
-``kms_key_version_encryptions{key_id,version}`` (counted against its limit, reserved blocks
-included) and ``kms_key_version_decryptions{key_id,version}`` (flushed by each worker every few
-seconds), with ``kms_key_version_series_truncated``; these last four are read from the database
-when scraped, so every worker agrees.
+``kms_key_version_encryptions{key_id,version}`` (encryptions made: one encryption counts 1),
+``kms_key_version_decryptions{key_id,version}`` (both flushed by each worker every few seconds,
+and by the worker that answers the scrape first) and
+``kms_key_version_encryptions_reserved{key_id,version}`` (counted against the version's limit:
+processes reserve blocks of ``kms.encryption_block``, so one encryption reserves a whole block),
+with ``kms_key_version_series_truncated``; these last five are read from the database when
+scraped, so every worker agrees.
 
 Bounded whatever clients send: every label value comes from a closed set. An endpoint is one of
 the URL map's or ``none``; a method outside ``METHODS`` counts as ``other``; a status outside
@@ -160,9 +163,16 @@ class KeyUseCollector(Collector):
         self._limit = limit
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        # This worker's counts first: on a one-worker node the scrape is then exact.
+        self._service.flush_use()
         encryptions = GaugeMetricFamily(
             "kms_key_version_encryptions",
-            "Encryptions counted against a key version's limit (reserved blocks included)",
+            "Encryptions made under a key version, as flushed by the workers",
+            labels=["key_id", "version"],
+        )
+        reserved = GaugeMetricFamily(
+            "kms_key_version_encryptions_reserved",
+            "Encryptions reserved against a key version's limit, in blocks (used or not)",
             labels=["key_id", "version"],
         )
         decryptions = GaugeMetricFamily(
@@ -171,21 +181,26 @@ class KeyUseCollector(Collector):
             labels=["key_id", "version"],
         )
         truncated = False
-        for shown, (key_id, version, encrypted, decrypted) in enumerate(self._versions_in_scope()):
+        for shown, (key_id, version, encrypted, decrypted, held) in enumerate(
+            self._versions_in_scope()
+        ):
             if shown == self._limit:
                 truncated = True
                 break
-            encryptions.add_metric([key_id, str(version)], encrypted)
-            decryptions.add_metric([key_id, str(version)], decrypted)
+            labels = [key_id, str(version)]
+            encryptions.add_metric(labels, encrypted)
+            decryptions.add_metric(labels, decrypted)
+            reserved.add_metric(labels, held)
         yield encryptions
         yield decryptions
+        yield reserved
         yield GaugeMetricFamily(
             "kms_key_version_series_truncated",
             "1 when key versions in the caller's scope were left out (metrics.max_key_series)",
             value=int(truncated),
         )
 
-    def _versions_in_scope(self) -> Iterator[tuple[str, int, int, int]]:
+    def _versions_in_scope(self) -> Iterator[tuple[str, int, int, int, int]]:
         page_size = min(USE_PAGE, self._limit + 1)
         after: tuple[str, int] | None = None
         while True:

@@ -14,6 +14,10 @@ the file and what is wrong with it. At start that is kms's one line and exit 1; 
   refused rather than ignored: OpenSSL would refuse every client whose CA it covers.
 
 Messages name files and what kind of PEM block they hold, never any of a key's content.
+
+At start, a server certificate that has expired, or expires within ``EXPIRY_WARNING`` (30 days),
+is one warning line (``expiry_warning``): kms still serves with it (the operator may be renewing
+it right now, and the files are reloaded when replaced), but clients refuse an expired one.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -37,6 +41,12 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 _KEY_LABELS = {b"PRIVATE KEY", b"EC PRIVATE KEY", b"RSA PRIVATE KEY", b"DSA PRIVATE KEY"}
 _ENCRYPTED_KEY_LABEL = b"ENCRYPTED PRIVATE KEY"
+
+
+#: A server certificate this close to its end is warned about at start.
+EXPIRY_WARNING = timedelta(days=30)
+#: What the warning suggests for kms's own development certificates (kms.devcerts).
+RENEW_HINT = "kms dev-certs --renew DIR renews development certificates"
 
 
 @dataclass(frozen=True)
@@ -187,3 +197,24 @@ def check_tls_files(files: TLSFiles, now: datetime | None = None) -> None:
     authorities = read_certificates(files.ca_cert)
     if files.crl_file is not None:
         read_crls(files.crl_file, authorities, files.ca_cert, now or datetime.now(UTC))
+
+
+def expiry_warning(file: TLSFile, now: datetime | None = None) -> str | None:
+    """The start-up warning for the server certificate in ``file`` (the first certificate of
+    the chain) if it has expired or expires within ``EXPIRY_WARNING``; None otherwise, and None
+    for a file that cannot be read now (its check at start names that)."""
+    try:
+        certificate = read_certificates(file)[0]
+    except ConfigurationError:
+        return None
+    now = now or datetime.now(UTC)
+    expires = certificate.not_valid_after_utc
+    when = expires.strftime("%Y-%m-%d %H:%M UTC")
+    named = f"the server certificate {file.path} ({file.setting})"
+    if expires <= now:
+        return f"kms: {named} expired on {when}: clients refuse it; renew it ({RENEW_HINT})"
+    if expires - now <= EXPIRY_WARNING:
+        days = (expires - now).days
+        left = "less than a day" if days == 0 else f"{days} day{'s' if days != 1 else ''}"
+        return f"kms: {named} expires on {when}, in {left}: renew it ({RENEW_HINT})"
+    return None

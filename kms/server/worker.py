@@ -70,6 +70,7 @@ from kms.server.admission import IdentityCounts, choose_victim
 from kms.server.balance import BalancedAccept, ConnectionTable
 from kms.server.connection import AfterWrite, Connection, State
 from kms.server.errors import json_error
+from kms.server.handshakes import RefusalLog
 from kms.server.identity import caller_from_peer_certificate
 from kms.server.limits import ServerLimits, current_limits, raise_file_limit
 from kms.server.logs import escape_log_value
@@ -130,6 +131,7 @@ class KMSWorker(BalancedAccept, ServesRequests, gthread.ThreadWorker):
         self.others_not_accepting = False
         # Connections per client identity, against server.max_connections_per_identity.
         self.identities = IdentityCounts(self.limits.max_connections_per_identity)
+        self.refused_handshakes = RefusalLog()
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -408,7 +410,12 @@ class KMSWorker(BalancedAccept, ServesRequests, gthread.ThreadWorker):
             self.watch(conn, selectors.EVENT_WRITE)
             return
         except (ssl.SSLError, OSError) as exc:
-            self.log.debug("TLS handshake from ip=%s failed: %s", conn.ip, exc)
+            # Refused for the client's certificate: one line (kms.server.handshakes).
+            line = self.refused_handshakes.line(exc, conn.ip, time.monotonic())
+            if line is not None:
+                self.log.warning("%s", line)
+            else:
+                self.log.debug("TLS handshake from ip=%s failed: %s", conn.ip, exc)
             self.close(conn)
             return
         if self.admit(conn):

@@ -111,13 +111,20 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def prompt_passphrase(prompt: str = "kms master passphrase: ") -> bytearray:
-    """Ask on the terminal without echo; refuse when there is no terminal to ask on."""
+#: Why the master passphrase is prompted for, said when there is no terminal to prompt on.
+NO_FILE_NOR_TERMINAL = (
+    "no passphrase file is configured (kms.master_passphrase_file) and stdin is not a terminal "
+    "to prompt on"
+)
+
+
+def prompt_passphrase(
+    prompt: str = "kms master passphrase: ", without_terminal: str = NO_FILE_NOR_TERMINAL
+) -> bytearray:
+    """Ask on the terminal without echo; refuse with ``without_terminal`` when there is no
+    terminal to ask on (it says where else the passphrase may come from)."""
     if not sys.stdin.isatty():
-        raise PassphraseError(
-            "no passphrase file is configured (kms.master_passphrase_file) and stdin is not a "
-            "terminal to prompt on"
-        )
+        raise PassphraseError(without_terminal)
     buffer = bytearray(getpass.getpass(prompt).encode("utf-8"))
     if not buffer:
         raise PassphraseError("the passphrase is empty")

@@ -96,10 +96,11 @@ key_versions = Table(
     Column("mac", LargeBinary, nullable=True),
     # Use counters: bookkeeping, not covered by ``mac`` (docs/security.md, Threat model).
     # ``encryptions`` counts what processes reserved against the limit, used or not
-    # (kms.service.keys.limits).
+    # (kms.service.keys.limits); ``encryptions_used`` the encryptions made (migration 0008).
     Column("encryptions", BigInteger, nullable=False, server_default="0"),
     Column("decryptions", BigInteger, nullable=False, server_default="0"),
     Column("last_used_at", DateTime(timezone=True), nullable=True),
+    Column("encryptions_used", BigInteger, nullable=False, server_default="0"),
 )
 
 #: Named aliases (migration 0007): AWS KMS's ``alias/<name>``, each naming one key. ``mac``

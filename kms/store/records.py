@@ -103,12 +103,14 @@ class KeyVersionSummary:
 
 @dataclass(frozen=True)
 class UseReport:
-    """Decryptions and the last use of one version, counted by a process since its last flush."""
+    """Decryptions, encryptions made and the last use of one version, counted by a process since
+    its last flush."""
 
     key_id: str
     version: int
     decryptions: int
     last_used_at: datetime
+    encryptions: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,7 @@ class KeyRepository(Protocol):
     def keys_with_rotation_period(self, limit: int, after: str | None) -> list[DueKey]: ...
     def use_totals(
         self, after: tuple[str, int] | None = None, limit: int | None = None
-    ) -> list[tuple[str, int, int, int]]: ...
+    ) -> list[tuple[str, int, int, int, int]]: ...
     def count_keys_with_rotation_period(self) -> int: ...
     def rewrap_all(
         self,

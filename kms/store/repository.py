@@ -219,7 +219,7 @@ class SQLKeyRepository(UseBookkeeping, AliasRows):
         with self._one_statement.connect() as conn:
             row = conn.execute(SELECT_KEY, {"key_id": key_id}).first()
         if row is None:
-            raise KeyNotFound()
+            raise KeyNotFound(key_id)
         return key_record(row)
 
     @_translate_database_errors
@@ -229,7 +229,7 @@ class SQLKeyRepository(UseBookkeeping, AliasRows):
         with self._one_statement.connect() as conn:
             row = conn.execute(SELECT_KEY_AND_LATEST_VERSION, {"key_id": key_id}).first()
         if row is None:
-            raise KeyNotFound()
+            raise KeyNotFound(key_id)
         key = key_record(row)
         if row.v_version is None:
             return key, None
@@ -357,7 +357,7 @@ class SQLKeyRepository(UseBookkeeping, AliasRows):
         with self._one_statement.connect() as conn:
             row = conn.execute(SELECT_VERSION, {"key_id": key_id, "version": version}).first()
         if row is None:
-            raise KeyNotFound()
+            raise KeyNotFound(key_id, version)
         return version_record(row)
 
     @_translate_database_errors
@@ -378,7 +378,7 @@ class SQLKeyRepository(UseBookkeeping, AliasRows):
         with self._write() as conn:
             row = conn.execute(SELECT_KEY_FOR_UPDATE, {"key_id": key_id}).first()
             if row is None:
-                raise KeyNotFound()
+                raise KeyNotFound(key_id)
             change = plan(key_record(row), self._locked_epoch(conn))
             key = change.key
             if key.key_id != key_id:
@@ -424,7 +424,7 @@ class SQLKeyRepository(UseBookkeeping, AliasRows):
         with self._write() as conn:
             row = conn.execute(SELECT_KEY_FOR_UPDATE, {"key_id": key_id}).first()
             if row is None:
-                raise KeyNotFound()
+                raise KeyNotFound(key_id)
             key = key_record(row)
             self._write_epoch(conn, check(key, self._locked_epoch(conn)))
             conn.execute(delete(key_versions).where(key_versions.c.key_id == key_id))

@@ -122,13 +122,15 @@ SELECT_KEY_AND_LATEST_VERSION = (
 
 NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', :key_id)")
 
-#: Every version that was used: ``(key_id, version, encryptions, decryptions)``.
+#: Every version that was used: ``(key_id, version, encryptions made, decryptions, encryptions
+#: reserved)``.
 USED_VERSIONS = (
     select(
         key_versions.c.key_id,
         key_versions.c.version,
-        key_versions.c.encryptions,
+        key_versions.c.encryptions_used,
         key_versions.c.decryptions,
+        key_versions.c.encryptions,
     )
     .where(or_(key_versions.c.encryptions > 0, key_versions.c.decryptions > 0))
     .order_by(key_versions.c.key_id, key_versions.c.version)
@@ -164,7 +166,8 @@ def key_id_matches(key_id: ColumnElement[str], pattern: SQLPattern) -> ColumnEle
 
 
 def add_use(report: UseReport) -> Update:
-    """Add a report's decryptions to its version and move ``last_used_at`` forward, never back."""
+    """Add a report's decryptions and encryptions made to its version and move ``last_used_at``
+    forward, never back."""
     later = bindparam("at", report.last_used_at, type_=key_versions.c.last_used_at.type)
     return (
         update(key_versions)
@@ -176,6 +179,7 @@ def add_use(report: UseReport) -> Update:
         )
         .values(
             decryptions=key_versions.c.decryptions + report.decryptions,
+            encryptions_used=key_versions.c.encryptions_used + report.encryptions,
             last_used_at=case(
                 (
                     or_(

@@ -86,7 +86,7 @@ class UseBookkeeping:
                 select(key_versions.c.encryptions).where(where).with_for_update()
             ).scalar_one_or_none()
             if used is None:
-                raise KeyNotFound()
+                raise KeyNotFound(key_id, version)
             granted = min(wanted, limit - used)
             if granted < at_least:
                 return 0
@@ -99,7 +99,8 @@ class UseBookkeeping:
 
     @_translate_database_errors
     def record_use(self, reports: list[UseReport]) -> None:
-        """Add decryptions and move ``last_used_at`` forward, one UPDATE per version."""
+        """Add decryptions and encryptions made and move ``last_used_at`` forward, one UPDATE per
+        version."""
         if not reports:
             return
         with self._write() as conn:
@@ -109,9 +110,10 @@ class UseBookkeeping:
     @_translate_database_errors
     def use_totals(
         self, after: tuple[str, int] | None = None, limit: int | None = None
-    ) -> list[tuple[str, int, int, int]]:
-        """``(key_id, version, encryptions, decryptions)`` of the versions that were used, in
-        key order: all of them, or a page of up to ``limit`` after ``(key_id, version)``."""
+    ) -> list[tuple[str, int, int, int, int]]:
+        """``(key_id, version, encryptions made, decryptions, encryptions reserved)`` of the
+        versions that were used, in key order: all of them, or a page of up to ``limit`` after
+        ``(key_id, version)``."""
         query = USED_VERSIONS if limit is None else used_versions_after(after, limit)
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()

@@ -71,3 +71,47 @@ def test_no_document_holds_merge_leftovers() -> None:
         text = document.read_text(encoding="utf-8")
         for marker in ("<<<<<<< ", "\n=======\n", ">>>>>>> "):
             assert marker not in text, (document, marker)
+
+
+#: ``pip install`` of a requirement named ``kms`` (``kms``, ``'kms[postgres]'``, ``kms==1.0``):
+#: that name on PyPI is another project's package. kms installs from its checkout (``.``,
+#: ``'.[postgres]'``) or from a wheel file it built (``./kms-<version>-...whl``).
+PYPI_KMS = re.compile(r"""pip3?\s+install\s+(?:-{1,2}[\w-]+(?:=\S+)?\s+)*["']?kms(?![\w./-])""")
+
+
+def test_the_install_instructions_never_name_the_pypi_package() -> None:
+    written = [
+        *DOCUMENTS,
+        *(
+            path
+            for path in (ROOT / "deploy").rglob("*")
+            if path.is_file() and "node_modules" not in path.parts
+        ),
+        ROOT / "Makefile",
+        *(ROOT / "config").glob("*"),
+    ]
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in written
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if PYPI_KMS.search(line)
+    ]
+    assert not found, found
+
+
+@pytest.mark.parametrize(
+    ("line", "bad"),
+    [
+        ("pip install 'kms[postgres]'", True),
+        ("pip install kms", True),
+        ("pip3 install --quiet kms==1.2", True),
+        ('pip install "kms[hsm]"', True),
+        ("pip install '.[postgres]'", False),
+        ("pip install .", False),
+        ("pip install ./kms-1.0-py3-none-any.whl", False),
+        ("pip install kms-1.0-py3-none-any.whl", False),
+        ("pip install -e tools/mutants", False),
+    ],
+)
+def test_the_pypi_pattern_tells_the_bad_form(line: str, bad: bool) -> None:
+    assert bool(PYPI_KMS.search(line)) is bad

@@ -39,12 +39,12 @@ ENC = "bad-input-aes"
 ENC2 = "bad-input-aes-2"
 SIG = "bad-input-ecdsa"
 MISSING = "bad-input-no-such-key"
+NOT_FOUND = f'record not found: key "{MISSING}"'
 
 NOT_JSON = "request body is not valid JSON"
 NOT_OBJECT = "request body must be a JSON object"
 NOT_JSON_TYPE = "Content-Type must be application/json"
 BAD_KEY_ID = "key_id must be 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit"
-NOT_FOUND = "record not found"
 NO_ROUTE = "not found"
 NO_METHOD = "method not allowed"
 TOO_LARGE = "request body too large"
@@ -719,7 +719,13 @@ URL_CASES = [
         400,
         "version: must be an integer",
     ),
-    bare("public-key-version-2", "GET", f"/v1/kms/keys/{SIG}/public-key?version=2", 404, NOT_FOUND),
+    bare(
+        "public-key-version-2",
+        "GET",
+        f"/v1/kms/keys/{SIG}/public-key?version=2",
+        404,
+        f'record not found: key "{SIG}" version 2',
+    ),
     # Routes and methods.
     bare("unknown-route", "GET", "/v1/kms/nope", 404, NO_ROUTE),
     bare("root", "GET", "/", 404, NO_ROUTE),

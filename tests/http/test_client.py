@@ -314,8 +314,12 @@ def test_kms_client_encrypt_and_decrypt_stdin_to_stdout(server: ServerProcess) -
     assert decrypted.stdout == b"\x00from stdin\n"
     refused = run_client(deployment, "decrypt", key_id, stdin=b"djE6AAAA")
     assert (refused.returncode, refused.stderr) == (1, b"kms: invalid ciphertext\n")
-    missing = run_client(deployment, "encrypt", unique_key_id("nope"), stdin=b"x")
-    assert (missing.returncode, missing.stderr) == (1, b"kms: record not found\n")
+    nope = unique_key_id("nope")
+    missing = run_client(deployment, "encrypt", nope, stdin=b"x")
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        f'kms: record not found: key "{nope}"\n'.encode(),
+    )
 
 
 def test_kms_client_signs_and_verifies_a_file(server: ServerProcess, tmp_path: Path) -> None:

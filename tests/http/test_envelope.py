@@ -272,10 +272,11 @@ def test_bad_datakey_requests_are_400(
 
 def test_datakey_on_a_sign_key_or_a_missing_key(client: KMSClient, sign_key_id: str) -> None:
     expect_error(client.post("/v1/kms/datakey", json={"key_id": sign_key_id}), 400)
+    missing = unique_key_id("missing")
     expect_error(
-        client.post("/v1/kms/datakey", json={"key_id": unique_key_id("missing")}),
+        client.post("/v1/kms/datakey", json={"key_id": missing}),
         404,
-        "record not found",
+        f'record not found: key "{missing}"',
     )
 
 
@@ -545,7 +546,7 @@ def test_a_batch_on_a_missing_key_is_404(client: KMSClient, operation: str) -> N
     response = client.post(
         f"/v1/kms/{operation}", json={"key_id": missing, "batch": [BATCH_ITEMS[operation], "x"]}
     )
-    expect_error(response, 404, "record not found")
+    expect_error(response, 404, f'record not found: key "{missing}"')
 
 
 @pytest.mark.parametrize("operation", sorted(BATCH_ITEMS))

@@ -210,7 +210,7 @@ def test_deletion_allowed_false_refuses_delete_and_recreate(client: KMSClient) -
 
     expect_json(patch(client, key_id, deletion_allowed=True), 200)
     expect_no_content(client.delete(f"/v1/kms/keys/{key_id}"))
-    expect_error(client.get(f"/v1/kms/keys/{key_id}"), 404, "record not found")
+    expect_error(client.get(f"/v1/kms/keys/{key_id}"), 404, f'record not found: key "{key_id}"')
 
 
 def test_a_pending_key_refuses_every_route_but_reading_and_cancel_and_names_its_caller(

@@ -106,6 +106,7 @@ def test_the_versions_endpoint_refuses_a_bad_query(
 
 
 def test_the_versions_of_an_unknown_key_are_not_found(client: KMSClient) -> None:
+    absent = unique_key_id("absent")
     expect_error(
-        client.get(f"/v1/kms/keys/{unique_key_id('absent')}/versions"), 404, "record not found"
+        client.get(f"/v1/kms/keys/{absent}/versions"), 404, f'record not found: key "{absent}"'
     )

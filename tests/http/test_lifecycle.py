@@ -95,8 +95,9 @@ def recreate(client: KMSClient, key_id: str, purpose: str, algorithm: str) -> No
 
 def delete_and_confirm_gone(client: KMSClient, key_id: str) -> None:
     expect_no_content(client.delete(f"/v1/kms/keys/{key_id}"))
-    expect_error(client.get(f"/v1/kms/keys/{key_id}"), 404, "record not found")
-    expect_error(client.delete(f"/v1/kms/keys/{key_id}"), 404, "record not found")
+    gone = f'record not found: key "{key_id}"'
+    expect_error(client.get(f"/v1/kms/keys/{key_id}"), 404, gone)
+    expect_error(client.delete(f"/v1/kms/keys/{key_id}"), 404, gone)
     assert key_id not in {key["key_id"] for key in list_all_keys(client, 1000)}
 
 
@@ -231,7 +232,7 @@ def test_signing_key_lifecycle(client: KMSClient, algorithm: str) -> None:
     expect_error(
         client.get(f"/v1/kms/keys/{key_id}/public-key", params={"version": 2}),
         404,
-        "record not found",
+        f'record not found: key "{key_id}" version 2',
     )
 
     delete_and_confirm_gone(client, key_id)

@@ -294,3 +294,25 @@ def test_a_scoped_caller_sees_only_its_keys_and_the_series_are_capped(scoped: De
         expect_error(stranger.get("/metrics"), 403)
     finally:
         stranger.close()
+
+
+def test_one_encryption_shows_as_one_and_the_reserved_block_apart(tmp_path: Path) -> None:
+    """A worker reserves encryptions a block at a time (kms.encryption_block, 1,000): the block
+    is what counts against the version's limit, the use is one encryption. One worker, which
+    adds its counts to the database before it answers the scrape."""
+    deployment = prepare_deployment(tmp_path / "kms", server={"workers": 1})
+    with running_server(deployment):
+        client = KMSClient(deployment)
+        try:
+            create_key(client, key_id="counted")
+            body = {"key_id": "counted", "plaintext": b64(b"once")}
+            expect_json(client.post("/v1/kms/encrypt", json=body), 200)
+            scraped = client.get("/metrics")
+            assert scraped.status_code == 200, scraped.text
+            found = samples(scraped.text)
+        finally:
+            client.close()
+    version = {"key_id": "counted", "version": "1"}
+    assert sample(found, "kms_key_version_encryptions", **version) == 1
+    assert sample(found, "kms_key_version_encryptions_reserved", **version) == 1000
+    assert sample(found, "kms_key_version_decryptions", **version) == 0

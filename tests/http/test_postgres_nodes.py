@@ -104,4 +104,4 @@ def test_what_one_node_does_takes_effect_on_the_other_at_once(
     # A delete on A is a delete on B.
     expect_no_content(a.delete("/v1/kms/keys/shared"))
     gone = b.post("/v1/kms/encrypt", json={"key_id": "shared", "plaintext": b64(b"x")})
-    expect_error(gone, 404, "record not found")
+    expect_error(gone, 404, 'record not found: key "shared"')

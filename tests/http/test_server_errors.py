@@ -140,7 +140,7 @@ def test_expect_100_continue_is_answered_before_the_body(
         answer = read_to_end(tls)
     response = parse_response(answer)
     assert response.status == 404, answer
-    assert response.json() == {"error": "record not found"}
+    assert response.json() == {"error": 'record not found: key "none-such"'}
 
 
 def read_until_closed(connection: socket.socket) -> None:
@@ -199,7 +199,7 @@ def test_server_still_serves_on_a_connection_after_a_pipelined_request(
     rest = answer[answer.index(b"\r\n\r\n") + 4 + len(first.body) :]
     second = parse_response(rest)
     assert second.status == 404, answer
-    assert second.json() == {"error": "record not found"}
+    assert second.json() == {"error": 'record not found: key "none-such"'}
 
 
 @pytest.mark.parametrize("pipelined", [False, True], ids=["in-turn", "pipelined"])
@@ -234,4 +234,4 @@ def test_connection_stays_open_after_a_413_for_a_declared_length(
     rest = answer[answer.index(b"\r\n\r\n") + 4 + len(too_large.body) :]
     not_found = parse_response(rest)
     assert not_found.status == 404, answer
-    assert not_found.json() == {"error": "record not found"}
+    assert not_found.json() == {"error": 'record not found: key "none-such"'}

@@ -33,8 +33,10 @@ from tests.helpers.harness import (
     expect_json,
     expect_no_content,
     new_session,
+    prepare_deployment,
     unique_key_id,
 )
+from tests.helpers.identities import running_server
 
 pytestmark = pytest.mark.slow
 
@@ -391,3 +393,31 @@ def test_the_resumption_probe_sees_a_server_that_resumes(
     finally:
         listener.close()
         thread.join(timeout=REQUEST_TIMEOUT_SECONDS)
+
+
+def test_a_refused_client_certificate_is_one_log_line_per_kind(tmp_path: Path) -> None:
+    """A client without a certificate, or with one no trusted CA signed, sees only its TLS
+    library's words (curl: ``getpeername() failed``); the server logs why. Repeats within the
+    interval are counted, not logged: one worker, five refusals, one line."""
+    deployment = prepare_deployment(tmp_path / "kms", server={"workers": 1})
+    with running_server(deployment) as server:
+        for _ in range(5):
+            assert refusal(deployment, client_context(deployment)).reason in NO_CERTIFICATE
+        stranger, stranger_key = write_client_certificate(
+            tmp_path, new_authority("kms-dev-ca"), "orchestrator"
+        )
+        untrusted = refusal(deployment, client_context(deployment, stranger, stranger_key))
+        assert untrusted.reason in UNTRUSTED_CERTIFICATE
+        # One event loop: the untrusted client's line comes after the five before it were seen.
+        line = server.wait_for_log("refused: untrusted client certificate")
+        assert re.search(
+            r"\[WARNING\] TLS handshake from ip=127\.0\.0\.1 refused: untrusted client "
+            r"certificate \(unable to get local issuer certificate\)$",
+            line,
+        ), line
+        missing = [line for line in server.output().splitlines() if "no client certificate" in line]
+        assert len(missing) == 1, server.output()
+        assert re.search(
+            r"\[WARNING\] TLS handshake from ip=127\.0\.0\.1 refused: no client certificate$",
+            missing[0],
+        ), missing[0]

@@ -126,7 +126,8 @@ def test_no_version_passes_its_limit_across_two_workers_even_when_one_is_killed(
                 assert version["encryptions"] <= LIMIT
 
             metrics = samples(client.get("/metrics").text)
-            assert sample(metrics, "kms_key_version_encryptions", key_id="busy", version="1") > 0
+            reserved = "kms_key_version_encryptions_reserved"
+            assert sample(metrics, reserved, key_id="busy", version="1") > 0
 
             # Again on a second key, with a worker killed (SIGKILL) half-way: its reserved
             # blocks stay counted, so the workers that follow never reuse them.

@@ -16,7 +16,7 @@ def test_an_rsa_oaep_decryption_counts_once(service: KMSService) -> None:
     service.flush_use()
     (version,) = service.get_key("oaep").key_versions
     assert version.decryptions == 3
-    assert [(key_id, decryptions) for key_id, _, _, decryptions in service.use_totals()] == [
+    assert [(key_id, decryptions) for key_id, _, _, decryptions, _ in service.use_totals()] == [
         ("oaep", 3)
     ]
 

@@ -16,11 +16,21 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from kms.devcerts import write_dev_certificates
+from kms.devcerts import (
+    Authority,
+    certificate_pem,
+    issue_certificate,
+    private_key_pem,
+    write_dev_certificates,
+)
 from kms.master import init_database
 from kms.settings import Settings
 from tests.helpers.config import write_config
@@ -167,3 +177,79 @@ def test_the_docs_promise_both_warnings() -> None:
     table = (root / "docs" / "settings.md").read_text(encoding="utf-8")
     [audit_row] = [line for line in table.splitlines() if line.startswith("| `audit.path` |")]
     assert "(warned at start)" in audit_row
+
+
+# -- the server certificate near its end --------------------------------------------------------
+
+#: Days left on each case's server certificate (negative: expired that long ago).
+EXPIRY_CASES = {"a year left": 365, "ten days left": 10, "expired": -2}
+
+
+def expiry_case_config(directory: Path, database: Path, days_left: int) -> Path:
+    """A config whose server certificate ends ``days_left`` days from now, with a policy file and
+    an audit log (so no other warning is due)."""
+    config = case_config(directory, database, policy=True, audit=True)
+    authority_key = serialization.load_pem_private_key(
+        (directory / "tls" / "ca.key").read_bytes(), password=None
+    )
+    assert isinstance(authority_key, ec.EllipticCurvePrivateKey)
+    authority = Authority(
+        key=authority_key,
+        certificate=x509.load_pem_x509_certificate((directory / "tls" / "ca.pem").read_bytes()),
+    )
+    now = datetime.now(UTC)
+    key, certificate = issue_certificate(
+        authority,
+        "localhost",
+        server=True,
+        dns_names=("localhost",),
+        not_before=now - timedelta(days=300),
+        not_after=now + timedelta(days=days_left),
+    )
+    (directory / "server.key").write_bytes(private_key_pem(key))
+    (directory / "server.crt").write_bytes(certificate_pem(certificate))
+    return config
+
+
+@pytest.fixture(scope="module")
+def expiry_lines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[list[str]]]:
+    directory = tmp_path_factory.mktemp("certificate-expiry")
+    passphrase = write_passphrase_file(directory / "master.key", TEST_PASSPHRASE)
+    database = directory / "kms.db"
+    init_database(Settings(database_dsn=str(database), master_passphrase_file=passphrase))
+    configs = {
+        case: str(expiry_case_config(directory / f"case-{n}", database, days))
+        for n, (case, days) in enumerate(EXPIRY_CASES.items())
+    }
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(configs)],
+        env=environ,
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("case", EXPIRY_CASES)
+def test_one_warning_for_a_server_certificate_that_expires_within_30_days(
+    expiry_lines: dict[str, list[list[str]]], case: str
+) -> None:
+    warnings = [message for level, message in expiry_lines[case] if level == "WARNING"]
+    days = EXPIRY_CASES[case]
+    if days > 30:
+        assert warnings == []
+        return
+    assert len(warnings) == 1, warnings
+    (warning,) = warnings
+    assert warning.startswith("kms: the server certificate ")
+    assert "(server.server_cert)" in warning
+    assert "kms dev-certs --renew DIR" in warning
+    if days < 0:
+        assert " expired on " in warning
+    else:
+        assert f", in {days - 1} days: " in warning or f", in {days} days: " in warning

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kms.master import open_master_keyring
 from kms.settings import Settings
+from tests.helpers.harness import initialise_database
 from tests.helpers.keystore import TEST_ITERATIONS, write_passphrase_file
 
 PASSPHRASE = b"typed at the prompt 42"
@@ -150,3 +151,38 @@ def test_init_without_a_terminal_refuses_to_prompt(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     assert "stdin is not a terminal to prompt on" in result.stderr
     assert "initialised" not in result.stdout + result.stderr
+
+
+def test_rekey_without_a_terminal_asks_for_the_new_passphrase_file(tmp_path: Path) -> None:
+    """The configured passphrase file holds the current passphrase; the new one is typed or
+    read from --new-passphrase-file. Without a terminal, ``kms rekey`` says that, and does not
+    blame ``kms.master_passphrase_file``, which is set; the keystore still opens as before."""
+    database = tmp_path / "kms.db"
+    passphrase_file = write_passphrase_file(tmp_path / "master.key", PASSPHRASE)
+    initialise_database(database, passphrase_file)
+    before = database.read_bytes()
+    config = tmp_path / "kms.yaml"
+    config.write_text(
+        f'database:\n  dsn: "{database}"\nkms:\n  master_passphrase_file: "{passphrase_file}"\n',
+        encoding="utf-8",
+    )
+    kms = str(Path(sys.executable).with_name("kms"))
+
+    result = subprocess.run(
+        [kms, "rekey"],
+        cwd=tmp_path,
+        env=terminal_environment(config),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECONDS,
+        start_new_session=True,
+        check=False,
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        "kms: the new passphrase must be typed on a terminal (stdin is not one) or read from a "
+        "file: pass --new-passphrase-file FILE\n"
+    )
+    assert database.read_bytes() == before

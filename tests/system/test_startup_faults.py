@@ -429,3 +429,68 @@ def test_init_into_an_empty_postgres_database_succeeds_and_names_no_password(
     assert make_url(postgres_url).database in result.stdout
     if password:
         assert f":{password}@" not in result.stdout + result.stderr
+
+
+# -- configuration mistakes a new user makes ----------------------------------------------------
+
+
+def test_serve_before_init_says_the_keystore_is_not_initialised(
+    certificates: Path, tmp_path: Path
+) -> None:
+    """A fresh checkout's layout: the database and the audit log under ./data, which `kms init`
+    makes. Starting first names the keystore and `kms init`, not the audit log."""
+    config = write_config(
+        tmp_path / "config.yaml",
+        directory=certificates,
+        port=free_port(),
+        dsn="./data/dev.db",
+        audit={"path": "./data/audit.log"},
+    )
+    line = one_line_failure(run_kms("serve", config=config, cwd=tmp_path), "data/dev.db")
+    assert "is not initialised: run `kms init` first" in line
+    assert "audit" not in line
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_postgres_dsn_without_a_driver_gets_the_one_kms_takes(
+    certificates: Path, tmp_path: Path
+) -> None:
+    for scheme in ("postgres", "postgresql"):
+        dsn = f"{scheme}://kms:s3cret-pw@db.example/kms"
+        config = database_config(certificates, tmp_path, dsn)
+        line = one_line_failure(run_kms("serve", config=config, cwd=tmp_path), config)
+        assert line.startswith(f"kms: database.dsn: {scheme}:// names no driver kms installs")
+        assert "write postgresql+psycopg://" in line
+        assert "s3cret-pw" not in line
+
+
+def test_a_yaml_syntax_error_names_the_file_and_the_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        'server:\n  port: 8443\n  host: "127.0.0.1"\n database:\n  dsn: "./kms.db"\n',
+        encoding="utf-8",
+    )
+    line = one_line_failure(run_kms("serve", config=config, cwd=tmp_path), config)
+    assert f"config file {config} is not valid YAML: line 4, column 2: " in line
+
+
+def test_a_kms_variable_with_a_typo_is_refused_naming_the_setting_meant(
+    certificates: Path, tmp_path: Path
+) -> None:
+    """``KMS_SERVR_PORT`` (the section misspelt) used to be ignored: kms served on the file's
+    port. Refused now, like an unknown YAML key, with the variable meant."""
+    config = database_config(certificates, tmp_path, tmp_path / "kms.db")
+    result = subprocess.run(
+        kms_command("serve"),
+        env={**clean_environment(config), "KMS_SERVR_PORT": "8099"},
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_SECONDS,
+        check=False,
+    )
+    line = one_line_failure(result, "KMS_SERVR_PORT")
+    assert line == (
+        "kms: KMS_SERVR_PORT: unknown setting; did you mean KMS_SERVER_PORT? (environment)"
+    )

@@ -54,3 +54,21 @@ def test_each_refusal_has_its_status_and_message(
 def test_a_server_fault_is_an_internal_error_in_a_batch_item() -> None:
     assert status_for(errors.IntegrityFailure("detail for the log only")) == 500
     assert batch_item_error(errors.IntegrityFailure("detail")) == {"error": "internal error"}
+
+
+def test_a_key_not_found_names_the_key_and_version_it_was_asked_for() -> None:
+    assert errors.KeyNotFound("billing-7").public_message == 'record not found: key "billing-7"'
+    missing_version = errors.KeyNotFound("billing-7", 3)
+    assert missing_version.public_message == 'record not found: key "billing-7" version 3'
+    assert batch_item_error(missing_version) == {"error": missing_version.public_message}
+
+
+def test_the_key_id_in_a_not_found_message_is_quoted_escaped_and_cut() -> None:
+    """The id is the client's: quotes, backslashes, line breaks, escape sequences and non-ASCII
+    text are escaped, so the message stays one printable line and never closes its quotes."""
+    hostile = 'x" version 9\n\x1b[2Jcaf\u00e9\\'
+    message = errors.KeyNotFound(hostile).public_message
+    assert message == 'record not found: key "x\\" version 9\\n\\u001b[2Jcaf\\u00e9\\\\"'
+    assert message.isprintable() and message.isascii()
+    long = errors.KeyNotFound("k" * 5000).public_message
+    assert long == f'record not found: key "{"k" * 160}"...'

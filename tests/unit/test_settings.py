@@ -15,10 +15,18 @@ import pytest
 import yaml
 from marshmallow import fields
 
+from kms import settings as settings_module
 from kms.crypto.kdf import MIN_ITERATIONS
 from kms.errors import ConfigurationError
 from kms.fields import StrictBoolean, StrictInteger
-from kms.settings import DECLARATIONS, Declaration, Settings, load_settings, settings_from_mapping
+from kms.settings import (
+    DECLARATIONS,
+    NOT_SETTINGS,
+    Declaration,
+    Settings,
+    load_settings,
+    settings_from_mapping,
+)
 from tests.helpers.config import write_config
 
 SEED: dict[str, dict[str, Any]] = {
@@ -382,6 +390,77 @@ def test_an_unknown_override_in_a_known_section_is_refused(tmp_path: Path) -> No
     config.write_text("database:\n  dsn: ./kms.db\n")
     with pytest.raises(ConfigurationError, match="KMS_SERVER_PROT: unknown setting"):
         load_settings(config, environ={"KMS_SERVER_PROT": "8443"})
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        # A typo in the section part: no section to match it to, so it used to be ignored.
+        ("KMS_SERVR_PORT", "KMS_SERVR_PORT: unknown setting; did you mean KMS_SERVER_PORT?"),
+        ("KMS_DATABSE_DSN", "KMS_DATABSE_DSN: unknown setting; did you mean KMS_DATABASE_DSN?"),
+        ("KMS_AUDIT_PAHT", "KMS_AUDIT_PAHT: unknown setting; did you mean KMS_AUDIT_PATH?"),
+        # Nothing close: the variable alone.
+        ("KMS_SOMETHING_ELSE", "KMS_SOMETHING_ELSE: unknown setting (environment)"),
+    ],
+)
+def test_an_unknown_kms_variable_is_refused_naming_the_closest_setting(
+    tmp_path: Path, variable: str, message: str
+) -> None:
+    config = tmp_path / "kms.yaml"
+    config.write_text("database:\n  dsn: ./kms.db\n")
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings(config, environ={variable: "8443"})
+    assert str(refused.value).startswith(message)
+    assert str(refused.value).endswith("(environment)")
+    assert "\n" not in str(refused.value)
+
+
+def test_the_kms_variables_that_are_not_settings_are_left_alone(tmp_path: Path) -> None:
+    """The config file's, the ``kms client`` command's and the container build's variables."""
+    config = tmp_path / "kms.yaml"
+    config.write_text("database:\n  dsn: ./kms.db\n")
+    others = {name: "x" for name in NOT_SETTINGS if name not in ("KMS_CONFIG", "KMS_ENV")}
+    assert {"KMS_CLIENT_URL", "KMS_CLIENT_CA", "KMS_UID", "KMS_GID"} <= set(others)
+    loaded = load_settings(config, environ={**others, "KMS_ENV": "prod"})
+    assert loaded.source == str(config)
+
+
+def test_every_kms_variable_the_repository_names_is_a_setting_or_listed() -> None:
+    """A ``KMS_*`` name used anywhere in the code, the docs or the deploy files either overrides
+    a setting or is one of ``NOT_SETTINGS`` (else the refusal above would stop kms where the
+    repository itself sets it); names the tests make up to be refused are left out."""
+    root = Path(__file__).resolve().parents[2]
+    declared = {declaration.variable for declaration in DECLARATIONS.values()}
+    files = [
+        *root.glob("kms/**/*.py"),
+        *root.glob("docs/*.md"),
+        root / "README.md",
+        root / "Makefile",
+        *(path for path in root.glob("deploy/**/*") if path.is_file()),
+        *root.glob("config/*"),
+    ]
+    files = [path for path in files if "node_modules" not in path.parts]
+    named = {
+        name
+        for path in files
+        for name in re.findall(r"\bKMS_[A-Z0-9_]*[A-Z0-9]\b", path.read_text(encoding="utf-8"))
+    }
+    # App config keys (Flask's app.config), never read from the environment.
+    app_config = {"KMS_MAX_BODY_BYTES", "KMS_AWS_ACCOUNT"}
+    # Deliberately refused, and named so in the docs: the secrets never come from a variable;
+    # the old spelling kept working by the loose match.
+    refused = {n for n in named if "PASSPHRASE" in n and not n.endswith("FILE")}
+    refused |= {n for n in named if n.endswith("_PIN")}
+    refused |= {"KMS_SERVR_PORT"}  # docs/configuration.md's example of a typo refused
+    loose = {n for n in named if _variable_or_none(n) is not None}
+    assert named - declared - NOT_SETTINGS - app_config - refused - loose == set()
+
+
+def _variable_or_none(name: str) -> object:
+    try:
+        return settings_module._variable(name)
+    except ConfigurationError:
+        return None
 
 
 # -- the shipped config files -------------------------------------------------------------------

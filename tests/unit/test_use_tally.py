@@ -54,3 +54,15 @@ def test_the_last_use_put_back_is_the_later_of_the_two() -> None:
     tally.restore([UseReport("k", 1, 1, EARLY)])
     ((count, last_used),) = by_version(tally.drain()).values()
     assert (count, last_used) == (3, later)
+
+
+def test_encryptions_made_are_counted_apart_from_decryptions() -> None:
+    """What /metrics shows as a version's encryptions: the ones made, not the reserved blocks."""
+    tally = UseTally()
+    tally.count("k", 1, 0, 1)
+    tally.count("k", 1, 2, 3)
+    failed = tally.drain()
+    assert [(r.decryptions, r.encryptions) for r in failed] == [(2, 4)]
+    tally.count("k", 1, 0, 1)
+    tally.restore(failed)
+    assert [(r.decryptions, r.encryptions) for r in tally.drain()] == [(2, 5)]

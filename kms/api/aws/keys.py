@@ -114,16 +114,16 @@ class Account:
         name = identifier
         if name.startswith("arn:"):
             if not name.startswith(self.prefix):
-                raise KeyNotFound()
+                raise KeyNotFound(identifier)
             name = name[len(self.prefix) :]
             if name.startswith("key/"):
                 name = name[len("key/") :]
             elif not name.startswith(ALIAS_PREFIX):
-                raise KeyNotFound()
+                raise KeyNotFound(identifier)
         if name.startswith(ALIAS_PREFIX):
             return name
         if KEY_ID_PATTERN.fullmatch(name) is None:
-            raise KeyNotFound()
+            raise KeyNotFound(identifier)
         return name
 
 

@@ -5,9 +5,11 @@ Encryptions: each process reserves a block of a version's encryptions with one l
 reserved encryption as used, so however many processes and nodes race, and whenever one of them
 dies, no version is ever used past its limit; a crash only wastes the rest of its block.
 
-Decryptions and the last use are bookkeeping: counted in memory and added to the database at most
-every ``FLUSH_SECONDS`` (and when the worker stops). A process killed with SIGKILL loses at most
-that many seconds of decryption counts; nothing security-relevant depends on them.
+Decryptions, the encryptions made (as opposed to reserved: what /metrics shows as a version's
+encryptions) and the last use are bookkeeping: counted in memory and added to the database at most
+every ``FLUSH_SECONDS``, when a worker answers /metrics, and when the worker stops. A process
+killed with SIGKILL loses at most that many seconds of these counts; nothing security-relevant
+depends on them.
 
 Every encryption (one, a data key, each item of a batch) passes through ``UseLimits.encrypting``:
 it is the one place the limit is enforced. Limits are for AEAD keys only: they exist because
@@ -80,21 +82,22 @@ class EncryptionBudget:
 
 
 class UseTally:
-    """Decryptions and last uses since the last flush."""
+    """Decryptions, encryptions made and last uses since the last flush."""
 
     def __init__(self, clock: Callable[[], datetime] = utc_now) -> None:
         self._lock = threading.Lock()
         self._clock = clock
-        #: (key_id, version) -> [decryptions, last use]
+        #: (key_id, version) -> [decryptions, last use, encryptions]
         self._counts: dict[tuple[str, int], list[Any]] = {}
         self._flushed = time.monotonic()
 
-    def count(self, key_id: str, version: int, decryptions: int) -> None:
+    def count(self, key_id: str, version: int, decryptions: int, encryptions: int = 0) -> None:
         now = self._clock()
         with self._lock:
-            entry = self._counts.setdefault((key_id, version), [0, now])
+            entry = self._counts.setdefault((key_id, version), [0, now, 0])
             entry[0] += decryptions
             entry[1] = now
+            entry[2] += encryptions
 
     def due(self) -> bool:
         return time.monotonic() - self._flushed >= FLUSH_SECONDS
@@ -104,8 +107,8 @@ class UseTally:
             counts, self._counts = self._counts, {}
             self._flushed = time.monotonic()
         return [
-            UseReport(key_id, version, decryptions, last_used)
-            for (key_id, version), (decryptions, last_used) in counts.items()
+            UseReport(key_id, version, decryptions, last_used, encryptions)
+            for (key_id, version), (decryptions, last_used, encryptions) in counts.items()
         ]
 
     def restore(self, reports: list[UseReport]) -> None:
@@ -113,10 +116,11 @@ class UseTally:
         with self._lock:
             for report in reports:
                 entry = self._counts.setdefault(
-                    (report.key_id, report.version), [0, report.last_used_at]
+                    (report.key_id, report.version), [0, report.last_used_at, 0]
                 )
                 entry[0] += report.decryptions
                 entry[1] = max(entry[1], report.last_used_at)
+                entry[2] += report.encryptions
 
 
 #: How many times an encryption retries after its version ran out (each time another process
@@ -161,9 +165,10 @@ class UseLimits:
         A batch counts every item, a failing one too: a version is never used past its limit,
         at worst a little before it.
         """
-        if key.algorithm in RSA_ENCRYPTION_ALGORITHMS:
-            return key
-        return self._take_encryptions(key, count)
+        if key.algorithm not in RSA_ENCRYPTION_ALGORITHMS:
+            key = self._take_encryptions(key, count)
+        self.count_use(key.key_id, key.latest_version, 0, encryptions=count)
+        return key
 
     def _take_encryptions(self, key: KeyRecord, count: int) -> KeyRecord:
         """From this process's reserved block when it has one left, else by reserving a new
@@ -193,14 +198,17 @@ class UseLimits:
             limit = encryption_limit(key, self.default_limit)
         raise KeyChanged()  # retried that often: tell the client to retry
 
-    def count_use(self, key_id: str, version: int, decryptions: int) -> None:
-        self._tally.count(key_id, version, decryptions)
+    def count_use(
+        self, key_id: str, version: int, decryptions: int, *, encryptions: int = 0
+    ) -> None:
+        self._tally.count(key_id, version, decryptions, encryptions)
         if self._tally.due():
             self.flush_use()
 
     def flush_use(self) -> None:
-        """Add this process's decryption counts and last uses to the database (at most every
-        few seconds, and when the worker stops). A failure keeps them for the next flush."""
+        """Add this process's counts of decryptions and encryptions made and its last uses to
+        the database (at most every few seconds, when it answers /metrics, and when the worker
+        stops). A failure keeps them for the next flush."""
         reports = self._tally.drain()
         try:
             self._repository.record_use(reports)
@@ -210,7 +218,8 @@ class UseLimits:
 
     def use_totals(
         self, after: tuple[str, int] | None = None, limit: int | None = None
-    ) -> list[tuple[str, int, int, int]]:
-        """``(key_id, version, encryptions, decryptions)`` of the used versions in key order, for
-        metrics: all of them, or a page of up to ``limit`` after ``(key_id, version)``."""
+    ) -> list[tuple[str, int, int, int, int]]:
+        """``(key_id, version, encryptions made, decryptions, encryptions reserved)`` of the used
+        versions in key order, for metrics: all of them, or a page of up to ``limit`` after
+        ``(key_id, version)``."""
         return self._repository.use_totals(after, limit)

@@ -75,7 +75,7 @@ class KeyMaterial:
         """A version's public key as stored, once it loads for the key's algorithm."""
         record = self._trust.version(key, version)
         if record.public_key is None:  # only signing and RSA-OAEP keys have one
-            raise KeyNotFound()
+            raise KeyNotFound(key.key_id, version)
         self._load_public(key, record)  # refuse one that does not fit the algorithm
         return record.public_key
 
@@ -106,7 +106,7 @@ class KeyMaterial:
     @staticmethod
     def _load_public(key: KeyRecord, record: KeyVersionRecord) -> Any:
         if record.public_key is None:
-            raise KeyNotFound()
+            raise KeyNotFound(key.key_id, record.version)
         try:
             spec = PUBLIC_KEY_ALGORITHMS.get(key.algorithm)
             if spec is None:
@@ -144,5 +144,5 @@ class RequestMaterial:
                 loaded[version] = missing
         found = loaded[version]
         if isinstance(found, KeyNotFound):
-            raise KeyNotFound()
+            raise KeyNotFound(found.key_id, found.version)
         return found

@@ -256,7 +256,7 @@ class TrustedRows:
         (the operation is retried), not an integrity failure.
         """
         if not key.min_available_version <= version <= key.latest_version:
-            raise KeyNotFound()
+            raise KeyNotFound(key.key_id, version)
         record = self._prefetched.pop((key.key_id, key.mac, version), None)
         if record is None:
             record = self._repository.get_version(key.key_id, version)
