@@ -48,9 +48,16 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def hsm_deployment(directory: Path, token: Token, key_label: str, module: Path) -> Deployment:  # noqa: F811
-    """Dev certificates and a config on the token's ``key_label`` through ``module``; the key
-    and the keystore made by the commands an operator runs."""
+def hsm_deployment(
+    directory: Path,
+    token: Token,  # noqa: F811
+    key_label: str,
+    module: Path,
+    dsn: str | None = None,
+) -> Deployment:
+    """Dev certificates and a config on the token's ``key_label`` through ``module`` (and the
+    database ``dsn``: the deployment's SQLite file if None); the key and the keystore made by the
+    commands an operator runs."""
     write_dev_certificates(directory)
     deployment = Deployment(directory=directory, port=free_port())
     section = token.master_key_section(key_label)
@@ -59,6 +66,7 @@ def hsm_deployment(directory: Path, token: Token, key_label: str, module: Path) 
         deployment.config,
         directory=directory,
         port=deployment.port,
+        dsn=dsn,
         kms={"master_key": section},
     )
     made = run_kms("hsm", "init", config=deployment.config, cwd=directory)
@@ -69,15 +77,20 @@ def hsm_deployment(directory: Path, token: Token, key_label: str, module: Path) 
     return deployment
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_a_server_on_the_hsm_serves_without_calling_it_and_after_a_restart(
     token: Token,  # noqa: F811 - the fixture
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    database: str,
 ) -> None:
+    """Issue 23: end to end on the pkcs11 backend, on SQLite and on PostgreSQL."""
+    dsn = None if database == "sqlite" else request.getfixturevalue("postgres_url")
     spy_log = tmp_path / "pkcs11-spy.log"
     monkeypatch.setenv("PKCS11SPY", str(token.module))
     monkeypatch.setenv("PKCS11SPY_OUTPUT", str(spy_log))
-    deployment = hsm_deployment(tmp_path / "node", token, "served", spy_module())
+    deployment = hsm_deployment(tmp_path / "node", token, f"served-{database}", spy_module(), dsn)
     assert "C_GenerateKey" in spy_log.read_text()  # the control: the spy sees kms's calls
     spy_log.unlink()
 
