@@ -85,7 +85,13 @@ def found_in_files(store: Store, secrets: list[bytes]) -> list[str]:
     """Which of ``secrets`` (by index) some database file holds, and where."""
     found = []
     for path in database_files(store):
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            # PostgreSQL removed it between the listing and the read (a relation rewritten by
+            # VACUUM FULL, or pg_internal.init dropped by a relcache invalidation): a file
+            # that is gone holds nothing.
+            continue
         found += [f"secret {index} in {path.name}" for index, s in enumerate(secrets) if s in data]
     return found
 
