@@ -8,11 +8,18 @@ process); helpers that are not fixtures live in tests/helpers/.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from kms.master import open_master_keyring
+from kms.service.cache import KeyMaterialCache
+from kms.service.keys import KMSService
+from kms.settings import Settings
+from kms.store.db import create_kms_engine
+from kms.store.repository import SQLKeyRepository
 from tests.helpers.harness import (
     Deployment,
     KMSClient,
@@ -20,6 +27,7 @@ from tests.helpers.harness import (
     prepare_deployment,
     write_dev_certificates,
 )
+from tests.helpers.keystore import make_service
 from tests.helpers.machine import unavailable
 from tests.helpers.postgres import given_postgres_dsn, new_database
 
@@ -123,3 +131,22 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("kms-certs")
     write_dev_certificates(directory)
     return directory
+
+
+@pytest.fixture
+def open_service() -> Iterator[Callable[[Settings], KMSService]]:
+    """Opens a service on a keystore's settings as kms opens it (its master-key backend, its
+    database); every one opened is closed after the test. For the upgrade and backend tests,
+    which open a keystore made by other code."""
+    opened: list[tuple[SQLKeyRepository, Any]] = []
+
+    def build(settings: Settings) -> KMSService:
+        keyring = open_master_keyring(settings)
+        repository = SQLKeyRepository(create_kms_engine(settings.database_url))
+        opened.append((repository, keyring))
+        return make_service(repository, keyring, KeyMaterialCache(64))
+
+    yield build
+    for repository, keyring in opened:
+        repository.close()
+        keyring.close()

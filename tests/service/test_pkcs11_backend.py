@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -20,14 +20,11 @@ import pytest
 
 from kms.errors import ConfigurationError, DatabaseInUse, KeystoreError
 from kms.master import init_database, move_root_secret, open_master_keyring, rekey_database
-from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 from kms.service.pkcs11 import create_hsm_key
 from kms.settings import Settings
-from kms.store.db import create_kms_engine
-from kms.store.repository import SQLKeyRepository
 from kms.store.serving import hold_serving_lock
-from tests.helpers.keystore import TEST_PASSPHRASE, make_service, make_settings
+from tests.helpers.keystore import TEST_PASSPHRASE, make_settings
 from tests.helpers.softhsm import (
     USER_PIN,
     Token,
@@ -39,22 +36,6 @@ from tests.helpers.softhsm import (
 def metadata(database: Path) -> dict[str, bytes]:
     with closing(sqlite3.connect(database)) as conn:
         return {name: bytes(value) for name, value in conn.execute("SELECT * FROM kms_metadata")}
-
-
-@pytest.fixture
-def open_service() -> Iterator[Callable[[Settings], KMSService]]:
-    opened: list[tuple[SQLKeyRepository, Any]] = []
-
-    def build(settings: Settings) -> KMSService:
-        keyring = open_master_keyring(settings)
-        repository = SQLKeyRepository(create_kms_engine(settings.database_url))
-        opened.append((repository, keyring))
-        return make_service(repository, keyring, KeyMaterialCache(64))
-
-    yield build
-    for repository, keyring in opened:
-        repository.close()
-        keyring.close()
 
 
 @pytest.fixture

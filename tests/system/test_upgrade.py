@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +23,15 @@ from kms.crypto.algorithms import public_key_der
 from kms.crypto.kdf import MIN_ITERATIONS
 from kms.errors import IntegrityFailure, InvalidCiphertext, UpgradeNeeded
 from kms.master import check_database, open_master_keyring, upgrade_database
-from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
-from kms.store.repository import SQLKeyRepository
 from kms.store.schema import current_revision, head_revision
 from tests.helpers.config import write_config
 from tests.helpers.harness import run_kms
 from tests.helpers.keystore import (
     TEST_ITERATIONS,
     TEST_PASSPHRASE,
-    make_service,
     write_passphrase_file,
 )
 from tests.helpers.old_release import extract_release, run_in_release
@@ -144,19 +141,9 @@ def revision(settings: Settings) -> str | None:
 
 
 @pytest.fixture
-def new_service(old_settings: Settings) -> Iterator[Any]:
-    opened: list[tuple[SQLKeyRepository, Any]] = []
-
-    def build() -> KMSService:
-        keyring = open_master_keyring(old_settings)
-        repository = SQLKeyRepository(create_kms_engine(old_settings.database_url))
-        opened.append((repository, keyring))
-        return make_service(repository, keyring, KeyMaterialCache(64))
-
-    yield build
-    for repository, keyring in opened:
-        repository.close()
-        keyring.close()
+def new_service(old_settings: Settings, open_service: Any) -> Callable[[], KMSService]:
+    """A service on the upgraded database (``old_settings``), closed after the test."""
+    return lambda: open_service(old_settings)
 
 
 def test_a_previous_release_database_upgrades_and_every_key_keeps_working(

@@ -8,20 +8,15 @@ process (tests/helpers/old_release.py). On SQLite and, given --postgres-dsn, on 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kms.master import check_database, open_master_keyring, upgrade_database
-from kms.service.cache import KeyMaterialCache
-from kms.service.keys import KMSService
+from kms.master import check_database, upgrade_database
 from kms.settings import Settings
-from kms.store.db import create_kms_engine
-from kms.store.repository import SQLKeyRepository
 from kms.store.schema import head_revision
-from tests.helpers.keystore import TEST_ITERATIONS, make_service
+from tests.helpers.keystore import TEST_ITERATIONS
 from tests.helpers.old_release import extract_release, run_in_release
 from tests.system.test_upgrade import old_settings, revision  # noqa: F401 - a fixture
 from tests.system.test_upgrade_keystore_binding import KEYS, UNBOUND_RELEASE_SCRIPT, VERSIONS
@@ -36,19 +31,8 @@ def before_aliases_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def new_service() -> Iterator[Any]:
-    opened: list[tuple[SQLKeyRepository, Any]] = []
-
-    def build(settings: Settings) -> KMSService:
-        keyring = open_master_keyring(settings)
-        repository = SQLKeyRepository(create_kms_engine(settings.database_url))
-        opened.append((repository, keyring))
-        return make_service(repository, keyring, KeyMaterialCache(64))
-
-    yield build
-    for repository, keyring in opened:
-        repository.close()
-        keyring.close()
+def new_service(open_service: Any) -> Any:
+    return open_service
 
 
 def test_the_previous_release_upgrades_in_place_to_named_aliases(

@@ -10,7 +10,7 @@ behaviour. Runs on SQLite and, given --postgres-dsn, on PostgreSQL.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +27,13 @@ from kms.master import (
     rotate_due_database,
     upgrade_database,
 )
-from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
-from kms.store.repository import SQLKeyRepository
 from kms.store.schema import current_revision, head_revision
 from tests.helpers.keystore import (
     TEST_ITERATIONS,
     TEST_PASSPHRASE,
-    make_service,
     write_passphrase_file,
 )
 from tests.helpers.old_release import extract_release, run_in_release
@@ -122,19 +119,9 @@ def rows(settings: Settings, statement: str) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture
-def new_service(old_settings: Settings) -> Iterator[Any]:
-    opened: list[tuple[SQLKeyRepository, Any]] = []
-
-    def build() -> KMSService:
-        keyring = open_master_keyring(old_settings)
-        repository = SQLKeyRepository(create_kms_engine(old_settings.database_url))
-        opened.append((repository, keyring))
-        return make_service(repository, keyring, KeyMaterialCache(64))
-
-    yield build
-    for repository, keyring in opened:
-        repository.close()
-        keyring.close()
+def new_service(old_settings: Settings, open_service: Any) -> Callable[[], KMSService]:
+    """A service on the upgraded database (``old_settings``), closed after the test."""
+    return lambda: open_service(old_settings)
 
 
 def test_a_database_of_the_previous_release_upgrades_in_place_and_its_keys_keep_working(

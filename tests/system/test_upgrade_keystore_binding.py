@@ -9,7 +9,7 @@ a child process. On SQLite and, given --postgres-dsn, on PostgreSQL.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,11 @@ import pytest
 
 from kms.errors import IntegrityFailure, KeystoreTampered, UpgradeNeeded
 from kms.master import check_database, open_master_keyring, upgrade_database
-from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
-from kms.store.repository import SQLKeyRepository
 from kms.store.schema import head_revision
-from tests.helpers.keystore import TEST_ITERATIONS, make_service
+from tests.helpers.keystore import TEST_ITERATIONS
 from tests.helpers.old_release import extract_release, run_in_release
 from tests.system.test_upgrade import (
     make_old_database,
@@ -87,19 +85,9 @@ def unbound_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def new_service(old_settings: Settings) -> Iterator[Any]:  # noqa: F811 - the fixture
-    opened: list[tuple[SQLKeyRepository, Any]] = []
-
-    def build() -> KMSService:
-        keyring = open_master_keyring(old_settings)
-        repository = SQLKeyRepository(create_kms_engine(old_settings.database_url))
-        opened.append((repository, keyring))
-        return make_service(repository, keyring, KeyMaterialCache(64))
-
-    yield build
-    for repository, keyring in opened:
-        repository.close()
-        keyring.close()
+def new_service(old_settings: Settings, open_service: Any) -> Callable[[], KMSService]:  # noqa: F811 - the fixture
+    """A service on the upgraded database (``old_settings``), closed after the test."""
+    return lambda: open_service(old_settings)
 
 
 def rows(settings: Settings, statement: str) -> list[tuple[Any, ...]]:

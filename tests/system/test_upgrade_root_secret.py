@@ -9,7 +9,6 @@ process (tests/helpers/old_release.py). On SQLite and, given --postgres-dsn, on 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,9 @@ import pytest
 
 from kms.errors import UpgradeNeeded, WrongPassphrase
 from kms.master import check_database, open_master_keyring, rekey_database, upgrade_database
-from kms.service.cache import KeyMaterialCache
-from kms.service.keys import KMSService
 from kms.settings import Settings
-from kms.store.db import create_kms_engine
-from kms.store.repository import SQLKeyRepository
 from kms.store.schema import head_revision
-from tests.helpers.keystore import TEST_ITERATIONS, make_service, write_passphrase_file
+from tests.helpers.keystore import TEST_ITERATIONS, write_passphrase_file
 from tests.helpers.old_release import extract_release, run_in_release
 from tests.system.test_upgrade import old_settings  # noqa: F401 - a fixture
 from tests.system.test_upgrade_keystore_binding import (
@@ -44,19 +39,8 @@ def unwrapped_root_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def new_service() -> Iterator[Any]:
-    opened: list[tuple[SQLKeyRepository, Any]] = []
-
-    def build(settings: Settings) -> KMSService:
-        keyring = open_master_keyring(settings)
-        repository = SQLKeyRepository(create_kms_engine(settings.database_url))
-        opened.append((repository, keyring))
-        return make_service(repository, keyring, KeyMaterialCache(64))
-
-    yield build
-    for repository, keyring in opened:
-        repository.close()
-        keyring.close()
+def new_service(open_service: Any) -> Any:
+    return open_service
 
 
 def wrap_formats(settings: Settings) -> list[int]:
