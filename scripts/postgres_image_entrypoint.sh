@@ -12,7 +12,9 @@
 # is: the variables matter only on the first start. Any other command runs as it is.
 set -eu
 
-if [ "${1#-}" != "$1" ]; then
+if [ $# = 0 ]; then
+  set -- postgres
+elif [ "${1#-}" != "$1" ]; then
   set -- postgres "$@"  # options only: options of postgres
 fi
 if [ "$1" != postgres ] || [ "$(id -u)" != 0 ]; then
