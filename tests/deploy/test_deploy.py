@@ -3,7 +3,8 @@
 The container files as files: the compose file parses, builds deploy/Dockerfile, starts kms only
 after a one-shot ``kms init --if-needed`` on its PostgreSQL, and names only files that exist or
 that ``kms dev-certs`` writes (tests/deploy/test_container.py builds and runs the image with
-podman; no compose runs here). ``systemd-analyze`` checks the unit when it is installed.
+podman, and runs the compose file with podman-compose). ``systemd-analyze`` checks the unit when
+it is installed.
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ def compose() -> dict:
 
 def test_compose_builds_the_dockerfile() -> None:
     services = compose()["services"]
-    assert services["kms"]["image"] == services["kms-init"]["image"] == "kms:local"
+    # kms:local unless KMS_IMAGE names another (tests/deploy/test_container.py does).
+    assert services["kms"]["image"] == services["kms-init"]["image"] == "${KMS_IMAGE:-kms:local}"
     build = services["kms-init"]["build"]
     context = (COMPOSE.parent / build["context"]).resolve()
     assert context == ROOT
@@ -204,6 +206,8 @@ def test_compose_initialises_its_postgresql_once_before_serving() -> None:
         assert dsn.startswith("postgresql+psycopg://kms:") and dsn.endswith("@db:5432/kms"), dsn
         assert dsn.split(":")[2].split("@")[0] == db["environment"]["POSTGRES_PASSWORD"]
         assert "kms-data:/var/lib/kms" in service["volumes"]  # the audit log and state files
+    # Published on 127.0.0.1 only: 8443 unless KMS_PORT names another.
+    assert kms["ports"] == ["127.0.0.1:${KMS_PORT:-8443}:8443"]
     # The init needs the passphrase only; the TLS files are the server's.
     assert [secret["target"] for secret in init["secrets"]] == ["master.key"]
 
