@@ -308,13 +308,20 @@ def on_starting(server: Any) -> None:
 
 
 def when_ready(server: Any) -> None:
-    """Announce where kms really listens (the bound sockets, not what a config once said)."""
+    """Announce where kms really listens (the bound sockets, not what a config once said); then
+    freeze the master's heap, just before the first worker is forked."""
+    import gc
     import logging
 
     for listener in server.LISTENERS:
         host, port = listener.sock.getsockname()[:2]
         shown = "localhost" if host in ("127.0.0.1", "::1") else host
         logging.getLogger("kms").info("kms: serving https://%s:%s", shown, port)
+    # Everything imported and built so far lives as long as the process. Frozen, the garbage
+    # collector never walks it again, in the master or in a worker: a worker's collections (and
+    # the one at its exit, which took longer than its start) no longer write to every page it
+    # shares with the master (copy-on-write), so workers share more memory and stop faster.
+    gc.freeze()
 
 
 def on_reload(server: Any) -> None:

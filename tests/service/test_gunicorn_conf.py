@@ -25,7 +25,7 @@ from kms.settings import Settings
 from tests.helpers.tls import client_as
 
 PROBE = r"""
-import json, os, ssl
+import gc, json, os, ssl, types
 
 import kms.gunicorn_conf as conf
 from kms import wsgi
@@ -48,6 +48,9 @@ for hook in ("worker_exit", "on_exit"):
     wsgi.install(Settings(database_dsn="unused.db"), RootKeyring(buffer))
     getattr(conf, hook)(None, None) if hook == "worker_exit" else conf.on_exit(None)
     report[hook + "_zeroised"] = buffer == bytearray(32)
+# What gunicorn's master calls once it listens, before it forks the first worker.
+conf.when_ready(types.SimpleNamespace(LISTENERS=[]))
+report["frozen_before_fork"] = gc.get_freeze_count()
 print(json.dumps(report))
 """
 
@@ -112,6 +115,13 @@ def test_exit_hooks_overwrite_the_inherited_master_key(tmp_path: Path) -> None:
     report = probe(tmp_path, "")
     assert report["worker_exit_zeroised"] is True
     assert report["on_exit_zeroised"] is True
+
+
+def test_the_heap_the_workers_inherit_is_frozen(tmp_path: Path) -> None:
+    """The master freezes its heap before the first fork: no worker's garbage collection (nor
+    the one at its exit) walks the objects it shares with the master."""
+    report = probe(tmp_path, "")
+    assert report["frozen_before_fork"] > 10_000
 
 
 def test_wsgi_close_closes_the_apps_and_the_keyring(initialised: Settings) -> None:
