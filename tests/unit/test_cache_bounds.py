@@ -82,6 +82,15 @@ def test_putting_a_row_again_makes_it_the_most_recently_used() -> None:
     assert cache.get("b") is None
 
 
+def test_a_cache_of_one_row_keeps_the_last_row_put() -> None:
+    """``kms.key_cache_size: 1`` is a cache of one row, not none."""
+    cache = rows(max_entries=1)
+    cache.put(record("a"), 7, cache.now())
+    assert cache.get("a") == record("a")
+    cache.put(record("b"), 7, cache.now())
+    assert cache.get("a") is None and cache.get("b") == record("b")
+
+
 def test_a_row_too_large_for_the_bound_is_not_cached() -> None:
     cache = rows(max_bytes=row_bytes(record("a")) - 1)
     cache.put(record("a"), 7, cache.now())
