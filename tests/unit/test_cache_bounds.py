@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from kms.service.cache import ROW_BASE_BYTES, KeyMaterialCache, KeyRowCache, row_bytes
+from kms.service.keys.material import material_bytes
 from kms.store.records import KeyRecord
 
 
@@ -125,3 +126,14 @@ def test_material_put_again_is_counted_once_and_clearing_frees_every_byte() -> N
     assert cache.size_bytes == 0
     cache.put(("aead", "a", 1, 1), "material", size=10)
     assert cache.size_bytes == 10
+
+
+def test_loaded_keys_are_counted_at_their_measured_sizes() -> None:
+    """What ``kms.key_cache_bytes`` is checked against (kms.service.keys.material, measured
+    RSS): a private RSA key four times its public one and growing with its bits, ECDSA private
+    keys 1 KB, everything else half that."""
+    assert material_bytes("RSA-3072") == 6144 and material_bytes("RSA-3072", public=True) == 1536
+    assert material_bytes("RSA-OAEP-2048") == 4096
+    assert material_bytes("ECDSA-P256") == 1024
+    assert material_bytes("ECDSA-P256", public=True) == 512
+    assert material_bytes("AES-256-GCM") == material_bytes("Ed25519") == 512
