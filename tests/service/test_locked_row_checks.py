@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kms.errors import IntegrityFailure
+from kms.errors import IntegrityFailure, KeyChanged
 from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import RootKeyring
 from kms.service.keys import KMSService
@@ -171,3 +171,24 @@ def test_a_due_rotation_refuses_a_row_changed_before_its_lock(
         racing.rotate_due(now=utc_now() + timedelta(hours=2))
     [tampered] = snapshots
     assert_not_resealed(database, tampered, build_service())
+
+
+def test_a_rotation_whose_key_kms_recreated_before_its_lock_is_refused(
+    build_service: Callable[..., KMSService],
+) -> None:
+    """Not an edit behind kms but a change kms made (a recreate by another worker, its row
+    sealed): the material generated for the old incarnation is not written into the new one
+    (KeyChanged, retried by the client); the recreated key is left as the recreate made it."""
+    build_service().create_key(KEY_ID)
+    other = build_service()
+
+    def recreate(key_id: str) -> None:
+        other.recreate_key(key_id)
+
+    racing = build_service(after_generation=recreate)
+    with pytest.raises(KeyChanged):
+        racing.rotate_key(KEY_ID)
+    key = build_service().get_key(KEY_ID)
+    assert key.version == 1
+    ciphertext = build_service().encrypt(KEY_ID, b"after the recreate").ciphertext
+    assert build_service().decrypt(KEY_ID, ciphertext).plaintext == b"after the recreate"

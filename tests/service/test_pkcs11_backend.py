@@ -18,16 +18,19 @@ from typing import Any
 
 import pytest
 
-from kms.errors import ConfigurationError, DatabaseInUse, KeystoreError
+import kms.service.pkcs11
+from kms.errors import ConfigurationError, DatabaseInUse, KeystoreError, UpgradeNeeded
 from kms.master import init_database, move_root_secret, open_master_keyring, rekey_database
 from kms.service.keys import KMSService
-from kms.service.pkcs11 import create_hsm_key
+from kms.service.pkcs11 import create_hsm_key, open_pkcs11_backend
 from kms.settings import Settings
 from kms.store.serving import hold_serving_lock
 from tests.helpers.keystore import TEST_PASSPHRASE, make_settings
 from tests.helpers.softhsm import (
     USER_PIN,
     Token,
+    add_token,
+    make_token,
     session_token,  # noqa: F401 - a fixture
     token,  # noqa: F401 - a fixture
 )
@@ -101,13 +104,14 @@ def test_hsm_init_makes_a_key_that_keeps_its_value_and_changes_nothing_when_run_
                     key[attribute.SIGN],
                     key[attribute.DERIVE],
                     key[attribute.NEVER_EXTRACTABLE],
+                    key[attribute.PRIVATE],  # not even seen without the PIN
                 )
                 for key in found
             ]
 
     made = keys()
     assert made == [
-        (pkcs11.KeyType.AES, 32, True, False, True, True, True) + (False,) * 4 + (True,)
+        (pkcs11.KeyType.AES, 32, True, False, True, True, True) + (False,) * 4 + (True, True)
     ]
     assert create_hsm_key(settings) is False
     assert keys() == made
@@ -183,6 +187,16 @@ def _aes_128(settings: Settings, token: Token, path: Path) -> Settings:  # noqa:
     return settings.with_overrides(pkcs11_key_label="aes-128")
 
 
+def _not_sensitive(settings: Settings, token: Token, path: Path) -> Settings:  # noqa: F811
+    _weak_key(token, "readable", SENSITIVE=False)
+    return settings.with_overrides(pkcs11_key_label="readable")
+
+
+def _encrypt_only(settings: Settings, token: Token, path: Path) -> Settings:  # noqa: F811
+    _weak_key(token, "encrypt-only", DECRYPT=False)
+    return settings.with_overrides(pkcs11_key_label="encrypt-only")
+
+
 def _another_key(settings: Settings, token: Token, path: Path) -> Settings:  # noqa: F811
     create_hsm_key(settings.with_overrides(pkcs11_key_label="another"))
     return settings.with_overrides(pkcs11_key_label="another")
@@ -216,6 +230,11 @@ FAULTS: dict[str, tuple[Callable[[Settings, Token, Path], Settings], str]] = {
     "key ambiguous": (_ambiguous, "more than one secret key labelled 'twice'"),
     "key extractable": (_extractable, "refusing the key 'extractable' of token 'kms-test'"),
     "key of 128 bits": (_aes_128, "it is 128 bits, not 256"),
+    "key not sensitive": (
+        _not_sensitive,
+        "refusing the key 'readable' of token 'kms-test': it is not sensitive (",
+    ),
+    "key that cannot decrypt": (_encrypt_only, "it is not allowed to encrypt and decrypt"),
     "another key": (_another_key, "root secret does not open with the key 'another'"),
     "sealed root secret altered": (_tampered, "root secret does not open with the key 'kms-root'"),
 }
@@ -242,6 +261,45 @@ def test_each_fault_at_opening_names_its_cause_and_writes_nothing(
     assert database.read_bytes() == before
     if fault != "sealed root secret altered":
         open_master_keyring(hsm_keystore).close()  # the control: the right settings still open
+
+
+def test_two_tokens_of_one_label_are_refused_as_ambiguous(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = make_token(tmp_path / "softhsm")  # not the session's token: it keeps one of its label
+    monkeypatch.setenv("SOFTHSM2_CONF", str(own.config))
+    add_token(own, own.label)
+    with pytest.raises(KeystoreError, match="more than one token is labelled 'kms-test'"):
+        create_hsm_key(own.settings(tmp_path / "kms.db"))
+
+
+def test_the_pin_buffer_is_overwritten_after_login(
+    hsm_keystore: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/security.md: python-pkcs11 takes the PIN as a ``str`` (an immutable copy kms cannot
+    overwrite); the buffer kms read it into is overwritten once it is logged in."""
+    read: list[bytearray] = []
+    real = kms.service.pkcs11.read_secret_file
+
+    def reading(*args: Any) -> bytearray:
+        read.append(real(*args))
+        return read[-1]
+
+    monkeypatch.setattr(kms.service.pkcs11, "read_secret_file", reading)
+    open_master_keyring(hsm_keystore).close()
+    assert len(read) == 1 and read[0] == bytearray(len(read[0]))
+
+
+def test_a_keystore_from_before_root_secrets_is_sent_to_upgrade_with_the_passphrase(
+    hsm_keystore: Settings,
+) -> None:
+    """A keystore without a sealed root secret (format 3) has none the HSM could open."""
+    backend = open_pkcs11_backend(hsm_keystore)
+    try:
+        with pytest.raises(UpgradeNeeded, match="run `kms upgrade` with kms.master_key.backend"):
+            backend.legacy_root({})
+    finally:
+        backend.close()
 
 
 def test_a_passphrase_keystore_opened_with_the_pkcs11_backend_names_the_backend(

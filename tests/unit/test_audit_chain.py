@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -203,6 +204,74 @@ def test_a_writer_killed_before_it_moved_the_head_on_is_taken_up(tmp_path: Path)
     written(path, 1, start=3)
     assert [record["type"] for record in records(path)].count("resume") == 0
     assert verify(path).failure is None
+
+
+def _big(count: int, start: int = 0) -> list[dict]:
+    """``count`` request records of about 100 KB each."""
+    return [{"type": "request", "n": n, "pad": "x" * 100_000} for n in range(start, start + count)]
+
+
+def test_a_killed_writer_s_long_line_in_a_log_over_1_mib_is_taken_up(tmp_path: Path) -> None:
+    """The 1 MiB bound is on what lies past the head, not on the file: in a log of 1.1 MB, a
+    killed writer's line longer than one 8 KiB read is taken up as the short one is."""
+    path = tmp_path / "audit.log"
+    audit = AuditLog(path, KEY)
+    for record in _big(11):
+        audit.append(record)
+    assert path.stat().st_size > 1 << 20
+    head = head_path(path).read_bytes()
+    audit.append({"type": "request", "pad": "y" * 20_000})  # killed before it moved the head
+    head_path(path).write_bytes(head)
+    written(path, 1, start=11)
+    assert [record["type"] for record in records(path)].count("resume") == 0
+    assert verify(path).failure is None
+
+
+def test_more_than_1_mib_past_the_head_is_recorded_not_read_in(tmp_path: Path) -> None:
+    """Lines past the head are taken up only up to 1 MiB (a killed writer leaves one line):
+    1.1 MB of lines, even chained and keyed, that the head does not know of are recorded."""
+    path = tmp_path / "audit.log"
+    written(path, 1)
+    head = head_path(path).read_bytes()
+    audit = AuditLog(path, KEY)
+    for record in _big(11, start=1):
+        audit.append(record)
+    head_path(path).write_bytes(head)
+    written(path, 1, start=12)
+    resume = records(path)[-2]
+    assert resume["type"] == "resume"
+    assert resume["reason"] == "it does not end with the line kms wrote last"
+
+
+def _unsealed_head(path: Path) -> None:
+    """The lines after the first cut off, and a head that says so, written without the key."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2]))
+    status = path.stat()
+    head = {"device": status.st_dev, "inode": status.st_ino, "size": status.st_size}
+    head |= {"file": 1, "last_hash": line_hash(lines[1])}
+    head_path(path).write_bytes(json.dumps(head).encode().ljust(512, b" "))
+
+
+def _padding_edited(path: Path) -> None:
+    """The head kms wrote, with a byte of its padding changed."""
+    head = bytearray(head_path(path).read_bytes())
+    head[-1:] = b"x"
+    head_path(path).write_bytes(bytes(head))
+
+
+@pytest.mark.parametrize("change", [_unsealed_head, _padding_edited])
+def test_a_head_changed_without_the_key_is_not_trusted(tmp_path: Path, change: Any) -> None:
+    """docs/operations.md: the head is sealed with the audit key. One written without it (here
+    to hide lines cut off the log), or with any byte changed, counts as missing: the next line
+    is recorded by a resume line."""
+    path = tmp_path / "audit.log"
+    written(path, 4)
+    change(path)
+    written(path, 1, start=4)
+    resume = records(path)[-2]
+    assert resume["type"] == "resume"
+    assert "missing or not this key's" in resume["reason"]
 
 
 def test_lines_cut_off_the_live_file_are_recorded_by_the_next_line(tmp_path: Path) -> None:

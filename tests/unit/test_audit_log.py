@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from kms.audit import AuditLog, NotARegularFile, line_hash
+import kms.audit
+from kms.audit import AuditLog, NotARegularFile, head_path, line_hash
 from kms.audit_verify import ChainResult, verify_files
 from tests.helpers.audit import KEY, unkeyed_log
 
@@ -71,6 +73,19 @@ def test_a_file_of_an_earlier_release_is_continued_with_keyed_lines(
     assert result.failure is None
     assert (result.files[0].keyed, result.files[0].unkeyed) == (1, 2)
     assert "2 unkeyed lines" in result.files[0].describe(keyed=True)
+
+
+@pytest.mark.parametrize("length", [100, 8193])
+def test_a_one_line_file_of_an_earlier_release_is_continued(tmp_path: Path, length: int) -> None:
+    """The file's only line is its last: read back whole from the first byte, whatever its
+    length (8193: the last 8 KiB read leaves its first byte alone)."""
+    path = tmp_path / "audit.log"
+    unkeyed_log(path, [_padded(length)])
+    (last,) = path.read_bytes().splitlines()
+    assert len(last) == length
+    AuditLog(path, KEY).append({"type": "response"})
+    assert lines(path)[1]["prev_hash"] == line_hash(last)
+    assert verify(path).failure is None
 
 
 @pytest.mark.parametrize("mode", [0o444, 0o555, 0o400])
@@ -142,6 +157,17 @@ def test_repair_leaves_a_complete_file_alone(tmp_path: Path) -> None:
     assert path.read_bytes() == before
 
 
+def test_repair_leaves_a_complete_file_alone_even_without_its_head(tmp_path: Path) -> None:
+    """Repair cuts a torn line and nothing else: a complete log whose head is gone is left as
+    it is (the next line it gets records that, with a resume line)."""
+    path = tmp_path / "audit.log"
+    AuditLog(path, KEY).append({"type": "request"})
+    head_path(path).unlink()
+    before = path.read_bytes()
+    assert AuditLog(path, KEY).repair() == 0
+    assert path.read_bytes() == before
+
+
 def test_a_file_of_only_a_fragment_is_repaired_to_a_new_chain(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     path.write_bytes(b'{"time":')
@@ -165,6 +191,42 @@ def test_a_fifo_or_a_device_is_refused_on_every_open(tmp_path: Path, kind: str) 
     with pytest.raises(NotARegularFile):
         AuditLog(path, KEY).append({"type": "request"})
     assert not (tmp_path / "audit.log.chain").exists()
+
+
+def test_a_fifo_at_the_head_s_path_is_refused(tmp_path: Path) -> None:
+    """The head, too, must be a regular file: a FIFO there is named at the start-up check, as
+    one at the log's path is, instead of failing every request later."""
+    path = tmp_path / "audit.log"
+    os.mkfifo(head_path(path), 0o600)
+    with pytest.raises(NotARegularFile, match="not a regular file"):
+        AuditLog.check_writable(path)
+
+
+def test_every_line_is_written_holding_the_lock_on_the_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/operations.md: every line is written under an exclusive flock of the head, which
+    keeps the chain one across workers: while a line is written, another process (here another
+    open file description) cannot take the lock."""
+    path = tmp_path / "audit.log"
+    AuditLog(path, KEY).append({"type": "request"})
+    write_all = kms.audit._write_all
+    tried: list[bool] = []
+
+    def write_then_try_the_lock(fd: int, data: bytes) -> None:
+        other = os.open(head_path(path), os.O_RDWR)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            tried.append(True)
+        except BlockingIOError:
+            tried.append(False)
+        finally:
+            os.close(other)
+        write_all(fd, data)
+
+    monkeypatch.setattr(kms.audit, "_write_all", write_then_try_the_lock)
+    AuditLog(path, KEY).append({"type": "request"})
+    assert tried == [False]
 
 
 #: Appends a line under a file size limit that lets only part of it through (as a full disk

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from kms.service.cache import ROW_BASE_BYTES, KeyMaterialCache, KeyRowCache, row_bytes
+from kms.service.keys.material import material_bytes
 from kms.store.records import KeyRecord
 
 
@@ -82,6 +83,15 @@ def test_putting_a_row_again_makes_it_the_most_recently_used() -> None:
     assert cache.get("b") is None
 
 
+def test_a_cache_of_one_row_keeps_the_last_row_put() -> None:
+    """``kms.key_cache_size: 1`` is a cache of one row, not none."""
+    cache = rows(max_entries=1)
+    cache.put(record("a"), 7, cache.now())
+    assert cache.get("a") == record("a")
+    cache.put(record("b"), 7, cache.now())
+    assert cache.get("a") is None and cache.get("b") == record("b")
+
+
 def test_a_row_too_large_for_the_bound_is_not_cached() -> None:
     cache = rows(max_bytes=row_bytes(record("a")) - 1)
     cache.put(record("a"), 7, cache.now())
@@ -116,3 +126,14 @@ def test_material_put_again_is_counted_once_and_clearing_frees_every_byte() -> N
     assert cache.size_bytes == 0
     cache.put(("aead", "a", 1, 1), "material", size=10)
     assert cache.size_bytes == 10
+
+
+def test_loaded_keys_are_counted_at_their_measured_sizes() -> None:
+    """What ``kms.key_cache_bytes`` is checked against (kms.service.keys.material, measured
+    RSS): a private RSA key four times its public one and growing with its bits, ECDSA private
+    keys 1 KB, everything else half that."""
+    assert material_bytes("RSA-3072") == 6144 and material_bytes("RSA-3072", public=True) == 1536
+    assert material_bytes("RSA-OAEP-2048") == 4096
+    assert material_bytes("ECDSA-P256") == 1024
+    assert material_bytes("ECDSA-P256", public=True) == 512
+    assert material_bytes("AES-256-GCM") == material_bytes("Ed25519") == 512

@@ -38,3 +38,18 @@ def test_a_row_of_another_format_is_malformed(keyring: RootKeyring) -> None:
     with pytest.raises(IntegrityFailure) as refused:
         read_epoch(keyring, b"\x02" + good[1:])
     assert refused.value.detail == "the keystore epoch row is malformed"
+
+
+def test_a_missing_epoch_row_is_an_integrity_failure(keyring: RootKeyring) -> None:
+    with pytest.raises(IntegrityFailure) as refused:
+        read_epoch(keyring, None)
+    assert refused.value.detail == "the keystore epoch row is missing"
+
+
+def test_an_epoch_row_s_known_answer() -> None:
+    """Pinned: a change of its encoding or label (``kms/epoch/v1``) would make every stored
+    epoch row an integrity failure."""
+    fixed = RootKeyring(bytearray(range(32)), b"k" * 16)
+    assert epoch_row(fixed, 7).hex() == (
+        "010000000000000007024d7d5a887475736e4a13352b256a48a1b17d3368ad98dfb6d34f6bd4919e2161"
+    )
