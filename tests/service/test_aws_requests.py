@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 
 from kms.app import create_app
 from kms.service.keyring import RootKeyring
@@ -74,3 +75,50 @@ def test_a_blob_that_is_not_strict_base64_names_no_key_to_the_policy(
     assert (status, refused["__type"]) == (400, "AccessDeniedException")
     status, refused = aws(admin, "Decrypt", CiphertextBlob=damaged)
     assert (status, refused["__type"]) == (400, "ValidationException")
+
+
+def test_describe_key_says_whether_the_key_is_enabled(
+    initialised: Settings, keyring: RootKeyring
+) -> None:
+    client = client_as(create_app(initialised, keyring=keyring))
+    status, created = aws(client, "CreateKey")
+    assert status == 200, created
+    key_id = created["KeyMetadata"]["KeyId"]
+    assert created["KeyMetadata"]["Enabled"] is True
+    assert aws(client, "DisableKey", KeyId=key_id)[0] == 200
+    status, described = aws(client, "DescribeKey", KeyId=key_id)
+    assert (status, described["KeyMetadata"]["Enabled"]) == (200, False)
+    assert described["KeyMetadata"]["KeyState"] == "Disabled"
+
+
+def test_an_aws_encryption_is_counted_under_its_key_s_algorithm(
+    initialised: Settings, keyring: RootKeyring
+) -> None:
+    """docs/operations.md: kms_crypto_operations_total{operation, algorithm}, whichever API the
+    request came through."""
+    client = client_as(create_app(initialised, keyring=keyring))
+    status, created = aws(client, "CreateKey")
+    assert status == 200, created
+    labels = {"operation": "encrypt", "algorithm": "AES-256-GCM"}
+    before = REGISTRY.get_sample_value("kms_crypto_operations_total", labels) or 0.0
+    plaintext = base64.b64encode(b"x").decode("ascii")
+    status, encrypted = aws(
+        client, "Encrypt", KeyId=created["KeyMetadata"]["KeyId"], Plaintext=plaintext
+    )
+    assert status == 200, encrypted
+    assert REGISTRY.get_sample_value("kms_crypto_operations_total", labels) == before + 1
+
+
+def test_aws_encrypt_refuses_an_algorithm_that_does_not_fit_the_key(
+    initialised: Settings, keyring: RootKeyring
+) -> None:
+    """docs/aws-kms.md, InvalidKeyUsageException: an RSA key asked for SYMMETRIC_DEFAULT (the
+    default) answers no ciphertext."""
+    client = client_as(create_app(initialised, keyring=keyring))
+    _, created = aws(client, "CreateKey", KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")
+    plaintext = base64.b64encode(b"x").decode("ascii")
+    status, refused = aws(
+        client, "Encrypt", KeyId=created["KeyMetadata"]["KeyId"], Plaintext=plaintext
+    )
+    assert (status, refused["__type"]) == (400, "InvalidKeyUsageException")
+    assert "CiphertextBlob" not in refused

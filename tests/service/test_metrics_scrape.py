@@ -108,3 +108,17 @@ def test_a_batch_s_items_that_do_not_authenticate_are_counted_as_refused(
     assert results[0]["plaintext"] == b64(b"good")
     assert results[1:] == [{"error": "invalid ciphertext"}] * 2
     assert refused("invalid") - before == 2
+
+
+def test_each_kind_of_integrity_failure_is_shown_before_the_first(
+    app_with: Callable[..., Flask],
+) -> None:
+    """`kms_integrity_failures_total{kind}` exists from the start, so that an alert on its
+    increase sees the first failure (a series that appears at 1 shows no increase)."""
+    found = scrape(client_as(app_with()))
+    kinds = {
+        dict(labels)["kind"]
+        for (sample, labels), _ in found.items()
+        if sample == "kms_integrity_failures_total"
+    }
+    assert kinds == {"mac", "rollback"}

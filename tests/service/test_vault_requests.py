@@ -81,9 +81,13 @@ def test_a_vault_encryption_is_counted_under_its_key_s_algorithm(client: FlaskCl
 
 def test_an_option_sent_as_null_is_an_option_left_out(client: FlaskClient) -> None:
     """Vault clients send null for what they leave at its default."""
-    status, created = post(client, "keys/k", {"key_size": None, "type": "aes256-gcm96"})
+    status, created = post(
+        client, "keys/k", {"key_size": None, "type": "aes256-gcm96", "auto_rotate_period": None}
+    )
     assert status == 200, created
-    status, configured = post(client, "keys/k/config", {"deletion_allowed": None})
+    status, configured = post(
+        client, "keys/k/config", {"deletion_allowed": None, "auto_rotate_period": None}
+    )
     assert status == 200, configured
     assert configured["data"]["deletion_allowed"] is False
     status, encrypted = post(client, "encrypt/k", {"plaintext": b64(b"x"), "context": None})
@@ -122,6 +126,10 @@ def test_a_request_without_what_it_needs_is_a_400_that_says_so(client: FlaskClie
     assert (status, refused) == (400, {"errors": ["missing plaintext to encrypt"]})
     status, refused = post(client, "decrypt/k", {})
     assert (status, refused) == (400, {"errors": ["missing ciphertext to decrypt"]})
+    status, refused = post(client, "rewrap/k", {})
+    assert (status, refused) == (400, {"errors": ["missing ciphertext to rewrap"]})
+    status, refused = post(client, "decrypt/k", {"ciphertext": 5})
+    assert (status, refused) == (400, {"errors": ["ciphertext: must be a string"]})
 
 
 def test_a_batch_item_without_its_input_fails_alone(client: FlaskClient) -> None:
@@ -213,3 +221,57 @@ def test_verifying_an_hmac_is_the_mac_verify_operation(
     assert (status, checked["data"]) == (200, {"valid": True})
     status, refused = post(signatures, "verify/m", body)
     assert (status, refused) == (403, {"errors": ["permission denied"]})
+
+
+def test_a_key_reads_as_vault_describes_one_kms_keeps(client: FlaskClient) -> None:
+    """kms keys are never derived nor imported (kms takes no key material in)."""
+    create(client, "k")
+    response = client.get("/v1/transit/keys/k")
+    assert response.status_code == 200
+    data = response.get_json()["data"]
+    assert (data["supports_derivation"], data["imported_key"], data["derived"]) == (
+        False,
+        False,
+        False,
+    )
+
+
+def test_vault_refuses_what_kms_cannot_do_with_its_reason(client: FlaskClient) -> None:
+    """An HMAC key of another size, a negative rotation period, and a verify whose body names
+    another key than its URL."""
+    status, refused = post(client, "keys/m", {"type": "hmac", "key_size": 48})
+    assert (status, refused) == (
+        400,
+        {"errors": ["key_size: kms makes hmac keys of 32 or 64 bytes"]},
+    )
+    status, refused = post(client, "keys/k", {"auto_rotate_period": -1})
+    assert (status, refused) == (400, {"errors": ["auto_rotate_period must not be negative"]})
+    assert client.get("/v1/transit/keys/k").status_code == 404
+    create(client, "s", type="ed25519")
+    data = b64(b"message")
+    status, signed = post(client, "sign/s", {"input": data})
+    assert status == 200, signed
+    body = {"input": data, "signature": signed["data"]["signature"], "name": "other"}
+    status, refused = post(client, "verify/s", body)
+    assert (status, refused) == (
+        400,
+        {"errors": ["name: the key's name in the body differs from the one in the URL"]},
+    )
+
+
+def test_an_rsa_key_signs_with_the_scheme_and_hash_vault_asks_for(client: FlaskClient) -> None:
+    """docs/vault-transit.md: `signature_algorithm` and `hash_algorithm` apply to RSA keys:
+    PKCS#1 v1.5 signatures are deterministic (the same twice) and verify only as PKCS#1 v1.5
+    with their hash, not as the default PSS."""
+    create(client, "r", type="rsa-2048")
+    data = b64(b"message")
+    options = {"signature_algorithm": "pkcs1v15", "hash_algorithm": "sha2-512"}
+    first = post(client, "sign/r", {"input": data, **options})
+    second = post(client, "sign/r", {"input": data, **options})
+    assert first[0] == second[0] == 200, first
+    signature = first[1]["data"]["signature"]
+    assert second[1]["data"]["signature"] == signature
+    status, checked = post(client, "verify/r", {"input": data, "signature": signature, **options})
+    assert (status, checked["data"]) == (200, {"valid": True})
+    status, checked = post(client, "verify/r", {"input": data, "signature": signature})
+    assert (status, checked["data"]) == (200, {"valid": False})
