@@ -122,3 +122,19 @@ def test_aws_encrypt_refuses_an_algorithm_that_does_not_fit_the_key(
     )
     assert (status, refused["__type"]) == (400, "InvalidKeyUsageException")
     assert "CiphertextBlob" not in refused
+
+
+def test_list_keys_pages_with_a_marker(initialised: Settings, keyring: RootKeyring) -> None:
+    """docs/aws-kms.md, ListKeys: `Limit` and `Marker` paging; the last page is not
+    `Truncated` and has no `NextMarker`."""
+    client = client_as(create_app(initialised, keyring=keyring))
+    for key_id in ("a", "b", "c"):
+        assert client.post("/v1/kms/keys", json={"key_id": key_id}).status_code == 201
+    status, first = aws(client, "ListKeys", Limit=2)
+    assert status == 200, first
+    assert [key["KeyId"] for key in first["Keys"]] == ["a", "b"]
+    assert first["Truncated"] is True
+    status, last = aws(client, "ListKeys", Limit=2, Marker=first["NextMarker"])
+    assert status == 200, last
+    assert [key["KeyId"] for key in last["Keys"]] == ["c"]
+    assert last["Truncated"] is False and "NextMarker" not in last
