@@ -16,6 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
+from kms.api.context import SERVICE
 from kms.app import create_app
 from kms.service.keyring import RootKeyring
 from kms.settings import Settings
@@ -275,3 +276,17 @@ def test_an_rsa_key_signs_with_the_scheme_and_hash_vault_asks_for(client: FlaskC
     assert (status, checked["data"]) == (200, {"valid": True})
     status, checked = post(client, "verify/r", {"input": data, "signature": signature})
     assert (status, checked["data"]) == (200, {"valid": False})
+
+
+def test_list_goes_on_past_its_first_page_of_keys(app: Flask, client: FlaskClient) -> None:
+    """kms reads the keys 1,000 at a time; LIST names them all (up to 10,000), with no
+    warning, however many pages that takes."""
+    service = app.extensions[SERVICE]
+    key_ids = [f"k{number:04d}" for number in range(1001)]
+    for key_id in key_ids:
+        service.create_key(key_id)
+    response = client.open("/v1/transit/keys", method="LIST")
+    assert response.status_code == 200
+    document = response.get_json()
+    assert document["data"]["keys"] == key_ids
+    assert document["warnings"] is None
