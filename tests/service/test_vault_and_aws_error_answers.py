@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from marshmallow import ValidationError
 
 from kms import errors
-from kms.api.errors import register_aws_error_shape, vault_error
+from kms.api.errors import register_aws_error_shape, vault_error, vault_item_error
 from kms.app import create_app
 from kms.service.keyring import RootKeyring
 from kms.settings import Settings
@@ -69,6 +69,17 @@ def test_a_policy_refusal_on_a_vault_route_is_403_permission_denied(app: Flask) 
         assert vault_error(errors.Forbidden()) == (403, "permission denied")
 
 
+def test_a_server_fault_s_words_never_reach_a_vault_client(app: Flask) -> None:
+    """A fault's message is for the log (docs/vault-transit.md): `vault_error` answers a 500 as
+    `internal error` wherever it is called from, a batch item's error included."""
+    fault = errors.KMSError("a fault's own words, for the log only")  # unmapped: a 500
+    with app.test_request_context("/v1/transit/decrypt/k", method="POST"):
+        assert vault_error(fault) == (500, "internal error")
+        assert vault_item_error(fault) == "internal error"
+        unavailable = errors.StoreUnavailable()
+        assert vault_error(unavailable) == (503, unavailable.public_message)
+
+
 def aws_app() -> Flask:
     app = Flask(__name__)
     blueprint = Blueprint("aws_shape", __name__)
@@ -77,6 +88,7 @@ def aws_app() -> Flask:
         "integrity": errors.IntegrityFailure("key k row 3: its MAC does not match"),
         "invalid": ValidationError({"KeyId": ["Missing data for required field."]}),
         "unmapped": errors.KMSError("a fault's own words, for the log only"),
+        "bug": RuntimeError("a bug's own words, for the log only"),
     }
 
     @blueprint.post("/<name>")
@@ -122,6 +134,22 @@ def test_aws_logs_a_server_fault_and_answers_none_of_its_words(
         500,
         {"__type": "KMSInternalException", "message": "internal error"},
     )
+
+
+def test_aws_answers_a_bug_as_an_internal_error_and_logs_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not a KMSError at all: the client reads KMSInternalException `internal error`, the
+    operator finds the traceback in the server log."""
+    client = Flask.test_client(aws_app())
+    with caplog.at_level(logging.ERROR, logger="kms"):
+        bug = client.post("/bug")
+    assert (bug.status_code, json.loads(bug.data)) == (
+        500,
+        {"__type": "KMSInternalException", "message": "internal error"},
+    )
+    [record] = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
+    assert record.exc_info is not None and "a bug's own words" in caplog.text
 
 
 def aws(client: FlaskClient, operation: str, **body: object) -> tuple[int, dict]:

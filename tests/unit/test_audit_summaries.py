@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from kms.api.audit import Summaries
+from kms.api.audit import MAX_SUMMARY_IDENTITIES, Summaries
 from kms.audit import AuditKey, AuditLog
 
 #: Long enough that the summary thread never writes on its own while a test runs.
@@ -90,3 +90,20 @@ def test_one_summary_thread_however_many_requests_are_counted(tmp_path: Path) ->
     assert summary_threads() == before
     (line,) = summaries_by_identity(tmp_path / "audit.log").values()
     assert line["requests"] == 4
+
+
+def test_past_the_identity_bound_the_summaries_so_far_are_written_at_once(tmp_path: Path) -> None:
+    """Memory stays bounded whatever the number of identities: a new identity past
+    ``MAX_SUMMARY_IDENTITIES`` writes out the tallies so far before it is counted."""
+    path = tmp_path / "audit.log"
+    summaries = Summaries(AuditLog(path, AuditKey(b"k" * 32)), SECONDS)
+    try:
+        for number in range(MAX_SUMMARY_IDENTITIES):
+            summaries.count(f"client-{number}", "encrypt", 403)
+        assert not path.exists() or path.read_bytes() == b""
+        summaries.count("one-more", "encrypt", 403)
+        written = summaries_by_identity(path)
+        assert len(written) == MAX_SUMMARY_IDENTITIES and "one-more" not in written
+    finally:
+        summaries.close()
+    assert "one-more" in summaries_by_identity(path)

@@ -10,6 +10,8 @@ from kms.api.errors import batch_item_error, status_for
 
 README = [
     (errors.InvalidRequest(), 400, "invalid request"),
+    # A subclass of InvalidRequest, yet its own status: the map's order keeps it first.
+    (errors.UnsupportedMediaType(), 415, "Content-Type must be application/json"),
     (errors.KeyNotFound(), 404, "record not found"),
     (errors.KeyExists(), 409, "key already exists"),
     (errors.KeyDisabled(), 409, "key is disabled"),

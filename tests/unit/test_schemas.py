@@ -101,3 +101,14 @@ def test_a_vault_ciphertext_version_is_read_up_to_the_largest_int32() -> None:
     assert base64.b64decode(opened).startswith(b"v2147483647:")
     with pytest.raises(InvalidCiphertext, match="version number could not be decoded"):
         from_vault_ciphertext(f"vault:v{2**31}:{body}")
+
+
+def test_an_encryption_context_is_an_object_of_strings_to_strings() -> None:
+    """docs/api.md: `context` maps strings to strings; anything else is refused (400) before
+    it reaches the service."""
+    body = {"key_id": "k", "plaintext": "eA=="}
+    loaded = schemas.encrypt_request.load({**body, "context": {"tenant": "a"}})
+    assert loaded["context"] == {"tenant": "a"}
+    for context in ({"tenant": 1}, ["tenant"], "tenant=a"):
+        with pytest.raises(ValidationError, match="string keys to string values"):
+            schemas.encrypt_request.load({**body, "context": context})
