@@ -363,9 +363,11 @@ class AuditLog:
         last (closing it releases the lock)."""
         # A FIFO or a device is named as such, before a head is made beside it (in /dev).
         try:
-            _require_regular(self.path, os.stat(self.path))
+            status = os.stat(self.path)
         except FileNotFoundError:
-            pass
+            status = None
+        if status is not None:
+            _require_regular(self.path, status)
         head_fd = self._lock_head()
         try:
             return self._open(), head_fd

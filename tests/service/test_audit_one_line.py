@@ -199,7 +199,7 @@ def test_a_change_writes_its_request_line_before_the_store_changes(
 def test_only_operations_that_change_nothing_stored_are_written_as_one_line() -> None:
     """The list docs/security.md names; every other operation (each key and alias change, and
     any operation added later) keeps its request line."""
-    assert CHANGES_NOTHING == {
+    assert {
         "encrypt",
         "decrypt",
         "sign",
@@ -212,7 +212,7 @@ def test_only_operations_that_change_nothing_stored_are_written_as_one_line() ->
         "hash",
         "keys:read",
         "metrics",
-    }
+    } == CHANGES_NOTHING
     assert CHANGES_NOTHING <= KNOWN_OPERATIONS
     changes = KNOWN_OPERATIONS - CHANGES_NOTHING
     assert all(name.startswith(("keys:", "aliases:")) for name in changes)
