@@ -258,7 +258,8 @@ def _refused(app: Flask, answered: Response, cause: OSError) -> Response:
     for name, value in answered.headers.items():
         if name.lower() not in _BODY_HEADERS:
             refusal.headers[name] = value
-    answered.close()
+    # Its close callbacks (a 413's reading of the unread body) run once the 503 is sent.
+    refusal.call_on_close(answered.close)
     return refusal
 
 
