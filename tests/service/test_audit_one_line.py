@@ -23,6 +23,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from kms.api.audit import AUDIT_SUMMARY
 from kms.api.context import SERVICE
 from kms.api.operations import CHANGES_NOTHING, KNOWN_OPERATIONS
 from kms.app import REPOSITORY, create_app
@@ -194,6 +195,11 @@ def test_a_change_writes_its_request_line_before_the_store_changes(
     assert len(seen) == 1  # the store was not asked to change
     versions = client.get("/v1/kms/keys/data/versions").get_json()
     assert [version["version"] for version in versions] == [1, 2]
+    # It did nothing, so it is counted in the identity's summary (docs/operations.md).
+    assert not [line for line in records(audit_path) if line.get("type") == "summary"]
+    app.extensions[AUDIT_SUMMARY].flush()
+    (summary,) = [line for line in records(audit_path) if line.get("type") == "summary"]
+    assert (summary["statuses"], summary["operations"]) == ({"503": 1}, {"keys:rotate": 1})
 
 
 def test_only_operations_that_change_nothing_stored_are_written_as_one_line() -> None:
