@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from flask import Flask, Response, g
+from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
 
 from kms.api import aws as aws_api
@@ -23,11 +23,11 @@ from kms.api.aws import aliases as aws_aliases
 from kms.api.aws import requests as aws_requests
 from kms.api.aws import views as aws_views
 from kms.api.aws.keys import Account
-from kms.api.context import MAX_BODY_BYTES, SERVICE, request_proxy
+from kms.api.context import MAX_BODY_BYTES, SERVICE, g_proxy, request_proxy
 from kms.api.errors import register_error_handlers
 from kms.api.metrics import register_metrics
 from kms.api.operations import declared_operation, operation_name, request_target
-from kms.api.policy import Policy, current_policy, load_policy, register_policy
+from kms.api.policy import Policy, load_policy, policy_of, register_policy
 from kms.api.ratelimit import register_rate_limit
 from kms.api.vault import views as vault_api
 from kms.audit import AuditKey, AuditLog
@@ -89,8 +89,9 @@ def create_app(
     a single-process run such as a test or ``flask --app kms run``.
 
     The request hooks run in the order registered: who is asking and for what (identity),
-    metrics, the rate limit, the policy, the arrival's audit line (once the request is allowed:
-    a throttled or denied one is counted in a summary line instead), and only then the view.
+    metrics, the rate limit, the policy, a change's audit request line (once the request is
+    allowed: a throttled or denied one is counted in a summary line instead), and only then the
+    view; the audit's answer line is written before the answer is sent (kms.api.audit).
     """
     settings = load_settings() if settings is None else settings
     app = KMSFlask("kms", static_folder=None)  # an API: no /static route
@@ -171,7 +172,7 @@ def register_identity(app: Flask) -> None:
     def identify_caller() -> None:
         # The objects behind the proxies, looked up once: each access through ``g`` or
         # ``request`` is a context lookup of its own (3-6 us each on this busy machine).
-        state = g._get_current_object()
+        state = g_proxy._get_current_object()
         current = request_proxy._get_current_object()
         environ = current.environ
         state.kms_started = time.perf_counter()
@@ -182,7 +183,7 @@ def register_identity(app: Flask) -> None:
         )
         state.caller = caller = caller_from_environ(environ)
         environ[CALLER_ENVIRON_KEY] = str(caller)
-        policy = current_policy()
+        policy = policy_of(app)
         state.identity = environ[IDENTITY_ENVIRON_KEY] = identity = policy.identity_of(caller)
         state.kms_target = request_target(declared, current)
         # For the service's record of who still uses a key pending deletion.
@@ -194,7 +195,7 @@ def register_identity(app: Flask) -> None:
 
     @app.teardown_request
     def forget_requester(_error: BaseException | None) -> None:
-        token = g.pop("kms_requester_token", None)
+        token = g_proxy._get_current_object().pop("kms_requester_token", None)
         if token is not None:
             try:
                 CURRENT_REQUESTER.reset(token)
@@ -203,7 +204,7 @@ def register_identity(app: Flask) -> None:
 
     @app.after_request
     def tag_response(response: Response) -> Response:
-        response.headers["X-Request-Id"] = g.get("request_id", "-")
+        response.headers["X-Request-Id"] = g_proxy._get_current_object().get("request_id", "-")
         return response
 
 

@@ -134,6 +134,11 @@ class AuditKey:
         """``record`` as one keyed line, with its newline. ``record`` holds no ``kid`` or
         ``mac`` of its own."""
         body = json.dumps({**record, "kid": self.key_id}, separators=(",", ":")).encode("utf-8")
+        return self.seal_encoded(body)
+
+    def seal_encoded(self, body: bytes) -> bytes:
+        """``body``, a compact JSON object that ends with this key's ``kid``, as one keyed
+        line with its newline: what ``seal`` makes of the record ``body`` encodes."""
         mac = self._digest(body).hex().encode("ascii")
         return body[:-1] + b',"mac":"' + mac + b'"}\n'
 
@@ -189,8 +194,15 @@ class AuditLog:
         """Write ``record`` (plus ``prev_hash``, ``kid`` and ``mac``) as one line, whole or not
         at all, after the ``file`` line of a new file or a ``repair`` or ``resume`` line when
         needed; raise OSError if it cannot."""
-        with self._lock, self._locked() as (fd, head_fd):
-            self._write_line(fd, head_fd, self._prepare(fd, head_fd), record)
+        with self._lock:
+            # ``_locked`` without its context managers, whose machinery cost a tenth of an
+            # append (docs/performance.md).
+            fd, head_fd = self._acquire()
+            try:
+                self._write_line(fd, head_fd, self._prepare(fd, head_fd), record)
+            finally:
+                os.close(fd)
+                os.close(head_fd)  # releases the lock
 
     def repair(self) -> int:
         """Remove an incomplete last line and record that in the chain; the bytes removed (0:
@@ -304,10 +316,10 @@ class AuditLog:
             raise
         status = os.fstat(fd)
         written = line_hash(line)
-        head: dict[str, Any] = {"device": status.st_dev, "inode": status.st_ino}
-        head |= {"size": status.st_size, "file": number, "last_hash": written}
         # Killed before this write, the next writer takes the line up (``_chains_on``).
-        raw = self._key.seal(head).ljust(HEAD_BYTES, b" ")
+        raw = self._key.seal_encoded(
+            _head_body(status.st_dev, status.st_ino, status.st_size, number, written, self._key)
+        ).ljust(HEAD_BYTES, b" ")
         # One write of a fixed size over the old head: never a mix of two heads, nor an empty one.
         os.pwrite(head_fd, raw, 0)
         self._written = (
@@ -339,14 +351,32 @@ class AuditLog:
     def _locked(self) -> Iterator[tuple[int, int]]:
         """The log, opened by its path once the head's lock is held: a file moved away before
         that is not written to, one moved away after gets this one line, and the head says so."""
-        # A FIFO or a device is named as such, before a head is made beside it (in /dev).
-        with contextlib.suppress(FileNotFoundError):
-            _require_regular(self.path, os.stat(self.path))
-        with self._head_locked() as head_fd, self._open() as fd:
+        fd, head_fd = self._acquire()
+        try:
             yield fd, head_fd
+        finally:
+            os.close(fd)
+            os.close(head_fd)  # releases the lock
 
-    @contextlib.contextmanager
-    def _head_locked(self) -> Iterator[int]:
+    def _acquire(self) -> tuple[int, int]:
+        """``_locked``'s log and head, open, the head locked; the caller closes both, the head
+        last (closing it releases the lock)."""
+        # A FIFO or a device is named as such, before a head is made beside it (in /dev).
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            status = None
+        if status is not None:
+            _require_regular(self.path, status)
+        head_fd = self._lock_head()
+        try:
+            return self._open(), head_fd
+        except BaseException:
+            os.close(head_fd)
+            raise
+
+    def _lock_head(self) -> int:
+        """The chain head, open and locked."""
         head_fd = os.open(
             self.head,
             os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
@@ -356,12 +386,13 @@ class AuditLog:
             if not stat.S_ISREG(os.fstat(head_fd).st_mode):
                 raise NotARegularFile(errno.EINVAL, "not a regular file", str(self.head))
             fcntl.flock(head_fd, fcntl.LOCK_EX)
-            yield head_fd
-        finally:
-            os.close(head_fd)  # releases the lock
+        except BaseException:
+            os.close(head_fd)
+            raise
+        return head_fd
 
-    @contextlib.contextmanager
-    def _open(self) -> Iterator[int]:
+    def _open(self) -> int:
+        """The log, opened by its path for appending; refused unless a writable regular file."""
         # O_NONBLOCK: opening a FIFO must not wait for a reader; it is refused just below.
         fd = os.open(
             self.path,
@@ -373,9 +404,22 @@ class AuditLog:
             _require_regular(self.path, status)
             if not status.st_mode & 0o222:
                 raise PermissionError(errno.EACCES, "audit file is read-only", str(self.path))
-            yield fd
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return fd
+
+
+def _head_body(
+    device: int, inode: int, size: int, number: int, last_hash: str, key: AuditKey
+) -> bytes:
+    """The chain head's record, encoded as ``json.dumps`` encodes it for ``AuditKey.seal``
+    (integers and hex strings only, so formatted directly: a tenth of an append's cost was
+    the head's ``json.dumps``; a unit test keeps the two equal)."""
+    return (
+        f'{{"device":{device},"inode":{inode},"size":{size},"file":{number},'
+        f'"last_hash":"{last_hash}","kid":"{key.key_id}"}}'
+    ).encode("ascii")
 
 
 def _require_regular(path: Path, status: os.stat_result) -> None:

@@ -1,16 +1,31 @@
-"""Audit every request that may do work: one line once it is allowed, before anything is done,
-one when answered; a summary line for the requests that did none.
+"""Audit every request that may do work, before its answer is sent; a summary line for the
+requests that did none.
 
 A line records who asked (the identity as the policy sees it), what (operation, key id, key
 version), and the outcome (status, duration); never a plaintext, ciphertext, signature, MAC,
 context value or key material: nothing from the body except the key id and a batch's item count.
-If the arrival line cannot be written the request is refused with 503 and nothing is done
-(no audit, no service).
 
-The arrival line is written after the rate limit and the policy have let the request through,
-just before its view. A request refused before that point (no usable certificate name 401, no
-such route 404/405, throttled 429, forbidden 403) and a health check (``/healthz``, ``/readyz``:
-no policy, no key) do nothing, so they are not written one by one: each worker counts them per
+How many lines a request gets depends on whether its operation can change what is stored about a
+key (``kms.api.operations.CHANGES_NOTHING``):
+
+- **A change** (create, update, enable, disable, rotate, recreate, trim, schedule or cancel
+  deletion, aliases, anything not in ``CHANGES_NOTHING``): a ``request`` line once it is allowed,
+  before anything is done, and a ``response`` line when answered. If the ``request`` line cannot
+  be written the request is refused with 503 and nothing is done; so a change is never made
+  without a line that says it was asked for, even if the process dies before it answers.
+- **Everything else** (encrypt, decrypt, sign, verify, data keys, rewrap, MAC, random, hash, key
+  reads and listings, metrics): one ``response`` line, holding the request's fields and the
+  outcome, written after the view has run and before the answer leaves. If it cannot be written
+  the client gets the 503 instead of the answer: no result leaves unaudited. Such a request
+  changes nothing a line must prove (a version's use counters, or the note of a refused use of a
+  key pending deletion, are bookkeeping), so a process that dies between the view and the line
+  loses no record of a change, and its answer was never sent.
+
+The line that names the request is written after the rate limit and the policy have let it
+through. A request refused before that point (no usable certificate name 401, no
+such route 404/405, throttled 429, forbidden 403), a change refused because its ``request`` line
+could not be written (503), and a health check (``/healthz``, ``/readyz``: no policy, no key) do
+nothing, so they are not written one by one: each worker counts them per
 identity, by status and by operation, and writes one ``summary`` line per identity every
 ``audit.summary_seconds`` (and when it stops). The audit bytes a client can cause without being
 allowed anything are then bounded by time, not by its request rate::
@@ -42,15 +57,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response
 
 from kms.api.context import (
     answered_fenced_versions,
     answered_invalid_ciphertexts,
     answered_version,
+    g_proxy,
     request_proxy,
 )
-from kms.api.operations import current_target, declared_operation
+from kms.api.operations import CHANGES_NOTHING, Target, declared_operation
 from kms.audit import AuditLog, utc_timestamp
 from kms.errors import AuditUnavailable
 from kms.service.keys import RECORDED_CHANGES
@@ -64,6 +80,9 @@ MAX_FIELD_CHARS = 256
 MAX_SUMMARY_IDENTITIES = 1000
 #: The operation recorded for a request that names none (no route matched).
 NO_OPERATION = "-"
+NO_TARGET = Target(key_id=None)
+#: The headers of an answer that describe its body: not carried onto the 503 that replaces it.
+_BODY_HEADERS = frozenset({"content-type", "content-length", "content-encoding"})
 log = logging.getLogger("kms")
 
 
@@ -77,55 +96,65 @@ def register_audit(app: Flask, audit_log: AuditLog | None, summary_seconds: int)
 
     @app.before_request
     def audit_arrival() -> None:
-        declared = declared_operation(app, request.endpoint)
+        declared = declared_operation(app, request_proxy._get_current_object().endpoint)
         if declared is None or not declared.needs_policy:
             return  # no route, or a health check: counted in the summary when answered
+        state = g_proxy._get_current_object()  # one context lookup, not one per access
         # Who asked for what is settled by now (identity runs first): the answer's line reuses it.
-        g.kms_audit_fields = fields = _request_fields()
+        fields = _request_fields(state)
+        if fields["operation"] not in CHANGES_NOTHING:
+            try:
+                audit_log.append(_record("request", fields))
+            except OSError as error:
+                # Refused, nothing done: counted in the summary like the others refused.
+                raise AuditUnavailable() from error
+        # Otherwise its one line is written with the answer, before it is sent (audit_answer).
+        state.kms_audit_fields = fields
         changes: list[tuple[str, int]] = []
-        g.kms_changes = changes
-        g.kms_changes_token = RECORDED_CHANGES.set(changes)
-        try:
-            audit_log.append(_record("request", fields))
-        except OSError as error:
-            raise AuditUnavailable() from error
+        state.kms_changes = changes
+        state.kms_changes_token = RECORDED_CHANGES.set(changes)
 
     @app.after_request
     def audit_answer(response: Response) -> Response:
-        fields = g.get("kms_audit_fields")
+        state = g_proxy._get_current_object()
+        fields = state.get("kms_audit_fields")
         if fields is None:
             # Refused before its arrival line, or a health check: nothing was done.
             summary.count(
-                _cut(g.get("identity")) or "-",
-                g.get("kms_operation_name") or NO_OPERATION,
+                _cut(state.get("identity")) or "-",
+                state.get("kms_operation_name") or NO_OPERATION,
                 response.status_code,
             )
             return response
         record = _record("response", fields)
         # The version the answer named, as the view noted it: the body is not parsed back.
-        record["key_version"] = answered_version() if response.status_code < 400 else None
-        changes = g.get("kms_changes")
+        record["key_version"] = answered_version(state) if response.status_code < 400 else None
+        changes = state.get("kms_changes")
         if changes:
             record["key_generation"] = max(generation for _, generation in changes)
-        fenced = answered_fenced_versions()
+        fenced = answered_fenced_versions(state)
         if fenced:
             record["fenced_ciphertexts"] = len(fenced)
             record["fenced_versions"] = sorted(set(fenced))
-        invalid = answered_invalid_ciphertexts()
+        invalid = answered_invalid_ciphertexts(state)
         if invalid:
             record["invalid_ciphertexts"] = invalid
         record["status"] = response.status_code
-        record["duration_ms"] = round((time.perf_counter() - g.kms_started) * 1000, 3)
+        record["duration_ms"] = round((time.perf_counter() - state.kms_started) * 1000, 3)
         try:
             audit_log.append(record)
         except OSError as error:
-            # The request has been served; all that is left is to say so where an operator looks.
-            log.error("request %s: cannot write its audit line: %s", g.request_id, error)
+            if fields["operation"] in CHANGES_NOTHING:
+                # This is the request's only line: its answer must not leave unaudited.
+                return _refused(app, response, error)
+            # A change, whose request line is written: it has been made, all that is left is
+            # to say so where an operator looks.
+            log.error("request %s: cannot write its audit line: %s", state.request_id, error)
         return response
 
     @app.teardown_request
     def forget_changes(_error: BaseException | None) -> None:
-        token = g.pop("kms_changes_token", None)
+        token = g_proxy._get_current_object().pop("kms_changes_token", None)
         if token is not None:
             try:
                 RECORDED_CHANGES.reset(token)
@@ -219,10 +248,25 @@ def _record(kind: str, fields: dict[str, Any]) -> dict[str, Any]:
     return {"time": utc_timestamp(), "type": kind, **fields}
 
 
-def _request_fields() -> dict[str, Any]:
-    # Looked up once: each access through a proxy is a context lookup of its own.
-    state, current = g._get_current_object(), request_proxy._get_current_object()
-    target = current_target()
+def _refused(app: Flask, answered: Response, cause: OSError) -> Response:
+    """The 503 a request gets instead of its answer when its only audit line cannot be written,
+    in the shape of the route's API (kms, Vault or AWS KMS: their error handlers make it)."""
+    error = AuditUnavailable()
+    error.__cause__ = cause
+    refusal = app.make_response(app.handle_user_exception(error))
+    # What the route's own hooks added (AWS KMS's x-amzn-RequestId), not what the body set.
+    for name, value in answered.headers.items():
+        if name.lower() not in _BODY_HEADERS:
+            refusal.headers[name] = value
+    # Its close callbacks (a 413's reading of the unread body) run once the 503 is sent.
+    refusal.call_on_close(answered.close)
+    return refusal
+
+
+def _request_fields(state: Any) -> dict[str, Any]:
+    """Who asked for what; ``state`` is the request's ``g``."""
+    current = request_proxy._get_current_object()
+    target = state.get("kms_target") or NO_TARGET
     fields: dict[str, Any] = {
         "request_id": state.get("request_id"),
         "identity": state.get("identity"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from flask import Request, Response, current_app, g, jsonify, request
+from flask.ctx import _AppCtxGlobals
 from werkzeug.local import LocalProxy
 
 from kms.api.payload import read_json_object, read_query
@@ -17,6 +18,9 @@ MAX_BODY_BYTES = "KMS_MAX_BODY_BYTES"
 #: request behind it, for the hooks that read it many times (each access through the proxy is a
 #: context lookup of its own).
 request_proxy = cast("LocalProxy[Request]", request)
+#: ``g`` likewise: ``g_proxy._get_current_object()`` is the request's ``g``, which the hooks
+#: that read several of its entries look up once and pass to the ``answered_*`` readers below.
+g_proxy = cast("LocalProxy[_AppCtxGlobals]", g)
 
 
 def service() -> KMSService:
@@ -29,11 +33,12 @@ def json_body() -> dict[str, Any]:
     The request hooks read it to find the key a request names; the view then gets the same
     object, or the same error, without reading the stream a second time.
     """
-    state = g._get_current_object()  # one context lookup, not one per access
+    state = g_proxy._get_current_object()  # one context lookup, not one per access
     body = state.get("kms_body")
     if body is None:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
         try:
-            body = read_json_object(request, current_app.config[MAX_BODY_BYTES])
+            body = read_json_object(request_proxy._get_current_object(), app.config[MAX_BODY_BYTES])
         except KMSError as error:
             body = error
         state.kms_body = body
@@ -53,7 +58,7 @@ def answer(document: Any, status: int = 200) -> Response:
     line (``answered_version``), which therefore never parses the answer back.
     """
     version = document.get("version") if isinstance(document, dict) else None
-    g.kms_answered_version = (
+    g_proxy._get_current_object().kms_answered_version = (
         version if isinstance(version, int) and not isinstance(version, bool) else None
     )
     response = jsonify(document)
@@ -69,7 +74,7 @@ def crypto_answer(result: Any, document: Any) -> Response:
 
 
 def note_algorithm(algorithm: str) -> None:
-    g.kms_algorithm = algorithm
+    g_proxy._get_current_object().kms_algorithm = algorithm
 
 
 def note_rows_examined(count: int) -> None:
@@ -77,17 +82,19 @@ def note_rows_examined(count: int) -> None:
     g.kms_rows_examined = count
 
 
-def answered_rows_examined() -> int:
-    return g.get("kms_rows_examined", 0)
+def answered_rows_examined(state: _AppCtxGlobals | None = None) -> int:
+    """The rows a listing examined; ``state``, when given, is the request's ``g`` (each of the
+    ``answered_*`` readers takes it, so that a hook reading several makes one context lookup)."""
+    return (g if state is None else state).get("kms_rows_examined", 0)
 
 
-def answered_algorithm() -> str:
-    return g.get("kms_algorithm", UNKNOWN_ALGORITHM)
+def answered_algorithm(state: _AppCtxGlobals | None = None) -> str:
+    return (g if state is None else state).get("kms_algorithm", UNKNOWN_ALGORITHM)
 
 
-def answered_version() -> int | None:
+def answered_version(state: _AppCtxGlobals | None = None) -> int | None:
     """The version the view's answer named, if it answered through ``answer``."""
-    return g.get("kms_answered_version")
+    return (g if state is None else state).get("kms_answered_version")
 
 
 def note_refused_decryptions(errors: list[KMSError]) -> None:
@@ -106,11 +113,11 @@ def note_refused_decryptions(errors: list[KMSError]) -> None:
             state.kms_invalid_ciphertexts = state.get("kms_invalid_ciphertexts", 0) + 1
 
 
-def answered_fenced_versions() -> list[int]:
+def answered_fenced_versions(state: _AppCtxGlobals | None = None) -> list[int]:
     """The version of each fenced ciphertext the request was refused, in order."""
-    return g.get("kms_fenced_versions", [])
+    return (g if state is None else state).get("kms_fenced_versions", [])
 
 
-def answered_invalid_ciphertexts() -> int:
+def answered_invalid_ciphertexts(state: _AppCtxGlobals | None = None) -> int:
     """How many ciphertexts of the request did not authenticate (or did not parse)."""
-    return g.get("kms_invalid_ciphertexts", 0)
+    return (g if state is None else state).get("kms_invalid_ciphertexts", 0)

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, g
+from flask import Flask, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -61,6 +61,7 @@ from kms.api.context import (
     answered_fenced_versions,
     answered_invalid_ciphertexts,
     answered_rows_examined,
+    g_proxy,
     request_proxy,
 )
 from kms.service.cache import KeyMaterialCache
@@ -264,7 +265,7 @@ def register_metrics(
     @app.after_request
     def count(response: Response) -> Response:
         # Looked up once: each access through a proxy is a context lookup of its own.
-        state, current = g._get_current_object(), request_proxy._get_current_object()
+        state, current = g_proxy._get_current_object(), request_proxy._get_current_object()
         endpoint = current.endpoint
         if endpoint is None or endpoint not in endpoints:
             endpoint = NO_ENDPOINT
@@ -285,19 +286,20 @@ def register_metrics(
             # the key ("unknown" should a view not note it).
             done = state.get("kms_items_done", 1)
             if done:
-                operation_labels = (operation, answered_algorithm())
+                operation_labels = (operation, answered_algorithm(state))
                 operations = operations_by_labels.get(operation_labels)
                 if operations is None:
                     operations = operations_by_labels[operation_labels] = (
                         CRYPTO_OPERATIONS_DONE.labels(*operation_labels)
                     )
                 operations.inc(done)
-        fenced, invalid = len(answered_fenced_versions()), answered_invalid_ciphertexts()
+        fenced = len(answered_fenced_versions(state))
+        invalid = answered_invalid_ciphertexts(state)
         if fenced:
             refused_fenced.inc(fenced)
         if invalid:
             refused_invalid.inc(invalid)
-        examined = answered_rows_examined()
+        examined = answered_rows_examined(state)
         if examined:
             LIST_ROWS_EXAMINED.inc(examined)
         cache_counts.publish()

@@ -51,6 +51,29 @@ KNOWN_OPERATIONS = frozenset(
 )
 
 
+#: The operations that change nothing stored about a key or its policy: they use keys (and may
+#: move a version's use counters or note a refused use of a key pending deletion, bookkeeping
+#: that proves nothing), read them, or touch no key at all. Audited by one line, written once
+#: the view has answered and before the answer is sent (kms.api.audit). Every other operation,
+#: and any a future endpoint adds, writes its intent line before the view runs as well.
+CHANGES_NOTHING = frozenset(
+    {
+        "keys:read",
+        "encrypt",
+        "decrypt",
+        "sign",
+        "verify",
+        "datakey",
+        "rewrap",
+        "mac",
+        "mac:verify",
+        "random",
+        "hash",
+        "metrics",
+    }
+)
+
+
 class KeyFrom(Enum):
     """Where a request names its key."""
 

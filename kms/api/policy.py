@@ -56,14 +56,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app, g
 from marshmallow import Schema, ValidationError, fields, validate
 
+from kms.api.context import g_proxy, request_proxy
 from kms.api.errors import describe_validation_error
 from kms.api.operations import (
     KNOWN_OPERATIONS,
     KeyFrom,
-    current_target,
     declared_operation,
     operation_name,
 )
@@ -367,18 +367,29 @@ def register_policy(app: Flask, policy: Policy) -> None:
 
     @app.before_request
     def authorize() -> None:
-        declared = declared_operation(app, request.endpoint)
+        # The objects behind the proxies, looked up once (each access through one is a lookup).
+        current = request_proxy._get_current_object()
+        declared = declared_operation(app, current.endpoint)
         if declared is None or not declared.needs_policy:
             return  # no route (404/405) or a health check: nothing about keys is revealed
-        key_id = current_target().key_id
+        state = g_proxy._get_current_object()
+        target = state.get("kms_target")
+        key_id = None if target is None else target.key_id
         if key_id is None and declared.key_from is KeyFrom.BODY:
             key_id = ""  # the body names no usable key: only a rule for every key lets it through
-        if not current_policy().allows(g.identity, operation_name(declared, request), key_id):
+        # The operation as identify_caller settled it (operation_name of the declaration).
+        operation = state.get("kms_operation_name") or operation_name(declared, current)
+        if not policy_of(app).allows(state.identity, operation, key_id):
             raise Forbidden()
 
 
 def current_policy() -> Policy:
-    return current_app.extensions.get(POLICY, ALLOW_ALL)
+    return policy_of(current_app)
+
+
+def policy_of(app: Flask) -> Policy:
+    """``app``'s policy: what ``current_policy`` answers, for a hook that holds the app."""
+    return app.extensions.get(POLICY, ALLOW_ALL)
 
 
 def keys_in_scope(operation: str) -> Callable[[str], bool]:

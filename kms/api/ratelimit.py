@@ -7,8 +7,9 @@ fail because a client is busy. How the workers share the buckets: ``kms.ratelimi
 
 from __future__ import annotations
 
-from flask import Flask, g, request
+from flask import Flask
 
+from kms.api.context import g_proxy, request_proxy
 from kms.api.operations import declared_operation
 from kms.errors import RateLimited
 from kms.ratelimit import SharedTokenBuckets
@@ -20,9 +21,9 @@ def register_rate_limit(app: Flask, buckets: SharedTokenBuckets | None) -> None:
 
     @app.before_request
     def limit_rate() -> None:
-        declared = declared_operation(app, request.endpoint)
+        declared = declared_operation(app, request_proxy._get_current_object().endpoint)
         if declared is not None and not declared.needs_policy:
             return
-        wait = buckets.take(g.identity)
+        wait = buckets.take(g_proxy._get_current_object().identity)
         if wait:
             raise RateLimited(retry_after=wait)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kms.api.operations import CHANGES_NOTHING
 from tests.helpers.harness import (
     Deployment,
     KMSClient,
@@ -255,8 +256,13 @@ def test_a_scripted_session_is_audited_line_by_line_and_holds_no_secret(
     records = audit_records(deployment)
     for request_id, identity, operation, key_id, status, version in expected:
         mine = [record for record in records if record["request_id"] == request_id]
-        assert [record["type"] for record in mine] == ["request", "response"], mine
-        arrival, answer = mine
+        # A change: its arrival line, then its answer's; a use or a read: the answer's only.
+        if operation in CHANGES_NOTHING:
+            assert [record["type"] for record in mine] == ["response"], mine
+            arrival, answer = None, mine[0]
+        else:
+            assert [record["type"] for record in mine] == ["request", "response"], mine
+            arrival, answer = mine
         for record in mine:
             assert (record["identity"], record["operation"], record["key_id"]) == (
                 identity,
@@ -265,7 +271,7 @@ def test_a_scripted_session_is_audited_line_by_line_and_holds_no_secret(
             ), record
             assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["time"])
             assert re.fullmatch(r"[0-9a-f]{64}", record["prev_hash"])
-        assert "status" not in arrival
+        assert arrival is None or "status" not in arrival
         assert answer["status"] == status
         assert answer["key_version"] == version, answer
         assert isinstance(answer["duration_ms"], float | int) and answer["duration_ms"] >= 0
@@ -332,7 +338,7 @@ def test_the_chain_holds_under_concurrent_load_of_two_workers_and_names_tamperin
     assert len(workers) >= 2, workers  # both workers wrote to the one chain
 
     lines = deployment.audit_log.read_bytes().splitlines(keepends=True)
-    assert len(lines) >= 400
+    assert len(lines) >= 200  # one line per encryption, a use of a key
     code, output = verify(deployment.audit_log, deployment)
     assert code == 0, output
     assert f"{len(lines)} lines" in output
@@ -375,10 +381,14 @@ def test_an_unwritable_audit_log_refuses_requests_and_changes_nothing(
                 admin.post("/v1/kms/keys/audit-keep/rotate"),
                 admin.post("/v1/kms/keys/audit-keep/recreate"),
                 admin.delete("/v1/kms/keys/audit-keep"),
-                admin.post("/v1/kms/encrypt", json={"key_id": "audit-keep", "plaintext": "eA=="}),
             ):
                 assert response.status_code == 503, response.text
                 assert response.json() == {"error": "audit log unavailable, request refused"}
+        # A use of a key is refused once it has run, when its one line fails: no ciphertext
+        # leaves (its version's use counter may have taken a block: bookkeeping, security.md).
+        response = admin.post("/v1/kms/encrypt", json={"key_id": "audit-keep", "plaintext": "eA=="})
+        assert response.status_code == 503, response.text
+        assert response.json() == {"error": "audit log unavailable, request refused"}
     finally:
         os.chmod(deployment.audit_log, mode)
     assert deployment.audit_log.read_bytes() == before

@@ -215,7 +215,8 @@ def wait_until_logged(server: ServerProcess, request_line: str, status: int) -> 
 
 
 def test_503_is_retried_for_idempotent_calls_only(server: ServerProcess) -> None:
-    # A sealed audit log (no write permission) makes every request 503 before anything is done.
+    # A sealed audit log (no write permission) makes every request 503: a change before anything
+    # is done, a read once it has run, without its answer.
     audit_log = server.deployment.audit_log
     mode = stat.S_IMODE(audit_log.stat().st_mode)
     key_id = unique_key_id("client-retry")

@@ -1,16 +1,19 @@
-"""No audit, no service: a request whose arrival line cannot be written is refused (README, Audit
-log; ``kms.api.audit``).
+"""No audit, no service: a request whose line cannot be written is refused (README, Audit log;
+``kms.api.audit``).
 
-The refusal is 503 ``{"error": "audit log unavailable, request refused"}``, answered before the
-view runs: nothing is created, changed or destroyed, and no ciphertext, plaintext, signature or
-MAC is returned. In process, with Flask's test client and a fake TLS socket; the audit file is
-sealed as an operator seals it (no write bit, which kms honours even for root) or replaced by
-something no one can append to (a directory).
+The refusal is 503 ``{"error": "audit log unavailable, request refused"}``: a change is refused
+before the view runs, when its arrival line fails, so nothing is created, changed or destroyed;
+a use of a key is refused when its one line fails, after the view, so no ciphertext, plaintext,
+signature or MAC is returned (``test_audit_one_line.py`` seals the log between the two). In
+process, with Flask's test client and a fake TLS socket; the audit file is sealed as an operator
+seals it (no write bit, which kms honours even for root) or replaced by something no one can
+append to (a directory).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -124,4 +127,10 @@ def test_the_same_requests_are_served_and_audited_when_the_log_is_writable(
     encrypted = client.post("/v1/kms/encrypt", json={"key_id": "data", "plaintext": PLAINTEXT})
     assert encrypted.status_code == 200
     lines = audit_path.read_bytes().splitlines()
-    assert len(lines) == 5  # the file's first line, then an arrival and an answer per request
+    # The file's first line, the creation's arrival and answer, the encryption's one line.
+    assert [json.loads(line)["type"] for line in lines] == [
+        "file",
+        "request",
+        "response",
+        "response",
+    ]

@@ -8,7 +8,6 @@ docs/operations.md, Audit log: "prev_hash is the SHA-256 (hex) of the previous l
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
@@ -17,13 +16,12 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import kms.audit
-from kms.audit import AuditLog, NotARegularFile, head_path, line_hash
+from kms.audit import AuditLog, NotARegularFile, _head_body, head_path, line_hash
 from kms.audit_verify import ChainResult, verify_files
 from tests.helpers.audit import KEY, unkeyed_log
 
@@ -111,13 +109,37 @@ def test_a_new_audit_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
 
 
 def test_appending_leaves_no_descriptor_open(tmp_path: Path) -> None:
-    """Every request appends twice: a descriptor kept per line would exhaust the worker's."""
-    audit = AuditLog(tmp_path / "audit.log", KEY)
+    """Every request appends once or twice: a descriptor kept per line would exhaust the
+    worker's; nor does an append that fails keep one (a sealed file, a directory)."""
+    path = tmp_path / "audit.log"
+    audit = AuditLog(path, KEY)
     audit.append({"type": "request"})
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(20):
         audit.append({"type": "request"})
     assert len(os.listdir("/proc/self/fd")) == before
+    os.chmod(path, 0o444)
+    for _ in range(5):
+        with pytest.raises(PermissionError):
+            audit.append({"type": "request"})
+    path.unlink()
+    path.mkdir()
+    for _ in range(5):
+        with pytest.raises(IsADirectoryError):
+            audit.append({"type": "request"})
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_the_chain_head_is_encoded_as_seal_encodes_its_record() -> None:
+    """The head's line is formatted directly, not by ``json.dumps``: the bytes must be the
+    same, or a head written by one release would not verify under the other."""
+    digest = hashlib.sha256(b"last").hexdigest()
+    for device, inode, size, number in [(0, 0, 0, 1), (2049, 1 << 40, 123_456_789, 77)]:
+        record = {"device": device, "inode": inode, "size": size, "file": number}
+        record["last_hash"] = digest
+        assert KEY.seal_encoded(_head_body(device, inode, size, number, digest, KEY)) == (
+            KEY.seal(record)
+        )
 
 
 # -- a line whole or not at all; regular files only (docs/operations.md, Audit log) -------------
@@ -273,15 +295,14 @@ def test_a_fifo_put_in_place_after_the_path_was_checked_is_refused(
     swallow the line while the request succeeds)."""
     path = tmp_path / "audit.log"
     AuditLog(path, KEY).append({"type": "request"})
-    locked = AuditLog._head_locked
+    locked = AuditLog._lock_head
 
-    @contextlib.contextmanager
-    def then_swapped(self: AuditLog) -> Iterator[int]:
-        with locked(self) as head_fd:
-            path.unlink()
-            os.mkfifo(path, 0o600)
-            yield head_fd
+    def then_swapped(self: AuditLog) -> int:
+        head_fd = locked(self)
+        path.unlink()
+        os.mkfifo(path, 0o600)
+        return head_fd
 
-    monkeypatch.setattr(AuditLog, "_head_locked", then_swapped)
+    monkeypatch.setattr(AuditLog, "_lock_head", then_swapped)
     with pytest.raises(NotARegularFile, match="not a regular file"):
         AuditLog(path, KEY).append({"type": "request"})
