@@ -225,7 +225,9 @@ def test_a_vault_hmac_verified_under_another_digest_is_refused(client: FlaskClie
     ]:
         refused = client.post(path, json={"input": data, "hmac": mac, **body})
         assert refused.status_code == 400, (path, refused.get_json())
-        assert "computes sha2-256 HMACs only" in refused.get_json()["errors"][0]
+        assert refused.get_json()["errors"] == [
+            "algorithm: sha2-512 does not fit this HMAC-SHA256 key"
+        ]
 
 
 def test_aws_generate_data_key_without_plaintext_answers_no_plaintext(

@@ -19,7 +19,7 @@ from kms.errors import (
     TooManyVersions,
 )
 from kms.service.keys import rules
-from kms.service.keys.rules import KeyUpdate, NotDue, NotLatest
+from kms.service.keys.rules import AlgorithmFit, KeyUpdate, NotDue, NotLatest
 from kms.store.records import KeyRecord, KeyState
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -86,6 +86,23 @@ def test_a_disabled_key_is_not_usable_and_the_purpose_must_match() -> None:
         rules.require_usable(record(), Purpose.SIGN)
     assert rules.require_usable(record(), Purpose.ENCRYPT) == record()
     assert rules.require_usable(record(), None) == record()
+
+
+def test_a_usable_key_is_of_an_algorithm_the_request_s_own_fits() -> None:
+    """``AlgorithmFit``: refused with the name the request used, after the state and purpose
+    (a disabled key says so, whatever the algorithm asked for)."""
+    symmetric = AlgorithmFit("EncryptionAlgorithm SYMMETRIC_DEFAULT", frozenset({"AES-256-GCM"}))
+    oaep = AlgorithmFit("EncryptionAlgorithm RSAES_OAEP_SHA_256", frozenset({"RSA-OAEP-2048"}))
+    assert rules.require_usable(record(), Purpose.ENCRYPT, symmetric) == record()
+    with pytest.raises(PurposeMismatch) as refused:
+        rules.require_usable(record(), Purpose.ENCRYPT, oaep)
+    assert refused.value.public_message == (
+        "EncryptionAlgorithm RSAES_OAEP_SHA_256 does not fit this AES-256-GCM key"
+    )
+    with pytest.raises(KeyDisabled):
+        rules.require_usable(record(state=KeyState.DISABLED), Purpose.ENCRYPT, oaep)
+    with pytest.raises(PurposeMismatch, match="has purpose encrypt"):
+        rules.require_usable(record(), Purpose.SIGN, oaep)
 
 
 def test_an_update_changes_only_what_it_names() -> None:

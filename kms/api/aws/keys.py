@@ -27,9 +27,9 @@ from __future__ import annotations
 import struct
 from datetime import datetime
 
-from kms.crypto.algorithms import RSA_ENCRYPTION_ALGORITHMS
+from kms.crypto.algorithms import ENCRYPTION_ALGORITHMS, RSA_ENCRYPTION_ALGORITHMS
 from kms.errors import InvalidCiphertext, InvalidRequest, KeyNotFound
-from kms.service.keys import KeyInfo
+from kms.service.keys import AlgorithmFit, KeyInfo
 from kms.service.keys.validation import ALIAS_PREFIX, KEY_ID_PATTERN
 
 BLOB_MAGIC = b"kms-aws:1:"
@@ -165,6 +165,35 @@ def key_metadata(key: KeyInfo, account: Account) -> dict[str, object]:
 
 def encryption_algorithm(algorithm: str) -> str:
     return "RSAES_OAEP_SHA_256" if algorithm in RSA_ENCRYPTION_ALGORITHMS else "SYMMETRIC_DEFAULT"
+
+
+#: AWS's EncryptionAlgorithm -> the kms algorithms of the encryption keys it fits.
+ENCRYPTION_FITS: dict[str, frozenset[str]] = {
+    "SYMMETRIC_DEFAULT": frozenset(ENCRYPTION_ALGORITHMS),
+    "RSAES_OAEP_SHA_256": frozenset(RSA_ENCRYPTION_ALGORITHMS),
+}
+
+
+def encryption_fit(requested: str) -> AlgorithmFit:
+    """What an ``EncryptionAlgorithm`` asks of the key, for the service to check before it
+    encrypts or decrypts anything (``InvalidKeyUsageException`` for a key it does not fit)."""
+    return AlgorithmFit(f"EncryptionAlgorithm {requested}", ENCRYPTION_FITS[requested])
+
+
+#: GenerateDataKey and GenerateDataKeyWithoutPlaintext take symmetric keys only, as in AWS KMS.
+DATA_KEY_FIT = AlgorithmFit("a data key (SYMMETRIC_DEFAULT)", ENCRYPTION_FITS["SYMMETRIC_DEFAULT"])
+
+
+def signing_fit(requested: str) -> AlgorithmFit:
+    """What a ``SigningAlgorithm`` asks of the key (SIGNING_ALGORITHMS_OF)."""
+    algorithms = (key for key, offered in SIGNING_ALGORITHMS_OF.items() if requested in offered)
+    return AlgorithmFit(f"SigningAlgorithm {requested}", frozenset(algorithms))
+
+
+def mac_fit(requested: str) -> AlgorithmFit:
+    """What a ``MacAlgorithm`` asks of the key (MAC_ALGORITHM_OF)."""
+    algorithms = (key for key, name in MAC_ALGORITHM_OF.items() if name == requested)
+    return AlgorithmFit(f"MacAlgorithm {requested}", frozenset(algorithms))
 
 
 def epoch(moment: datetime) -> float:

@@ -16,14 +16,16 @@ from flask import Response
 from kms.api.aws import schemas as aws
 from kms.api.aws.keys import (
     DATA_KEY_BYTES,
-    MAC_ALGORITHM_OF,
+    DATA_KEY_FIT,
     SIGNING,
     SIGNING_ALGORITHMS_OF,
     SPEC_OF_ALGORITHM,
-    encryption_algorithm,
+    encryption_fit,
     epoch,
     key_metadata,
+    mac_fit,
     native_algorithm,
+    signing_fit,
     to_blob,
 )
 from kms.api.aws.requests import (
@@ -267,19 +269,18 @@ def get_public_key() -> Response:
 # -- cryptography -------------------------------------------------------------------------------
 
 
-def _fits(requested: str, algorithm: str) -> None:
-    if encryption_algorithm(algorithm) != requested:
-        raise PurposeMismatch(f"EncryptionAlgorithm {requested} does not fit this key")
-
-
 @blueprint.post("/Encrypt")
 @operation("encrypt", KeyFrom.BODY, target=key_named_in("KeyId"))
 @documented_aws("AWS KMS Encrypt", aws.encrypt_request, NOT_FOUND)
 def encrypt() -> Response:
     body = load(aws.encrypt_request)
     key_id = key_id_of(body["KeyId"])
-    result = service().encrypt(key_id, body["Plaintext"], body["EncryptionContext"])
-    _fits(body["EncryptionAlgorithm"], result.algorithm)
+    result = service().encrypt(
+        key_id,
+        body["Plaintext"],
+        body["EncryptionContext"],
+        fit=encryption_fit(body["EncryptionAlgorithm"]),
+    )
     blob = to_blob(key_id, base64.b64decode(result.ciphertext))
     return reply(
         {
@@ -302,8 +303,12 @@ def encrypt() -> Response:
 def decrypt() -> Response:
     body = load(aws.decrypt_request)
     key_id, ciphertext = opened_blob(body["CiphertextBlob"], body.get("KeyId"))
-    result = service().decrypt(key_id, ciphertext, body["EncryptionContext"])
-    _fits(body["EncryptionAlgorithm"], result.algorithm)
+    result = service().decrypt(
+        key_id,
+        ciphertext,
+        body["EncryptionContext"],
+        fit=encryption_fit(body["EncryptionAlgorithm"]),
+    )
     return reply(
         {
             "KeyId": account().key_arn(key_id),
@@ -329,15 +334,15 @@ def re_encrypt() -> Response:
     # The hooks checked "rewrap" on the source key; another destination also needs "encrypt".
     if destination != source and not keys_in_scope("encrypt")(destination):
         raise Forbidden()
-    opened, result = service().re_encrypt(
+    _opened, result = service().re_encrypt(
         source,
         ciphertext,
         body["SourceEncryptionContext"],
         destination,
         body["DestinationEncryptionContext"],
+        source_fit=encryption_fit(body["SourceEncryptionAlgorithm"]),
+        fit=encryption_fit(body["DestinationEncryptionAlgorithm"]),
     )
-    _fits("SYMMETRIC_DEFAULT", opened.algorithm)
-    _fits("SYMMETRIC_DEFAULT", result.algorithm)
     blob = to_blob(destination, base64.b64decode(result.ciphertext))
     return reply(
         {
@@ -359,7 +364,11 @@ def _data_key(include_plaintext: bool) -> Response:
         raise InvalidRequest("give exactly one of NumberOfBytes and KeySpec")
     size = body["NumberOfBytes"] if "NumberOfBytes" in body else DATA_KEY_BYTES[body["KeySpec"]]
     result = service().generate_data_key(
-        key_id, size, body["EncryptionContext"], include_plaintext=include_plaintext
+        key_id,
+        size,
+        body["EncryptionContext"],
+        include_plaintext=include_plaintext,
+        fit=DATA_KEY_FIT,
     )
     document = {
         "CiphertextBlob": b64(to_blob(key_id, base64.b64decode(result.ciphertext))),
@@ -401,6 +410,7 @@ def _signing(body: dict[str, Any]) -> dict[str, Any]:
         "signing_algorithm": scheme,
         "prehashed": prehashed,
         "digest_algorithm": digest if prehashed else None,
+        "fit": signing_fit(body["SigningAlgorithm"]),
     }
 
 
@@ -446,19 +456,13 @@ def verify() -> Response:
     )
 
 
-def _mac_fits(requested: str, algorithm: str) -> None:
-    if MAC_ALGORITHM_OF.get(algorithm) != requested:
-        raise PurposeMismatch(f"MacAlgorithm {requested} does not fit this key")
-
-
 @blueprint.post("/GenerateMac")
 @operation("mac", KeyFrom.BODY, target=key_named_in("KeyId"))
 @documented_aws("AWS KMS GenerateMac", aws.mac_request, NOT_FOUND)
 def generate_mac() -> Response:
     body = load(aws.mac_request)
     key_id = key_id_of(body["KeyId"])
-    result = service().mac(key_id, body["Message"])
-    _mac_fits(body["MacAlgorithm"], result.algorithm)
+    result = service().mac(key_id, body["Message"], fit=mac_fit(body["MacAlgorithm"]))
     return reply(
         {
             "KeyId": account().key_arn(key_id),
@@ -480,8 +484,9 @@ def generate_mac() -> Response:
 def verify_mac() -> Response:
     body = load(aws.verify_mac_request)
     key_id = key_id_of(body["KeyId"])
-    result = service().verify_mac(key_id, body["Message"], body["Mac"])
-    _mac_fits(body["MacAlgorithm"], result.algorithm)
+    result = service().verify_mac(
+        key_id, body["Message"], body["Mac"], fit=mac_fit(body["MacAlgorithm"])
+    )
     if not result.valid:
         raise InvalidMAC()
     return reply(

@@ -30,8 +30,8 @@ from kms.api.vault.wire import (
     PUBLIC_KEY_NAMES,
     from_vault_tagged,
     key_type_for,
+    mac_fit,
     parse_duration,
-    require_mac_digest,
     rotation_period,
     signing_options,
     to_vault_ciphertext,
@@ -349,8 +349,7 @@ def datakey(kind: str, key_id: str) -> Response:
 )
 def hmac(key_id: str, algorithm: str | None) -> Response:
     body = schemas.hmac_request.load(json_body())
-    result = service().mac(key_id, body["input"])
-    require_mac_digest(result.algorithm, algorithm or body["algorithm"])
+    result = service().mac(key_id, body["input"], fit=mac_fit(algorithm or body["algorithm"]))
     return answer(
         {"hmac": to_vault_tagged(result.version, result.mac), "key_version": result.version},
         version=result.version,
@@ -417,8 +416,8 @@ def verify(key_id: str, hash_algorithm: str | None) -> Response:
     kms = service()
     if body["hmac"] is not None:
         version, mac = from_vault_tagged(body["hmac"], "HMAC")
-        checked = kms.verify_mac(key_id, body["input"], mac, version=version)
-        require_mac_digest(checked.algorithm, hash_algorithm or body["algorithm"])
+        fit = mac_fit(hash_algorithm or body["algorithm"])
+        checked = kms.verify_mac(key_id, body["input"], mac, version=version, fit=fit)
     else:
         version, signature = from_vault_tagged(body["signature"], "signature")
         options = signing_options(

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 
 from kms.errors import InvalidCiphertext, InvalidRequest
+from kms.service.keys import AlgorithmFit
 
 PREFIX = "vault:v"
 #: The key in kms's encryption context that holds a Vault context.
@@ -248,12 +249,11 @@ def signing_options(
     return {"signing_algorithm": scheme, "digest_algorithm": digest if prehashed else None}
 
 
-def require_mac_digest(algorithm: str, requested: str | None) -> None:
+def mac_fit(requested: str | None) -> AlgorithmFit:
     """A kms MAC key computes one HMAC: Vault's ``algorithm`` (sha2-256 when left out, as in
     Vault) must name it, so that a key of 64 bytes never answers a sha2-256 request with a
-    sha2-512 HMAC."""
-    # Names of algorithms, nothing secret: a plain comparison.
-    own = MAC_DIGESTS.get(algorithm)
-    if own is None or (requested or "sha2-256") == own:
-        return
-    raise InvalidRequest(f"algorithm: this {algorithm} key computes {own} HMACs only")
+    sha2-512 HMAC. The service checks it before it loads the key's secret."""
+    # Names of digest algorithms, nothing secret: a plain comparison.
+    wanted = requested or "sha2-256"
+    algorithms = (key for key, own in MAC_DIGESTS.items() if own == wanted)
+    return AlgorithmFit(f"algorithm: {wanted}", frozenset(algorithms))

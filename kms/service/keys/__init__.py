@@ -20,9 +20,11 @@ from kms.service.keys.results import (
     Signed,
     Verified,
 )
+from kms.service.keys.rules import AlgorithmFit
 from kms.service.keys.service import KMSService
 
 __all__ = [
+    "AlgorithmFit",
     "CURRENT_REQUESTER",
     "RECORDED_CHANGES",
     "UNKNOWN_ALGORITHM",

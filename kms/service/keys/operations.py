@@ -49,6 +49,7 @@ from kms.service.keys.results import (
     Signed,
     Verified,
 )
+from kms.service.keys.rules import AlgorithmFit
 from kms.service.keys.trust import StaleRow, TrustedRows
 from kms.service.keys.validation import validate_key_id, validate_random_bytes
 from kms.store.records import KeyRecord, KeyRepository
@@ -100,13 +101,22 @@ class KeyOperations:
     # -- the operations ---------------------------------------------------------------------
 
     def encrypt(
-        self, key_id: str, plaintext: bytes, context: Mapping[str, str] | None = None
+        self,
+        key_id: str,
+        plaintext: bytes,
+        context: Mapping[str, str] | None = None,
+        *,
+        fit: AlgorithmFit | None = None,
     ) -> Encrypted:
+        """Encrypt under the latest version, counted against its limit. ``fit`` (every
+        operation takes it): the key algorithms the request's own algorithm fits, checked
+        before anything is counted or computed (``rules.require_usable``)."""
+
         def run(key: KeyRecord) -> Encrypted:
             key = self._limits.encrypting(key, 1)
             return self._items.encrypt(key, self._request(key), plaintext, context)
 
-        return self._on_key(key_id, Purpose.ENCRYPT, run)
+        return self._on_key(key_id, Purpose.ENCRYPT, run, fit=fit)
 
     def encrypt_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Encrypted | KMSError]:
         return self._batch(key_id, Purpose.ENCRYPT, items, self._items.encrypt, encrypting=True)
@@ -117,6 +127,8 @@ class KeyOperations:
         ciphertext: str,
         context: Mapping[str, str] | None = None,
         version: int | None = None,
+        *,
+        fit: AlgorithmFit | None = None,
     ) -> Decrypted:
         """Decrypt a ``vN:`` ciphertext, or (RSA-OAEP keys only) a raw OAEP ciphertext made
         offline with the exported public key of ``version``. Counted in the version's
@@ -125,6 +137,7 @@ class KeyOperations:
             key_id,
             Purpose.ENCRYPT,
             lambda key: self._items.decrypt(key, self._request(key), ciphertext, context, version),
+            fit=fit,
         )
 
     def decrypt_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Decrypted | KMSError]:
@@ -136,6 +149,8 @@ class KeyOperations:
         key_bytes: int = 32,
         context: Mapping[str, str] | None = None,
         include_plaintext: bool = True,
+        *,
+        fit: AlgorithmFit | None = None,
     ) -> DataKey:
         """A fresh random data key, encrypted under the latest version (as ``encrypt`` would).
 
@@ -149,7 +164,7 @@ class KeyOperations:
                 key, self._request(key), key_bytes, context, include_plaintext
             )
 
-        return self._on_key(key_id, Purpose.ENCRYPT, run)
+        return self._on_key(key_id, Purpose.ENCRYPT, run, fit=fit)
 
     def generate_data_key_batch(
         self, key_id: str, items: Sequence[BatchItem]
@@ -179,11 +194,19 @@ class KeyOperations:
         source_context: Mapping[str, str] | None,
         key_id: str,
         context: Mapping[str, str] | None,
+        *,
+        source_fit: AlgorithmFit | None = None,
+        fit: AlgorithmFit | None = None,
     ) -> tuple[Decrypted, Encrypted]:
         """Decrypt under ``source_key_id`` and encrypt under ``key_id`` (another key, or the
-        same), inside the service: the plaintext never leaves it (AWS KMS's ReEncrypt)."""
-        opened = self.decrypt(source_key_id, ciphertext, source_context)
-        return opened, self.encrypt(key_id, opened.plaintext, context)
+        same), inside the service: the plaintext never leaves it (AWS KMS's ReEncrypt).
+
+        The destination is checked (state, purpose, ``fit``) before the source ciphertext is
+        decrypted, so a destination that would refuse leaves no decryption made or counted;
+        ``encrypt`` checks it again on the row it encrypts under."""
+        self._usable(self._row(validate_key_id(key_id)), Purpose.ENCRYPT, fit)
+        opened = self.decrypt(source_key_id, ciphertext, source_context, fit=source_fit)
+        return opened, self.encrypt(key_id, opened.plaintext, context, fit=fit)
 
     def rewrap_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Encrypted | KMSError]:
         return self._batch(key_id, Purpose.ENCRYPT, items, self._items.rewrap, encrypting=True)
@@ -196,6 +219,7 @@ class KeyOperations:
         *,
         prehashed: bool = False,
         digest_algorithm: str | None = None,
+        fit: AlgorithmFit | None = None,
     ) -> Signed:
         """Sign with the newest version. ``prehashed``: ``message`` is the ``digest_algorithm``
         digest of the data, and the signature is the one over the data itself."""
@@ -210,6 +234,7 @@ class KeyOperations:
                 prehashed=prehashed,
                 digest_algorithm=digest_algorithm,
             ),
+            fit=fit,
         )
 
     def sign_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Signed | KMSError]:
@@ -226,6 +251,7 @@ class KeyOperations:
         digest_algorithm: str | None = None,
         version: int | None = None,
         require_low_s: bool = False,
+        fit: AlgorithmFit | None = None,
     ) -> Verified:
         """Check the signature against ``version`` only, or else the newest
         ``verify_max_versions`` versions, newest first (``Items.verified_by_some_version``).
@@ -250,19 +276,29 @@ class KeyOperations:
                 require_low_s=require_low_s,
             ),
             failed=stale_result,
+            fit=fit,
         )
         return verified
 
     def verify_batch(self, key_id: str, items: Sequence[BatchItem]) -> list[Verified | KMSError]:
         return self._batch(key_id, Purpose.SIGN, items, self._items.verify)
 
-    def mac(self, key_id: str, message: bytes) -> MACed:
+    def mac(self, key_id: str, message: bytes, *, fit: AlgorithmFit | None = None) -> MACed:
         return self._on_key(
-            key_id, Purpose.MAC, lambda key: self._items.mac(key, self._request(key), message)
+            key_id,
+            Purpose.MAC,
+            lambda key: self._items.mac(key, self._request(key), message),
+            fit=fit,
         )
 
     def verify_mac(
-        self, key_id: str, message: bytes, mac: bytes, version: int | None = None
+        self,
+        key_id: str,
+        message: bytes,
+        mac: bytes,
+        version: int | None = None,
+        *,
+        fit: AlgorithmFit | None = None,
     ) -> Verified:
         """Check a MAC against ``version`` only, or the newest ``verify_max_versions`` versions."""
         verified: Verified = self._on_key(
@@ -270,6 +306,7 @@ class KeyOperations:
             Purpose.MAC,
             lambda key: self._items.verify_mac(key, self._request(key), message, mac, version),
             failed=stale_result,
+            fit=fit,
         )
         return verified
 
@@ -320,6 +357,8 @@ class KeyOperations:
         operation: Callable[[KeyRecord], T],
         failed: Callable[[T], bool] | None = None,
         again: Callable[[KeyRecord, T], T] | None = None,
+        *,
+        fit: AlgorithmFit | None = None,
     ) -> T:
         """``operation`` on the key's row: the cached row if there is one still valid
         (``KeyRowCache``), else the row read now.
@@ -334,20 +373,20 @@ class KeyOperations:
         """
         key_id = validate_key_id(key_id)
         cached = self._trust.cached(key_id)
-        key = self._usable(cached if cached is not None else self._trust.read(key_id), purpose)
+        key = self._usable(cached if cached is not None else self._trust.read(key_id), purpose, fit)
         try:
             result = operation(key)
         except STALE_SYMPTOMS as error:
             if cached is None and not isinstance(error, StaleRow):
                 raise
-            fresh = self._changed_row(key, purpose)
+            fresh = self._changed_row(key, purpose, fit)
             if fresh is None:
                 if isinstance(error, StaleRow):
                     raise KeyChanged() from None
                 raise
             return self._once_more(operation, fresh)
         if cached is not None and failed is not None and failed(result):
-            fresh = self._changed_row(key, purpose)
+            fresh = self._changed_row(key, purpose, fit)
             if fresh is not None:
                 if again is None:
                     return self._once_more(operation, fresh)
@@ -361,9 +400,16 @@ class KeyOperations:
         except StaleRow:  # changed again meanwhile: the client retries
             raise KeyChanged() from None
 
-    def _changed_row(self, key: KeyRecord, purpose: Purpose | None) -> KeyRecord | None:
+    def _row(self, key_id: str) -> KeyRecord:
+        """The key's cached row if there is one still valid, else the row read now."""
+        cached = self._trust.cached(key_id)
+        return cached if cached is not None else self._trust.read(key_id)
+
+    def _changed_row(
+        self, key: KeyRecord, purpose: Purpose | None, fit: AlgorithmFit | None
+    ) -> KeyRecord | None:
         fresh = self._trust.reread(key)
-        return None if fresh is None else self._usable(fresh, purpose)
+        return None if fresh is None else self._usable(fresh, purpose, fit)
 
     def _batch(
         self,
@@ -396,11 +442,13 @@ class KeyOperations:
 
         return self._on_key(key_id, purpose, lambda key: run(key, items), failed, again)
 
-    def _usable(self, key: KeyRecord, purpose: Purpose | None) -> KeyRecord:
+    def _usable(
+        self, key: KeyRecord, purpose: Purpose | None, fit: AlgorithmFit | None = None
+    ) -> KeyRecord:
         """A checked key row, for a cryptographic operation (``rules.require_usable``); a use
         while pending deletion is recorded on the key before it is refused."""
         try:
-            return rules.require_usable(key, purpose)
+            return rules.require_usable(key, purpose, fit)
         except KeyPendingDeletion:
             self._record_use_attempt(key)
             raise

@@ -42,13 +42,31 @@ def require_not_pending(key: KeyRecord) -> None:
         raise KeyPendingDeletion()
 
 
-def require_usable(key: KeyRecord, purpose: Purpose | None) -> KeyRecord:
-    """A key for a cryptographic operation: enabled, and of ``purpose`` unless None."""
+@dataclass(frozen=True)
+class AlgorithmFit:
+    """An algorithm a request names, in its API's words (``name``, such as AWS's
+    ``EncryptionAlgorithm RSAES_OAEP_SHA_256``), and the kms key algorithms it fits.
+
+    The operations check it on the key row with the key's state and purpose, before any work:
+    a request refused for it has used nothing (no encryption counted against a version's
+    limit, no decryption made or counted, no key material unwrapped)."""
+
+    name: str
+    algorithms: frozenset[str]
+
+
+def require_usable(
+    key: KeyRecord, purpose: Purpose | None, fit: AlgorithmFit | None = None
+) -> KeyRecord:
+    """A key for a cryptographic operation: enabled, of ``purpose`` unless None, and of an
+    algorithm ``fit`` names unless None."""
     if key.state != KeyState.ENABLED:
         require_not_pending(key)
         raise KeyDisabled()
     if purpose is not None and key.purpose != purpose.value:
         raise PurposeMismatch(f"key {key.key_id} has purpose {key.purpose}")
+    if fit is not None and key.algorithm not in fit.algorithms:
+        raise PurposeMismatch(f"{fit.name} does not fit this {key.algorithm} key")
     return key
 
 
