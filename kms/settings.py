@@ -384,7 +384,8 @@ def _loose(variable: str) -> str:
 _BY_VARIABLE = {_loose(d.variable): d for d in DECLARATIONS.values()}
 #: ``KMS_*`` variables that are not settings, and so are not refused: which config file
 #: (``KMS_CONFIG``, ``KMS_ENV``), the ``kms client`` command's options (kms.client.cli) and the
-#: container's user and group (deploy/Dockerfile, deploy/docker-compose.yml). Any other ``KMS_*``
+#: container's user and group, image name and published port (deploy/Dockerfile,
+#: deploy/docker-compose.yml: a shell that runs compose may export them). Any other ``KMS_*``
 #: variable kms does not know is a typo, refused like an unknown YAML key.
 NOT_SETTINGS = frozenset(
     {
@@ -396,6 +397,8 @@ NOT_SETTINGS = frozenset(
         "KMS_CLIENT_CA",
         "KMS_UID",
         "KMS_GID",
+        "KMS_IMAGE",
+        "KMS_PUBLISHED_PORT",
     }
 )
 

@@ -333,7 +333,7 @@ class Stack:
             **os.environ,
             "KMS_UID": str(os.getuid()),
             "KMS_GID": str(os.getgid()),
-            "KMS_PORT": str(port),
+            "KMS_PUBLISHED_PORT": str(port),
             "KMS_IMAGE": self.image,
         }
 

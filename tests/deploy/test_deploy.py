@@ -206,8 +206,8 @@ def test_compose_initialises_its_postgresql_once_before_serving() -> None:
         assert dsn.startswith("postgresql+psycopg://kms:") and dsn.endswith("@db:5432/kms"), dsn
         assert dsn.split(":")[2].split("@")[0] == db["environment"]["POSTGRES_PASSWORD"]
         assert "kms-data:/var/lib/kms" in service["volumes"]  # the audit log and state files
-    # Published on 127.0.0.1 only: 8443 unless KMS_PORT names another.
-    assert kms["ports"] == ["127.0.0.1:${KMS_PORT:-8443}:8443"]
+    # Published on 127.0.0.1 only: 8443 unless KMS_PUBLISHED_PORT names another.
+    assert kms["ports"] == ["127.0.0.1:${KMS_PUBLISHED_PORT:-8443}:8443"]
     # The init needs the passphrase only; the TLS files are the server's.
     assert [secret["target"] for secret in init["secrets"]] == ["master.key"]
 
