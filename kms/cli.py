@@ -105,8 +105,9 @@ def upgrade() -> None:
     key). Rows are sealed only if each wrapped key unwraps under its own identity and each
     public key is its private key's; otherwise nothing is sealed and the row is named.
     """
-    from kms.master import describe_database, upgrade_database
+    from kms.master import describe_database
     from kms.settings import load_settings
+    from kms.upgrade import upgrade_database
 
     try:
         settings = load_settings()
@@ -250,7 +251,8 @@ def rekey(
     nothing changed and the old passphrase (or HSM key) still works; once it prints, only the
     new one does.
     """
-    from kms.master import describe_database, move_root_secret, rekey_database
+    from kms.master import describe_database
+    from kms.rekey import move_root_secret, rekey_database
     from kms.settings import load_settings
 
     if to is not None:
