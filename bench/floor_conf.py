@@ -42,7 +42,7 @@ errorlog = "-"
 
 def on_starting(server: Any) -> None:
     # The master's context, as kms builds and installs it for its workers to inherit.
-    kms_conf._start_tls(server, logging.getLogger("kms"))
+    kms_conf.start_tls(server, logging.getLogger("kms"))
 
 
 def pre_fork(server: Any, worker: Any) -> None:
@@ -55,4 +55,4 @@ def child_exit(server: Any, worker: Any) -> None:
 
 def on_exit(server: Any) -> None:
     # kms.gunicorn_conf made its runtime directory when it was imported.
-    kms_conf.remove_runtime_directory(kms_conf._runtime)
+    kms_conf.remove_runtime()

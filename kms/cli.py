@@ -105,8 +105,9 @@ def upgrade() -> None:
     key). Rows are sealed only if each wrapped key unwraps under its own identity and each
     public key is its private key's; otherwise nothing is sealed and the row is named.
     """
-    from kms.master import describe_database, upgrade_database
+    from kms.master import describe_database
     from kms.settings import load_settings
+    from kms.upgrade import upgrade_database
 
     try:
         settings = load_settings()
@@ -250,7 +251,8 @@ def rekey(
     nothing changed and the old passphrase (or HSM key) still works; once it prints, only the
     new one does.
     """
-    from kms.master import describe_database, move_root_secret, rekey_database
+    from kms.master import describe_database
+    from kms.rekey import move_root_secret, rekey_database
     from kms.settings import load_settings
 
     if to is not None:
@@ -472,89 +474,6 @@ def serve(gunicorn_args: tuple[str, ...]) -> None:
     os.execv(sys.executable, argv)  # noqa: S606 - replaces this process, so systemd sees gunicorn
 
 
-@main.command("dev-certs")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--client-cn", help="The client certificate's CN  [default: orchestrator, or kept on renewal]"
-)
-@click.option(
-    "--renew",
-    is_flag=True,
-    help="Replace the CA, server and client certificates and keys in DIRECTORY with new ones, "
-    "valid 365 days, and keep master.key (the keystore it opens still opens).",
-)
-def dev_certs(directory: Path, client_cn: str | None, renew: bool) -> None:
-    """Write a dev CA, server and client certificates and a random passphrase into DIRECTORY.
-
-    Files and their modes: ca.pem, server.crt, client.crt (0644); ca.key, server.key,
-    client.key (0600); master.key (0400). DIRECTORY is created with mode 0700 when missing.
-    Refuses to overwrite any of the files, except with --renew. Certificates are valid for 365
-    days; kms warns at start from 30 days before the server's expires. For development only.
-    """
-    from kms.devcerts import renew_dev_certificates, write_dev_certificates
-
-    if renew:
-        try:
-            name = renew_dev_certificates(directory, client_common_name=client_cn)
-        except OSError as error:
-            click.echo(f"kms: {error}", err=True)
-            sys.exit(1)
-        click.echo(
-            f"kms: renewed the dev CA, server and client (CN {name}) certificates in {directory} "
-            "for 365 days; master.key is unchanged"
-        )
-        return
-    try:
-        write_dev_certificates(directory, client_common_name=client_cn or "orchestrator")
-    except FileExistsError as error:
-        click.echo(f"kms: {error}", err=True)
-        sys.exit(1)
-    click.echo(f"kms: wrote dev certificates and passphrase to {directory}")
-
-
-@main.command()
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write to this file instead of standard output.",
-)
-def openapi(output: Path | None) -> None:
-    """Print the OpenAPI 3.1 description of the API (what GET /v1/kms/openapi.json serves).
-
-    Needs no configuration, database or passphrase; `make openapi` writes docs/openapi.json.
-    """
-    from kms.api.openapi import build_spec, render
-    from kms.app import routes_only_app
-
-    text = render(build_spec(routes_only_app()))
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        output.write_text(text, encoding="utf-8")
-
-
-@main.command("settings-table")
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write to this file instead of standard output.",
-)
-def settings_table(output: Path | None) -> None:
-    """Print every setting as a Markdown table: YAML key, KMS_* variable, default, range, meaning.
-
-    Made from the declarations in kms/settings.py; `make settings-doc` writes docs/settings.md.
-    """
-    from kms.settings import settings_table
-
-    text = settings_table()
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        output.write_text(text, encoding="utf-8")
-
-
 @main.group()
 def audit() -> None:
     """Work with the audit log."""
@@ -622,4 +541,12 @@ def _add_client_commands() -> None:
     main.add_command(client)
 
 
+def _add_developer_commands() -> None:
+    from kms.cli_dev import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
 _add_client_commands()
+_add_developer_commands()

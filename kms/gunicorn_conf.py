@@ -151,8 +151,9 @@ def _build_tls_context(server: Any) -> ssl.SSLContext:
     return server_context(server.cfg)
 
 
-def _start_tls(server: Any, log: Any) -> None:
-    """Build the first context in the master; any problem is kms's one line and exit 1."""
+def start_tls(server: Any, log: Any) -> None:
+    """Build the first context in the master; any problem is kms's one line and exit 1. Public
+    for a configuration built on this one (bench.floor_conf), whose master serves kms's TLS."""
     from kms.server.tls import ReloadableContext, install
 
     global _tls
@@ -236,7 +237,7 @@ def on_starting(server: Any) -> None:
     from kms.ratelimit import create_table
 
     create_table(_runtime.rate_limit_table)
-    _start_tls(server, kms_log)
+    start_tls(server, kms_log)
 
     try:
         keyring = open_master_keyring(_settings)
@@ -378,4 +379,10 @@ def on_exit(server: Any) -> None:
     from kms import wsgi
 
     wsgi.close()
+    remove_runtime()
+
+
+def remove_runtime() -> None:
+    """Remove the runtime directory this module made when gunicorn's master read it (also for a
+    configuration built on this one, bench.floor_conf)."""
     remove_runtime_directory(_runtime)

@@ -1,6 +1,7 @@
-"""Master key lifecycle from settings: ``kms init``, ``kms upgrade``, ``kms check``, ``kms rekey``,
-``kms backup`` and ``kms restore``, and the startup that opens the keystore. The database file,
-its faults and making a new one live in kms.database.
+"""Master key lifecycle from settings: ``kms init``, ``kms check``, ``kms destroy-due`` and
+``kms rotate-due``, and the startup that opens the keystore, which the other operator commands
+share: ``kms upgrade`` (kms.upgrade), ``kms rekey`` (kms.rekey), ``kms backup`` and ``kms restore``
+(kms.backups). The database file, its faults and making a new one live in kms.database.
 
 Each runs in one process before any worker exists (the CLI, or gunicorn's master), and each
 disposes of its database connections before returning, so nothing is shared across a fork.
@@ -15,7 +16,6 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -49,27 +49,20 @@ from kms.service.keyring import RootKeyring, zeroise
 from kms.service.keys import Generations, IntegrityReport, KeyInfo, KMSService, Rotated
 from kms.service.keys.maintenance import newest_generations
 from kms.service.keystore import (
-    FIRST_EPOCH,
-    KEYSTORE_ID_BYTES,
-    KeystoreFormat,
     OpenedKeystore,
-    init_marker_aad,
     new_keystore,
-    new_root_secret,
     open_keystore,
-    sealed_keystore_rows,
 )
-from kms.service.masterkey import BACKEND_ROWS, MasterKeyBackend, PassphraseBackend
+from kms.service.masterkey import MasterKeyBackend, PassphraseBackend
 from kms.service.passphrase import obtain_passphrase, require_long_passphrase
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.faults import existing_tables
 from kms.store.generations import GenerationJournal, journal_path
 from kms.store.keystore_rows import write_keystore
-from kms.store.records import EPOCH, INIT_MARKER
+from kms.store.records import EPOCH
 from kms.store.repository import SQLKeyRepository
-from kms.store.schema import current_revision, head_revision, upgrade_to_head
-from kms.store.serving import ensure_not_serving
+from kms.store.schema import current_revision, head_revision
 
 
 def init_database(
@@ -198,7 +191,7 @@ def open_master_keyring(settings: Settings) -> RootKeyring:
             require_current_schema(name, engine)
             started = time.perf_counter()
             with master_key_backend(settings) as backend:
-                opened = _open(settings, name, repository, backend)
+                opened = open_named_keystore(settings, name, repository, backend)
             opened.keyring.open_seconds = time.perf_counter() - started
             # What /readyz and /metrics report: the backend in use, and when it opened.
             opened.keyring.backend = settings.master_key_backend
@@ -236,89 +229,6 @@ def _check_epoch(settings: Settings, name: str, opened: OpenedKeystore) -> None:
         raise KeystoreTampered(f"the database {name}: {error.detail}") from None
     finally:
         generations.close()
-
-
-@dataclass(frozen=True)
-class UpgradeResult:
-    """``sealed_keys`` and ``sealed_versions``: rows given their (new) MACs."""
-
-    sealed_keys: int
-    sealed_versions: int
-    already_current: bool
-    #: The schema revisions before and after, when the schema was migrated (None otherwise).
-    migrated: tuple[str | None, str] | None = None
-    #: The root secret was sealed by the backend (keystore format 3 to 4).
-    root_sealed: bool = False
-
-
-def upgrade_database(settings: Settings) -> UpgradeResult:
-    """``kms upgrade``: migrate the schema, then (once) bring the keystore to the current format:
-    a keystore id, the first epoch, and every row's MAC bound to the id.
-
-    Run with every kms node stopped. The MACs need the master key, so the passphrase is read
-    after the migration (which only adds columns whose defaults keep every MAC valid). Every
-    existing MAC is verified before any is written (``KeyMaintenance.upgrade``); otherwise
-    ``IntegrityFailure`` names the rows and no MAC is written. An older init marker on a
-    database whose rows say it is newer is ``KeystoreTampered``, not an upgrade.
-    """
-    with keystore_engine(settings, "upgrade") as (name, engine):
-        repository = SQLKeyRepository(engine)
-        repository.read_keystore()
-        before, head = current_revision(engine), head_revision()
-        upgrade_to_head(engine)
-        migrated = None if before == head else (before, head)
-        with master_key_backend(settings) as backend:
-            opened = _open(settings, name, repository, backend, allow_old=True)
-            try:
-                if opened.sealed:
-                    return UpgradeResult(0, 0, already_current=migrated is None, migrated=migrated)
-                if opened.format is KeystoreFormat.UNWRAPPED_ROOT:
-                    _seal_root(repository, backend, opened.keyring)
-                    return UpgradeResult(
-                        0, 0, already_current=False, migrated=migrated, root_sealed=True
-                    )
-
-                _refuse_if_node_saw_current(settings, name)
-                bound = opened.keyring.bound_to(os.urandom(KEYSTORE_ID_BYTES))
-                try:
-                    service = KMSService.from_settings(settings, repository, bound)
-                    keys, versions = service.upgrade_rows(
-                        opened.keyring,
-                        opened.format,
-                        sealed_keystore_rows(backend, bound, FIRST_EPOCH),
-                    )
-                finally:
-                    bound.close()
-                return UpgradeResult(keys, versions, already_current=False, migrated=migrated)
-            finally:
-                opened.keyring.close()
-
-
-def _seal_root(
-    repository: SQLKeyRepository, backend: MasterKeyBackend, keyring: RootKeyring
-) -> None:
-    """Keystore format 3 to 4: the passphrase-derived key becomes the root secret, sealed by
-    ``backend`` (a new salt), with an init marker of format 4; one transaction. Every row MAC
-    and every earlier wrap stays valid: the root secret is the key that made them."""
-    root_secret = keyring.root_secret()
-    try:
-        sealed = backend.seal(root_secret, keyring.keystore_id)
-    finally:
-        zeroise(root_secret)
-    marker = keyring.wrap(os.urandom(32), init_marker_aad(keyring.keystore_id))
-    repository.replace_keystore({**sealed, INIT_MARKER: marker})
-
-
-def _refuse_if_node_saw_current(settings: Settings, name: str) -> None:
-    """A node's journal for this database means it was of the current format once: an older
-    one now was put back."""
-    path = journal_path(settings.state_file, settings.database_url)
-    if path is not None and path.is_file() and path.stat().st_size > 0:
-        raise KeystoreTampered(
-            f"the database {name} has an init marker of an older keystore format, but this node "
-            f"served it in the current format ({path}): an older marker was put back; nothing "
-            "was written"
-        )
 
 
 def check_database(settings: Settings, audit_files: tuple[Path, ...] = ()) -> IntegrityReport:
@@ -395,142 +305,6 @@ class NoProgress:
         pass
 
 
-@dataclass(frozen=True)
-class RekeyResult:
-    keys: int
-    versions: int
-
-
-def rekey_database(
-    settings: Settings,
-    new_passphrase: bytearray | None,
-    progress: Progress | None = None,
-    *,
-    key_label: str | None = None,
-) -> RekeyResult:
-    """``kms rekey``: a new root secret, every version re-wrapped (in wrap format 4), every row
-    re-MAC'd. The ``passphrase`` backend seals the new root secret under ``new_passphrase`` (a
-    new salt); the ``pkcs11`` backend by the HSM's key, or by the key ``key_label`` of the same
-    token (an HSM key rotation: ``kms rekey --key-label NEW``, after ``kms hsm init`` made it).
-    The new seal is opened again before anything is written.
-
-    Refuses while a server uses the database (kms.store.serving). One transaction: killed at any
-    point, the old passphrase (or HSM key) still opens the keystore and every key works; once it
-    returns, only the new one does, and a copy of the old database opened the old way yields a
-    root secret that opens nothing written since. ``new_passphrase`` is overwritten either way.
-    """
-    progress = progress or NoProgress()
-    try:
-        target = _rekey_target(settings, new_passphrase, key_label)
-        with keystore_engine(settings, "rekey") as (name, engine):
-            repository = SQLKeyRepository(engine)
-            repository.read_keystore()
-            require_current_schema(name, engine)
-            with ensure_not_serving(settings.database_url, engine, "rekey"):
-                old = open_keyring(settings, name, repository)
-                try:
-                    new = RootKeyring(new_root_secret(), old.keystore_id)
-                    try:
-                        service = KMSService.from_settings(settings, repository, old)
-                        # The backend overwrites its copy; the finally below, the original.
-                        passphrase = None if new_passphrase is None else bytearray(new_passphrase)
-                        with master_key_backend(target, passphrase) as backend:
-                            keystore = sealed_keystore_rows(backend, new, service.read_epoch())
-                            zeroise(backend.unseal(keystore, new.keystore_id))
-                        progress.start(service.count_versions(), "re-wrapping key versions")
-                        keys, versions = service.rekey(
-                            new, keystore, after_version=progress.advance
-                        )
-                    finally:
-                        new.close()
-                finally:
-                    old.close()
-    finally:
-        if new_passphrase is not None:
-            zeroise(new_passphrase)
-    return RekeyResult(keys, versions)
-
-
-def _rekey_target(
-    settings: Settings, new_passphrase: bytearray | None, key_label: str | None
-) -> Settings:
-    """The settings of the backend that seals the new root secret; ``ConfigurationError`` when
-    the arguments are not for the backend in use."""
-    if settings.master_key_backend == "pkcs11":
-        if new_passphrase is not None:
-            raise ConfigurationError(
-                "kms.master_key.backend is pkcs11: kms rekey seals the new root secret by the "
-                "HSM's key, and takes no new passphrase (`kms rekey --to passphrase` moves the "
-                "root secret to one)"
-            )
-        if key_label is None:
-            return settings
-        return settings.with_overrides(pkcs11_key_label=key_label)
-    if key_label is not None:
-        raise ConfigurationError(
-            "--key-label names an HSM key, but kms.master_key.backend is "
-            f"{settings.master_key_backend} (`kms rekey --to pkcs11` moves the root secret to one)"
-        )
-    if new_passphrase is None:
-        raise ConfigurationError("kms rekey needs the new passphrase")
-    return settings
-
-
-def move_root_secret(
-    settings: Settings,
-    to: str,
-    new_passphrase: bytearray | None = None,
-    *,
-    key_label: str | None = None,
-) -> None:
-    """``kms rekey --to BACKEND``: seal the root secret by ``to`` instead of the backend it is
-    sealed by now (``kms.master_key.backend``). Only the sealed root secret changes (and the KDF
-    parameters come or go): no key version is re-wrapped, no row re-MAC'd.
-
-    ``pkcs11`` uses the ``kms.master_key.*`` settings (``key_label``, when given, instead of
-    ``kms.master_key.key_label``); ``passphrase`` the ``new_passphrase`` (overwritten either
-    way). Refused while a server uses the database. One transaction: killed
-    at any point, the old backend still opens everything; once it returns, only ``to`` does,
-    and ``kms.master_key.backend`` must say so.
-    """
-    try:
-        if to == settings.master_key_backend:
-            raise ConfigurationError(
-                f"the root secret is sealed by {to} already (kms.master_key.backend): "
-                "`kms rekey` without --to makes a new root secret"
-                + (" (--key-label: sealed by another HSM key)" if to == "pkcs11" else "")
-            )
-        if key_label is not None and to != "pkcs11":
-            raise ConfigurationError("--key-label names an HSM key: it goes with --to pkcs11")
-        with keystore_engine(settings, "rekey") as (name, engine):
-            repository = SQLKeyRepository(engine)
-            repository.read_keystore()
-            require_current_schema(name, engine)
-            with ensure_not_serving(settings.database_url, engine, "rekey"):
-                keyring = open_keyring(settings, name, repository)
-                try:
-                    target = settings.with_overrides(master_key_backend=to)
-                    if key_label is not None:
-                        target = target.with_overrides(pkcs11_key_label=key_label)
-                    passphrase = None if new_passphrase is None else bytearray(new_passphrase)
-                    with master_key_backend(target, passphrase) as backend:
-                        root_secret = keyring.root_secret()
-                        try:
-                            sealed = backend.seal(root_secret, keyring.keystore_id)
-                            # Proven before it is written: the new backend opens what it sealed.
-                            zeroise(backend.unseal(sealed, keyring.keystore_id))
-                        finally:
-                            zeroise(root_secret)
-                    repository.replace_keystore(
-                        sealed, remove=[row for row in BACKEND_ROWS if row not in sealed]
-                    )
-                finally:
-                    keyring.close()
-    finally:
-        if new_passphrase is not None:
-            zeroise(new_passphrase)
-
-
 def rotate_due_database(settings: Settings, progress: Progress | None = None) -> list[Rotated]:
     """``kms rotate-due``: rotate every key whose latest version is older than its period.
 
@@ -582,12 +356,12 @@ def require_current_schema(name: str, engine: Engine) -> None:
 def open_keyring(settings: Settings, name: str, repository: SQLKeyRepository) -> RootKeyring:
     started = time.perf_counter()
     with master_key_backend(settings) as backend:
-        keyring = _open(settings, name, repository, backend).keyring
+        keyring = open_named_keystore(settings, name, repository, backend).keyring
     keyring.open_seconds = time.perf_counter() - started
     return keyring
 
 
-def _open(
+def open_named_keystore(
     settings: Settings,
     name: str,
     repository: SQLKeyRepository,
@@ -595,6 +369,7 @@ def _open(
     *,
     allow_old: bool = False,
 ) -> OpenedKeystore:
+    """``open_keystore``, its refusals naming the database ``name``."""
     try:
         return open_keystore(repository, backend, allow_old=allow_old)
 

@@ -2,7 +2,7 @@
 
 The columns are nullable because a migration cannot compute a MAC: that needs the master key.
 ``kms upgrade`` runs this migration and then, with the passphrase, computes the MAC of every
-existing row (kms.master.upgrade_database); until then kms refuses to serve the database.
+existing row (kms.upgrade.upgrade_database); until then kms refuses to serve the database.
 
 Revision ID: 0002
 Revises: 0001

@@ -23,7 +23,8 @@ from kms.errors import (
     KeyPendingDeletion,
     RolledBack,
 )
-from kms.master import check_database, open_master_keyring, rekey_database
+from kms.master import check_database, open_master_keyring
+from kms.rekey import rekey_database
 from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 from kms.settings import Settings

@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import Engine, event, text
 
 import kms.master
-from kms.master import rekey_database
+from kms.rekey import rekey_database
 from kms.service.cache import KeyMaterialCache
 from kms.service.keys import KMSService
 from kms.store.db import create_kms_engine

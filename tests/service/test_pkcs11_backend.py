@@ -20,7 +20,8 @@ import pytest
 
 import kms.service.pkcs11
 from kms.errors import ConfigurationError, DatabaseInUse, KeystoreError, UpgradeNeeded
-from kms.master import init_database, move_root_secret, open_master_keyring, rekey_database
+from kms.master import init_database, open_master_keyring
+from kms.rekey import move_root_secret, rekey_database
 from kms.service.keys import KMSService
 from kms.service.pkcs11 import create_hsm_key, open_pkcs11_backend
 from kms.settings import Settings
@@ -477,7 +478,7 @@ def test_a_move_killed_in_its_transaction_leaves_the_old_backend_opening_everyth
         import os, signal
         from pathlib import Path
         import kms.store.keystore_rows as rows
-        from kms.master import move_root_secret
+        from kms.rekey import move_root_secret
         from kms.settings import Settings
 
         real_replace = rows.replace_keystore_rows
@@ -535,7 +536,7 @@ def test_a_rekey_onto_another_hsm_key_killed_half_way_leaves_the_old_key_opening
         f"""
         import os, signal
         from pathlib import Path
-        from kms.master import rekey_database
+        from kms.rekey import rekey_database
         from kms.settings import Settings
 
         class KillAfterOne:

@@ -1,4 +1,4 @@
-"""``kms rekey`` (kms.master.rekey_database) on real SQLite files.
+"""``kms rekey`` (kms.rekey.rekey_database) on real SQLite files.
 
 The kill test runs the rekey in a child process that SIGKILLs itself after K re-wrapped versions,
 inside the transaction: no hook in kms stops it, the kernel does.
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from kms.errors import DatabaseInUse, WrongPassphrase
-from kms.master import check_database, init_database, open_master_keyring, rekey_database
+from kms.master import check_database, init_database, open_master_keyring
+from kms.rekey import rekey_database
 from kms.service.cache import KeyMaterialCache
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
@@ -96,7 +97,7 @@ def test_rekey_killed_half_way_leaves_the_old_passphrase_working(
         import os, signal
         from pathlib import Path
         from tests.service.test_rekey import NEW_PASSPHRASE
-        from kms.master import rekey_database
+        from kms.rekey import rekey_database
         from tests.helpers.keystore import make_settings
 
         class KillAfter:

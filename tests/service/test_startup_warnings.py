@@ -131,24 +131,24 @@ def case_config(directory: Path, database: Path, *, policy: bool, audit: bool) -
     return write_config(directory / "config.yaml", document)
 
 
-@pytest.fixture(scope="module")
-def start_lines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[list[str]]]:
-    """Each case's log lines from the master's start hook, all cases in one interpreter.
+def start_hook_lines(directory: Path, configs: dict[str, Path]) -> dict[str, list[list[str]]]:
+    """Each case's log lines from the master's start hook, all cases in one interpreter, with
+    the keystore the configs name made first: ``directory / "kms.db"`` and its passphrase file.
 
     The keystore has the production KDF floor, which a config file cannot lower: each case's
     master derives its key once (about half a second).
     """
-    directory = tmp_path_factory.mktemp("startup-warnings")
     passphrase = write_passphrase_file(directory / "master.key", TEST_PASSPHRASE)
     database = directory / "kms.db"
     init_database(Settings(database_dsn=str(database), master_passphrase_file=passphrase))
-    configs = {
-        case: str(case_config(directory / f"case-{n}", database, policy=policy, audit=audit))
-        for n, (case, (policy, audit)) in enumerate(CASES.items())
-    }
     environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(configs)],
+        [
+            sys.executable,
+            "-c",
+            PROBE,
+            json.dumps({case: str(path) for case, path in configs.items()}),
+        ],
         env=environ,
         cwd=directory,
         capture_output=True,
@@ -158,6 +158,17 @@ def start_lines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[list
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def start_lines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[list[str]]]:
+    directory = tmp_path_factory.mktemp("startup-warnings")
+    database = directory / "kms.db"
+    configs = {
+        case: case_config(directory / f"case-{n}", database, policy=policy, audit=audit)
+        for n, (case, (policy, audit)) in enumerate(CASES.items())
+    }
+    return start_hook_lines(directory, configs)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -214,25 +225,12 @@ def expiry_case_config(directory: Path, database: Path, days_left: int) -> Path:
 @pytest.fixture(scope="module")
 def expiry_lines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[list[str]]]:
     directory = tmp_path_factory.mktemp("certificate-expiry")
-    passphrase = write_passphrase_file(directory / "master.key", TEST_PASSPHRASE)
     database = directory / "kms.db"
-    init_database(Settings(database_dsn=str(database), master_passphrase_file=passphrase))
     configs = {
-        case: str(expiry_case_config(directory / f"case-{n}", database, days))
+        case: expiry_case_config(directory / f"case-{n}", database, days)
         for n, (case, days) in enumerate(EXPIRY_CASES.items())
     }
-    environ = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(configs)],
-        env=environ,
-        cwd=directory,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return start_hook_lines(directory, configs)
 
 
 @pytest.mark.parametrize("case", EXPIRY_CASES)

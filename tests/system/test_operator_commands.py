@@ -17,9 +17,9 @@ from kms.master import (
     destroy_due_keys,
     init_database,
     open_master_keyring,
-    rekey_database,
     rotate_due_database,
 )
+from kms.rekey import rekey_database
 from kms.service.cache import KeyMaterialCache
 from kms.settings import Settings
 from kms.store.db import create_kms_engine

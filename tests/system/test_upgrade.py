@@ -22,11 +22,12 @@ from sqlalchemy import text
 from kms.crypto.algorithms import public_key_der
 from kms.crypto.kdf import MIN_ITERATIONS
 from kms.errors import IntegrityFailure, InvalidCiphertext, UpgradeNeeded
-from kms.master import check_database, open_master_keyring, upgrade_database
+from kms.master import check_database, open_master_keyring
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.schema import current_revision, head_revision
+from kms.upgrade import upgrade_database
 from tests.helpers.config import write_config
 from tests.helpers.harness import run_kms
 from tests.helpers.keystore import (

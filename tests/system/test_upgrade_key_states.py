@@ -23,14 +23,14 @@ from kms.master import (
     check_database,
     destroy_due_keys,
     open_master_keyring,
-    rekey_database,
     rotate_due_database,
-    upgrade_database,
 )
+from kms.rekey import rekey_database
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.schema import current_revision, head_revision
+from kms.upgrade import upgrade_database
 from tests.helpers.keystore import (
     TEST_ITERATIONS,
     TEST_PASSPHRASE,

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 from kms.errors import IntegrityFailure, KeystoreTampered, UpgradeNeeded
-from kms.master import check_database, open_master_keyring, upgrade_database
+from kms.master import check_database, open_master_keyring
 from kms.service.keys import KMSService
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.schema import head_revision
+from kms.upgrade import upgrade_database
 from tests.helpers.keystore import TEST_ITERATIONS
 from tests.helpers.old_release import extract_release, run_in_release
 from tests.system.test_upgrade import (

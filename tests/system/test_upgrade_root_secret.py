@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 from kms.errors import UpgradeNeeded, WrongPassphrase
-from kms.master import check_database, open_master_keyring, rekey_database, upgrade_database
+from kms.master import check_database, open_master_keyring
+from kms.rekey import rekey_database
 from kms.settings import Settings
 from kms.store.schema import head_revision
+from kms.upgrade import upgrade_database
 from tests.helpers.keystore import TEST_ITERATIONS, write_passphrase_file
 from tests.helpers.old_release import extract_release, run_in_release
 from tests.system.test_upgrade import old_settings  # noqa: F401 - a fixture

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from kms.master import check_database, upgrade_database
+from kms.master import check_database
 from kms.settings import Settings
 from kms.store.schema import head_revision
+from kms.upgrade import upgrade_database
 from tests.helpers.keystore import TEST_ITERATIONS, make_service
 from tests.helpers.old_release import extract_release, run_in_release
 from tests.system.test_upgrade import (

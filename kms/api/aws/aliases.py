@@ -23,6 +23,7 @@ from kms.api.aws.requests import (
     key_id_of,
     key_named_in,
     load,
+    page_reply,
     reply,
 )
 from kms.api.context import note_rows_examined, service
@@ -133,13 +134,7 @@ def list_aliases() -> Response:
         key_id=key_id,
     )
     note_rows_examined(page.rows_examined)
-    document: dict[str, Any] = {
-        "Aliases": [alias_entry(alias) for alias in page.aliases],
-        "Truncated": page.next_after is not None,
-    }
-    if page.next_after is not None:
-        document["NextMarker"] = page.next_after
-    return reply(document)
+    return page_reply("Aliases", [alias_entry(alias) for alias in page.aliases], page.next_after)
 
 
 @blueprint.post("/ListKeyRotations")
@@ -154,13 +149,8 @@ def list_key_rotations() -> Response:
     key_id = key_id_of(body["KeyId"])
     after = None if body["Marker"] is None else int(body["Marker"])
     versions, more = service().list_rotations(key_id, limit=body["Limit"], after=after)
-    document: dict[str, Any] = {
-        "Rotations": [
-            {"KeyId": account().key_arn(key_id), "RotationDate": epoch(version.created_at)}
-            for version in versions
-        ],
-        "Truncated": more,
-    }
-    if more:
-        document["NextMarker"] = str(versions[-1].version)
-    return reply(document)
+    rotations = [
+        {"KeyId": account().key_arn(key_id), "RotationDate": epoch(version.created_at)}
+        for version in versions
+    ]
+    return page_reply("Rotations", rotations, str(versions[-1].version) if more else None)

@@ -119,6 +119,15 @@ def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+def page_reply(field: str, entries: list[dict[str, Any]], next_marker: str | None) -> Response:
+    """A page of a List operation: ``entries`` under ``field``, ``Truncated``, and while there is
+    more the ``NextMarker`` that the next request passes as its ``Marker``."""
+    document: dict[str, Any] = {field: entries, "Truncated": next_marker is not None}
+    if next_marker is not None:
+        document["NextMarker"] = next_marker
+    return reply(document)
+
+
 def opened_blob(blob: bytes, named: str | None) -> tuple[str, str]:
     """(key_id, native ciphertext) of a blob; ``IncorrectKey`` if ``named`` is another key."""
     key_id, native = from_blob(blob)

@@ -39,6 +39,7 @@ from kms.api.aws.requests import (
     key_of_blob,
     load,
     opened_blob,
+    page_reply,
     reply,
 )
 from kms.api.context import note_rows_examined, service
@@ -89,15 +90,8 @@ def list_keys() -> Response:
         limit=body["Limit"], after=body["Marker"], key_patterns=readable_key_patterns()
     )
     note_rows_examined(page.rows_examined)
-    document: dict[str, Any] = {
-        "Keys": [
-            {"KeyId": key.key_id, "KeyArn": account().key_arn(key.key_id)} for key in page.keys
-        ],
-        "Truncated": page.next_after is not None,
-    }
-    if page.next_after is not None:
-        document["NextMarker"] = page.next_after
-    return reply(document)
+    keys = [{"KeyId": key.key_id, "KeyArn": account().key_arn(key.key_id)} for key in page.keys]
+    return page_reply("Keys", keys, page.next_after)
 
 
 @blueprint.post("/EnableKey")
@@ -235,13 +229,9 @@ def list_resource_tags() -> Response:
     if body["Marker"] is not None:
         start = next((i + 1 for i, (name, _) in enumerate(labels) if name == body["Marker"]), 0)
     page = labels[start : start + body["Limit"]]
-    document: dict[str, Any] = {
-        "Tags": [{"TagKey": name, "TagValue": value} for name, value in page],
-        "Truncated": start + len(page) < len(labels),
-    }
-    if document["Truncated"]:
-        document["NextMarker"] = page[-1][0]
-    return reply(document)
+    more = start + len(page) < len(labels)
+    tags = [{"TagKey": name, "TagValue": value} for name, value in page]
+    return page_reply("Tags", tags, page[-1][0] if more else None)
 
 
 @blueprint.post("/GetPublicKey")
@@ -267,6 +257,13 @@ def get_public_key() -> Response:
 
 
 # -- cryptography -------------------------------------------------------------------------------
+
+
+def _key_reply(key_id: str, result: Any, **fields: Any) -> Response:
+    """The answer to a call on one key: ``KeyId`` (its ARN), then AWS's ``fields``; the version
+    and algorithm the call used go to the audit line and the metrics."""
+    document = {"KeyId": account().key_arn(key_id), **fields}
+    return reply(document, version=result.version, algorithm=result.algorithm)
 
 
 @blueprint.post("/Encrypt")
@@ -309,14 +306,11 @@ def decrypt() -> Response:
         body["EncryptionContext"],
         fit=encryption_fit(body["EncryptionAlgorithm"]),
     )
-    return reply(
-        {
-            "KeyId": account().key_arn(key_id),
-            "Plaintext": b64(result.plaintext),
-            "EncryptionAlgorithm": body["EncryptionAlgorithm"],
-        },
-        version=result.version,
-        algorithm=result.algorithm,
+    return _key_reply(
+        key_id,
+        result,
+        Plaintext=b64(result.plaintext),
+        EncryptionAlgorithm=body["EncryptionAlgorithm"],
     )
 
 
@@ -421,14 +415,11 @@ def sign() -> Response:
     body = load(aws.sign_request)
     key_id = key_id_of(body["KeyId"])
     result = service().sign(key_id, body["Message"], **_signing(body))
-    return reply(
-        {
-            "KeyId": account().key_arn(key_id),
-            "Signature": b64(result.signature),
-            "SigningAlgorithm": body["SigningAlgorithm"],
-        },
-        version=result.version,
-        algorithm=result.algorithm,
+    return _key_reply(
+        key_id,
+        result,
+        Signature=b64(result.signature),
+        SigningAlgorithm=body["SigningAlgorithm"],
     )
 
 
@@ -445,14 +436,8 @@ def verify() -> Response:
     result = service().verify(key_id, body["Message"], body["Signature"], **_signing(body))
     if not result.valid:
         raise InvalidSignature()
-    return reply(
-        {
-            "KeyId": account().key_arn(key_id),
-            "SignatureValid": True,
-            "SigningAlgorithm": body["SigningAlgorithm"],
-        },
-        version=result.version,
-        algorithm=result.algorithm,
+    return _key_reply(
+        key_id, result, SignatureValid=True, SigningAlgorithm=body["SigningAlgorithm"]
     )
 
 
@@ -463,15 +448,7 @@ def generate_mac() -> Response:
     body = load(aws.mac_request)
     key_id = key_id_of(body["KeyId"])
     result = service().mac(key_id, body["Message"], fit=mac_fit(body["MacAlgorithm"]))
-    return reply(
-        {
-            "KeyId": account().key_arn(key_id),
-            "Mac": b64(result.mac),
-            "MacAlgorithm": body["MacAlgorithm"],
-        },
-        version=result.version,
-        algorithm=result.algorithm,
-    )
+    return _key_reply(key_id, result, Mac=b64(result.mac), MacAlgorithm=body["MacAlgorithm"])
 
 
 @blueprint.post("/VerifyMac")
@@ -489,12 +466,4 @@ def verify_mac() -> Response:
     )
     if not result.valid:
         raise InvalidMAC()
-    return reply(
-        {
-            "KeyId": account().key_arn(key_id),
-            "MacValid": True,
-            "MacAlgorithm": body["MacAlgorithm"],
-        },
-        version=result.version,
-        algorithm=result.algorithm,
-    )
+    return _key_reply(key_id, result, MacValid=True, MacAlgorithm=body["MacAlgorithm"])

@@ -10,7 +10,7 @@ surfaces. Vault accepts numbers written as strings, and so do these.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from marshmallow import (
     RAISE,
@@ -120,6 +120,21 @@ class VaultTrimRequest(_VaultRequest):
     min_available_version = StrictInteger(low=1, high=2**31 - 1, from_text=True, required=True)
 
 
+class _OneOrBatch(_VaultRequest):
+    """A request on one input, or with ``batch_input`` on each of its items (each loaded with
+    the item's schema, kms.api.vault.answers.load_items). Each request declares ``batch_input``
+    among its own fields, where its place in the API description is."""
+
+    #: The field that holds the one input, and the refusal of a request with neither.
+    one_input: ClassVar[str]
+    no_input: ClassVar[str]
+
+    @validates_schema
+    def needs_input(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("batch_input") is None and data.get(self.one_input) is None:
+            raise ValidationError(self.no_input)
+
+
 class VaultEncryptItem(_VaultRequest):
     plaintext = StrictBase64(required=True)
     context = VaultContext()
@@ -129,7 +144,8 @@ class VaultEncryptItem(_VaultRequest):
     associated_data = Unsupported(NO_AAD)
 
 
-class VaultEncryptRequest(VaultEncryptItem):
+class VaultEncryptRequest(_OneOrBatch, VaultEncryptItem):
+    one_input, no_input = "plaintext", "missing plaintext to encrypt"
     plaintext = StrictBase64(load_default=None, allow_none=True)
     batch_input = fields.List(fields.Raw(), load_default=None, allow_none=True)
     # Only used by Vault to create a missing key (kms never does): ignored, as Vault ignores it
@@ -137,11 +153,6 @@ class VaultEncryptRequest(VaultEncryptItem):
     type = fields.String(load_default=None, allow_none=True)
     convergent_encryption = Unsupported("convergent encryption is not supported by kms")
     partial_failure_response_code = Unsupported(NO_PARTIAL_CODE)
-
-    @validates_schema
-    def needs_input(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if data.get("batch_input") is None and data.get("plaintext") is None:
-            raise ValidationError("missing plaintext to encrypt")
 
 
 class VaultDecryptItem(_VaultRequest):
@@ -152,30 +163,22 @@ class VaultDecryptItem(_VaultRequest):
     associated_data = Unsupported(NO_AAD)
 
 
-class VaultDecryptRequest(VaultDecryptItem):
+class VaultDecryptRequest(_OneOrBatch, VaultDecryptItem):
+    one_input, no_input = "ciphertext", "missing ciphertext to decrypt"
     ciphertext = VaultCiphertext(load_default=None, allow_none=True)
     batch_input = fields.List(fields.Raw(), load_default=None, allow_none=True)
     partial_failure_response_code = Unsupported(NO_PARTIAL_CODE)
-
-    @validates_schema
-    def needs_input(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if data.get("batch_input") is None and data.get("ciphertext") is None:
-            raise ValidationError("missing ciphertext to decrypt")
 
 
 class VaultRewrapItem(VaultDecryptItem):
     key_version = Unsupported(LATEST_ONLY)
 
 
-class VaultRewrapRequest(VaultRewrapItem):
+class VaultRewrapRequest(_OneOrBatch, VaultRewrapItem):
+    one_input, no_input = "ciphertext", "missing ciphertext to rewrap"
     ciphertext = VaultCiphertext(load_default=None, allow_none=True)
     batch_input = fields.List(fields.Raw(), load_default=None, allow_none=True)
     partial_failure_response_code = Unsupported(NO_PARTIAL_CODE)
-
-    @validates_schema
-    def needs_input(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if data.get("batch_input") is None and data.get("ciphertext") is None:
-            raise ValidationError("missing ciphertext to rewrap")
 
 
 class VaultDataKeyRequest(_VaultRequest):
@@ -228,15 +231,11 @@ class VaultSignItem(_VaultRequest):
     context = Unsupported("context is only for derived keys, which kms does not offer")
 
 
-class VaultSignRequest(_SigningOptions):
+class VaultSignRequest(_OneOrBatch, _SigningOptions):
+    one_input, no_input = "input", "missing input"
     input = StrictBase64(load_default=None, allow_none=True)
     key_version = Unsupported(LATEST_ONLY)
     batch_input = fields.List(fields.Raw(), load_default=None, allow_none=True)
-
-    @validates_schema
-    def needs_input(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if data.get("batch_input") is None and data.get("input") is None:
-            raise ValidationError("missing input")
 
 
 class VaultVerifyRequest(_SigningOptions):

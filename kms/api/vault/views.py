@@ -9,9 +9,11 @@ header is neither needed nor read: the caller is its client certificate, as ever
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flask import Blueprint, Response, request
+from marshmallow import Schema
 from werkzeug.exceptions import MethodNotAllowed
 
 from kms.api.context import json_body, query_args, service
@@ -39,7 +41,7 @@ from kms.api.vault.wire import (
 )
 from kms.crypto.hashing import hash_data
 from kms.errors import InvalidRequest, KeyNotFound
-from kms.service.keys import DataKey, Decrypted, Encrypted, KeyInfo, Signed
+from kms.service.keys import BatchItem, DataKey, Decrypted, Encrypted, KeyInfo, Signed
 
 blueprint = Blueprint("vault", __name__, url_prefix="/v1/transit")
 TAG = "vault-transit"
@@ -249,6 +251,23 @@ def _decrypted(result: Decrypted) -> dict[str, Any]:
     return {"plaintext": base64.b64encode(result.plaintext).decode("ascii")}
 
 
+def _one_or_batch(
+    body: dict[str, Any],
+    item_schema: Schema,
+    *,
+    one: Callable[[], Any],
+    batch: Callable[[list[BatchItem]], Sequence[Any]],
+    dump: Callable[[Any], dict[str, Any]],
+) -> Response:
+    """Vault's two forms of a call: with ``batch_input``, each item loaded with ``item_schema``
+    and answered in its place (kms.api.vault.answers); otherwise the body's one input."""
+    if body["batch_input"] is not None:
+        items = load_items(body["batch_input"], item_schema)
+        return batch_answer(items, batch([item.call for item in items]), dump)
+    result = one()
+    return answer(dump(result), version=result.version, algorithm=result.algorithm)
+
+
 @blueprint.post("/encrypt/<key_id>")
 @operation("encrypt", KeyFrom.PATH)
 @documented(
@@ -261,11 +280,13 @@ def _decrypted(result: Decrypted) -> dict[str, Any]:
 def encrypt(key_id: str) -> Response:
     body = schemas.encrypt_request.load(json_body())
     kms = service()
-    if body["batch_input"] is not None:
-        items = load_items(body["batch_input"], schemas.encrypt_item)
-        return batch_answer(items, kms.encrypt_batch(key_id, [i.call for i in items]), _encrypted)
-    result = kms.encrypt(key_id, body["plaintext"], body["context"])
-    return answer(_encrypted(result), version=result.version, algorithm=result.algorithm)
+    return _one_or_batch(
+        body,
+        schemas.encrypt_item,
+        one=lambda: kms.encrypt(key_id, body["plaintext"], body["context"]),
+        batch=lambda calls: kms.encrypt_batch(key_id, calls),
+        dump=_encrypted,
+    )
 
 
 @blueprint.post("/decrypt/<key_id>")
@@ -280,11 +301,13 @@ def encrypt(key_id: str) -> Response:
 def decrypt(key_id: str) -> Response:
     body = schemas.decrypt_request.load(json_body())
     kms = service()
-    if body["batch_input"] is not None:
-        items = load_items(body["batch_input"], schemas.decrypt_item)
-        return batch_answer(items, kms.decrypt_batch(key_id, [i.call for i in items]), _decrypted)
-    result = kms.decrypt(key_id, body["ciphertext"], body["context"])
-    return answer(_decrypted(result), version=result.version, algorithm=result.algorithm)
+    return _one_or_batch(
+        body,
+        schemas.decrypt_item,
+        one=lambda: kms.decrypt(key_id, body["ciphertext"], body["context"]),
+        batch=lambda calls: kms.decrypt_batch(key_id, calls),
+        dump=_decrypted,
+    )
 
 
 @blueprint.post("/rewrap/<key_id>")
@@ -299,11 +322,13 @@ def decrypt(key_id: str) -> Response:
 def rewrap(key_id: str) -> Response:
     body = schemas.rewrap_request.load(json_body())
     kms = service()
-    if body["batch_input"] is not None:
-        items = load_items(body["batch_input"], schemas.rewrap_item)
-        return batch_answer(items, kms.rewrap_batch(key_id, [i.call for i in items]), _encrypted)
-    result = kms.rewrap(key_id, body["ciphertext"], body["context"])
-    return answer(_encrypted(result), version=result.version, algorithm=result.algorithm)
+    return _one_or_batch(
+        body,
+        schemas.rewrap_item,
+        one=lambda: kms.rewrap(key_id, body["ciphertext"], body["context"]),
+        batch=lambda calls: kms.rewrap_batch(key_id, calls),
+        dump=_encrypted,
+    )
 
 
 @blueprint.post("/datakey/<kind>/<key_id>")
@@ -377,19 +402,18 @@ def sign(key_id: str, hash_algorithm: str | None) -> Response:
         body["prehashed"],
     )
     options["prehashed"] = body["prehashed"]
-    if body["batch_input"] is not None:
-        items = load_items(body["batch_input"], schemas.sign_item)
-        calls = [
-            item.call if isinstance(item.call, Exception) else _message(item.call) | options
-            for item in items
-        ]
-        return batch_answer(items, kms.sign_batch(key_id, calls), _signed)
-    result = kms.sign(key_id, body["input"], **options)  # type: ignore[arg-type]
-    return answer(_signed(result), version=result.version, algorithm=result.algorithm)
+    return _one_or_batch(
+        body,
+        schemas.sign_item,
+        one=lambda: kms.sign(key_id, body["input"], **options),  # type: ignore[arg-type]
+        batch=lambda calls: kms.sign_batch(key_id, [_with(call, options) for call in calls]),
+        dump=_signed,
+    )
 
 
-def _message(call: Any) -> dict[str, Any]:
-    return {"message": call["input"]}
+def _with(call: BatchItem, options: dict[str, Any]) -> BatchItem:
+    """A sign item's call with the request's signing options (a failed item as it is)."""
+    return call if isinstance(call, Exception) else {"message": call["input"]} | options
 
 
 def _signed(result: Signed) -> dict[str, Any]:
