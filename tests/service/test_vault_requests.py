@@ -302,3 +302,10 @@ def test_sign_takes_input_or_batch_input_and_refuses_neither(client: FlaskClient
     assert status == 200, signed
     results = signed["data"]["batch_results"]
     assert len(results) == 1 and results[0]["signature"].startswith("vault:v1:"), results
+
+
+def test_decrypting_under_a_key_that_does_not_exist_is_vault_s_400(client: FlaskClient) -> None:
+    """docs/vault-transit.md: an operation on a missing key is Vault's 400 "encryption key not
+    found" (only reads, lists, exports and backups of a key answer 404)."""
+    status, refused = post(client, "decrypt/missing", {"ciphertext": "vault:v1:AAAA"})
+    assert (status, refused) == (400, {"errors": ["encryption key not found"]})
