@@ -326,3 +326,31 @@ def test_rekey_keeps_the_alias_rows_valid(initialised: Settings, tmp_path: Path)
         assert service.resolve_alias("alias/app") == "k"
     finally:
         close()
+
+
+def test_an_alias_deleted_with_its_destroyed_key_put_back_is_refused(store: Store) -> None:
+    """A destroy deletes the key's aliases at the epoch it raised: their rows, put back behind
+    kms (genuine MACs, older generations), are a rollback, even once the key_id is made again."""
+    service = store.service()
+    service.create_key("old")
+    service.create_alias("alias/app", "old")
+    saved = store.rows("SELECT * FROM aliases")
+    service.delete_key("old")
+    service.create_key("old")
+    store.sql(
+        "INSERT INTO aliases VALUES (:a, :b, :c, :d, :e, :f)",
+        **dict(zip("abcdef", saved[0], strict=True)),
+    )
+    with pytest.raises(RolledBack):
+        service.resolve_alias("alias/app")
+
+
+def test_a_name_without_the_alias_prefix_names_no_alias(store: Store) -> None:
+    """The service's own check, whoever calls it: `resolve_alias` takes only `alias/...` names
+    (never the key_id of a name whose first six characters happen to be cut off)."""
+    service = store.service()
+    service.create_key("orders")
+    assert service.resolve_alias("alias/orders") == "orders"
+    for name in ("xxxxxxorders", "alias/" + "a" * 251):
+        with pytest.raises(AliasNotFound):
+            service.resolve_alias(name)

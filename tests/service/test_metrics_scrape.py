@@ -122,3 +122,26 @@ def test_each_kind_of_integrity_failure_is_shown_before_the_first(
         if sample == "kms_integrity_failures_total"
     }
     assert kinds == {"mac", "rollback"}
+
+
+def test_requests_are_counted_under_their_endpoint_and_warm_keys_as_cache_hits(
+    app_with: Callable[..., Flask],
+) -> None:
+    """docs/operations.md: `kms_http_requests_total{endpoint, method, status}` names the route
+    a request took, and `kms_key_cache_hits_total` counts the material found in memory (the
+    second encryption under a key finds it)."""
+    app = app_with()
+    client = client_as(app)
+    assert client.post("/v1/kms/keys", json={"key_id": "warm"}).status_code == 201
+    endpoint = app.url_map.bind("localhost").match("/v1/kms/encrypt", method="POST")[0]
+    labels = (("endpoint", endpoint), ("method", "POST"), ("status", "200"))
+    before = scrape(client)
+    encrypt(client, "warm", b"one")
+    encrypt(client, "warm", b"two")
+    after = scrape(client)
+
+    def grown(name: str, labels: tuple[tuple[str, str], ...] = ()) -> float:
+        return after.get((name, labels), 0.0) - before.get((name, labels), 0.0)
+
+    assert grown("kms_http_requests_total", labels) == 2
+    assert grown("kms_key_cache_hits_total") >= 1

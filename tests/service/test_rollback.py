@@ -226,3 +226,21 @@ def test_check_names_a_key_whose_generation_is_above_the_epoch(store: Store) -> 
     assert any("'first'" in f and "above the keystore epoch" in f for f in failures), failures
     with pytest.raises(RolledBack):
         service.rotate_key("first")  # a change takes the epoch row: this node saw a newer one
+
+
+def test_a_worker_refuses_an_older_row_after_another_worker_of_its_node_changed_it(
+    store: Store, tmp_path: Path
+) -> None:
+    """Two workers of one node share its journal: a change made by one is taken in by the
+    other before its next read (not only at its start), so the old row put back is refused by
+    both."""
+    journal = tmp_path / "node.generations"
+    changer, other = node(store, journal), node(store, journal)
+    changer.create_key("shared")
+    old_row = snapshot(store, "shared")
+    assert other.get_key("shared").key_id == "shared"  # read at the old generation
+    changer.rotate_key("shared")
+    put_back(store, old_row)
+    for worker in (changer, other):
+        with pytest.raises(RolledBack):
+            worker.get_key("shared")

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from kms.crypto.algorithms import public_key_der
-from kms.errors import KeyChanged, KeyNotFound
+from kms.errors import FencedCiphertext, InvalidCiphertext, KeyChanged, KeyNotFound
 from kms.master import check_database, open_master_keyring
 from tests.helpers.keystore import TEST_PASSPHRASE, Store, assert_refused
 
@@ -321,3 +321,28 @@ def test_production_settings_refuse_test_strength_kdf_parameters(store: Store) -
     with pytest.raises(InvalidKDFParameters) as excinfo:
         open_master_keyring(production)
     assert "1000 PBKDF2 iterations; kms accepts 600000 to 10000000" in excinfo.value.public_message
+
+
+def test_a_trimmed_version_row_put_back_is_never_unwrapped(store: Store) -> None:
+    """A trim destroys the versions below `min_available_version`; a row put back behind kms
+    (genuine, MAC and all) is not used: the key row, which says what is available, wins. The
+    ciphertext is invalid as one naming no version is, not a genuine fenced one (which it could
+    only be found to be by unwrapping the destroyed version: the audit line and the metrics
+    would call it fenced)."""
+    service = store.service()
+    service.create_key("orders")
+    before = service.encrypt("orders", b"under version 1").ciphertext
+    saved = store.rows("SELECT * FROM key_versions WHERE key_id = 'orders' AND version = 1")
+    service.rotate_key("orders")
+    service.update_key("orders", min_decryption_version=2)
+    service.trim_key("orders", 2)
+    assert store.rows("SELECT version FROM key_versions WHERE key_id = 'orders'") == [(2,)]
+    names = list(store.row("SELECT * FROM key_versions WHERE key_id = 'orders'")._mapping)
+    store.sql(
+        f"INSERT INTO key_versions ({', '.join(names)}) "  # noqa: S608
+        f"VALUES ({', '.join(':' + name for name in names)})",
+        **dict(zip(names, saved[0], strict=True)),
+    )
+    with pytest.raises(InvalidCiphertext) as refused:
+        store.service().decrypt("orders", before)
+    assert not isinstance(refused.value, FencedCiphertext)

@@ -290,3 +290,22 @@ def test_list_goes_on_past_its_first_page_of_keys(app: Flask, client: FlaskClien
     document = response.get_json()
     assert document["data"]["keys"] == key_ids
     assert document["warnings"] is None
+
+
+def test_sign_takes_input_or_batch_input_and_refuses_neither(client: FlaskClient) -> None:
+    """docs/vault-transit.md: a sign request carries `input` or `batch_input`; with neither it
+    is a 400 that says so, and a batch alone (no `input`) is signed item by item."""
+    create(client, "s", type="ecdsa-p256")
+    status, refused = post(client, "sign/s", {})
+    assert (status, refused) == (400, {"errors": ["missing input"]})
+    status, signed = post(client, "sign/s", {"batch_input": [{"input": b64(b"one")}]})
+    assert status == 200, signed
+    results = signed["data"]["batch_results"]
+    assert len(results) == 1 and results[0]["signature"].startswith("vault:v1:"), results
+
+
+def test_decrypting_under_a_key_that_does_not_exist_is_vault_s_400(client: FlaskClient) -> None:
+    """docs/vault-transit.md: an operation on a missing key is Vault's 400 "encryption key not
+    found" (only reads, lists, exports and backups of a key answer 404)."""
+    status, refused = post(client, "decrypt/missing", {"ciphertext": "vault:v1:AAAA"})
+    assert (status, refused) == (400, {"errors": ["encryption key not found"]})

@@ -435,3 +435,16 @@ def test_an_unkeyed_log_continued_then_rotated_is_numbered_on_from_file_0(tmp_pa
     os.truncate(path, 0)
     written(path, 1)
     assert (records(path)[0]["file"], records(path)[0]["previous_file"]) == (1, 0)
+
+
+def test_a_writer_takes_up_another_writer_s_head_however_much_it_wrote(tmp_path: Path) -> None:
+    """Two writers of one log (two workers): each reads the head the other left, so 1.1 MB of
+    lines written by one in between is known, not judged against the head it wrote itself."""
+    path = tmp_path / "audit.log"
+    first, second = AuditLog(path, KEY), AuditLog(path, KEY)
+    first.append({"type": "request", "n": 0})
+    for record in _big(11, start=1):
+        second.append(record)
+    first.append({"type": "request", "n": 12})
+    assert [record["type"] for record in records(path)] == ["file"] + ["request"] * 13
+    assert verify(path).failure is None

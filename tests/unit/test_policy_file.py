@@ -107,3 +107,13 @@ def test_the_untyped_names_warning_shows_ten_and_counts_the_rest(tmp_path: Path)
     text = "clients:\n" + "".join(f"  {name}:\n" + RULE for name in names[:10])
     [warning] = load_policy(write(tmp_path / "policy.yaml", text)).warnings
     assert "'app09'" in warning and "more" not in warning
+
+
+def test_a_policy_without_a_clients_section_is_refused_naming_it(tmp_path: Path) -> None:
+    """A policy file that allows nobody by leaving out `clients` (a `deny` section alone, or a
+    misspelt key) is a start-up error, not a policy that refuses every request."""
+    path = tmp_path / "policy.yaml"
+    path.write_text("deny:\n  serials: ['01']\n", encoding="utf-8")
+    with pytest.raises(ConfigurationError, match="clients") as refused:
+        load_policy(path)
+    assert str(path) in str(refused.value)
