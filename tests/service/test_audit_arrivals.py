@@ -33,7 +33,8 @@ def test_no_route_and_health_checks_write_no_arrival_line(
     missing = client.get("/v1/kms/nowhere")
     assert (missing.status_code, missing.get_json()) == (404, {"error": "not found"})
     assert client.get("/healthz").status_code == 200
-    assert client.get("/v1/kms/keys").status_code == 200
+    # A change writes its arrival line (a use of a key or a read writes one line, after it).
+    assert client.post("/v1/kms/keys", json={"key_id": "arrived"}).status_code == 201
     assert [record["path"] for record in arrival_lines(tmp_path)] == ["/v1/kms/keys"]
 
 
