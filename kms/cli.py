@@ -40,7 +40,26 @@ class ProgressBar:
             self._bar = None
 
 
-@click.group()
+class _Commands(click.Group):
+    """kms's commands, with ``kms client`` imported only when it is asked for: it brings an HTTP
+    stack (requests, urllib3) that no operator command needs, and every ``kms`` command (a
+    timer's rotate-due, a backup, each command the tests run) would otherwise import it."""
+
+    LAZY = {"client": "kms.client.cli"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY:
+            import importlib
+
+            command: click.Command = importlib.import_module(self.LAZY[cmd_name]).client
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """On-premise key management service.
 
@@ -535,12 +554,6 @@ def audit_verify(files: tuple[Path, ...], links_only: bool) -> None:
         )
 
 
-def _add_client_commands() -> None:
-    from kms.client.cli import client
-
-    main.add_command(client)
-
-
 def _add_developer_commands() -> None:
     from kms.cli_dev import COMMANDS
 
@@ -548,5 +561,4 @@ def _add_developer_commands() -> None:
         main.add_command(command)
 
 
-_add_client_commands()
 _add_developer_commands()

@@ -1,0 +1,31 @@
+"""``kms client`` is imported only when it is asked for (kms.cli._Commands): the operator
+commands (a timer's rotate-due, a backup) do not pay for its HTTP stack, and it is still there."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from kms.cli import main
+
+
+def test_the_operator_commands_do_not_import_the_http_client() -> None:
+    code = (
+        "import sys, kms.cli; "
+        "print(sorted(m for m in ('requests', 'kms.client.cli') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_kms_client_is_listed_and_runs() -> None:
+    runner = CliRunner()
+    listing = runner.invoke(main, ["--help"])
+    assert listing.exit_code == 0 and "  client " in listing.output
+    help_text = runner.invoke(main, ["client", "--help"])
+    assert help_text.exit_code == 0
+    assert "Call a kms server" in help_text.output
