@@ -65,7 +65,6 @@ from kms.api.operations import (
     KNOWN_OPERATIONS,
     KeyFrom,
     declared_operation,
-    operation_name,
 )
 from kms.errors import AmbiguousCertificate, ConfigurationError, Forbidden
 from kms.server.identity import Caller
@@ -377,8 +376,9 @@ def register_policy(app: Flask, policy: Policy) -> None:
         key_id = None if target is None else target.key_id
         if key_id is None and declared.key_from is KeyFrom.BODY:
             key_id = ""  # the body names no usable key: only a rule for every key lets it through
-        # The operation as identify_caller settled it (operation_name of the declaration).
-        operation = state.get("kms_operation_name") or operation_name(declared, current)
+        # The operation as identify_caller (kms/app.py, the hook before this one) settled it
+        # from the same declaration: read once, so that the policy and the audit line agree.
+        operation = state.kms_operation_name
         if not policy_of(app).allows(state.identity, operation, key_id):
             raise Forbidden()
 

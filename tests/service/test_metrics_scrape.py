@@ -110,6 +110,32 @@ def test_a_batch_s_items_that_do_not_authenticate_are_counted_as_refused(
     assert refused("invalid") - before == 2
 
 
+def test_a_single_decrypt_s_refusal_is_counted_under_its_reason(
+    app_with: Callable[..., Flask],
+) -> None:
+    """A single call refused `invalid ciphertext` (the error map's path, not a batch item's) is
+    counted as `fenced` when it authenticated under a version below `min_decryption_version`,
+    else as `invalid` (docs/operations.md, kms_decryptions_refused_total)."""
+    client = client_as(app_with())
+    assert client.post("/v1/kms/keys", json={"key_id": "k"}).status_code == 201
+    made_by_v1 = encrypt(client, "k", b"before the fence")
+    assert client.post("/v1/kms/keys/k/rotate").status_code == 200
+    fence = client.patch("/v1/kms/keys/k", json={"min_decryption_version": 2})
+    assert fence.status_code == 200, fence.get_json()
+    raw = bytearray(base64.b64decode(encrypt(client, "k", b"after")))
+    raw[-1] ^= 1  # a bit of the tag
+    tampered = base64.b64encode(bytes(raw)).decode("ascii")
+    for ciphertext, reason in ((made_by_v1, "fenced"), (tampered, "invalid")):
+        before = refused("fenced"), refused("invalid")
+        response = client.post("/v1/kms/decrypt", json={"key_id": "k", "ciphertext": ciphertext})
+        assert (response.status_code, response.get_json()) == (
+            400,
+            {"error": "invalid ciphertext"},
+        )
+        counted = refused("fenced") - before[0], refused("invalid") - before[1]
+        assert counted == ((1, 0) if reason == "fenced" else (0, 1)), reason
+
+
 def test_each_kind_of_integrity_failure_is_shown_before_the_first(
     app_with: Callable[..., Flask],
 ) -> None:
