@@ -130,6 +130,41 @@ def test_appending_leaves_no_descriptor_open(tmp_path: Path) -> None:
     assert len(os.listdir("/proc/self/fd")) == before
 
 
+def test_the_start_up_check_and_repair_leave_no_descriptor_open(tmp_path: Path) -> None:
+    """kms.node runs both in the server's master before it forks the workers: a log descriptor
+    kept there would be inherited by every worker and hold a rotated, deleted file's space for
+    as long as the server runs."""
+    path = tmp_path / "audit.log"
+    AuditLog(path, KEY).append({"type": "request"})
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        AuditLog.check_writable(path)
+        assert AuditLog(path, KEY).repair() == 0
+        with path.open("ab") as handle:
+            handle.write(b'{"time":')  # a torn line: this repair cuts it and writes a line
+        assert AuditLog(path, KEY).repair() == len(b'{"time":')
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert verify(path).failure is None
+
+
+def test_a_head_that_is_not_a_regular_file_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    """A FIFO at the head's path refuses every line (503 while serving): each refusal must close
+    what it opened, or the worker runs out of descriptors and keeps failing once it is gone."""
+    path = tmp_path / "audit.log"
+    os.mkfifo(head_path(path), 0o600)
+    audit = AuditLog(path, KEY)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(NotARegularFile, match="not a regular file"):
+            audit.append({"type": "request"})
+        with pytest.raises(NotARegularFile):
+            AuditLog.check_writable(path)
+    assert len(os.listdir("/proc/self/fd")) == before
+    head_path(path).unlink()
+    audit.append({"type": "request"})
+    assert verify(path).failure is None
+
+
 def test_the_chain_head_is_encoded_as_seal_encodes_its_record() -> None:
     """The head's line is formatted directly, not by ``json.dumps``: the bytes must be the
     same, or a head written by one release would not verify under the other."""
