@@ -21,9 +21,11 @@ if TYPE_CHECKING:
 
 #: Alembic's table of the revision a database is at (its default name, which kms keeps).
 VERSION_TABLE = "alembic_version"
-_REVISION = re.compile(r'^revision\s*(?::\s*str\s*)?=\s*"([^"]+)"\s*$', re.MULTILINE)
+#: A migration's own lines, as Alembic's template writes them (``revision = "0008"``,
+#: ``down_revision = "0007"`` or ``None``), with or without a type annotation or either quote.
+_REVISION = re.compile(r"""^revision\s*(?::[^=]+)?=\s*["']([^"']+)["']\s*$""", re.MULTILINE)
 _DOWN_REVISION = re.compile(
-    r'^down_revision\s*(?::\s*[^=]+)?=\s*(?:"([^"]+)"|None)\s*$', re.MULTILINE
+    r"""^down_revision\s*(?::[^=]+)?=\s*(?:["']([^"']+)["']|None)\s*$""", re.MULTILINE
 )
 
 
@@ -49,17 +51,22 @@ def upgrade_to_head(bind: Engine | Connection) -> None:
         command.upgrade(config, "head")
 
 
+def script_revisions(source: str, name: str) -> tuple[str, str | None]:
+    """A migration's revision and the one it builds on (None for the first)."""
+    revision, down = _REVISION.search(source), _DOWN_REVISION.search(source)
+    if revision is None or down is None:
+        raise RuntimeError(f"migration {name} names no revision or down_revision")
+    return revision.group(1), down.group(1)
+
+
 def head_revision() -> str:
     """The revision no migration builds on: the one this kms's schema is at."""
     revisions: dict[str, str | None] = {}
     for script in resources.files("kms.migrations").joinpath("versions").iterdir():
         if not script.name.endswith(".py") or script.name.startswith("__"):
             continue
-        source = script.read_text(encoding="utf-8")
-        revision, down = _REVISION.search(source), _DOWN_REVISION.search(source)
-        if revision is None or down is None:  # pragma: no cover - every migration names both
-            raise RuntimeError(f"migration {script.name} names no revision or down_revision")
-        revisions[revision.group(1)] = down.group(1)
+        revision, down = script_revisions(script.read_text(encoding="utf-8"), script.name)
+        revisions[revision] = down
     heads = set(revisions) - set(revisions.values())
     if len(heads) != 1:  # pragma: no cover - the package ships one line of migrations
         raise RuntimeError(f"kms ships {len(heads)} migration heads, not one: {sorted(heads)}")

@@ -19,6 +19,7 @@ from kms.store.schema import (
     alembic_config,
     current_revision,
     head_revision,
+    script_revisions,
     upgrade_to_head,
 )
 
@@ -41,6 +42,34 @@ def test_the_head_is_alembics_head_and_the_last_migration() -> None:
     # Not the first revision or any other: every migration before it leads to it.
     assert len(list(script.walk_revisions())) > 1
     assert script.get_revision(head_revision()).nextrev == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ('revision = "0008"\ndown_revision = "0007"\n', ("0008", "0007")),
+        ("revision: str = '0002'\ndown_revision: str | None = '0001'\n", ("0002", "0001")),
+        ('revision = "0001"\ndown_revision = None\n', ("0001", None)),
+    ],
+)
+def test_a_migrations_revision_lines_are_read(lines: str, expected: tuple[str, str | None]) -> None:
+    source = f'"""A migration."""\n\nimport sqlalchemy as sa\n\n{lines}branch_labels = None\n'
+    assert script_revisions(source, "0008_x.py") == expected
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        'revision = "0008"\n',
+        'down_revision = "0007"\n',
+        '# revision = "0008"\ndown_revision = None\n',
+    ],
+)
+def test_a_migration_without_both_lines_is_named(lines: str) -> None:
+    with pytest.raises(
+        RuntimeError, match="migration 0008_x.py names no revision or down_revision"
+    ):
+        script_revisions(lines, "0008_x.py")
 
 
 def test_a_database_alembic_never_touched_has_no_revision(engine: Engine) -> None:
