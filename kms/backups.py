@@ -18,14 +18,7 @@ from sqlalchemy import Connection
 
 from kms.database import NewDatabase, database_faults, sync_directory
 from kms.errors import BackupError, IntegrityFailure, InvalidBackup
-from kms.master import (
-    NoProgress,
-    Progress,
-    keystore_engine,
-    master_key_backend,
-    open_keyring,
-    require_current_schema,
-)
+from kms.master import NoProgress, Progress, command_keystore, master_key_backend
 from kms.service.backup import BackupWriter, VerifiedBackup, verify_backup
 from kms.service.integrity import read_epoch
 from kms.service.keyring import RootKeyring, zeroise
@@ -38,7 +31,6 @@ from kms.store.generations import journal_path, reset_journal
 from kms.store.keystore_rows import rewrite_every_row
 from kms.store.models import kms_metadata
 from kms.store.records import EPOCH
-from kms.store.repository import SQLKeyRepository
 from kms.store.schema import head_revision
 from kms.store.snapshot import column_names, read_snapshot, table_names, write_rows
 
@@ -62,16 +54,14 @@ def backup_database(
     progress = progress or NoProgress()
     if target.exists():
         raise BackupError(f"refusing to overwrite {target}; choose a new file name")
-    with keystore_engine(settings, "back up") as (name, engine):
-        repository = SQLKeyRepository(engine)
-        repository.read_keystore()
-        require_current_schema(name, engine)
-        keyring = open_keyring(settings, name, repository)
+    with command_keystore(settings, "back up") as opened:
+        name, engine = opened.name, opened.engine
         try:
-            metadata = repository.read_metadata()
-            writer = BackupWriter(keyring, sealed_rows(metadata))
+            metadata = opened.repository.read_metadata()
+            writer = BackupWriter(opened.keyring, sealed_rows(metadata))
         finally:
-            keyring.close()
+            # The writer holds the keys it needs: the root secret goes before the rows are read.
+            opened.keyring.close()
         directory = target.parent if str(target.parent) else Path(".")
         try:
             descriptor, temporary_name = tempfile.mkstemp(

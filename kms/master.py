@@ -16,6 +16,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -63,6 +64,7 @@ from kms.store.keystore_rows import write_keystore
 from kms.store.records import EPOCH
 from kms.store.repository import SQLKeyRepository
 from kms.store.schema import current_revision, head_revision
+from kms.store.serving import ensure_not_serving
 
 
 def init_database(
@@ -246,25 +248,19 @@ def check_database(settings: Settings, audit_files: tuple[Path, ...] = ()) -> In
                     f"cannot read the audit log {file}: {error.strerror}"
                 ) from None
         trail = newest_generations(lines)
-    with keystore_engine(settings, "check") as (name, engine):
-        repository = SQLKeyRepository(engine)
-        repository.read_keystore()
-        require_current_schema(name, engine)
-        keyring = open_keyring(settings, name, repository)
-        try:
-            service = KMSService.from_settings(settings, repository, keyring)
-            report = service.check_integrity(trail=trail)
-            report.root_secret_seconds = keyring.open_seconds
-            if audit_files:
-                # A trail with lines deleted or edited could hide a rollback: its chain first.
-                broken = verify_files(audit_files, AuditKey.of(keyring)).failure
-                if broken is not None:
-                    report.failures.append(
-                        f"audit trail {broken.path}:{broken.line}: chain broken: {broken.reason}"
-                    )
-            return report
-        finally:
-            keyring.close()
+    with command_keystore(settings, "check") as opened:
+        keyring = opened.keyring
+        service = KMSService.from_settings(settings, opened.repository, keyring)
+        report = service.check_integrity(trail=trail)
+        report.root_secret_seconds = keyring.open_seconds
+        if audit_files:
+            # A trail with lines deleted or edited could hide a rollback: its chain first.
+            broken = verify_files(audit_files, AuditKey.of(keyring)).failure
+            if broken is not None:
+                report.failures.append(
+                    f"audit trail {broken.path}:{broken.line}: chain broken: {broken.reason}"
+                )
+        return report
 
 
 def destroy_due_keys(
@@ -278,16 +274,9 @@ def destroy_due_keys(
     The same service function serves every node; safe to run on several at once (see
     ``KMSService.destroy_due``). ``now`` is for tests; the command always uses the clock.
     """
-    with keystore_engine(settings, "open") as (name, engine):
-        repository = SQLKeyRepository(engine)
-        repository.read_keystore()
-        require_current_schema(name, engine)
-        keyring = open_keyring(settings, name, repository)
-        try:
-            service = KMSService.from_settings(settings, repository, keyring)
-            return service.destroy_due(now, on_destroyed=on_destroyed, on_failure=on_failure)
-        finally:
-            keyring.close()
+    with command_keystore(settings, "open") as opened:
+        service = KMSService.from_settings(settings, opened.repository, opened.keyring)
+        return service.destroy_due(now, on_destroyed=on_destroyed, on_failure=on_failure)
 
 
 class Progress(Protocol):
@@ -312,17 +301,10 @@ def rotate_due_database(settings: Settings, progress: Progress | None = None) ->
     rotated under its row lock only if its latest version is still the one found due.
     """
     progress = progress or NoProgress()
-    with keystore_engine(settings, "rotate keys in") as (name, engine):
-        repository = SQLKeyRepository(engine)
-        repository.read_keystore()
-        require_current_schema(name, engine)
-        keyring = open_keyring(settings, name, repository)
-        try:
-            service = KMSService.from_settings(settings, repository, keyring)
-            progress.start(service.count_rotating_keys(), "checking keys with a rotation period")
-            return service.rotate_due(on_checked=lambda _: progress.advance())
-        finally:
-            keyring.close()
+    with command_keystore(settings, "rotate keys in") as opened:
+        service = KMSService.from_settings(settings, opened.repository, opened.keyring)
+        progress.start(service.count_rotating_keys(), "checking keys with a rotation period")
+        return service.rotate_due(on_checked=lambda _: progress.advance())
 
 
 def describe_database(settings: Settings) -> str:
@@ -359,6 +341,51 @@ def open_keyring(settings: Settings, name: str, repository: SQLKeyRepository) ->
         keyring = open_named_keystore(settings, name, repository, backend).keyring
     keyring.open_seconds = time.perf_counter() - started
     return keyring
+
+
+@dataclass(frozen=True)
+class CommandKeystore:
+    """The keystore as an operator command has it open: the database's ``name`` for messages,
+    its ``engine`` and ``repository``, and the ``keyring`` holding the root secret."""
+
+    name: str
+    engine: Engine
+    repository: SQLKeyRepository
+    keyring: RootKeyring
+
+
+@contextlib.contextmanager
+def command_keystore(
+    settings: Settings, action: str, *, alone: bool = False
+) -> Iterator[CommandKeystore]:
+    """Open an initialised keystore for an operator command (``kms check``, ``destroy-due``,
+    ``rotate-due``, ``backup``, ``rekey``), ``action`` naming it in messages ("cannot {action}
+    database ...", "refusing to {action}"), in this order:
+
+    the database opened (``keystore_engine``: every fault one line naming it); ``NotInitialised``
+    before anything else is asked; ``UpgradeNeeded`` unless the schema is current; with
+    ``alone``, ``DatabaseInUse`` while a kms server uses the database, which is then held alone
+    until the block ends (kms.store.serving); last, the root secret opened by the configured
+    backend (the passphrase is read only once all the above passed).
+
+    On leaving, the keyring is closed (the root secret overwritten), then the engine disposed.
+    Closing the keyring earlier inside the block is allowed: a second close does nothing.
+    """
+    with keystore_engine(settings, action) as (name, engine):
+        repository = SQLKeyRepository(engine)
+        repository.read_keystore()
+        require_current_schema(name, engine)
+        serving = (
+            ensure_not_serving(settings.database_url, engine, action)
+            if alone
+            else contextlib.nullcontext()
+        )
+        with serving:
+            keyring = open_keyring(settings, name, repository)
+            try:
+                yield CommandKeystore(name, engine, repository, keyring)
+            finally:
+                keyring.close()
 
 
 def open_named_keystore(

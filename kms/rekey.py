@@ -12,21 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kms.errors import ConfigurationError
-from kms.master import (
-    NoProgress,
-    Progress,
-    keystore_engine,
-    master_key_backend,
-    open_keyring,
-    require_current_schema,
-)
+from kms.master import NoProgress, Progress, command_keystore, master_key_backend
 from kms.service.keyring import RootKeyring, zeroise
 from kms.service.keys import KMSService
 from kms.service.keystore import new_root_secret, sealed_keystore_rows
 from kms.service.masterkey import BACKEND_ROWS
 from kms.settings import Settings
-from kms.store.repository import SQLKeyRepository
-from kms.store.serving import ensure_not_serving
 
 
 @dataclass(frozen=True)
@@ -56,29 +47,20 @@ def rekey_database(
     progress = progress or NoProgress()
     try:
         target = _rekey_target(settings, new_passphrase, key_label)
-        with keystore_engine(settings, "rekey") as (name, engine):
-            repository = SQLKeyRepository(engine)
-            repository.read_keystore()
-            require_current_schema(name, engine)
-            with ensure_not_serving(settings.database_url, engine, "rekey"):
-                old = open_keyring(settings, name, repository)
-                try:
-                    new = RootKeyring(new_root_secret(), old.keystore_id)
-                    try:
-                        service = KMSService.from_settings(settings, repository, old)
-                        # The backend overwrites its copy; the finally below, the original.
-                        passphrase = None if new_passphrase is None else bytearray(new_passphrase)
-                        with master_key_backend(target, passphrase) as backend:
-                            keystore = sealed_keystore_rows(backend, new, service.read_epoch())
-                            zeroise(backend.unseal(keystore, new.keystore_id))
-                        progress.start(service.count_versions(), "re-wrapping key versions")
-                        keys, versions = service.rekey(
-                            new, keystore, after_version=progress.advance
-                        )
-                    finally:
-                        new.close()
-                finally:
-                    old.close()
+        with command_keystore(settings, "rekey", alone=True) as opened:
+            old = opened.keyring
+            new = RootKeyring(new_root_secret(), old.keystore_id)
+            try:
+                service = KMSService.from_settings(settings, opened.repository, old)
+                # The backend overwrites its copy; the finally below, the original.
+                passphrase = None if new_passphrase is None else bytearray(new_passphrase)
+                with master_key_backend(target, passphrase) as backend:
+                    keystore = sealed_keystore_rows(backend, new, service.read_epoch())
+                    zeroise(backend.unseal(keystore, new.keystore_id))
+                progress.start(service.count_versions(), "re-wrapping key versions")
+                keys, versions = service.rekey(new, keystore, after_version=progress.advance)
+            finally:
+                new.close()
     finally:
         if new_passphrase is not None:
             zeroise(new_passphrase)
@@ -136,30 +118,23 @@ def move_root_secret(
             )
         if key_label is not None and to != "pkcs11":
             raise ConfigurationError("--key-label names an HSM key: it goes with --to pkcs11")
-        with keystore_engine(settings, "rekey") as (name, engine):
-            repository = SQLKeyRepository(engine)
-            repository.read_keystore()
-            require_current_schema(name, engine)
-            with ensure_not_serving(settings.database_url, engine, "rekey"):
-                keyring = open_keyring(settings, name, repository)
+        with command_keystore(settings, "rekey", alone=True) as opened:
+            keyring = opened.keyring
+            target = settings.with_overrides(master_key_backend=to)
+            if key_label is not None:
+                target = target.with_overrides(pkcs11_key_label=key_label)
+            passphrase = None if new_passphrase is None else bytearray(new_passphrase)
+            with master_key_backend(target, passphrase) as backend:
+                root_secret = keyring.root_secret()
                 try:
-                    target = settings.with_overrides(master_key_backend=to)
-                    if key_label is not None:
-                        target = target.with_overrides(pkcs11_key_label=key_label)
-                    passphrase = None if new_passphrase is None else bytearray(new_passphrase)
-                    with master_key_backend(target, passphrase) as backend:
-                        root_secret = keyring.root_secret()
-                        try:
-                            sealed = backend.seal(root_secret, keyring.keystore_id)
-                            # Proven before it is written: the new backend opens what it sealed.
-                            zeroise(backend.unseal(sealed, keyring.keystore_id))
-                        finally:
-                            zeroise(root_secret)
-                    repository.replace_keystore(
-                        sealed, remove=[row for row in BACKEND_ROWS if row not in sealed]
-                    )
+                    sealed = backend.seal(root_secret, keyring.keystore_id)
+                    # Proven before it is written: the new backend opens what it sealed.
+                    zeroise(backend.unseal(sealed, keyring.keystore_id))
                 finally:
-                    keyring.close()
+                    zeroise(root_secret)
+            opened.repository.replace_keystore(
+                sealed, remove=[row for row in BACKEND_ROWS if row not in sealed]
+            )
     finally:
         if new_passphrase is not None:
             zeroise(new_passphrase)

@@ -9,6 +9,7 @@ file refuses stored KDF parameters below 600,000 iterations, and no setting can 
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import random
 import shutil
@@ -17,6 +18,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -121,26 +123,48 @@ def start_kms(
     )
 
 
-#: Ports for the servers the tests start: a block per pytest-xdist worker, all below the
-#: kernel's ephemeral range (32768-60999 by default), where the client side of every connection
-#: gets its port. With ``bind(("127.0.0.1", 0))``, as before, two workers could be handed the same
-#: port between one's probe and its server's bind, and ``kms serve`` refuses a taken port at once.
+#: Ports for the servers the tests start: a block per test process (each pytest-xdist worker, or
+#: a pytest run without xdist), all below the kernel's ephemeral range (32768-60999 by default),
+#: where the client side of every connection gets its port. Between ``free_port``'s probe and the
+#: server's bind there are a few seconds in which another process could take the same port, and
+#: ``kms serve`` refuses a taken port at once. So no two processes share a block: a block chosen
+#: by the xdist worker's name alone was shared by all runs at once (every run's gw0, and every
+#: run without xdist, such as each ``make mutants`` copy's), and their server starts lost races.
+#: Each process claims the first block whose lock file it can ``flock``, and holds it until it
+#: exits (the kernel releases it even on SIGKILL, so no stale claim outlives a killed run).
 PORT_BLOCK_START = 20_000
-PORT_BLOCK_SIZE = 1_000
-_PORT_BLOCKS = 12
-_next_port_offset = random.randrange(PORT_BLOCK_SIZE)  # two runs at once rarely start alike
+PORT_BLOCK_SIZE = 250  # enough for the servers one process starts while TIME_WAIT (60 s) lasts
+_PORT_BLOCKS = (32_768 - PORT_BLOCK_START) // PORT_BLOCK_SIZE
+_PORT_LOCKS = Path(tempfile.gettempdir()) / f"kms-test-ports-{os.getuid()}"
+_claimed: dict[int, int] = {}  # process id -> its block; a forked child claims one of its own
+_next_port_offset = random.randrange(PORT_BLOCK_SIZE)
 
 
-def _worker_index() -> int:
-    """0 without pytest-xdist, N for its worker ``gwN``."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    return int(worker.removeprefix("gw")) % _PORT_BLOCKS
+def _port_block() -> int:
+    """The block this process holds, claimed on first use. If every block is held, one chosen
+    by the process id, shared, as a last resort (the probe still skips what is listening)."""
+    pid = os.getpid()
+    if pid in _claimed:
+        return _claimed[pid]
+    _PORT_LOCKS.mkdir(mode=0o700, exist_ok=True)
+    start = pid % _PORT_BLOCKS  # processes claiming at the same moment try different blocks first
+    for step in range(_PORT_BLOCKS):
+        block = (start + step) % _PORT_BLOCKS
+        fd = os.open(_PORT_LOCKS / f"{block}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _claimed[pid] = block  # fd stays open, unused: the claim lasts as long as the process
+        return block
+    return start
 
 
 def free_port() -> int:
-    """A port of this worker's block that nothing listens on (probed by binding it)."""
+    """A port of this process's block that nothing listens on (probed by binding it)."""
     global _next_port_offset
-    block = PORT_BLOCK_START + _worker_index() * PORT_BLOCK_SIZE
+    block = PORT_BLOCK_START + _port_block() * PORT_BLOCK_SIZE
     for _ in range(PORT_BLOCK_SIZE):
         port = block + _next_port_offset
         _next_port_offset = (_next_port_offset + 1) % PORT_BLOCK_SIZE

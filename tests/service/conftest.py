@@ -1,5 +1,6 @@
 """Keystores in process for the service tier: a real SQLite file in a tmp dir (or, with
-``store``, PostgreSQL too), a passphrase file, the keyring and services as the app builds them.
+``store``, PostgreSQL too), a passphrase file, the keyring and services as the app builds them;
+and the app itself with its audit log on (``audited_app``, ``audited_client``).
 
 Tests derive the master key with few PBKDF2 iterations (tests/helpers/keystore.py).
 """
@@ -10,7 +11,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 
+from kms.app import REPOSITORY, create_app
 from kms.master import init_database, open_master_keyring
 from kms.service.cache import KeyMaterialCache
 from kms.service.keyring import RootKeyring
@@ -19,6 +23,7 @@ from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from kms.store.repository import SQLKeyRepository
 from tests.helpers.keystore import Store, make_service, make_settings
+from tests.helpers.tls import client_as
 
 
 @pytest.fixture
@@ -100,3 +105,23 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     )
     yield store
     store.close()
+
+
+@pytest.fixture
+def audit_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit.log"
+
+
+@pytest.fixture
+def audited_app(initialised: Settings, keyring: RootKeyring, audit_path: Path) -> Iterator[Flask]:
+    """The app as ``create_app`` builds it on the initialised keystore, writing its audit log to
+    ``audit_path``; its repository is closed afterwards."""
+    app = create_app(initialised.with_overrides(audit_path=audit_path), keyring=keyring)
+    yield app
+    app.extensions[REPOSITORY].close()
+
+
+@pytest.fixture
+def audited_client(audited_app: Flask) -> FlaskClient:
+    """A test client of ``audited_app`` whose requests come as ``cn:orchestrator``'s."""
+    return client_as(audited_app)

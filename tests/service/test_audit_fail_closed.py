@@ -15,38 +15,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
-
-from kms.app import REPOSITORY, create_app
-from kms.service.keyring import RootKeyring
-from kms.settings import Settings
-from tests.helpers.tls import client_as
 
 REFUSAL = {"error": "audit log unavailable, request refused"}
 PLAINTEXT = base64.b64encode(b"audited or not at all").decode()
 MESSAGE = base64.b64encode(b"a message").decode()
-
-
-@pytest.fixture
-def audit_path(tmp_path: Path) -> Path:
-    return tmp_path / "audit.log"
-
-
-@pytest.fixture
-def app(initialised: Settings, keyring: RootKeyring, audit_path: Path) -> Iterator[Flask]:
-    app = create_app(initialised.with_overrides(audit_path=audit_path), keyring=keyring)
-    yield app
-    app.extensions[REPOSITORY].close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return client_as(app)
 
 
 def read_only(path: Path) -> Callable[[], None]:
@@ -71,36 +48,42 @@ SEALS = {"read-only file": read_only, "directory": a_directory}
 
 @pytest.mark.parametrize("seal", SEALS.values(), ids=SEALS.keys())
 def test_requests_are_refused_and_change_nothing_while_the_audit_log_is_unwritable(
-    client: FlaskClient, audit_path: Path, seal: Callable[[Path], Callable[[], None]]
+    audited_client: FlaskClient, audit_path: Path, seal: Callable[[Path], Callable[[], None]]
 ) -> None:
     for key_id, purpose in (("data", "encrypt"), ("signer", "sign"), ("hasher", "mac")):
-        created = client.post("/v1/kms/keys", json={"key_id": key_id, "purpose": purpose})
+        created = audited_client.post("/v1/kms/keys", json={"key_id": key_id, "purpose": purpose})
         assert created.status_code == 201
-    encrypted = client.post("/v1/kms/encrypt", json={"key_id": "data", "plaintext": PLAINTEXT})
+    encrypted = audited_client.post(
+        "/v1/kms/encrypt", json={"key_id": "data", "plaintext": PLAINTEXT}
+    )
     ciphertext = encrypted.get_json()["ciphertext"]
-    before = client.get("/v1/kms/keys/data").get_json()
+    before = audited_client.get("/v1/kms/keys/data").get_json()
     audited = audit_path.read_bytes()
 
     restore = seal(audit_path)
     try:
         requests = {
-            "create": client.post("/v1/kms/keys", json={"key_id": "new"}),
-            "rotate": client.post("/v1/kms/keys/data/rotate"),
-            "recreate": client.post("/v1/kms/keys/data/recreate"),
-            "update": client.patch("/v1/kms/keys/data", json={"description": "changed"}),
-            "disable": client.post("/v1/kms/keys/data/disable"),
-            "delete": client.delete("/v1/kms/keys/signer"),
-            "read": client.get("/v1/kms/keys/data"),
-            "encrypt": client.post(
+            "create": audited_client.post("/v1/kms/keys", json={"key_id": "new"}),
+            "rotate": audited_client.post("/v1/kms/keys/data/rotate"),
+            "recreate": audited_client.post("/v1/kms/keys/data/recreate"),
+            "update": audited_client.patch("/v1/kms/keys/data", json={"description": "changed"}),
+            "disable": audited_client.post("/v1/kms/keys/data/disable"),
+            "delete": audited_client.delete("/v1/kms/keys/signer"),
+            "read": audited_client.get("/v1/kms/keys/data"),
+            "encrypt": audited_client.post(
                 "/v1/kms/encrypt", json={"key_id": "data", "plaintext": PLAINTEXT}
             ),
-            "decrypt": client.post(
+            "decrypt": audited_client.post(
                 "/v1/kms/decrypt", json={"key_id": "data", "ciphertext": ciphertext}
             ),
-            "datakey": client.post("/v1/kms/datakey", json={"key_id": "data"}),
-            "sign": client.post("/v1/kms/sign", json={"key_id": "signer", "message": MESSAGE}),
-            "mac": client.post("/v1/kms/mac", json={"key_id": "hasher", "message": MESSAGE}),
-            "random": client.post("/v1/kms/random", json={"bytes": 16}),
+            "datakey": audited_client.post("/v1/kms/datakey", json={"key_id": "data"}),
+            "sign": audited_client.post(
+                "/v1/kms/sign", json={"key_id": "signer", "message": MESSAGE}
+            ),
+            "mac": audited_client.post(
+                "/v1/kms/mac", json={"key_id": "hasher", "message": MESSAGE}
+            ),
+            "random": audited_client.post("/v1/kms/random", json={"bytes": 16}),
         }
     finally:
         restore()
@@ -109,10 +92,10 @@ def test_requests_are_refused_and_change_nothing_while_the_audit_log_is_unwritab
     assert answered == dict.fromkeys(requests, (503, REFUSAL))
     assert audit_path.read_bytes() == audited  # not even half a line
     # The log writable again, nothing was done while it was not.
-    assert client.get("/v1/kms/keys/data").get_json() == before
-    assert client.get("/v1/kms/keys/new").status_code == 404
-    assert client.get("/v1/kms/keys/signer").status_code == 200
-    assert [key["key_id"] for key in client.get("/v1/kms/keys").get_json()] == [
+    assert audited_client.get("/v1/kms/keys/data").get_json() == before
+    assert audited_client.get("/v1/kms/keys/new").status_code == 404
+    assert audited_client.get("/v1/kms/keys/signer").status_code == 200
+    assert [key["key_id"] for key in audited_client.get("/v1/kms/keys").get_json()] == [
         "data",
         "hasher",
         "signer",
@@ -120,11 +103,13 @@ def test_requests_are_refused_and_change_nothing_while_the_audit_log_is_unwritab
 
 
 def test_the_same_requests_are_served_and_audited_when_the_log_is_writable(
-    client: FlaskClient, audit_path: Path
+    audited_client: FlaskClient, audit_path: Path
 ) -> None:
     """The control: the refusal above comes from the audit log alone."""
-    assert client.post("/v1/kms/keys", json={"key_id": "data"}).status_code == 201
-    encrypted = client.post("/v1/kms/encrypt", json={"key_id": "data", "plaintext": PLAINTEXT})
+    assert audited_client.post("/v1/kms/keys", json={"key_id": "data"}).status_code == 201
+    encrypted = audited_client.post(
+        "/v1/kms/encrypt", json={"key_id": "data", "plaintext": PLAINTEXT}
+    )
     assert encrypted.status_code == 200
     lines = audit_path.read_bytes().splitlines()
     # The file's first line, the creation's arrival and answer, the encryption's one line.

@@ -6,39 +6,16 @@ file, and the check as the operator runs it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
 
-from kms.app import REPOSITORY, create_app
 from kms.backups import backup_database, restore_database
 from kms.master import check_database
-from kms.service.keyring import RootKeyring
 from kms.settings import Settings
 from kms.store.db import create_kms_engine
 from tests.helpers.audit import rechain
-from tests.helpers.tls import client_as
-
-
-@pytest.fixture
-def audit_path(tmp_path: Path) -> Path:
-    return tmp_path / "audit.log"
-
-
-@pytest.fixture
-def app(initialised: Settings, keyring: RootKeyring, audit_path: Path) -> Iterator[Flask]:
-    app = create_app(initialised.with_overrides(audit_path=audit_path), keyring=keyring)
-    yield app
-    app.extensions[REPOSITORY].close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return client_as(app)
 
 
 def generations(audit_path: Path) -> list[tuple[str, str, int]]:
@@ -51,11 +28,13 @@ def generations(audit_path: Path) -> list[tuple[str, str, int]]:
 
 
 def test_each_change_is_audited_with_its_generation_and_a_rollback_is_named(
-    client: FlaskClient, initialised: Settings, audit_path: Path
+    audited_client: FlaskClient, initialised: Settings, audit_path: Path
 ) -> None:
-    assert client.post("/v1/kms/keys", json={"key_id": "orders"}).status_code == 201
+    assert audited_client.post("/v1/kms/keys", json={"key_id": "orders"}).status_code == 201
     assert (
-        client.post("/v1/kms/encrypt", json={"key_id": "orders", "plaintext": "aGk="}).status_code
+        audited_client.post(
+            "/v1/kms/encrypt", json={"key_id": "orders", "plaintext": "aGk="}
+        ).status_code
         == 200
     )
     engine = create_kms_engine(initialised.database_url, pool=False)
@@ -63,8 +42,8 @@ def test_each_change_is_audited_with_its_generation_and_a_rollback_is_named(
         old_row = dict(
             conn.execute(text("SELECT * FROM keys WHERE key_id = 'orders'")).one()._mapping
         )
-    assert client.post("/v1/kms/keys/orders/disable").status_code == 200
-    assert client.post("/v1/kms/keys/orders/rotate").status_code == 200
+    assert audited_client.post("/v1/kms/keys/orders/disable").status_code == 200
+    assert audited_client.post("/v1/kms/keys/orders/rotate").status_code == 200
     recorded = generations(audit_path)
     # Only the changes carry a generation, each above the one before (the encrypt does not).
     assert [(op, key) for op, key, _ in recorded] == [
@@ -100,12 +79,12 @@ def test_each_change_is_audited_with_its_generation_and_a_rollback_is_named(
 
 
 def test_a_whole_database_rolled_back_is_named_by_its_epoch(
-    client: FlaskClient, initialised: Settings, audit_path: Path, tmp_path: Path
+    audited_client: FlaskClient, initialised: Settings, audit_path: Path, tmp_path: Path
 ) -> None:
-    assert client.post("/v1/kms/keys", json={"key_id": "first"}).status_code == 201
+    assert audited_client.post("/v1/kms/keys", json={"key_id": "first"}).status_code == 201
     backup_database(initialised, tmp_path / "old.backup")
-    assert client.post("/v1/kms/keys", json={"key_id": "later"}).status_code == 201
-    assert client.post("/v1/kms/keys/first/rotate").status_code == 200
+    assert audited_client.post("/v1/kms/keys", json={"key_id": "later"}).status_code == 201
+    assert audited_client.post("/v1/kms/keys/first/rotate").status_code == 200
 
     elsewhere = initialised.with_overrides(database_dsn=str(tmp_path / "rolled-back" / "kms.db"))
     restore_database(elsewhere, tmp_path / "old.backup")
@@ -120,20 +99,20 @@ def test_a_whole_database_rolled_back_is_named_by_its_epoch(
 
 
 def test_a_rollback_hidden_by_rewriting_the_trail_is_named(
-    client: FlaskClient, initialised: Settings, audit_path: Path
+    audited_client: FlaskClient, initialised: Settings, audit_path: Path
 ) -> None:
     """Whoever rolls a key back and deletes the trail's lines of the changes since (every hash
     after them recomputed, as the unkeyed chain allowed) has no audit key: `kms check --audit`
     names the first line whose MAC fails instead of finding nothing to compare."""
-    assert client.post("/v1/kms/keys", json={"key_id": "orders"}).status_code == 201
+    assert audited_client.post("/v1/kms/keys", json={"key_id": "orders"}).status_code == 201
     engine = create_kms_engine(initialised.database_url, pool=False)
     with engine.connect() as conn:
         old_row = dict(
             conn.execute(text("SELECT * FROM keys WHERE key_id = 'orders'")).one()._mapping
         )
     kept = len(audit_path.read_bytes().splitlines())
-    assert client.post("/v1/kms/keys/orders/disable").status_code == 200
-    assert client.post("/v1/kms/keys", json={"key_id": "later"}).status_code == 201
+    assert audited_client.post("/v1/kms/keys/orders/disable").status_code == 200
+    assert audited_client.post("/v1/kms/keys", json={"key_id": "later"}).status_code == 201
     columns = [name for name in old_row if name != "key_id"]
     assignments = ", ".join(f"{column} = :{column}" for column in columns)
     with engine.begin() as conn:

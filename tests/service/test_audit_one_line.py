@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,10 @@ from flask.testing import FlaskClient
 from kms.api.audit import AUDIT_SUMMARY
 from kms.api.context import SERVICE
 from kms.api.operations import CHANGES_NOTHING, KNOWN_OPERATIONS
-from kms.app import REPOSITORY, create_app
+from kms.app import REPOSITORY
 from kms.audit import AuditKey
 from kms.audit_verify import verify_files
 from kms.service.keyring import RootKeyring
-from kms.settings import Settings
-from tests.helpers.tls import client_as
 
 REFUSAL = {"error": "audit log unavailable, request refused"}
 SECRET = b"the one line or nothing at all"
@@ -40,20 +38,9 @@ MESSAGE = base64.b64encode(b"a message to sign").decode()
 
 
 @pytest.fixture
-def audit_path(tmp_path: Path) -> Path:
-    return tmp_path / "audit.log"
-
-
-@pytest.fixture
-def app(initialised: Settings, keyring: RootKeyring, audit_path: Path) -> Iterator[Flask]:
-    app = create_app(initialised.with_overrides(audit_path=audit_path), keyring=keyring)
-    yield app
-    app.extensions[REPOSITORY].close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    client = client_as(app)
+def client(audited_client: FlaskClient) -> FlaskClient:
+    """The audited client, with an encryption key ``data`` and a signing key ``signer``."""
+    client = audited_client
     for key_id, purpose in (("data", "encrypt"), ("signer", "sign")):
         created = client.post("/v1/kms/keys", json={"key_id": key_id, "purpose": purpose})
         assert created.status_code == 201
@@ -127,7 +114,7 @@ def test_a_use_of_a_key_is_one_line_holding_the_request_and_its_outcome(
     ids=["encrypt", "sign", "datakey", "vault-encrypt", "aws-encrypt"],
 )
 def test_a_result_whose_only_line_cannot_be_written_never_leaves(
-    app: Flask,
+    audited_app: Flask,
     client: FlaskClient,
     audit_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -137,7 +124,7 @@ def test_a_result_whose_only_line_cannot_be_written_never_leaves(
     shape: dict[str, Any],
 ) -> None:
     audited = audit_path.read_bytes()
-    results = sealed_after(monkeypatch, app.extensions[SERVICE], service_call, audit_path)
+    results = sealed_after(monkeypatch, audited_app.extensions[SERVICE], service_call, audit_path)
     aws = "aws-kms" in path
     headers = {"Content-Type": "application/x-amz-json-1.1" if aws else "application/json"}
     try:
@@ -160,11 +147,11 @@ def test_a_result_whose_only_line_cannot_be_written_never_leaves(
 
 
 def test_a_change_writes_its_request_line_before_the_store_changes(
-    app: Flask, client: FlaskClient, audit_path: Path, monkeypatch: pytest.MonkeyPatch
+    audited_app: Flask, client: FlaskClient, audit_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """And its answer line after; a rotation (a change) whose arrival line cannot be written is
     refused before the store is touched."""
-    repository = app.extensions[REPOSITORY]
+    repository = audited_app.extensions[REPOSITORY]
     seen: list[dict[str, Any]] = []
     real = repository.rotate_key
 
@@ -197,7 +184,7 @@ def test_a_change_writes_its_request_line_before_the_store_changes(
     assert [version["version"] for version in versions] == [1, 2]
     # It did nothing, so it is counted in the identity's summary (docs/operations.md).
     assert not [line for line in records(audit_path) if line.get("type") == "summary"]
-    app.extensions[AUDIT_SUMMARY].flush()
+    audited_app.extensions[AUDIT_SUMMARY].flush()
     (summary,) = [line for line in records(audit_path) if line.get("type") == "summary"]
     assert (summary["statuses"], summary["operations"]) == ({"503": 1}, {"keys:rotate": 1})
 
