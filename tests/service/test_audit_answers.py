@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,29 +23,8 @@ from flask.testing import FlaskClient
 
 import kms.api.audit
 from kms.api.context import SERVICE
-from kms.app import REPOSITORY, create_app
-from kms.service.keyring import RootKeyring
-from kms.settings import Settings
-from tests.helpers.tls import client_as
 
 REFUSAL = {"error": "audit log unavailable, request refused"}
-
-
-@pytest.fixture
-def audit_path(tmp_path: Path) -> Path:
-    return tmp_path / "audit.log"
-
-
-@pytest.fixture
-def app(initialised: Settings, keyring: RootKeyring, audit_path: Path) -> Iterator[Flask]:
-    app = create_app(initialised.with_overrides(audit_path=audit_path), keyring=keyring)
-    yield app
-    app.extensions[REPOSITORY].close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return client_as(app)
 
 
 def lines_of(audit_path: Path, request_id: str) -> list[dict[str, Any]]:
@@ -55,8 +33,8 @@ def lines_of(audit_path: Path, request_id: str) -> list[dict[str, Any]]:
 
 
 def test_a_change_whose_answer_line_cannot_be_written_stands_and_the_server_says_so(
-    app: Flask,
-    client: FlaskClient,
+    audited_app: Flask,
+    audited_client: FlaskClient,
     audit_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -64,8 +42,8 @@ def test_a_change_whose_answer_line_cannot_be_written_stands_and_the_server_says
     """The change was made after its ``request`` line was written: its answer is sent, and the
     missing ``response`` line is logged with the request's id, the one place an operator learns
     that the trail lacks the outcome of that request."""
-    client.get("/v1/kms/keys")  # the log and its first lines exist
-    service = app.extensions[SERVICE]
+    audited_client.get("/v1/kms/keys")  # the log and its first lines exist
+    service = audited_app.extensions[SERVICE]
     create_key = service.create_key
 
     def create_then_seal(*args: Any, **kwargs: Any) -> Any:
@@ -75,7 +53,7 @@ def test_a_change_whose_answer_line_cannot_be_written_stands_and_the_server_says
 
     monkeypatch.setattr(service, "create_key", create_then_seal)
     with caplog.at_level(logging.ERROR, logger="kms"):
-        response = client.post("/v1/kms/keys", json={"key_id": "made"})
+        response = audited_client.post("/v1/kms/keys", json={"key_id": "made"})
     os.chmod(audit_path, 0o600)
     monkeypatch.undo()
 
@@ -83,24 +61,24 @@ def test_a_change_whose_answer_line_cannot_be_written_stands_and_the_server_says
     request_id = response.headers["X-Request-Id"]
     assert [line["type"] for line in lines_of(audit_path, request_id)] == ["request"]
     assert f"request {request_id}: cannot write its audit line: " in caplog.text
-    assert client.get("/v1/kms/keys/made").status_code == 200
+    assert audited_client.get("/v1/kms/keys/made").status_code == 200
 
 
 def test_a_413_answered_with_the_audit_503_still_drains_the_unread_body(
-    client: FlaskClient, audit_path: Path
+    audited_client: FlaskClient, audit_path: Path
 ) -> None:
     """A body over the limit is refused 413 and, once the answer is sent, read and dropped, so
     that closing the connection does not reset it before the client sees the answer
     (kms.api.payload.discard_unread_body). When the 413's one audit line cannot be written the
     client gets the 503 instead: the body must still be drained after it."""
-    client.get("/v1/kms/keys")  # the log exists
+    audited_client.get("/v1/kms/keys")  # the log exists
     size = 2 * 1024 * 1024  # over the default 1 MiB limit, under what is drained afterwards
     body = b'{"key_id": "data", "plaintext": "' + b"A" * size + b'"}'
     for sealed in (False, True):
         if sealed:
             os.chmod(audit_path, 0o444)
         stream = io.BytesIO(body)
-        response = client.post(
+        response = audited_client.post(
             "/v1/kms/encrypt",
             input_stream=stream,
             content_type="application/json",
@@ -115,7 +93,7 @@ def test_a_413_answered_with_the_audit_503_still_drains_the_unread_body(
 
 
 def test_an_answer_s_duration_is_in_milliseconds_to_the_microsecond(
-    client: FlaskClient, audit_path: Path, monkeypatch: pytest.MonkeyPatch
+    audited_client: FlaskClient, audit_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``duration_ms`` (docs/operations.md): the time from the request's arrival to its answer,
     in milliseconds rounded to 3 places. The hook's clock is made to read 12.3456 ms after the
@@ -126,8 +104,10 @@ def test_an_answer_s_duration_is_in_milliseconds_to_the_microsecond(
 
     monkeypatch.setattr(kms.api.audit, "time", SimpleNamespace(perf_counter=perf_counter))
     plaintext = base64.b64encode(b"timed").decode()
-    assert client.post("/v1/kms/keys", json={"key_id": "data"}).status_code == 201
-    response = client.post("/v1/kms/encrypt", json={"key_id": "data", "plaintext": plaintext})
+    assert audited_client.post("/v1/kms/keys", json={"key_id": "data"}).status_code == 201
+    response = audited_client.post(
+        "/v1/kms/encrypt", json={"key_id": "data", "plaintext": plaintext}
+    )
     assert response.status_code == 200
     (line,) = lines_of(audit_path, response.headers["X-Request-Id"])
     assert line["duration_ms"] == 12.346

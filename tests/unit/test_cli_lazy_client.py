@@ -3,23 +3,14 @@ commands (a timer's rotate-due, a backup) do not pay for its HTTP stack, and it 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from click.testing import CliRunner
 
 from kms.cli import main
+from tests.helpers.imports import imported_with
 
 
 def test_the_operator_commands_do_not_import_the_http_client() -> None:
-    code = (
-        "import sys, kms.cli; "
-        "print(sorted(m for m in ('requests', 'kms.client.cli') if m in sys.modules))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "[]"
+    assert imported_with("kms.cli", ("requests", "kms.client.cli")) == []
 
 
 def test_kms_client_is_listed_and_runs() -> None:

@@ -4,8 +4,6 @@ Alembic's own answers, and a process that opens a keystore does not import Alemb
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from kms.store.schema import (
     script_revisions,
     upgrade_to_head,
 )
+from tests.helpers.imports import imported_with
 
 
 def alembic_current(engine: Engine) -> str | None:
@@ -101,11 +100,5 @@ def test_a_version_table_with_two_revisions_is_refused(engine: Engine) -> None:
 
 def test_opening_a_keystore_does_not_import_alembic() -> None:
     # What `kms serve` (kms.wsgi, kms.master) and the operator commands import.
-    code = (
-        "import sys, kms.master, kms.backups, kms.upgrade, kms.wsgi; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'alembic', 'mako'}))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "[]"
+    opened = "kms.master, kms.backups, kms.upgrade, kms.wsgi"
+    assert imported_with(opened, ("alembic", "mako")) == []
