@@ -62,7 +62,9 @@ def test_an_identity_holds_at_most_its_quota() -> None:
     assert counts.admit("CN=b")
     assert counts.held("CN=a") == 2
     counts.release("CN=a")
+    assert counts.held("CN=a") == 1
     assert counts.admit("CN=a")
+    assert not counts.admit("CN=a")
     counts.release("CN=b")
     assert counts.held("CN=b") == 0 and "CN=b" not in counts.counts
 
@@ -74,3 +76,35 @@ def test_refusals_of_one_identity_are_logged_at_most_once_per_interval() -> None
     assert not counts.refusal_to_log("CN=a", 100.0 + QUOTA_LOG_INTERVAL_SECONDS - 0.1)
     assert counts.refusal_to_log("CN=b", 101.0)  # each identity on its own
     assert counts.refusal_to_log("CN=a", 100.0 + QUOTA_LOG_INTERVAL_SECONDS)
+
+
+def test_a_refused_identity_that_comes_back_is_not_logged_again_within_the_interval() -> None:
+    """Its connections closed and reopened in between, and another identity was refused."""
+    counts = IdentityCounts(quota=1)
+    counts.admit("CN=a")
+    assert counts.refusal_to_log("CN=a", 100.0)
+    counts.release("CN=a")
+    counts.admit("CN=b")
+    assert counts.refusal_to_log("CN=b", 101.0)
+    counts.admit("CN=a")
+    assert not counts.refusal_to_log("CN=a", 102.0)
+
+
+def test_identities_at_their_quota_are_logged_once_per_interval_after_many_others_left() -> None:
+    """Many identities were refused and then closed their connections: the table forgets them,
+    not the identities still at their quota."""
+    counts = IdentityCounts(quota=1)
+    gone = [f"CN=gone-{n}" for n in range(100)]
+    for identity in gone:
+        counts.admit(identity)
+    for identity in gone:
+        assert counts.refusal_to_log(identity, 100.0)
+    for identity in gone:
+        counts.release(identity)
+    counts.admit("CN=a")
+    counts.admit("CN=b")
+    assert counts.refusal_to_log("CN=a", 101.0)
+    assert counts.refusal_to_log("CN=b", 101.0)
+    assert not counts.refusal_to_log("CN=a", 102.0)
+    assert not counts.refusal_to_log("CN=b", 102.0)
+    assert not any(name.startswith("CN=gone-") for name in counts.logged)
