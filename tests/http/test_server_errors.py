@@ -19,6 +19,7 @@ from tests.helpers.raw import (
     parse_response,
     raw_request,
     read_head,
+    read_response,
     read_to_end,
     tls_connection,
 )
@@ -235,3 +236,23 @@ def test_connection_stays_open_after_a_413_for_a_declared_length(
     not_found = parse_response(rest)
     assert not_found.status == 404, answer
     assert not_found.json() == {"error": 'record not found: key "none-such"'}
+
+
+def test_a_declared_body_too_long_to_drop_is_refused_with_connection_close(
+    server: ServerProcess, deployment: Deployment
+) -> None:
+    """More than 16 MiB over the limit: 413 at once, saying "Connection: close"
+    (docs/security.md), and the server's side shut; the body is not waited for."""
+    size = 1024 * 1024 + 16 * 1024 * 1024 + 1
+    head = (
+        b"POST /v1/kms/encrypt HTTP/1.1\r\n"
+        + HOST
+        + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size
+    )
+    with tls_connection(deployment) as tls:
+        tls.sendall(head + b" " * 1000)
+        answer = read_response(tls)
+        too_large = parse_response(answer)
+        assert too_large.status == 413, answer
+        assert too_large.headers.get("connection") == "close", answer
+        assert read_to_end(tls) == b""

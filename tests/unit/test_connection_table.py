@@ -107,3 +107,11 @@ def test_a_pause_in_which_the_other_worker_accepted_leaves_balancing_on() -> Non
     table.publish(1, 1)  # it took one during the pause
     worker.maybe_resume_accepting(paused_until=time.monotonic() - 1)
     assert worker.more_loaded_than_another()
+
+
+def test_a_worker_publishes_its_own_count_for_the_others() -> None:
+    table = ConnectionTable(slots=2)
+    worker = idle_worker(table, 0, 0)
+    worker.nr_conns = 5
+    worker.publish_connections()
+    assert table.count(0) == 5 and table.fewest_elsewhere(1) == 5
