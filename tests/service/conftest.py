@@ -108,6 +108,21 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 @pytest.fixture
+def app(initialised: Settings, keyring: RootKeyring) -> Flask:
+    """The app as ``create_app`` builds it on the initialised keystore (a file may define its
+    own, with a policy or other settings)."""
+    return create_app(initialised, keyring=keyring)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client of ``app`` whose requests come as ``cn:orchestrator``'s. In process: it
+    hides, below tests/service, the session's HTTP client of tests/conftest.py, which no test
+    here uses."""
+    return client_as(app)
+
+
+@pytest.fixture
 def audit_path(tmp_path: Path) -> Path:
     return tmp_path / "audit.log"
 

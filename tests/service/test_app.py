@@ -27,16 +27,6 @@ from tests.helpers.keystore import make_service
 from tests.helpers.tls import client_as
 
 
-@pytest.fixture
-def app(initialised: Settings, keyring: RootKeyring) -> Flask:
-    return create_app(initialised, keyring=keyring)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return client_as(app)
-
-
 def test_a_request_without_a_client_certificate_is_401(app: Flask) -> None:
     response = app.test_client().get("/v1/kms/keys")
     assert response.status_code == 401

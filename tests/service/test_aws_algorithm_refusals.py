@@ -17,23 +17,9 @@ from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
 from kms.api.context import SERVICE
-from kms.app import create_app
-from kms.service.keyring import RootKeyring
 from kms.service.keys import KMSService
-from kms.settings import Settings
-from tests.helpers.tls import client_as
 
 PLAINTEXT = base64.b64encode(b"record").decode("ascii")
-
-
-@pytest.fixture
-def app(initialised: Settings, keyring: RootKeyring) -> Flask:
-    return create_app(initialised, keyring=keyring)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return client_as(app)
 
 
 def aws(client: FlaskClient, operation: str, **body: object) -> tuple[int, dict[str, Any]]:

@@ -11,7 +11,6 @@ from flask.testing import FlaskClient
 from kms.app import create_app
 from kms.service.keyring import RootKeyring
 from kms.settings import Settings
-from tests.helpers.tls import client_as
 
 
 @pytest.fixture
@@ -19,11 +18,6 @@ def app(initialised: Settings, keyring: RootKeyring) -> Flask:
     app = create_app(initialised, keyring=keyring)
     app.add_url_rule("/v1/kms/probe/", "probe", lambda: {"probe": True})
     return app
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return client_as(app)
 
 
 def test_the_url_map_merges_no_slashes(app: Flask) -> None:

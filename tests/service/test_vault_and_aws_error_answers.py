@@ -15,20 +15,6 @@ from marshmallow import ValidationError
 
 from kms import errors
 from kms.api.errors import register_aws_error_shape, vault_error, vault_item_error
-from kms.app import create_app
-from kms.service.keyring import RootKeyring
-from kms.settings import Settings
-from tests.helpers.tls import client_as
-
-
-@pytest.fixture
-def app(initialised: Settings, keyring: RootKeyring) -> Flask:
-    return create_app(initialised, keyring=keyring)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return client_as(app)
 
 
 def test_a_missing_key_is_vault_s_empty_404_where_vault_answers_so(client: FlaskClient) -> None:

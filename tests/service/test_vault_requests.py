@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
@@ -21,16 +20,6 @@ from kms.app import create_app
 from kms.service.keyring import RootKeyring
 from kms.settings import Settings
 from tests.helpers.tls import client_as
-
-
-@pytest.fixture
-def app(initialised: Settings, keyring: RootKeyring) -> Flask:
-    return create_app(initialised, keyring=keyring)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return client_as(app)
 
 
 def b64(data: bytes) -> str:
