@@ -8,7 +8,6 @@ The same refusals' AWS error codes are tests/service/test_vault_and_aws_error_an
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 import pytest
@@ -18,17 +17,9 @@ from prometheus_client import REGISTRY
 
 from kms.api.context import SERVICE
 from kms.service.keys import KMSService
+from tests.helpers.aws_wire import aws
 
 PLAINTEXT = base64.b64encode(b"record").decode("ascii")
-
-
-def aws(client: FlaskClient, operation: str, **body: object) -> tuple[int, dict[str, Any]]:
-    response = client.post(
-        f"/v1/aws-kms/{operation}",
-        data=json.dumps(body),
-        headers={"Content-Type": "application/x-amz-json-1.1"},
-    )
-    return response.status_code, json.loads(response.data)
 
 
 def create(client: FlaskClient, key_id: str, **fields: object) -> None:

@@ -5,26 +5,15 @@ same operations through boto3 over real gunicorn are tests/http/test_aws_kms.py.
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
-from typing import Any
 
-from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
 from kms.app import create_app
 from kms.service.keyring import RootKeyring
 from kms.settings import Settings
+from tests.helpers.aws_wire import aws
 from tests.helpers.tls import client_as
-
-
-def aws(client: FlaskClient, operation: str, **body: object) -> tuple[int, dict[str, Any]]:
-    response = client.post(
-        f"/v1/aws-kms/{operation}",
-        data=json.dumps(body),
-        headers={"Content-Type": "application/x-amz-json-1.1"},
-    )
-    return response.status_code, json.loads(response.data)
 
 
 def test_a_rotation_period_kept_in_hours_reads_as_whole_days(

@@ -15,6 +15,7 @@ from marshmallow import ValidationError
 
 from kms import errors
 from kms.api.errors import register_aws_error_shape, vault_error, vault_item_error
+from tests.helpers.aws_wire import aws
 
 
 def test_a_missing_key_is_vault_s_empty_404_where_vault_answers_so(client: FlaskClient) -> None:
@@ -136,15 +137,6 @@ def test_aws_answers_a_bug_as_an_internal_error_and_logs_its_traceback(
     )
     [record] = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
     assert record.exc_info is not None and "a bug's own words" in caplog.text
-
-
-def aws(client: FlaskClient, operation: str, **body: object) -> tuple[int, dict]:
-    response = client.post(
-        f"/v1/aws-kms/{operation}",
-        data=json.dumps(body),
-        headers={"Content-Type": "application/x-amz-json-1.1"},
-    )
-    return response.status_code, json.loads(response.data)
 
 
 def test_aws_refuses_an_encryption_algorithm_that_does_not_fit_the_blob_s_key(
